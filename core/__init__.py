@@ -1,0 +1,1 @@
+"""Squeezer's engine: a plain library (no HTTP, no database, no Celery)."""

@@ -1,0 +1,60 @@
+"""Typed configuration shared by the engine, the CLI and the API schema: one definition documents all three."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AccuracyTarget(_Strict):
+    """How much quality the user will trade for size. Accuracies are in percent (0-100)."""
+
+    max_drop: float = Field(1.0, ge=0, le=100, description="Largest allowed drop, in percentage points (absolute) or percent of the baseline (relative).")
+    drop_type: Literal["absolute", "relative"] = "absolute"
+    metric: Literal["top1", "pixel_accuracy", "miou"] = "top1"
+
+    def allowed_drop(self, baseline_accuracy: float) -> float:
+        """The budget in absolute percentage points."""
+        if self.drop_type == "relative":
+            return baseline_accuracy * self.max_drop / 100.0
+        return self.max_drop
+
+
+class Normalization(_Strict):
+    """Per-channel (x - mean) / std applied to inputs after scaling; saved beside the model."""
+
+    mean: list[float]
+    std: list[float]
+
+
+class LwctConfig(_Strict):
+    """Layer-wise compressive training (METHODS.md §1). Defaults work without tuning."""
+
+    sparsity: float | None = Field(None, ge=0, lt=1, description="Network-wide pruning sparsity; None searches the largest one within the budget.")
+    sparsity_grid: list[float] = Field(default_factory=lambda: [0.5, 0.7, 0.8, 0.9, 0.95, 0.97])
+    ranking: Literal["sparsity", "sensitivity", "size"] = "sparsity"
+    on_violation: Literal["stop", "skip"] = "skip"
+    preserve: int = Field(0, ge=0, description="Number of most significant layers always kept in float.")
+    prune_epochs: int = Field(2, ge=0)
+    epochs_per_step: int = Field(2, ge=0)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(128, ge=1)
+    max_train_samples: int | None = Field(None, ge=1, description="Cap on training samples per epoch (for quick runs).")
+
+
+class CompressConfig(_Strict):
+    """Everything one compression job needs besides the model and the data."""
+
+    method: Literal["lwct"] = "lwct"
+    task: Literal["classification"] = "classification"
+    target: AccuracyTarget = Field(default_factory=AccuracyTarget)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    normalization: Normalization | None = None
+    lwct: LwctConfig = Field(default_factory=LwctConfig)
+    time_limit_s: float | None = Field(None, gt=0, description="Stop training after this many seconds and keep the best result so far.")

@@ -1,0 +1,45 @@
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.servers import PostgresServer, RedisServer
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    if os.environ.get("SQUEEZER_TEST_POSTGRES_URL"):
+        pytest.skip("external PostgreSQL given; server-control tests need their own")
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="squeezer-pg-"))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(request) -> str:
+    """A fresh, empty PostgreSQL database for one test."""
+    external = os.environ.get("SQUEEZER_TEST_POSTGRES_URL")
+    if external:
+        return external
+    server = request.getfixturevalue("postgres_server")
+    return server.create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(Path(tmp_path_factory.mktemp("redis"))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    external = os.environ.get("SQUEEZER_TEST_REDIS_URL")
+    if external:
+        return external
+    import redis
+
+    redis.Redis.from_url(redis_server.url).flushall()
+    return redis_server.url
