@@ -28,10 +28,12 @@ class Artifact(Base):
     """A stored file: an upload (model, dataset) or a job result."""
 
     __tablename__ = "artifacts"
+    # The sweeper looks for uploads left "uploading" by a crashed API process.
+    __table_args__ = (Index("ix_artifacts_state_created", "state", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("art"))
     tenant: Mapped[str] = mapped_column(String(64), index=True, default=DEFAULT_TENANT)
-    kind: Mapped[str] = mapped_column(String(16))  # model | dataset | result
+    kind: Mapped[str] = mapped_column(String(16))  # model | dataset | result | checkpoint
     filename: Mapped[str] = mapped_column(String(255))
     content_type: Mapped[str] = mapped_column(String(127), default="application/octet-stream")
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -81,6 +83,8 @@ class Job(Base):
     # Latest engine checkpoint, stored as an artifact so a worker on another machine can resume.
     checkpoint_artifact_id: Mapped[str | None] = mapped_column(ForeignKey("artifacts.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When a message for this job was last sent to the broker: the reaper re-sends jobs queued too long (lost message).
+    dispatched_at: Mapped[datetime | None] = mapped_column()
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
     duration_s: Mapped[float | None] = mapped_column(Float)

@@ -1,0 +1,144 @@
+"""Artifact rows and their bytes, kept consistent: a row is "ready" only once every byte is stored, and a failed or
+abandoned upload leaves nothing behind."""
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from store.blobs import BlobStore
+from store.models import Artifact, utcnow
+
+READ_CHUNK_BYTES = 1024 * 1024
+
+
+class UploadTooLarge(Exception):
+    """The upload passed `max_bytes`; nothing of it was kept."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__(f"upload exceeds the limit of {max_bytes} bytes")
+        self.max_bytes = max_bytes
+
+
+class ArtifactCorrupt(Exception):
+    """Stored bytes do not match the artifact's recorded size or sha256."""
+
+
+def store_artifact(
+    session_factory: sessionmaker[Session],
+    blobs: BlobStore,
+    *,
+    tenant: str,
+    kind: str,
+    filename: str,
+    content_type: str,
+    chunks: Iterable[bytes],
+    max_bytes: int,
+) -> Artifact:
+    """Streams `chunks` into storage, counting and hashing as it goes. Raises UploadTooLarge past `max_bytes`;
+    on that or any other failure the row and every stored byte are removed before the error propagates."""
+    with session_factory() as session:
+        artifact = Artifact(tenant=tenant, kind=kind, filename=filename, content_type=content_type, state="uploading")
+        session.add(artifact)
+        session.commit()
+    writer = blobs.open_writer(artifact.id)
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        for chunk in chunks:
+            size += len(chunk)
+            if size > max_bytes:
+                raise UploadTooLarge(max_bytes)
+            digest.update(chunk)
+            writer.write(chunk)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        _delete_row(session_factory, artifact.id)
+        raise
+    with session_factory() as session:
+        session.execute(update(Artifact).where(Artifact.id == artifact.id).values(state="ready", size_bytes=size, sha256=digest.hexdigest()))
+        session.commit()
+        return session.get(Artifact, artifact.id)
+
+
+def store_file(
+    session_factory: sessionmaker[Session],
+    blobs: BlobStore,
+    path: Path,
+    *,
+    tenant: str,
+    kind: str,
+    filename: str | None = None,
+    content_type: str = "application/octet-stream",
+) -> Artifact:
+    """Stores a local file (worker results, checkpoints) without reading it whole."""
+    return store_artifact(
+        session_factory,
+        blobs,
+        tenant=tenant,
+        kind=kind,
+        filename=filename or path.name,
+        content_type=content_type,
+        chunks=read_file_chunks(path),
+        max_bytes=path.stat().st_size,
+    )
+
+
+def read_file_chunks(path: Path, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
+    with path.open("rb") as file:
+        while chunk := file.read(chunk_bytes):
+            yield chunk
+
+
+def get_ready_artifact(session: Session, artifact_id: str, tenant: str | None = None) -> Artifact | None:
+    """The artifact when it exists, is fully stored and (if given) belongs to `tenant`."""
+    query = select(Artifact).where(Artifact.id == artifact_id, Artifact.state == "ready")
+    if tenant is not None:
+        query = query.where(Artifact.tenant == tenant)
+    return session.scalar(query)
+
+
+def export_artifact_to(session_factory: sessionmaker[Session], blobs: BlobStore, artifact_id: str, path: Path) -> Path:
+    """Writes a ready artifact's bytes to `path`, verifying size and sha256 (a worker must never run on a short file)."""
+    with session_factory() as session:
+        artifact = get_ready_artifact(session, artifact_id)
+    if artifact is None:
+        raise LookupError(f"artifact {artifact_id} does not exist or is not ready")
+    digest = hashlib.sha256()
+    size = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as file:
+        for chunk in blobs.iter_chunks(artifact_id):
+            digest.update(chunk)
+            size += len(chunk)
+            file.write(chunk)
+    if size != artifact.size_bytes or digest.hexdigest() != artifact.sha256:
+        path.unlink(missing_ok=True)
+        raise ArtifactCorrupt(f"artifact {artifact_id}: stored bytes do not match its size and sha256")
+    return path
+
+
+def delete_artifact(session_factory: sessionmaker[Session], blobs: BlobStore, artifact_id: str) -> None:
+    """Bytes first, then the row: a crash in between leaves a row without bytes, never bytes without a row."""
+    blobs.delete(artifact_id)
+    _delete_row(session_factory, artifact_id)
+
+
+def _delete_row(session_factory: sessionmaker[Session], artifact_id: str) -> None:
+    with session_factory() as session:
+        session.execute(delete(Artifact).where(Artifact.id == artifact_id))
+        session.commit()
+
+
+def sweep_stale_uploads(session_factory: sessionmaker[Session], blobs: BlobStore, *, older_than_s: float) -> list[str]:
+    """Removes uploads still "uploading" after `older_than_s` (their API process died mid-upload). Returns their ids."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    with session_factory() as session:
+        stale = list(session.scalars(select(Artifact.id).where(Artifact.state == "uploading", Artifact.created_at < cutoff)))
+    for artifact_id in stale:
+        delete_artifact(session_factory, blobs, artifact_id)
+    return stale

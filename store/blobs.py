@@ -1,0 +1,154 @@
+"""Blob storage for artifact bytes.
+
+DatabaseBlobStore keeps bytes in fixed-size rows of `blob_chunks`, so a worker on another machine needs nothing but
+the database; LocalBlobStore keeps one file per artifact for the embedded mode. Both stream: memory holds at most one
+chunk, whatever the file size."""
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from store.models import BlobChunk
+from store.settings import Settings
+
+# Rows written between commits: bounds the work lost to a crash without a commit per chunk.
+COMMIT_EVERY_CHUNKS = 8
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class BlobWriter(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    def open_writer(self, artifact_id: str) -> BlobWriter: ...
+
+    def iter_chunks(self, artifact_id: str) -> Iterator[bytes]: ...
+
+    def delete(self, artifact_id: str) -> None: ...
+
+
+class _DatabaseBlobWriter:
+    def __init__(self, store: "DatabaseBlobStore", artifact_id: str):
+        self._store = store
+        self._artifact_id = artifact_id
+        self._session: Session = store.session_factory()
+        self._buffer = bytearray()
+        self._seq = 0
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        size = self._store.chunk_bytes
+        while len(self._buffer) >= size:
+            self._insert(bytes(self._buffer[:size]))
+            del self._buffer[:size]
+
+    def _insert(self, chunk: bytes) -> None:
+        # Core insert, not ORM objects: the session must not keep every chunk alive in its identity map.
+        self._session.execute(insert(BlobChunk).values(artifact_id=self._artifact_id, seq=self._seq, data=chunk))
+        self._seq += 1
+        if self._seq % COMMIT_EVERY_CHUNKS == 0:
+            self._session.commit()
+
+    def commit(self) -> None:
+        if self._buffer:
+            self._insert(bytes(self._buffer))
+            self._buffer.clear()
+        self._session.commit()
+        self._session.close()
+
+    def abort(self) -> None:
+        self._buffer.clear()
+        self._session.rollback()
+        self._session.close()
+        self._store.delete(self._artifact_id)
+
+
+class DatabaseBlobStore:
+    """Chunks in `blob_chunks` (artifact_id, seq). Reads fetch one chunk per query, so a download holds one chunk."""
+
+    def __init__(self, session_factory: sessionmaker[Session], chunk_bytes: int):
+        if chunk_bytes <= 0:
+            raise ValueError("chunk_bytes must be positive")
+        self.session_factory = session_factory
+        self.chunk_bytes = chunk_bytes
+
+    def open_writer(self, artifact_id: str) -> BlobWriter:
+        return _DatabaseBlobWriter(self, artifact_id)
+
+    def iter_chunks(self, artifact_id: str) -> Iterator[bytes]:
+        seq = 0
+        while True:
+            with self.session_factory() as session:
+                data = session.scalar(select(BlobChunk.data).where(BlobChunk.artifact_id == artifact_id, BlobChunk.seq == seq))
+            if data is None:
+                return
+            yield bytes(data)
+            seq += 1
+
+    def delete(self, artifact_id: str) -> None:
+        with self.session_factory() as session:
+            session.execute(delete(BlobChunk).where(BlobChunk.artifact_id == artifact_id))
+            session.commit()
+
+
+class _LocalBlobWriter:
+    def __init__(self, final: Path):
+        self._final = final
+        self._partial = final.with_name(final.name + ".part")
+        self._file = self._partial.open("wb")
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+
+    def commit(self) -> None:
+        self._file.close()
+        self._partial.replace(self._final)
+
+    def abort(self) -> None:
+        self._file.close()
+        self._partial.unlink(missing_ok=True)
+
+
+class LocalBlobStore:
+    """One file per artifact under `root`; written to `<id>.part` and renamed, so a crash never leaves a short blob."""
+
+    def __init__(self, root: Path, chunk_bytes: int = 1024 * 1024):
+        self.root = Path(root)
+        self.chunk_bytes = chunk_bytes
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, artifact_id: str) -> Path:
+        if not _SAFE_ID.match(artifact_id):
+            raise ValueError(f"not an artifact id: {artifact_id!r}")
+        return self.root / artifact_id
+
+    def open_writer(self, artifact_id: str) -> BlobWriter:
+        return _LocalBlobWriter(self._path(artifact_id))
+
+    def iter_chunks(self, artifact_id: str) -> Iterator[bytes]:
+        path = self._path(artifact_id)
+        if not path.exists():
+            return
+        with path.open("rb") as file:
+            while chunk := file.read(self.chunk_bytes):
+                yield chunk
+
+    def delete(self, artifact_id: str) -> None:
+        path = self._path(artifact_id)
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".part").unlink(missing_ok=True)
+
+
+def make_blob_store(settings: Settings, session_factory: sessionmaker[Session]) -> BlobStore:
+    if settings.storage_backend == "local":
+        return LocalBlobStore(settings.resolved_storage_dir, settings.storage_chunk_bytes)
+    return DatabaseBlobStore(session_factory, settings.storage_chunk_bytes)

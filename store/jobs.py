@@ -1,0 +1,231 @@
+"""Job state transitions. The job row is the truth: every transition is one conditional UPDATE whose WHERE clause
+states the status it expects, so two workers, a redelivered message or two reapers can never both win. Each function
+commits its own change; client-visible changes bump `Job.version` (the API's ETag)."""
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.events import Event
+from store.models import Job, JobEvent, JobResult, utcnow
+
+ACTIVE_STATUSES = ("running", "cancelling")
+FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back without a zone; they were stored as UTC."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+def jsonable(value: Any) -> Any:
+    """Event data as strict JSON: PostgreSQL refuses NaN/inf, and engine figures may be numpy scalars or tensors."""
+    if isinstance(value, dict):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(item) for item in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "item"):
+        return jsonable(value.item())
+    return str(value)
+
+
+def create_job(session: Session, *, tenant: str, spec: dict, idempotency_key: str | None, request_hash: str | None, max_attempts: int) -> tuple[Job, bool]:
+    """Inserts a queued job, or returns the tenant's job already created with this idempotency key (created=False);
+    the caller compares `request_hash` to refuse a reused key with another body."""
+    if idempotency_key is not None:
+        existing = _job_by_key(session, tenant, idempotency_key)
+        if existing is not None:
+            return existing, False
+    job = Job(tenant=tenant, spec=spec, idempotency_key=idempotency_key, request_hash=request_hash, max_attempts=max_attempts, dispatched_at=utcnow())
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:
+        # Two requests with one key raced; the other insert won.
+        session.rollback()
+        existing = _job_by_key(session, tenant, idempotency_key) if idempotency_key is not None else None
+        if existing is None:
+            raise
+        return existing, False
+    return job, True
+
+
+def _job_by_key(session: Session, tenant: str, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.tenant == tenant, Job.idempotency_key == key))
+
+
+def _fresh(session: Session, job_id: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.id == job_id).execution_options(populate_existing=True))
+
+
+def claim_job(session: Session, job_id: str, worker_id: str) -> Job | None:
+    """queued → running, counting the attempt. None when the job is gone, final, or another worker has it."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(
+            status="running",
+            attempts=Job.attempts + 1,
+            worker_id=worker_id,
+            heartbeat_at=now,
+            started_at=func.coalesce(Job.started_at, now),
+            finished_at=None,
+            version=Job.version + 1,
+        )
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        return None
+    session.commit()
+    return _fresh(session, job_id)
+
+
+def heartbeat(session: Session, job_id: str, worker_id: str) -> bool:
+    """Marks the job alive. False when the job is no longer ours or a cancel was requested: the worker should stop.
+    Does not bump `version` (nothing a client sees changes)."""
+    result = session.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id, Job.status.in_(ACTIVE_STATUSES)).values(heartbeat_at=utcnow()))
+    session.commit()
+    if result.rowcount != 1:
+        return False
+    return not session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+
+
+def record_event(session: Session, job_id: str, event: Event) -> None:
+    session.execute(
+        insert(JobEvent).values(job_id=job_id, level=event.level, stage=event.stage, message=event.message, data=jsonable(event.data), created_at=utcnow())
+    )
+    session.commit()
+
+
+def update_progress(session: Session, job_id: str, progress: dict) -> None:
+    session.execute(update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES)).values(progress=jsonable(progress), version=Job.version + 1))
+    session.commit()
+
+
+def set_checkpoint(session: Session, job_id: str, worker_id: str, artifact_id: str) -> str | None:
+    """Points the job at its newest checkpoint. Returns the previous checkpoint's id (for the caller to delete),
+    or `artifact_id` itself when the job is no longer ours (so the caller deletes the orphan)."""
+    previous = session.scalar(select(Job.checkpoint_artifact_id).where(Job.id == job_id))
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.worker_id == worker_id, Job.status.in_(ACTIVE_STATUSES)).values(checkpoint_artifact_id=artifact_id)
+    )
+    session.commit()
+    return previous if result.rowcount == 1 else artifact_id
+
+
+def finish_job(
+    session: Session,
+    job_id: str,
+    worker_id: str,
+    status: str,
+    *,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    target_met: bool | None = None,
+    results: dict[str, str] | None = None,
+) -> bool:
+    """running/cancelling → a final status, with the job's named results (name → artifact id) attached in the same
+    transaction, so a job never shows results without being succeeded, nor two sets of them. False (nothing changed)
+    when the job is no longer this worker's."""
+    if status not in FINAL_STATUSES:
+        raise ValueError(f"not a final status: {status}")
+    started_at = as_utc(session.scalar(select(Job.started_at).where(Job.id == job_id)))
+    now = utcnow()
+    values: dict[str, Any] = {
+        "status": status,
+        "error_code": error_code,
+        "error_message": error_message,
+        "target_met": target_met,
+        "finished_at": now,
+        "version": Job.version + 1,
+    }
+    if started_at is not None:
+        values["duration_s"] = (now - started_at).total_seconds()
+    result = session.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id, Job.status.in_(ACTIVE_STATUSES)).values(**values))
+    if result.rowcount != 1:
+        session.rollback()
+        return False
+    if results:
+        session.execute(delete(JobResult).where(JobResult.job_id == job_id))
+        session.execute(insert(JobResult), [{"job_id": job_id, "name": name, "artifact_id": artifact_id} for name, artifact_id in results.items()])
+    session.commit()
+    return True
+
+
+def request_cancel(session: Session, job_id: str) -> Job | None:
+    """Idempotent: queued → cancelled at once (it will never run); running → cancelling (the worker stops at its next
+    step boundary); final and cancelling jobs are left as they are. None when the job does not exist."""
+    now = utcnow()
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.status == "queued").values(status="cancelled", cancel_requested=True, finished_at=now, version=Job.version + 1)
+    )
+    session.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(status="cancelling", cancel_requested=True, version=Job.version + 1))
+    session.commit()
+    return _fresh(session, job_id)
+
+
+def reap(session: Session, *, heartbeat_timeout_s: float, stale_queued_s: float) -> list[str]:
+    """Recovers jobs whose worker died and jobs whose message was lost. Returns the ids to (re)dispatch.
+
+    - running with a heartbeat older than `heartbeat_timeout_s` → queued again while attempts remain, else failed
+      with `worker_lost`; cancelling ones → cancelled.
+    - queued and not dispatched for `stale_queued_s` (broker lost the message, e.g. Redis restarted) → sent again.
+    Every change is conditional on the state just read, so concurrent reapers in several workers act once per job."""
+    now = utcnow()
+    dead_cutoff = now - timedelta(seconds=heartbeat_timeout_s)
+    dead = session.execute(
+        select(Job.id, Job.status, Job.attempts, Job.max_attempts).where(
+            Job.status.in_(ACTIVE_STATUSES), or_(Job.heartbeat_at < dead_cutoff, Job.heartbeat_at.is_(None))
+        )
+    ).all()
+    to_dispatch: list[str] = []
+    for job_id, status, attempts, max_attempts in dead:
+        still_dead = (Job.id == job_id, Job.status == status, Job.attempts == attempts, or_(Job.heartbeat_at < dead_cutoff, Job.heartbeat_at.is_(None)))
+        if status == "cancelling":
+            values: dict[str, Any] = {"status": "cancelled", "finished_at": now}
+            event = Event(
+                stage="worker_lost", fraction=0.0, level="warning", message="The worker stopped responding; the job was being cancelled and is now cancelled."
+            )
+        elif attempts < max_attempts:
+            values = {"status": "queued", "worker_id": None, "heartbeat_at": None, "dispatched_at": now}
+            event = Event(
+                stage="worker_lost", fraction=0.0, level="warning", message=f"The worker stopped responding during attempt {attempts}; the job was requeued."
+            )
+        else:
+            message = f"The worker stopped responding on each of {attempts} attempts; giving up."
+            values = {"status": "failed", "error_code": "worker_lost", "error_message": message, "finished_at": now}
+            event = Event(stage="worker_lost", fraction=0.0, level="error", message=message)
+        result = session.execute(update(Job).where(*still_dead).values(**values, version=Job.version + 1))
+        if result.rowcount == 1:
+            session.execute(
+                insert(JobEvent).values(job_id=job_id, level=event.level, stage=event.stage, message=event.message, data={"attempts": attempts}, created_at=now)
+            )
+            if values["status"] == "queued":
+                to_dispatch.append(job_id)
+        session.commit()
+
+    stale_cutoff = now - timedelta(seconds=stale_queued_s)
+    stale = session.scalars(select(Job.id).where(Job.status == "queued", or_(Job.dispatched_at < stale_cutoff, Job.dispatched_at.is_(None)))).all()
+    for job_id in stale:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued", or_(Job.dispatched_at < stale_cutoff, Job.dispatched_at.is_(None)))
+            .values(dispatched_at=now)
+        )
+        session.commit()
+        if result.rowcount == 1:
+            to_dispatch.append(job_id)
+    return to_dispatch

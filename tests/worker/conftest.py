@@ -1,0 +1,134 @@
+"""A small job service for the worker tests: migrated PostgreSQL, Redis, database blob storage, real worker
+processes (`python -m worker`), and a tiny LeNet-5 digits model uploaded as a zip of its model directory."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from store.artifacts import store_file
+from store.jobs import create_job
+from store.migrate import upgrade_database
+from store.models import Job, JobEvent, JobResult
+from store.settings import Settings
+from worker.context import WorkerContext
+from worker.dispatch import CeleryDispatcher
+
+REPO = Path(__file__).resolve().parents[2]
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+def tiny_spec(model_artifact_id: str, **lwct) -> dict:
+    """A job that takes seconds: digits, one pruning epoch, one epoch per step, 300 training samples."""
+    options = {"sparsity": 0.5, "prune_epochs": 1, "epochs_per_step": 1, "max_train_samples": 300, **lwct}
+    return {
+        "model": {"artifact_id": model_artifact_id},
+        "dataset": {"sample": "digits"},
+        "method": "lwct",
+        "accuracy_target": {"max_drop": 5.0, "drop_type": "absolute"},
+        "options": {"lwct": options},
+        "metadata": {},
+    }
+
+
+@pytest.fixture(scope="session")
+def sample_model_zip(tmp_path_factory) -> Path:
+    from core.samples import ensure_sample_model
+
+    model_dir, _ = ensure_sample_model("digits")
+    return Path(shutil.make_archive(str(tmp_path_factory.mktemp("model") / "lenet5-digits"), "zip", root_dir=model_dir))
+
+
+class Service:
+    def __init__(self, env: dict[str, str], log_dir: Path):
+        self.env = env
+        self.log_dir = log_dir
+        self.ctx = WorkerContext.from_settings(
+            Settings(**{key[len("SQUEEZER_") :].lower(): value for key, value in env.items() if key.startswith("SQUEEZER_")})
+        )
+        self.workers: list[subprocess.Popen] = []
+        self._dispatcher: CeleryDispatcher | None = None
+
+    @property
+    def dispatcher(self) -> CeleryDispatcher:
+        if self._dispatcher is None:
+            self._dispatcher = CeleryDispatcher(self.env["SQUEEZER_BROKER_URL"])
+        return self._dispatcher
+
+    def upload(self, path: Path, kind: str = "model") -> str:
+        return store_file(self.ctx.session_factory, self.ctx.blobs, path, tenant="default", kind=kind).id
+
+    def create(self, spec: dict, max_attempts: int = 3) -> str:
+        with self.ctx.session_factory() as session:
+            job, _ = create_job(session, tenant="default", spec=spec, idempotency_key=None, request_hash=None, max_attempts=max_attempts)
+        return job.id
+
+    def job(self, job_id: str) -> Job:
+        with self.ctx.session_factory() as session:
+            return session.get(Job, job_id)
+
+    def results(self, job_id: str) -> dict[str, str]:
+        with self.ctx.session_factory() as session:
+            return {row.name: row.artifact_id for row in session.scalars(select(JobResult).where(JobResult.job_id == job_id))}
+
+    def event_stages(self, job_id: str) -> list[str]:
+        with self.ctx.session_factory() as session:
+            return list(session.scalars(select(JobEvent.stage).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+
+    def wait(self, job_id: str, until, timeout_s: float = 120) -> Job:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            if until(job):
+                return job
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} still {job.status} ({job.progress}) after {timeout_s}s; worker logs in {self.log_dir}")
+
+    def wait_final(self, job_id: str, timeout_s: float = 120) -> Job:
+        return self.wait(job_id, lambda job: job.status in FINAL, timeout_s)
+
+    def start_worker(self) -> subprocess.Popen:
+        log = (self.log_dir / f"worker-{len(self.workers)}.log").open("wb")
+        process = subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.workers.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in self.workers:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.workers:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._dispatcher is not None:
+            self._dispatcher.stop()
+        self.ctx.session_factory.kw["bind"].dispose()
+
+
+@pytest.fixture
+def service(postgres_url, redis_url, tmp_path):
+    upgrade_database(postgres_url)
+    env = {
+        **os.environ,
+        "SQUEEZER_DATABASE_URL": postgres_url,
+        "SQUEEZER_BROKER_URL": redis_url,
+        "SQUEEZER_DATA_DIR": str(tmp_path / "data"),
+        "SQUEEZER_STORAGE_BACKEND": "database",
+        "SQUEEZER_STORAGE_CHUNK_BYTES": str(64 * 1024),
+        "SQUEEZER_HEARTBEAT_INTERVAL_S": "0.5",
+        "SQUEEZER_HEARTBEAT_TIMEOUT_S": "3",
+        "SQUEEZER_WORKER_DEVICE": "cpu",
+        "OMP_NUM_THREADS": "1",
+    }
+    service = Service(env, tmp_path)
+    yield service
+    service.stop()

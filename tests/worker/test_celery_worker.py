@@ -1,0 +1,82 @@
+"""Real worker processes on real Redis and PostgreSQL."""
+
+import json
+import os
+import signal
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from store.artifacts import export_artifact_to
+from store.jobs import request_cancel
+from store.models import Job, utcnow
+from tests.worker.conftest import tiny_spec
+
+RESULT_NAMES = {"model.sqz", "model.onnx", "model.zip", "report.json"}
+
+
+@pytest.mark.slow
+def test_a_job_runs_once_even_when_its_message_arrives_twice(service, sample_model_zip, tmp_path):
+    job_id = service.create(tiny_spec(service.upload(sample_model_zip)))
+    service.dispatcher.enqueue(job_id)
+    service.dispatcher.enqueue(job_id)  # a redelivery, or a client retry
+    service.start_worker()
+    job = service.wait_final(job_id)
+    assert (job.status, job.attempts, job.error_code) == ("succeeded", 1, None)
+    results = service.results(job_id)
+    assert set(results) == RESULT_NAMES
+    report = json.loads(export_artifact_to(service.ctx.session_factory, service.ctx.blobs, results["report.json"], tmp_path / "report.json").read_text())
+    assert report["target_met"] == job.target_met
+    assert job.progress["fraction"] == pytest.approx(1.0)
+    assert job.checkpoint_artifact_id is None  # dropped once the job succeeded
+
+
+@pytest.mark.slow
+def test_cancel_of_a_queued_and_of_a_running_job(service, sample_model_zip):
+    model_id = service.upload(sample_model_zip)
+    queued_id = service.create(tiny_spec(model_id))
+    with service.ctx.session_factory() as session:
+        assert request_cancel(session, queued_id).status == "cancelled"
+    running_id = service.create(tiny_spec(model_id, sparsity=None, prune_epochs=3, epochs_per_step=3, max_train_samples=1000))
+    service.dispatcher.enqueue(queued_id)
+    service.dispatcher.enqueue(running_id)
+    service.start_worker()
+    service.wait(running_id, lambda job: job.status == "running" and job.progress.get("stage") not in (None, "queued"))
+    with service.ctx.session_factory() as session:
+        assert request_cancel(session, running_id).status == "cancelling"
+    running = service.wait_final(running_id, timeout_s=30)
+    queued = service.job(queued_id)
+    assert running.status == "cancelled" and service.results(running_id) == {}
+    assert (queued.status, queued.attempts) == ("cancelled", 0)
+
+
+@pytest.mark.slow
+def test_a_job_whose_worker_is_killed_is_requeued_and_finishes_once(service, sample_model_zip):
+    """Two workers; the one running the job dies with SIGKILL after its first checkpoint. The survivor's reaper sees
+    the heartbeat stop, requeues the job and sends it again; the survivor resumes from the checkpoint."""
+    job_id = service.create(tiny_spec(service.upload(sample_model_zip), sparsity=None, prune_epochs=2, epochs_per_step=2, max_train_samples=600))
+    workers = {str(service.start_worker().pid): None, str(service.start_worker().pid): None}
+    service.dispatcher.enqueue(job_id)
+    running = service.wait(job_id, lambda job: job.status == "running" and job.checkpoint_artifact_id is not None)
+    victim = running.worker_id.split(":")[1]
+    assert victim in workers
+    os.kill(int(victim), signal.SIGKILL)
+    job = service.wait_final(job_id, timeout_s=180)
+    assert (job.status, job.attempts) == ("succeeded", 2)
+    assert victim not in job.worker_id
+    assert set(service.results(job_id)) == RESULT_NAMES
+    stages = service.event_stages(job_id)
+    assert "worker_lost" in stages and "resume" in stages
+
+
+@pytest.mark.slow
+def test_a_job_whose_message_was_lost_is_sent_again_by_the_reaper(service, sample_model_zip):
+    """No message at all (the broker lost it, e.g. Redis restarted without persistence): the row is the truth."""
+    job_id = service.create(tiny_spec(service.upload(sample_model_zip)))
+    with service.ctx.session_factory() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=utcnow() - timedelta(hours=1)))
+        session.commit()
+    service.start_worker()
+    job = service.wait_final(job_id)
+    assert (job.status, job.attempts) == ("succeeded", 1)

@@ -1,0 +1,115 @@
+"""The Celery side of the workers: one task, `squeezer.run_job`, whose only argument is a job id.
+
+Delivery settings, and why:
+- task_acks_late + task_reject_on_worker_lost: a message is acknowledged only after the job function returns, so a
+  worker that dies mid-job leaves it unacknowledged instead of silently lost.
+- worker_prefetch_multiplier=1 and the solo pool: a worker holds one job at a time; one worker process per GPU, and
+  CUDA only ever initialised in the process that runs jobs (no fork after CUDA). Pick the GPU with
+  CUDA_VISIBLE_DEVICES and the device with SQUEEZER_WORKER_DEVICE.
+- visibility_timeout: Redis hands an unacknowledged message to another worker once this many seconds pass, which
+  for compression jobs longer than the default hour would mean a second delivery while the first still runs. The
+  second delivery is harmless (the claim is an atomic queued → running update, so it finds the job running and
+  returns), but it is pointless work, so the timeout is set longer than any job. Jobs whose worker really died do
+  not wait for it: the reaper sees their heartbeat stop and requeues them.
+"""
+
+import logging
+import os
+import socket
+import threading
+
+from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
+
+from store.settings import Settings, get_settings
+from worker.context import WorkerContext
+from worker.reaper import ReaperThread
+
+TASK_NAME = "squeezer.run_job"
+QUEUE_NAME = "squeezer"
+VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
+
+log = logging.getLogger(__name__)
+_configured: dict[str, object] = {}
+_lock = threading.Lock()
+
+
+def create_celery_app(broker_url: str) -> Celery:
+    """A Celery app for `broker_url`: the API uses it to send, workers to consume. No result backend: results live
+    in the database."""
+    app = Celery("squeezer", broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        worker_pool="solo",
+        task_ignore_result=True,
+        task_default_queue=QUEUE_NAME,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_connection_retry_on_startup=True,
+        # A broker that is down must not hang the API request that enqueues: fail fast, the reaper re-sends later.
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0},
+    )
+    app.task(name=TASK_NAME, ignore_result=True)(run_job_task)
+    return app
+
+
+def worker_context() -> WorkerContext:
+    """One context per worker process, built on first use from the settings given to `start_worker` (or the env)."""
+    with _lock:
+        if "ctx" not in _configured:
+            _configured["ctx"] = WorkerContext.from_settings(_configured.get("settings") or get_settings())
+        return _configured["ctx"]
+
+
+def run_job_task(job_id: str) -> None:
+    # Imported here so that the API, which only sends tasks, never imports the engine (torch).
+    from worker.runner import run_job
+
+    run_job(job_id, worker_context())
+
+
+@worker_ready.connect
+def _start_reaper(sender=None, **_) -> None:
+    app = sender.app
+    reaper = ReaperThread(worker_context(), lambda job_id: app.send_task(TASK_NAME, args=[job_id]))
+    _configured["reaper"] = reaper
+    reaper.start()
+
+
+@worker_shutdown.connect
+def _stop_reaper(**_) -> None:
+    reaper = _configured.pop("reaper", None)
+    if reaper is not None:
+        reaper.stop()
+
+
+def start_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
+    """Runs a worker in this process until it is stopped (`squeezer worker`)."""
+    if not settings.broker_url:
+        raise ValueError("SQUEEZER_BROKER_URL is not set: a Celery worker needs a broker (the embedded mode runs jobs in-process)")
+    _configured["settings"] = settings
+    worker_app = create_celery_app(settings.broker_url)
+    hostname = f"squeezer-{os.getpid()}@{socket.gethostname()}"
+    worker_app.worker_main(
+        [
+            "worker",
+            "--pool",
+            "solo",
+            "--concurrency",
+            "1",
+            "--loglevel",
+            loglevel,
+            "--hostname",
+            hostname,
+            "--queues",
+            QUEUE_NAME,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+# `celery -A worker.celery_app worker` finds this one; it reads SQUEEZER_BROKER_URL.
+app = create_celery_app(get_settings().broker_url)

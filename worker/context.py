@@ -1,0 +1,38 @@
+"""What a worker process needs to run jobs: its identity, the database, blob storage and its device."""
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from store.blobs import BlobStore, make_blob_store
+from store.db import make_engine, make_session_factory
+from store.settings import Settings
+
+
+def new_worker_id() -> str:
+    """host:pid plus a random suffix, so a restarted process never passes for the dead one."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    session_factory: sessionmaker[Session]
+    blobs: BlobStore
+    worker_id: str
+    # "auto" | "cpu" | "cuda": the worker's hardware wins over a job's own `device` option unless it is "auto".
+    device: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings, session_factory: sessionmaker[Session] | None = None, blobs: BlobStore | None = None) -> "WorkerContext":
+        session_factory = session_factory or make_session_factory(make_engine(settings.resolved_database_url))
+        return cls(
+            settings=settings,
+            session_factory=session_factory,
+            blobs=blobs or make_blob_store(settings, session_factory),
+            worker_id=new_worker_id(),
+            device=settings.worker_device,
+        )

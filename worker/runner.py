@@ -1,0 +1,290 @@
+"""The one job function, run by Celery workers and by the embedded in-process worker alike.
+
+claim (atomic) → fetch inputs into a temp dir → core.pipeline.compress_files with progress, heartbeat and cancel
+hooks → store results → final status. The engine never sees the database; this module is the only bridge."""
+
+import logging
+import re
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Self
+
+import pydantic
+from sqlalchemy.exc import SQLAlchemyError
+
+from core.config import CompressConfig
+from core.errors import Cancelled, InputError, SqueezerError
+from core.events import Event
+from core.intake.archives import safe_extract
+from core.pipeline import ModelSource, compress_files
+from store.artifacts import delete_artifact, export_artifact_to, get_ready_artifact, store_file
+from store.jobs import claim_job, finish_job, heartbeat, record_event, set_checkpoint, update_progress
+from store.models import Job
+from worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+# Events are written at most this often, except those a client must never miss.
+EVENT_INTERVAL_S = 0.5
+ALWAYS_RECORDED_STAGES = {"step", "checkpoint", "done"}
+# How often the engine's stop check asks the database (cancel requested? still our job?).
+STOP_CHECK_INTERVAL_S = 1.0
+RESULT_FILES = {"model.sqz": "application/octet-stream", "model.onnx": "application/onnx", "model.zip": "application/zip", "report.json": "application/json"}
+_SUFFIX = re.compile(r"^\.[a-z0-9]{1,12}$")
+
+
+def run_job(job_id: str, ctx: WorkerContext) -> None:
+    """Runs one job to a final status. Returns without doing anything when the job is not queued (a duplicate or
+    redelivered message, a cancelled job, another worker's job)."""
+    with ctx.session_factory() as session:
+        job = claim_job(session, job_id, ctx.worker_id)
+    if job is None:
+        log.info("job %s: not queued any more, nothing to do", job_id)
+        return
+    log.info("job %s: attempt %d on %s", job_id, job.attempts, ctx.worker_id)
+    with JobMonitor(ctx, job) as monitor, tempfile.TemporaryDirectory(prefix=f"squeezer-{job_id}-") as workdir:
+        try:
+            report = _compress(job, ctx, monitor, Path(workdir))
+            results = _store_results(job, ctx, Path(workdir) / "out")
+        except Cancelled:
+            _finish(ctx, job, "cancelled")
+        except SqueezerError as error:
+            _finish(ctx, job, "failed", error_code=error.code, error_message=error.message)
+        except Exception as error:
+            log.exception("job %s: internal error", job_id)
+            _finish(
+                ctx,
+                job,
+                "failed",
+                error_code="internal_error",
+                error_message=f"The job stopped on an internal error ({type(error).__name__}); the worker's log has the details.",
+            )
+        else:
+            if _finish(ctx, job, "succeeded", target_met=bool(report.get("target_met")), results=results):
+                _drop_checkpoint(ctx, job_id)
+            else:
+                for artifact_id in results.values():
+                    delete_artifact(ctx.session_factory, ctx.blobs, artifact_id)
+
+
+def _finish(ctx: WorkerContext, job: Job, status: str, **fields: Any) -> bool:
+    with ctx.session_factory() as session:
+        done = finish_job(session, job.id, ctx.worker_id, status, **fields)
+    if not done:
+        log.warning("job %s: no longer ours, %s result dropped", job.id, status)
+    return done
+
+
+def _compress(job: Job, ctx: WorkerContext, monitor: "JobMonitor", workdir: Path) -> dict:
+    spec = job.spec
+    inputs = workdir / "inputs"
+    model = _fetch_model(job, ctx, inputs)
+    data = _fetch_dataset(job, ctx, inputs)
+    config = config_from_spec(spec, ctx.device)
+    checkpoint_dir = workdir / "checkpoint"
+    checkpoint_dir.mkdir()
+    monitor.checkpoint_dir = checkpoint_dir
+    if job.checkpoint_artifact_id and _restore_checkpoint(ctx, job.checkpoint_artifact_id, workdir, checkpoint_dir):
+        monitor.on_event(Event(stage="resume", fraction=0.0, message=f"Attempt {job.attempts} resumes from the previous attempt's last checkpoint."))
+    return compress_files(model, data, workdir / "out", config, on_event=monitor.on_event, should_stop=monitor.should_stop, checkpoint_dir=checkpoint_dir)
+
+
+def config_from_spec(spec: dict, worker_device: str) -> CompressConfig:
+    """The job spec's method, target and options as the engine's config. A worker pinned to a device overrides the
+    job's own choice: the hardware is the worker's to know."""
+    fields = dict(spec.get("options") or {})
+    fields.pop("method", None)
+    fields.pop("target", None)
+    try:
+        config = CompressConfig(method=spec.get("method", "lwct"), target=spec.get("accuracy_target") or {}, **fields)
+    except pydantic.ValidationError as error:
+        raise InputError(f"invalid job options: {error.errors(include_url=False)}", code="invalid_options") from None
+    if worker_device != "auto":
+        config = config.model_copy(update={"device": worker_device})
+    return config
+
+
+def _suffix(filename: str) -> str:
+    """The extension that tells the engine the format (.onnx, .zip, .tar.gz, ...); user file names go no further."""
+    name = Path(filename).name.lower()
+    for double in (".tar.gz", ".tar.bz2", ".tar.xz"):
+        if name.endswith(double):
+            return double
+    suffix = Path(name).suffix
+    return suffix if _SUFFIX.match(suffix) else ""
+
+
+def _fetch(ctx: WorkerContext, job: Job, artifact_id: str, dest_dir: Path, stem: str) -> Path:
+    """Exports one input artifact of the job's own tenant under a name whose extension tells its format."""
+    with ctx.session_factory() as session:
+        artifact = get_ready_artifact(session, artifact_id, tenant=job.tenant)
+    if artifact is None:
+        raise InputError(f"artifact {artifact_id} does not exist or was deleted", code="artifact_not_found")
+    return export_artifact_to(ctx.session_factory, ctx.blobs, artifact_id, dest_dir / f"{stem}{_suffix(artifact.filename)}")
+
+
+def _fetch_model(job: Job, ctx: WorkerContext, inputs: Path) -> ModelSource:
+    """The spec's model: {"artifact_id"} or {"weights_artifact_id", "architecture": {"name", "args"}}."""
+    model_spec = job.spec.get("model") or {}
+    if "artifact_id" in model_spec:
+        # An .onnx file or a .zip of a model directory, handed over as is: the engine opens zips with the same checks
+        # (core.intake.archives) that validated the job at submission, so worker and API never disagree.
+        return ModelSource(path=_fetch(ctx, job, model_spec["artifact_id"], inputs, "model"))
+    if "weights_artifact_id" in model_spec:
+        architecture = model_spec.get("architecture") or {}
+        path = _fetch(ctx, job, model_spec["weights_artifact_id"], inputs, "weights")
+        return ModelSource(path=path, architecture=architecture.get("name"), arch_args=architecture.get("args") or {})
+    raise InputError("the job names no model (model.artifact_id or model.weights_artifact_id)", code="invalid_job")
+
+
+def _fetch_dataset(job: Job, ctx: WorkerContext, inputs: Path) -> str | Path:
+    """The spec's dataset: {"artifact_id"} (.npz, .zip or .tar of an image folder) or {"sample": name}."""
+    dataset_spec = job.spec.get("dataset") or {}
+    if "artifact_id" in dataset_spec:
+        return _fetch(ctx, job, dataset_spec["artifact_id"], inputs, "dataset")
+    if "sample" in dataset_spec:
+        return f"sample:{dataset_spec['sample']}"
+    raise InputError("the job names no dataset (dataset.artifact_id or dataset.sample)", code="invalid_job")
+
+
+def _restore_checkpoint(ctx: WorkerContext, artifact_id: str, workdir: Path, checkpoint_dir: Path) -> bool:
+    """Unpacks the previous attempt's checkpoint so the engine resumes from it. A missing or unreadable checkpoint
+    costs time, not the job: the engine starts over (False)."""
+    try:
+        archive = export_artifact_to(ctx.session_factory, ctx.blobs, artifact_id, workdir / "checkpoint.zip")
+        safe_extract(archive, checkpoint_dir)
+        archive.unlink()
+    except Exception:
+        log.exception("checkpoint %s unusable; starting over", artifact_id)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        checkpoint_dir.mkdir()
+        return False
+    return True
+
+
+def _store_results(job: Job, ctx: WorkerContext, out_dir: Path) -> dict[str, str]:
+    """Uploads the engine's outputs as result artifacts; the model directory travels as model.zip."""
+    model_dir = out_dir / "model"
+    if model_dir.is_dir():
+        shutil.make_archive(str(out_dir / "model"), "zip", root_dir=model_dir)
+    results: dict[str, str] = {}
+    try:
+        for name, content_type in RESULT_FILES.items():
+            path = out_dir / name
+            if path.is_file():
+                artifact = store_file(ctx.session_factory, ctx.blobs, path, tenant=job.tenant, kind="result", filename=name, content_type=content_type)
+                results[name] = artifact.id
+    except BaseException:
+        for artifact_id in results.values():
+            delete_artifact(ctx.session_factory, ctx.blobs, artifact_id)
+        raise
+    return results
+
+
+def _drop_checkpoint(ctx: WorkerContext, job_id: str) -> None:
+    with ctx.session_factory() as session:
+        checkpoint_id = session.get(Job, job_id).checkpoint_artifact_id
+    if checkpoint_id:
+        delete_artifact(ctx.session_factory, ctx.blobs, checkpoint_id)
+
+
+class JobMonitor:
+    """The engine's hooks for one running job: events → job_events and job.progress (throttled), stop checks →
+    cancel flag and ownership, checkpoints → artifacts, and a heartbeat thread for the stretches where the engine
+    calls neither hook (loading, evaluation, export)."""
+
+    def __init__(self, ctx: WorkerContext, job: Job):
+        self.ctx = ctx
+        self.job = job
+        self.checkpoint_dir: Path | None = None
+        self._stop = threading.Event()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{job.id}", daemon=True)
+        self._last_write = 0.0
+        self._last_check = time.monotonic()
+        self._last_stage: str | None = None
+        self.progress: dict[str, Any] = {"stage": "queued", "fraction": 0.0, "best_accuracy": None, "best_compression_ratio": None}
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._closing.set()
+        self._thread.join()
+
+    def _heartbeat_loop(self) -> None:
+        while not self._closing.wait(self.ctx.settings.heartbeat_interval_s):
+            self._beat()
+
+    def _beat(self) -> None:
+        try:
+            with self.ctx.session_factory() as session:
+                if not heartbeat(session, self.job.id, self.ctx.worker_id):
+                    self._stop.set()
+        except Exception:
+            # A database blip must not stop the job; the reaper decides if the heartbeat stays away too long.
+            log.exception("job %s: heartbeat failed", self.job.id)
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if not self._stop.is_set() and now - self._last_check >= STOP_CHECK_INTERVAL_S:
+            self._last_check = now
+            self._beat()
+        return self._stop.is_set()
+
+    def on_event(self, event: Event) -> None:
+        self._track(event)
+        now = time.monotonic()
+        important = event.stage in ALWAYS_RECORDED_STAGES or event.level in ("warning", "error") or event.stage != self._last_stage
+        if not important and now - self._last_write < EVENT_INTERVAL_S:
+            return
+        self._last_write = now
+        self._last_stage = event.stage
+        try:
+            with self.ctx.session_factory() as session:
+                record_event(session, self.job.id, event)
+                update_progress(session, self.job.id, self.progress)
+            if event.stage == "checkpoint":
+                self._save_checkpoint()
+        except SQLAlchemyError:
+            # Losing a progress report (database restarting) must not cost the job; the final status is retried
+            # by the reaper if the database is still away when the job ends.
+            log.exception("job %s: could not record a %s event", self.job.id, event.stage)
+
+    def _track(self, event: Event) -> None:
+        """Progress shows the stage, the overall fraction and the best accepted step so far (highest ratio)."""
+        self.progress["stage"] = event.stage
+        self.progress["fraction"] = max(self.progress["fraction"], min(max(float(event.fraction), 0.0), 1.0))
+        data = event.data
+        if event.stage == "step" and data.get("accepted"):
+            ratio = data.get("compression_ratio")
+            best = self.progress["best_compression_ratio"]
+            if ratio is not None and (best is None or ratio >= best):
+                self.progress["best_compression_ratio"] = ratio
+                self.progress["best_accuracy"] = data.get("accuracy")
+
+    def _save_checkpoint(self) -> None:
+        """Zips the checkpoint folder into an artifact, points the job at it and drops the previous one."""
+        if self.checkpoint_dir is None:
+            return
+        archive = Path(shutil.make_archive(str(self.checkpoint_dir.parent / "checkpoint-upload"), "zip", root_dir=self.checkpoint_dir))
+        try:
+            artifact = store_file(
+                self.ctx.session_factory,
+                self.ctx.blobs,
+                archive,
+                tenant=self.job.tenant,
+                kind="checkpoint",
+                filename="checkpoint.zip",
+                content_type="application/zip",
+            )
+        finally:
+            archive.unlink(missing_ok=True)
+        with self.ctx.session_factory() as session:
+            obsolete = set_checkpoint(session, self.job.id, self.ctx.worker_id, artifact.id)
+        if obsolete:
+            delete_artifact(self.ctx.session_factory, self.ctx.blobs, obsolete)
