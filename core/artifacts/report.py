@@ -1,0 +1,34 @@
+"""report.json: the numbers a user needs to judge a compression run (issue 2 contract)."""
+
+from dataclasses import asdict
+from typing import Any
+
+MEASURE_KEYS = ("accuracy", "params", "nonzero_params", "flops", "size_bytes", "latency_ms")
+
+
+def build_report(*, method: str, max_drop: float, drop_type: str, target_met: bool,
+                 baseline: dict[str, Any], compressed: dict[str, Any], layers: list, trials: list,
+                 extras: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Assembles the report; `baseline`/`compressed` must hold every key of MEASURE_KEYS.
+
+    compressed["size_bytes"] is the on-disk size of model.sqz and baseline["size_bytes"] the
+    float32 bytes of the input weights, so compression_ratio is a file-bytes ratio, never a bit count.
+    """
+    for side, measures in (("baseline", baseline), ("compressed", compressed)):
+        missing = [key for key in MEASURE_KEYS if key not in measures]
+        if missing:
+            raise ValueError(f"{side} measures lack {missing}")
+    return {
+        "method": method,
+        "metric": "top1",
+        "target": {"max_drop": max_drop, "drop_type": drop_type},
+        "target_met": target_met,
+        "baseline": baseline,
+        "compressed": compressed,
+        "accuracy_drop": baseline["accuracy"] - compressed["accuracy"],
+        "compression_ratio": baseline["size_bytes"] / compressed["size_bytes"],
+        "flops_reduction": baseline["flops"] / compressed["flops"] if compressed["flops"] else None,
+        "layers": [asdict(layer) for layer in layers],
+        "trials": [asdict(trial) for trial in trials],
+        **(extras or {}),
+    }

@@ -1,0 +1,183 @@
+"""The `.sqz` container: Squeezer's packed model, whose size on disk is the compression ratio we report.
+
+Layout: b"SQZ1", one byte naming the body compression (0 none, 1 zlib, 2 lzma), then the body:
+u32 header length, a JSON header (architecture, source format, one entry per tensor), the tensor
+payload, and for ONNX-origin models the weightless graph. Nothing is ever unpickled.
+
+Tensor encodings (METHODS.md "Storage accounting"), the smallest applicable one is chosen per tensor:
+- ternary layers: a nonzero index (bitmap, or byte/short gaps between nonzeros) + one sign bit per
+  nonzero + the float σ;
+- sparse float layers: a nonzero index + float32 values, when smaller than dense;
+- everything else: raw bytes in its own dtype (float32 for weights).
+"""
+
+import dataclasses
+import json
+import lzma
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from core.errors import ModelFormatError
+
+MAGIC = b"SQZ1"
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8, "bool": torch.bool}
+
+
+def _index_encodings(nonzero: np.ndarray) -> dict[str, bytes]:
+    """Candidate encodings of the positions of the nonzeros of a flat tensor.
+
+    "gaps": one byte per nonzero holding the zeros skipped before it; 255 means "255 more zeros, read on".
+    """
+    gaps = np.diff(np.flatnonzero(nonzero), prepend=-1) - 1
+    escapes = gaps // 255
+    stream = np.full(int(escapes.sum() + len(gaps)), 255, dtype=np.uint8)
+    stream[np.cumsum(escapes + 1) - 1] = gaps % 255
+    return {"bitmap": np.packbits(nonzero).tobytes(), "gaps": stream.tobytes()}
+
+
+def _decode_index(kind: str, data: bytes, numel: int, count: int) -> np.ndarray:
+    if kind == "bitmap":
+        return np.unpackbits(np.frombuffer(data, np.uint8), count=numel).astype(bool)
+    stream = np.frombuffer(data, np.uint8).astype(np.int64)
+    ends = stream < 255
+    positions = np.cumsum(np.where(ends, stream + 1, 255))[ends] - 1
+    if len(positions) != count or (count and positions[-1] >= numel):
+        raise ValueError("sparse index does not match the tensor")
+    nonzero = np.zeros(numel, dtype=bool)
+    nonzero[positions] = True
+    return nonzero
+
+
+def _encode_tensor(tensor: torch.Tensor, representation: str, sigma: float | None) -> tuple[dict, list[bytes]]:
+    """Header entry and payload chunks for one tensor, in the smallest encoding its representation allows."""
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    entry: dict = {"shape": list(tensor.shape), "dtype": dtype}
+    raw = tensor.contiguous().numpy().tobytes()
+    if representation == "float" or dtype != "float32" or tensor.numel() == 0:
+        entry["enc"] = "raw"
+        return entry, [raw]
+    values = tensor.flatten().numpy()
+    nonzero = values.view(np.uint32) != 0  # bit pattern: a -0.0 is kept as a value so decoding stays bit-exact
+    kind, index = min(_index_encodings(nonzero).items(), key=lambda item: len(item[1]))
+    entry.update(index=kind, nnz=int(nonzero.sum()))
+    if representation == "ternary":
+        np_sigma = np.float32(sigma)
+        if not np.all(np.abs(values[nonzero]) == np_sigma):
+            raise ValueError("ternary tensor holds values other than ±σ")
+        entry.update(enc="ternary", sigma=float(np_sigma))
+        return entry, [index, np.packbits(values[nonzero] < 0).tobytes()]
+    sparse = [index, values[nonzero].astype("<f4").tobytes()]
+    if sum(map(len, sparse)) >= len(raw):
+        entry["enc"] = "raw"
+        return entry, [raw]
+    entry["enc"] = "sparse"
+    return entry, sparse
+
+
+def _decode_tensor(entry: dict, chunks: list[bytes]) -> torch.Tensor:
+    dtype, shape = _DTYPES[entry["dtype"]], entry["shape"]
+    if entry["enc"] == "raw":
+        return torch.frombuffer(bytearray(chunks[0]), dtype=dtype).reshape(shape) if chunks[0] else torch.zeros(shape, dtype=dtype)
+    numel, nnz = int(np.prod(shape)), entry["nnz"]
+    nonzero = _decode_index(entry["index"], chunks[0], numel, nnz)
+    values = np.zeros(numel, dtype=np.float32)
+    if entry["enc"] == "ternary":
+        negative = np.unpackbits(np.frombuffer(chunks[1], np.uint8), count=nnz).astype(bool)
+        sigma = np.float32(entry["sigma"])
+        values[nonzero] = np.where(negative, -sigma, sigma)
+    else:
+        values[nonzero] = np.frombuffer(chunks[1], "<f4")
+    return torch.from_numpy(values).reshape(shape)
+
+
+def layer_bits(tensor: torch.Tensor, representation: str, sigma: float | None = None) -> float:
+    """Storage bits per weight of one layer's weight as packed (before whole-file compression)."""
+    entry, chunks = _encode_tensor(tensor.detach().cpu(), representation, sigma)
+    extra = 32 if entry["enc"] == "ternary" else 0
+    return (8 * sum(map(len, chunks)) + extra) / max(tensor.numel(), 1)
+
+
+def pack_sqz(model, layers: list) -> bytes:
+    """Serialise `model` (a LoadedModel) with the per-layer representations chosen by a method."""
+    by_weight = {f"{layer.name}.weight": layer for layer in layers}
+    entries, payload = {}, []
+    for key, tensor in model.module.state_dict().items():
+        layer = by_weight.get(key)
+        representation = layer.representation if layer is not None else "float"
+        entry, chunks = _encode_tensor(tensor.detach().cpu(), representation, layer.sigma if layer else None)
+        entry["sizes"] = [len(c) for c in chunks]
+        entries[key] = entry
+        payload.extend(chunks)
+    graph = model.onnx_graph or b""
+    header = {
+        "architecture": {
+            "name": model.architecture["name"],
+            "args": model.architecture.get("args", {}),
+            "input_shape": list(model.input_shape) if model.input_shape else None,
+            "num_classes": model.num_classes,
+            "preprocessing": model.preprocessing.model_dump() if model.preprocessing else None,
+        },
+        "source_format": model.source_format,
+        "onnx_graph_bytes": len(graph),
+        "tensors": entries,
+    }
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    body = struct.pack("<I", len(header_bytes)) + header_bytes + b"".join(payload) + graph
+    candidates = [(0, body), (1, zlib.compress(body, 9)), (2, lzma.compress(body, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS))]
+    flag, packed = min(candidates, key=lambda item: len(item[1]))
+    return MAGIC + bytes([flag]) + packed
+
+
+def write_sqz(path: Path, model, layers: list) -> int:
+    data = pack_sqz(model, layers)
+    Path(path).write_bytes(data)
+    return len(data)
+
+
+def _unpack(data: bytes) -> tuple[dict, dict[str, torch.Tensor], bytes]:
+    if data[:4] != MAGIC or len(data) < 5 or data[4] > 2:
+        raise ModelFormatError("not a Squeezer .sqz file (bad magic)")
+    try:
+        body = [lambda b: b, zlib.decompress, lambda b: lzma.decompress(b, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)][data[4]](data[5:])
+        (header_len,) = struct.unpack_from("<I", body)
+        header = json.loads(body[4 : 4 + header_len])
+        offset = 4 + header_len
+        state = {}
+        for key, entry in header["tensors"].items():
+            chunks = []
+            for size in entry["sizes"]:
+                chunks.append(body[offset : offset + size])
+                offset += size
+            state[key] = _decode_tensor(entry, chunks)
+        graph = body[offset : offset + header["onnx_graph_bytes"]]
+    except (zlib.error, lzma.LZMAError, struct.error, json.JSONDecodeError, KeyError, ValueError, TypeError, IndexError) as exc:
+        raise ModelFormatError(f"corrupt .sqz file: {exc}") from exc
+    return header, state, graph
+
+
+def inspect_sqz(data: bytes) -> dict:
+    """The JSON header of a packed model (architecture, source format, per-tensor encodings)."""
+    return _unpack(data)[0]
+
+
+def load_sqz(path: Path):
+    """Rebuild a runnable LoadedModel whose weights are bit-identical to the packed ones."""
+    from core.intake.models import load_model
+
+    header, state, graph = _unpack(Path(path).read_bytes())
+    arch = header["architecture"]
+    with tempfile.TemporaryDirectory(prefix="squeezer-sqz-") as tmp:
+        model_dir = Path(tmp)
+        (model_dir / "architecture.json").write_text(json.dumps({"format": "squeezer-model", "version": 1, **arch}))
+        save_file({k: v.contiguous() for k, v in state.items()}, str(model_dir / "model.safetensors"))
+        if graph:
+            (model_dir / "graph.onnx").write_bytes(graph)
+        loaded = load_model(model_dir)
+    return dataclasses.replace(loaded, source_format=header["source_format"])

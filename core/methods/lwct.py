@@ -1,0 +1,354 @@
+"""Layer-wise compressive training (METHODS.md §1): global magnitude pruning, layer ranking, then a greedy
+walk that collapses the least significant layers into the ternary subspace {−σ, 0, +σ} with σ-constrained SGD,
+keeping every step whose accuracy stays within the budget.
+
+Working modules carry torch parametrizations: a pruned float layer computes W⊙m, a constrained layer
+σ·sign(W)⊙m with straight-through gradients to its float shadow weights W. The returned module has them
+materialised, so its weights are exactly what `core.artifacts.sqz` packs.
+"""
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.utils import parametrize
+
+from core.artifacts.sqz import layer_bits, pack_sqz
+from core.config import CompressConfig
+from core.errors import Cancelled, UnsupportedLayerError
+from core.events import Event, EventCallback, StopCheck, never_stop, no_events
+from core.measure import float32_bytes, resolve_device, top1_accuracy
+from core.train import fit
+
+PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_CHECKPOINT_JSON, _CHECKPOINT_TENSORS = "lwct.json", "lwct.safetensors"
+
+
+@dataclass
+class LayerState:
+    name: str
+    type: str
+    shape: list[int]
+    params: int
+    sparsity: float
+    representation: str  # "ternary" | "sparse-float" | "float"
+    sigma: float | None
+    bits: float
+    significance_rank: int
+    accepted: bool
+
+
+@dataclass
+class Trial:
+    step: int
+    stage: str
+    layers: list[str]
+    accuracy: float
+    compression_ratio: float
+    accepted: bool
+    sparsity: float | None
+
+
+@dataclass
+class MethodResult:
+    module: nn.Module
+    layers: list[LayerState]
+    trials: list[Trial]
+    baseline_accuracy: float
+    accuracy: float
+    target_met: bool
+    stopped_early: str | None
+
+
+class MaskedWeight(nn.Module):
+    """Parametrization of a pruned float layer: pruned weights stay exactly zero and get no gradient."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.mask, weight, 0.0)
+
+
+class TernaryWeight(nn.Module):
+    """σ-constrained parametrization: forward σ·sign(W)⊙m, straight-through (masked) gradient to W, learned σ."""
+
+    def __init__(self, mask: torch.Tensor, sigma: float):
+        super().__init__()
+        self.register_buffer("mask", mask)
+        self.sigma = nn.Parameter(torch.tensor(sigma, dtype=torch.float32))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        codes = torch.where(self.mask, torch.sign(weight), 0.0).detach()
+        return self.sigma * codes + torch.where(self.mask, weight - weight.detach(), 0.0)
+
+
+def prunable_layers(module: nn.Module) -> dict[str, nn.Module]:
+    return {name: layer for name, layer in module.named_modules() if isinstance(layer, PRUNABLE)}
+
+
+def initial_sigma(weight: torch.Tensor, mask: torch.Tensor) -> float:
+    """Least-squares optimum of ‖W − σ·sign(W)⊙m‖²: the mean |W| over the kept weights."""
+    kept = weight.detach()[mask].abs()
+    return float(kept.mean()) if kept.numel() else 0.0
+
+
+def global_magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
+    """One network-wide |w| threshold, so every layer ends with its own sparsity (True = kept)."""
+    magnitudes = torch.cat([w.detach().abs().flatten().cpu() for w in weights.values()])
+    k = int(round(sparsity * magnitudes.numel()))
+    if k == 0:
+        return {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
+    threshold = magnitudes.kthvalue(k).values
+    return {name: w.detach().abs() > threshold.to(w.device) for name, w in weights.items()}
+
+
+def build_working_module(base: nn.Module, shadow: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
+                         sigmas: dict[str, float | None]) -> nn.Module:
+    """A trainable copy of `base` holding `shadow` weights; layers named in `sigmas` are constrained (σ None: initialise)."""
+    module = copy.deepcopy(base).cpu()
+    module.load_state_dict(shadow)
+    for name, layer in prunable_layers(module).items():
+        mask = masks[name].cpu()
+        with torch.no_grad():
+            layer.weight.masked_fill_(~mask, 0.0)
+        if name in sigmas:
+            sigma = sigmas[name]
+            constraint = TernaryWeight(mask, initial_sigma(layer.weight, mask) if sigma is None else sigma)
+        else:
+            constraint = MaskedWeight(mask)
+        parametrize.register_parametrization(layer, "weight", constraint)
+    return module
+
+
+def shadow_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Plain state dict of a working module (float shadow weights under their ordinary names), on CPU."""
+    state = {}
+    for key, value in module.state_dict().items():
+        if ".parametrizations.weight.0." in key:
+            continue
+        state[key.replace(".parametrizations.weight.original", ".weight")] = value.detach().cpu().clone()
+    return state
+
+
+def learned_sigmas(module: nn.Module) -> dict[str, float]:
+    return {name: float(layer.parametrizations.weight[0].sigma.detach()) for name, layer in prunable_layers(module).items()
+            if parametrize.is_parametrized(layer, "weight") and isinstance(layer.parametrizations.weight[0], TernaryWeight)}
+
+
+def materialize(module: nn.Module) -> nn.Module:
+    """A plain float32 CPU copy whose weights are exactly the constrained ones (σ·sign⊙m, W⊙m)."""
+    plain = copy.deepcopy(module).cpu()
+    for layer in prunable_layers(plain).values():
+        if parametrize.is_parametrized(layer, "weight"):
+            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+    return plain.eval()
+
+
+def rank_layers(ranking: str, sparsities: dict[str, float], sizes: dict[str, int],
+                drops: dict[str, float] | None = None) -> list[str]:
+    """Layer names from most to least significant.
+
+    sparsity (paper): lower intra-layer sparsity = more significant; sensitivity: larger accuracy drop when the
+    layer alone is ternarised = more significant; size: smaller layers first (constraining big ones saves most).
+    """
+    names = list(sparsities)
+    if ranking == "sparsity":
+        return sorted(names, key=lambda n: (sparsities[n], -sizes[n]))
+    if ranking == "sensitivity":
+        return sorted(names, key=lambda n: (-drops[n], sparsities[n]))
+    return sorted(names, key=lambda n: (sizes[n], sparsities[n]))
+
+
+class _TimeLimit(Exception):
+    """Internal: the configured time limit ran out; the best state so far is kept."""
+
+
+class _Run:
+    """State of one compression run (kept in one place so checkpoints and events see the same thing)."""
+
+    def __init__(self, model, data, config: CompressConfig, on_event: EventCallback, should_stop: StopCheck,
+                 checkpoint_dir: Path | None):
+        self.model, self.data, self.config, self.lw = model, data, config, config.lwct
+        self.on_event, self.user_stop, self.checkpoint_dir = on_event, should_stop, checkpoint_dir
+        self.device = resolve_device(config.device)
+        self.deadline = time.monotonic() + config.time_limit_s if config.time_limit_s else math.inf
+        self.original_bytes = float32_bytes(model.module)
+        self.base = copy.deepcopy(model.module).float().cpu().eval()
+        self.trials: list[Trial] = []
+        self.ranking: list[str] = []
+        self.best: dict = {}
+
+    # -- helpers --------------------------------------------------------------------------------------------
+    def stop_check(self) -> bool:
+        if self.user_stop():
+            return True
+        if time.monotonic() > self.deadline:
+            raise _TimeLimit
+        return False
+
+    def emit(self, stage: str, fraction: float, message: str = "", **data) -> None:
+        self.on_event(Event(stage=stage, fraction=min(max(fraction, 0.0), 1.0), message=message, data=data))
+
+    def train(self, module: nn.Module, epochs: int, seed: int, stage: str, fraction: float) -> None:
+        def on_epoch(epoch: int, loss: float) -> None:
+            self.emit(stage, fraction, f"epoch {epoch + 1}/{epochs}", epoch=epoch + 1, loss=loss)
+
+        fit(module, self.data.x_train, self.data.y_train, epochs=epochs, lr=self.lw.lr, momentum=self.lw.momentum,
+            weight_decay=self.lw.weight_decay, batch_size=self.lw.batch_size, device=self.device, seed=seed,
+            max_samples=self.lw.max_train_samples, should_stop=self.stop_check, on_epoch=on_epoch)
+
+    def evaluate(self, module: nn.Module) -> float:
+        if self.user_stop():
+            raise Cancelled("stopped by request")
+        return top1_accuracy(module, self.data.x_val, self.data.y_val, device=self.device)
+
+    def layer_states(self, plain: nn.Module, masks, sigmas: dict[str, float]) -> list[LayerState]:
+        order = {name: rank for rank, name in enumerate(self.ranking)}
+        states = []
+        for name, layer in prunable_layers(plain).items():
+            weight = layer.weight.detach()
+            sparsity = 1.0 - float(masks[name].float().mean())
+            representation = "ternary" if name in sigmas else ("sparse-float" if sparsity > 0 else "float")
+            sigma = sigmas.get(name)
+            states.append(LayerState(
+                name=name, type=type(layer).__name__, shape=list(weight.shape), params=weight.numel(),
+                sparsity=sparsity, representation=representation, sigma=sigma,
+                bits=layer_bits(weight, representation, sigma), significance_rank=order.get(name, -1),
+                accepted=name in sigmas))
+        return states
+
+    def record(self, stage: str, module: nn.Module, masks, layers: list[str], accuracy: float, accepted: bool,
+               fraction: float, sparsity: float | None = None) -> Trial:
+        plain = materialize(module)
+        packed = pack_sqz(self.model.with_module(plain), self.layer_states(plain, masks, learned_sigmas(module)))
+        trial = Trial(step=len(self.trials) + 1, stage=stage, layers=layers, accuracy=accuracy,
+                      compression_ratio=self.original_bytes / len(packed), accepted=accepted, sparsity=sparsity)
+        self.trials.append(trial)
+        self.emit("step", fraction, f"{stage}: {'accepted' if accepted else 'rejected'}", step=trial.step,
+                  accuracy=accuracy, compression_ratio=trial.compression_ratio, accepted=accepted, layers=layers)
+        return trial
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def save_checkpoint(self, position: int, fraction: float) -> None:
+        """Persist the accepted state and the walk position (safetensors + JSON, never pickle)."""
+        if self.checkpoint_dir is None:
+            return
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        tensors = {f"shadow/{k}": v.contiguous() for k, v in self.best["shadow"].items()}
+        tensors |= {f"mask/{k}": v.cpu().to(torch.uint8).contiguous() for k, v in self.best["masks"].items()}
+        tensors_path = self.checkpoint_dir / _CHECKPOINT_TENSORS
+        save_file(tensors, str(tensors_path.with_suffix(".tmp")))
+        tensors_path.with_suffix(".tmp").replace(tensors_path)
+        meta = {"sigmas": self.best["sigmas"], "accuracy": self.best["accuracy"], "position": position,
+                "fraction": fraction, "ranking": self.ranking, "trials": [asdict(t) for t in self.trials]}
+        json_path = self.checkpoint_dir / _CHECKPOINT_JSON
+        json_path.with_suffix(".jtmp").write_text(json.dumps(meta))
+        json_path.with_suffix(".jtmp").replace(json_path)
+        self.emit("checkpoint", fraction, "checkpoint written", path=str(json_path))
+
+    def load_checkpoint(self):
+        if self.checkpoint_dir is None or not (self.checkpoint_dir / _CHECKPOINT_JSON).exists():
+            return None
+        meta = json.loads((self.checkpoint_dir / _CHECKPOINT_JSON).read_text())
+        tensors = load_file(str(self.checkpoint_dir / _CHECKPOINT_TENSORS))
+        shadow = {k.removeprefix("shadow/"): v for k, v in tensors.items() if k.startswith("shadow/")}
+        masks = {k.removeprefix("mask/"): v.bool() for k, v in tensors.items() if k.startswith("mask/")}
+        self.ranking = meta["ranking"]
+        self.trials = [Trial(**t) for t in meta["trials"]]
+        return meta, shadow, masks
+
+    # -- phases ---------------------------------------------------------------------------------------------
+    def accept(self, shadow, masks, sigmas: dict[str, float], accuracy: float) -> None:
+        """Remember the latest state within the budget (kept when the time limit cuts the run)."""
+        self.best = {"shadow": shadow, "masks": masks, "sigmas": sigmas, "accuracy": accuracy}
+
+    def prune(self, baseline: float, budget: float) -> None:
+        """Step 1: keep the sparsest fine-tuned global pruning level within the budget (gradually, level by level)."""
+        grid = [self.lw.sparsity] if self.lw.sparsity is not None else sorted(self.lw.sparsity_grid)
+        for i, sparsity in enumerate(grid):
+            fraction = 0.05 + 0.3 * (i + 1) / len(grid)
+            shadow = self.best["shadow"]
+            masks = global_magnitude_masks({n: shadow[f"{n}.weight"] for n in self.best["masks"]}, sparsity)
+            module = build_working_module(self.base, shadow, masks, {})
+            self.emit("prune", fraction, f"pruning to sparsity {sparsity:.2f}", sparsity=sparsity)
+            self.train(module, self.lw.prune_epochs, self.config.seed + i, "prune", fraction)
+            accuracy = self.evaluate(module)
+            within = baseline - accuracy <= budget
+            self.record("prune", module, masks, [], accuracy, within, fraction, sparsity)
+            if within or self.lw.sparsity is not None:
+                self.accept(shadow_state(module), masks, {}, accuracy)
+            if not within:
+                break
+
+    def sensitivity_drops(self, shadow, masks, accuracy: float) -> dict[str, float]:
+        drops = {}
+        for name in masks:
+            module = build_working_module(self.base, shadow, masks, {name: None})
+            drops[name] = accuracy - self.evaluate(module)
+        return drops
+
+
+def compress_lwct(model, data, config: CompressConfig, *, on_event: EventCallback = no_events,
+                  should_stop: StopCheck = never_stop, checkpoint_dir: Path | None = None) -> MethodResult:
+    """Compress `model` on `data` under `config.target`; see the module docstring and METHODS.md §1."""
+    run = _Run(model, data, config, on_event, should_stop, checkpoint_dir)
+    if not prunable_layers(run.base):
+        raise UnsupportedLayerError("the model has no Conv or Linear layer to compress")
+    lw = config.lwct
+    stopped_early = None
+    run.emit("baseline", 0.01, "evaluating the baseline")
+    baseline = run.evaluate(run.base)
+    budget = config.target.allowed_drop(baseline)
+    run.emit("baseline", 0.05, f"baseline accuracy {baseline:.2f}", accuracy=baseline, allowed_drop=budget)
+
+    run.accept(shadow_state(run.base), {n: l.weight.detach() != 0 for n, l in prunable_layers(run.base).items()}, {},
+               baseline)
+    resumed = run.load_checkpoint()
+    try:
+        if resumed:
+            meta, shadow, masks = resumed
+            run.accept(shadow, masks, meta["sigmas"], meta["accuracy"])
+            position = meta["position"]
+            run.emit("checkpoint", meta["fraction"], "resumed from checkpoint", path=str(checkpoint_dir / _CHECKPOINT_JSON))
+        else:
+            run.prune(baseline, budget)
+            position, masks = 0, run.best["masks"]
+            sparsities = {n: 1.0 - float(m.float().mean()) for n, m in masks.items()}
+            sizes = {n: m.numel() for n, m in masks.items()}
+            run.emit("rank", 0.37, f"ranking layers by {lw.ranking}")
+            drops = run.sensitivity_drops(run.best["shadow"], masks, run.best["accuracy"]) if lw.ranking == "sensitivity" else None
+            run.ranking = rank_layers(lw.ranking, sparsities, sizes, drops)
+            run.save_checkpoint(0, 0.4)
+        candidates = list(reversed(run.ranking[lw.preserve:]))
+        while position < len(candidates):
+            name = candidates[position]
+            fraction = 0.4 + 0.6 * (position + 1) / len(candidates)
+            run.emit("train", fraction, f"constraining {name}", layer=name)
+            best = run.best
+            module = build_working_module(run.base, best["shadow"], best["masks"], {**best["sigmas"], name: None})
+            run.train(module, lw.epochs_per_step, config.seed + 1000 + position, "train", fraction)
+            accuracy = run.evaluate(module)
+            accepted = baseline - accuracy <= budget
+            run.record("ternary", module, best["masks"], [name], accuracy, accepted, fraction)
+            position += 1
+            if accepted:
+                run.accept(shadow_state(module), best["masks"], learned_sigmas(module), accuracy)
+                run.save_checkpoint(position, fraction)
+            elif lw.on_violation == "stop":
+                break
+    except _TimeLimit:
+        stopped_early = "time_limit"
+        run.emit("train", 1.0, "time limit reached; keeping the best state so far", level="warning")
+    best = run.best
+    plain = materialize(build_working_module(run.base, best["shadow"], best["masks"], best["sigmas"]))
+    return MethodResult(module=plain, layers=run.layer_states(plain, best["masks"], best["sigmas"]), trials=run.trials,
+                        baseline_accuracy=baseline, accuracy=best["accuracy"],
+                        target_met=baseline - best["accuracy"] <= budget, stopped_early=stopped_early)

@@ -1,0 +1,74 @@
+"""Plain supervised training shared by every method: SGD with momentum and cross-entropy.
+
+Hooks let methods keep their constraints (masks, projections) after every optimizer step and let the
+caller stop cooperatively; seeded shuffling keeps CPU runs reproducible.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from core.errors import Cancelled
+
+
+def fit(
+    module: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    max_samples: int | None = None,
+    after_step: Callable[[], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> float:
+    """Train `module` in place on (x, y) and return the mean loss of the last epoch.
+
+    `max_samples` caps the samples seen per epoch (a fresh random subset each epoch).
+    Mixed precision is used on CUDA only, so CPU runs stay bit-reproducible for a given seed.
+    Raises Cancelled as soon as `should_stop()` returns True (checked before every step).
+    """
+    device = torch.device(device)
+    module.to(device).train()
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(seed)
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    n = len(x)
+    per_epoch = n if max_samples is None else min(n, max_samples)
+    last_loss = 0.0
+    try:
+        for epoch in range(epochs):
+            order = torch.randperm(n, generator=generator)[:per_epoch]
+            total, seen = 0.0, 0
+            for start in range(0, per_epoch, batch_size):
+                if should_stop is not None and should_stop():
+                    raise Cancelled("stopped by request")
+                idx = order[start : start + batch_size]
+                xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    loss = loss_fn(module(xb), yb)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                if after_step is not None:
+                    with torch.no_grad():
+                        after_step()
+                total += loss.detach().float().item() * len(idx)
+                seen += len(idx)
+            last_loss = total / max(seen, 1)
+            if on_epoch is not None:
+                on_epoch(epoch, last_loss)
+    finally:
+        module.eval()
+    return last_loss

@@ -1,0 +1,92 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from core.artifacts.sqz import inspect_sqz, load_sqz, pack_sqz, write_sqz
+from core.errors import ModelFormatError
+from core.intake.models import LoadedModel
+from core.intake.registry import build_architecture
+from core.methods.lwct import LayerState
+
+ARCH = {"name": "lenet5", "args": {"input_size": 8, "in_channels": 1, "num_classes": 10}}
+
+
+def _layer(name, weight, representation, sigma=None):
+    return LayerState(name=name, type="Linear", shape=list(weight.shape), params=weight.numel(),
+                      sparsity=float((weight == 0).float().mean()), representation=representation, sigma=sigma,
+                      bits=0.0, significance_rank=0, accepted=representation == "ternary")
+
+
+def _compressed_lenet(tmp_path):
+    """lenet5 with a dense-ish ternary layer, a very sparse ternary layer, a sparse float layer and dense floats."""
+    torch.manual_seed(0)
+    module = build_architecture(ARCH["name"], ARCH["args"]).eval()
+    named = [(n, m) for n, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    layers = []
+    with torch.no_grad():
+        for (name, layer), (representation, keep) in zip(named, [("float", 1.0), ("ternary", 0.6), ("ternary", 0.02),
+                                                                 ("sparse-float", 0.1), ("float", 1.0)]):
+            mask = torch.rand_like(layer.weight) < keep
+            sigma = None
+            if representation == "ternary":
+                sigma = float(layer.weight[mask].abs().mean())
+                layer.weight.copy_(torch.where(mask, torch.sign(layer.weight), 0.0) * torch.tensor(sigma))
+            elif representation == "sparse-float":
+                layer.weight.copy_(torch.where(mask, layer.weight, 0.0))
+                layer.weight[0, 0] = -0.0  # a negative zero must survive the round trip bit for bit
+            layers.append(_layer(name, layer.weight, representation, sigma))
+    return LoadedModel(module=module, architecture=ARCH, source_format="squeezer", input_shape=(1, 8, 8),
+                       num_classes=10, preprocessing=None, onnx_graph=None), layers
+
+
+def test_round_trip_is_bit_exact_for_every_encoding(tmp_path):
+    model, layers = _compressed_lenet(tmp_path)
+    path = tmp_path / "model.sqz"
+    size = write_sqz(path, model, layers)
+    assert size == path.stat().st_size == len(pack_sqz(model, layers))
+
+    header = inspect_sqz(path.read_bytes())
+    encodings = {(e["enc"], e.get("index")) for e in header["tensors"].values()}
+    assert {("ternary", "bitmap"), ("ternary", "gaps"), ("sparse", "gaps"), ("raw", None)} <= encodings
+
+    loaded = load_sqz(path)
+    original = model.module.state_dict()
+    restored = loaded.module.state_dict()
+    assert original.keys() == restored.keys()
+    for key, tensor in original.items():
+        assert restored[key].dtype == tensor.dtype
+        assert torch.equal(restored[key].view(torch.int32), tensor.view(torch.int32)), key
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.equal(loaded.module(x), model.module.eval()(x))
+    assert loaded.architecture["name"] == "lenet5" and loaded.num_classes == 10
+
+
+def test_packed_file_is_much_smaller_than_float32(tmp_path):
+    model, layers = _compressed_lenet(tmp_path)
+    float_bytes = 4 * sum(p.numel() for p in model.module.parameters())
+    assert len(pack_sqz(model, layers)) * 4 < float_bytes
+
+
+def test_ternary_layer_with_other_values_is_refused(tmp_path):
+    model, layers = _compressed_lenet(tmp_path)
+    ternary = next(layer for layer in layers if layer.representation == "ternary")
+    ternary.sigma *= 1.5
+    with pytest.raises(ValueError):
+        pack_sqz(model, layers)
+
+
+@pytest.mark.parametrize("data", [b"PK\x03\x04not an sqz", b"SQZ1\x02garbage", b"SQZ1"])
+def test_corrupt_files_give_a_clear_error(tmp_path, data):
+    path = tmp_path / "bad.sqz"
+    path.write_bytes(data)
+    with pytest.raises(ModelFormatError):
+        load_sqz(path)
+
+
+def test_header_carries_architecture_and_no_pickle(tmp_path):
+    model, layers = _compressed_lenet(tmp_path)
+    header = inspect_sqz(pack_sqz(model, layers))
+    assert header["architecture"]["args"] == ARCH["args"] and header["architecture"]["input_shape"] == [1, 8, 8]
+    json.dumps(header)

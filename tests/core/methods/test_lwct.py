@@ -1,0 +1,151 @@
+import time
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from core.config import AccuracyTarget, CompressConfig, LwctConfig
+from core.errors import Cancelled
+from core.methods.lwct import (TernaryWeight, compress_lwct, global_magnitude_masks, initial_sigma, prunable_layers,
+                               rank_layers)
+from core.train import fit
+
+
+def _blobs(n=256, features=16, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, features, generator=g) * 3
+    y = torch.randint(0, classes, (n,), generator=g)
+    return centres[y] + torch.randn(n, features, generator=g), y
+
+
+def test_sigma_sgd_keeps_weights_ternary_within_mask_and_learns_sigma():
+    torch.manual_seed(0)
+    x, y = _blobs()
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    layer = model[0]
+    mask = torch.rand_like(layer.weight) > 0.5
+    sigma0 = initial_sigma(layer.weight, mask)
+    parametrize.register_parametrization(layer, "weight", TernaryWeight(mask, sigma0))
+    shadow_before = layer.parametrizations.weight.original.detach().clone()
+
+    fit(model, x, y, epochs=2, lr=0.05, batch_size=32, seed=0)
+
+    sigma = layer.parametrizations.weight[0].sigma.detach()
+    weight = layer.weight.detach()
+    assert float(sigma) != pytest.approx(sigma0)
+    assert torch.all(weight[~mask] == 0)
+    assert torch.all(weight[mask].abs() == sigma)
+    assert not torch.equal(layer.parametrizations.weight.original.detach(), shadow_before)
+
+
+def test_global_threshold_hits_requested_sparsity():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.Flatten(), nn.Linear(8 * 6 * 6, 64), nn.Linear(64, 10))
+    weights = {name: layer.weight for name, layer in prunable_layers(model).items()}
+    total = sum(w.numel() for w in weights.values())
+    for sparsity in (0.5, 0.9, 0.97):
+        masks = global_magnitude_masks(weights, sparsity)
+        pruned = sum(int((~m).sum()) for m in masks.values())
+        assert pruned / total == pytest.approx(sparsity, abs=0.005)
+    per_layer = {n: 1 - float(m.float().mean()) for n, m in global_magnitude_masks(weights, 0.9).items()}
+    assert len({round(s, 2) for s in per_layer.values()}) > 1  # one global threshold, non-homogeneous per layer
+
+
+def test_ranking_follows_intra_layer_sparsity():
+    model = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 10), nn.Linear(10, 10))
+    with torch.no_grad():
+        for layer, scale in zip(model, (1.0, 0.1, 0.5)):
+            layer.weight.copy_(torch.randn(10, 10) * scale)
+    masks = global_magnitude_masks({n: l.weight for n, l in prunable_layers(model).items()}, 0.6)
+    sparsities = {n: 1 - float(m.float().mean()) for n, m in masks.items()}
+    ranking = rank_layers("sparsity", sparsities, {n: 100 for n in masks})
+    assert ranking == ["0", "2", "1"]  # least sparse = most significant first
+    assert rank_layers("size", sparsities, {"0": 300, "1": 10, "2": 20}) == ["1", "2", "0"]
+    assert rank_layers("sensitivity", sparsities, {n: 1 for n in masks}, {"0": 0.5, "1": 4.0, "2": 1.0}) == ["1", "2", "0"]
+
+
+def test_fit_raises_cancelled_when_asked_to_stop():
+    x, y = _blobs()
+    calls = []
+
+    def stop_on_third_step():
+        calls.append(1)
+        return len(calls) >= 3
+
+    with pytest.raises(Cancelled):
+        fit(nn.Linear(16, 4), x, y, epochs=5, lr=0.01, batch_size=32, should_stop=stop_on_third_step)
+    assert len(calls) == 3
+
+
+def test_fit_is_deterministic_on_cpu():
+    x, y = _blobs()
+    states = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        model = nn.Linear(16, 4)
+        fit(model, x, y, epochs=2, lr=0.05, batch_size=32, seed=7, max_samples=128)
+        states.append(model.weight.detach().clone())
+    assert torch.equal(*states)
+
+
+def _quick_config(**lwct) -> CompressConfig:
+    settings = {"sparsity_grid": [0.5, 0.8, 0.9], "prune_epochs": 2, "epochs_per_step": 2, "lr": 0.02, **lwct}
+    return CompressConfig(device="cpu", target=AccuracyTarget(max_drop=1.0), lwct=LwctConfig(**settings))
+
+
+def test_lwct_on_digits_meets_one_point_budget_quickly(digits_model, digits):
+    started = time.monotonic()
+    events = []
+    result = compress_lwct(digits_model, digits, _quick_config(), on_event=events.append)
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 60
+    assert result.target_met and result.baseline_accuracy - result.accuracy <= 1.0
+    steps = [e for e in events if e.stage == "step"]
+    assert len(steps) == len(result.trials) and {"step", "accuracy", "compression_ratio", "accepted", "layers"} <= set(steps[0].data)
+    assert all(0 <= e.fraction <= 1 for e in events)
+    best = max(t.compression_ratio for t in result.trials if t.accepted)
+    assert best > 10
+    ternary = [layer for layer in result.layers if layer.representation == "ternary"]
+    assert ternary
+    weights = dict(result.module.named_modules())
+    for layer in ternary:
+        values = weights[layer.name].weight.detach().abs().unique()
+        assert set(values.tolist()) <= {0.0, torch.tensor(layer.sigma, dtype=torch.float32).item()}
+
+
+def test_lwct_stops_with_cancelled(digits_model, digits):
+    calls = []
+
+    def stop_after_ten_steps():
+        calls.append(1)
+        return len(calls) > 10
+
+    with pytest.raises(Cancelled):
+        compress_lwct(digits_model, digits, _quick_config(), should_stop=stop_after_ten_steps)
+
+
+def test_lwct_resumes_from_checkpoint(digits_model, digits, tmp_path):
+    stop = []
+    first_events = []
+
+    def on_event(event):
+        first_events.append(event)
+        if event.stage == "checkpoint" and len([e for e in first_events if e.stage == "checkpoint"]) == 2:
+            stop.append(True)  # stop once the first ternary step has been checkpointed
+
+    with pytest.raises(Cancelled):
+        compress_lwct(digits_model, digits, _quick_config(), on_event=on_event, should_stop=lambda: bool(stop),
+                      checkpoint_dir=tmp_path)
+    checkpoints = [e for e in first_events if e.stage == "checkpoint"]
+    assert checkpoints and checkpoints[-1].data["path"].startswith(str(tmp_path))
+    done_steps = len([e for e in first_events if e.stage == "step"])
+
+    second_events = []
+    result = compress_lwct(digits_model, digits, _quick_config(), on_event=second_events.append, checkpoint_dir=tmp_path)
+    assert not [e for e in second_events if e.stage == "prune"]
+    assert any(e.stage == "checkpoint" and "resumed" in e.message for e in second_events)
+    assert [t.step for t in result.trials] == list(range(1, len(result.trials) + 1))
+    assert len(result.trials) > done_steps - 1
+    assert result.target_met
