@@ -1,7 +1,572 @@
-"""Service commands: serve, api, worker, submit, jobs, demo."""
+"""Service commands: serve, api, worker (run the service) and submit, jobs, demo (talk to it over REST).
 
+Client exit codes match `squeezer compress`: 0 target met, 3 result written but target missed, 2 bad input (the
+problem's detail on one stderr line), 1 job failed or cancelled."""
+
+import json
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
 import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Column, Table
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+FINAL_STATUSES = {"succeeded", "failed", "cancelled"}
+POLL_INTERVAL_S = 1.0
+EXIT_TARGET_MET, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TARGET_MISSED = 0, 1, 2, 3
+
+console = Console()
+err_console = Console(stderr=True)
+jobs_app = typer.Typer(
+    help="List, inspect, cancel and download jobs on a Squeezer server.",
+    no_args_is_help=True,
+)
+
+ServerOption = Annotated[
+    str,
+    typer.Option("--server", envvar="SQUEEZER_SERVER", help="Squeezer API base URL."),
+]
+
+
+class ClientError(Exception):
+    """A problem answer from the server (or no server): printed on one line, exit code attached."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _problem_line(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        return f"{body.get('title', response.status_code)}: {body.get('detail') or body.get('type')}"
+    except ValueError:
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+
+
+def _check(response: httpx.Response) -> httpx.Response:
+    if response.status_code >= 500:
+        raise ClientError(_problem_line(response), EXIT_FAILED)
+    if response.status_code >= 400:
+        raise ClientError(_problem_line(response), EXIT_BAD_INPUT)
+    return response
+
+
+def _client(server: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=server.rstrip("/"), timeout=httpx.Timeout(30.0, read=600.0)
+    )
+
+
+def upload(client: httpx.Client, path: Path, kind: str) -> str:
+    """Uploads a file (a directory is zipped first: model directories and image folders travel as .zip)."""
+    with tempfile.TemporaryDirectory(prefix="squeezer-upload-") as tmp:
+        if path.is_dir():
+            path = Path(
+                shutil.make_archive(str(Path(tmp) / path.name), "zip", root_dir=path)
+            )
+        if not path.is_file():
+            raise ClientError(f"{path}: no such file or directory", EXIT_BAD_INPUT)
+        with path.open("rb") as file:
+            response = _check(
+                client.post(
+                    "/v1/artifacts",
+                    data={"kind": kind},
+                    files={"file": (path.name, file, "application/octet-stream")},
+                )
+            )
+    return response.json()["id"]
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs with dotted keys (lwct.sparsity=0.5) into nested options; values are JSON when they parse."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ClientError(f"--option {pair!r}: expected KEY=VALUE", EXIT_BAD_INPUT)
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        *parents, leaf = key.split(".")
+        node = options
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return options
+
+
+def create_job(
+    client: httpx.Client,
+    model: Path,
+    data: str,
+    *,
+    max_drop: float,
+    drop_type: str,
+    method: str,
+    options: dict[str, Any],
+) -> dict:
+    model_id = upload(client, model, "model")
+    dataset = (
+        {"sample": data.removeprefix("sample:")}
+        if data.startswith("sample:")
+        else {"artifact_id": upload(client, Path(data), "dataset")}
+    )
+    body = {
+        "model": {"artifact_id": model_id},
+        "dataset": dataset,
+        "method": method,
+        "accuracy_target": {"max_drop": max_drop, "drop_type": drop_type},
+        "options": options,
+    }
+    return _check(client.post("/v1/jobs", json=body)).json()
+
+
+def wait_for_job(client: httpx.Client, job: dict) -> dict:
+    """Polls with If-None-Match (the server answers 304 while nothing changed) and shows a progress bar."""
+    tag = None
+    columns = (
+        TextColumn("{task.fields[status]:>10}"),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=False) as bar:
+        task = bar.add_task("queued", total=1.0, status=job["status"])
+        while job["status"] not in FINAL_STATUSES:
+            time.sleep(POLL_INTERVAL_S)
+            response = client.get(
+                f"/v1/jobs/{job['id']}", headers={"If-None-Match": tag} if tag else {}
+            )
+            if response.status_code == 304:
+                continue
+            job = _check(response).json()
+            tag = response.headers.get("ETag")
+            progress = job["progress"]
+            best = progress.get("best_compression_ratio")
+            description = progress.get("stage", "") + (
+                f"  best ×{best:.1f} @ {progress['best_accuracy']:.2f}%"
+                if best and progress.get("best_accuracy") is not None
+                else ""
+            )
+            bar.update(
+                task,
+                completed=progress.get("fraction", 0.0),
+                description=description,
+                status=job["status"],
+            )
+        bar.update(
+            task,
+            completed=1.0 if job["status"] == "succeeded" else None,
+            status=job["status"],
+        )
+    return job
+
+
+def download_results(client: httpx.Client, job_id: str, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for item in _check(client.get(f"/v1/jobs/{job_id}/artifacts")).json():
+        name = Path(item["name"]).name
+        target = out_dir / name
+        with client.stream("GET", item["url"]) as response:
+            if response.status_code >= 400:
+                response.read()
+                _check(response)
+            with target.open("wb") as file:
+                for chunk in response.iter_bytes():
+                    file.write(chunk)
+        paths.append(target)
+    return paths
+
+
+def print_summary(job: dict, report: dict | None, out_dir: Path | None) -> None:
+    table = Table(title=f"Job {job['id']}: {job['status']}")
+    table.add_column("")
+    table.add_column("baseline", justify="right")
+    table.add_column("compressed", justify="right")
+    if report:
+        baseline, compressed = report.get("baseline", {}), report.get("compressed", {})
+        for key, label, fmt in (
+            ("accuracy", "accuracy (%)", "{:.2f}"),
+            ("size_bytes", "size (bytes)", "{:,}"),
+            ("params", "parameters", "{:,}"),
+            ("nonzero_params", "non-zero parameters", "{:,}"),
+            ("flops", "MACs", "{:,}"),
+            ("latency_ms", "latency (ms)", "{:.3f}"),
+        ):
+            if key in baseline or key in compressed:
+                table.add_row(
+                    label,
+                    *(
+                        fmt.format(part[key]) if part.get(key) is not None else "–"
+                        for part in (baseline, compressed)
+                    ),
+                )
+        console.print(table)
+        ratio = report.get("compression_ratio")
+        console.print(
+            f"compression ×{ratio:.1f}" if isinstance(ratio, int | float) else "",
+            f"accuracy drop {report.get('accuracy_drop')} points",
+            f"target met: {report.get('target_met')}",
+        )
+    elif job.get("error"):
+        console.print(f"[red]{job['error']['code']}[/red]: {job['error']['message']}")
+    if out_dir is not None:
+        console.print(f"results in {out_dir}")
+
+
+def finish(client: httpx.Client, job: dict, out_dir: Path) -> int:
+    """Downloads the results of a final job, prints the summary and returns the exit code."""
+    if job["status"] != "succeeded":
+        print_summary(job, None, None)
+        error = job.get("error") or {}
+        err_console.print(
+            f"job {job['id']} {job['status']}: {error.get('message') or error.get('code') or 'no result'}",
+            highlight=False,
+        )
+        return EXIT_FAILED
+    download_results(client, job["id"], out_dir)
+    report_path = out_dir / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else None
+    print_summary(job, report, out_dir)
+    return EXIT_TARGET_MET if job.get("target_met") else EXIT_TARGET_MISSED
+
+
+def submit_and_wait(
+    server: str,
+    model: Path,
+    data: str,
+    *,
+    out_dir: Path,
+    wait: bool,
+    max_drop: float = 1.0,
+    drop_type: str = "absolute",
+    method: str = "lwct",
+    options: dict | None = None,
+) -> int:
+    """The body of `squeezer submit` (and of `squeezer demo`): exit code as documented above."""
+    try:
+        with _client(server) as client:
+            job = create_job(
+                client,
+                model,
+                data,
+                max_drop=max_drop,
+                drop_type=drop_type,
+                method=method,
+                options=options or {},
+            )
+            console.print(f"job {job['id']} {job['status']}")
+            if not wait:
+                return EXIT_TARGET_MET
+            return finish(client, wait_for_job(client, job), out_dir)
+    except ClientError as error:
+        err_console.print(str(error), highlight=False, soft_wrap=True)
+        return error.exit_code
+    except httpx.TransportError as error:
+        err_console.print(
+            f"cannot reach the Squeezer server at {server}: {error}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return EXIT_FAILED
+
+
+def serve_in_thread(app, host: str, port: int):
+    """Starts uvicorn on a thread and returns (server, thread, port) once it listens."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the embedded server did not start")
+        time.sleep(0.05)
+    return server, thread, sock.getsockname()[1]
+
+
+def embedded_app(data_dir: Path):
+    """The embedded mode: SQLite and local blobs under `data_dir`, migrated, with the in-process worker."""
+    from api.app import create_app
+    from store.migrate import upgrade_database
+    from store.settings import Settings
+
+    settings = Settings(
+        data_dir=data_dir.resolve(),
+        database_url="",
+        broker_url="",
+        storage_backend="local",
+    )
+    upgrade_database(settings.resolved_database_url)
+    return create_app(settings)
+
+
+def serve(
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Interface to bind (loopback by default: no authentication yet)."
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    data_dir: Annotated[
+        Path,
+        typer.Option("--data-dir", help="Where the SQLite database and the files go."),
+    ] = Path(".squeezer"),
+) -> None:
+    """Run the whole service in one process: API, SQLite, local storage and an in-process worker."""
+    import uvicorn
+
+    console.print(
+        f"Squeezer embedded service on http://{host}:{port} (data in {data_dir}); no authentication: keep it on loopback."
+    )
+    uvicorn.run(embedded_app(data_dir), host=host, port=port)
+
+
+def api(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Run the API (production): configured by SQUEEZER_DATABASE_URL, SQUEEZER_BROKER_URL, SQUEEZER_STORAGE_*."""
+    import uvicorn
+
+    from api.app import create_app
+
+    uvicorn.run(create_app(), host=host, port=port, proxy_headers=True)
+
+
+def worker() -> None:
+    """Run a Celery worker (one per GPU): configured by the same SQUEEZER_* variables as the API."""
+    from store.settings import Settings
+    from worker.celery_app import start_worker
+
+    try:
+        start_worker(Settings())
+    except ValueError as error:
+        err_console.print(str(error), highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def migrate() -> None:
+    """Bring the database schema up to date (alembic upgrade head); the compose file runs it once before the API."""
+    from store.migrate import upgrade_database
+    from store.settings import Settings
+
+    upgrade_database(Settings().resolved_database_url)
+    console.print("database is up to date")
+
+
+def submit(
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="An .onnx file, a Squeezer model directory or a .zip of one."
+        ),
+    ],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="sample:digits, sample:fashion-mnist, an .npz, or an image folder (dir/.zip/.tar).",
+        ),
+    ],
+    server: ServerOption = DEFAULT_SERVER,
+    max_drop: Annotated[
+        float, typer.Option("--max-drop", help="Largest allowed accuracy drop.")
+    ] = 1.0,
+    drop_type: Annotated[
+        str,
+        typer.Option(
+            "--drop-type", help="absolute (points) or relative (percent of baseline)."
+        ),
+    ] = "absolute",
+    method: Annotated[str, typer.Option(help="Compression method.")] = "lwct",
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            help="Engine option KEY=VALUE, dotted keys, e.g. lwct.sparsity=0.8.",
+        ),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait", help="Poll until the job ends, then download the results."
+        ),
+    ] = False,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for the results (with --wait).")
+    ] = Path("squeezer-results"),
+) -> None:
+    """Upload a model (and data), submit a compression job, and optionally wait for its results."""
+    try:
+        options = parse_options(option or [])
+    except ClientError as error:
+        err_console.print(str(error), highlight=False)
+        raise typer.Exit(error.exit_code) from None
+    raise typer.Exit(
+        submit_and_wait(
+            server,
+            model,
+            data,
+            out_dir=out,
+            wait=wait,
+            max_drop=max_drop,
+            drop_type=drop_type,
+            method=method,
+            options=options,
+        )
+    )
+
+
+def _run_client(action) -> None:
+    try:
+        action()
+    except ClientError as error:
+        err_console.print(str(error), highlight=False, soft_wrap=True)
+        raise typer.Exit(error.exit_code) from None
+    except httpx.TransportError as error:
+        err_console.print(
+            f"cannot reach the Squeezer server: {error}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+@jobs_app.command("list")
+def jobs_list(
+    server: ServerOption = DEFAULT_SERVER,
+    status: Annotated[
+        str | None, typer.Option(help="Only jobs with this status.")
+    ] = None,
+    limit: int = 20,
+) -> None:
+    """The newest jobs."""
+
+    def action() -> None:
+        with _client(server) as client:
+            params = {"limit": limit, **({"status": status} if status else {})}
+            page = _check(client.get("/v1/jobs", params=params)).json()
+        table = Table(
+            Column("id", no_wrap=True, min_width=36),
+            "status",
+            "stage",
+            "fraction",
+            Column("created", overflow="ellipsis"),
+        )
+        for job in page["data"]:
+            table.add_row(
+                job["id"],
+                job["status"],
+                job["progress"].get("stage", ""),
+                f"{job['progress'].get('fraction', 0):.0%}",
+                job["created_at"],
+            )
+        console.print(table)
+
+    _run_client(action)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str, server: ServerOption = DEFAULT_SERVER) -> None:
+    """One job as JSON."""
+
+    def action() -> None:
+        with _client(server) as client:
+            console.print_json(data=_check(client.get(f"/v1/jobs/{job_id}")).json())
+
+    _run_client(action)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str, server: ServerOption = DEFAULT_SERVER) -> None:
+    """Cancel a job (a running one stops at its next step)."""
+
+    def action() -> None:
+        with _client(server) as client:
+            job = _check(client.post(f"/v1/jobs/{job_id}/cancel")).json()
+        console.print(f"job {job['id']} {job['status']}")
+
+    _run_client(action)
+
+
+@jobs_app.command("download")
+def jobs_download(
+    job_id: str,
+    server: ServerOption = DEFAULT_SERVER,
+    out: Annotated[Path, typer.Option("--out")] = Path("squeezer-results"),
+) -> None:
+    """Download a job's result files."""
+
+    def action() -> None:
+        with _client(server) as client:
+            for path in download_results(client, job_id, out):
+                console.print(str(path))
+
+    _run_client(action)
+
+
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the results.")] = Path(
+        "demo-results"
+    ),
+    port: Annotated[
+        int,
+        typer.Option(help="Loopback port for the embedded service (0: any free one)."),
+    ] = 0,
+) -> None:
+    """Start the embedded service, train the bundled sample if needed, compress it over REST with a 1-point budget."""
+    from core.samples import ensure_sample_model
+
+    console.print("Preparing the bundled sample model (lenet5 on digits)…")
+    model_dir, accuracy = ensure_sample_model("digits")
+    console.print(f"sample model: {model_dir} (validation accuracy {accuracy:.2f}%)")
+    server, thread, bound = serve_in_thread(
+        embedded_app(out / ".service"), "127.0.0.1", port
+    )
+    console.print(f"embedded service on http://127.0.0.1:{bound}")
+    try:
+        code = submit_and_wait(
+            f"http://127.0.0.1:{bound}",
+            model_dir,
+            "sample:digits",
+            out_dir=out,
+            wait=True,
+            max_drop=1.0,
+        )
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:
     """Adds the service commands to the `squeezer` app."""
+    for command in (serve, api, worker, migrate, submit, demo):
+        app.command()(command)
+    app.add_typer(jobs_app, name="jobs")

@@ -1,0 +1,50 @@
+"""The FastAPI application: wiring of settings, database, blob storage and the dispatcher."""
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import health
+from api.artifacts.routes import router as artifacts_router
+from api.errors import install_problem_handlers
+from api.jobs.routes import router as jobs_router
+from store.blobs import make_blob_store
+from store.db import make_engine, make_session_factory
+from store.settings import Settings, get_settings
+from worker.dispatch import Dispatcher, make_dispatcher
+
+DESCRIPTION = "Upload a trained CNN and its data, set an accuracy budget, and download a smaller model with a report. Errors are RFC 9457 problem documents."
+
+
+def create_app(
+    settings: Settings | None = None, *, dispatcher: Dispatcher | None = None
+) -> FastAPI:
+    """One app per process. Without a dispatcher, one is made from the settings (Celery with a broker URL, else the
+    in-process worker); the app starts and stops it with its lifespan."""
+    settings = settings or get_settings()
+    engine = make_engine(settings.resolved_database_url)
+    session_factory = make_session_factory(engine)
+    blobs = make_blob_store(settings, session_factory)
+    dispatcher = dispatcher or make_dispatcher(settings, session_factory, blobs)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        dispatcher.start()
+        try:
+            yield
+        finally:
+            dispatcher.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="Squeezer", version="1.0.0", description=DESCRIPTION, lifespan=lifespan
+    )
+    app.state.settings = settings
+    app.state.session_factory = session_factory
+    app.state.blobs = blobs
+    app.state.dispatcher = dispatcher
+    install_problem_handlers(app)
+    app.include_router(health.router)
+    app.include_router(artifacts_router)
+    app.include_router(jobs_router)
+    return app

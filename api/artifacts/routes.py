@@ -1,0 +1,139 @@
+"""/v1/artifacts: streamed upload, metadata, streamed download, delete."""
+
+from fastapi import APIRouter, Request, Response, status
+from fastapi.responses import StreamingResponse
+
+from api.artifacts.schemas import ArtifactOut
+from api.artifacts.service import content_disposition, receive_upload
+from api.deps import BlobsDep, CurrentTenant, SessionDep, SessionFactoryDep, SettingsDep
+from api.errors import not_found, problem_responses
+from store.artifacts import delete_artifact, get_ready_artifact
+from store.models import Artifact
+
+router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "title": "ArtifactUpload",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The file: an .onnx model, a .zip of a Squeezer model directory, weights, or a dataset.",
+                        },
+                        "kind": {
+                            "type": "string",
+                            "enum": ["model", "dataset"],
+                            "default": "model",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def ready_artifact(session, artifact_id: str, tenant: str) -> Artifact:
+    artifact = get_ready_artifact(session, artifact_id, tenant)
+    if artifact is None:
+        raise not_found("artifact", artifact_id)
+    return artifact
+
+
+@router.post(
+    "",
+    operation_id="createArtifact",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ArtifactOut,
+    responses=problem_responses(400, 413, 415, 422),
+    openapi_extra=UPLOAD_BODY,
+    summary="Upload a file (streamed)",
+)
+async def create_artifact(
+    request: Request,
+    settings: SettingsDep,
+    session_factory: SessionFactoryDep,
+    blobs: BlobsDep,
+    tenant: CurrentTenant,
+) -> ArtifactOut:
+    artifact = await receive_upload(
+        request,
+        session_factory,
+        blobs,
+        tenant=tenant,
+        max_bytes=settings.max_upload_bytes,
+    )
+    return ArtifactOut.model_validate(artifact)
+
+
+@router.get(
+    "/{artifact_id}",
+    operation_id="getArtifact",
+    response_model=ArtifactOut,
+    responses=problem_responses(404),
+)
+def get_artifact(
+    artifact_id: str, session: SessionDep, tenant: CurrentTenant
+) -> ArtifactOut:
+    return ArtifactOut.model_validate(ready_artifact(session, artifact_id, tenant))
+
+
+def stream_artifact(artifact: Artifact, blobs) -> StreamingResponse:
+    """Chunk by chunk from storage; the length is known, so clients can show progress and detect truncation."""
+    return StreamingResponse(
+        blobs.iter_chunks(artifact.id),
+        media_type=artifact.content_type or "application/octet-stream",
+        headers={
+            "Content-Length": str(artifact.size_bytes),
+            "Content-Disposition": content_disposition(artifact.filename),
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+@router.get(
+    "/{artifact_id}/content",
+    operation_id="downloadArtifact",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"}
+                }
+            },
+            "description": "The file's bytes.",
+        },
+        **problem_responses(404),
+    },
+)
+def download_artifact(
+    artifact_id: str, session: SessionDep, blobs: BlobsDep, tenant: CurrentTenant
+) -> StreamingResponse:
+    return stream_artifact(ready_artifact(session, artifact_id, tenant), blobs)
+
+
+@router.delete(
+    "/{artifact_id}",
+    operation_id="deleteArtifact",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(404),
+)
+def remove_artifact(
+    artifact_id: str,
+    session: SessionDep,
+    session_factory: SessionFactoryDep,
+    blobs: BlobsDep,
+    tenant: CurrentTenant,
+) -> Response:
+    artifact = ready_artifact(session, artifact_id, tenant)
+    session.close()
+    delete_artifact(session_factory, blobs, artifact.id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,265 @@
+"""Streamed multipart uploads and downloads.
+
+The request body is parsed as it arrives (python-multipart's push parser), and the file part's bytes go straight to
+`store.artifacts.store_artifact` running in a worker thread: memory holds a few network chunks, whatever the file
+size, and the size limit is enforced as bytes arrive (413, nothing stored)."""
+
+import re
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import quote
+
+import anyio
+import anyio.to_thread
+from fastapi import Request
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.errors import ProblemError
+from store.artifacts import UploadTooLarge, delete_artifact, store_artifact
+from store.blobs import BlobStore
+from store.models import Artifact
+
+UPLOAD_KINDS = ("model", "dataset")
+MAX_FIELD_BYTES = 1024
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._ -]")
+
+
+class _MultipartStream:
+    """Feeds the request body to the parser on demand and hands out the `file` part's bytes."""
+
+    def __init__(self, request: Request, boundary: bytes):
+        self._body: AsyncIterator[bytes] = request.stream()
+        self._body_done = False
+        self.fields: dict[str, str] = {}
+        self.filename: str | None = None
+        self.content_type = "application/octet-stream"
+        self.file_done = False
+        self._pending: list[bytes] = []
+        self._headers: dict[bytes, bytes] = {}
+        self._header_field = b""
+        self._header_value = b""
+        self._part_name: str | None = None
+        self._part_is_file = False
+        self._field_value = bytearray()
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._on_part_begin,
+                "on_header_field": lambda data, start, end: self._append_header(
+                    "_header_field", data[start:end]
+                ),
+                "on_header_value": lambda data, start, end: self._append_header(
+                    "_header_value", data[start:end]
+                ),
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+                "on_part_data": self._on_part_data,
+                "on_part_end": self._on_part_end,
+            },
+        )
+
+    def _append_header(self, name: str, data: bytes) -> None:
+        setattr(self, name, getattr(self, name) + data)
+
+    def _on_part_begin(self) -> None:
+        self._headers = {}
+        self._part_name = None
+        self._part_is_file = False
+        self._field_value = bytearray()
+
+    def _on_header_end(self) -> None:
+        self._headers[self._header_field.strip().lower()] = self._header_value.strip()
+        self._header_field = b""
+        self._header_value = b""
+
+    def _on_headers_finished(self) -> None:
+        _, options = parse_options_header(
+            self._headers.get(b"content-disposition", b"")
+        )
+        self._part_name = options.get(b"name", b"").decode("utf-8", "replace")
+        if self._part_name == "file":
+            if self.filename is not None:
+                raise ProblemError(
+                    422, "validation_error", "send exactly one `file` part"
+                )
+            self._part_is_file = True
+            self.filename = options.get(b"filename", b"upload").decode(
+                "utf-8", "replace"
+            )
+            content_type = self._headers.get(b"content-type")
+            if content_type:
+                self.content_type = content_type.decode("latin-1")[:127]
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._part_is_file:
+            self._pending.append(bytes(data[start:end]))
+        else:
+            self._field_value += data[start:end]
+            if len(self._field_value) > MAX_FIELD_BYTES:
+                raise ProblemError(
+                    422,
+                    "validation_error",
+                    f"form field {self._part_name!r} is longer than {MAX_FIELD_BYTES} bytes",
+                )
+
+    def _on_part_end(self) -> None:
+        if self._part_is_file:
+            self.file_done = True
+        elif self._part_name:
+            self.fields[self._part_name] = self._field_value.decode("utf-8", "replace")
+
+    async def _feed_once(self) -> bool:
+        """Parses the next piece of the body; False once the body is exhausted."""
+        if self._body_done:
+            return False
+        try:
+            piece = await self._body.__anext__()
+        except StopAsyncIteration:
+            self._body_done = True
+            self._parser.finalize()
+            return False
+        try:
+            self._parser.write(piece)
+        except MultipartParseError as error:
+            raise ProblemError(
+                400, "bad_request", f"malformed multipart body: {error}"
+            ) from None
+        return True
+
+    async def wait_for_file(self) -> None:
+        """Reads until the `file` part's headers arrived (fields sent before it are collected on the way)."""
+        while self.filename is None:
+            if not await self._feed_once():
+                raise ProblemError(
+                    422,
+                    "validation_error",
+                    "the multipart body has no `file` part",
+                    errors=[
+                        {
+                            "loc": ["body", "file"],
+                            "msg": "Field required",
+                            "type": "missing",
+                        }
+                    ],
+                )
+
+    async def next_file_chunk(self) -> bytes | None:
+        while not self._pending:
+            if self.file_done or not await self._feed_once():
+                return None
+        data = b"".join(self._pending)
+        self._pending.clear()
+        return data
+
+    async def drain(self) -> None:
+        """Reads the rest of the body (fields sent after the file)."""
+        while await self._feed_once():
+            pass
+
+
+def multipart_boundary(request: Request) -> bytes:
+    content_type, options = parse_options_header(
+        request.headers.get("content-type", "")
+    )
+    if content_type != b"multipart/form-data" or not options.get(b"boundary"):
+        raise ProblemError(
+            415,
+            "unsupported_media_type",
+            "send the file as multipart/form-data with a `file` field",
+        )
+    return options[b"boundary"]
+
+
+def _check_kind(kind: str | None) -> str:
+    if kind is None or kind == "":
+        return "model"
+    if kind not in UPLOAD_KINDS:
+        raise ProblemError(
+            422,
+            "validation_error",
+            f"kind must be one of {', '.join(UPLOAD_KINDS)}",
+            errors=[
+                {
+                    "loc": ["body", "kind"],
+                    "msg": f"Input should be {' or '.join(UPLOAD_KINDS)}",
+                    "type": "literal_error",
+                }
+            ],
+        )
+    return kind
+
+
+async def receive_upload(
+    request: Request,
+    session_factory: sessionmaker[Session],
+    blobs: BlobStore,
+    *,
+    tenant: str,
+    max_bytes: int,
+) -> Artifact:
+    """Parses the multipart body as it streams in and stores its `file` part. Raises ProblemError (413/415/422/400)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
+        # Refuse before reading a byte when the client says up front that the body is too large.
+        raise ProblemError(
+            413, "payload_too_large", f"uploads are limited to {max_bytes} bytes"
+        )
+    stream = _MultipartStream(request, multipart_boundary(request))
+    await stream.wait_for_file()
+    early_kind = _check_kind(stream.fields.get("kind"))
+
+    def file_chunks() -> Iterator[bytes]:
+        while (chunk := anyio.from_thread.run(stream.next_file_chunk)) is not None:
+            yield chunk
+
+    try:
+        artifact = await anyio.to_thread.run_sync(
+            lambda: store_artifact(
+                session_factory,
+                blobs,
+                tenant=tenant,
+                kind=early_kind,
+                filename=safe_filename(stream.filename or "upload"),
+                content_type=stream.content_type,
+                chunks=file_chunks(),
+                max_bytes=max_bytes,
+            )
+        )
+    except UploadTooLarge:
+        raise ProblemError(
+            413,
+            "payload_too_large",
+            f"uploads are limited to {max_bytes} bytes; nothing was stored",
+        ) from None
+    await stream.drain()
+    late_kind = stream.fields.get("kind")
+    try:
+        late_kind = _check_kind(late_kind) if late_kind is not None else None
+    except ProblemError:
+        delete_artifact(session_factory, blobs, artifact.id)
+        raise
+    if late_kind is not None and late_kind != artifact.kind:
+        with session_factory() as session:
+            session.execute(
+                update(Artifact)
+                .where(Artifact.id == artifact.id)
+                .values(kind=late_kind)
+            )
+            session.commit()
+        artifact.kind = late_kind
+    return artifact
+
+
+def safe_filename(name: str) -> str:
+    """The last path component, limited to harmless characters (it is echoed in headers and used as a suffix)."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = _UNSAFE_FILENAME.sub("_", base).strip(" .") or "upload"
+    return cleaned[-255:]
+
+
+def content_disposition(filename: str) -> str:
+    """An attachment header that cannot be used for header injection (RFC 6266 with an RFC 5987 UTF-8 form)."""
+    ascii_name = safe_filename(filename).replace('"', "")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"

@@ -1,0 +1,242 @@
+"""/v1/jobs: submit, list, poll (ETag), events, cancel, report, result artifacts."""
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy import select
+
+from api.artifacts.routes import stream_artifact
+from api.deps import (
+    BlobsDep,
+    CurrentTenant,
+    DispatcherDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+)
+from api.errors import ProblemError, problem_responses
+from api.jobs.schemas import EventOut, JobArtifactOut, JobCreate, JobOut, JobStatus
+from api.jobs.service import etag, get_job, job_out, list_events, list_jobs, submit_job
+from api.pagination import Page, PageDep, make_page
+from store.jobs import as_utc, request_cancel
+from store.models import Artifact, JobResult
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Same key + same body → the same job.",
+    ),
+]
+
+
+@router.post(
+    "",
+    operation_id="createJob",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut,
+    responses={
+        200: {
+            "model": JobOut,
+            "description": "The job created earlier with this Idempotency-Key.",
+        },
+        **problem_responses(404, 422),
+    },
+    summary="Submit a compression job (inputs are checked before it is queued)",
+)
+async def create_job(
+    body: JobCreate,
+    response: Response,
+    settings: SettingsDep,
+    session_factory: SessionFactoryDep,
+    blobs: BlobsDep,
+    dispatcher: DispatcherDep,
+    tenant: CurrentTenant,
+    idempotency_key: IdempotencyKey = None,
+) -> JobOut:
+    job, created = await submit_job(
+        body,
+        idempotency_key=idempotency_key,
+        tenant=tenant,
+        settings=settings,
+        session_factory=session_factory,
+        blobs=blobs,
+    )
+    if created:
+        dispatcher.enqueue(job.id)
+    else:
+        response.status_code = status.HTTP_200_OK
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    response.headers["ETag"] = etag(job)
+    return job_out(job)
+
+
+@router.get(
+    "",
+    operation_id="listJobs",
+    response_model=Page[JobOut],
+    responses=problem_responses(404, 422),
+)
+def read_jobs(
+    session: SessionDep,
+    tenant: CurrentTenant,
+    page: PageDep,
+    status: Annotated[JobStatus | None, Query()] = None,
+) -> dict:
+    return make_page(
+        list_jobs(session, tenant, after=page.after, limit=page.limit, status=status),
+        page.limit,
+        job_out,
+    )
+
+
+@router.get(
+    "/{job_id}",
+    operation_id="getJob",
+    response_model=JobOut,
+    responses={
+        304: {"description": "Not modified since the ETag sent in If-None-Match."},
+        **problem_responses(404),
+    },
+)
+def read_job(
+    job_id: str,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    job = get_job(session, job_id, tenant)
+    tag = etag(job)
+    if if_none_match and tag in [value.strip() for value in if_none_match.split(",")]:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
+    return JSONResponse(
+        job_out(job).model_dump(mode="json"),
+        headers={"ETag": tag, "Cache-Control": "no-cache"},
+    )
+
+
+@router.get(
+    "/{job_id}/events",
+    operation_id="listJobEvents",
+    response_model=Page[EventOut],
+    responses=problem_responses(404, 422),
+)
+def read_events(
+    job_id: str, session: SessionDep, tenant: CurrentTenant, page: PageDep
+) -> dict:
+    get_job(session, job_id, tenant)
+    rows = list_events(session, job_id, after=page.after, limit=page.limit)
+    return make_page(
+        rows,
+        page.limit,
+        lambda event: EventOut(
+            id=event.id,
+            level=event.level,
+            stage=event.stage,
+            message=event.message,
+            data=event.data or {},
+            created_at=as_utc(event.created_at),
+        ),
+    )
+
+
+@router.post(
+    "/{job_id}/cancel",
+    operation_id="cancelJob",
+    response_model=JobOut,
+    responses=problem_responses(404),
+    summary="Cancel a job (idempotent)",
+    description="A queued job becomes `cancelled` at once and never runs; a running one becomes `cancelling` and stops at its next "
+    "step boundary. Finished jobs are returned unchanged (200, no 409): cancelling is a wish about the end state, already settled.",
+)
+def cancel_job(job_id: str, session: SessionDep, tenant: CurrentTenant) -> JSONResponse:
+    get_job(session, job_id, tenant)
+    job = request_cancel(session, job_id)
+    return JSONResponse(
+        job_out(job).model_dump(mode="json"), headers={"ETag": etag(job)}
+    )
+
+
+def _results(session, job_id: str) -> list[tuple[str, Artifact]]:
+    rows = session.execute(
+        select(JobResult.name, Artifact)
+        .join(Artifact, Artifact.id == JobResult.artifact_id)
+        .where(JobResult.job_id == job_id)
+        .order_by(JobResult.name)
+    )
+    return [(name, artifact) for name, artifact in rows]
+
+
+def _result(session, job_id: str, name: str) -> Artifact:
+    for result_name, artifact in _results(session, job_id):
+        if result_name == name:
+            return artifact
+    raise ProblemError(
+        404,
+        "result_not_found",
+        f"job {job_id} has no result {name!r} (yet): results appear when the job has succeeded",
+    )
+
+
+@router.get(
+    "/{job_id}/report",
+    operation_id="getJobReport",
+    response_model=dict,
+    responses=problem_responses(404),
+)
+def read_report(
+    job_id: str, session: SessionDep, blobs: BlobsDep, tenant: CurrentTenant
+) -> JSONResponse:
+    get_job(session, job_id, tenant)
+    artifact = _result(session, job_id, "report.json")
+    return JSONResponse(json.loads(b"".join(blobs.iter_chunks(artifact.id))))
+
+
+@router.get(
+    "/{job_id}/artifacts",
+    operation_id="listJobArtifacts",
+    response_model=list[JobArtifactOut],
+    responses=problem_responses(404),
+)
+def read_job_artifacts(
+    job_id: str, session: SessionDep, tenant: CurrentTenant
+) -> list[JobArtifactOut]:
+    get_job(session, job_id, tenant)
+    return [
+        JobArtifactOut(
+            name=name,
+            artifact_id=artifact.id,
+            size_bytes=artifact.size_bytes,
+            sha256=artifact.sha256,
+            content_type=artifact.content_type,
+            url=f"/v1/jobs/{job_id}/artifacts/{name}",
+        )
+        for name, artifact in _results(session, job_id)
+    ]
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    operation_id="downloadJobArtifact",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"}
+                }
+            },
+            "description": "The result file.",
+        },
+        **problem_responses(404),
+    },
+)
+def download_job_artifact(
+    job_id: str, name: str, session: SessionDep, blobs: BlobsDep, tenant: CurrentTenant
+) -> StreamingResponse:
+    get_job(session, job_id, tenant)
+    return stream_artifact(_result(session, job_id, name), blobs)

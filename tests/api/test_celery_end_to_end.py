@@ -1,0 +1,76 @@
+"""End to end in production shape: the API (uvicorn, Celery dispatcher) and a real Celery worker process on Redis and
+PostgreSQL; `squeezer submit --wait`'s own code submits, polls, downloads."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from api.app import create_app
+from cli.service_commands import (
+    EXIT_TARGET_MET,
+    EXIT_TARGET_MISSED,
+    serve_in_thread,
+    submit_and_wait,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_celery_worker_takes_a_job_from_queued_to_succeeded(
+    api_settings, redis_url, sample_model_zip, tmp_path
+):
+    settings = api_settings.model_copy(update={"broker_url": redis_url})
+    env = {
+        **os.environ,
+        "SQUEEZER_DATABASE_URL": settings.database_url,
+        "SQUEEZER_BROKER_URL": redis_url,
+        "SQUEEZER_STORAGE_BACKEND": "database",
+        "SQUEEZER_DATA_DIR": str(tmp_path / "worker"),
+        "SQUEEZER_WORKER_DEVICE": "cpu",
+        "OMP_NUM_THREADS": "1",
+    }
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "worker"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    server, thread, port = serve_in_thread(create_app(settings), "127.0.0.1", 0)
+    try:
+        out = tmp_path / "results"
+        code = submit_and_wait(
+            f"http://127.0.0.1:{port}",
+            sample_model_zip,
+            "sample:digits",
+            out_dir=out,
+            wait=True,
+            max_drop=5.0,
+            options={
+                "lwct": {
+                    "sparsity": 0.5,
+                    "prune_epochs": 1,
+                    "epochs_per_step": 1,
+                    "max_train_samples": 300,
+                }
+            },
+        )
+        assert code in (EXIT_TARGET_MET, EXIT_TARGET_MISSED), (
+            tmp_path / "worker.log"
+        ).read_text()[-3000:]
+        report = json.loads((out / "report.json").read_text())
+        assert (code == EXIT_TARGET_MET) == report["target_met"]
+        assert (out / "model.sqz").stat().st_size == report["compressed"]["size_bytes"]
+        assert {"model.onnx", "model.zip"} <= {path.name for path in out.iterdir()}
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)

@@ -1,0 +1,177 @@
+"""The service commands against real servers: `squeezer serve` as a process, the client commands against a live API."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from api.app import create_app
+from cli.main import app
+from cli.service_commands import parse_options, serve_in_thread
+from store.db import make_engine, make_session_factory
+from store.jobs import create_job
+from store.migrate import upgrade_database
+from store.settings import Settings
+from tests.servers import free_port
+from worker.dispatch import CeleryDispatcher
+
+REPO = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+@pytest.fixture
+def queued_server(postgres_url, redis_url, tmp_path):
+    """A live API whose jobs stay queued (no worker reads its broker)."""
+    upgrade_database(postgres_url)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=postgres_url,
+        storage_backend="database",
+    )
+    server, thread, port = serve_in_thread(
+        create_app(settings, dispatcher=CeleryDispatcher(redis_url)), "127.0.0.1", 0
+    )
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(30)
+
+
+def test_options_parse_dotted_keys_and_json_values():
+    assert parse_options(
+        ["lwct.sparsity=0.5", "lwct.ranking=size", "seed=3", "time_limit_s=null"]
+    ) == {
+        "lwct": {"sparsity": 0.5, "ranking": "size"},
+        "seed": 3,
+        "time_limit_s": None,
+    }
+
+
+def test_submit_of_a_missing_file_exits_2_with_one_line(tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "submit",
+            str(tmp_path / "nope.onnx"),
+            "--data",
+            "sample:digits",
+            "--server",
+            "http://127.0.0.1:9",
+        ],
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0 and "nope.onnx" in result.stderr
+
+
+def test_submit_to_no_server_exits_1(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    result = runner.invoke(
+        app,
+        [
+            "submit",
+            str(model),
+            "--data",
+            "sample:digits",
+            "--server",
+            f"http://127.0.0.1:{free_port()}",
+        ],
+    )
+    assert result.exit_code == 1 and "cannot reach" in result.stderr
+
+
+def test_submit_of_an_unusable_model_exits_2_with_the_problem_detail(
+    queued_server, tmp_path
+):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"definitely not onnx")
+    result = runner.invoke(
+        app,
+        [
+            "submit",
+            str(model),
+            "--data",
+            "sample:digits",
+            "--server",
+            queued_server,
+            "--wait",
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.strip()
+
+
+def test_jobs_list_show_cancel_download(queued_server, postgres_url, tmp_path):
+    # The job is inserted through the store: the engine's input check is the API tests' business, not this one's.
+    engine = make_engine(postgres_url)
+    with make_session_factory(engine)() as session:
+        job, _ = create_job(
+            session,
+            tenant="default",
+            spec={"model": {"artifact_id": "art_x"}, "dataset": {"sample": "digits"}},
+            idempotency_key=None,
+            request_hash=None,
+            max_attempts=3,
+        )
+    engine.dispose()
+
+    listed = runner.invoke(app, ["jobs", "list", "--server", queued_server])
+    assert listed.exit_code == 0 and job.id in listed.output
+    shown = runner.invoke(app, ["jobs", "show", job.id, "--server", queued_server])
+    assert shown.exit_code == 0 and '"queued"' in shown.output
+    cancelled = runner.invoke(
+        app, ["jobs", "cancel", job.id, "--server", queued_server]
+    )
+    assert cancelled.exit_code == 0 and "cancelled" in cancelled.output
+    downloaded = runner.invoke(
+        app,
+        [
+            "jobs",
+            "download",
+            job.id,
+            "--server",
+            queued_server,
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
+    assert downloaded.exit_code == 0 and list((tmp_path / "out").iterdir()) == []
+    missing = runner.invoke(
+        app, ["jobs", "show", "job_missing", "--server", queued_server]
+    )
+    assert missing.exit_code == 2 and "job_missing" in missing.stderr
+
+
+@pytest.mark.slow
+def test_serve_runs_the_embedded_service(tmp_path):
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from cli.main import app; app()",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.2)
+        assert (tmp_path / "data" / "squeezer.db").exists()
+    finally:
+        process.terminate()
+        process.wait(30)

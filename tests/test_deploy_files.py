@@ -1,0 +1,47 @@
+"""The deployment files: the compose file is valid against the compose specification and wires what the service needs."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_compose_file_validates_against_the_compose_spec():
+    checker = Path(sys.executable).parent / "check-jsonschema"
+    result = subprocess.run(
+        [
+            str(checker),
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(REPO / "docker-compose.yml"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_has_the_services_gpu_worker_one_shot_migration_and_healthchecks():
+    compose = YAML(typ="safe").load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"api", "worker", "postgres", "redis", "migrate"} <= set(services)
+    assert services["worker"]["deploy"]["resources"]["reservations"]["devices"][0][
+        "capabilities"
+    ] == ["gpu"]
+    assert services["migrate"]["restart"] == "no"
+    assert (
+        services["api"]["depends_on"]["migrate"]["condition"]
+        == "service_completed_successfully"
+    )
+    for name in ("api", "worker", "postgres", "redis"):
+        assert "healthcheck" in services[name], name
+
+
+def test_dockerfile_is_one_cuda_image_with_the_squeezer_entrypoint():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert dockerfile.startswith("#") and "FROM nvidia/cuda:" in dockerfile
+    assert 'ENTRYPOINT ["squeezer"]' in dockerfile and "USER squeezer" in dockerfile
