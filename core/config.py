@@ -40,6 +40,7 @@ class LwctConfig(_Strict):
     preserve: int = Field(0, ge=0, description="Number of most significant layers always kept in float.")
     prune_epochs: int = Field(2, ge=0)
     epochs_per_step: int = Field(2, ge=0)
+    min_steps_per_stage: int = Field(300, ge=0, description="Each training stage runs at least this many SGD steps, so small data sets get enough updates to recover.")
     lr: float = Field(0.01, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)

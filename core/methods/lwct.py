@@ -78,16 +78,22 @@ class MaskedWeight(nn.Module):
 
 
 class TernaryWeight(nn.Module):
-    """σ-constrained parametrization: forward σ·sign(W)⊙m, straight-through (masked) gradient to W, learned σ."""
+    """σ-constrained parametrization: forward σ·sign(W)⊙m, straight-through (masked) gradient to W, learned σ.
+
+    σ's gradient is a sum over every kept weight of its layer; it is averaged instead (scaled by 1/kept), so one
+    learning rate suits weights and σ alike and σ cannot run away on large layers. |σ| keeps it a magnitude."""
 
     def __init__(self, mask: torch.Tensor, sigma: float):
         super().__init__()
         self.register_buffer("mask", mask)
         self.sigma = nn.Parameter(torch.tensor(sigma, dtype=torch.float32))
+        self.sigma_grad_scale = 1.0 / max(int(mask.sum()), 1)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         codes = torch.where(self.mask, torch.sign(weight), 0.0).detach()
-        return self.sigma * codes + torch.where(self.mask, weight - weight.detach(), 0.0)
+        magnitude = self.sigma.abs()
+        sigma = magnitude.detach() + (magnitude - magnitude.detach()) * self.sigma_grad_scale
+        return sigma * codes + torch.where(self.mask, weight - weight.detach(), 0.0)
 
 
 def prunable_layers(module: nn.Module) -> dict[str, nn.Module]:
@@ -139,7 +145,7 @@ def shadow_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def learned_sigmas(module: nn.Module) -> dict[str, float]:
-    return {name: float(layer.parametrizations.weight[0].sigma.detach()) for name, layer in prunable_layers(module).items()
+    return {name: float(layer.parametrizations.weight[0].sigma.detach().abs()) for name, layer in prunable_layers(module).items()
             if parametrize.is_parametrized(layer, "weight") and isinstance(layer.parametrizations.weight[0], TernaryWeight)}
 
 
@@ -201,6 +207,9 @@ class _Run:
         def on_epoch(epoch: int, loss: float) -> None:
             self.emit(stage, fraction, f"epoch {epoch + 1}/{epochs}", epoch=epoch + 1, loss=loss)
 
+        if epochs > 0:
+            per_epoch = min(len(self.data.y_train), self.lw.max_train_samples or len(self.data.y_train))
+            epochs = max(epochs, math.ceil(self.lw.min_steps_per_stage / math.ceil(per_epoch / self.lw.batch_size)))
         fit(module, self.data.x_train, self.data.y_train, epochs=epochs, lr=self.lw.lr, momentum=self.lw.momentum,
             weight_decay=self.lw.weight_decay, batch_size=self.lw.batch_size, device=self.device, seed=seed,
             max_samples=self.lw.max_train_samples, should_stop=self.stop_check, on_epoch=on_epoch)

@@ -1,0 +1,114 @@
+"""Unpacking untrusted .zip and .tar archives without letting them escape, explode or link elsewhere.
+
+Limits are checked against the archive's own directory first and against the bytes actually written second, so a
+header that lies about sizes cannot get past them.
+"""
+
+import shutil
+import stat
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from core.errors import ArchiveError
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+_COPY_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    max_members: int = 200_000
+    max_total_bytes: int = 16 << 30
+    max_ratio: float = 200.0  # uncompressed / compressed, over the whole archive
+
+
+def is_archive(path: Path) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(suffix) for suffix in ARCHIVE_SUFFIXES)
+
+
+def _safe_relative(name: str) -> PurePosixPath:
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
+        raise ArchiveError(f"archive member {name!r} points outside the archive")
+    return path
+
+
+class _Budget:
+    def __init__(self, limits: ArchiveLimits, archive_bytes: int):
+        self.limits = limits
+        self.allowed = min(limits.max_total_bytes, max(archive_bytes, 1) * limits.max_ratio + (1 << 20))
+        self.written = 0
+
+    def check_declared(self, members: int, declared: int) -> None:
+        if members > self.limits.max_members:
+            raise ArchiveError(f"archive holds {members} members; the limit is {self.limits.max_members}")
+        if declared > self.allowed:
+            raise ArchiveError(f"archive would unpack to {declared} bytes; the limit is {int(self.allowed)} (zip bomb?)")
+
+    def copy(self, source, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("xb") as out:
+            while chunk := source.read(_COPY_CHUNK):
+                self.written += len(chunk)
+                if self.written > self.allowed:
+                    raise ArchiveError(f"archive unpacks to more than {int(self.allowed)} bytes (zip bomb?)")
+                out.write(chunk)
+
+
+def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits = ArchiveLimits()) -> Path:
+    """Extracts regular files and directories only; links, devices, traversal and bombs raise ArchiveError."""
+    archive, dest = Path(archive), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    budget = _Budget(limits, archive.stat().st_size)
+    try:
+        if zipfile.is_zipfile(archive):
+            _extract_zip(archive, dest, budget)
+        elif tarfile.is_tarfile(archive):
+            _extract_tar(archive, dest, budget)
+        else:
+            raise ArchiveError(f"{archive.name} is neither a zip nor a tar archive")
+    except ArchiveError:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, NotImplementedError, RuntimeError, ValueError) as error:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise ArchiveError(f"{archive.name} is damaged or unreadable: {error}") from None
+    return dest
+
+
+def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        budget.check_declared(len(infos), sum(info.file_size for info in infos))
+        for info in infos:
+            relative = _safe_relative(info.filename)
+            mode = info.external_attr >> 16
+            if stat.S_ISLNK(mode):
+                raise ArchiveError(f"archive member {info.filename!r} is a symbolic link")
+            if info.is_dir():
+                (dest / relative).mkdir(parents=True, exist_ok=True)
+                continue
+            if info.flag_bits & 0x1:
+                raise ArchiveError(f"archive member {info.filename!r} is encrypted")
+            with zf.open(info) as source:
+                budget.copy(source, dest / relative)
+
+
+def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
+    with tarfile.open(archive) as tf:
+        members = []
+        for member in tf:
+            members.append(member)
+            budget.check_declared(len(members), sum(m.size for m in members))
+        for member in members:
+            relative = _safe_relative(member.name)
+            if member.isdir():
+                (dest / relative).mkdir(parents=True, exist_ok=True)
+            elif member.isfile():
+                with tf.extractfile(member) as source:
+                    budget.copy(source, dest / relative)
+            else:
+                raise ArchiveError(f"archive member {member.name!r} is a link or special file")

@@ -1,0 +1,274 @@
+"""Data intake: .npz arrays, ImageFolder trees (directory, .zip or .tar) and the built-in samples, all turned into
+float32 NCHW tensors with int64 labels and checked before any training starts.
+
+Float arrays are used exactly as given (they carry the user's own preprocessing); uint8 arrays and image files are
+scaled to [0, 1]. Normalisation is a separate, explicit step (`normalize`) whose parameters travel with the model.
+"""
+
+import gzip
+import tempfile
+import warnings
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.config import Normalization
+from core.errors import DatasetError, MismatchError
+from core.intake.archives import is_archive, safe_extract
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+NPZ_KEYS = ("x_train", "y_train", "x_val", "y_val")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+IGNORED_FILES = {"thumbs.db", "desktop.ini"}
+MAX_IMAGE_PIXELS = 64_000_000
+_SPLITS = {"train": ("train", "training"), "val": ("val", "valid", "validation", "test")}
+
+
+@dataclass
+class Dataset:
+    name: str
+    x_train: torch.Tensor  # float32 (N, C, H, W)
+    y_train: torch.Tensor  # int64 (N,)
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])
+
+    def summary(self) -> dict:
+        return {"name": self.name, "train_samples": len(self.y_train), "val_samples": len(self.y_val),
+                "input_shape": list(self.input_shape), "num_classes": self.num_classes}
+
+
+def load_dataset(source: str | Path) -> Dataset:
+    if isinstance(source, str) and source.startswith("sample:"):
+        return _load_sample(source.removeprefix("sample:"))
+    path = Path(source)
+    if not path.exists():
+        raise DatasetError(f"data set {path.name} does not exist")
+    if path.is_dir():
+        return _load_image_folder(path, path.name)
+    if path.suffix.lower() == ".npz":
+        return _load_npz(path)
+    if is_archive(path):
+        with tempfile.TemporaryDirectory(prefix="squeezer-data-") as tmp:
+            return _load_image_folder(safe_extract(path, Path(tmp)), path.name)
+    raise DatasetError(f"{path.name}: unknown data format; use .npz (x_train, y_train, x_val, y_val), an ImageFolder "
+                       "directory/.zip/.tar (train/<class>/*, val/<class>/*) or sample:digits / sample:fashion-mnist")
+
+
+# -- samples ----------------------------------------------------------------------------------------------------
+
+def _load_sample(name: str) -> Dataset:
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        x = digits.images.astype(np.float32)[:, None] / 16.0
+        order = np.random.default_rng(0).permutation(len(x))
+        split = int(0.8 * len(x))
+        train, val = order[:split], order[split:]
+        return _build("sample:digits", x[train], digits.target[train], x[val], digits.target[val])
+    if name == "fashion-mnist":
+        files = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+        if not all((FASHION_MNIST_DIR / f).is_file() for f in files):
+            raise DatasetError(f"sample:fashion-mnist needs Debian's dataset-fashion-mnist files in {FASHION_MNIST_DIR}; "
+                               "install them with: sudo apt-get install dataset-fashion-mnist")
+        x_train, y_train, x_val, y_val = (_read_idx(FASHION_MNIST_DIR / f) for f in files)
+        return _build("sample:fashion-mnist", x_train[:, None], y_train, x_val[:, None], y_val)
+    raise DatasetError(f"unknown sample data set {name!r}; available: digits, fashion-mnist")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """The IDX format of (Fashion-)MNIST: big-endian dimension sizes, then uint8 data."""
+    with gzip.open(path, "rb") as file:
+        data = file.read()
+    dims = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+# -- arrays -----------------------------------------------------------------------------------------------------
+
+def _load_npz(path: Path) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in NPZ_KEYS if key not in archive.files]
+            if missing:
+                raise DatasetError(f"{path.name} lacks {missing}; an .npz data set holds {', '.join(NPZ_KEYS)}")
+            arrays = {key: archive[key] for key in NPZ_KEYS}
+    except DatasetError:
+        raise
+    except ValueError as error:
+        raise DatasetError(f"{path.name} holds Python objects (pickled arrays are refused): {error}") from None
+    except Exception as error:
+        raise DatasetError(f"{path.name} is not a readable .npz file: {str(error)[:200]}") from None
+    return _build(path.name, arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"])
+
+
+def _to_nchw(x: np.ndarray, split: str) -> np.ndarray:
+    if x.ndim == 3:
+        return x[:, None]
+    if x.ndim != 4:
+        raise DatasetError(f"x_{split} must be (N, C, H, W), (N, H, W, C) or (N, H, W); it has shape {x.shape}")
+    if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        return x.transpose(0, 3, 1, 2)
+    return x
+
+
+def _images(x: np.ndarray, split: str) -> torch.Tensor:
+    if x.dtype == np.uint8:
+        scaled = x.astype(np.float32) / 255.0
+    elif x.dtype.kind in "fiub":
+        scaled = x.astype(np.float32)
+    else:
+        raise DatasetError(f"x_{split} has dtype {x.dtype}; use uint8 or float arrays")
+    if not np.isfinite(scaled).all():
+        raise DatasetError(f"x_{split} contains NaN or infinite values")
+    return torch.from_numpy(np.ascontiguousarray(_to_nchw(scaled, split)))
+
+
+def _labels(y: np.ndarray, split: str, count: int) -> torch.Tensor:
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DatasetError(f"y_{split} must be one class index per sample; it has shape {y.shape}")
+    if len(y) != count:
+        raise DatasetError(f"x_{split} has {count} samples but y_{split} has {len(y)} labels")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all() or not np.equal(np.mod(y, 1), 0).all():
+            raise DatasetError(f"y_{split} must hold integer class indices")
+    elif y.dtype.kind not in "iu":
+        raise DatasetError(f"y_{split} has dtype {y.dtype}; use integer class indices")
+    if len(y) and y.min() < 0:
+        raise DatasetError(f"y_{split} holds negative labels; class indices start at 0")
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def _build(name: str, x_train, y_train, x_val, y_val) -> Dataset:
+    tensors = {}
+    for split, x, y in (("train", x_train, y_train), ("val", x_val, y_val)):
+        x = np.asarray(x)
+        if x.ndim == 0 or len(x) == 0:
+            raise DatasetError(f"the {split} split is empty")
+        tensors[split] = (_images(x, split), _labels(y, split, len(x)))
+    (xt, yt), (xv, yv) = tensors["train"], tensors["val"]
+    if xt.shape[1:] != xv.shape[1:]:
+        raise DatasetError(f"train samples are {tuple(xt.shape[1:])} but val samples are {tuple(xv.shape[1:])}")
+    if len(torch.unique(yt)) < 2:
+        raise DatasetError("the train split holds a single class; a classifier needs at least two")
+    num_classes = int(max(yt.max(), yv.max())) + 1
+    return Dataset(name, xt, yt, xv, yv, num_classes)
+
+
+# -- image folders ----------------------------------------------------------------------------------------------
+
+def _split_dir(root: Path, split: str) -> Path | None:
+    for name in _SPLITS[split]:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def _load_image_folder(root: Path, name: str) -> Dataset:
+    """train/<class>/* and val/<class>/*, at the top or inside one enclosing folder."""
+    if _split_dir(root, "train") is None:
+        children = [c for c in root.iterdir() if c.is_dir() and not c.name.startswith((".", "__MACOSX"))]
+        if len(children) == 1:
+            root = children[0]
+    train_dir, val_dir = _split_dir(root, "train"), _split_dir(root, "val")
+    if train_dir is None or val_dir is None:
+        raise DatasetError(f"{name}: an image folder needs train/<class>/ and val/<class>/ subfolders")
+    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DatasetError(f"{name}: train/ holds no class folders")
+    unknown = sorted(d.name for d in val_dir.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in classes)
+    if unknown:
+        raise DatasetError(f"{name}: val/ has classes that train/ lacks: {unknown[:5]}")
+    train = _read_split(train_dir, classes)
+    val = _read_split(val_dir, classes)
+    images = [image for image, _ in train + val]
+    mode = "L" if all(image.mode in ("L", "1", "I;16", "I") for image in images) else "RGB"
+    size = Counter(image.size for image in images).most_common(1)[0][0]
+
+    def arrays(pairs):
+        x = np.stack([np.asarray(image.convert(mode).resize(size), dtype=np.uint8) for image, _ in pairs])
+        return x, np.array([label for _, label in pairs])
+
+    (xt, yt), (xv, yv) = arrays(train), arrays(val)
+    return _build(name, xt, yt, xv, yv)
+
+
+def _read_split(directory: Path, classes: list[str]) -> list:
+    from PIL import Image
+
+    pairs = []
+    for label, class_name in enumerate(classes):
+        class_dir = directory / class_name
+        if not class_dir.is_dir():
+            continue
+        for file in sorted(class_dir.iterdir()):
+            if file.name.startswith(".") or file.name.lower() in IGNORED_FILES or file.is_dir():
+                continue
+            pairs.append((_open_image(file, Image), label))
+    if not pairs:
+        raise DatasetError(f"{directory.name}/ holds no images")
+    return pairs
+
+
+def _open_image(file: Path, Image):
+    if file.suffix.lower() not in IMAGE_SUFFIXES:
+        raise DatasetError(f"{file.parent.name}/{file.name} is not an image file ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as image:
+                image.load()
+                return image.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DatasetError(f"{file.name} is too large an image (decompression bomb?)") from None
+    except Exception as error:
+        raise DatasetError(f"{file.parent.name}/{file.name} is not a readable image: {str(error)[:120]}") from None
+
+
+# -- preparing for a model --------------------------------------------------------------------------------------
+
+def normalize(data: Dataset, normalization: Normalization | None) -> Dataset:
+    """(x - mean) / std per channel, applied once to both splits."""
+    if normalization is None:
+        return data
+    channels = data.input_shape[0]
+    if len(normalization.mean) != channels or len(normalization.std) != channels:
+        raise DatasetError(f"normalization needs {channels} mean and std values (one per channel)")
+    if any(s <= 0 for s in normalization.std):
+        raise DatasetError("normalization std values must be positive")
+    mean = torch.tensor(normalization.mean).view(1, -1, 1, 1)
+    std = torch.tensor(normalization.std).view(1, -1, 1, 1)
+    return replace(data, x_train=(data.x_train - mean) / std, x_val=(data.x_val - mean) / std)
+
+
+def check_compatible(model, data: Dataset) -> None:
+    """Channels, size and classes of the data against the model (a LoadedModel); fills in the input shape of
+    models that only the data can tell (ONNX graphs with free spatial axes)."""
+    if model.input_shape is not None and tuple(model.input_shape) != data.input_shape:
+        raise MismatchError(f"the model takes inputs of shape {tuple(model.input_shape)} (C, H, W) but the data "
+                            f"has {data.input_shape}")
+    try:
+        with torch.no_grad():
+            output = model.module.eval()(data.x_val[:2])
+    except Exception as error:
+        raise MismatchError(f"the model cannot run on the data's {data.input_shape} inputs: {str(error)[:200]}") from None
+    if output.ndim != 2:
+        raise MismatchError(f"a classifier must output (batch, classes); this model outputs {tuple(output.shape[1:])} per sample")
+    model.input_shape = data.input_shape
+    model.num_classes = int(output.shape[1])
+    if data.num_classes > model.num_classes:
+        raise MismatchError(f"the data has labels up to {data.num_classes - 1} but the model predicts only "
+                            f"{model.num_classes} classes")

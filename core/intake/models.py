@@ -1,0 +1,318 @@
+"""Model intake: every accepted format becomes a LoadedModel (a trainable torch module plus what the engine needs to
+know about it); everything that would need unpickling is refused.
+
+Accepted: a Squeezer model directory (architecture.json + model.safetensors, graph.onnx for converted ONNX models)
+or a .zip of one; .safetensors or a plain .pt/.pth state_dict plus an architecture name (read with
+`weights_only=True`); .onnx of any CNN, converted with onnx2torch and checked against onnxruntime.
+"""
+
+import copy
+import dataclasses
+import json
+import math
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from core.config import Normalization
+from core.errors import ModelFormatError, UnsafeFormatError, UnsupportedLayerError
+from core.intake.archives import safe_extract
+from core.intake.registry import build_architecture, default_input_shape
+
+SAFE_FORMATS = ("a Squeezer model directory or .zip (architecture.json + model.safetensors), "
+                ".safetensors or a .pt/.pth state_dict with --arch, or .onnx")
+MODEL_FORMAT = "squeezer-model"
+ONNX_ARCHITECTURE = "onnx"
+# Converted ONNX graphs are stored with large float weights zeroed (the weights live in model.safetensors).
+_ZEROED_MIN_ELEMENTS = 16
+_PARITY_TOLERANCE = 1e-3
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    module: nn.Module
+    architecture: dict  # {"name": ..., "args": {...}}
+    source_format: str  # squeezer | safetensors | state_dict | onnx
+    input_shape: tuple[int, ...] | None  # (C, H, W) without the batch axis; None when only the data can tell
+    num_classes: int | None
+    preprocessing: Normalization | None
+    onnx_graph: bytes | None  # the converted ONNX graph (weights zeroed) for models that came as ONNX
+
+    def with_module(self, module: nn.Module) -> "LoadedModel":
+        """The same model description around other weights (a compressed or shrunk module)."""
+        return dataclasses.replace(self, module=module)
+
+
+def load_model(path: Path | str, *, architecture: str | None = None, arch_args: dict | None = None) -> LoadedModel:
+    path = Path(path)
+    if not path.exists():
+        raise ModelFormatError(f"model file {path.name} does not exist")
+    if path.is_dir():
+        return _load_model_dir(path)
+    suffix = path.suffix.lower()
+    with path.open("rb") as file:
+        head = file.read(8)
+    if suffix == ".pt2":
+        raise UnsafeFormatError(f"{path.name}: torch.export .pt2 programs need unpickling; use {SAFE_FORMATS}")
+    if suffix == ".onnx":
+        return _load_onnx(path)
+    if suffix == ".safetensors":
+        return _from_state(_read_safetensors(path), "safetensors", architecture, arch_args, path.name)
+    if suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        return _from_state(_read_state_dict(path), "state_dict", architecture, arch_args, path.name)
+    if suffix in (".pkl", ".pickle") or head[:1] == b"\x80":
+        raise UnsafeFormatError(f"{path.name} is a Python pickle; use {SAFE_FORMATS}")
+    if suffix == ".zip" or head.startswith(b"PK"):
+        return _load_zip(path)
+    raise ModelFormatError(f"{path.name}: unknown model format; accepted are {SAFE_FORMATS}")
+
+
+def _load_zip(path: Path) -> LoadedModel:
+    if _is_torch_archive(path):
+        raise UnsafeFormatError(f"{path.name} is a torch archive (TorchScript or a pickled model); use {SAFE_FORMATS}")
+    with tempfile.TemporaryDirectory(prefix="squeezer-model-") as tmp:
+        root = safe_extract(path, Path(tmp))
+        candidates = [p.parent for p in root.rglob("architecture.json") if len(p.relative_to(root).parts) <= 2]
+        if len(candidates) != 1:
+            raise ModelFormatError(f"{path.name} must hold exactly one model directory with architecture.json and model.safetensors")
+        return _load_model_dir(candidates[0])
+
+
+def _is_torch_archive(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(name.endswith(("data.pkl", "constants.pkl", "version")) and "/" in name for name in zf.namelist()[:64])
+    except zipfile.BadZipFile:
+        return False
+
+
+def _load_model_dir(directory: Path) -> LoadedModel:
+    meta_path, weights_path = directory / "architecture.json", directory / "model.safetensors"
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise ModelFormatError("a model directory needs architecture.json and model.safetensors")
+    try:
+        meta = json.loads(meta_path.read_text())
+        name, args = meta["name"], meta.get("args") or {}
+        if not isinstance(args, dict):
+            raise TypeError("args must be an object")
+        preprocessing = Normalization(**meta["preprocessing"]) if meta.get("preprocessing") else None
+        input_shape = tuple(int(d) for d in meta["input_shape"]) if meta.get("input_shape") else None
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelFormatError(f"architecture.json is invalid: {error}") from None
+    state = _read_safetensors(weights_path)
+    if name == ONNX_ARCHITECTURE:
+        graph_path = directory / "graph.onnx"
+        if not graph_path.is_file():
+            raise ModelFormatError("a converted ONNX model directory needs graph.onnx")
+        graph = graph_path.read_bytes()
+        module = _convert_onnx(_parse_onnx(graph, "graph.onnx"))
+        _load_state(module, state, "model.safetensors")
+        model = LoadedModel(module.eval(), {"name": name, "args": {}}, "squeezer", input_shape, None, preprocessing, graph)
+        return _with_num_classes(model)
+    model = _from_state(state, "squeezer", name, args, "model.safetensors", input_shape)
+    model.preprocessing = preprocessing
+    return model
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ModelFormatError(f"{path.name} is not a valid safetensors file: {error}") from None
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            if any(name.endswith("constants.pkl") or "/code/" in name for name in zf.namelist()):
+                raise UnsafeFormatError(f"{path.name} is TorchScript, which needs unpickling; use {SAFE_FORMATS}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+    except Exception as error:  # the restricted unpickler raises many types; none of them may escape as a crash
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            raise UnsafeFormatError(f"{path.name} holds pickled Python objects, not just weights; use {SAFE_FORMATS}") from None
+        raise ModelFormatError(f"{path.name} is not a readable state_dict: {(str(error) or type(error).__name__).splitlines()[0][:200]}") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ModelFormatError(f"{path.name} is not a state_dict (a mapping of names to tensors)")
+    return state
+
+
+def _from_state(state: dict[str, torch.Tensor], source_format: str, name: str | None, args: dict | None, filename: str,
+                input_shape: tuple[int, ...] | None = None) -> LoadedModel:
+    if not name:
+        raise ModelFormatError(f"{filename} holds weights only: name its architecture (--arch NAME --arch-arg KEY=VALUE)")
+    args = dict(args or {})
+    module = build_architecture(name, args)
+    _load_state(module, state, filename)
+    shape = input_shape or default_input_shape(name, args)
+    return _with_num_classes(LoadedModel(module.eval(), {"name": name, "args": args}, source_format, shape, None, None, None))
+
+
+def _load_state(module: nn.Module, state: dict[str, torch.Tensor], filename: str) -> None:
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ModelFormatError(f"{filename}: tensor {key} holds NaN or infinite values")
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        details = "; ".join(part for part in (
+            f"missing {missing[:5]}" if missing else "",
+            f"unexpected {unexpected[:5]}" if unexpected else "",
+            "shape mismatch " + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:5]) if wrong else "",
+        ) if part)
+        raise ModelFormatError(f"{filename} does not fit the architecture: {details}")
+    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+
+
+def _with_num_classes(model: LoadedModel) -> LoadedModel:
+    """Reads the class count from one forward pass, which works for every architecture alike."""
+    if model.input_shape is not None:
+        try:
+            with torch.no_grad():
+                output = model.module.eval()(torch.zeros(1, *model.input_shape))
+        except Exception as error:
+            raise ModelFormatError(f"the model does not run on inputs of shape {model.input_shape}: {error}") from None
+        if output.ndim != 2:
+            raise ModelFormatError(f"a classifier must output (batch, classes); this model outputs {tuple(output.shape)}")
+        model.num_classes = int(output.shape[1])
+    return model
+
+
+# -- ONNX -------------------------------------------------------------------------------------------------------
+
+def _parse_onnx(data: bytes, filename: str):
+    import onnx
+
+    try:
+        graph = onnx.load_model_from_string(data)
+    except Exception as error:
+        raise ModelFormatError(f"{filename} is not a valid ONNX model: {str(error)[:200]}") from None
+    for tensor in graph.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            raise ModelFormatError(f"{filename} references external data files ({tensor.name}); embed the weights in the .onnx file")
+    try:
+        onnx.checker.check_model(graph)
+    except Exception as error:
+        raise ModelFormatError(f"{filename} fails the ONNX checker: {(str(error) or type(error).__name__).splitlines()[0][:200]}") from None
+    return graph
+
+
+def _convert_onnx(graph) -> nn.Module:
+    from onnx2torch import convert
+
+    try:
+        return convert(graph)
+    except NotImplementedError as error:
+        raise UnsupportedLayerError(f"the ONNX model uses operators we cannot convert: {str(error)[:300]}") from None
+    except Exception as error:
+        raise ModelFormatError(f"the ONNX model could not be converted: {str(error)[:300]}") from None
+
+
+def _onnx_input_shape(graph) -> tuple[int, ...] | None:
+    inputs = [i for i in graph.graph.input if i.name not in {t.name for t in graph.graph.initializer}]
+    if len(inputs) != 1:
+        raise ModelFormatError(f"the ONNX model must take one input tensor; it takes {len(inputs)}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise ModelFormatError(f"the ONNX model's input must be (batch, channels, height, width); it has {len(dims)} axes")
+    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims[1:])
+    return None if None in shape else shape
+
+
+def _load_onnx(path: Path) -> LoadedModel:
+    graph = _parse_onnx(path.read_bytes(), path.name)
+    input_shape = _onnx_input_shape(graph)
+    module = _convert_onnx(graph).eval()
+    model = LoadedModel(module, {"name": ONNX_ARCHITECTURE, "args": {}}, "onnx", input_shape, None, None, None)
+    if input_shape is not None:
+        x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+        check_onnx_parity(module, path.read_bytes(), x)
+        _with_num_classes(model)
+    model.onnx_graph = _weightless_graph(graph, module, input_shape)
+    return model
+
+
+def onnx_outputs(onnx_bytes: bytes, x: torch.Tensor) -> np.ndarray:
+    """The first output of an ONNX model under onnxruntime on CPU."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy().astype(np.float32)})[0]
+
+
+def check_onnx_parity(module: nn.Module, onnx_bytes: bytes, x: torch.Tensor) -> float:
+    """Max absolute difference between the converted module and onnxruntime; raises when they disagree."""
+    try:
+        expected = onnx_outputs(onnx_bytes, x)
+    except Exception as error:
+        raise ModelFormatError(f"onnxruntime cannot run the model: {str(error)[:300]}") from None
+    with torch.no_grad():
+        actual = module.eval()(x).numpy()
+    if actual.shape != expected.shape:
+        raise UnsupportedLayerError(f"converted model outputs {actual.shape}, onnxruntime {expected.shape}")
+    scale = max(1.0, float(np.abs(expected).max()))
+    difference = float(np.abs(actual - expected).max())
+    if not math.isfinite(difference) or difference > _PARITY_TOLERANCE * scale:
+        raise UnsupportedLayerError(f"the converted model disagrees with onnxruntime (max difference {difference:.3g})")
+    return difference
+
+
+def _weightless_graph(graph, module: nn.Module, input_shape) -> bytes:
+    """The ONNX graph with its large float initializers zeroed, so packed models carry the structure once and the
+    weights only in their own compressed form. Kept whole when the zeroed graph would not convert back to the same
+    module (some converters fold initializers into constants)."""
+    import onnx
+    from onnx import numpy_helper
+
+    light = copy.deepcopy(graph)
+    for tensor in light.graph.initializer:
+        array = numpy_helper.to_array(tensor)
+        if array.dtype.kind == "f" and array.size >= _ZEROED_MIN_ELEMENTS:
+            tensor.CopyFrom(numpy_helper.from_array(np.zeros_like(array), tensor.name))
+    data = light.SerializeToString()
+    try:
+        rebuilt = _convert_onnx(onnx.load_model_from_string(data))
+        rebuilt.load_state_dict(module.state_dict())
+        if input_shape is not None:
+            x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(1))
+            with torch.no_grad():
+                if not torch.allclose(rebuilt.eval()(x), module.eval()(x), atol=1e-5):
+                    return graph.SerializeToString()
+    except Exception:
+        return graph.SerializeToString()
+    return data
+
+
+# -- saving -----------------------------------------------------------------------------------------------------
+
+def save_model_dir(model: LoadedModel, directory: Path) -> Path:
+    """Writes the Squeezer model format: architecture.json, model.safetensors and, for ONNX models, graph.onnx."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": MODEL_FORMAT,
+        "version": 1,
+        "name": model.architecture["name"],
+        "args": model.architecture.get("args", {}),
+        "input_shape": list(model.input_shape) if model.input_shape else None,
+        "num_classes": model.num_classes,
+        "preprocessing": model.preprocessing.model_dump() if model.preprocessing else None,
+    }
+    (directory / "architecture.json").write_text(json.dumps(meta, indent=2) + "\n")
+    state = {k: v.detach().cpu().clone() for k, v in model.module.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+    if model.onnx_graph:
+        (directory / "graph.onnx").write_bytes(model.onnx_graph)
+    return directory

@@ -1,0 +1,172 @@
+"""Architectures a model can name in architecture.json: a few CIFAR-style classics and torchvision's classifiers.
+
+Every entry takes `num_classes` and `in_channels`; those with a fixed input geometry also take `input_size`, so
+the same LeNet serves 8×8 digits and 28×28 Fashion-MNIST. Weights never come from the network: torchvision
+models are built with `weights=None` and filled from the user's own file.
+"""
+
+import inspect
+from collections.abc import Callable
+
+from torch import nn
+
+from core.errors import ModelFormatError
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 (two 5×5 convolutions, three fully connected layers); padding keeps small inputs usable."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28):
+        super().__init__()
+        padding = 2 if input_size < 28 else 0
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5, padding=padding), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        side = (input_size // 2 + 2 * padding - 4) // 2
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(16 * side * side, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class VggSmall(nn.Module):
+    """CIFAR-style VGG: three conv blocks (64, 128, 256 channels) with batch norm, then a small classifier."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, input_size: int = 32, width: int = 64):
+        super().__init__()
+        layers, channels = [], in_channels
+        for out in (width, width, "M", 2 * width, 2 * width, "M", 4 * width, 4 * width, "M"):
+            if out == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+                channels = out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(channels, 4 * width), nn.ReLU(), nn.Linear(4 * width, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """He et al.'s CIFAR ResNet (6n+2 layers, 16/32/64 channels), with projection shortcuts."""
+
+    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3, input_size: int = 32):
+        super().__init__()  # input_size only documents the expected input: global pooling takes any size
+        if (depth - 2) % 6:
+            raise ValueError("depth must be 6n+2")
+        blocks = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU()
+        stages, planes = [], 16
+        for width, stride in ((16, 1), (32, 2), (64, 2)):
+            stage = []
+            for index in range(blocks):
+                stage.append(BasicBlock(planes, width, stride if index == 0 else 1))
+                planes = width
+            stages.append(nn.Sequential(*stage))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.fc(self.pool(out).flatten(1))
+
+
+def _torchvision(name: str, num_classes: int = 1000, in_channels: int = 3, input_size: int = 224, **kwargs) -> nn.Module:
+    from torchvision import models
+
+    try:
+        builder = models.get_model_builder(name)
+    except ValueError:
+        raise ModelFormatError(f"unknown torchvision model {name!r}; see torchvision.models.list_models()") from None
+    module = builder(weights=None, num_classes=num_classes, **kwargs)
+    if in_channels != 3:
+        _replace_first_conv(module, in_channels)
+    return module
+
+
+def _replace_first_conv(module: nn.Module, in_channels: int) -> None:
+    """torchvision models hard-code RGB input; swap the stem convolution for one with `in_channels` inputs."""
+    for parent in module.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                setattr(parent, child_name, nn.Conv2d(
+                    in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                    child.dilation, child.groups, child.bias is not None,
+                ))
+                return
+
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "lenet5": LeNet5,
+    "vgg-small": VggSmall,
+    "resnet20": lambda **kw: CifarResNet(20, **kw),
+    "resnet56": lambda **kw: CifarResNet(56, **kw),
+}
+_DEFAULT_INPUT = {"lenet5": (1, 28), "vgg-small": (3, 32), "resnet20": (3, 32), "resnet56": (3, 32)}
+
+
+def architecture_names() -> list[str]:
+    return [*_BUILDERS, "torchvision:<name>"]
+
+
+def build_architecture(name: str, args: dict | None = None) -> nn.Module:
+    """A freshly initialised module; bad names and arguments are the user's error, never a crash."""
+    args = dict(args or {})
+    if not isinstance(name, str):
+        raise ModelFormatError("architecture name must be a string")
+    try:
+        if name.startswith("torchvision:"):
+            return _torchvision(name.split(":", 1)[1], **args)
+        if name not in _BUILDERS:
+            raise ModelFormatError(f"unknown architecture {name!r}; known: {', '.join(architecture_names())}")
+        builder = _BUILDERS[name]
+        target = builder.__init__ if inspect.isclass(builder) else None
+        if target is not None:
+            allowed = set(inspect.signature(target).parameters) - {"self"}
+            unknown = set(args) - allowed
+            if unknown:
+                raise ModelFormatError(f"{name} takes no argument(s) {sorted(unknown)}; it takes {sorted(allowed)}")
+        return builder(**args)
+    except ModelFormatError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ModelFormatError(f"cannot build {name} with {args}: {error}") from None
+
+
+def default_input_shape(name: str, args: dict | None = None) -> tuple[int, int, int] | None:
+    """(C, H, W) the architecture expects, where it has a natural one; torchvision models default to 224×224."""
+    args = args or {}
+    if name.startswith("torchvision:"):
+        size = args.get("input_size", 224)
+        return (args.get("in_channels", 3), size, size)
+    if name not in _DEFAULT_INPUT:
+        return None
+    channels, size = _DEFAULT_INPUT[name]
+    size = args.get("input_size", size)
+    return (args.get("in_channels", channels), size, size)

@@ -1,0 +1,39 @@
+import pytest
+import torch
+from torch import nn
+
+from core.errors import InputError
+from core.measure import count_macs, count_nonzero, count_params, float32_bytes, median_latency_ms, resolve_device, top1_accuracy
+
+
+def test_macs_of_conv_and_linear_are_counted_by_hand():
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
+    assert count_macs(model, (2, 5, 5)) == 4 * 5 * 5 * 2 * 9 + 100 * 3
+
+
+def test_grouped_conv_macs():
+    assert count_macs(nn.Conv2d(4, 4, 3, groups=4), (4, 3, 3)) == 4 * 1 * 9
+
+
+def test_sizes_and_nonzeros():
+    layer = nn.Linear(4, 2)
+    with torch.no_grad():
+        layer.weight.zero_()
+    assert count_params(layer) == 10 and count_nonzero(layer) == int(torch.count_nonzero(layer.bias))
+    assert float32_bytes(nn.BatchNorm2d(3)) == 4 * (3 + 3 + 3 + 3)
+
+
+def test_top1_accuracy_in_percent():
+    model = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    assert top1_accuracy(model, x, torch.tensor([0, 1, 1, 1]), batch_size=3) == pytest.approx(75.0)
+
+
+def test_latency_is_positive_and_device_checks():
+    assert median_latency_ms(nn.Linear(4, 4), (4,), repeats=3) > 0
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError):
+            resolve_device("cuda")
