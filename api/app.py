@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from api import health
 from api.artifacts.routes import router as artifacts_router
-from api.errors import install_problem_handlers
+from api.errors import install_problem_handlers, problem_responses
 from api.jobs.routes import router as jobs_router
 from store.blobs import make_blob_store
 from store.db import make_engine, make_session_factory
@@ -45,6 +45,7 @@ def create_app(
     app.state.dispatcher = dispatcher
     install_problem_handlers(app)
     app.include_router(health.router)
-    app.include_router(artifacts_router)
-    app.include_router(jobs_router)
+    # Every /v1 route takes the bearer key (api.deps.current_tenant): the scheme comes with the dependency.
+    for router in (artifacts_router, jobs_router):
+        app.include_router(router, responses=problem_responses(401))
     return app

@@ -1,12 +1,14 @@
-"""Typed dependencies. Everything a route needs comes from here, so auth (issue 5) replaces `current_tenant` alone."""
+"""Typed dependencies. Everything a route needs comes from here; `current_tenant` is where authentication happens."""
 
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.blobs import BlobStore
+from store.keys import verify_key
 from store.models import DEFAULT_TENANT
 from store.settings import Settings
 from worker.dispatch import Dispatcher
@@ -33,9 +35,27 @@ def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
 
 
-def current_tenant() -> str:
-    """The caller's tenant. Always the default tenant until API keys exist (issue 5)."""
-    return DEFAULT_TENANT
+# Declares the bearer scheme in the OpenAPI document; missing or malformed headers are answered below, as problems.
+bearer_scheme = HTTPBearer(auto_error=False, scheme_name="ApiKey", description="`Authorization: Bearer <api key>`; create keys with `squeezer keys create --tenant NAME`.")
+
+
+def current_tenant(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> str:
+    """The caller's tenant: the owner of the bearer key when auth is on (401 otherwise), else the default tenant.
+    Every query a route makes is filtered by it, so another tenant's ids answer 404."""
+    settings: Settings = request.app.state.settings
+    if not settings.auth:
+        return DEFAULT_TENANT
+    tenant = None
+    if credentials is not None:
+        with request.app.state.session_factory() as session:
+            tenant = verify_key(session, credentials.credentials)
+    if tenant is None:
+        detail = "send `Authorization: Bearer <api key>`" if credentials is None else "the API key is unknown or revoked"
+        raise HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
+    return tenant
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

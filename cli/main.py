@@ -2,7 +2,7 @@
 
 import typer
 
-from cli import engine_commands, service_commands
+from cli import engine_commands, key_commands, service_commands
 
 app = typer.Typer(
     name="squeezer",
@@ -13,3 +13,4 @@ app = typer.Typer(
 )
 engine_commands.register(app)
 service_commands.register(app)
+key_commands.register(app)

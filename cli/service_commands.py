@@ -3,6 +3,7 @@
 Client exit codes match `squeezer compress`: 0 target met, 3 result written but target missed, 2 bad input (the
 problem's detail on one stderr line), 1 job failed or cancelled."""
 
+import ipaddress
 import json
 import shutil
 import socket
@@ -40,6 +41,14 @@ ServerOption = Annotated[
     str,
     typer.Option("--server", envvar="SQUEEZER_SERVER", help="Squeezer API base URL."),
 ]
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="SQUEEZER_API_KEY",
+        help="API key sent as `Authorization: Bearer` (from `squeezer keys create`).",
+    ),
+]
 
 
 class ClientError(Exception):
@@ -66,9 +75,11 @@ def _check(response: httpx.Response) -> httpx.Response:
     return response
 
 
-def _client(server: str) -> httpx.Client:
+def _client(server: str, api_key: str | None = None) -> httpx.Client:
     return httpx.Client(
-        base_url=server.rstrip("/"), timeout=httpx.Timeout(30.0, read=600.0)
+        base_url=server.rstrip("/"),
+        timeout=httpx.Timeout(30.0, read=600.0),
+        headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
     )
 
 
@@ -260,10 +271,11 @@ def submit_and_wait(
     drop_type: str = "absolute",
     method: str = "lwct",
     options: dict | None = None,
+    api_key: str | None = None,
 ) -> int:
     """The body of `squeezer submit` (and of `squeezer demo`): exit code as documented above."""
     try:
-        with _client(server) as client:
+        with _client(server, api_key) as client:
             job = create_job(
                 client,
                 model,
@@ -309,27 +321,44 @@ def serve_in_thread(app, host: str, port: int):
     return server, thread, sock.getsockname()[1]
 
 
-def embedded_app(data_dir: Path):
-    """The embedded mode: SQLite and local blobs under `data_dir`, migrated, with the in-process worker."""
-    from api.app import create_app
-    from store.migrate import upgrade_database
+def embedded_settings(data_dir: Path, *, auth: bool = False):
+    """The embedded mode's configuration: SQLite and local blobs under `data_dir`, no broker. `squeezer keys
+    --data-dir` uses it too, so keys land in the database `serve --data-dir` reads."""
     from store.settings import Settings
 
-    settings = Settings(
+    return Settings(
         data_dir=data_dir.resolve(),
         database_url="",
         broker_url="",
         storage_backend="local",
+        auth=auth,
     )
+
+
+def embedded_app(data_dir: Path, *, auth: bool = False):
+    """The embedded mode, migrated, with the in-process worker."""
+    from api.app import create_app
+    from store.migrate import upgrade_database
+
+    settings = embedded_settings(data_dir, auth=auth)
     upgrade_database(settings.resolved_database_url)
     return create_app(settings)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def serve(
     host: Annotated[
         str,
         typer.Option(
-            help="Interface to bind (loopback by default: no authentication yet)."
+            help="Interface to bind. Without --auth only a loopback address is allowed."
         ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
@@ -337,26 +366,57 @@ def serve(
         Path,
         typer.Option("--data-dir", help="Where the SQLite database and the files go."),
     ] = Path(".squeezer"),
+    auth: Annotated[
+        bool,
+        typer.Option(
+            "--auth",
+            help="Require API keys (`squeezer keys create --tenant NAME --data-dir DIR`).",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole service in one process: API, SQLite, local storage and an in-process worker."""
     import uvicorn
 
-    console.print(
-        f"Squeezer embedded service on http://{host}:{port} (data in {data_dir}); no authentication: keep it on loopback."
+    if not auth and not is_loopback(host):
+        err_console.print(
+            f"refusing to serve {host} without authentication: bind a loopback address or add --auth",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_BAD_INPUT)
+    access = (
+        f"API keys required (create one with `squeezer keys create --tenant NAME --data-dir {data_dir}`)"
+        if auth
+        else "no authentication (loopback only; --auth turns API keys on)"
     )
-    uvicorn.run(embedded_app(data_dir), host=host, port=port)
+    console.print(
+        f"Squeezer embedded service on http://{host}:{port} (data in {data_dir}); {access}.",
+        soft_wrap=True,
+    )
+    uvicorn.run(embedded_app(data_dir, auth=auth), host=host, port=port)
 
 
 def api(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "0.0.0.0",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    auth: Annotated[
+        bool,
+        typer.Option(
+            "--auth/--no-auth",
+            envvar="SQUEEZER_AUTH",
+            help="Require API keys (on unless turned off).",
+        ),
+    ] = True,
 ) -> None:
     """Run the API (production): configured by SQUEEZER_DATABASE_URL, SQUEEZER_BROKER_URL, SQUEEZER_STORAGE_*."""
     import uvicorn
 
     from api.app import create_app
+    from store.settings import Settings
 
-    uvicorn.run(create_app(), host=host, port=port, proxy_headers=True)
+    uvicorn.run(
+        create_app(Settings(auth=auth)), host=host, port=port, proxy_headers=True
+    )
 
 
 def worker() -> None:
@@ -421,6 +481,7 @@ def submit(
     out: Annotated[
         Path, typer.Option("--out", help="Folder for the results (with --wait).")
     ] = Path("squeezer-results"),
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Upload a model (and data), submit a compression job, and optionally wait for its results."""
     try:
@@ -439,6 +500,7 @@ def submit(
             drop_type=drop_type,
             method=method,
             options=options,
+            api_key=api_key,
         )
     )
 
@@ -461,6 +523,7 @@ def _run_client(action) -> None:
 @jobs_app.command("list")
 def jobs_list(
     server: ServerOption = DEFAULT_SERVER,
+    api_key: ApiKeyOption = None,
     status: Annotated[
         str | None, typer.Option(help="Only jobs with this status.")
     ] = None,
@@ -469,7 +532,7 @@ def jobs_list(
     """The newest jobs."""
 
     def action() -> None:
-        with _client(server) as client:
+        with _client(server, api_key) as client:
             params = {"limit": limit, **({"status": status} if status else {})}
             page = _check(client.get("/v1/jobs", params=params)).json()
         table = Table(
@@ -493,22 +556,26 @@ def jobs_list(
 
 
 @jobs_app.command("show")
-def jobs_show(job_id: str, server: ServerOption = DEFAULT_SERVER) -> None:
+def jobs_show(
+    job_id: str, server: ServerOption = DEFAULT_SERVER, api_key: ApiKeyOption = None
+) -> None:
     """One job as JSON."""
 
     def action() -> None:
-        with _client(server) as client:
+        with _client(server, api_key) as client:
             console.print_json(data=_check(client.get(f"/v1/jobs/{job_id}")).json())
 
     _run_client(action)
 
 
 @jobs_app.command("cancel")
-def jobs_cancel(job_id: str, server: ServerOption = DEFAULT_SERVER) -> None:
+def jobs_cancel(
+    job_id: str, server: ServerOption = DEFAULT_SERVER, api_key: ApiKeyOption = None
+) -> None:
     """Cancel a job (a running one stops at its next step)."""
 
     def action() -> None:
-        with _client(server) as client:
+        with _client(server, api_key) as client:
             job = _check(client.post(f"/v1/jobs/{job_id}/cancel")).json()
         console.print(f"job {job['id']} {job['status']}")
 
@@ -520,11 +587,12 @@ def jobs_download(
     job_id: str,
     server: ServerOption = DEFAULT_SERVER,
     out: Annotated[Path, typer.Option("--out")] = Path("squeezer-results"),
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Download a job's result files."""
 
     def action() -> None:
-        with _client(server) as client:
+        with _client(server, api_key) as client:
             for path in download_results(client, job_id, out):
                 console.print(str(path))
 

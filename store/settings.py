@@ -25,6 +25,13 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = 120.0
     max_attempts: int = 3
     worker_device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Require `Authorization: Bearer <api key>` on every /v1 route. Off here so library use and the embedded mode
+    # start keyless; `squeezer api` turns it on unless SQUEEZER_AUTH=false, `squeezer serve` only with --auth.
+    auth: bool = False
+    # Per-tenant quotas (None: unlimited). Concurrent jobs are those not yet finished (queued, running, cancelling);
+    # stored bytes are the sizes of all the tenant's artifacts, uploads and results alike.
+    max_concurrent_jobs_per_tenant: int | None = None
+    max_stored_bytes_per_tenant: int | None = None
 
     @property
     def resolved_database_url(self) -> str:

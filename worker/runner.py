@@ -81,8 +81,8 @@ def _finish(ctx: WorkerContext, job: Job, status: str, **fields: Any) -> bool:
 def _compress(job: Job, ctx: WorkerContext, monitor: "JobMonitor", workdir: Path) -> dict:
     spec = job.spec
     inputs = workdir / "inputs"
-    model = _fetch_model(job, ctx, inputs)
-    data = _fetch_dataset(job, ctx, inputs)
+    model = fetch_model(job, ctx, inputs)
+    data = fetch_dataset(job, ctx, inputs)
     config = config_from_spec(spec, ctx.device)
     checkpoint_dir = workdir / "checkpoint"
     checkpoint_dir.mkdir()
@@ -126,7 +126,7 @@ def _fetch(ctx: WorkerContext, job: Job, artifact_id: str, dest_dir: Path, stem:
     return export_artifact_to(ctx.session_factory, ctx.blobs, artifact_id, dest_dir / f"{stem}{_suffix(artifact.filename)}")
 
 
-def _fetch_model(job: Job, ctx: WorkerContext, inputs: Path) -> ModelSource:
+def fetch_model(job: Job, ctx: WorkerContext, inputs: Path) -> ModelSource:
     """The spec's model: {"artifact_id"} or {"weights_artifact_id", "architecture": {"name", "args"}}."""
     model_spec = job.spec.get("model") or {}
     if "artifact_id" in model_spec:
@@ -140,7 +140,7 @@ def _fetch_model(job: Job, ctx: WorkerContext, inputs: Path) -> ModelSource:
     raise InputError("the job names no model (model.artifact_id or model.weights_artifact_id)", code="invalid_job")
 
 
-def _fetch_dataset(job: Job, ctx: WorkerContext, inputs: Path) -> str | Path:
+def fetch_dataset(job: Job, ctx: WorkerContext, inputs: Path) -> str | Path:
     """The spec's dataset: {"artifact_id"} (.npz, .zip or .tar of an image folder) or {"sample": name}."""
     dataset_spec = job.spec.get("dataset") or {}
     if "artifact_id" in dataset_spec:

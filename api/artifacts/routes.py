@@ -1,10 +1,15 @@
 """/v1/artifacts: streamed upload, metadata, streamed download, delete."""
 
+import anyio.to_thread
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from api.artifacts.schemas import ArtifactOut
-from api.artifacts.service import content_disposition, receive_upload
+from api.artifacts.service import (
+    content_disposition,
+    receive_upload,
+    storage_quota_left,
+)
 from api.deps import BlobsDep, CurrentTenant, SessionDep, SessionFactoryDep, SettingsDep
 from api.errors import not_found, problem_responses
 from store.artifacts import delete_artifact, get_ready_artifact
@@ -53,6 +58,8 @@ def ready_artifact(session, artifact_id: str, tenant: str) -> Artifact:
     status_code=status.HTTP_201_CREATED,
     response_model=ArtifactOut,
     responses=problem_responses(400, 413, 415, 422),
+    description="413 `payload_too_large` past the upload size limit, 413 `storage_quota_exceeded` past the tenant's "
+    "stored-bytes quota; nothing is stored either way.",
     openapi_extra=UPLOAD_BODY,
     summary="Upload a file (streamed)",
 )
@@ -69,6 +76,12 @@ async def create_artifact(
         blobs,
         tenant=tenant,
         max_bytes=settings.max_upload_bytes,
+        quota_left=await anyio.to_thread.run_sync(
+            storage_quota_left,
+            session_factory,
+            tenant,
+            settings.max_stored_bytes_per_tenant,
+        ),
     )
     return ArtifactOut.model_validate(artifact)
 

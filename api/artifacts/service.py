@@ -13,7 +13,7 @@ import anyio.to_thread
 from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ProblemError
@@ -198,14 +198,30 @@ async def receive_upload(
     *,
     tenant: str,
     max_bytes: int,
+    quota_left: int | None = None,
 ) -> Artifact:
-    """Parses the multipart body as it streams in and stores its `file` part. Raises ProblemError (413/415/422/400)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
-        # Refuse before reading a byte when the client says up front that the body is too large.
-        raise ProblemError(
-            413, "payload_too_large", f"uploads are limited to {max_bytes} bytes"
+    """Parses the multipart body as it streams in and stores its `file` part. Raises ProblemError (413/415/422/400).
+    `quota_left`: what the tenant's storage quota still allows (None: no quota); past it the 413 says so."""
+    by_quota = quota_left is not None and quota_left < max_bytes
+    limit = quota_left if by_quota else max_bytes
+
+    def too_large(stored: str) -> ProblemError:
+        if by_quota:
+            return ProblemError(
+                413,
+                "storage_quota_exceeded",
+                f"this tenant's storage quota leaves {max(limit, 0)} bytes; delete artifacts to make room{stored}",
+            )
+        return ProblemError(
+            413, "payload_too_large", f"uploads are limited to {max_bytes} bytes{stored}"
         )
+
+    declared = request.headers.get("content-length")
+    if limit <= 0 or (
+        declared and declared.isdigit() and int(declared) > limit + 64 * 1024
+    ):
+        # Refuse before reading a byte when the client says up front that the body is too large.
+        raise too_large("")
     stream = _MultipartStream(request, multipart_boundary(request))
     await stream.wait_for_file()
     early_kind = _check_kind(stream.fields.get("kind"))
@@ -224,15 +240,11 @@ async def receive_upload(
                 filename=safe_filename(stream.filename or "upload"),
                 content_type=stream.content_type,
                 chunks=file_chunks(),
-                max_bytes=max_bytes,
+                max_bytes=limit,
             )
         )
     except UploadTooLarge:
-        raise ProblemError(
-            413,
-            "payload_too_large",
-            f"uploads are limited to {max_bytes} bytes; nothing was stored",
-        ) from None
+        raise too_large("; nothing was stored") from None
     await stream.drain()
     late_kind = stream.fields.get("kind")
     try:
@@ -250,6 +262,22 @@ async def receive_upload(
             session.commit()
         artifact.kind = late_kind
     return artifact
+
+
+def storage_quota_left(
+    session_factory: sessionmaker[Session], tenant: str, quota: int | None
+) -> int | None:
+    """Bytes the tenant may still store (None: no quota). Uploads in flight count once they are ready, so two
+    concurrent uploads near the quota may overshoot it by one upload."""
+    if quota is None:
+        return None
+    with session_factory() as session:
+        stored = session.scalar(
+            select(func.coalesce(func.sum(Artifact.size_bytes), 0)).where(
+                Artifact.tenant == tenant
+            )
+        )
+    return quota - stored
 
 
 def safe_filename(name: str) -> str:

@@ -44,7 +44,7 @@ IdempotencyKey = Annotated[
             "model": JobOut,
             "description": "The job created earlier with this Idempotency-Key.",
         },
-        **problem_responses(404, 422),
+        **problem_responses(404, 422, 429),
     },
     summary="Submit a compression job (inputs are checked before it is queued)",
 )

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 import anyio.to_thread
-from sqlalchemy import select, tuple_
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ProblemError, not_found
@@ -14,7 +14,7 @@ from api.jobs.schemas import JobCreate, JobOut
 from core.errors import InputError
 from store.artifacts import get_ready_artifact
 from store.blobs import BlobStore
-from store.jobs import as_utc, create_job
+from store.jobs import FINAL_STATUSES, as_utc, create_job
 from store.models import Job, JobEvent
 from store.settings import Settings
 
@@ -46,6 +46,24 @@ def check_references(session: Session, body: JobCreate, tenant: str) -> None:
             )
 
 
+def check_job_quota(session: Session, tenant: str, limit: int | None) -> None:
+    """429 when the tenant already has `limit` unfinished jobs. Checked before the (slow) input validation; two
+    submissions racing at the limit may both pass, which a quota tolerates."""
+    if limit is None:
+        return
+    unfinished = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.tenant == tenant, Job.status.not_in(FINAL_STATUSES))
+    )
+    if unfinished >= limit:
+        raise ProblemError(
+            429,
+            "job_quota_exceeded",
+            f"this tenant already has {unfinished} unfinished jobs (limit {limit}); wait for one to finish or cancel one",
+        )
+
+
 def validate_inputs(
     body: JobCreate,
     spec: dict,
@@ -60,7 +78,7 @@ def validate_inputs(
     )
 
     from worker.context import WorkerContext
-    from worker.runner import _fetch_dataset, _fetch_model
+    from worker.runner import fetch_dataset, fetch_model
 
     context = WorkerContext(
         settings=settings,
@@ -73,8 +91,8 @@ def validate_inputs(
     with tempfile.TemporaryDirectory(prefix="squeezer-check-") as workdir:
         inputs = Path(workdir)
         check_inputs(
-            _fetch_model(draft, context, inputs),
-            _fetch_dataset(draft, context, inputs),
+            fetch_model(draft, context, inputs),
+            fetch_dataset(draft, context, inputs),
             body.compress_config(),
         )
 
@@ -101,6 +119,7 @@ async def submit_job(
             if existing is not None:
                 return _same_request(existing, digest), False
         check_references(session, body, tenant)
+        check_job_quota(session, tenant, settings.max_concurrent_jobs_per_tenant)
     try:
         await anyio.to_thread.run_sync(
             validate_inputs, body, spec, tenant, settings, session_factory, blobs

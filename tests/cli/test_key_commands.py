@@ -1,0 +1,67 @@
+"""`squeezer keys` against the configuration `serve --data-dir` and `api` read, and client commands sending the key."""
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from api.app import create_app
+from cli.main import app
+from cli.service_commands import embedded_app, serve_in_thread
+from store.settings import Settings
+
+runner = CliRunner()
+
+
+def create(*args: str, env: dict | None = None) -> str:
+    result = runner.invoke(app, ["keys", "create", *args], env=env)
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_keys_create_prints_a_working_key_last_and_revoke_stops_it(tmp_path):
+    data_dir = tmp_path / "data"
+    key = create("--tenant", "acme", "--name", "laptop", "--data-dir", str(data_dir))
+    with TestClient(embedded_app(data_dir, auth=True)) as client:
+        headers = {"Authorization": f"Bearer {key}"}
+        assert client.get("/v1/jobs", headers=headers).status_code == 200
+        assert client.get("/v1/jobs").status_code == 401
+
+        listed = runner.invoke(app, ["keys", "list", "--tenant", "acme", "--data-dir", str(data_dir)], env={"COLUMNS": "200"})
+        assert listed.exit_code == 0 and "laptop" in listed.stdout and key[:12] in listed.stdout
+        assert key not in listed.stdout
+        key_id = next(word for word in listed.stdout.split() if word.startswith("key_"))
+
+        wrong_tenant = runner.invoke(app, ["keys", "revoke", key_id, "--tenant", "other", "--data-dir", str(data_dir)])
+        assert wrong_tenant.exit_code == 2
+        revoked = runner.invoke(app, ["keys", "revoke", key_id, "--tenant", "acme", "--data-dir", str(data_dir)])
+        assert revoked.exit_code == 0, revoked.output
+        assert client.get("/v1/jobs", headers=headers).status_code == 401
+
+
+def test_keys_create_uses_the_configured_database_and_client_commands_send_the_key(postgres_url, tmp_path):
+    from store.migrate import upgrade_database
+
+    upgrade_database(postgres_url)
+    key = create("--tenant", "acme", env={"SQUEEZER_DATABASE_URL": postgres_url})
+    settings = Settings(data_dir=tmp_path / "data", database_url=postgres_url, auth=True)
+    server, thread, port = serve_in_thread(create_app(settings), "127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        refused = runner.invoke(app, ["jobs", "list", "--server", url])
+        assert refused.exit_code == 2 and "Unauthorized" in refused.stderr
+        listed = runner.invoke(app, ["jobs", "list", "--server", url], env={"SQUEEZER_API_KEY": key})
+        assert listed.exit_code == 0, listed.output
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.mark.parametrize("tenant", ["", "a b", "x" * 65, "-lead"])
+def test_keys_create_refuses_bad_tenant_names(tenant, tmp_path):
+    result = runner.invoke(app, ["keys", "create", "--tenant", tenant, "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "tenant" in result.stderr
+
+
+def test_serve_refuses_a_public_interface_without_auth(tmp_path):
+    result = runner.invoke(app, ["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "--auth" in result.stderr
