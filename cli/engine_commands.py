@@ -1,7 +1,241 @@
-"""Engine commands: sample, compress, evaluate."""
+"""Engine commands: sample, compress, evaluate. They run the engine in this process; no service is involved.
 
+Exit codes match `squeezer submit`: 0 target met, 3 result written but target missed, 2 bad input (one line on
+stderr: "error: <code>: <message>"), 1 stopped or failed."""
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
 import typer
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cli.service_commands import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_TARGET_MET, EXIT_TARGET_MISSED, ClientError, console,
+                                  err_console, parse_options)
+from core.config import CompressConfig, Normalization
+from core.errors import InputError, SqueezerError
+
+DataOption = Annotated[
+    str, typer.Option("--data", help="sample:digits, sample:fashion-mnist, an .npz, or an image folder (dir/.zip/.tar).")
+]
+ArchOption = Annotated[
+    str | None, typer.Option("--arch", help="Architecture of a weights-only file (.safetensors, .pt state dict), e.g. lenet5.")
+]
+ArchArgOption = Annotated[
+    list[str] | None, typer.Option("--arch-arg", help="Architecture argument KEY=VALUE (JSON values), repeatable.")
+]
+MeanOption = Annotated[
+    str | None, typer.Option("--normalize-mean", help="Per-channel input mean, comma-separated; overrides the model's.")
+]
+StdOption = Annotated[str | None, typer.Option("--normalize-std", help="Per-channel input std, comma-separated.")]
+
+
+def _run(action: Callable[[], int]) -> None:
+    """Runs a command body; engine errors the user can act on become one stderr line and an exit code."""
+    try:
+        code = action()
+    except SqueezerError as error:
+        err_console.print(f"error: {error.code}: {error.message}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT if isinstance(error, InputError) else EXIT_FAILED) from None
+    raise typer.Exit(code)
+
+
+def _arch_args(pairs: list[str] | None) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    for pair in pairs or []:
+        try:
+            args |= parse_options([pair])
+        except ClientError:
+            raise InputError(f"--arch-arg {pair!r}: expected KEY=VALUE", code="invalid_options") from None
+    return args
+
+
+def _normalization(mean: str | None, std: str | None) -> Normalization | None:
+    if mean is None and std is None:
+        return None
+    if mean is None or std is None:
+        raise InputError("--normalize-mean and --normalize-std go together", code="invalid_options")
+    try:  # one value per channel and positive stds are checked against the data by core.intake.data.normalize
+        return Normalization(mean=[float(v) for v in mean.split(",")], std=[float(v) for v in std.split(",")])
+    except ValueError:
+        raise InputError(f"--normalize-mean/--normalize-std: expected comma-separated numbers, got {mean!r} and {std!r}",
+                         code="invalid_options") from None
+
+
+def _config(fields: dict[str, Any]) -> CompressConfig:
+    try:
+        return CompressConfig.model_validate(fields)
+    except pydantic.ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors(include_url=False))
+        raise InputError(f"invalid options: {problems}", code="invalid_options") from None
+
+
+def sample(
+    name: Annotated[Literal["digits", "fashion-mnist"], typer.Argument(help="Which sample data set.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the model directory.")] = Path("sample-model"),
+) -> None:
+    """Train (or reuse a cached) LeNet-5 baseline on a sample data set and write it as a Squeezer model directory."""
+
+    def action() -> int:
+        from core.samples import ensure_sample_model
+
+        with console.status(f"preparing the lenet5 baseline on {name} (trained once, then cached)…"):
+            model_dir, accuracy = ensure_sample_model(name)
+        shutil.copytree(model_dir, out, dirs_exist_ok=True)
+        console.print(f"lenet5 on {name}: top1 {accuracy:.2f}% → {out}", highlight=False)
+        return 0
+
+    _run(action)
+
+
+def compress(
+    model: Annotated[Path, typer.Argument(help="A Squeezer model directory or .zip, an .onnx, or weights with --arch.")],
+    data: DataOption,
+    out: Annotated[Path, typer.Option("--out", help="Folder for model.sqz, model/, model.onnx and report.json.")] = Path(
+        "squeezer-results"
+    ),
+    method: Annotated[str, typer.Option(help="Compression method.")] = "lwct",
+    max_drop: Annotated[float, typer.Option("--max-drop", help="Largest allowed accuracy drop.")] = 1.0,
+    drop_type: Annotated[
+        Literal["absolute", "relative"],
+        typer.Option("--drop-type", help="absolute (points) or relative (percent of the baseline)."),
+    ] = "absolute",
+    arch: ArchOption = None,
+    arch_arg: ArchArgOption = None,
+    device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="Training device.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for every random choice (CPU runs are reproducible).")] = 0,
+    epochs_per_step: Annotated[int | None, typer.Option("--epochs-per-step", help="lwct: epochs per step.")] = None,
+    max_train_samples: Annotated[
+        int | None, typer.Option("--max-train-samples", help="Training samples per epoch (for quick runs).")
+    ] = None,
+    normalize_mean: MeanOption = None,
+    normalize_std: StdOption = None,
+    time_limit: Annotated[
+        float | None, typer.Option("--time-limit", help="Seconds of training; the best result so far is kept.")
+    ] = None,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", help="Any engine option KEY=VALUE, dotted keys, e.g. lwct.sparsity=0.8.")
+    ] = None,
+) -> None:
+    """Compress a trained model under an accuracy budget; writes model.sqz, model/, model.onnx and report.json."""
+
+    def action() -> int:
+        from core.pipeline import ModelSource, compress_files
+
+        try:
+            fields = parse_options(option or [])
+        except ClientError as error:
+            raise InputError(str(error), code="invalid_options") from None
+        lwct = fields.setdefault("lwct", {})
+        for key, value in (("epochs_per_step", epochs_per_step), ("max_train_samples", max_train_samples)):
+            if value is not None:
+                lwct[key] = value
+        normalization = _normalization(normalize_mean, normalize_std)
+        fields |= {"method": method, "target": {"max_drop": max_drop, "drop_type": drop_type}, "device": device, "seed": seed}
+        if normalization is not None:
+            fields["normalization"] = normalization.model_dump()
+        if time_limit is not None:
+            fields["time_limit_s"] = time_limit
+        config = _config(fields)
+        source = ModelSource(path=model, architecture=arch, arch_args=_arch_args(arch_arg))
+        with ProgressReporter() as on_event:
+            report = compress_files(source, data, out, config, on_event=on_event)
+        print_report(report, out)
+        return EXIT_TARGET_MET if report["target_met"] else EXIT_TARGET_MISSED
+
+    _run(action)
+
+
+class ProgressReporter:
+    """Engine events on stderr: every step tried as a line and, on a terminal, a live bar below them (a bar would
+    only clutter a log file). The bar vanishes at the end, leaving the steps and the summary or the error line."""
+
+    def __enter__(self) -> Callable:
+        self.bar = None
+        if err_console.is_terminal:
+            columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+            self.bar = Progress(*columns, console=err_console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("starting", total=1.0)
+        return self.on_event
+
+    def __exit__(self, *_) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def on_event(self, event) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=event.fraction, description=f"{event.stage}: {event.message}"[:60])
+        if event.stage == "step":
+            data = event.data
+            layers = " ".join(data.get("layers") or [])
+            err_console.print(
+                f"step {data['step']} {event.message} {layers}: top1 {data['accuracy']:.2f}%  ×{data['compression_ratio']:.1f}",
+                markup=False, highlight=False,
+            )
+
+
+def print_report(report: dict, out_dir: Path) -> None:
+    """The summary table of a report: baseline against compressed, then the verdict."""
+    baseline, compressed = report["baseline"], report["compressed"]
+    table = Table(title=f"{report['method']}: {'target met' if report['target_met'] else 'target missed'}")
+    table.add_column("")
+    table.add_column("baseline", justify="right")
+    table.add_column("compressed", justify="right")
+    for key, label, fmt in (
+        ("accuracy", "top1 (%)", "{:.2f}"),
+        ("size_bytes", "size (bytes)", "{:,}"),
+        ("params", "parameters", "{:,}"),
+        ("nonzero_params", "non-zero parameters", "{:,}"),
+        ("flops", "MACs", "{:,}"),
+        ("latency_ms", "CPU latency, batch 1 (ms)", "{:.3f}"),
+    ):
+        table.add_row(label, fmt.format(baseline[key]), fmt.format(compressed[key]))
+    console.print(table)
+    target = report["target"]
+    unit = "points" if target["drop_type"] == "absolute" else "% of the baseline"
+    console.print(
+        f"compression ×{report['compression_ratio']:.1f}, accuracy drop {report['accuracy_drop']:.2f} points "
+        f"(allowed {target['max_drop']} {unit}), model.onnx top1 {report['onnx_accuracy']:.2f}%",
+        highlight=False,
+    )
+    console.print(f"results in {out_dir}", highlight=False)
+
+
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="model.sqz, a model directory or .zip, an .onnx, or weights with --arch.")],
+    data: DataOption,
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"metric": ..., "accuracy": ...}.')] = False,
+    arch: ArchOption = None,
+    arch_arg: ArchArgOption = None,
+    normalize_mean: MeanOption = None,
+    normalize_std: StdOption = None,
+    device: Annotated[
+        Literal["cpu", "auto", "cuda"],
+        typer.Option(help="cpu reproduces report.json exactly; .onnx always runs on CPU."),
+    ] = "cpu",
+) -> None:
+    """Measure a model's top-1 accuracy on the validation split of a data set."""
+
+    def action() -> int:
+        from core.pipeline import ModelSource, evaluate_file
+
+        source = ModelSource(path=model, architecture=arch, arch_args=_arch_args(arch_arg))
+        result = evaluate_file(source, data, normalization=_normalization(normalize_mean, normalize_std), device=device)
+        if as_json:
+            typer.echo(json.dumps(result))
+        else:
+            console.print(f"{result['metric']} {result['accuracy']:.2f}%", highlight=False)
+        return 0
+
+    _run(action)
 
 
 def register(app: typer.Typer) -> None:
     """Adds the engine commands to the `squeezer` app."""
+    for command in (sample, compress, evaluate):
+        app.command()(command)

@@ -4,8 +4,16 @@ import uuid
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.servers import PostgresServer, RedisServer
+
+
+# The test models are too small for intra-op threads: on two cores shared with worker processes they only spin
+# (measured: a quick LeNet compression takes 3.5 s on one thread, 80 s on two under load). Worker processes the
+# tests start inherit the variable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -90,14 +90,20 @@ def _kernel_volume(layer: nn.Module) -> int:
 @torch.no_grad()
 def median_latency_ms(module: nn.Module, input_shape: tuple[int, ...], *, batch: int = 1, repeats: int = 30,
                       warmup: int = 5) -> float:
-    """Median wall time of one CPU forward pass at `batch`, in milliseconds."""
+    """Median wall time of one CPU forward pass at `batch`, in milliseconds, on one thread: multi-threaded timings
+    of small models swing by orders of magnitude whenever other processes share the cores."""
     module = module.to("cpu").eval()
     x = torch.randn(batch, *input_shape)
-    for _ in range(warmup):
-        module(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        module(x)
-        times.append(time.perf_counter() - start)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(warmup):
+            module(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            module(x)
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
     return 1000.0 * statistics.median(times)

@@ -1,0 +1,229 @@
+"""The engine's one entry point for files: load and check a model and its data, compress, write the results
+(model.sqz, model/, model.onnx, report.json) and verify that every figure in the report comes back from the files
+handed out.
+
+The CLI, the API's submission check and the worker call these functions and nothing deeper, so all three accept
+the same inputs and reject the same ones with the same error codes.
+"""
+
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.artifacts.onnx_export import export_onnx
+from core.artifacts.report import build_report
+from core.artifacts.sqz import load_sqz, write_sqz
+from core.config import CompressConfig, Normalization
+from core.errors import MismatchError, ModelFormatError, UnsupportedLayerError
+from core.events import Event, EventCallback, StopCheck, never_stop, no_events
+from core.intake.data import Dataset, check_compatible, load_dataset, normalize
+from core.intake.models import LoadedModel, load_model, save_model_dir
+from core.measure import (count_macs, count_nonzero, count_params, float32_bytes, median_latency_ms, resolve_device,
+                          top1_accuracy)
+from core.methods.lwct import compress_lwct, prunable_layers
+
+METHODS: dict[str, Callable] = {"lwct": compress_lwct}
+# The report's figures are measured on CPU whatever device trained the model: CUDA kernels (TF32, other reduction
+# orders) can flip near-tied predictions, and `squeezer evaluate` on any CPU must reproduce the reported accuracy.
+REPORT_DEVICE = "cpu"
+PREPROCESSING_KEY = "squeezer.preprocessing"  # ONNX metadata_props entry holding the input normalization as JSON
+ONNX_TOLERANCE_POINTS = 0.1
+# Share of the progress bar the method gets; loading comes before it and export/verification after it.
+_METHOD_START, _METHOD_END = 0.02, 0.95
+
+
+@dataclass
+class ModelSource:
+    """A model file as the user gave it; weights-only files (.safetensors, .pt state dicts) also name their architecture."""
+
+    path: Path
+    architecture: str | None = None
+    arch_args: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InputSummary:
+    """What check_inputs found: enough for the API to confirm a submission and for a user to spot a wrong file."""
+
+    model_format: str
+    architecture: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    train_samples: int
+    val_samples: int
+    layers: list[str]  # the compressible (convolution and linear) layers
+
+
+def _open_model(source: ModelSource) -> LoadedModel:
+    """Any model file the engine reads, Squeezer's own model.sqz included."""
+    path = Path(source.path)
+    if not path.exists():
+        raise ModelFormatError(f"model file {path.name} does not exist")
+    if path.suffix.lower() == ".sqz":
+        return load_sqz(path)
+    return load_model(path, architecture=source.architecture, arch_args=source.arch_args or None)
+
+
+def _load(model: ModelSource, data: str | Path, normalization: Normalization | None) -> tuple[LoadedModel, Dataset, Dataset]:
+    """(model, raw data, normalized data), checked against each other. The model's own preprocessing applies unless
+    `normalization` overrides it; the returned model carries the one used, so it is saved beside the weights."""
+    loaded = _open_model(model)
+    raw = load_dataset(data)
+    normalization = normalization or loaded.preprocessing
+    prepared = normalize(raw, normalization)
+    check_compatible(loaded, prepared)  # also fills in the input shape and class count where only the data tells them
+    loaded.preprocessing = normalization
+    return loaded, raw, prepared
+
+
+def check_inputs(model: ModelSource, data: str | Path, config: CompressConfig) -> InputSummary:
+    """Loads and cross-checks the inputs without training anything; raises the InputError a job would fail with."""
+    loaded, _, prepared = _load(model, data, config.normalization)
+    layers = list(prunable_layers(loaded.module))
+    if not layers:
+        raise UnsupportedLayerError("the model has no Conv or Linear layer to compress")
+    return InputSummary(model_format=loaded.source_format, architecture=loaded.architecture["name"],
+                        input_shape=tuple(loaded.input_shape), num_classes=loaded.num_classes,
+                        train_samples=len(prepared.x_train), val_samples=len(prepared.x_val), layers=layers)
+
+
+def _measures(module: torch.nn.Module, input_shape: tuple[int, ...], data: Dataset, size_bytes: int) -> dict:
+    return {
+        "accuracy": top1_accuracy(module, data.x_val, data.y_val, device=REPORT_DEVICE),
+        "params": count_params(module),
+        "nonzero_params": count_nonzero(module),
+        "flops": count_macs(module, input_shape),
+        "size_bytes": size_bytes,
+        "latency_ms": median_latency_ms(module, input_shape, batch=1),
+    }
+
+
+def _version() -> str:
+    try:
+        return metadata.version("squeezer")
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: CompressConfig, *,
+                   on_event: EventCallback = no_events, should_stop: StopCheck = never_stop,
+                   checkpoint_dir: Path | None = None) -> dict:
+    """Compresses `model` on `data` under `config` and writes model.sqz, model/, model.onnx and report.json to
+    `out_dir`. Returns the report. Raises InputError subclasses for unusable inputs, Cancelled when stopped."""
+    started = time.monotonic()
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    on_event(Event(stage="intake", fraction=0.0, message="loading the model and the data"))
+    loaded, raw, prepared = _load(model, data, config.normalization)
+    baseline = _measures(loaded.module, loaded.input_shape, prepared, float32_bytes(loaded.module))
+    on_event(Event(stage="intake", fraction=_METHOD_START, message=f"baseline top1 {baseline['accuracy']:.2f}%",
+                   data={"accuracy": baseline["accuracy"]}))
+
+    def method_event(event: Event) -> None:
+        on_event(dataclasses.replace(event, fraction=_METHOD_START + (_METHOD_END - _METHOD_START) * event.fraction))
+
+    result = METHODS[config.method](loaded, prepared, config, on_event=method_event, should_stop=should_stop,
+                                    checkpoint_dir=checkpoint_dir)
+
+    on_event(Event(stage="export", fraction=_METHOD_END, message="writing model.sqz, model/ and model.onnx"))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sqz_path = out_dir / "model.sqz"
+    sqz_bytes = write_sqz(sqz_path, loaded.with_module(result.module), result.layers)
+    reloaded = load_sqz(sqz_path)
+    compressed = _measures(reloaded.module, reloaded.input_shape, prepared, sqz_bytes)
+    produced = top1_accuracy(result.module, prepared.x_val, prepared.y_val, device=REPORT_DEVICE)
+    if compressed["accuracy"] != produced:
+        raise RuntimeError(f"model.sqz scores {compressed['accuracy']}% but the compressed module {produced}%")
+    model_dir = out_dir / "model"
+    shutil.rmtree(model_dir, ignore_errors=True)
+    save_model_dir(reloaded, model_dir)
+    onnx_path = export_onnx(reloaded, out_dir / "model.onnx")
+    _stamp_preprocessing(onnx_path, reloaded.preprocessing)
+    onnx_accuracy = _onnx_accuracy(onnx_path, raw, None)
+    if abs(onnx_accuracy - compressed["accuracy"]) > ONNX_TOLERANCE_POINTS:
+        raise RuntimeError(f"model.onnx scores {onnx_accuracy}% but model.sqz {compressed['accuracy']}%")
+
+    target = config.target
+    report = build_report(
+        method=config.method, max_drop=target.max_drop, drop_type=target.drop_type,
+        target_met=baseline["accuracy"] - compressed["accuracy"] <= target.allowed_drop(baseline["accuracy"]),
+        baseline=baseline, compressed=compressed, layers=result.layers, trials=result.trials,
+        extras={
+            "task": config.task,
+            "dataset": raw.summary(),
+            "onnx_accuracy": onnx_accuracy,
+            "stopped_early": result.stopped_early,
+            "device": str(device),
+            "seed": config.seed,
+            "preprocessing": reloaded.preprocessing.model_dump() if reloaded.preprocessing else None,
+            "squeezer_version": _version(),
+            "duration_s": time.monotonic() - started,
+        },
+    )
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    on_event(Event(stage="done", fraction=1.0, message="target met" if report["target_met"] else "target missed",
+                   data={"accuracy": compressed["accuracy"], "compression_ratio": report["compression_ratio"],
+                         "target_met": report["target_met"]}))
+    return report
+
+
+def _stamp_preprocessing(onnx_path: Path, normalization: Normalization | None) -> None:
+    """Records the input normalization in the ONNX file itself, so a bare model.onnx is evaluated like model.sqz."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    onnx.helper.set_model_props(proto, {PREPROCESSING_KEY: json.dumps(normalization.model_dump() if normalization else None)})
+    onnx.save(proto, str(onnx_path))
+
+
+def _onnx_accuracy(path: Path, raw: Dataset, normalization: Normalization | None) -> float:
+    """Top-1 of an .onnx file under onnxruntime on CPU; without an explicit normalization, the file's own applies."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own unrelated exception types for unreadable files
+        raise ModelFormatError(f"{path.name} is not a readable ONNX model: {error}") from None
+    stored = session.get_modelmeta().custom_metadata_map.get(PREPROCESSING_KEY)
+    if normalization is None and stored:
+        stored = json.loads(stored)
+        normalization = Normalization.model_validate(stored) if stored else None
+    data = normalize(raw, normalization)
+    model_input = session.get_inputs()[0]
+    batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else 512
+    x = data.x_val.numpy()
+    predictions = []
+    try:
+        for start in range(0, len(x), batch):
+            logits = session.run(None, {model_input.name: x[start : start + batch]})[0]
+            predictions.append(np.asarray(logits).argmax(1))
+    except Exception as error:  # shape or type mismatch, reported by onnxruntime as InvalidArgument/Fail
+        raise MismatchError(f"the data does not fit the ONNX model's input {model_input.shape}: {error}") from None
+    if not predictions:
+        return 0.0
+    return 100.0 * float((np.concatenate(predictions) == data.y_val.numpy()).mean())
+
+
+def evaluate_file(model: ModelSource | Path | str, data: str | Path, *, normalization: Normalization | None = None,
+                  device: str = REPORT_DEVICE) -> dict:
+    """Top-1 of a model file on the validation split of `data`: model.sqz, a model directory or .zip, .onnx (under
+    onnxruntime), or weights plus an architecture. The model's own preprocessing applies unless `normalization`
+    overrides it. On CPU (the default) this reproduces the report's accuracy exactly."""
+    source = model if isinstance(model, ModelSource) else ModelSource(path=Path(model))
+    raw = load_dataset(data)
+    if Path(source.path).suffix.lower() == ".onnx":
+        return {"metric": "top1", "accuracy": _onnx_accuracy(Path(source.path), raw, normalization)}
+    loaded = _open_model(source)
+    prepared = normalize(raw, normalization or loaded.preprocessing)
+    check_compatible(loaded, prepared)
+    accuracy = top1_accuracy(loaded.module, prepared.x_val, prepared.y_val, device=resolve_device(device))
+    return {"metric": "top1", "accuracy": accuracy}

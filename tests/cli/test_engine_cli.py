@@ -1,0 +1,93 @@
+"""`squeezer sample`, `compress` and `evaluate` as a user runs them: exit codes, one-line errors, reproducible figures."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli.main import app
+from core.intake.registry import build_architecture
+
+runner = CliRunner()
+# A run of seconds on two CPU cores: three pruning levels and the five-layer walk, 60 SGD steps each.
+QUICK = ["--device", "cpu", "--epochs-per-step", "1", "--option", "lwct.prune_epochs=1",
+         "--option", "lwct.sparsity_grid=[0.5, 0.7, 0.8]", "--option", "lwct.min_steps_per_stage=60"]
+
+
+@pytest.fixture(scope="module")
+def sample_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sample") / "lenet5-digits"
+    result = runner.invoke(app, ["sample", "digits", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "top1" in result.output and (out / "architecture.json").is_file()
+    return out
+
+
+def test_compress_meets_a_one_point_budget_and_evaluate_reproduces_it(sample_model, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["compress", str(sample_model), "--data", "sample:digits", "--out", str(out),
+                                 "--max-drop", "1.0", *QUICK])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "target met" in result.output and "compression ×" in result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["target_met"] and report["target"] == {"max_drop": 1.0, "drop_type": "absolute"}
+    for name in ("model.sqz", "model", "model.onnx"):
+        evaluated = runner.invoke(app, ["evaluate", str(out / name), "--data", "sample:digits", "--json"])
+        assert evaluated.exit_code == 0, evaluated.output + evaluated.stderr
+        answer = json.loads(evaluated.stdout)
+        assert answer["metric"] == "top1"
+        if name == "model.onnx":
+            assert abs(answer["accuracy"] - report["compressed"]["accuracy"]) <= 0.1
+        else:
+            assert answer["accuracy"] == report["compressed"]["accuracy"]
+
+
+def test_a_missed_target_still_writes_the_result_and_exits_3(sample_model, tmp_path):
+    # Pruning 99 % of the weights without fine-tuning cannot stay within a zero-point budget.
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["compress", str(sample_model), "--data", "sample:digits", "--out", str(out),
+                                 "--max-drop", "0", "--device", "cpu", "--epochs-per-step", "0",
+                                 "--option", "lwct.sparsity=0.99", "--option", "lwct.prune_epochs=0"])
+    assert result.exit_code == 3, result.output + result.stderr
+    assert "target missed" in result.output
+    assert not json.loads((out / "report.json").read_text())["target_met"]
+    assert (out / "model.sqz").is_file()
+
+
+def _rgb_npz(path):
+    x = np.zeros((20, 3, 8, 8), dtype=np.float32)
+    y = np.arange(20) % 10
+    np.savez(path, x_train=x, y_train=y, x_val=x, y_val=y)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "code"),
+    [("pickle", "unsafe_model_format"), ("rgb-data", "model_data_mismatch"), ("unknown-sample", "invalid_dataset"),
+     ("bad-option", "invalid_options")],
+)
+def test_bad_input_exits_2_with_one_line_on_stderr(sample_model, tmp_path, case, code):
+    model, extra = str(sample_model), []
+    data = "sample:digits"
+    if case == "pickle":
+        torch.save(build_architecture("lenet5", {"input_size": 8}), tmp_path / "model.pt")
+        model, extra = str(tmp_path / "model.pt"), ["--arch", "lenet5", "--arch-arg", "input_size=8"]
+    elif case == "rgb-data":
+        data = str(_rgb_npz(tmp_path / "rgb.npz"))
+    elif case == "unknown-sample":
+        data = "sample:no-such-thing"
+    else:
+        extra = ["--option", "lwct.sparsity=2"]
+    result = runner.invoke(app, ["compress", model, "--data", data, "--out", str(tmp_path / "out"), *extra])
+    assert result.exit_code == 2, result.output + result.stderr
+    assert result.stderr.startswith(f"error: {code}: ") and result.stderr.strip().count("\n") == 0
+    assert "Traceback" not in result.output
+
+
+def test_evaluate_of_a_bad_file_exits_2(tmp_path):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"not onnx")
+    result = runner.invoke(app, ["evaluate", str(model), "--data", "sample:digits", "--json"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: invalid_model: ")
