@@ -12,10 +12,17 @@ from typing import Annotated, Any, Literal
 import pydantic
 import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from cli.service_commands import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_TARGET_MET, EXIT_TARGET_MISSED, ClientError, console,
-                                  err_console, parse_options)
+from cli.output import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_TARGET_MET,
+    EXIT_TARGET_MISSED,
+    console,
+    err_console,
+    parse_options,
+    print_report,
+)
 from core.config import CompressConfig, Normalization
 from core.errors import InputError, SqueezerError
 
@@ -49,7 +56,7 @@ def _arch_args(pairs: list[str] | None) -> dict[str, Any]:
     for pair in pairs or []:
         try:
             args |= parse_options([pair])
-        except ClientError:
+        except ValueError:
             raise InputError(f"--arch-arg {pair!r}: expected KEY=VALUE", code="invalid_options") from None
     return args
 
@@ -128,7 +135,7 @@ def compress(
 
         try:
             fields = parse_options(option or [])
-        except ClientError as error:
+        except ValueError as error:
             raise InputError(str(error), code="invalid_options") from None
         lwct = fields.setdefault("lwct", {})
         for key, value in (("epochs_per_step", epochs_per_step), ("max_train_samples", max_train_samples)):
@@ -177,33 +184,6 @@ class ProgressReporter:
                 f"step {data['step']} {event.message} {layers}: top1 {data['accuracy']:.2f}%  ×{data['compression_ratio']:.1f}",
                 markup=False, highlight=False,
             )
-
-
-def print_report(report: dict, out_dir: Path) -> None:
-    """The summary table of a report: baseline against compressed, then the verdict."""
-    baseline, compressed = report["baseline"], report["compressed"]
-    table = Table(title=f"{report['method']}: {'target met' if report['target_met'] else 'target missed'}")
-    table.add_column("")
-    table.add_column("baseline", justify="right")
-    table.add_column("compressed", justify="right")
-    for key, label, fmt in (
-        ("accuracy", "top1 (%)", "{:.2f}"),
-        ("size_bytes", "size (bytes)", "{:,}"),
-        ("params", "parameters", "{:,}"),
-        ("nonzero_params", "non-zero parameters", "{:,}"),
-        ("flops", "MACs", "{:,}"),
-        ("latency_ms", "CPU latency, batch 1 (ms)", "{:.3f}"),
-    ):
-        table.add_row(label, fmt.format(baseline[key]), fmt.format(compressed[key]))
-    console.print(table)
-    target = report["target"]
-    unit = "points" if target["drop_type"] == "absolute" else "% of the baseline"
-    console.print(
-        f"compression ×{report['compression_ratio']:.1f}, accuracy drop {report['accuracy_drop']:.2f} points "
-        f"(allowed {target['max_drop']} {unit}), model.onnx top1 {report['onnx_accuracy']:.2f}%",
-        highlight=False,
-    )
-    console.print(f"results in {out_dir}", highlight=False)
 
 
 def evaluate(

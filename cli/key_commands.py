@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 from rich.table import Column, Table
 
-from cli.service_commands import EXIT_BAD_INPUT, console, embedded_settings, err_console
+from cli.output import EXIT_BAD_INPUT, console, err_console
+from cli.service_commands import embedded_settings
 
 keys_app = typer.Typer(help="Create, list and revoke API keys (`Authorization: Bearer <key>`).", no_args_is_help=True)
 

@@ -15,7 +15,6 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     Progress,
@@ -25,13 +24,22 @@ from rich.progress import (
 )
 from rich.table import Column, Table
 
+from cli.output import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_TARGET_MET,
+    EXIT_TARGET_MISSED,
+    ClientError,
+    console,
+    err_console,
+    parse_options,
+    print_report,
+)
+
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 FINAL_STATUSES = {"succeeded", "failed", "cancelled"}
 POLL_INTERVAL_S = 1.0
-EXIT_TARGET_MET, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TARGET_MISSED = 0, 1, 2, 3
 
-console = Console()
-err_console = Console(stderr=True)
 jobs_app = typer.Typer(
     help="List, inspect, cancel and download jobs on a Squeezer server.",
     no_args_is_help=True,
@@ -49,14 +57,6 @@ ApiKeyOption = Annotated[
         help="API key sent as `Authorization: Bearer` (from `squeezer keys create`).",
     ),
 ]
-
-
-class ClientError(Exception):
-    """A problem answer from the server (or no server): printed on one line, exit code attached."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def _problem_line(response: httpx.Response) -> str:
@@ -101,25 +101,6 @@ def upload(client: httpx.Client, path: Path, kind: str) -> str:
                 )
             )
     return response.json()["id"]
-
-
-def parse_options(pairs: list[str]) -> dict[str, Any]:
-    """KEY=VALUE pairs with dotted keys (lwct.sparsity=0.5) into nested options; values are JSON when they parse."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ClientError(f"--option {pair!r}: expected KEY=VALUE", EXIT_BAD_INPUT)
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        *parents, leaf = key.split(".")
-        node = options
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return options
 
 
 def create_job(
@@ -208,39 +189,14 @@ def download_results(client: httpx.Client, job_id: str, out_dir: Path) -> list[P
 
 
 def print_summary(job: dict, report: dict | None, out_dir: Path | None) -> None:
-    table = Table(title=f"Job {job['id']}: {job['status']}")
-    table.add_column("")
-    table.add_column("baseline", justify="right")
-    table.add_column("compressed", justify="right")
+    console.print(f"job {job['id']}: {job['status']}", highlight=False)
     if report:
-        baseline, compressed = report.get("baseline", {}), report.get("compressed", {})
-        for key, label, fmt in (
-            ("accuracy", "accuracy (%)", "{:.2f}"),
-            ("size_bytes", "size (bytes)", "{:,}"),
-            ("params", "parameters", "{:,}"),
-            ("nonzero_params", "non-zero parameters", "{:,}"),
-            ("flops", "MACs", "{:,}"),
-            ("latency_ms", "latency (ms)", "{:.3f}"),
-        ):
-            if key in baseline or key in compressed:
-                table.add_row(
-                    label,
-                    *(
-                        fmt.format(part[key]) if part.get(key) is not None else "–"
-                        for part in (baseline, compressed)
-                    ),
-                )
-        console.print(table)
-        ratio = report.get("compression_ratio")
-        console.print(
-            f"compression ×{ratio:.1f}" if isinstance(ratio, int | float) else "",
-            f"accuracy drop {report.get('accuracy_drop')} points",
-            f"target met: {report.get('target_met')}",
-        )
-    elif job.get("error"):
+        print_report(report, out_dir)
+        return
+    if job.get("error"):
         console.print(f"[red]{job['error']['code']}[/red]: {job['error']['message']}")
     if out_dir is not None:
-        console.print(f"results in {out_dir}")
+        console.print(f"results in {out_dir}", highlight=False)
 
 
 def finish(client: httpx.Client, job: dict, out_dir: Path) -> int:
@@ -486,9 +442,9 @@ def submit(
     """Upload a model (and data), submit a compression job, and optionally wait for its results."""
     try:
         options = parse_options(option or [])
-    except ClientError as error:
+    except ValueError as error:
         err_console.print(str(error), highlight=False)
-        raise typer.Exit(error.exit_code) from None
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     raise typer.Exit(
         submit_and_wait(
             server,

@@ -11,12 +11,8 @@ from pathlib import Path
 import pytest
 
 from api.app import create_app
-from cli.service_commands import (
-    EXIT_TARGET_MET,
-    EXIT_TARGET_MISSED,
-    serve_in_thread,
-    submit_and_wait,
-)
+from cli.output import EXIT_TARGET_MET, EXIT_TARGET_MISSED
+from cli.service_commands import serve_in_thread, submit_and_wait
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from api.app import create_app
 from cli.main import app
-from cli.service_commands import parse_options, serve_in_thread
+from cli.output import parse_options
+from cli.service_commands import serve_in_thread
 from store.db import make_engine, make_session_factory
 from store.jobs import create_job
 from store.migrate import upgrade_database

@@ -1,0 +1,72 @@
+"""What every `squeezer` command shares: exit codes, consoles, option parsing and the report summary.
+
+Exit codes are a contract with users' scripts: 0 target met, 3 result written but target missed, 2 bad input (one
+line on stderr), 1 job failed or cancelled."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+EXIT_TARGET_MET, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TARGET_MISSED = 0, 1, 2, 3
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class ClientError(Exception):
+    """A problem answer from the server (or no server): printed on one line, exit code attached."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs with dotted keys (lwct.sparsity=0.5) into nested options; values are JSON when they parse."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option {pair!r}: expected KEY=VALUE")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        *parents, leaf = key.split(".")
+        node = options
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return options
+
+
+def print_report(report: dict, out_dir: Path | None) -> None:
+    """The summary table of a report: baseline against compressed, then the verdict."""
+    baseline, compressed = report["baseline"], report["compressed"]
+    table = Table(title=f"{report['method']}: {'target met' if report['target_met'] else 'target missed'}")
+    table.add_column("")
+    table.add_column("baseline", justify="right")
+    table.add_column("compressed", justify="right")
+    for key, label, fmt in (
+        ("accuracy", "top1 (%)", "{:.2f}"),
+        ("size_bytes", "size (bytes)", "{:,}"),
+        ("params", "parameters", "{:,}"),
+        ("nonzero_params", "non-zero parameters", "{:,}"),
+        ("flops", "MACs", "{:,}"),
+        ("latency_ms", "CPU latency, batch 1 (ms)", "{:.3f}"),
+    ):
+        table.add_row(label, fmt.format(baseline[key]), fmt.format(compressed[key]))
+    console.print(table)
+    target = report["target"]
+    unit = "points" if target["drop_type"] == "absolute" else "% of the baseline"
+    console.print(
+        f"compression ×{report['compression_ratio']:.1f}, accuracy drop {report['accuracy_drop']:.2f} points "
+        f"(allowed {target['max_drop']} {unit})"
+        + (f", model.onnx top1 {report['onnx_accuracy']:.2f}%" if "onnx_accuracy" in report else ""),
+        highlight=False,
+    )
+    if out_dir is not None:
+        console.print(f"results in {out_dir}", highlight=False)
