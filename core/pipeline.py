@@ -26,8 +26,15 @@ from core.errors import MismatchError, ModelFormatError, UnsupportedLayerError
 from core.events import Event, EventCallback, StopCheck, never_stop, no_events
 from core.intake.data import Dataset, check_compatible, load_dataset, normalize
 from core.intake.models import LoadedModel, load_model, save_model_dir
-from core.measure import (count_macs, count_nonzero, count_params, float32_bytes, median_latency_ms, resolve_device,
-                          top1_accuracy)
+from core.measure import (
+    count_macs,
+    count_nonzero,
+    count_params,
+    float32_bytes,
+    median_latency_ms,
+    resolve_device,
+    top1_accuracy,
+)
 from core.methods.lwct import compress_lwct, prunable_layers
 
 METHODS: dict[str, Callable] = {"lwct": compress_lwct}

@@ -8,7 +8,6 @@ import torch
 
 from tests.servers import PostgresServer, RedisServer
 
-
 # The test models are too small for intra-op threads: on two cores shared with worker processes they only spin
 # (measured: a quick LeNet compression takes 3.5 s on one thread, 80 s on two under load). Worker processes the
 # tests start inherit the variable.

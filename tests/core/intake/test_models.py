@@ -3,12 +3,10 @@ import pickle
 import zipfile
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
 from safetensors.torch import save_file
-from torch import nn
 
 from core.errors import InputError, ModelFormatError, UnsafeFormatError, UnsupportedLayerError
 from core.intake.models import LoadedModel, load_model, onnx_outputs, save_model_dir

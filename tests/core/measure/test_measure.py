@@ -3,7 +3,15 @@ import torch
 from torch import nn
 
 from core.errors import InputError
-from core.measure import count_macs, count_nonzero, count_params, float32_bytes, median_latency_ms, resolve_device, top1_accuracy
+from core.measure import (
+    count_macs,
+    count_nonzero,
+    count_params,
+    float32_bytes,
+    median_latency_ms,
+    resolve_device,
+    top1_accuracy,
+)
 
 
 def test_macs_of_conv_and_linear_are_counted_by_hand():

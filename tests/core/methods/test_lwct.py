@@ -5,8 +5,14 @@ from torch.nn.utils import parametrize
 
 from core.config import AccuracyTarget, CompressConfig, LwctConfig
 from core.errors import Cancelled
-from core.methods.lwct import (TernaryWeight, compress_lwct, global_magnitude_masks, initial_sigma, prunable_layers,
-                               rank_layers)
+from core.methods.lwct import (
+    TernaryWeight,
+    compress_lwct,
+    global_magnitude_masks,
+    initial_sigma,
+    prunable_layers,
+    rank_layers,
+)
 from core.train import fit
 
 
