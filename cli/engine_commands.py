@@ -105,7 +105,7 @@ def compress(
     out: Annotated[Path, typer.Option("--out", help="Folder for model.sqz, model/, model.onnx and report.json.")] = Path(
         "squeezer-results"
     ),
-    method: Annotated[str, typer.Option(help="Compression method.")] = "lwct",
+    method: Annotated[Literal["lwct", "filter", "group"], typer.Option(help="Compression method.")] = "lwct",
     max_drop: Annotated[float, typer.Option("--max-drop", help="Largest allowed accuracy drop.")] = 1.0,
     drop_type: Annotated[
         Literal["absolute", "relative"],
@@ -115,7 +115,7 @@ def compress(
     arch_arg: ArchArgOption = None,
     device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="Training device.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed for every random choice (CPU runs are reproducible).")] = 0,
-    epochs_per_step: Annotated[int | None, typer.Option("--epochs-per-step", help="lwct: epochs per step.")] = None,
+    epochs_per_step: Annotated[int | None, typer.Option("--epochs-per-step", help="Epochs per step (lwct, filter, group).")] = None,
     max_train_samples: Annotated[
         int | None, typer.Option("--max-train-samples", help="Training samples per epoch (for quick runs).")
     ] = None,
@@ -137,10 +137,10 @@ def compress(
             fields = parse_options(option or [])
         except ValueError as error:
             raise InputError(str(error), code="invalid_options") from None
-        lwct = fields.setdefault("lwct", {})
+        method_options = fields.setdefault(method, {})
         for key, value in (("epochs_per_step", epochs_per_step), ("max_train_samples", max_train_samples)):
             if value is not None:
-                lwct[key] = value
+                method_options[key] = value
         normalization = _normalization(normalize_mean, normalize_std)
         fields |= {"method": method, "target": {"max_drop": max_drop, "drop_type": drop_type}, "device": device, "seed": seed}
         if normalization is not None:

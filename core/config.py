@@ -48,14 +48,51 @@ class LwctConfig(_Strict):
     max_train_samples: int | None = Field(None, ge=1, description="Cap on training samples per epoch (for quick runs).")
 
 
+class StructuredTraining(_Strict):
+    """Training settings shared by the channel-removing methods (filter, group)."""
+
+    epochs_per_step: int = Field(2, ge=0, description="Fine-tuning epochs after each removal step.")
+    min_steps_per_stage: int = Field(300, ge=0, description="Each training stage runs at least this many SGD steps.")
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(128, ge=1)
+    max_train_samples: int | None = Field(None, ge=1, description="Cap on training samples per epoch (for quick runs).")
+
+
+class FilterConfig(StructuredTraining):
+    """Importance-weight filter pruning (METHODS.md §2)."""
+
+    init: list[Literal["ones", "uniform", "normal", "l1"]] = Field(
+        default_factory=lambda: ["ones", "l1"], min_length=1,
+        description="Initialisations of the importance weights; with several, filter scores are combined by mean rank.")
+    penalty: float = Field(1.0, ge=0, description="L1 weight λ on the importance weights while they are learned.")
+    importance_epochs: int = Field(2, ge=0, description="Epochs of training the importance weights per initialisation.")
+    levels: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+                                description="Global pruning levels (share of removable channels) tried in increasing order.")
+
+
+class GroupConfig(StructuredTraining):
+    """Group-sparsity neuron removal (METHODS.md §3)."""
+
+    penalties: list[float] = Field(default_factory=lambda: [0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0], min_length=1,
+                                   description="Group-lasso weights λ tried in increasing order; the largest within the budget is kept.")
+    sparse_epochs: int = Field(4, ge=1, description="Epochs of group-sparse training per λ.")
+
+
+MethodName = Literal["lwct", "filter", "group"]
+
+
 class CompressConfig(_Strict):
     """Everything one compression job needs besides the model and the data."""
 
-    method: Literal["lwct"] = "lwct"
+    method: MethodName = "lwct"
     task: Literal["classification"] = "classification"
     target: AccuracyTarget = Field(default_factory=AccuracyTarget)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     normalization: Normalization | None = None
     lwct: LwctConfig = Field(default_factory=LwctConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    group: GroupConfig = Field(default_factory=GroupConfig)
     time_limit_s: float | None = Field(None, gt=0, description="Stop training after this many seconds and keep the best result so far.")

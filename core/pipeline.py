@@ -35,9 +35,12 @@ from core.measure import (
     resolve_device,
     top1_accuracy,
 )
+from core.graph import with_channels
+from core.methods.filter import compress_filter
+from core.methods.group import compress_group
 from core.methods.lwct import compress_lwct, prunable_layers
 
-METHODS: dict[str, Callable] = {"lwct": compress_lwct}
+METHODS: dict[str, Callable] = {"lwct": compress_lwct, "filter": compress_filter, "group": compress_group}
 # The report's figures are measured on CPU whatever device trained the model: CUDA kernels (TF32, other reduction
 # orders) can flip near-tied predictions, and `squeezer evaluate` on any CPU must reproduce the reported accuracy.
 REPORT_DEVICE = "cpu"
@@ -144,7 +147,7 @@ def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sqz_path = out_dir / "model.sqz"
-    sqz_bytes = write_sqz(sqz_path, loaded.with_module(result.module), result.layers)
+    sqz_bytes = write_sqz(sqz_path, with_channels(loaded, result.module), result.layers)
     reloaded = load_sqz(sqz_path)
     compressed = _measures(reloaded.module, reloaded.input_shape, prepared, sqz_bytes)
     produced = top1_accuracy(result.module, prepared.x_val, prepared.y_val, device=REPORT_DEVICE)

@@ -25,13 +25,14 @@ def fit(
     device: torch.device | str = "cpu",
     seed: int = 0,
     max_samples: int | None = None,
-    after_step: Callable[[], None] | None = None,
+    after_step: Callable[[torch.optim.Optimizer], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> float:
     """Train `module` in place on (x, y) and return the mean loss of the last epoch.
 
     `max_samples` caps the samples seen per epoch (a fresh random subset each epoch).
+    `after_step(optimizer)` runs under no_grad after every step: proximal steps, and resets of their momentum.
     Mixed precision is used on CUDA only, so CPU runs stay bit-reproducible for a given seed.
     Raises Cancelled as soon as `should_stop()` returns True (checked before every step).
     """
@@ -63,7 +64,7 @@ def fit(
                 scaler.update()
                 if after_step is not None:
                     with torch.no_grad():
-                        after_step()
+                        after_step(optimizer)
                 total += loss.detach().float().item() * len(idx)
                 seen += len(idx)
             last_loss = total / max(seen, 1)

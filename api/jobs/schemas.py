@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from core.config import AccuracyTarget, CompressConfig
+from core.config import AccuracyTarget, CompressConfig, MethodName
 
 JobStatus = Literal[
     "queued", "running", "succeeded", "failed", "cancelling", "cancelled"
@@ -75,7 +75,7 @@ class JobCreate(_Strict):
 
     model: ModelArtifactRef | WeightsArtifactRef
     dataset: DatasetArtifactRef | SampleDataset
-    method: Literal["lwct"] = "lwct"
+    method: MethodName = "lwct"
     accuracy_target: AccuracyTarget = Field(default_factory=AccuracyTarget)
     options: JobOptions = Field(default_factory=JobOptions)  # type: ignore[valid-type]
     metadata: dict[str, Any] = Field(

@@ -112,8 +112,12 @@ def _load_model_dir(directory: Path) -> LoadedModel:
             raise ModelFormatError("a converted ONNX model directory needs graph.onnx")
         graph = graph_path.read_bytes()
         module = _convert_onnx(_parse_onnx(graph, "graph.onnx"))
+        if "channels" in args:  # a shrunk model: the graph holds the original widths
+            from core.graph.surgery import apply_channel_overrides
+
+            apply_channel_overrides(module, args["channels"], input_shape)
         _load_state(module, state, "model.safetensors")
-        model = LoadedModel(module.eval(), {"name": name, "args": {}}, "squeezer", input_shape, None, preprocessing, graph)
+        model = LoadedModel(module.eval(), {"name": name, "args": args}, "squeezer", input_shape, None, preprocessing, graph)
         return _with_num_classes(model)
     model = _from_state(state, "squeezer", name, args, "model.safetensors", input_shape)
     model.preprocessing = preprocessing

@@ -136,10 +136,21 @@ def architecture_names() -> list[str]:
 
 
 def build_architecture(name: str, args: dict | None = None) -> nn.Module:
-    """A freshly initialised module; bad names and arguments are the user's error, never a crash."""
+    """A freshly initialised module; bad names and arguments are the user's error, never a crash. A "channels"
+    argument ({layer: width}) shrinks the module to the widths a compressed model was saved with."""
     args = dict(args or {})
     if not isinstance(name, str):
         raise ModelFormatError("architecture name must be a string")
+    channels = args.pop("channels", None)
+    module = _build(name, args)
+    if channels is not None:
+        from core.graph.surgery import apply_channel_overrides
+
+        apply_channel_overrides(module, channels, default_input_shape(name, args))
+    return module
+
+
+def _build(name: str, args: dict) -> nn.Module:
     try:
         if name.startswith("torchvision:"):
             return _torchvision(name.split(":", 1)[1], **args)

@@ -1,0 +1,216 @@
+"""Importance-weight filter pruning (METHODS.md §2): learnable per-channel gates trained under an L1 penalty score
+the filters; channels are removed in steps of increasing global level, each fine-tuned, and the largest level
+within the error tolerance is kept. Removal is physical (core.graph), so parameters, MACs and latency fall.
+
+Gates sit where a channel's scale is set: on the batch norm that alone reads a convolution, else on the layer's
+own output (a gate before batch norm would be normalised away). A channel class spanning several layers (a
+residual stage) shares one gate. The L1 penalty is applied as its proximal step (soft-threshold by lr·λ after
+every SGD step), which gives exact zeros and is the same under mixed precision.
+"""
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.config import CompressConfig
+from core.events import EventCallback, StopCheck, never_stop, no_events
+from core.graph import ChannelGraph, mask_consumers, shrink
+from core.graph.dependency import TRANSPOSED
+from core.methods.lwct import MethodResult
+from core.methods.structured import StructuredRun, TimeLimit, keep_one_per_group
+
+
+class ImportanceGates(nn.Module):
+    """`module` with one learnable gate per removable channel class: y_k = α_k · layer_k(x)."""
+
+    def __init__(self, module: nn.Module, graph: ChannelGraph, init: torch.Tensor):
+        super().__init__()
+        self.module, self.graph = module, graph
+        self.roots = graph.removable()
+        self.alpha = nn.Parameter(init.clone().float())
+        position = {root: i for i, root in enumerate(self.roots)}
+        self.sites: dict[str, torch.Tensor] = {}  # module name -> gate index per channel (-1: frozen, no gate)
+        for producer, ids in graph.producers.items():
+            index = torch.tensor([position.get(r, -1) for r in graph.root(ids).tolist()])
+            if (index >= 0).any():
+                self.sites[graph.norm_after.get(producer, producer)] = index
+        self.handles = [
+            module.get_submodule(name).register_forward_hook(self._gate_hook(index))
+            for name, index in self.sites.items()
+        ]
+
+    def _gate_hook(self, index: torch.Tensor):
+        def gate(layer, inputs, output):
+            gates = torch.cat([self.alpha, self.alpha.new_ones(1)])[index.to(output.device)]
+            return output * gates.to(output.dtype).view((1, -1) + (1,) * (output.dim() - 2))
+
+        return gate
+
+    def forward(self, x):
+        return self.module(x)
+
+    @torch.no_grad()
+    def fold(self) -> nn.Module:
+        """Multiplies the gates into the weights (exact: each gate scales an affine layer's output) and returns the
+        plain module."""
+        for handle in self.handles:
+            handle.remove()
+        alpha = torch.cat([self.alpha.detach().cpu(), torch.ones(1)])
+        for name, index in self.sites.items():
+            layer = self.module.get_submodule(name).cpu()
+            gates = alpha[index]
+            channel_dim = 1 if isinstance(layer, TRANSPOSED) else 0
+            shape = [1] * layer.weight.dim()
+            shape[channel_dim] = -1
+            layer.weight.mul_(gates.view(shape))
+            if layer.bias is not None:
+                layer.bias.mul_(gates)
+        return self.module
+
+
+def initial_gates(kind: str, module: nn.Module, graph: ChannelGraph, seed: int) -> torch.Tensor:
+    """ones; uniform U(0.5, 1.5); normal N(1, 0.1²); l1: the filter's L1 norm over the layer's largest (a class
+    spanning several layers takes the mean)."""
+    count = len(graph.removable())
+    generator = torch.Generator().manual_seed(seed)
+    if kind == "ones":
+        return torch.ones(count)
+    if kind == "uniform":
+        return torch.rand(count, generator=generator) + 0.5
+    if kind == "normal":
+        return 1.0 + 0.1 * torch.randn(count, generator=generator)
+    position = {root: i for i, root in enumerate(graph.removable())}
+    total, members = torch.zeros(count), torch.zeros(count)
+    for name, ids in graph.producers.items():
+        weight = module.get_submodule(name).weight.detach().cpu()
+        norms = (
+            (weight.transpose(0, 1) if isinstance(module.get_submodule(name), TRANSPOSED) else weight)
+            .flatten(1)
+            .abs()
+            .sum(1)
+        )
+        norms = norms / norms.max().clamp_min(1e-12)
+        for channel, root in enumerate(graph.root(ids).tolist()):
+            if root in position:
+                total[position[root]] += norms[channel]
+                members[position[root]] += 1
+    return total / members.clamp_min(1)
+
+
+def combined_order(graph: ChannelGraph, scores: list[torch.Tensor]) -> list[int]:
+    """Removable classes from least to most important: each strategy's |α| is normalised within its channel group
+    (the "layer"), ranked globally, and the ranks are averaged."""
+    roots = graph.removable()
+    position = {root: i for i, root in enumerate(roots)}
+    ranks = []
+    for score in scores:
+        normalised = score.abs().clone()
+        for members in graph.channel_groups().values():
+            index = torch.tensor([position[r] for r in members])
+            normalised[index] = normalised[index] / normalised[index].max().clamp_min(1e-12)
+        ranks.append(normalised.argsort().argsort().float())
+    mean_rank = torch.stack(ranks).mean(0)
+    return [roots[i] for i in mean_rank.argsort(stable=True).tolist()]
+
+
+def soft_threshold(parameter: nn.Parameter, amount: float) -> None:
+    """Proximal step of amount·‖p‖₁."""
+    parameter.copy_(parameter.sign() * (parameter.abs() - amount).clamp_min(0.0))
+
+
+def compress_filter(
+    model,
+    data,
+    config: CompressConfig,
+    *,
+    on_event: EventCallback = no_events,
+    should_stop: StopCheck = never_stop,
+    checkpoint_dir: Path | None = None,
+) -> MethodResult:
+    """Compress `model` on `data` under `config.target`; see the module docstring and METHODS.md §2."""
+    settings = config.filter
+    run = StructuredRun(model, data, config, settings, on_event, should_stop)
+    graph = run.graph
+    run.emit("baseline", 0.01, "evaluating the baseline", unsupported=graph.unsupported)
+    baseline = run.evaluate(run.base)
+    budget = config.target.allowed_drop(baseline)
+    run.emit("baseline", 0.05, f"baseline accuracy {baseline:.2f}", accuracy=baseline, allowed_drop=budget)
+    start, best_state, best_removed, best_accuracy = run.base, run.base.state_dict(), set(), baseline
+    stopped_early = None
+    try:
+        if graph.removable():
+            scores = []
+            for i, kind in enumerate(settings.init):
+                fraction = 0.05 + 0.3 * (i + 1) / len(settings.init)
+                gated = ImportanceGates(
+                    copy.deepcopy(run.base), graph, initial_gates(kind, run.base, graph, config.seed + i)
+                )
+                run.emit("importance", fraction, f"learning importance weights ({kind} initialisation)", init=kind)
+                run.train(
+                    gated,
+                    settings.importance_epochs,
+                    config.seed + i,
+                    "importance",
+                    fraction,
+                    after_step=lambda _, g=gated: soft_threshold(g.alpha, settings.lr * settings.penalty),
+                )
+                scores.append(gated.alpha.detach().cpu())
+                if i == 0:  # the first strategy's model, gates folded, is where removal starts (if within budget)
+                    folded = gated.fold().eval()
+                    accuracy = run.evaluate(folded)
+                    if baseline - accuracy <= budget:
+                        start, best_state, best_accuracy = folded, copy.deepcopy(folded.state_dict()), accuracy
+            order = combined_order(graph, scores)
+            for i, level in enumerate(sorted(settings.levels)):
+                fraction = 0.35 + 0.65 * (i + 1) / len(settings.levels)
+                removed = keep_one_per_group(graph, order, round(level * len(order)))
+                if removed == best_removed:
+                    continue
+                working = copy.deepcopy(start)
+                working.load_state_dict(best_state)
+                handles = mask_consumers(working, graph, removed)
+                run.emit(
+                    "prune",
+                    fraction,
+                    f"removing {len(removed)} of {len(order)} channels (level {level:.2f})",
+                    level=level,
+                )
+                run.train(working, settings.epochs_per_step, config.seed + 100 + i, "prune", fraction)
+                accuracy = run.evaluate(working)
+                for handle in handles:
+                    handle.remove()
+                within = baseline - accuracy <= budget
+                run.record(
+                    "prune",
+                    shrink(copy.deepcopy(working), graph, removed),
+                    len(removed),
+                    accuracy,
+                    within,
+                    fraction,
+                    level,
+                )
+                if not within:
+                    break
+                best_state, best_removed, best_accuracy = copy.deepcopy(working.state_dict()), removed, accuracy
+    except TimeLimit:
+        stopped_early = "time_limit"
+        run.emit("prune", 1.0, "time limit reached; keeping the best state so far", level="warning")
+    final = copy.deepcopy(start)
+    final.load_state_dict(best_state)
+    shrunk = shrink(final, graph, best_removed).eval()
+    layers = run.layer_states(
+        shrunk,
+        "removed its least important channels (learned importance weights)",
+        "kept: its channels scored above the removal level",
+    )
+    return MethodResult(
+        module=shrunk,
+        layers=layers,
+        trials=run.trials,
+        baseline_accuracy=baseline,
+        accuracy=best_accuracy,
+        target_met=baseline - best_accuracy <= budget,
+        stopped_early=stopped_early,
+    )

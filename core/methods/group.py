@@ -1,0 +1,158 @@
+"""Group-sparsity neuron removal (METHODS.md §3, Zhou et al. 2016): a group-lasso penalty λ·Σ‖W_n‖₂ over the
+incoming weights of every neuron/filter, handled by its proximal step (group soft-threshold after every SGD step,
+momentum zeroed for groups that reach zero); zeroed neurons are then removed physically with their constant output
+folded into the next layer's bias. λ is searched under the accuracy budget.
+
+A group is a removable channel class of core.graph: the incoming weights of every layer that writes that channel
+(one filter or fully-connected row; a whole residual channel across a stage), plus the scale and shift of the batch
+norms on it, so a zeroed filter cannot stay alive through its batch-norm shift.
+"""
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.config import CompressConfig
+from core.events import EventCallback, StopCheck, never_stop, no_events
+from core.graph import ChannelGraph, fold_constants, shrink
+from core.graph.dependency import TRANSPOSED
+from core.methods.lwct import MethodResult
+from core.methods.structured import StructuredRun, TimeLimit, keep_one_per_group
+
+_FOLD_SAMPLES = 256
+
+
+class GroupLasso:
+    """The groups of `module` (one per removable class) and their proximal step."""
+
+    def __init__(self, module: nn.Module, graph: ChannelGraph):
+        self.roots = graph.removable()
+        position = {root: i for i, root in enumerate(self.roots)}
+        self.slices: list[tuple[nn.Parameter, int, torch.Tensor]] = []  # (parameter, channel axis, group per slice)
+        for name, ids in graph.producers.items():
+            layer = module.get_submodule(name)
+            groups = torch.tensor([position.get(r, -1) for r in graph.root(ids).tolist()])
+            self.slices.append((layer.weight, 1 if isinstance(layer, TRANSPOSED) else 0, groups))
+        for name, ids in graph.norms.items():
+            norm = module.get_submodule(name)
+            groups = torch.tensor([position.get(r, -1) for r in graph.root(ids).tolist()])
+            if norm.affine:
+                self.slices += [(norm.weight, 0, groups), (norm.bias, 0, groups)]
+
+    def norms(self) -> torch.Tensor:
+        """‖W_n‖₂ of every group."""
+        squares = None
+        for parameter, axis, groups in self.slices:
+            per_slice = parameter.detach().pow(2).transpose(0, axis).flatten(1).sum(1)
+            if squares is None:
+                squares = torch.zeros(len(self.roots), device=parameter.device)
+            kept = groups >= 0
+            squares.index_add_(0, groups[kept].to(parameter.device), per_slice[kept.to(parameter.device)])
+        return squares.sqrt()
+
+    def zeroed(self) -> set[int]:
+        return {self.roots[i] for i in (self.norms() == 0).nonzero().flatten().tolist()}
+
+    @torch.no_grad()
+    def proximal_step(self, optimizer: torch.optim.Optimizer, amount: float) -> None:
+        """W_n ← max(0, 1 − amount/‖W_n‖₂)·W_n; the momentum of groups at zero is reset so they do not bounce back."""
+        norms = self.norms()
+        scale = (1.0 - amount / norms.clamp_min(1e-12)).clamp_min(0.0)
+        for parameter, axis, groups in self.slices:
+            factor = torch.cat([scale, scale.new_ones(1)])[groups.to(scale.device)]  # -1: frozen, untouched
+            shape = [1] * parameter.dim()
+            shape[axis] = -1
+            parameter.mul_(factor.view(shape))
+            buffer = optimizer.state.get(parameter, {}).get("momentum_buffer")
+            if buffer is not None:
+                buffer.mul_((factor != 0).to(buffer.dtype).view(shape))
+
+
+def remove_zeroed(
+    module: nn.Module, graph: ChannelGraph, zeroed: set[int], x: torch.Tensor
+) -> tuple[nn.Module, set[int]]:
+    """Physically removes the zeroed classes of `module` (in place) whose constant output folds exactly into the
+    next layers' biases; every channel group keeps one channel. Returns the module and the classes removed."""
+    order = [root for root in graph.removable() if root in zeroed]
+    candidates = keep_one_per_group(graph, order, len(order))
+    unfoldable = fold_constants(module, graph, candidates, x)
+    removed = candidates - unfoldable
+    return shrink(module, graph, removed), removed
+
+
+def compress_group(
+    model,
+    data,
+    config: CompressConfig,
+    *,
+    on_event: EventCallback = no_events,
+    should_stop: StopCheck = never_stop,
+    checkpoint_dir: Path | None = None,
+) -> MethodResult:
+    """Compress `model` on `data` under `config.target`; see the module docstring and METHODS.md §3."""
+    settings = config.group
+    run = StructuredRun(model, data, config, settings, on_event, should_stop)
+    graph = run.graph
+    run.emit("baseline", 0.01, "evaluating the baseline", unsupported=graph.unsupported)
+    baseline = run.evaluate(run.base)
+    budget = config.target.allowed_drop(baseline)
+    run.emit("baseline", 0.05, f"baseline accuracy {baseline:.2f}", accuracy=baseline, allowed_drop=budget)
+    best, best_accuracy, stopped_early = run.base, baseline, None
+    sample = data.x_train[:_FOLD_SAMPLES]
+    penalties = sorted(settings.penalties) if graph.removable() else []
+    try:
+        for i, penalty in enumerate(penalties):
+            fraction = 0.05 + 0.95 * (i + 1) / len(penalties)
+            working = copy.deepcopy(run.base)
+            lasso = GroupLasso(working, graph)
+            run.emit("sparse", fraction, f"group-sparse training with λ={penalty:g}", penalty=penalty)
+            run.train(
+                working,
+                settings.sparse_epochs,
+                config.seed + i,
+                "sparse",
+                fraction,
+                after_step=lambda optimizer, lasso=lasso, penalty=penalty: lasso.proximal_step(
+                    optimizer, settings.lr * penalty
+                ),
+            )
+            shrunk, removed = remove_zeroed(working, graph, lasso.zeroed(), sample)
+            run.emit(
+                "finetune",
+                fraction,
+                f"λ={penalty:g}: {len(removed)} neurons removed; fine-tuning",
+                removed=len(removed),
+            )
+            run.train(shrunk, settings.epochs_per_step, config.seed + 100 + i, "finetune", fraction)
+            accuracy = run.evaluate(shrunk)
+            within = baseline - accuracy <= budget
+            run.record(
+                f"group λ={penalty:g}",
+                shrunk,
+                len(removed),
+                accuracy,
+                within,
+                fraction,
+                len(removed) / len(graph.removable()),
+            )
+            if not within:
+                break
+            best, best_accuracy = shrunk, accuracy
+    except TimeLimit:
+        stopped_early = "time_limit"
+        run.emit("sparse", 1.0, "time limit reached; keeping the best state so far", level="warning")
+    best = best.cpu().eval()
+    layers = run.layer_states(
+        best, "removed the neurons whose weights the group-lasso penalty zeroed", "kept: no neuron reached zero"
+    )
+    return MethodResult(
+        module=best,
+        layers=layers,
+        trials=run.trials,
+        baseline_accuracy=baseline,
+        accuracy=best_accuracy,
+        target_met=baseline - best_accuracy <= budget,
+        stopped_early=stopped_early,
+    )
