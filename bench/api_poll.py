@@ -12,7 +12,8 @@ import threading
 import time
 
 import httpx
-from api_service import api_process, write_result
+from _common import write_result
+from api_service import api_process
 
 from store.db import make_engine, make_session_factory
 from store.jobs import create_job

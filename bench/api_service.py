@@ -76,12 +76,3 @@ def api_process(**settings: str):
         redis.stop()
         postgres.stop()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def write_result(name: str, result: dict) -> Path:
-    import json
-
-    path = REPO / "bench" / "results" / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path

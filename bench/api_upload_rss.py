@@ -10,7 +10,8 @@ import threading
 import time
 
 import httpx
-from api_service import api_process, write_result
+from _common import write_result
+from api_service import api_process
 
 PIECE = bytes(range(256)) * 256  # 64 KiB, not all zeros
 MIB = 1024 * 1024

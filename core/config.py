@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -14,7 +14,8 @@ class AccuracyTarget(_Strict):
 
     max_drop: float = Field(1.0, ge=0, le=100, description="Largest allowed drop, in percentage points (absolute) or percent of the baseline (relative).")
     drop_type: Literal["absolute", "relative"] = "absolute"
-    metric: Literal["top1", "pixel_accuracy", "miou"] = "top1"
+    metric: Literal["top1", "pixel_accuracy", "miou"] | None = Field(
+        None, description="What the drop is measured in; unset: the task's first metric (top1, pixel_accuracy).")
 
     def allowed_drop(self, baseline_accuracy: float) -> float:
         """The budget in absolute percentage points."""
@@ -30,7 +31,20 @@ class Normalization(_Strict):
     std: list[float]
 
 
-class LwctConfig(_Strict):
+class StructuredTraining(_Strict):
+    """Training settings every method shares: how long and how fast each recovery stage trains."""
+
+    epochs_per_step: int = Field(2, ge=0, description="Fine-tuning epochs after each compression step.")
+    min_steps_per_stage: int = Field(300, ge=0, description="Each training stage runs at least this many SGD steps, so small data sets get enough updates to recover.")
+    lr: float = Field(0.01, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = Field("cosine", description="Learning rate within each stage: cosine annealing to zero recovers more accuracy in short stages.")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(128, ge=1)
+    max_train_samples: int | None = Field(None, ge=1, description="Cap on training samples per epoch (for quick runs).")
+
+
+class LwctConfig(StructuredTraining):
     """Layer-wise compressive training (METHODS.md §1). Defaults work without tuning."""
 
     sparsity: float | None = Field(None, ge=0, lt=1, description="Network-wide pruning sparsity; None searches the largest one within the budget.")
@@ -39,25 +53,6 @@ class LwctConfig(_Strict):
     on_violation: Literal["stop", "skip"] = "skip"
     preserve: int = Field(0, ge=0, description="Number of most significant layers always kept in float.")
     prune_epochs: int = Field(2, ge=0)
-    epochs_per_step: int = Field(2, ge=0)
-    min_steps_per_stage: int = Field(300, ge=0, description="Each training stage runs at least this many SGD steps, so small data sets get enough updates to recover.")
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(128, ge=1)
-    max_train_samples: int | None = Field(None, ge=1, description="Cap on training samples per epoch (for quick runs).")
-
-
-class StructuredTraining(_Strict):
-    """Training settings shared by the channel-removing methods (filter, group)."""
-
-    epochs_per_step: int = Field(2, ge=0, description="Fine-tuning epochs after each removal step.")
-    min_steps_per_stage: int = Field(300, ge=0, description="Each training stage runs at least this many SGD steps.")
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(128, ge=1)
-    max_train_samples: int | None = Field(None, ge=1, description="Cap on training samples per epoch (for quick runs).")
 
 
 class FilterConfig(StructuredTraining):
@@ -80,14 +75,28 @@ class GroupConfig(StructuredTraining):
     sparse_epochs: int = Field(4, ge=1, description="Epochs of group-sparse training per λ.")
 
 
-MethodName = Literal["lwct", "filter", "group"]
+class AutoConfig(_Strict):
+    """Structural removal, then lwct on what remains, under one budget (METHODS.md, "Combining them")."""
+
+    structural: list[Literal["filter", "group"]] = Field(
+        default_factory=lambda: ["filter"], min_length=1,
+        description="Channel-removing methods run first, in this order, each on the previous one's result.")
+    structural_share: float = Field(
+        0.5, ge=0, le=1,
+        description="Share of the allowed drop the structural stages may spend; lwct gets what they leave. Every "
+                    "stage is measured against the original model's accuracy.")
+
+
+MethodName = Literal["lwct", "filter", "group", "auto"]
+TaskName = Literal["classification", "segmentation"]
+METRICS_BY_TASK: dict[str, tuple[str, ...]] = {"classification": ("top1",), "segmentation": ("pixel_accuracy", "miou")}
 
 
 class CompressConfig(_Strict):
     """Everything one compression job needs besides the model and the data."""
 
     method: MethodName = "lwct"
-    task: Literal["classification"] = "classification"
+    task: TaskName = "classification"
     target: AccuracyTarget = Field(default_factory=AccuracyTarget)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
@@ -95,4 +104,16 @@ class CompressConfig(_Strict):
     lwct: LwctConfig = Field(default_factory=LwctConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     group: GroupConfig = Field(default_factory=GroupConfig)
+    auto: AutoConfig = Field(default_factory=AutoConfig)
     time_limit_s: float | None = Field(None, gt=0, description="Stop training after this many seconds and keep the best result so far.")
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> "CompressConfig":
+        """An unset metric is the task's first one (top1, pixel_accuracy); a metric of another task is refused."""
+        allowed = METRICS_BY_TASK[self.task]
+        if self.target.metric is None:
+            self.target = self.target.model_copy(update={"metric": allowed[0]})
+        elif self.target.metric not in allowed:
+            raise ValueError(
+                f"metric {self.target.metric!r} does not apply to task {self.task!r}; use {' or '.join(allowed)}")
+        return self

@@ -4,6 +4,7 @@ Hooks let methods keep their constraints (masks, projections) after every optimi
 caller stop cooperatively; seeded shuffling keeps CPU runs reproducible.
 """
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -28,12 +29,14 @@ def fit(
     after_step: Callable[[torch.optim.Optimizer], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    lr_schedule: str = "constant",
 ) -> float:
     """Train `module` in place on (x, y) and return the mean loss of the last epoch.
 
     `max_samples` caps the samples seen per epoch (a fresh random subset each epoch).
     `after_step(optimizer)` runs under no_grad after every step: proximal steps, and resets of their momentum.
-    Mixed precision is used on CUDA only, so CPU runs stay bit-reproducible for a given seed.
+    `lr_schedule="cosine"` anneals the learning rate to zero over the run: short recovery stages end closer to a
+    minimum than at a constant rate. Mixed precision is used on CUDA only, so CPU runs stay bit-reproducible for a given seed.
     Raises Cancelled as soon as `should_stop()` returns True (checked before every step).
     """
     device = torch.device(device)
@@ -46,6 +49,8 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     n = len(x)
     per_epoch = n if max_samples is None else min(n, max_samples)
+    total_steps = max(epochs * -(-per_epoch // batch_size), 1)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps) if lr_schedule == "cosine" else None
     last_loss = 0.0
     try:
         for epoch in range(epochs):
@@ -62,6 +67,8 @@ def fit(
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                if scheduler is not None:
+                    scheduler.step()
                 if after_step is not None:
                     with torch.no_grad():
                         after_step(optimizer)
@@ -73,3 +80,18 @@ def fit(
     finally:
         module.eval()
     return last_loss
+
+
+def stage_epochs(settings, epochs: int, train_samples: int) -> int:
+    """`epochs` stretched to at least `settings.min_steps_per_stage` SGD steps, so small data sets recover too."""
+    if epochs <= 0:
+        return 0
+    per_epoch = min(train_samples, settings.max_train_samples or train_samples)
+    return max(epochs, math.ceil(settings.min_steps_per_stage / math.ceil(per_epoch / settings.batch_size)))
+
+
+def fit_options(settings) -> dict:
+    """The keyword arguments of `fit` that a method's training settings (core.config.StructuredTraining) fix."""
+    return {"lr": settings.lr, "momentum": settings.momentum, "weight_decay": settings.weight_decay,
+            "batch_size": settings.batch_size, "max_samples": settings.max_train_samples,
+            "lr_schedule": settings.lr_schedule}

@@ -15,9 +15,9 @@ from core.events import Event, EventCallback, StopCheck
 from core.graph import ChannelGraph, trace, with_channels
 from core.graph.dependency import PRODUCERS
 from core.graph.surgery import width
-from core.measure import float32_bytes, resolve_device, top1_accuracy
+from core.measure import float32_bytes, metric_function, resolve_device
 from core.methods.lwct import LayerState, Trial
-from core.train import fit
+from core.train import fit, fit_options, stage_epochs
 
 
 @dataclass
@@ -49,6 +49,7 @@ class StructuredRun:
         self.model, self.data, self.config, self.settings = model, data, config, settings
         self.on_event, self.user_stop = on_event, should_stop
         self.device = resolve_device(config.device)
+        self.score = metric_function(config.target.metric)  # the one metric the budget is measured in
         self.deadline = time.monotonic() + config.time_limit_s if config.time_limit_s else math.inf
         self.original_bytes = float32_bytes(model.module)
         self.base = copy.deepcopy(model.module).float().cpu().eval()
@@ -67,11 +68,9 @@ class StructuredRun:
 
     def train(self, module: nn.Module, epochs: int, seed: int, stage: str, fraction: float, after_step=None) -> None:
         """`epochs` of SGD, stretched to at least min_steps_per_stage steps so small data sets recover."""
+        epochs = stage_epochs(self.settings, epochs, len(self.data.y_train))
         if epochs <= 0:
             return
-        s = self.settings
-        per_epoch = min(len(self.data.y_train), s.max_train_samples or len(self.data.y_train))
-        epochs = max(epochs, math.ceil(s.min_steps_per_stage / math.ceil(per_epoch / s.batch_size)))
 
         def on_epoch(epoch: int, loss: float) -> None:
             self.emit(stage, fraction, f"epoch {epoch + 1}/{epochs}", epoch=epoch + 1, loss=loss)
@@ -81,23 +80,19 @@ class StructuredRun:
             self.data.x_train,
             self.data.y_train,
             epochs=epochs,
-            lr=s.lr,
-            momentum=s.momentum,
-            weight_decay=s.weight_decay,
-            batch_size=s.batch_size,
             device=self.device,
             seed=seed,
-            max_samples=s.max_train_samples,
             after_step=after_step,
             should_stop=self.stop_check,
             on_epoch=on_epoch,
+            **fit_options(self.settings),
         )
         module.cpu()
 
     def evaluate(self, module: nn.Module) -> float:
         if self.user_stop():
             raise Cancelled("stopped by request")
-        accuracy = top1_accuracy(module, self.data.x_val, self.data.y_val, device=self.device)
+        accuracy = self.score(module, self.data.x_val, self.data.y_val, device=self.device)
         module.cpu()
         return accuracy
 
