@@ -8,6 +8,7 @@ from api import health
 from api.artifacts.routes import router as artifacts_router
 from api.errors import install_problem_handlers, problem_responses
 from api.jobs.routes import router as jobs_router
+from api.limits import BodyLimitMiddleware
 from store.blobs import make_blob_store
 from store.db import make_engine, make_session_factory
 from store.settings import Settings, get_settings
@@ -44,6 +45,7 @@ def create_app(
     app.state.blobs = blobs
     app.state.dispatcher = dispatcher
     install_problem_handlers(app)
+    app.add_middleware(BodyLimitMiddleware)
     app.include_router(health.router)
     # Every /v1 route takes the bearer key (api.deps.current_tenant): the scheme comes with the dependency.
     for router in (artifacts_router, jobs_router):

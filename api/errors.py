@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_BASE = "https://squeezer.dev/problems/"
@@ -171,6 +171,15 @@ async def _database_unavailable(
     return problem_response(request, problem, headers={"Retry-After": "5"})
 
 
+async def _unstorable_value(request: Request, error: DataError) -> JSONResponse:
+    """A value PostgreSQL cannot even compare (a NUL character in an id or a name): the client's error, not ours."""
+    log.info("unstorable value on %s %s: %s", request.method, request.url.path, error.orig)
+    problem = ProblemError(
+        422, "validation_error", "a value in the request cannot be stored (NUL characters are not allowed)"
+    )
+    return problem_response(request, problem)
+
+
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     """Never leaks a traceback: the log has it, the client gets a generic problem."""
     log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -189,4 +198,5 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(DataError, _unstorable_value)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -200,19 +200,19 @@ def print_summary(job: dict, report: dict | None, out_dir: Path | None) -> None:
 
 
 def finish(client: httpx.Client, job: dict, out_dir: Path) -> int:
-    """Downloads the results of a final job, prints the summary and returns the exit code."""
+    """Downloads the results of a final job (a failed one may keep its best result: time limits), prints the summary
+    and returns the exit code."""
+    paths = download_results(client, job["id"], out_dir) if job["status"] in ("succeeded", "failed") else []
+    report_path = out_dir / "report.json"
+    report = json.loads(report_path.read_text()) if report_path in paths else None
+    print_summary(job, report, out_dir if paths else None)
     if job["status"] != "succeeded":
-        print_summary(job, None, None)
         error = job.get("error") or {}
         err_console.print(
             f"job {job['id']} {job['status']}: {error.get('message') or error.get('code') or 'no result'}",
             highlight=False,
         )
         return EXIT_FAILED
-    download_results(client, job["id"], out_dir)
-    report_path = out_dir / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.exists() else None
-    print_summary(job, report, out_dir)
     return EXIT_TARGET_MET if job.get("target_met") else EXIT_TARGET_MISSED
 
 

@@ -63,14 +63,24 @@ def run_job(job_id: str, ctx: WorkerContext) -> None:
                 error_message=f"The job stopped on an internal error ({type(error).__name__}); the worker's log has the details.",
             )
         else:
-            if _finish(ctx, job, "succeeded", target_met=bool(report.get("target_met")), results=results):
+            if _finish(ctx, job, *_outcome(report), target_met=bool(report.get("target_met")), results=results):
                 _drop_checkpoint(ctx, job_id)
             else:
                 for artifact_id in results.values():
                     delete_artifact(ctx.session_factory, ctx.blobs, artifact_id)
 
 
-def _finish(ctx: WorkerContext, job: Job, status: str, **fields: Any) -> bool:
+def _outcome(report: dict) -> tuple[str, ...]:
+    """A run cut short by its time limit fails, yet keeps its best result so far as the job's artifacts."""
+    if report.get("stopped_early") == "time_limit":
+        message = "The job reached its time limit; the best result found until then is kept (see its report)."
+        return ("failed", "time_limit_exceeded", message)
+    return ("succeeded",)
+
+
+def _finish(ctx: WorkerContext, job: Job, status: str, error_code: str | None = None, error_message: str | None = None,
+            **fields: Any) -> bool:
+    fields.update(error_code=error_code, error_message=error_message)
     with ctx.session_factory() as session:
         done = finish_job(session, job.id, ctx.worker_id, status, **fields)
     if not done:

@@ -173,7 +173,7 @@ def multipart_boundary(request: Request) -> bytes:
 
 
 def _check_kind(kind: str | None) -> str:
-    if kind is None or kind == "":
+    if kind is None:
         return "model"
     if kind not in UPLOAD_KINDS:
         raise ProblemError(

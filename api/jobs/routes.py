@@ -44,8 +44,9 @@ IdempotencyKey = Annotated[
             "model": JobOut,
             "description": "The job created earlier with this Idempotency-Key.",
         },
-        **problem_responses(404, 422, 429),
+        **problem_responses(400, 404, 413, 422, 429),
     },
+    description="400 for a body that is not JSON or nests deeper than 32 levels (`json_too_deep`), 413 past 1 MiB.",
     summary="Submit a compression job (inputs are checked before it is queued)",
 )
 async def create_job(
@@ -178,7 +179,7 @@ def _result(session, job_id: str, name: str) -> Artifact:
     raise ProblemError(
         404,
         "result_not_found",
-        f"job {job_id} has no result {name!r} (yet): results appear when the job has succeeded",
+        f"job {job_id} has no result {name!r} (yet): results appear when the job has succeeded (or failed on its time limit, keeping its best result)",
     )
 
 

@@ -76,7 +76,6 @@ def validate_inputs(
     from core.pipeline import (
         check_inputs,  # the engine (torch) loads only when a job is submitted
     )
-
     from worker.context import WorkerContext
     from worker.runner import fetch_dataset, fetch_model
 

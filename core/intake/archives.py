@@ -15,6 +15,7 @@ from core.errors import ArchiveError
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 _COPY_CHUNK = 1 << 20
+MAX_NAME_BYTES = 255  # per path component, as file systems allow: longer names are refused by name, not by errno
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ def _safe_relative(name: str) -> PurePosixPath:
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
         raise ArchiveError(f"archive member {name!r} points outside the archive")
+    if any(len(part.encode()) > MAX_NAME_BYTES for part in path.parts):
+        raise ArchiveError(f"archive member {name[:80]!r}... has a name longer than {MAX_NAME_BYTES} bytes")
     return path
 
 

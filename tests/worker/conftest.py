@@ -114,8 +114,8 @@ class Service:
         self.ctx.session_factory.kw["bind"].dispose()
 
 
-@pytest.fixture
-def service(postgres_url, redis_url, tmp_path):
+def start_service(postgres_url: str, redis_url: str, tmp_path: Path) -> Service:
+    """A migrated database and a Service whose workers use it and the broker at `redis_url`."""
     upgrade_database(postgres_url)
     env = {
         **os.environ,
@@ -129,6 +129,11 @@ def service(postgres_url, redis_url, tmp_path):
         "SQUEEZER_WORKER_DEVICE": "cpu",
         "OMP_NUM_THREADS": "1",
     }
-    service = Service(env, tmp_path)
+    return Service(env, tmp_path)
+
+
+@pytest.fixture
+def service(postgres_url, redis_url, tmp_path):
+    service = start_service(postgres_url, redis_url, tmp_path)
     yield service
     service.stop()

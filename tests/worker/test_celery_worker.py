@@ -3,14 +3,16 @@
 import json
 import os
 import signal
+import time
+from collections import Counter
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from store.artifacts import export_artifact_to
 from store.jobs import request_cancel
-from store.models import Job, utcnow
+from store.models import Artifact, Job, utcnow
 from tests.worker.conftest import tiny_spec
 
 RESULT_NAMES = {"model.sqz", "model.onnx", "model.zip", "report.json"}
@@ -39,16 +41,22 @@ def test_cancel_of_a_queued_and_of_a_running_job(service, sample_model_zip):
     with service.ctx.session_factory() as session:
         assert request_cancel(session, queued_id).status == "cancelled"
     running_id = service.create(tiny_spec(model_id, sparsity=None, prune_epochs=3, epochs_per_step=3, max_train_samples=1000))
-    service.dispatcher.enqueue(queued_id)
-    service.dispatcher.enqueue(running_id)
+    next_id = service.create(tiny_spec(model_id))
+    for job_id in (queued_id, running_id, next_id):
+        service.dispatcher.enqueue(job_id)
     service.start_worker()
     service.wait(running_id, lambda job: job.status == "running" and job.progress.get("stage") not in (None, "queued"))
     with service.ctx.session_factory() as session:
         assert request_cancel(session, running_id).status == "cancelling"
+    asked = time.monotonic()
     running = service.wait_final(running_id, timeout_s=30)
+    stopped_after_s = time.monotonic() - asked
     queued = service.job(queued_id)
     assert running.status == "cancelled" and service.results(running_id) == {}
+    assert stopped_after_s < 10, stopped_after_s  # the stop check asks every second, between training steps
     assert (queued.status, queued.attempts) == ("cancelled", 0)
+    after = service.wait_final(next_id)  # the one worker is free again: the next job runs on it
+    assert (after.status, after.worker_id) == ("succeeded", running.worker_id)
 
 
 @pytest.mark.slow
@@ -68,6 +76,12 @@ def test_a_job_whose_worker_is_killed_is_requeued_and_finishes_once(service, sam
     assert set(service.results(job_id)) == RESULT_NAMES
     stages = service.event_stages(job_id)
     assert "worker_lost" in stages and "resume" in stages
+    # resumed from the checkpoint: the pruning search before the first checkpoint is not run again
+    assert "prune" in stages[: stages.index("worker_lost")] and "prune" not in stages[stages.index("resume") :]
+    # finished exactly once: one set of results, no orphaned result or checkpoint artifacts
+    with service.ctx.session_factory() as session:
+        kinds = Counter(session.scalars(select(Artifact.kind)))
+    assert (kinds["result"], kinds["checkpoint"]) == (len(RESULT_NAMES), 0)
 
 
 @pytest.mark.slow

@@ -1,0 +1,206 @@
+"""Crash and restart recovery with real servers and processes: Redis restarted with jobs queued, PostgreSQL restarted
+under a running job and a live API, the API killed in the middle of an upload. (A worker killed mid-job:
+tests/worker/test_celery_worker.py.)"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import httpx
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select, update
+
+from api.app import create_app
+from store.migrate import upgrade_database
+from store.models import Artifact, BlobChunk, utcnow
+from store.settings import Settings
+from tests.api.conftest import assert_problem
+from tests.servers import free_port
+from tests.worker.conftest import REPO, start_service, tiny_spec
+from worker.celery_app import QUEUE_NAME
+from worker.context import WorkerContext
+from worker.reaper import STALE_UPLOAD_S, recover_once
+
+RESULT_NAMES = {"model.sqz", "model.onnx", "model.zip", "report.json"}
+LONGER_JOB = {"sparsity": None, "prune_epochs": 2, "epochs_per_step": 2, "max_train_samples": 600}
+
+
+@pytest.mark.slow
+def test_jobs_queued_when_redis_restarts_are_not_lost(own_redis, postgres_url, tmp_path, sample_model_zip):
+    """Redis runs without persistence: a restart drops every queued message. The job rows are the truth, and the
+    worker's reaper sends them again; each job runs exactly once."""
+    service = start_service(postgres_url, own_redis.url, tmp_path)
+    try:
+        model_id = service.upload(sample_model_zip)
+        running_id, *queued_ids = (service.create(tiny_spec(model_id)) for _ in range(3))
+        for job_id in (running_id, *queued_ids):
+            service.dispatcher.enqueue(job_id)
+        service.start_worker()
+        service.wait(running_id, lambda job: job.status == "running")
+        own_redis.stop()
+        own_redis.start()
+        assert redis.Redis.from_url(own_redis.url).llen(QUEUE_NAME) == 0  # the messages are gone
+        jobs = [service.wait_final(job_id, timeout_s=180) for job_id in (running_id, *queued_ids)]
+        assert [(job.status, job.attempts) for job in jobs] == [("succeeded", 1)] * 3
+        assert all(set(service.results(job.id)) == RESULT_NAMES for job in jobs)
+    finally:
+        service.stop()
+
+
+def test_postgres_restart_answers_503_meanwhile_and_everything_recovers_by_itself(
+    own_postgres, redis_url, tmp_path, sample_model_zip
+):
+    url = own_postgres.create_database("squeezer")
+    service = start_service(url, redis_url, tmp_path)
+    settings = Settings(database_url=url, broker_url=redis_url, storage_backend="database", data_dir=tmp_path / "api")
+    try:
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            job_id = service.create(tiny_spec(service.upload(sample_model_zip), **LONGER_JOB))
+            service.dispatcher.enqueue(job_id)
+            service.start_worker()
+            service.wait(
+                job_id,
+                lambda job: job.status == "running" and job.progress.get("stage") not in (None, "queued", "intake"),
+            )
+            own_postgres.stop(remove=False)
+            for response in (
+                client.get(f"/v1/jobs/{job_id}"),
+                client.get("/v1/jobs"),
+                client.post("/v1/artifacts", files={"file": ("m.onnx", b"x" * 1000)}),
+                client.post(f"/v1/jobs/{job_id}/cancel"),
+            ):
+                assert_problem(response, 503, "service_unavailable")
+                assert response.headers["retry-after"] == "5"
+            assert_problem(client.get("/readyz"), 503, "service_unavailable")
+            time.sleep(2)  # long enough for the worker to notice: heartbeats and progress writes fail meanwhile
+            own_postgres.start()
+            deadline = time.monotonic() + 20
+            while client.get(f"/v1/jobs/{job_id}").status_code != 200:  # the same app: no restart needed
+                assert time.monotonic() < deadline, "the API did not recover by itself"
+                time.sleep(0.2)
+            assert client.get("/readyz").status_code == 200
+            job = service.wait_final(job_id, timeout_s=240)
+            assert job.status == "succeeded", (job.status, job.error_code, job.error_message)
+            assert set(service.results(job_id)) == RESULT_NAMES
+            assert client.get(f"/v1/jobs/{job_id}/report").status_code == 200
+    finally:
+        service.stop()
+
+
+def start_api(env: dict, port: int, log) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from cli.main import app; app()",
+            "api",
+            "--no-auth",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise AssertionError("the API did not start")
+
+
+def test_an_upload_cut_by_an_api_restart_is_never_served_and_is_swept(postgres_url, redis_url, tmp_path):
+    """The API process dies (SIGKILL) with half a file received. After the restart the half-stored artifact is
+    invisible (404, and a job naming it is refused), and the workers' periodic sweep removes it and its bytes."""
+    upgrade_database(postgres_url)
+    settings = Settings(
+        database_url=postgres_url,
+        broker_url=redis_url,
+        storage_backend="database",
+        storage_chunk_bytes=64 * 1024,
+        data_dir=tmp_path,
+    )
+    env = {
+        **os.environ,
+        "SQUEEZER_DATABASE_URL": postgres_url,
+        "SQUEEZER_BROKER_URL": redis_url,
+        "SQUEEZER_STORAGE_BACKEND": "database",
+        "SQUEEZER_STORAGE_CHUNK_BYTES": str(64 * 1024),
+        "SQUEEZER_DATA_DIR": str(tmp_path),
+    }
+    ctx = WorkerContext.from_settings(settings)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "api.log").open("wb")
+    api = start_api(env, port, log)
+    try:
+        boundary = "squeezerboundary"
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="kind"\r\n\r\nmodel\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.onnx"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        declared = len(head) + (4 << 20)
+        with socket.create_connection(("127.0.0.1", port)) as upload:
+            upload.sendall(
+                f"POST /v1/artifacts HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+                f"Content-Length: {declared}\r\n\r\n".encode()
+                + head
+                + b"\x01" * (1 << 20)
+            )
+            partial = wait_for_partial_upload(ctx)
+            api.send_signal(signal.SIGKILL)
+            api.wait(10)
+        api = start_api(env, port, log)
+        assert httpx.get(f"{base}/v1/artifacts/{partial}").status_code == 404
+        assert httpx.get(f"{base}/v1/artifacts/{partial}/content").status_code == 404
+        job = {"model": {"artifact_id": partial}, "dataset": {"sample": "digits"}}
+        assert httpx.post(f"{base}/v1/jobs", json=job).json()["type"].endswith("/artifact_not_found")
+        assert recover_once(ctx) == [] and chunk_count(ctx, partial) > 0  # a fresh upload may still be in flight
+        with ctx.session_factory() as session:
+            session.execute(
+                update(Artifact)
+                .where(Artifact.id == partial)
+                .values(created_at=utcnow() - timedelta(seconds=STALE_UPLOAD_S + 1))
+            )
+            session.commit()
+        recover_once(ctx)
+        with ctx.session_factory() as session:
+            assert session.get(Artifact, partial) is None
+        assert chunk_count(ctx, partial) == 0
+        fresh = httpx.post(f"{base}/v1/artifacts", files={"file": ("m.onnx", b"x" * 1000)})
+        assert fresh.status_code == 201 and fresh.json()["size_bytes"] == 1000
+    finally:
+        api.kill()
+        api.wait()
+        ctx.session_factory.kw["bind"].dispose()
+
+
+def wait_for_partial_upload(ctx: WorkerContext, timeout_s: float = 30) -> str:
+    """The id of the artifact being uploaded, once some of its chunks are stored."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with ctx.session_factory() as session:
+            artifact_id = session.scalar(select(Artifact.id).where(Artifact.state == "uploading"))
+        if artifact_id and chunk_count(ctx, artifact_id) > 0:
+            return artifact_id
+        time.sleep(0.1)
+    raise AssertionError("no partial upload appeared")
+
+
+def chunk_count(ctx: WorkerContext, artifact_id: str) -> int:
+    with ctx.session_factory() as session:
+        return session.scalar(select(func.count()).select_from(BlobChunk).where(BlobChunk.artifact_id == artifact_id))
