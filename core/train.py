@@ -67,11 +67,11 @@ def fit(
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                if scheduler is not None:
-                    scheduler.step()
                 if after_step is not None:
                     with torch.no_grad():
                         after_step(optimizer)
+                if scheduler is not None:
+                    scheduler.step()
                 total += loss.detach().float().item() * len(idx)
                 seen += len(idx)
             last_loss = total / max(seen, 1)
@@ -95,3 +95,8 @@ def fit_options(settings) -> dict:
     return {"lr": settings.lr, "momentum": settings.momentum, "weight_decay": settings.weight_decay,
             "batch_size": settings.batch_size, "max_samples": settings.max_train_samples,
             "lr_schedule": settings.lr_schedule}
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The step size of the update just taken: proximal steps must shrink by the same η as the gradient step."""
+    return optimizer.param_groups[0]["lr"]

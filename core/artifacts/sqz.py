@@ -33,21 +33,43 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.
 def _index_encodings(nonzero: np.ndarray) -> dict[str, bytes]:
     """Candidate encodings of the positions of the nonzeros of a flat tensor.
 
-    "gaps": one byte per nonzero holding the zeros skipped before it; 255 means "255 more zeros, read on".
+    "bitmap": one bit per weight. "rice": the gaps between nonzeros Golomb-Rice coded (the quotient in unary, the k
+    low bits fixed), close to the entropy of the geometric gaps magnitude pruning leaves: 0.47 bits per weight at
+    90 % sparsity, 0.29 at 95 %.
     """
     gaps = np.diff(np.flatnonzero(nonzero), prepend=-1) - 1
-    escapes = gaps // 255
-    stream = np.full(int(escapes.sum() + len(gaps)), 255, dtype=np.uint8)
-    stream[np.cumsum(escapes + 1) - 1] = gaps % 255
-    return {"bitmap": np.packbits(nonzero).tobytes(), "gaps": stream.tobytes()}
+    return {"bitmap": np.packbits(nonzero).tobytes(), "rice": _rice_encode(gaps)}
+
+
+def _rice_encode(gaps: np.ndarray) -> bytes:
+    """Layout: k (one byte), the k-bit remainders packed MSB first, then the unary quotients (q ones, then a zero)."""
+    if len(gaps) == 0:
+        return bytes([0])
+    k = min(range(24), key=lambda k: int((gaps >> k).sum()) + len(gaps) * (k + 1))
+    remainders = ((gaps[:, None] >> np.arange(k - 1, -1, -1)) & 1).astype(np.uint8) if k else np.zeros((len(gaps), 0), np.uint8)
+    quotients = gaps >> k
+    unary = np.ones(int(quotients.sum() + len(gaps)), dtype=np.uint8)
+    unary[np.cumsum(quotients + 1) - 1] = 0
+    return bytes([k]) + np.packbits(remainders.ravel()).tobytes() + np.packbits(unary).tobytes()
+
+
+def _rice_decode(data: bytes, count: int) -> np.ndarray:
+    k = data[0]
+    remainder_bytes = (count * k + 7) // 8
+    bits = np.unpackbits(np.frombuffer(data, np.uint8, count=remainder_bytes, offset=1), count=count * k)
+    remainders = bits.reshape(count, k).astype(np.int64) @ (1 << np.arange(k - 1, -1, -1, dtype=np.int64)) if k else 0
+    unary = np.unpackbits(np.frombuffer(data, np.uint8, offset=1 + remainder_bytes))
+    ends = np.flatnonzero(unary == 0)[:count]
+    if len(ends) != count:
+        raise ValueError("sparse index does not match the tensor")
+    quotients = np.diff(ends, prepend=-1) - 1
+    return (quotients.astype(np.int64) << k) | remainders
 
 
 def _decode_index(kind: str, data: bytes, numel: int, count: int) -> np.ndarray:
     if kind == "bitmap":
         return np.unpackbits(np.frombuffer(data, np.uint8), count=numel).astype(bool)
-    stream = np.frombuffer(data, np.uint8).astype(np.int64)
-    ends = stream < 255
-    positions = np.cumsum(np.where(ends, stream + 1, 255))[ends] - 1
+    positions = np.cumsum(_rice_decode(data, count) + 1) - 1
     if len(positions) != count or (count and positions[-1] >= numel):
         raise ValueError("sparse index does not match the tensor")
     nonzero = np.zeros(numel, dtype=bool)

@@ -20,6 +20,7 @@ from core.graph import ChannelGraph, mask_consumers, shrink
 from core.graph.dependency import TRANSPOSED
 from core.methods.lwct import MethodResult
 from core.methods.structured import StructuredRun, TimeLimit, keep_one_per_group
+from core.train import current_lr
 
 
 class ImportanceGates(nn.Module):
@@ -154,7 +155,7 @@ def compress_filter(
                     config.seed + i,
                     "importance",
                     fraction,
-                    after_step=lambda _, g=gated: soft_threshold(g.alpha, settings.lr * settings.penalty),
+                    after_step=lambda optimizer, g=gated: soft_threshold(g.alpha, current_lr(optimizer) * settings.penalty),
                 )
                 scores.append(gated.alpha.detach().cpu())
                 if i == 0:  # the first strategy's model, gates folded, is where removal starts (if within budget)

@@ -20,6 +20,7 @@ from core.graph import ChannelGraph, fold_constants, shrink
 from core.graph.dependency import TRANSPOSED
 from core.methods.lwct import MethodResult
 from core.methods.structured import StructuredRun, TimeLimit, keep_one_per_group
+from core.train import current_lr
 
 _FOLD_SAMPLES = 256
 
@@ -115,7 +116,7 @@ def compress_group(
                 "sparse",
                 fraction,
                 after_step=lambda optimizer, lasso=lasso, penalty=penalty: lasso.proximal_step(
-                    optimizer, settings.lr * penalty
+                    optimizer, current_lr(optimizer) * penalty
                 ),
             )
             shrunk, removed = remove_zeroed(working, graph, lasso.zeroed(), sample)

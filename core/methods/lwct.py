@@ -294,7 +294,9 @@ class _Run:
         self.best = {"shadow": shadow, "masks": masks, "sigmas": sigmas, "accuracy": accuracy}
 
     def prune(self, baseline: float, budget: float) -> None:
-        """Step 1: keep the sparsest fine-tuned global pruning level within the budget (gradually, level by level)."""
+        """Step 1: keep the sparsest fine-tuned global pruning level within its share of the budget (gradually, level
+        by level)."""
+        budget *= self.lw.prune_budget_share
         grid = [self.lw.sparsity] if self.lw.sparsity is not None else sorted(self.lw.sparsity_grid)
         for i, sparsity in enumerate(grid):
             fraction = 0.05 + 0.3 * (i + 1) / len(grid)

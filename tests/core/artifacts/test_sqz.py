@@ -49,7 +49,7 @@ def test_round_trip_is_bit_exact_for_every_encoding(tmp_path):
 
     header = inspect_sqz(path.read_bytes())
     encodings = {(e["enc"], e.get("index")) for e in header["tensors"].values()}
-    assert {("ternary", "bitmap"), ("ternary", "gaps"), ("sparse", "gaps"), ("raw", None)} <= encodings
+    assert {("ternary", "bitmap"), ("ternary", "rice"), ("sparse", "rice"), ("raw", None)} <= encodings
 
     loaded = load_sqz(path)
     original = model.module.state_dict()
