@@ -27,7 +27,15 @@ from core.config import CompressConfig, Normalization
 from core.errors import InputError, SqueezerError
 
 DataOption = Annotated[
-    str, typer.Option("--data", help="sample:digits, sample:fashion-mnist, an .npz, or an image folder (dir/.zip/.tar).")
+    str,
+    typer.Option("--data", help="sample:digits, sample:fashion-mnist, sample:shapes (synthetic segmentation), an .npz, "
+                                "an image folder (dir/.zip/.tar) or images/ + masks/ folders."),
+]
+Task = Literal["classification", "segmentation"]
+Metric = Literal["top1", "pixel_accuracy", "miou"]
+MetricOption = Annotated[
+    Metric | None,
+    typer.Option("--metric", help="top1 (classification); pixel_accuracy (default) or miou (segmentation)."),
 ]
 ArchOption = Annotated[
     str | None, typer.Option("--arch", help="Architecture of a weights-only file (.safetensors, .pt state dict), e.g. lenet5.")
@@ -105,8 +113,13 @@ def compress(
     out: Annotated[Path, typer.Option("--out", help="Folder for model.sqz, model/, model.onnx and report.json.")] = Path(
         "squeezer-results"
     ),
-    method: Annotated[Literal["lwct", "filter", "group"], typer.Option(help="Compression method.")] = "lwct",
-    max_drop: Annotated[float, typer.Option("--max-drop", help="Largest allowed accuracy drop.")] = 1.0,
+    method: Annotated[
+        Literal["lwct", "filter", "group", "auto"],
+        typer.Option(help="Compression method; auto: channel removal, then lwct, under one budget."),
+    ] = "lwct",
+    task: Annotated[Task, typer.Option("--task", help="What the model does.")] = "classification",
+    metric: MetricOption = None,
+    max_drop: Annotated[float, typer.Option("--max-drop", help="Largest allowed drop of the metric.")] = 1.0,
     drop_type: Annotated[
         Literal["absolute", "relative"],
         typer.Option("--drop-type", help="absolute (points) or relative (percent of the baseline)."),
@@ -115,7 +128,9 @@ def compress(
     arch_arg: ArchArgOption = None,
     device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="Training device.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed for every random choice (CPU runs are reproducible).")] = 0,
-    epochs_per_step: Annotated[int | None, typer.Option("--epochs-per-step", help="Epochs per step (lwct, filter, group).")] = None,
+    epochs_per_step: Annotated[
+        int | None, typer.Option("--epochs-per-step", help="Epochs per step (lwct, filter, group; auto: all three).")
+    ] = None,
     max_train_samples: Annotated[
         int | None, typer.Option("--max-train-samples", help="Training samples per epoch (for quick runs).")
     ] = None,
@@ -137,19 +152,21 @@ def compress(
             fields = parse_options(option or [])
         except ValueError as error:
             raise InputError(str(error), code="invalid_options") from None
-        method_options = fields.setdefault(method, {})
-        for key, value in (("epochs_per_step", epochs_per_step), ("max_train_samples", max_train_samples)):
-            if value is not None:
-                method_options[key] = value
+        for name in ("lwct", "filter", "group") if method == "auto" else (method,):
+            method_options = fields.setdefault(name, {})
+            for key, value in (("epochs_per_step", epochs_per_step), ("max_train_samples", max_train_samples)):
+                if value is not None:
+                    method_options[key] = value
         normalization = _normalization(normalize_mean, normalize_std)
-        fields |= {"method": method, "target": {"max_drop": max_drop, "drop_type": drop_type}, "device": device, "seed": seed}
+        target = {"max_drop": max_drop, "drop_type": drop_type} | ({"metric": metric} if metric else {})
+        fields |= {"method": method, "task": task, "target": target, "device": device, "seed": seed}
         if normalization is not None:
             fields["normalization"] = normalization.model_dump()
         if time_limit is not None:
             fields["time_limit_s"] = time_limit
         config = _config(fields)
         source = ModelSource(path=model, architecture=arch, arch_args=_arch_args(arch_arg))
-        with ProgressReporter() as on_event:
+        with ProgressReporter(config.target.metric) as on_event:
             report = compress_files(source, data, out, config, on_event=on_event)
         print_report(report, out)
         return EXIT_TARGET_MET if report["target_met"] else EXIT_TARGET_MISSED
@@ -160,6 +177,9 @@ def compress(
 class ProgressReporter:
     """Engine events on stderr: every step tried as a line and, on a terminal, a live bar below them (a bar would
     only clutter a log file). The bar vanishes at the end, leaving the steps and the summary or the error line."""
+
+    def __init__(self, metric: str):
+        self.metric = metric
 
     def __enter__(self) -> Callable:
         self.bar = None
@@ -181,7 +201,7 @@ class ProgressReporter:
             data = event.data
             layers = " ".join(data.get("layers") or [])
             err_console.print(
-                f"step {data['step']} {event.message} {layers}: top1 {data['accuracy']:.2f}%  ×{data['compression_ratio']:.1f}",
+                f"step {data['step']} {event.message} {layers}: {self.metric} {data['accuracy']:.2f}%  ×{data['compression_ratio']:.1f}",
                 markup=False, highlight=False,
             )
 
@@ -190,6 +210,8 @@ def evaluate(
     model: Annotated[Path, typer.Argument(help="model.sqz, a model directory or .zip, an .onnx, or weights with --arch.")],
     data: DataOption,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"metric": ..., "accuracy": ...}.')] = False,
+    task: Annotated[Task | None, typer.Option("--task", help="Checked against the data's own task (masks: segmentation).")] = None,
+    metric: MetricOption = None,
     arch: ArchOption = None,
     arch_arg: ArchArgOption = None,
     normalize_mean: MeanOption = None,
@@ -199,13 +221,14 @@ def evaluate(
         typer.Option(help="cpu reproduces report.json exactly; .onnx always runs on CPU."),
     ] = "cpu",
 ) -> None:
-    """Measure a model's top-1 accuracy on the validation split of a data set."""
+    """Measure a model's top-1 accuracy (or, on segmentation data, pixel accuracy or mIoU) on the validation split."""
 
     def action() -> int:
         from core.pipeline import ModelSource, evaluate_file
 
         source = ModelSource(path=model, architecture=arch, arch_args=_arch_args(arch_arg))
-        result = evaluate_file(source, data, normalization=_normalization(normalize_mean, normalize_std), device=device)
+        result = evaluate_file(source, data, normalization=_normalization(normalize_mean, normalize_std), device=device,
+                               task=task, metric=metric)
         if as_json:
             typer.echo(json.dumps(result))
         else:

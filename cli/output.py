@@ -50,22 +50,25 @@ def print_report(report: dict, out_dir: Path | None) -> None:
     table.add_column("")
     table.add_column("baseline", justify="right")
     table.add_column("compressed", justify="right")
+    metric = report.get("metric", "top1")
     for key, label, fmt in (
-        ("accuracy", "top1 (%)", "{:.2f}"),
+        ("accuracy", f"{metric} (%)", "{:.2f}"),
         ("size_bytes", "size (bytes)", "{:,}"),
         ("params", "parameters", "{:,}"),
         ("nonzero_params", "non-zero parameters", "{:,}"),
         ("flops", "MACs", "{:,}"),
         ("latency_ms", "CPU latency, batch 1 (ms)", "{:.3f}"),
+        ("latency_ms_batch32", "CPU latency, batch 32 (ms)", "{:.3f}"),
     ):
-        table.add_row(label, fmt.format(baseline[key]), fmt.format(compressed[key]))
+        if key in baseline:  # reports of older versions lack the batch-32 latency
+            table.add_row(label, fmt.format(baseline[key]), fmt.format(compressed[key]))
     console.print(table)
     target = report["target"]
     unit = "points" if target["drop_type"] == "absolute" else "% of the baseline"
     console.print(
         f"compression ×{report['compression_ratio']:.1f}, accuracy drop {report['accuracy_drop']:.2f} points "
         f"(allowed {target['max_drop']} {unit})"
-        + (f", model.onnx top1 {report['onnx_accuracy']:.2f}%" if "onnx_accuracy" in report else ""),
+        + (f", model.onnx {metric} {report['onnx_accuracy']:.2f}%" if "onnx_accuracy" in report else ""),
         highlight=False,
     )
     if out_dir is not None:

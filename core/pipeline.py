@@ -21,9 +21,10 @@ import torch
 from core.artifacts.onnx_export import export_onnx
 from core.artifacts.report import build_report
 from core.artifacts.sqz import load_sqz, write_sqz
-from core.config import CompressConfig, Normalization
-from core.errors import MismatchError, ModelFormatError, UnsupportedLayerError
+from core.config import METRICS_BY_TASK, CompressConfig, Normalization
+from core.errors import InputError, MismatchError, ModelFormatError, UnsupportedLayerError
 from core.events import Event, EventCallback, StopCheck, never_stop, no_events
+from core.graph import with_channels
 from core.intake.data import Dataset, check_compatible, load_dataset, normalize
 from core.intake.models import LoadedModel, load_model, save_model_dir
 from core.measure import (
@@ -32,20 +33,24 @@ from core.measure import (
     count_params,
     float32_bytes,
     median_latency_ms,
+    metric_function,
     resolve_device,
-    top1_accuracy,
+    score_predictions,
 )
-from core.graph import with_channels
+from core.methods.auto import compress_auto
 from core.methods.filter import compress_filter
 from core.methods.group import compress_group
-from core.methods.lwct import compress_lwct, prunable_layers
+from core.methods.lwct import LayerState, compress_lwct, prunable_layers
+from core.methods.structured import ChannelLayerState
 
-METHODS: dict[str, Callable] = {"lwct": compress_lwct, "filter": compress_filter, "group": compress_group}
+METHODS: dict[str, Callable] = {"lwct": compress_lwct, "filter": compress_filter, "group": compress_group,
+                                "auto": compress_auto}
 # The report's figures are measured on CPU whatever device trained the model: CUDA kernels (TF32, other reduction
 # orders) can flip near-tied predictions, and `squeezer evaluate` on any CPU must reproduce the reported accuracy.
 REPORT_DEVICE = "cpu"
 PREPROCESSING_KEY = "squeezer.preprocessing"  # ONNX metadata_props entry holding the input normalization as JSON
 ONNX_TOLERANCE_POINTS = 0.1
+LATENCY_BATCHES = {"latency_ms": 1, "latency_ms_batch32": 32}
 # Share of the progress bar the method gets; loading comes before it and export/verification after it.
 _METHOD_START, _METHOD_END = 0.02, 0.95
 
@@ -67,6 +72,7 @@ class InputSummary:
     architecture: str
     input_shape: tuple[int, ...]
     num_classes: int
+    task: str
     train_samples: int
     val_samples: int
     layers: list[str]  # the compressible (convolution and linear) layers
@@ -82,11 +88,17 @@ def _open_model(source: ModelSource) -> LoadedModel:
     return load_model(path, architecture=source.architecture, arch_args=source.arch_args or None)
 
 
-def _load(model: ModelSource, data: str | Path, normalization: Normalization | None) -> tuple[LoadedModel, Dataset, Dataset]:
-    """(model, raw data, normalized data), checked against each other. The model's own preprocessing applies unless
-    `normalization` overrides it; the returned model carries the one used, so it is saved beside the weights."""
+def _load(model: ModelSource, data: str | Path, normalization: Normalization | None,
+          task: str | None) -> tuple[LoadedModel, Dataset, Dataset]:
+    """(model, raw data, normalized data), checked against each other and against `task` (None: the data's own).
+    The model's own preprocessing applies unless `normalization` overrides it; the returned model carries the one
+    used, so it is saved beside the weights."""
     loaded = _open_model(model)
     raw = load_dataset(data)
+    if task is not None and raw.task != task:
+        hint = ("pass --task segmentation (options.task in the API)" if raw.task == "segmentation"
+                else "segmentation data holds masks: y_* of shape (N, H, W), or images/ and masks/ folders")
+        raise MismatchError(f"task is {task} but {raw.name} is a {raw.task} data set; {hint}")
     normalization = normalization or loaded.preprocessing
     prepared = normalize(raw, normalization)
     check_compatible(loaded, prepared)  # also fills in the input shape and class count where only the data tells them
@@ -96,23 +108,24 @@ def _load(model: ModelSource, data: str | Path, normalization: Normalization | N
 
 def check_inputs(model: ModelSource, data: str | Path, config: CompressConfig) -> InputSummary:
     """Loads and cross-checks the inputs without training anything; raises the InputError a job would fail with."""
-    loaded, _, prepared = _load(model, data, config.normalization)
+    loaded, _, prepared = _load(model, data, config.normalization, config.task)
     layers = list(prunable_layers(loaded.module))
     if not layers:
         raise UnsupportedLayerError("the model has no Conv or Linear layer to compress")
     return InputSummary(model_format=loaded.source_format, architecture=loaded.architecture["name"],
-                        input_shape=tuple(loaded.input_shape), num_classes=loaded.num_classes,
+                        input_shape=tuple(loaded.input_shape), num_classes=loaded.num_classes, task=prepared.task,
                         train_samples=len(prepared.x_train), val_samples=len(prepared.x_val), layers=layers)
 
 
-def _measures(module: torch.nn.Module, input_shape: tuple[int, ...], data: Dataset, size_bytes: int) -> dict:
+def _measures(module: torch.nn.Module, input_shape: tuple[int, ...], data: Dataset, size_bytes: int,
+              metric: str) -> dict:
     return {
-        "accuracy": top1_accuracy(module, data.x_val, data.y_val, device=REPORT_DEVICE),
+        "accuracy": metric_function(metric)(module, data.x_val, data.y_val, device=REPORT_DEVICE),
         "params": count_params(module),
         "nonzero_params": count_nonzero(module),
         "flops": count_macs(module, input_shape),
         "size_bytes": size_bytes,
-        "latency_ms": median_latency_ms(module, input_shape, batch=1),
+        **{key: median_latency_ms(module, input_shape, batch=batch) for key, batch in LATENCY_BATCHES.items()},
     }
 
 
@@ -132,9 +145,10 @@ def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: 
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     on_event(Event(stage="intake", fraction=0.0, message="loading the model and the data"))
-    loaded, raw, prepared = _load(model, data, config.normalization)
-    baseline = _measures(loaded.module, loaded.input_shape, prepared, float32_bytes(loaded.module))
-    on_event(Event(stage="intake", fraction=_METHOD_START, message=f"baseline top1 {baseline['accuracy']:.2f}%",
+    metric = config.target.metric
+    loaded, raw, prepared = _load(model, data, config.normalization, config.task)
+    baseline = _measures(loaded.module, loaded.input_shape, prepared, float32_bytes(loaded.module), metric)
+    on_event(Event(stage="intake", fraction=_METHOD_START, message=f"baseline {metric} {baseline['accuracy']:.2f}%",
                    data={"accuracy": baseline["accuracy"]}))
 
     def method_event(event: Event) -> None:
@@ -149,8 +163,8 @@ def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: 
     sqz_path = out_dir / "model.sqz"
     sqz_bytes = write_sqz(sqz_path, with_channels(loaded, result.module), result.layers)
     reloaded = load_sqz(sqz_path)
-    compressed = _measures(reloaded.module, reloaded.input_shape, prepared, sqz_bytes)
-    produced = top1_accuracy(result.module, prepared.x_val, prepared.y_val, device=REPORT_DEVICE)
+    compressed = _measures(reloaded.module, reloaded.input_shape, prepared, sqz_bytes, metric)
+    produced = metric_function(metric)(result.module, prepared.x_val, prepared.y_val, device=REPORT_DEVICE)
     if compressed["accuracy"] != produced:
         raise RuntimeError(f"model.sqz scores {compressed['accuracy']}% but the compressed module {produced}%")
     model_dir = out_dir / "model"
@@ -158,15 +172,15 @@ def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: 
     save_model_dir(reloaded, model_dir)
     onnx_path = export_onnx(reloaded, out_dir / "model.onnx")
     _stamp_preprocessing(onnx_path, reloaded.preprocessing)
-    onnx_accuracy = _onnx_accuracy(onnx_path, raw, None)
+    onnx_accuracy = _onnx_accuracy(onnx_path, raw, None, metric)
     if abs(onnx_accuracy - compressed["accuracy"]) > ONNX_TOLERANCE_POINTS:
         raise RuntimeError(f"model.onnx scores {onnx_accuracy}% but model.sqz {compressed['accuracy']}%")
 
     target = config.target
     report = build_report(
-        method=config.method, max_drop=target.max_drop, drop_type=target.drop_type,
+        method=config.method, metric=metric, max_drop=target.max_drop, drop_type=target.drop_type,
         target_met=baseline["accuracy"] - compressed["accuracy"] <= target.allowed_drop(baseline["accuracy"]),
-        baseline=baseline, compressed=compressed, layers=result.layers, trials=result.trials,
+        baseline=baseline, compressed=compressed, layers=_with_channel_counts(result.layers), trials=result.trials,
         extras={
             "task": config.task,
             "dataset": raw.summary(),
@@ -186,6 +200,13 @@ def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: 
     return report
 
 
+def _with_channel_counts(layers: list[LayerState]) -> list[ChannelLayerState]:
+    """Every report row says how many channels its layer kept and why; lwct's layers keep them all."""
+    return [layer if isinstance(layer, ChannelLayerState) else ChannelLayerState(
+        **dataclasses.asdict(layer), channels_before=layer.shape[0], channels_kept=layer.shape[0], channels_removed=0,
+        reason="kept: lwct prunes and ternarises weights, it removes no channels") for layer in layers]
+
+
 def _stamp_preprocessing(onnx_path: Path, normalization: Normalization | None) -> None:
     """Records the input normalization in the ONNX file itself, so a bare model.onnx is evaluated like model.sqz."""
     import onnx
@@ -195,8 +216,8 @@ def _stamp_preprocessing(onnx_path: Path, normalization: Normalization | None) -
     onnx.save(proto, str(onnx_path))
 
 
-def _onnx_accuracy(path: Path, raw: Dataset, normalization: Normalization | None) -> float:
-    """Top-1 of an .onnx file under onnxruntime on CPU; without an explicit normalization, the file's own applies."""
+def _onnx_accuracy(path: Path, raw: Dataset, normalization: Normalization | None, metric: str) -> float:
+    """`metric` of an .onnx file under onnxruntime on CPU; without an explicit normalization, the file's own applies."""
     import onnxruntime as ort
 
     try:
@@ -220,20 +241,28 @@ def _onnx_accuracy(path: Path, raw: Dataset, normalization: Normalization | None
         raise MismatchError(f"the data does not fit the ONNX model's input {model_input.shape}: {error}") from None
     if not predictions:
         return 0.0
-    return 100.0 * float((np.concatenate(predictions) == data.y_val.numpy()).mean())
+    return score_predictions(metric, torch.from_numpy(np.concatenate(predictions)), data.y_val)
 
 
 def evaluate_file(model: ModelSource | Path | str, data: str | Path, *, normalization: Normalization | None = None,
-                  device: str = REPORT_DEVICE) -> dict:
-    """Top-1 of a model file on the validation split of `data`: model.sqz, a model directory or .zip, .onnx (under
-    onnxruntime), or weights plus an architecture. The model's own preprocessing applies unless `normalization`
-    overrides it. On CPU (the default) this reproduces the report's accuracy exactly."""
+                  device: str = REPORT_DEVICE, task: str | None = None, metric: str | None = None) -> dict:
+    """`metric` of a model file on the validation split of `data`: model.sqz, a model directory or .zip, .onnx (under
+    onnxruntime), or weights plus an architecture. The task is the data's own unless given (then they must agree);
+    the metric defaults to the task's first (top1, pixel_accuracy). The model's own preprocessing applies unless
+    `normalization` overrides it. On CPU (the default) this reproduces the report's accuracy exactly."""
     source = model if isinstance(model, ModelSource) else ModelSource(path=Path(model))
     raw = load_dataset(data)
+    if task is not None and raw.task != task:
+        raise MismatchError(f"task is {task} but the data set is a {raw.task} one")
+    allowed = METRICS_BY_TASK[raw.task]
+    metric = metric or allowed[0]
+    if metric not in allowed:
+        raise InputError(f"metric {metric!r} does not apply to {raw.task}; use {' or '.join(allowed)}",
+                         code="invalid_options")
     if Path(source.path).suffix.lower() == ".onnx":
-        return {"metric": "top1", "accuracy": _onnx_accuracy(Path(source.path), raw, normalization)}
+        return {"metric": metric, "accuracy": _onnx_accuracy(Path(source.path), raw, normalization, metric)}
     loaded = _open_model(source)
     prepared = normalize(raw, normalization or loaded.preprocessing)
     check_compatible(loaded, prepared)
-    accuracy = top1_accuracy(loaded.module, prepared.x_val, prepared.y_val, device=resolve_device(device))
-    return {"metric": "top1", "accuracy": accuracy}
+    accuracy = metric_function(metric)(loaded.module, prepared.x_val, prepared.y_val, device=resolve_device(device))
+    return {"metric": metric, "accuracy": accuracy}

@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from core.config import AccuracyTarget, CompressConfig, MethodName
 
@@ -43,7 +43,7 @@ class DatasetArtifactRef(_Strict):
 
 
 class SampleDataset(_Strict):
-    sample: Literal["digits", "fashion-mnist"]
+    sample: Literal["digits", "fashion-mnist", "shapes"] = Field(description="shapes is synthetic (segmentation).")
 
 
 # Everything CompressConfig takes besides the method and the target, which are top-level fields of a job.
@@ -81,6 +81,16 @@ class JobCreate(_Strict):
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="Free-form labels, returned unchanged."
     )
+
+    @model_validator(mode="after")
+    def _fits_the_engine(self) -> "JobCreate":
+        """Rules across fields (a metric must fit the task) answer 422 at submission like any other bad field."""
+        try:
+            self.compress_config()
+        except ValidationError as error:
+            problems = (str(e.get("ctx", {}).get("error", e["msg"])) for e in error.errors(include_url=False))
+            raise ValueError("; ".join(problems)) from None
+        return self
 
     def compress_config(self) -> CompressConfig:
         return CompressConfig(

@@ -1,5 +1,6 @@
-"""Data intake: .npz arrays, ImageFolder trees (directory, .zip or .tar) and the built-in samples, all turned into
-float32 NCHW tensors with int64 labels and checked before any training starts.
+"""Data intake: .npz arrays, ImageFolder trees (directory, .zip or .tar), paired image/mask folders and the built-in
+samples, all turned into float32 NCHW tensors with int64 labels (N,) or masks (N, H, W), checked before any training
+starts. Masks make a segmentation data set; labels a classification one.
 
 Float arrays are used exactly as given (they carry the user's own preprocessing); uint8 arrays and image files are
 scaled to [0, 1]. Normalisation is a separate, explicit step (`normalize`) whose parameters travel with the model.
@@ -25,6 +26,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 IGNORED_FILES = {"thumbs.db", "desktop.ini"}
 MAX_IMAGE_PIXELS = 64_000_000
 _SPLITS = {"train": ("train", "training"), "val": ("val", "valid", "validation", "test")}
+MASK_MODES = ("L", "P", "I", "I;16", "1")  # single-channel modes whose pixel values are class indices
+SHAPES_CLASSES = ("background", "square", "circle")
 
 
 @dataclass
@@ -35,14 +38,15 @@ class Dataset:
     x_val: torch.Tensor
     y_val: torch.Tensor
     num_classes: int
+    task: str = "classification"  # "segmentation" when y_* are (N, H, W) masks
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])
 
     def summary(self) -> dict:
-        return {"name": self.name, "train_samples": len(self.y_train), "val_samples": len(self.y_val),
-                "input_shape": list(self.input_shape), "num_classes": self.num_classes}
+        return {"name": self.name, "task": self.task, "train_samples": len(self.y_train),
+                "val_samples": len(self.y_val), "input_shape": list(self.input_shape), "num_classes": self.num_classes}
 
 
 def load_dataset(source: str | Path) -> Dataset:
@@ -59,7 +63,8 @@ def load_dataset(source: str | Path) -> Dataset:
         with tempfile.TemporaryDirectory(prefix="squeezer-data-") as tmp:
             return _load_image_folder(safe_extract(path, Path(tmp)), path.name)
     raise DatasetError(f"{path.name}: unknown data format; use .npz (x_train, y_train, x_val, y_val), an ImageFolder "
-                       "directory/.zip/.tar (train/<class>/*, val/<class>/*) or sample:digits / sample:fashion-mnist")
+                       "directory/.zip/.tar (train/<class>/*, val/<class>/*), paired folders (train/images, "
+                       "train/masks, val/images, val/masks) or sample:digits / sample:fashion-mnist / sample:shapes")
 
 
 # -- samples ----------------------------------------------------------------------------------------------------
@@ -81,7 +86,34 @@ def _load_sample(name: str) -> Dataset:
                                "install them with: sudo apt-get install dataset-fashion-mnist")
         x_train, y_train, x_val, y_val = (_read_idx(FASHION_MNIST_DIR / f) for f in files)
         return _build("sample:fashion-mnist", x_train[:, None], y_train, x_val[:, None], y_val)
-    raise DatasetError(f"unknown sample data set {name!r}; available: digits, fashion-mnist")
+    if name == "shapes":
+        x, masks = synthetic_shapes(1200, seed=0)
+        return _build("sample:shapes", x[:1000], masks[:1000], x[1000:], masks[1000:])
+    raise DatasetError(f"unknown sample data set {name!r}; available: digits, fashion-mnist, shapes")
+
+
+def synthetic_shapes(count: int, *, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """sample:shapes, a SYNTHETIC segmentation set so the segmentation flow runs offline: RGB images of one or two
+    squares and circles of random size and colour on a noisy background, with (N, H, W) masks 0 background,
+    1 square, 2 circle (SHAPES_CLASSES). The same seed gives the same arrays on every machine."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size, :size]
+    images = np.empty((count, 3, size, size), dtype=np.float32)
+    masks = np.zeros((count, size, size), dtype=np.uint8)
+    for i in range(count):
+        images[i] = rng.uniform(0.0, 0.4, 3)[:, None, None]
+        for _ in range(rng.integers(1, 3)):
+            kind = int(rng.integers(1, 3))
+            radius = int(rng.integers(3, 8))
+            cy, cx = rng.integers(radius, size - radius, 2)
+            if kind == 1:
+                inside = (np.abs(rows - cy) <= radius) & (np.abs(cols - cx) <= radius)
+            else:
+                inside = (rows - cy) ** 2 + (cols - cx) ** 2 <= radius**2
+            images[i][:, inside] = rng.uniform(0.5, 1.0, 3)[:, None]
+            masks[i][inside] = kind
+    images += rng.normal(0.0, 0.08, images.shape).astype(np.float32)
+    return np.clip(images, 0.0, 1.0), masks
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -134,11 +166,13 @@ def _images(x: np.ndarray, split: str) -> torch.Tensor:
 
 
 def _labels(y: np.ndarray, split: str, count: int) -> torch.Tensor:
+    """One class index per sample (N,), or a class index per pixel (N, H, W); (N, 1) and (N, 1, H, W) are squeezed."""
     y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
+    if y.ndim in (2, 4) and y.shape[1] == 1:
         y = y[:, 0]
-    if y.ndim != 1:
-        raise DatasetError(f"y_{split} must be one class index per sample; it has shape {y.shape}")
+    if y.ndim not in (1, 3):
+        raise DatasetError(f"y_{split} must be one class index per sample (N,) or a mask per sample (N, H, W); "
+                           f"it has shape {y.shape}")
     if len(y) != count:
         raise DatasetError(f"x_{split} has {count} samples but y_{split} has {len(y)} labels")
     if y.dtype.kind == "f":
@@ -161,10 +195,16 @@ def _build(name: str, x_train, y_train, x_val, y_val) -> Dataset:
     (xt, yt), (xv, yv) = tensors["train"], tensors["val"]
     if xt.shape[1:] != xv.shape[1:]:
         raise DatasetError(f"train samples are {tuple(xt.shape[1:])} but val samples are {tuple(xv.shape[1:])}")
+    if yt.dim() != yv.dim():
+        raise DatasetError("one split holds class labels and the other masks; both must hold the same kind")
+    task = "segmentation" if yt.dim() == 3 else "classification"
+    for split, x, y in (("train", xt, yt), ("val", xv, yv)):
+        if task == "segmentation" and y.shape[1:] != x.shape[2:]:
+            raise DatasetError(f"y_{split} masks are {tuple(y.shape[1:])} but x_{split} images are {tuple(x.shape[2:])} (H, W)")
     if len(torch.unique(yt)) < 2:
-        raise DatasetError("the train split holds a single class; a classifier needs at least two")
+        raise DatasetError("the train split holds a single class; a model needs at least two to learn")
     num_classes = int(max(yt.max(), yv.max())) + 1
-    return Dataset(name, xt, yt, xv, yv, num_classes)
+    return Dataset(name, xt, yt, xv, yv, num_classes, task)
 
 
 # -- image folders ----------------------------------------------------------------------------------------------
@@ -177,14 +217,18 @@ def _split_dir(root: Path, split: str) -> Path | None:
 
 
 def _load_image_folder(root: Path, name: str) -> Dataset:
-    """train/<class>/* and val/<class>/*, at the top or inside one enclosing folder."""
+    """train/<class>/* and val/<class>/*, or train/{images,masks}/* and val/{images,masks}/* (segmentation), at the
+    top or inside one enclosing folder."""
     if _split_dir(root, "train") is None:
         children = [c for c in root.iterdir() if c.is_dir() and not c.name.startswith((".", "__MACOSX"))]
         if len(children) == 1:
             root = children[0]
     train_dir, val_dir = _split_dir(root, "train"), _split_dir(root, "val")
     if train_dir is None or val_dir is None:
-        raise DatasetError(f"{name}: an image folder needs train/<class>/ and val/<class>/ subfolders")
+        raise DatasetError(f"{name}: an image folder needs train/<class>/ and val/<class>/ subfolders "
+                           "(or train/images, train/masks, val/images, val/masks for segmentation)")
+    if (train_dir / "images").is_dir() and (train_dir / "masks").is_dir():
+        return _load_paired_folders(train_dir, val_dir, name)
     classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DatasetError(f"{name}: train/ holds no class folders")
@@ -203,6 +247,52 @@ def _load_image_folder(root: Path, name: str) -> Dataset:
 
     (xt, yt), (xv, yv) = arrays(train), arrays(val)
     return _build(name, xt, yt, xv, yv)
+
+
+def _load_paired_folders(train_dir: Path, val_dir: Path, name: str) -> Dataset:
+    """Segmentation: each split's images/<stem>.* has a mask masks/<stem>.* holding class indices (mode L or P)."""
+    splits = {split: _read_pairs(directory, name) for split, directory in (("train", train_dir), ("val", val_dir))}
+    images = [image for pairs in splits.values() for image, _ in pairs]
+    mode = "L" if all(image.mode in ("L", "1", "I;16", "I") for image in images) else "RGB"
+    size = Counter(image.size for image in images).most_common(1)[0][0]
+    from PIL import Image
+
+    def arrays(pairs):
+        x = np.stack([np.asarray(image.convert(mode).resize(size), dtype=np.uint8) for image, _ in pairs])
+        y = np.stack([np.asarray(mask.resize(size, Image.NEAREST)).astype(np.int64) for _, mask in pairs])
+        return x, y
+
+    (xt, yt), (xv, yv) = arrays(splits["train"]), arrays(splits["val"])
+    return _build(name, xt, yt, xv, yv)
+
+
+def _read_pairs(split_dir: Path, name: str) -> list:
+    from PIL import Image
+
+    def files(directory: Path) -> dict[str, Path]:
+        if not directory.is_dir():
+            raise DatasetError(f"{name}: {split_dir.name}/ needs both images/ and masks/ subfolders")
+        return {f.stem: f for f in sorted(directory.iterdir())
+                if f.is_file() and not f.name.startswith(".") and f.name.lower() not in IGNORED_FILES}
+
+    images, masks = files(split_dir / "images"), files(split_dir / "masks")
+    unmatched = sorted(set(images) ^ set(masks))
+    if unmatched:
+        raise DatasetError(f"{name}: {split_dir.name}/images and {split_dir.name}/masks do not pair up; "
+                           f"unmatched names: {unmatched[:5]}")
+    if not images:
+        raise DatasetError(f"{name}: {split_dir.name}/images holds no images")
+    pairs = []
+    for stem, image_file in images.items():
+        image, mask = _open_image(image_file, Image), _open_image(masks[stem], Image)
+        if mask.mode not in MASK_MODES:
+            raise DatasetError(f"{split_dir.name}/masks/{masks[stem].name} is a {mask.mode} image; masks must be "
+                               "single-channel class indices (PNG mode L or P)")
+        if mask.size != image.size:
+            raise DatasetError(
+                f"{split_dir.name}/masks/{masks[stem].name} is {mask.size} but its image is {image.size}")
+        pairs.append((image, mask))
+    return pairs
 
 
 def _read_split(directory: Path, classes: list[str]) -> list:
@@ -255,8 +345,9 @@ def normalize(data: Dataset, normalization: Normalization | None) -> Dataset:
 
 
 def check_compatible(model, data: Dataset) -> None:
-    """Channels, size and classes of the data against the model (a LoadedModel); fills in the input shape of
-    models that only the data can tell (ONNX graphs with free spatial axes)."""
+    """Channels, size and classes of the data against the model (a LoadedModel): a classifier outputs (batch,
+    classes), a segmentation model (batch, classes, H, W) at the masks' size. Fills in the input shape of models
+    that only the data can tell (ONNX graphs with free spatial axes)."""
     if model.input_shape is not None and tuple(model.input_shape) != data.input_shape:
         raise MismatchError(f"the model takes inputs of shape {tuple(model.input_shape)} (C, H, W) but the data "
                             f"has {data.input_shape}")
@@ -265,7 +356,11 @@ def check_compatible(model, data: Dataset) -> None:
             output = model.module.eval()(data.x_val[:2])
     except Exception as error:
         raise MismatchError(f"the model cannot run on the data's {data.input_shape} inputs: {str(error)[:200]}") from None
-    if output.ndim != 2:
+    if data.task == "segmentation":
+        if output.ndim != 4 or tuple(output.shape[2:]) != tuple(data.y_val.shape[1:]):
+            raise MismatchError(f"a segmentation model must output (batch, classes, H, W) at the masks' size "
+                                f"{tuple(data.y_val.shape[1:])}; this model outputs {tuple(output.shape[1:])} per sample")
+    elif output.ndim != 2:
         raise MismatchError(f"a classifier must output (batch, classes); this model outputs {tuple(output.shape[1:])} per sample")
     model.input_shape = data.input_shape
     model.num_classes = int(output.shape[1])

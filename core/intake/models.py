@@ -181,15 +181,17 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], filename: str
 
 
 def _with_num_classes(model: LoadedModel) -> LoadedModel:
-    """Reads the class count from one forward pass, which works for every architecture alike."""
+    """Reads the class count from one forward pass, which works for every architecture alike: dim 1 of a
+    classifier's (batch, classes) or a segmentation model's (batch, classes, H, W); the data decides which fits."""
     if model.input_shape is not None:
         try:
             with torch.no_grad():
                 output = model.module.eval()(torch.zeros(1, *model.input_shape))
         except Exception as error:
             raise ModelFormatError(f"the model does not run on inputs of shape {model.input_shape}: {error}") from None
-        if output.ndim != 2:
-            raise ModelFormatError(f"a classifier must output (batch, classes); this model outputs {tuple(output.shape)}")
+        if output.ndim not in (2, 4):
+            raise ModelFormatError("a model must output (batch, classes) or, for segmentation, (batch, classes, H, W); "
+                                   f"this model outputs {tuple(output.shape)}")
         model.num_classes = int(output.shape[1])
     return model
 

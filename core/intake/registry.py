@@ -1,4 +1,5 @@
-"""Architectures a model can name in architecture.json: a few CIFAR-style classics and torchvision's classifiers.
+"""Architectures a model can name in architecture.json: a few CIFAR-style classics, a small U-Net for segmentation
+and torchvision's classifiers.
 
 Every entry takes `num_classes` and `in_channels`; those with a fixed input geometry also take `input_size`, so
 the same LeNet serves 8×8 digits and 28×28 Fashion-MNIST. Weights never come from the network: torchvision
@@ -8,6 +9,7 @@ models are built with `weights=None` and filled from the user's own file.
 import inspect
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from core.errors import ModelFormatError
@@ -97,6 +99,39 @@ class CifarResNet(nn.Module):
         return self.fc(self.pool(out).flatten(1))
 
 
+def _double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(),
+    )
+
+
+class UNetSmall(nn.Module):
+    """A two-level U-Net (Ronneberger et al. 2015): encoder blocks of width, 2·width, a 4·width bottleneck,
+    transposed-convolution upsampling and decoder blocks that read the upsampled map concatenated with the encoder's
+    skip. Outputs (batch, num_classes, H, W); H and W must be multiples of 4."""
+
+    def __init__(self, num_classes: int = 3, in_channels: int = 3, width: int = 16):
+        super().__init__()
+        self.enc1 = _double_conv(in_channels, width)
+        self.enc2 = _double_conv(width, 2 * width)
+        self.bottleneck = _double_conv(2 * width, 4 * width)
+        self.pool = nn.MaxPool2d(2)
+        self.up2 = nn.ConvTranspose2d(4 * width, 2 * width, 2, stride=2)
+        self.dec2 = _double_conv(4 * width, 2 * width)
+        self.up1 = nn.ConvTranspose2d(2 * width, width, 2, stride=2)
+        self.dec1 = _double_conv(2 * width, width)
+        self.head = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x):
+        skip1 = self.enc1(x)
+        skip2 = self.enc2(self.pool(skip1))
+        out = self.bottleneck(self.pool(skip2))
+        out = self.dec2(torch.cat([self.up2(out), skip2], 1))
+        out = self.dec1(torch.cat([self.up1(out), skip1], 1))
+        return self.head(out)
+
+
 def _torchvision(name: str, num_classes: int = 1000, in_channels: int = 3, input_size: int = 224, **kwargs) -> nn.Module:
     from torchvision import models
 
@@ -127,8 +162,9 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "vgg-small": VggSmall,
     "resnet20": lambda **kw: CifarResNet(20, **kw),
     "resnet56": lambda **kw: CifarResNet(56, **kw),
+    "unet-small": UNetSmall,
 }
-_DEFAULT_INPUT = {"lenet5": (1, 28), "vgg-small": (3, 32), "resnet20": (3, 32), "resnet56": (3, 32)}
+_DEFAULT_INPUT = {"lenet5": (1, 28), "vgg-small": (3, 32), "resnet20": (3, 32), "resnet56": (3, 32), "unet-small": (3, 32)}
 
 
 def architecture_names() -> list[str]:

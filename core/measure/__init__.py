@@ -3,6 +3,7 @@ the baseline and the compressed model."""
 
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -30,9 +31,52 @@ def predict(module: nn.Module, x: torch.Tensor, *, device: torch.device | str = 
 def top1_accuracy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: torch.device | str = "cpu",
                   batch_size: int = 512) -> float:
     """Top-1 accuracy in percent."""
-    if len(y) == 0:
+    return score_predictions("top1", predict(module, x, device=device, batch_size=batch_size), y)
+
+
+def share_correct(predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    """Percent of predictions equal to their label: top-1 over (N,) labels, pixel accuracy over (N, H, W) masks."""
+    if labels.numel() == 0:
         return 0.0
-    return 100.0 * (predict(module, x, device=device, batch_size=batch_size) == y.cpu()).float().mean().item()
+    return 100.0 * (predictions == labels).float().mean().item()
+
+
+def miou(predictions: torch.Tensor, masks: torch.Tensor) -> float:
+    """Mean intersection over union in percent: per class |pred ∩ true| / |pred ∪ true| over every pixel of the
+    split, averaged over the classes present in the predictions or the masks (a class absent from both has no IoU)."""
+    predictions, masks = predictions.flatten().long(), masks.flatten().long()
+    if masks.numel() == 0:
+        return 0.0
+    classes = int(max(predictions.max(), masks.max())) + 1
+    confusion = torch.bincount(masks * classes + predictions, minlength=classes * classes).view(classes, classes)
+    intersection = confusion.diagonal().double()
+    union = confusion.sum(0).double() + confusion.sum(1).double() - intersection
+    present = union > 0
+    return 100.0 * (intersection[present] / union[present]).mean().item()
+
+
+_SCORES = {"top1": share_correct, "pixel_accuracy": share_correct, "miou": miou}
+
+
+def score_predictions(metric: str, predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    """`metric` (top1, pixel_accuracy, miou) of class predictions against labels or masks of the same shape."""
+    return _SCORES[metric](predictions.cpu(), labels.cpu())
+
+
+MetricFunction = Callable[..., float]  # (module, x, y, *, device) -> percent
+
+
+def metric_function(metric: str) -> MetricFunction:
+    """The one evaluation every method and the report use for `metric` (the task picks which metrics apply)."""
+    if metric not in _SCORES:
+        raise InputError(f"unknown metric {metric!r}; known: {', '.join(_SCORES)}", code="invalid_options")
+
+    def evaluate(module: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: torch.device | str = "cpu",
+                 batch_size: int = 512) -> float:
+        return score_predictions(metric, predict(module, x, device=device, batch_size=batch_size), y)
+
+    evaluate.__name__ = metric
+    return evaluate
 
 
 def count_params(module: nn.Module) -> int:

@@ -66,7 +66,7 @@ def _rgb_npz(path):
 @pytest.mark.parametrize(
     ("case", "code"),
     [("pickle", "unsafe_model_format"), ("rgb-data", "model_data_mismatch"), ("unknown-sample", "invalid_dataset"),
-     ("bad-option", "invalid_options")],
+     ("bad-option", "invalid_options"), ("metric-of-another-task", "invalid_options")],
 )
 def test_bad_input_exits_2_with_one_line_on_stderr(sample_model, tmp_path, case, code):
     model, extra = str(sample_model), []
@@ -78,6 +78,8 @@ def test_bad_input_exits_2_with_one_line_on_stderr(sample_model, tmp_path, case,
         data = str(_rgb_npz(tmp_path / "rgb.npz"))
     elif case == "unknown-sample":
         data = "sample:no-such-thing"
+    elif case == "metric-of-another-task":
+        extra = ["--metric", "miou"]
     else:
         extra = ["--option", "lwct.sparsity=2"]
     result = runner.invoke(app, ["compress", model, "--data", data, "--out", str(tmp_path / "out"), *extra])
@@ -91,3 +93,16 @@ def test_evaluate_of_a_bad_file_exits_2(tmp_path):
     model.write_bytes(b"not onnx")
     result = runner.invoke(app, ["evaluate", str(model), "--data", "sample:digits", "--json"])
     assert result.exit_code == 2 and result.stderr.startswith("error: invalid_model: ")
+
+
+def test_auto_runs_both_stages_from_the_command_line(sample_model, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["compress", str(sample_model), "--data", "sample:digits", "--out", str(out),
+                                 "--method", "auto", "--task", "classification", "--metric", "top1", *QUICK,
+                                 "--option", "filter.levels=[0.3]", "--option", "filter.init=[\"l1\"]",
+                                 "--option", "filter.min_steps_per_stage=60"])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "filter: prune" in result.stderr and "lwct: ternary" in result.stderr
+    assert "CPU latency, batch 32" in result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "auto" and {t["stage"].split(":")[0] for t in report["trials"]} == {"filter", "lwct"}

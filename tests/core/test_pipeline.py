@@ -16,7 +16,7 @@ from core.samples import ensure_sample_model
 REPORT_KEYS = {"method", "metric", "target", "target_met", "baseline", "compressed", "accuracy_drop", "compression_ratio",
                "flops_reduction", "layers", "trials", "task", "dataset", "device", "duration_s", "seed", "preprocessing",
                "squeezer_version", "onnx_accuracy"}
-MEASURES = {"accuracy", "params", "nonzero_params", "flops", "size_bytes", "latency_ms"}
+MEASURES = {"accuracy", "params", "nonzero_params", "flops", "size_bytes", "latency_ms", "latency_ms_batch32"}
 # Seconds on two CPU cores: three pruning levels and the five-layer walk, 60 SGD steps each.
 QUICK = LwctConfig(sparsity_grid=[0.5, 0.7, 0.8], prune_epochs=1, epochs_per_step=1, min_steps_per_stage=60)
 # No training at all: every step is evaluated as it is (for tests of plumbing, not of quality).
@@ -48,6 +48,7 @@ def test_compress_writes_every_result_and_a_complete_report(compressed):
     assert report["compression_ratio"] > 2  # at least the pruning step fits a 1-point budget
     assert report["compressed"]["nonzero_params"] < report["baseline"]["nonzero_params"]
     assert len(report["layers"]) == 5 and report["trials"]
+    assert all(layer["channels_removed"] == 0 and layer["reason"] for layer in report["layers"])  # lwct keeps channels
     assert report["dataset"]["name"] == "sample:digits" and report["device"] == "cpu"
     fractions = [event.fraction for event in events]
     assert fractions == sorted(fractions) and events[-1].stage == "done" and fractions[-1] == 1.0

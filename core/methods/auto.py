@@ -1,0 +1,115 @@
+"""Methods combined (METHODS.md, "Combining them"): structural removal first (filter and/or group), then layer-wise
+compressive training on what remains, under ONE accuracy budget measured against the original model.
+
+The structural stages may spend `auto.structural_share` of the allowed drop (they buy FLOPs and latency), lwct
+whatever they leave of the whole (it buys size). A stage starting from a model that scores `a` runs with the
+absolute budget `stage_allowed − (baseline − a)`, so its own test "start − accuracy ≤ budget" is exactly
+"baseline − accuracy ≤ stage_allowed": every acceptance is judged against the original baseline. Each stage starts
+from the previous stage's result and only removes channels or constrains weights, so the latest result within the
+budget is the most compressed one; when none is within it, the most accurate is returned.
+"""
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from core.config import AccuracyTarget, CompressConfig
+from core.errors import UnsupportedLayerError
+from core.events import Event, EventCallback, StopCheck, never_stop, no_events
+from core.graph import with_channels
+from core.measure import float32_bytes, metric_function, resolve_device
+from core.methods.filter import compress_filter
+from core.methods.group import compress_group
+from core.methods.lwct import LayerState, MethodResult, compress_lwct
+from core.methods.structured import ChannelLayerState
+
+STAGES: dict[str, Callable[..., MethodResult]] = {
+    "filter": compress_filter, "group": compress_group, "lwct": compress_lwct,
+}
+
+
+@dataclasses.dataclass
+class _Outcome:
+    stage: str
+    result: MethodResult
+    channel_rows: list[list[ChannelLayerState]]  # the structural stages' per-layer rows up to this one
+
+
+def compress_auto(model, data, config: CompressConfig, *, on_event: EventCallback = no_events,
+                  should_stop: StopCheck = never_stop, checkpoint_dir: Path | None = None) -> MethodResult:
+    """Compress `model` on `data` under `config.target`; see the module docstring. Stages do not checkpoint
+    (`checkpoint_dir` is accepted for the common signature): a resumed job starts over."""
+    score = metric_function(config.target.metric)
+    device = resolve_device(config.device)
+    baseline = score(model.module, data.x_val, data.y_val, device=device)
+    allowed = config.target.allowed_drop(baseline)
+    original_bytes = float32_bytes(model.module)
+    plan = [(name, allowed * config.auto.structural_share) for name in config.auto.structural] + [("lwct", allowed)]
+    # The time limit is shared evenly by the stages still to run: time a stage leaves goes to the later ones.
+    deadline = time.monotonic() + config.time_limit_s if config.time_limit_s else math.inf
+    current, channel_rows, trials, outcomes = model, [], [], []
+    for index, (name, stage_allowed) in enumerate(plan):
+        start = score(current.module, data.x_val, data.y_val, device=device)
+        stage_config = config.model_copy(update={
+            "method": name,
+            "target": AccuracyTarget(max_drop=min(100.0, max(0.0, stage_allowed - (baseline - start))),
+                                     drop_type="absolute", metric=config.target.metric),
+            "time_limit_s": None if math.isinf(deadline)
+            else max(1e-3, (deadline - time.monotonic()) / (len(plan) - index)),
+        })
+        try:
+            result = STAGES[name](current, data, stage_config, should_stop=should_stop,
+                                  on_event=_stage_events(on_event, name, index, len(plan)))
+        except UnsupportedLayerError as error:
+            if name == "lwct":
+                raise
+            on_event(Event(stage=name, fraction=(index + 1) / len(plan), level="warning",
+                           message=f"{name} skipped: {error.message}"))
+            continue
+        scale = original_bytes / float32_bytes(current.module)  # the stage's ratios count from its own input
+        trials += [dataclasses.replace(t, step=len(trials) + i + 1, stage=f"{name}:{t.stage}",
+                                       compression_ratio=t.compression_ratio * scale)
+                   for i, t in enumerate(result.trials)]
+        if name != "lwct":
+            channel_rows = [*channel_rows, result.layers]
+            current = with_channels(current, result.module)
+        outcomes.append(_Outcome(name, result, channel_rows))
+
+    within = [o for o in outcomes if baseline - o.result.accuracy <= allowed]
+    chosen = within[-1] if within else max(outcomes, key=lambda o: o.result.accuracy)
+    result = chosen.result
+    return MethodResult(
+        module=result.module, layers=merge_layers(chosen.channel_rows, result.layers), trials=trials,
+        baseline_accuracy=baseline, accuracy=result.accuracy, target_met=baseline - result.accuracy <= allowed,
+        stopped_early=next((o.result.stopped_early for o in outcomes if o.result.stopped_early), None))
+
+
+def _stage_events(on_event: EventCallback, name: str, index: int, count: int) -> EventCallback:
+    """A stage's events on its slice of the progress bar, messages prefixed with the stage."""
+    def forward(event: Event) -> None:
+        on_event(dataclasses.replace(event, fraction=(index + event.fraction) / count,
+                                     message=f"{name}: {event.message}"))
+
+    return forward
+
+
+def merge_layers(channel_rows: list[list[ChannelLayerState]], final: list[LayerState]) -> list[LayerState]:
+    """The final model's rows (representation, σ, bits) with the channels every structural stage removed, and why:
+    channels_before from the first stage, channels_kept from the last."""
+    if not channel_rows:
+        return final
+    stages = [{row.name: row for row in rows} for rows in channel_rows]
+    merged = []
+    for row in final:
+        history = [stage[row.name] for stage in stages if row.name in stage]
+        if not history:
+            merged.append(row)
+            continue
+        before, kept = history[0].channels_before, history[-1].channels_kept
+        reasons = [h.reason for h in history if h.channels_removed] or [history[-1].reason]
+        own = {f.name: getattr(row, f.name) for f in dataclasses.fields(LayerState)}
+        merged.append(ChannelLayerState(**own | {"accepted": row.accepted or kept < before}, channels_before=before,
+                                        channels_kept=kept, channels_removed=before - kept, reason="; ".join(reasons)))
+    return merged

@@ -1,0 +1,57 @@
+"""method=auto: channel removal, then lwct on what remains, one budget against the original model."""
+
+import pytest
+
+from core.config import AccuracyTarget, AutoConfig, CompressConfig, FilterConfig, GroupConfig, LwctConfig
+from core.intake.models import save_model_dir
+from core.measure import count_macs, top1_accuracy
+from core.methods.auto import compress_auto
+from core.pipeline import ModelSource, compress_files
+
+QUICK_FILTER = FilterConfig(importance_epochs=1, epochs_per_step=1, min_steps_per_stage=30, levels=[0.3, 0.6],
+                            init=["l1"])
+QUICK_GROUP = GroupConfig(penalties=[0.1, 0.5], sparse_epochs=1, epochs_per_step=1, min_steps_per_stage=30)
+QUICK_LWCT = LwctConfig(sparsity_grid=[0.5, 0.8], prune_epochs=1, epochs_per_step=1, min_steps_per_stage=30)
+
+
+def test_stages_share_one_budget_measured_against_the_original(digits_model, digits):
+    config = CompressConfig(method="auto", device="cpu", target=AccuracyTarget(max_drop=1.0),
+                            filter=QUICK_FILTER, lwct=QUICK_LWCT, auto=AutoConfig(structural_share=0.5))
+    baseline = top1_accuracy(digits_model.module, digits.x_val, digits.y_val)
+    result = compress_auto(digits_model, digits, config)
+    assert result.baseline_accuracy == baseline
+    assert result.accuracy == top1_accuracy(result.module, digits.x_val, digits.y_val)
+    assert baseline - result.accuracy <= 1.0 and result.target_met
+    stages = [trial.stage.split(":")[0] for trial in result.trials]
+    assert stages == sorted(stages, key=["filter", "lwct"].index) and {"filter", "lwct"} <= set(stages)
+    assert [trial.step for trial in result.trials] == list(range(1, len(result.trials) + 1))
+    for trial in result.trials:  # structural steps may spend half the budget, lwct steps all of it
+        allowed = 0.5 if trial.stage.startswith("filter") else 1.0
+        assert trial.accepted == (baseline - trial.accuracy <= allowed)
+    if any(t.accepted for t in result.trials if t.stage.startswith("filter")):
+        assert count_macs(result.module, (1, 8, 8)) < count_macs(digits_model.module, (1, 8, 8))
+    rows = {layer.name: layer for layer in result.layers}
+    assert rows["classifier.5"].channels_kept == 10
+    assert any(layer.representation == "ternary" for layer in result.layers)
+
+
+def test_group_then_filter_then_lwct(digits_model, digits):
+    config = CompressConfig(method="auto", device="cpu", target=AccuracyTarget(max_drop=2.0), group=QUICK_GROUP,
+                            filter=QUICK_FILTER, lwct=QUICK_LWCT, auto=AutoConfig(structural=["group", "filter"]))
+    result = compress_auto(digits_model, digits, config)
+    assert [s for s in dict.fromkeys(t.stage.split(":")[0] for t in result.trials)] == ["group", "filter", "lwct"]
+    assert result.target_met
+    for layer in result.layers:
+        assert layer.channels_kept + layer.channels_removed == layer.channels_before
+
+
+def test_report_lists_every_step_and_the_ratio_of_the_returned_model(digits_model, tmp_path):
+    save_model_dir(digits_model, tmp_path / "model")
+    config = CompressConfig(method="auto", device="cpu", filter=QUICK_FILTER, lwct=QUICK_LWCT)
+    report = compress_files(ModelSource(tmp_path / "model"), "sample:digits", tmp_path / "out", config)
+    assert report["method"] == "auto" and report["metric"] == "top1" and report["target_met"]
+    accepted = [t for t in report["trials"] if t["accepted"] and t["stage"].startswith("lwct")]
+    # trial ratios count from the original model, whatever stage produced them
+    assert report["compression_ratio"] == pytest.approx(accepted[-1]["compression_ratio"], rel=1e-3)
+    assert {"channels_before", "channels_kept", "channels_removed", "reason"} <= set(report["layers"][0])
+    assert report["compressed"]["latency_ms_batch32"] > 0
