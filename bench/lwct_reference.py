@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--sparsity-grid", type=lambda s: [float(v) for v in s.split(",")],
                         default=LwctConfig().sparsity_grid)
     parser.add_argument("--max-train-samples", type=int, default=None)
+    parser.add_argument("--prune-budget-share", type=float, default=LwctConfig().prune_budget_share)
+    parser.add_argument("--distill", type=float, default=LwctConfig().distill)
     parser.add_argument("--budget", type=float, default=1.0, help="allowed absolute drop, percentage points")
     parser.add_argument("--no-baselines", action="store_true", help="lwct only (for settings sweeps)")
     parser.add_argument("--name", default="lwct_reference", help="results file bench/results/<name>.json")
@@ -79,10 +81,11 @@ def main() -> None:
     baseline_accuracy = top1_accuracy(model.module, data.x_val, data.y_val)
     original_bytes = float32_bytes(model.module)
     settings = LwctConfig(epochs_per_step=args.epochs_per_step, prune_epochs=args.prune_epochs,
-                          sparsity_grid=args.sparsity_grid, max_train_samples=args.max_train_samples)
+                          sparsity_grid=args.sparsity_grid, max_train_samples=args.max_train_samples,
+                          prune_budget_share=args.prune_budget_share, distill=args.distill)
     config = CompressConfig(target=AccuracyTarget(max_drop=args.budget), device="cpu", lwct=settings)
     print(f"baseline lenet5 / fashion-mnist: top-1 {baseline_accuracy:.2f} %, {original_bytes} float32 bytes; "
-          f"lwct {settings.model_dump(include={'epochs_per_step', 'prune_epochs', 'sparsity_grid', 'max_train_samples'})}")
+          f"lwct {settings.model_dump(include={'epochs_per_step', 'prune_epochs', 'sparsity_grid', 'max_train_samples', 'prune_budget_share', 'distill'})}")
 
     runs = {"lwct": run_lwct(model, data, config)}
     if not args.no_baselines:

@@ -98,6 +98,14 @@ def get_artifact(
     return ArtifactOut.model_validate(ready_artifact(session, artifact_id, tenant))
 
 
+def file_responses(description: str) -> dict:
+    """OpenAPI responses of a download: binary bytes, or a 404 problem."""
+    return {
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}, "description": description},
+        **problem_responses(404),
+    }
+
+
 def stream_artifact(artifact: Artifact, blobs) -> StreamingResponse:
     """Chunk by chunk from storage; the length is known, so clients can show progress and detect truncation."""
     return StreamingResponse(
@@ -115,17 +123,7 @@ def stream_artifact(artifact: Artifact, blobs) -> StreamingResponse:
     "/{artifact_id}/content",
     operation_id="downloadArtifact",
     response_class=StreamingResponse,
-    responses={
-        200: {
-            "content": {
-                "application/octet-stream": {
-                    "schema": {"type": "string", "format": "binary"}
-                }
-            },
-            "description": "The file's bytes.",
-        },
-        **problem_responses(404),
-    },
+    responses=file_responses("The file's bytes."),
 )
 def download_artifact(
     artifact_id: str, session: SessionDep, blobs: BlobsDep, tenant: CurrentTenant

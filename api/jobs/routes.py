@@ -7,7 +7,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import select
 
-from api.artifacts.routes import stream_artifact
+from api.artifacts.routes import file_responses, stream_artifact
 from api.deps import (
     BlobsDep,
     CurrentTenant,
@@ -224,17 +224,7 @@ def read_job_artifacts(
     "/{job_id}/artifacts/{name}",
     operation_id="downloadJobArtifact",
     response_class=StreamingResponse,
-    responses={
-        200: {
-            "content": {
-                "application/octet-stream": {
-                    "schema": {"type": "string", "format": "binary"}
-                }
-            },
-            "description": "The result file.",
-        },
-        **problem_responses(404),
-    },
+    responses=file_responses("The result file."),
 )
 def download_job_artifact(
     job_id: str, name: str, session: SessionDep, blobs: BlobsDep, tenant: CurrentTenant

@@ -134,10 +134,7 @@ def compress_filter(
     settings = config.filter
     run = StructuredRun(model, data, config, settings, on_event, should_stop)
     graph = run.graph
-    run.emit("baseline", 0.01, "evaluating the baseline", unsupported=graph.unsupported)
-    baseline = run.evaluate(run.base)
-    budget = config.target.allowed_drop(baseline)
-    run.emit("baseline", 0.05, f"baseline accuracy {baseline:.2f}", accuracy=baseline, allowed_drop=budget)
+    baseline, budget = run.measure_baseline()
     start, best_state, best_removed, best_accuracy = run.base, run.base.state_dict(), set(), baseline
     stopped_early = None
     try:

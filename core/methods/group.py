@@ -96,10 +96,7 @@ def compress_group(
     settings = config.group
     run = StructuredRun(model, data, config, settings, on_event, should_stop)
     graph = run.graph
-    run.emit("baseline", 0.01, "evaluating the baseline", unsupported=graph.unsupported)
-    baseline = run.evaluate(run.base)
-    budget = config.target.allowed_drop(baseline)
-    run.emit("baseline", 0.05, f"baseline accuracy {baseline:.2f}", accuracy=baseline, allowed_drop=budget)
+    baseline, budget = run.measure_baseline()
     best, best_accuracy, stopped_early = run.base, baseline, None
     sample = data.x_train[:_FOLD_SAMPLES]
     penalties = sorted(settings.penalties) if graph.removable() else []

@@ -226,7 +226,8 @@ class _Run:
 
         epochs = stage_epochs(self.lw, epochs, len(self.data.y_train))
         fit(module, self.data.x_train, self.data.y_train, epochs=epochs, device=self.device, seed=seed,
-            should_stop=self.stop_check, on_epoch=on_epoch, **fit_options(self.lw))
+            should_stop=self.stop_check, on_epoch=on_epoch, teacher=self.base if self.lw.distill else None,
+            distill_weight=self.lw.distill, **fit_options(self.lw))
 
     def evaluate(self, module: nn.Module) -> float:
         if self.user_stop():

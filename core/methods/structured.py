@@ -66,6 +66,14 @@ class StructuredRun:
     def emit(self, stage: str, fraction: float, message: str = "", **data) -> None:
         self.on_event(Event(stage=stage, fraction=min(max(fraction, 0.0), 1.0), message=message, data=data))
 
+    def measure_baseline(self) -> tuple[float, float]:
+        """The baseline's score and the budget in absolute points, both announced as events."""
+        self.emit("baseline", 0.01, "evaluating the baseline", unsupported=self.graph.unsupported)
+        baseline = self.evaluate(self.base)
+        budget = self.config.target.allowed_drop(baseline)
+        self.emit("baseline", 0.05, f"baseline accuracy {baseline:.2f}", accuracy=baseline, allowed_drop=budget)
+        return baseline, budget
+
     def train(self, module: nn.Module, epochs: int, seed: int, stage: str, fraction: float, after_step=None) -> None:
         """`epochs` of SGD, stretched to at least min_steps_per_stage steps so small data sets recover."""
         epochs = stage_epochs(self.settings, epochs, len(self.data.y_train))
