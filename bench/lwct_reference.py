@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--max-train-samples", type=int, default=None)
     parser.add_argument("--prune-budget-share", type=float, default=LwctConfig().prune_budget_share)
     parser.add_argument("--distill", type=float, default=LwctConfig().distill)
+    parser.add_argument("--lr", type=float, default=LwctConfig().lr)
     parser.add_argument("--budget", type=float, default=1.0, help="allowed absolute drop, percentage points")
     parser.add_argument("--no-baselines", action="store_true", help="lwct only (for settings sweeps)")
     parser.add_argument("--name", default="lwct_reference", help="results file bench/results/<name>.json")
@@ -82,10 +83,10 @@ def main() -> None:
     original_bytes = float32_bytes(model.module)
     settings = LwctConfig(epochs_per_step=args.epochs_per_step, prune_epochs=args.prune_epochs,
                           sparsity_grid=args.sparsity_grid, max_train_samples=args.max_train_samples,
-                          prune_budget_share=args.prune_budget_share, distill=args.distill)
+                          prune_budget_share=args.prune_budget_share, distill=args.distill, lr=args.lr)
     config = CompressConfig(target=AccuracyTarget(max_drop=args.budget), device="cpu", lwct=settings)
     print(f"baseline lenet5 / fashion-mnist: top-1 {baseline_accuracy:.2f} %, {original_bytes} float32 bytes; "
-          f"lwct {settings.model_dump(include={'epochs_per_step', 'prune_epochs', 'sparsity_grid', 'max_train_samples', 'prune_budget_share', 'distill'})}")
+          f"lwct {settings.model_dump(include={'epochs_per_step', 'prune_epochs', 'sparsity_grid', 'max_train_samples', 'prune_budget_share', 'distill', 'lr'})}")
 
     runs = {"lwct": run_lwct(model, data, config)}
     if not args.no_baselines:
