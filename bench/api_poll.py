@@ -26,11 +26,12 @@ def poll(
     statuses: dict[int, int],
     lock: threading.Lock,
     etag: bool,
+    auth: dict[str, str],
 ) -> None:
     mine: list[float] = []
     seen: dict[int, int] = {}
     tag = None
-    with httpx.Client() as client:
+    with httpx.Client(headers=auth) as client:
         while (start := time.perf_counter()) < until:
             response = client.get(
                 url, headers={"If-None-Match": tag} if etag and tag else {}
@@ -44,7 +45,7 @@ def poll(
             statuses[code] = statuses.get(code, 0) + count
 
 
-def run(base_url: str, job_id: str, threads: int, seconds: float, etag: bool) -> dict:
+def run(base_url: str, job_id: str, threads: int, seconds: float, etag: bool, auth: dict[str, str]) -> dict:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     lock = threading.Lock()
@@ -59,6 +60,7 @@ def run(base_url: str, job_id: str, threads: int, seconds: float, etag: bool) ->
                 statuses,
                 lock,
                 etag,
+                auth,
             ),
         )
         for _ in range(threads)
@@ -85,7 +87,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
-    with api_process() as (base_url, _, database_url):
+    with api_process() as (base_url, _, database_url, headers):
         engine = make_engine(database_url)
         with make_session_factory(engine)() as session:
             job, _ = create_job(
@@ -100,9 +102,9 @@ def main() -> None:
                 max_attempts=3,
             )
         engine.dispose()
-        run(base_url, job.id, 2, 1.0, False)  # warm-up: connection pools, imports
+        run(base_url, job.id, 2, 1.0, False, headers)  # warm-up: connection pools, imports
         results = [
-            run(base_url, job.id, args.threads, args.seconds, etag)
+            run(base_url, job.id, args.threads, args.seconds, etag, headers)
             for etag in (False, True)
         ]
     result = {

@@ -15,13 +15,17 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from store.db import make_engine, make_session_factory
+from store.keys import create_key
 from store.migrate import upgrade_database
+from store.models import DEFAULT_TENANT
 from tests.servers import PostgresServer, RedisServer, free_port
 
 
 @contextmanager
 def api_process(**settings: str):
-    """Yields (base_url, pid, database_url) of a running API process; every server is removed afterwards."""
+    """Yields (base_url, pid, database_url, headers) of a running API process with API keys on, as in production;
+    `headers` carry a key of the default tenant. Every server is removed afterwards."""
     root = Path(tempfile.mkdtemp(prefix="squeezer-bench-"))
     # Its own mkdtemp: initdb runs as the postgres user, who must own the folder (tests/servers.py).
     postgres = PostgresServer(
@@ -32,6 +36,8 @@ def api_process(**settings: str):
     try:
         database_url = postgres.create_database("bench")
         upgrade_database(database_url)
+        with make_session_factory(make_engine(database_url))() as session:
+            _, key = create_key(session, DEFAULT_TENANT, name="bench")
         port = free_port()
         env = {
             **os.environ,
@@ -68,7 +74,7 @@ def api_process(**settings: str):
                 if api.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the API process did not start") from None
             time.sleep(0.2)
-        yield base_url, api.pid, database_url
+        yield base_url, api.pid, database_url, {"Authorization": f"Bearer {key}"}
     finally:
         if api is not None:
             api.terminate()

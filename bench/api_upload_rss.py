@@ -59,8 +59,9 @@ def main() -> None:
         base_url,
         pid,
         _,
+        headers,
     ):
-        with httpx.Client(timeout=None) as client:
+        with httpx.Client(timeout=None, headers=headers) as client:
             # Warm-up: the first upload imports and allocates what every later one reuses.
             client.post(
                 f"{base_url}/v1/artifacts", files={"file": ("warm.bin", PIECE * 16)}
