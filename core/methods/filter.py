@@ -155,10 +155,10 @@ def compress_filter(
                     after_step=lambda optimizer, g=gated: soft_threshold(g.alpha, current_lr(optimizer) * settings.penalty),
                 )
                 scores.append(gated.alpha.detach().cpu())
-                if i == 0:  # the first strategy's model, gates folded, is where removal starts (if within budget)
-                    folded = gated.fold().eval()
+                if i == 0:  # the first strategy's model, gates folded, is where removal starts when it scores
+                    folded = gated.fold().eval()  # higher: a start that spent the budget leaves nothing for removal
                     accuracy = run.evaluate(folded)
-                    if baseline - accuracy <= budget:
+                    if accuracy > baseline:
                         start, best_state, best_accuracy = folded, copy.deepcopy(folded.state_dict()), accuracy
             order = combined_order(graph, scores)
             for i, level in enumerate(sorted(settings.levels)):
