@@ -41,17 +41,18 @@ bearer_scheme = HTTPBearer(auto_error=False, scheme_name="ApiKey", description="
 
 def current_tenant(
     request: Request,
+    session: Annotated[Session, Depends(get_session)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> str:
     """The caller's tenant: the owner of the bearer key when auth is on (401 otherwise), else the default tenant.
-    Every query a route makes is filtered by it, so another tenant's ids answer 404."""
+    Every query a route makes is filtered by it, so another tenant's ids answer 404. The key is checked in the
+    request's own session (FastAPI shares it with the route), so a request checks out one connection, not two."""
     settings: Settings = request.app.state.settings
     if not settings.auth:
         return DEFAULT_TENANT
     tenant = None
     if credentials is not None:
-        with request.app.state.session_factory() as session:
-            tenant = verify_key(session, credentials.credentials)
+        tenant = verify_key(session, credentials.credentials)
     if tenant is None:
         detail = "send `Authorization: Bearer <api key>`" if credentials is None else "the API key is unknown or revoked"
         raise HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})

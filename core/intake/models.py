@@ -74,7 +74,7 @@ def load_model(path: Path | str, *, architecture: str | None = None, arch_args: 
 
 
 def _load_zip(path: Path) -> LoadedModel:
-    if _is_torch_archive(path):
+    if _torch_archive_kind(path) is not None:
         raise UnsafeFormatError(f"{path.name} is a torch archive (TorchScript or a pickled model); use {SAFE_FORMATS}")
     with tempfile.TemporaryDirectory(prefix="squeezer-model-") as tmp:
         root = safe_extract(path, Path(tmp))
@@ -84,12 +84,18 @@ def _load_zip(path: Path) -> LoadedModel:
         return _load_model_dir(candidates[0])
 
 
-def _is_torch_archive(path: Path) -> bool:
+def _torch_archive_kind(path: Path) -> str | None:
+    """"torchscript", "torch.save" (a pickle, perhaps of weights only) or None for any other file."""
     try:
         with zipfile.ZipFile(path) as zf:
-            return any(name.endswith(("data.pkl", "constants.pkl", "version")) and "/" in name for name in zf.namelist()[:64])
-    except zipfile.BadZipFile:
-        return False
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+    if any(name.endswith("constants.pkl") or "/code/" in name for name in names):
+        return "torchscript"
+    if any(name.endswith("data.pkl") and "/" in name for name in names):
+        return "torch.save"
+    return None
 
 
 def _load_model_dir(directory: Path) -> LoadedModel:
@@ -132,10 +138,8 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            if any(name.endswith("constants.pkl") or "/code/" in name for name in zf.namelist()):
-                raise UnsafeFormatError(f"{path.name} is TorchScript, which needs unpickling; use {SAFE_FORMATS}")
+    if _torch_archive_kind(path) == "torchscript":
+        raise UnsafeFormatError(f"{path.name} is TorchScript, which needs unpickling; use {SAFE_FORMATS}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except Exception as error:  # the restricted unpickler raises many types; none of them may escape as a crash
@@ -238,13 +242,14 @@ def _onnx_input_shape(graph) -> tuple[int, ...] | None:
 
 
 def _load_onnx(path: Path) -> LoadedModel:
-    graph = _parse_onnx(path.read_bytes(), path.name)
+    data = path.read_bytes()
+    graph = _parse_onnx(data, path.name)
     input_shape = _onnx_input_shape(graph)
     module = _convert_onnx(graph).eval()
     model = LoadedModel(module, {"name": ONNX_ARCHITECTURE, "args": {}}, "onnx", input_shape, None, None, None)
     if input_shape is not None:
         x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
-        check_onnx_parity(module, path.read_bytes(), x)
+        check_onnx_parity(module, data, x)
         _with_num_classes(model)
     model.onnx_graph = _weightless_graph(graph, module, input_shape)
     return model
