@@ -57,7 +57,13 @@ class LwctConfig(StructuredTraining):
     prune_budget_share: float = Field(0.5, gt=0, le=1, description="Share of the accuracy budget the sparsity search may spend; the rest is left for σ-constrained layers, which save far more bytes per point of accuracy than the last pruning levels.")
 
 
-class FilterConfig(StructuredTraining):
+class LevelSearch(StructuredTraining):
+    """A search for the largest compression level within the budget (filter levels, group λ)."""
+
+    refinements: int = Field(2, ge=0, description="Bisection steps between the last level within the budget and the first one past it, so the search ends close to the budget's edge rather than a whole grid step below it.")
+
+
+class FilterConfig(LevelSearch):
     """Importance-weight filter pruning (METHODS.md §2)."""
 
     init: list[Literal["ones", "uniform", "normal", "l1"]] = Field(
@@ -69,7 +75,7 @@ class FilterConfig(StructuredTraining):
                                 description="Global pruning levels (share of removable channels) tried in increasing order.")
 
 
-class GroupConfig(StructuredTraining):
+class GroupConfig(LevelSearch):
     """Group-sparsity neuron removal (METHODS.md §3)."""
 
     penalties: list[float] = Field(default_factory=lambda: [0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0], min_length=1,
@@ -87,6 +93,10 @@ class AutoConfig(_Strict):
         0.5, ge=0, le=1,
         description="Share of the allowed drop the structural stages may spend; lwct gets what they leave. Every "
                     "stage is measured against the original model's accuracy.")
+    compare_lwct_alone: bool = Field(
+        True, description="Also run lwct alone on the original model, with the whole budget, and return whichever "
+                          "result within the budget packs smallest: the combination is never worse in size than its "
+                          "default method alone.")
 
 
 MethodName = Literal["lwct", "filter", "group", "auto"]

@@ -19,7 +19,7 @@ from core.events import EventCallback, StopCheck, never_stop, no_events
 from core.graph import ChannelGraph, mask_consumers, shrink
 from core.graph.dependency import TRANSPOSED
 from core.methods.lwct import MethodResult
-from core.methods.structured import StructuredRun, TimeLimit, keep_one_per_group
+from core.methods.structured import StructuredRun, TimeLimit, arithmetic_midpoint, keep_one_per_group, search_levels
 from core.train import current_lr
 
 
@@ -110,7 +110,7 @@ def combined_order(graph: ChannelGraph, scores: list[torch.Tensor]) -> list[int]
         normalised = score.abs().clone()
         for members in graph.channel_groups().values():
             index = torch.tensor([position[r] for r in members])
-            normalised[index] = normalised[index] / normalised[index].max().clamp_min(1e-12)
+            normalised[index] = normalised[index] / normalised[index].mean().clamp_min(1e-12)
         ranks.append(normalised.argsort().argsort().float())
     mean_rank = torch.stack(ranks).mean(0)
     return [roots[i] for i in mean_rank.argsort(stable=True).tolist()]
@@ -161,37 +161,32 @@ def compress_filter(
                     if accuracy > baseline:
                         start, best_state, best_accuracy = folded, copy.deepcopy(folded.state_dict()), accuracy
             order = combined_order(graph, scores)
-            for i, level in enumerate(sorted(settings.levels)):
-                fraction = 0.35 + 0.65 * (i + 1) / len(settings.levels)
+            attempts = len(settings.levels) + settings.refinements
+
+            def attempt(level: float, index: int) -> bool:
+                """Removes the `level` share of channels from the best state so far and fine-tunes it."""
+                nonlocal best_state, best_removed, best_accuracy
+                fraction = 0.35 + 0.65 * index / attempts
                 removed = keep_one_per_group(graph, order, round(level * len(order)))
-                if removed == best_removed:
-                    continue
+                if removed <= best_removed:
+                    return True  # nothing more to remove at this level
                 working = copy.deepcopy(start)
                 working.load_state_dict(best_state)
                 handles = mask_consumers(working, graph, removed)
-                run.emit(
-                    "prune",
-                    fraction,
-                    f"removing {len(removed)} of {len(order)} channels (level {level:.2f})",
-                    level=level,
-                )
-                run.train(working, settings.epochs_per_step, config.seed + 100 + i, "prune", fraction)
+                run.emit("prune", fraction, f"removing {len(removed)} of {len(order)} channels (level {level:.3f})",
+                         level=level)
+                run.train(working, settings.epochs_per_step, config.seed + 100 + index, "prune", fraction)
                 accuracy = run.evaluate(working)
                 for handle in handles:
                     handle.remove()
                 within = baseline - accuracy <= budget
-                run.record(
-                    "prune",
-                    shrink(copy.deepcopy(working), graph, removed),
-                    len(removed),
-                    accuracy,
-                    within,
-                    fraction,
-                    level,
-                )
-                if not within:
-                    break
-                best_state, best_removed, best_accuracy = copy.deepcopy(working.state_dict()), removed, accuracy
+                run.record("prune", shrink(copy.deepcopy(working), graph, removed), len(removed), accuracy, within,
+                           fraction, level)
+                if within:
+                    best_state, best_removed, best_accuracy = copy.deepcopy(working.state_dict()), removed, accuracy
+                return within
+
+            search_levels(settings.levels, attempt, settings.refinements, arithmetic_midpoint)
     except TimeLimit:
         stopped_early = "time_limit"
         run.emit("prune", 1.0, "time limit reached; keeping the best state so far", level="warning")

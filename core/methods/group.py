@@ -19,7 +19,7 @@ from core.events import EventCallback, StopCheck, never_stop, no_events
 from core.graph import ChannelGraph, fold_constants, shrink
 from core.graph.dependency import TRANSPOSED
 from core.methods.lwct import MethodResult
-from core.methods.structured import StructuredRun, TimeLimit, keep_one_per_group
+from core.methods.structured import StructuredRun, TimeLimit, geometric_midpoint, keep_one_per_group, search_levels
 from core.train import current_lr
 
 _FOLD_SAMPLES = 256
@@ -41,6 +41,14 @@ class GroupLasso:
             groups = torch.tensor([position.get(r, -1) for r in graph.root(ids).tolist()])
             if norm.affine:
                 self.slices += [(norm.weight, 0, groups), (norm.bias, 0, groups)]
+        sizes = torch.zeros(len(self.roots))
+        for parameter, axis, groups in self.slices:
+            kept = groups >= 0
+            sizes.index_add_(0, groups[kept], torch.full((int(kept.sum()),), parameter.numel() / parameter.shape[axis]))
+        # Group lasso weighs each group by √(its size) (Yuan & Lin), so a wide layer's neurons are not spared for
+        # their larger norms; normalised to mean 1 so λ keeps its scale.
+        root_sizes = sizes.sqrt()
+        self.weights = root_sizes / root_sizes.mean().clamp_min(1e-12)
 
     def norms(self) -> torch.Tensor:
         """‖W_n‖₂ of every group."""
@@ -58,9 +66,9 @@ class GroupLasso:
 
     @torch.no_grad()
     def proximal_step(self, optimizer: torch.optim.Optimizer, amount: float) -> None:
-        """W_n ← max(0, 1 − amount/‖W_n‖₂)·W_n; the momentum of groups at zero is reset so they do not bounce back."""
+        """W_n ← max(0, 1 − amount·w_n/‖W_n‖₂)·W_n (w_n the group's weight); the momentum of groups at zero is reset so they do not bounce back."""
         norms = self.norms()
-        scale = (1.0 - amount / norms.clamp_min(1e-12)).clamp_min(0.0)
+        scale = (1.0 - amount * self.weights.to(norms.device) / norms.clamp_min(1e-12)).clamp_min(0.0)
         for parameter, axis, groups in self.slices:
             factor = torch.cat([scale, scale.new_ones(1)])[groups.to(scale.device)]  # -1: frozen, untouched
             shape = [1] * parameter.dim()
@@ -99,45 +107,32 @@ def compress_group(
     baseline, budget = run.measure_baseline()
     best, best_accuracy, stopped_early = run.base, baseline, None
     sample = data.x_train[:_FOLD_SAMPLES]
-    penalties = sorted(settings.penalties) if graph.removable() else []
-    try:
-        for i, penalty in enumerate(penalties):
-            fraction = 0.05 + 0.95 * (i + 1) / len(penalties)
-            working = copy.deepcopy(run.base)
-            lasso = GroupLasso(working, graph)
-            run.emit("sparse", fraction, f"group-sparse training with λ={penalty:g}", penalty=penalty)
-            run.train(
-                working,
-                settings.sparse_epochs,
-                config.seed + i,
-                "sparse",
-                fraction,
-                after_step=lambda optimizer, lasso=lasso, penalty=penalty: lasso.proximal_step(
-                    optimizer, current_lr(optimizer) * penalty
-                ),
-            )
-            shrunk, removed = remove_zeroed(working, graph, lasso.zeroed(), sample)
-            run.emit(
-                "finetune",
-                fraction,
-                f"λ={penalty:g}: {len(removed)} neurons removed; fine-tuning",
-                removed=len(removed),
-            )
-            run.train(shrunk, settings.epochs_per_step, config.seed + 100 + i, "finetune", fraction)
-            accuracy = run.evaluate(shrunk)
-            within = baseline - accuracy <= budget
-            run.record(
-                f"group λ={penalty:g}",
-                shrunk,
-                len(removed),
-                accuracy,
-                within,
-                fraction,
-                len(removed) / len(graph.removable()),
-            )
-            if not within:
-                break
+    attempts = len(settings.penalties) + settings.refinements
+
+    def attempt(penalty: float, index: int) -> bool:
+        """Group-sparse training of the baseline with weight `penalty`, removal of the zeroed groups, fine-tuning."""
+        nonlocal best, best_accuracy
+        fraction = 0.05 + 0.95 * index / attempts
+        working = copy.deepcopy(run.base)
+        lasso = GroupLasso(working, graph)
+        run.emit("sparse", fraction, f"group-sparse training with λ={penalty:.3g}", penalty=penalty)
+        run.train(working, settings.sparse_epochs, config.seed + index, "sparse", fraction,
+                  after_step=lambda optimizer: lasso.proximal_step(optimizer, current_lr(optimizer) * penalty))
+        shrunk, removed = remove_zeroed(working, graph, lasso.zeroed(), sample)
+        run.emit("finetune", fraction, f"λ={penalty:.3g}: {len(removed)} neurons removed; fine-tuning",
+                 removed=len(removed))
+        run.train(shrunk, settings.epochs_per_step, config.seed + 100 + index, "finetune", fraction)
+        accuracy = run.evaluate(shrunk)
+        within = baseline - accuracy <= budget
+        run.record(f"group λ={penalty:.3g}", shrunk, len(removed), accuracy, within, fraction,
+                   len(removed) / len(graph.removable()))
+        if within:
             best, best_accuracy = shrunk, accuracy
+        return within
+
+    try:
+        if graph.removable():
+            search_levels(settings.penalties, attempt, settings.refinements, geometric_midpoint)
     except TimeLimit:
         stopped_early = "time_limit"
         run.emit("sparse", 1.0, "time limit reached; keeping the best state so far", level="warning")

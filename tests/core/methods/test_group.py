@@ -1,5 +1,6 @@
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -17,12 +18,20 @@ def test_proximal_step_zeroes_whole_groups_and_their_momentum(digits_model):
     module(torch.randn(4, 1, 8, 8)).sum().backward()
     optimizer.step()
     norms = lasso.norms()
-    ordered = norms.sort().values
-    amount = float(ordered[len(ordered) // 2 : len(ordered) // 2 + 2].mean())  # between two groups' norms
+    relative = (norms / lasso.weights).sort().values  # a group reaches zero where ‖W_n‖ ≤ amount·w_n
+    amount = float(relative[len(relative) // 2 : len(relative) // 2 + 2].mean())  # between two groups' thresholds
+    thresholds = amount * lasso.weights
     lasso.proximal_step(optimizer, amount)
     after = lasso.norms()
-    assert ((after == 0) == (norms <= amount)).all()
-    assert torch.allclose(after[norms > amount], norms[norms > amount] - amount, rtol=1e-4)
+    assert ((after == 0) == (norms <= thresholds)).all()
+    alive = norms > thresholds
+    assert torch.allclose(after[alive], norms[alive] - thresholds[alive], rtol=1e-4)
+    # the weights are √(group size), mean 1: a fully-connected neuron with 4× the inputs has twice the weight
+    sizes = torch.tensor([float(module.classifier[1].in_features), float(module.classifier[3].in_features)])
+    first, second = (lasso.weights[lasso.roots.index(graph.root(graph.producers[n]).tolist()[0])]
+                     for n in ("classifier.1", "classifier.3"))
+    assert float(first / second) == pytest.approx(float((sizes[0] / sizes[1]).sqrt()), rel=1e-5)
+    assert float(lasso.weights.mean()) == pytest.approx(1.0)
     rows = module.classifier[1].weight.detach()
     zero_rows = (rows == 0).all(1)
     assert zero_rows.any() and ((rows != 0).all(1) | zero_rows).all()  # never a partly zeroed neuron
@@ -56,6 +65,13 @@ def test_lambda_search_stays_within_the_budget(digits_model, digits):
     result = compress_group(digits_model, digits, config)
     assert baseline - result.accuracy <= 1.0
     assert result.accuracy == top1_accuracy(result.module, digits.x_val, digits.y_val)
-    assert all(t.accepted for t in result.trials[:-1])  # the search stops at the first λ over the budget
+    penalties = [float(t.stage.removeprefix("group λ=")) for t in result.trials]
+    first_miss = next((i for i, t in enumerate(result.trials) if not t.accepted), len(result.trials))
+    assert penalties[:first_miss + 1] == [0.1, 0.3, 3.0][:first_miss + 1]  # the grid up to its first miss
+    assert len(result.trials) <= first_miss + 1 + settings.refinements  # then bisection steps only
+    accepted = [p for p, t in zip(penalties, result.trials) if t.accepted]
+    assert accepted == sorted(accepted)
+    if accepted:
+        assert result.accuracy == [t.accuracy for t in result.trials if t.accepted][-1]
     assert {layer.name: layer.channels_kept for layer in result.layers}["classifier.5"] == 10
     assert isinstance(result.module.classifier[1], nn.Linear)
