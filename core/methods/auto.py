@@ -6,7 +6,9 @@ whatever they leave of the whole (it buys size). A stage starting from a model t
 absolute budget `stage_allowed − (baseline − a)`, so its own test "start − accuracy ≤ budget" is exactly
 "baseline − accuracy ≤ stage_allowed": every acceptance is judged against the original baseline. Each stage starts
 from the previous stage's result and only removes channels or constrains weights, so the latest result within the
-budget is the most compressed one; when none is within it, the most accurate is returned.
+budget is the most compressed one. With `auto.compare_lwct_alone`, lwct also runs alone on the original model with the
+whole budget: the result returned is the one within the budget that packs smallest (when none is within it, the most
+accurate).
 """
 
 import dataclasses
@@ -15,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from core.artifacts.sqz import pack_sqz
 from core.config import AccuracyTarget, CompressConfig
 from core.errors import UnsupportedLayerError
 from core.events import Event, EventCallback, StopCheck, never_stop, no_events
@@ -35,6 +38,7 @@ class _Outcome:
     stage: str
     result: MethodResult
     channel_rows: list[list[ChannelLayerState]]  # the structural stages' per-layer rows up to this one
+    packed_bytes: int  # of the stage's result as a .sqz: what "most compressed" is judged by
 
 
 def compress_auto(model, data, config: CompressConfig, *, on_event: EventCallback = no_events,
@@ -46,12 +50,17 @@ def compress_auto(model, data, config: CompressConfig, *, on_event: EventCallbac
     baseline = score(model.module, data.x_val, data.y_val, device=device)
     allowed = config.target.allowed_drop(baseline)
     original_bytes = float32_bytes(model.module)
-    plan = [(name, allowed * config.auto.structural_share) for name in config.auto.structural] + [("lwct", allowed)]
+    # (label, method, allowed drop, whether the stage starts from the original model instead of the previous result)
+    plan = [(name, name, allowed * config.auto.structural_share, False) for name in config.auto.structural]
+    plan += [("lwct", "lwct", allowed, False)]
+    if config.auto.compare_lwct_alone:
+        plan += [("lwct-alone", "lwct", allowed, True)]
     # The time limit is shared evenly by the stages still to run: time a stage leaves goes to the later ones.
     deadline = time.monotonic() + config.time_limit_s if config.time_limit_s else math.inf
     current, channel_rows, trials, outcomes = model, [], [], []
-    for index, (name, stage_allowed) in enumerate(plan):
-        start = score(current.module, data.x_val, data.y_val, device=device)
+    for index, (label, name, stage_allowed, fresh) in enumerate(plan):
+        source, rows = (model, []) if fresh else (current, channel_rows)
+        start = score(source.module, data.x_val, data.y_val, device=device)
         stage_config = config.model_copy(update={
             "method": name,
             "target": AccuracyTarget(max_drop=min(100.0, max(0.0, stage_allowed - (baseline - start))),
@@ -60,25 +69,26 @@ def compress_auto(model, data, config: CompressConfig, *, on_event: EventCallbac
             else max(1e-3, (deadline - time.monotonic()) / (len(plan) - index)),
         })
         try:
-            result = STAGES[name](current, data, stage_config, should_stop=should_stop,
-                                  on_event=_stage_events(on_event, name, index, len(plan)))
+            result = STAGES[name](source, data, stage_config, should_stop=should_stop,
+                                  on_event=_stage_events(on_event, label, index, len(plan)))
         except UnsupportedLayerError as error:
             if name == "lwct":
                 raise
             on_event(Event(stage=name, fraction=(index + 1) / len(plan), level="warning",
                            message=f"{name} skipped: {error.message}"))
             continue
-        scale = original_bytes / float32_bytes(current.module)  # the stage's ratios count from its own input
-        trials += [dataclasses.replace(t, step=len(trials) + i + 1, stage=f"{name}:{t.stage}",
+        scale = original_bytes / float32_bytes(source.module)  # the stage's ratios count from its own input
+        trials += [dataclasses.replace(t, step=len(trials) + i + 1, stage=f"{label}:{t.stage}",
                                        compression_ratio=t.compression_ratio * scale)
                    for i, t in enumerate(result.trials)]
         if name != "lwct":
-            channel_rows = [*channel_rows, result.layers]
-            current = with_channels(current, result.module)
-        outcomes.append(_Outcome(name, result, channel_rows))
+            rows = [*rows, result.layers]
+            channel_rows, current = rows, with_channels(current, result.module)
+        packed = len(pack_sqz(with_channels(source, result.module), result.layers))
+        outcomes.append(_Outcome(label, result, rows, packed))
 
     within = [o for o in outcomes if baseline - o.result.accuracy <= allowed]
-    chosen = within[-1] if within else max(outcomes, key=lambda o: o.result.accuracy)
+    chosen = min(within, key=lambda o: o.packed_bytes) if within else max(outcomes, key=lambda o: o.result.accuracy)
     result = chosen.result
     return MethodResult(
         module=result.module, layers=merge_layers(chosen.channel_rows, result.layers), trials=trials,

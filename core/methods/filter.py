@@ -101,8 +101,9 @@ def initial_gates(kind: str, module: nn.Module, graph: ChannelGraph, seed: int) 
 
 
 def combined_order(graph: ChannelGraph, scores: list[torch.Tensor]) -> list[int]:
-    """Removable classes from least to most important: each strategy's |α| is normalised within its channel group
-    (the "layer"), ranked globally, and the ranks are averaged."""
+    """Removable classes from least to most important: each strategy's |α| is divided by its channel group's (the
+    layer's) mean, ranked globally, and the ranks are averaged. The mean, not the max: one dominant gate would make
+    every other channel of its layer look removable (unet-small lost most of its full-resolution filters that way)."""
     roots = graph.removable()
     position = {root: i for i, root in enumerate(roots)}
     ranks = []
