@@ -6,6 +6,7 @@ and re-evaluated, so its accuracy is the one a user downloads. Writes bench/resu
 
     .venv/bin/python bench/lwct_reference.py [--epochs-per-step 4] [--prune-epochs 2]
         [--sparsity-grid 0.5,0.7,0.8,0.9,0.95,0.97] [--max-train-samples N] [--no-baselines] [--name lwct_reference]
+        [--float-precision float16|float32]
     .venv/bin/python bench/lwct_reference.py --quick      # smoke run, 2k samples per epoch, nothing written
 """
 
@@ -68,6 +69,8 @@ def main() -> None:
     parser.add_argument("--prune-budget-share", type=float, default=LwctConfig().prune_budget_share)
     parser.add_argument("--distill", type=float, default=LwctConfig().distill)
     parser.add_argument("--lr", type=float, default=LwctConfig().lr)
+    parser.add_argument("--float-precision", choices=["float16", "float32"], default=LwctConfig().float_precision,
+                        help="storage precision of the weights left in float (lwct and the L1 pruning baseline)")
     parser.add_argument("--budget", type=float, default=1.0, help="allowed absolute drop, percentage points")
     parser.add_argument("--no-baselines", action="store_true", help="lwct only (for settings sweeps)")
     parser.add_argument("--name", default="lwct_reference", help="results file bench/results/<name>.json")
@@ -83,10 +86,11 @@ def main() -> None:
     original_bytes = float32_bytes(model.module)
     settings = LwctConfig(epochs_per_step=args.epochs_per_step, prune_epochs=args.prune_epochs,
                           sparsity_grid=args.sparsity_grid, max_train_samples=args.max_train_samples,
-                          prune_budget_share=args.prune_budget_share, distill=args.distill, lr=args.lr)
+                          prune_budget_share=args.prune_budget_share, distill=args.distill, lr=args.lr,
+                          float_precision=args.float_precision)
     config = CompressConfig(target=AccuracyTarget(max_drop=args.budget), device="cpu", lwct=settings)
     print(f"baseline lenet5 / fashion-mnist: top-1 {baseline_accuracy:.2f} %, {original_bytes} float32 bytes; "
-          f"lwct {settings.model_dump(include={'epochs_per_step', 'prune_epochs', 'sparsity_grid', 'max_train_samples', 'prune_budget_share', 'distill', 'lr'})}")
+          f"lwct {settings.model_dump(include={'epochs_per_step', 'prune_epochs', 'sparsity_grid', 'max_train_samples', 'prune_budget_share', 'distill', 'lr', 'float_precision'})}")
 
     runs = {"lwct": run_lwct(model, data, config)}
     if not args.no_baselines:

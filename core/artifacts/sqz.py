@@ -7,8 +7,10 @@ payload, and for ONNX-origin models the weightless graph. Nothing is ever unpick
 Tensor encodings (METHODS.md "Storage accounting"), the smallest applicable one is chosen per tensor:
 - ternary layers: a nonzero index (bitmap, or byte/short gaps between nonzeros) + one sign bit per
   nonzero + the float σ;
-- sparse float layers: a nonzero index + float32 values, when smaller than dense;
-- everything else: raw bytes in its own dtype (float32 for weights).
+- sparse float layers: a nonzero index + float values, when smaller than dense;
+- everything else: raw bytes in its own dtype (float32).
+A layer weight whose values are all exact in float16 (lwct's `float_precision`) has them stored in float16; the
+encoding is lossless either way, so a loaded model is bit-identical to the packed one.
 """
 
 import dataclasses
@@ -27,6 +29,7 @@ from core.errors import ModelFormatError
 
 MAGIC = b"SQZ1"
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+_VALUE_DTYPES = {"float32": "<f4", "float16": "<f2"}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8, "bool": torch.bool}
 
 
@@ -77,15 +80,31 @@ def _decode_index(kind: str, data: bytes, numel: int, count: int) -> np.ndarray:
     return nonzero
 
 
-def _encode_tensor(tensor: torch.Tensor, representation: str, sigma: float | None) -> tuple[dict, list[bytes]]:
-    """Header entry and payload chunks for one tensor, in the smallest encoding its representation allows."""
+def _value_bytes(values: np.ndarray, half: bool) -> tuple[str, bytes]:
+    """float32 values as float16 when `half` and that is exact (a method rounded them), else as float32."""
+    if half:
+        halves = values.astype("<f2")
+        if np.array_equal(halves.astype(np.float32).view(np.uint32), values.view(np.uint32)):
+            return "float16", halves.tobytes()
+    return "float32", values.astype("<f4").tobytes()
+
+
+def _encode_tensor(tensor: torch.Tensor, representation: str, sigma: float | None,
+                   weight: bool = False) -> tuple[dict, list[bytes]]:
+    """Header entry and payload chunks for one tensor, in the smallest encoding its representation allows.
+    A layer's `weight` whose values are all exact in float16 stores them in float16; nothing else does (biases and
+    normalisation parameters stay float32)."""
     dtype = str(tensor.dtype).removeprefix("torch.")
     entry: dict = {"shape": list(tensor.shape), "dtype": dtype}
     raw = tensor.contiguous().numpy().tobytes()
-    if representation == "float" or dtype != "float32" or tensor.numel() == 0:
+    if dtype != "float32" or tensor.numel() == 0 or (representation == "float" and not weight):
         entry["enc"] = "raw"
         return entry, [raw]
     values = tensor.flatten().numpy()
+    value_dtype, dense = _value_bytes(values, weight)
+    dense_entry = {**entry, "enc": "raw"} if value_dtype == "float32" else {**entry, "enc": "dense", "values": value_dtype}
+    if representation == "float":
+        return dense_entry, [dense]
     nonzero = values.view(np.uint32) != 0  # bit pattern: a -0.0 is kept as a value so decoding stays bit-exact
     kind, index = min(_index_encodings(nonzero).items(), key=lambda item: len(item[1]))
     entry.update(index=kind, nnz=int(nonzero.sum()))
@@ -95,11 +114,11 @@ def _encode_tensor(tensor: torch.Tensor, representation: str, sigma: float | Non
             raise ValueError("ternary tensor holds values other than ±σ")
         entry.update(enc="ternary", sigma=float(np_sigma))
         return entry, [index, np.packbits(values[nonzero] < 0).tobytes()]
-    sparse = [index, values[nonzero].astype("<f4").tobytes()]
-    if sum(map(len, sparse)) >= len(raw):
-        entry["enc"] = "raw"
-        return entry, [raw]
-    entry["enc"] = "sparse"
+    value_dtype, kept = _value_bytes(values[nonzero], weight)
+    sparse = [index, kept]
+    if sum(map(len, sparse)) >= len(dense):
+        return dense_entry, [dense]
+    entry.update(enc="sparse", values=value_dtype)
     return entry, sparse
 
 
@@ -107,6 +126,9 @@ def _decode_tensor(entry: dict, chunks: list[bytes]) -> torch.Tensor:
     dtype, shape = _DTYPES[entry["dtype"]], entry["shape"]
     if entry["enc"] == "raw":
         return torch.frombuffer(bytearray(chunks[0]), dtype=dtype).reshape(shape) if chunks[0] else torch.zeros(shape, dtype=dtype)
+    value_dtype = _VALUE_DTYPES[entry.get("values", "float32")]
+    if entry["enc"] == "dense":
+        return torch.from_numpy(np.frombuffer(chunks[0], value_dtype).astype(np.float32).reshape(shape))
     numel, nnz = int(np.prod(shape)), entry["nnz"]
     nonzero = _decode_index(entry["index"], chunks[0], numel, nnz)
     values = np.zeros(numel, dtype=np.float32)
@@ -115,13 +137,13 @@ def _decode_tensor(entry: dict, chunks: list[bytes]) -> torch.Tensor:
         sigma = np.float32(entry["sigma"])
         values[nonzero] = np.where(negative, -sigma, sigma)
     else:
-        values[nonzero] = np.frombuffer(chunks[1], "<f4")
+        values[nonzero] = np.frombuffer(chunks[1], value_dtype)
     return torch.from_numpy(values).reshape(shape)
 
 
 def layer_bits(tensor: torch.Tensor, representation: str, sigma: float | None = None) -> float:
     """Storage bits per weight of one layer's weight as packed (before whole-file compression)."""
-    entry, chunks = _encode_tensor(tensor.detach().cpu(), representation, sigma)
+    entry, chunks = _encode_tensor(tensor.detach().cpu(), representation, sigma, weight=True)
     extra = 32 if entry["enc"] == "ternary" else 0
     return (8 * sum(map(len, chunks)) + extra) / max(tensor.numel(), 1)
 
@@ -133,7 +155,8 @@ def pack_sqz(model, layers: list) -> bytes:
     for key, tensor in model.module.state_dict().items():
         layer = by_weight.get(key)
         representation = layer.representation if layer is not None else "float"
-        entry, chunks = _encode_tensor(tensor.detach().cpu(), representation, layer.sigma if layer else None)
+        entry, chunks = _encode_tensor(tensor.detach().cpu(), representation, layer.sigma if layer else None,
+                                       weight=layer is not None)
         entry["sizes"] = [len(c) for c in chunks]
         entries[key] = entry
         payload.extend(chunks)
@@ -179,7 +202,7 @@ def _unpack(data: bytes) -> tuple[dict, dict[str, torch.Tensor], bytes]:
                 offset += size
             state[key] = _decode_tensor(entry, chunks)
         graph = body[offset : offset + header["onnx_graph_bytes"]]
-    except (zlib.error, lzma.LZMAError, struct.error, json.JSONDecodeError, KeyError, ValueError, TypeError, IndexError) as exc:
+    except (zlib.error, lzma.LZMAError, struct.error, json.JSONDecodeError, KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
         raise ModelFormatError(f"corrupt .sqz file: {exc}") from exc
     return header, state, graph
 

@@ -8,26 +8,25 @@ materialised, so its weights are exactly what `core.artifacts.sqz` packs.
 """
 
 import copy
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
 from core.artifacts.sqz import layer_bits, pack_sqz
+from core.checkpoint import load_checkpoint, prefixed, save_checkpoint, unprefixed
 from core.config import CompressConfig
 from core.errors import Cancelled, UnsupportedLayerError
 from core.events import Event, EventCallback, StopCheck, never_stop, no_events
 from core.measure import float32_bytes, metric_function, resolve_device
 from core.train import fit, fit_options, stage_epochs
 
-PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_CHECKPOINT_JSON, _CHECKPOINT_TENSORS = "lwct.json", "lwct.safetensors"
+PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
+_CHECKPOINT = "lwct"
 
 
 @dataclass
@@ -165,12 +164,22 @@ def learned_sigmas(module: nn.Module) -> dict[str, float]:
             if parametrize.is_parametrized(layer, "weight") and isinstance(layer.parametrizations.weight[0], TernaryWeight)}
 
 
-def materialize(module: nn.Module) -> nn.Module:
-    """A plain float32 CPU copy whose weights are exactly the constrained ones (σ·sign⊙m, W⊙m)."""
-    plain = copy.deepcopy(module).cpu()
-    for layer in prunable_layers(plain).values():
-        if parametrize.is_parametrized(layer, "weight"):
-            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+def materialize(module: nn.Module, base: nn.Module, float_precision: str = "float32") -> nn.Module:
+    """A plain float32 CPU copy of `base` with the working `module`'s weights exactly as constrained (σ·sign⊙m, W⊙m),
+    the float layers' rounded to `float_precision`: what model.sqz stores. (Removing parametrizations from a copy
+    would not do: a copy shares its parametrized class with the original, and removal edits that class.)"""
+    state = shadow_state(module)
+    with torch.no_grad():
+        for name, layer in prunable_layers(module).items():
+            weight = layer.weight.detach().cpu()
+            ternary = parametrize.is_parametrized(layer, "weight") and isinstance(
+                layer.parametrizations.weight[0], TernaryWeight)
+            rounded = weight.to(getattr(torch, float_precision)).float()
+            if not ternary and torch.isfinite(rounded).all():  # a layer beyond float16's range stays float32
+                weight = rounded
+            state[f"{name}.weight"] = weight.clone()
+    plain = copy.deepcopy(base).cpu()
+    plain.load_state_dict(state)
     return plain.eval()
 
 
@@ -234,6 +243,10 @@ class _Run:
             raise Cancelled("stopped by request")
         return self.score(module, self.data.x_val, self.data.y_val, device=self.device)
 
+    def plain(self, module: nn.Module) -> nn.Module:
+        """The working module as it will be packed (constraints applied, float weights at their stored precision)."""
+        return materialize(module, self.base, self.lw.float_precision)
+
     def layer_states(self, plain: nn.Module, masks, sigmas: dict[str, float]) -> list[LayerState]:
         order = {name: rank for rank, name in enumerate(self.ranking)}
         states = []
@@ -251,7 +264,7 @@ class _Run:
 
     def record(self, stage: str, module: nn.Module, masks, layers: list[str], accuracy: float, accepted: bool,
                fraction: float, sparsity: float | None = None) -> Trial:
-        plain = materialize(module)
+        plain = self.plain(module)
         packed = pack_sqz(self.model.with_module(plain), self.layer_states(plain, masks, learned_sigmas(module)))
         trial = Trial(step=len(self.trials) + 1, stage=stage, layers=layers, accuracy=accuracy,
                       compression_ratio=self.original_bytes / len(packed), accepted=accepted, sparsity=sparsity)
@@ -262,32 +275,24 @@ class _Run:
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def save_checkpoint(self, position: int, fraction: float) -> None:
-        """Persist the accepted state and the walk position (safetensors + JSON, never pickle)."""
+        """Persist the accepted state and the walk position."""
         if self.checkpoint_dir is None:
             return
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        tensors = {f"shadow/{k}": v.contiguous() for k, v in self.best["shadow"].items()}
-        tensors |= {f"mask/{k}": v.cpu().to(torch.uint8).contiguous() for k, v in self.best["masks"].items()}
-        tensors_path = self.checkpoint_dir / _CHECKPOINT_TENSORS
-        save_file(tensors, str(tensors_path.with_suffix(".tmp")))
-        tensors_path.with_suffix(".tmp").replace(tensors_path)
+        tensors = prefixed("shadow", self.best["shadow"])
+        tensors |= prefixed("mask", {k: v.to(torch.uint8) for k, v in self.best["masks"].items()})
         meta = {"sigmas": self.best["sigmas"], "accuracy": self.best["accuracy"], "position": position,
                 "fraction": fraction, "ranking": self.ranking, "trials": [asdict(t) for t in self.trials]}
-        json_path = self.checkpoint_dir / _CHECKPOINT_JSON
-        json_path.with_suffix(".jtmp").write_text(json.dumps(meta))
-        json_path.with_suffix(".jtmp").replace(json_path)
-        self.emit("checkpoint", fraction, "checkpoint written", path=str(json_path))
+        path = save_checkpoint(self.checkpoint_dir, _CHECKPOINT, tensors, meta)
+        self.emit("checkpoint", fraction, "checkpoint written", path=str(path))
 
     def load_checkpoint(self):
-        if self.checkpoint_dir is None or not (self.checkpoint_dir / _CHECKPOINT_JSON).exists():
+        saved = load_checkpoint(self.checkpoint_dir, _CHECKPOINT)
+        if saved is None:
             return None
-        meta = json.loads((self.checkpoint_dir / _CHECKPOINT_JSON).read_text())
-        tensors = load_file(str(self.checkpoint_dir / _CHECKPOINT_TENSORS))
-        shadow = {k.removeprefix("shadow/"): v for k, v in tensors.items() if k.startswith("shadow/")}
-        masks = {k.removeprefix("mask/"): v.bool() for k, v in tensors.items() if k.startswith("mask/")}
+        tensors, meta = saved
         self.ranking = meta["ranking"]
         self.trials = [Trial(**t) for t in meta["trials"]]
-        return meta, shadow, masks
+        return meta, unprefixed("shadow", tensors), {k: v.bool() for k, v in unprefixed("mask", tensors).items()}
 
     # -- phases ---------------------------------------------------------------------------------------------
     def accept(self, shadow, masks, sigmas: dict[str, float], accuracy: float) -> None:
@@ -306,7 +311,7 @@ class _Run:
             module = build_working_module(self.base, shadow, masks, {})
             self.emit("prune", fraction, f"pruning to sparsity {sparsity:.2f}", sparsity=sparsity)
             self.train(module, self.lw.prune_epochs, self.config.seed + i, "prune", fraction)
-            accuracy = self.evaluate(module)
+            accuracy = self.evaluate(self.plain(module))
             within = baseline - accuracy <= budget
             self.record("prune", module, masks, [], accuracy, within, fraction, sparsity)
             if within or self.lw.sparsity is not None:
@@ -318,7 +323,7 @@ class _Run:
         drops = {}
         for name in masks:
             module = build_working_module(self.base, shadow, masks, {name: None})
-            drops[name] = accuracy - self.evaluate(module)
+            drops[name] = accuracy - self.evaluate(self.plain(module))
         return drops
 
 
@@ -335,15 +340,16 @@ def compress_lwct(model, data, config: CompressConfig, *, on_event: EventCallbac
     budget = config.target.allowed_drop(baseline)
     run.emit("baseline", 0.05, f"baseline accuracy {baseline:.2f}", accuracy=baseline, allowed_drop=budget)
 
-    run.accept(shadow_state(run.base), {n: l.weight.detach() != 0 for n, l in prunable_layers(run.base).items()}, {},
-               baseline)
+    masks = {n: layer.weight.detach() != 0 for n, layer in prunable_layers(run.base).items()}
+    unconstrained = run.plain(build_working_module(run.base, shadow_state(run.base), masks, {}))
+    run.accept(shadow_state(run.base), masks, {}, run.evaluate(unconstrained))  # at the stored float precision
     resumed = run.load_checkpoint()
     try:
         if resumed:
             meta, shadow, masks = resumed
             run.accept(shadow, masks, meta["sigmas"], meta["accuracy"])
             position = meta["position"]
-            run.emit("checkpoint", meta["fraction"], "resumed from checkpoint", path=str(checkpoint_dir / _CHECKPOINT_JSON))
+            run.emit("checkpoint", meta["fraction"], "resumed from checkpoint", path=str(checkpoint_dir / f"{_CHECKPOINT}.json"))
         else:
             run.prune(baseline, budget)
             position, masks = 0, run.best["masks"]
@@ -361,7 +367,7 @@ def compress_lwct(model, data, config: CompressConfig, *, on_event: EventCallbac
             best = run.best
             module = build_working_module(run.base, best["shadow"], best["masks"], {**best["sigmas"], name: None})
             run.train(module, lw.epochs_per_step, config.seed + 1000 + position, "train", fraction)
-            accuracy = run.evaluate(module)
+            accuracy = run.evaluate(run.plain(module))
             accepted = baseline - accuracy <= budget
             run.record("ternary", module, best["masks"], [name], accuracy, accepted, fraction)
             position += 1
@@ -374,7 +380,7 @@ def compress_lwct(model, data, config: CompressConfig, *, on_event: EventCallbac
         stopped_early = "time_limit"
         run.emit("train", 1.0, "time limit reached; keeping the best state so far", level="warning")
     best = run.best
-    plain = materialize(build_working_module(run.base, best["shadow"], best["masks"], best["sigmas"]))
+    plain = run.plain(build_working_module(run.base, best["shadow"], best["masks"], best["sigmas"]))
     return MethodResult(module=plain, layers=run.layer_states(plain, best["masks"], best["sigmas"]), trials=run.trials,
                         baseline_accuracy=baseline, accuracy=best["accuracy"],
                         target_met=baseline - best["accuracy"] <= budget, stopped_early=stopped_early)

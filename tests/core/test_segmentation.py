@@ -9,7 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from core.config import AccuracyTarget, CompressConfig, FilterConfig
+from core.artifacts.sqz import load_sqz, write_sqz
+from core.config import AccuracyTarget, CompressConfig, FilterConfig, LwctConfig
 from core.errors import MismatchError
 from core.graph import mask_consumers, producer_widths, shrink, trace
 from core.intake.data import check_compatible, load_dataset, synthetic_shapes
@@ -17,6 +18,7 @@ from core.intake.models import LoadedModel, save_model_dir
 from core.intake.registry import build_architecture
 from core.measure import count_macs, metric_function, miou, score_predictions
 from core.methods.filter import compress_filter
+from core.methods.lwct import compress_lwct
 from core.methods.structured import keep_one_per_group
 from core.train import fit
 
@@ -128,6 +130,21 @@ def test_filter_on_shapes_stays_within_a_one_point_pixel_accuracy_budget(shapes,
     assert any(t.accepted for t in result.trials)
     assert count_macs(result.module, (3, 32, 32)) < count_macs(unet_model.module, (3, 32, 32))
     assert {layer.name: layer.channels_kept for layer in result.layers}["head"] == 3
+
+
+def test_lwct_constrains_unet_convolutions_transposed_ones_included(shapes, unet_model, tmp_path):
+    lwct = LwctConfig(sparsity_grid=[0.5], prune_epochs=1, epochs_per_step=1, min_steps_per_stage=8,
+                      max_train_samples=128, batch_size=32)
+    config = CompressConfig(task="segmentation", device="cpu", target=AccuracyTarget(max_drop=100), lwct=lwct)
+    result = compress_lwct(unet_model, shapes, config)
+    rows = {layer.name: layer for layer in result.layers}
+    assert rows["up1"].type == "ConvTranspose2d" and rows["up1"].representation == "ternary"
+    weight = result.module.up1.weight.detach()
+    magnitudes = weight.abs().unique()
+    assert magnitudes[0] == 0 and len(magnitudes) == 2 and float(magnitudes[1]) == pytest.approx(rows["up1"].sigma)
+    write_sqz(tmp_path / "model.sqz", unet_model.with_module(result.module), result.layers)
+    score = metric_function("pixel_accuracy")
+    assert score(load_sqz(tmp_path / "model.sqz").module, shapes.x_val, shapes.y_val) == result.accuracy
 
 
 def test_cli_compresses_and_evaluates_segmentation(shapes, unet_model, tmp_path):

@@ -19,8 +19,9 @@ def _layer(name, weight, representation, sigma=None):
                       bits=0.0, significance_rank=0, accepted=representation == "ternary")
 
 
-def _compressed_lenet(tmp_path):
-    """lenet5 with a dense-ish ternary layer, a very sparse ternary layer, a sparse float layer and dense floats."""
+def _compressed_lenet(tmp_path, half=False):
+    """lenet5 with a dense-ish ternary layer, a very sparse ternary layer, a sparse float layer and dense floats;
+    with `half`, every float weight and bias rounded to float16 values (as lwct's float_precision leaves them)."""
     torch.manual_seed(0)
     module = build_architecture(ARCH["name"], ARCH["args"]).eval()
     named = [(n, m) for n, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -36,6 +37,9 @@ def _compressed_lenet(tmp_path):
             elif representation == "sparse-float":
                 layer.weight.copy_(torch.where(mask, layer.weight, 0.0))
                 layer.weight[0, 0] = -0.0  # a negative zero must survive the round trip bit for bit
+            if half and representation != "ternary":
+                layer.weight.copy_(layer.weight.half().float())
+                layer.bias.copy_(layer.bias.half().float())
             layers.append(_layer(name, layer.weight, representation, sigma))
     return LoadedModel(module=module, architecture=ARCH, source_format="squeezer", input_shape=(1, 8, 8),
                        num_classes=10, preprocessing=None, onnx_graph=None), layers
@@ -61,6 +65,22 @@ def test_round_trip_is_bit_exact_for_every_encoding(tmp_path):
     x = torch.rand(4, 1, 8, 8)
     assert torch.equal(loaded.module(x), model.module.eval()(x))
     assert loaded.architecture["name"] == "lenet5" and loaded.num_classes == 10
+
+
+def test_float16_exact_weights_are_stored_in_half_precision_and_restored_bit_exact(tmp_path):
+    model, layers = _compressed_lenet(tmp_path, half=True)
+    header = inspect_sqz(pack_sqz(model, layers))
+    tensors = header["tensors"]
+    assert tensors["features.0.weight"]["enc"] == "dense" and tensors["features.0.weight"]["values"] == "float16"
+    assert tensors["classifier.3.weight"]["enc"] == "sparse" and tensors["classifier.3.weight"]["values"] == "float16"
+    assert all(tensors[key]["enc"] == "raw" for key in tensors if key.endswith(".bias"))  # biases stay float32
+    path = tmp_path / "model.sqz"
+    full = len(pack_sqz(*_compressed_lenet(tmp_path)))
+    assert write_sqz(path, model, layers) < full
+    restored = load_sqz(path).module.state_dict()
+    for key, tensor in model.module.state_dict().items():
+        assert restored[key].dtype == torch.float32
+        assert torch.equal(restored[key].view(torch.int32), tensor.view(torch.int32)), key
 
 
 def test_packed_file_is_much_smaller_than_float32(tmp_path):

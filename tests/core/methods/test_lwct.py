@@ -7,11 +7,14 @@ from core.config import AccuracyTarget, CompressConfig, LwctConfig
 from core.errors import Cancelled
 from core.methods.lwct import (
     TernaryWeight,
+    build_working_module,
     compress_lwct,
     global_magnitude_masks,
     initial_sigma,
+    materialize,
     prunable_layers,
     rank_layers,
+    shadow_state,
 )
 from core.train import fit
 
@@ -150,3 +153,18 @@ def test_lwct_resumes_from_checkpoint(digits_model, digits, tmp_path):
     assert [t.step for t in result.trials] == list(range(1, len(result.trials) + 1))
     assert len(result.trials) > done_steps - 1
     assert result.target_met
+
+
+def test_float_layers_are_rounded_to_their_stored_precision_unless_out_of_its_range():
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    with torch.no_grad():
+        base[2].weight[0, 0] = 1e6  # beyond float16's largest value
+    masks = {name: torch.ones_like(layer.weight, dtype=torch.bool) for name, layer in prunable_layers(base).items()}
+    working = build_working_module(base, shadow_state(base), masks, {})
+    plain = materialize(working, base, "float16")
+    assert torch.equal(plain[0].weight, base[0].weight.half().float())
+    assert not torch.equal(plain[0].weight, base[0].weight)
+    assert torch.equal(plain[2].weight, base[2].weight)  # kept float32 rather than turned infinite
+    assert torch.equal(plain[0].bias, base[0].bias)  # biases stay float32
+    assert torch.equal(materialize(working, base)[0].weight, base[0].weight)
