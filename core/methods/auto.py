@@ -43,8 +43,9 @@ class _Outcome:
 
 def compress_auto(model, data, config: CompressConfig, *, on_event: EventCallback = no_events,
                   should_stop: StopCheck = never_stop, checkpoint_dir: Path | None = None) -> MethodResult:
-    """Compress `model` on `data` under `config.target`; see the module docstring. Stages do not checkpoint
-    (`checkpoint_dir` is accepted for the common signature): a resumed job starts over."""
+    """Compress `model` on `data` under `config.target`; see the module docstring. Each stage checkpoints under
+    `checkpoint_dir`/<stage>: after a restart, finished stages replay from their checkpoints (no training) and the
+    interrupted one resumes from its last."""
     score = metric_function(config.target.metric)
     device = resolve_device(config.device)
     baseline = score(model.module, data.x_val, data.y_val, device=device)
@@ -70,7 +71,8 @@ def compress_auto(model, data, config: CompressConfig, *, on_event: EventCallbac
         })
         try:
             result = STAGES[name](source, data, stage_config, should_stop=should_stop,
-                                  on_event=_stage_events(on_event, label, index, len(plan)))
+                                  on_event=_stage_events(on_event, label, index, len(plan)),
+                                  checkpoint_dir=checkpoint_dir / label if checkpoint_dir else None)
         except UnsupportedLayerError as error:
             if name == "lwct":
                 raise

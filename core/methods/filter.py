@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from core.checkpoint import prefixed, unprefixed
 from core.config import CompressConfig
 from core.events import EventCallback, StopCheck, never_stop, no_events
 from core.graph import ChannelGraph, mask_consumers, shrink
@@ -122,6 +123,26 @@ def soft_threshold(parameter: nn.Parameter, amount: float) -> None:
     parameter.copy_(parameter.sign() * (parameter.abs() - amount).clamp_min(0.0))
 
 
+def learn_importance(run: StructuredRun, settings, seed: int, baseline: float) -> tuple[list[int], nn.Module | None, float]:
+    """Trains importance gates once per initialisation strategy; returns the removal order, and the first strategy's
+    model with its gates folded when it scores above the baseline (else None) with its score: a start that had spent
+    the budget would leave nothing for removal."""
+    scores, folded, accuracy = [], None, baseline
+    for i, kind in enumerate(settings.init):
+        fraction = 0.05 + 0.3 * (i + 1) / len(settings.init)
+        gated = ImportanceGates(copy.deepcopy(run.base), run.graph, initial_gates(kind, run.base, run.graph, seed + i))
+        run.emit("importance", fraction, f"learning importance weights ({kind} initialisation)", init=kind)
+        run.train(gated, settings.importance_epochs, seed + i, "importance", fraction,
+                  after_step=lambda optimizer, g=gated: soft_threshold(g.alpha, current_lr(optimizer) * settings.penalty))
+        scores.append(gated.alpha.detach().cpu())
+        if i == 0:
+            candidate = gated.fold().eval()
+            score = run.evaluate(candidate)
+            if score > baseline:
+                folded, accuracy = candidate, score
+    return combined_order(run.graph, scores), folded, accuracy
+
+
 def compress_filter(
     model,
     data,
@@ -131,46 +152,51 @@ def compress_filter(
     should_stop: StopCheck = never_stop,
     checkpoint_dir: Path | None = None,
 ) -> MethodResult:
-    """Compress `model` on `data` under `config.target`; see the module docstring and METHODS.md §2."""
+    """Compress `model` on `data` under `config.target`; see the module docstring and METHODS.md §2. With a
+    `checkpoint_dir`, the learned order and the best state are saved after every level tried, and a rerun resumes
+    there: the levels already tried are replayed from their recorded outcomes, not trained again."""
     settings = config.filter
-    run = StructuredRun(model, data, config, settings, on_event, should_stop)
+    run = StructuredRun(model, data, config, settings, on_event, should_stop, checkpoint_dir, "filter")
     graph = run.graph
     baseline, budget = run.measure_baseline()
     start, best_state, best_removed, best_accuracy = run.base, run.base.state_dict(), set(), baseline
+    outcomes: list[bool] = []  # whether each level attempt so far stayed within the budget
     stopped_early = None
     try:
         if graph.removable():
-            scores = []
-            for i, kind in enumerate(settings.init):
-                fraction = 0.05 + 0.3 * (i + 1) / len(settings.init)
-                gated = ImportanceGates(
-                    copy.deepcopy(run.base), graph, initial_gates(kind, run.base, graph, config.seed + i)
-                )
-                run.emit("importance", fraction, f"learning importance weights ({kind} initialisation)", init=kind)
-                run.train(
-                    gated,
-                    settings.importance_epochs,
-                    config.seed + i,
-                    "importance",
-                    fraction,
-                    after_step=lambda optimizer, g=gated: soft_threshold(g.alpha, current_lr(optimizer) * settings.penalty),
-                )
-                scores.append(gated.alpha.detach().cpu())
-                if i == 0:  # the first strategy's model, gates folded, is where removal starts when it scores
-                    folded = gated.fold().eval()  # higher: a start that spent the budget leaves nothing for removal
-                    accuracy = run.evaluate(folded)
-                    if accuracy > baseline:
-                        start, best_state, best_accuracy = folded, copy.deepcopy(folded.state_dict()), accuracy
-            order = combined_order(graph, scores)
+            resumed = run.resume()
+            if resumed:
+                tensors, meta = resumed
+                order, outcomes, best_removed, best_accuracy = meta["order"], meta["outcomes"], set(meta["removed"]), meta["accuracy"]
+                if meta["folded"]:
+                    start = copy.deepcopy(run.base)
+                    start.load_state_dict(unprefixed("start", tensors))
+                best_state = unprefixed("best", tensors)
+            else:
+                order, folded, best_accuracy = learn_importance(run, settings, config.seed, baseline)
+                if folded is not None:
+                    start, best_state = folded, copy.deepcopy(folded.state_dict())
             attempts = len(settings.levels) + settings.refinements
+
+            def checkpoint(fraction: float) -> None:
+                folded_start = prefixed("start", start.state_dict()) if start is not run.base else {}
+                run.save(prefixed("best", best_state) | folded_start,
+                         {"order": order, "outcomes": outcomes, "removed": sorted(best_removed),
+                          "accuracy": best_accuracy, "folded": start is not run.base}, fraction)
+
+            if not resumed:
+                checkpoint(0.35)
 
             def attempt(level: float, index: int) -> bool:
                 """Removes the `level` share of channels from the best state so far and fine-tunes it."""
                 nonlocal best_state, best_removed, best_accuracy
+                if index <= len(outcomes):
+                    return outcomes[index - 1]  # tried before the restart
                 fraction = 0.35 + 0.65 * index / attempts
                 removed = keep_one_per_group(graph, order, round(level * len(order)))
                 if removed <= best_removed:
-                    return True  # nothing more to remove at this level
+                    outcomes.append(True)  # nothing more to remove at this level
+                    return True
                 working = copy.deepcopy(start)
                 working.load_state_dict(best_state)
                 handles = mask_consumers(working, graph, removed)
@@ -185,6 +211,8 @@ def compress_filter(
                            fraction, level)
                 if within:
                     best_state, best_removed, best_accuracy = copy.deepcopy(working.state_dict()), removed, accuracy
+                outcomes.append(within)
+                checkpoint(fraction)
                 return within
 
             search_levels(settings.levels, attempt, settings.refinements, arithmetic_midpoint)

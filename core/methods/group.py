@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from core.checkpoint import prefixed, unprefixed
 from core.config import CompressConfig
 from core.events import EventCallback, StopCheck, never_stop, no_events
 from core.graph import ChannelGraph, fold_constants, shrink
@@ -100,18 +101,30 @@ def compress_group(
     should_stop: StopCheck = never_stop,
     checkpoint_dir: Path | None = None,
 ) -> MethodResult:
-    """Compress `model` on `data` under `config.target`; see the module docstring and METHODS.md §3."""
+    """Compress `model` on `data` under `config.target`; see the module docstring and METHODS.md §3. With a
+    `checkpoint_dir`, the best model and the outcome of every λ are saved after each λ tried, and a rerun resumes
+    there, replaying the λs already tried."""
     settings = config.group
-    run = StructuredRun(model, data, config, settings, on_event, should_stop)
+    run = StructuredRun(model, data, config, settings, on_event, should_stop, checkpoint_dir, "group")
     graph = run.graph
     baseline, budget = run.measure_baseline()
-    best, best_accuracy, stopped_early = run.base, baseline, None
+    best, best_removed, best_accuracy, stopped_early = run.base, set(), baseline, None
+    outcomes: list[bool] = []  # whether each λ tried so far stayed within the budget
+    resumed = run.resume()
+    if resumed:
+        tensors, meta = resumed
+        outcomes, best_removed, best_accuracy = meta["outcomes"], set(meta["removed"]), meta["accuracy"]
+        if meta["trained"]:
+            best = shrink(copy.deepcopy(run.base), graph, best_removed)
+            best.load_state_dict(unprefixed("best", tensors))
     sample = data.x_train[:_FOLD_SAMPLES]
     attempts = len(settings.penalties) + settings.refinements
 
     def attempt(penalty: float, index: int) -> bool:
         """Group-sparse training of the baseline with weight `penalty`, removal of the zeroed groups, fine-tuning."""
-        nonlocal best, best_accuracy
+        nonlocal best, best_removed, best_accuracy
+        if index <= len(outcomes):
+            return outcomes[index - 1]  # tried before the restart
         fraction = 0.05 + 0.95 * index / attempts
         working = copy.deepcopy(run.base)
         lasso = GroupLasso(working, graph)
@@ -127,7 +140,12 @@ def compress_group(
         run.record(f"group λ={penalty:.3g}", shrunk, len(removed), accuracy, within, fraction,
                    len(removed) / len(graph.removable()))
         if within:
-            best, best_accuracy = shrunk, accuracy
+            best, best_removed, best_accuracy = shrunk, removed, accuracy
+        outcomes.append(within)
+        trained = best is not run.base
+        run.save(prefixed("best", best.state_dict()) if trained else {},
+                 {"outcomes": outcomes, "removed": sorted(best_removed), "accuracy": best_accuracy, "trained": trained},
+                 fraction)
         return within
 
     try:

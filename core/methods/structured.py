@@ -2,14 +2,18 @@
 training, trials) and the per-layer report of channels kept and removed."""
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import torch
 from torch import nn
 
 from core.artifacts.sqz import pack_sqz
+from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import CompressConfig, StructuredTraining
 from core.errors import Cancelled
 from core.events import Event, EventCallback, StopCheck
@@ -46,9 +50,12 @@ class StructuredRun:
         settings: StructuredTraining,
         on_event: EventCallback,
         should_stop: StopCheck,
+        checkpoint_dir: Path | None = None,
+        name: str = "structured",
     ):
         self.model, self.data, self.config, self.settings = model, data, config, settings
         self.on_event, self.user_stop = on_event, should_stop
+        self.checkpoint_dir, self.name = checkpoint_dir, name
         self.device = resolve_device(config.device)
         self.score = metric_function(config.target.metric)  # the one metric the budget is measured in
         self.deadline = time.monotonic() + config.time_limit_s if config.time_limit_s else math.inf
@@ -66,6 +73,22 @@ class StructuredRun:
 
     def emit(self, stage: str, fraction: float, message: str = "", **data) -> None:
         self.on_event(Event(stage=stage, fraction=min(max(fraction, 0.0), 1.0), message=message, data=data))
+
+    def save(self, tensors: dict[str, torch.Tensor], meta: dict, fraction: float) -> None:
+        """A checkpoint of the method's state (with the trials so far) that `resume` hands back after a restart."""
+        if self.checkpoint_dir is None:
+            return
+        trials = [dataclasses.asdict(trial) for trial in self.trials]
+        path = save_checkpoint(self.checkpoint_dir, self.name, tensors, {**meta, "trials": trials, "fraction": fraction})
+        self.emit("checkpoint", fraction, "checkpoint written", path=str(path))
+
+    def resume(self) -> tuple[dict[str, torch.Tensor], dict] | None:
+        """The last checkpoint's tensors and metadata (its trials restored into this run), or None."""
+        saved = load_checkpoint(self.checkpoint_dir, self.name)
+        if saved is not None:
+            self.trials = [Trial(**trial) for trial in saved[1]["trials"]]
+            self.emit("checkpoint", saved[1]["fraction"], "resumed from checkpoint")
+        return saved
 
     def measure_baseline(self) -> tuple[float, float]:
         """The baseline's score and the budget in absolute points, both announced as events."""

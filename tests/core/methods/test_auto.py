@@ -3,6 +3,7 @@
 import pytest
 
 from core.config import AccuracyTarget, AutoConfig, CompressConfig, FilterConfig, GroupConfig, LwctConfig
+from core.errors import Cancelled
 from core.intake.models import save_model_dir
 from core.measure import count_macs, top1_accuracy
 from core.methods.auto import compress_auto
@@ -59,3 +60,25 @@ def test_report_lists_every_step_and_the_ratio_of_the_returned_model(digits_mode
     assert report["compression_ratio"] == pytest.approx(max(accepted), rel=1e-3)
     assert {"channels_before", "channels_kept", "channels_removed", "reason"} <= set(report["layers"][0])
     assert report["compressed"]["latency_ms_batch32"] > 0
+
+
+def test_a_stopped_auto_job_replays_finished_stages_and_resumes_the_interrupted_one(digits_model, digits, tmp_path):
+    config = CompressConfig(method="auto", device="cpu", filter=QUICK_FILTER, lwct=QUICK_LWCT)
+    uninterrupted = compress_auto(digits_model, digits, config)
+    stop = []
+
+    def stop_in_lwct(event):
+        if event.stage == "checkpoint" and event.message.startswith("lwct:"):
+            stop.append(True)  # lwct has checkpointed its pruning stage
+
+    with pytest.raises(Cancelled):
+        compress_auto(digits_model, digits, config, on_event=stop_in_lwct, should_stop=lambda: bool(stop),
+                      checkpoint_dir=tmp_path)
+    assert (tmp_path / "filter" / "filter.json").exists() and (tmp_path / "lwct" / "lwct.json").exists()
+    events = []
+    resumed = compress_auto(digits_model, digits, config, on_event=events.append, checkpoint_dir=tmp_path)
+    steps = [e.message.split(":")[0] for e in events if e.stage == "step"]
+    assert "filter" not in steps and "lwct-alone" in steps  # the finished stage replayed without training
+    assert [(t.stage, t.accuracy, t.accepted) for t in resumed.trials] == [
+        (t.stage, t.accuracy, t.accepted) for t in uninterrupted.trials]
+    assert resumed.accuracy == uninterrupted.accuracy

@@ -1,7 +1,12 @@
-"""The level search shared by filter and group: the grid up to its first miss, then bisection towards the edge."""
+"""What filter and group share: the level search (the grid up to its first miss, then bisection towards the edge)
+and checkpoints a stopped run resumes from."""
 
 import pytest
 
+from core.config import AccuracyTarget, CompressConfig, FilterConfig, GroupConfig
+from core.errors import Cancelled
+from core.methods.filter import compress_filter
+from core.methods.group import compress_group
 from core.methods.structured import arithmetic_midpoint, geometric_midpoint, search_levels
 
 
@@ -35,3 +40,29 @@ def test_a_miss_on_the_first_level_bisects_down_from_it():
 def test_geometric_midpoint_suits_penalty_weights():
     assert geometric_midpoint(0.1, 1.0) == pytest.approx(0.316, abs=1e-3)
     assert geometric_midpoint(0.0, 0.4) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("method", ["filter", "group"])
+def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(method, digits_model, digits,
+                                                                                     tmp_path):
+    config = CompressConfig(
+        method=method, device="cpu", target=AccuracyTarget(max_drop=1.0),
+        filter=FilterConfig(init=["l1"], importance_epochs=1, epochs_per_step=1, min_steps_per_stage=30,
+                            levels=[0.2, 0.4, 0.6], refinements=1),
+        group=GroupConfig(penalties=[0.1, 0.3, 1.0], sparse_epochs=1, epochs_per_step=1, min_steps_per_stage=30,
+                          refinements=1))
+    compress = {"filter": compress_filter, "group": compress_group}[method]
+    uninterrupted = compress(digits_model, digits, config)
+
+    stop = []
+    with pytest.raises(Cancelled):  # stopped while training the level after the first one tried
+        compress(digits_model, digits, config, checkpoint_dir=tmp_path, should_stop=lambda: bool(stop),
+                 on_event=lambda event: stop.append(True) if event.stage == "step" else None)
+    events = []
+    resumed = compress(digits_model, digits, config, checkpoint_dir=tmp_path, on_event=events.append)
+    assert any(e.stage == "checkpoint" and "resumed" in e.message for e in events)
+    assert len([e for e in events if e.stage == "step"]) == len(resumed.trials) - 1  # the first level is not rerun
+    assert [(t.stage, t.accuracy, t.accepted) for t in resumed.trials] == [
+        (t.stage, t.accuracy, t.accepted) for t in uninterrupted.trials]
+    assert resumed.accuracy == uninterrupted.accuracy
+    assert [layer.channels_kept for layer in resumed.layers] == [layer.channels_kept for layer in uninterrupted.layers]
