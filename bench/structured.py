@@ -9,7 +9,8 @@ single-thread CPU latency of the model loaded back from model.sqz):
   layer (paper: 30 %);
 - lenet5-auto: auto against lwct, filter and group alone on that LeNet-5: compression ratio and FLOPs;
 - torch-pruning: Torch-Pruning's global group-norm (GroupMagnitudeImportance, p=2) channel pruning, walked over the
-  same levels with the same fine-tuning as our filter method's pruning stage, against filter (resnet20, lenet5) and
+  same levels with the same fine-tuning (distillation from the baseline included) as our filter method's pruning
+  stage, without our bisection steps, against filter (resnet20, lenet5) and
   group (lenet5); sizes are the packed .sqz of the pruned dense model, measured like ours.
 
 Training data are subsets where the time budget needs it (recorded under "data" and "settings" in the JSON);
@@ -64,10 +65,10 @@ TITLES = {"lenet5": "lenet5 / Fashion-MNIST", "resnet20": "resnet20 / Fashion-MN
 # judged on (None: all), and the methods' training settings. Stage lengths are capped so every part fits the budget.
 FULL = {
     "resnet20": {
-        "baseline": {"epochs": 3, "lr": 0.05, "lr_schedule": "cosine", "batch_size": 128, "max_samples": 12800},
+        "baseline": {"epochs": 4, "lr": 0.05, "lr_schedule": "cosine", "batch_size": 128},  # 4 full epochs
         "val_samples": 2000,
         "filter": {"init": ["ones", "l1"], "penalty": 0.2, "importance_epochs": 1, "epochs_per_step": 1,
-                   "min_steps_per_stage": 0, "max_train_samples": 7680,
+                   "min_steps_per_stage": 0, "max_train_samples": 15360,
                    "levels": [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]},  # small steps: each level recovers
     },
     "unet": {
@@ -261,9 +262,11 @@ def torch_pruning(key: str, quick: bool, budget: float) -> dict:
         iterative_pruning_ratio_scheduler=lambda ratio, steps: [0.0, *levels], ignored_layers=[output_layer])
     epochs = stage_epochs(settings, settings.epochs_per_step, len(data.y_train))
     best, best_accuracy, trials = copy.deepcopy(module), baseline_accuracy, []
+    teacher = copy.deepcopy(model.module).float().cpu().eval() if settings.distill else None  # as ours fine-tune
     for i, level in enumerate(levels):
         pruner.step()
-        fit(module, data.x_train, data.y_train, epochs=epochs, seed=100 + i, **fit_options(settings))
+        fit(module, data.x_train, data.y_train, epochs=epochs, seed=100 + i, teacher=teacher,
+            distill_weight=settings.distill, **fit_options(settings))
         accuracy = score(module, data.x_val, data.y_val)
         within = baseline_accuracy - accuracy <= budget
         trials.append({"stage": "prune", "sparsity": level, "accuracy": accuracy, "accepted": within,

@@ -117,6 +117,8 @@ class StructuredRun:
             after_step=after_step,
             should_stop=self.stop_check,
             on_epoch=on_epoch,
+            teacher=self.base if self.settings.distill else None,
+            distill_weight=self.settings.distill,
             **fit_options(self.settings),
         )
         module.cpu()
