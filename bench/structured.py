@@ -15,7 +15,8 @@ single-thread CPU latency of the model loaded back from model.sqz):
 
 Training data are subsets where the time budget needs it (recorded under "data" and "settings" in the JSON);
 baselines trained here are cached under ~/.cache/squeezer/bench (SQUEEZER_CACHE_DIR) so reruns skip them. The full
-run took 843 s (14 min) from a cold cache on 2 shared CPU cores. A --part run merges its part into the existing
+run took 1,356 s (23 min) with the baselines cached, one thread; training the ResNet-20 baseline (4 epochs) adds
+about 12 min on a cold cache. A --part run merges its part into the existing
 results file.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/structured.py           # every part -> bench/results/structured.json
