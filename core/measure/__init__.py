@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from core.errors import InputError
+from core.graph.dependency import TRANSPOSED
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,8 +94,7 @@ def float32_bytes(module: nn.Module) -> int:
     return 4 * sum(t.numel() for t in tensors)
 
 
-_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_MAC_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *_TRANSPOSED, nn.Linear)
+_MAC_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *TRANSPOSED, nn.Linear)
 
 
 @torch.no_grad()
@@ -108,7 +108,7 @@ def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
         nonlocal total
         if isinstance(layer, nn.Linear):
             total += output.numel() * layer.in_features
-        elif isinstance(layer, _TRANSPOSED):
+        elif isinstance(layer, TRANSPOSED):
             total += inputs[0][0].numel() * layer.out_channels // layer.groups * _kernel_volume(layer)
         else:
             total += output[0].numel() * (layer.in_channels // layer.groups) * _kernel_volume(layer)

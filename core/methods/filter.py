@@ -168,9 +168,9 @@ def compress_filter(
             if resumed:
                 tensors, meta = resumed
                 order, outcomes, best_removed, best_accuracy = meta["order"], meta["outcomes"], set(meta["removed"]), meta["accuracy"]
-                if meta["folded"]:
+                if folded_state := unprefixed("start", tensors):
                     start = copy.deepcopy(run.base)
-                    start.load_state_dict(unprefixed("start", tensors))
+                    start.load_state_dict(folded_state)
                 best_state = unprefixed("best", tensors)
             else:
                 order, folded, best_accuracy = learn_importance(run, settings, config.seed, baseline)
@@ -182,7 +182,7 @@ def compress_filter(
                 folded_start = prefixed("start", start.state_dict()) if start is not run.base else {}
                 run.save(prefixed("best", best_state) | folded_start,
                          {"order": order, "outcomes": outcomes, "removed": sorted(best_removed),
-                          "accuracy": best_accuracy, "folded": start is not run.base}, fraction)
+                          "accuracy": best_accuracy}, fraction)
 
             if not resumed:
                 checkpoint(0.35)

@@ -114,9 +114,9 @@ def compress_group(
     if resumed:
         tensors, meta = resumed
         outcomes, best_removed, best_accuracy = meta["outcomes"], set(meta["removed"]), meta["accuracy"]
-        if meta["trained"]:
+        if best_state := unprefixed("best", tensors):  # none while the baseline is still the best
             best = shrink(copy.deepcopy(run.base), graph, best_removed)
-            best.load_state_dict(unprefixed("best", tensors))
+            best.load_state_dict(best_state)
     sample = data.x_train[:_FOLD_SAMPLES]
     attempts = len(settings.penalties) + settings.refinements
 
@@ -142,10 +142,8 @@ def compress_group(
         if within:
             best, best_removed, best_accuracy = shrunk, removed, accuracy
         outcomes.append(within)
-        trained = best is not run.base
-        run.save(prefixed("best", best.state_dict()) if trained else {},
-                 {"outcomes": outcomes, "removed": sorted(best_removed), "accuracy": best_accuracy, "trained": trained},
-                 fraction)
+        run.save(prefixed("best", best.state_dict()) if best is not run.base else {},
+                 {"outcomes": outcomes, "removed": sorted(best_removed), "accuracy": best_accuracy}, fraction)
         return within
 
     try:

@@ -22,10 +22,11 @@ from core.checkpoint import load_checkpoint, prefixed, save_checkpoint, unprefix
 from core.config import CompressConfig
 from core.errors import Cancelled, UnsupportedLayerError
 from core.events import Event, EventCallback, StopCheck, never_stop, no_events
+from core.graph.dependency import TRANSPOSED
 from core.measure import float32_bytes, metric_function, resolve_device
 from core.train import fit, fit_options, stage_epochs
 
-PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
+PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *TRANSPOSED, nn.Linear)
 _CHECKPOINT = "lwct"
 
 
@@ -174,9 +175,10 @@ def materialize(module: nn.Module, base: nn.Module, float_precision: str = "floa
             weight = layer.weight.detach().cpu()
             ternary = parametrize.is_parametrized(layer, "weight") and isinstance(
                 layer.parametrizations.weight[0], TernaryWeight)
-            rounded = weight.to(getattr(torch, float_precision)).float()
-            if not ternary and torch.isfinite(rounded).all():  # a layer beyond float16's range stays float32
-                weight = rounded
+            if not ternary:
+                rounded = weight.to(getattr(torch, float_precision)).float()
+                if torch.isfinite(rounded).all():  # a layer beyond float16's range stays float32
+                    weight = rounded
             state[f"{name}.weight"] = weight.clone()
     plain = copy.deepcopy(base).cpu()
     plain.load_state_dict(state)
@@ -262,10 +264,10 @@ class _Run:
                 accepted=name in sigmas))
         return states
 
-    def record(self, stage: str, module: nn.Module, masks, layers: list[str], accuracy: float, accepted: bool,
-               fraction: float, sparsity: float | None = None) -> Trial:
-        plain = self.plain(module)
-        packed = pack_sqz(self.model.with_module(plain), self.layer_states(plain, masks, learned_sigmas(module)))
+    def record(self, stage: str, plain: nn.Module, sigmas: dict[str, float], masks, layers: list[str], accuracy: float,
+               accepted: bool, fraction: float, sparsity: float | None = None) -> Trial:
+        """A point on the trade-off curve; `plain` is the trial's module as packed (see `plain`)."""
+        packed = pack_sqz(self.model.with_module(plain), self.layer_states(plain, masks, sigmas))
         trial = Trial(step=len(self.trials) + 1, stage=stage, layers=layers, accuracy=accuracy,
                       compression_ratio=self.original_bytes / len(packed), accepted=accepted, sparsity=sparsity)
         self.trials.append(trial)
@@ -311,9 +313,10 @@ class _Run:
             module = build_working_module(self.base, shadow, masks, {})
             self.emit("prune", fraction, f"pruning to sparsity {sparsity:.2f}", sparsity=sparsity)
             self.train(module, self.lw.prune_epochs, self.config.seed + i, "prune", fraction)
-            accuracy = self.evaluate(self.plain(module))
+            plain = self.plain(module)
+            accuracy = self.evaluate(plain)
             within = baseline - accuracy <= budget
-            self.record("prune", module, masks, [], accuracy, within, fraction, sparsity)
+            self.record("prune", plain, {}, masks, [], accuracy, within, fraction, sparsity)
             if within or self.lw.sparsity is not None:
                 self.accept(shadow_state(module), masks, {}, accuracy)
             if not within:
@@ -367,9 +370,10 @@ def compress_lwct(model, data, config: CompressConfig, *, on_event: EventCallbac
             best = run.best
             module = build_working_module(run.base, best["shadow"], best["masks"], {**best["sigmas"], name: None})
             run.train(module, lw.epochs_per_step, config.seed + 1000 + position, "train", fraction)
-            accuracy = run.evaluate(run.plain(module))
+            plain = run.plain(module)
+            accuracy = run.evaluate(plain)
             accepted = baseline - accuracy <= budget
-            run.record("ternary", module, best["masks"], [name], accuracy, accepted, fraction)
+            run.record("ternary", plain, learned_sigmas(module), best["masks"], [name], accuracy, accepted, fraction)
             position += 1
             if accepted:
                 run.accept(shadow_state(module), best["masks"], learned_sigmas(module), accuracy)
