@@ -23,6 +23,7 @@ from torch import nn
 from core.config import Normalization
 from core.errors import ModelFormatError, UnsafeFormatError, UnsupportedLayerError
 from core.intake.archives import safe_extract
+from core.intake.onnx_safety import refuse_external_data
 from core.intake.registry import build_architecture, default_input_shape
 
 SAFE_FORMATS = ("a Squeezer model directory or .zip (architecture.json + model.safetensors), "
@@ -209,9 +210,7 @@ def _parse_onnx(data: bytes, filename: str):
         graph = onnx.load_model_from_string(data)
     except Exception as error:
         raise ModelFormatError(f"{filename} is not a valid ONNX model: {str(error)[:200]}") from None
-    for tensor in graph.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            raise ModelFormatError(f"{filename} references external data files ({tensor.name}); embed the weights in the .onnx file")
+    refuse_external_data(graph, filename)
     try:
         onnx.checker.check_model(graph)
     except Exception as error:

@@ -182,6 +182,30 @@ def onnx_external_data(inputs: Inputs) -> Path:
     return path
 
 
+def onnx_external_in_subgraph(inputs: Inputs) -> Path:
+    """A Constant inside an If branch whose tensor names the embedded mode's database by a relative path."""
+    constant = helper.make_tensor("c", TensorProto.FLOAT, [2], [1.0, 2.0])
+    constant.data_location = TensorProto.EXTERNAL
+    constant.ClearField("float_data")
+    entry = constant.external_data.add()
+    entry.key, entry.value = "location", ".squeezer/squeezer.db"
+    branch = helper.make_graph(
+        [helper.make_node("Constant", [], ["b"], value=constant)],
+        "then",
+        [],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, [2])],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)],
+        "g",
+        [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    path = inputs.path("branch.onnx")
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    return path
+
+
 def safetensors_file(inputs: Inputs, name: str = "weights.safetensors", **edits: torch.Tensor) -> Path:
     path = inputs.path(name)
     save_file({**valid_weights(inputs), **edits}, str(path))
@@ -416,7 +440,8 @@ CASES = [
     # lies inside otherwise valid containers
     Case("safetensors_offsets_past_end", lying_safetensors_offsets, "weights", "submit", "invalid_model"),
     Case("safetensors_huge_header_length", lying_safetensors_header_length, "weights", "submit", "invalid_model"),
-    Case("onnx_external_data", onnx_external_data, "model", "submit", "invalid_model"),
+    Case("onnx_external_data", onnx_external_data, "model", "submit", "onnx_external_data"),
+    Case("onnx_external_data_in_if_branch", onnx_external_in_subgraph, "model", "submit", "onnx_external_data"),
     Case("nan_weights", nan_weights, "weights", "submit", "invalid_model"),
     Case("inf_weights_in_model_zip", inf_weights_in_model_zip, "model", "submit", "invalid_model"),
     Case("architecture_json_lies", lying_architecture_json, "model", "submit", "invalid_model"),
