@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.blobs import BlobStore
@@ -100,6 +100,18 @@ def get_ready_artifact(session: Session, artifact_id: str, tenant: str | None = 
     if tenant is not None:
         query = query.where(Artifact.tenant == tenant)
     return session.scalar(query)
+
+
+def set_artifact_kind(session_factory: sessionmaker[Session], artifact_id: str, kind: str) -> None:
+    """Relabels an upload whose `kind` form field arrived after its bytes."""
+    with session_factory() as session:
+        session.execute(update(Artifact).where(Artifact.id == artifact_id).values(kind=kind))
+        session.commit()
+
+
+def stored_bytes(session: Session, tenant: str) -> int:
+    """The sizes of all the tenant's artifacts (uploads, results and checkpoints), as storage quotas count them."""
+    return session.scalar(select(func.coalesce(func.sum(Artifact.size_bytes), 0)).where(Artifact.tenant == tenant))
 
 
 def export_artifact_to(session_factory: sessionmaker[Session], blobs: BlobStore, artifact_id: str, path: Path) -> Path:

@@ -6,12 +6,12 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.events import Event
-from store.models import Job, JobEvent, JobResult, utcnow
+from store.models import Artifact, Job, JobEvent, JobResult, utcnow
 
 ACTIVE_STATUSES = ("running", "cancelling")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
@@ -45,7 +45,7 @@ def create_job(session: Session, *, tenant: str, spec: dict, idempotency_key: st
     """Inserts a queued job, or returns the tenant's job already created with this idempotency key (created=False);
     the caller compares `request_hash` to refuse a reused key with another body."""
     if idempotency_key is not None:
-        existing = _job_by_key(session, tenant, idempotency_key)
+        existing = find_job_by_key(session, tenant, idempotency_key)
         if existing is not None:
             return existing, False
     job = Job(tenant=tenant, spec=spec, idempotency_key=idempotency_key, request_hash=request_hash, max_attempts=max_attempts, dispatched_at=utcnow())
@@ -55,15 +55,65 @@ def create_job(session: Session, *, tenant: str, spec: dict, idempotency_key: st
     except IntegrityError:
         # Two requests with one key raced; the other insert won.
         session.rollback()
-        existing = _job_by_key(session, tenant, idempotency_key) if idempotency_key is not None else None
+        existing = find_job_by_key(session, tenant, idempotency_key) if idempotency_key is not None else None
         if existing is None:
             raise
         return existing, False
     return job, True
 
 
-def _job_by_key(session: Session, tenant: str, key: str) -> Job | None:
+def find_job_by_key(session: Session, tenant: str, key: str) -> Job | None:
+    """The tenant's job created with this Idempotency-Key."""
     return session.scalar(select(Job).where(Job.tenant == tenant, Job.idempotency_key == key))
+
+
+def find_job(session: Session, job_id: str, tenant: str) -> Job | None:
+    """The job when it belongs to `tenant`: another tenant's id reads as unknown."""
+    return session.scalar(select(Job).where(Job.id == job_id, Job.tenant == tenant))
+
+
+def count_unfinished_jobs(session: Session, tenant: str) -> int:
+    return session.scalar(
+        select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status.not_in(FINAL_STATUSES))
+    )
+
+
+def list_tenant_jobs(session: Session, tenant: str, *, before: Job | None, limit: int, status: str | None) -> list[Job]:
+    """Up to `limit` of the tenant's jobs, newest first, older than `before` (the previous page's last job)."""
+    query = select(Job).where(Job.tenant == tenant)
+    if status:
+        query = query.where(Job.status == status)
+    if before is not None:
+        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(before.created_at, before.id))
+    return list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)))
+
+
+def list_job_events(session: Session, job_id: str, *, after_id: int | None, limit: int) -> list[JobEvent]:
+    """Up to `limit` of the job's events in the order they happened, those after event `after_id`."""
+    query = select(JobEvent).where(JobEvent.job_id == job_id)
+    if after_id is not None:
+        query = query.where(JobEvent.id > after_id)
+    return list(session.scalars(query.order_by(JobEvent.id).limit(limit)))
+
+
+def list_job_results(session: Session, job_id: str) -> list[tuple[str, Artifact]]:
+    """The job's named results (name, artifact), by name."""
+    rows = session.execute(
+        select(JobResult.name, Artifact)
+        .join(Artifact, Artifact.id == JobResult.artifact_id)
+        .where(JobResult.job_id == job_id)
+        .order_by(JobResult.name)
+    )
+    return [(name, artifact) for name, artifact in rows]
+
+
+def find_job_result(session: Session, job_id: str, name: str) -> Artifact | None:
+    """The artifact of the job's result `name` (model.sqz, report.json, ...)."""
+    return session.scalar(
+        select(Artifact)
+        .join(JobResult, JobResult.artifact_id == Artifact.id)
+        .where(JobResult.job_id == job_id, JobResult.name == name)
+    )
 
 
 def _fresh(session: Session, job_id: str) -> Job | None:

@@ -7,12 +7,14 @@ from fastapi.responses import StreamingResponse
 from api.artifacts.schemas import ArtifactOut
 from api.artifacts.service import (
     content_disposition,
+    ready_artifact,
     receive_upload,
+    remove_artifact,
     storage_quota_left,
 )
 from api.deps import BlobsDep, CurrentTenant, SessionDep, SessionFactoryDep, SettingsDep
-from api.errors import not_found, problem_responses
-from store.artifacts import delete_artifact, get_ready_artifact
+from api.errors import problem_responses
+from store.blobs import BlobStore
 from store.models import Artifact
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
@@ -43,13 +45,6 @@ UPLOAD_BODY = {
         },
     }
 }
-
-
-def ready_artifact(session, artifact_id: str, tenant: str) -> Artifact:
-    artifact = get_ready_artifact(session, artifact_id, tenant)
-    if artifact is None:
-        raise not_found("artifact", artifact_id)
-    return artifact
 
 
 @router.post(
@@ -106,7 +101,7 @@ def file_responses(description: str) -> dict:
     }
 
 
-def stream_artifact(artifact: Artifact, blobs) -> StreamingResponse:
+def stream_artifact(artifact: Artifact, blobs: BlobStore) -> StreamingResponse:
     """Chunk by chunk from storage; the length is known, so clients can show progress and detect truncation."""
     return StreamingResponse(
         blobs.iter_chunks(artifact.id),
@@ -137,14 +132,12 @@ def download_artifact(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(404),
 )
-def remove_artifact(
+def delete_artifact(
     artifact_id: str,
     session: SessionDep,
     session_factory: SessionFactoryDep,
     blobs: BlobsDep,
     tenant: CurrentTenant,
 ) -> Response:
-    artifact = ready_artifact(session, artifact_id, tenant)
-    session.close()
-    delete_artifact(session_factory, blobs, artifact.id)
+    remove_artifact(session, session_factory, blobs, artifact_id, tenant)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

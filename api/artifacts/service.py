@@ -13,11 +13,17 @@ import anyio.to_thread
 from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.errors import ProblemError
-from store.artifacts import UploadTooLarge, delete_artifact, store_artifact
+from api.errors import ProblemError, not_found
+from store.artifacts import (
+    UploadTooLarge,
+    delete_artifact,
+    get_ready_artifact,
+    set_artifact_kind,
+    store_artifact,
+    stored_bytes,
+)
 from store.blobs import BlobStore
 from store.models import Artifact
 
@@ -253,13 +259,7 @@ async def receive_upload(
         delete_artifact(session_factory, blobs, artifact.id)
         raise
     if late_kind is not None and late_kind != artifact.kind:
-        with session_factory() as session:
-            session.execute(
-                update(Artifact)
-                .where(Artifact.id == artifact.id)
-                .values(kind=late_kind)
-            )
-            session.commit()
+        set_artifact_kind(session_factory, artifact.id, late_kind)
         artifact.kind = late_kind
     return artifact
 
@@ -272,12 +272,24 @@ def storage_quota_left(
     if quota is None:
         return None
     with session_factory() as session:
-        stored = session.scalar(
-            select(func.coalesce(func.sum(Artifact.size_bytes), 0)).where(
-                Artifact.tenant == tenant
-            )
-        )
-    return quota - stored
+        return quota - stored_bytes(session, tenant)
+
+
+def ready_artifact(session: Session, artifact_id: str, tenant: str) -> Artifact:
+    """The tenant's fully stored artifact, else 404 (another tenant's id reads as unknown)."""
+    artifact = get_ready_artifact(session, artifact_id, tenant)
+    if artifact is None:
+        raise not_found("artifact", artifact_id)
+    return artifact
+
+
+def remove_artifact(session: Session, session_factory: sessionmaker[Session], blobs: BlobStore, artifact_id: str,
+                    tenant: str) -> None:
+    """Deletes the tenant's artifact; the request's session is closed first so the delete's own sessions do not wait
+    on it."""
+    artifact = ready_artifact(session, artifact_id, tenant)
+    session.close()
+    delete_artifact(session_factory, blobs, artifact.id)
 
 
 def safe_filename(name: str) -> str:

@@ -1,11 +1,9 @@
 """/v1/jobs: submit, list, poll (ETag), events, cancel, report, result artifacts."""
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy import select
 
 from api.artifacts.routes import file_responses, stream_artifact
 from api.deps import (
@@ -16,12 +14,22 @@ from api.deps import (
     SessionFactoryDep,
     SettingsDep,
 )
-from api.errors import ProblemError, problem_responses
+from api.errors import problem_responses
 from api.jobs.schemas import EventOut, JobArtifactOut, JobCreate, JobOut, JobStatus
-from api.jobs.service import etag, get_job, job_out, list_events, list_jobs, submit_job
+from api.jobs.service import (
+    etag,
+    event_out,
+    get_job,
+    job_out,
+    job_report,
+    list_events,
+    list_jobs,
+    request_job_cancel,
+    result_artifact,
+    result_artifacts,
+    submit_job,
+)
 from api.pagination import Page, PageDep, make_page
-from store.jobs import as_utc, request_cancel
-from store.models import Artifact, JobResult
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 IdempotencyKey = Annotated[
@@ -129,20 +137,8 @@ def read_job(
 def read_events(
     job_id: str, session: SessionDep, tenant: CurrentTenant, page: PageDep
 ) -> dict:
-    get_job(session, job_id, tenant)
-    rows = list_events(session, job_id, after=page.after, limit=page.limit)
-    return make_page(
-        rows,
-        page.limit,
-        lambda event: EventOut(
-            id=event.id,
-            level=event.level,
-            stage=event.stage,
-            message=event.message,
-            data=event.data or {},
-            created_at=as_utc(event.created_at),
-        ),
-    )
+    rows = list_events(session, job_id, tenant, after=page.after, limit=page.limit)
+    return make_page(rows, page.limit, event_out)
 
 
 @router.post(
@@ -155,31 +151,9 @@ def read_events(
     "step boundary. Finished jobs are returned unchanged (200, no 409): cancelling is a wish about the end state, already settled.",
 )
 def cancel_job(job_id: str, session: SessionDep, tenant: CurrentTenant) -> JSONResponse:
-    get_job(session, job_id, tenant)
-    job = request_cancel(session, job_id)
+    job = request_job_cancel(session, job_id, tenant)
     return JSONResponse(
         job_out(job).model_dump(mode="json"), headers={"ETag": etag(job)}
-    )
-
-
-def _results(session, job_id: str) -> list[tuple[str, Artifact]]:
-    rows = session.execute(
-        select(JobResult.name, Artifact)
-        .join(Artifact, Artifact.id == JobResult.artifact_id)
-        .where(JobResult.job_id == job_id)
-        .order_by(JobResult.name)
-    )
-    return [(name, artifact) for name, artifact in rows]
-
-
-def _result(session, job_id: str, name: str) -> Artifact:
-    for result_name, artifact in _results(session, job_id):
-        if result_name == name:
-            return artifact
-    raise ProblemError(
-        404,
-        "result_not_found",
-        f"job {job_id} has no result {name!r} (yet): results appear when the job has succeeded (or failed on its time limit, keeping its best result)",
     )
 
 
@@ -192,9 +166,7 @@ def _result(session, job_id: str, name: str) -> Artifact:
 def read_report(
     job_id: str, session: SessionDep, blobs: BlobsDep, tenant: CurrentTenant
 ) -> JSONResponse:
-    get_job(session, job_id, tenant)
-    artifact = _result(session, job_id, "report.json")
-    return JSONResponse(json.loads(b"".join(blobs.iter_chunks(artifact.id))))
+    return JSONResponse(job_report(session, blobs, job_id, tenant))
 
 
 @router.get(
@@ -206,7 +178,6 @@ def read_report(
 def read_job_artifacts(
     job_id: str, session: SessionDep, tenant: CurrentTenant
 ) -> list[JobArtifactOut]:
-    get_job(session, job_id, tenant)
     return [
         JobArtifactOut(
             name=name,
@@ -216,7 +187,7 @@ def read_job_artifacts(
             content_type=artifact.content_type,
             url=f"/v1/jobs/{job_id}/artifacts/{name}",
         )
-        for name, artifact in _results(session, job_id)
+        for name, artifact in result_artifacts(session, job_id, tenant)
     ]
 
 
@@ -229,5 +200,4 @@ def read_job_artifacts(
 def download_job_artifact(
     job_id: str, name: str, session: SessionDep, blobs: BlobsDep, tenant: CurrentTenant
 ) -> StreamingResponse:
-    get_job(session, job_id, tenant)
-    return stream_artifact(_result(session, job_id, name), blobs)
+    return stream_artifact(result_artifact(session, job_id, tenant, name), blobs)

@@ -6,16 +6,26 @@ import tempfile
 from pathlib import Path
 
 import anyio.to_thread
-from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ProblemError, not_found
-from api.jobs.schemas import JobCreate, JobOut
+from api.jobs.schemas import EventOut, JobCreate, JobOut
 from core.errors import InputError
 from store.artifacts import get_ready_artifact
 from store.blobs import BlobStore
-from store.jobs import FINAL_STATUSES, as_utc, create_job
-from store.models import Job, JobEvent
+from store.jobs import (
+    as_utc,
+    count_unfinished_jobs,
+    create_job,
+    find_job,
+    find_job_by_key,
+    find_job_result,
+    list_job_events,
+    list_job_results,
+    list_tenant_jobs,
+    request_cancel,
+)
+from store.models import Artifact, Job, JobEvent
 from store.settings import Settings
 
 
@@ -51,11 +61,7 @@ def check_job_quota(session: Session, tenant: str, limit: int | None) -> None:
     submissions racing at the limit may both pass, which a quota tolerates."""
     if limit is None:
         return
-    unfinished = session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.tenant == tenant, Job.status.not_in(FINAL_STATUSES))
-    )
+    unfinished = count_unfinished_jobs(session, tenant)
     if unfinished >= limit:
         raise ProblemError(
             429,
@@ -110,11 +116,7 @@ async def submit_job(
     spec = body.model_dump(mode="json")
     with session_factory() as session:
         if idempotency_key is not None:
-            existing = session.scalar(
-                select(Job).where(
-                    Job.tenant == tenant, Job.idempotency_key == idempotency_key
-                )
-            )
+            existing = find_job_by_key(session, tenant, idempotency_key)
             if existing is not None:
                 return _same_request(existing, digest), False
         check_references(session, body, tenant)
@@ -150,46 +152,68 @@ def _same_request(job: Job, digest: str) -> Job:
 
 
 def get_job(session: Session, job_id: str, tenant: str) -> Job:
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant == tenant))
+    job = find_job(session, job_id, tenant)
     if job is None:
         raise not_found("job", job_id)
     return job
 
 
-def list_jobs(
-    session: Session, tenant: str, *, after: str | None, limit: int, status: str | None
-) -> list[Job]:
-    """Newest first; the cursor is the last job id of the previous page."""
-    query = select(Job).where(Job.tenant == tenant)
-    if status:
-        query = query.where(Job.status == status)
-    if after:
-        cursor = get_job(session, after, tenant)
-        query = query.where(
-            tuple_(Job.created_at, Job.id) < tuple_(cursor.created_at, cursor.id)
-        )
-    return list(
-        session.scalars(
-            query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-        )
-    )
+def list_jobs(session: Session, tenant: str, *, after: str | None, limit: int, status: str | None) -> list[Job]:
+    """Newest first; the cursor is the last job id of the previous page. One row more than `limit` tells the page
+    that another follows."""
+    cursor = get_job(session, after, tenant) if after else None
+    return list_tenant_jobs(session, tenant, before=cursor, limit=limit + 1, status=status)
 
 
-def list_events(
-    session: Session, job_id: str, *, after: str | None, limit: int
-) -> list[JobEvent]:
-    query = select(JobEvent).where(JobEvent.job_id == job_id)
-    if after:
-        if not after.isdigit():
-            raise ProblemError(
-                422, "validation_error", "after must be an event id (an integer)"
-            )
-        query = query.where(JobEvent.id > int(after))
-    return list(session.scalars(query.order_by(JobEvent.id).limit(limit + 1)))
+def list_events(session: Session, job_id: str, tenant: str, *, after: str | None, limit: int) -> list[JobEvent]:
+    """The job's events in order; the cursor is the last event id of the previous page."""
+    get_job(session, job_id, tenant)
+    if after and not after.isdigit():
+        raise ProblemError(422, "validation_error", "after must be an event id (an integer)")
+    return list_job_events(session, job_id, after_id=int(after) if after else None, limit=limit + 1)
+
+
+def request_job_cancel(session: Session, job_id: str, tenant: str) -> Job:
+    get_job(session, job_id, tenant)
+    return request_cancel(session, job_id)
+
+
+def result_artifacts(session: Session, job_id: str, tenant: str) -> list[tuple[str, Artifact]]:
+    get_job(session, job_id, tenant)
+    return list_job_results(session, job_id)
+
+
+def result_artifact(session: Session, job_id: str, tenant: str, name: str) -> Artifact:
+    get_job(session, job_id, tenant)
+    artifact = find_job_result(session, job_id, name)
+    if artifact is None:
+        raise ProblemError(
+            404,
+            "result_not_found",
+            f"job {job_id} has no result {name!r} (yet): results appear when the job has succeeded (or failed on its "
+            "time limit, keeping its best result)",
+        )
+    return artifact
+
+
+def job_report(session: Session, blobs: BlobStore, job_id: str, tenant: str) -> dict:
+    artifact = result_artifact(session, job_id, tenant, "report.json")
+    return json.loads(b"".join(blobs.iter_chunks(artifact.id)))
 
 
 def etag(job: Job) -> str:
     return f'"{job.id}-{job.version}"'
+
+
+def event_out(event: JobEvent) -> EventOut:
+    return EventOut(
+        id=event.id,
+        level=event.level,
+        stage=event.stage,
+        message=event.message,
+        data=event.data or {},
+        created_at=as_utc(event.created_at),
+    )
 
 
 def job_out(job: Job) -> JobOut:
