@@ -9,8 +9,9 @@ Tensor encodings (METHODS.md "Storage accounting"), the smallest applicable one 
   nonzero + the float σ;
 - sparse float layers: a nonzero index + float values, when smaller than dense;
 - everything else: raw bytes in its own dtype (float32).
-A layer weight whose values are all exact in float16 (lwct's `float_precision`) has them stored in float16; the
-encoding is lossless either way, so a loaded model is bit-identical to the packed one.
+Float32 values that are all exact in float16, or on one int8 grid (codes × a per-tensor scale, Rice-coded
+magnitudes), are stored so (`round_for_storage` makes them, lwct's `float_precision`); every encoding is lossless,
+so a loaded model is bit-identical to the packed one.
 """
 
 import dataclasses
@@ -80,33 +81,96 @@ def _decode_index(kind: str, data: bytes, numel: int, count: int) -> np.ndarray:
     return nonzero
 
 
-def _value_bytes(values: np.ndarray, half: bool) -> tuple[str, bytes]:
-    """float32 values as float16 when `half` and that is exact (a method rounded them), else as float32."""
-    if half:
-        halves = values.astype("<f2")
-        if np.array_equal(halves.astype(np.float32).view(np.uint32), values.view(np.uint32)):
-            return "float16", halves.tobytes()
-    return "float32", values.astype("<f4").tobytes()
+def _value_encodings(values: np.ndarray) -> dict[str, bytes]:
+    """Exact encodings of float32 values: float32 always; float16 when every value is exact in it (lwct's
+    float_precision rounded them); "q8" when every value is a code in −127..127 times one float32 scale (lwct's int8
+    storage). q8 layout: scale (f32), the smallest |code| (u8), one sign bit per value, then the |code|s minus that
+    offset Golomb-Rice coded (pruning leaves magnitudes above a threshold, decaying: 4-6 bits instead of 8)."""
+    encodings = {"float32": values.astype("<f4").tobytes()}
+    halves = values.astype("<f2")
+    if np.array_equal(halves.astype(np.float32).view(np.uint32), values.view(np.uint32)):
+        encodings["float16"] = halves.tobytes()
+    scale = _q8_scale(values)
+    if scale is not None:
+        magnitudes = np.abs(np.rint(values / scale)).astype(np.int64)
+        offset = int(magnitudes.min())
+        encodings["q8"] = (struct.pack("<fB", scale, offset) + np.packbits(np.signbit(values)).tobytes()
+                           + _rice_encode(magnitudes - offset))
+    return encodings
+
+
+def _q8_scale(values: np.ndarray) -> np.float32 | None:
+    """The scale s with values == float32(code)·s bit for bit, |code| ≤ 127, the largest code ±127; None if none."""
+    peak = np.float32(np.abs(values).max()) if values.size else np.float32(0)
+    if not np.isfinite(peak) or peak == 0:
+        return None
+    guess = np.float32(peak / np.float32(127))
+    for scale in (guess, np.nextafter(guess, np.float32(0)), np.nextafter(guess, np.float32(np.inf))):
+        codes = np.rint(values / scale)
+        if np.abs(codes).max() <= 127 and np.array_equal(
+                (codes.astype(np.float32) * scale).view(np.uint32), values.view(np.uint32)):
+            return scale
+    return None
+
+
+def round_for_storage(weight: torch.Tensor, precision: str) -> torch.Tensor:
+    """`weight` as `pack_sqz` can store it exactly at `precision`: float32 unchanged, float16 rounded, int8 as codes
+    −127..127 times one per-tensor scale max|w|/127 (round to nearest). A tensor the precision cannot hold (beyond
+    float16's range, not finite) is returned unchanged."""
+    weight = weight.detach().float()
+    if precision == "float16":
+        rounded = weight.half().float()
+    elif precision == "int8":
+        scale = (weight.abs().max() / 127).reshape(())
+        if not torch.isfinite(scale) or scale == 0:
+            return weight
+        rounded = torch.round(weight / scale).clamp_(-127, 127) * scale
+        if _q8_scale(rounded.flatten().numpy()) is None:  # the encoder must find the same grid, bit for bit
+            return weight
+    else:
+        return weight
+    return rounded if torch.isfinite(rounded).all() else weight
+
+
+def _decode_values(kind: str, data: bytes, count: int) -> np.ndarray:
+    if kind != "q8":
+        values = np.frombuffer(data, _VALUE_DTYPES[kind])
+        if len(values) != count:
+            raise ValueError("tensor values do not match its shape")
+        return values.astype(np.float32)
+    scale, offset = struct.unpack_from("<fB", data)
+    sign_bytes = (count + 7) // 8
+    negative = np.unpackbits(np.frombuffer(data, np.uint8, count=sign_bytes, offset=5), count=count).astype(bool)
+    magnitudes = _rice_decode(data[5 + sign_bytes :], count) + offset
+    if count and magnitudes.max() > 127:
+        raise ValueError("q8 code out of range")
+    magnitudes = magnitudes.astype(np.float32)
+    return np.where(negative, -magnitudes, magnitudes) * np.float32(scale)  # a sign bit on code 0 is a -0.0
+
+
+def _smallest(encodings: dict[str, bytes]) -> tuple[str, bytes]:
+    return min(encodings.items(), key=lambda item: len(item[1]))
 
 
 def _encode_tensor(tensor: torch.Tensor, representation: str, sigma: float | None,
                    weight: bool = False) -> tuple[dict, list[bytes]]:
-    """Header entry and payload chunks for one tensor, in the smallest encoding its representation allows.
-    A layer's `weight` whose values are all exact in float16 stores them in float16; nothing else does (biases and
-    normalisation parameters stay float32)."""
+    """Header entry and payload chunks for one tensor, in the smallest exact encoding its representation allows.
+    Float32 values are stored in float16 or as q8 codes when that is exact (a method rounded them, see
+    `_value_encodings`), else in float32; `weight` marks a layer weight (kept for the bits-per-weight accounting)."""
+    del weight  # every float32 tensor gets the same exact encodings
     dtype = str(tensor.dtype).removeprefix("torch.")
     entry: dict = {"shape": list(tensor.shape), "dtype": dtype}
     raw = tensor.contiguous().numpy().tobytes()
-    if dtype != "float32" or tensor.numel() == 0 or (representation == "float" and not weight):
+    if dtype != "float32" or tensor.numel() == 0:
         entry["enc"] = "raw"
         return entry, [raw]
     values = tensor.flatten().numpy()
-    value_dtype, dense = _value_bytes(values, weight)
-    dense_entry = {**entry, "enc": "raw"} if value_dtype == "float32" else {**entry, "enc": "dense", "values": value_dtype}
+    value_kind, dense = _smallest(_value_encodings(values))
+    dense_entry = {**entry, "enc": "raw"} if value_kind == "float32" else {**entry, "enc": "dense", "values": value_kind}
     if representation == "float":
         return dense_entry, [dense]
     nonzero = values.view(np.uint32) != 0  # bit pattern: a -0.0 is kept as a value so decoding stays bit-exact
-    kind, index = min(_index_encodings(nonzero).items(), key=lambda item: len(item[1]))
+    kind, index = _smallest(_index_encodings(nonzero))
     entry.update(index=kind, nnz=int(nonzero.sum()))
     if representation == "ternary":
         np_sigma = np.float32(sigma)
@@ -114,11 +178,11 @@ def _encode_tensor(tensor: torch.Tensor, representation: str, sigma: float | Non
             raise ValueError("ternary tensor holds values other than ±σ")
         entry.update(enc="ternary", sigma=float(np_sigma))
         return entry, [index, np.packbits(values[nonzero] < 0).tobytes()]
-    value_dtype, kept = _value_bytes(values[nonzero], weight)
+    value_kind, kept = _smallest(_value_encodings(values[nonzero]))
     sparse = [index, kept]
     if sum(map(len, sparse)) >= len(dense):
         return dense_entry, [dense]
-    entry.update(enc="sparse", values=value_dtype)
+    entry.update(enc="sparse", values=value_kind)
     return entry, sparse
 
 
@@ -126,10 +190,11 @@ def _decode_tensor(entry: dict, chunks: list[bytes]) -> torch.Tensor:
     dtype, shape = _DTYPES[entry["dtype"]], entry["shape"]
     if entry["enc"] == "raw":
         return torch.frombuffer(bytearray(chunks[0]), dtype=dtype).reshape(shape) if chunks[0] else torch.zeros(shape, dtype=dtype)
-    value_dtype = _VALUE_DTYPES[entry.get("values", "float32")]
+    value_kind = entry.get("values", "float32")
+    numel = int(np.prod(shape))
     if entry["enc"] == "dense":
-        return torch.from_numpy(np.frombuffer(chunks[0], value_dtype).astype(np.float32).reshape(shape))
-    numel, nnz = int(np.prod(shape)), entry["nnz"]
+        return torch.from_numpy(_decode_values(value_kind, chunks[0], numel).reshape(shape))
+    nnz = entry["nnz"]
     nonzero = _decode_index(entry["index"], chunks[0], numel, nnz)
     values = np.zeros(numel, dtype=np.float32)
     if entry["enc"] == "ternary":
@@ -137,7 +202,7 @@ def _decode_tensor(entry: dict, chunks: list[bytes]) -> torch.Tensor:
         sigma = np.float32(entry["sigma"])
         values[nonzero] = np.where(negative, -sigma, sigma)
     else:
-        values[nonzero] = np.frombuffer(chunks[1], value_dtype)
+        values[nonzero] = _decode_values(value_kind, chunks[1], nnz)
     return torch.from_numpy(values).reshape(shape)
 
 

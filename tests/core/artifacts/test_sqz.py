@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from core.artifacts.sqz import inspect_sqz, load_sqz, pack_sqz, write_sqz
+from core.artifacts.sqz import inspect_sqz, load_sqz, pack_sqz, round_for_storage, write_sqz
 from core.errors import ModelFormatError
 from core.intake.models import LoadedModel
 from core.intake.registry import build_architecture
-from core.methods.lwct import LayerState
+from core.methods.results import LayerState
 
 ARCH = {"name": "lenet5", "args": {"input_size": 8, "in_channels": 1, "num_classes": 10}}
 
@@ -73,13 +73,35 @@ def test_float16_exact_weights_are_stored_in_half_precision_and_restored_bit_exa
     tensors = header["tensors"]
     assert tensors["features.0.weight"]["enc"] == "dense" and tensors["features.0.weight"]["values"] == "float16"
     assert tensors["classifier.3.weight"]["enc"] == "sparse" and tensors["classifier.3.weight"]["values"] == "float16"
-    assert all(tensors[key]["enc"] == "raw" for key in tensors if key.endswith(".bias"))  # biases stay float32
+    assert tensors["features.0.bias"]["values"] == tensors["classifier.3.bias"]["values"] == "float16"  # exact: halved
+    assert all(entry["enc"] == "raw" for key, entry in inspect_sqz(pack_sqz(*_compressed_lenet(tmp_path)))["tensors"].items()
+               if key.endswith(".bias"))  # not exact in float16: float32
     path = tmp_path / "model.sqz"
     full = len(pack_sqz(*_compressed_lenet(tmp_path)))
     assert write_sqz(path, model, layers) < full
     restored = load_sqz(path).module.state_dict()
     for key, tensor in model.module.state_dict().items():
         assert restored[key].dtype == torch.float32
+        assert torch.equal(restored[key].view(torch.int32), tensor.view(torch.int32)), key
+
+
+def test_int8_rounded_layers_are_stored_as_q8_codes_and_restored_bit_exact(tmp_path):
+    """A dense and a sparse float layer on an int8 grid (lwct's float_precision=int8) are stored as q8 codes, smaller
+    than float16, and load back bit for bit."""
+    model, layers = _compressed_lenet(tmp_path)
+    with torch.no_grad():
+        for name in ("features.0", "classifier.3"):
+            layer = model.module.get_submodule(name)
+            layer.weight.copy_(round_for_storage(layer.weight, "int8"))
+    header = inspect_sqz(pack_sqz(model, layers))["tensors"]
+    assert header["features.0.weight"] == {**header["features.0.weight"], "enc": "dense", "values": "q8"}
+    assert header["classifier.3.weight"]["enc"] == "sparse" and header["classifier.3.weight"]["values"] == "q8"
+    q8_bytes = sum(header[f"{name}.weight"]["sizes"][-1] for name in ("features.0", "classifier.3"))
+    assert q8_bytes < 2 * (150 + header["classifier.3.weight"]["nnz"])  # under float16's bytes
+    path = tmp_path / "model.sqz"
+    write_sqz(path, model, layers)
+    restored = load_sqz(path).module.state_dict()
+    for key, tensor in model.module.state_dict().items():
         assert torch.equal(restored[key].view(torch.int32), tensor.view(torch.int32)), key
 
 
