@@ -48,8 +48,8 @@ def main() -> None:
     checkpoint = cache_root() / "bench" / "lwct-layer-probe"
     if not (checkpoint / "lwct.json").exists():
         lwct.compress_lwct(model, data, config, checkpoint_dir=checkpoint)
-    run = lwct._Run(model, data, config, lwct.no_events, lwct.never_stop, checkpoint)
-    meta, shadow, masks = run.load_checkpoint()
+    run = lwct.LwctRun(model, data, config, checkpoint_dir=checkpoint)
+    meta, shadow, masks = run.resume_walk()
     baseline = top1_accuracy(model.module, data.x_val, data.y_val)
     print(f"baseline {baseline:.2f} %; accepted state {meta['accuracy']:.2f} % with {sorted(meta['sigmas'])} ternary")
     results = {}

@@ -40,8 +40,8 @@ from core.measure import (
 from core.methods.auto import compress_auto
 from core.methods.filter import compress_filter
 from core.methods.group import compress_group
-from core.methods.lwct import LayerState, compress_lwct, prunable_layers
-from core.methods.structured import ChannelLayerState
+from core.methods.lwct import compress_lwct, prunable_layers
+from core.methods.results import ChannelLayerState, LayerState
 
 METHODS: dict[str, Callable] = {"lwct": compress_lwct, "filter": compress_filter, "group": compress_group,
                                 "auto": compress_auto}

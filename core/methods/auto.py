@@ -12,8 +12,6 @@ accurate).
 """
 
 import dataclasses
-import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,11 +20,12 @@ from core.config import AccuracyTarget, CompressConfig
 from core.errors import UnsupportedLayerError
 from core.events import Event, EventCallback, StopCheck, never_stop, no_events
 from core.graph import with_channels
-from core.measure import float32_bytes, metric_function, resolve_device
+from core.measure import float32_bytes
 from core.methods.filter import compress_filter
 from core.methods.group import compress_group
-from core.methods.lwct import LayerState, MethodResult, compress_lwct
-from core.methods.structured import ChannelLayerState
+from core.methods.harness import MethodRun
+from core.methods.lwct import compress_lwct
+from core.methods.results import ChannelLayerState, LayerState, MethodResult
 
 STAGES: dict[str, Callable[..., MethodResult]] = {
     "filter": compress_filter, "group": compress_group, "lwct": compress_lwct,
@@ -46,28 +45,24 @@ def compress_auto(model, data, config: CompressConfig, *, on_event: EventCallbac
     """Compress `model` on `data` under `config.target`; see the module docstring. Each stage checkpoints under
     `checkpoint_dir`/<stage>: after a restart, finished stages replay from their checkpoints (no training) and the
     interrupted one resumes from its last."""
-    score = metric_function(config.target.metric)
-    device = resolve_device(config.device)
-    baseline = score(model.module, data.x_val, data.y_val, device=device)
-    allowed = config.target.allowed_drop(baseline)
-    original_bytes = float32_bytes(model.module)
+    run = MethodRun(model, data, config, None, name="auto", on_event=on_event, should_stop=should_stop)
+    baseline, allowed = run.measure_baseline(announce=False)  # the stages announce their own
     # (label, method, allowed drop, whether the stage starts from the original model instead of the previous result)
     plan = [(name, name, allowed * config.auto.structural_share, False) for name in config.auto.structural]
     plan += [("lwct", "lwct", allowed, False)]
     if config.auto.compare_lwct_alone:
         plan += [("lwct-alone", "lwct", allowed, True)]
-    # The time limit is shared evenly by the stages still to run: time a stage leaves goes to the later ones.
-    deadline = time.monotonic() + config.time_limit_s if config.time_limit_s else math.inf
     current, channel_rows, trials, outcomes = model, [], [], []
     for index, (label, name, stage_allowed, fresh) in enumerate(plan):
         source, rows = (model, []) if fresh else (current, channel_rows)
-        start = score(source.module, data.x_val, data.y_val, device=device)
+        start = run.evaluate(source.module)
+        # The time limit is shared evenly by the stages still to run: time a stage leaves goes to the later ones.
+        seconds_left = run.seconds_left()
         stage_config = config.model_copy(update={
             "method": name,
             "target": AccuracyTarget(max_drop=min(100.0, max(0.0, stage_allowed - (baseline - start))),
                                      drop_type="absolute", metric=config.target.metric),
-            "time_limit_s": None if math.isinf(deadline)
-            else max(1e-3, (deadline - time.monotonic()) / (len(plan) - index)),
+            "time_limit_s": None if seconds_left is None else max(1e-3, seconds_left / (len(plan) - index)),
         })
         try:
             result = STAGES[name](source, data, stage_config, should_stop=should_stop,
@@ -79,7 +74,7 @@ def compress_auto(model, data, config: CompressConfig, *, on_event: EventCallbac
             on_event(Event(stage=name, fraction=(index + 1) / len(plan), level="warning",
                            message=f"{name} skipped: {error.message}"))
             continue
-        scale = original_bytes / float32_bytes(source.module)  # the stage's ratios count from its own input
+        scale = run.original_bytes / float32_bytes(source.module)  # the stage's ratios count from its own input
         trials += [dataclasses.replace(t, step=len(trials) + i + 1, stage=f"{label}:{t.stage}",
                                        compression_ratio=t.compression_ratio * scale)
                    for i, t in enumerate(result.trials)]
@@ -89,13 +84,12 @@ def compress_auto(model, data, config: CompressConfig, *, on_event: EventCallbac
         packed = len(pack_sqz(with_channels(source, result.module), result.layers))
         outcomes.append(_Outcome(label, result, rows, packed))
 
-    within = [o for o in outcomes if baseline - o.result.accuracy <= allowed]
+    within = [o for o in outcomes if run.within(o.result.accuracy)]
     chosen = min(within, key=lambda o: o.packed_bytes) if within else max(outcomes, key=lambda o: o.result.accuracy)
     result = chosen.result
-    return MethodResult(
-        module=result.module, layers=merge_layers(chosen.channel_rows, result.layers), trials=trials,
-        baseline_accuracy=baseline, accuracy=result.accuracy, target_met=baseline - result.accuracy <= allowed,
-        stopped_early=next((o.result.stopped_early for o in outcomes if o.result.stopped_early), None))
+    run.trials = trials
+    run.stopped_early = next((o.result.stopped_early for o in outcomes if o.result.stopped_early), None)
+    return run.result(result.module, merge_layers(chosen.channel_rows, result.layers), result.accuracy)
 
 
 def _stage_events(on_event: EventCallback, name: str, index: int, count: int) -> EventCallback:

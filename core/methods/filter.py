@@ -19,9 +19,13 @@ from core.config import CompressConfig
 from core.events import EventCallback, StopCheck, never_stop, no_events
 from core.graph import ChannelGraph, mask_consumers, shrink
 from core.graph.dependency import TRANSPOSED
-from core.methods.lwct import MethodResult
-from core.methods.structured import StructuredRun, TimeLimit, arithmetic_midpoint, keep_one_per_group, search_levels
+from core.methods.harness import BASELINE_DONE, FINETUNE_SEED_OFFSET, progress
+from core.methods.results import MethodResult
+from core.methods.structured import StructuredRun, arithmetic_midpoint, keep_one_per_group, search_levels
 from core.train import current_lr
+
+# Progress: importance learning runs from the baseline to here; the level search takes the rest of the bar.
+_IMPORTANCE_DONE = 0.35
 
 
 class ImportanceGates(nn.Module):
@@ -129,7 +133,7 @@ def learn_importance(run: StructuredRun, settings, seed: int, baseline: float) -
     the budget would leave nothing for removal."""
     scores, folded, accuracy = [], None, baseline
     for i, kind in enumerate(settings.init):
-        fraction = 0.05 + 0.3 * (i + 1) / len(settings.init)
+        fraction = progress(BASELINE_DONE, _IMPORTANCE_DONE, i + 1, len(settings.init))
         gated = ImportanceGates(copy.deepcopy(run.base), run.graph, initial_gates(kind, run.base, run.graph, seed + i))
         run.emit("importance", fraction, f"learning importance weights ({kind} initialisation)", init=kind)
         run.train(gated, settings.importance_epochs, seed + i, "importance", fraction,
@@ -158,11 +162,10 @@ def compress_filter(
     settings = config.filter
     run = StructuredRun(model, data, config, settings, on_event, should_stop, checkpoint_dir, "filter")
     graph = run.graph
-    baseline, budget = run.measure_baseline()
+    baseline, _ = run.measure_baseline()
     start, best_state, best_removed, best_accuracy = run.base, run.base.state_dict(), set(), baseline
     outcomes: list[bool] = []  # whether each level attempt so far stayed within the budget
-    stopped_early = None
-    try:
+    with run.time_limited("prune"):
         if graph.removable():
             resumed = run.resume()
             if resumed:
@@ -185,14 +188,14 @@ def compress_filter(
                           "accuracy": best_accuracy}, fraction)
 
             if not resumed:
-                checkpoint(0.35)
+                checkpoint(_IMPORTANCE_DONE)
 
             def attempt(level: float, index: int) -> bool:
                 """Removes the `level` share of channels from the best state so far and fine-tunes it."""
                 nonlocal best_state, best_removed, best_accuracy
                 if index <= len(outcomes):
                     return outcomes[index - 1]  # tried before the restart
-                fraction = 0.35 + 0.65 * index / attempts
+                fraction = progress(_IMPORTANCE_DONE, 1.0, index, attempts)
                 removed = keep_one_per_group(graph, order, round(level * len(order)))
                 if removed <= best_removed:
                     outcomes.append(True)  # nothing more to remove at this level
@@ -202,13 +205,14 @@ def compress_filter(
                 handles = mask_consumers(working, graph, removed)
                 run.emit("prune", fraction, f"removing {len(removed)} of {len(order)} channels (level {level:.3f})",
                          level=level)
-                run.train(working, settings.epochs_per_step, config.seed + 100 + index, "prune", fraction)
+                run.train(working, settings.epochs_per_step, config.seed + FINETUNE_SEED_OFFSET + index, "prune",
+                          fraction)
                 accuracy = run.evaluate(working)
                 for handle in handles:
                     handle.remove()
-                within = baseline - accuracy <= budget
-                run.record("prune", shrink(copy.deepcopy(working), graph, removed), len(removed), accuracy, within,
-                           fraction, level)
+                within = run.within(accuracy)
+                shrunk = shrink(copy.deepcopy(working), graph, removed)
+                run.record_shrunk("prune", shrunk, len(removed), accuracy, within, fraction, level)
                 if within:
                     best_state, best_removed, best_accuracy = copy.deepcopy(working.state_dict()), removed, accuracy
                 outcomes.append(within)
@@ -216,9 +220,6 @@ def compress_filter(
                 return within
 
             search_levels(settings.levels, attempt, settings.refinements, arithmetic_midpoint)
-    except TimeLimit:
-        stopped_early = "time_limit"
-        run.emit("prune", 1.0, "time limit reached; keeping the best state so far", level="warning")
     final = copy.deepcopy(start)
     final.load_state_dict(best_state)
     shrunk = shrink(final, graph, best_removed).eval()
@@ -227,12 +228,4 @@ def compress_filter(
         "removed its least important channels (learned importance weights)",
         "kept: its channels scored above the removal level",
     )
-    return MethodResult(
-        module=shrunk,
-        layers=layers,
-        trials=run.trials,
-        baseline_accuracy=baseline,
-        accuracy=best_accuracy,
-        target_met=baseline - best_accuracy <= budget,
-        stopped_early=stopped_early,
-    )
+    return run.result(shrunk, layers, best_accuracy)

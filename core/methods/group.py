@@ -19,10 +19,13 @@ from core.config import CompressConfig
 from core.events import EventCallback, StopCheck, never_stop, no_events
 from core.graph import ChannelGraph, fold_constants, shrink
 from core.graph.dependency import TRANSPOSED
-from core.methods.lwct import MethodResult
-from core.methods.structured import StructuredRun, TimeLimit, geometric_midpoint, keep_one_per_group, search_levels
+from core.methods.harness import BASELINE_DONE, FINETUNE_SEED_OFFSET, progress
+from core.methods.results import MethodResult
+from core.methods.structured import StructuredRun, geometric_midpoint, keep_one_per_group, search_levels
 from core.train import current_lr
 
+# Training samples run through the model to measure each zeroed neuron's output, and to check that it is constant,
+# before it is folded into the next layers' biases: enough to see an output that varies, few enough to stay cheap.
 _FOLD_SAMPLES = 256
 
 
@@ -107,8 +110,8 @@ def compress_group(
     settings = config.group
     run = StructuredRun(model, data, config, settings, on_event, should_stop, checkpoint_dir, "group")
     graph = run.graph
-    baseline, budget = run.measure_baseline()
-    best, best_removed, best_accuracy, stopped_early = run.base, set(), baseline, None
+    baseline, _ = run.measure_baseline()
+    best, best_removed, best_accuracy = run.base, set(), baseline
     outcomes: list[bool] = []  # whether each λ tried so far stayed within the budget
     resumed = run.resume()
     if resumed:
@@ -125,7 +128,7 @@ def compress_group(
         nonlocal best, best_removed, best_accuracy
         if index <= len(outcomes):
             return outcomes[index - 1]  # tried before the restart
-        fraction = 0.05 + 0.95 * index / attempts
+        fraction = progress(BASELINE_DONE, 1.0, index, attempts)
         working = copy.deepcopy(run.base)
         lasso = GroupLasso(working, graph)
         run.emit("sparse", fraction, f"group-sparse training with λ={penalty:.3g}", penalty=penalty)
@@ -134,11 +137,11 @@ def compress_group(
         shrunk, removed = remove_zeroed(working, graph, lasso.zeroed(), sample)
         run.emit("finetune", fraction, f"λ={penalty:.3g}: {len(removed)} neurons removed; fine-tuning",
                  removed=len(removed))
-        run.train(shrunk, settings.epochs_per_step, config.seed + 100 + index, "finetune", fraction)
+        run.train(shrunk, settings.epochs_per_step, config.seed + FINETUNE_SEED_OFFSET + index, "finetune", fraction)
         accuracy = run.evaluate(shrunk)
-        within = baseline - accuracy <= budget
-        run.record(f"group λ={penalty:.3g}", shrunk, len(removed), accuracy, within, fraction,
-                   len(removed) / len(graph.removable()))
+        within = run.within(accuracy)
+        level = len(removed) / len(graph.removable())
+        run.record_shrunk(f"group λ={penalty:.3g}", shrunk, len(removed), accuracy, within, fraction, level)
         if within:
             best, best_removed, best_accuracy = shrunk, removed, accuracy
         outcomes.append(within)
@@ -146,22 +149,11 @@ def compress_group(
                  {"outcomes": outcomes, "removed": sorted(best_removed), "accuracy": best_accuracy}, fraction)
         return within
 
-    try:
+    with run.time_limited("sparse"):
         if graph.removable():
             search_levels(settings.penalties, attempt, settings.refinements, geometric_midpoint)
-    except TimeLimit:
-        stopped_early = "time_limit"
-        run.emit("sparse", 1.0, "time limit reached; keeping the best state so far", level="warning")
     best = best.cpu().eval()
     layers = run.layer_states(
         best, "removed the neurons whose weights the group-lasso penalty zeroed", "kept: no neuron reached zero"
     )
-    return MethodResult(
-        module=best,
-        layers=layers,
-        trials=run.trials,
-        baseline_accuracy=baseline,
-        accuracy=best_accuracy,
-        target_met=baseline - best_accuracy <= budget,
-        stopped_early=stopped_early,
-    )
+    return run.result(best, layers, best_accuracy)

@@ -8,9 +8,6 @@ materialised, so its weights are exactly what `core.artifacts.sqz` packs.
 """
 
 import copy
-import math
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -18,52 +15,21 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from core.artifacts.sqz import layer_bits, pack_sqz
-from core.checkpoint import load_checkpoint, prefixed, save_checkpoint, unprefixed
+from core.checkpoint import prefixed, unprefixed
 from core.config import CompressConfig
-from core.errors import Cancelled, UnsupportedLayerError
-from core.events import Event, EventCallback, StopCheck, never_stop, no_events
+from core.errors import UnsupportedLayerError
+from core.events import EventCallback, StopCheck, never_stop, no_events
 from core.graph.dependency import TRANSPOSED
-from core.measure import float32_bytes, metric_function, resolve_device
-from core.train import fit, fit_options, stage_epochs
+from core.methods.harness import BASELINE_DONE, MethodRun, progress
+from core.methods.results import LayerState, MethodResult, Trial
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *TRANSPOSED, nn.Linear)
 _CHECKPOINT = "lwct"
-
-
-@dataclass
-class LayerState:
-    name: str
-    type: str
-    shape: list[int]
-    params: int
-    sparsity: float
-    representation: str  # "ternary" | "sparse-float" | "float"
-    sigma: float | None
-    bits: float
-    significance_rank: int
-    accepted: bool
-
-
-@dataclass
-class Trial:
-    step: int
-    stage: str
-    layers: list[str]
-    accuracy: float
-    compression_ratio: float
-    accepted: bool
-    sparsity: float | None
-
-
-@dataclass
-class MethodResult:
-    module: nn.Module
-    layers: list[LayerState]
-    trials: list[Trial]
-    baseline_accuracy: float
-    accuracy: float
-    target_met: bool
-    stopped_early: str | None
+# Progress: the pruning levels run from the baseline to _PRUNE_DONE, ranking sits just after, and the layer walk
+# takes the bar from _WALK_START to the end (it is where the time goes).
+_PRUNE_DONE, _RANK, _WALK_START = 0.35, 0.37, 0.4
+# The walk's training draws other shuffles than the pruning levels, which use seed + level index.
+_TERNARY_SEED_OFFSET = 1000
 
 
 class MaskedWeight(nn.Module):
@@ -200,50 +166,17 @@ def rank_layers(ranking: str, sparsities: dict[str, float], sizes: dict[str, int
     return sorted(names, key=lambda n: (sizes[n], sparsities[n]))
 
 
-class _TimeLimit(Exception):
-    """Internal: the configured time limit ran out; the best state so far is kept."""
+class LwctRun(MethodRun):
+    """A layer-wise compressive training run: the harness plus the layer ranking and the latest state within the
+    budget (shadow weights, masks, σ of the constrained layers, accuracy), which checkpoints and the result use."""
 
-
-class _Run:
-    """State of one compression run (kept in one place so checkpoints and events see the same thing)."""
-
-    def __init__(self, model, data, config: CompressConfig, on_event: EventCallback, should_stop: StopCheck,
-                 checkpoint_dir: Path | None):
-        self.model, self.data, self.config, self.lw = model, data, config, config.lwct
-        self.on_event, self.user_stop, self.checkpoint_dir = on_event, should_stop, checkpoint_dir
-        self.device = resolve_device(config.device)
-        self.score = metric_function(config.target.metric)  # the one metric the budget is measured in
-        self.deadline = time.monotonic() + config.time_limit_s if config.time_limit_s else math.inf
-        self.original_bytes = float32_bytes(model.module)
-        self.base = copy.deepcopy(model.module).float().cpu().eval()
-        self.trials: list[Trial] = []
+    def __init__(self, model, data, config: CompressConfig, on_event: EventCallback = no_events,
+                 should_stop: StopCheck = never_stop, checkpoint_dir: Path | None = None):
+        super().__init__(model, data, config, config.lwct, name=_CHECKPOINT, on_event=on_event,
+                         should_stop=should_stop, checkpoint_dir=checkpoint_dir)
+        self.lw = config.lwct
         self.ranking: list[str] = []
         self.best: dict = {}
-
-    # -- helpers --------------------------------------------------------------------------------------------
-    def stop_check(self) -> bool:
-        if self.user_stop():
-            return True
-        if time.monotonic() > self.deadline:
-            raise _TimeLimit
-        return False
-
-    def emit(self, stage: str, fraction: float, message: str = "", **data) -> None:
-        self.on_event(Event(stage=stage, fraction=min(max(fraction, 0.0), 1.0), message=message, data=data))
-
-    def train(self, module: nn.Module, epochs: int, seed: int, stage: str, fraction: float) -> None:
-        def on_epoch(epoch: int, loss: float) -> None:
-            self.emit(stage, fraction, f"epoch {epoch + 1}/{epochs}", epoch=epoch + 1, loss=loss)
-
-        epochs = stage_epochs(self.lw, epochs, len(self.data.y_train))
-        fit(module, self.data.x_train, self.data.y_train, epochs=epochs, device=self.device, seed=seed,
-            should_stop=self.stop_check, on_epoch=on_epoch, teacher=self.base if self.lw.distill else None,
-            distill_weight=self.lw.distill, **fit_options(self.lw))
-
-    def evaluate(self, module: nn.Module) -> float:
-        if self.user_stop():
-            raise Cancelled("stopped by request")
-        return self.score(module, self.data.x_val, self.data.y_val, device=self.device)
 
     def plain(self, module: nn.Module) -> nn.Module:
         """The working module as it will be packed (constraints applied, float weights at their stored precision)."""
@@ -264,36 +197,29 @@ class _Run:
                 accepted=name in sigmas))
         return states
 
-    def record(self, stage: str, plain: nn.Module, sigmas: dict[str, float], masks, layers: list[str], accuracy: float,
-               accepted: bool, fraction: float, sparsity: float | None = None) -> Trial:
-        """A point on the trade-off curve; `plain` is the trial's module as packed (see `plain`)."""
+    def record_plain(self, stage: str, plain: nn.Module, sigmas: dict[str, float], masks, layers: list[str],
+                     accuracy: float, accepted: bool, fraction: float, sparsity: float | None = None) -> Trial:
+        """A trial whose compression ratio is the packed size of `plain`, the trial's module as packed (see `plain`)."""
         packed = pack_sqz(self.model.with_module(plain), self.layer_states(plain, masks, sigmas))
-        trial = Trial(step=len(self.trials) + 1, stage=stage, layers=layers, accuracy=accuracy,
-                      compression_ratio=self.original_bytes / len(packed), accepted=accepted, sparsity=sparsity)
-        self.trials.append(trial)
-        self.emit("step", fraction, f"{stage}: {'accepted' if accepted else 'rejected'}", step=trial.step,
-                  accuracy=accuracy, compression_ratio=trial.compression_ratio, accepted=accepted, layers=layers)
-        return trial
+        return self.record(stage, packed, layers=layers, accuracy=accuracy, accepted=accepted, fraction=fraction,
+                           sparsity=sparsity)
 
     # -- checkpoints ----------------------------------------------------------------------------------------
-    def save_checkpoint(self, position: int, fraction: float) -> None:
+    def save_walk(self, position: int, fraction: float) -> None:
         """Persist the accepted state and the walk position."""
-        if self.checkpoint_dir is None:
-            return
         tensors = prefixed("shadow", self.best["shadow"])
         tensors |= prefixed("mask", {k: v.to(torch.uint8) for k, v in self.best["masks"].items()})
         meta = {"sigmas": self.best["sigmas"], "accuracy": self.best["accuracy"], "position": position,
-                "fraction": fraction, "ranking": self.ranking, "trials": [asdict(t) for t in self.trials]}
-        path = save_checkpoint(self.checkpoint_dir, _CHECKPOINT, tensors, meta)
-        self.emit("checkpoint", fraction, "checkpoint written", path=str(path))
+                "ranking": self.ranking}
+        self.save(tensors, meta, fraction)
 
-    def load_checkpoint(self):
-        saved = load_checkpoint(self.checkpoint_dir, _CHECKPOINT)
+    def resume_walk(self) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
+        """The saved metadata, shadow weights and masks (the ranking restored into this run), or None."""
+        saved = self.resume()
         if saved is None:
             return None
         tensors, meta = saved
         self.ranking = meta["ranking"]
-        self.trials = [Trial(**t) for t in meta["trials"]]
         return meta, unprefixed("shadow", tensors), {k: v.bool() for k, v in unprefixed("mask", tensors).items()}
 
     # -- phases ---------------------------------------------------------------------------------------------
@@ -301,13 +227,13 @@ class _Run:
         """Remember the latest state within the budget (kept when the time limit cuts the run)."""
         self.best = {"shadow": shadow, "masks": masks, "sigmas": sigmas, "accuracy": accuracy}
 
-    def prune(self, baseline: float, budget: float) -> None:
+    def prune(self) -> None:
         """Step 1: keep the sparsest fine-tuned global pruning level within its share of the budget (gradually, level
         by level)."""
-        budget *= self.lw.prune_budget_share
+        budget = self.budget * self.lw.prune_budget_share
         grid = [self.lw.sparsity] if self.lw.sparsity is not None else sorted(self.lw.sparsity_grid)
         for i, sparsity in enumerate(grid):
-            fraction = 0.05 + 0.3 * (i + 1) / len(grid)
+            fraction = progress(BASELINE_DONE, _PRUNE_DONE, i + 1, len(grid))
             shadow = self.best["shadow"]
             masks = global_magnitude_masks({n: shadow[f"{n}.weight"] for n in self.best["masks"]}, sparsity)
             module = build_working_module(self.base, shadow, masks, {})
@@ -315,8 +241,8 @@ class _Run:
             self.train(module, self.lw.prune_epochs, self.config.seed + i, "prune", fraction)
             plain = self.plain(module)
             accuracy = self.evaluate(plain)
-            within = baseline - accuracy <= budget
-            self.record("prune", plain, {}, masks, [], accuracy, within, fraction, sparsity)
+            within = self.within(accuracy, budget)
+            self.record_plain("prune", plain, {}, masks, [], accuracy, within, fraction, sparsity)
             if within or self.lw.sparsity is not None:
                 self.accept(shadow_state(module), masks, {}, accuracy)
             if not within:
@@ -332,59 +258,50 @@ class _Run:
 
 def compress_lwct(model, data, config: CompressConfig, *, on_event: EventCallback = no_events,
                   should_stop: StopCheck = never_stop, checkpoint_dir: Path | None = None) -> MethodResult:
-    """Compress `model` on `data` under `config.target`; see the module docstring and METHODS.md §1."""
-    run = _Run(model, data, config, on_event, should_stop, checkpoint_dir)
+    """Compress `model` on `data` under `config.target`; see the module docstring and docs/METHODS.md §1."""
+    run = LwctRun(model, data, config, on_event, should_stop, checkpoint_dir)
     if not prunable_layers(run.base):
         raise UnsupportedLayerError("the model has no Conv or Linear layer to compress")
     lw = config.lwct
-    stopped_early = None
-    run.emit("baseline", 0.01, "evaluating the baseline")
-    baseline = run.evaluate(run.base)
-    budget = config.target.allowed_drop(baseline)
-    run.emit("baseline", 0.05, f"baseline accuracy {baseline:.2f}", accuracy=baseline, allowed_drop=budget)
+    run.measure_baseline()
 
     masks = {n: layer.weight.detach() != 0 for n, layer in prunable_layers(run.base).items()}
     unconstrained = run.plain(build_working_module(run.base, shadow_state(run.base), masks, {}))
     run.accept(shadow_state(run.base), masks, {}, run.evaluate(unconstrained))  # at the stored float precision
-    resumed = run.load_checkpoint()
-    try:
+    resumed = run.resume_walk()
+    with run.time_limited("train"):
         if resumed:
             meta, shadow, masks = resumed
             run.accept(shadow, masks, meta["sigmas"], meta["accuracy"])
             position = meta["position"]
-            run.emit("checkpoint", meta["fraction"], "resumed from checkpoint", path=str(checkpoint_dir / f"{_CHECKPOINT}.json"))
         else:
-            run.prune(baseline, budget)
+            run.prune()
             position, masks = 0, run.best["masks"]
             sparsities = {n: 1.0 - float(m.float().mean()) for n, m in masks.items()}
             sizes = {n: m.numel() for n, m in masks.items()}
-            run.emit("rank", 0.37, f"ranking layers by {lw.ranking}")
+            run.emit("rank", _RANK, f"ranking layers by {lw.ranking}")
             drops = run.sensitivity_drops(run.best["shadow"], masks, run.best["accuracy"]) if lw.ranking == "sensitivity" else None
             run.ranking = rank_layers(lw.ranking, sparsities, sizes, drops)
-            run.save_checkpoint(0, 0.4)
+            run.save_walk(0, _WALK_START)
         candidates = list(reversed(run.ranking[lw.preserve:]))
         while position < len(candidates):
             name = candidates[position]
-            fraction = 0.4 + 0.6 * (position + 1) / len(candidates)
+            fraction = progress(_WALK_START, 1.0, position + 1, len(candidates))
             run.emit("train", fraction, f"constraining {name}", layer=name)
             best = run.best
             module = build_working_module(run.base, best["shadow"], best["masks"], {**best["sigmas"], name: None})
-            run.train(module, lw.epochs_per_step, config.seed + 1000 + position, "train", fraction)
+            run.train(module, lw.epochs_per_step, config.seed + _TERNARY_SEED_OFFSET + position, "train", fraction)
             plain = run.plain(module)
             accuracy = run.evaluate(plain)
-            accepted = baseline - accuracy <= budget
-            run.record("ternary", plain, learned_sigmas(module), best["masks"], [name], accuracy, accepted, fraction)
+            accepted = run.within(accuracy)
+            run.record_plain("ternary", plain, learned_sigmas(module), best["masks"], [name], accuracy, accepted,
+                             fraction)
             position += 1
             if accepted:
                 run.accept(shadow_state(module), best["masks"], learned_sigmas(module), accuracy)
-                run.save_checkpoint(position, fraction)
+                run.save_walk(position, fraction)
             elif lw.on_violation == "stop":
                 break
-    except _TimeLimit:
-        stopped_early = "time_limit"
-        run.emit("train", 1.0, "time limit reached; keeping the best state so far", level="warning")
     best = run.best
     plain = run.plain(build_working_module(run.base, best["shadow"], best["masks"], best["sigmas"]))
-    return MethodResult(module=plain, layers=run.layer_states(plain, best["masks"], best["sigmas"]), trials=run.trials,
-                        baseline_accuracy=baseline, accuracy=best["accuracy"],
-                        target_met=baseline - best["accuracy"] <= budget, stopped_early=stopped_early)
+    return run.result(plain, run.layer_states(plain, best["masks"], best["sigmas"]), best["accuracy"])

@@ -1,46 +1,24 @@
-"""What the channel-removing methods (filter, group) share: the run state (events, stop checks, time limit,
-training, trials) and the per-layer report of channels kept and removed."""
+"""What the channel-removing methods (filter, group) share: the traced channel graph, trials measured on the
+shrunk model, the per-layer report of channels kept and removed, and the search over increasing levels."""
 
-import copy
-import dataclasses
 import math
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from core.artifacts.sqz import pack_sqz
-from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import CompressConfig, StructuredTraining
-from core.errors import Cancelled
-from core.events import Event, EventCallback, StopCheck
+from core.events import EventCallback, StopCheck
 from core.graph import ChannelGraph, trace, with_channels
 from core.graph.dependency import PRODUCERS
 from core.graph.surgery import width
-from core.measure import float32_bytes, metric_function, resolve_device
-from core.methods.lwct import LayerState, Trial
-from core.train import fit, fit_options, stage_epochs
+from core.methods.harness import MethodRun
+from core.methods.results import ChannelLayerState, Trial
 
 
-@dataclass
-class ChannelLayerState(LayerState):
-    """A layer of a channel-pruned model: LayerState plus how many output channels stayed, and why."""
-
-    channels_before: int
-    channels_kept: int
-    channels_removed: int
-    reason: str
-
-
-class TimeLimit(Exception):
-    """Internal: the configured time limit ran out; the best state so far is kept."""
-
-
-class StructuredRun:
-    """State of one channel-removal run: the traced graph, the budget, events and the trials tried."""
+class StructuredRun(MethodRun):
+    """A run that removes channels: the harness plus the traced graph of the baseline."""
 
     def __init__(
         self,
@@ -50,120 +28,23 @@ class StructuredRun:
         settings: StructuredTraining,
         on_event: EventCallback,
         should_stop: StopCheck,
-        checkpoint_dir: Path | None = None,
-        name: str = "structured",
+        checkpoint_dir: Path | None,
+        name: str,
     ):
-        self.model, self.data, self.config, self.settings = model, data, config, settings
-        self.on_event, self.user_stop = on_event, should_stop
-        self.checkpoint_dir, self.name = checkpoint_dir, name
-        self.device = resolve_device(config.device)
-        self.score = metric_function(config.target.metric)  # the one metric the budget is measured in
-        self.deadline = time.monotonic() + config.time_limit_s if config.time_limit_s else math.inf
-        self.original_bytes = float32_bytes(model.module)
-        self.base = copy.deepcopy(model.module).float().cpu().eval()
+        super().__init__(model, data, config, settings, name=name, on_event=on_event, should_stop=should_stop,
+                         checkpoint_dir=checkpoint_dir)
         self.graph: ChannelGraph = trace(self.base, tuple(model.input_shape))
-        self.trials: list[Trial] = []
 
-    def stop_check(self) -> bool:
-        if self.user_stop():
-            return True
-        if time.monotonic() > self.deadline:
-            raise TimeLimit
-        return False
+    def measure_baseline(self, *, announce: bool = True, **data) -> tuple[float, float]:
+        return super().measure_baseline(announce=announce, unsupported=self.graph.unsupported, **data)
 
-    def emit(self, stage: str, fraction: float, message: str = "", **data) -> None:
-        self.on_event(Event(stage=stage, fraction=min(max(fraction, 0.0), 1.0), message=message, data=data))
-
-    def save(self, tensors: dict[str, torch.Tensor], meta: dict, fraction: float) -> None:
-        """A checkpoint of the method's state (with the trials so far) that `resume` hands back after a restart."""
-        if self.checkpoint_dir is None:
-            return
-        trials = [dataclasses.asdict(trial) for trial in self.trials]
-        path = save_checkpoint(self.checkpoint_dir, self.name, tensors, {**meta, "trials": trials, "fraction": fraction})
-        self.emit("checkpoint", fraction, "checkpoint written", path=str(path))
-
-    def resume(self) -> tuple[dict[str, torch.Tensor], dict] | None:
-        """The last checkpoint's tensors and metadata (its trials restored into this run), or None."""
-        saved = load_checkpoint(self.checkpoint_dir, self.name)
-        if saved is not None:
-            self.trials = [Trial(**trial) for trial in saved[1]["trials"]]
-            self.emit("checkpoint", saved[1]["fraction"], "resumed from checkpoint")
-        return saved
-
-    def measure_baseline(self) -> tuple[float, float]:
-        """The baseline's score and the budget in absolute points, both announced as events."""
-        self.emit("baseline", 0.01, "evaluating the baseline", unsupported=self.graph.unsupported)
-        baseline = self.evaluate(self.base)
-        budget = self.config.target.allowed_drop(baseline)
-        self.emit("baseline", 0.05, f"baseline accuracy {baseline:.2f}", accuracy=baseline, allowed_drop=budget)
-        return baseline, budget
-
-    def train(self, module: nn.Module, epochs: int, seed: int, stage: str, fraction: float, after_step=None) -> None:
-        """`epochs` of SGD, stretched to at least min_steps_per_stage steps so small data sets recover."""
-        epochs = stage_epochs(self.settings, epochs, len(self.data.y_train))
-        if epochs <= 0:
-            return
-
-        def on_epoch(epoch: int, loss: float) -> None:
-            self.emit(stage, fraction, f"epoch {epoch + 1}/{epochs}", epoch=epoch + 1, loss=loss)
-
-        fit(
-            module,
-            self.data.x_train,
-            self.data.y_train,
-            epochs=epochs,
-            device=self.device,
-            seed=seed,
-            after_step=after_step,
-            should_stop=self.stop_check,
-            on_epoch=on_epoch,
-            teacher=self.base if self.settings.distill else None,
-            distill_weight=self.settings.distill,
-            **fit_options(self.settings),
-        )
-        module.cpu()
-
-    def evaluate(self, module: nn.Module) -> float:
-        if self.user_stop():
-            raise Cancelled("stopped by request")
-        accuracy = self.score(module, self.data.x_val, self.data.y_val, device=self.device)
-        module.cpu()
-        return accuracy
-
-    def record(
-        self,
-        stage: str,
-        shrunk: nn.Module,
-        removed: int,
-        accuracy: float,
-        accepted: bool,
-        fraction: float,
-        level: float,
-    ) -> Trial:
-        """A point on the trade-off curve; its compression ratio is the packed size of the shrunk model."""
-        packed = pack_sqz(with_channels(self.model, shrunk), [])
+    def record_shrunk(self, stage: str, shrunk: nn.Module, removed: int, accuracy: float, accepted: bool,
+                      fraction: float, level: float) -> Trial:
+        """A trial whose compression ratio is the packed size of the shrunk model."""
         layers = [name for name, count in self.widths(shrunk).items() if count != len(self.graph.producers[name])]
-        trial = Trial(
-            step=len(self.trials) + 1,
-            stage=stage,
-            layers=layers,
-            accuracy=accuracy,
-            compression_ratio=self.original_bytes / len(packed),
-            accepted=accepted,
-            sparsity=level,
-        )
-        self.trials.append(trial)
-        self.emit(
-            "step",
-            fraction,
-            f"{stage}: {removed} channels removed, {'accepted' if accepted else 'rejected'}",
-            step=trial.step,
-            accuracy=accuracy,
-            compression_ratio=trial.compression_ratio,
-            accepted=accepted,
-            channels_removed=removed,
-        )
-        return trial
+        return self.record(stage, pack_sqz(with_channels(self.model, shrunk), []), layers=layers, accuracy=accuracy,
+                           accepted=accepted, fraction=fraction, sparsity=level,
+                           summary=f"{removed} channels removed", channels_removed=removed)
 
     def widths(self, module: nn.Module) -> dict[str, int]:
         return {name: width(module.get_submodule(name)) for name in self.graph.producers}

@@ -1,0 +1,191 @@
+"""The machinery every compression method runs on, so that each method module holds only what is its own.
+
+A method builds one `MethodRun` (or a subclass that adds its own state) and uses this small API:
+
+- `measure_baseline()`: the baseline's score and the budget in absolute points (announced as events);
+- `train(module, epochs, seed, stage, fraction, after_step=None)`: one training stage; the only place a method
+  trains, so a learning-rate choice or a divergence rollback added to `fit_stage` applies to every method;
+- `evaluate(module)`: the budget's metric on the validation split (raises Cancelled on a stop request);
+- `within(accuracy)`: whether a score stays within the budget;
+- `record(stage, packed, ...)`: appends a `Trial` (its compression ratio from the packed `.sqz` bytes) and reports it;
+- `save(tensors, meta, fraction)` / `resume()`: a checkpoint of the method's state, with the trials so far;
+- `with run.time_limited(stage):` around the stages: when the configured time limit runs out, the run stops there
+  and `result()` returns the best state the method kept, with `stopped_early="time_limit"`;
+- `result(module, layers, accuracy)`: the `MethodResult`.
+
+Progress fractions are the method's own share of the bar, from 0 to 1 (the pipeline maps them onto the job's).
+"""
+
+import contextlib
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.checkpoint import load_checkpoint, save_checkpoint
+from core.config import CompressConfig, StructuredTraining
+from core.errors import Cancelled
+from core.events import Event, EventCallback, StopCheck, never_stop, no_events
+from core.measure import float32_bytes, metric_function, resolve_device
+from core.methods.results import LayerState, MethodResult, Trial
+from core.train import fit, fit_options, stage_epochs
+
+# Progress while the baseline is evaluated: every method starts its own stages at BASELINE_DONE.
+BASELINE_START, BASELINE_DONE = 0.01, 0.05
+# Fine-tuning after a removal step draws other shuffles than the stage before it (which uses seed + attempt).
+FINETUNE_SEED_OFFSET = 100
+
+AfterStep = Callable[[torch.optim.Optimizer], None]
+
+
+class TimeLimitReached(Exception):
+    """Internal: the configured time limit ran out; the best state so far is kept."""
+
+
+def progress(start: float, end: float, done: int, total: int) -> float:
+    """The fraction `done`/`total` of the way from `start` to `end` of the progress bar."""
+    return start + (end - start) * done / total
+
+
+class MethodRun:
+    """State of one compression run: the float CPU copy of the baseline, the budget, events, the time limit, the
+    trials tried and the checkpoint they are saved in (kept in one place so checkpoints and events see the same)."""
+
+    def __init__(
+        self,
+        model,
+        data,
+        config: CompressConfig,
+        settings: StructuredTraining | None,
+        *,
+        name: str,
+        on_event: EventCallback = no_events,
+        should_stop: StopCheck = never_stop,
+        checkpoint_dir: Path | None = None,
+    ):
+        self.model, self.data, self.config, self.settings = model, data, config, settings
+        self.name, self.on_event, self.user_stop, self.checkpoint_dir = name, on_event, should_stop, checkpoint_dir
+        self.device = resolve_device(config.device)
+        self.score = metric_function(config.target.metric)  # the one metric the budget is measured in
+        self.deadline = time.monotonic() + config.time_limit_s if config.time_limit_s else math.inf
+        self.original_bytes = float32_bytes(model.module)
+        self.base = copy.deepcopy(model.module).float().cpu().eval()
+        self.trials: list[Trial] = []
+        self.baseline = math.nan
+        self.budget = math.nan
+        self.stopped_early: str | None = None
+
+    # -- stop checks and events ------------------------------------------------------------------------------
+    def stop_check(self) -> bool:
+        """For `fit`: True on a user's stop request; raises TimeLimitReached once the time limit has run out."""
+        if self.user_stop():
+            return True
+        if time.monotonic() > self.deadline:
+            raise TimeLimitReached
+        return False
+
+    def seconds_left(self) -> float | None:
+        """Time left before the time limit, or None without one."""
+        return None if math.isinf(self.deadline) else self.deadline - time.monotonic()
+
+    def emit(self, stage: str, fraction: float, message: str = "", **data) -> None:
+        self.on_event(Event(stage=stage, fraction=min(max(fraction, 0.0), 1.0), message=message, data=data))
+
+    @contextlib.contextmanager
+    def time_limited(self, stage: str) -> Iterator[None]:
+        """Runs the body until the time limit cuts it; then records `stopped_early` and warns under `stage`."""
+        try:
+            yield
+        except TimeLimitReached:
+            self.stopped_early = "time_limit"
+            self.emit(stage, 1.0, "time limit reached; keeping the best state so far", level="warning")
+
+    # -- training and scoring --------------------------------------------------------------------------------
+    def measure_baseline(self, *, announce: bool = True, **data) -> tuple[float, float]:
+        """The baseline's score and the budget in absolute points, both announced as events unless `announce` is
+        False (`data` joins the first event)."""
+        if announce:
+            self.emit("baseline", BASELINE_START, "evaluating the baseline", **data)
+        self.baseline = self.evaluate(self.base)
+        self.budget = self.config.target.allowed_drop(self.baseline)
+        if announce:
+            self.emit("baseline", BASELINE_DONE, f"baseline accuracy {self.baseline:.2f}", accuracy=self.baseline,
+                      allowed_drop=self.budget)
+        return self.baseline, self.budget
+
+    def within(self, accuracy: float, budget: float | None = None) -> bool:
+        """Whether `accuracy` stays within `budget` (default: the whole budget) of the baseline."""
+        return self.baseline - accuracy <= (self.budget if budget is None else budget)
+
+    def train(self, module: nn.Module, epochs: int, seed: int, stage: str, fraction: float,
+              after_step: AfterStep | None = None) -> None:
+        """One training stage of `epochs` (stretched to at least min_steps_per_stage SGD steps, so small data sets
+        recover; none when `epochs` is 0), with distillation from the baseline; the module ends on CPU."""
+        assert self.settings is not None, "a run that trains has training settings"
+        epochs = stage_epochs(self.settings, epochs, len(self.data.y_train))
+        if epochs <= 0:
+            return
+
+        def on_epoch(epoch: int, loss: float) -> None:
+            self.emit(stage, fraction, f"epoch {epoch + 1}/{epochs}", epoch=epoch + 1, loss=loss)
+
+        self.fit_stage(module, epochs, seed, after_step, on_epoch)
+        module.cpu()
+
+    def fit_stage(self, module: nn.Module, epochs: int, seed: int, after_step: AfterStep | None,
+                  on_epoch: Callable[[int, float], None]) -> None:
+        """The one call of `core.train.fit` for every method: the place for a learning-rate choice or a rollback."""
+        assert self.settings is not None
+        fit(module, self.data.x_train, self.data.y_train, epochs=epochs, device=self.device, seed=seed,
+            after_step=after_step, should_stop=self.stop_check, on_epoch=on_epoch,
+            teacher=self.base if self.settings.distill else None, distill_weight=self.settings.distill,
+            **fit_options(self.settings))
+
+    def evaluate(self, module: nn.Module) -> float:
+        """The budget's metric of `module` on the validation split; the module ends on CPU."""
+        if self.user_stop():
+            raise Cancelled("stopped by request")
+        accuracy = self.score(module, self.data.x_val, self.data.y_val, device=self.device)
+        module.cpu()
+        return accuracy
+
+    # -- trials and checkpoints ------------------------------------------------------------------------------
+    def record(self, stage: str, packed: bytes, *, layers: list[str], accuracy: float, accepted: bool,
+               fraction: float, sparsity: float | None, summary: str = "", **data) -> Trial:
+        """A point on the trade-off curve; `packed` is the trial's model as a `.sqz`, its ratio's denominator.
+        The event's message is "<stage>: [<summary>, ]accepted|rejected"; `data` joins the event."""
+        trial = Trial(step=len(self.trials) + 1, stage=stage, layers=layers, accuracy=accuracy,
+                      compression_ratio=self.original_bytes / len(packed), accepted=accepted, sparsity=sparsity)
+        self.trials.append(trial)
+        outcome = "accepted" if accepted else "rejected"
+        self.emit("step", fraction, f"{stage}: {summary}, {outcome}" if summary else f"{stage}: {outcome}",
+                  step=trial.step, accuracy=accuracy, compression_ratio=trial.compression_ratio, accepted=accepted,
+                  layers=layers, **data)
+        return trial
+
+    def save(self, tensors: dict[str, torch.Tensor], meta: dict, fraction: float) -> None:
+        """A checkpoint of the method's state (with the trials so far) that `resume` hands back after a restart."""
+        if self.checkpoint_dir is None:
+            return
+        trials = [dataclasses.asdict(trial) for trial in self.trials]
+        path = save_checkpoint(self.checkpoint_dir, self.name, tensors, {**meta, "trials": trials, "fraction": fraction})
+        self.emit("checkpoint", fraction, "checkpoint written", path=str(path))
+
+    def resume(self) -> tuple[dict[str, torch.Tensor], dict] | None:
+        """The last checkpoint's tensors and metadata (its trials restored into this run), or None."""
+        saved = load_checkpoint(self.checkpoint_dir, self.name)
+        if saved is not None:
+            assert self.checkpoint_dir is not None
+            self.trials = [Trial(**trial) for trial in saved[1]["trials"]]
+            self.emit("checkpoint", saved[1]["fraction"], "resumed from checkpoint",
+                      path=str(self.checkpoint_dir / f"{self.name}.json"))
+        return saved
+
+    def result(self, module: nn.Module, layers: list[LayerState], accuracy: float) -> MethodResult:
+        return MethodResult(module=module, layers=layers, trials=self.trials, baseline_accuracy=self.baseline,
+                            accuracy=accuracy, target_met=self.within(accuracy), stopped_early=self.stopped_early)

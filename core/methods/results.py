@@ -1,0 +1,59 @@
+"""What every method returns: the compressed module, one row per layer and the trials tried on the way.
+
+The pipeline turns these into report.json (core.artifacts.report) and `.sqz` packing reads `LayerState` rows, so the
+field names are part of the report's contract.
+"""
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass
+class LayerState:
+    """One convolution or linear layer of the compressed model: how its weights are stored and why."""
+
+    name: str
+    type: str
+    shape: list[int]
+    params: int
+    sparsity: float
+    representation: str  # "ternary" | "sparse-float" | "float"
+    sigma: float | None
+    bits: float
+    significance_rank: int
+    accepted: bool
+
+
+@dataclass
+class ChannelLayerState(LayerState):
+    """A layer of a channel-pruned model: LayerState plus how many output channels stayed, and why."""
+
+    channels_before: int
+    channels_kept: int
+    channels_removed: int
+    reason: str
+
+
+@dataclass
+class Trial:
+    """One point on the trade-off curve: a compression step tried, its accuracy and whether it stayed in budget."""
+
+    step: int
+    stage: str
+    layers: list[str]
+    accuracy: float
+    compression_ratio: float
+    accepted: bool
+    sparsity: float | None
+
+
+@dataclass
+class MethodResult:
+    module: nn.Module
+    layers: list[LayerState]
+    trials: list[Trial]
+    baseline_accuracy: float
+    accuracy: float
+    target_met: bool
+    stopped_early: str | None  # "time_limit" when the time limit cut the run; None when it ran to its end
