@@ -9,6 +9,7 @@ the same inputs and reject the same ones with the same error codes.
 import dataclasses
 import json
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from core.measure import (
     resolve_device,
     score_predictions,
 )
+from core.measure.runtime import onnx_latency_ms
 from core.methods.auto import compress_auto
 from core.methods.filter import compress_filter
 from core.methods.group import compress_group
@@ -175,6 +177,14 @@ def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: 
     onnx_accuracy = _onnx_accuracy(onnx_path, raw, None, metric)
     if abs(onnx_accuracy - compressed["accuracy"]) > ONNX_TOLERANCE_POINTS:
         raise RuntimeError(f"model.onnx scores {onnx_accuracy}% but model.sqz {compressed['accuracy']}%")
+    with tempfile.TemporaryDirectory(prefix="squeezer-baseline-") as tmp:
+        baseline_onnx = _onnx_entry(export_onnx(loaded, Path(tmp) / "baseline.onnx"), raw, loaded, metric)
+    artifacts = {
+        "model.sqz": {"bytes": sqz_bytes, "accuracy": compressed["accuracy"], "runtime": "torch",
+                      **{key: compressed[key] for key in LATENCY_BATCHES}},
+        "model/": _model_dir_entry(model_dir, prepared, metric),
+        "model.onnx": _onnx_entry(onnx_path, raw, reloaded, metric, accuracy=onnx_accuracy),
+    }
 
     target = config.target
     report = build_report(
@@ -185,6 +195,8 @@ def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: 
             "task": config.task,
             "dataset": raw.summary(),
             "onnx_accuracy": onnx_accuracy,
+            "artifacts": artifacts,
+            "baseline_onnx": baseline_onnx,
             "stopped_early": result.stopped_early,
             "device": str(device),
             "seed": config.seed,
@@ -198,6 +210,24 @@ def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: 
                    data={"accuracy": compressed["accuracy"], "compression_ratio": report["compression_ratio"],
                          "target_met": report["target_met"]}))
     return report
+
+
+def _onnx_entry(path: Path, raw: Dataset, model: LoadedModel, metric: str, accuracy: float | None = None) -> dict:
+    """An .onnx file's report entry, every figure measured on the file in onnxruntime (CPU, one thread)."""
+    if accuracy is None:
+        _stamp_preprocessing(path, model.preprocessing)
+        accuracy = _onnx_accuracy(path, raw, None, metric)
+    return {"bytes": path.stat().st_size, "accuracy": accuracy, "runtime": "onnxruntime",
+            **{key: onnx_latency_ms(path, tuple(model.input_shape), batch=batch) for key, batch in LATENCY_BATCHES.items()}}
+
+
+def _model_dir_entry(model_dir: Path, data: Dataset, metric: str) -> dict:
+    """model/ (served as model.zip) loaded back and measured like model.sqz."""
+    loaded = load_model(model_dir)
+    return {"bytes": sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()),
+            "accuracy": metric_function(metric)(loaded.module, data.x_val, data.y_val, device=REPORT_DEVICE),
+            "runtime": "torch",
+            **{key: median_latency_ms(loaded.module, loaded.input_shape, batch=batch) for key, batch in LATENCY_BATCHES.items()}}
 
 
 def _with_channel_counts(layers: list[LayerState]) -> list[ChannelLayerState]:

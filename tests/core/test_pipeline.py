@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from core.artifacts.sqz import load_sqz
 from core.config import AccuracyTarget, CompressConfig, LwctConfig, Normalization
 from core.errors import DatasetError, MismatchError, ModelFormatError, UnsafeFormatError
 from core.intake.registry import build_architecture
@@ -14,9 +15,9 @@ from core.pipeline import PREPROCESSING_KEY, ModelSource, check_inputs, compress
 from core.samples import ensure_sample_model
 
 REPORT_KEYS = {"method", "metric", "target", "target_met", "baseline", "compressed", "accuracy_drop", "compression_ratio",
-               "flops_reduction", "layers", "trials", "task", "dataset", "device", "duration_s", "seed", "preprocessing",
-               "squeezer_version", "onnx_accuracy"}
-MEASURES = {"accuracy", "params", "nonzero_params", "flops", "size_bytes", "latency_ms", "latency_ms_batch32"}
+               "macs_reduction", "flops_reduction", "layers", "trials", "task", "dataset", "device", "duration_s", "seed",
+               "preprocessing", "squeezer_version", "onnx_accuracy"}
+MEASURES = {"accuracy", "params", "nonzero_params", "macs", "flops", "size_bytes", "latency_ms", "latency_ms_batch32"}
 # Seconds on two CPU cores: three pruning levels and the five-layer walk, 60 SGD steps each.
 QUICK = LwctConfig(sparsity_grid=[0.5, 0.7, 0.8], prune_epochs=1, epochs_per_step=1, min_steps_per_stage=60)
 # No training at all: every step is evaluated as it is (for tests of plumbing, not of quality).
@@ -61,6 +62,23 @@ def test_every_written_model_reproduces_the_reported_accuracy(compressed):
     assert evaluate_file(out / "model", "sample:digits")["accuracy"] == accuracy
     onnx_accuracy = evaluate_file(out / "model.onnx", "sample:digits")["accuracy"]
     assert onnx_accuracy == report["onnx_accuracy"] and abs(onnx_accuracy - accuracy) <= 0.1
+
+
+def test_model_onnx_is_as_small_as_the_method_made_it_and_scores_as_reported(compressed):
+    out, report, _ = compressed
+    artifacts, baseline_onnx = report["artifacts"], report["baseline_onnx"]
+    assert set(artifacts) == {"model.sqz", "model/", "model.onnx"}
+    for name, entry in artifacts.items():
+        path = out / name.rstrip("/")
+        size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        assert entry["bytes"] == size and entry["latency_ms"] > 0 and entry["latency_ms_batch32"] > 0
+    assert artifacts["model.sqz"]["accuracy"] == artifacts["model/"]["accuracy"] == report["compressed"]["accuracy"]
+    assert artifacts["model.onnx"]["bytes"] * 4 <= baseline_onnx["bytes"]  # ternary int4 + float16 initializers
+    assert abs(artifacts["model.onnx"]["accuracy"] - report["compressed"]["accuracy"]) <= 0.1
+    assert baseline_onnx["accuracy"] == pytest.approx(report["baseline"]["accuracy"], abs=0.1)
+    x = torch.randn(16, 1, 8, 8)
+    (onnx_logits,) = ort.InferenceSession(str(out / "model.onnx")).run(None, {"input": x.numpy()})
+    np.testing.assert_allclose(onnx_logits, load_sqz(out / "model.sqz").module.eval()(x).detach().numpy(), atol=1e-4)
 
 
 def test_normalization_is_saved_with_the_model_and_applied_by_every_reader(sample_dir, tmp_path):

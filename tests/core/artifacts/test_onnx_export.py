@@ -1,10 +1,11 @@
 import types
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
-from core.artifacts.onnx_export import export_onnx
+from core.artifacts.onnx_export import export_onnx, integer_codes
 
 
 def test_exported_onnx_matches_torch_at_any_batch_size(tmp_path):
@@ -19,3 +20,36 @@ def test_exported_onnx_matches_torch_at_any_batch_size(tmp_path):
         x = torch.randn(batch, 1, 8, 8)
         (onnx_logits,) = session.run(None, {"input": x.numpy()})
         np.testing.assert_allclose(onnx_logits, module(x).detach().numpy(), atol=1e-5)
+
+
+def _initializer_types(path) -> dict[str, int]:
+    return {init.name: init.data_type for init in onnx.load(str(path)).graph.initializer}
+
+
+def test_ternary_and_float16_weights_are_stored_compactly_and_decode_exactly(tmp_path):
+    torch.manual_seed(0)
+    conv, norm, linear = torch.nn.Conv2d(1, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Linear(288, 10)
+    module = torch.nn.Sequential(conv, norm, torch.nn.ReLU(), torch.nn.Flatten(), linear).eval()
+    with torch.no_grad():
+        conv.weight.copy_(0.3 * torch.sign(conv.weight) * (torch.rand_like(conv.weight) > 0.5))  # ternary, one σ
+        norm.running_var.uniform_(0.5, 2.0)  # folded into the conv, it makes σ differ per output channel
+        linear.weight.copy_(linear.weight.half().float())  # exact in float16
+    model = types.SimpleNamespace(module=module, input_shape=(1, 8, 8))
+    compact = export_onnx(model, tmp_path / "compact.onnx")
+    dense = export_onnx(model, tmp_path / "dense.onnx", compact=False)
+    types_by_name = _initializer_types(compact)
+    assert onnx.TensorProto.INT4 in types_by_name.values() and onnx.TensorProto.FLOAT16 in types_by_name.values()
+    assert compact.stat().st_size < dense.stat().st_size / 1.6
+    x = torch.randn(4, 1, 8, 8)
+    (logits,) = ort.InferenceSession(str(compact)).run(None, {"input": x.numpy()})
+    np.testing.assert_allclose(logits, module(x).detach().numpy(), atol=1e-5)
+
+
+def test_integer_codes_only_when_exact():
+    sigma = np.float32(0.123)
+    ternary = sigma * np.array([[1, 0, -1, 1], [0, 0, 0, 0], [-1, -1, 0, 1]], np.float32)
+    codes, scales, kind = integer_codes(ternary)
+    assert kind == onnx.TensorProto.INT4 and scales.tolist() == [sigma] and set(codes.flatten()) == {-1, 0, 1}
+    assert integer_codes(np.array([[0.1, 0.25, 0.7]], np.float32)) is None  # not multiples of one scale, exactly
+    wide = np.arange(-100, 100, dtype=np.float32).reshape(2, 100) * np.float32(0.5)
+    assert integer_codes(wide)[2] == onnx.TensorProto.INT8
