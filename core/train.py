@@ -2,10 +2,17 @@
 
 Hooks let methods keep their constraints (masks, projections) after every optimizer step and let the
 caller stop cooperatively; seeded shuffling keeps CPU runs reproducible.
+
+Uploaded models come with weight scales (folded BatchNorm, another optimiser's history) that no fixed learning rate
+suits, so a job picks its rate from its own data (`choose_lr`, a short bounded range test) and every stage runs under a
+divergence guard (`fit_guarded`): a loss far above its start, or NaN/inf, rolls the stage back and retries it at a
+lower rate, a bounded number of times.
 """
 
+import copy
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -32,6 +39,7 @@ def fit(
     lr_schedule: str = "constant",
     teacher: nn.Module | None = None,
     distill_weight: float = 0.0,
+    divergence: "DivergenceRule | None" = None,
 ) -> float:
     """Train `module` in place on (x, y) and return the mean loss of the last epoch.
 
@@ -41,7 +49,8 @@ def fit(
     minimum than at a constant rate. Mixed precision is used on CUDA only, so CPU runs stay bit-reproducible for a given seed.
     With a `teacher`, the loss mixes in `distill_weight` of knowledge distillation (KL divergence to the teacher's
     softened outputs): a compressed model recovers faster when it learns the baseline's full output, not just labels.
-    Raises Cancelled as soon as `should_stop()` returns True (checked before every step).
+    Raises Cancelled as soon as `should_stop()` returns True (checked before every step); with a `divergence` rule,
+    raises Diverged as soon as the loss breaks it (the module is then left mid-way: the caller rolls back).
     """
     device = torch.device(device)
     module.to(device).train()
@@ -58,6 +67,7 @@ def fit(
     total_steps = max(epochs * -(-per_epoch // batch_size), 1)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps) if lr_schedule == "cosine" else None
     last_loss = 0.0
+    watch = _DivergenceWatch(divergence) if divergence is not None else None
     try:
         for epoch in range(epochs):
             order = torch.randperm(n, generator=generator)[:per_epoch]
@@ -83,7 +93,10 @@ def fit(
                         after_step(optimizer)
                 if scheduler is not None:
                     scheduler.step()
-                total += loss.detach().float().item() * len(idx)
+                step_loss = loss.detach().float().item()
+                if watch is not None:
+                    watch.observe(step_loss)
+                total += step_loss * len(idx)
                 seen += len(idx)
             last_loss = total / max(seen, 1)
             if on_epoch is not None:
@@ -123,3 +136,127 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor) -> tor
     log_teacher = torch.log_softmax(teacher_logits.float() / t, dim=1)
     kl = (log_teacher.exp() * (log_teacher - log_student)).sum(1)
     return kl.mean() * t * t
+
+
+# -- learning rate and divergence -------------------------------------------------------------------------------
+
+
+class Diverged(Exception):
+    """A training stage's loss broke its DivergenceRule; the stage must be rolled back."""
+
+    def __init__(self, step: int, loss: float, start_loss: float):
+        super().__init__(f"loss {loss:.4g} at step {step} (started at {start_loss:.4g})")
+        self.step, self.loss, self.start_loss = step, loss, start_loss
+
+
+@dataclass(frozen=True)
+class DivergenceRule:
+    """When a stage counts as diverged: a NaN/inf loss, or a smoothed loss above factor × start + margin.
+
+    The start is the first step's loss, computed before any update (so a rate that blows up within a few steps cannot
+    move the reference with it); the smoothed loss is an exponential average (`smoothing`) of the step losses, so one
+    bad batch does not trip it. The margin keeps a nearly converged baseline (loss ≈ 0.02) from tripping on noise.
+    """
+
+    factor: float = 2.0
+    margin: float = 0.5
+    smoothing: float = 0.9
+
+
+class _DivergenceWatch:
+    def __init__(self, rule: DivergenceRule):
+        self.rule, self.steps, self.start, self.smoothed = rule, 0, math.nan, math.nan
+
+    def observe(self, loss: float) -> None:
+        self.steps += 1
+        if not math.isfinite(loss):
+            raise Diverged(self.steps, loss, self.start)
+        if self.steps == 1:
+            self.start = self.smoothed = loss
+            return
+        self.smoothed = self.rule.smoothing * self.smoothed + (1 - self.rule.smoothing) * loss
+        if self.smoothed > self.rule.factor * self.start + self.rule.margin:
+            raise Diverged(self.steps, self.smoothed, self.start)
+
+
+@dataclass
+class StageOutcome:
+    """What a guarded stage did: the rate it finished at, the tries it rolled back, whether any try held."""
+
+    loss: float
+    lr: float
+    retries: list[dict] = field(default_factory=list)  # {"lr": .., "step": .., "loss": .., "start_loss": ..} per rollback
+    recovered: bool = True  # False: every try diverged and the module is back at its starting weights
+
+
+def fit_guarded(module: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float, max_retries: int = 3,
+                lr_factor: float = 0.3, divergence: DivergenceRule = DivergenceRule(), **options) -> StageOutcome:
+    """`fit` under a divergence rule: a diverged try is rolled back to the stage's starting weights and repeated at
+    `lr_factor` × its rate, at most `max_retries` times. When no try holds, the module keeps its starting weights and
+    the outcome says `recovered=False`, so the caller reports it rather than keeping a wrecked model."""
+    start = copy.deepcopy(module.state_dict())
+    retries: list[dict] = []
+    for _ in range(max_retries + 1):
+        try:
+            loss = fit(module, x, y, lr=lr, divergence=divergence, **options)
+            return StageOutcome(loss, lr, retries)
+        except Diverged as error:
+            retries.append({"lr": lr, "step": error.step, "loss": error.loss, "start_loss": error.start_loss})
+            module.load_state_dict(start)
+            lr *= lr_factor
+    return StageOutcome(math.nan, retries[-1]["lr"], retries, recovered=False)
+
+
+LR_CANDIDATE_FACTORS = (1.0, 0.3, 0.1, 0.03, 0.01)  # × the configured rate, which is the ceiling
+
+
+@dataclass
+class RangeTest:
+    """The outcome of `choose_lr`: the rate picked and the probe loss every candidate reached."""
+
+    lr: float
+    start_loss: float
+    losses: dict[float, float]  # candidate rate → loss on the probe samples after its probe steps (inf: diverged)
+
+
+def choose_lr(module: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float, steps: int = 20,
+              probe_samples: int = 512, tolerance: float = 0.25, candidates: tuple[float, ...] = LR_CANDIDATE_FACTORS,
+              momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 128,
+              device: torch.device | str = "cpu", seed: int = 0) -> RangeTest:
+    """A short, bounded range test on the job's own data: each candidate rate (`lr` × `candidates`) trains a copy of
+    the module for `steps` SGD steps, and the loss it then reaches on a fixed probe subset is compared. The largest
+    rate whose loss is within `tolerance` (relative, plus 0.01) of the best is chosen: the fastest rate that does not
+    hurt. Costs len(candidates) × steps steps plus as many probe evaluations; `module` itself is not changed."""
+    device = torch.device(device)
+    probe = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:probe_samples]
+    x_probe, y_probe = x[probe], y[probe]
+    start_loss = _mean_loss(module, x_probe, y_probe, device, batch_size)
+    losses: dict[float, float] = {}
+    for factor in candidates:
+        rate = lr * factor
+        trial = copy.deepcopy(module)
+        try:
+            fit(trial, x, y, epochs=math.ceil(steps * batch_size / len(x)), lr=rate, momentum=momentum,
+                weight_decay=weight_decay, batch_size=batch_size, device=device, seed=seed,
+                max_samples=steps * batch_size, divergence=DivergenceRule())
+            losses[rate] = _mean_loss(trial, x_probe, y_probe, device, batch_size)
+        except Diverged:
+            losses[rate] = math.inf
+    finite = [loss for loss in losses.values() if math.isfinite(loss)]
+    if not finite:
+        return RangeTest(min(losses), start_loss, losses)
+    best = min(finite)
+    chosen = max(rate for rate, loss in losses.items() if loss <= best * (1 + tolerance) + 0.01)
+    return RangeTest(chosen, start_loss, losses)
+
+
+def _mean_loss(module: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int) -> float:
+    module.to(device).eval()
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            logits = module(x[start : start + batch_size].to(device))
+            total += float(nn.functional.cross_entropy(logits.float(), y[start : start + batch_size].to(device),
+                                                       reduction="sum"))
+    loss = total / max(len(x), 1)
+    return loss if math.isfinite(loss) else math.inf
