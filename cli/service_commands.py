@@ -35,9 +35,9 @@ from cli.output import (
     parse_options,
     print_report,
 )
+from store.statuses import FINAL_STATUSES, STATUSES_WITH_RESULTS, JobStatus
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
-FINAL_STATUSES = {"succeeded", "failed", "cancelled"}
 POLL_INTERVAL_S = 1.0
 
 jobs_app = typer.Typer(
@@ -140,7 +140,7 @@ def wait_for_job(client: httpx.Client, job: dict) -> dict:
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=err_console, transient=False) as bar:
-        task = bar.add_task("queued", total=1.0, status=job["status"])
+        task = bar.add_task(JobStatus.QUEUED, total=1.0, status=job["status"])
         while job["status"] not in FINAL_STATUSES:
             time.sleep(POLL_INTERVAL_S)
             response = client.get(
@@ -165,7 +165,7 @@ def wait_for_job(client: httpx.Client, job: dict) -> dict:
             )
         bar.update(
             task,
-            completed=1.0 if job["status"] == "succeeded" else None,
+            completed=1.0 if job["status"] == JobStatus.SUCCEEDED else None,
             status=job["status"],
         )
     return job
@@ -202,11 +202,11 @@ def print_summary(job: dict, report: dict | None, out_dir: Path | None) -> None:
 def finish(client: httpx.Client, job: dict, out_dir: Path) -> int:
     """Downloads the results of a final job (a failed one may keep its best result: time limits), prints the summary
     and returns the exit code."""
-    paths = download_results(client, job["id"], out_dir) if job["status"] in ("succeeded", "failed") else []
+    paths = download_results(client, job["id"], out_dir) if job["status"] in STATUSES_WITH_RESULTS else []
     report_path = out_dir / "report.json"
     report = json.loads(report_path.read_text()) if report_path in paths else None
     print_summary(job, report, out_dir if paths else None)
-    if job["status"] != "succeeded":
+    if job["status"] != JobStatus.SUCCEEDED:
         error = job.get("error") or {}
         err_console.print(
             f"job {job['id']} {job['status']}: {error.get('message') or error.get('code') or 'no result'}",

@@ -12,9 +12,8 @@ from sqlalchemy.orm import Session
 
 from core.events import Event
 from store.models import Artifact, Job, JobEvent, JobResult, utcnow
+from store.statuses import ACTIVE_STATUSES, FINAL_STATUSES, JobStatus
 
-ACTIVE_STATUSES = ("running", "cancelling")
-FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 
 def as_utc(moment: datetime | None) -> datetime | None:
@@ -125,9 +124,9 @@ def claim_job(session: Session, job_id: str, worker_id: str) -> Job | None:
     now = utcnow()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
         .values(
-            status="running",
+            status=JobStatus.RUNNING,
             attempts=Job.attempts + 1,
             worker_id=worker_id,
             heartbeat_at=now,
@@ -180,7 +179,7 @@ def finish_job(
     session: Session,
     job_id: str,
     worker_id: str,
-    status: str,
+    status: JobStatus,
     *,
     error_code: str | None = None,
     error_message: str | None = None,
@@ -220,9 +219,15 @@ def request_cancel(session: Session, job_id: str) -> Job | None:
     step boundary); final and cancelling jobs are left as they are. None when the job does not exist."""
     now = utcnow()
     session.execute(
-        update(Job).where(Job.id == job_id, Job.status == "queued").values(status="cancelled", cancel_requested=True, finished_at=now, version=Job.version + 1)
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, version=Job.version + 1)
     )
-    session.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(status="cancelling", cancel_requested=True, version=Job.version + 1))
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+        .values(status=JobStatus.CANCELLING, cancel_requested=True, version=Job.version + 1)
+    )
     session.commit()
     return _fresh(session, job_id)
 
@@ -244,35 +249,35 @@ def reap(session: Session, *, heartbeat_timeout_s: float, stale_queued_s: float)
     to_dispatch: list[str] = []
     for job_id, status, attempts, max_attempts in dead:
         still_dead = (Job.id == job_id, Job.status == status, Job.attempts == attempts, or_(Job.heartbeat_at < dead_cutoff, Job.heartbeat_at.is_(None)))
-        if status == "cancelling":
-            values: dict[str, Any] = {"status": "cancelled", "finished_at": now}
+        if status == JobStatus.CANCELLING:
+            values: dict[str, Any] = {"status": JobStatus.CANCELLED, "finished_at": now}
             event = Event(
                 stage="worker_lost", fraction=0.0, level="warning", message="The worker stopped responding; the job was being cancelled and is now cancelled."
             )
         elif attempts < max_attempts:
-            values = {"status": "queued", "worker_id": None, "heartbeat_at": None, "dispatched_at": now}
+            values = {"status": JobStatus.QUEUED, "worker_id": None, "heartbeat_at": None, "dispatched_at": now}
             event = Event(
                 stage="worker_lost", fraction=0.0, level="warning", message=f"The worker stopped responding during attempt {attempts}; the job was requeued."
             )
         else:
             message = f"The worker stopped responding on each of {attempts} attempts; giving up."
-            values = {"status": "failed", "error_code": "worker_lost", "error_message": message, "finished_at": now}
+            values = {"status": JobStatus.FAILED, "error_code": "worker_lost", "error_message": message, "finished_at": now}
             event = Event(stage="worker_lost", fraction=0.0, level="error", message=message)
         result = session.execute(update(Job).where(*still_dead).values(**values, version=Job.version + 1))
         if result.rowcount == 1:
             session.execute(
                 insert(JobEvent).values(job_id=job_id, level=event.level, stage=event.stage, message=event.message, data={"attempts": attempts}, created_at=now)
             )
-            if values["status"] == "queued":
+            if values["status"] == JobStatus.QUEUED:
                 to_dispatch.append(job_id)
         session.commit()
 
     stale_cutoff = now - timedelta(seconds=stale_queued_s)
-    stale = session.scalars(select(Job.id).where(Job.status == "queued", or_(Job.dispatched_at < stale_cutoff, Job.dispatched_at.is_(None)))).all()
+    stale = session.scalars(select(Job.id).where(Job.status == JobStatus.QUEUED, or_(Job.dispatched_at < stale_cutoff, Job.dispatched_at.is_(None)))).all()
     for job_id in stale:
         result = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == "queued", or_(Job.dispatched_at < stale_cutoff, Job.dispatched_at.is_(None)))
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED, or_(Job.dispatched_at < stale_cutoff, Job.dispatched_at.is_(None)))
             .values(dispatched_at=now)
         )
         session.commit()

@@ -20,6 +20,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from store.statuses import JobStatus
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -76,8 +78,8 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
     tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
-    # queued | running | succeeded | failed | cancelling | cancelled
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    # A JobStatus value (stored as its string, the API's contract).
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED, index=True)
     # The validated request (model/dataset references, method, target, options, metadata).
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))

@@ -23,6 +23,7 @@ from core.pipeline import ModelSource, compress_files
 from store.artifacts import delete_artifact, export_artifact_to, get_ready_artifact, store_file
 from store.jobs import claim_job, finish_job, heartbeat, record_event, set_checkpoint, update_progress
 from store.models import Job
+from store.statuses import JobStatus
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -50,15 +51,15 @@ def run_job(job_id: str, ctx: WorkerContext) -> None:
             report = _compress(job, ctx, monitor, Path(workdir))
             results = _store_results(job, ctx, Path(workdir) / "out")
         except Cancelled:
-            _finish(ctx, job, "cancelled")
+            _finish(ctx, job, JobStatus.CANCELLED)
         except SqueezerError as error:
-            _finish(ctx, job, "failed", error_code=error.code, error_message=error.message)
+            _finish(ctx, job, JobStatus.FAILED, error_code=error.code, error_message=error.message)
         except Exception as error:
             log.exception("job %s: internal error", job_id)
             _finish(
                 ctx,
                 job,
-                "failed",
+                JobStatus.FAILED,
                 error_code="internal_error",
                 error_message=f"The job stopped on an internal error ({type(error).__name__}); the worker's log has the details.",
             )
@@ -70,15 +71,15 @@ def run_job(job_id: str, ctx: WorkerContext) -> None:
                     delete_artifact(ctx.session_factory, ctx.blobs, artifact_id)
 
 
-def _outcome(report: dict) -> tuple[str, ...]:
+def _outcome(report: dict) -> tuple[JobStatus, str | None, str | None]:
     """A run cut short by its time limit fails, yet keeps its best result so far as the job's artifacts."""
     if report.get("stopped_early") == "time_limit":
         message = "The job reached its time limit; the best result found until then is kept (see its report)."
-        return ("failed", "time_limit_exceeded", message)
-    return ("succeeded",)
+        return (JobStatus.FAILED, "time_limit_exceeded", message)
+    return (JobStatus.SUCCEEDED, None, None)
 
 
-def _finish(ctx: WorkerContext, job: Job, status: str, error_code: str | None = None, error_message: str | None = None,
+def _finish(ctx: WorkerContext, job: Job, status: JobStatus, error_code: str | None = None, error_message: str | None = None,
             **fields: Any) -> bool:
     fields.update(error_code=error_code, error_message=error_message)
     with ctx.session_factory() as session:
@@ -216,7 +217,7 @@ class JobMonitor:
         self._last_write = 0.0
         self._last_check = time.monotonic()
         self._last_stage: str | None = None
-        self.progress: dict[str, Any] = {"stage": "queued", "fraction": 0.0, "best_accuracy": None, "best_compression_ratio": None}
+        self.progress: dict[str, Any] = {"stage": JobStatus.QUEUED, "fraction": 0.0, "best_accuracy": None, "best_compression_ratio": None}
 
     def __enter__(self) -> Self:
         self._thread.start()

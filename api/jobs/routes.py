@@ -15,7 +15,7 @@ from api.deps import (
     SettingsDep,
 )
 from api.errors import problem_responses
-from api.jobs.schemas import EventOut, JobArtifactOut, JobCreate, JobOut, JobStatus
+from api.jobs.schemas import EventOut, JobArtifactOut, JobCreate, JobOut, JobStatusValue
 from api.jobs.service import (
     etag,
     event_out,
@@ -94,7 +94,7 @@ def read_jobs(
     session: SessionDep,
     tenant: CurrentTenant,
     page: PageDep,
-    status: Annotated[JobStatus | None, Query()] = None,
+    status: Annotated[JobStatusValue | None, Query()] = None,
 ) -> dict:
     return make_page(
         list_jobs(session, tenant, after=page.after, limit=page.limit, status=status),

@@ -6,10 +6,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from core.config import AccuracyTarget, CompressConfig, MethodName
+from store.statuses import JobStatus
 
-JobStatus = Literal[
-    "queued", "running", "succeeded", "failed", "cancelling", "cancelled"
-]
+# The status values as the OpenAPI document has always shown them, an inline enum (a JobStatus enum field would
+# become a `$ref`, renaming the status types of generated clients), and as 422 messages have always listed them.
+JobStatusValue = Literal[tuple(status.value for status in JobStatus)]  # type: ignore[valid-type]
 RESULT_NAMES = ("model.sqz", "model.onnx", "model.zip", "report.json")
 
 
@@ -101,7 +102,7 @@ class JobCreate(_Strict):
 
 
 class Progress(BaseModel):
-    stage: str = "queued"
+    stage: str = JobStatus.QUEUED  # until the first event names a stage
     fraction: float = 0.0
     best_accuracy: float | None = None
     best_compression_ratio: float | None = None
@@ -154,7 +155,7 @@ class JobOut(BaseModel):
     )
 
     id: str
-    status: JobStatus
+    status: JobStatusValue
     progress: Progress
     spec: dict[str, Any]
     attempts: int

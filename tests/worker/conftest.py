@@ -17,11 +17,11 @@ from store.jobs import create_job
 from store.migrate import upgrade_database
 from store.models import Job, JobEvent, JobResult
 from store.settings import Settings
+from store.statuses import FINAL_STATUSES
 from worker.context import WorkerContext
 from worker.dispatch import CeleryDispatcher
 
 REPO = Path(__file__).resolve().parents[2]
-FINAL = {"succeeded", "failed", "cancelled"}
 
 
 def tiny_spec(model_artifact_id: str, **lwct) -> dict:
@@ -91,7 +91,7 @@ class Service:
         raise AssertionError(f"job {job_id} still {job.status} ({job.progress}) after {timeout_s}s; worker logs in {self.log_dir}")
 
     def wait_final(self, job_id: str, timeout_s: float = 120) -> Job:
-        return self.wait(job_id, lambda job: job.status in FINAL, timeout_s)
+        return self.wait(job_id, lambda job: job.status in FINAL_STATUSES, timeout_s)
 
     def start_worker(self) -> subprocess.Popen:
         log = (self.log_dir / f"worker-{len(self.workers)}.log").open("wb")
