@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from core.artifacts.onnx_export import export_onnx
@@ -38,7 +37,7 @@ from core.measure import (
     resolve_device,
     score_predictions,
 )
-from core.measure.runtime import onnx_latency_ms
+from core.measure.runtime import onnx_latency_ms, onnx_predictions
 from core.methods.auto import compress_auto
 from core.methods.filter import compress_filter
 from core.methods.group import compress_group
@@ -125,7 +124,7 @@ def _measures(module: torch.nn.Module, input_shape: tuple[int, ...], data: Datas
         "accuracy": metric_function(metric)(module, data.x_val, data.y_val, device=REPORT_DEVICE),
         "params": count_params(module),
         "nonzero_params": count_nonzero(module),
-        "flops": count_macs(module, input_shape),
+        "macs": count_macs(module, input_shape),  # the report adds its alias "flops"
         "size_bytes": size_bytes,
         **{key: median_latency_ms(module, input_shape, batch=batch) for key, batch in LATENCY_BATCHES.items()},
     }
@@ -259,19 +258,12 @@ def _onnx_accuracy(path: Path, raw: Dataset, normalization: Normalization | None
         stored = json.loads(stored)
         normalization = Normalization.model_validate(stored) if stored else None
     data = normalize(raw, normalization)
-    model_input = session.get_inputs()[0]
-    batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else 512
-    x = data.x_val.numpy()
-    predictions = []
     try:
-        for start in range(0, len(x), batch):
-            logits = session.run(None, {model_input.name: x[start : start + batch]})[0]
-            predictions.append(np.asarray(logits).argmax(1))
+        predictions = onnx_predictions(session, data.x_val.numpy())
     except Exception as error:  # shape or type mismatch, reported by onnxruntime as InvalidArgument/Fail
-        raise MismatchError(f"the data does not fit the ONNX model's input {model_input.shape}: {error}") from None
-    if not predictions:
-        return 0.0
-    return score_predictions(metric, torch.from_numpy(np.concatenate(predictions)), data.y_val)
+        shape = session.get_inputs()[0].shape
+        raise MismatchError(f"the data does not fit the ONNX model's input {shape}: {error}") from None
+    return score_predictions(metric, torch.from_numpy(predictions), data.y_val)
 
 
 def evaluate_file(model: ModelSource | Path | str, data: str | Path, *, normalization: Normalization | None = None,

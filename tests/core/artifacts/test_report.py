@@ -20,3 +20,13 @@ def test_missing_measure_is_refused():
     with pytest.raises(ValueError, match="size_bytes"):
         build_report(method="lwct", metric="top1", max_drop=1.0, drop_type="absolute", target_met=False,
                      baseline=BASELINE, compressed={"accuracy": 1.0}, layers=[], trials=[])
+
+
+def test_macs_and_their_flops_alias_hold_the_same_counts():
+    """"flops" always held multiply-accumulates; "macs" names them, and the old keys stay as aliases."""
+    baseline = {key: value for key, value in BASELINE.items() if key != "flops"} | {"macs": 400}
+    report = build_report(method="filter", metric="top1", max_drop=1.0, drop_type="absolute", target_met=True,
+                          baseline=baseline, compressed=dict(BASELINE, macs=100), layers=[], trials=[])
+    assert report["baseline"]["macs"] == report["baseline"]["flops"] == 400
+    assert report["compressed"]["macs"] == report["compressed"]["flops"] == 100
+    assert report["macs_reduction"] == report["flops_reduction"] == 4.0
