@@ -11,6 +11,7 @@ from api.jobs.routes import router as jobs_router
 from api.limits import BodyLimitMiddleware
 from store.blobs import make_blob_store
 from store.db import make_engine, make_session_factory
+from store.keys import KeyCache
 from store.settings import Settings, get_settings
 from worker.dispatch import Dispatcher, make_dispatcher
 
@@ -44,6 +45,7 @@ def create_app(
     app.state.session_factory = session_factory
     app.state.blobs = blobs
     app.state.dispatcher = dispatcher
+    app.state.key_cache = KeyCache(settings.api_key_cache_s)
     install_problem_handlers(app)
     app.add_middleware(BodyLimitMiddleware)
     app.include_router(health.router)

@@ -8,7 +8,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.blobs import BlobStore
-from store.keys import verify_key
+from store.keys import KeyCache
 from store.models import DEFAULT_TENANT
 from store.settings import Settings
 from worker.dispatch import Dispatcher
@@ -46,13 +46,15 @@ def current_tenant(
 ) -> str:
     """The caller's tenant: the owner of the bearer key when auth is on (401 otherwise), else the default tenant.
     Every query a route makes is filtered by it, so another tenant's ids answer 404. The key is checked in the
-    request's own session (FastAPI shares it with the route), so a request checks out one connection, not two."""
+    request's own session (FastAPI shares it with the route), so a request checks out one connection, not two, and
+    only when the key is not in the process's key cache (store.keys.KeyCache, `Settings.api_key_cache_s`)."""
     settings: Settings = request.app.state.settings
     if not settings.auth:
         return DEFAULT_TENANT
     tenant = None
     if credentials is not None:
-        tenant = verify_key(session, credentials.credentials)
+        key_cache: KeyCache = request.app.state.key_cache
+        tenant = key_cache.tenant(session, credentials.credentials)
     if tenant is None:
         detail = "send `Authorization: Bearer <api key>`" if credentials is None else "the API key is unknown or revoked"
         raise HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})

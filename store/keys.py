@@ -4,6 +4,8 @@
 import hashlib
 import re
 import secrets
+import threading
+import time
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -39,9 +41,9 @@ def create_key(session: Session, tenant: str, name: str = "") -> tuple[ApiKey, s
     return row, key
 
 
-def verify_key(session: Session, key: str) -> str | None:
-    """The tenant of a valid, unrevoked key; None otherwise."""
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
+def verify_key_hash(session: Session, key_hash: str) -> str | None:
+    """The tenant of a valid, unrevoked key, by its hash; None otherwise (one query; `KeyCache` saves most)."""
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)))
     if row is None:
         return None
     now = utcnow()
@@ -49,6 +51,36 @@ def verify_key(session: Session, key: str) -> str | None:
         session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
         session.commit()
     return row.tenant
+
+
+class KeyCache:
+    """Key hash → tenant of recently verified keys, so most requests check their key without a query.
+
+    An entry lives `ttl_s` seconds: a revoked key keeps working for at most that long in each API process (the
+    revocation is a database write that other processes are not told about), an unknown key is never cached. At
+    `max_entries` the cache starts over rather than grow with the keys an attacker tries. ttl_s = 0: no cache."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000):
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._entries: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def tenant(self, session: Session, key: str) -> str | None:
+        """The tenant of a valid, unrevoked key (as of at most `ttl_s` seconds ago); None otherwise."""
+        digest = hash_key(key)
+        now = time.monotonic()
+        cached = self._entries.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        tenant = verify_key_hash(session, digest)
+        with self._lock:
+            if tenant is None:
+                self._entries.pop(digest, None)
+            elif self.ttl_s > 0:
+                if len(self._entries) >= self.max_entries:
+                    self._entries.clear()
+                self._entries[digest] = (tenant, now + self.ttl_s)
+        return tenant
 
 
 def list_keys(session: Session, tenant: str | None = None) -> list[ApiKey]:
@@ -60,7 +92,8 @@ def list_keys(session: Session, tenant: str | None = None) -> list[ApiKey]:
 
 
 def revoke_key(session: Session, key_id: str, tenant: str) -> bool:
-    """Revokes `tenant`'s key `key_id`; False when the tenant has no such unrevoked key. Requests with it fail at once."""
+    """Revokes `tenant`'s key `key_id`; False when the tenant has no such unrevoked key. Requests with it fail within
+    the API's key cache time (`Settings.api_key_cache_s`)."""
     result = session.execute(
         update(ApiKey).where(ApiKey.id == key_id, ApiKey.tenant == tenant, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
     )

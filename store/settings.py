@@ -4,6 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +29,9 @@ class Settings(BaseSettings):
     # Require `Authorization: Bearer <api key>` on every /v1 route. Off here so library use and the embedded mode
     # start keyless; `squeezer api` turns it on unless SQUEEZER_AUTH=false, `squeezer serve` only with --auth.
     auth: bool = False
+    # Seconds an API process trusts a key it has verified (store.keys.KeyCache): a revoked key stops working within
+    # this time; 0 checks the database on every request.
+    api_key_cache_s: float = Field(5.0, ge=0, le=300)
     # Per-tenant quotas (None: unlimited). Concurrent jobs are those not yet finished (queued, running, cancelling);
     # stored bytes are the sizes of all the tenant's artifacts, uploads and results alike.
     max_concurrent_jobs_per_tenant: int | None = None

@@ -1,5 +1,7 @@
 """API keys and tenancy against PostgreSQL: 401 without a valid key, another tenant's ids answer 404, quotas 429/413."""
 
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
@@ -50,15 +52,34 @@ def test_missing_malformed_and_unknown_keys_are_401_problems(auth_client):
     assert auth_client.get("/healthz").status_code == 200
 
 
-def test_a_revoked_key_is_refused_at_once(auth_client):
-    with auth_client.app.state.session_factory() as session:
+def revoke_after_use(client: TestClient) -> dict[str, str]:
+    """Headers of a key that has just been used (so it is in the key cache) and then revoked."""
+    with client.app.state.session_factory() as session:
         row, key = create_key(session, "acme", "ci")
     headers = {"Authorization": f"Bearer {key}"}
-    assert auth_client.get("/v1/jobs", headers=headers).status_code == 200
-    with auth_client.app.state.session_factory() as session:
+    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    with client.app.state.session_factory() as session:
         assert revoke_key(session, row.id, "acme")
         assert not revoke_key(session, row.id, "acme")
-    assert_problem(auth_client.get("/v1/jobs", headers=headers), 401, "unauthorized")
+    return headers
+
+
+def test_a_revoked_key_stops_working_within_the_key_cache_time(api_settings, redis_url):
+    ttl = 0.5
+    with make_client(api_settings, redis_url, api_key_cache_s=ttl) as client:
+        headers = revoke_after_use(client)
+        revoked_at = time.monotonic()
+        while client.get("/v1/jobs", headers=headers).status_code == 200:  # cached: trusted until the entry expires
+            assert time.monotonic() - revoked_at <= ttl
+        assert_problem(client.get("/v1/jobs", headers=headers), 401, "unauthorized")
+        assert time.monotonic() - revoked_at <= ttl + 0.5
+        unknown = {"Authorization": "Bearer sqz_never-issued"}
+        assert_problem(client.get("/v1/jobs", headers=unknown), 401, "unauthorized")  # refusals are not cached
+
+
+def test_without_a_key_cache_a_revoked_key_is_refused_at_once(api_settings, redis_url):
+    with make_client(api_settings, redis_url, api_key_cache_s=0) as client:
+        assert_problem(client.get("/v1/jobs", headers=revoke_after_use(client)), 401, "unauthorized")
 
 
 def test_another_tenants_ids_answer_404_and_lists_show_only_ones_own(auth_client):
