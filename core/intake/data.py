@@ -21,6 +21,9 @@ from core.errors import DatasetError, MismatchError
 from core.intake.archives import is_archive, safe_extract
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+# sample:shapes: enough images for a small U-Net to learn the two shapes in a few CPU epochs, and a validation split
+# large enough that one image moves pixel accuracy by little.
+SHAPES_TRAIN, SHAPES_VAL = 1000, 200
 NPZ_KEYS = ("x_train", "y_train", "x_val", "y_val")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 IGNORED_FILES = {"thumbs.db", "desktop.ini"}
@@ -87,8 +90,8 @@ def _load_sample(name: str) -> Dataset:
         x_train, y_train, x_val, y_val = (_read_idx(FASHION_MNIST_DIR / f) for f in files)
         return _build("sample:fashion-mnist", x_train[:, None], y_train, x_val[:, None], y_val)
     if name == "shapes":
-        x, masks = synthetic_shapes(1200, seed=0)
-        return _build("sample:shapes", x[:1000], masks[:1000], x[1000:], masks[1000:])
+        x, masks = synthetic_shapes(SHAPES_TRAIN + SHAPES_VAL, seed=0)
+        return _build("sample:shapes", x[:SHAPES_TRAIN], masks[:SHAPES_TRAIN], x[SHAPES_TRAIN:], masks[SHAPES_TRAIN:])
     raise DatasetError(f"unknown sample data set {name!r}; available: digits, fashion-mnist, shapes")
 
 
