@@ -46,7 +46,7 @@ class StructuredTraining(_Strict):
 
 
 class LwctConfig(StructuredTraining):
-    """Layer-wise compressive training (METHODS.md §1). Defaults work without tuning."""
+    """Layer-wise compressive training (docs/METHODS.md §1). Defaults work without tuning."""
 
     sparsity: float | None = Field(None, ge=0, lt=1, description="Network-wide pruning sparsity; None searches the largest one within the budget.")
     sparsity_grid: list[float] = Field(default_factory=lambda: [0.5, 0.7, 0.8, 0.9, 0.95, 0.97])
@@ -65,7 +65,7 @@ class LevelSearch(StructuredTraining):
 
 
 class FilterConfig(LevelSearch):
-    """Importance-weight filter pruning (METHODS.md §2)."""
+    """Importance-weight filter pruning (docs/METHODS.md §2)."""
 
     init: list[Literal["ones", "uniform", "normal", "l1"]] = Field(
         default_factory=lambda: ["ones", "l1"], min_length=1,
@@ -77,7 +77,7 @@ class FilterConfig(LevelSearch):
 
 
 class GroupConfig(LevelSearch):
-    """Group-sparsity neuron removal (METHODS.md §3)."""
+    """Group-sparsity neuron removal (docs/METHODS.md §3)."""
 
     penalties: list[float] = Field(default_factory=lambda: [0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0], min_length=1,
                                    description="Group-lasso weights λ tried in increasing order; the largest within the budget is kept.")
@@ -85,7 +85,7 @@ class GroupConfig(LevelSearch):
 
 
 class AutoConfig(_Strict):
-    """Structural removal, then lwct on what remains, under one budget (METHODS.md, "Combining them")."""
+    """Structural removal, then lwct on what remains, under one budget (docs/METHODS.md, "Combining them")."""
 
     structural: list[Literal["filter", "group"]] = Field(
         default_factory=lambda: ["filter"], min_length=1,

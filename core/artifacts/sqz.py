@@ -4,7 +4,7 @@ Layout: b"SQZ1", one byte naming the body compression (0 none, 1 zlib, 2 lzma), 
 u32 header length, a JSON header (architecture, source format, one entry per tensor), the tensor
 payload, and for ONNX-origin models the weightless graph. Nothing is ever unpickled.
 
-Tensor encodings (METHODS.md "Storage accounting"), the smallest applicable one is chosen per tensor:
+Tensor encodings (docs/METHODS.md "Storage accounting"), the smallest applicable one is chosen per tensor:
 - ternary layers: a nonzero index (bitmap, or byte/short gaps between nonzeros) + one sign bit per
   nonzero + the float σ;
 - sparse float layers: a nonzero index + float values, when smaller than dense;

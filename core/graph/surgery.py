@@ -96,7 +96,7 @@ def shrink(module: nn.Module, graph: ChannelGraph, removed: set[int]) -> nn.Modu
     return module
 
 
-# -- constant outputs of removed neurons (METHODS.md §3) ------------------------------------------------------
+# -- constant outputs of removed neurons (docs/METHODS.md §3) ------------------------------------------------------
 
 _CONSTANT_TOLERANCE = 1e-6
 

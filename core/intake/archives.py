@@ -1,7 +1,9 @@
 """Unpacking untrusted .zip and .tar archives without letting them escape, explode or link elsewhere.
 
 Limits are checked against the archive's own directory first and against the bytes actually written second, so a
-header that lies about sizes cannot get past them.
+header that lies about sizes cannot get past them. Nothing an archive declares is allocated before it is bounded: a
+zip's entry count is read from its end record before its central directory is parsed, a tar's members are counted
+and summed as they are read, and pax and GNU long-name headers (which tarfile reads whole) are capped.
 """
 
 import shutil
@@ -11,6 +13,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from core import limits as intake_limits
 from core.errors import ArchiveError
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -23,6 +26,15 @@ class ArchiveLimits:
     max_members: int = 200_000
     max_total_bytes: int = 16 << 30
     max_ratio: float = 200.0  # uncompressed / compressed, over the whole archive
+    max_header_bytes: int = 64 << 10  # one tar pax or GNU long-name header
+    # Bytes of a zip's central directory per entry: a fixed 46-byte record plus a name, extra field and comment.
+    max_directory_bytes_per_member: int = 46 + 3 * 1024
+
+    @classmethod
+    def from_intake(cls) -> "ArchiveLimits":
+        """The service's configured budgets (core.limits), the ratio as default."""
+        current = intake_limits.current()
+        return cls(current.max_archive_members, current.max_archive_bytes, max_header_bytes=current.max_archive_header_bytes)
 
 
 def is_archive(path: Path) -> bool:
@@ -47,7 +59,10 @@ class _Budget:
 
     def check_declared(self, members: int, declared: int) -> None:
         if members > self.limits.max_members:
-            raise ArchiveError(f"archive holds {members} members; the limit is {self.limits.max_members}")
+            raise ArchiveError(
+                f"archive holds {members} members; the limit is {self.limits.max_members} "
+                f"(raise {intake_limits.SETTING_NAMES['max_archive_members']})"
+            )
         if declared > self.allowed:
             raise ArchiveError(f"archive would unpack to {declared} bytes; the limit is {int(self.allowed)} (zip bomb?)")
 
@@ -61,15 +76,16 @@ class _Budget:
                 out.write(chunk)
 
 
-def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits = ArchiveLimits()) -> Path:
+def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits | None = None) -> Path:
     """Extracts regular files and directories only; links, devices, traversal and bombs raise ArchiveError."""
     archive, dest = Path(archive), Path(dest)
+    limits = limits or ArchiveLimits.from_intake()
     dest.mkdir(parents=True, exist_ok=True)
     budget = _Budget(limits, archive.stat().st_size)
     try:
         if zipfile.is_zipfile(archive):
             _extract_zip(archive, dest, budget)
-        elif tarfile.is_tarfile(archive):
+        elif _is_tar(archive, budget):
             _extract_tar(archive, dest, budget)
         else:
             raise ArchiveError(f"{archive.name} is neither a zip nor a tar archive")
@@ -82,7 +98,20 @@ def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits = ArchiveLimit
     return dest
 
 
+def _check_zip_directory(archive: Path, budget: _Budget) -> None:
+    """The end record's entry count and directory size, before zipfile builds one object per entry."""
+    with archive.open("rb") as file:
+        end = zipfile._EndRecData(file)  # the parser zipfile itself uses; None when there is no end record
+    if end is None:
+        raise ArchiveError(f"{archive.name} is damaged or unreadable: no zip end record")
+    entries, directory_bytes = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]
+    budget.check_declared(entries, 0)
+    if directory_bytes > max(entries, 1) * budget.limits.max_directory_bytes_per_member:
+        raise ArchiveError(f"{archive.name}: a central directory of {directory_bytes} bytes for {entries} entries")
+
+
 def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
+    _check_zip_directory(archive, budget)
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
         budget.check_declared(len(infos), sum(info.file_size for info in infos))
@@ -100,12 +129,45 @@ def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
                 budget.copy(source, dest / relative)
 
 
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses a pax or GNU long-name header past the cap before tarfile reads its whole body into memory."""
+
+    max_header_bytes = ArchiveLimits.max_header_bytes
+
+    def _proc_member(self, tarfile_):
+        if self.type in _METADATA_TYPES and self.size > self.max_header_bytes:
+            raise ArchiveError(
+                f"archive has a {self.size}-byte extended header; the limit is {self.max_header_bytes} "
+                f"(raise {intake_limits.SETTING_NAMES['max_archive_header_bytes']})"
+            )
+        return super()._proc_member(tarfile_)
+
+
+_METADATA_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                   tarfile.SOLARIS_XHDTYPE)
+
+
+def _open_tar(archive: Path, budget: _Budget) -> tarfile.TarFile:
+    bounded = type("TarInfo", (_BoundedTarInfo,), {"max_header_bytes": budget.limits.max_header_bytes})
+    return tarfile.open(archive, tarinfo=bounded)
+
+
+def _is_tar(archive: Path, budget: _Budget) -> bool:
+    """tarfile.is_tarfile, but reading the first header with the caps (is_tarfile would read any pax body whole)."""
+    try:
+        _open_tar(archive, budget).close()
+    except tarfile.TarError:
+        return False
+    return True
+
+
 def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
-    with tarfile.open(archive) as tf:
-        members = []
+    with _open_tar(archive, budget) as tf:
+        members, declared = [], 0
         for member in tf:
             members.append(member)
-            budget.check_declared(len(members), sum(m.size for m in members))
+            declared += member.size
+            budget.check_declared(len(members), declared)
         for member in members:
             relative = _safe_relative(member.name)
             if member.isdir():

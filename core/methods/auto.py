@@ -1,4 +1,4 @@
-"""Methods combined (METHODS.md, "Combining them"): structural removal first (filter and/or group), then layer-wise
+"""Methods combined (docs/METHODS.md, "Combining them"): structural removal first (filter and/or group), then layer-wise
 compressive training on what remains, under ONE accuracy budget measured against the original model.
 
 The structural stages may spend `auto.structural_share` of the allowed drop (they buy FLOPs and latency), lwct

@@ -1,4 +1,4 @@
-"""Importance-weight filter pruning (METHODS.md §2): learnable per-channel gates trained under an L1 penalty score
+"""Importance-weight filter pruning (docs/METHODS.md §2): learnable per-channel gates trained under an L1 penalty score
 the filters; channels are removed in steps of increasing global level, each fine-tuned, and the largest level
 within the error tolerance is kept. Removal is physical (core.graph), so parameters, MACs and latency fall.
 
@@ -156,7 +156,7 @@ def compress_filter(
     should_stop: StopCheck = never_stop,
     checkpoint_dir: Path | None = None,
 ) -> MethodResult:
-    """Compress `model` on `data` under `config.target`; see the module docstring and METHODS.md §2. With a
+    """Compress `model` on `data` under `config.target`; see the module docstring and docs/METHODS.md §2. With a
     `checkpoint_dir`, the learned order and the best state are saved after every level tried, and a rerun resumes
     there: the levels already tried are replayed from their recorded outcomes, not trained again."""
     settings = config.filter

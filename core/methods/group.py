@@ -1,4 +1,4 @@
-"""Group-sparsity neuron removal (METHODS.md §3, Zhou et al. 2016): a group-lasso penalty λ·Σ‖W_n‖₂ over the
+"""Group-sparsity neuron removal (docs/METHODS.md §3, Zhou et al. 2016): a group-lasso penalty λ·Σ‖W_n‖₂ over the
 incoming weights of every neuron/filter, handled by its proximal step (group soft-threshold after every SGD step,
 momentum zeroed for groups that reach zero); zeroed neurons are then removed physically with their constant output
 folded into the next layer's bias. λ is searched under the accuracy budget.
@@ -104,7 +104,7 @@ def compress_group(
     should_stop: StopCheck = never_stop,
     checkpoint_dir: Path | None = None,
 ) -> MethodResult:
-    """Compress `model` on `data` under `config.target`; see the module docstring and METHODS.md §3. With a
+    """Compress `model` on `data` under `config.target`; see the module docstring and docs/METHODS.md §3. With a
     `checkpoint_dir`, the best model and the outcome of every λ are saved after each λ tried, and a rerun resumes
     there, replaying the λs already tried."""
     settings = config.group

@@ -1,4 +1,4 @@
-"""Layer-wise compressive training (METHODS.md §1): global magnitude pruning, layer ranking, then a greedy
+"""Layer-wise compressive training (docs/METHODS.md §1): global magnitude pruning, layer ranking, then a greedy
 walk that collapses the least significant layers into the ternary subspace {−σ, 0, +σ} with σ-constrained SGD,
 keeping every step whose accuracy stays within the budget.
 

@@ -55,3 +55,11 @@ def crash(_: dict) -> dict:
 
 def unexpected(_: dict) -> dict:
     raise KeyError("/srv/squeezer/secret-path")
+
+
+def extract(payload: dict) -> dict:
+    """safe_extract in the child, so a test can read the peak memory of the attempt."""
+    from core.intake.archives import safe_extract
+
+    safe_extract(Path(payload["archive"]), Path(payload["dest"]))
+    return {"extracted": True}
