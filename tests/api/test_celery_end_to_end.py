@@ -28,7 +28,8 @@ def test_celery_worker_takes_a_job_from_queued_to_succeeded(
         "SQUEEZER_BROKER_URL": redis_url,
         "SQUEEZER_STORAGE_BACKEND": "database",
         "SQUEEZER_DATA_DIR": str(tmp_path / "worker"),
-        "SQUEEZER_WORKER_DEVICE": "cpu",
+        # scripts/gpu-check.sh runs this test with the worker on CUDA.
+        "SQUEEZER_WORKER_DEVICE": os.environ.get("SQUEEZER_TEST_WORKER_DEVICE", "cpu"),
         "OMP_NUM_THREADS": "1",
     }
     log = (tmp_path / "worker.log").open("wb")
