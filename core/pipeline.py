@@ -2,8 +2,9 @@
 (model.sqz, model/, model.onnx, report.json) and verify that every figure in the report comes back from the files
 handed out.
 
-The CLI, the API's submission check and the worker call these functions and nothing deeper, so all three accept
-the same inputs and reject the same ones with the same error codes.
+The CLI, the API's submission check and the worker run the engine through these functions (beside them they use
+only its config, errors, events and helpers such as safe archive extraction), so all three accept the same inputs and
+reject the same ones with the same error codes.
 """
 
 import dataclasses
