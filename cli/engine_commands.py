@@ -114,8 +114,9 @@ def compress(
         "squeezer-results"
     ),
     method: Annotated[
-        Literal["lwct", "filter", "group", "auto"],
-        typer.Option(help="Compression method; auto: channel removal, then lwct, under one budget."),
+        Literal["lwct", "filter", "group", "auto", "int8"],
+        typer.Option(help="Compression method; auto: channel removal, then lwct (and int8), under one budget; "
+                     "int8: weights and activations, calibrated on the training data."),
     ] = "lwct",
     task: Annotated[Task, typer.Option("--task", help="What the model does.")] = "classification",
     metric: MetricOption = None,
@@ -152,7 +153,8 @@ def compress(
             fields = parse_options(option or [])
         except ValueError as error:
             raise InputError(str(error), code="invalid_options") from None
-        for name in ("lwct", "filter", "group") if method == "auto" else (method,):
+        trained = ("lwct", "filter", "group")  # int8 only calibrates: no epochs to set
+        for name in trained if method == "auto" else tuple({method} & set(trained)):
             method_options = fields.setdefault(name, {})
             for key, value in (("epochs_per_step", epochs_per_step), ("max_train_samples", max_train_samples)):
                 if value is not None:

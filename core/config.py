@@ -84,6 +84,15 @@ class GroupConfig(LevelSearch):
     sparse_epochs: int = Field(4, ge=1, description="Epochs of group-sparse training per λ.")
 
 
+class Int8Config(_Strict):
+    """int8 post-training quantization of weights and activations (onnxruntime QDQ; docs/METHODS.md, "Deployable
+    artifacts and int8")."""
+
+    calibration_samples: int = Field(256, ge=1, description="Training samples whose activation ranges set the int8 scales.")
+    calibration: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="How onnxruntime turns the observed activations into ranges.")
+    per_channel: bool = Field(True, description="One weight scale per output channel (else one per tensor).")
+
+
 class AutoConfig(_Strict):
     """Structural removal, then lwct on what remains, under one budget (docs/METHODS.md, "Combining them")."""
 
@@ -98,9 +107,16 @@ class AutoConfig(_Strict):
         True, description="Also run lwct alone on the original model, with the whole budget, and return whichever "
                           "result within the budget packs smallest: the combination is never worse in size than its "
                           "default method alone.")
+    int8: bool = Field(
+        True, description="Last, quantize the channel-removed model to int8 (weights and activations) with what the "
+                          "structural stages left of the budget (int8 kernels are what make a model.onnx faster in onnxruntime).")
+    objective: Literal["size", "latency", "balanced"] = Field(
+        "size", description="Which within-budget candidate is returned: size (smallest file), latency (fastest "
+                            "model.onnx in onnxruntime at batch 32, CPU) or balanced (smallest product of the two "
+                            "ratios to the baseline).")
 
 
-MethodName = Literal["lwct", "filter", "group", "auto"]
+MethodName = Literal["lwct", "filter", "group", "auto", "int8"]
 TaskName = Literal["classification", "segmentation"]
 METRICS_BY_TASK: dict[str, tuple[str, ...]] = {"classification": ("top1",), "segmentation": ("pixel_accuracy", "miou")}
 
@@ -118,6 +134,7 @@ class CompressConfig(_Strict):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     group: GroupConfig = Field(default_factory=GroupConfig)
     auto: AutoConfig = Field(default_factory=AutoConfig)
+    int8: Int8Config = Field(default_factory=Int8Config)
     time_limit_s: float | None = Field(None, gt=0, description="Stop training after this many seconds and keep the best result so far.")
 
     @model_validator(mode="after")

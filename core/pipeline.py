@@ -42,11 +42,12 @@ from core.measure.runtime import onnx_latency_ms, onnx_predictions
 from core.methods.auto import compress_auto
 from core.methods.filter import compress_filter
 from core.methods.group import compress_group
+from core.methods.int8 import compress_int8
 from core.methods.lwct import compress_lwct, prunable_layers
 from core.methods.results import ChannelLayerState, LayerState
 
 METHODS: dict[str, Callable] = {"lwct": compress_lwct, "filter": compress_filter, "group": compress_group,
-                                "auto": compress_auto}
+                                "auto": compress_auto, "int8": compress_int8}
 # The report's figures are measured on CPU whatever device trained the model: CUDA kernels (TF32, other reduction
 # orders) can flip near-tied predictions, and `squeezer evaluate` on any CPU must reproduce the reported accuracy.
 REPORT_DEVICE = "cpu"
@@ -172,11 +173,16 @@ def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: 
     model_dir = out_dir / "model"
     shutil.rmtree(model_dir, ignore_errors=True)
     save_model_dir(reloaded, model_dir)
-    onnx_path = export_onnx(reloaded, out_dir / "model.onnx")
+    onnx_path = out_dir / "model.onnx"
+    if result.onnx is None:
+        export_onnx(reloaded, onnx_path)
+    else:  # the method's own file (int8), whose accuracy is the result's
+        onnx_path.write_bytes(result.onnx)
     _stamp_preprocessing(onnx_path, reloaded.preprocessing)
     onnx_accuracy = _onnx_accuracy(onnx_path, raw, None, metric)
-    if abs(onnx_accuracy - compressed["accuracy"]) > ONNX_TOLERANCE_POINTS:
-        raise RuntimeError(f"model.onnx scores {onnx_accuracy}% but model.sqz {compressed['accuracy']}%")
+    expected, source = (compressed["accuracy"], "model.sqz") if result.onnx is None else (result.accuracy, "the method")
+    if abs(onnx_accuracy - expected) > ONNX_TOLERANCE_POINTS:
+        raise RuntimeError(f"model.onnx scores {onnx_accuracy}% but {source} {expected}%")
     with tempfile.TemporaryDirectory(prefix="squeezer-baseline-") as tmp:
         baseline_onnx = _onnx_entry(export_onnx(loaded, Path(tmp) / "baseline.onnx"), raw, loaded, metric)
     artifacts = {
@@ -185,6 +191,11 @@ def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: 
         "model/": _model_dir_entry(model_dir, prepared, metric),
         "model.onnx": _onnx_entry(onnx_path, raw, reloaded, metric, accuracy=onnx_accuracy),
     }
+    deployable = "model.sqz" if result.onnx is None else "model.onnx"
+    if result.onnx is not None:  # int8 exists only as model.onnx: the headline figures are that file's
+        onnx_entry = artifacts["model.onnx"]
+        compressed |= {"accuracy": onnx_entry["accuracy"], "size_bytes": onnx_entry["bytes"],
+                       **{key: onnx_entry[key] for key in LATENCY_BATCHES}}
 
     target = config.target
     report = build_report(
@@ -197,6 +208,8 @@ def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: 
             "onnx_accuracy": onnx_accuracy,
             "artifacts": artifacts,
             "baseline_onnx": baseline_onnx,
+            "deployable": deployable,
+            **({"objective": config.auto.objective, "candidates": result.candidates} if config.method == "auto" else {}),
             "stopped_early": result.stopped_early,
             "device": str(device),
             "seed": config.seed,

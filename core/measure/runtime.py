@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 
 
-def onnx_session(path: Path):
+def onnx_session(model: Path | bytes):
     """A single-threaded CPU session: multi-threaded timings of small models swing with every other process."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def onnx_latency_ms(path: Path, input_shape: tuple[int, ...], *, batch: int = 1, repeats: int = 30,
@@ -32,3 +33,23 @@ def onnx_latency_ms(path: Path, input_shape: tuple[int, ...], *, batch: int = 1,
         session.run(None, {name: x})
         times.append(time.perf_counter() - start)
     return 1000.0 * statistics.median(times)
+
+
+def onnx_predictions(session, x: np.ndarray, batch: int = 512) -> np.ndarray:
+    """Class predictions (argmax over dim 1) of an onnxruntime session for every sample, batched like `predict`
+    (a fixed batch axis in the file sets the batch)."""
+    model_input = session.get_inputs()[0]
+    batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else batch
+    outputs = [np.asarray(session.run(None, {model_input.name: x[start : start + batch]})[0]).argmax(1)
+               for start in range(0, len(x), batch)]
+    return np.concatenate(outputs) if outputs else np.zeros(0, dtype=np.int64)
+
+
+def onnx_score(model: Path | bytes, x, y, metric: str) -> float:
+    """`metric` of an ONNX model (a path or its bytes) on already normalized inputs, in onnxruntime on CPU."""
+    import torch
+
+    from core.measure import score_predictions
+
+    session = onnx_session(model)
+    return score_predictions(metric, torch.from_numpy(onnx_predictions(session, x.numpy())), y)

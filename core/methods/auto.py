@@ -7,29 +7,37 @@ absolute budget `stage_allowed − (baseline − a)`, so its own test "start −
 "baseline − accuracy ≤ stage_allowed": every acceptance is judged against the original baseline. Each stage starts
 from the previous stage's result and only removes channels or constrains weights, so the latest result within the
 budget is the most compressed one. With `auto.compare_lwct_alone`, lwct also runs alone on the original model with the
-whole budget: the result returned is the one within the budget that packs smallest (when none is within it, the most
-accurate).
+whole budget. With `auto.int8`, the channel-removed model is last quantized to int8 with what the structural stages
+left of the budget. Every stage's result is a candidate, its deployable file (model.sqz, or the int8 model.onnx)
+measured for bytes and its model.onnx for onnxruntime latency; the one returned is the candidate within the budget
+best by `auto.objective`: size (smallest file, the default), latency (fastest at batch 32) or balanced (smallest
+product of the two ratios to the baseline). When none is within the budget, the most accurate.
 """
 
 import dataclasses
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from core.artifacts.onnx_export import export_onnx
 from core.artifacts.sqz import pack_sqz
 from core.config import AccuracyTarget, CompressConfig
 from core.errors import UnsupportedLayerError
 from core.events import Event, EventCallback, StopCheck, never_stop, no_events
 from core.graph import with_channels
 from core.measure import float32_bytes
+from core.measure.runtime import onnx_latency_ms
 from core.methods.filter import compress_filter
 from core.methods.group import compress_group
 from core.methods.harness import MethodRun
+from core.methods.int8 import compress_int8
 from core.methods.lwct import compress_lwct
 from core.methods.results import ChannelLayerState, LayerState, MethodResult
 
 STAGES: dict[str, Callable[..., MethodResult]] = {
-    "filter": compress_filter, "group": compress_group, "lwct": compress_lwct,
+    "filter": compress_filter, "group": compress_group, "lwct": compress_lwct, "int8": compress_int8,
 }
+LATENCY_BATCH = 32  # the batch the latency objective ranks by
 
 
 @dataclasses.dataclass
@@ -37,7 +45,8 @@ class _Outcome:
     stage: str
     result: MethodResult
     channel_rows: list[list[ChannelLayerState]]  # the structural stages' per-layer rows up to this one
-    packed_bytes: int  # of the stage's result as a .sqz: what "most compressed" is judged by
+    packed_bytes: int  # of the stage's deployable file (.sqz, or the int8 .onnx): what "most compressed" is judged by
+    latency_ms: float  # of its model.onnx in onnxruntime at LATENCY_BATCH, CPU, one thread
 
 
 def compress_auto(model, data, config: CompressConfig, *, on_event: EventCallback = no_events,
@@ -52,6 +61,8 @@ def compress_auto(model, data, config: CompressConfig, *, on_event: EventCallbac
     plan += [("lwct", "lwct", allowed, False)]
     if config.auto.compare_lwct_alone:
         plan += [("lwct-alone", "lwct", allowed, True)]
+    if config.auto.int8:
+        plan += [("int8", "int8", allowed, False)]
     current, channel_rows, trials, outcomes = model, [], [], []
     for index, (label, name, stage_allowed, fresh) in enumerate(plan):
         source, rows = (model, []) if fresh else (current, channel_rows)
@@ -78,18 +89,43 @@ def compress_auto(model, data, config: CompressConfig, *, on_event: EventCallbac
         trials += [dataclasses.replace(t, step=len(trials) + i + 1, stage=f"{label}:{t.stage}",
                                        compression_ratio=t.compression_ratio * scale)
                    for i, t in enumerate(result.trials)]
-        if name != "lwct":
+        if name in ("filter", "group"):
             rows = [*rows, result.layers]
             channel_rows, current = rows, with_channels(current, result.module)
-        packed = len(pack_sqz(with_channels(source, result.module), result.layers))
-        outcomes.append(_Outcome(label, result, rows, packed))
+        if name == "int8" and result.onnx is None:
+            continue  # outside the budget: the float model it started from is already a candidate
+        packed = len(result.onnx) if result.onnx else len(pack_sqz(with_channels(source, result.module), result.layers))
+        outcomes.append(_Outcome(label, result, rows, packed, _latency(with_channels(source, result.module), result.onnx)))
 
     within = [o for o in outcomes if run.within(o.result.accuracy)]
-    chosen = min(within, key=lambda o: o.packed_bytes) if within else max(outcomes, key=lambda o: o.result.accuracy)
+    baseline_latency = _latency(model, None)
+    rank = {"size": lambda o: o.packed_bytes, "latency": lambda o: o.latency_ms,
+            "balanced": lambda o: (o.packed_bytes / run.original_bytes) * (o.latency_ms / baseline_latency)}
+    chosen = min(within, key=rank[config.auto.objective]) if within else max(outcomes, key=lambda o: o.result.accuracy)
     result = chosen.result
     run.trials = trials
     run.stopped_early = next((o.result.stopped_early for o in outcomes if o.result.stopped_early), None)
-    return run.result(result.module, merge_layers(chosen.channel_rows, result.layers), result.accuracy)
+    returned = run.result(result.module, merge_layers(chosen.channel_rows, result.layers), result.accuracy)
+    returned.onnx = result.onnx
+    returned.candidates = [
+        {"stage": o.stage, "accuracy": o.result.accuracy, "bytes": o.packed_bytes,
+         f"latency_ms_batch{LATENCY_BATCH}": o.latency_ms, "within_budget": run.within(o.result.accuracy),
+         "chosen": o is chosen}
+        for o in outcomes
+    ] + [{"stage": "baseline", "accuracy": baseline, "bytes": run.original_bytes,
+          f"latency_ms_batch{LATENCY_BATCH}": baseline_latency, "within_budget": True, "chosen": False}]
+    return returned
+
+
+def _latency(model, onnx: bytes | None) -> float:
+    """onnxruntime latency at LATENCY_BATCH of `onnx`, or of `model` (a LoadedModel) exported as model.onnx is."""
+    with tempfile.TemporaryDirectory(prefix="squeezer-auto-") as tmp:
+        path = Path(tmp) / "candidate.onnx"
+        if onnx is None:
+            export_onnx(model, path)
+        else:
+            path.write_bytes(onnx)
+        return onnx_latency_ms(path, tuple(model.input_shape), batch=LATENCY_BATCH)
 
 
 def _stage_events(on_event: EventCallback, name: str, index: int, count: int) -> EventCallback:

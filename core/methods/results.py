@@ -57,3 +57,7 @@ class MethodResult:
     accuracy: float
     target_met: bool
     stopped_early: str | None  # "time_limit" when the time limit cut the run; None when it ran to its end
+    # The deployable model.onnx when the method made one itself (int8: the QDQ file `accuracy` was measured on);
+    # None: the pipeline exports the module. `candidates`: auto's within-budget choice, for the report.
+    onnx: bytes | None = None
+    candidates: list[dict] | None = None

@@ -106,4 +106,4 @@ def test_auto_runs_both_stages_from_the_command_line(sample_model, tmp_path):
     assert "CPU latency, batch 32" in result.output
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "auto" and {t["stage"].split(":")[0] for t in report["trials"]} == {
-        "filter", "lwct", "lwct-alone"}
+        "filter", "lwct", "lwct-alone", "int8"}

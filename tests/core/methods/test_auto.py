@@ -53,7 +53,7 @@ def test_report_lists_every_step_and_the_ratio_of_the_returned_model(digits_mode
     report = compress_files(ModelSource(tmp_path / "model"), "sample:digits", tmp_path / "out", config)
     assert report["method"] == "auto" and report["metric"] == "top1" and report["target_met"]
     assert [s for s in dict.fromkeys(t["stage"].split(":")[0] for t in report["trials"])] == [
-        "filter", "lwct", "lwct-alone"]
+        "filter", "lwct", "lwct-alone", "int8"]
     # trial ratios count from the original model, whatever stage produced them; the combination and lwct alone
     # both ran, and the returned model is the most compressed step within the budget
     accepted = [t["compression_ratio"] for t in report["trials"] if t["accepted"]]
@@ -82,3 +82,20 @@ def test_a_stopped_auto_job_replays_finished_stages_and_resumes_the_interrupted_
     assert [(t.stage, t.accuracy, t.accepted) for t in resumed.trials] == [
         (t.stage, t.accuracy, t.accepted) for t in uninterrupted.trials]
     assert resumed.accuracy == uninterrupted.accuracy
+
+
+def test_objective_picks_the_within_budget_candidate_it_names(digits_model, tmp_path):
+    """latency: the fastest model.onnx among the candidates within the budget (int8 after channel removal is one);
+    the report states the objective and every candidate with its measured bytes and latency."""
+    save_model_dir(digits_model, tmp_path / "model")
+    config = CompressConfig(method="auto", device="cpu", filter=QUICK_FILTER, lwct=QUICK_LWCT,
+                            auto=AutoConfig(objective="latency", compare_lwct_alone=False))
+    report = compress_files(ModelSource(tmp_path / "model"), "sample:digits", tmp_path / "out", config)
+    assert report["objective"] == "latency" and report["target_met"]
+    candidates = [c for c in report["candidates"] if c["stage"] != "baseline"]
+    assert {c["stage"] for c in candidates} <= {"filter", "lwct", "int8"} and "int8" in {c["stage"] for c in candidates}
+    within = [c for c in candidates if c["within_budget"]]
+    (chosen,) = [c for c in candidates if c["chosen"]]
+    assert chosen["latency_ms_batch32"] == min(c["latency_ms_batch32"] for c in within)
+    assert report["compressed"]["accuracy"] == pytest.approx(chosen["accuracy"], abs=0.1)
+    assert report["deployable"] == ("model.onnx" if chosen["stage"] == "int8" else "model.sqz")
