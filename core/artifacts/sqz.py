@@ -17,6 +17,7 @@ so a loaded model is bit-identical to the packed one.
 import dataclasses
 import json
 import lzma
+import math
 import struct
 import tempfile
 import zlib
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from core import limits
 from core.errors import ModelFormatError
 
 MAGIC = b"SQZ1"
@@ -251,18 +253,62 @@ def write_sqz(path: Path, model, layers: list) -> int:
     return len(data)
 
 
+def _decompress(flag: int, packed: bytes) -> bytes:
+    """The body, never more than the model budget: decompressors are asked for at most one byte past it."""
+    budget = limits.current().max_model_bytes
+    if flag == 0:
+        return packed
+    decompressor = zlib.decompressobj() if flag == 1 else lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+    body = decompressor.decompress(packed, budget + 1)
+    if len(body) > budget:
+        raise limits.exceeded("the .sqz body's decompressed size", len(body), "max_model_bytes", ModelFormatError)
+    return body
+
+
+def _check_payload(entry: dict, numel: int) -> None:
+    """The chunk sizes a tensor's header declares must be what its shape and encoding need (exactly for fixed-width
+    values; variable-width codes, q8's and Rice indexes, are checked against their counts as they are decoded)."""
+    sizes, enc = entry["sizes"], entry["enc"]
+
+    def values_bytes(count: int) -> int | None:
+        kind = entry.get("values", "float32")
+        return count * np.dtype(_VALUE_DTYPES[kind]).itemsize if kind in _VALUE_DTYPES else None
+
+    if enc == "raw":
+        expected = [numel * _DTYPES[entry["dtype"]].itemsize]
+    elif enc == "dense":
+        expected = [values_bytes(numel)]
+    else:
+        nnz = entry["nnz"]
+        if not isinstance(nnz, int) or not 0 <= nnz <= numel:
+            raise ValueError(f"{nnz} nonzeros in a tensor of {numel}")
+        index = (numel + 7) // 8 if entry["index"] == "bitmap" else None
+        expected = [index, (nnz + 7) // 8 if enc == "ternary" else values_bytes(nnz)]
+    if len(sizes) != len(expected) or any(want is not None and got != want for got, want in zip(sizes, expected)):
+        raise ValueError(f"payload sizes {sizes} do not match shape {entry['shape']} ({enc})")
+
+
 def _unpack(data: bytes) -> tuple[dict, dict[str, torch.Tensor], bytes]:
     if data[:4] != MAGIC or len(data) < 5 or data[4] > 2:
         raise ModelFormatError("not a Squeezer .sqz file (bad magic)")
     try:
-        body = [lambda b: b, zlib.decompress, lambda b: lzma.decompress(b, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)][data[4]](data[5:])
+        body = _decompress(data[4], data[5:])
         (header_len,) = struct.unpack_from("<I", body)
         header = json.loads(body[4 : 4 + header_len])
         offset = 4 + header_len
-        state = {}
+        state, params = {}, 0
         for key, entry in header["tensors"].items():
+            shape = entry["shape"]
+            if not all(isinstance(d, int) and d >= 0 for d in shape):
+                raise ValueError(f"tensor {key} has shape {shape}")
+            numel = math.prod(shape)
+            params += numel
+            limits.check(f"the .sqz file's parameter count (at {key})", params, "max_model_params", ModelFormatError)
+            _check_payload(entry, numel)
             chunks = []
             for size in entry["sizes"]:
+                if offset + size > len(body):
+                    raise ValueError(f"tensor {key} runs past the end of the file")
                 chunks.append(body[offset : offset + size])
                 offset += size
             state[key] = _decode_tensor(entry, chunks)

@@ -25,6 +25,7 @@ from core.errors import ModelFormatError, UnsafeFormatError, UnsupportedLayerErr
 from core.intake.archives import safe_extract
 from core.intake.onnx_safety import refuse_external_data
 from core.intake.registry import build_architecture, default_input_shape
+from core.intake.torch_zip import check_torch_zip
 
 SAFE_FORMATS = ("a Squeezer model directory or .zip (architecture.json + model.safetensors), "
                 ".safetensors or a .pt/.pth state_dict with --arch, or .onnx")
@@ -141,6 +142,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if _torch_archive_kind(path) == "torchscript":
         raise UnsafeFormatError(f"{path.name} is TorchScript, which needs unpickling; use {SAFE_FORMATS}")
+    check_torch_zip(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except Exception as error:  # the restricted unpickler raises many types; none of them may escape as a crash

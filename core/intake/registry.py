@@ -7,11 +7,13 @@ models are built with `weights=None` and filled from the user's own file.
 """
 
 import inspect
+import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from core import limits
 from core.errors import ModelFormatError
 
 
@@ -178,12 +180,51 @@ def build_architecture(name: str, args: dict | None = None) -> nn.Module:
     if not isinstance(name, str):
         raise ModelFormatError("architecture name must be a string")
     channels = args.pop("channels", None)
+    _check_size(name, args, channels)
     module = _build(name, args)
     if channels is not None:
         from core.graph.surgery import apply_channel_overrides
 
         apply_channel_overrides(module, channels, default_input_shape(name, args))
     return module
+
+
+def _check_size(name: str, args: dict, channels: dict | None) -> None:
+    """Builds the module on the meta device (shapes, no memory) and refuses one whose parameter count, probe input or
+    activations (every layer's output for one sample) would not fit, before anything is allocated."""
+    shape = default_input_shape(name, args)
+    if shape is not None and all(isinstance(d, int) for d in shape):
+        limits.check(f"{name}'s input (C×H×W {shape})", math.prod(shape), "max_input_elements", ModelFormatError)
+    with torch.device("meta"):
+        skeleton = _build(name, args)
+        if channels is not None:
+            from core.graph.surgery import apply_channel_overrides
+
+            try:
+                apply_channel_overrides(skeleton, channels, shape)
+            except Exception:  # the real build below reports a bad override with its own message
+                return
+    params = sum(p.numel() for p in skeleton.parameters())
+    limits.check(f"{name}'s parameter count with {str(args)[:200]}", params, "max_model_params", ModelFormatError)
+    if shape is None:
+        return
+    activations = 0
+
+    def count(_module, _inputs, output):
+        nonlocal activations
+        activations += sum(t.numel() for t in (output if isinstance(output, tuple) else (output,)) if torch.is_tensor(t))
+
+    hooks = [module.register_forward_hook(count) for module in skeleton.modules() if not list(module.children())]
+    try:
+        with torch.no_grad():
+            skeleton(torch.empty(1, *shape, device="meta"))
+    except Exception:  # the model does not run at this shape: the real probe says so with its own message
+        return
+    finally:
+        for hook in hooks:
+            hook.remove()
+    limits.check(f"{name}'s activations for one {shape} sample", activations, "max_activation_elements",
+                 ModelFormatError)
 
 
 def _build(name: str, args: dict) -> nn.Module:

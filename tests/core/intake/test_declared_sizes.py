@@ -1,0 +1,151 @@
+"""Sizes a model file or an architecture declares are bounded before anything they declare is allocated: .pt zip
+records, .sqz tensors and decompressed bodies, registry arguments (on the meta device). Memory cases run in a
+sandbox child and assert its peak."""
+
+import json
+import lzma
+import struct
+import zipfile
+import zlib
+
+import pytest
+import torch
+
+from core import limits
+from core.artifacts.sqz import MAGIC, inspect_sqz
+from core.errors import ModelFormatError
+from core.intake.models import load_model
+from core.intake.registry import build_architecture
+from core.sandbox import Sandbox, SandboxLimits
+
+TARGETS = "tests.core.sandbox_targets"
+DIGITS = {"input_size": 8, "in_channels": 1, "num_classes": 10}
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    box = Sandbox(SandboxLimits(memory_bytes=16 << 30, cpu_s=60, wall_s=60), preload=("core.intake.models", TARGETS))
+    yield box
+    box.close()
+
+
+@pytest.mark.parametrize("args, limit", [
+    ({**DIGITS, "num_classes": 10**10}, "SQUEEZER_MAX_MODEL_PARAMS"),
+    ({**DIGITS, "input_size": 200_000}, "SQUEEZER_MAX_INPUT_ELEMENTS"),
+])
+def test_lenet_arguments_past_the_budget_are_refused_without_allocating(args, limit, sandbox):
+    outcome = sandbox.run_outcome(f"{TARGETS}:build", {"name": "lenet5", "args": args})
+    assert outcome.error["code"] == "invalid_model" and limit in outcome.error["message"], outcome
+    assert outcome.peak_rss_bytes < outcome_baseline(sandbox) + (64 << 20)
+
+
+@pytest.mark.parametrize("name, args, limit", [
+    ("vgg-small", {"width": 100_000}, "SQUEEZER_MAX_MODEL_PARAMS"),
+    ("torchvision:resnet18", {"num_classes": 10**9}, "SQUEEZER_MAX_MODEL_PARAMS"),
+    ("torchvision:resnet18", {"input_size": 10_000}, "SQUEEZER_MAX_INPUT_ELEMENTS"),
+    ("unet-small", {"width": 4096}, "SQUEEZER_MAX_MODEL_PARAMS"),
+])
+def test_registry_arguments_past_the_budget_are_refused(name, args, limit):
+    with pytest.raises(ModelFormatError, match=limit):
+        build_architecture(name, args)
+
+
+def test_activations_are_bounded_on_the_meta_device():
+    with limits.using(limits.IntakeLimits(max_activation_elements=1_000_000)):
+        with pytest.raises(ModelFormatError, match="activations.*SQUEEZER_MAX_ACTIVATION_ELEMENTS"):
+            build_architecture("resnet20", {"input_size": 256})
+        build_architecture("resnet20", {})  # 32×32: about 0.6 M activation elements
+
+
+_BASELINE: dict = {}
+
+
+def outcome_baseline(sandbox) -> int:
+    """Peak memory of a child that builds a small model: what the bounded cases are measured against."""
+    if "peak" not in _BASELINE:
+        _BASELINE["peak"] = sandbox.run_outcome(f"{TARGETS}:build", {"name": "lenet5", "args": DIGITS}).peak_rss_bytes
+    return _BASELINE["peak"]
+
+
+def torch_zip_with(path, records: dict[str, bytes], compression=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(path, "w", compression) as zf:
+        for name, data in records.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_a_deflated_pt_record_is_refused_before_torch_inflates_it(tmp_path, sandbox):
+    state = tmp_path / "state.pt"
+    torch.save({"w": torch.zeros(4)}, state)
+    with zipfile.ZipFile(state) as zf:
+        records = {info.filename: zf.read(info) for info in zf.infolist()}
+    data_key = next(name for name in records if "/data/" in name)
+    records[data_key] = b"\0" * (1 << 30)  # 1 GiB of zeros, about 1 MiB deflated
+    bomb = torch_zip_with(tmp_path / "bomb.pt", records, zipfile.ZIP_DEFLATED)
+    assert bomb.stat().st_size < 4 << 20
+    outcome = sandbox.run_outcome(f"{TARGETS}:read_state", {"path": str(bomb)})
+    assert outcome.error["code"] == "invalid_model" and "zip bomb" in outcome.error["message"], outcome
+    assert outcome.peak_rss_bytes < outcome_baseline(sandbox) + (64 << 20)
+
+
+def test_a_pt_record_compressed_within_the_ratio_is_refused(tmp_path):
+    state = tmp_path / "state.pt"
+    torch.save({"w": torch.randn(1000)}, state)
+    with zipfile.ZipFile(state) as zf:
+        records = {info.filename: zf.read(info) for info in zf.infolist()}
+    deflated = torch_zip_with(tmp_path / "deflated.pt", records, zipfile.ZIP_DEFLATED)
+    with pytest.raises(ModelFormatError, match="is compressed"):
+        load_model(deflated, architecture="lenet5", arch_args=DIGITS)
+
+
+def test_pt_records_past_the_model_budget_are_refused(tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.zeros(1000)}, path)
+    with limits.using(limits.IntakeLimits(max_model_bytes=1000)):
+        with pytest.raises(ModelFormatError, match="SQUEEZER_MAX_MODEL_BYTES"):
+            load_model(path, architecture="lenet5", arch_args=DIGITS)
+
+
+def test_a_legacy_pt_is_refused(tmp_path):
+    path = tmp_path / "legacy.pt"
+    torch.save({"w": torch.zeros(4)}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(ModelFormatError, match="zip-format"):
+        load_model(path, architecture="lenet5", arch_args=DIGITS)
+
+
+def sqz_with(tensors: dict, payload: bytes, flag: int = 0) -> bytes:
+    header = json.dumps({"architecture": {"name": "lenet5", "args": {}}, "source_format": "x", "onnx_graph_bytes": 0,
+                         "tensors": tensors}).encode()
+    body = struct.pack("<I", len(header)) + header + payload
+    if flag == 1:
+        body = zlib.compress(body)
+    elif flag == 2:
+        body = lzma.compress(body, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "preset": 1}])
+    return MAGIC + bytes([flag]) + body
+
+
+@pytest.mark.parametrize("entry, payload, message", [
+    ({"shape": [10**12], "dtype": "float32", "enc": "raw", "sizes": [0]}, b"", "parameter count"),
+    ({"shape": [1000], "dtype": "float32", "enc": "raw", "sizes": [0]}, b"", "do not match"),
+    ({"shape": [4], "dtype": "float32", "enc": "raw", "sizes": [64]}, b"\0" * 64, "do not match"),
+    ({"shape": [100], "dtype": "float32", "enc": "dense", "values": "float16", "sizes": [2]}, b"\0\0", "do not match"),
+    ({"shape": [8], "dtype": "float32", "enc": "sparse", "index": "bitmap", "nnz": 9, "values": "float32",
+      "sizes": [1, 36]}, b"\xff" + b"\0" * 36, "nonzeros"),
+    ({"shape": [-1, 4], "dtype": "float32", "enc": "raw", "sizes": [0]}, b"", "shape"),
+    ({"shape": [4], "dtype": "float32", "enc": "raw", "sizes": [16]}, b"\0" * 4, "past the end"),
+])
+def test_sqz_tensor_headers_must_match_their_payload(entry, payload, message):
+    with pytest.raises(ModelFormatError, match=message):
+        inspect_sqz(sqz_with({"w": entry}, payload))
+
+
+@pytest.mark.parametrize("flag", [1, 2])
+def test_sqz_decompression_stops_at_the_budget(flag, sandbox):
+    bomb = sqz_with({}, b"\0" * (512 << 20), flag)
+    assert len(bomb) < 4 << 20
+    with limits.using(limits.IntakeLimits(max_model_bytes=1 << 20)):
+        with pytest.raises(ModelFormatError, match="decompressed size.*SQUEEZER_MAX_MODEL_BYTES"):
+            inspect_sqz(bomb)
+    outcome = sandbox.run_outcome(f"{TARGETS}:inspect_sqz", {"data": bomb.hex(), "max_model_bytes": 1 << 20})
+    assert outcome.error["code"] == "invalid_model", outcome
+    assert outcome.peak_rss_bytes < outcome_baseline(sandbox) + (96 << 20)
