@@ -7,6 +7,10 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.limits import IntakeLimits
+
+_INTAKE = IntakeLimits()
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SQUEEZER_", extra="ignore")
@@ -36,6 +40,32 @@ class Settings(BaseSettings):
     # stored bytes are the sizes of all the tenant's artifacts, uploads and results alike.
     max_concurrent_jobs_per_tenant: int | None = None
     max_stored_bytes_per_tenant: int | None = None
+    # Jobs waiting in the queue per tenant (None: unlimited); submissions past it answer 429 `queued_job_quota_exceeded`.
+    max_queued_jobs_per_tenant: int | None = None
+    # The longest a job may compute (seconds): a job's options.time_limit_s above it is refused (422), one without
+    # it gets this; None leaves jobs unbounded.
+    max_job_time_limit_s: float | None = None
+    # Uploads one tenant may stream at once (429 `upload_quota_exceeded` past it).
+    max_concurrent_uploads_per_tenant: int = 4
+    # Sizes an upload declares, bounded before anything is allocated (core.limits.IntakeLimits; a refusal names the
+    # setting that raises it): model parameters, a .pt's records or a .sqz body, one sample's C×H×W, one sample's
+    # activations over all layers, archive members, unpacked archive bytes, one tar extended header.
+    max_model_params: int = _INTAKE.max_model_params
+    max_model_bytes: int = _INTAKE.max_model_bytes
+    max_input_elements: int = _INTAKE.max_input_elements
+    max_activation_elements: int = _INTAKE.max_activation_elements
+    max_archive_members: int = _INTAKE.max_archive_members
+    max_archive_bytes: int = _INTAKE.max_archive_bytes
+    max_archive_header_bytes: int = _INTAKE.max_archive_header_bytes
+    # The submission check runs in a disposable child (core.sandbox): its address space (the engine's imports take
+    # about 4 GiB of it), CPU seconds and wall-clock seconds; past any of them the submission is refused with 422.
+    check_memory_bytes: int = 12 << 30
+    check_cpu_s: int = 300
+    check_timeout_s: float = 300.0
+
+    def intake_limits(self) -> IntakeLimits:
+        """The upload budgets as the engine takes them (core.limits.using)."""
+        return IntakeLimits(**{field: getattr(self, field) for field in IntakeLimits.__dataclass_fields__})
 
     @property
     def resolved_database_url(self) -> str:
