@@ -21,6 +21,7 @@ import torch
 
 from core.artifacts.onnx_export import export_onnx
 from core.artifacts.report import build_report
+from core.artifacts.report_html import render_report_html
 from core.artifacts.sqz import load_sqz, write_sqz
 from core.config import METRICS_BY_TASK, CompressConfig, Normalization
 from core.errors import InputError, MismatchError, ModelFormatError, UnsupportedLayerError
@@ -148,7 +149,7 @@ def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: 
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     on_event(Event(stage="intake", fraction=0.0, message="loading the model and the data"))
-    metric = config.target.metric
+    metric = config.metric
     loaded, raw, prepared = _load(model, data, config.normalization, config.task)
     baseline = _measures(loaded.module, loaded.input_shape, prepared, float32_bytes(loaded.module), metric)
     on_event(Event(stage="intake", fraction=_METHOD_START, message=f"baseline {metric} {baseline['accuracy']:.2f}%",
@@ -209,6 +210,7 @@ def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: 
             "artifacts": artifacts,
             "baseline_onnx": baseline_onnx,
             "deployable": deployable,
+            "settings": config.model_dump(mode="json"),
             **({"objective": config.auto.objective, "candidates": result.candidates} if config.method == "auto" else {}),
             "stopped_early": result.stopped_early,
             "device": str(device),
@@ -219,6 +221,7 @@ def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: 
         },
     )
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "report.html").write_text(render_report_html(report), encoding="utf-8")
     on_event(Event(stage="done", fraction=1.0, message="target met" if report["target_met"] else "target missed",
                    data={"accuracy": compressed["accuracy"], "compression_ratio": report["compression_ratio"],
                          "target_met": report["target_met"]}))

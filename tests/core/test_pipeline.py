@@ -40,7 +40,7 @@ def compressed(sample_dir, tmp_path_factory):
 
 def test_compress_writes_every_result_and_a_complete_report(compressed):
     out, report, events = compressed
-    assert {p.name for p in out.iterdir()} == {"model.sqz", "model", "model.onnx", "report.json"}
+    assert {p.name for p in out.iterdir()} == {"model.sqz", "model", "model.onnx", "report.json", "report.html"}
     assert json.loads((out / "report.json").read_text()) == report
     assert REPORT_KEYS <= set(report)
     assert set(report["baseline"]) == set(report["compressed"]) == MEASURES
