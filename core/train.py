@@ -185,7 +185,7 @@ class StageOutcome:
 
     loss: float
     lr: float
-    retries: list[dict] = field(default_factory=list)  # {"lr": .., "step": .., "loss": .., "start_loss": ..} per rollback
+    retries: list[dict] = field(default_factory=list)  # per rollback: {"lr", "step", "loss", "start_loss"}
     recovered: bool = True  # False: every try diverged and the module is back at its starting weights
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from core.config import Normalization
 from core.errors import ModelFormatError, UnsafeFormatError, UnsupportedLayerError
 from core.intake.archives import safe_extract
+from core.intake.onnx_normalize import normalize_onnx, unconvertible_nodes
 from core.intake.onnx_safety import refuse_external_data
 from core.intake.registry import build_architecture, default_input_shape
 from core.intake.torch_zip import check_torch_zip
@@ -226,7 +227,9 @@ def _convert_onnx(graph) -> nn.Module:
     try:
         return convert(graph)
     except NotImplementedError as error:
-        raise UnsupportedLayerError(f"the ONNX model uses operators we cannot convert: {str(error)[:300]}") from None
+        nodes = unconvertible_nodes(graph)
+        detail = f"nodes {', '.join(nodes[:5])}" if nodes else str(error)[:300]
+        raise UnsupportedLayerError(f"the ONNX model uses operators we cannot convert: {detail}") from None
     except Exception as error:
         raise ModelFormatError(f"the ONNX model could not be converted: {str(error)[:300]}") from None
 
@@ -243,8 +246,8 @@ def _onnx_input_shape(graph) -> tuple[int, ...] | None:
 
 
 def _load_onnx(path: Path) -> LoadedModel:
-    data = path.read_bytes()
-    graph = _parse_onnx(data, path.name)
+    graph = normalize_onnx(_parse_onnx(path.read_bytes(), path.name)).model
+    data = graph.SerializeToString()
     input_shape = _onnx_input_shape(graph)
     module = _convert_onnx(graph).eval()
     model = LoadedModel(module, {"name": ONNX_ARCHITECTURE, "args": {}}, "onnx", input_shape, None, None, None)
