@@ -15,7 +15,6 @@ from store.models import Artifact, Job, JobEvent, JobResult, utcnow
 from store.statuses import ACTIVE_STATUSES, FINAL_STATUSES, JobStatus
 
 
-
 def as_utc(moment: datetime | None) -> datetime | None:
     """SQLite hands datetimes back without a zone; they were stored as UTC."""
     if moment is not None and moment.tzinfo is None:

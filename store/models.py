@@ -2,6 +2,7 @@
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -39,6 +40,19 @@ class Base(DeclarativeBase):
 DEFAULT_TENANT = "default"
 
 
+class ArtifactKind(StrEnum):
+    """What a stored file is; the values are the API's `kind` (uploads choose one of UPLOAD_KINDS)."""
+
+    MODEL = "model"
+    DATASET = "dataset"
+    RESULT = "result"
+    CHECKPOINT = "checkpoint"
+
+
+# The kinds a client may upload; the worker stores the others.
+UPLOAD_KINDS = (ArtifactKind.MODEL, ArtifactKind.DATASET)
+
+
 class Artifact(Base):
     """A stored file: an upload (model, dataset) or a job result."""
 
@@ -48,7 +62,7 @@ class Artifact(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("art"))
     tenant: Mapped[str] = mapped_column(String(64), index=True, default=DEFAULT_TENANT)
-    kind: Mapped[str] = mapped_column(String(16))  # model | dataset | result | checkpoint
+    kind: Mapped[str] = mapped_column(String(16))  # an ArtifactKind value
     filename: Mapped[str] = mapped_column(String(255))
     content_type: Mapped[str] = mapped_column(String(127), default="application/octet-stream")
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -1,10 +1,10 @@
 """The one job function, run by Celery workers and by the embedded in-process worker alike.
 
-claim (atomic) → fetch inputs into a temp dir → core.pipeline.compress_files with progress, heartbeat and cancel
-hooks → store results → final status. The engine never sees the database; this module is the only bridge."""
+claim (atomic) → read the stored spec and fetch its inputs into a temp dir (store.job_spec, store.job_inputs, as
+the API's submission check did) → core.pipeline.compress_files with progress, heartbeat, cancel and checkpoint hooks
+→ store results → final status. The engine never sees the database: it gets files, a config and these hooks."""
 
 import logging
-import re
 import shutil
 import tempfile
 import threading
@@ -12,17 +12,17 @@ import time
 from pathlib import Path
 from typing import Any, Self
 
-import pydantic
 from sqlalchemy.exc import SQLAlchemyError
 
-from core.config import CompressConfig
-from core.errors import Cancelled, InputError, SqueezerError
+from core.errors import Cancelled, SqueezerError
 from core.events import Event
 from core.intake.archives import safe_extract
-from core.pipeline import ModelSource, compress_files
-from store.artifacts import delete_artifact, export_artifact_to, get_ready_artifact, store_file
+from core.pipeline import compress_files
+from store.artifacts import delete_artifact, export_artifact_to, store_file
+from store.job_inputs import fetch_inputs
+from store.job_spec import read_spec
 from store.jobs import claim_job, finish_job, heartbeat, record_event, set_checkpoint, update_progress
-from store.models import Job
+from store.models import ArtifactKind, Job
 from store.statuses import JobStatus
 from worker.context import WorkerContext
 
@@ -33,8 +33,7 @@ EVENT_INTERVAL_S = 0.5
 ALWAYS_RECORDED_STAGES = {"step", "checkpoint", "done"}
 # How often the engine's stop check asks the database (cancel requested? still our job?).
 STOP_CHECK_INTERVAL_S = 1.0
-RESULT_FILES = {"model.sqz": "application/octet-stream", "model.onnx": "application/onnx", "model.zip": "application/zip", "report.json": "application/json"}
-_SUFFIX = re.compile(r"^\.[a-z0-9]{1,12}$")
+RESULT_FILES = {"model.sqz": "application/octet-stream", "model.onnx": "application/onnx", "model.zip": "application/zip", "report.json": "application/json", "report.html": "text/html; charset=utf-8"}
 
 
 def run_job(job_id: str, ctx: WorkerContext) -> None:
@@ -90,75 +89,20 @@ def _finish(ctx: WorkerContext, job: Job, status: JobStatus, error_code: str | N
 
 
 def _compress(job: Job, ctx: WorkerContext, monitor: "JobMonitor", workdir: Path) -> dict:
-    spec = job.spec
-    inputs = workdir / "inputs"
-    model = fetch_model(job, ctx, inputs)
-    data = fetch_dataset(job, ctx, inputs)
-    config = config_from_spec(spec, ctx.device)
+    inputs = fetch_inputs(
+        read_spec(job.spec),
+        tenant=job.tenant,
+        session_factory=ctx.session_factory,
+        blobs=ctx.blobs,
+        dest_dir=workdir / "inputs",
+        worker_device=ctx.device,
+    )
     checkpoint_dir = workdir / "checkpoint"
     checkpoint_dir.mkdir()
     monitor.checkpoint_dir = checkpoint_dir
     if job.checkpoint_artifact_id and _restore_checkpoint(ctx, job.checkpoint_artifact_id, workdir, checkpoint_dir):
         monitor.on_event(Event(stage="resume", fraction=0.0, message=f"Attempt {job.attempts} resumes from the previous attempt's last checkpoint."))
-    return compress_files(model, data, workdir / "out", config, on_event=monitor.on_event, should_stop=monitor.should_stop, checkpoint_dir=checkpoint_dir)
-
-
-def config_from_spec(spec: dict, worker_device: str) -> CompressConfig:
-    """The job spec's method, target and options as the engine's config. A worker pinned to a device overrides the
-    job's own choice: the hardware is the worker's to know."""
-    fields = dict(spec.get("options") or {})
-    fields.pop("method", None)
-    fields.pop("target", None)
-    try:
-        config = CompressConfig(method=spec.get("method", "lwct"), target=spec.get("accuracy_target") or {}, **fields)
-    except pydantic.ValidationError as error:
-        raise InputError(f"invalid job options: {error.errors(include_url=False)}", code="invalid_options") from None
-    if worker_device != "auto":
-        config = config.model_copy(update={"device": worker_device})
-    return config
-
-
-def _suffix(filename: str) -> str:
-    """The extension that tells the engine the format (.onnx, .zip, .tar.gz, ...); user file names go no further."""
-    name = Path(filename).name.lower()
-    for double in (".tar.gz", ".tar.bz2", ".tar.xz"):
-        if name.endswith(double):
-            return double
-    suffix = Path(name).suffix
-    return suffix if _SUFFIX.match(suffix) else ""
-
-
-def _fetch(ctx: WorkerContext, job: Job, artifact_id: str, dest_dir: Path, stem: str) -> Path:
-    """Exports one input artifact of the job's own tenant under a name whose extension tells its format."""
-    with ctx.session_factory() as session:
-        artifact = get_ready_artifact(session, artifact_id, tenant=job.tenant)
-    if artifact is None:
-        raise InputError(f"artifact {artifact_id} does not exist or was deleted", code="artifact_not_found")
-    return export_artifact_to(ctx.session_factory, ctx.blobs, artifact_id, dest_dir / f"{stem}{_suffix(artifact.filename)}")
-
-
-def fetch_model(job: Job, ctx: WorkerContext, inputs: Path) -> ModelSource:
-    """The spec's model: {"artifact_id"} or {"weights_artifact_id", "architecture": {"name", "args"}}."""
-    model_spec = job.spec.get("model") or {}
-    if "artifact_id" in model_spec:
-        # An .onnx file or a .zip of a model directory, handed over as is: the engine opens zips with the same checks
-        # (core.intake.archives) that validated the job at submission, so worker and API never disagree.
-        return ModelSource(path=_fetch(ctx, job, model_spec["artifact_id"], inputs, "model"))
-    if "weights_artifact_id" in model_spec:
-        architecture = model_spec.get("architecture") or {}
-        path = _fetch(ctx, job, model_spec["weights_artifact_id"], inputs, "weights")
-        return ModelSource(path=path, architecture=architecture.get("name"), arch_args=architecture.get("args") or {})
-    raise InputError("the job names no model (model.artifact_id or model.weights_artifact_id)", code="invalid_job")
-
-
-def fetch_dataset(job: Job, ctx: WorkerContext, inputs: Path) -> str | Path:
-    """The spec's dataset: {"artifact_id"} (.npz, .zip or .tar of an image folder) or {"sample": name}."""
-    dataset_spec = job.spec.get("dataset") or {}
-    if "artifact_id" in dataset_spec:
-        return _fetch(ctx, job, dataset_spec["artifact_id"], inputs, "dataset")
-    if "sample" in dataset_spec:
-        return f"sample:{dataset_spec['sample']}"
-    raise InputError("the job names no dataset (dataset.artifact_id or dataset.sample)", code="invalid_job")
+    return compress_files(inputs.model, inputs.data, workdir / "out", inputs.config, on_event=monitor.on_event, should_stop=monitor.should_stop, checkpoint_dir=checkpoint_dir)
 
 
 def _restore_checkpoint(ctx: WorkerContext, artifact_id: str, workdir: Path, checkpoint_dir: Path) -> bool:
@@ -186,7 +130,7 @@ def _store_results(job: Job, ctx: WorkerContext, out_dir: Path) -> dict[str, str
         for name, content_type in RESULT_FILES.items():
             path = out_dir / name
             if path.is_file():
-                artifact = store_file(ctx.session_factory, ctx.blobs, path, tenant=job.tenant, kind="result", filename=name, content_type=content_type)
+                artifact = store_file(ctx.session_factory, ctx.blobs, path, tenant=job.tenant, kind=ArtifactKind.RESULT, filename=name, content_type=content_type)
                 results[name] = artifact.id
     except BaseException:
         for artifact_id in results.values():
@@ -289,7 +233,7 @@ class JobMonitor:
                 self.ctx.blobs,
                 archive,
                 tenant=self.job.tenant,
-                kind="checkpoint",
+                kind=ArtifactKind.CHECKPOINT,
                 filename="checkpoint.zip",
                 content_type="application/zip",
             )

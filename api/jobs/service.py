@@ -13,6 +13,7 @@ from api.jobs.schemas import EventOut, JobCreate, JobOut
 from core.errors import InputError
 from store.artifacts import get_ready_artifact
 from store.blobs import BlobStore
+from store.job_inputs import fetch_inputs
 from store.jobs import (
     as_utc,
     count_unfinished_jobs,
@@ -36,18 +37,8 @@ def request_hash(body: JobCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def referenced_artifact_ids(body: JobCreate) -> list[str]:
-    model = body.model
-    ids = [
-        getattr(model, "artifact_id", None)
-        or getattr(model, "weights_artifact_id", None)
-    ]
-    ids.append(getattr(body.dataset, "artifact_id", None))
-    return [artifact_id for artifact_id in ids if artifact_id]
-
-
 def check_references(session: Session, body: JobCreate, tenant: str) -> None:
-    for artifact_id in referenced_artifact_ids(body):
+    for artifact_id in body.artifact_ids():
         if get_ready_artifact(session, artifact_id, tenant) is None:
             raise ProblemError(
                 422,
@@ -72,34 +63,17 @@ def check_job_quota(session: Session, tenant: str, limit: int | None) -> None:
 
 def validate_inputs(
     body: JobCreate,
-    spec: dict,
     tenant: str,
-    settings: Settings,
     session_factory: sessionmaker[Session],
     blobs: BlobStore,
 ) -> None:
-    """Fetches the inputs the way a worker will and runs the engine's input checks on them (blocking: threadpool)."""
-    from core.pipeline import (
-        check_inputs,  # the engine (torch) loads only when a job is submitted
-    )
-    from worker.context import WorkerContext
-    from worker.runner import fetch_dataset, fetch_model
+    """Fetches the inputs as the worker will (store.job_inputs) and runs the engine's input checks on them
+    (blocking: threadpool)."""
+    from core.pipeline import check_inputs  # the engine (torch) loads only when a job is submitted
 
-    context = WorkerContext(
-        settings=settings,
-        session_factory=session_factory,
-        blobs=blobs,
-        worker_id="api-validation",
-        device="cpu",
-    )
-    draft = Job(spec=spec, tenant=tenant)
     with tempfile.TemporaryDirectory(prefix="squeezer-check-") as workdir:
-        inputs = Path(workdir)
-        check_inputs(
-            fetch_model(draft, context, inputs),
-            fetch_dataset(draft, context, inputs),
-            body.compress_config(),
-        )
+        inputs = fetch_inputs(body, tenant=tenant, session_factory=session_factory, blobs=blobs, dest_dir=Path(workdir))
+        check_inputs(inputs.model, inputs.data, inputs.config)
 
 
 async def submit_job(
@@ -123,7 +97,7 @@ async def submit_job(
         check_job_quota(session, tenant, settings.max_concurrent_jobs_per_tenant)
     try:
         await anyio.to_thread.run_sync(
-            validate_inputs, body, spec, tenant, settings, session_factory, blobs
+            validate_inputs, body, tenant, session_factory, blobs
         )
     except InputError as error:
         raise ProblemError(

@@ -5,7 +5,7 @@ import pydantic
 import pytest
 
 from api.jobs.schemas import JobCreate
-from worker.runner import config_from_spec
+from store.job_inputs import config_from_spec
 
 BODY = {"model": {"artifact_id": "art_1"}, "dataset": {"sample": "shapes"}}
 
