@@ -1,4 +1,5 @@
-"""Typed dependencies. Everything a route needs comes from here; `current_tenant` is where authentication happens."""
+"""Typed dependencies. Everything a route needs comes from here; `current_tenant` is where authentication happens.
+The objects live on `app.state` (set by api.app.create_app); only this module reads them there."""
 
 from collections.abc import Iterator
 from typing import Annotated
@@ -14,7 +15,7 @@ from store.settings import Settings
 from worker.dispatch import Dispatcher
 
 
-def get_settings(request: Request) -> Settings:
+def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -35,25 +36,32 @@ def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
 
 
+def get_key_cache(request: Request) -> KeyCache:
+    return request.app.state.key_cache
+
+
 # Declares the bearer scheme in the OpenAPI document; missing or malformed headers are answered below, as problems.
 bearer_scheme = HTTPBearer(auto_error=False, scheme_name="ApiKey", description="`Authorization: Bearer <api key>`; create keys with `squeezer keys create --tenant NAME`.")
 
 
 def current_tenant(
     request: Request,
+    settings: Annotated[Settings, Depends(get_app_settings)],
     session: Annotated[Session, Depends(get_session)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    key_cache: Annotated[KeyCache, Depends(get_key_cache)],
 ) -> str:
     """The caller's tenant: the owner of the bearer key when auth is on (401 otherwise), else the default tenant.
     Every query a route makes is filtered by it, so another tenant's ids answer 404. The key is checked in the
     request's own session (FastAPI shares it with the route), so a request checks out one connection, not two, and
     only when the key is not in the process's key cache (store.keys.KeyCache, `Settings.api_key_cache_s`)."""
-    settings: Settings = request.app.state.settings
     if not settings.auth:
         return DEFAULT_TENANT
+    verified = getattr(request.state, "tenant", None)  # api.keycheck verified the key before the body was read
+    if verified is not None:
+        return verified
     tenant = None
     if credentials is not None:
-        key_cache: KeyCache = request.app.state.key_cache
         tenant = key_cache.tenant(session, credentials.credentials)
     if tenant is None:
         detail = "send `Authorization: Bearer <api key>`" if credentials is None else "the API key is unknown or revoked"
@@ -61,7 +69,7 @@ def current_tenant(
     return tenant
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 SessionDep = Annotated[Session, Depends(get_session)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]

@@ -27,9 +27,9 @@ def _session(data_dir: Path | None) -> Iterator:
     """A session on the configured database, migrated first (the embedded database may not exist yet)."""
     from store.db import make_engine, make_session_factory
     from store.migrate import upgrade_database
-    from store.settings import Settings
+    from store.settings import get_settings
 
-    url = (embedded_settings(data_dir) if data_dir is not None else Settings()).resolved_database_url
+    url = (embedded_settings(data_dir) if data_dir is not None else get_settings()).resolved_database_url
     upgrade_database(url)
     engine = make_engine(url)
     try:

@@ -39,6 +39,16 @@ from store.statuses import FINAL_STATUSES, STATUSES_WITH_RESULTS, JobStatus
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 POLL_INTERVAL_S = 1.0
+# Requests answer in seconds; a read may wait minutes: a submission is answered after the engine checked its inputs.
+HTTP_TIMEOUT_S = 30.0
+HTTP_READ_TIMEOUT_S = 600.0
+# A non-problem error body (a proxy's HTML page) is cut to what fits the one stderr line.
+ERROR_TEXT_CHARS = 200
+# The embedded server starts in well under a second; this long means it will not. Stopping waits for a running
+# request (an upload) to end.
+SERVER_START_TIMEOUT_S = 60.0
+SERVER_START_POLL_S = 0.05
+SERVER_STOP_TIMEOUT_S = 30.0
 
 jobs_app = typer.Typer(
     help="List, inspect, cancel and download jobs on a Squeezer server.",
@@ -64,7 +74,7 @@ def _problem_line(response: httpx.Response) -> str:
         body = response.json()
         return f"{body.get('title', response.status_code)}: {body.get('detail') or body.get('type')}"
     except ValueError:
-        return f"HTTP {response.status_code}: {response.text[:200]}"
+        return f"HTTP {response.status_code}: {response.text[:ERROR_TEXT_CHARS]}"
 
 
 def _check(response: httpx.Response) -> httpx.Response:
@@ -78,7 +88,7 @@ def _check(response: httpx.Response) -> httpx.Response:
 def _client(server: str, api_key: str | None = None) -> httpx.Client:
     return httpx.Client(
         base_url=server.rstrip("/"),
-        timeout=httpx.Timeout(30.0, read=600.0),
+        timeout=httpx.Timeout(HTTP_TIMEOUT_S, read=HTTP_READ_TIMEOUT_S),
         headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
     )
 
@@ -269,20 +279,20 @@ def serve_in_thread(app, host: str, port: int):
         target=server.run, kwargs={"sockets": [sock]}, daemon=True
     )
     thread.start()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the embedded server did not start")
-        time.sleep(0.05)
+        time.sleep(SERVER_START_POLL_S)
     return server, thread, sock.getsockname()[1]
 
 
 def embedded_settings(data_dir: Path, *, auth: bool = False):
     """The embedded mode's configuration: SQLite and local blobs under `data_dir`, no broker. `squeezer keys
     --data-dir` uses it too, so keys land in the database `serve --data-dir` reads."""
-    from store.settings import Settings
+    from store.settings import get_settings
 
-    return Settings(
+    return get_settings(
         data_dir=data_dir.resolve(),
         database_url="",
         broker_url="",
@@ -368,20 +378,19 @@ def api(
     import uvicorn
 
     from api.app import create_app
-    from store.settings import Settings
+    from store.settings import get_settings
 
     uvicorn.run(
-        create_app(Settings(auth=auth)), host=host, port=port, proxy_headers=True
+        create_app(get_settings(auth=auth)), host=host, port=port, proxy_headers=True
     )
 
 
 def worker() -> None:
     """Run a Celery worker (one per GPU): configured by the same SQUEEZER_* variables as the API."""
-    from store.settings import Settings
     from worker.celery_app import start_worker
 
     try:
-        start_worker(Settings())
+        start_worker()
     except ValueError as error:
         err_console.print(str(error), highlight=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -390,9 +399,9 @@ def worker() -> None:
 def migrate() -> None:
     """Bring the database schema up to date (alembic upgrade head); the compose file runs it once before the API."""
     from store.migrate import upgrade_database
-    from store.settings import Settings
+    from store.settings import get_settings
 
-    upgrade_database(Settings().resolved_database_url)
+    upgrade_database(get_settings().resolved_database_url)
     console.print("database is up to date")
 
 
@@ -585,7 +594,7 @@ def demo(
         )
     finally:
         server.should_exit = True
-        thread.join(30)
+        thread.join(SERVER_STOP_TIMEOUT_S)
     raise typer.Exit(code)
 
 

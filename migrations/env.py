@@ -5,14 +5,14 @@ from alembic import context
 
 from store.db import make_engine
 from store.models import Base
-from store.settings import Settings
+from store.settings import get_settings
 
 config = context.config
 target_metadata = Base.metadata
 
 
 def database_url() -> str:
-    return config.attributes.get("url") or config.get_main_option("sqlalchemy.url") or Settings().resolved_database_url
+    return config.attributes.get("url") or config.get_main_option("sqlalchemy.url") or get_settings().resolved_database_url
 
 
 def run_migrations_offline() -> None:

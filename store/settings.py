@@ -1,6 +1,11 @@
-"""All service configuration in one pydantic-settings class (environment variables SQUEEZER_*)."""
+"""All service configuration in one pydantic-settings class (environment variables SQUEEZER_*).
 
-from functools import lru_cache
+Settings reach code one way: an entry point (a `squeezer` command, `python -m worker`, `celery -A worker.celery_app`,
+`api.app.create_app()` without arguments) reads them once with `get_settings()` and hands that one object down.
+`api.app.create_app(settings)` serves it to routes as `api.deps.SettingsDep`; `worker.context.WorkerContext` carries
+it through a worker. Nothing below an entry point builds a Settings or reads the environment, so tests and the
+embedded mode configure an app or a worker by passing their own object."""
+
 from pathlib import Path
 from typing import Literal
 
@@ -8,6 +13,10 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.limits import IntakeLimits
+
+# One MiB: per-chunk costs (a row, a query, a read call) stay small next to the bytes moved, and a stream holds little
+# memory.
+CHUNK_BYTES = 1024 * 1024
 
 _INTAKE = IntakeLimits()
 
@@ -22,7 +31,7 @@ class Settings(BaseSettings):
     broker_url: str = ""
     # "database" keeps blobs in chunked rows (reachable from any worker); "local" uses data_dir/blobs.
     storage_backend: Literal["database", "local"] = "database"
-    storage_chunk_bytes: int = 1024 * 1024
+    storage_chunk_bytes: int = CHUNK_BYTES
     storage_local_dir: Path | None = None
     max_upload_bytes: int = 4 * 1024**3
     heartbeat_interval_s: float = 10.0
@@ -78,6 +87,8 @@ class Settings(BaseSettings):
         return self.storage_local_dir or (self.data_dir / "blobs")
 
 
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()
+def get_settings(**overrides: object) -> Settings:
+    """The SQUEEZER_* settings as the environment gives them now, with `overrides` on top (an entry point's flags).
+    Read on each call, not cached: each `squeezer` command sees its own environment, even when several run in one
+    process (tests); the processes that need one object for their lifetime (a worker) keep the one they built."""
+    return Settings(**overrides)

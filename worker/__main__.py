@@ -1,7 +1,6 @@
 """`python -m worker`: a Celery worker configured from SQUEEZER_* environment variables."""
 
-from store.settings import Settings
 from worker.celery_app import start_worker
 
 if __name__ == "__main__":
-    start_worker(Settings())
+    start_worker()

@@ -16,22 +16,25 @@ Delivery settings, and why:
 import logging
 import os
 import socket
-import threading
+from functools import cache
 
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
-from store.settings import Settings, get_settings
+from store.settings import get_settings
 from worker.context import WorkerContext
 from worker.reaper import ReaperThread
 
 TASK_NAME = "squeezer.run_job"
 QUEUE_NAME = "squeezer"
+# Longer than any job (see the module docstring): a week.
 VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
+# Publishing to a broker that is down: two quick retries within about a second, then the enqueue gives up.
+PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
 
 log = logging.getLogger(__name__)
-_configured: dict[str, object] = {}
-_lock = threading.Lock()
+# The reaper of this worker process, started once the worker is ready and stopped with it.
+_reaper: ReaperThread | None = None
 
 
 def create_celery_app(broker_url: str) -> Celery:
@@ -49,22 +52,22 @@ def create_celery_app(broker_url: str) -> Celery:
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
         broker_connection_retry_on_startup=True,
         # A broker that is down must not hang the API request that enqueues: fail fast, the reaper re-sends later.
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0},
+        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
     )
     app.task(name=TASK_NAME, ignore_result=True)(run_job_task)
     return app
 
 
+@cache
 def worker_context() -> WorkerContext:
-    """One context per worker process, built on first use from the settings given to `start_worker` (or the env)."""
-    with _lock:
-        if "ctx" not in _configured:
-            _configured["ctx"] = WorkerContext.from_settings(_configured.get("settings") or get_settings())
-        return _configured["ctx"]
+    """The worker process's context, built on first use from the SQUEEZER_* settings (a worker process is its own
+    entry point, like a `squeezer` command)."""
+    return WorkerContext.from_settings(get_settings())
 
 
 def run_job_task(job_id: str) -> None:
-    # Imported here so that the API, which only sends tasks, never imports the engine (torch).
+    # Imported here, not at the top: the API's CeleryDispatcher builds this app only to send tasks, and sending must
+    # not load the engine (torch). The API loads it only to check a submission (api.jobs.service.validate_inputs).
     from worker.runner import run_job
 
     run_job(job_id, worker_context())
@@ -72,24 +75,26 @@ def run_job_task(job_id: str) -> None:
 
 @worker_ready.connect
 def _start_reaper(sender=None, **_) -> None:
+    global _reaper
     app = sender.app
-    reaper = ReaperThread(worker_context(), lambda job_id: app.send_task(TASK_NAME, args=[job_id]))
-    _configured["reaper"] = reaper
-    reaper.start()
+    _reaper = ReaperThread(worker_context(), lambda job_id: app.send_task(TASK_NAME, args=[job_id]))
+    _reaper.start()
 
 
 @worker_shutdown.connect
 def _stop_reaper(**_) -> None:
-    reaper = _configured.pop("reaper", None)
-    if reaper is not None:
-        reaper.stop()
+    global _reaper
+    if _reaper is not None:
+        _reaper.stop()
+        _reaper = None
 
 
-def start_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
-    """Runs a worker in this process until it is stopped (`squeezer worker`)."""
+def start_worker(*, loglevel: str = "INFO") -> None:
+    """Runs a worker in this process until it is stopped (`squeezer worker`, `python -m worker`), configured by the
+    SQUEEZER_* settings."""
+    settings = get_settings()
     if not settings.broker_url:
         raise ValueError("SQUEEZER_BROKER_URL is not set: a Celery worker needs a broker (the embedded mode runs jobs in-process)")
-    _configured["settings"] = settings
     worker_app = create_celery_app(settings.broker_url)
     hostname = f"squeezer-{os.getpid()}@{socket.gethostname()}"
     worker_app.worker_main(
@@ -111,5 +116,14 @@ def start_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
     )
 
 
-# `celery -A worker.celery_app worker` finds this one; it reads SQUEEZER_BROKER_URL.
-app = create_celery_app(get_settings().broker_url)
+@cache
+def _module_app() -> Celery:
+    return create_celery_app(get_settings().broker_url)
+
+
+def __getattr__(name: str) -> Celery:
+    """`celery -A worker.celery_app worker` looks up `app` here; it is built on that first look-up from
+    SQUEEZER_BROKER_URL, not when the module is imported (the API imports it to send tasks with its own settings)."""
+    if name == "app":
+        return _module_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
