@@ -11,8 +11,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from store.blobs import BlobStore
 from store.models import Artifact, utcnow
+from store.settings import CHUNK_BYTES
 
-READ_CHUNK_BYTES = 1024 * 1024
+READ_CHUNK_BYTES = CHUNK_BYTES
 
 
 class UploadTooLarge(Exception):

@@ -13,7 +13,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.models import BlobChunk
-from store.settings import Settings
+from store.settings import CHUNK_BYTES, Settings
 
 # Rows written between commits: bounds the work lost to a crash without a commit per chunk.
 COMMIT_EVERY_CHUNKS = 8
@@ -121,7 +121,7 @@ class _LocalBlobWriter:
 class LocalBlobStore:
     """One file per artifact under `root`; written to `<id>.part` and renamed, so a crash never leaves a short blob."""
 
-    def __init__(self, root: Path, chunk_bytes: int = 1024 * 1024):
+    def __init__(self, root: Path, chunk_bytes: int = CHUNK_BYTES):
         self.root = Path(root)
         self.chunk_bytes = chunk_bytes
         self.root.mkdir(parents=True, exist_ok=True)

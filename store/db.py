@@ -7,6 +7,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# PostgreSQL connections per process: a request holds one, uploads and downloads one more per stream, a worker a few
+# (its hooks and heartbeat); the overflow absorbs bursts without holding idle connections.
+POOL_SIZE = 10
+POOL_OVERFLOW = 20
 
 
 def _configure_sqlite(dbapi_connection, _record) -> None:
@@ -29,7 +33,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -16,6 +16,8 @@ from worker.context import WorkerContext
 from worker.reaper import recover_once
 
 log = logging.getLogger(__name__)
+# /readyz asks the broker once and waits this long: a probe must answer well within its own timeout.
+BROKER_PROBE_TIMEOUT_S = 2
 
 
 class Dispatcher(Protocol):
@@ -56,7 +58,7 @@ class CeleryDispatcher:
         """The broker answers (for /readyz)."""
         try:
             with self.app.connection_for_write() as connection:
-                connection.ensure_connection(max_retries=1, timeout=2)
+                connection.ensure_connection(max_retries=1, timeout=BROKER_PROBE_TIMEOUT_S)
             return True
         except (OSError, OperationalError):
             return False
@@ -86,6 +88,7 @@ class InProcessDispatcher:
             return
         self._stopping.clear()
         if self.context is not None:
+            # At once, all of it: this process is the only worker, so nothing it left behind is still in flight.
             for job_id in recover_once(self.context, heartbeat_timeout_s=0, queued_after_s=0, uploads_after_s=0):
                 self.enqueue(job_id)
         self._thread = threading.Thread(target=self._loop, name="squeezer-inprocess-worker", daemon=True)

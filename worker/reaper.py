@@ -13,12 +13,24 @@ log = logging.getLogger(__name__)
 
 # An upload still "uploading" after this long lost its API process (a 4 GiB upload takes minutes, not an hour).
 STALE_UPLOAD_S = 3600.0
+# A queued job is sent again after this many heartbeat timeouts (at least STALE_QUEUED_MIN_S): duplicates are harmless
+# (the claim is atomic) but each one costs a message, so the wait is long compared with the heartbeat timeout.
+STALE_QUEUED_TIMEOUTS = 5
+STALE_QUEUED_MIN_S = 10.0
+# The reaper looks this many times per heartbeat timeout, so a dead worker's job waits at most a quarter timeout more
+# than the timeout; bounded below (no busy loop on tiny test timeouts) and above (a look at least every half minute).
+REAPS_PER_TIMEOUT = 4
+REAP_INTERVAL_MIN_S = 0.5
+REAP_INTERVAL_MAX_S = 30.0
 
 
 def stale_queued_s(heartbeat_timeout_s: float) -> float:
-    """A queued job not sent for this long is sent again. Duplicates are harmless (the claim is atomic) but each one
-    costs a message, so the wait is long compared with the heartbeat timeout."""
-    return max(5 * heartbeat_timeout_s, 10.0)
+    """A queued job not sent for this long is sent again."""
+    return max(STALE_QUEUED_TIMEOUTS * heartbeat_timeout_s, STALE_QUEUED_MIN_S)
+
+
+def reap_interval_s(heartbeat_timeout_s: float) -> float:
+    return min(max(heartbeat_timeout_s / REAPS_PER_TIMEOUT, REAP_INTERVAL_MIN_S), REAP_INTERVAL_MAX_S)
 
 
 def recover_once(
@@ -42,7 +54,7 @@ class ReaperThread(threading.Thread):
         super().__init__(name="squeezer-reaper", daemon=True)
         self.ctx = ctx
         self.dispatch = dispatch
-        self.interval_s = interval_s or min(max(ctx.settings.heartbeat_timeout_s / 4, 0.5), 30.0)
+        self.interval_s = interval_s or reap_interval_s(ctx.settings.heartbeat_timeout_s)
         self._stop_event = threading.Event()
 
     def run(self) -> None:

@@ -15,7 +15,7 @@ from api.artifacts.service import (
 from api.deps import BlobsDep, CurrentTenant, SessionDep, SessionFactoryDep, SettingsDep
 from api.errors import problem_responses
 from store.blobs import BlobStore
-from store.models import Artifact
+from store.models import UPLOAD_KINDS, Artifact, ArtifactKind
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 
@@ -36,8 +36,8 @@ UPLOAD_BODY = {
                         },
                         "kind": {
                             "type": "string",
-                            "enum": ["model", "dataset"],
-                            "default": "model",
+                            "enum": list(UPLOAD_KINDS),
+                            "default": ArtifactKind.MODEL,
                         },
                     },
                 }

@@ -1,13 +1,10 @@
 """Artifact resources as the API shows them."""
 
 from datetime import datetime
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from store.jobs import as_utc
-
-UploadKind = Literal["model", "dataset"]
 
 
 class ArtifactOut(BaseModel):

@@ -25,10 +25,16 @@ from store.artifacts import (
     stored_bytes,
 )
 from store.blobs import BlobStore
-from store.models import Artifact
+from store.models import UPLOAD_KINDS, Artifact, ArtifactKind
 
-UPLOAD_KINDS = ("model", "dataset")
+# Form fields are a few words (`kind`); a longer one is not ours.
 MAX_FIELD_BYTES = 1024
+# What a body may carry besides its file (boundaries, part headers, form fields) when its declared length is compared
+# with the upload limit before a byte is read.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# The lengths of the columns they are stored in (store.models.Artifact).
+MAX_CONTENT_TYPE_CHARS = 127
+MAX_FILENAME_CHARS = 255
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._ -]")
 
 
@@ -96,7 +102,7 @@ class _MultipartStream:
             )
             content_type = self._headers.get(b"content-type")
             if content_type:
-                self.content_type = content_type.decode("latin-1")[:127]
+                self.content_type = content_type.decode("latin-1")[:MAX_CONTENT_TYPE_CHARS]
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._part_is_file:
@@ -180,7 +186,7 @@ def multipart_boundary(request: Request) -> bytes:
 
 def _check_kind(kind: str | None) -> str:
     if kind is None:
-        return "model"
+        return ArtifactKind.MODEL
     if kind not in UPLOAD_KINDS:
         raise ProblemError(
             422,
@@ -224,7 +230,7 @@ async def receive_upload(
 
     declared = request.headers.get("content-length")
     if limit <= 0 or (
-        declared and declared.isdigit() and int(declared) > limit + 64 * 1024
+        declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD_BYTES
     ):
         # Refuse before reading a byte when the client says up front that the body is too large.
         raise too_large("")
@@ -296,7 +302,7 @@ def safe_filename(name: str) -> str:
     """The last path component, limited to harmless characters (it is echoed in headers and used as a suffix)."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     cleaned = _UNSAFE_FILENAME.sub("_", base).strip(" .") or "upload"
-    return cleaned[-255:]
+    return cleaned[-MAX_FILENAME_CHARS:]
 
 
 def content_disposition(filename: str) -> str:

@@ -29,14 +29,17 @@ from api.jobs.service import (
     result_artifacts,
     submit_job,
 )
+from api.limits import MAX_JSON_BODY_BYTES, MAX_JSON_DEPTH
 from api.pagination import Page, PageDep, make_page
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+# The length of the column it is stored in (store.models.Job.idempotency_key).
+MAX_IDEMPOTENCY_KEY_CHARS = 255
 IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
-        max_length=255,
+        max_length=MAX_IDEMPOTENCY_KEY_CHARS,
         description="Same key + same body → the same job.",
     ),
 ]
@@ -54,7 +57,8 @@ IdempotencyKey = Annotated[
         },
         **problem_responses(400, 404, 413, 422, 429),
     },
-    description="400 for a body that is not JSON or nests deeper than 32 levels (`json_too_deep`), 413 past 1 MiB.",
+    description=f"400 for a body that is not JSON or nests deeper than {MAX_JSON_DEPTH} levels (`json_too_deep`), 413 "
+    f"past {MAX_JSON_BODY_BYTES // 1024**2} MiB.",
     summary="Submit a compression job (inputs are checked before it is queued)",
 )
 async def create_job(
