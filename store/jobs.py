@@ -70,6 +70,11 @@ def find_job(session: Session, job_id: str, tenant: str) -> Job | None:
     return session.scalar(select(Job).where(Job.id == job_id, Job.tenant == tenant))
 
 
+def checkpoint_of(session: Session, job_id: str) -> str | None:
+    """The artifact id of the job's latest checkpoint, if it has one."""
+    return session.scalar(select(Job.checkpoint_artifact_id).where(Job.id == job_id))
+
+
 def count_unfinished_jobs(session: Session, tenant: str) -> int:
     return session.scalar(
         select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status.not_in(FINAL_STATUSES))
@@ -166,7 +171,7 @@ def update_progress(session: Session, job_id: str, progress: dict) -> None:
 def set_checkpoint(session: Session, job_id: str, worker_id: str, artifact_id: str) -> str | None:
     """Points the job at its newest checkpoint. Returns the previous checkpoint's id (for the caller to delete),
     or `artifact_id` itself when the job is no longer ours (so the caller deletes the orphan)."""
-    previous = session.scalar(select(Job.checkpoint_artifact_id).where(Job.id == job_id))
+    previous = checkpoint_of(session, job_id)
     result = session.execute(
         update(Job).where(Job.id == job_id, Job.worker_id == worker_id, Job.status.in_(ACTIVE_STATUSES)).values(checkpoint_artifact_id=artifact_id)
     )

@@ -21,7 +21,7 @@ from core.pipeline import compress_files
 from store.artifacts import delete_artifact, export_artifact_to, store_file
 from store.job_inputs import fetch_inputs
 from store.job_spec import read_spec
-from store.jobs import claim_job, finish_job, heartbeat, record_event, set_checkpoint, update_progress
+from store.jobs import checkpoint_of, claim_job, finish_job, heartbeat, record_event, set_checkpoint, update_progress
 from store.models import ArtifactKind, Job
 from store.statuses import JobStatus
 from worker.context import WorkerContext
@@ -141,7 +141,7 @@ def _store_results(job: Job, ctx: WorkerContext, out_dir: Path) -> dict[str, str
 
 def _drop_checkpoint(ctx: WorkerContext, job_id: str) -> None:
     with ctx.session_factory() as session:
-        checkpoint_id = session.get(Job, job_id).checkpoint_artifact_id
+        checkpoint_id = checkpoint_of(session, job_id)
     if checkpoint_id:
         delete_artifact(ctx.session_factory, ctx.blobs, checkpoint_id)
 

@@ -1,4 +1,6 @@
-"""Job submission: reference checks, input validation with the engine's own checks, idempotent insert, dispatch."""
+"""Jobs for the routes: submission (reference checks, quota, the engine's input checks on the inputs fetched as the
+worker will fetch them, idempotent insert; the route then hands the id to the dispatcher), reads, cancel and results.
+Every query is a store/ repository function."""
 
 import hashlib
 import json
