@@ -54,7 +54,8 @@ class LwctConfig(StructuredTraining):
     on_violation: Literal["stop", "skip"] = "skip"
     preserve: int = Field(0, ge=0, description="Number of most significant layers always kept in float.")
     prune_epochs: int = Field(2, ge=0)
-    float_precision: Literal["float32", "float16"] = Field("float16", description="Precision of the weights that stay in floating point (layers not σ-constrained); biases and normalisation stay float32. float16 halves their bytes in model.sqz; every accuracy, the budget test included, is measured with the rounded weights.")
+    float_precision: Literal["float32", "float16", "int8"] = Field("float16", description="Precision of the weights that stay in floating point (layers not σ-constrained): float16, or int8 codes with one float32 scale per layer (Rice-coded in model.sqz); their layers' biases are stored in float16 unless float32, normalisation stays float32. Every accuracy, the budget test included, is measured with the rounded weights.")
+    walk: Literal["group", "layer"] = Field("group", description="How the σ-constraining walk steps along the ranking. layer (the paper): one more layer per training stage. group: the next group of layers at once, the group doubled after a step within the budget and halved after one past it (a layer that fails alone stays float), so a network whose layers mostly pass needs about log2(layers) stages.")
     prune_budget_share: float = Field(0.5, gt=0, le=1, description="Share of the accuracy budget the sparsity search may spend; the rest is left for σ-constrained layers, which save far more bytes per point of accuracy than the last pruning levels.")
 
 

@@ -213,6 +213,7 @@ def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: 
             "settings": config.model_dump(mode="json"),
             **({"objective": config.auto.objective, "candidates": result.candidates} if config.method == "auto" else {}),
             "stopped_early": result.stopped_early,
+            "fine_tuning": result.fine_tuning,
             "device": str(device),
             "seed": config.seed,
             "preprocessing": reloaded.preprocessing.model_dump() if reloaded.preprocessing else None,

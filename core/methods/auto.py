@@ -107,6 +107,7 @@ def compress_auto(model, data, config: CompressConfig, *, on_event: EventCallbac
     run.stopped_early = next((o.result.stopped_early for o in outcomes if o.result.stopped_early), None)
     returned = run.result(result.module, merge_layers(chosen.channel_rows, result.layers), result.accuracy)
     returned.onnx = result.onnx
+    returned.fine_tuning = result.fine_tuning
     returned.candidates = [
         {"stage": o.stage, "accuracy": o.result.accuracy, "bytes": o.packed_bytes,
          f"latency_ms_batch{LATENCY_BATCH}": o.latency_ms, "within_budget": run.within(o.result.accuracy),

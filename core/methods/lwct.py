@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from core.artifacts.sqz import layer_bits, pack_sqz
+from core.artifacts.sqz import layer_bits, pack_sqz, round_for_storage
 from core.checkpoint import prefixed, unprefixed
 from core.config import CompressConfig
 from core.errors import UnsupportedLayerError
@@ -133,7 +133,7 @@ def learned_sigmas(module: nn.Module) -> dict[str, float]:
 
 def materialize(module: nn.Module, base: nn.Module, float_precision: str = "float32") -> nn.Module:
     """A plain float32 CPU copy of `base` with the working `module`'s weights exactly as constrained (σ·sign⊙m, W⊙m),
-    the float layers' rounded to `float_precision`: what model.sqz stores. (Removing parametrizations from a copy
+    the float layers' rounded to `float_precision` (their biases to float16 unless float32): what model.sqz stores. (Removing parametrizations from a copy
     would not do: a copy shares its parametrized class with the original, and removal edits that class.)"""
     state = shadow_state(module)
     with torch.no_grad():
@@ -142,10 +142,10 @@ def materialize(module: nn.Module, base: nn.Module, float_precision: str = "floa
             ternary = parametrize.is_parametrized(layer, "weight") and isinstance(
                 layer.parametrizations.weight[0], TernaryWeight)
             if not ternary:
-                rounded = weight.to(getattr(torch, float_precision)).float()
-                if torch.isfinite(rounded).all():  # a layer beyond float16's range stays float32
-                    weight = rounded
+                weight = round_for_storage(weight, float_precision)
             state[f"{name}.weight"] = weight.clone()
+            if layer.bias is not None and float_precision != "float32":  # biases: float16, a few hundred bytes each
+                state[f"{name}.bias"] = round_for_storage(state[f"{name}.bias"], "float16")
     plain = copy.deepcopy(base).cpu()
     plain.load_state_dict(state)
     return plain.eval()
@@ -205,12 +205,12 @@ class LwctRun(MethodRun):
                            sparsity=sparsity)
 
     # -- checkpoints ----------------------------------------------------------------------------------------
-    def save_walk(self, position: int, fraction: float) -> None:
-        """Persist the accepted state and the walk position."""
+    def save_walk(self, position: int, fraction: float, group: int = 1, step: int | None = None) -> None:
+        """Persist the accepted state and the walk position (with the group walk's group size and stage count)."""
         tensors = prefixed("shadow", self.best["shadow"])
         tensors |= prefixed("mask", {k: v.to(torch.uint8) for k, v in self.best["masks"].items()})
         meta = {"sigmas": self.best["sigmas"], "accuracy": self.best["accuracy"], "position": position,
-                "ranking": self.ranking}
+                "group": group, "step": position if step is None else step, "ranking": self.ranking}
         self.save(tensors, meta, fraction)
 
     def resume_walk(self) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
@@ -284,24 +284,31 @@ def compress_lwct(model, data, config: CompressConfig, *, on_event: EventCallbac
             run.ranking = rank_layers(lw.ranking, sparsities, sizes, drops)
             run.save_walk(0, _WALK_START)
         candidates = list(reversed(run.ranking[lw.preserve:]))
+        group, step = (meta.get("group", 1), meta.get("step", position)) if resumed else (1, 0)
         while position < len(candidates):
-            name = candidates[position]
-            fraction = progress(_WALK_START, 1.0, position + 1, len(candidates))
-            run.emit("train", fraction, f"constraining {name}", layer=name)
+            names = candidates[position : position + group]
+            fraction = progress(_WALK_START, 1.0, position + len(names), len(candidates))
+            run.emit("train", fraction, f"constraining {', '.join(names)}", layer=names[0], layers=names)
             best = run.best
-            module = build_working_module(run.base, best["shadow"], best["masks"], {**best["sigmas"], name: None})
-            run.train(module, lw.epochs_per_step, config.seed + _TERNARY_SEED_OFFSET + position, "train", fraction)
+            module = build_working_module(run.base, best["shadow"], best["masks"], {**best["sigmas"], **dict.fromkeys(names)})
+            run.train(module, lw.epochs_per_step, config.seed + _TERNARY_SEED_OFFSET + step, "train", fraction)
+            step += 1
             plain = run.plain(module)
             accuracy = run.evaluate(plain)
             accepted = run.within(accuracy)
-            run.record_plain("ternary", plain, learned_sigmas(module), best["masks"], [name], accuracy, accepted,
+            run.record_plain("ternary", plain, learned_sigmas(module), best["masks"], names, accuracy, accepted,
                              fraction)
-            position += 1
             if accepted:
+                position += len(names)
+                group = 2 * len(names) if lw.walk == "group" else 1
                 run.accept(shadow_state(module), best["masks"], learned_sigmas(module), accuracy)
-                run.save_walk(position, fraction)
+                run.save_walk(position, fraction, group=group, step=step)
+            elif len(names) > 1:
+                group = len(names) // 2  # retry from the same layer with half the group
             elif lw.on_violation == "stop":
                 break
+            else:
+                position += 1  # this layer alone breaks the budget: it stays float
     best = run.best
     plain = run.plain(build_working_module(run.base, best["shadow"], best["masks"], best["sigmas"]))
     return run.result(plain, run.layer_states(plain, best["masks"], best["sigmas"]), best["accuracy"])

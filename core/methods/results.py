@@ -61,3 +61,5 @@ class MethodResult:
     # None: the pipeline exports the module. `candidates`: auto's within-budget choice, for the report.
     onnx: bytes | None = None
     candidates: list[dict] | None = None
+    # The learning rate used, the range test behind it, rolled-back tries and stages none saved (MethodRun).
+    fine_tuning: dict | None = None

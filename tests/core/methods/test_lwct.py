@@ -166,5 +166,23 @@ def test_float_layers_are_rounded_to_their_stored_precision_unless_out_of_its_ra
     assert torch.equal(plain[0].weight, base[0].weight.half().float())
     assert not torch.equal(plain[0].weight, base[0].weight)
     assert torch.equal(plain[2].weight, base[2].weight)  # kept float32 rather than turned infinite
-    assert torch.equal(plain[0].bias, base[0].bias)  # biases stay float32
+    assert torch.equal(plain[0].bias, base[0].bias.half().float())  # biases in float16 too
     assert torch.equal(materialize(working, base)[0].weight, base[0].weight)
+    assert torch.equal(materialize(working, base)[0].bias, base[0].bias)  # float32 storage: biases too
+    codes = materialize(working, base, "int8")[0].weight / (base[0].weight.abs().max() / 127)
+    assert torch.allclose(codes, codes.round(), atol=1e-3) and codes.abs().max() <= 127.001  # on one int8 grid
+
+
+def test_group_walk_needs_fewer_stages_than_the_layer_walk(digits_model, digits):
+    """With a budget every layer fits in, the layer walk trains one stage per layer, the group walk 1 + 2 + 2."""
+    results = {}
+    for walk in ("layer", "group"):
+        config = _quick_config(walk=walk, sparsity=0.5, prune_epochs=1, epochs_per_step=1, min_steps_per_stage=0)
+        config.target.max_drop = 100.0
+        results[walk] = compress_lwct(digits_model, digits, config)
+    stages = {walk: [t.layers for t in result.trials if t.stage == "ternary"] for walk, result in results.items()}
+    assert len(stages["layer"]) == 5 and all(len(layers) == 1 for layers in stages["layer"])
+    assert [len(layers) for layers in stages["group"]] == [1, 2, 2]
+    assert sum(stages["group"], []) == sum(stages["layer"], [])  # the same layers, in the same order
+    for result in results.values():
+        assert {layer.representation for layer in result.layers} == {"ternary"}
