@@ -65,6 +65,8 @@ _OPTION_FIELDS = ("method", "accuracy_target", "options")
 
 
 class JobSpec(_Strict):
+    """A job: which model, which data, the method, the accuracy budget, the engine's options and free labels."""
+
     model: ModelArtifactRef | WeightsArtifactRef
     dataset: DatasetArtifactRef | SampleDataset
     method: MethodName = "lwct"
@@ -95,7 +97,7 @@ class JobSpec(_Strict):
         ids = [model.artifact_id if isinstance(model, ModelArtifactRef) else model.weights_artifact_id]
         if isinstance(self.dataset, DatasetArtifactRef):
             ids.append(self.dataset.artifact_id)
-        return ids
+        return [artifact_id for artifact_id in ids if artifact_id]
 
 
 def read_spec(stored: dict[str, Any]) -> JobSpec:

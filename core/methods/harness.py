@@ -33,7 +33,7 @@ from core.errors import Cancelled
 from core.events import Event, EventCallback, StopCheck, never_stop, no_events
 from core.measure import float32_bytes, metric_function, resolve_device
 from core.methods.results import LayerState, MethodResult, Trial
-from core.train import fit, fit_options, stage_epochs
+from core.train import choose_lr, fit_guarded, fit_options, stage_epochs
 
 # Progress while the baseline is evaluated: every method starts its own stages at BASELINE_DONE.
 BASELINE_START, BASELINE_DONE = 0.01, 0.05
@@ -79,6 +79,9 @@ class MethodRun:
         self.baseline = math.nan
         self.budget = math.nan
         self.stopped_early: str | None = None
+        self.lr: float | None = None  # the job's learning rate, chosen before its first stage (`learning_rate`)
+        # For the report: the rate used, the range test behind it, every rolled-back try and the stages none saved.
+        self.fine_tuning: dict = {"lr": None, "range_test": None, "retries": [], "stages": 0, "unrecovered_stages": []}
 
     # -- stop checks and events ------------------------------------------------------------------------------
     def stop_check(self) -> bool:
@@ -134,17 +137,55 @@ class MethodRun:
         def on_epoch(epoch: int, loss: float) -> None:
             self.emit(stage, fraction, f"epoch {epoch + 1}/{epochs}", epoch=epoch + 1, loss=loss)
 
-        self.fit_stage(module, epochs, seed, after_step, on_epoch)
+        self.fit_stage(module, epochs, seed, after_step, on_epoch, stage=stage, fraction=fraction)
         module.cpu()
 
     def fit_stage(self, module: nn.Module, epochs: int, seed: int, after_step: AfterStep | None,
-                  on_epoch: Callable[[int, float], None]) -> None:
-        """The one call of `core.train.fit` for every method: the place for a learning-rate choice or a rollback."""
+                  on_epoch: Callable[[int, float], None], *, stage: str = "train", fraction: float = 0.0) -> None:
+        """The one training call of every method: at the job's own rate, rolled back and retried at a lower one when
+        it diverges (core.train.fit_guarded); a later stage starts at the rate the last retry settled on. A stage
+        that no retry saves keeps its starting weights and is reported at warning level."""
         assert self.settings is not None
-        fit(module, self.data.x_train, self.data.y_train, epochs=epochs, device=self.device, seed=seed,
+        lr = self.learning_rate(fraction)
+        outcome = fit_guarded(
+            module, self.data.x_train, self.data.y_train, epochs=epochs, device=self.device, seed=seed,
             after_step=after_step, should_stop=self.stop_check, on_epoch=on_epoch,
             teacher=self.base if self.settings.distill else None, distill_weight=self.settings.distill,
-            **fit_options(self.settings))
+            **{**fit_options(self.settings), "lr": lr})
+        self.fine_tuning["stages"] += 1
+        if outcome.retries:
+            self.fine_tuning["retries"].append({"stage": stage, "tries": outcome.retries, "lr": outcome.lr,
+                                                "recovered": outcome.recovered})
+        if not outcome.recovered:
+            self.fine_tuning["unrecovered_stages"].append(stage)
+            self.emit(stage, fraction, f"training diverged at every rate from {lr:g} to {outcome.lr:g}; the stage "
+                      "keeps its starting weights", level="warning", lr=lr, retries=outcome.retries)
+        elif outcome.retries:
+            self.lr = outcome.lr
+            self.emit(stage, fraction, f"training diverged at lr {lr:g}; rolled back and retrained at {outcome.lr:g}",
+                      level="warning", lr=outcome.lr, retries=outcome.retries)
+
+    def learning_rate(self, fraction: float = 0.0) -> float:
+        """The job's rate: the configured one, or (lr_search) the one a short range test on the job's own training
+        data picks from it and lower ones, tried on copies of the baseline (core.train.choose_lr); announced once."""
+        assert self.settings is not None
+        if self.lr is not None:
+            return self.lr
+        settings, self.lr, test = self.settings, self.settings.lr, None
+        if settings.lr_search:
+            test = choose_lr(self.base, self.data.x_train, self.data.y_train, lr=settings.lr,
+                             steps=max(5, min(20, settings.min_steps_per_stage // 10)), momentum=settings.momentum,
+                             weight_decay=settings.weight_decay, batch_size=settings.batch_size, device=self.device,
+                             seed=self.config.seed)
+            self.lr = test.lr
+            self.fine_tuning["range_test"] = {
+                "start_loss": test.start_loss,
+                "losses": {f"{rate:g}": (loss if math.isfinite(loss) else None) for rate, loss in test.losses.items()}}
+        self.fine_tuning["lr"] = self.lr
+        how = "chosen by a range test" if test is not None else "as configured"
+        self.emit("train", fraction, f"learning rate {self.lr:g} ({how})", lr=self.lr,
+                  range_test=self.fine_tuning["range_test"])
+        return self.lr
 
     def evaluate(self, module: nn.Module) -> float:
         """The budget's metric of `module` on the validation split; the module ends on CPU."""
@@ -187,5 +228,11 @@ class MethodRun:
         return saved
 
     def result(self, module: nn.Module, layers: list[LayerState], accuracy: float) -> MethodResult:
+        tuning = self.fine_tuning
+        tuning["no_stage_recovered"] = tuning["stages"] > 0 and len(tuning["unrecovered_stages"]) == tuning["stages"]
+        if tuning["no_stage_recovered"]:
+            self.emit("train", 1.0, "no training stage could be run without diverging, at any rate tried: the "
+                      "result is the uploaded weights in compressed storage, not a fine-tuned model", level="warning")
         return MethodResult(module=module, layers=layers, trials=self.trials, baseline_accuracy=self.baseline,
-                            accuracy=accuracy, target_met=self.within(accuracy), stopped_early=self.stopped_early)
+                            accuracy=accuracy, target_met=self.within(accuracy), stopped_early=self.stopped_early,
+                            fine_tuning=tuning)
