@@ -554,7 +554,7 @@ def jobs_download(
     out: Annotated[Path, typer.Option("--out")] = Path("squeezer-results"),
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Download a job's result files."""
+    """Download a job's result files: model.sqz, model.onnx, model.zip, report.json and report.html."""
 
     def action() -> None:
         with _client(server, api_key) as client:

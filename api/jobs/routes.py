@@ -173,6 +173,29 @@ def read_report(
     return JSONResponse(job_report(session, blobs, job_id, tenant))
 
 
+# The page is our own (core.artifacts.report_html escapes every uploaded name) and needs nothing but its inline CSS:
+# the policy stops anything else from running or loading should a name ever slip through.
+REPORT_HTML_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:"}
+
+
+@router.get(
+    "/{job_id}/report.html",
+    operation_id="getJobReportHtml",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/html": {"schema": {"type": "string"}}},
+              "description": "report.html: the report as a self-contained page (summary, trade-off charts, layers)."},
+        **problem_responses(404),
+    },
+)
+def read_report_html(
+    job_id: str, session: SessionDep, blobs: BlobsDep, tenant: CurrentTenant
+) -> StreamingResponse:
+    response = stream_artifact(result_artifact(session, job_id, tenant, "report.html"), blobs)
+    response.headers.update({**REPORT_HTML_HEADERS, "Content-Disposition": 'inline; filename="report.html"'})
+    return response
+
+
 @router.get(
     "/{job_id}/artifacts",
     operation_id="listJobArtifacts",

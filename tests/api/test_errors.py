@@ -40,6 +40,7 @@ def test_openapi_has_the_stable_operation_ids_and_problem_responses(queued_clien
         "listJobEvents",
         "cancelJob",
         "getJobReport",
+        "getJobReportHtml",
         "listJobArtifacts",
         "downloadJobArtifact",
         "healthz",

@@ -64,6 +64,7 @@ def test_generated_client_uploads_submits_polls_and_downloads(
         create_job,
         download_job_artifact,
         get_job,
+        get_job_report_html,
         list_job_artifacts,
     )
     from squeezer_generated_client.models import CreateArtifactArtifactUpload, JobCreate
@@ -110,3 +111,6 @@ def test_generated_client_uploads_submits_polls_and_downloads(
         packed.status_code == 200
         and len(packed.content) == int(packed.headers["content-length"]) > 0
     )
+    page = get_job_report_html.sync_detailed(client=client, job_id=job.id)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.content.startswith(b"<!doctype html>") and b'data-key="/compressed/accuracy"' in page.content

@@ -27,7 +27,7 @@ from worker.celery_app import QUEUE_NAME
 from worker.context import WorkerContext
 from worker.reaper import STALE_UPLOAD_S, recover_once
 
-RESULT_NAMES = {"model.sqz", "model.onnx", "model.zip", "report.json"}
+RESULT_NAMES = {"model.sqz", "model.onnx", "model.zip", "report.json", "report.html"}
 LONGER_JOB = {"sparsity": None, "prune_epochs": 2, "epochs_per_step": 2, "max_train_samples": 600}
 
 

@@ -15,7 +15,7 @@ from store.jobs import request_cancel
 from store.models import Artifact, Job, utcnow
 from tests.worker.conftest import tiny_spec
 
-RESULT_NAMES = {"model.sqz", "model.onnx", "model.zip", "report.json"}
+RESULT_NAMES = {"model.sqz", "model.onnx", "model.zip", "report.json", "report.html"}
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from cli.service_commands import download_results
 from tests.api.conftest import assert_problem, tiny_job, upload
 
 
@@ -89,6 +90,7 @@ def test_cancel_of_a_queued_job_is_final_and_idempotent(queued_client, model_id)
     assert_problem(
         queued_client.get(f"/v1/jobs/{job['id']}/report"), 404, "result_not_found"
     )
+    assert_problem(queued_client.get(f"/v1/jobs/{job['id']}/report.html"), 404, "result_not_found")
 
 
 def test_list_pages_newest_first_with_status_filter(queued_client, model_id):
@@ -115,7 +117,7 @@ def test_list_pages_newest_first_with_status_filter(queued_client, model_id):
 
 
 @pytest.mark.slow
-def test_job_flow_through_the_in_process_worker(client, sample_model_zip):
+def test_job_flow_through_the_in_process_worker(client, sample_model_zip, tmp_path):
     model_id = upload(client, sample_model_zip)["id"]
     job = client.post("/v1/jobs", json=tiny_job(model_id)).json()
     deadline = time.monotonic() + 300
@@ -136,8 +138,15 @@ def test_job_flow_through_the_in_process_worker(client, sample_model_zip):
     names = {
         item["name"] for item in client.get(f"/v1/jobs/{job['id']}/artifacts").json()
     }
-    assert {"model.sqz", "model.onnx", "model.zip", "report.json"} <= names
+    assert {"model.sqz", "model.onnx", "model.zip", "report.json", "report.html"} <= names
     report = client.get(f"/v1/jobs/{job['id']}/report").json()
+    page = client.get(f"/v1/jobs/{job['id']}/report.html")
+    assert page.status_code == 200 and page.headers["content-type"] == "text/html; charset=utf-8"
+    assert page.headers["content-security-policy"].startswith("default-src 'none'")
+    assert page.headers["content-disposition"].startswith("inline") and f"{report['accuracy_drop']:.2f} pts" in page.text
+    # `squeezer jobs download` fetches every result file, report.html included, byte for byte
+    downloaded = {path.name: path for path in download_results(client, job["id"], tmp_path / "results")}
+    assert set(downloaded) == names and downloaded["report.html"].read_bytes() == page.content
     assert report["target_met"] == job["target_met"]
     packed = client.get(f"/v1/jobs/{job['id']}/artifacts/model.sqz")
     assert (
