@@ -74,10 +74,14 @@ def fetch_inputs(
     else:
         architecture = model_ref.architecture
         model = ModelSource(
-            path=fetch(model_ref.weights_artifact_id, "weights"), architecture=architecture.name, arch_args=architecture.args
+            path=fetch(model_ref.weights_artifact_id, "weights"),
+            architecture=architecture.name,
+            arch_args=architecture.args,
         )
     dataset = spec.dataset
-    data = fetch(dataset.artifact_id, "dataset") if isinstance(dataset, DatasetArtifactRef) else f"sample:{dataset.sample}"
+    data = (
+        fetch(dataset.artifact_id, "dataset") if isinstance(dataset, DatasetArtifactRef) else f"sample:{dataset.sample}"
+    )
     return EngineInputs(model=model, data=data, config=engine_config(spec, worker_device))
 
 
@@ -89,7 +93,9 @@ def _export(
         artifact = get_ready_artifact(session, artifact_id, tenant=tenant)
     if artifact is None:
         raise InputError(f"artifact {artifact_id} does not exist or was deleted", code="artifact_not_found")
-    return export_artifact_to(session_factory, blobs, artifact_id, dest_dir / f"{stem}{format_suffix(artifact.filename)}")
+    return export_artifact_to(
+        session_factory, blobs, artifact_id, dest_dir / f"{stem}{format_suffix(artifact.filename)}"
+    )
 
 
 def format_suffix(filename: str) -> str:

@@ -113,8 +113,9 @@ def read_spec(stored: dict[str, Any]) -> JobSpec:
         if field in fields:
             named = stored.get(field)
             if not (isinstance(named, dict) and any(key in named for key in keys)):
-                raise InputError(f"the job names no {field} ({' or '.join(f'{field}.{key}' for key in keys)})",
-                                 code="invalid_job")
+                raise InputError(
+                    f"the job names no {field} ({' or '.join(f'{field}.{key}' for key in keys)})", code="invalid_job"
+                )
             raise _INPUT_ERRORS[field](f"invalid {field} {named}: {_explained(problems, field)}")
     if fields - set(_OPTION_FIELDS):
         raise InputError(f"invalid job: {problems}", code="invalid_job")
