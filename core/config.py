@@ -66,10 +66,14 @@ class LevelSearch(StructuredTraining):
 
 
 class FilterConfig(LevelSearch):
+GateInit = Literal["ones", "uniform", "normal", "l1"]
+StructuralMethod = Literal["filter", "group"]
+
+
     """Importance-weight filter pruning (docs/METHODS.md §2)."""
 
-    init: list[Literal["ones", "uniform", "normal", "l1"]] = Field(
-        default_factory=lambda: ["ones", "l1"], min_length=1,
+    init: list[GateInit] = Field(
+        default_factory=lambda: list[GateInit](["ones", "l1"]), min_length=1,
         description="Initialisations of the importance weights; with several, filter scores are combined by mean rank.")
     penalty: float = Field(1.0, ge=0, description="L1 weight λ on the importance weights while they are learned.")
     importance_epochs: int = Field(2, ge=0, description="Epochs of training the importance weights per initialisation.")
@@ -97,8 +101,8 @@ class Int8Config(_Strict):
 class AutoConfig(_Strict):
     """Structural removal, then lwct on what remains, under one budget (docs/METHODS.md, "Combining them")."""
 
-    structural: list[Literal["filter", "group"]] = Field(
-        default_factory=lambda: ["filter"], min_length=1,
+    structural: list[StructuralMethod] = Field(
+        default_factory=lambda: list[StructuralMethod](["filter"]), min_length=1,
         description="Channel-removing methods run first, in this order, each on the previous one's result.")
     structural_share: float = Field(
         0.5, ge=0, le=1,
@@ -148,3 +152,9 @@ class CompressConfig(_Strict):
             raise ValueError(
                 f"metric {self.target.metric!r} does not apply to task {self.task!r}; use {' or '.join(allowed)}")
         return self
+
+    @property
+    def metric(self) -> str:
+        """The metric the budget is measured in (the validator has filled an unset one)."""
+        assert self.target.metric is not None
+        return self.target.metric

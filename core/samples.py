@@ -62,9 +62,10 @@ def ensure_sample_model(name: str, *, cache_dir: Path | None = None) -> tuple[Pa
 def _train(name: str, dest: Path) -> None:
     recipe = RECIPES[name]
     data = load_dataset(f"sample:{name}")
-    architecture = {"name": "lenet5", "args": {"input_size": recipe.input_size, "in_channels": 1, "num_classes": data.num_classes}}
+    args = {"input_size": recipe.input_size, "in_channels": 1, "num_classes": data.num_classes}
+    architecture = {"name": "lenet5", "args": args}
     torch.manual_seed(0)
-    module = build_architecture(architecture["name"], architecture["args"])
+    module = build_architecture("lenet5", args)
     # One thread: the same weights on every machine, and no slowdown when parallel test processes share the cores.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -274,6 +274,7 @@ def _check_payload(entry: dict, numel: int) -> None:
         kind = entry.get("values", "float32")
         return count * np.dtype(_VALUE_DTYPES[kind]).itemsize if kind in _VALUE_DTYPES else None
 
+    expected: list[int | None]
     if enc == "raw":
         expected = [numel * _DTYPES[entry["dtype"]].itemsize]
     elif enc == "dense":

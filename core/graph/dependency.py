@@ -17,6 +17,7 @@ else reads those channels, since a class is closed under the channel-wise operat
 import math
 import operator
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
@@ -28,6 +29,19 @@ CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 PRODUCERS = (*CONVOLUTIONS, *TRANSPOSED, nn.Linear)
+# A PRODUCERS instance, for the type checker: a layer whose `weight` (and optional `bias`) are tensors.
+Convolution = nn.modules.conv._ConvNd
+Producer = Convolution | nn.Linear
+
+
+def producer(module: nn.Module, name: str) -> Producer:
+    """The convolution or linear layer `name` of `module`."""
+    return cast(Producer, module.get_submodule(name))
+
+
+def affine_parameters(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weight and bias of a convolution, linear or batch-norm layer."""
+    return cast(torch.Tensor, layer.weight), cast(torch.Tensor | None, layer.bias)
 # Modules and functions that act on each channel on its own and keep the channel count.
 _CHANNELWISE_MODULES = (
     nn.ReLU,
@@ -244,9 +258,25 @@ def trace(module: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
     return _Tracer(graph_module).run()
 
 
+def _args(node: fx.Node) -> tuple[Any, ...]:
+    """A node's positional arguments: nodes, or constants (ints, tuples) whose types fx leaves open."""
+    return node.args
+
+
+def _kwargs(node: fx.Node) -> dict[str, Any]:
+    return dict(node.kwargs)
+
+
 def _shape(value) -> torch.Size | None:
     meta = value.meta.get("tensor_meta") if isinstance(value, fx.Node) else None
     return getattr(meta, "shape", None)
+
+
+def _known_shape(node: fx.Node) -> torch.Size:
+    """The shape of a node that computes a tensor (ShapeProp recorded it)."""
+    shape = _shape(node)
+    assert shape is not None, f"{node.name} has no recorded shape"
+    return shape
 
 
 class _Tracer:
@@ -280,8 +310,8 @@ class _Tracer:
         why = f"feeds {what} ({node.name}), which channel removal cannot follow"
         self.result.unsupported.append(f"{node.name}: {what}")
         for arg in node.all_input_nodes:
-            if self.of(arg) is not None:
-                self.sets.freeze(self.of(arg), why)
+            if (classes := self.of(arg)) is not None:
+                self.sets.freeze(classes, why)
         return self.fresh_output(node, why)
 
     def passthrough(self, node: fx.Node, source) -> torch.Tensor | None:
@@ -305,23 +335,25 @@ class _Tracer:
             return self.fresh_output(node, "is a constant tensor")
         if node.op == "output":
             for arg in node.all_input_nodes:
-                if self.of(arg) is not None:
-                    self.sets.freeze(self.of(arg), "feeds the model's output")
+                if (classes := self.of(arg)) is not None:
+                    self.sets.freeze(classes, "feeds the model's output")
             return None
         if node.op == "call_module":
-            return self.visit_module(node, self.modules[node.target])
+            return self.visit_module(node, self.modules[cast(str, node.target)])
         return self.visit_function(node)
 
     def visit_module(self, node: fx.Node, module: nn.Module) -> torch.Tensor | None:
-        source = node.args[0] if node.args else None
+        source = _args(node)[0] if _args(node) else None
         inputs = self.of(source)
+        name = cast(str, node.target)  # a call_module node's target is the module's name
         if isinstance(module, (*PRODUCERS,)) and inputs is not None:
-            return self.visit_producer(node, module, inputs)
+            return self.visit_producer(node, cast(Producer, module), inputs)
         if isinstance(module, NORMS) and inputs is not None and len(inputs) == module.num_features:
-            self.result.norms[node.target] = inputs
-            producer = source.target if source.op == "call_module" else None
-            if producer in self.result.producers and len(source.users) == 1 and module.affine:
-                self.result.norm_after[producer] = node.target
+            self.result.norms[name] = inputs
+            if isinstance(source, fx.Node) and source.op == "call_module" and len(source.users) == 1 and module.affine:
+                producer = cast(str, source.target)
+                if producer in self.result.producers:
+                    self.result.norm_after[producer] = name
             return inputs
         if isinstance(module, _CHANNELWISE_MODULES):
             return self.passthrough(node, source)
@@ -329,8 +361,8 @@ class _Tracer:
             return self.reshape(node, source)
         return self.unsupported(node, type(module).__name__)
 
-    def visit_producer(self, node: fx.Node, module: nn.Module, inputs: torch.Tensor) -> torch.Tensor | None:
-        name, in_shape = node.target, _shape(node.args[0])
+    def visit_producer(self, node: fx.Node, module: Producer, inputs: torch.Tensor) -> torch.Tensor | None:
+        name, in_shape = cast(str, node.target), _shape(_args(node)[0])
         if name in self.result.producers:  # a layer called twice shares its weights between two places
             return self.unsupported(node, f"{type(module).__name__} used more than once")
         if isinstance(module, nn.Linear):
@@ -358,15 +390,15 @@ class _Tracer:
 
     def visit_function(self, node: fx.Node) -> torch.Tensor | None:
         target, method = node.target, node.op == "call_method"
-        tensor_args = [a for a in node.args if isinstance(a, fx.Node)]
+        tensor_args = [a for a in _args(node) if isinstance(a, fx.Node)]
         if _shape(node) is None:  # sizes, shapes and other non-tensor values carry no channels
             return None
         if (method and target in _CHANNELWISE_METHODS) or (not method and target in _CHANNELWISE_FUNCTIONS):
-            return self.passthrough(node, node.args[0])
+            return self.passthrough(node, _args(node)[0])
         if (method and target in _ELEMENTWISE_METHODS) or (not method and target in _ELEMENTWISE):
             return self.elementwise(node, tensor_args)
         if (method and target in _RESHAPE_METHODS) or (not method and target in _RESHAPES):
-            return self.reshape(node, node.args[0])
+            return self.reshape(node, _args(node)[0])
         if (method and target in _REDUCTION_METHODS) or (not method and target in _REDUCTIONS):
             return self.reduction(node)
         if not method and target in (torch.cat, torch.concat):
@@ -375,7 +407,7 @@ class _Tracer:
 
     def elementwise(self, node: fx.Node, operands: list[fx.Node]) -> torch.Tensor | None:
         """Residual additions and gating products: channels at the same position go together."""
-        out_shape = _shape(node)
+        out_shape = _known_shape(node)
         merged = None
         for operand in operands:
             shape, classes = _shape(operand), self.of(operand)
@@ -395,7 +427,7 @@ class _Tracer:
 
     def reshape(self, node: fx.Node, source) -> torch.Tensor | None:
         """Flattening (batch, C, *spatial) to (batch, C·spatial) repeats each channel's class over its positions."""
-        classes, in_shape, out_shape = self.of(source), _shape(source), _shape(node)
+        classes, in_shape, out_shape = self.of(source), _shape(source), _known_shape(node)
         if classes is None or in_shape is None or len(out_shape) < 2 or out_shape[0] != in_shape[0]:
             return self.unsupported(node, self.describe(node))
         spatial = math.prod(in_shape[2:])
@@ -407,8 +439,8 @@ class _Tracer:
 
     def reduction(self, node: fx.Node) -> torch.Tensor | None:
         """Pooling written as x.mean((2, 3)): keeps the channel axis when it reduces only later axes."""
-        dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-        source = node.args[0]
+        dims = _kwargs(node).get("dim", _args(node)[1] if len(_args(node)) > 1 else None)
+        source = _args(node)[0]
         rank = len(_shape(source) or ())
         dims = (dims,) if isinstance(dims, int) else dims
         if dims is None or rank < 2 or any(d % rank < 2 for d in dims):
@@ -417,11 +449,12 @@ class _Tracer:
 
     def concatenate(self, node: fx.Node) -> torch.Tensor | None:
         """U-Net skips: the channels of every operand, side by side."""
-        operands = node.args[0] if node.args else node.kwargs.get("tensors")
-        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-        out_rank = len(_shape(node))
-        parts = [self.of(o) for o in operands]
-        if any(p is None for p in parts):
+        operands = _args(node)[0] if _args(node) else _kwargs(node)["tensors"]
+        dim = _kwargs(node).get("dim", _args(node)[1] if len(_args(node)) > 1 else 0)
+        out_rank = len(_known_shape(node))
+        classes = [self.of(o) for o in operands]
+        parts = [p for p in classes if p is not None]
+        if len(parts) < len(classes):
             return self.unsupported(node, "concatenation of a constant")
         if dim % out_rank == 1:
             return torch.cat(parts)

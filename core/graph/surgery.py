@@ -2,18 +2,20 @@
 ("channels" override) that lets a shrunk model be rebuilt from its registry name."""
 
 import dataclasses
+from typing import cast
 
 import torch
 from torch import nn
 
 from core.errors import ModelFormatError
-from core.graph.dependency import PRODUCERS, TRANSPOSED, ChannelGraph, trace
+from core.graph.dependency import PRODUCERS, TRANSPOSED, ChannelGraph, Convolution, Producer, producer, trace
 
 CHANNELS_ARG = "channels"  # architecture args key: {layer name: output channels (or features) kept}
 
 
 def width(layer: nn.Module) -> int:
-    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    """Output channels (or features) of a convolution or linear layer."""
+    return layer.out_features if isinstance(layer, nn.Linear) else cast(Convolution, layer).out_channels
 
 
 def producer_widths(module: nn.Module) -> dict[str, int]:
@@ -65,7 +67,7 @@ def shrink(module: nn.Module, graph: ChannelGraph, removed: set[int]) -> nn.Modu
     if frozen:
         raise ValueError(f"classes {sorted(frozen)[:5]} are frozen and cannot be removed")
     for name, ids in graph.producers.items():
-        layer = module.get_submodule(name)
+        layer = producer(module, name)
         keep_out, keep_in = _kept(graph, ids, removed), _kept(graph, graph.consumers[name], removed)
         if keep_out.all() and keep_in.all():
             continue
@@ -89,7 +91,7 @@ def shrink(module: nn.Module, graph: ChannelGraph, removed: set[int]) -> nn.Modu
         keep = _kept(graph, ids, removed)
         if keep.all():
             continue
-        norm = module.get_submodule(name)
+        norm = cast(nn.modules.batchnorm._NormBase, module.get_submodule(name))
         for attribute in ("weight", "bias", "running_mean", "running_var"):
             _set(norm, attribute, _slice(getattr(norm, attribute), 0, keep))
         norm.num_features = int(keep.sum())
@@ -101,7 +103,7 @@ def shrink(module: nn.Module, graph: ChannelGraph, removed: set[int]) -> nn.Modu
 _CONSTANT_TOLERANCE = 1e-6
 
 
-def _sees_borders(layer: nn.Module) -> bool:
+def _sees_borders(layer: Producer) -> bool:
     """Whether a constant input channel contributes unevenly across the output (zero padding, transposed kernels)."""
     if isinstance(layer, nn.Linear):
         return False
@@ -131,7 +133,7 @@ def fold_constants(module: nn.Module, graph: ChannelGraph, removed: set[int], x:
             hook.remove()
     plans, unfoldable = {}, set()
     for name, inputs in captured.items():
-        layer = module.get_submodule(name)
+        layer = producer(module, name)
         roots = graph.root(graph.consumers[name]).tolist()
         positions = [p for p, r in enumerate(roots) if r in removed]
         values = inputs.transpose(0, 1).flatten(1)[positions]  # (removed position, every sample and pixel)
@@ -141,7 +143,7 @@ def fold_constants(module: nn.Module, graph: ChannelGraph, removed: set[int], x:
         unfoldable |= {roots[p] for p, bad in zip(positions, blocked.tolist(), strict=True) if bad}
         plans[name] = (positions, constant)
     for name, (positions, constant) in plans.items():
-        layer = module.get_submodule(name)
+        layer = producer(module, name)
         roots = graph.root(graph.consumers[name]).tolist()
         chosen = [i for i, p in enumerate(positions) if roots[p] not in unfoldable]
         if not chosen:

@@ -44,7 +44,8 @@ class Dataset:
     task: str = "classification"  # "segmentation" when y_* are (N, H, W) masks
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one sample."""
         return tuple(self.x_train.shape[1:])
 
     def summary(self) -> dict:
@@ -262,7 +263,7 @@ def _load_paired_folders(train_dir: Path, val_dir: Path, name: str) -> Dataset:
 
     def arrays(pairs):
         x = np.stack([np.asarray(image.convert(mode).resize(size), dtype=np.uint8) for image, _ in pairs])
-        y = np.stack([np.asarray(mask.resize(size, Image.NEAREST)).astype(np.int64) for _, mask in pairs])
+        y = np.stack([np.asarray(mask.resize(size, Image.Resampling.NEAREST)).astype(np.int64) for _, mask in pairs])
         return x, y
 
     (xt, yt), (xv, yv) = arrays(splits["train"]), arrays(splits["val"])

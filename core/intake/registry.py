@@ -41,9 +41,10 @@ class VggSmall(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, input_size: int = 32, width: int = 64):
         super().__init__()
-        layers, channels = [], in_channels
+        layers: list[nn.Module] = []
+        channels = in_channels
         for out in (width, width, "M", 2 * width, 2 * width, "M", 4 * width, 4 * width, "M"):
-            if out == "M":
+            if isinstance(out, str):  # "M": max pooling
                 layers.append(nn.MaxPool2d(2))
             else:
                 layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
@@ -152,9 +153,10 @@ def _replace_first_conv(module: nn.Module, in_channels: int) -> None:
     for parent in module.modules():
         for child_name, child in parent.named_children():
             if isinstance(child, nn.Conv2d):
+                # the stem's kernel, stride, padding and dilation are 2-tuples (torch types them as any length)
                 setattr(parent, child_name, nn.Conv2d(
-                    in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                    child.dilation, child.groups, child.bias is not None,
+                    in_channels, child.out_channels, child.kernel_size, child.stride,  # type: ignore[arg-type]
+                    child.padding, child.dilation, child.groups, child.bias is not None,  # type: ignore[arg-type]
                 ))
                 return
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from core.errors import InputError
-from core.graph.dependency import TRANSPOSED
+from core.graph.dependency import TRANSPOSED, Convolution
 
 
 def resolve_device(name: str) -> torch.device:
@@ -125,7 +125,7 @@ def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
     return int(total)
 
 
-def _kernel_volume(layer: nn.Module) -> int:
+def _kernel_volume(layer: Convolution) -> int:
     volume = 1
     for size in layer.kernel_size:
         volume *= size

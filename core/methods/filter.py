@@ -18,7 +18,7 @@ from core.checkpoint import prefixed, unprefixed
 from core.config import CompressConfig
 from core.events import EventCallback, StopCheck, never_stop, no_events
 from core.graph import ChannelGraph, mask_consumers, shrink
-from core.graph.dependency import TRANSPOSED
+from core.graph.dependency import TRANSPOSED, affine_parameters, producer
 from core.methods.harness import BASELINE_DONE, FINETUNE_SEED_OFFSET, progress
 from core.methods.results import MethodResult
 from core.methods.structured import StructuredRun, arithmetic_midpoint, keep_one_per_group, search_levels
@@ -38,10 +38,10 @@ class ImportanceGates(nn.Module):
         self.alpha = nn.Parameter(init.clone().float())
         position = {root: i for i, root in enumerate(self.roots)}
         self.sites: dict[str, torch.Tensor] = {}  # module name -> gate index per channel (-1: frozen, no gate)
-        for producer, ids in graph.producers.items():
+        for layer, ids in graph.producers.items():
             index = torch.tensor([position.get(r, -1) for r in graph.root(ids).tolist()])
             if (index >= 0).any():
-                self.sites[graph.norm_after.get(producer, producer)] = index
+                self.sites[graph.norm_after.get(layer, layer)] = index
         self.handles = [
             module.get_submodule(name).register_forward_hook(self._gate_hook(index))
             for name, index in self.sites.items()
@@ -66,13 +66,14 @@ class ImportanceGates(nn.Module):
         alpha = torch.cat([self.alpha.detach().cpu(), torch.ones(1)])
         for name, index in self.sites.items():
             layer = self.module.get_submodule(name).cpu()
+            weight, bias = affine_parameters(layer)
             gates = alpha[index]
             channel_dim = 1 if isinstance(layer, TRANSPOSED) else 0
-            shape = [1] * layer.weight.dim()
+            shape = [1] * weight.dim()
             shape[channel_dim] = -1
-            layer.weight.mul_(gates.view(shape))
-            if layer.bias is not None:
-                layer.bias.mul_(gates)
+            weight.mul_(gates.view(shape))
+            if bias is not None:
+                bias.mul_(gates)
         return self.module
 
 
@@ -90,7 +91,7 @@ def initial_gates(kind: str, module: nn.Module, graph: ChannelGraph, seed: int) 
     position = {root: i for i, root in enumerate(graph.removable())}
     total, members = torch.zeros(count), torch.zeros(count)
     for name, ids in graph.producers.items():
-        weight = module.get_submodule(name).weight.detach().cpu()
+        weight = producer(module, name).weight.detach().cpu()
         norms = (
             (weight.transpose(0, 1) if isinstance(module.get_submodule(name), TRANSPOSED) else weight)
             .flatten(1)
@@ -136,8 +137,11 @@ def learn_importance(run: StructuredRun, settings, seed: int, baseline: float) -
         fraction = progress(BASELINE_DONE, _IMPORTANCE_DONE, i + 1, len(settings.init))
         gated = ImportanceGates(copy.deepcopy(run.base), run.graph, initial_gates(kind, run.base, run.graph, seed + i))
         run.emit("importance", fraction, f"learning importance weights ({kind} initialisation)", init=kind)
-        run.train(gated, settings.importance_epochs, seed + i, "importance", fraction,
-                  after_step=lambda optimizer, g=gated: soft_threshold(g.alpha, current_lr(optimizer) * settings.penalty))
+
+        def threshold(optimizer: torch.optim.Optimizer, gates: nn.Parameter = gated.alpha) -> None:
+            soft_threshold(gates, current_lr(optimizer) * settings.penalty)
+
+        run.train(gated, settings.importance_epochs, seed + i, "importance", fraction, after_step=threshold)
         scores.append(gated.alpha.detach().cpu())
         if i == 0:
             candidate = gated.fold().eval()

@@ -1,5 +1,5 @@
-"""Group-sparsity neuron removal (docs/METHODS.md §3, Zhou et al. 2016): a group-lasso penalty λ·Σ‖W_n‖₂ over the
-incoming weights of every neuron/filter, handled by its proximal step (group soft-threshold after every SGD step,
+"""Group-sparsity neuron removal (docs/METHODS.md §3, Zhou et al. 2016): a group-lasso penalty λ·Σ‖W_n‖₂ over
+the incoming weights of every neuron/filter, handled by its proximal step (group soft-threshold after every SGD step,
 momentum zeroed for groups that reach zero); zeroed neurons are then removed physically with their constant output
 folded into the next layer's bias. λ is searched under the accuracy budget.
 
@@ -18,7 +18,7 @@ from core.checkpoint import prefixed, unprefixed
 from core.config import CompressConfig
 from core.events import EventCallback, StopCheck, never_stop, no_events
 from core.graph import ChannelGraph, fold_constants, shrink
-from core.graph.dependency import TRANSPOSED
+from core.graph.dependency import TRANSPOSED, affine_parameters, producer
 from core.methods.harness import BASELINE_DONE, FINETUNE_SEED_OFFSET, progress
 from core.methods.results import MethodResult
 from core.methods.structured import StructuredRun, geometric_midpoint, keep_one_per_group, search_levels
@@ -35,16 +35,17 @@ class GroupLasso:
     def __init__(self, module: nn.Module, graph: ChannelGraph):
         self.roots = graph.removable()
         position = {root: i for i, root in enumerate(self.roots)}
-        self.slices: list[tuple[nn.Parameter, int, torch.Tensor]] = []  # (parameter, channel axis, group per slice)
+        self.slices: list[tuple[torch.Tensor, int, torch.Tensor]] = []  # (parameter, channel axis, group per slice)
         for name, ids in graph.producers.items():
-            layer = module.get_submodule(name)
+            layer = producer(module, name)
             groups = torch.tensor([position.get(r, -1) for r in graph.root(ids).tolist()])
             self.slices.append((layer.weight, 1 if isinstance(layer, TRANSPOSED) else 0, groups))
         for name, ids in graph.norms.items():
             norm = module.get_submodule(name)
             groups = torch.tensor([position.get(r, -1) for r in graph.root(ids).tolist()])
-            if norm.affine:
-                self.slices += [(norm.weight, 0, groups), (norm.bias, 0, groups)]
+            weight, bias = affine_parameters(norm)
+            if bias is not None:  # an affine batch norm
+                self.slices += [(weight, 0, groups), (bias, 0, groups)]
         sizes = torch.zeros(len(self.roots))
         for parameter, axis, groups in self.slices:
             kept = groups >= 0
@@ -56,11 +57,9 @@ class GroupLasso:
 
     def norms(self) -> torch.Tensor:
         """‖W_n‖₂ of every group."""
-        squares = None
+        squares = torch.zeros(len(self.roots), device=self.slices[0][0].device)
         for parameter, axis, groups in self.slices:
             per_slice = parameter.detach().pow(2).transpose(0, axis).flatten(1).sum(1)
-            if squares is None:
-                squares = torch.zeros(len(self.roots), device=parameter.device)
             kept = groups >= 0
             squares.index_add_(0, groups[kept].to(parameter.device), per_slice[kept.to(parameter.device)])
         return squares.sqrt()

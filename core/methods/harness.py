@@ -21,7 +21,7 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -71,7 +71,7 @@ class MethodRun:
         self.model, self.data, self.config, self.settings = model, data, config, settings
         self.name, self.on_event, self.user_stop, self.checkpoint_dir = name, on_event, should_stop, checkpoint_dir
         self.device = resolve_device(config.device)
-        self.score = metric_function(config.target.metric)  # the one metric the budget is measured in
+        self.score = metric_function(config.metric)  # the one metric the budget is measured in
         self.deadline = time.monotonic() + config.time_limit_s if config.time_limit_s else math.inf
         self.original_bytes = float32_bytes(model.module)
         self.base = copy.deepcopy(model.module).float().cpu().eval()
@@ -214,7 +214,8 @@ class MethodRun:
         if self.checkpoint_dir is None:
             return
         trials = [dataclasses.asdict(trial) for trial in self.trials]
-        path = save_checkpoint(self.checkpoint_dir, self.name, tensors, {**meta, "trials": trials, "fraction": fraction})
+        meta = {**meta, "trials": trials, "fraction": fraction}
+        path = save_checkpoint(self.checkpoint_dir, self.name, tensors, meta)
         self.emit("checkpoint", fraction, "checkpoint written", path=str(path))
 
     def resume(self) -> tuple[dict[str, torch.Tensor], dict] | None:
@@ -227,12 +228,12 @@ class MethodRun:
                       path=str(self.checkpoint_dir / f"{self.name}.json"))
         return saved
 
-    def result(self, module: nn.Module, layers: list[LayerState], accuracy: float) -> MethodResult:
+    def result(self, module: nn.Module, layers: Sequence[LayerState], accuracy: float) -> MethodResult:
         tuning = self.fine_tuning
         tuning["no_stage_recovered"] = tuning["stages"] > 0 and len(tuning["unrecovered_stages"]) == tuning["stages"]
         if tuning["no_stage_recovered"]:
             self.emit("train", 1.0, "no training stage could be run without diverging, at any rate tried: the "
                       "result is the uploaded weights in compressed storage, not a fine-tuned model", level="warning")
-        return MethodResult(module=module, layers=layers, trials=self.trials, baseline_accuracy=self.baseline,
+        return MethodResult(module=module, layers=list(layers), trials=self.trials, baseline_accuracy=self.baseline,
                             accuracy=accuracy, target_met=self.within(accuracy), stopped_early=self.stopped_early,
                             fine_tuning=tuning)

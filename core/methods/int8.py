@@ -37,7 +37,7 @@ def compress_int8(model, data, config: CompressConfig, *, on_event: EventCallbac
     run = MethodRun(model, data, config, None, name="int8", on_event=on_event, should_stop=should_stop)
     run.measure_baseline()
     run.emit("int8", BASELINE_DONE, f"calibrating on {config.int8.calibration_samples} training samples")
-    quantized = quantize_int8(model, data, config.int8, config.target.metric, seed=config.seed)
+    quantized = quantize_int8(model, data, config.int8, config.metric, seed=config.seed)
     accepted = run.within(quantized.accuracy)
     run.record("int8", quantized.onnx, layers=list(prunable_layers(run.base)), accuracy=quantized.accuracy,
                accepted=accepted, fraction=1.0, sparsity=None, summary=f"int8 QDQ, {len(quantized.onnx):,} bytes")

@@ -9,6 +9,7 @@ materialised, so its weights are exactly what `core.artifacts.sqz` packs.
 
 import copy
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ from core.checkpoint import prefixed, unprefixed
 from core.config import CompressConfig
 from core.errors import UnsupportedLayerError
 from core.events import EventCallback, StopCheck, never_stop, no_events
-from core.graph.dependency import TRANSPOSED
+from core.graph.dependency import TRANSPOSED, Producer
 from core.methods.harness import BASELINE_DONE, MethodRun, progress
 from core.methods.results import LayerState, MethodResult, Trial
 
@@ -34,6 +35,8 @@ _TERNARY_SEED_OFFSET = 1000
 
 class MaskedWeight(nn.Module):
     """Parametrization of a pruned float layer: pruned weights stay exactly zero and get no gradient."""
+
+    mask: torch.Tensor
 
     def __init__(self, mask: torch.Tensor):
         super().__init__()
@@ -68,6 +71,8 @@ class TernaryWeight(nn.Module):
     σ's gradient is a sum over every kept weight of its layer; it is averaged instead (scaled by 1/kept), so one
     learning rate suits weights and σ alike and σ cannot run away on large layers. |σ| keeps it a magnitude."""
 
+    mask: torch.Tensor
+
     def __init__(self, mask: torch.Tensor, sigma: float):
         super().__init__()
         self.register_buffer("mask", mask.float())
@@ -78,8 +83,16 @@ class TernaryWeight(nn.Module):
         return _TernaryStraightThrough.apply(weight, self.sigma, self.mask, self.sigma_grad_scale)
 
 
-def prunable_layers(module: nn.Module) -> dict[str, nn.Module]:
-    return {name: layer for name, layer in module.named_modules() if isinstance(layer, PRUNABLE)}
+def prunable_layers(module: nn.Module) -> dict[str, Producer]:
+    return {name: cast(Producer, layer) for name, layer in module.named_modules() if isinstance(layer, PRUNABLE)}
+
+
+def ternary_constraint(layer: nn.Module) -> TernaryWeight | None:
+    """The σ-constraint on `layer.weight`, or None when the weight is plain or only masked."""
+    if not parametrize.is_parametrized(layer, "weight"):
+        return None
+    constraint = cast(nn.ModuleList, cast(nn.ModuleDict, layer.parametrizations)["weight"])[0]
+    return constraint if isinstance(constraint, TernaryWeight) else None
 
 
 def initial_sigma(weight: torch.Tensor, mask: torch.Tensor) -> float:
@@ -107,6 +120,7 @@ def build_working_module(base: nn.Module, shadow: dict[str, torch.Tensor], masks
         mask = masks[name].cpu()
         with torch.no_grad():
             layer.weight.masked_fill_(~mask, 0.0)
+        constraint: nn.Module
         if name in sigmas:
             sigma = sigmas[name]
             constraint = TernaryWeight(mask, initial_sigma(layer.weight, mask) if sigma is None else sigma)
@@ -127,8 +141,9 @@ def shadow_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def learned_sigmas(module: nn.Module) -> dict[str, float]:
-    return {name: float(layer.parametrizations.weight[0].sigma.detach().abs()) for name, layer in prunable_layers(module).items()
-            if parametrize.is_parametrized(layer, "weight") and isinstance(layer.parametrizations.weight[0], TernaryWeight)}
+    constraints = {name: ternary_constraint(layer) for name, layer in prunable_layers(module).items()}
+    return {name: float(constraint.sigma.detach().abs()) for name, constraint in constraints.items()
+            if constraint is not None}
 
 
 def materialize(module: nn.Module, base: nn.Module, float_precision: str = "float32") -> nn.Module:
@@ -139,9 +154,7 @@ def materialize(module: nn.Module, base: nn.Module, float_precision: str = "floa
     with torch.no_grad():
         for name, layer in prunable_layers(module).items():
             weight = layer.weight.detach().cpu()
-            ternary = parametrize.is_parametrized(layer, "weight") and isinstance(
-                layer.parametrizations.weight[0], TernaryWeight)
-            if not ternary:
+            if ternary_constraint(layer) is None:
                 weight = round_for_storage(weight, float_precision)
             state[f"{name}.weight"] = weight.clone()
             if layer.bias is not None and float_precision != "float32":  # biases: float16, a few hundred bytes each
@@ -162,6 +175,7 @@ def rank_layers(ranking: str, sparsities: dict[str, float], sizes: dict[str, int
     if ranking == "sparsity":
         return sorted(names, key=lambda n: (sparsities[n], -sizes[n]))
     if ranking == "sensitivity":
+        assert drops is not None, "the sensitivity ranking needs the measured drops"
         return sorted(names, key=lambda n: (-drops[n], sparsities[n]))
     return sorted(names, key=lambda n: (sizes[n], sparsities[n]))
 

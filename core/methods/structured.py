@@ -11,7 +11,7 @@ from core.artifacts.sqz import pack_sqz
 from core.config import CompressConfig, StructuredTraining
 from core.events import EventCallback, StopCheck
 from core.graph import ChannelGraph, trace, with_channels
-from core.graph.dependency import PRODUCERS
+from core.graph.dependency import PRODUCERS, producer
 from core.graph.surgery import width
 from core.methods.harness import MethodRun
 from core.methods.results import ChannelLayerState, Trial
@@ -62,7 +62,7 @@ class StructuredRun(MethodRun):
                 reason = why_removed if kept < before else (f"left alone: {frozen}" if frozen else why_kept)
             else:
                 kept, reason = before, "left alone: not reached by the traced graph"
-            weight = shrunk.get_submodule(name).weight.detach()
+            weight = producer(shrunk, name).weight.detach()
             states.append(
                 ChannelLayerState(
                     name=name,
