@@ -230,7 +230,7 @@ def choose_lr(module: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float,
     device = torch.device(device)
     probe = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:probe_samples]
     x_probe, y_probe = x[probe], y[probe]
-    start_loss = _mean_loss(module, x_probe, y_probe, device, batch_size)
+    start_loss = _mean_loss(copy.deepcopy(module), x_probe, y_probe, device, batch_size)
     losses: dict[float, float] = {}
     for factor in candidates:
         rate = lr * factor
