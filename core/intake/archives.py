@@ -110,6 +110,16 @@ def _check_zip_directory(archive: Path, budget: _Budget) -> None:
         raise ArchiveError(f"{archive.name}: a central directory of {directory_bytes} bytes for {entries} entries")
 
 
+def read_zip_directory(archive: Path, limits: ArchiveLimits | None = None) -> list[zipfile.ZipInfo]:
+    """A zip's entries, its entry count bounded before zipfile parses them and their declared sizes after."""
+    budget = _Budget(limits or ArchiveLimits.from_intake(), Path(archive).stat().st_size)
+    _check_zip_directory(Path(archive), budget)
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+    budget.check_declared(len(infos), sum(info.file_size for info in infos))
+    return infos
+
+
 def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
     _check_zip_directory(archive, budget)
     with zipfile.ZipFile(archive) as zf:
