@@ -65,13 +65,17 @@ class KeyCache:
         self._entries: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
+    def cached(self, key: str) -> str | None:
+        """The tenant of `key` when it was verified less than `ttl_s` seconds ago; None means: ask `tenant`."""
+        entry = self._entries.get(hash_key(key))
+        return entry[0] if entry is not None and entry[1] > time.monotonic() else None
+
     def tenant(self, session: Session, key: str) -> str | None:
         """The tenant of a valid, unrevoked key (as of at most `ttl_s` seconds ago); None otherwise."""
-        digest = hash_key(key)
-        now = time.monotonic()
-        cached = self._entries.get(digest)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        cached = self.cached(key)
+        if cached is not None:
+            return cached
+        digest, now = hash_key(key), time.monotonic()
         tenant = verify_key_hash(session, digest)
         with self._lock:
             if tenant is None:
