@@ -66,11 +66,11 @@ class LevelSearch(StructuredTraining):
     refinements: int = Field(2, ge=0, description="Bisection steps between the last level within the budget and the first one past it, so the search ends close to the budget's edge rather than a whole grid step below it.")
 
 
-class FilterConfig(LevelSearch):
 GateInit = Literal["ones", "uniform", "normal", "l1"]
 StructuralMethod = Literal["filter", "group"]
 
 
+class FilterConfig(LevelSearch):
     """Importance-weight filter pruning (docs/METHODS.md §2)."""
 
     init: list[GateInit] = Field(
