@@ -8,7 +8,9 @@ from api import health
 from api.artifacts.routes import router as artifacts_router
 from api.errors import install_problem_handlers, problem_responses
 from api.jobs.routes import router as jobs_router
+from api.keycheck import KeyCheckMiddleware
 from api.limits import BodyLimitMiddleware
+from api.uploads import UploadSlots
 from store.blobs import make_blob_store
 from store.db import make_engine, make_session_factory
 from store.keys import KeyCache
@@ -47,7 +49,10 @@ def create_app(
     app.state.dispatcher = dispatcher
     app.state.key_cache = KeyCache(settings.api_key_cache_s)
     install_problem_handlers(app)
+    app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads_per_tenant)
+    # The outermost runs first: the key is checked before the body limits read a byte of the body.
     app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(KeyCheckMiddleware)
     app.include_router(health.router)
     # Every /v1 route takes the bearer key (api.deps.current_tenant): the scheme comes with the dependency.
     for router in (artifacts_router, jobs_router):

@@ -8,6 +8,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.uploads import UploadSlots
 from store.blobs import BlobStore
 from store.keys import KeyCache
 from store.models import DEFAULT_TENANT
@@ -34,6 +35,10 @@ def get_blobs(request: Request) -> BlobStore:
 
 def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
+
+
+def get_upload_slots(request: Request) -> UploadSlots:
+    return request.app.state.upload_slots
 
 
 def get_key_cache(request: Request) -> KeyCache:
@@ -74,4 +79,5 @@ SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory
 SessionDep = Annotated[Session, Depends(get_session)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+UploadSlotsDep = Annotated[UploadSlots, Depends(get_upload_slots)]
 CurrentTenant = Annotated[str, Depends(current_tenant)]

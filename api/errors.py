@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_BASE = "https://squeezer.dev/problems/"
@@ -62,6 +63,11 @@ class ProblemError(Exception):
         self.detail = detail
         self.title = title or HTTPStatus(status).phrase
         self.errors = errors
+
+
+def loggable(path: str) -> str:
+    """A client's path as a log may show it: non-printable and non-ASCII characters escaped (no forged lines)."""
+    return ascii(path)[1:-1]
 
 
 def problem_type(code: str) -> str:
@@ -156,14 +162,14 @@ async def _validation_error(
 
 
 async def _database_unavailable(
-    request: Request, error: OperationalError
+    request: Request, error: OperationalError | PoolTimeout
 ) -> JSONResponse:
-    """The database is down or restarting: a retryable 503, not a 500."""
+    """The database is down or restarting, or its connection pool stayed exhausted: a retryable 503, not a 500."""
     log.warning(
         "database unavailable on %s %s: %s",
         request.method,
-        request.url.path,
-        error.orig,
+        loggable(request.url.path),
+        getattr(error, "orig", error),
     )
     problem = ProblemError(
         503, "service_unavailable", "the database is unavailable; retry shortly"
@@ -173,7 +179,7 @@ async def _database_unavailable(
 
 async def _unstorable_value(request: Request, error: DataError) -> JSONResponse:
     """A value PostgreSQL cannot even compare (a NUL character in an id or a name): the client's error, not ours."""
-    log.info("unstorable value on %s %s: %s", request.method, request.url.path, error.orig)
+    log.info("unstorable value on %s %s: %s", request.method, loggable(request.url.path), error.orig)
     problem = ProblemError(
         422, "validation_error", "a value in the request cannot be stored (NUL characters are not allowed)"
     )
@@ -182,7 +188,7 @@ async def _unstorable_value(request: Request, error: DataError) -> JSONResponse:
 
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     """Never leaks a traceback: the log has it, the client gets a generic problem."""
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    log.exception("unhandled error on %s %s", request.method, loggable(request.url.path))
     return problem_response(
         request,
         ProblemError(
@@ -198,5 +204,6 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(PoolTimeout, _database_unavailable)  # every pooled connection busy: retry, not 500
     app.add_exception_handler(DataError, _unstorable_value)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -1,12 +1,14 @@
 """Artifact rows and their bytes, kept consistent: a row is "ready" only once every byte is stored, and a failed or
 abandoned upload leaves nothing behind."""
 
+import contextlib
 import hashlib
+import threading
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.blobs import BlobStore
@@ -24,6 +26,14 @@ class UploadTooLarge(Exception):
         self.max_bytes = max_bytes
 
 
+class QuotaExceeded(Exception):
+    """Reserving the upload's bytes would pass the tenant's storage quota; nothing was stored."""
+
+    def __init__(self, left: int):
+        super().__init__(f"the storage quota leaves {left} bytes")
+        self.left = left
+
+
 class ArtifactCorrupt(Exception):
     """Stored bytes do not match the artifact's recorded size or sha256."""
 
@@ -38,11 +48,21 @@ def store_artifact(
     content_type: str,
     chunks: Iterable[bytes],
     max_bytes: int,
+    reserve_bytes: int = 0,
+    quota_bytes: int | None = None,
 ) -> Artifact:
     """Streams `chunks` into storage, counting and hashing as it goes. Raises UploadTooLarge past `max_bytes`;
-    on that or any other failure the row and every stored byte are removed before the error propagates."""
-    with session_factory() as session:
-        artifact = Artifact(tenant=tenant, kind=kind, filename=filename, content_type=content_type, state="uploading")
+    on that or any other failure the row and every stored byte are removed before the error propagates.
+    `reserve_bytes` are counted against `quota_bytes` (QuotaExceeded, nothing stored) in the same transaction that
+    inserts the row, under a per-tenant lock: concurrent uploads cannot all pass a quota that fits only one. The
+    reservation is the row's size until the bytes are stored, and goes with the row on failure."""
+    with session_factory() as session, _quota_lock(session, tenant, quota_bytes):
+        if quota_bytes is not None:
+            left = quota_bytes - stored_bytes(session, tenant)
+            if reserve_bytes > left:
+                raise QuotaExceeded(left)
+        artifact = Artifact(tenant=tenant, kind=kind, filename=filename, content_type=content_type, state="uploading",
+                            size_bytes=reserve_bytes)
         session.add(artifact)
         session.commit()
     writer = blobs.open_writer(artifact.id)
@@ -108,6 +128,23 @@ def set_artifact_kind(session_factory: sessionmaker[Session], artifact_id: str, 
     with session_factory() as session:
         session.execute(update(Artifact).where(Artifact.id == artifact_id).values(kind=kind))
         session.commit()
+
+
+_EMBEDDED_QUOTA_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quota_lock(session: Session, tenant: str, quota_bytes: int | None) -> Iterator[None]:
+    """Serialises one tenant's quota reservations until the session's transaction commits: a PostgreSQL
+    transaction-level advisory lock across API processes; a process lock for SQLite (the embedded mode)."""
+    if quota_bytes is None:
+        yield
+    elif session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"quota:{tenant}"})
+        yield
+    else:
+        with _EMBEDDED_QUOTA_LOCK:
+            yield
 
 
 def stored_bytes(session: Session, tenant: str) -> int:

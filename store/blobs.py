@@ -4,6 +4,7 @@ DatabaseBlobStore keeps bytes in fixed-size rows of `blob_chunks`, so a worker o
 the database; LocalBlobStore keeps one file per artifact for the embedded mode. Both stream: memory holds at most one
 chunk, whatever the file size."""
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,8 +111,16 @@ class _LocalBlobWriter:
         self._file.write(data)
 
     def commit(self) -> None:
+        """Durable before it is renamed into place, and the rename durable before the row is marked ready."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
         self._file.close()
         self._partial.replace(self._final)
+        directory = os.open(self._final.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
     def abort(self) -> None:
         self._file.close()

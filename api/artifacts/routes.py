@@ -3,6 +3,7 @@
 import anyio.to_thread
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import object_session
 
 from api.artifacts.schemas import ArtifactOut
 from api.artifacts.service import (
@@ -12,7 +13,7 @@ from api.artifacts.service import (
     remove_artifact,
     storage_quota_left,
 )
-from api.deps import BlobsDep, CurrentTenant, SessionDep, SessionFactoryDep, SettingsDep
+from api.deps import BlobsDep, CurrentTenant, SessionDep, SessionFactoryDep, SettingsDep, UploadSlotsDep
 from api.errors import problem_responses
 from store.blobs import BlobStore
 from store.models import UPLOAD_KINDS, Artifact, ArtifactKind
@@ -64,20 +65,23 @@ async def create_artifact(
     session_factory: SessionFactoryDep,
     blobs: BlobsDep,
     tenant: CurrentTenant,
+    upload_slots: UploadSlotsDep,
 ) -> ArtifactOut:
-    artifact = await receive_upload(
-        request,
-        session_factory,
-        blobs,
-        tenant=tenant,
-        max_bytes=settings.max_upload_bytes,
-        quota_left=await anyio.to_thread.run_sync(
-            storage_quota_left,
+    with upload_slots.hold(tenant):
+        artifact = await receive_upload(
+            request,
             session_factory,
-            tenant,
-            settings.max_stored_bytes_per_tenant,
-        ),
-    )
+            blobs,
+            tenant=tenant,
+            max_bytes=settings.max_upload_bytes,
+            quota_left=await anyio.to_thread.run_sync(
+                storage_quota_left,
+                session_factory,
+                tenant,
+                settings.max_stored_bytes_per_tenant,
+            ),
+            quota=settings.max_stored_bytes_per_tenant,
+        )
     return ArtifactOut.model_validate(artifact)
 
 
@@ -102,7 +106,12 @@ def file_responses(description: str) -> dict:
 
 
 def stream_artifact(artifact: Artifact, blobs: BlobStore) -> StreamingResponse:
-    """Chunk by chunk from storage; the length is known, so clients can show progress and detect truncation."""
+    """Chunk by chunk from storage; the length is known, so clients can show progress and detect truncation. The
+    session that found the artifact is closed first: a client that reads slowly holds no database connection (each
+    chunk is read in a session of its own) and no worker thread (Starlette awaits the client on the event loop)."""
+    session = object_session(artifact)
+    if session is not None:
+        session.close()
     return StreamingResponse(
         blobs.iter_chunks(artifact.id),
         media_type=artifact.content_type or "application/octet-stream",

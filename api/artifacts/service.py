@@ -1,11 +1,13 @@
 """Streamed multipart uploads and downloads.
 
-The request body is parsed as it arrives (python-multipart's push parser), and the file part's bytes go straight to
-`store.artifacts.store_artifact` running in a worker thread: memory holds a few network chunks, whatever the file
-size, and the size limit is enforced as bytes arrive (413, nothing stored)."""
+The request body is parsed as it arrives (python-multipart's push parser) on the event loop, and the file part's
+bytes are spooled to a temporary file: memory holds a few network chunks, whatever the file size, the size limit is
+enforced as bytes arrive (413, nothing stored), and a slow client holds neither a worker thread nor a database
+connection. `store.artifacts.store_artifact` then stores the spooled file in a worker thread."""
 
 import re
-from collections.abc import AsyncIterator, Iterator
+import tempfile
+from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import anyio
@@ -17,10 +19,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ProblemError, not_found
 from store.artifacts import (
+    READ_CHUNK_BYTES,
+    QuotaExceeded,
     UploadTooLarge,
     delete_artifact,
     get_ready_artifact,
-    set_artifact_kind,
     store_artifact,
     stored_bytes,
 )
@@ -29,6 +32,9 @@ from store.models import UPLOAD_KINDS, Artifact, ArtifactKind
 
 # Form fields are a few words (`kind`); a longer one is not ours.
 MAX_FIELD_BYTES = 1024
+# Parts of one upload (the file, `kind`, a few a client may add) and the bytes of all its non-file fields together.
+MAX_PARTS = 8
+MAX_FIELDS_BYTES = 4 * 1024
 # What a body may carry besides its file (boundaries, part headers, form fields) when its declared length is compared
 # with the upload limit before a byte is read.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -49,6 +55,8 @@ class _MultipartStream:
         self.content_type = "application/octet-stream"
         self.file_done = False
         self._pending: list[bytes] = []
+        self._parts = 0
+        self._field_bytes = 0
         self._headers: dict[bytes, bytes] = {}
         self._header_field = b""
         self._header_value = b""
@@ -73,9 +81,15 @@ class _MultipartStream:
         )
 
     def _append_header(self, name: str, data: bytes) -> None:
-        setattr(self, name, getattr(self, name) + data)
+        value = getattr(self, name) + data
+        if len(value) > MAX_FIELD_BYTES:
+            raise ProblemError(422, "validation_error", f"a part header is longer than {MAX_FIELD_BYTES} bytes")
+        setattr(self, name, value)
 
     def _on_part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_PARTS:
+            raise ProblemError(422, "validation_error", f"a multipart body may hold at most {MAX_PARTS} parts")
         self._headers = {}
         self._part_name = None
         self._part_is_file = False
@@ -109,6 +123,11 @@ class _MultipartStream:
             self._pending.append(bytes(data[start:end]))
         else:
             self._field_value += data[start:end]
+            self._field_bytes += end - start
+            if self._field_bytes > MAX_FIELDS_BYTES:
+                raise ProblemError(
+                    422, "validation_error", f"form fields may hold at most {MAX_FIELDS_BYTES} bytes in all"
+                )
             if len(self._field_value) > MAX_FIELD_BYTES:
                 raise ProblemError(
                     422,
@@ -211,9 +230,11 @@ async def receive_upload(
     tenant: str,
     max_bytes: int,
     quota_left: int | None = None,
+    quota: int | None = None,
 ) -> Artifact:
     """Parses the multipart body as it streams in and stores its `file` part. Raises ProblemError (413/415/422/400).
-    `quota_left`: what the tenant's storage quota still allows (None: no quota); past it the 413 says so."""
+    `quota_left`: what the tenant's storage quota still allows (None: no quota); past it the 413 says so. `quota`:
+    the tenant's whole quota, against which the upload's bytes are reserved atomically before they are stored."""
     by_quota = quota_left is not None and quota_left < max_bytes
     limit = quota_left if by_quota else max_bytes
 
@@ -235,39 +256,43 @@ async def receive_upload(
         # Refuse before reading a byte when the client says up front that the body is too large.
         raise too_large("")
     stream = _MultipartStream(request, multipart_boundary(request))
-    await stream.wait_for_file()
-    early_kind = _check_kind(stream.fields.get("kind"))
-
-    def file_chunks() -> Iterator[bytes]:
-        while (chunk := anyio.from_thread.run(stream.next_file_chunk)) is not None:
-            yield chunk
-
-    try:
-        artifact = await anyio.to_thread.run_sync(
-            lambda: store_artifact(
-                session_factory,
-                blobs,
-                tenant=tenant,
-                kind=early_kind,
-                filename=safe_filename(stream.filename or "upload"),
-                content_type=stream.content_type,
-                chunks=file_chunks(),
-                max_bytes=limit,
+    # The body is spooled to a local file on the event loop: while the client sends it, no worker thread waits on the
+    # network and no database connection is held. Storing (and the quota reservation) starts once it is whole.
+    with tempfile.TemporaryFile(prefix="squeezer-upload-") as spool:
+        await stream.wait_for_file()
+        size = 0
+        while (chunk := await stream.next_file_chunk()) is not None:
+            size += len(chunk)
+            if size > limit:
+                raise too_large("; nothing was stored")
+            await anyio.to_thread.run_sync(spool.write, chunk)
+        await stream.drain()
+        kind = _check_kind(stream.fields.get("kind"))
+        await anyio.to_thread.run_sync(spool.seek, 0)
+        try:
+            return await anyio.to_thread.run_sync(
+                lambda: store_artifact(
+                    session_factory,
+                    blobs,
+                    tenant=tenant,
+                    kind=kind,
+                    filename=safe_filename(stream.filename or "upload"),
+                    content_type=stream.content_type,
+                    chunks=iter(lambda: spool.read(READ_CHUNK_BYTES), b""),
+                    max_bytes=limit,
+                    reserve_bytes=size,
+                    quota_bytes=quota,
+                )
             )
-        )
-    except UploadTooLarge:
-        raise too_large("; nothing was stored") from None
-    await stream.drain()
-    late_kind = stream.fields.get("kind")
-    try:
-        late_kind = _check_kind(late_kind) if late_kind is not None else None
-    except ProblemError:
-        delete_artifact(session_factory, blobs, artifact.id)
-        raise
-    if late_kind is not None and late_kind != artifact.kind:
-        set_artifact_kind(session_factory, artifact.id, late_kind)
-        artifact.kind = late_kind
-    return artifact
+        except UploadTooLarge:
+            raise too_large("; nothing was stored") from None
+        except QuotaExceeded as error:
+            raise ProblemError(
+                413,
+                "storage_quota_exceeded",
+                f"this tenant's storage quota leaves {max(error.left, 0)} bytes; delete artifacts to make room; "
+                "nothing was stored",
+            ) from None
 
 
 def storage_quota_left(
