@@ -35,7 +35,7 @@ class StructuredTraining(_Strict):
     """Training settings every method shares: how long and how fast each recovery stage trains."""
 
     epochs_per_step: int = Field(2, ge=0, description="Fine-tuning epochs after each compression step.")
-    min_steps_per_stage: int = Field(300, ge=0, description="Each training stage runs at least this many SGD steps, so small data sets get enough updates to recover.")
+    min_steps_per_stage: int = Field(300, ge=0, description="Each training stage runs at least this many SGD steps, so small data sets get enough updates to recover; networks over 300k parameters get fewer, as 1/√parameters, at least 60 (core.train.min_steps).")
     lr: float = Field(0.01, gt=0, description="Learning rate, and the ceiling of the range test (lr_search).")
     lr_search: bool = Field(True, description="Before the first training stage, a short range test on the job's own data picks the rate: lr and 0.3, 0.1, 0.03 and 0.01 times it each train a copy of the baseline for up to 20 steps, and the largest rate whose loss comes within 25 % of the best is used. Off: lr as given. Either way, a stage whose loss diverges (above 2 × its start + 0.5, or NaN) is rolled back and retried at 0.3 × the rate, up to 3 times.")
     lr_schedule: Literal["constant", "cosine"] = Field("cosine", description="Learning rate within each stage: cosine annealing to zero recovers more accuracy in short stages.")

@@ -106,12 +106,26 @@ def fit(
     return last_loss
 
 
-def stage_epochs(settings, epochs: int, train_samples: int) -> int:
-    """`epochs` stretched to at least `settings.min_steps_per_stage` SGD steps, so small data sets recover too."""
+# min_steps_per_stage holds in full up to this many parameters and shrinks as 1/√params beyond, to MIN_STEPS_FLOOR.
+FULL_STEPS_PARAMS, MIN_STEPS_FLOOR = 300_000, 60
+
+
+def min_steps(settings, params: int | None = None) -> int:
+    """The fewest SGD steps a stage runs: `settings.min_steps_per_stage` for networks of up to 300k parameters (LeNet-5,
+    ResNet-20), fewer for larger ones, whose steps cost more and whose stages are many (ResNet-56 178, ResNet-110 125,
+    ResNet-50 60); never below 60 or above the setting."""
+    steps = settings.min_steps_per_stage
+    if params is None or params <= FULL_STEPS_PARAMS:
+        return steps
+    return min(steps, max(MIN_STEPS_FLOOR, round(steps * math.sqrt(FULL_STEPS_PARAMS / params))))
+
+
+def stage_epochs(settings, epochs: int, train_samples: int, params: int | None = None) -> int:
+    """`epochs` stretched to at least `min_steps(settings, params)` SGD steps, so small data sets recover too."""
     if epochs <= 0:
         return 0
     per_epoch = min(train_samples, settings.max_train_samples or train_samples)
-    return max(epochs, math.ceil(settings.min_steps_per_stage / math.ceil(per_epoch / settings.batch_size)))
+    return max(epochs, math.ceil(min_steps(settings, params) / math.ceil(per_epoch / settings.batch_size)))
 
 
 def fit_options(settings) -> dict:

@@ -30,7 +30,7 @@ from torch import nn
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import CompressConfig, StructuredTraining
 from core.errors import Cancelled
-from core.events import Event, EventCallback, StopCheck, never_stop, no_events
+from core.events import Event, EventCallback, EventLevel, StopCheck, never_stop, no_events
 from core.measure import float32_bytes, metric_function, resolve_device
 from core.methods.results import LayerState, MethodResult, Trial
 from core.train import choose_lr, fit_guarded, fit_options, stage_epochs
@@ -96,8 +96,9 @@ class MethodRun:
         """Time left before the time limit, or None without one."""
         return None if math.isinf(self.deadline) else self.deadline - time.monotonic()
 
-    def emit(self, stage: str, fraction: float, message: str = "", **data) -> None:
-        self.on_event(Event(stage=stage, fraction=min(max(fraction, 0.0), 1.0), message=message, data=data))
+    def emit(self, stage: str, fraction: float, message: str = "", *, level: EventLevel = "info", **data) -> None:
+        self.on_event(Event(stage=stage, fraction=min(max(fraction, 0.0), 1.0), message=message, level=level,
+                            data=data))
 
     @contextlib.contextmanager
     def time_limited(self, stage: str) -> Iterator[None]:
@@ -127,10 +128,11 @@ class MethodRun:
 
     def train(self, module: nn.Module, epochs: int, seed: int, stage: str, fraction: float,
               after_step: AfterStep | None = None) -> None:
-        """One training stage of `epochs` (stretched to at least min_steps_per_stage SGD steps, so small data sets
+        """One training stage of `epochs` (stretched to at least `core.train.min_steps` SGD steps, so small data sets
         recover; none when `epochs` is 0), with distillation from the baseline; the module ends on CPU."""
         assert self.settings is not None, "a run that trains has training settings"
-        epochs = stage_epochs(self.settings, epochs, len(self.data.y_train))
+        params = sum(p.numel() for p in self.base.parameters())
+        epochs = stage_epochs(self.settings, epochs, len(self.data.y_train), params)
         if epochs <= 0:
             return
 
