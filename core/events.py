@@ -34,10 +34,11 @@ class Event:
     stage: str
     fraction: float
     message: str = ""
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: "EventLevel" = "info"
     data: dict[str, Any] = field(default_factory=dict)
 
 
+EventLevel = Literal["debug", "info", "warning", "error"]
 EventCallback = Callable[[Event], None]
 StopCheck = Callable[[], bool]
 

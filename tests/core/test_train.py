@@ -3,14 +3,17 @@ CNN trained with Adam on real digits, exported in eval mode (BatchNorm folded), 
 rate of 0.01 wreck it."""
 
 import copy
+import io
 import math
 
 import pytest
 import torch
 
+from core.config import AccuracyTarget, CompressConfig, FilterConfig, LwctConfig
 from core.intake.data import load_dataset
 from core.intake.models import load_model
 from core.measure import metric_function
+from core.pipeline import ModelSource, compress_files
 from core.train import Diverged, DivergenceRule, choose_lr, fit, fit_guarded
 from tests.core.wild import export_eval, rescaled, residual_cnn, train_on_digits
 
@@ -24,10 +27,15 @@ def digits():
 
 
 @pytest.fixture(scope="module")
-def folded(tmp_path_factory):
+def folded_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("wild") / "folded.onnx"
     path.write_bytes(rescaled(export_eval(train_on_digits(residual_cnn())), 100.0))
-    return load_model(path).module
+    return path
+
+
+@pytest.fixture(scope="module")
+def folded(folded_file):
+    return load_model(folded_file).module
 
 
 def test_the_default_rate_wrecks_the_folded_export(folded, digits):
@@ -68,3 +76,51 @@ def test_a_non_finite_loss_is_divergence(digits):
         model[1].weight.fill_(math.inf)
     with pytest.raises(Diverged):
         fit(model, digits.x_train, digits.y_train, epochs=1, lr=0.01, divergence=DivergenceRule())
+
+
+@pytest.fixture(scope="module")
+def adam_file(tmp_path_factory):
+    """A residual CNN trained with Adam, BatchNorm kept (exported in training-free eval form, unfolded)."""
+    path = tmp_path_factory.mktemp("adam") / "adam.onnx"
+    buffer = io.BytesIO()
+    module = train_on_digits(residual_cnn(), lr=1e-2)
+    torch.onnx.export(module, torch.zeros(1, 1, 8, 8), buffer, dynamo=False, opset_version=13, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, do_constant_folding=False,
+                      training=torch.onnx.TrainingMode.PRESERVE)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+QUICK_LWCT = LwctConfig(sparsity_grid=[0.5, 0.8], prune_epochs=1, epochs_per_step=1, min_steps_per_stage=60)
+QUICK_FILTER = FilterConfig(init=["l1"], importance_epochs=1, epochs_per_step=1, min_steps_per_stage=60,
+                            levels=[0.2, 0.4], refinements=0)
+
+
+@pytest.mark.parametrize("method", ["lwct", "filter"])
+@pytest.mark.parametrize("model", ["folded_file", "adam_file"])
+def test_jobs_on_uploaded_models_compress_without_collapsing(model, method, request, tmp_path):
+    events = []
+    config = CompressConfig(method=method, device="cpu", target=AccuracyTarget(max_drop=2.0), lwct=QUICK_LWCT,
+                            filter=QUICK_FILTER)
+    report = compress_files(ModelSource(request.getfixturevalue(model)), "sample:digits", tmp_path, config,
+                            on_event=events.append)
+    assert report["baseline"]["accuracy"] > 95
+    assert report["compressed"]["accuracy"] > report["baseline"]["accuracy"] - 2.0 and report["target_met"]
+    assert report["compression_ratio"] > 1.5  # compressed, not the baseline handed back
+    tuning = report["fine_tuning"]
+    assert tuning["lr"] is not None and tuning["stages"] > 0 and not tuning["no_stage_recovered"]
+    assert any(e.data.get("lr") == tuning["lr"] for e in events)  # the rate used is announced
+    if model == "folded_file":
+        assert tuning["lr"] < 0.01 and tuning["range_test"]["losses"]["0.01"] is None  # 0.01 diverged in the test
+
+
+def test_a_job_whose_stages_all_diverge_says_so(folded_file, tmp_path):
+    events = []
+    lwct = QUICK_LWCT.model_copy(update={"lr": 1000.0, "lr_search": False, "sparsity_grid": [0.5]})
+    config = CompressConfig(device="cpu", target=AccuracyTarget(max_drop=100), lwct=lwct)
+    report = compress_files(ModelSource(folded_file), "sample:digits", tmp_path, config, on_event=events.append)
+    tuning = report["fine_tuning"]
+    assert tuning["no_stage_recovered"] and tuning["unrecovered_stages"] and tuning["retries"]
+    assert tuning["lr"] == 1000.0 and all(not r["recovered"] for r in tuning["retries"])
+    assert any(e.level == "warning" and "no training stage" in e.message for e in events)
+    assert report["compressed"]["accuracy"] > 90  # the wrecked tries were rolled back, not kept
