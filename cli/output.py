@@ -64,6 +64,12 @@ def print_report(report: dict, out_dir: Path | None) -> None:
     ):
         if key in baseline:  # reports of older versions lack the batch-32 latency
             table.add_row(label, fmt.format(baseline[key]), fmt.format(compressed[key]))
+    onnx, baseline_onnx = report.get("artifacts", {}).get("model.onnx"), report.get("baseline_onnx")
+    if onnx and baseline_onnx:  # what a deployment runs: the ONNX files in onnxruntime, measured side by side
+        for key, label, fmt in (("bytes", "ONNX file (bytes)", "{:,}"),
+                                ("latency_ms", "onnxruntime, batch 1 (ms)", "{:.3f}"),
+                                ("latency_ms_batch32", "onnxruntime, batch 32 (ms)", "{:.3f}")):
+            table.add_row(label, fmt.format(baseline_onnx[key]), fmt.format(onnx[key]))
     console.print(table)
     target = report["target"]
     unit = "points" if target["drop_type"] == "absolute" else "% of the baseline"

@@ -103,7 +103,7 @@ def test_auto_runs_both_stages_from_the_command_line(sample_model, tmp_path):
                                  "--option", "filter.min_steps_per_stage=60"])
     assert result.exit_code == 0, result.output + result.stderr
     assert "filter: prune" in result.stderr and "lwct: ternary" in result.stderr
-    assert "CPU latency, batch 32" in result.output
+    assert "CPU latency, batch 32" in result.output and "onnxruntime, batch 32" in result.output
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "auto" and {t["stage"].split(":")[0] for t in report["trials"]} == {
         "filter", "lwct", "lwct-alone", "int8"}
