@@ -44,7 +44,7 @@ class SampleDataset(_Strict):
 
 
 # Everything CompressConfig takes besides the method and the target, which are top-level fields of a job.
-JobOptions = create_model(
+JobOptions = create_model(  # type: ignore[call-overload]  # the field annotations are only known at run time
     "JobOptions",
     __config__=ConfigDict(extra="forbid"),
     __doc__="Engine options (core.config.CompressConfig without `method` and `target`).",
@@ -71,7 +71,7 @@ class JobSpec(_Strict):
     dataset: DatasetArtifactRef | SampleDataset
     method: MethodName = "lwct"
     accuracy_target: AccuracyTarget = Field(default_factory=AccuracyTarget)
-    options: JobOptions = Field(default_factory=JobOptions)  # type: ignore[valid-type]
+    options: JobOptions = Field(default_factory=JobOptions)
     metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form labels, returned unchanged.")
 
     @model_validator(mode="after")

@@ -2,7 +2,7 @@
 derived from core.config.CompressConfig, so the engine's config documents the API."""
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -11,10 +11,13 @@ from store.statuses import JobStatus
 
 # The status values as the OpenAPI document has always shown them, an inline enum (a JobStatus enum field would
 # become a `$ref`, renaming the status types of generated clients), and as 422 messages have always listed them.
-JobStatusValue = Literal[tuple(status.value for status in JobStatus)]  # type: ignore[valid-type]
+if TYPE_CHECKING:
+    JobStatusValue = JobStatus
+else:
+    JobStatusValue = Literal[tuple(status.value for status in JobStatus)]
 
 
-JOB_EXAMPLE = {
+JOB_EXAMPLE: dict[str, Any] = {
     "model": {"artifact_id": "art_3f2c9a"},
     "dataset": {"sample": "digits"},
     "method": "lwct",
