@@ -14,7 +14,7 @@ class AccuracyTarget(_Strict):
 
     max_drop: float = Field(1.0, ge=0, le=100, description="Largest allowed drop, in percentage points (absolute) or percent of the baseline (relative).")
     drop_type: Literal["absolute", "relative"] = "absolute"
-    metric: Literal["top1", "pixel_accuracy", "miou"] | None = Field(
+    metric: Literal["top1", "pixel_accuracy", "miou", "iou"] | None = Field(
         None, description="What the drop is measured in; unset: the task's first metric (top1, pixel_accuracy).")
 
     def allowed_drop(self, baseline_accuracy: float) -> float:
@@ -124,7 +124,9 @@ class AutoConfig(_Strict):
 
 MethodName = Literal["lwct", "filter", "group", "auto", "int8"]
 TaskName = Literal["classification", "segmentation"]
-METRICS_BY_TASK: dict[str, tuple[str, ...]] = {"classification": ("top1",), "segmentation": ("pixel_accuracy", "miou")}
+# iou: the positive class's IoU, for binary masks (one output channel, thresholded at 0 for logits, 0.5 for a sigmoid).
+METRICS_BY_TASK: dict[str, tuple[str, ...]] = {"classification": ("top1",),
+                                               "segmentation": ("pixel_accuracy", "miou", "iou")}
 
 
 class CompressConfig(_Strict):

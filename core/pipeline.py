@@ -39,7 +39,7 @@ from core.measure import (
     resolve_device,
     score_predictions,
 )
-from core.measure.runtime import onnx_latency_ms, onnx_predictions
+from core.measure.runtime import onnx_binary_threshold, onnx_latency_ms, onnx_predictions
 from core.methods.auto import compress_auto
 from core.methods.filter import compress_filter
 from core.methods.group import compress_group
@@ -277,7 +277,7 @@ def _onnx_accuracy(path: Path, raw: Dataset, normalization: Normalization | None
         normalization = Normalization.model_validate(stored) if stored else None
     data = normalize(raw, normalization)
     try:
-        predictions = onnx_predictions(session, data.x_val.numpy())
+        predictions = onnx_predictions(session, data.x_val.numpy(), threshold=onnx_binary_threshold(path))
     except Exception as error:  # shape or type mismatch, reported by onnxruntime as InvalidArgument/Fail
         shape = session.get_inputs()[0].shape
         raise MismatchError(f"the data does not fit the ONNX model's input {shape}: {error}") from None

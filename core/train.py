@@ -9,9 +9,10 @@ divergence guard (`fit_guarded`): a loss far above its start, or NaN/inf, rolls 
 lower rate, a bounded number of times.
 """
 
+import contextlib
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -54,9 +55,12 @@ def fit(
     """
     device = torch.device(device)
     module.to(device).train()
+    heads = contextlib.ExitStack()  # a terminal Softmax/LogSoftmax/Sigmoid is bypassed while training: the loss sees logits
+    heads.enter_context(logits_only(module, per_sample=y.dim() == 1))
+    if teacher is not None:
+        heads.enter_context(logits_only(teacher, per_sample=y.dim() == 1))
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
     if teacher is not None:
         teacher.to(device).eval()
     generator = torch.Generator().manual_seed(seed)
@@ -80,7 +84,7 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                     logits = module(xb)
-                    loss = loss_fn(logits, yb)
+                    loss = task_loss(logits, yb)
                     if teacher is not None and distill_weight > 0:
                         with torch.no_grad():
                             target = teacher(xb)
@@ -102,8 +106,69 @@ def fit(
             if on_epoch is not None:
                 on_epoch(epoch, last_loss)
     finally:
+        heads.close()
         module.eval()
     return last_loss
+
+
+def task_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on class logits; with one output channel and masks (binary segmentation), binary cross-entropy
+    of the logit against the mask's positive class (any non-zero index)."""
+    if logits.dim() == 4 and logits.shape[1] == 1 and y.dim() == 3:
+        return nn.functional.binary_cross_entropy_with_logits(logits[:, 0].float(), (y > 0).float())
+    return nn.functional.cross_entropy(logits, y)
+
+
+# Output heads exporters append to the logits; a module between them and the output that changes nothing is skipped.
+_HEADS = (nn.Softmax, nn.LogSoftmax, nn.Sigmoid)
+_NEUTRAL_CLASS_NAMES = ("Identity", "OnnxCopyIdentity")
+
+
+def terminal_head(module: nn.Module, *, per_sample: bool = True) -> str | None:
+    """The qualified name of a Softmax, LogSoftmax (over classes) or Sigmoid that produces the model's output, or
+    None. Found in torch.fx graphs (onnx2torch's conversions) and in nn.Sequential tails. `per_sample`: the output
+    is (batch, classes), where dim -1 is the class axis too."""
+    if isinstance(module, torch.fx.GraphModule):
+        outputs = [node for node in module.graph.nodes if node.op == "output"]
+        node = outputs[0].args[0] if outputs and len(outputs[0].args) == 1 else None
+        while isinstance(node, torch.fx.Node) and node.op == "call_module":
+            child = module.get_submodule(str(node.target))
+            if isinstance(child, _HEADS):
+                return str(node.target) if _over_classes(child, per_sample) else None
+            if type(child).__name__ not in _NEUTRAL_CLASS_NAMES or not node.args:
+                return None
+            node = node.args[0]
+        return None
+    if isinstance(module, nn.Sequential) and len(module):
+        name, last = list(module.named_children())[-1]
+        if isinstance(last, _HEADS):
+            return name if _over_classes(last, per_sample) else None
+        inner = terminal_head(last, per_sample=per_sample)
+        return f"{name}.{inner}" if inner else None
+    return None
+
+
+def _over_classes(head: nn.Module, per_sample: bool) -> bool:
+    dim = getattr(head, "dim", 1)
+    return isinstance(head, nn.Sigmoid) or dim == 1 or (per_sample and dim == -1)
+
+
+@contextlib.contextmanager
+def logits_only(module: nn.Module, *, per_sample: bool = True) -> Iterator[str | None]:
+    """Within the block, the model's terminal head (`terminal_head`) is an Identity, so training computes its loss on
+    the logits (not a softmax of a softmax); the head is back afterwards, in every exported artifact. Yields its name."""
+    name = terminal_head(module, per_sample=per_sample)
+    if name is None:
+        yield None
+        return
+    parent_name, _, leaf = name.rpartition(".")
+    parent = module.get_submodule(parent_name) if parent_name else module
+    head = getattr(parent, leaf)
+    setattr(parent, leaf, nn.Identity())
+    try:
+        yield name
+    finally:
+        setattr(parent, leaf, head)
 
 
 # min_steps_per_stage holds in full up to this many parameters and shrinks as 1/√params beyond, to MIN_STEPS_FLOOR.
@@ -144,8 +209,11 @@ DISTILL_TEMPERATURE = 2.0
 
 
 def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """Hinton's KL divergence between softened class distributions (dim 1: classes, also per pixel), scaled by T²."""
+    """Hinton's KL divergence between softened class distributions (dim 1: classes, also per pixel), scaled by T².
+    One output channel is a sigmoid's logit z, i.e. the two-class logits (0, z)."""
     t = DISTILL_TEMPERATURE
+    if logits.shape[1] == 1:
+        logits, teacher_logits = (torch.cat([torch.zeros_like(z), z], 1) for z in (logits, teacher_logits))
     log_student = torch.log_softmax(logits.float() / t, dim=1)
     log_teacher = torch.log_softmax(teacher_logits.float() / t, dim=1)
     kl = (log_teacher.exp() * (log_teacher - log_student)).sum(1)
@@ -267,10 +335,10 @@ def choose_lr(module: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float,
 def _mean_loss(module: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int) -> float:
     module.to(device).eval()
     total = 0.0
-    with torch.no_grad():
+    with torch.no_grad(), logits_only(module, per_sample=y.dim() == 1):
         for start in range(0, len(x), batch_size):
             logits = module(x[start : start + batch_size].to(device))
-            total += float(nn.functional.cross_entropy(logits.float(), y[start : start + batch_size].to(device),
-                                                       reduction="sum"))
+            count = min(batch_size, len(x) - start)
+            total += float(task_loss(logits.float(), y[start : start + batch_size].to(device))) * count
     loss = total / max(len(x), 1)
     return loss if math.isfinite(loss) else math.inf

@@ -368,6 +368,10 @@ def check_compatible(model, data: Dataset) -> None:
         raise MismatchError(f"a classifier must output (batch, classes); this model outputs {tuple(output.shape[1:])} per sample")
     model.input_shape = data.input_shape
     model.num_classes = int(output.shape[1])
-    if data.num_classes > model.num_classes:
+    if data.task == "segmentation" and model.num_classes == 1:  # binary: one logit (or sigmoid) per pixel
+        if data.num_classes > 2:
+            raise MismatchError(f"a model with one output channel segments two classes, but the masks hold indices up "
+                                f"to {data.num_classes - 1}")
+    elif data.num_classes > model.num_classes:
         raise MismatchError(f"the data has labels up to {data.num_classes - 1} but the model predicts only "
                             f"{model.num_classes} classes")

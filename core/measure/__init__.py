@@ -21,11 +21,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def classes_of(output: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """Class predictions from model outputs: argmax over dim 1, or with one output channel (binary segmentation)
+    output > threshold: 0 for logits, 0.5 after a terminal sigmoid (`binary_threshold`)."""
+    return output.argmax(1) if output.shape[1] > 1 else (output[:, 0] > threshold).long()
+
+
+def binary_threshold(module: nn.Module) -> float:
+    """0.5 for a model whose output passes a terminal sigmoid, 0 for one that outputs logits."""
+    from core.train import terminal_head
+
+    name = terminal_head(module, per_sample=False)
+    return 0.5 if name is not None and isinstance(module.get_submodule(name), nn.Sigmoid) else 0.0
+
+
 @torch.no_grad()
 def predict(module: nn.Module, x: torch.Tensor, *, device: torch.device | str = "cpu", batch_size: int = 512) -> torch.Tensor:
-    """Class predictions (argmax over dim 1) for every sample, batched; the module is left in eval mode."""
+    """Class predictions (`classes_of`) for every sample, batched; the module is left in eval mode."""
     module.to(device).eval()
-    outputs = [module(x[start : start + batch_size].to(device)).argmax(1).cpu() for start in range(0, len(x), batch_size)]
+    threshold = binary_threshold(module)
+    outputs = [classes_of(module(x[start : start + batch_size].to(device)), threshold).cpu()
+               for start in range(0, len(x), batch_size)]
     return torch.cat(outputs) if outputs else torch.empty(0, dtype=torch.long)
 
 
@@ -56,7 +72,14 @@ def miou(predictions: torch.Tensor, masks: torch.Tensor) -> float:
     return 100.0 * (intersection[present] / union[present]).mean().item()
 
 
-_SCORES = {"top1": share_correct, "pixel_accuracy": share_correct, "miou": miou}
+def positive_iou(predictions: torch.Tensor, masks: torch.Tensor) -> float:
+    """IoU of the positive class in percent (binary masks: any non-zero index is positive), over every pixel."""
+    predicted, true = predictions.flatten() > 0, masks.flatten() > 0
+    union = int((predicted | true).sum())
+    return 100.0 * int((predicted & true).sum()) / union if union else 100.0
+
+
+_SCORES = {"top1": share_correct, "pixel_accuracy": share_correct, "miou": miou, "iou": positive_iou}
 
 
 def score_predictions(metric: str, predictions: torch.Tensor, labels: torch.Tensor) -> float:

@@ -35,12 +35,12 @@ def onnx_latency_ms(path: Path, input_shape: tuple[int, ...], *, batch: int = 1,
     return 1000.0 * statistics.median(times)
 
 
-def onnx_predictions(session, x: np.ndarray, batch: int = 512) -> np.ndarray:
-    """Class predictions (argmax over dim 1) of an onnxruntime session for every sample, batched like `predict`
-    (a fixed batch axis in the file sets the batch)."""
+def onnx_predictions(session, x: np.ndarray, batch: int = 512, threshold: float = 0.0) -> np.ndarray:
+    """Class predictions of an onnxruntime session for every sample, batched like `predict` (a fixed batch axis in
+    the file sets the batch): argmax over dim 1, or output > `threshold` for one output channel."""
     model_input = session.get_inputs()[0]
     batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else batch
-    outputs = [np.asarray(session.run(None, {model_input.name: x[start : start + batch]})[0]).argmax(1)
+    outputs = [_classes(np.asarray(session.run(None, {model_input.name: x[start : start + batch]})[0]), threshold)
                for start in range(0, len(x), batch)]
     return np.concatenate(outputs) if outputs else np.zeros(0, dtype=np.int64)
 
@@ -52,4 +52,21 @@ def onnx_score(model: Path | bytes, x, y, metric: str) -> float:
     from core.measure import score_predictions
 
     session = onnx_session(model)
-    return score_predictions(metric, torch.from_numpy(onnx_predictions(session, x.numpy())), y)
+    threshold = onnx_binary_threshold(model)
+    return score_predictions(metric, torch.from_numpy(onnx_predictions(session, x.numpy(), threshold=threshold)), y)
+
+
+def _classes(output: np.ndarray, threshold: float) -> np.ndarray:
+    return output.argmax(1) if output.shape[1] > 1 else (output[:, 0] > threshold).astype(np.int64)
+
+
+def onnx_binary_threshold(model: Path | bytes) -> float:
+    """0.5 when the ONNX graph's output comes from a Sigmoid, 0 otherwise (like core.measure.binary_threshold)."""
+    import onnx
+
+    proto = onnx.load_model_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+    producers = {output: node for node in proto.graph.node for output in node.output}
+    node = producers.get(proto.graph.output[0].name)
+    while node is not None and node.op_type == "Identity":
+        node = producers.get(node.input[0])
+    return 0.5 if node is not None and node.op_type == "Sigmoid" else 0.0
