@@ -110,14 +110,21 @@ def _load(model: ModelSource, data: str | Path, normalization: Normalization | N
     return loaded, raw, prepared
 
 
+def _input_shape(model: LoadedModel) -> tuple[int, ...]:
+    """The model's (C, H, W): known once check_compatible has run, and recorded with every model Squeezer writes."""
+    assert model.input_shape is not None, "check_compatible fills in the input shape"
+    return tuple(model.input_shape)
+
+
 def check_inputs(model: ModelSource, data: str | Path, config: CompressConfig) -> InputSummary:
     """Loads and cross-checks the inputs without training anything; raises the InputError a job would fail with."""
     loaded, _, prepared = _load(model, data, config.normalization, config.task)
     layers = list(prunable_layers(loaded.module))
     if not layers:
         raise UnsupportedLayerError("the model has no Conv or Linear layer to compress")
+    assert loaded.num_classes is not None  # check_compatible filled it
     return InputSummary(model_format=loaded.source_format, architecture=loaded.architecture["name"],
-                        input_shape=tuple(loaded.input_shape), num_classes=loaded.num_classes, task=prepared.task,
+                        input_shape=_input_shape(loaded), num_classes=loaded.num_classes, task=prepared.task,
                         train_samples=len(prepared.x_train), val_samples=len(prepared.x_val), layers=layers)
 
 
@@ -151,7 +158,7 @@ def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: 
     on_event(Event(stage="intake", fraction=0.0, message="loading the model and the data"))
     metric = config.metric
     loaded, raw, prepared = _load(model, data, config.normalization, config.task)
-    baseline = _measures(loaded.module, loaded.input_shape, prepared, float32_bytes(loaded.module), metric)
+    baseline = _measures(loaded.module, _input_shape(loaded), prepared, float32_bytes(loaded.module), metric)
     on_event(Event(stage="intake", fraction=_METHOD_START, message=f"baseline {metric} {baseline['accuracy']:.2f}%",
                    data={"accuracy": baseline["accuracy"]}))
 
@@ -235,7 +242,7 @@ def _onnx_entry(path: Path, raw: Dataset, model: LoadedModel, metric: str, accur
         _stamp_preprocessing(path, model.preprocessing)
         accuracy = _onnx_accuracy(path, raw, None, metric)
     return {"bytes": path.stat().st_size, "accuracy": accuracy, "runtime": "onnxruntime",
-            **{key: onnx_latency_ms(path, tuple(model.input_shape), batch=batch) for key, batch in LATENCY_BATCHES.items()}}
+            **{key: onnx_latency_ms(path, _input_shape(model), batch=batch) for key, batch in LATENCY_BATCHES.items()}}
 
 
 def _model_dir_entry(model_dir: Path, data: Dataset, metric: str) -> dict:
@@ -244,7 +251,8 @@ def _model_dir_entry(model_dir: Path, data: Dataset, metric: str) -> dict:
     return {"bytes": sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()),
             "accuracy": metric_function(metric)(loaded.module, data.x_val, data.y_val, device=REPORT_DEVICE),
             "runtime": "torch",
-            **{key: median_latency_ms(loaded.module, loaded.input_shape, batch=batch) for key, batch in LATENCY_BATCHES.items()}}
+            **{key: median_latency_ms(loaded.module, _input_shape(loaded), batch=batch)
+               for key, batch in LATENCY_BATCHES.items()}}
 
 
 def _with_channel_counts(layers: list[LayerState]) -> list[ChannelLayerState]:

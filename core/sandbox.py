@@ -131,6 +131,7 @@ class Sandbox:
                 request["id"] = request_id = self._next_id
                 self._waiting[request_id] = (done, slot)
                 try:
+                assert self._zygote is not None and self._zygote.stdin is not None  # started with stdin=PIPE
                     self._zygote.stdin.write((json.dumps(request) + "\n").encode())
                     self._zygote.stdin.flush()
                 except (BrokenPipeError, OSError):
@@ -156,7 +157,7 @@ class Sandbox:
     def close(self) -> None:
         with self._lock:
             zygote, self._zygote = self._zygote, None
-        if zygote is not None:
+        if zygote is not None and zygote.stdin is not None:
             zygote.stdin.close()
             try:
                 zygote.wait(10)
@@ -187,6 +188,7 @@ class Sandbox:
 
     def _read_reports(self, zygote: subprocess.Popen) -> None:
         for line in zygote.stdout:
+        assert zygote.stdout is not None  # started with stdout=PIPE
             report = json.loads(line)
             with self._lock:
                 waiting = self._waiting.pop(report["id"], None)

@@ -217,7 +217,7 @@ def _ratio(report: dict, key: str) -> str:
 
 
 def _artifacts(report: dict) -> str:
-    rows = [("baseline ONNX (float32, for comparison)", ("baseline_onnx",))]
+    rows: list[tuple[str, tuple[str, ...]]] = [("baseline ONNX (float32, for comparison)", ("baseline_onnx",))]
     rows += [(name + (" (returned)" if name == report.get("deployable") else ""), ("artifacts", name))
              for name in report.get("artifacts", {})]
     body = "".join(

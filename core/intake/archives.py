@@ -101,10 +101,10 @@ def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits | None = None)
 def _check_zip_directory(archive: Path, budget: _Budget) -> None:
     """The end record's entry count and directory size, before zipfile builds one object per entry."""
     with archive.open("rb") as file:
-        end = zipfile._EndRecData(file)  # the parser zipfile itself uses; None when there is no end record
+        end = zipfile._EndRecData(file)  # type: ignore[attr-defined]  # zipfile's own parser; None: no end record
     if end is None:
         raise ArchiveError(f"{archive.name} is damaged or unreadable: no zip end record")
-    entries, directory_bytes = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]
+    entries, directory_bytes = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]  # type: ignore[attr-defined]
     budget.check_declared(entries, 0)
     if directory_bytes > max(entries, 1) * budget.limits.max_directory_bytes_per_member:
         raise ArchiveError(f"{archive.name}: a central directory of {directory_bytes} bytes for {entries} entries")
@@ -150,7 +150,7 @@ class _BoundedTarInfo(tarfile.TarInfo):
                 f"archive has a {self.size}-byte extended header; the limit is {self.max_header_bytes} "
                 f"(raise {intake_limits.SETTING_NAMES['max_archive_header_bytes']})"
             )
-        return super()._proc_member(tarfile_)
+        return super()._proc_member(tarfile_)  # type: ignore[misc]  # tarfile's private per-member hook
 
 
 _METADATA_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
@@ -183,7 +183,7 @@ def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
             if member.isdir():
                 (dest / relative).mkdir(parents=True, exist_ok=True)
             elif member.isfile():
-                with tf.extractfile(member) as source:
+                with tf.extractfile(member) as source:  # type: ignore[union-attr]  # None only for non-files
                     budget.copy(source, dest / relative)
             else:
                 raise ArchiveError(f"archive member {member.name!r} is a link or special file")

@@ -241,8 +241,8 @@ def _onnx_input_shape(graph) -> tuple[int, ...] | None:
     dims = inputs[0].type.tensor_type.shape.dim
     if len(dims) != 4:
         raise ModelFormatError(f"the ONNX model's input must be (batch, channels, height, width); it has {len(dims)} axes")
-    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims[1:])
-    return None if None in shape else shape
+    shape = tuple(d.dim_value for d in dims[1:] if d.HasField("dim_value"))
+    return shape if len(shape) == len(dims) - 1 else None  # None: an axis is symbolic
 
 
 def _load_onnx(path: Path) -> LoadedModel:

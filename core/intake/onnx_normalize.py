@@ -18,6 +18,7 @@ The rest are small pattern rewrites of our own, each on constant weights only:
 """
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ NHWC_TO_NCHW = [0, 3, 1, 2]
 class Normalised:
     """The normalised model and what was changed, for the report and events."""
 
-    model: object  # onnx.ModelProto
+    model: Any  # onnx.ModelProto (onnx is imported where it is used)
     changes: list[str] = field(default_factory=list)
     input_layout_changed: bool = False  # True: the input was NHWC and is now NCHW
 
@@ -246,9 +247,9 @@ def _shape_flatten(model) -> str:
             continue
         unsqueeze = producers.get(concat.input[0])
         is_unsqueeze = unsqueeze is not None and unsqueeze.op_type == "Unsqueeze"
-        gather = producers.get(unsqueeze.input[0]) if is_unsqueeze else None
+        gather = producers.get(unsqueeze.input[0]) if unsqueeze is not None and is_unsqueeze else None
         shape = producers.get(gather.input[0]) if gather is not None and gather.op_type == "Gather" else None
-        if shape is None or shape.op_type != "Shape" or shape.input[0] != node.input[0]:
+        if gather is None or shape is None or shape.op_type != "Shape" or shape.input[0] != node.input[0]:
             continue
         index_tensor = constants.get(gather.input[1])
         if index_tensor is None or numpy_helper.to_array(index_tensor).tolist() not in (0, [0]):
@@ -285,7 +286,8 @@ def _reshape_flatten(model) -> str:
         if shape is None or len(shape) != 4 or None in shape[1:] or len(target) != 2:
             continue
         allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
-        if target != [-1, int(np.prod(shape[1:]))] and not (target == [0, -1] and not allowzero):
+        features = int(np.prod([d for d in shape[1:] if d is not None]))
+        if target != [-1, features] and not (target == [0, -1] and not allowzero):
             continue
         index = list(model.graph.node).index(node)
         model.graph.node.remove(node)

@@ -8,6 +8,7 @@ initializers, tensor-valued node attributes (`Constant` values included), the su
 """
 
 from collections.abc import Iterator
+from typing import Any
 
 from core.errors import ModelFormatError
 
@@ -58,7 +59,7 @@ def _graph_tensors(graph, where: str) -> Iterator[tuple[object, str]]:
     yield from _node_tensors(graph.node, where)
 
 
-def model_tensors(model) -> Iterator[tuple[object, str]]:
+def model_tensors(model) -> Iterator[tuple[Any, str]]:
     """Every TensorProto of a ModelProto with a human-readable place: main graph, functions, training graphs."""
     yield from _graph_tensors(model.graph, f"graph '{model.graph.name}'")
     for function in model.functions:

@@ -18,6 +18,7 @@ import dataclasses
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from core.artifacts.onnx_export import export_onnx
 from core.artifacts.sqz import pack_sqz
@@ -32,7 +33,7 @@ from core.methods.group import compress_group
 from core.methods.harness import MethodRun
 from core.methods.int8 import compress_int8
 from core.methods.lwct import compress_lwct
-from core.methods.results import ChannelLayerState, LayerState, MethodResult
+from core.methods.results import ChannelLayerState, LayerState, MethodResult, Trial
 
 STAGES: dict[str, Callable[..., MethodResult]] = {
     "filter": compress_filter, "group": compress_group, "lwct": compress_lwct, "int8": compress_int8,
@@ -57,13 +58,16 @@ def compress_auto(model, data, config: CompressConfig, *, on_event: EventCallbac
     run = MethodRun(model, data, config, None, name="auto", on_event=on_event, should_stop=should_stop)
     baseline, allowed = run.measure_baseline(announce=False)  # the stages announce their own
     # (label, method, allowed drop, whether the stage starts from the original model instead of the previous result)
-    plan = [(name, name, allowed * config.auto.structural_share, False) for name in config.auto.structural]
+    plan: list[tuple[str, str, float, bool]] = [
+        (name, name, allowed * config.auto.structural_share, False) for name in config.auto.structural]
     plan += [("lwct", "lwct", allowed, False)]
     if config.auto.compare_lwct_alone:
         plan += [("lwct-alone", "lwct", allowed, True)]
     if config.auto.int8:
         plan += [("int8", "int8", allowed, False)]
-    current, channel_rows, trials, outcomes = model, [], [], []
+    current, outcomes = model, []
+    channel_rows: list[list[ChannelLayerState]] = []
+    trials: list[Trial] = []
     for index, (label, name, stage_allowed, fresh) in enumerate(plan):
         source, rows = (model, []) if fresh else (current, channel_rows)
         start = run.evaluate(source.module)
@@ -90,7 +94,7 @@ def compress_auto(model, data, config: CompressConfig, *, on_event: EventCallbac
                                        compression_ratio=t.compression_ratio * scale)
                    for i, t in enumerate(result.trials)]
         if name in ("filter", "group"):
-            rows = [*rows, result.layers]
+            rows = [*rows, cast(list[ChannelLayerState], result.layers)]  # filter and group report channel rows
             channel_rows, current = rows, with_channels(current, result.module)
         if name == "int8" and result.onnx is None:
             continue  # outside the budget: the float model it started from is already a candidate
