@@ -130,8 +130,8 @@ class Sandbox:
                 self._next_id += 1
                 request["id"] = request_id = self._next_id
                 self._waiting[request_id] = (done, slot)
-                try:
                 assert self._zygote is not None and self._zygote.stdin is not None  # started with stdin=PIPE
+                try:
                     self._zygote.stdin.write((json.dumps(request) + "\n").encode())
                     self._zygote.stdin.flush()
                 except (BrokenPipeError, OSError):
@@ -187,8 +187,8 @@ class Sandbox:
         threading.Thread(target=self._read_reports, args=(self._zygote,), daemon=True).start()
 
     def _read_reports(self, zygote: subprocess.Popen) -> None:
-        for line in zygote.stdout:
         assert zygote.stdout is not None  # started with stdout=PIPE
+        for line in zygote.stdout:
             report = json.loads(line)
             with self._lock:
                 waiting = self._waiting.pop(report["id"], None)
