@@ -1,7 +1,7 @@
 """Methods combined (docs/METHODS.md, "Combining them"): structural removal first (filter and/or group), then layer-wise
 compressive training on what remains, under ONE accuracy budget measured against the original model.
 
-The structural stages may spend `auto.structural_share` of the allowed drop (they buy FLOPs and latency), lwct
+The structural stages may spend `auto.structural_share` of the allowed drop (they buy MACs and latency), lwct
 whatever they leave of the whole (it buys size). A stage starting from a model that scores `a` runs with the
 absolute budget `stage_allowed − (baseline − a)`, so its own test "start − accuracy ≤ budget" is exactly
 "baseline − accuracy ≤ stage_allowed": every acceptance is judged against the original baseline. Each stage starts
