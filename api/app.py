@@ -10,7 +10,7 @@ from api.errors import install_problem_handlers, problem_responses
 from api.jobs.routes import router as jobs_router
 from api.keycheck import KeyCheckMiddleware
 from api.limits import BodyLimitMiddleware
-from api.uploads import UploadSlots
+from api.slots import TenantSlots
 from store.blobs import make_blob_store
 from store.db import make_engine, make_session_factory
 from store.keys import KeyCache
@@ -49,7 +49,8 @@ def create_app(
     app.state.dispatcher = dispatcher
     app.state.key_cache = KeyCache(settings.api_key_cache_s)
     install_problem_handlers(app)
-    app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads_per_tenant)
+    app.state.upload_slots = TenantSlots(settings.max_concurrent_uploads_per_tenant, "upload_quota_exceeded", "uploads")
+    app.state.submission_checks = TenantSlots(None)
     # The outermost runs first: the key is checked before the body limits read a byte of the body.
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(KeyCheckMiddleware)

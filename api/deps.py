@@ -8,7 +8,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.uploads import UploadSlots
+from api.slots import TenantSlots
 from store.blobs import BlobStore
 from store.keys import KeyCache
 from store.models import DEFAULT_TENANT
@@ -37,8 +37,12 @@ def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
 
 
-def get_upload_slots(request: Request) -> UploadSlots:
+def get_upload_slots(request: Request) -> TenantSlots:
     return request.app.state.upload_slots
+
+
+def get_submission_checks(request: Request) -> TenantSlots:
+    return request.app.state.submission_checks
 
 
 def get_key_cache(request: Request) -> KeyCache:
@@ -79,5 +83,6 @@ SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory
 SessionDep = Annotated[Session, Depends(get_session)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
-UploadSlotsDep = Annotated[UploadSlots, Depends(get_upload_slots)]
+UploadSlotsDep = Annotated[TenantSlots, Depends(get_upload_slots)]
+SubmissionChecksDep = Annotated[TenantSlots, Depends(get_submission_checks)]
 CurrentTenant = Annotated[str, Depends(current_tenant)]

@@ -12,7 +12,8 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", operation_id="healthz", summary="The process is alive")
-def healthz() -> dict:
+async def healthz() -> dict:
+    """On the event loop, not in the thread pool: it answers while every worker thread is busy."""
     return {"status": "ok"}
 
 

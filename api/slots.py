@@ -1,5 +1,6 @@
-"""Per-tenant caps on uploads in flight in this API process: one tenant's slow or stalled uploads cannot take every
-connection the server has (429 `upload_quota_exceeded` past the cap)."""
+"""Per-tenant counts of work in flight in this API process: uploads being received (capped, so one tenant's slow or
+stalled uploads cannot take every connection the server has) and submissions being checked (counted against the
+tenant's concurrent-job quota)."""
 
 import contextlib
 import threading
@@ -9,20 +10,24 @@ from collections.abc import Iterator
 from api.errors import ProblemError
 
 
-class UploadSlots:
-    def __init__(self, per_tenant: int):
-        self.per_tenant = per_tenant
+class TenantSlots:
+    """`limit` None: counted, never refused; else past it `hold` raises a 429 problem with `code`."""
+
+    def __init__(self, limit: int | None, code: str = "", what: str = ""):
+        self.limit, self.code, self.what = limit, code, what
         self._in_flight: Counter[str] = Counter()
         self._lock = threading.Lock()
+
+    def in_flight(self, tenant: str) -> int:
+        with self._lock:
+            return self._in_flight[tenant]
 
     @contextlib.contextmanager
     def hold(self, tenant: str) -> Iterator[None]:
         with self._lock:
-            if self._in_flight[tenant] >= self.per_tenant:
+            if self.limit is not None and self._in_flight[tenant] >= self.limit:
                 raise ProblemError(
-                    429,
-                    "upload_quota_exceeded",
-                    f"this tenant already has {self.per_tenant} uploads in progress; wait for one to finish",
+                    429, self.code, f"this tenant already has {self.limit} {self.what} in progress; wait for one to end"
                 )
             self._in_flight[tenant] += 1
         try:

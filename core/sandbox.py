@@ -86,13 +86,13 @@ class Sandbox:
         self._waiting: dict[int, tuple[threading.Event, list]] = {}
         self._next_id = 0
 
-    def run(self, target: str, payload: dict) -> dict:
+    def run(self, target: str, payload: dict, limits: SandboxLimits | None = None) -> dict:
         """The target's result; raises the target's SqueezerError as an InputError with its code, or a
-        SandboxError naming the limit that was hit."""
-        outcome = self.run_outcome(target, payload)
+        SandboxError naming the limit that was hit. `limits` override the sandbox's own for this call."""
+        limits = limits or self.limits
+        outcome = self.run_outcome(target, payload, limits)
         if outcome.result is not None:
             return outcome.result
-        limits = self.limits
         if outcome.error and outcome.error.get("kind") == "input":
             raise InputError(outcome.error["message"], code=outcome.error["code"])
         if outcome.timed_out or outcome.exit_status == -signal.SIGXCPU:
@@ -110,7 +110,8 @@ class Sandbox:
             + (f" ({outcome.error['message']})" if outcome.error else f" (exit status {outcome.exit_status})")
         )
 
-    def run_outcome(self, target: str, payload: dict) -> Outcome:
+    def run_outcome(self, target: str, payload: dict, limits: SandboxLimits | None = None) -> Outcome:
+        limits = limits or self.limits
         with tempfile.TemporaryDirectory(prefix="squeezer-sandbox-") as tmp:
             work, result_path = Path(tmp) / "work", Path(tmp) / "result.json"
             work.mkdir(mode=0o700)
@@ -119,9 +120,9 @@ class Sandbox:
                 "payload": payload,
                 "cwd": str(work),
                 "result": str(result_path),
-                "memory_bytes": self.limits.memory_bytes,
-                "cpu_s": self.limits.cpu_s,
-                "wall_s": self.limits.wall_s,
+                "memory_bytes": limits.memory_bytes,
+                "cpu_s": limits.cpu_s,
+                "wall_s": limits.wall_s,
             }
             done = threading.Event()
             slot: list = []
@@ -138,7 +139,7 @@ class Sandbox:
                     self._waiting.pop(request_id, None)
                     return Outcome(None, {"code": SandboxError.code, "message": "sandbox unavailable"}, -1, False, 0, 0)
             # The zygote enforces wall_s; the margin covers fork and reporting, and a zygote that died.
-            if not done.wait(self.limits.wall_s + 30):
+            if not done.wait(limits.wall_s + 30):
                 with self._lock:
                     self._waiting.pop(request_id, None)
                 return Outcome(None, None, -1, True, 0, 0)
@@ -212,10 +213,10 @@ _shared_lock = threading.Lock()
 
 
 def shared_sandbox(limits: SandboxLimits, preload: tuple[str, ...] = ()) -> Sandbox:
-    """One sandbox per (limits, preload) in this process, closed at exit: apps created again and again (tests, reloads)
-    share one zygote instead of importing the engine each time."""
+    """One sandbox (one zygote) per preload list in this process, closed at exit: apps created again and again
+    (tests, reloads) share one zygote instead of importing the engine each time. Pass `limits` to each run."""
     with _shared_lock:
-        key = (limits, preload)
+        key = preload
         if key not in _shared:
             _shared[key] = Sandbox(limits, preload)
             if len(_shared) == 1:

@@ -4,6 +4,7 @@ upload itself."""
 import dataclasses
 from pathlib import Path
 
+from core import limits
 from core.config import CompressConfig
 
 # What the sandbox's zygote imports once, so that each check forks with the engine already loaded.
@@ -12,20 +13,23 @@ TARGET = "core.submission:check_payload"
 
 
 def check_payload(payload: dict) -> dict:
-    """`payload`: {"model": {"path", "architecture", "arch_args"}, "data": path or "sample:NAME", "config": {...}}.
-    Returns the InputSummary as a dict; raises the InputError a job would fail with."""
+    """`payload`: {"model": {"path", "architecture", "arch_args"}, "data": path or "sample:NAME", "config": {...},
+    "limits": {...}} (core.limits.IntakeLimits). Returns the InputSummary as a dict; raises the InputError a job would
+    fail with."""
     from core.pipeline import ModelSource, check_inputs
 
     model = payload["model"]
     source = ModelSource(Path(model["path"]), model.get("architecture"), model.get("arch_args") or {})
-    summary = check_inputs(source, payload["data"], CompressConfig.model_validate(payload["config"]))
+    with limits.using(limits.IntakeLimits(**payload.get("limits", {}))):
+        summary = check_inputs(source, payload["data"], CompressConfig.model_validate(payload["config"]))
     return dataclasses.asdict(summary)
 
 
-def check_request(source, data, config: CompressConfig) -> dict:
-    """The payload of check_payload for a ModelSource, a data path and a config."""
+def check_request(source, data, config: CompressConfig, budgets: limits.IntakeLimits) -> dict:
+    """The payload of check_payload for a ModelSource, a data path, a config and the upload budgets."""
     return {
         "model": {"path": str(source.path), "architecture": source.architecture, "arch_args": source.arch_args},
         "data": str(data),
         "config": config.model_dump(mode="json"),
+        "limits": dataclasses.asdict(budgets),
     }

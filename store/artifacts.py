@@ -8,11 +8,12 @@ from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.blobs import BlobStore
-from store.models import Artifact, utcnow
+from store.models import Artifact, ArtifactKind, Job, JobResult, utcnow
+from store.statuses import FINAL_STATUSES
 from store.settings import CHUNK_BYTES
 
 READ_CHUNK_BYTES = CHUNK_BYTES
@@ -192,3 +193,30 @@ def sweep_stale_uploads(session_factory: sessionmaker[Session], blobs: BlobStore
     for artifact_id in stale:
         delete_artifact(session_factory, blobs, artifact_id)
     return stale
+
+
+def sweep_orphaned_results(session_factory: sessionmaker[Session], blobs: BlobStore, *, older_than_s: float) -> list[str]:
+    """Removes worker outputs nothing points at any more, older than `older_than_s`: results no job lists (a worker
+    died between storing them and finishing the job, or lost the job) and checkpoints of no unfinished job (the job
+    ended, or a newer checkpoint replaced it). Returns their ids."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    referenced_results = select(JobResult.artifact_id)
+    live_checkpoints = select(Job.checkpoint_artifact_id).where(
+        Job.checkpoint_artifact_id.is_not(None), Job.status.not_in(FINAL_STATUSES)
+    )
+    with session_factory() as session:
+        orphans = list(
+            session.scalars(
+                select(Artifact.id).where(
+                    Artifact.created_at < cutoff,
+                    Artifact.state == "ready",
+                    or_(
+                        (Artifact.kind == ArtifactKind.RESULT) & Artifact.id.not_in(referenced_results),
+                        (Artifact.kind == ArtifactKind.CHECKPOINT) & Artifact.id.not_in(live_checkpoints),
+                    ),
+                )
+            )
+        )
+    for artifact_id in orphans:
+        delete_artifact(session_factory, blobs, artifact_id)
+    return orphans

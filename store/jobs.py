@@ -81,6 +81,12 @@ def count_unfinished_jobs(session: Session, tenant: str) -> int:
     )
 
 
+def count_queued_jobs(session: Session, tenant: str) -> int:
+    return session.scalar(
+        select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status == JobStatus.QUEUED)
+    )
+
+
 def list_tenant_jobs(session: Session, tenant: str, *, before: Job | None, limit: int, status: str | None) -> list[Job]:
     """Up to `limit` of the tenant's jobs, newest first, older than `before` (the previous page's last job)."""
     query = select(Job).where(Job.tenant == tenant)

@@ -1,11 +1,12 @@
 """Periodic recovery, run in every worker: requeue jobs whose worker died, re-send jobs whose message was lost, and
-drop uploads abandoned by a crashed API process. Safe to run in many processes at once (store.jobs.reap is atomic)."""
+drop uploads abandoned by a crashed API process and worker outputs no job points at (results of a job that never
+reached a final status with them, checkpoints of ended jobs). Safe to run in many processes at once (store.jobs.reap is atomic)."""
 
 import logging
 import threading
 from collections.abc import Callable
 
-from store.artifacts import sweep_stale_uploads
+from store.artifacts import sweep_orphaned_results, sweep_stale_uploads
 from store.jobs import reap
 from worker.context import WorkerContext
 
@@ -41,6 +42,7 @@ def recover_once(
     with ctx.session_factory() as session:
         job_ids = reap(session, heartbeat_timeout_s=timeout, stale_queued_s=stale_queued_s(timeout) if queued_after_s is None else queued_after_s)
     removed = sweep_stale_uploads(ctx.session_factory, ctx.blobs, older_than_s=uploads_after_s)
+    removed += sweep_orphaned_results(ctx.session_factory, ctx.blobs, older_than_s=uploads_after_s)
     if job_ids or removed:
         log.info("recovery: dispatching %s, removed stale uploads %s", job_ids, removed)
     return job_ids

@@ -14,6 +14,8 @@ from typing import Any, Self
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from core import limits
+from core.config import CompressConfig
 from core.errors import Cancelled, SqueezerError
 from core.events import Event
 from core.intake.archives import safe_extract
@@ -50,12 +52,12 @@ def run_job(job_id: str, ctx: WorkerContext) -> None:
             report = _compress(job, ctx, monitor, Path(workdir))
             results = _store_results(job, ctx, Path(workdir) / "out")
         except Cancelled:
-            _finish(ctx, job, JobStatus.CANCELLED)
+            finished = _finish(ctx, job, JobStatus.CANCELLED)
         except SqueezerError as error:
-            _finish(ctx, job, JobStatus.FAILED, error_code=error.code, error_message=error.message)
+            finished = _finish(ctx, job, JobStatus.FAILED, error_code=error.code, error_message=error.message)
         except Exception as error:
             log.exception("job %s: internal error", job_id)
-            _finish(
+            finished = _finish(
                 ctx,
                 job,
                 JobStatus.FAILED,
@@ -63,11 +65,12 @@ def run_job(job_id: str, ctx: WorkerContext) -> None:
                 error_message=f"The job stopped on an internal error ({type(error).__name__}); the worker's log has the details.",
             )
         else:
-            if _finish(ctx, job, *_outcome(report), target_met=bool(report.get("target_met")), results=results):
-                _drop_checkpoint(ctx, job_id)
-            else:
+            finished = _finish(ctx, job, *_outcome(report), target_met=bool(report.get("target_met")), results=results)
+            if not finished:
                 for artifact_id in results.values():
                     delete_artifact(ctx.session_factory, ctx.blobs, artifact_id)
+        if finished:  # every final status: a checkpoint only serves a next attempt, and there is none
+            _drop_checkpoint(ctx, job_id)
 
 
 def _outcome(report: dict) -> tuple[JobStatus, str | None, str | None]:
@@ -102,7 +105,17 @@ def _compress(job: Job, ctx: WorkerContext, monitor: "JobMonitor", workdir: Path
     monitor.checkpoint_dir = checkpoint_dir
     if job.checkpoint_artifact_id and _restore_checkpoint(ctx, job.checkpoint_artifact_id, workdir, checkpoint_dir):
         monitor.on_event(Event(stage="resume", fraction=0.0, message=f"Attempt {job.attempts} resumes from the previous attempt's last checkpoint."))
-    return compress_files(inputs.model, inputs.data, workdir / "out", inputs.config, on_event=monitor.on_event, should_stop=monitor.should_stop, checkpoint_dir=checkpoint_dir)
+    config = _capped(inputs.config, ctx.settings.max_job_time_limit_s)
+    with limits.using(ctx.settings.intake_limits()):
+        return compress_files(inputs.model, inputs.data, workdir / "out", config, on_event=monitor.on_event, should_stop=monitor.should_stop, checkpoint_dir=checkpoint_dir)
+
+
+def _capped(config: CompressConfig, max_time_limit_s: float | None) -> CompressConfig:
+    """The server's compute limit applies to every job: one that asks for none (or more, submitted before the limit
+    was set) runs at most `max_time_limit_s`."""
+    if max_time_limit_s is None or (config.time_limit_s is not None and config.time_limit_s <= max_time_limit_s):
+        return config
+    return config.model_copy(update={"time_limit_s": max_time_limit_s})
 
 
 def _restore_checkpoint(ctx: WorkerContext, artifact_id: str, workdir: Path, checkpoint_dir: Path) -> bool:

@@ -13,10 +13,12 @@ from api.deps import (
     SessionDep,
     SessionFactoryDep,
     SettingsDep,
+    SubmissionChecksDep,
 )
 from api.errors import problem_responses
 from api.jobs.schemas import EventOut, JobArtifactOut, JobCreate, JobOut, JobStatusValue
 from api.jobs.service import (
+    enqueue,
     etag,
     event_out,
     get_job,
@@ -69,6 +71,7 @@ async def create_job(
     blobs: BlobsDep,
     dispatcher: DispatcherDep,
     tenant: CurrentTenant,
+    checks: SubmissionChecksDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     job, created = await submit_job(
@@ -78,9 +81,10 @@ async def create_job(
         settings=settings,
         session_factory=session_factory,
         blobs=blobs,
+        checks=checks,
     )
     if created:
-        dispatcher.enqueue(job.id)
+        await enqueue(dispatcher, job.id)
     else:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/v1/jobs/{job.id}"

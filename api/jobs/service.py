@@ -4,6 +4,7 @@ Every query is a store/ repository function."""
 
 import hashlib
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -12,12 +13,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ProblemError, not_found
 from api.jobs.schemas import EventOut, JobCreate, JobOut
+from api.slots import TenantSlots
 from core.errors import InputError
 from store.artifacts import get_ready_artifact
 from store.blobs import BlobStore
 from store.job_inputs import fetch_inputs
 from store.jobs import (
     as_utc,
+    count_queued_jobs,
     count_unfinished_jobs,
     create_job,
     find_job,
@@ -30,6 +33,12 @@ from store.jobs import (
 )
 from store.models import Artifact, Job, JobEvent
 from store.settings import Settings
+from worker.dispatch import Dispatcher
+
+
+log = logging.getLogger(__name__)
+# The longest a submission waits for the broker to take its job before it answers anyway.
+ENQUEUE_TIMEOUT_S = 10.0
 
 
 def request_hash(body: JobCreate) -> str:
@@ -49,33 +58,58 @@ def check_references(session: Session, body: JobCreate, tenant: str) -> None:
             )
 
 
-def check_job_quota(session: Session, tenant: str, limit: int | None) -> None:
-    """429 when the tenant already has `limit` unfinished jobs. Checked before the (slow) input validation; two
-    submissions racing at the limit may both pass, which a quota tolerates."""
-    if limit is None:
-        return
-    unfinished = count_unfinished_jobs(session, tenant)
-    if unfinished >= limit:
+def check_job_quota(session: Session, tenant: str, settings: Settings, checks_in_progress: int = 0) -> None:
+    """429 when the tenant already has `max_concurrent_jobs_per_tenant` unfinished jobs (submission checks still
+    running count as jobs) or `max_queued_jobs_per_tenant` queued ones. Checked before the (slow) input validation;
+    two submissions racing at the limit in two API processes may both pass, which a quota tolerates."""
+    limit = settings.max_concurrent_jobs_per_tenant
+    if limit is not None:
+        unfinished = count_unfinished_jobs(session, tenant) + checks_in_progress
+        if unfinished >= limit:
+            raise ProblemError(
+                429,
+                "job_quota_exceeded",
+                f"this tenant already has {unfinished} unfinished jobs or submissions being checked (limit {limit}); "
+                "wait for one to finish or cancel one",
+            )
+    queued_limit = settings.max_queued_jobs_per_tenant
+    if queued_limit is not None and (queued := count_queued_jobs(session, tenant)) >= queued_limit:
         raise ProblemError(
             429,
-            "job_quota_exceeded",
-            f"this tenant already has {unfinished} unfinished jobs (limit {limit}); wait for one to finish or cancel one",
+            "queued_job_quota_exceeded",
+            f"this tenant already has {queued} queued jobs (limit {queued_limit}); wait for one to start",
+        )
+
+
+def check_time_limit(body: JobCreate, settings: Settings) -> None:
+    """A job may not ask for more compute than the server grants (the worker caps jobs that ask for none)."""
+    limit, asked = settings.max_job_time_limit_s, body.compress_config().time_limit_s
+    if limit is not None and asked is not None and asked > limit:
+        raise ProblemError(
+            422,
+            "time_limit_too_long",
+            f"options.time_limit_s is {asked:g} s; this server allows at most {limit:g} s per job",
         )
 
 
 def validate_inputs(
     body: JobCreate,
     tenant: str,
+    settings: Settings,
     session_factory: sessionmaker[Session],
     blobs: BlobStore,
 ) -> None:
-    """Fetches the inputs as the worker will (store.job_inputs) and runs the engine's input checks on them
-    (blocking: threadpool)."""
-    from core.pipeline import check_inputs  # the engine (torch) loads only when a job is submitted
+    """Fetches the inputs as the worker will (store.job_inputs) and runs the engine's input checks on them in a
+    disposable child with memory, CPU and wall-clock limits, an empty working directory and no secrets (core.sandbox):
+    the API process never parses an upload. Blocking: threadpool."""
+    from core.sandbox import SandboxLimits, shared_sandbox
+    from core.submission import PRELOAD, TARGET, check_request
 
+    limits = SandboxLimits(settings.check_memory_bytes, settings.check_cpu_s, settings.check_timeout_s)
     with tempfile.TemporaryDirectory(prefix="squeezer-check-") as workdir:
         inputs = fetch_inputs(body, tenant=tenant, session_factory=session_factory, blobs=blobs, dest_dir=Path(workdir))
-        check_inputs(inputs.model, inputs.data, inputs.config)
+        request = check_request(inputs.model, inputs.data, inputs.config, settings.intake_limits())
+        shared_sandbox(limits, PRELOAD).run(TARGET, request, limits)
 
 
 async def submit_job(
@@ -86,35 +120,58 @@ async def submit_job(
     settings: Settings,
     session_factory: sessionmaker[Session],
     blobs: BlobStore,
+    checks: TenantSlots,
 ) -> tuple[Job, bool]:
     """Returns (job, created). Raises 422 problems for unknown artifacts, unusable inputs and a reused key."""
     digest = request_hash(body)
     spec = body.model_dump(mode="json")
-    with session_factory() as session:
-        if idempotency_key is not None:
-            existing = find_job_by_key(session, tenant, idempotency_key)
-            if existing is not None:
-                return _same_request(existing, digest), False
-        check_references(session, body, tenant)
-        check_job_quota(session, tenant, settings.max_concurrent_jobs_per_tenant)
+    check_time_limit(body, settings)
+
+    def look_up() -> Job | None:
+        with session_factory() as session:
+            if idempotency_key is not None:
+                existing = find_job_by_key(session, tenant, idempotency_key)
+                if existing is not None:
+                    return _same_request(existing, digest)
+            check_references(session, body, tenant)
+            check_job_quota(session, tenant, settings, checks.in_flight(tenant))
+        return None
+
+    # Database work in threads: an async route must not block the event loop (other clients' requests).
+    existing = await anyio.to_thread.run_sync(look_up)
+    if existing is not None:
+        return existing, False
     try:
-        await anyio.to_thread.run_sync(
-            validate_inputs, body, tenant, session_factory, blobs
-        )
+        with checks.hold(tenant):
+            await anyio.to_thread.run_sync(validate_inputs, body, tenant, settings, session_factory, blobs)
     except InputError as error:
         raise ProblemError(
             422, error.code, error.message, title="Unusable input"
         ) from None
-    with session_factory() as session:
-        job, created = create_job(
-            session,
-            tenant=tenant,
-            spec=spec,
-            idempotency_key=idempotency_key,
-            request_hash=digest,
-            max_attempts=settings.max_attempts,
-        )
+
+    def insert() -> tuple[Job, bool]:
+        with session_factory() as session:
+            return create_job(
+                session,
+                tenant=tenant,
+                spec=spec,
+                idempotency_key=idempotency_key,
+                request_hash=digest,
+                max_attempts=settings.max_attempts,
+            )
+
+    job, created = await anyio.to_thread.run_sync(insert)
     return (job, True) if created else (_same_request(job, digest), False)
+
+
+async def enqueue(dispatcher: Dispatcher, job_id: str) -> None:
+    """Publishes the job in a thread, waiting at most ENQUEUE_TIMEOUT_S: a slow broker must not block the event loop
+    nor hold the client. The row is already queued, so a publish that does not finish is sent again by the reaper."""
+    try:
+        with anyio.fail_after(ENQUEUE_TIMEOUT_S):
+            await anyio.to_thread.run_sync(dispatcher.enqueue, job_id, abandon_on_cancel=True)
+    except TimeoutError:
+        log.warning("job %s: publishing took over %s s; the reaper will send it again", job_id, ENQUEUE_TIMEOUT_S)
 
 
 def _same_request(job: Job, digest: str) -> Job:

@@ -245,7 +245,11 @@ def _build(name: str, args: dict) -> nn.Module:
         return builder(**args)
     except ModelFormatError:
         raise
-    except (TypeError, ValueError, RuntimeError) as error:
+    except RuntimeError as error:
+        if "allocate" in str(error):  # out of memory: the limit of the process that runs it, not the user's input
+            raise MemoryError(str(error)) from None
+        raise ModelFormatError(f"cannot build {name} with {args}: {error}") from None
+    except (TypeError, ValueError) as error:
         raise ModelFormatError(f"cannot build {name} with {args}: {error}") from None
 
 

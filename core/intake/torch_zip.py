@@ -5,7 +5,7 @@ import zipfile
 from pathlib import Path
 
 from core import limits
-from core.errors import ArchiveError, ModelFormatError
+from core.errors import ArchiveError, ModelFormatError, UnsafeFormatError
 from core.intake.archives import read_zip_directory
 
 # The pickle that describes a state dict: a few hundred bytes per tensor.
@@ -16,6 +16,13 @@ def check_torch_zip(path: Path) -> None:
     """Raises ModelFormatError unless `path` is a zip-format torch.save file whose records fit the budget: stored
     (not compressed), within the model budget in total, with a pickle of bounded size."""
     path = Path(path)
+    with path.open("rb") as file:
+        pickled = file.read(1) == b"\x80"
+    if pickled:  # a bare pickle, or a legacy torch.save file (a pickle stream that declares its storages' sizes)
+        raise UnsafeFormatError(
+            f"{path.name} is a Python pickle or a legacy torch.save file, which cannot be read without trusting it; "
+            "save the state_dict with a current torch (zip format) or as .safetensors"
+        )
     if not zipfile.is_zipfile(path):
         raise ModelFormatError(
             f"{path.name} is not a zip-format torch.save file (torch ≥ 1.6 writes one; older files declare storage "

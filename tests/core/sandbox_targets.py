@@ -84,3 +84,11 @@ def inspect_sqz(payload: dict) -> dict:
 
     with limits.using(limits.IntakeLimits(max_model_bytes=payload["max_model_bytes"])):
         return inspect(bytes.fromhex(payload["data"]))
+
+
+def address_space(_: dict) -> dict:
+    """The child's address space at start (the zygote's imports): what a memory limit must leave room above."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return {"bytes": int(line.split()[1]) * 1024}
+    return {}

@@ -13,7 +13,7 @@ import torch
 
 from core import limits
 from core.artifacts.sqz import MAGIC, inspect_sqz
-from core.errors import ModelFormatError
+from core.errors import ModelFormatError, UnsafeFormatError
 from core.intake.models import load_model
 from core.intake.registry import build_architecture
 from core.sandbox import Sandbox, SandboxLimits
@@ -109,8 +109,11 @@ def test_pt_records_past_the_model_budget_are_refused(tmp_path):
 def test_a_legacy_pt_is_refused(tmp_path):
     path = tmp_path / "legacy.pt"
     torch.save({"w": torch.zeros(4)}, path, _use_new_zipfile_serialization=False)
-    with pytest.raises(ModelFormatError, match="zip-format"):
+    with pytest.raises(UnsafeFormatError, match="legacy torch.save"):
         load_model(path, architecture="lenet5", arch_args=DIGITS)
+    (tmp_path / "other.pt").write_bytes(b"not a zip")
+    with pytest.raises(ModelFormatError, match="zip-format"):
+        load_model(tmp_path / "other.pt", architecture="lenet5", arch_args=DIGITS)
 
 
 def sqz_with(tensors: dict, payload: bytes, flag: int = 0) -> bytes:
