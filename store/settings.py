@@ -58,7 +58,8 @@ class Settings(BaseSettings):
     max_concurrent_uploads_per_tenant: int = 4
     # Sizes an upload declares, bounded before anything is allocated (core.limits.IntakeLimits; a refusal names the
     # setting that raises it): model parameters, a .pt's records or a .sqz body, one sample's C×H×W, one sample's
-    # activations over all layers, archive members, unpacked archive bytes, one tar extended header.
+    # activations over all layers, archive members, unpacked archive bytes, one tar extended header, what intake holds
+    # of a data set (.npz sizes from the array headers), the pixels an image folder decodes.
     max_model_params: int = _INTAKE.max_model_params
     max_model_bytes: int = _INTAKE.max_model_bytes
     max_input_elements: int = _INTAKE.max_input_elements
@@ -66,6 +67,8 @@ class Settings(BaseSettings):
     max_archive_members: int = _INTAKE.max_archive_members
     max_archive_bytes: int = _INTAKE.max_archive_bytes
     max_archive_header_bytes: int = _INTAKE.max_archive_header_bytes
+    max_dataset_bytes: int = _INTAKE.max_dataset_bytes
+    max_decoded_pixels: int = _INTAKE.max_decoded_pixels
     # The submission check runs in a disposable child (core.sandbox): its address space (the engine's imports take
     # about 4 GiB of it), CPU seconds and wall-clock seconds; past any of them the submission is refused with 422.
     check_memory_bytes: int = 12 << 30

@@ -7,8 +7,10 @@ scaled to [0, 1]. Normalisation is a separate, explicit step (`normalize`) whose
 """
 
 import gzip
+import math
 import tempfile
 import warnings
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core import limits
 from core.config import Normalization
 from core.errors import DatasetError, MismatchError
 from core.intake.archives import is_archive, safe_extract
@@ -26,6 +29,10 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SHAPES_TRAIN, SHAPES_VAL = 1000, 200
 NPZ_KEYS = ("x_train", "y_train", "x_val", "y_val")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+# The only decoders PIL may use on an upload, whatever the file's bytes claim to be (PIL's format names).
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+# What intake holds per element: inputs as float32, labels and masks as int64.
+_HELD_ITEMSIZE = {"x": 4, "y": 8}
 IGNORED_FILES = {"thumbs.db", "desktop.ini"}
 MAX_IMAGE_PIXELS = 64_000_000
 _SPLITS = {"train": ("train", "training"), "val": ("val", "valid", "validation", "test")}
@@ -131,7 +138,42 @@ def _read_idx(path: Path) -> np.ndarray:
 
 # -- arrays -----------------------------------------------------------------------------------------------------
 
+def _check_npz_members(path: Path) -> None:
+    """Every array's size from its .npy header (shape × dtype), before anything is allocated: the member must unpack
+    to exactly its header plus that many bytes (compressed or not), and what intake will hold of all four arrays must
+    fit `max_dataset_bytes`. Object arrays (which need unpickling) are refused here too."""
+    held = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
+            missing = [key for key in NPZ_KEYS if key not in members]
+            if missing:
+                raise DatasetError(f"{path.name} lacks {missing}; an .npz data set holds {', '.join(NPZ_KEYS)}")
+            for key in NPZ_KEYS:
+                info = members[key]
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read(member, max_header_size=10_000)
+                    header_bytes = member.tell()
+                if dtype.hasobject:
+                    raise DatasetError(f"{path.name}: {key} holds Python objects (pickled arrays are refused)")
+                elements = math.prod(shape)
+                if info.file_size != header_bytes + elements * dtype.itemsize:
+                    raise DatasetError(f"{path.name}: {key}'s header says {shape} of {dtype} "
+                                       f"({elements * dtype.itemsize:,} bytes) but the member holds "
+                                       f"{info.file_size - header_bytes:,} bytes")
+                held += elements * _HELD_ITEMSIZE[key[0]]
+    except DatasetError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+        raise DatasetError(f"{path.name} is not a readable .npz file: {str(error)[:200]}") from None
+    limits.check(f"{path.name} as float32 inputs and int64 labels, in bytes,", held, "max_dataset_bytes", DatasetError)
+
+
 def _load_npz(path: Path) -> Dataset:
+    _check_npz_members(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in NPZ_KEYS if key not in archive.files]
@@ -239,8 +281,9 @@ def _load_image_folder(root: Path, name: str) -> Dataset:
     unknown = sorted(d.name for d in val_dir.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in classes)
     if unknown:
         raise DatasetError(f"{name}: val/ has classes that train/ lacks: {unknown[:5]}")
-    train = _read_split(train_dir, classes)
-    val = _read_split(val_dir, classes)
+    budget = _DecodeBudget()
+    train = _read_split(train_dir, classes, budget)
+    val = _read_split(val_dir, classes, budget)
     images = [image for image, _ in train + val]
     mode = "L" if all(image.mode in ("L", "1", "I;16", "I") for image in images) else "RGB"
     size = Counter(image.size for image in images).most_common(1)[0][0]
@@ -255,7 +298,9 @@ def _load_image_folder(root: Path, name: str) -> Dataset:
 
 def _load_paired_folders(train_dir: Path, val_dir: Path, name: str) -> Dataset:
     """Segmentation: each split's images/<stem>.* has a mask masks/<stem>.* holding class indices (mode L or P)."""
-    splits = {split: _read_pairs(directory, name) for split, directory in (("train", train_dir), ("val", val_dir))}
+    budget = _DecodeBudget()
+    splits = {split: _read_pairs(directory, name, budget)
+              for split, directory in (("train", train_dir), ("val", val_dir))}
     images = [image for pairs in splits.values() for image, _ in pairs]
     mode = "L" if all(image.mode in ("L", "1", "I;16", "I") for image in images) else "RGB"
     size = Counter(image.size for image in images).most_common(1)[0][0]
@@ -270,7 +315,20 @@ def _load_paired_folders(train_dir: Path, val_dir: Path, name: str) -> Dataset:
     return _build(name, xt, yt, xv, yv)
 
 
-def _read_pairs(split_dir: Path, name: str) -> list:
+class _DecodeBudget:
+    """Pixels (× channels) decoded so far for one image folder, checked against max_decoded_pixels before each
+    image is decoded: its size is known from the header alone."""
+
+    def __init__(self):
+        self.pixels = 0
+
+    def charge(self, image, name: str) -> None:
+        self.pixels += image.size[0] * image.size[1] * len(image.getbands())
+        limits.check(f"the image folder's decoded pixels (× channels, up to {name})", self.pixels,
+                     "max_decoded_pixels", DatasetError)
+
+
+def _read_pairs(split_dir: Path, name: str, budget: _DecodeBudget) -> list:
     from PIL import Image
 
     def files(directory: Path) -> dict[str, Path]:
@@ -288,7 +346,7 @@ def _read_pairs(split_dir: Path, name: str) -> list:
         raise DatasetError(f"{name}: {split_dir.name}/images holds no images")
     pairs = []
     for stem, image_file in images.items():
-        image, mask = _open_image(image_file, Image), _open_image(masks[stem], Image)
+        image, mask = _open_image(image_file, Image, budget), _open_image(masks[stem], Image, budget)
         if mask.mode not in MASK_MODES:
             raise DatasetError(f"{split_dir.name}/masks/{masks[stem].name} is a {mask.mode} image; masks must be "
                                "single-channel class indices (PNG mode L or P)")
@@ -299,7 +357,7 @@ def _read_pairs(split_dir: Path, name: str) -> list:
     return pairs
 
 
-def _read_split(directory: Path, classes: list[str]) -> list:
+def _read_split(directory: Path, classes: list[str], budget: _DecodeBudget) -> list:
     from PIL import Image
 
     pairs = []
@@ -310,22 +368,25 @@ def _read_split(directory: Path, classes: list[str]) -> list:
         for file in sorted(class_dir.iterdir()):
             if file.name.startswith(".") or file.name.lower() in IGNORED_FILES or file.is_dir():
                 continue
-            pairs.append((_open_image(file, Image), label))
+            pairs.append((_open_image(file, Image, budget), label))
     if not pairs:
         raise DatasetError(f"{directory.name}/ holds no images")
     return pairs
 
 
-def _open_image(file: Path, Image):
+def _open_image(file: Path, Image, budget: _DecodeBudget):
     if file.suffix.lower() not in IMAGE_SUFFIXES:
         raise DatasetError(f"{file.parent.name}/{file.name} is not an image file ({', '.join(sorted(IMAGE_SUFFIXES))})")
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(file) as image:
+            with Image.open(file, formats=IMAGE_FORMATS) as image:
+                budget.charge(image, f"{file.parent.name}/{file.name}")
                 image.load()
                 return image.copy()
+    except DatasetError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DatasetError(f"{file.name} is too large an image (decompression bomb?)") from None
     except Exception as error:
