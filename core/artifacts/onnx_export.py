@@ -79,23 +79,111 @@ def _raw_codes(codes: np.ndarray, element_type: int) -> bytes:
     return (nibbles[0::2] | (nibbles[1::2] << 4)).tobytes()
 
 
-def _dequantize_nodes(name: str, values: np.ndarray) -> tuple[list, list, int] | None:
-    """Initializers and nodes that rebuild float32 `values` under `name` from the smallest exact storage, and the
-    opset they need; None when float32 is already the smallest."""
+Rewrite = tuple[list, list, int]  # initializers, the nodes that rebuild the float32 tensor from them, opset needed
+
+
+def _decoded(prefix: str, stored: np.ndarray, element_type: int, output: str) -> tuple[list, list]:
+    """An initializer holding `stored` as `element_type` (int4/int8 codes, float16 or float32) and the Cast that
+    makes `output` float32 from it (no Cast for float32)."""
+    if element_type == TensorProto.FLOAT:
+        return [numpy_helper.from_array(stored.astype(np.float32), output)], []
+    if element_type == TensorProto.FLOAT16:
+        init = numpy_helper.from_array(stored.astype(np.float16), f"{prefix}.float16")
+    else:
+        init = helper.make_tensor(f"{prefix}.codes", element_type, stored.shape, _raw_codes(stored, element_type),
+                                  raw=True)
+    return [init], [helper.make_node("Cast", [init.name], [output], name=f"{output}.cast", to=TensorProto.FLOAT)]
+
+
+def _rescaled(name: str, scales: np.ndarray, ndim: int) -> tuple[list, list]:
+    """The Mul by the per-tensor or per-output-channel scale that turns `name`.unscaled into `name`."""
+    shaped = scales.reshape(-1, *[1] * (ndim - 1)) if len(scales) > 1 else scales.reshape(())
+    scale = numpy_helper.from_array(shaped, f"{name}.scale")
+    return [scale], [helper.make_node("Mul", [f"{name}.unscaled", scale.name], [name], name=f"{name}.rescale")]
+
+
+def _dense(name: str, values: np.ndarray, storage: tuple) -> Rewrite:
+    """Every value stored: codes × scale, or float16."""
+    codes, scales, element_type = storage
+    if codes is None:
+        initializers, nodes = _decoded(name, values, element_type, name)
+        return initializers, nodes, OPSET
+    initializers, nodes = _decoded(name, codes, element_type, f"{name}.unscaled")
+    scale, rescale = _rescaled(name, scales, values.ndim)
+    return initializers + scale, nodes + rescale, INT4_OPSET if element_type == TensorProto.INT4 else OPSET
+
+
+def _byte_gaps(gaps: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`gaps` split so that each fits in a byte, by explicit zeros every 255 positions across a longer gap."""
+    limit = np.iinfo(np.uint8).max
+    extra = np.maximum(0, -(-gaps // limit) - 1)  # zeros to insert before each entry
+    if not extra.any():
+        return gaps, stored
+    owner = np.repeat(np.arange(len(gaps)), extra + 1)  # the original entry each new one belongs to
+    rank = np.arange(len(owner)) - (np.cumsum(extra + 1) - (extra + 1))[owner]
+    last = rank == extra[owner]
+    return np.where(last, gaps[owner] - extra[owner] * limit, limit), np.where(last, stored[owner], 0)
+
+
+def _sparse(name: str, values: np.ndarray, storage: tuple, byte_gaps: bool) -> Rewrite | None:
+    """Only the nonzeros stored (codes, float16 or float32) with the gaps between their positions, as bytes
+    (`byte_gaps`, longer gaps bridged by explicit zeros) or the smallest unsigned integers that hold them;
+    CumSum, ConstantOfShape and ScatterElements rebuild the dense tensor, all folded into a constant by onnxruntime
+    at session start."""
+    codes, scales, element_type = storage
+    flat = values.ravel()
+    positions = np.flatnonzero(flat)
+    if len(positions) == 0:
+        return None
+    gaps = np.diff(positions, prepend=0)
+    gaps[0] = positions[0]  # so that the cumulative sum is the positions themselves
+    stored = (flat if codes is None else codes.ravel())[positions]
+    if byte_gaps:
+        gaps, stored = _byte_gaps(gaps, stored)
+    gap_type = next(t for t in (np.uint8, np.uint16, np.uint32) if gaps.max() <= np.iinfo(t).max)
+    initializers = [numpy_helper.from_array(gaps.astype(gap_type), f"{name}.gaps"),
+                    numpy_helper.from_array(np.array(0, np.int64), f"{name}.axis"),
+                    numpy_helper.from_array(np.array([flat.size], np.int64), f"{name}.size"),
+                    numpy_helper.from_array(np.array(values.shape, np.int64), f"{name}.shape")]
+    value_inits, decode = _decoded(name, stored, element_type, f"{name}.nonzeros")
+    output = name if codes is None else f"{name}.unscaled"
+    zero = numpy_helper.from_array(np.zeros(1, np.float32))
+    nodes = [
+        helper.make_node("Cast", [f"{name}.gaps"], [f"{name}.gaps64"], name=f"{name}.gaps.cast", to=TensorProto.INT64),
+        helper.make_node("CumSum", [f"{name}.gaps64", f"{name}.axis"], [f"{name}.positions"], name=f"{name}.cumsum"),
+        helper.make_node("ConstantOfShape", [f"{name}.size"], [f"{name}.zeros"], name=f"{name}.zeros", value=zero),
+        *decode,
+        helper.make_node("ScatterElements", [f"{name}.zeros", f"{name}.positions", f"{name}.nonzeros"],
+                         [f"{name}.flat"], name=f"{name}.scatter", axis=0),
+        helper.make_node("Reshape", [f"{name}.flat", f"{name}.shape"], [output], name=f"{name}.reshape"),
+    ]
+    initializers += value_inits
+    if codes is not None:
+        scale, rescale = _rescaled(name, scales, values.ndim)
+        initializers, nodes = initializers + scale, nodes + rescale
+    return initializers, nodes, INT4_OPSET if element_type == TensorProto.INT4 else OPSET
+
+
+def _size(rewrite: Rewrite) -> int:
+    initializers, nodes, _ = rewrite
+    return sum(init.ByteSize() for init in initializers) + sum(node.ByteSize() for node in nodes)
+
+
+def _dequantize_nodes(name: str, values: np.ndarray) -> Rewrite | None:
+    """Initializers and nodes that rebuild float32 `values` under `name` from the smallest exact storage (dense or
+    nonzeros only), and the opset they need; None when float32 is already the smallest."""
     found = integer_codes(values) if values.ndim >= 1 else None
     if found is not None:
-        codes, scales, element_type = found
-        coded = helper.make_tensor(f"{name}.codes", element_type, codes.shape, _raw_codes(codes, element_type), raw=True)
-        per_channel = scales.reshape(-1, *[1] * (values.ndim - 1)) if len(scales) > 1 else scales.reshape(())
-        scale = numpy_helper.from_array(per_channel, f"{name}.scale")
-        nodes = [helper.make_node("Cast", [coded.name], [f"{name}.decoded"], name=f"{name}.cast", to=TensorProto.FLOAT),
-                 helper.make_node("Mul", [f"{name}.decoded", scale.name], [name], name=f"{name}.rescale")]
-        return [coded, scale], nodes, INT4_OPSET if element_type == TensorProto.INT4 else OPSET
-    halves = values.astype(np.float16)
-    if np.array_equal(halves.astype(np.float32), values):
-        half = numpy_helper.from_array(halves, f"{name}.float16")
-        return [half], [helper.make_node("Cast", [half.name], [name], name=f"{name}.cast", to=TensorProto.FLOAT)], OPSET
-    return None
+        storage: tuple = found
+    elif np.array_equal(values.astype(np.float16).astype(np.float32), values):
+        storage = (None, None, TensorProto.FLOAT16)
+    else:
+        storage = (None, None, TensorProto.FLOAT)
+    candidates = [_sparse(name, values, storage, byte_gaps) for byte_gaps in (True, False)]
+    if storage[2] != TensorProto.FLOAT:
+        candidates.append(_dense(name, values, storage))
+    candidates = [c for c in candidates if c is not None and _size(c) < values.nbytes]
+    return min(candidates, key=_size) if candidates else None
 
 
 def compact_onnx(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -28,19 +28,19 @@ def _initializer_types(path) -> dict[str, int]:
 
 def test_ternary_and_float16_weights_are_stored_compactly_and_decode_exactly(tmp_path):
     torch.manual_seed(0)
-    conv, norm, linear = torch.nn.Conv2d(1, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Linear(288, 10)
+    conv, norm, linear = torch.nn.Conv2d(4, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.Linear(576, 10)
     module = torch.nn.Sequential(conv, norm, torch.nn.ReLU(), torch.nn.Flatten(), linear).eval()
     with torch.no_grad():
         conv.weight.copy_(0.3 * torch.sign(conv.weight) * (torch.rand_like(conv.weight) > 0.5))  # ternary, one σ
         norm.running_var.uniform_(0.5, 2.0)  # folded into the conv, it makes σ differ per output channel
         linear.weight.copy_(linear.weight.half().float())  # exact in float16
-    model = types.SimpleNamespace(module=module, input_shape=(1, 8, 8))
+    model = types.SimpleNamespace(module=module, input_shape=(4, 8, 8))
     compact = export_onnx(model, tmp_path / "compact.onnx")
     dense = export_onnx(model, tmp_path / "dense.onnx", compact=False)
     types_by_name = _initializer_types(compact)
     assert onnx.TensorProto.INT4 in types_by_name.values() and onnx.TensorProto.FLOAT16 in types_by_name.values()
     assert compact.stat().st_size < dense.stat().st_size / 1.6
-    x = torch.randn(4, 1, 8, 8)
+    x = torch.randn(4, 4, 8, 8)
     (logits,) = ort.InferenceSession(str(compact)).run(None, {"input": x.numpy()})
     np.testing.assert_allclose(logits, module(x).detach().numpy(), atol=1e-5)
     # onnxruntime folds the decoding into constants when the session starts: the graph it runs is the float one's
@@ -63,3 +63,21 @@ def test_integer_codes_only_when_exact():
     assert integer_codes(np.array([[0.1, 0.25, 0.7]], np.float32)) is None  # not multiples of one scale, exactly
     wide = np.arange(-100, 100, dtype=np.float32).reshape(2, 100) * np.float32(0.5)
     assert integer_codes(wide)[2] == onnx.TensorProto.INT8
+
+
+def test_pruned_layers_store_only_their_nonzeros(tmp_path):
+    torch.manual_seed(0)
+    conv, linear = torch.nn.Conv2d(8, 16, 3), torch.nn.Linear(576, 10)
+    module = torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.Flatten(), linear).eval()
+    with torch.no_grad():  # 95 % pruned float16 weights; the linear one has gaps longer than a byte holds
+        conv.weight.mul_(torch.rand_like(conv.weight) > 0.95).copy_(conv.weight.half().float())
+        linear.weight.mul_(torch.rand_like(linear.weight) > 0.99).copy_(linear.weight.half().float())
+    model = types.SimpleNamespace(module=module, input_shape=(8, 8, 8))
+    compact = export_onnx(model, tmp_path / "compact.onnx")
+    dense = export_onnx(model, tmp_path / "dense.onnx", compact=False)
+    assert "ScatterElements" in {node.op_type for node in onnx.load(str(compact)).graph.node}
+    assert compact.stat().st_size * 8 < dense.stat().st_size
+    x = torch.randn(3, 8, 8, 8)
+    (logits,) = ort.InferenceSession(str(compact)).run(None, {"input": x.numpy()})
+    np.testing.assert_allclose(logits, module(x).detach().numpy(), atol=1e-5)
+    assert _optimized_ops(compact, tmp_path) == _optimized_ops(dense, tmp_path)
