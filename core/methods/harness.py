@@ -96,8 +96,10 @@ class MethodRun:
         """Time left before the time limit, or None without one."""
         return None if math.isinf(self.deadline) else self.deadline - time.monotonic()
 
-    def emit(self, stage: str, fraction: float, message: str = "", *, level: EventLevel = "info", **data) -> None:
-        self.on_event(Event(stage=stage, fraction=min(max(fraction, 0.0), 1.0), message=message, level=level,
+    def emit(self, stage: str, fraction: float, message: str = "", *, severity: EventLevel = "info", **data) -> None:
+        """An event at `fraction` of the method's progress; `severity` is the event's level, so that "level" stays
+        free as a data key (filter's removal level)."""
+        self.on_event(Event(stage=stage, fraction=min(max(fraction, 0.0), 1.0), message=message, level=severity,
                             data=data))
 
     @contextlib.contextmanager
@@ -107,7 +109,7 @@ class MethodRun:
             yield
         except TimeLimitReached:
             self.stopped_early = "time_limit"
-            self.emit(stage, 1.0, "time limit reached; keeping the best state so far", level="warning")
+            self.emit(stage, 1.0, "time limit reached; keeping the best state so far", severity="warning")
 
     # -- training and scoring --------------------------------------------------------------------------------
     def measure_baseline(self, *, announce: bool = True, **data) -> tuple[float, float]:
@@ -161,11 +163,11 @@ class MethodRun:
         if not outcome.recovered:
             self.fine_tuning["unrecovered_stages"].append(stage)
             self.emit(stage, fraction, f"training diverged at every rate from {lr:g} to {outcome.lr:g}; the stage "
-                      "keeps its starting weights", level="warning", lr=lr, retries=outcome.retries)
+                      "keeps its starting weights", severity="warning", lr=lr, retries=outcome.retries)
         elif outcome.retries:
             self.lr = outcome.lr
             self.emit(stage, fraction, f"training diverged at lr {lr:g}; rolled back and retrained at {outcome.lr:g}",
-                      level="warning", lr=outcome.lr, retries=outcome.retries)
+                      severity="warning", lr=outcome.lr, retries=outcome.retries)
 
     def learning_rate(self, fraction: float = 0.0) -> float:
         """The job's rate: the configured one, or (lr_search) the one a short range test on the job's own training
@@ -235,7 +237,8 @@ class MethodRun:
         tuning["no_stage_recovered"] = tuning["stages"] > 0 and len(tuning["unrecovered_stages"]) == tuning["stages"]
         if tuning["no_stage_recovered"]:
             self.emit("train", 1.0, "no training stage could be run without diverging, at any rate tried: the "
-                      "result is the uploaded weights in compressed storage, not a fine-tuned model", level="warning")
+                      "result is the uploaded weights in compressed storage, not a fine-tuned model",
+                      severity="warning")
         return MethodResult(module=module, layers=list(layers), trials=self.trials, baseline_accuracy=self.baseline,
                             accuracy=accuracy, target_met=self.within(accuracy), stopped_early=self.stopped_early,
                             fine_tuning=tuning)
