@@ -28,6 +28,7 @@ def create_app(
     settings = settings or get_settings()
     engine = make_engine(settings.resolved_database_url)
     session_factory = make_session_factory(engine)
+    read_engine = make_engine(settings.resolved_database_url, autocommit=True)  # job polls: one round trip each
     blobs = make_blob_store(settings, session_factory)
     dispatcher = dispatcher or make_dispatcher(settings, session_factory, blobs)
 
@@ -39,12 +40,14 @@ def create_app(
         finally:
             dispatcher.stop()
             engine.dispose()
+            read_engine.dispose()
 
     app = FastAPI(
         title="Squeezer", version="1.0.0", description=DESCRIPTION, lifespan=lifespan
     )
     app.state.settings = settings
     app.state.session_factory = session_factory
+    app.state.read_session_factory = make_session_factory(read_engine)
     app.state.blobs = blobs
     app.state.dispatcher = dispatcher
     app.state.key_cache = KeyCache(settings.api_key_cache_s)

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -16,12 +17,19 @@ from store.settings import Settings
 from worker.dispatch import Dispatcher
 
 
-def get_app_settings(request: Request) -> Settings:
+# The getters below are `async` although they wait for nothing: FastAPI runs a plain `def` dependency in a worker
+# thread, a hand-off that cost more than a cached key check (bench/api_poll.py).
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session_factory(request: Request) -> sessionmaker[Session]:
+async def get_session_factory(request: Request) -> sessionmaker[Session]:
     return request.app.state.session_factory
+
+
+async def get_read_session_factory(request: Request) -> sessionmaker[Session]:
+    """Sessions for single lookups (job polls): autocommit, so one query is one round trip (store.db.make_engine)."""
+    return request.app.state.read_session_factory
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -45,7 +53,7 @@ def get_submission_checks(request: Request) -> TenantSlots:
     return request.app.state.submission_checks
 
 
-def get_key_cache(request: Request) -> KeyCache:
+async def get_key_cache(request: Request) -> KeyCache:
     return request.app.state.key_cache
 
 
@@ -53,17 +61,16 @@ def get_key_cache(request: Request) -> KeyCache:
 bearer_scheme = HTTPBearer(auto_error=False, scheme_name="ApiKey", description="`Authorization: Bearer <api key>`; create keys with `squeezer keys create --tenant NAME`.")
 
 
-def current_tenant(
+async def current_tenant(
     request: Request,
     settings: Annotated[Settings, Depends(get_app_settings)],
-    session: Annotated[Session, Depends(get_session)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     key_cache: Annotated[KeyCache, Depends(get_key_cache)],
 ) -> str:
     """The caller's tenant: the owner of the bearer key when auth is on (401 otherwise), else the default tenant.
-    Every query a route makes is filtered by it, so another tenant's ids answer 404. The key is checked in the
-    request's own session (FastAPI shares it with the route), so a request checks out one connection, not two, and
-    only when the key is not in the process's key cache (store.keys.KeyCache, `Settings.api_key_cache_s`)."""
+    Every query a route makes is filtered by it, so another tenant's ids answer 404. api.keycheck has verified the key
+    before the body was read; otherwise a key verified within `Settings.api_key_cache_s` needs no query, and any other
+    is checked in a short session of its own in a worker thread (store.keys.KeyCache)."""
     if not settings.auth:
         return DEFAULT_TENANT
     verified = getattr(request.state, "tenant", None)  # api.keycheck verified the key before the body was read
@@ -71,15 +78,24 @@ def current_tenant(
         return verified
     tenant = None
     if credentials is not None:
-        tenant = key_cache.tenant(session, credentials.credentials)
+        tenant = key_cache.cached(credentials.credentials)
+        if tenant is None:
+            tenant = await run_in_threadpool(_verify_key, request.app.state.session_factory, key_cache,
+                                             credentials.credentials)
     if tenant is None:
         detail = "send `Authorization: Bearer <api key>`" if credentials is None else "the API key is unknown or revoked"
         raise HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
     return tenant
 
 
+def _verify_key(session_factory: sessionmaker[Session], key_cache: KeyCache, key: str) -> str | None:
+    with session_factory() as session:
+        return key_cache.tenant(session, key)
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
+ReadSessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_read_session_factory)]
 SessionDep = Annotated[Session, Depends(get_session)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]

@@ -33,8 +33,8 @@ class KeyCheckMiddleware:
         if not state.settings.auth:
             return await self.app(scope, receive, send)
         key = bearer_key(scope)
-        tenant = None
-        if key is not None:
+        tenant = state.key_cache.cached(key) if key is not None else None  # most keys: no thread, no query
+        if key is not None and tenant is None:
             try:
                 with anyio.fail_after(CHECK_TIMEOUT_S):
                     tenant = await anyio.to_thread.run_sync(_verify, state, key, abandon_on_cancel=True)

@@ -23,9 +23,10 @@ from tests.servers import PostgresServer, RedisServer, free_port
 
 
 @contextmanager
-def api_process(**settings: str):
+def api_process(repo: Path = REPO, pythonpath: str | None = None, **settings: str):
     """Yields (base_url, pid, database_url, headers) of a running API process with API keys on, as in production;
-    `headers` carry a key of the default tenant. Every server is removed afterwards."""
+    `headers` carry a key of the default tenant. Every server is removed afterwards. `repo`: the source tree the
+    API runs from (another build, see bench/api_poll.py); `pythonpath` is put in front of its import path."""
     root = Path(tempfile.mkdtemp(prefix="squeezer-bench-"))
     # Its own mkdtemp: initdb runs as the postgres user, who must own the folder (tests/servers.py).
     postgres = PostgresServer(
@@ -48,6 +49,8 @@ def api_process(**settings: str):
         env.update(
             {f"SQUEEZER_{key.upper()}": str(value) for key, value in settings.items()}
         )
+        if pythonpath:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
         api = subprocess.Popen(
             [
                 sys.executable,
@@ -59,7 +62,7 @@ def api_process(**settings: str):
                 "--port",
                 str(port),
             ],
-            cwd=REPO,
+            cwd=repo,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

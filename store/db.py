@@ -23,17 +23,20 @@ def _configure_sqlite(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """One engine per process. SQLite files get their folder created; PostgreSQL connections are checked before use
-    so a restarted server costs one failed request at most."""
+def make_engine(url: str, *, autocommit: bool = False) -> Engine:
+    """One engine per process (and one more for reads, `autocommit`: each statement is its own transaction, so a
+    lookup costs one round trip, not BEGIN, the query and ROLLBACK). SQLite files get their folder created;
+    PostgreSQL connections are checked before use so a restarted server costs one failed request at most."""
     parsed = make_url(url)
+    isolation = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+                               **isolation)
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, **isolation)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -3,6 +3,7 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.artifacts.routes import file_responses, stream_artifact
@@ -10,6 +11,7 @@ from api.deps import (
     BlobsDep,
     CurrentTenant,
     DispatcherDep,
+    ReadSessionFactoryDep,
     SessionDep,
     SessionFactoryDep,
     SettingsDep,
@@ -22,6 +24,7 @@ from api.jobs.service import (
     etag,
     event_out,
     get_job,
+    poll_job,
     job_out,
     job_report,
     list_events,
@@ -120,20 +123,20 @@ def read_jobs(
         **problem_responses(404),
     },
 )
-def read_job(
+async def read_job(
     job_id: str,
-    session: SessionDep,
+    session_factory: ReadSessionFactoryDep,
     tenant: CurrentTenant,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    job = get_job(session, job_id, tenant)
+    """The poll path: one worker-thread hop and one autocommit query (no BEGIN/ROLLBACK), serialised by pydantic's
+    own JSON encoder (bench/api_poll.py)."""
+    job = await run_in_threadpool(poll_job, session_factory, job_id, tenant)
     tag = etag(job)
     if if_none_match and tag in [value.strip() for value in if_none_match.split(",")]:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
-    return JSONResponse(
-        job_out(job).model_dump(mode="json"),
-        headers={"ETag": tag, "Cache-Control": "no-cache"},
-    )
+    return Response(job_out(job).model_dump_json(), media_type="application/json",
+                    headers={"ETag": tag, "Cache-Control": "no-cache"})
 
 
 @router.get(

@@ -191,6 +191,12 @@ def get_job(session: Session, job_id: str, tenant: str) -> Job:
     return job
 
 
+def poll_job(session_factory: sessionmaker[Session], job_id: str, tenant: str) -> Job:
+    """`get_job` in a session of its own, closed before the answer is serialised (for GET /v1/jobs/{id})."""
+    with session_factory() as session:
+        return get_job(session, job_id, tenant)
+
+
 def list_jobs(session: Session, tenant: str, *, after: str | None, limit: int, status: str | None) -> list[Job]:
     """Newest first; the cursor is the last job id of the previous page. One row more than `limit` tells the page
     that another follows."""
