@@ -4,7 +4,8 @@ key is verified (most keys come from the process's key cache without a query), s
 request body streams in. The tenant is left in the request state for api.deps.current_tenant."""
 
 import anyio.to_thread
-from sqlalchemy.exc import OperationalError, TimeoutError as PoolTimeout
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.limits import send_problem

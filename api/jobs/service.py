@@ -35,7 +35,6 @@ from store.models import Artifact, Job, JobEvent
 from store.settings import Settings
 from worker.dispatch import Dispatcher
 
-
 log = logging.getLogger(__name__)
 # The longest a submission waits for the broker to take its job before it answers anyway.
 ENQUEUE_TIMEOUT_S = 10.0

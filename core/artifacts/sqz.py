@@ -285,7 +285,9 @@ def _check_payload(entry: dict, numel: int) -> None:
             raise ValueError(f"{nnz} nonzeros in a tensor of {numel}")
         index = (numel + 7) // 8 if entry["index"] == "bitmap" else None
         expected = [index, (nnz + 7) // 8 if enc == "ternary" else values_bytes(nnz)]
-    if len(sizes) != len(expected) or any(want is not None and got != want for got, want in zip(sizes, expected)):
+    if len(sizes) != len(expected) or any(
+        want is not None and got != want for got, want in zip(sizes, expected, strict=True)
+    ):
         raise ValueError(f"payload sizes {sizes} do not match shape {entry['shape']} ({enc})")
 
 

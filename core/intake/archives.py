@@ -34,7 +34,9 @@ class ArchiveLimits:
     def from_intake(cls) -> "ArchiveLimits":
         """The service's configured budgets (core.limits), the ratio as default."""
         current = intake_limits.current()
-        return cls(current.max_archive_members, current.max_archive_bytes, max_header_bytes=current.max_archive_header_bytes)
+        return cls(
+            current.max_archive_members, current.max_archive_bytes, max_header_bytes=current.max_archive_header_bytes
+        )
 
 
 def is_archive(path: Path) -> bool:
