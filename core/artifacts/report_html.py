@@ -189,9 +189,9 @@ def _summary(report: dict) -> str:
          _figure(report, "macs_reduction", "ratio") + " fewer"),
         ("Parameters (nonzero)", _figure(report, "baseline.nonzero_params", "count"),
          _figure(report, "compressed.nonzero_params", "count"), ""),
-        ("Latency, torch, batch 1", _figure(report, "baseline.latency_ms", "ms"),
+        ("Latency, torch (model.sqz), batch 1", _figure(report, "baseline.latency_ms", "ms"),
          _figure(report, "compressed.latency_ms", "ms"), ""),
-        ("Latency, torch, batch 32", _figure(report, "baseline.latency_ms_batch32", "ms"),
+        ("Latency, torch (model.sqz), batch 32", _figure(report, "baseline.latency_ms_batch32", "ms"),
          _figure(report, "compressed.latency_ms_batch32", "ms"), ""),
     ]
     if report.get("artifacts", {}).get("model.onnx") and report.get("baseline_onnx"):
