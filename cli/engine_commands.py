@@ -18,6 +18,9 @@ from cli.output import (
     EXIT_FAILED,
     EXIT_TARGET_MET,
     EXIT_TARGET_MISSED,
+    LOG_FORMAT_HELP,
+    LogFormat,
+    ProgressLines,
     console,
     err_console,
     parse_options,
@@ -143,6 +146,7 @@ def compress(
     option: Annotated[
         list[str] | None, typer.Option("--option", help="Any engine option KEY=VALUE, dotted keys, e.g. lwct.sparsity=0.8.")
     ] = None,
+    log_format: Annotated[LogFormat, typer.Option("--log-format", help=LOG_FORMAT_HELP)] = "text",
 ) -> None:
     """Compress a trained model under an accuracy budget; writes model.sqz, model/, model.onnx and report.json."""
 
@@ -168,7 +172,7 @@ def compress(
             fields["time_limit_s"] = time_limit
         config = _config(fields)
         source = ModelSource(path=model, architecture=arch, arch_args=_arch_args(arch_arg))
-        with ProgressReporter(config.target.metric) as on_event:
+        with ProgressReporter(config.target.metric, log_format) as on_event:
             report = compress_files(source, data, out, config, on_event=on_event)
         print_report(report, out)
         return EXIT_TARGET_MET if report["target_met"] else EXIT_TARGET_MISSED
@@ -180,8 +184,10 @@ class ProgressReporter:
     """Engine events on stderr: every step tried as a line and, on a terminal, a live bar below them (a bar would
     only clutter a log file). The bar vanishes at the end, leaving the steps and the summary or the error line."""
 
-    def __init__(self, metric: str):
+    def __init__(self, metric: str, log_format: LogFormat = "text"):
         self.metric = metric
+        self.lines = ProgressLines(log_format, metric=metric)
+        self.best: tuple[float, float] | None = None  # (compression ratio, accuracy) of the best accepted step
 
     def __enter__(self) -> Callable:
         self.bar = None
@@ -199,8 +205,13 @@ class ProgressReporter:
     def on_event(self, event) -> None:
         if self.bar is not None:
             self.bar.update(self.task, completed=event.fraction, description=f"{event.stage}: {event.message}"[:60])
+        data = event.data
+        better = self.best is None or data.get("compression_ratio", 0.0) > self.best[0]
+        if event.stage == "step" and data.get("accepted") and better:
+            self.best = (data["compression_ratio"], data["accuracy"])
+        ratio, accuracy = self.best or (None, None)
+        self.lines.update(event.stage, event.fraction, best_accuracy=accuracy, best_ratio=ratio)
         if event.stage == "step":
-            data = event.data
             layers = " ".join(data.get("layers") or [])
             err_console.print(
                 f"step {data['step']} {event.message} {layers}: {self.metric} {data['accuracy']:.2f}%  ×{data['compression_ratio']:.1f}",

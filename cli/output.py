@@ -4,8 +4,11 @@ Exit codes are a contract with users' scripts: 0 target met, 3 result written bu
 line on stderr), 1 job failed or cancelled."""
 
 import json
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TextIO
 
 from rich.console import Console
 from rich.table import Table
@@ -16,6 +19,43 @@ EXIT_TARGET_MET, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TARGET_MISSED = 0, 1, 2, 3
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+LogFormat = Literal["text", "json"]
+LOG_FORMAT_HELP = ("Progress on stdout when it is not a terminal: text, a plain line per stage and every few seconds; "
+                   "json, one JSON object per line (always).")
+PROGRESS_INTERVAL_S = 5.0  # a pipeline's log gets a line at least this often while a job runs (and at every stage)
+
+
+class ProgressLines:
+    """Progress for pipelines and log files: a plain line on stdout at every stage change and at least every
+    `interval` seconds (stage, percentage, best accuracy and compression ratio so far); `json`: one JSON object per
+    line. Text lines are written only when stdout is not a terminal (a terminal has the live bar); JSON always."""
+
+    def __init__(self, log_format: LogFormat = "text", *, metric: str = "accuracy",
+                 interval: float = PROGRESS_INTERVAL_S, stream: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.format, self.metric, self.interval, self.clock = log_format, metric, interval, clock
+        self.stream = stream if stream is not None else sys.stdout
+        self.enabled = log_format == "json" or not self.stream.isatty()
+        self.last_stage: str | None = None
+        self.last_time = -float("inf")
+
+    def update(self, stage: str, fraction: float, *, best_accuracy: float | None = None,
+               best_ratio: float | None = None, **extra: Any) -> None:
+        now = self.clock()
+        if not self.enabled or (stage == self.last_stage and now - self.last_time < self.interval):
+            return
+        self.last_stage, self.last_time = stage, now
+        if self.format == "json":
+            line = json.dumps({"stage": stage, "progress": round(fraction, 4), "best_accuracy": best_accuracy,
+                               "best_compression_ratio": best_ratio, "metric": self.metric, **extra})
+        else:
+            best = (f"  best {self.metric} {best_accuracy:.2f}% ×{best_ratio:.1f}"
+                    if best_accuracy is not None and best_ratio is not None else "")
+            status = f"[{extra['status']}] " if extra.get("status") else ""
+            line = f"{status}{stage} {fraction:.0%}{best}"
+        print(line, file=self.stream, flush=True)
 
 
 class ClientError(Exception):

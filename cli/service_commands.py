@@ -29,7 +29,10 @@ from cli.output import (
     EXIT_FAILED,
     EXIT_TARGET_MET,
     EXIT_TARGET_MISSED,
+    LOG_FORMAT_HELP,
     ClientError,
+    LogFormat,
+    ProgressLines,
     console,
     err_console,
     parse_options,
@@ -139,9 +142,11 @@ def create_job(
     return _check(client.post("/v1/jobs", json=body)).json()
 
 
-def wait_for_job(client: httpx.Client, job: dict) -> dict:
-    """Polls with If-None-Match (the server answers 304 while nothing changed) and shows a progress bar."""
+def wait_for_job(client: httpx.Client, job: dict, log_format: LogFormat = "text") -> dict:
+    """Polls with If-None-Match (the server answers 304 while nothing changed) and shows a progress bar; progress
+    lines on stdout for pipelines (cli.output.ProgressLines)."""
     tag = None
+    lines = ProgressLines(log_format)
     columns = (
         TextColumn("{task.fields[status]:>10}"),
         TextColumn("{task.description}"),
@@ -157,11 +162,17 @@ def wait_for_job(client: httpx.Client, job: dict) -> dict:
                 f"/v1/jobs/{job['id']}", headers={"If-None-Match": tag} if tag else {}
             )
             if response.status_code == 304:
+                progress = job["progress"]
+                lines.update(progress.get("stage", ""), progress.get("fraction", 0.0),
+                             best_accuracy=progress.get("best_accuracy"),
+                             best_ratio=progress.get("best_compression_ratio"), status=job["status"])
                 continue
             job = _check(response).json()
             tag = response.headers.get("ETag")
             progress = job["progress"]
             best = progress.get("best_compression_ratio")
+            lines.update(progress.get("stage", ""), progress.get("fraction", 0.0),
+                         best_accuracy=progress.get("best_accuracy"), best_ratio=best, status=job["status"])
             description = progress.get("stage", "") + (
                 f"  best ×{best:.1f} @ {progress['best_accuracy']:.2f}%"
                 if best and progress.get("best_accuracy") is not None
@@ -238,6 +249,7 @@ def submit_and_wait(
     method: str = "lwct",
     options: dict | None = None,
     api_key: str | None = None,
+    log_format: LogFormat = "text",
 ) -> int:
     """The body of `squeezer submit` (and of `squeezer demo`): exit code as documented above."""
     try:
@@ -254,7 +266,7 @@ def submit_and_wait(
             console.print(f"job {job['id']} {job['status']}")
             if not wait:
                 return EXIT_TARGET_MET
-            return finish(client, wait_for_job(client, job), out_dir)
+            return finish(client, wait_for_job(client, job, log_format), out_dir)
     except ClientError as error:
         err_console.print(str(error), highlight=False, soft_wrap=True)
         return error.exit_code
@@ -373,6 +385,13 @@ def api(
             help="Require API keys (on unless turned off).",
         ),
     ] = True,
+    public_without_auth: Annotated[
+        bool,
+        typer.Option(
+            "--public-without-auth",
+            help="Serve a non-loopback interface with --no-auth (anyone who reaches it can use every tenant's data).",
+        ),
+    ] = False,
 ) -> None:
     """Run the API (production): configured by SQUEEZER_DATABASE_URL, SQUEEZER_BROKER_URL, SQUEEZER_STORAGE_*."""
     import uvicorn
@@ -380,6 +399,14 @@ def api(
     from api.app import create_app
     from store.settings import get_settings
 
+    if not auth and not is_loopback(host) and not public_without_auth:
+        err_console.print(
+            f"refusing to serve {host} without API keys: bind a loopback address (--host 127.0.0.1), turn keys on, "
+            "or pass --public-without-auth",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_BAD_INPUT)
     uvicorn.run(
         create_app(get_settings(auth=auth)), host=host, port=port, proxy_headers=True
     )
@@ -447,6 +474,10 @@ def submit(
         Path, typer.Option("--out", help="Folder for the results (with --wait).")
     ] = Path("squeezer-results"),
     api_key: ApiKeyOption = None,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option("--log-format", help=f"With --wait. {LOG_FORMAT_HELP}"),
+    ] = "text",
 ) -> None:
     """Upload a model (and data), submit a compression job, and optionally wait for its results."""
     try:
@@ -466,6 +497,7 @@ def submit(
             method=method,
             options=options,
             api_key=api_key,
+            log_format=log_format,
         )
     )
 
