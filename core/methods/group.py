@@ -59,7 +59,7 @@ class GroupLasso:
         """‖W_n‖₂ of every group."""
         squares = torch.zeros(len(self.roots), device=self.slices[0][0].device)
         for parameter, axis, groups in self.slices:
-            per_slice = parameter.detach().pow(2).transpose(0, axis).flatten(1).sum(1)
+            per_slice = parameter.detach().pow(2).transpose(0, axis).reshape(parameter.shape[axis], -1).sum(1)  # 1-D: BN
             kept = groups >= 0
             squares.index_add_(0, groups[kept].to(parameter.device), per_slice[kept.to(parameter.device)])
         return squares.sqrt()
