@@ -1,6 +1,12 @@
 """Errors the engine raises. Each carries a stable `code` that the CLI (exit 2), the API
 (422 problem `type`) and failed jobs (`error.code`) expose unchanged."""
 
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
 
 class SqueezerError(Exception):
     """Base class: something the user can act on, with a stable machine-readable code."""
@@ -54,3 +60,18 @@ class Cancelled(SqueezerError):
     """The caller's stop check asked the engine to stop at a step boundary."""
 
     code = "cancelled"
+
+
+def _server_roots() -> list[str]:
+    """Directories of this machine a message may name by accident (temporary and working folders, the install)."""
+    roots = {tempfile.gettempdir(), os.getcwd(), str(Path.home()), sys.prefix, str(Path(__file__).resolve().parents[1])}
+    return sorted((root.rstrip("/") for root in roots if len(root) > 1), key=len, reverse=True)
+
+
+def redact_paths(message: str) -> str:
+    """`message` with every path under a server directory cut to its last component: an error a client sees (a 422
+    problem, a failed job's message) never tells it where things live here. Library messages quote paths (a file
+    that could not be read, a temporary folder); ours name files by their own names."""
+    for root in _server_roots():
+        message = re.sub(re.escape(root) + r"(/[^\s'\"():,]*)?", lambda m: Path(m.group(0)).name or "…", message)
+    return message

@@ -45,3 +45,20 @@ def test_dockerfile_is_one_cuda_image_with_the_squeezer_entrypoint():
     dockerfile = (REPO / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "FROM nvidia/cuda:" in dockerfile
     assert 'ENTRYPOINT ["squeezer"]' in dockerfile and "USER squeezer" in dockerfile
+
+
+def test_compose_takes_its_passwords_from_the_env_file():
+    """No password is a literal of the compose file: each comes from `.env` (`${VAR:?...}` refuses to start without
+    it), and `.env.example` names every one of them."""
+    text = (REPO / "docker-compose.yml").read_text()
+    compose = YAML(typ="safe").load(text)
+    services = compose["services"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    assert "${REDIS_PASSWORD:?" in " ".join(services["redis"]["command"])
+    urls = compose["x-squeezer-env"]
+    assert "${POSTGRES_PASSWORD:?" in urls["SQUEEZER_DATABASE_URL"]
+    assert "${REDIS_PASSWORD:?" in urls["SQUEEZER_BROKER_URL"]
+    assert "squeezer:squeezer@" not in text and "PASSWORD: squeezer" not in text
+    example = (REPO / ".env.example").read_text()
+    assert {"POSTGRES_PASSWORD", "REDIS_PASSWORD"} <= {line.split("=")[0] for line in example.splitlines() if "=" in line}
+    assert ".env" in (REPO / ".gitignore").read_text().split()

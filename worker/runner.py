@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core import limits
 from core.config import CompressConfig
-from core.errors import Cancelled, SqueezerError
+from core.errors import Cancelled, SqueezerError, redact_paths
 from core.events import Event
 from core.intake.archives import safe_extract
 from core.pipeline import compress_files
@@ -54,7 +54,7 @@ def run_job(job_id: str, ctx: WorkerContext) -> None:
         except Cancelled:
             finished = _finish(ctx, job, JobStatus.CANCELLED)
         except SqueezerError as error:
-            finished = _finish(ctx, job, JobStatus.FAILED, error_code=error.code, error_message=error.message)
+            finished = _finish(ctx, job, JobStatus.FAILED, error_code=error.code, error_message=redact_paths(error.message))
         except Exception as error:
             log.exception("job %s: internal error", job_id)
             finished = _finish(

@@ -53,9 +53,10 @@ UPLOAD_BODY = {
     operation_id="createArtifact",
     status_code=status.HTTP_201_CREATED,
     response_model=ArtifactOut,
-    responses=problem_responses(400, 413, 415, 422),
+    responses=problem_responses(400, 413, 415, 422, 429),
     description="413 `payload_too_large` past the upload size limit, 413 `storage_quota_exceeded` past the tenant's "
-    "stored-bytes quota; nothing is stored either way.",
+    "stored-bytes quota; nothing is stored either way. 429 `upload_quota_exceeded` while the tenant already streams "
+    "`max_concurrent_uploads_per_tenant` uploads.",
     openapi_extra=UPLOAD_BODY,
     summary="Upload a file (streamed)",
 )

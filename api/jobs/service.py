@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.errors import ProblemError, not_found
 from api.jobs.schemas import EventOut, JobCreate, JobOut
 from api.slots import TenantSlots
-from core.errors import InputError
+from core.errors import InputError, redact_paths
 from store.artifacts import get_ready_artifact
 from store.blobs import BlobStore
 from store.job_inputs import fetch_inputs
@@ -145,7 +145,7 @@ async def submit_job(
             await anyio.to_thread.run_sync(validate_inputs, body, tenant, settings, session_factory, blobs)
     except InputError as error:
         raise ProblemError(
-            422, error.code, error.message, title="Unusable input"
+            422, error.code, redact_paths(error.message), title="Unusable input"
         ) from None
 
     def insert() -> tuple[Job, bool]:

@@ -65,3 +65,12 @@ def test_keys_create_refuses_bad_tenant_names(tenant, tmp_path):
 def test_serve_refuses_a_public_interface_without_auth(tmp_path):
     result = runner.invoke(app, ["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2 and "--auth" in result.stderr
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::"])
+def test_api_without_keys_refuses_a_public_interface(host, monkeypatch):
+    monkeypatch.setenv("SQUEEZER_AUTH", "false")
+    result = runner.invoke(app, ["api", "--host", host])
+    assert result.exit_code == 2 and "--public-without-auth" in result.stderr
+    result = runner.invoke(app, ["api", "--host", host, "--no-auth"])
+    assert result.exit_code == 2 and "--public-without-auth" in result.stderr

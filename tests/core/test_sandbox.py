@@ -97,3 +97,14 @@ def test_checks_run_side_by_side(sandbox):
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda i: sandbox.run(f"{TARGETS}:sleep", {"seconds": 1}), range(4)))
     assert results == [{}] * 4 and time.monotonic() - started < 3.5
+
+
+def test_error_messages_lose_server_paths():
+    import tempfile
+
+    from core.errors import redact_paths
+
+    temp = tempfile.gettempdir()
+    message = f"cannot read {temp}/squeezer-check-x1/inputs/model.onnx: [Errno 2] at '{os.getcwd()}/.squeezer/a.db'"
+    assert redact_paths(message) == "cannot read model.onnx: [Errno 2] at 'a.db'"
+    assert redact_paths("tensor 'w' (graph 'g') 3/4") == "tensor 'w' (graph 'g') 3/4"

@@ -414,6 +414,8 @@ def decompression_bomb_png() -> bytes:
     return buffer.getvalue()
 
 
+# PostScript that PIL would hand to Ghostscript (an external program) if it were allowed to guess the format.
+EPS_AS_PNG = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n(/etc/passwd) (r) file\nshowpage\n%%EOF\n"
 LONG_NAME = "é" * 45 + "名" * 40 + "🙂" * 10 + ".png"  # 99 characters, 254 bytes: as long as file systems allow
 TOO_LONG_NAME = "名" * 90 + ".png"  # 274 bytes
 CASES = [
@@ -456,6 +458,13 @@ CASES = [
     Case("tar_symlink", tar_with(tar_symlink(), "link.tar"), "dataset", "submit", "invalid_archive"),
     Case("tar_hardlink", tar_with(tar_hardlink(), "hard.tar"), "dataset", "submit", "invalid_archive"),
     Case("tar_absolute_path", tar_with(tar_absolute_path(), "abs.tar"), "dataset", "submit", "invalid_archive"),
+    Case(
+        "image_folder_eps_named_png",
+        image_folder("eps.zip", {"train/a/evil.png": EPS_AS_PNG}),
+        "dataset",
+        "submit",
+        "invalid_dataset",
+    ),
     Case(
         "image_decompression_bomb",
         image_folder("bomb.zip", {"train/a/bomb.png": decompression_bomb_png()}),

@@ -2,6 +2,7 @@
 real job function on the in-process worker. Each must end as its table row says: a 4xx problem with a stable `type`
 at upload or submission, or a final job status with its `error.code`; and no pickle payload may ever run."""
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -87,12 +88,14 @@ def test_hostile_input_ends_as_its_row_says(case: Case, queued_client, inputs, s
         if case.stage == "submit":
             body = assert_problem(response, case.status, case.code)
             assert "Traceback" not in body["detail"]
+            assert tempfile.gettempdir() not in body["detail"] and str(inputs.dir) not in body["detail"]
             assert job_count(client) == 0
         else:
             assert response.status_code == 202, response.text
             job = run_queued_jobs(client, response.json()["id"])
             assert job["status"] == case.status, job
             assert (job["error"] or {}).get("code") == case.code, job
+            assert tempfile.gettempdir() not in ((job["error"] or {}).get("message") or "")
     assert not inputs.marker.exists(), "a pickle payload ran"
     assert not any(target.exists() for target in ESCAPE_TARGETS), "an archive member escaped"
     assert client.get("/readyz").status_code == 200  # nothing else is affected
