@@ -28,7 +28,8 @@ class IntakeLimits:
 
 
 SETTING_NAMES = {field.name: f"SQUEEZER_{field.name.upper()}" for field in dataclasses.fields(IntakeLimits)}
-_current: contextvars.ContextVar[IntakeLimits] = contextvars.ContextVar("intake_limits", default=IntakeLimits())
+_DEFAULT = IntakeLimits()  # frozen: one shared default is safe
+_current: contextvars.ContextVar[IntakeLimits] = contextvars.ContextVar("intake_limits", default=_DEFAULT)
 
 
 def current() -> IntakeLimits:
@@ -47,7 +48,9 @@ def using(limits: IntakeLimits) -> Iterator[IntakeLimits]:
 def exceeded(what: str, value: int, limit_name: str, error: type[InputError] = InputError) -> InputError:
     """The refusal for `what` (declared `value`) past the limit `limit_name`, naming the setting that raises it."""
     limit = getattr(current(), limit_name)
-    return error(f"{what} is {value:,}; the limit is {limit:,} (raise {SETTING_NAMES[limit_name]} if it is meant to fit)")
+    return error(
+        f"{what} is {value:,}; the limit is {limit:,} (raise {SETTING_NAMES[limit_name]} if it is meant to fit)"
+    )
 
 
 def check(what: str, value: int, limit_name: str, error: type[InputError] = InputError) -> None:

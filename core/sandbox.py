@@ -288,7 +288,11 @@ def _zygote(preload: list[str]) -> None:
                 pid = os.fork()
                 if pid == 0:
                     _child(request)
-                children[pid] = {"id": request["id"], "deadline": time.monotonic() + request["wall_s"], "timed_out": False}
+                children[pid] = {
+                    "id": request["id"],
+                    "deadline": time.monotonic() + request["wall_s"],
+                    "timed_out": False,
+                }
         elif not stdin_open:
             time.sleep(_POLL_S)
         now = time.monotonic()

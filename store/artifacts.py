@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from store.blobs import BlobStore
 from store.models import Artifact, ArtifactKind, Job, JobResult, utcnow
-from store.statuses import FINAL_STATUSES
 from store.settings import CHUNK_BYTES
+from store.statuses import FINAL_STATUSES
 
 READ_CHUNK_BYTES = CHUNK_BYTES
 
@@ -195,7 +195,9 @@ def sweep_stale_uploads(session_factory: sessionmaker[Session], blobs: BlobStore
     return stale
 
 
-def sweep_orphaned_results(session_factory: sessionmaker[Session], blobs: BlobStore, *, older_than_s: float) -> list[str]:
+def sweep_orphaned_results(
+    session_factory: sessionmaker[Session], blobs: BlobStore, *, older_than_s: float
+) -> list[str]:
     """Removes worker outputs nothing points at any more, older than `older_than_s`: results no job lists (a worker
     died between storing them and finishing the job, or lost the job) and checkpoints of no unfinished job (the job
     ended, or a newer checkpoint replaced it). Returns their ids."""

@@ -35,8 +35,12 @@ def check_torch_zip(path: Path) -> None:
     total = 0
     for info in infos:
         if info.compress_type != zipfile.ZIP_STORED:
-            raise ModelFormatError(f"{path.name}: record {info.filename[:80]!r} is compressed; torch.save stores records")
+            raise ModelFormatError(
+                f"{path.name}: record {info.filename[:80]!r} is compressed; torch.save stores records"
+            )
         if info.filename.endswith(".pkl") and info.file_size > MAX_PICKLE_BYTES:
-            raise ModelFormatError(f"{path.name}: its pickle is {info.file_size:,} bytes; the limit is {MAX_PICKLE_BYTES:,}")
+            raise ModelFormatError(
+                f"{path.name}: its pickle is {info.file_size:,} bytes; the limit is {MAX_PICKLE_BYTES:,}"
+            )
         total += info.file_size
     limits.check(f"{path.name}: the records' total size", total, "max_model_bytes", ModelFormatError)

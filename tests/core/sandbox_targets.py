@@ -12,7 +12,10 @@ def echo(payload: dict) -> dict:
 
 
 def environment(_: dict) -> dict:
-    return {"environ": dict(os.environ), "proc_environ": Path("/proc/self/environ").read_bytes().decode(errors="replace")}
+    return {
+        "environ": dict(os.environ),
+        "proc_environ": Path("/proc/self/environ").read_bytes().decode(errors="replace"),
+    }
 
 
 def read_relative(payload: dict) -> dict:

@@ -51,10 +51,13 @@ def test_an_input_error_keeps_its_code(sandbox):
     assert (caught.value.code, caught.value.message) == ("invalid_dataset", "x_train holds 3 samples")
 
 
-@pytest.mark.parametrize("target, payload", [
-    ("allocate", {"block_bytes": 64 << 20, "blocks": 64}),  # 4 GiB in 64 MiB blocks
-    ("allocate_numpy", {"elements": 1 << 30}),  # one 8 GiB array
-])
+@pytest.mark.parametrize(
+    "target, payload",
+    [
+        ("allocate", {"block_bytes": 64 << 20, "blocks": 64}),  # 4 GiB in 64 MiB blocks
+        ("allocate_numpy", {"elements": 1 << 30}),  # one 8 GiB array
+    ],
+)
 def test_memory_past_the_limit_is_refused_and_bounded(sandbox, target, payload):
     outcome = sandbox.run_outcome(f"{TARGETS}:{target}", payload)
     assert outcome.error["code"] == "input_check_out_of_memory"

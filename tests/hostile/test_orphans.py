@@ -17,8 +17,9 @@ from tests.store.conftest import pg_sessions  # noqa: F401
 
 
 def stored(sessions, blobs, kind: str, tenant: str = "acme") -> str:
-    artifact = store_artifact(sessions, blobs, tenant=tenant, kind=kind, filename="f", content_type="x",
-                              chunks=[b"x" * 100], max_bytes=100)
+    artifact = store_artifact(
+        sessions, blobs, tenant=tenant, kind=kind, filename="f", content_type="x", chunks=[b"x" * 100], max_bytes=100
+    )
     return artifact.id
 
 
@@ -59,8 +60,9 @@ def test_a_failed_job_drops_its_checkpoint(queued_client, sample_model_zip, tmp_
     """A job resuming from a checkpoint fails (its model was deleted): the checkpoint goes with the final status."""
     client = queued_client
     model = upload(client, sample_model_zip)["id"]
-    job = client.post("/v1/jobs", json={"model": {"artifact_id": model}, "dataset": {"sample": "digits"},
-                                        "options": TINY_OPTIONS})
+    job = client.post(
+        "/v1/jobs", json={"model": {"artifact_id": model}, "dataset": {"sample": "digits"}, "options": TINY_OPTIONS}
+    )
     assert job.status_code == 202, job.text
     app = client.app
     checkpoint = stored(app.state.session_factory, app.state.blobs, ArtifactKind.CHECKPOINT, tenant="default")
@@ -72,7 +74,9 @@ def test_a_failed_job_drops_its_checkpoint(queued_client, sample_model_zip, tmp_
     assert (final["status"], final["error"]["code"]) == ("failed", "artifact_not_found")
     with app.state.session_factory() as session:
         assert session.get(Artifact, checkpoint) is None
-        assert session.scalar(select(func.count()).select_from(BlobChunk).where(BlobChunk.artifact_id == checkpoint)) == 0
+        assert (
+            session.scalar(select(func.count()).select_from(BlobChunk).where(BlobChunk.artifact_id == checkpoint)) == 0
+        )
 
 
 def test_a_local_blob_is_fsynced_before_it_is_renamed_into_place(tmp_path, monkeypatch):

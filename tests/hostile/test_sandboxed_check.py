@@ -43,15 +43,17 @@ def test_a_check_that_runs_out_of_memory_is_a_422_and_the_api_stays_up(api_setti
         # 84 × 4 M classes: 336 M parameters (1.3 GiB), under the parameter budget, over the check's memory
         architecture = {"name": "lenet5", "args": {"input_size": 8, "in_channels": 1, "num_classes": 4_000_000}}
         peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        response = client.post("/v1/jobs", json={**WEIGHTS_JOB, "model": {"weights_artifact_id": weights,
-                                                                           "architecture": architecture}})
+        response = client.post(
+            "/v1/jobs", json={**WEIGHTS_JOB, "model": {"weights_artifact_id": weights, "architecture": architecture}}
+        )
         body = assert_problem(response, 422, "input_check_out_of_memory")
         assert "SQUEEZER_CHECK_MEMORY_BYTES" in body["detail"]
         assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 256 << 10  # KiB
         assert client.get("/healthz").status_code == 200 and client.get("/v1/jobs").status_code == 200
         small = {"name": "lenet5", "args": {"input_size": 8, "in_channels": 1, "num_classes": 10}}
-        ok = client.post("/v1/jobs", json={**WEIGHTS_JOB, "model": {"weights_artifact_id": weights,
-                                                                     "architecture": small}})
+        ok = client.post(
+            "/v1/jobs", json={**WEIGHTS_JOB, "model": {"weights_artifact_id": weights, "architecture": small}}
+        )
         assert ok.status_code == 202, ok.text  # the same sandbox checks the next submission
 
 

@@ -109,7 +109,9 @@ def answers_quickly(port: int, headers: dict) -> None:
 def test_stalled_uploads_and_downloads_do_not_stall_the_api(service):
     app, port, headers = service
     base = f"http://127.0.0.1:{port}"
-    big = httpx.post(f"{base}/v1/artifacts", headers=headers, files={"file": ("big.bin", b"\1" * (16 << 20))}, timeout=60)
+    big = httpx.post(
+        f"{base}/v1/artifacts", headers=headers, files={"file": ("big.bin", b"\1" * (16 << 20))}, timeout=60
+    )
     assert big.status_code == 201, big.text
     stalled = []
     try:
@@ -149,11 +151,16 @@ def test_bodies_are_refused_before_they_are_read(service):
     auth = f"Authorization: {headers['Authorization']}\r\n"
     for content_type in ("multipart/form-data; boundary=x", "text/plain", "application/octet-stream"):
         # a job body is 1 MiB at most, whatever it claims to be
-        sock = raw(port, f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: {content_type}\r\n"
-                         f"Content-Length: {huge}\r\n")
+        sock = raw(
+            port,
+            f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {huge}\r\n",
+        )
         assert response_of(sock).startswith(b"HTTP/1.1 413"), content_type
-    chunked = raw(port, f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: multipart/form-data; boundary=x\r\n"
-                        "Transfer-Encoding: chunked\r\n")
+    chunked = raw(
+        port,
+        f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: multipart/form-data; boundary=x\r\n"
+        "Transfer-Encoding: chunked\r\n",
+    )
     piece = b"x" * (256 << 10)
     with contextlib.suppress(OSError):
         for _ in range(8):  # 2 MiB without a declared length: counted as it arrives
@@ -163,15 +170,20 @@ def test_bodies_are_refused_before_they_are_read(service):
         sock.close()
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 128 << 10  # KiB: nothing was buffered
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers) as client:
-        two_types = client.post("/v1/jobs", content=b"{}", headers=[("Content-Type", "application/json"),
-                                                                    ("Content-Type", "multipart/form-data; boundary=x")])
+        two_types = client.post(
+            "/v1/jobs",
+            content=b"{}",
+            headers=[("Content-Type", "application/json"), ("Content-Type", "multipart/form-data; boundary=x")],
+        )
         assert_problem(two_types, 400, "ambiguous_content_type")
         many_fields = {f"f{index}": "v" for index in range(20)}
-        assert_problem(client.post("/v1/artifacts", data=many_fields, files={"file": ("m", b"x")}), 422,
-                       "validation_error")
+        assert_problem(
+            client.post("/v1/artifacts", data=many_fields, files={"file": ("m", b"x")}), 422, "validation_error"
+        )
         long_fields = {f"f{index}": "v" * 1000 for index in range(6)}
-        assert_problem(client.post("/v1/artifacts", data=long_fields, files={"file": ("m", b"x")}), 422,
-                       "validation_error")
+        assert_problem(
+            client.post("/v1/artifacts", data=long_fields, files={"file": ("m", b"x")}), 422, "validation_error"
+        )
     with app.state.session_factory() as session:
         assert session.scalar(select(func.count()).select_from(Artifact)) == 0
 
@@ -186,8 +198,11 @@ def test_uploads_in_flight_are_capped_per_tenant(postgres_url, redis_url, tmp_pa
         stalled = [raw(port, upload_head(port, headers, 1 << 20), FILE_PART) for _ in range(2)]
         time.sleep(0.5)
         base = f"http://127.0.0.1:{port}"
-        assert_problem(httpx.post(f"{base}/v1/artifacts", headers=headers, files={"file": ("m", b"x")}), 429,
-                       "upload_quota_exceeded")
+        assert_problem(
+            httpx.post(f"{base}/v1/artifacts", headers=headers, files={"file": ("m", b"x")}),
+            429,
+            "upload_quota_exceeded",
+        )
         assert httpx.post(f"{base}/v1/artifacts", headers=other, files={"file": ("m", b"x")}).status_code == 201
         for sock in stalled:
             sock.close()
@@ -217,8 +232,13 @@ def test_concurrent_uploads_cannot_race_past_the_storage_quota(postgres_url, red
     upgrade_database(postgres_url)
     size = 1 << 20
     quota = size + size // 2  # room for one upload, not two
-    settings = Settings(data_dir=tmp_path, database_url=postgres_url, auth=True, max_stored_bytes_per_tenant=quota,
-                        max_concurrent_uploads_per_tenant=16)
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=postgres_url,
+        auth=True,
+        max_stored_bytes_per_tenant=quota,
+        max_concurrent_uploads_per_tenant=16,
+    )
     with serve(settings, redis_url) as (app, port):
         with app.state.session_factory() as session:
             headers = {"Authorization": f"Bearer {create_key(session, 'acme')[1]}"}
@@ -226,8 +246,12 @@ def test_concurrent_uploads_cannot_race_past_the_storage_quota(postgres_url, red
 
         def upload(_: int) -> httpx.Response:
             barrier.wait()
-            return httpx.post(f"http://127.0.0.1:{port}/v1/artifacts", headers=headers,
-                              files={"file": ("m.bin", b"\2" * size)}, timeout=60)
+            return httpx.post(
+                f"http://127.0.0.1:{port}/v1/artifacts",
+                headers=headers,
+                files={"file": ("m.bin", b"\2" * size)},
+                timeout=60,
+            )
 
         with ThreadPoolExecutor(8) as pool:
             responses = list(pool.map(upload, range(8)))

@@ -55,7 +55,10 @@ def test_a_huge_extended_header_is_refused_before_it_is_read(kind, tmp_path, san
     assert archive.stat().st_size < 2 << 20
     outcome = sandbox.run_outcome(f"{TARGETS}:extract", {"archive": str(archive), "dest": str(tmp_path / "out")})
     assert outcome.error["code"] == "invalid_archive", outcome
-    assert "extended header" in outcome.error["message"] and "SQUEEZER_MAX_ARCHIVE_HEADER_BYTES" in outcome.error["message"]
+    assert (
+        "extended header" in outcome.error["message"]
+        and "SQUEEZER_MAX_ARCHIVE_HEADER_BYTES" in outcome.error["message"]
+    )
     assert outcome.peak_rss_bytes < PEAK_BOUND
 
 

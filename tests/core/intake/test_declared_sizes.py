@@ -29,22 +29,28 @@ def sandbox():
     box.close()
 
 
-@pytest.mark.parametrize("args, limit", [
-    ({**DIGITS, "num_classes": 10**10}, "SQUEEZER_MAX_MODEL_PARAMS"),
-    ({**DIGITS, "input_size": 200_000}, "SQUEEZER_MAX_INPUT_ELEMENTS"),
-])
+@pytest.mark.parametrize(
+    "args, limit",
+    [
+        ({**DIGITS, "num_classes": 10**10}, "SQUEEZER_MAX_MODEL_PARAMS"),
+        ({**DIGITS, "input_size": 200_000}, "SQUEEZER_MAX_INPUT_ELEMENTS"),
+    ],
+)
 def test_lenet_arguments_past_the_budget_are_refused_without_allocating(args, limit, sandbox):
     outcome = sandbox.run_outcome(f"{TARGETS}:build", {"name": "lenet5", "args": args})
     assert outcome.error["code"] == "invalid_model" and limit in outcome.error["message"], outcome
     assert outcome.peak_rss_bytes < outcome_baseline(sandbox) + (64 << 20)
 
 
-@pytest.mark.parametrize("name, args, limit", [
-    ("vgg-small", {"width": 100_000}, "SQUEEZER_MAX_MODEL_PARAMS"),
-    ("torchvision:resnet18", {"num_classes": 10**9}, "SQUEEZER_MAX_MODEL_PARAMS"),
-    ("torchvision:resnet18", {"input_size": 10_000}, "SQUEEZER_MAX_INPUT_ELEMENTS"),
-    ("unet-small", {"width": 4096}, "SQUEEZER_MAX_MODEL_PARAMS"),
-])
+@pytest.mark.parametrize(
+    "name, args, limit",
+    [
+        ("vgg-small", {"width": 100_000}, "SQUEEZER_MAX_MODEL_PARAMS"),
+        ("torchvision:resnet18", {"num_classes": 10**9}, "SQUEEZER_MAX_MODEL_PARAMS"),
+        ("torchvision:resnet18", {"input_size": 10_000}, "SQUEEZER_MAX_INPUT_ELEMENTS"),
+        ("unet-small", {"width": 4096}, "SQUEEZER_MAX_MODEL_PARAMS"),
+    ],
+)
 def test_registry_arguments_past_the_budget_are_refused(name, args, limit):
     with pytest.raises(ModelFormatError, match=limit):
         build_architecture(name, args)
@@ -117,8 +123,14 @@ def test_a_legacy_pt_is_refused(tmp_path):
 
 
 def sqz_with(tensors: dict, payload: bytes, flag: int = 0) -> bytes:
-    header = json.dumps({"architecture": {"name": "lenet5", "args": {}}, "source_format": "x", "onnx_graph_bytes": 0,
-                         "tensors": tensors}).encode()
+    header = json.dumps(
+        {
+            "architecture": {"name": "lenet5", "args": {}},
+            "source_format": "x",
+            "onnx_graph_bytes": 0,
+            "tensors": tensors,
+        }
+    ).encode()
     body = struct.pack("<I", len(header)) + header + payload
     if flag == 1:
         body = zlib.compress(body)
@@ -127,16 +139,34 @@ def sqz_with(tensors: dict, payload: bytes, flag: int = 0) -> bytes:
     return MAGIC + bytes([flag]) + body
 
 
-@pytest.mark.parametrize("entry, payload, message", [
-    ({"shape": [10**12], "dtype": "float32", "enc": "raw", "sizes": [0]}, b"", "parameter count"),
-    ({"shape": [1000], "dtype": "float32", "enc": "raw", "sizes": [0]}, b"", "do not match"),
-    ({"shape": [4], "dtype": "float32", "enc": "raw", "sizes": [64]}, b"\0" * 64, "do not match"),
-    ({"shape": [100], "dtype": "float32", "enc": "dense", "values": "float16", "sizes": [2]}, b"\0\0", "do not match"),
-    ({"shape": [8], "dtype": "float32", "enc": "sparse", "index": "bitmap", "nnz": 9, "values": "float32",
-      "sizes": [1, 36]}, b"\xff" + b"\0" * 36, "nonzeros"),
-    ({"shape": [-1, 4], "dtype": "float32", "enc": "raw", "sizes": [0]}, b"", "shape"),
-    ({"shape": [4], "dtype": "float32", "enc": "raw", "sizes": [16]}, b"\0" * 4, "past the end"),
-])
+@pytest.mark.parametrize(
+    "entry, payload, message",
+    [
+        ({"shape": [10**12], "dtype": "float32", "enc": "raw", "sizes": [0]}, b"", "parameter count"),
+        ({"shape": [1000], "dtype": "float32", "enc": "raw", "sizes": [0]}, b"", "do not match"),
+        ({"shape": [4], "dtype": "float32", "enc": "raw", "sizes": [64]}, b"\0" * 64, "do not match"),
+        (
+            {"shape": [100], "dtype": "float32", "enc": "dense", "values": "float16", "sizes": [2]},
+            b"\0\0",
+            "do not match",
+        ),
+        (
+            {
+                "shape": [8],
+                "dtype": "float32",
+                "enc": "sparse",
+                "index": "bitmap",
+                "nnz": 9,
+                "values": "float32",
+                "sizes": [1, 36],
+            },
+            b"\xff" + b"\0" * 36,
+            "nonzeros",
+        ),
+        ({"shape": [-1, 4], "dtype": "float32", "enc": "raw", "sizes": [0]}, b"", "shape"),
+        ({"shape": [4], "dtype": "float32", "enc": "raw", "sizes": [16]}, b"\0" * 4, "past the end"),
+    ],
+)
 def test_sqz_tensor_headers_must_match_their_payload(entry, payload, message):
     with pytest.raises(ModelFormatError, match=message):
         inspect_sqz(sqz_with({"w": entry}, payload))

@@ -93,7 +93,9 @@ PLACES = {
             "main", nodes=[helper.make_node("Constant", [], ["c"], name="k", sparse_value=sparse("w_const_sparse"))]
         )
     ),
-    "attribute_t": lambda: model_with(identity_graph("main", nodes=[node_with(tensor_attribute("t", t=external("w_t")))])),
+    "attribute_t": lambda: model_with(
+        identity_graph("main", nodes=[node_with(tensor_attribute("t", t=external("w_t")))])
+    ),
     "attribute_tensors": lambda: model_with(
         identity_graph("main", nodes=[node_with(helper.make_attribute("ts", [external("ok0"), external("w_ts")]))])
     ),
@@ -112,9 +114,7 @@ PLACES = {
             nodes=[
                 if_node(
                     identity_graph("then"),
-                    identity_graph(
-                        "else", nodes=[helper.make_node("Constant", [], ["c"], value=external("w_else"))]
-                    ),
+                    identity_graph("else", nodes=[helper.make_node("Constant", [], ["c"], value=external("w_else"))]),
                 )
             ],
         )
