@@ -50,24 +50,28 @@ def export_onnx(model, path: Path, *, compact: bool = True) -> Path:
 def integer_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | None:
     """(codes, scales, element type) with codes[c] * scales[c] == values[c] bit for bit along axis 0, or None.
 
-    Each output channel's scale is its smallest nonzero magnitude, so ternary channels get codes in {−1, 0, 1}."""
+    Scales tried: each output channel's smallest nonzero magnitude (ternary channels get codes in {−1, 0, 1}, also
+    when a folded BatchNorm made σ per channel), then one per-tensor scale max|v|/127 and its float32 neighbours (an
+    int8 grid such as lwct's `float_precision=int8`, whose smallest code need not be ±1)."""
     channels = values.reshape(len(values), -1) if values.ndim > 1 else values.reshape(1, -1)
     magnitudes = np.abs(channels)
-    scales = np.where(magnitudes > 0, magnitudes, np.inf).min(axis=1)
-    if not np.isfinite(scales).any():
+    smallest = np.where(magnitudes > 0, magnitudes, np.inf).min(axis=1)
+    if not np.isfinite(smallest).any():
         return None  # all zeros: float16 stores it as well, without a scale
-    scales = np.where(np.isfinite(scales), scales, scales[np.isfinite(scales)][0]).astype(np.float32)
-    codes = np.rint(channels / scales[:, None])
-    largest = np.abs(codes).max()
-    element_type = next((kind for bound, kind in _CODE_TYPES if largest <= bound), None)
-    if element_type is None:
-        return None
-    decoded = (codes.astype(np.float32) * scales[:, None]).astype(np.float32)
-    if not np.array_equal(decoded, channels):  # == treats −0.0 as 0.0: the sign of a zero weight changes no output
-        return None
-    if values.ndim <= 1 or np.all(scales == scales[0]):
-        scales = scales[:1]
-    return codes.astype(np.int8).reshape(values.shape), scales, element_type
+    per_channel = np.where(np.isfinite(smallest), smallest, smallest[np.isfinite(smallest)][0]).astype(np.float32)
+    grid = np.float32(magnitudes.max() / np.float32(127))
+    candidates = [per_channel] + [np.array([scale], np.float32) for scale in
+                                  (grid, np.nextafter(grid, np.float32(0)), np.nextafter(grid, np.float32(np.inf)))]
+    for scales in candidates:
+        codes = np.rint(channels / scales[:, None])
+        largest = np.abs(codes).max()
+        element_type = next((kind for bound, kind in _CODE_TYPES if largest <= bound), None)
+        decoded = (codes.astype(np.float32) * scales[:, None]).astype(np.float32)
+        if element_type is not None and np.array_equal(decoded, channels):  # == takes −0.0 for 0.0: a zero weight's
+            if values.ndim <= 1 or np.all(scales == scales[0]):              # sign changes no output
+                scales = scales[:1]
+            return codes.astype(np.int8).reshape(values.shape), scales, element_type
+    return None
 
 
 def _raw_codes(codes: np.ndarray, element_type: int) -> bytes:
@@ -92,14 +96,14 @@ def _decoded(prefix: str, stored: np.ndarray, element_type: int, output: str) ->
     else:
         init = helper.make_tensor(f"{prefix}.codes", element_type, stored.shape, _raw_codes(stored, element_type),
                                   raw=True)
-    return [init], [helper.make_node("Cast", [init.name], [output], name=f"{output}.cast", to=TensorProto.FLOAT)]
+    return [init], [helper.make_node("Cast", [init.name], [output], to=TensorProto.FLOAT)]
 
 
 def _rescaled(name: str, scales: np.ndarray, ndim: int) -> tuple[list, list]:
     """The Mul by the per-tensor or per-output-channel scale that turns `name`.unscaled into `name`."""
     shaped = scales.reshape(-1, *[1] * (ndim - 1)) if len(scales) > 1 else scales.reshape(())
     scale = numpy_helper.from_array(shaped, f"{name}.scale")
-    return [scale], [helper.make_node("Mul", [f"{name}.unscaled", scale.name], [name], name=f"{name}.rescale")]
+    return [scale], [helper.make_node("Mul", [f"{name}.unscaled", scale.name], [name])]
 
 
 def _dense(name: str, values: np.ndarray, storage: tuple) -> Rewrite:
@@ -113,9 +117,8 @@ def _dense(name: str, values: np.ndarray, storage: tuple) -> Rewrite:
     return initializers + scale, nodes + rescale, INT4_OPSET if element_type == TensorProto.INT4 else OPSET
 
 
-def _byte_gaps(gaps: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`gaps` split so that each fits in a byte, by explicit zeros every 255 positions across a longer gap."""
-    limit = np.iinfo(np.uint8).max
+def _bounded_gaps(gaps: np.ndarray, stored: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """`gaps` split so that none exceeds `limit`, by explicit zeros every `limit` positions across a longer gap."""
     extra = np.maximum(0, -(-gaps // limit) - 1)  # zeros to insert before each entry
     if not extra.any():
         return gaps, stored
@@ -125,11 +128,12 @@ def _byte_gaps(gaps: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.where(last, gaps[owner] - extra[owner] * limit, limit), np.where(last, stored[owner], 0)
 
 
-def _sparse(name: str, values: np.ndarray, storage: tuple, byte_gaps: bool) -> Rewrite | None:
-    """Only the nonzeros stored (codes, float16 or float32) with the gaps between their positions, as bytes
-    (`byte_gaps`, longer gaps bridged by explicit zeros) or the smallest unsigned integers that hold them;
-    CumSum, ConstantOfShape and ScatterElements rebuild the dense tensor, all folded into a constant by onnxruntime
-    at session start."""
+def _sparse(name: str, values: np.ndarray, storage: tuple, layout: str) -> Rewrite | None:
+    """Only the nonzeros stored, with the gaps between their positions; CumSum, ConstantOfShape and ScatterElements
+    rebuild the dense tensor, all folded into a constant by onnxruntime at session start. `layout`: "wide", gaps as
+    the smallest unsigned integers that hold them, values as codes, float16 or float32; "bytes", the same with gaps
+    as bytes (longer gaps bridged by explicit zeros); "packed", for codes of at most 8 distinct values (ternary:
+    −1, 0, +1), one byte per entry holding gap × K + the value's index in a K-entry table."""
     codes, scales, element_type = storage
     flat = values.ravel()
     positions = np.flatnonzero(flat)
@@ -138,30 +142,47 @@ def _sparse(name: str, values: np.ndarray, storage: tuple, byte_gaps: bool) -> R
     gaps = np.diff(positions, prepend=0)
     gaps[0] = positions[0]  # so that the cumulative sum is the positions themselves
     stored = (flat if codes is None else codes.ravel())[positions]
-    if byte_gaps:
-        gaps, stored = _byte_gaps(gaps, stored)
-    gap_type = next(t for t in (np.uint8, np.uint16, np.uint32) if gaps.max() <= np.iinfo(t).max)
-    initializers = [numpy_helper.from_array(gaps.astype(gap_type), f"{name}.gaps"),
-                    numpy_helper.from_array(np.array(0, np.int64), f"{name}.axis"),
+    table = np.unique(np.append(stored, 0))
+    if layout == "packed" and (codes is None or len(table) > 8):
+        return None
+    limit = {"wide": None, "bytes": 255, "packed": 256 // len(table) - 1}[layout]  # packed: gap × K + K − 1 ≤ 255
+    if limit is not None:
+        gaps, stored = _bounded_gaps(gaps, stored, limit)
+    initializers = [numpy_helper.from_array(np.array(0, np.int64), f"{name}.axis"),
                     numpy_helper.from_array(np.array([flat.size], np.int64), f"{name}.size"),
                     numpy_helper.from_array(np.array(values.shape, np.int64), f"{name}.shape")]
-    value_inits, decode = _decoded(name, stored, element_type, f"{name}.nonzeros")
+    if layout == "packed":
+        entries = gaps * len(table) + np.searchsorted(table, stored)
+        initializers += [numpy_helper.from_array(entries.astype(np.uint8), f"{name}.entries"),
+                         numpy_helper.from_array(np.array(len(table), np.int64), f"{name}.k"),
+                         numpy_helper.from_array(table.astype(np.float32), f"{name}.table")]
+        gather = [
+            helper.make_node("Cast", [f"{name}.entries"], [f"{name}.entries64"], to=TensorProto.INT64),
+            helper.make_node("Div", [f"{name}.entries64", f"{name}.k"], [f"{name}.gaps64"]),
+            helper.make_node("Mod", [f"{name}.entries64", f"{name}.k"], [f"{name}.index"]),
+            helper.make_node("Gather", [f"{name}.table", f"{name}.index"], [f"{name}.nonzeros"]),
+        ]
+        value_inits, decode = [], gather
+    else:
+        gap_type = next(t for t in (np.uint8, np.uint16, np.uint32) if gaps.max() <= np.iinfo(t).max)
+        initializers.append(numpy_helper.from_array(gaps.astype(gap_type), f"{name}.gaps"))
+        value_inits, decode = _decoded(name, stored, element_type, f"{name}.nonzeros")
+        decode = [helper.make_node("Cast", [f"{name}.gaps"], [f"{name}.gaps64"], to=TensorProto.INT64), *decode]
     output = name if codes is None else f"{name}.unscaled"
     zero = numpy_helper.from_array(np.zeros(1, np.float32))
     nodes = [
-        helper.make_node("Cast", [f"{name}.gaps"], [f"{name}.gaps64"], name=f"{name}.gaps.cast", to=TensorProto.INT64),
-        helper.make_node("CumSum", [f"{name}.gaps64", f"{name}.axis"], [f"{name}.positions"], name=f"{name}.cumsum"),
-        helper.make_node("ConstantOfShape", [f"{name}.size"], [f"{name}.zeros"], name=f"{name}.zeros", value=zero),
         *decode,
+        helper.make_node("CumSum", [f"{name}.gaps64", f"{name}.axis"], [f"{name}.positions"]),
+        helper.make_node("ConstantOfShape", [f"{name}.size"], [f"{name}.zeros"], value=zero),
         helper.make_node("ScatterElements", [f"{name}.zeros", f"{name}.positions", f"{name}.nonzeros"],
-                         [f"{name}.flat"], name=f"{name}.scatter", axis=0),
-        helper.make_node("Reshape", [f"{name}.flat", f"{name}.shape"], [output], name=f"{name}.reshape"),
+                         [f"{name}.flat"], axis=0),
+        helper.make_node("Reshape", [f"{name}.flat", f"{name}.shape"], [output]),
     ]
     initializers += value_inits
     if codes is not None:
         scale, rescale = _rescaled(name, scales, values.ndim)
         initializers, nodes = initializers + scale, nodes + rescale
-    return initializers, nodes, INT4_OPSET if element_type == TensorProto.INT4 else OPSET
+    return initializers, nodes, INT4_OPSET if element_type == TensorProto.INT4 and layout != "packed" else OPSET
 
 
 def _size(rewrite: Rewrite) -> int:
@@ -179,7 +200,7 @@ def _dequantize_nodes(name: str, values: np.ndarray) -> Rewrite | None:
         storage = (None, None, TensorProto.FLOAT16)
     else:
         storage = (None, None, TensorProto.FLOAT)
-    candidates = [_sparse(name, values, storage, byte_gaps) for byte_gaps in (True, False)]
+    candidates = [_sparse(name, values, storage, layout) for layout in ("wide", "bytes", "packed")]
     if storage[2] != TensorProto.FLOAT:
         candidates.append(_dense(name, values, storage))
     candidates = [c for c in candidates if c is not None and _size(c) < values.nbytes]

@@ -81,3 +81,28 @@ def test_pruned_layers_store_only_their_nonzeros(tmp_path):
     (logits,) = ort.InferenceSession(str(compact)).run(None, {"input": x.numpy()})
     np.testing.assert_allclose(logits, module(x).detach().numpy(), atol=1e-5)
     assert _optimized_ops(compact, tmp_path) == _optimized_ops(dense, tmp_path)
+
+
+def test_int8_grid_with_one_scale_is_found_when_no_code_is_one():
+    scale = np.float32(0.0123)
+    grid = np.array([[127, -64, 0, 3], [-2, 90, 5, -127]], np.float32) * scale
+    codes, scales, kind = integer_codes(grid)
+    assert kind == onnx.TensorProto.INT8 and len(scales) == 1
+    np.testing.assert_array_equal(codes.astype(np.float32) * scales[0], grid)
+
+
+def test_sparse_ternary_packs_gap_and_sign_in_one_byte(tmp_path):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(400, 120)
+    with torch.no_grad():  # 90 % zeros, the rest ±σ: one byte per nonzero instead of a gap byte and an int4 code
+        linear.weight.copy_(0.05 * torch.sign(linear.weight) * (torch.rand_like(linear.weight) > 0.9))
+    model = types.SimpleNamespace(module=torch.nn.Sequential(torch.nn.Flatten(), linear).eval(), input_shape=(400,))
+    compact = export_onnx(model, tmp_path / "compact.onnx")
+    ops = {node.op_type for node in onnx.load(str(compact)).graph.node}
+    assert {"Gather", "Mod", "ScatterElements"} <= ops
+    nonzeros = int((linear.weight != 0).sum())
+    weight_bytes = sum(init.ByteSize() for init in onnx.load(str(compact)).graph.initializer if "weight" in init.name)
+    assert weight_bytes < nonzeros * 1.1 + 200
+    x = torch.randn(5, 400)
+    (logits,) = ort.InferenceSession(str(compact)).run(None, {"input": x.numpy()})
+    np.testing.assert_allclose(logits, model.module(x).detach().numpy(), atol=1e-5)
