@@ -80,6 +80,13 @@ _CHANNELWISE_MODULES = (
     nn.UpsamplingBilinear2d,
     nn.ZeroPad2d,
 )
+# onnx2torch's modules (matched by class name: the converter is imported only for ONNX models) and torchvision's
+# StochasticDepth (identity in eval, whole samples dropped in training) act on each channel alone; the binary
+# operations pair channels at the same position.
+_ONNX_CHANNELWISE = {"OnnxGlobalAveragePool", "OnnxGlobalAveragePoolWithKnownInputShape", "OnnxHardSigmoid",
+                     "OnnxCopyIdentity", "OnnxErf", "OnnxGelu", "OnnxClip", "StochasticDepth"}
+_ONNX_ELEMENTWISE = {torch.add, torch.sub, torch.mul, torch.div}
+_CHANNELWISE_FUNCTION_NAMES = {"stochastic_depth"}  # torchvision.ops, not imported here
 _F = torch.nn.functional
 _CHANNELWISE_FUNCTIONS = {
     torch.relu,
@@ -359,7 +366,25 @@ class _Tracer:
             return self.passthrough(node, source)
         if isinstance(module, nn.Flatten):
             return self.reshape(node, source)
-        return self.unsupported(node, type(module).__name__)
+        return self.visit_onnx_module(node, module, source)
+
+    def visit_onnx_module(self, node: fx.Node, module: nn.Module, source) -> torch.Tensor | None:
+        """onnx2torch's own modules in converted ONNX graphs: Add/Sub/Mul/Div (residual additions, squeeze-and-excite
+        gates, hard-swish written out), per-channel activations and global pooling, Reshape, Concat, ReduceMean."""
+        kind = type(module).__name__
+        if kind == "OnnxBinaryMathOperation" and getattr(module, "math_op_function", None) in _ONNX_ELEMENTWISE:
+            return self.elementwise(node, [a for a in _args(node) if isinstance(a, fx.Node)])
+        if kind in _ONNX_CHANNELWISE:
+            return self.passthrough(node, source)
+        if kind == "OnnxReshape":
+            return self.reshape(node, source)
+        if kind == "OnnxConcat":
+            return self.join(node, list(_args(node)), getattr(module, "axis", 0))
+        if kind == "OnnxReduceStaticAxes" and getattr(module, "operation_type", "") in ("ReduceMean", "ReduceMax"):
+            axes, rank = getattr(module, "axes", None), len(_shape(source) or ())
+            if axes and rank >= 3 and all(a % rank >= 2 for a in axes):  # the channel axis stays axis 1
+                return self.passthrough(node, source)
+        return self.unsupported(node, kind)
 
     def visit_producer(self, node: fx.Node, module: Producer, inputs: torch.Tensor) -> torch.Tensor | None:
         name, in_shape = cast(str, node.target), _shape(_args(node)[0])
@@ -403,6 +428,8 @@ class _Tracer:
             return self.reduction(node)
         if not method and target in (torch.cat, torch.concat):
             return self.concatenate(node)
+        if not method and getattr(target, "__name__", "") in _CHANNELWISE_FUNCTION_NAMES:
+            return self.passthrough(node, _args(node)[0])
         return self.unsupported(node, self.describe(node))
 
     def elementwise(self, node: fx.Node, operands: list[fx.Node]) -> torch.Tensor | None:
@@ -451,6 +478,11 @@ class _Tracer:
         """U-Net skips: the channels of every operand, side by side."""
         operands = _args(node)[0] if _args(node) else _kwargs(node)["tensors"]
         dim = _kwargs(node).get("dim", _args(node)[1] if len(_args(node)) > 1 else 0)
+        return self.join(node, list(operands), dim)
+
+    def join(self, node: fx.Node, operands: list, dim: int) -> torch.Tensor | None:
+        """Operands concatenated along `dim`: along channels they sit side by side; along another axis each holds the
+        same channels."""
         out_rank = len(_known_shape(node))
         classes = [self.of(o) for o in operands]
         parts = [p for p in classes if p is not None]
