@@ -112,8 +112,8 @@ def scatter_svg(points: list[dict], *, x_label: str, y_label: str, log_x: bool, 
     if budget is not None:
         y = sy(budget)
         parts.append(f'<line x1="{_PAD["left"]}" y1="{y:.1f}" x2="{_PAD["left"] + inner_w}" y2="{y:.1f}" class="budget"/>'
-                     f'<text x="{_PAD["left"] + inner_w - 4}" y="{y - 5:.1f}" class="tick budget-label" '
-                     f'text-anchor="end">budget: {budget:.2f} %</text>')
+                     f'<text x="{_PAD["left"] + 6}" y="{y + 15 if y + 15 < _PAD["top"] + inner_h else y - 6:.1f}" '
+                     f'class="tick budget-label">lowest accuracy within the budget: {budget:.2f} %</text>')
     order = {"rejected": 0, "accepted": 1, "baseline": 2, "chosen": 3}
     shown = [p for p in sorted(points, key=lambda p: order[p["kind"]]) if p["x"] > 0 or not log_x]
     names: list[list] = []  # [x, y, names]: points closer than a label's height share one label
