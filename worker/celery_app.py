@@ -67,7 +67,8 @@ def worker_context() -> WorkerContext:
 
 def run_job_task(job_id: str) -> None:
     # Imported here, not at the top: the API's CeleryDispatcher builds this app only to send tasks, and sending must
-    # not load the engine (torch). The API loads it only to check a submission (api.jobs.service.validate_inputs).
+    # not load the engine (torch). The API imports the engine's config only; it checks a submission in a sandboxed
+    # child process (api.jobs.service.validate_inputs → core.sandbox).
     from worker.runner import run_job
 
     run_job(job_id, worker_context())

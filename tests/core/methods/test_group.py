@@ -15,6 +15,7 @@ def test_proximal_step_zeroes_whole_groups_and_their_momentum(digits_model):
     graph = trace(module, (1, 8, 8))
     lasso = GroupLasso(module, graph)
     optimizer = torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9)
+    torch.manual_seed(0)  # a fixed batch: an unlucky draw puts two groups on one threshold
     module(torch.randn(4, 1, 8, 8)).sum().backward()
     optimizer.step()
     norms = lasso.norms()
