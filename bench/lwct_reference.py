@@ -4,13 +4,17 @@ quantization (bench/baselines.py) at the same budget. Every size is the byte len
 compression ratio = float32 bytes of the baseline / packed bytes. The lwct artifact is loaded back with load_sqz
 and re-evaluated, so its accuracy is the one a user downloads. Writes bench/results/lwct_reference.json.
 
-    .venv/bin/python bench/lwct_reference.py [--epochs-per-step 4] [--prune-epochs 2]
-        [--sparsity-grid 0.5,0.7,0.8,0.9,0.95,0.97] [--max-train-samples N] [--no-baselines] [--name lwct_reference]
-        [--float-precision float16|float32]
+    .venv/bin/python bench/lwct_reference.py      # the user defaults, as `squeezer compress` runs them
+    .venv/bin/python bench/lwct_reference.py --epochs-per-step 3 --prune-epochs 3 --lr 0.05 --name lwct_reference_tuned
+        [--sparsity-grid ...] [--max-train-samples N] [--float-precision float16|float32] [--option walk=layer]
+        [--no-baselines] [--save-sqz PATH]
+    Any tuning flag labels the run "tuned" (its flags are printed and saved); none: "defaults".
     .venv/bin/python bench/lwct_reference.py --quick      # smoke run, 2k samples per epoch, nothing written
 """
 
 import argparse
+import json
+import shutil
 import tempfile
 import time
 from dataclasses import asdict
@@ -28,7 +32,17 @@ from core.methods.lwct import compress_lwct
 from core.samples import ensure_sample_model
 from core.train import stage_epochs
 
-TARGET_RATIO = 30.0
+TARGET_RATIO = 40.0
+TUNING_FLAGS = ("epochs_per_step", "prune_epochs", "sparsity_grid", "max_train_samples", "prune_budget_share", "distill",
+                "lr", "float_precision")
+
+
+def parse_value(text: str):
+    """An --option value: JSON when it parses (numbers, lists, booleans), else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def print_event(event) -> None:
@@ -36,7 +50,7 @@ def print_event(event) -> None:
         print(f"  [{time.strftime('%H:%M:%S')}] {event.stage}: {event.message} {event.data}", flush=True)
 
 
-def run_lwct(model, data, config: CompressConfig) -> dict:
+def run_lwct(model, data, config: CompressConfig, save_sqz: Path | None) -> dict:
     start = time.perf_counter()
     result = compress_lwct(model, data, config, on_event=print_event)
     wall = time.perf_counter() - start
@@ -44,6 +58,8 @@ def run_lwct(model, data, config: CompressConfig) -> dict:
         path = Path(tmp) / "model.sqz"
         packed = write_sqz(path, model.with_module(result.module), result.layers)
         reloaded = top1_accuracy(load_sqz(path).module, data.x_val, data.y_val)
+        if save_sqz is not None:
+            shutil.copyfile(path, save_sqz)
     return {"accuracy": reloaded, "accuracy_reported": result.accuracy, "packed_bytes": packed, "wall_s": wall,
             "sparsity": next((t.sparsity for t in reversed(result.trials) if t.stage == "prune" and t.accepted), None),
             "target_met": result.target_met,
@@ -61,16 +77,19 @@ def timed(function, *args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs-per-step", type=int, default=4)
-    parser.add_argument("--prune-epochs", type=int, default=2)
-    parser.add_argument("--sparsity-grid", type=lambda s: [float(v) for v in s.split(",")],
-                        default=LwctConfig().sparsity_grid)
-    parser.add_argument("--max-train-samples", type=int, default=None)
-    parser.add_argument("--prune-budget-share", type=float, default=LwctConfig().prune_budget_share)
-    parser.add_argument("--distill", type=float, default=LwctConfig().distill)
-    parser.add_argument("--lr", type=float, default=LwctConfig().lr)
-    parser.add_argument("--float-precision", choices=["float16", "float32"], default=LwctConfig().float_precision,
+    tuning = parser.add_argument_group("tuning (unset: the user defaults of core.config.LwctConfig)")
+    tuning.add_argument("--epochs-per-step", type=int)
+    tuning.add_argument("--prune-epochs", type=int)
+    tuning.add_argument("--sparsity-grid", type=lambda s: [float(v) for v in s.split(",")])
+    tuning.add_argument("--max-train-samples", type=int)
+    tuning.add_argument("--prune-budget-share", type=float)
+    tuning.add_argument("--distill", type=float)
+    tuning.add_argument("--lr", type=float)
+    tuning.add_argument("--float-precision", choices=["float16", "float32"],
                         help="storage precision of the weights left in float (lwct and the L1 pruning baseline)")
+    tuning.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other LwctConfig field, e.g. walk=layer (JSON values)")
+    parser.add_argument("--save-sqz", type=Path, help="also keep lwct's model.sqz here")
     parser.add_argument("--budget", type=float, default=1.0, help="allowed absolute drop, percentage points")
     parser.add_argument("--no-baselines", action="store_true", help="lwct only (for settings sweeps)")
     parser.add_argument("--name", default="lwct_reference", help="results file bench/results/<name>.json")
@@ -84,15 +103,15 @@ def main() -> None:
     data = normalize(load_dataset("sample:fashion-mnist"), model.preprocessing)
     baseline_accuracy = top1_accuracy(model.module, data.x_val, data.y_val)
     original_bytes = float32_bytes(model.module)
-    settings = LwctConfig(epochs_per_step=args.epochs_per_step, prune_epochs=args.prune_epochs,
-                          sparsity_grid=args.sparsity_grid, max_train_samples=args.max_train_samples,
-                          prune_budget_share=args.prune_budget_share, distill=args.distill, lr=args.lr,
-                          float_precision=args.float_precision)
+    flags = {name: getattr(args, name) for name in TUNING_FLAGS if getattr(args, name) is not None}
+    flags |= {key: parse_value(value) for key, value in (option.split("=", 1) for option in args.option)}
+    settings = LwctConfig(**flags)
+    label = "defaults" if not flags else "tuned: " + " ".join(f"{k}={v}" for k, v in flags.items())
     config = CompressConfig(target=AccuracyTarget(max_drop=args.budget), device="cpu", lwct=settings)
     print(f"baseline lenet5 / fashion-mnist: top-1 {baseline_accuracy:.2f} %, {original_bytes} float32 bytes; "
-          f"lwct {settings.model_dump(include={'epochs_per_step', 'prune_epochs', 'sparsity_grid', 'max_train_samples', 'prune_budget_share', 'distill', 'lr', 'float_precision'})}")
+          f"lwct {label}")
 
-    runs = {"lwct": run_lwct(model, data, config)}
+    runs = {"lwct": run_lwct(model, data, config, args.save_sqz)}
     if not args.no_baselines:
         runs["global_l1_pruning"] = timed(global_l1_pruning, model, data, settings, baseline_accuracy, args.budget)
         runs["int8_weight_only"] = timed(int8_weight_only, model, data)
@@ -123,6 +142,7 @@ def main() -> None:
         "baseline": {"accuracy": baseline_accuracy, "float32_bytes": original_bytes},
         "budget_points": args.budget,
         "lwct_settings": settings.model_dump(),
+        "lwct_label": label,
         "max_train_samples": args.max_train_samples,
         "effective_epochs": {"per_pruning_level": stage_epochs(settings, settings.prune_epochs, len(data.y_train)),
                              "per_ternary_step": stage_epochs(settings, settings.epochs_per_step, len(data.y_train))},
