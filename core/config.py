@@ -39,6 +39,7 @@ class StructuredTraining(_Strict):
     lr: float = Field(0.01, gt=0, description="Learning rate, and the ceiling of the range test (lr_search).")
     lr_search: bool = Field(True, description="Before the first training stage, a short range test on the job's own data picks the rate: lr and 0.3, 0.1, 0.03 and 0.01 times it each train a copy of the baseline for up to 20 steps, and the largest rate whose loss comes within 25 % of the best is used. Off: lr as given. Either way, a stage whose loss diverges (above 2 × its start + 0.5, or NaN) is rolled back and retried at 0.3 × the rate, up to 3 times.")
     lr_schedule: Literal["constant", "cosine"] = Field("cosine", description="Learning rate within each stage: cosine annealing to zero recovers more accuracy in short stages.")
+    augment: Literal["none", "flip", "crop+flip"] = Field("none", description="Augmentation of every training batch (off unless asked for): flip mirrors a random half of the batch left to right; crop+flip also crops each image back from a 4-pixel reflect-padded copy at a random offset (torchvision's CIFAR recipe). Masks move with their images.")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(128, ge=1)

@@ -41,6 +41,7 @@ def fit(
     teacher: nn.Module | None = None,
     distill_weight: float = 0.0,
     divergence: "DivergenceRule | None" = None,
+    augment: str = "none",
 ) -> float:
     """Train `module` in place on (x, y) and return the mean loss of the last epoch.
 
@@ -79,8 +80,10 @@ def fit(
             for start in range(0, per_epoch, batch_size):
                 if should_stop is not None and should_stop():
                     raise Cancelled("stopped by request")
-                idx = order[start : start + batch_size]
-                xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
+                idx = order[start : start + batch_size].sort().values  # in file order: sequential reads of a memory map
+                xb, yb = _batch(x, idx, device), y[idx].to(device, non_blocking=True)
+                if augment != "none":
+                    xb, yb = augmented(xb, yb, augment, generator)
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                     logits = module(xb)
@@ -109,6 +112,37 @@ def fit(
         heads.close()
         module.eval()
     return last_loss
+
+
+def _batch(x, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One batch of inputs on `device`: stored values moved first and converted there (core.intake.data.Samples)."""
+    if hasattr(x, "batch"):
+        return x.batch(idx, device)
+    return x[idx].to(device, non_blocking=True)
+
+
+AUGMENT_PADDING = 4  # crop+flip: pad by this many pixels (reflected), then crop back at a random offset (CIFAR recipe)
+
+
+def augmented(x: torch.Tensor, y: torch.Tensor, augment: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standard fine-tuning augmentation of one batch: `flip` mirrors a random half left to right, `crop+flip` also
+    crops each sample back from a reflect-padded copy at a random offset. Masks (segmentation) move with their
+    images."""
+    flip = torch.rand(len(x), generator=generator) < 0.5
+    masks = y.dim() == 3
+    x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+    if masks:
+        y = torch.where(flip.to(y.device).view(-1, 1, 1), y.flip(-1), y)
+    if augment == "crop+flip":
+        h, w = x.shape[-2:]
+        pad = min(AUGMENT_PADDING, h - 1, w - 1)  # reflection needs more pixels than it pads
+        padded = nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+        padded_y = nn.functional.pad(y[:, None].float(), (pad, pad, pad, pad), mode="reflect")[:, 0] if masks else None
+        offsets = torch.randint(0, 2 * pad + 1, (len(x), 2), generator=generator).tolist()
+        x = torch.stack([padded[i, :, r : r + h, c : c + w] for i, (r, c) in enumerate(offsets)])
+        if padded_y is not None:
+            y = torch.stack([padded_y[i, r : r + h, c : c + w] for i, (r, c) in enumerate(offsets)]).long()
+    return x, y
 
 
 def task_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -204,7 +238,7 @@ def fit_options(settings) -> dict:
     """The keyword arguments of `fit` that a method's training settings (core.config.StructuredTraining) fix."""
     return {"lr": settings.lr, "momentum": settings.momentum, "weight_decay": settings.weight_decay,
             "batch_size": settings.batch_size, "max_samples": settings.max_train_samples,
-            "lr_schedule": settings.lr_schedule}
+            "lr_schedule": settings.lr_schedule, "augment": settings.augment}
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:

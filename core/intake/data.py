@@ -1,6 +1,10 @@
 """Data intake: .npz arrays, ImageFolder trees (directory, .zip or .tar), paired image/mask folders and the built-in
-samples, all turned into float32 NCHW tensors with int64 labels (N,) or masks (N, H, W), checked before any training
-starts. Masks make a segmentation data set; labels a classification one.
+samples, all turned into NCHW inputs with int64 labels (N,) or masks (N, H, W), checked before any training starts.
+Masks make a segmentation data set; labels a classification one.
+
+The training split stays in its stored dtype (`Samples`: uint8 images are not expanded to float32 up front; an .npz
+member stored uncompressed is memory-mapped, not read) and is converted and normalised per batch, on the training
+device; the validation split, which every evaluation reads whole, is float32.
 
 Float arrays are used exactly as given (they carry the user's own preprocessing); uint8 arrays and image files are
 scaled to [0, 1]. Normalisation is a separate, explicit step (`normalize`) whose parameters travel with the model.
@@ -8,6 +12,7 @@ scaled to [0, 1]. Normalisation is a separate, explicit step (`normalize`) whose
 
 import gzip
 import math
+import mmap
 import tempfile
 import warnings
 import zipfile
@@ -40,10 +45,52 @@ MASK_MODES = ("L", "P", "I", "I;16", "1")  # single-channel modes whose pixel va
 SHAPES_CLASSES = ("background", "square", "circle")
 
 
+class Samples:
+    """Training inputs kept as stored (uint8 or float, NCHW or NHWC, in memory or memory-mapped), handed out per
+    batch as float32 NCHW: scaled to [0, 1] when uint8, then normalised. Indexing (`x[idx]`) gives that batch on CPU;
+    `batch(idx, device)` moves the stored values first and converts them on `device`."""
+
+    def __init__(self, stored: np.ndarray, *, channels_last: bool = False, mean=None, std=None):
+        self.stored, self.channels_last = stored, channels_last
+        self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = None if std is None else torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+    @property
+    def shape(self) -> torch.Size:
+        n, *rest = self.stored.shape
+        return torch.Size([n, rest[2], rest[0], rest[1]] if self.channels_last else [n, *rest])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.stored.dtype
+
+    def normalized(self, mean, std) -> "Samples":
+        return Samples(self.stored, channels_last=self.channels_last, mean=mean, std=std)
+
+    def batch(self, idx, device: torch.device | str = "cpu") -> torch.Tensor:
+        if isinstance(idx, torch.Tensor):
+            idx = idx.numpy() if idx.dim() else int(idx)
+        values = torch.from_numpy(np.ascontiguousarray(self.stored[idx])).to(device, non_blocking=True)
+        if values.dim() == len(self.stored.shape) - 1:
+            values = values[None]
+        if self.channels_last:
+            values = values.permute(0, 3, 1, 2)
+        x = values.float() / 255.0 if self.stored.dtype == np.uint8 else values.float()
+        if self.mean is not None:
+            x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return x.contiguous()
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        return self.batch(idx)
+
+
 @dataclass
 class Dataset:
     name: str
-    x_train: torch.Tensor  # float32 (N, C, H, W)
+    x_train: "Samples | torch.Tensor"  # (N, C, H, W) per batch; Samples keep the stored dtype
     y_train: torch.Tensor  # int64 (N,)
     x_val: torch.Tensor
     y_val: torch.Tensor
@@ -138,11 +185,20 @@ def _read_idx(path: Path) -> np.ndarray:
 
 # -- arrays -----------------------------------------------------------------------------------------------------
 
-def _check_npz_members(path: Path) -> None:
+@dataclass(frozen=True)
+class _NpyMember:
+    info: zipfile.ZipInfo
+    shape: tuple[int, ...]
+    fortran: bool
+    dtype: np.dtype
+    header_bytes: int
+
+
+def _check_npz_members(path: Path) -> dict[str, _NpyMember]:
     """Every array's size from its .npy header (shape × dtype), before anything is allocated: the member must unpack
     to exactly its header plus that many bytes (compressed or not), and what intake will hold of all four arrays must
     fit `max_dataset_bytes`. Object arrays (which need unpickling) are refused here too."""
-    held = 0
+    held, found = 0, {}
     try:
         with zipfile.ZipFile(path) as archive:
             members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
@@ -155,8 +211,9 @@ def _check_npz_members(path: Path) -> None:
                     version = np.lib.format.read_magic(member)
                     read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                             else np.lib.format.read_array_header_2_0)
-                    shape, _, dtype = read(member, max_header_size=10_000)
+                    shape, fortran, dtype = read(member, max_header_size=10_000)
                     header_bytes = member.tell()
+                found[key] = _NpyMember(info, tuple(shape), fortran, dtype, header_bytes)
                 if dtype.hasobject:
                     raise DatasetError(f"{path.name}: {key} holds Python objects (pickled arrays are refused)")
                 elements = math.prod(shape)
@@ -170,16 +227,33 @@ def _check_npz_members(path: Path) -> None:
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
         raise DatasetError(f"{path.name} is not a readable .npz file: {str(error)[:200]}") from None
     limits.check(f"{path.name} as float32 inputs and int64 labels, in bytes,", held, "max_dataset_bytes", DatasetError)
+    return found
+
+
+def _memory_map(path: Path, member: _NpyMember) -> np.ndarray | None:
+    """An .npz member stored uncompressed, mapped from the file instead of read; None when it is deflated."""
+    if member.info.compress_type != zipfile.ZIP_STORED or member.fortran or member.dtype.hasobject:
+        return None
+    with path.open("rb") as file:
+        file.seek(member.info.header_offset + 26)  # the local header's name and extra-field lengths
+        name_length, extra_length = np.frombuffer(file.read(4), dtype="<u2")
+    offset = member.info.header_offset + 30 + int(name_length) + int(extra_length) + member.header_bytes
+    if math.prod(member.shape) == 0:
+        return None
+    mapped = np.memmap(path, dtype=member.dtype, mode="r", offset=offset, shape=member.shape)
+    if hasattr(mmap, "MADV_RANDOM") and isinstance(getattr(mapped, "_mmap", None), mmap.mmap):
+        mapped._mmap.madvise(mmap.MADV_RANDOM)  # batches are random rows: no read-ahead of their neighbours
+    return mapped
 
 
 def _load_npz(path: Path) -> Dataset:
-    _check_npz_members(path)
+    members = _check_npz_members(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
-            missing = [key for key in NPZ_KEYS if key not in archive.files]
-            if missing:
-                raise DatasetError(f"{path.name} lacks {missing}; an .npz data set holds {', '.join(NPZ_KEYS)}")
-            arrays = {key: archive[key] for key in NPZ_KEYS}
+            mapped = _memory_map(path, members["x_train"])
+            arrays = {key: archive[key] for key in NPZ_KEYS if not (key == "x_train" and mapped is not None)}
+            if mapped is not None:
+                arrays["x_train"] = mapped
     except DatasetError:
         raise
     except ValueError as error:
@@ -199,16 +273,23 @@ def _to_nchw(x: np.ndarray, split: str) -> np.ndarray:
     return x
 
 
-def _images(x: np.ndarray, split: str) -> torch.Tensor:
-    if x.dtype == np.uint8:
-        scaled = x.astype(np.float32) / 255.0
-    elif x.dtype.kind in "fiub":
-        scaled = x.astype(np.float32)
-    else:
+_FINITE_CHECK_ROWS = 4096  # rows checked at a time, so a memory-mapped split is never read whole
+
+
+def _images(x: np.ndarray, split: str) -> "Samples | torch.Tensor":
+    """The validation split as float32 NCHW; the training split as `Samples` in its stored dtype."""
+    if x.dtype.kind not in "fiub":
         raise DatasetError(f"x_{split} has dtype {x.dtype}; use uint8 or float arrays")
-    if not np.isfinite(scaled).all():
-        raise DatasetError(f"x_{split} contains NaN or infinite values")
-    return torch.from_numpy(np.ascontiguousarray(_to_nchw(scaled, split)))
+    if x.dtype.kind == "f":
+        for start in range(0, len(x), _FINITE_CHECK_ROWS):
+            if not np.isfinite(x[start : start + _FINITE_CHECK_ROWS]).all():
+                raise DatasetError(f"x_{split} contains NaN or infinite values")
+    if x.ndim == 3:
+        x = x[:, None]
+    samples = Samples(x, channels_last=_to_nchw(x, split) is not x)  # NHWC stays NHWC until a batch is read
+    if split == "train":
+        return samples
+    return samples.batch(slice(None))
 
 
 def _labels(y: np.ndarray, split: str, count: int) -> torch.Tensor:
@@ -406,7 +487,11 @@ def normalize(data: Dataset, normalization: Normalization | None) -> Dataset:
         raise DatasetError("normalization std values must be positive")
     mean = torch.tensor(normalization.mean).view(1, -1, 1, 1)
     std = torch.tensor(normalization.std).view(1, -1, 1, 1)
-    return replace(data, x_train=(data.x_train - mean) / std, x_val=(data.x_val - mean) / std)
+    if isinstance(data.x_train, Samples):
+        x_train = data.x_train.normalized(normalization.mean, normalization.std)  # per batch, when trained on
+    else:
+        x_train = (data.x_train - mean) / std
+    return replace(data, x_train=x_train, x_val=(data.x_val - mean) / std)
 
 
 def check_compatible(model, data: Dataset) -> None:

@@ -62,7 +62,7 @@ def test_npz_masks_and_paired_folders_load_as_segmentation(tmp_path):
     for data in (from_npz, from_folders):
         assert data.task == "segmentation" and data.num_classes == int(masks.max()) + 1
         assert data.y_train.shape == (4, 32, 32) and data.x_val.shape == (2, 3, 32, 32)
-    assert torch.equal(from_npz.x_train, from_folders.x_train) and torch.equal(from_npz.y_val, from_folders.y_val)
+    assert torch.equal(from_npz.x_train[:], from_folders.x_train[:]) and torch.equal(from_npz.y_val, from_folders.y_val)
 
 
 def test_surgery_through_unet_skips_computes_what_the_masked_model_computes():

@@ -24,19 +24,20 @@ def _npz(path, **overrides):
 def test_digits_sample_is_scaled_to_unit_range():
     data = load_dataset("sample:digits")
     assert data.input_shape == (1, 8, 8) and data.num_classes == 10
-    assert 0 <= float(data.x_train.min()) and float(data.x_train.max()) <= 1
+    assert 0 <= float(data.x_train[:].min()) and float(data.x_train[:].max()) <= 1
 
 
 def test_npz_nhwc_uint8_becomes_scaled_nchw(tmp_path):
     data = load_dataset(_npz(tmp_path / "d.npz"))
-    assert data.x_train.shape == (20, 3, 8, 8) and data.x_train.dtype == torch.float32
-    assert float(data.x_train.max()) <= 1 and data.num_classes == 4
+    assert data.x_train.shape == (20, 3, 8, 8) and data.x_train[:].dtype == torch.float32
+    assert data.x_train.dtype == np.uint8  # stored as uploaded, scaled per batch
+    assert float(data.x_train[:].max()) <= 1 and data.num_classes == 4
 
 
 def test_npz_float_arrays_are_used_as_given(tmp_path):
     x = np.full((10, 1, 4, 4), 7.5, dtype=np.float32)
     data = load_dataset(_npz(tmp_path / "d.npz", x_train=x, y_train=np.arange(10) % 2, x_val=x[:2], y_val=np.array([0, 1])))
-    assert float(data.x_train.max()) == 7.5
+    assert float(data.x_train[:].max()) == 7.5
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -2,10 +2,12 @@
 image folders by the pixels they decode, and images opened only by an allow-list of decoders."""
 
 import io
+import mmap
 import zipfile
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from core import limits
@@ -83,3 +85,23 @@ def test_images_are_decoded_only_by_allowed_formats(tmp_path):
     Image.new("RGB", (8, 8)).save(root / "train" / "a" / "x.png", format="ICO")  # an ICO named .png
     with pytest.raises(DatasetError, match="x.png is not a readable image"):
         load_dataset(root)
+
+
+def test_an_uncompressed_npz_is_memory_mapped_and_converted_per_batch(tmp_path):
+    arrays = _arrays()
+    path = _npz(tmp_path / "d.npz", False, **{**arrays, "x_train": arrays["x_train"].transpose(0, 2, 3, 1).copy()})
+    data = load_dataset(path)
+    assert _mapped(data.x_train.stored) and data.x_train.dtype == np.uint8  # not read, not expanded
+    batch = data.x_train[torch.tensor([3, 1])]
+    assert batch.dtype == torch.float32 and batch.shape == (2, 1, 8, 8)  # NHWC stored, NCHW handed out
+    assert torch.equal(batch, torch.from_numpy(arrays["x_train"][[3, 1]]).float() / 255)
+    compressed = load_dataset(_npz(tmp_path / "c.npz", True, **arrays))
+    assert not _mapped(compressed.x_train.stored) and torch.equal(compressed.x_train[:], data.x_train[:])
+
+
+def _mapped(array: np.ndarray) -> bool:
+    while array is not None:
+        if isinstance(array, (np.memmap, mmap.mmap)):
+            return True
+        array = getattr(array, "base", None)
+    return False
