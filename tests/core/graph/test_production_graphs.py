@@ -2,7 +2,7 @@
 modules and as onnx2torch graphs of their ONNX export (squeeze-and-excite gates, hard-swish and SiLU, depthwise and
 grouped convolutions, channel shuffle, residual additions and concatenations). Removing every third removable channel
 class must give exactly the model with those channels zeroed at their consumers (never pruned wrongly), with fewer
-MACs; what cannot be removed says why, per layer. The table goes to COMPAT_TABLE beside the methods' one."""
+MACs; what cannot be removed says why, per layer. The table goes to TABLE (SQUEEZER_COMPAT_TABLE) for the README."""
 
 import io
 import os
@@ -20,7 +20,7 @@ ARCHITECTURES = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "
                  "densenet121", "shufflenet_v2_x0_5", "convnext_tiny"]
 AS_ONNX = ["resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5", "efficientnet_b0"]
 SIZE = 32
-TABLE = Path(os.environ.get("SQUEEZER_COMPAT_TABLE", "/tmp/sq/readme-compat.md")).with_name("readme-compat-graph.md")
+TABLE = Path(os.environ.get("SQUEEZER_COMPAT_TABLE", "/tmp/sq/readme-compat.md"))
 _rows: list[str] = []
 
 
