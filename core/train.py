@@ -56,7 +56,7 @@ def fit(
     """
     device = torch.device(device)
     module.to(device).train()
-    heads = contextlib.ExitStack()  # a terminal Softmax/LogSoftmax/Sigmoid is bypassed while training: the loss sees logits
+    heads = contextlib.ExitStack()  # a terminal Softmax/LogSoftmax/Sigmoid is bypassed: the loss sees logits
     heads.enter_context(logits_only(module, per_sample=y.dim() == 1))
     if teacher is not None:
         heads.enter_context(logits_only(teacher, per_sample=y.dim() == 1))
@@ -124,7 +124,8 @@ def _batch(x, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
 AUGMENT_PADDING = 4  # crop+flip: pad by this many pixels (reflected), then crop back at a random offset (CIFAR recipe)
 
 
-def augmented(x: torch.Tensor, y: torch.Tensor, augment: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augmented(x: torch.Tensor, y: torch.Tensor, augment: str,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Standard fine-tuning augmentation of one batch: `flip` mirrors a random half left to right, `crop+flip` also
     crops each sample back from a reflect-padded copy at a random offset. Masks (segmentation) move with their
     images."""
@@ -190,7 +191,8 @@ def _over_classes(head: nn.Module, per_sample: bool) -> bool:
 @contextlib.contextmanager
 def logits_only(module: nn.Module, *, per_sample: bool = True) -> Iterator[str | None]:
     """Within the block, the model's terminal head (`terminal_head`) is an Identity, so training computes its loss on
-    the logits (not a softmax of a softmax); the head is back afterwards, in every exported artifact. Yields its name."""
+    the logits (not a softmax of a softmax); the head is back afterwards, in every exported artifact. Yields its
+    name."""
     name = terminal_head(module, per_sample=per_sample)
     if name is None:
         yield None
