@@ -3,7 +3,8 @@ counted exactly like ours: the length of the `.sqz` file that `core.artifacts.sq
 same per-tensor encodings, same choice of the smallest of raw/zlib/lzma for the whole body).
 
 - global L1 unstructured pruning (torch.nn.utils.prune), levels walked gradually with the same fine-tuning as lwct's
-  pruning stage, stored as sparse float16 values (the precision of lwct's float layers, `float_precision`), accuracy
+  pruning stage, stored as lwct stores its float layers (`float_precision`: int8 codes with a per-layer scale by
+  default, or float16), accuracy
   measured with those rounded weights;
 - int8 weight-only quantization (torchao's symmetric per-output-channel affine primitives, the scheme of its
   Int8WeightOnlyConfig, applied to convolutions as well), stored as int8 codes + one float32 scale per channel.
@@ -18,7 +19,7 @@ from torch import nn
 from torch.nn.utils import prune
 from torchao.quantization.quant_primitives import MappingType, choose_qparams_affine, dequantize_affine, quantize_affine
 
-from core.artifacts.sqz import pack_sqz
+from core.artifacts.sqz import pack_sqz, round_for_storage
 from core.config import LwctConfig
 from core.intake.data import Dataset
 from core.intake.models import LoadedModel
@@ -52,13 +53,13 @@ def sparse_float_bytes(model: LoadedModel, module: nn.Module) -> int:
     return len(pack_sqz(model.with_module(module), layers))
 
 
-def pruned_copy(original: nn.Module, pruned: nn.Module, precision: torch.dtype) -> nn.Module:
+def pruned_copy(original: nn.Module, pruned: nn.Module, precision: str) -> nn.Module:
     """A plain copy of `original` holding `pruned`'s masked weights (torch.nn.utils.prune's weight_orig ⊙ weight_mask)
     rounded to `precision`."""
     state = {key: value for key, value in pruned.state_dict().items() if not key.endswith(("weight_orig", "weight_mask"))}
     with torch.no_grad():
         for name, layer in prunable_layers(pruned).items():
-            state[f"{name}.weight"] = (layer.weight_orig * layer.weight_mask).to(precision).float()
+            state[f"{name}.weight"] = round_for_storage(layer.weight_orig * layer.weight_mask, precision)
     plain = copy.deepcopy(original).float().cpu()
     plain.load_state_dict(state)
     return plain.eval()
@@ -82,7 +83,7 @@ def global_l1_pruning(model: LoadedModel, data: Dataset, settings: LwctConfig, b
         prune.global_unstructured(targets, pruning_method=prune.L1Unstructured,
                                   amount=max(round(sparsity * total) - already, 0))
         fit(module, data.x_train, data.y_train, epochs=epochs, seed=seed + i, **fit_options(settings))
-        plain = pruned_copy(model.module, module, getattr(torch, settings.float_precision))
+        plain = pruned_copy(model.module, module, settings.float_precision)
         accuracy = top1_accuracy(plain, data.x_val, data.y_val)
         packed = sparse_float_bytes(model, plain)
         within = baseline_accuracy - accuracy <= budget
