@@ -25,9 +25,9 @@ def test_stages_share_one_budget_measured_against_the_original(digits_model, dig
     assert result.accuracy == top1_accuracy(result.module, digits.x_val, digits.y_val)
     assert baseline - result.accuracy <= 1.0 and result.target_met
     stages = [trial.stage.split(":")[0] for trial in result.trials]
-    assert stages == sorted(stages, key=["filter", "lwct"].index) and {"filter", "lwct"} <= set(stages)
+    assert stages == sorted(stages, key=["filter", "lwct", "int8"].index) and {"filter", "lwct", "int8"} <= set(stages)
     assert [trial.step for trial in result.trials] == list(range(1, len(result.trials) + 1))
-    for trial in result.trials:  # structural steps may spend half the budget, lwct steps all of it
+    for trial in result.trials:  # structural steps may spend half the budget, lwct and int8 steps all of it
         allowed = 0.5 if trial.stage.startswith("filter") else 1.0
         assert trial.accepted == (baseline - trial.accuracy <= allowed)
     if any(t.accepted for t in result.trials if t.stage.startswith("filter")):
@@ -41,7 +41,8 @@ def test_group_then_filter_then_lwct(digits_model, digits):
     config = CompressConfig(method="auto", device="cpu", target=AccuracyTarget(max_drop=2.0), group=QUICK_GROUP,
                             filter=QUICK_FILTER, lwct=QUICK_LWCT, auto=AutoConfig(structural=["group", "filter"], compare_lwct_alone=False))
     result = compress_auto(digits_model, digits, config)
-    assert [s for s in dict.fromkeys(t.stage.split(":")[0] for t in result.trials)] == ["group", "filter", "lwct"]
+    assert [s for s in dict.fromkeys(t.stage.split(":")[0] for t in result.trials)] == [
+        "group", "filter", "lwct", "int8"]
     assert result.target_met
     for layer in result.layers:
         assert layer.channels_kept + layer.channels_removed == layer.channels_before
