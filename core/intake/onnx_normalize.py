@@ -9,7 +9,8 @@ The rest are small pattern rewrites of our own, each on constant weights only:
 - weights in Constant nodes become initializers; initializers listed as graph inputs (IR < 4) are unlisted;
 - nodes computing from constants only (Cast/Identity chains on weights, Transpose, Reshape...) are folded;
 - opsets 9 to 21 are converted to TARGET_OPSET, which onnx2torch covers;
-- a fixed batch size becomes a free one; the spatial size of free axes comes from the data (`fix_input_shape`);
+- a fixed batch size becomes a free one; free spatial axes stay free (the data's size becomes the model's input
+  shape when the data is checked against it);
 - Shape → Gather → Unsqueeze → Concat → Reshape (a flatten that keeps the batch) becomes Flatten;
 - an NHWC input with a leading Transpose to NCHW (tf2onnx, Keras) becomes an NCHW input;
 - Gemm without transB, and MatMul + Add classifiers, become Gemm with transB (torch's Linear);
@@ -80,14 +81,6 @@ def unconvertible_nodes(model) -> list[str]:
         except NotImplementedError:
             names.append(f"{node.name or f'node {index}'} ({node.op_type}, opset {versions.get(node.domain, '?')})")
     return names
-
-
-def fix_input_shape(model, input_shape: tuple[int, ...]) -> None:
-    """Free spatial axes of the input take the data's size (C, H, W), so shape-dependent nodes become static."""
-    dims = _graph_input(model).type.tensor_type.shape.dim
-    for dim, size in zip(list(dims)[1:], input_shape, strict=False):
-        if not dim.HasField("dim_value"):
-            dim.dim_value = int(size)
 
 
 # -- passes: each returns a short note of what it changed, or "" ------------------------------------------------
@@ -232,7 +225,7 @@ def _nhwc_input(model) -> str:
 
 def _shape_flatten(model) -> str:
     """Reshape(t, Concat(Unsqueeze(Gather(Shape(t), 0)), [-1])): flatten keeping the batch axis."""
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     producers = {o: n for n in model.graph.node for o in n.output}
     constants = {t.name: t for t in model.graph.initializer}
@@ -254,10 +247,7 @@ def _shape_flatten(model) -> str:
         index_tensor = constants.get(gather.input[1])
         if index_tensor is None or numpy_helper.to_array(index_tensor).tolist() not in (0, [0]):
             continue
-        index = list(model.graph.node).index(node)
-        model.graph.node.remove(node)
-        model.graph.node.insert(index, helper.make_node("Flatten", [node.input[0]], list(node.output), axis=1,
-                                                        name=node.name))
+        _as_flatten(model, node)
         rewritten += 1
     return f"{rewritten} Shape→Gather→Concat→Reshape flattens made Flatten" if rewritten else ""
 
@@ -266,7 +256,7 @@ def _reshape_flatten(model) -> str:
     """Reshape(t, [-1, C·H·W]) or Reshape(t, [0, -1]) of a 4-D t (torch's dynamo exporter for x.view(n, -1)) is a
     Flatten: written so, the flatten follows when channels are removed instead of pinning the old width."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
@@ -289,12 +279,19 @@ def _reshape_flatten(model) -> str:
         features = int(np.prod([d for d in shape[1:] if d is not None]))
         if target != [-1, features] and not (target == [0, -1] and not allowzero):
             continue
-        index = list(model.graph.node).index(node)
-        model.graph.node.remove(node)
-        model.graph.node.insert(index, helper.make_node("Flatten", [node.input[0]], list(node.output), axis=1,
-                                                        name=node.name))
+        _as_flatten(model, node)
         rewritten += 1
     return f"{rewritten} flattening Reshapes made Flatten" if rewritten else ""
+
+
+def _as_flatten(model, reshape) -> None:
+    """`reshape` replaced in place by Flatten(axis=1) of its data input."""
+    from onnx import helper
+
+    index = list(model.graph.node).index(reshape)
+    model.graph.node.remove(reshape)
+    model.graph.node.insert(index, helper.make_node("Flatten", [reshape.input[0]], list(reshape.output), axis=1,
+                                                    name=reshape.name))
 
 
 def _gemm_trans_b(model) -> str:
