@@ -41,13 +41,25 @@ _STAGE = {"epochs_per_step": 1, "min_steps_per_stage": 0}
 REDUCED = {
     "lenet5": {
         "lwct": {**_STAGE, "max_train_samples": 8192, "prune_epochs": 1, "sparsity_grid": [0.5, 0.7, 0.8, 0.9, 0.95]},
-        "filter": {**_STAGE, "max_train_samples": 8192, "importance_epochs": 1, "init": ["l1"],
-                   "levels": [0.2, 0.4, 0.6, 0.8], "refinements": 1},
+        "filter": {
+            **_STAGE,
+            "max_train_samples": 8192,
+            "importance_epochs": 1,
+            "init": ["l1"],
+            "levels": [0.2, 0.4, 0.6, 0.8],
+            "refinements": 1,
+        },
     },
     "resnet20": {
         "lwct": {**_STAGE, "max_train_samples": 1024, "prune_epochs": 1, "sparsity_grid": [0.5, 0.8]},
-        "filter": {**_STAGE, "max_train_samples": 1024, "importance_epochs": 1, "init": ["l1"],
-                   "levels": [0.2, 0.4], "refinements": 0},
+        "filter": {
+            **_STAGE,
+            "max_train_samples": 1024,
+            "importance_epochs": 1,
+            "init": ["l1"],
+            "levels": [0.2, 0.4],
+            "refinements": 0,
+        },
         "auto": {"compare_lwct_alone": False},  # lwct alone is the lwct row
     },
 }
@@ -67,17 +79,24 @@ def figures(report: dict) -> dict:
     """What the issue asks for, from one report."""
     onnx, base = report["artifacts"]["model.onnx"], report["baseline_onnx"]
     return {
-        "accuracy": report["compressed"]["accuracy"], "accuracy_drop": report["accuracy_drop"],
-        "target_met": report["target_met"], "deployable": report["deployable"],
-        "onnx_bytes": onnx["bytes"], "baseline_onnx_bytes": base["bytes"], "onnx_ratio": base["bytes"] / onnx["bytes"],
-        "sqz_bytes": report["artifacts"]["model.sqz"]["bytes"], "onnx_accuracy": onnx["accuracy"],
-        "onnx_latency_ms": onnx["latency_ms"], "baseline_onnx_latency_ms": base["latency_ms"],
+        "accuracy": report["compressed"]["accuracy"],
+        "accuracy_drop": report["accuracy_drop"],
+        "target_met": report["target_met"],
+        "deployable": report["deployable"],
+        "onnx_bytes": onnx["bytes"],
+        "baseline_onnx_bytes": base["bytes"],
+        "onnx_ratio": base["bytes"] / onnx["bytes"],
+        "sqz_bytes": report["artifacts"]["model.sqz"]["bytes"],
+        "onnx_accuracy": onnx["accuracy"],
+        "onnx_latency_ms": onnx["latency_ms"],
+        "baseline_onnx_latency_ms": base["latency_ms"],
         "onnx_latency_ms_batch32": onnx["latency_ms_batch32"],
         "baseline_onnx_latency_ms_batch32": base["latency_ms_batch32"],
         "onnx_speedup": base["latency_ms"] / onnx["latency_ms"],
         "onnx_speedup_batch32": base["latency_ms_batch32"] / onnx["latency_ms_batch32"],
         "macs_reduction": report.get("macs_reduction", report.get("flops_reduction")),
-        "candidates": report.get("candidates"), "wall_s": report["duration_s"],
+        "candidates": report.get("candidates"),
+        "wall_s": report["duration_s"],
     }
 
 
@@ -94,9 +113,12 @@ def run(key: str, method: str, keep: Path | None) -> dict:
     finally:
         shutil.rmtree(out, ignore_errors=True)
     result = figures(report)
-    print(f"    {result['accuracy_drop']:.2f} pts drop, model.onnx {result['onnx_bytes']:,} B "
-          f"({result['onnx_ratio']:.1f}× smaller), onnxruntime {result['onnx_speedup']:.2f}× at batch 1, "
-          f"{result['onnx_speedup_batch32']:.2f}× at batch 32, {result['wall_s']:.0f} s", flush=True)
+    print(
+        f"    {result['accuracy_drop']:.2f} pts drop, model.onnx {result['onnx_bytes']:,} B "
+        f"({result['onnx_ratio']:.1f}× smaller), onnxruntime {result['onnx_speedup']:.2f}× at batch 1, "
+        f"{result['onnx_speedup_batch32']:.2f}× at batch 32, {result['wall_s']:.0f} s",
+        flush=True,
+    )
     return result
 
 
@@ -124,14 +146,21 @@ def record(key: str, method: str, result: dict) -> None:
     entry = workloads.setdefault(key, {"runs": {}})
     entry.update(baseline=workload(key)[2], settings=REDUCED[key])
     entry["runs"][method] = {**result, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    write_result("deploy", {
-        "benchmark": "issue 13: deployable model.onnx bytes, onnxruntime latency and accuracy per method, 1-point budget",
-        "setup": ("core.pipeline.compress_files per method on CPU, torch one thread; onnx bytes = model.onnx as "
-                  "written; latency = onnxruntime CPUExecutionProvider, one thread, median of 30 runs, the baseline "
-                  "ONNX (float32 export of the input model) and model.onnx timed in the same run; reduced training "
-                  "settings (see settings), int8 at its defaults (256 calibration samples, minmax, per channel)"),
-        "machine": machine(), "workloads": workloads,
-    })
+    write_result(
+        "deploy",
+        {
+            "benchmark": "issue 13: deployable model.onnx bytes, onnxruntime latency and accuracy per method, "
+            "1-point budget",
+            "setup": (
+                "core.pipeline.compress_files per method on CPU, torch one thread; onnx bytes = model.onnx as "
+                "written; latency = onnxruntime CPUExecutionProvider, one thread, median of 30 runs, the baseline "
+                "ONNX (float32 export of the input model) and model.onnx timed in the same run; reduced training "
+                "settings (see settings), int8 at its defaults (256 calibration samples, minmax, per channel)"
+            ),
+            "machine": machine(),
+            "workloads": workloads,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -47,17 +47,27 @@ def quantize_int8(model, data, settings: Int8Config, metric: str, seed: int = 0)
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[settings.calibration]
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[settings.calibration]
     with tempfile.TemporaryDirectory(prefix="squeezer-int8-") as tmp:
         float_path, prepared, quantized = Path(tmp) / "float.onnx", Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         export_onnx(model, float_path, compact=False)  # the quantizer reads float32 weights
         quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
         name = onnx.load(str(prepared)).graph.input[0].name
         samples = calibration_samples(data.x_train, settings.calibration_samples, seed)
-        quantize_static(str(prepared), str(quantized), _Batches(name, samples, 64), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        per_channel=settings.per_channel, calibrate_method=method,
-                        calibration_providers=["CPUExecutionProvider"])
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            _Batches(name, samples, 64),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=settings.per_channel,
+            calibrate_method=method,
+            calibration_providers=["CPUExecutionProvider"],
+        )
         content = quantized.read_bytes()
     return Int8Model(onnx=content, accuracy=onnx_score(content, data.x_val, data.y_val, metric))

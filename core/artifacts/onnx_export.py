@@ -18,6 +18,7 @@ on CPU); the graph is converted to it only when an int4 initializer is written. 
 """
 
 from pathlib import Path
+
 import numpy as np
 import onnx
 import torch
@@ -39,8 +40,14 @@ def export_onnx(model, path: Path, *, compact: bool = True) -> Path:
         raise ValueError("export_onnx needs the model's input_shape")
     example = torch.zeros(1, *model.input_shape)
     torch.onnx.export(
-        model.module.eval(), (example,), str(path), input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=OPSET, dynamo=False,
+        model.module.eval(),
+        (example,),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=OPSET,
+        dynamo=False,
     )
     if compact:
         onnx.save(compact_onnx(onnx.load(str(path))), str(path))
@@ -60,15 +67,17 @@ def integer_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | No
         return None  # all zeros: float16 stores it as well, without a scale
     per_channel = np.where(np.isfinite(smallest), smallest, smallest[np.isfinite(smallest)][0]).astype(np.float32)
     grid = np.float32(magnitudes.max() / np.float32(127))
-    candidates = [per_channel] + [np.array([scale], np.float32) for scale in
-                                  (grid, np.nextafter(grid, np.float32(0)), np.nextafter(grid, np.float32(np.inf)))]
+    candidates = [per_channel] + [
+        np.array([scale], np.float32)
+        for scale in (grid, np.nextafter(grid, np.float32(0)), np.nextafter(grid, np.float32(np.inf)))
+    ]
     for scales in candidates:
         codes = np.rint(channels / scales[:, None])
         largest = np.abs(codes).max()
         element_type = next((kind for bound, kind in _CODE_TYPES if largest <= bound), None)
         decoded = (codes.astype(np.float32) * scales[:, None]).astype(np.float32)
         if element_type is not None and np.array_equal(decoded, channels):  # == takes −0.0 for 0.0: a zero weight's
-            if values.ndim <= 1 or np.all(scales == scales[0]):              # sign changes no output
+            if values.ndim <= 1 or np.all(scales == scales[0]):  # sign changes no output
                 scales = scales[:1]
             return codes.astype(np.int8).reshape(values.shape), scales, element_type
     return None
@@ -94,8 +103,9 @@ def _decoded(prefix: str, stored: np.ndarray, element_type: int, output: str) ->
     if element_type == TensorProto.FLOAT16:
         init = numpy_helper.from_array(stored.astype(np.float16), f"{prefix}.float16")
     else:
-        init = helper.make_tensor(f"{prefix}.codes", element_type, stored.shape, _raw_codes(stored, element_type),
-                                  raw=True)
+        init = helper.make_tensor(
+            f"{prefix}.codes", element_type, stored.shape, _raw_codes(stored, element_type), raw=True
+        )
     return [init], [helper.make_node("Cast", [init.name], [output], to=TensorProto.FLOAT)]
 
 
@@ -148,14 +158,18 @@ def _sparse(name: str, values: np.ndarray, storage: tuple, layout: str) -> Rewri
     limit = {"wide": None, "bytes": 255, "packed": 256 // len(table) - 1}[layout]  # packed: gap × K + K − 1 ≤ 255
     if limit is not None:
         gaps, stored = _bounded_gaps(gaps, stored, limit)
-    initializers = [numpy_helper.from_array(np.array(0, np.int64), f"{name}.axis"),
-                    numpy_helper.from_array(np.array([flat.size], np.int64), f"{name}.size"),
-                    numpy_helper.from_array(np.array(values.shape, np.int64), f"{name}.shape")]
+    initializers = [
+        numpy_helper.from_array(np.array(0, np.int64), f"{name}.axis"),
+        numpy_helper.from_array(np.array([flat.size], np.int64), f"{name}.size"),
+        numpy_helper.from_array(np.array(values.shape, np.int64), f"{name}.shape"),
+    ]
     if layout == "packed":
         entries = gaps * len(table) + np.searchsorted(table, stored)
-        initializers += [numpy_helper.from_array(entries.astype(np.uint8), f"{name}.entries"),
-                         numpy_helper.from_array(np.array(len(table), np.int64), f"{name}.k"),
-                         numpy_helper.from_array(table.astype(np.float32), f"{name}.table")]
+        initializers += [
+            numpy_helper.from_array(entries.astype(np.uint8), f"{name}.entries"),
+            numpy_helper.from_array(np.array(len(table), np.int64), f"{name}.k"),
+            numpy_helper.from_array(table.astype(np.float32), f"{name}.table"),
+        ]
         gather = [
             helper.make_node("Cast", [f"{name}.entries"], [f"{name}.entries64"], to=TensorProto.INT64),
             helper.make_node("Div", [f"{name}.entries64", f"{name}.k"], [f"{name}.gaps64"]),
@@ -174,8 +188,9 @@ def _sparse(name: str, values: np.ndarray, storage: tuple, layout: str) -> Rewri
         *decode,
         helper.make_node("CumSum", [f"{name}.gaps64", f"{name}.axis"], [f"{name}.positions"]),
         helper.make_node("ConstantOfShape", [f"{name}.size"], [f"{name}.zeros"], value=zero),
-        helper.make_node("ScatterElements", [f"{name}.zeros", f"{name}.positions", f"{name}.nonzeros"],
-                         [f"{name}.flat"], axis=0),
+        helper.make_node(
+            "ScatterElements", [f"{name}.zeros", f"{name}.positions", f"{name}.nonzeros"], [f"{name}.flat"], axis=0
+        ),
         helper.make_node("Reshape", [f"{name}.flat", f"{name}.shape"], [output]),
     ]
     initializers += value_inits

@@ -73,9 +73,11 @@ def _tick_label(value: float) -> str:
     return f"{value:g}"
 
 
-def scatter_svg(points: list[dict], *, x_label: str, y_label: str, log_x: bool, budget: float | None,
-                title: str) -> str:
-    """A scatter plot: points {x, y, kind: accepted|rejected|chosen|baseline, label}; a dashed budget line at y=budget."""
+def scatter_svg(
+    points: list[dict], *, x_label: str, y_label: str, log_x: bool, budget: float | None, title: str
+) -> str:
+    """A scatter plot of points {x, y, kind: accepted|rejected|chosen|baseline, label, name?}; a dashed budget line
+    at y=budget."""
     xs = [p["x"] for p in points if p["x"] and (p["x"] > 0 or not log_x)]
     ys = [p["y"] for p in points] + ([budget] if budget is not None else [])
     if not xs:
@@ -98,22 +100,31 @@ def scatter_svg(points: list[dict], *, x_label: str, y_label: str, log_x: bool, 
     def sy(y: float) -> float:
         return _PAD["top"] + inner_h * (1 - (y - y_low) / (y_high - y_low))
 
-    parts = [f'<svg viewBox="0 0 {_W} {_H}" role="img" aria-label="{_esc(title)}" class="chart">',
-             f'<rect x="{_PAD["left"]}" y="{_PAD["top"]}" width="{inner_w}" height="{inner_h}" class="plot"/>']
+    parts = [
+        f'<svg viewBox="0 0 {_W} {_H}" role="img" aria-label="{_esc(title)}" class="chart">',
+        f'<rect x="{_PAD["left"]}" y="{_PAD["top"]}" width="{inner_w}" height="{inner_h}" class="plot"/>',
+    ]
     for tick in _ticks(x_low, x_high, log_x):
         x = sx(tick)
-        parts.append(f'<line x1="{x:.1f}" y1="{_PAD["top"]}" x2="{x:.1f}" y2="{_PAD["top"] + inner_h}" class="grid"/>'
-                     f'<text x="{x:.1f}" y="{_PAD["top"] + inner_h + 18}" class="tick" text-anchor="middle">'
-                     f'{_tick_label(tick)}</text>')
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{_PAD["top"]}" x2="{x:.1f}" y2="{_PAD["top"] + inner_h}" class="grid"/>'
+            f'<text x="{x:.1f}" y="{_PAD["top"] + inner_h + 18}" class="tick" text-anchor="middle">'
+            f"{_tick_label(tick)}</text>"
+        )
     for tick in _ticks(y_low, y_high, False):
         y = sy(tick)
-        parts.append(f'<line x1="{_PAD["left"]}" y1="{y:.1f}" x2="{_PAD["left"] + inner_w}" y2="{y:.1f}" class="grid"/>'
-                     f'<text x="{_PAD["left"] - 6}" y="{y + 4:.1f}" class="tick" text-anchor="end">{_tick_label(round(tick, 6))}</text>')
+        parts.append(
+            f'<line x1="{_PAD["left"]}" y1="{y:.1f}" x2="{_PAD["left"] + inner_w}" y2="{y:.1f}" class="grid"/>'
+            f'<text x="{_PAD["left"] - 6}" y="{y + 4:.1f}" class="tick" text-anchor="end">'
+            f"{_tick_label(round(tick, 6))}</text>"
+        )
     if budget is not None:
         y = sy(budget)
-        parts.append(f'<line x1="{_PAD["left"]}" y1="{y:.1f}" x2="{_PAD["left"] + inner_w}" y2="{y:.1f}" class="budget"/>'
-                     f'<text x="{_PAD["left"] + 6}" y="{y + 15 if y + 15 < _PAD["top"] + inner_h else y - 6:.1f}" '
-                     f'class="tick budget-label">lowest accuracy within the budget: {budget:.2f} %</text>')
+        parts.append(
+            f'<line x1="{_PAD["left"]}" y1="{y:.1f}" x2="{_PAD["left"] + inner_w}" y2="{y:.1f}" class="budget"/>'
+            f'<text x="{_PAD["left"] + 6}" y="{y + 15 if y + 15 < _PAD["top"] + inner_h else y - 6:.1f}" '
+            f'class="tick budget-label">lowest accuracy within the budget: {budget:.2f} %</text>'
+        )
     order = {"rejected": 0, "accepted": 1, "baseline": 2, "chosen": 3}
     shown = [p for p in sorted(points, key=lambda p: order[p["kind"]]) if p["x"] > 0 or not log_x]
     names: list[list] = []  # [x, y, names]: points closer than a label's height share one label
@@ -130,17 +141,23 @@ def scatter_svg(points: list[dict], *, x_label: str, y_label: str, log_x: bool, 
         if point["kind"] == "rejected":
             parts.append(f'<g class="rejected"><path d="M{x - 4:.1f},{y - 4:.1f}l8,8m0,-8l-8,8"/>{tip}</g>')
         elif point["kind"] == "chosen":
-            parts.append(f'<g class="chosen"><circle cx="{x:.1f}" cy="{y:.1f}" r="8"/>'
-                         f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" class="dot"/>{tip}</g>')
+            parts.append(
+                f'<g class="chosen"><circle cx="{x:.1f}" cy="{y:.1f}" r="8"/>'
+                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" class="dot"/>{tip}</g>'
+            )
         else:
             parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4.5" class="{point["kind"]}">{tip}</circle>')
     for x, y, labels in names:
         anchor = "end" if x > _PAD["left"] + inner_w * 0.7 else "start"
-        parts.append(f'<text x="{x + (-10 if anchor == "end" else 10):.1f}" y="{y - 8:.1f}" class="tick name" '
-                     f'text-anchor="{anchor}">{_esc(", ".join(labels))}</text>')
-    parts.append(f'<text x="{_PAD["left"] + inner_w / 2}" y="{_H - 8}" class="axis" text-anchor="middle">{_esc(x_label)}</text>'
-                 f'<text x="14" y="{_PAD["top"] + inner_h / 2}" class="axis" text-anchor="middle" '
-                 f'transform="rotate(-90 14 {_PAD["top"] + inner_h / 2})">{_esc(y_label)}</text></svg>')
+        parts.append(
+            f'<text x="{x + (-10 if anchor == "end" else 10):.1f}" y="{y - 8:.1f}" class="tick name" '
+            f'text-anchor="{anchor}">{_esc(", ".join(labels))}</text>'
+        )
+    parts.append(
+        f'<text x="{_PAD["left"] + inner_w / 2}" y="{_H - 8}" class="axis" text-anchor="middle">{_esc(x_label)}</text>'
+        f'<text x="14" y="{_PAD["top"] + inner_h / 2}" class="axis" text-anchor="middle" '
+        f'transform="rotate(-90 14 {_PAD["top"] + inner_h / 2})">{_esc(y_label)}</text></svg>'
+    )
     return "".join(parts)
 
 
@@ -149,12 +166,23 @@ def _tradeoff_points(report: dict) -> list[dict]:
     points = [{"x": 1.0, "y": baseline, "kind": "baseline", "label": f"baseline: {baseline:.2f} %, 1×"}]
     for trial in report["trials"]:
         layers = ", ".join(trial["layers"][:4]) + ("…" if len(trial["layers"]) > 4 else "")
-        points.append({"x": trial["compression_ratio"], "y": trial["accuracy"],
-                       "kind": "accepted" if trial["accepted"] else "rejected",
-                       "label": f"step {trial['step']} {trial['stage']} {layers}: {trial['accuracy']:.2f} %, "
-                                f"{trial['compression_ratio']:.2f}×, {'accepted' if trial['accepted'] else 'rejected'}"})
-    points.append({"x": report["compression_ratio"], "y": report["compressed"]["accuracy"], "kind": "chosen",
-                   "label": f"returned: {report['compressed']['accuracy']:.2f} %, {report['compression_ratio']:.2f}×"})
+        points.append(
+            {
+                "x": trial["compression_ratio"],
+                "y": trial["accuracy"],
+                "kind": "accepted" if trial["accepted"] else "rejected",
+                "label": f"step {trial['step']} {trial['stage']} {layers}: {trial['accuracy']:.2f} %, "
+                f"{trial['compression_ratio']:.2f}×, {'accepted' if trial['accepted'] else 'rejected'}",
+            }
+        )
+    points.append(
+        {
+            "x": report["compression_ratio"],
+            "y": report["compressed"]["accuracy"],
+            "kind": "chosen",
+            "label": f"returned: {report['compressed']['accuracy']:.2f} %, {report['compression_ratio']:.2f}×",
+        }
+    )
     return points
 
 
@@ -164,50 +192,116 @@ def _latency_points(report: dict) -> list[dict]:
     if report.get("candidates"):
         points = []
         for c in report["candidates"]:
-            kind = "baseline" if c["stage"] == "baseline" else "chosen" if c["chosen"] else (
-                "accepted" if c["within_budget"] else "rejected")
-            points.append({"x": c[key], "y": c["accuracy"], "kind": kind, "name": c["stage"],
-                           "label": f"{c['stage']}: {c['accuracy']:.2f} %, {c[key]:.3f} ms, {c['bytes']:,} B"})
+            kind = (
+                "baseline"
+                if c["stage"] == "baseline"
+                else "chosen"
+                if c["chosen"]
+                else ("accepted" if c["within_budget"] else "rejected")
+            )
+            points.append(
+                {
+                    "x": c[key],
+                    "y": c["accuracy"],
+                    "kind": kind,
+                    "name": c["stage"],
+                    "label": f"{c['stage']}: {c['accuracy']:.2f} %, {c[key]:.3f} ms, {c['bytes']:,} B",
+                }
+            )
         return points
     base, onnx = report["baseline_onnx"], report["artifacts"]["model.onnx"]
-    return [{"x": base[key], "y": base["accuracy"], "kind": "baseline", "name": "baseline ONNX",
-             "label": f"baseline ONNX: {base[key]:.3f} ms"},
-            {"x": onnx[key], "y": onnx["accuracy"], "kind": "chosen", "name": "model.onnx",
-             "label": f"model.onnx: {onnx[key]:.3f} ms"}]
+    return [
+        {
+            "x": base[key],
+            "y": base["accuracy"],
+            "kind": "baseline",
+            "name": "baseline ONNX",
+            "label": f"baseline ONNX: {base[key]:.3f} ms",
+        },
+        {
+            "x": onnx[key],
+            "y": onnx["accuracy"],
+            "kind": "chosen",
+            "name": "model.onnx",
+            "label": f"model.onnx: {onnx[key]:.3f} ms",
+        },
+    ]
 
 
 # -- sections -------------------------------------------------------------------------------------------------------
 def _summary(report: dict) -> str:
     met = report["target_met"]
     rows = [
-        ("Accuracy (" + _esc(report["metric"]) + ")", _figure(report, "baseline.accuracy", "percent"),
-         _figure(report, "compressed.accuracy", "percent"),
-         "drop " + _figure(report, "accuracy_drop", "points")),
-        ("Size: weights as float32 → returned file", _figure(report, "baseline.size_bytes", "bytes"),
-         _figure(report, "compressed.size_bytes", "bytes"), _figure(report, "compression_ratio", "ratio") + " smaller"),
-        ("MACs per sample", _figure(report, "baseline.macs", "count"), _figure(report, "compressed.macs", "count"),
-         _figure(report, "macs_reduction", "ratio") + " fewer"),
-        ("Parameters (nonzero)", _figure(report, "baseline.nonzero_params", "count"),
-         _figure(report, "compressed.nonzero_params", "count"), ""),
-        ("Latency, torch (model.sqz), batch 1", _figure(report, "baseline.latency_ms", "ms"),
-         _figure(report, "compressed.latency_ms", "ms"), ""),
-        ("Latency, torch (model.sqz), batch 32", _figure(report, "baseline.latency_ms_batch32", "ms"),
-         _figure(report, "compressed.latency_ms_batch32", "ms"), ""),
+        (
+            "Accuracy (" + _esc(report["metric"]) + ")",
+            _figure(report, "baseline.accuracy", "percent"),
+            _figure(report, "compressed.accuracy", "percent"),
+            "drop " + _figure(report, "accuracy_drop", "points"),
+        ),
+        (
+            "Size: weights as float32 → returned file",
+            _figure(report, "baseline.size_bytes", "bytes"),
+            _figure(report, "compressed.size_bytes", "bytes"),
+            _figure(report, "compression_ratio", "ratio") + " smaller",
+        ),
+        (
+            "MACs per sample",
+            _figure(report, "baseline.macs", "count"),
+            _figure(report, "compressed.macs", "count"),
+            _figure(report, "macs_reduction", "ratio") + " fewer",
+        ),
+        (
+            "Parameters (nonzero)",
+            _figure(report, "baseline.nonzero_params", "count"),
+            _figure(report, "compressed.nonzero_params", "count"),
+            "",
+        ),
+        (
+            "Latency, torch (model.sqz), batch 1",
+            _figure(report, "baseline.latency_ms", "ms"),
+            _figure(report, "compressed.latency_ms", "ms"),
+            "",
+        ),
+        (
+            "Latency, torch (model.sqz), batch 32",
+            _figure(report, "baseline.latency_ms_batch32", "ms"),
+            _figure(report, "compressed.latency_ms_batch32", "ms"),
+            "",
+        ),
     ]
     if report.get("artifacts", {}).get("model.onnx") and report.get("baseline_onnx"):
         onnx = ("artifacts", "model.onnx")
-        rows += [(f"ONNX file (baseline ONNX → model.onnx)", _figure(report, "baseline_onnx.bytes", "bytes"),
-                  _figure(report, (*onnx, "bytes"), "bytes"), _ratio(report, "bytes") + " smaller")]
-        rows += [(f"Latency, onnxruntime, batch {batch}", _figure(report, f"baseline_onnx.{key}", "ms"),
-                  _figure(report, (*onnx, key), "ms"), "speed-up " + _ratio(report, key))
-                 for batch, key in ((1, "latency_ms"), (32, "latency_ms_batch32"))]
-    body = "".join(f"<tr><th scope=row>{label}</th><td>{a}</td><td>{b}</td><td>{c}</td></tr>" for label, a, b, c in rows)
-    budget = (f'Budget: at most {_figure(report, "target.max_drop", "points" if report["target"]["drop_type"] == "absolute" else "percent")}'
-              f' {_esc(report["target"]["drop_type"])} drop — <strong class="{"met" if met else "missed"}">'
-              f'{"met" if met else "missed"}</strong>')
-    return (f'<section><h2>Summary</h2><p class="budget-line">{budget}</p>'
-            f'<table class="summary"><thead><tr><th></th><th>baseline</th><th>compressed</th><th></th></tr></thead>'
-            f"<tbody>{body}</tbody></table></section>")
+        rows += [
+            (
+                "ONNX file (baseline ONNX → model.onnx)",
+                _figure(report, "baseline_onnx.bytes", "bytes"),
+                _figure(report, (*onnx, "bytes"), "bytes"),
+                _ratio(report, "bytes") + " smaller",
+            )
+        ]
+        rows += [
+            (
+                f"Latency, onnxruntime, batch {batch}",
+                _figure(report, f"baseline_onnx.{key}", "ms"),
+                _figure(report, (*onnx, key), "ms"),
+                "speed-up " + _ratio(report, key),
+            )
+            for batch, key in ((1, "latency_ms"), (32, "latency_ms_batch32"))
+        ]
+    body = "".join(
+        f"<tr><th scope=row>{label}</th><td>{a}</td><td>{b}</td><td>{c}</td></tr>" for label, a, b, c in rows
+    )
+    drop_kind = "points" if report["target"]["drop_type"] == "absolute" else "percent"
+    budget = (
+        f"Budget: at most {_figure(report, 'target.max_drop', drop_kind)}"
+        f' {_esc(report["target"]["drop_type"])} drop — <strong class="{"met" if met else "missed"}">'
+        f"{'met' if met else 'missed'}</strong>"
+    )
+    return (
+        f'<section><h2>Summary</h2><p class="budget-line">{budget}</p>'
+        f'<table class="summary"><thead><tr><th></th><th>baseline</th><th>compressed</th><th></th></tr></thead>'
+        f"<tbody>{body}</tbody></table></section>"
+    )
 
 
 def _ratio(report: dict, key: str) -> str:
@@ -218,42 +312,65 @@ def _ratio(report: dict, key: str) -> str:
 
 def _artifacts(report: dict) -> str:
     rows: list[tuple[str, tuple[str, ...]]] = [("baseline ONNX (float32, for comparison)", ("baseline_onnx",))]
-    rows += [(name + (" (returned)" if name == report.get("deployable") else ""), ("artifacts", name))
-             for name in report.get("artifacts", {})]
+    rows += [
+        (name + (" (returned)" if name == report.get("deployable") else ""), ("artifacts", name))
+        for name in report.get("artifacts", {})
+    ]
     body = "".join(
         f"<tr><th scope=row>{_esc(label)}</th><td>{_figure(report, (*path, 'bytes'), 'bytes')}</td>"
-        f"<td>{_figure(report, (*path, 'accuracy'), 'percent')}</td><td>{_figure(report, (*path, 'latency_ms'), 'ms')}</td>"
+        f"<td>{_figure(report, (*path, 'accuracy'), 'percent')}</td>"
+        f"<td>{_figure(report, (*path, 'latency_ms'), 'ms')}</td>"
         f"<td>{_figure(report, (*path, 'latency_ms_batch32'), 'ms')}</td>"
         f"<td>{_esc(_lookup(report, *path, 'runtime'))}</td></tr>"
-        for label, path in rows if _lookup(report, *path) is not None)
-    return ('<section><h2>Downloadable files</h2><p class="note">Each figure measured on that file: accuracy on the '
-            'validation split, median CPU latency on one thread.</p><table class="files"><thead><tr><th>file</th>'
-            '<th>bytes</th><th>accuracy</th><th>latency, batch 1</th><th>latency, batch 32</th><th>runtime</th></tr>'
-            f"</thead><tbody>{body}</tbody></table></section>")
+        for label, path in rows
+        if _lookup(report, *path) is not None
+    )
+    return (
+        '<section><h2>Downloadable files</h2><p class="note">Each figure measured on that file: accuracy on the '
+        'validation split, median CPU latency on one thread.</p><table class="files"><thead><tr><th>file</th>'
+        "<th>bytes</th><th>accuracy</th><th>latency, batch 1</th><th>latency, batch 32</th><th>runtime</th></tr>"
+        f"</thead><tbody>{body}</tbody></table></section>"
+    )
 
 
 def _charts(report: dict) -> str:
     budget = report["baseline"]["accuracy"] - allowed_drop(report)
     metric = report["metric"]
-    tradeoff = scatter_svg(_tradeoff_points(report), x_label="compression (float32 bytes ÷ file bytes, ×, log scale)",
-                           y_label=f"{metric} accuracy (%)", log_x=True, budget=budget,
-                           title="accuracy against compression for every trial")
-    latency = scatter_svg(_latency_points(report), x_label="onnxruntime latency, batch 32, CPU, one thread (ms)",
-                          y_label=f"{metric} accuracy (%)", log_x=False, budget=budget,
-                          title="accuracy against latency")
-    legend = ('<p class="legend"><span class="key k-baseline"></span>baseline <span class="key k-accepted"></span>'
-              'accepted <span class="key k-rejected">×</span>rejected <span class="key k-chosen"></span>returned '
-              '<span class="key k-budget"></span>budget (lowest accuracy allowed)</p>')
+    tradeoff = scatter_svg(
+        _tradeoff_points(report),
+        x_label="compression (float32 bytes ÷ file bytes, ×, log scale)",
+        y_label=f"{metric} accuracy (%)",
+        log_x=True,
+        budget=budget,
+        title="accuracy against compression for every trial",
+    )
+    latency = scatter_svg(
+        _latency_points(report),
+        x_label="onnxruntime latency, batch 32, CPU, one thread (ms)",
+        y_label=f"{metric} accuracy (%)",
+        log_x=False,
+        budget=budget,
+        title="accuracy against latency",
+    )
+    legend = (
+        '<p class="legend"><span class="key k-baseline"></span>baseline <span class="key k-accepted"></span>'
+        'accepted <span class="key k-rejected">×</span>rejected <span class="key k-chosen"></span>returned '
+        '<span class="key k-budget"></span>budget (lowest accuracy allowed)</p>'
+    )
     latency_title = "Accuracy against latency" + (" (auto's candidates)" if report.get("candidates") else "")
-    return (f'<section class="charts"><h2>Trade-off</h2>{legend}<div class="grid2"><figure>{tradeoff}<figcaption>'
-            f'Every trial of the search ({len(report["trials"])}), accuracy against compression.</figcaption></figure>'
-            f'<figure>{latency}<figcaption>{latency_title}.</figcaption></figure></div></section>')
+    return (
+        f'<section class="charts"><h2>Trade-off</h2>{legend}<div class="grid2"><figure>{tradeoff}<figcaption>'
+        f"Every trial of the search ({len(report['trials'])}), accuracy against compression.</figcaption></figure>"
+        f"<figure>{latency}<figcaption>{latency_title}.</figcaption></figure></div></section>"
+    )
 
 
 def _bar(share: float, text: str, css: str = "") -> str:
     share = min(max(share, 0.0), 1.0)
-    return (f'<div class="bar {css}"><div class="fill" style="width:{100 * share:.1f}%"></div>'
-            f'<span>{_esc(text)}</span></div>')
+    return (
+        f'<div class="bar {css}"><div class="fill" style="width:{100 * share:.1f}%"></div>'
+        f"<span>{_esc(text)}</span></div>"
+    )
 
 
 def _layers(report: dict) -> str:
@@ -262,28 +379,41 @@ def _layers(report: dict) -> str:
     for layer in report["layers"]:
         kept, before = layer.get("channels_kept", layer["shape"][0]), layer.get("channels_before", layer["shape"][0])
         params, sparsity, bits = layer["params"], layer["sparsity"], layer["bits"]
+        shape = "×".join(map(str, layer["shape"]))
         rows.append(
-            f"<tr><th scope=row>{_esc(layer['name'])}<div class=sub>{_esc(layer['type'])} {_esc('×'.join(map(str, layer['shape'])))}</div></th>"
+            f"<tr><th scope=row>{_esc(layer['name'])}<div class=sub>{_esc(layer['type'])} {_esc(shape)}</div></th>"
             f"<td>{_bar(params / largest, f'{params:,}')}</td>"
             f"<td>{_bar(sparsity, f'{100 * sparsity:.1f} %')}</td>"
             f"<td>{_bar(bits / 32, f'{bits:.2f}')}</td>"
             f"<td>{_bar(kept / before if before else 1.0, f'{kept}/{before}')}</td>"
             f"<td><span class='rep rep-{_esc(layer['representation'])}'>{_esc(layer['representation'])}</span></td>"
-            f"<td class=reason>{_esc(layer.get('reason', ''))}</td></tr>")
-    return ('<section><h2>Per layer</h2><table class="layers"><thead><tr><th>layer</th><th>parameters</th>'
-            '<th>sparsity (zeros)</th><th>bits per weight (of 32)</th><th>channels kept</th><th>stored as</th>'
-            f'<th>why</th></tr></thead><tbody>{"".join(rows)}</tbody></table></section>')
+            f"<td class=reason>{_esc(layer.get('reason', ''))}</td></tr>"
+        )
+    return (
+        '<section><h2>Per layer</h2><table class="layers"><thead><tr><th>layer</th><th>parameters</th>'
+        "<th>sparsity (zeros)</th><th>bits per weight (of 32)</th><th>channels kept</th><th>stored as</th>"
+        f"<th>why</th></tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
+    )
 
 
 def _settings(report: dict) -> str:
     facts = {
-        "method": report["method"], "objective": report.get("objective"), "task": report.get("task"),
-        "metric": report["metric"], "dataset": report.get("dataset"), "device": report.get("device"),
-        "seed": report.get("seed"), "preprocessing": report.get("preprocessing"),
-        "duration": f"{report.get('duration_s', 0):.1f} s", "squeezer": report.get("squeezer_version"),
+        "method": report["method"],
+        "objective": report.get("objective"),
+        "task": report.get("task"),
+        "metric": report["metric"],
+        "dataset": report.get("dataset"),
+        "device": report.get("device"),
+        "seed": report.get("seed"),
+        "preprocessing": report.get("preprocessing"),
+        "duration": f"{report.get('duration_s', 0):.1f} s",
+        "squeezer": report.get("squeezer_version"),
     }
-    rows = "".join(f"<tr><th scope=row>{_esc(k)}</th><td>{_esc(v if isinstance(v, str) else json.dumps(v))}</td></tr>"
-                   for k, v in facts.items() if v is not None)
+    rows = "".join(
+        f"<tr><th scope=row>{_esc(k)}</th><td>{_esc(v if isinstance(v, str) else json.dumps(v))}</td></tr>"
+        for k, v in facts.items()
+        if v is not None
+    )
     flat = _flatten(report.get("settings") or {})
     detail = "".join(f"<div><code>{_esc(k)}</code> = {_esc(json.dumps(v))}</div>" for k, v in flat.items())
     detail = f'<h3>Every option the job ran with</h3><div class="options">{detail}</div>' if detail else ""
@@ -304,20 +434,23 @@ _CSS = """
 :root{--ink:#1d2433;--muted:#5b6475;--line:#d5d9e0;--accent:#1f6feb;--ok:#1a7f37;--bad:#cf222e;--bg:#fff}
 *{box-sizing:border-box}body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--ink);
 background:var(--bg);margin:0 auto;max-width:1180px;padding:20px 28px}
-h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid var(--line);padding-bottom:4px}
+h1{font-size:24px;margin:0 0 4px}
+h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid var(--line);padding-bottom:4px}
 .lede{color:var(--muted);margin:0}table{border-collapse:collapse;width:100%}th,td{padding:5px 8px;text-align:left;
 border-bottom:1px solid var(--line);vertical-align:top}thead th{font-size:13px;color:var(--muted);font-weight:600}
 td .num,.summary td{font-variant-numeric:tabular-nums}.summary td,.files td{text-align:right}
 .met{color:var(--ok)}.missed{color:var(--bad)}.note,figcaption,.legend{color:var(--muted);font-size:13px}
 .grid2{display:grid;grid-template-columns:1fr 1fr;gap:20px}figure{margin:0}.chart{width:100%;height:auto}
 .chart .plot{fill:#fafbfc;stroke:var(--line)}.chart .grid{stroke:#e6e9ee}.chart .tick{font-size:12px;fill:var(--muted)}
-.chart .axis{font-size:13px;fill:var(--ink)}.chart .name{fill:var(--ink)}.chart .budget{stroke:var(--bad);stroke-dasharray:6 4;stroke-width:1.5}
+.chart .axis{font-size:13px;fill:var(--ink)}.chart .name{fill:var(--ink)}
+.chart .budget{stroke:var(--bad);stroke-dasharray:6 4;stroke-width:1.5}
 .chart .budget-label{fill:var(--bad)}.chart .accepted{fill:var(--accent)}.chart .baseline{fill:#111}
 .chart .rejected path{stroke:#8c959f;stroke-width:2}.chart .chosen circle{fill:none;stroke:#e36209;stroke-width:3}
 .chart .chosen .dot{fill:#e36209;stroke:none}
 .key{display:inline-block;width:11px;height:11px;border-radius:50%;margin:0 4px 0 12px;vertical-align:-1px}
 .k-baseline{background:#111}.k-accepted{background:var(--accent)}.k-rejected{width:auto;height:auto;color:#8c959f;
-font-weight:700}.k-chosen{border:3px solid #e36209}.k-budget{width:18px;height:0;border-radius:0;border-top:2px dashed var(--bad)}
+font-weight:700}.k-chosen{border:3px solid #e36209}
+.k-budget{width:18px;height:0;border-radius:0;border-top:2px dashed var(--bad)}
 .bar{position:relative;min-width:90px;height:20px;background:#eef1f5;border-radius:3px}
 .bar .fill{position:absolute;inset:0 auto 0 0;background:#a9c6f5;border-radius:3px}
 .bar span{position:relative;padding:0 6px;font-size:13px;line-height:20px;font-variant-numeric:tabular-nums}
@@ -327,7 +460,8 @@ font-weight:700}.k-chosen{border:3px solid #e36209}.k-budget{width:18px;height:0
 h3{font-size:14px;margin:14px 0 6px}.options{columns:3 280px;font-size:12px;color:var(--muted)}
 .options div{break-inside:avoid;padding:1px 0}.options code{color:var(--ink)}.derived{color:var(--muted)}
 @media (max-width:900px){.grid2{grid-template-columns:1fr}}
-@media print{body{max-width:none;padding:0;font-size:11pt}.grid2{grid-template-columns:1fr 1fr}section{break-inside:avoid}
+@media print{body{max-width:none;padding:0;font-size:11pt}.grid2{grid-template-columns:1fr 1fr}
+section{break-inside:avoid}
 *{-webkit-print-color-adjust:exact;print-color-adjust:exact}h2{break-after:avoid}.options{columns:3}}
 """
 
@@ -336,10 +470,14 @@ def render_report_html(report: dict) -> str:
     """The whole page for `report` (a report.json document)."""
     title = f"Squeezer report: {report['method']} on {report.get('dataset', {}).get('name', 'data')}"
     objective = f", objective {_esc(report['objective'])}" if report.get("objective") else ""
-    lede = (f"{_esc(report['method'])}{objective}; returned file {_esc(report.get('deployable', 'model.sqz'))}; "
-            f"{_figure(report, 'compression_ratio', 'ratio')} smaller at {_figure(report, 'accuracy_drop', 'points')} "
-            f"of {_esc(report['metric'])}.")
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
-            f'content="width=device-width,initial-scale=1"><title>{_esc(title)}</title><style>{_CSS}</style></head>'
-            f'<body><h1>{_esc(title)}</h1><p class="lede">{lede}</p>{_summary(report)}{_artifacts(report)}'
-            f"{_charts(report)}{_layers(report)}{_settings(report)}</body></html>")
+    lede = (
+        f"{_esc(report['method'])}{objective}; returned file {_esc(report.get('deployable', 'model.sqz'))}; "
+        f"{_figure(report, 'compression_ratio', 'ratio')} smaller at {_figure(report, 'accuracy_drop', 'points')} "
+        f"of {_esc(report['metric'])}."
+    )
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+        f'content="width=device-width,initial-scale=1"><title>{_esc(title)}</title><style>{_CSS}</style></head>'
+        f'<body><h1>{_esc(title)}</h1><p class="lede">{lede}</p>{_summary(report)}{_artifacts(report)}'
+        f"{_charts(report)}{_layers(report)}{_settings(report)}</body></html>"
+    )

@@ -19,8 +19,9 @@ def onnx_session(model: Path | bytes):
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def onnx_latency_ms(path: Path, input_shape: tuple[int, ...], *, batch: int = 1, repeats: int = 30,
-                    warmup: int = 5) -> float:
+def onnx_latency_ms(
+    path: Path, input_shape: tuple[int, ...], *, batch: int = 1, repeats: int = 30, warmup: int = 5
+) -> float:
     """Median wall time of one onnxruntime run of `path` at `batch`, in milliseconds."""
     session = onnx_session(path)
     name = session.get_inputs()[0].name
@@ -40,8 +41,10 @@ def onnx_predictions(session, x: np.ndarray, batch: int = 512, threshold: float 
     the file sets the batch): argmax over dim 1, or output > `threshold` for one output channel."""
     model_input = session.get_inputs()[0]
     batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else batch
-    outputs = [_classes(np.asarray(session.run(None, {model_input.name: x[start : start + batch]})[0]), threshold)
-               for start in range(0, len(x), batch)]
+    outputs = [
+        _classes(np.asarray(session.run(None, {model_input.name: x[start : start + batch]})[0]), threshold)
+        for start in range(0, len(x), batch)
+    ]
     return np.concatenate(outputs) if outputs else np.zeros(0, dtype=np.int64)
 
 

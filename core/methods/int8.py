@@ -21,26 +21,57 @@ def int8_rows(module, accepted: bool) -> list[ChannelLayerState]:
     rows = []
     for rank, (name, layer) in enumerate(prunable_layers(module).items()):
         weight = layer.weight.detach()
-        reason = ("int8 weights (one scale per output channel) and int8 activations; no channels removed" if accepted
-                  else "kept float: the int8 model fell outside the budget")
-        rows.append(ChannelLayerState(
-            name=name, type=type(layer).__name__, shape=list(weight.shape), params=weight.numel(),
-            sparsity=float((weight == 0).float().mean()), representation="int8" if accepted else "float", sigma=None,
-            bits=8.0 if accepted else 32.0, significance_rank=rank, accepted=accepted, channels_before=weight.shape[0],
-            channels_kept=weight.shape[0], channels_removed=0, reason=reason))
+        reason = (
+            "int8 weights (one scale per output channel) and int8 activations; no channels removed"
+            if accepted
+            else "kept float: the int8 model fell outside the budget"
+        )
+        rows.append(
+            ChannelLayerState(
+                name=name,
+                type=type(layer).__name__,
+                shape=list(weight.shape),
+                params=weight.numel(),
+                sparsity=float((weight == 0).float().mean()),
+                representation="int8" if accepted else "float",
+                sigma=None,
+                bits=8.0 if accepted else 32.0,
+                significance_rank=rank,
+                accepted=accepted,
+                channels_before=weight.shape[0],
+                channels_kept=weight.shape[0],
+                channels_removed=0,
+                reason=reason,
+            )
+        )
     return rows
 
 
-def compress_int8(model, data, config: CompressConfig, *, on_event: EventCallback = no_events,
-                  should_stop: StopCheck = never_stop, checkpoint_dir: Path | None = None) -> MethodResult:
+def compress_int8(
+    model,
+    data,
+    config: CompressConfig,
+    *,
+    on_event: EventCallback = no_events,
+    should_stop: StopCheck = never_stop,
+    checkpoint_dir: Path | None = None,
+) -> MethodResult:
     """Quantize `model` to int8 and keep it when it scores within `config.target`; seconds, nothing to checkpoint."""
     run = MethodRun(model, data, config, None, name="int8", on_event=on_event, should_stop=should_stop)
     run.measure_baseline()
     run.emit("int8", BASELINE_DONE, f"calibrating on {config.int8.calibration_samples} training samples")
     quantized = quantize_int8(model, data, config.int8, config.metric, seed=config.seed)
     accepted = run.within(quantized.accuracy)
-    run.record("int8", quantized.onnx, layers=list(prunable_layers(run.base)), accuracy=quantized.accuracy,
-               accepted=accepted, fraction=1.0, sparsity=None, summary=f"int8 QDQ, {len(quantized.onnx):,} bytes")
+    run.record(
+        "int8",
+        quantized.onnx,
+        layers=list(prunable_layers(run.base)),
+        accuracy=quantized.accuracy,
+        accepted=accepted,
+        fraction=1.0,
+        sparsity=None,
+        summary=f"int8 QDQ, {len(quantized.onnx):,} bytes",
+    )
     result = run.result(run.base, int8_rows(run.base, accepted), quantized.accuracy if accepted else run.baseline)
     if accepted:
         result.onnx = quantized.onnx

@@ -17,9 +17,12 @@ from core.samples import ensure_sample_model
 
 # auto with every stage, none of them trained: the page gets trials, candidates (int8 included) and layers in seconds.
 QUICK_AUTO = CompressConfig(
-    method="auto", device="cpu", target=AccuracyTarget(max_drop=1.0),
+    method="auto",
+    device="cpu",
+    target=AccuracyTarget(max_drop=1.0),
     filter=FilterConfig(levels=[0.2], init=["l1"], importance_epochs=0, epochs_per_step=0, refinements=0),
-    lwct=LwctConfig(sparsity=0.5, prune_epochs=0, epochs_per_step=0), auto=AutoConfig(compare_lwct_alone=False),
+    lwct=LwctConfig(sparsity=0.5, prune_epochs=0, epochs_per_step=0),
+    auto=AutoConfig(compare_lwct_alone=False),
 )
 
 
@@ -34,7 +37,13 @@ def results(tmp_path_factory):
 def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     service = webdriver.ChromeService(executable_path=shutil.which("chromedriver") or "/usr/bin/chromedriver")
@@ -74,8 +83,14 @@ def test_report_html_renders_in_chromium_and_shows_report_json_numbers(results, 
     assert len(browser.find_elements("css selector", "svg.chart")) == 2
     figures = browser.find_elements("css selector", "[data-key]")
     keys = {element.get_attribute("data-key") for element in figures}
-    assert {"/compressed/accuracy", "/baseline/accuracy", "/artifacts/model.onnx/bytes", "/artifacts/model~1/bytes",
-            "/baseline_onnx/latency_ms_batch32", "/compression_ratio"} <= keys
+    assert {
+        "/compressed/accuracy",
+        "/baseline/accuracy",
+        "/artifacts/model.onnx/bytes",
+        "/artifacts/model~1/bytes",
+        "/baseline_onnx/latency_ms_batch32",
+        "/compression_ratio",
+    } <= keys
     for element in figures:
         shown = element.text
         number = re.match(r"-?[\d,]+(\.\d+)?", shown)
@@ -83,8 +98,12 @@ def test_report_html_renders_in_chromium_and_shows_report_json_numbers(results, 
         decimals = len(number.group(1) or ".") - 1
         expected = _resolve(report, element.get_attribute("data-key"))
         assert float(number.group(0).replace(",", "")) == pytest.approx(expected, abs=0.5 * 10**-decimals + 1e-9), (
-            element.get_attribute("data-key"), shown, expected)
+            element.get_attribute("data-key"),
+            shown,
+            expected,
+        )
     rows = browser.find_elements("css selector", "table.layers tbody tr")
     assert [row.find_element("css selector", "th").text.split("\n")[0] for row in rows] == [
-        layer["name"] for layer in report["layers"]]
+        layer["name"] for layer in report["layers"]
+    ]
     assert json.loads((out / "report.json").read_text()) == report
