@@ -8,7 +8,8 @@ models are built with `weights=None` and filled from the user's own file.
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -191,21 +192,63 @@ def build_architecture(name: str, args: dict | None = None) -> nn.Module:
     return module
 
 
+@contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Every parameter and buffer a module registers moves to the meta device at once, while the other tensors a
+    constructor makes stay real: torch.device("meta") alone breaks builders that compute their layout with tensors
+    (torchvision's RegNet calls .tolist() on one). A parameter's CPU storage is only reserved, never touched, before it
+    moves: the initialisers run on the meta copy."""
+    register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
+
+    def parameter_on_meta(module, name, param):
+        if param is not None:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register_parameter(module, name, param)
+
+    def buffer_on_meta(module, name, tensor, persistent=True):
+        register_buffer(module, name, None if tensor is None else tensor.to("meta"), persistent)
+
+    nn.Module.register_parameter, nn.Module.register_buffer = parameter_on_meta, buffer_on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer  # type: ignore[method-assign]
+
+
+def _meta_skeleton(name: str, args: dict) -> nn.Module:
+    """The module with its parameters on the meta device. Built under torch.device("meta") first, which allocates
+    nothing; a builder that computes its layout with tensors (torchvision's RegNet calls .tolist() on one) is retried
+    with only parameters and buffers moved to meta, whose CPU storage is reserved but never touched; a build too large
+    even to reserve is refused as over the parameter limit."""
+    try:
+        with torch.device("meta"):
+            return _build(name, args)
+    except ModelFormatError:
+        try:
+            with _parameters_on_meta():
+                return _build(name, args)
+        except MemoryError:
+            raise ModelFormatError(
+                f"{name} with {str(args)[:200]} is too large to build: over the limit max_model_params "
+                f"({limits.current().max_model_params:,}; raise it with SQUEEZER_MAX_MODEL_PARAMS)"
+            ) from None
+
+
 def _check_size(name: str, args: dict, channels: dict | None) -> None:
     """Builds the module on the meta device (shapes, no memory) and refuses one whose parameter count, probe input or
     activations (every layer's output for one sample) would not fit, before anything is allocated."""
     shape = default_input_shape(name, args)
     if shape is not None and all(isinstance(d, int) for d in shape):
         limits.check(f"{name}'s input (C×H×W {shape})", math.prod(shape), "max_input_elements", ModelFormatError)
-    with torch.device("meta"):
-        skeleton = _build(name, args)
-        if channels is not None:
-            from core.graph.surgery import apply_channel_overrides
+    skeleton = _meta_skeleton(name, args)
+    if channels is not None:
+        from core.graph.surgery import apply_channel_overrides
 
-            try:
+        try:
+            with torch.device("meta"):
                 apply_channel_overrides(skeleton, channels, shape)
-            except Exception:  # the real build below reports a bad override with its own message
-                return
+        except Exception:  # the real build below reports a bad override with its own message
+            return
     params = sum(p.numel() for p in skeleton.parameters())
     limits.check(f"{name}'s parameter count with {str(args)[:200]}", params, "max_model_params", ModelFormatError)
     if shape is None:

@@ -49,11 +49,19 @@ def test_lenet_arguments_past_the_budget_are_refused_without_allocating(args, li
         ("torchvision:resnet18", {"num_classes": 10**9}, "SQUEEZER_MAX_MODEL_PARAMS"),
         ("torchvision:resnet18", {"input_size": 10_000}, "SQUEEZER_MAX_INPUT_ELEMENTS"),
         ("unet-small", {"width": 4096}, "SQUEEZER_MAX_MODEL_PARAMS"),
+        ("torchvision:regnet_x_400mf", {"num_classes": 10**9}, "SQUEEZER_MAX_MODEL_PARAMS"),
     ],
 )
 def test_registry_arguments_past_the_budget_are_refused(name, args, limit):
     with pytest.raises(ModelFormatError, match=limit):
         build_architecture(name, args)
+
+
+@pytest.mark.parametrize("name", ["torchvision:regnet_x_400mf", "torchvision:shufflenet_v2_x0_5", "resnet20"])
+def test_builders_that_compute_their_layout_with_tensors_pass_the_size_check(name):
+    """RegNet calls .tolist() on a tensor while it builds, which the meta device cannot answer."""
+    module = build_architecture(name, {"num_classes": 10})
+    assert all(p.device.type == "cpu" for p in module.parameters())
 
 
 def test_activations_are_bounded_on_the_meta_device():
