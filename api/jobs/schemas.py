@@ -49,6 +49,7 @@ class JobLinks(BaseModel):
     self: str
     events: str
     report: str
+    report_html: str
     artifacts: str
     cancel: str
 
@@ -78,6 +79,7 @@ class JobOut(BaseModel):
                         "self": "/v1/jobs/job_7d1e",
                         "events": "/v1/jobs/job_7d1e/events",
                         "report": "/v1/jobs/job_7d1e/report",
+                        "report_html": "/v1/jobs/job_7d1e/report.html",
                         "artifacts": "/v1/jobs/job_7d1e/artifacts",
                         "cancel": "/v1/jobs/job_7d1e/cancel",
                     },

@@ -277,6 +277,7 @@ def job_out(job: Job) -> JobOut:
             "self": base,
             "events": f"{base}/events",
             "report": f"{base}/report",
+            "report_html": f"{base}/report.html",
             "artifacts": f"{base}/artifacts",
             "cancel": f"{base}/cancel",
         },

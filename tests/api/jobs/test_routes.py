@@ -140,7 +140,7 @@ def test_job_flow_through_the_in_process_worker(client, sample_model_zip, tmp_pa
     }
     assert {"model.sqz", "model.onnx", "model.zip", "report.json", "report.html"} <= names
     report = client.get(f"/v1/jobs/{job['id']}/report").json()
-    page = client.get(f"/v1/jobs/{job['id']}/report.html")
+    page = client.get(client.get(f"/v1/jobs/{job['id']}").json()["links"]["report_html"])
     assert page.status_code == 200 and page.headers["content-type"] == "text/html; charset=utf-8"
     assert page.headers["content-security-policy"].startswith("default-src 'none'")
     assert page.headers["content-disposition"].startswith("inline") and f"{report['accuracy_drop']:.2f} pts" in page.text
