@@ -73,15 +73,20 @@ def fit(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps) if lr_schedule == "cosine" else None
     last_loss = 0.0
     watch = _DivergenceWatch(divergence) if divergence is not None else None
+    reader = x.reader() if getattr(x, "lazy", False) else None  # decoded on access: DataLoader workers read ahead
     try:
         for epoch in range(epochs):
             order = torch.randperm(n, generator=generator)[:per_epoch]
+            # each batch in file order: sequential reads of a memory map
+            batches = [order[start : start + batch_size].sort().values for start in range(0, per_epoch, batch_size)]
+            if reader is not None:
+                reader.start(batches)
             total, seen = 0.0, 0
-            for start in range(0, per_epoch, batch_size):
+            for idx in batches:
                 if should_stop is not None and should_stop():
                     raise Cancelled("stopped by request")
-                idx = order[start : start + batch_size].sort().values  # in file order: sequential reads of a memory map
-                xb, yb = _batch(x, idx, device), y[idx].to(device, non_blocking=True)
+                xb = x.converted(reader.next(), device) if reader is not None else _batch(x, idx, device)
+                yb = y[idx].to(device, non_blocking=True)
                 if augment != "none":
                     xb, yb = augmented(xb, yb, augment, generator)
                 optimizer.zero_grad(set_to_none=True)
@@ -109,6 +114,8 @@ def fit(
             if on_epoch is not None:
                 on_epoch(epoch, last_loss)
     finally:
+        if reader is not None:
+            reader.close()
         heads.close()
         module.eval()
     return last_loss

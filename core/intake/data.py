@@ -4,7 +4,9 @@ Masks make a segmentation data set; labels a classification one.
 
 The training split stays in its stored dtype (`Samples`: uint8 images are not expanded to float32 up front; an .npz
 member stored uncompressed is memory-mapped, not read) and is converted and normalised per batch, on the training
-device; the validation split, which every evaluation reads whole, is float32.
+device; the validation split, which every evaluation reads whole, is float32. An image folder's training split is
+not decoded at intake (`ImageFiles`: only the headers are read, for the mode, the size and the pixel budget); its
+images are decoded per batch by DataLoader worker processes while training (`BatchReader`).
 
 Float arrays are used exactly as given (they carry the user's own preprocessing); uint8 arrays and image files are
 scaled to [0, 1]. Normalisation is a separate, explicit step (`normalize`) whose parameters travel with the model.
@@ -13,8 +15,12 @@ scaled to [0, 1]. Normalisation is a separate, explicit step (`normalize`) whose
 import gzip
 import math
 import mmap
+import multiprocessing
+import os
+import shutil
 import tempfile
 import warnings
+import weakref
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -73,7 +79,11 @@ class Samples:
     def batch(self, idx, device: torch.device | str = "cpu") -> torch.Tensor:
         if isinstance(idx, torch.Tensor):
             idx = idx.numpy() if idx.dim() else int(idx)
-        values = torch.from_numpy(np.ascontiguousarray(self.stored[idx])).to(device, non_blocking=True)
+        return self.converted(torch.from_numpy(np.ascontiguousarray(self.stored[idx])), device)
+
+    def converted(self, values: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Stored values (one sample or a batch, on CPU) moved to `device` and converted there."""
+        values = values.to(device, non_blocking=True)
         if values.dim() == len(self.stored.shape) - 1:
             values = values[None]
         if self.channels_last:
@@ -85,6 +95,103 @@ class Samples:
 
     def __getitem__(self, idx) -> torch.Tensor:
         return self.batch(idx)
+
+    @property
+    def lazy(self) -> bool:
+        """Decoded on access (an image folder): training reads it through a `BatchReader`."""
+        return isinstance(self.stored, ImageFiles)
+
+    def reader(self) -> "BatchReader":
+        return BatchReader(self.stored)
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """An image folder's split decoded on access: an item is one file, opened with the PIL allow-list and converted
+    to the folder's mode and size as at intake, as uint8 (H, W, C). A slice or an index array stacks its items, so
+    `Samples` reads it as an NHWC array. Only paths are held and sent to DataLoader workers; `keep` (the extracted
+    tree of an archive) stays in this process and lives as long as the split does."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, files: list[Path], mode: str, size: tuple[int, int], keep=None):
+        self.files, self.mode, self.size, self._keep = files, mode, size, keep
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_keep": None}
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.files), self.size[1], self.size[0], 1 if self.mode == "L" else 3)
+
+    def __getitem__(self, idx) -> np.ndarray:
+        if isinstance(idx, (int, np.integer)):
+            return self._decode(self.files[idx])
+        indices = range(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx).reshape(-1)
+        if len(indices) == 0:
+            return np.empty((0, *self.shape[1:]), dtype=np.uint8)
+        return np.stack([self._decode(self.files[i]) for i in indices])
+
+    __getitems__ = __getitem__  # a DataLoader hands a worker the whole batch's indices at once
+
+    def _decode(self, file: Path) -> np.ndarray:
+        from PIL import Image
+
+        pixels = np.asarray(_open_image(file, Image).convert(self.mode).resize(self.size), dtype=np.uint8)
+        return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+PREFETCH_BATCHES = 4  # per worker: enough to hide decoding behind a training step, few enough to stay small
+
+
+def loader_workers() -> int:
+    """Decoding processes for a lazy image folder: one per CPU beside the training process, at most 8; none on one CPU
+    or inside a daemonic process (which may not start children)."""
+    cpus = os.cpu_count() or 1
+    if cpus <= 1 or multiprocessing.current_process().daemon:
+        return 0
+    return min(cpus - 1, 8)
+
+
+class _Plan:
+    """A DataLoader's batch sampler that persists across epochs: the batches of the epoch being read."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class BatchReader:
+    """The stored values (uint8 NHWC) of each batch of an epoch, decoded ahead of training by persistent DataLoader
+    workers, in the order `start` was given. `close` ends the workers."""
+
+    def __init__(self, files: ImageFiles, workers: int | None = None):
+        workers = loader_workers() if workers is None else workers
+        self._plan, self._iterator = _Plan(), None
+        self._loader = torch.utils.data.DataLoader(
+            files, batch_sampler=self._plan, num_workers=workers, collate_fn=torch.from_numpy,
+            persistent_workers=workers > 0, prefetch_factor=PREFETCH_BATCHES if workers else None)
+
+    def start(self, batches: list[torch.Tensor]) -> None:
+        self._plan.batches = [batch.tolist() for batch in batches]
+        self._iterator = iter(self._loader)
+
+    def next(self) -> torch.Tensor:
+        try:
+            return next(self._iterator)
+        except DatasetError as error:  # from a worker: its message carries the worker's traceback; keep the last line
+            raise DatasetError(error.message.rstrip().rpartition("DatasetError: ")[2]) from None
+
+    def close(self) -> None:
+        self._iterator = self._loader = None  # the last references: the workers shut down with them
 
 
 @dataclass
@@ -118,11 +225,25 @@ def load_dataset(source: str | Path) -> Dataset:
     if path.suffix.lower() == ".npz":
         return _load_npz(path)
     if is_archive(path):
-        with tempfile.TemporaryDirectory(prefix="squeezer-data-") as tmp:
-            return _load_image_folder(safe_extract(path, Path(tmp)), path.name)
+        tree = _ExtractedTree()  # lives as long as the data set's lazy training split reads from it
+        return _load_image_folder(safe_extract(path, tree.path), path.name, tree)
     raise DatasetError(f"{path.name}: unknown data format; use .npz (x_train, y_train, x_val, y_val), an ImageFolder "
                        "directory/.zip/.tar (train/<class>/*, val/<class>/*), paired folders (train/images, "
                        "train/masks, val/images, val/masks) or sample:digits / sample:fashion-mnist / sample:shapes")
+
+
+class _ExtractedTree:
+    """A temporary directory removed when the last reference to it goes, and only by the process that made it
+    (DataLoader workers forked from that process hold copies)."""
+
+    def __init__(self):
+        self.path = Path(tempfile.mkdtemp(prefix="squeezer-data-"))
+        weakref.finalize(self, _remove_tree, self.path, os.getpid())
+
+
+def _remove_tree(path: Path, owner: int) -> None:
+    if os.getpid() == owner:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # -- samples ----------------------------------------------------------------------------------------------------
@@ -286,7 +407,8 @@ def _images(x: np.ndarray, split: str) -> "Samples | torch.Tensor":
                 raise DatasetError(f"x_{split} contains NaN or infinite values")
     if x.ndim == 3:
         x = x[:, None]
-    samples = Samples(x, channels_last=_to_nchw(x, split) is not x)  # NHWC stays NHWC until a batch is read
+    channels_last = isinstance(x, ImageFiles) or _to_nchw(x, split) is not x
+    samples = Samples(x, channels_last=channels_last)  # NHWC stays NHWC until a batch is read
     if split == "train":
         return samples
     return samples.batch(slice(None))
@@ -315,7 +437,7 @@ def _labels(y: np.ndarray, split: str, count: int) -> torch.Tensor:
 def _build(name: str, x_train, y_train, x_val, y_val) -> Dataset:
     tensors = {}
     for split, x, y in (("train", x_train, y_train), ("val", x_val, y_val)):
-        x = np.asarray(x)
+        x = x if isinstance(x, ImageFiles) else np.asarray(x)
         if x.ndim == 0 or len(x) == 0:
             raise DatasetError(f"the {split} split is empty")
         tensors[split] = (_images(x, split), _labels(y, split, len(x)))
@@ -343,9 +465,10 @@ def _split_dir(root: Path, split: str) -> Path | None:
     return None
 
 
-def _load_image_folder(root: Path, name: str) -> Dataset:
+def _load_image_folder(root: Path, name: str, keep=None) -> Dataset:
     """train/<class>/* and val/<class>/*, or train/{images,masks}/* and val/{images,masks}/* (segmentation), at the
-    top or inside one enclosing folder."""
+    top or inside one enclosing folder. Classification folders are read from their headers only (decoded lazily,
+    `ImageFiles`); `keep` is what must outlive intake for that (an archive's extracted tree)."""
     if _split_dir(root, "train") is None:
         children = [c for c in root.iterdir() if c.is_dir() and not c.name.startswith((".", "__MACOSX"))]
         if len(children) == 1:
@@ -365,15 +488,14 @@ def _load_image_folder(root: Path, name: str) -> Dataset:
     budget = _DecodeBudget()
     train = _read_split(train_dir, classes, budget)
     val = _read_split(val_dir, classes, budget)
-    images = [image for image, _ in train + val]
-    mode = "L" if all(image.mode in ("L", "1", "I;16", "I") for image in images) else "RGB"
-    size = Counter(image.size for image in images).most_common(1)[0][0]
+    headers = [(image_mode, image_size) for _, _, image_mode, image_size in train + val]
+    mode = "L" if all(image_mode in ("L", "1", "I;16", "I") for image_mode, _ in headers) else "RGB"
+    size = Counter(image_size for _, image_size in headers).most_common(1)[0][0]
 
-    def arrays(pairs):
-        x = np.stack([np.asarray(image.convert(mode).resize(size), dtype=np.uint8) for image, _ in pairs])
-        return x, np.array([label for _, label in pairs])
+    def split(entries):
+        return ImageFiles([file for file, *_ in entries], mode, size, keep), np.array([e[1] for e in entries])
 
-    (xt, yt), (xv, yv) = arrays(train), arrays(val)
+    (xt, yt), (xv, yv) = split(train), split(val)
     return _build(name, xt, yt, xv, yv)
 
 
@@ -439,6 +561,7 @@ def _read_pairs(split_dir: Path, name: str, budget: _DecodeBudget) -> list:
 
 
 def _read_split(directory: Path, classes: list[str], budget: _DecodeBudget) -> list:
+    """(file, label, mode, size) of every image, from its header alone (charged to `budget`, nothing decoded)."""
     from PIL import Image
 
     pairs = []
@@ -449,13 +572,15 @@ def _read_split(directory: Path, classes: list[str], budget: _DecodeBudget) -> l
         for file in sorted(class_dir.iterdir()):
             if file.name.startswith(".") or file.name.lower() in IGNORED_FILES or file.is_dir():
                 continue
-            pairs.append((_open_image(file, Image, budget), label))
+            pairs.append((file, label, *_open_image(file, Image, budget, decode=False)))
     if not pairs:
         raise DatasetError(f"{directory.name}/ holds no images")
     return pairs
 
 
-def _open_image(file: Path, Image, budget: _DecodeBudget):
+def _open_image(file: Path, Image, budget: _DecodeBudget | None = None, *, decode: bool = True):
+    """The decoded image (a copy, the file closed), or with `decode=False` only its header's (mode, size). Each is
+    charged to `budget` (from the header, before decoding) when one is given."""
     if file.suffix.lower() not in IMAGE_SUFFIXES:
         raise DatasetError(f"{file.parent.name}/{file.name} is not an image file ({', '.join(sorted(IMAGE_SUFFIXES))})")
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
@@ -463,7 +588,10 @@ def _open_image(file: Path, Image, budget: _DecodeBudget):
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(file, formats=IMAGE_FORMATS) as image:
-                budget.charge(image, f"{file.parent.name}/{file.name}")
+                if budget is not None:
+                    budget.charge(image, f"{file.parent.name}/{file.name}")
+                if not decode:
+                    return image.mode, image.size
                 image.load()
                 return image.copy()
     except DatasetError:
