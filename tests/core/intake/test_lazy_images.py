@@ -1,9 +1,11 @@
 """Image folders decoded lazily (issue 12): the training split is read from headers at intake and decoded per batch
 by DataLoader workers, giving exactly what decoding everything up front gave, and still refusing what is too big."""
 
+import gc
 import struct
 import zipfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from sklearn.datasets import load_digits
 
 from core import limits
 from core.config import AccuracyTarget, CompressConfig, LwctConfig
-from core.errors import DatasetError
+from core.errors import Cancelled, DatasetError
 from core.intake.data import BatchReader, ImageFiles, Samples, load_dataset
 from core.pipeline import ModelSource, compress_files
 from core.samples import ensure_sample_model
@@ -136,3 +138,32 @@ def test_compress_runs_on_an_image_folder(tmp_path, packed):
     )
     report = compress_files(ModelSource(ensure_sample_model("digits")[0]), source, tmp_path / "out", config)
     assert report["dataset"]["train_samples"] > 0 and report["compressed"]["accuracy"] > 0.5
+
+
+def _children() -> list[str]:
+    return [pid for task in Path("/proc/self/task").iterdir() for pid in (task / "children").read_text().split()]
+
+
+def test_workers_end_with_the_stage_and_an_archive_tree_with_the_data_set(tmp_path):
+    _mixed_tree(tmp_path / "tree")
+    with zipfile.ZipFile(tmp_path / "tree.zip", "w") as archive:
+        for file in sorted((tmp_path / "tree").rglob("*.png")):
+            archive.write(file, file.relative_to(tmp_path))
+    data = load_dataset(tmp_path / "tree.zip")
+    extracted = data.x_train.stored.files[0].parents[3]
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(72, 2))
+    before, calls = _children(), []
+    with pytest.raises(Cancelled):
+        fit(
+            module,
+            data.x_train,
+            data.y_train,
+            epochs=2,
+            lr=0.01,
+            batch_size=2,
+            should_stop=lambda: calls.append(1) or len(calls) > 2,
+        )
+    assert _children() == before and extracted.is_dir()
+    del data
+    gc.collect()
+    assert not extracted.exists()
