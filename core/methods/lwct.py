@@ -301,7 +301,8 @@ def compress_lwct(model, data, config: CompressConfig, *, on_event: EventCallbac
         group, step = (meta.get("group", 1), meta.get("step", position)) if resumed else (1, 0)
         while position < len(candidates):
             names = candidates[position : position + group]
-            fraction = progress(_WALK_START, 1.0, position + len(names), len(candidates))
+            # the layers settled so far: a group halved after a failure starts where it did, so progress never goes back
+            fraction = progress(_WALK_START, 1.0, position, len(candidates))
             run.emit("train", fraction, f"constraining {', '.join(names)}", layer=names[0], layers=names)
             best = run.best
             module = build_working_module(run.base, best["shadow"], best["masks"], {**best["sigmas"], **dict.fromkeys(names)})

@@ -1,5 +1,7 @@
 """`squeezer keys` against the configuration `serve --data-dir` and `api` read, and client commands sending the key."""
 
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -35,7 +37,11 @@ def test_keys_create_prints_a_working_key_last_and_revoke_stops_it(tmp_path):
         assert wrong_tenant.exit_code == 2
         revoked = runner.invoke(app, ["keys", "revoke", key_id, "--tenant", "acme", "--data-dir", str(data_dir)])
         assert revoked.exit_code == 0, revoked.output
-        assert client.get("/v1/jobs", headers=headers).status_code == 401
+        # Each API process may answer from its key cache for up to api_key_cache_s after a revocation, never longer.
+        deadline = time.monotonic() + Settings().api_key_cache_s + 1.0
+        while client.get("/v1/jobs", headers=headers).status_code != 401:
+            assert time.monotonic() < deadline, "the revoked key still works past the key cache time"
+            time.sleep(0.1)
 
 
 def test_keys_create_uses_the_configured_database_and_client_commands_send_the_key(postgres_url, tmp_path):

@@ -51,7 +51,7 @@ def test_run_job_succeeds_once_and_a_second_delivery_does_nothing(ctx, sample_mo
     with ctx.session_factory() as session:
         names = set(session.scalars(select(JobResult.name).where(JobResult.job_id == job_id)))
         stages = list(session.scalars(select(JobEvent.stage).where(JobEvent.job_id == job_id)))
-    assert names == {"model.sqz", "model.onnx", "model.zip", "report.json"}
+    assert names == {"model.sqz", "model.onnx", "model.zip", "report.json", "report.html"}
     assert "step" in stages
     assert set(done.progress) == {"stage", "fraction", "best_accuracy", "best_compression_ratio"}
 
