@@ -17,12 +17,13 @@ from store.keys import KeyCache
 from store.settings import Settings, get_settings
 from worker.dispatch import Dispatcher, make_dispatcher
 
-DESCRIPTION = "Upload a trained CNN and its data, set an accuracy budget, and download a smaller model with a report. Errors are RFC 9457 problem documents."
+DESCRIPTION = (
+    "Upload a trained CNN and its data, set an accuracy budget, and download a smaller model with a report. "
+    "Errors are RFC 9457 problem documents."
+)
 
 
-def create_app(
-    settings: Settings | None = None, *, dispatcher: Dispatcher | None = None
-) -> FastAPI:
+def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | None = None) -> FastAPI:
     """One app per process. Without a dispatcher, one is made from the settings (Celery with a broker URL, else the
     in-process worker); the app starts and stops it with its lifespan."""
     settings = settings or get_settings()
@@ -42,9 +43,7 @@ def create_app(
             engine.dispose()
             read_engine.dispose()
 
-    app = FastAPI(
-        title="Squeezer", version="1.0.0", description=DESCRIPTION, lifespan=lifespan
-    )
+    app = FastAPI(title="Squeezer", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.session_factory = session_factory
     app.state.read_session_factory = make_session_factory(read_engine)

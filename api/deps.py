@@ -58,7 +58,11 @@ async def get_key_cache(request: Request) -> KeyCache:
 
 
 # Declares the bearer scheme in the OpenAPI document; missing or malformed headers are answered below, as problems.
-bearer_scheme = HTTPBearer(auto_error=False, scheme_name="ApiKey", description="`Authorization: Bearer <api key>`; create keys with `squeezer keys create --tenant NAME`.")
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="`Authorization: Bearer <api key>`; create keys with `squeezer keys create --tenant NAME`.",
+)
 
 
 async def current_tenant(
@@ -80,10 +84,13 @@ async def current_tenant(
     if credentials is not None:
         tenant = key_cache.cached(credentials.credentials)
         if tenant is None:
-            tenant = await run_in_threadpool(_verify_key, request.app.state.session_factory, key_cache,
-                                             credentials.credentials)
+            tenant = await run_in_threadpool(
+                _verify_key, request.app.state.session_factory, key_cache, credentials.credentials
+            )
     if tenant is None:
-        detail = "send `Authorization: Bearer <api key>`" if credentials is None else "the API key is unknown or revoked"
+        detail = (
+            "send `Authorization: Bearer <api key>`" if credentials is None else "the API key is unknown or revoked"
+        )
         raise HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
     return tenant
 

@@ -40,9 +40,7 @@ class Problem(BaseModel):
     status: int = Field(examples=[404])
     detail: str | None = Field(None, examples=["job job_0123 does not exist"])
     instance: str | None = Field(None, examples=["/v1/jobs/job_0123"])
-    errors: list[dict[str, Any]] | None = Field(
-        None, description="Field errors of a 422 validation problem."
-    )
+    errors: list[dict[str, Any]] | None = Field(None, description="Field errors of a 422 validation problem.")
 
 
 class ProblemError(Exception):
@@ -74,9 +72,7 @@ def problem_type(code: str) -> str:
     return PROBLEM_BASE + code
 
 
-def problem_response(
-    request: Request, error: ProblemError, headers: dict[str, str] | None = None
-) -> JSONResponse:
+def problem_response(request: Request, error: ProblemError, headers: dict[str, str] | None = None) -> JSONResponse:
     body = Problem(
         type=problem_type(error.code),
         title=error.title,
@@ -125,10 +121,7 @@ async def _problem_error(request: Request, error: ProblemError) -> JSONResponse:
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
     code = _STATUS_CODES.get(error.status_code, "http_error")
     detail = (
-        error.detail
-        if isinstance(error.detail, str)
-        and error.detail != HTTPStatus(error.status_code).phrase
-        else None
+        error.detail if isinstance(error.detail, str) and error.detail != HTTPStatus(error.status_code).phrase else None
     )
     if error.status_code == 404 and detail is None:
         detail = f"no resource at {request.url.path}"
@@ -141,9 +134,7 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> JSONRe
     )
 
 
-async def _validation_error(
-    request: Request, error: RequestValidationError
-) -> JSONResponse:
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
     errors = [
         {
             "loc": list(item.get("loc", ())),
@@ -152,18 +143,11 @@ async def _validation_error(
         }
         for item in error.errors()
     ]
-    detail = "; ".join(
-        f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
-        for item in errors
-    )
-    return problem_response(
-        request, ProblemError(422, "validation_error", detail, errors=errors)
-    )
+    detail = "; ".join(f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in errors)
+    return problem_response(request, ProblemError(422, "validation_error", detail, errors=errors))
 
 
-async def _database_unavailable(
-    request: Request, error: OperationalError | PoolTimeout
-) -> JSONResponse:
+async def _database_unavailable(request: Request, error: OperationalError | PoolTimeout) -> JSONResponse:
     """The database is down or restarting, or its connection pool stayed exhausted: a retryable 503, not a 500."""
     log.warning(
         "database unavailable on %s %s: %s",
@@ -171,9 +155,7 @@ async def _database_unavailable(
         loggable(request.url.path),
         getattr(error, "orig", error),
     )
-    problem = ProblemError(
-        503, "service_unavailable", "the database is unavailable; retry shortly"
-    )
+    problem = ProblemError(503, "service_unavailable", "the database is unavailable; retry shortly")
     return problem_response(request, problem, headers={"Retry-After": "5"})
 
 

@@ -41,7 +41,11 @@ class KeyCheckMiddleware:
                     tenant = await anyio.to_thread.run_sync(_verify, state, key, abandon_on_cancel=True)
             except (TimeoutError, PoolTimeout, OperationalError):
                 return await send_problem(
-                    scope, send, 503, "service_unavailable", "the key check could not reach the database; retry",
+                    scope,
+                    send,
+                    503,
+                    "service_unavailable",
+                    "the key check could not reach the database; retry",
                     [(b"retry-after", b"5")],
                 )
         if tenant is None:

@@ -19,13 +19,9 @@ class PageParams(BaseModel):
 def page_params(
     after: Annotated[
         str | None,
-        Query(
-            description="Return the items after this cursor (the id of the last item of the previous page)."
-        ),
+        Query(description="Return the items after this cursor (the id of the last item of the previous page)."),
     ] = None,
-    limit: Annotated[
-        int, Query(ge=1, le=MAX_LIMIT, description="Page size.")
-    ] = DEFAULT_LIMIT,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")] = DEFAULT_LIMIT,
 ) -> PageParams:
     return PageParams(after=after, limit=limit)
 

@@ -18,8 +18,10 @@ def write_result(name: str, result: dict) -> Path:
 def machine() -> str:
     import torch
 
-    return (f"{platform.machine()}, {os.cpu_count()} CPUs visible, torch {torch.__version__} "
-            f"with {torch.get_num_threads()} intra-op threads")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPUs visible, torch {torch.__version__} "
+        f"with {torch.get_num_threads()} intra-op threads"
+    )
 
 
 def lenet5():

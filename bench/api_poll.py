@@ -63,8 +63,15 @@ def export_build(revision: str, root: Path) -> tuple[Path, str | None]:
     return tree, str(blockers)
 
 
-async def _connection(host: str, port: int, request: bytes, conditional: bytes | None, until: float,
-                      latencies: list[float], statuses: dict[int, int]) -> None:
+async def _connection(
+    host: str,
+    port: int,
+    request: bytes,
+    conditional: bytes | None,
+    until: float,
+    latencies: list[float],
+    statuses: dict[int, int],
+) -> None:
     """One keep-alive connection in a closed loop; with `conditional`, requests carry the last ETag seen."""
     reader, writer = await asyncio.open_connection(host, port)
     tag = None
@@ -100,8 +107,12 @@ def load(base_url: str, job_id: str, headers: dict[str, str], connections: int, 
     async def main() -> float:
         until = time.perf_counter() + seconds
         started = time.perf_counter()
-        await asyncio.gather(*(_connection(url.hostname, url.port, request, conditional, until, latencies, statuses)
-                               for _ in range(connections)))
+        await asyncio.gather(
+            *(
+                _connection(url.hostname, url.port, request, conditional, until, latencies, statuses)
+                for _ in range(connections)
+            )
+        )
         return time.perf_counter() - started
 
     elapsed = _event_loop_runner()(main())
@@ -137,9 +148,14 @@ def summarise(runs: list[dict]) -> dict:
 def seed_job(database_url: str) -> str:
     engine = make_engine(database_url)
     with make_session_factory(engine)() as session:
-        job, _ = create_job(session, tenant="default", spec={"model": {"artifact_id": "art_bench"},
-                                                             "dataset": {"sample": "digits"}},
-                            idempotency_key=None, request_hash=None, max_attempts=3)
+        job, _ = create_job(
+            session,
+            tenant="default",
+            spec={"model": {"artifact_id": "art_bench"}, "dataset": {"sample": "digits"}},
+            idempotency_key=None,
+            request_hash=None,
+            max_attempts=3,
+        )
     engine.dispose()
     return job.id
 
@@ -168,33 +184,48 @@ def main() -> None:
                 for etag in (False, True):
                     samples[build, etag].append(load(base_url, job_id, headers, args.connections, args.seconds, etag))
             print(f"round {round_number + 1}/{args.rounds} done", flush=True)
-    results = {build: {"uvloop_httptools_blocked": servers[build][3],
-                       **{("if_none_match" if etag else "plain"): summarise(samples[build, etag]) for etag in (False, True)}}
-               for build in builds}
+    results = {
+        build: {
+            "uvloop_httptools_blocked": servers[build][3],
+            **{("if_none_match" if etag else "plain"): summarise(samples[build, etag]) for etag in (False, True)},
+        }
+        for build in builds
+    }
     current, previous = builds[-1], builds[0]
     speedup = results[current]["plain"]["requests_per_s"] / results[previous]["plain"]["requests_per_s"]
-    passed = (results[current]["plain"]["requests_per_s"] >= TARGET_RPS
-              and results[current]["plain"]["p99_ms"] <= TARGET_P99_MS)
+    passed = (
+        results[current]["plain"]["requests_per_s"] >= TARGET_RPS
+        and results[current]["plain"]["p99_ms"] <= TARGET_P99_MS
+    )
     print(f"\n{'build':<10} {'request':<14} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7}  statuses")
     for build, result in results.items():
         for kind in ("plain", "if_none_match"):
             r = result[kind]
             print(f"{build:<10} {kind:<14} {r['requests_per_s']:>8} {r['p50_ms']:>7} {r['p99_ms']:>7}  {r['statuses']}")
-    print(f"{current} / {previous}: {speedup:.2f}x the polls/s; target ≥ {TARGET_RPS:.0f} req/s at p99 ≤ "
-          f"{TARGET_P99_MS:.0f} ms -> {'PASS' if passed else 'FAIL'}")
-    print(write_result(args.name, {
-        "benchmark": "GET /v1/jobs/{id}, builds side by side",
-        "setup": (f"per build: 1 `squeezer api` process (uvicorn, keys on), its own PostgreSQL; loopback; load: "
-                  f"{args.connections} asyncio keep-alive connections, closed loop, {args.seconds}s per build, kind "
-                  f"and round, {args.rounds} rounds, builds alternating; req/s = median over rounds, p50/p99 over "
-                  f"all requests"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible (shared with the load generator), load "
-                   f"average {os.getloadavg()[0]:.1f} at the end",
-        "builds": results,
-        "speedup_plain": round(speedup, 3),
-        "target": {"requests_per_s": TARGET_RPS, "p99_ms": TARGET_P99_MS},
-        "pass": passed,
-    }))
+    print(
+        f"{current} / {previous}: {speedup:.2f}x the polls/s; target ≥ {TARGET_RPS:.0f} req/s at p99 ≤ "
+        f"{TARGET_P99_MS:.0f} ms -> {'PASS' if passed else 'FAIL'}"
+    )
+    print(
+        write_result(
+            args.name,
+            {
+                "benchmark": "GET /v1/jobs/{id}, builds side by side",
+                "setup": (
+                    f"per build: 1 `squeezer api` process (uvicorn, keys on), its own PostgreSQL; loopback; load: "
+                    f"{args.connections} asyncio keep-alive connections, closed loop, {args.seconds}s per build, kind "
+                    f"and round, {args.rounds} rounds, builds alternating; req/s = median over rounds, p50/p99 over "
+                    f"all requests"
+                ),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible (shared with the load generator), "
+                f"load average {os.getloadavg()[0]:.1f} at the end",
+                "builds": results,
+                "speedup_plain": round(speedup, 3),
+                "target": {"requests_per_s": TARGET_RPS, "p99_ms": TARGET_P99_MS},
+                "pass": passed,
+            },
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -15,11 +15,11 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from store.db import make_engine, make_session_factory
-from store.keys import create_key
-from store.migrate import upgrade_database
-from store.models import DEFAULT_TENANT
-from tests.servers import PostgresServer, RedisServer, free_port
+from store.db import make_engine, make_session_factory  # noqa: E402
+from store.keys import create_key  # noqa: E402
+from store.migrate import upgrade_database  # noqa: E402
+from store.models import DEFAULT_TENANT  # noqa: E402
+from tests.servers import PostgresServer, RedisServer, free_port  # noqa: E402
 
 
 @contextmanager
@@ -29,9 +29,7 @@ def api_process(repo: Path = REPO, pythonpath: str | None = None, **settings: st
     API runs from (another build, see bench/api_poll.py); `pythonpath` is put in front of its import path."""
     root = Path(tempfile.mkdtemp(prefix="squeezer-bench-"))
     # Its own mkdtemp: initdb runs as the postgres user, who must own the folder (tests/servers.py).
-    postgres = PostgresServer(
-        Path(tempfile.mkdtemp(prefix="squeezer-bench-pg-"))
-    ).start()
+    postgres = PostgresServer(Path(tempfile.mkdtemp(prefix="squeezer-bench-pg-"))).start()
     redis = RedisServer(root / "redis").start()
     api = None
     try:
@@ -46,9 +44,7 @@ def api_process(repo: Path = REPO, pythonpath: str | None = None, **settings: st
             "SQUEEZER_BROKER_URL": redis.url,
             "SQUEEZER_DATA_DIR": str(root / "data"),
         }
-        env.update(
-            {f"SQUEEZER_{key.upper()}": str(value) for key, value in settings.items()}
-        )
+        env.update({f"SQUEEZER_{key.upper()}": str(value) for key, value in settings.items()})
         if pythonpath:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
         api = subprocess.Popen(

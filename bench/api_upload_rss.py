@@ -43,7 +43,10 @@ class RssSampler(threading.Thread):
 
 def multipart_body(total: int):
     yield b'--bench\r\nContent-Disposition: form-data; name="kind"\r\n\r\nmodel\r\n'
-    yield b'--bench\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\nContent-Type: application/octet-stream\r\n\r\n'
+    yield (
+        b'--bench\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n"
+    )
     for _ in range(total // len(PIECE)):
         yield PIECE
     yield b"\r\n--bench--\r\n"
@@ -63,9 +66,7 @@ def main() -> None:
     ):
         with httpx.Client(timeout=None, headers=headers) as client:
             # Warm-up: the first upload imports and allocates what every later one reuses.
-            client.post(
-                f"{base_url}/v1/artifacts", files={"file": ("warm.bin", PIECE * 16)}
-            ).raise_for_status()
+            client.post(f"{base_url}/v1/artifacts", files={"file": ("warm.bin", PIECE * 16)}).raise_for_status()
             baseline = rss_bytes(pid)
             sampler = RssSampler(pid)
             sampler.start()
@@ -92,7 +93,8 @@ def main() -> None:
     }
     print(write_result("api_upload_rss", result))
     print(
-        f"{args.mib} MiB upload: RSS {result['baseline_rss_mib']} → {result['peak_rss_mib']} MiB (growth {result['peak_growth_mib']} MiB), {result['upload_s']} s"
+        f"{args.mib} MiB upload: RSS {result['baseline_rss_mib']} → {result['peak_rss_mib']} MiB "
+        f"(growth {result['peak_growth_mib']} MiB), {result['upload_s']} s"
     )
 
 

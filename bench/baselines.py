@@ -56,7 +56,9 @@ def sparse_float_bytes(model: LoadedModel, module: nn.Module) -> int:
 def pruned_copy(original: nn.Module, pruned: nn.Module, precision: str) -> nn.Module:
     """A plain copy of `original` holding `pruned`'s masked weights (torch.nn.utils.prune's weight_orig ⊙ weight_mask)
     rounded to `precision`."""
-    state = {key: value for key, value in pruned.state_dict().items() if not key.endswith(("weight_orig", "weight_mask"))}
+    state = {
+        key: value for key, value in pruned.state_dict().items() if not key.endswith(("weight_orig", "weight_mask"))
+    }
     with torch.no_grad():
         for name, layer in prunable_layers(pruned).items():
             state[f"{name}.weight"] = round_for_storage(layer.weight_orig * layer.weight_mask, precision)
@@ -65,8 +67,9 @@ def pruned_copy(original: nn.Module, pruned: nn.Module, precision: str) -> nn.Mo
     return plain.eval()
 
 
-def global_l1_pruning(model: LoadedModel, data: Dataset, settings: LwctConfig, baseline_accuracy: float,
-                      budget: float, seed: int = 0) -> BaselineResult:
+def global_l1_pruning(
+    model: LoadedModel, data: Dataset, settings: LwctConfig, baseline_accuracy: float, budget: float, seed: int = 0
+) -> BaselineResult:
     """The sparsest level of `settings.sparsity_grid` whose fine-tuned accuracy stays within the budget.
 
     Like lwct's pruning stage: levels in increasing order, each pruned from the previous fine-tuned weights, fine-tuned
@@ -80,8 +83,9 @@ def global_l1_pruning(model: LoadedModel, data: Dataset, settings: LwctConfig, b
     for i, sparsity in enumerate(sorted(settings.sparsity_grid)):
         # an int amount counts among the still unpruned weights: prune up to `sparsity` of all of them
         already = sum(int((layer.weight == 0).sum()) for layer, _ in targets)
-        prune.global_unstructured(targets, pruning_method=prune.L1Unstructured,
-                                  amount=max(round(sparsity * total) - already, 0))
+        prune.global_unstructured(
+            targets, pruning_method=prune.L1Unstructured, amount=max(round(sparsity * total) - already, 0)
+        )
         fit(module, data.x_train, data.y_train, epochs=epochs, seed=seed + i, **fit_options(settings))
         plain = pruned_copy(model.module, module, settings.float_precision)
         accuracy = top1_accuracy(plain, data.x_val, data.y_val)
@@ -101,7 +105,9 @@ def int8_weight_only(model: LoadedModel, data: Dataset) -> BaselineResult:
     for name, layer in prunable_layers(module).items():
         weight = layer.weight.detach()
         block = (1, *weight.shape[1:])
-        scale, zero_point = choose_qparams_affine(weight, MappingType.SYMMETRIC, block, torch.int8, scale_dtype=torch.float32)
+        scale, zero_point = choose_qparams_affine(
+            weight, MappingType.SYMMETRIC, block, torch.int8, scale_dtype=torch.float32
+        )
         codes = quantize_affine(weight, block, scale, zero_point, torch.int8)
         with torch.no_grad():
             layer.weight.copy_(dequantize_affine(codes, block, scale, zero_point, torch.int8))

@@ -70,6 +70,7 @@ def unfold(module, x):
     def keep_input(name):
         def hook(_module, args, _output):
             inputs[name] = args[0].detach()  # returns None: the output stays the layer's own
+
         return hook
 
     hooks = [conv.register_forward_hook(keep_input(name)) for name, conv in _convs(module)]
@@ -112,19 +113,34 @@ def run(factor: float) -> dict:
         row.setdefault("pruned", top1(module, data.x_val, data.y_val))
         if unfolded:
             unfold(module, data.x_train[:512])
-        masked = [(m.weight, (m.weight.detach() != 0).float()) for m in module.modules()
-                  if isinstance(m, (nn.Conv2d, nn.Linear))]
+        masked = [
+            (m.weight, (m.weight.detach() != 0).float())
+            for m in module.modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))
+        ]
 
         def keep_masks(_optimizer, masked=masked):
             for weight, mask in masked:
                 weight.mul_(mask)
 
-        outcome = fit_guarded(module, data.x_train, data.y_train, lr=lr, epochs=-(-STEPS * 128 // 1437),
-                              max_samples=None, lr_schedule="cosine", after_step=keep_masks)
+        outcome = fit_guarded(
+            module,
+            data.x_train,
+            data.y_train,
+            lr=lr,
+            epochs=-(-STEPS * 128 // 1437),
+            max_samples=None,
+            lr_schedule="cosine",
+            after_step=keep_masks,
+        )
         if unfolded:
             fold(module)
-        row[label] = {"accuracy": top1(module, data.x_val, data.y_val), "lr": outcome.lr,
-                      "retries": len(outcome.retries), "recovered": outcome.recovered}
+        row[label] = {
+            "accuracy": top1(module, data.x_val, data.y_val),
+            "lr": outcome.lr,
+            "retries": len(outcome.retries),
+            "recovered": outcome.recovered,
+        }
     return row
 
 

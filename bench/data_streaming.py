@@ -49,20 +49,40 @@ def child(mode: str, path: str, steps: int) -> dict:
             x = torch.from_numpy(archive["x_train"].astype(np.float32) / 255.0)
             y = torch.from_numpy(archive["y_train"].astype(np.int64))
     loaded = time.perf_counter() - started
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
     batch = 128
     started = time.perf_counter()
     workers = []  # read while the DataLoader workers are still up: at the end of the (only) epoch
-    fit(model, x, y, epochs=1, lr=0.01, batch_size=batch, max_samples=steps * batch,
-        on_epoch=lambda epoch, loss: workers.extend(_children_private_mb()))
+    fit(
+        model,
+        x,
+        y,
+        epochs=1,
+        lr=0.01,
+        batch_size=batch,
+        max_samples=steps * batch,
+        on_epoch=lambda epoch, loss: workers.extend(_children_private_mb()),
+    )
     seconds = time.perf_counter() - started
     status = _status("self")
-    return {"mode": mode, "workers": len(workers), "worker_private_mb": sum(workers), "load_s": loaded,
-            "train_samples_per_s": steps * batch / seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "anonymous_rss_mb_after": int(status["RssAnon"].split()[0]) / 1024,
-            "file_backed_rss_mb_after": int(status["RssFile"].split()[0]) / 1024}
+    return {
+        "mode": mode,
+        "workers": len(workers),
+        "worker_private_mb": sum(workers),
+        "load_s": loaded,
+        "train_samples_per_s": steps * batch / seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "anonymous_rss_mb_after": int(status["RssAnon"].split()[0]) / 1024,
+        "file_backed_rss_mb_after": int(status["RssFile"].split()[0]) / 1024,
+    }
 
 
 def _status(pid: str) -> dict[str, str]:
@@ -71,8 +91,10 @@ def _status(pid: str) -> dict[str, str]:
 
 def _children_private_mb() -> list[float]:
     pids = [pid for task in Path("/proc/self/task").iterdir() for pid in (task / "children").read_text().split()]
-    rollups = [dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
-               for pid in pids]
+    rollups = [
+        dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+        for pid in pids
+    ]
     return [int(rollup["Private_Dirty"].split()[0]) / 1024 for rollup in rollups]
 
 
@@ -83,13 +105,17 @@ def _write(path: Path, samples: int, size: int) -> None:
     rng = np.random.default_rng(0)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         with archive.open("x_train.npy", "w", force_zip64=True) as member:
-            np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False,
-                                                          "shape": (samples, 3, size, size)})
+            np.lib.format.write_array_header_1_0(
+                member, {"descr": "|u1", "fortran_order": False, "shape": (samples, 3, size, size)}
+            )
             for start in range(0, samples, 4096):
                 rows = min(4096, samples - start)
                 member.write(rng.integers(0, 255, (rows, 3, size, size), dtype=np.uint8).tobytes())
-        for key, value in (("y_train", np.arange(samples) % 10), ("y_val", np.arange(256) % 10),
-                           ("x_val", rng.integers(0, 255, (256, 3, size, size), dtype=np.uint8))):
+        for key, value in (
+            ("y_train", np.arange(samples) % 10),
+            ("y_val", np.arange(256) % 10),
+            ("x_val", rng.integers(0, 255, (256, 3, size, size), dtype=np.uint8)),
+        ):
             with archive.open(f"{key}.npy", "w") as member:
                 np.lib.format.write_array(member, value)
 
@@ -108,19 +134,30 @@ def _write_folder(root: Path, samples: int, size: int) -> None:
 
 
 def _run(mode: str, path: Path, steps: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, str(path), str(steps)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(path), str(steps)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _folder_case(args, tmp: str) -> dict:
     root = Path(tmp) / "folder"
     _write_folder(root, args.folder_samples, args.folder_size)
-    rows = [{"samples": args.folder_samples, "uint8_mb": args.folder_samples * 3 * args.folder_size**2 / 2**20,
-             **_run(mode, root, args.steps)} for mode in ("folder-decoded", "folder-lazy")]
-    return {"input": [3, args.folder_size, args.folder_size], "steps": args.steps, "rows": rows,
-            "peak_memory_ratio": rows[0]["peak_rss_mb"] / rows[1]["peak_rss_mb"],
-            "throughput_ratio": rows[1]["train_samples_per_s"] / rows[0]["train_samples_per_s"]}
+    rows = [
+        {
+            "samples": args.folder_samples,
+            "uint8_mb": args.folder_samples * 3 * args.folder_size**2 / 2**20,
+            **_run(mode, root, args.steps),
+        }
+        for mode in ("folder-decoded", "folder-lazy")
+    ]
+    return {
+        "input": [3, args.folder_size, args.folder_size],
+        "steps": args.steps,
+        "rows": rows,
+        "peak_memory_ratio": rows[0]["peak_rss_mb"] / rows[1]["peak_rss_mb"],
+        "throughput_ratio": rows[1]["train_samples_per_s"] / rows[0]["train_samples_per_s"],
+    }
 
 
 def main() -> None:
@@ -151,12 +188,21 @@ def _npz_case(args) -> dict:
             path = Path(tmp) / f"data-{samples}.npz"
             _write(path, samples, args.size)
             for mode in modes:
-                rows.append({"samples": samples, "float32_mb": samples * 3 * args.size**2 * 4 / 2**20,
-                             **_run(mode, path, args.steps)})
+                rows.append(
+                    {
+                        "samples": samples,
+                        "float32_mb": samples * 3 * args.size**2 * 4 / 2**20,
+                        **_run(mode, path, args.steps),
+                    }
+                )
             path.unlink()
-    return {"input": [3, args.size, args.size], "steps": args.steps, "rows": rows,
-            "peak_memory_ratio": rows[0]["peak_rss_mb"] / rows[1]["peak_rss_mb"],
-            "throughput_ratio": rows[1]["train_samples_per_s"] / rows[0]["train_samples_per_s"]}
+    return {
+        "input": [3, args.size, args.size],
+        "steps": args.steps,
+        "rows": rows,
+        "peak_memory_ratio": rows[0]["peak_rss_mb"] / rows[1]["peak_rss_mb"],
+        "throughput_ratio": rows[1]["train_samples_per_s"] / rows[0]["train_samples_per_s"],
+    }
 
 
 if __name__ == "__main__":

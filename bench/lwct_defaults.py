@@ -33,8 +33,14 @@ from core.methods.lwct import compress_lwct
 from core.samples import ensure_sample_model
 from core.train import fit
 
-PREVIOUS_DEFAULTS = {"epochs_per_step": 2, "prune_epochs": 2, "lr": 0.01, "float_precision": "float16", "walk": "layer",
-                     "sparsity_grid": [0.5, 0.7, 0.8, 0.9, 0.95, 0.97]}
+PREVIOUS_DEFAULTS = {
+    "epochs_per_step": 2,
+    "prune_epochs": 2,
+    "lr": 0.01,
+    "float_precision": "float16",
+    "walk": "layer",
+    "sparsity_grid": [0.5, 0.7, 0.8, 0.9, 0.95, 0.97],
+}
 BUDGET = 1.0
 
 
@@ -46,14 +52,27 @@ def sample(name: str) -> tuple[LoadedModel, Dataset, dict]:
 def resnet20_fashion_mnist() -> tuple[LoadedModel, Dataset, dict]:
     full = load_dataset("sample:fashion-mnist")
     pool = nn.AvgPool2d(2)
-    data = Dataset(name="fashion-mnist-14px", x_train=pool(full.x_train[:8000]), y_train=full.y_train[:8000],
-                   x_val=pool(full.x_val[:2000]), y_val=full.y_val[:2000], num_classes=10)
+    data = Dataset(
+        name="fashion-mnist-14px",
+        x_train=pool(full.x_train[:8000]),
+        y_train=full.y_train[:8000],
+        x_val=pool(full.x_val[:2000]),
+        y_val=full.y_val[:2000],
+        num_classes=10,
+    )
     torch.manual_seed(0)
     args = {"num_classes": 10, "in_channels": 1, "input_size": 14}
     module = build_architecture("resnet20", args)
     fit(module, data.x_train, data.y_train, epochs=3, lr=0.05, lr_schedule="cosine", seed=0)
-    model = LoadedModel(module=module.eval(), architecture={"name": "resnet20", "args": args}, source_format="squeezer",
-                        input_shape=(1, 14, 14), num_classes=10, preprocessing=None, onnx_graph=None)
+    model = LoadedModel(
+        module=module.eval(),
+        architecture={"name": "resnet20", "args": args},
+        source_format="squeezer",
+        input_shape=(1, 14, 14),
+        num_classes=10,
+        preprocessing=None,
+        onnx_graph=None,
+    )
     return model, data, {"max_train_samples": 2048, "min_steps_per_stage": 0}
 
 
@@ -61,13 +80,29 @@ def onnx_cnn_digits(tmp: Path) -> tuple[LoadedModel, Dataset, dict]:
     data = load_dataset("sample:digits")
     torch.manual_seed(0)
     module = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10))
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    )
     fit(module, data.x_train, data.y_train, epochs=30, lr=0.05, lr_schedule="cosine", seed=0)
     path = tmp / "cnn.onnx"
-    torch.onnx.export(module.eval(), torch.zeros(1, 1, 8, 8), str(path), dynamo=False, input_names=["x"],
-                      output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    torch.onnx.export(
+        module.eval(),
+        torch.zeros(1, 1, 8, 8),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+    )
     return load_model(path), data, {}
 
 
@@ -81,17 +116,28 @@ def run(model: LoadedModel, data: Dataset, settings: LwctConfig) -> dict:
         packed = write_sqz(path, model.with_module(result.module), result.layers)
         accuracy = top1_accuracy(load_sqz(path).module, data.x_val, data.y_val)
     baseline = result.baseline_accuracy
-    return {"accuracy": accuracy, "drop": baseline - accuracy, "within_budget": baseline - accuracy <= BUDGET,
-            "packed_bytes": packed, "compression_ratio": float32_bytes(model.module) / packed, "wall_s": wall,
-            "stages": len(result.trials), "ternary_stages": sum(t.stage == "ternary" for t in result.trials),
-            "ternary_layers": [layer.name for layer in result.layers if layer.representation == "ternary"],
-            "sparsity": next((t.sparsity for t in reversed(result.trials) if t.stage == "prune" and t.accepted), None),
-            "baseline_accuracy": baseline}
+    return {
+        "accuracy": accuracy,
+        "drop": baseline - accuracy,
+        "within_budget": baseline - accuracy <= BUDGET,
+        "packed_bytes": packed,
+        "compression_ratio": float32_bytes(model.module) / packed,
+        "wall_s": wall,
+        "stages": len(result.trials),
+        "ternary_stages": sum(t.stage == "ternary" for t in result.trials),
+        "ternary_layers": [layer.name for layer in result.layers if layer.representation == "ternary"],
+        "sparsity": next((t.sparsity for t in reversed(result.trials) if t.stage == "prune" and t.accepted), None),
+        "baseline_accuracy": baseline,
+    }
 
 
 def main() -> None:
-    workloads = {"lenet5-fashion-mnist": lambda tmp: sample("fashion-mnist"), "lenet5-digits": lambda tmp: sample("digits"),
-                 "resnet20-fashion-mnist": lambda tmp: resnet20_fashion_mnist(), "onnx-cnn-digits": onnx_cnn_digits}
+    workloads = {
+        "lenet5-fashion-mnist": lambda tmp: sample("fashion-mnist"),
+        "lenet5-digits": lambda tmp: sample("digits"),
+        "resnet20-fashion-mnist": lambda tmp: resnet20_fashion_mnist(),
+        "onnx-cnn-digits": onnx_cnn_digits,
+    }
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", default=",".join(workloads))
     parser.add_argument("--name", default="lwct_defaults")
@@ -107,20 +153,33 @@ def main() -> None:
             for label, settings in (("previous_defaults", PREVIOUS_DEFAULTS), ("defaults", {})):
                 outcome = run(model, data, LwctConfig(**{**settings, **caps}))
                 results[name][label] = outcome
-                print(f"{name:<24} {label:<18} top-1 {outcome['accuracy']:6.2f} (drop {outcome['drop']:5.2f}) "
-                      f"{outcome['packed_bytes']:>8} B {outcome['compression_ratio']:6.1f}x {outcome['stages']:>3} stages "
-                      f"{outcome['wall_s']:6.0f} s", flush=True)
+                print(
+                    f"{name:<24} {label:<18} top-1 {outcome['accuracy']:6.2f} (drop {outcome['drop']:5.2f}) "
+                    f"{outcome['packed_bytes']:>8} B {outcome['compression_ratio']:6.1f}x {outcome['stages']:>3} "
+                    f"stages {outcome['wall_s']:6.0f} s",
+                    flush=True,
+                )
             previous, current = results[name]["previous_defaults"], results[name]["defaults"]
             results[name]["ratio_over_previous"] = current["compression_ratio"] / previous["compression_ratio"]
             results[name]["no_worse"] = current["within_budget"] and (
-                current["compression_ratio"] >= previous["compression_ratio"] or not previous["within_budget"])
-            print(f"{name:<24} defaults / previous defaults: {results[name]['ratio_over_previous']:.2f}x the ratio, "
-                  f"{'no worse' if results[name]['no_worse'] else 'WORSE'}", flush=True)
+                current["compression_ratio"] >= previous["compression_ratio"] or not previous["within_budget"]
+            )
+            print(
+                f"{name:<24} defaults / previous defaults: {results[name]['ratio_over_previous']:.2f}x the ratio, "
+                f"{'no worse' if results[name]['no_worse'] else 'WORSE'}",
+                flush=True,
+            )
             if not args.quick:
-                write_result(args.name, {
-                    "benchmark": "lwct user defaults vs the previous build's defaults, 1-point budget",
-                    "previous_defaults": PREVIOUS_DEFAULTS, "defaults": LwctConfig().model_dump(),
-                    "machine": machine(), "workloads": results})
+                write_result(
+                    args.name,
+                    {
+                        "benchmark": "lwct user defaults vs the previous build's defaults, 1-point budget",
+                        "previous_defaults": PREVIOUS_DEFAULTS,
+                        "defaults": LwctConfig().model_dump(),
+                        "machine": machine(),
+                        "workloads": results,
+                    },
+                )
 
 
 if __name__ == "__main__":

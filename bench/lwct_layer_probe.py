@@ -12,7 +12,6 @@ back: "dense"), or the already constrained layers left in float ("alone"). Write
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 from _common import machine, write_result
@@ -25,8 +24,14 @@ from core.methods import lwct
 from core.samples import cache_root, ensure_sample_model
 from core.train import fit
 
-SETTINGS = {"epochs_per_step": 3, "prune_epochs": 3, "sparsity_grid": [0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95],
-            "distill": 0.5, "lr": 0.05, "on_violation": "stop"}
+SETTINGS = {
+    "epochs_per_step": 3,
+    "prune_epochs": 3,
+    "sparsity_grid": [0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95],
+    "distill": 0.5,
+    "lr": 0.05,
+    "on_violation": "stop",
+}
 VARIANTS = {
     "as in the run (3 epochs, lr 0.05, distill 0.5)": {},
     "8 epochs": {"epochs": 8},
@@ -58,18 +63,38 @@ def main() -> None:
         sigmas = {} if variant.get("alone") else dict(meta["sigmas"])
         layer_masks = {**masks, args.layer: torch.ones_like(masks[args.layer])} if variant.get("dense") else masks
         module = lwct.build_working_module(run.base, shadow, layer_masks, {**sigmas, args.layer: None})
-        fit(module, data.x_train, data.y_train, epochs=variant.get("epochs", SETTINGS["epochs_per_step"]),
-            lr=variant.get("lr", SETTINGS["lr"]), momentum=0.9, batch_size=128, seed=config.seed + 1000,
-            lr_schedule="cosine", teacher=run.base, distill_weight=variant.get("distill", SETTINGS["distill"]))
+        fit(
+            module,
+            data.x_train,
+            data.y_train,
+            epochs=variant.get("epochs", SETTINGS["epochs_per_step"]),
+            lr=variant.get("lr", SETTINGS["lr"]),
+            momentum=0.9,
+            batch_size=128,
+            seed=config.seed + 1000,
+            lr_schedule="cosine",
+            teacher=run.base,
+            distill_weight=variant.get("distill", SETTINGS["distill"]),
+        )
         accuracy = top1_accuracy(run.plain(module), data.x_val, data.y_val)
-        results[name] = {"accuracy": accuracy, "drop_from_baseline": baseline - accuracy,
-                         "wall_s": time.perf_counter() - started}
+        results[name] = {
+            "accuracy": accuracy,
+            "drop_from_baseline": baseline - accuracy,
+            "wall_s": time.perf_counter() - started,
+        }
         print(f"{name:<48} {accuracy:6.2f} %  drop {baseline - accuracy:5.2f}", flush=True)
-    path = write_result("lwct_layer_probe", {
-        "benchmark": f"lwct: σ-constraining {args.layer} after the reference run's last accepted step",
-        "machine": machine(), "baseline_accuracy": baseline, "settings": SETTINGS,
-        "accepted_state": {"accuracy": meta["accuracy"], "ternary": sorted(meta["sigmas"])},
-        "layer": args.layer, "variants": results})
+    path = write_result(
+        "lwct_layer_probe",
+        {
+            "benchmark": f"lwct: σ-constraining {args.layer} after the reference run's last accepted step",
+            "machine": machine(),
+            "baseline_accuracy": baseline,
+            "settings": SETTINGS,
+            "accepted_state": {"accuracy": meta["accuracy"], "ternary": sorted(meta["sigmas"])},
+            "layer": args.layer,
+            "variants": results,
+        },
+    )
     print(f"wrote {path}")
 
 

@@ -33,8 +33,16 @@ from core.samples import ensure_sample_model
 from core.train import stage_epochs
 
 TARGET_RATIO = 40.0
-TUNING_FLAGS = ("epochs_per_step", "prune_epochs", "sparsity_grid", "max_train_samples", "prune_budget_share", "distill",
-                "lr", "float_precision")
+TUNING_FLAGS = (
+    "epochs_per_step",
+    "prune_epochs",
+    "sparsity_grid",
+    "max_train_samples",
+    "prune_budget_share",
+    "distill",
+    "lr",
+    "float_precision",
+)
 
 
 def parse_value(text: str):
@@ -60,19 +68,31 @@ def run_lwct(model, data, config: CompressConfig, save_sqz: Path | None) -> dict
         reloaded = top1_accuracy(load_sqz(path).module, data.x_val, data.y_val)
         if save_sqz is not None:
             shutil.copyfile(path, save_sqz)
-    return {"accuracy": reloaded, "accuracy_reported": result.accuracy, "packed_bytes": packed, "wall_s": wall,
-            "sparsity": next((t.sparsity for t in reversed(result.trials) if t.stage == "prune" and t.accepted), None),
-            "target_met": result.target_met,
-            "layers": [{k: v for k, v in asdict(layer).items() if k in ("name", "params", "sparsity", "representation", "bits")}
-                       for layer in result.layers],
-            "trials": [asdict(t) for t in result.trials]}
+    return {
+        "accuracy": reloaded,
+        "accuracy_reported": result.accuracy,
+        "packed_bytes": packed,
+        "wall_s": wall,
+        "sparsity": next((t.sparsity for t in reversed(result.trials) if t.stage == "prune" and t.accepted), None),
+        "target_met": result.target_met,
+        "layers": [
+            {k: v for k, v in asdict(layer).items() if k in ("name", "params", "sparsity", "representation", "bits")}
+            for layer in result.layers
+        ],
+        "trials": [asdict(t) for t in result.trials],
+    }
 
 
 def timed(function, *args) -> dict:
     start = time.perf_counter()
     result = function(*args)
-    return {"accuracy": result.accuracy, "packed_bytes": result.packed_bytes, "wall_s": time.perf_counter() - start,
-            "sparsity": result.sparsity, "trials": result.trials}
+    return {
+        "accuracy": result.accuracy,
+        "packed_bytes": result.packed_bytes,
+        "wall_s": time.perf_counter() - start,
+        "sparsity": result.sparsity,
+        "trials": result.trials,
+    }
 
 
 def main() -> None:
@@ -85,10 +105,18 @@ def main() -> None:
     tuning.add_argument("--prune-budget-share", type=float)
     tuning.add_argument("--distill", type=float)
     tuning.add_argument("--lr", type=float)
-    tuning.add_argument("--float-precision", choices=["float16", "float32"],
-                        help="storage precision of the weights left in float (lwct and the L1 pruning baseline)")
-    tuning.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="any other LwctConfig field, e.g. walk=layer (JSON values)")
+    tuning.add_argument(
+        "--float-precision",
+        choices=["float16", "float32"],
+        help="storage precision of the weights left in float (lwct and the L1 pruning baseline)",
+    )
+    tuning.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other LwctConfig field, e.g. walk=layer (JSON values)",
+    )
     parser.add_argument("--save-sqz", type=Path, help="also keep lwct's model.sqz here")
     parser.add_argument("--budget", type=float, default=1.0, help="allowed absolute drop, percentage points")
     parser.add_argument("--no-baselines", action="store_true", help="lwct only (for settings sweeps)")
@@ -109,8 +137,10 @@ def main() -> None:
     settings = LwctConfig(**flags)
     label = "defaults" if not flags else "tuned: " + " ".join(f"{k}={v}" for k, v in flags.items())
     config = CompressConfig(target=AccuracyTarget(max_drop=args.budget), device="cpu", lwct=settings)
-    print(f"baseline lenet5 / fashion-mnist: top-1 {baseline_accuracy:.2f} %, {original_bytes} float32 bytes; "
-          f"lwct {label}")
+    print(
+        f"baseline lenet5 / fashion-mnist: top-1 {baseline_accuracy:.2f} %, {original_bytes} float32 bytes; "
+        f"lwct {label}"
+    )
 
     runs = {} if args.no_lwct else {"lwct": run_lwct(model, data, config, args.save_sqz)}
     if not args.no_baselines:
@@ -124,8 +154,10 @@ def main() -> None:
     print(f"\n{'method':<18} {'top-1 %':>8} {'drop':>6} {'sparsity':>8} {'.sqz bytes':>10} {'ratio':>7} {'wall s':>7}")
     for name, run in runs.items():
         sparsity = "-" if run["sparsity"] is None else f"{run['sparsity']:.2f}"
-        print(f"{name:<18} {run['accuracy']:>8.2f} {run['drop']:>6.2f} {sparsity:>8} {run['packed_bytes']:>10} "
-              f"{run['compression_ratio']:>6.1f}x {run['wall_s']:>7.0f}")
+        print(
+            f"{name:<18} {run['accuracy']:>8.2f} {run['drop']:>6.2f} {sparsity:>8} {run['packed_bytes']:>10} "
+            f"{run['compression_ratio']:>6.1f}x {run['wall_s']:>7.0f}"
+        )
     versus, passed = {}, None
     if "lwct" in runs:
         ours = runs["lwct"]["compression_ratio"]
@@ -136,24 +168,31 @@ def main() -> None:
         print(f"lwct {ours:.1f}x (target ≥ {TARGET_RATIO:.0f}x within the budget) -> {'PASS' if passed else 'FAIL'}")
     if args.quick:
         return
-    path = write_result(args.name, {
-        "benchmark": "lwct reference workload: lenet5 / Fashion-MNIST, budget 1.0 point absolute",
-        "setup": ("baseline = core.samples.ensure_sample_model('fashion-mnist'); accuracy = top-1 on the 10k validation "
-                  "split (also the split lwct and the pruning search select on); sizes = .sqz file bytes via pack_sqz; "
-                  "lwct accuracy measured on the module loaded back from its .sqz; CPU"),
-        "machine": machine(),
-        "baseline": {"accuracy": baseline_accuracy, "float32_bytes": original_bytes},
-        "budget_points": args.budget,
-        "lwct_settings": settings.model_dump(),
-        "lwct_label": label,
-        "max_train_samples": args.max_train_samples,
-        "effective_epochs": {"per_pruning_level": stage_epochs(settings, settings.prune_epochs, len(data.y_train)),
-                             "per_ternary_step": stage_epochs(settings, settings.epochs_per_step, len(data.y_train))},
-        "runs": runs,
-        "lwct_over_baseline": versus,
-        "target_ratio": TARGET_RATIO,
-        "pass": passed,
-    })
+    path = write_result(
+        args.name,
+        {
+            "benchmark": "lwct reference workload: lenet5 / Fashion-MNIST, budget 1.0 point absolute",
+            "setup": (
+                "baseline = core.samples.ensure_sample_model('fashion-mnist'); accuracy = top-1 on the 10k validation "
+                "split (also the split lwct and the pruning search select on); sizes = .sqz file bytes via pack_sqz; "
+                "lwct accuracy measured on the module loaded back from its .sqz; CPU"
+            ),
+            "machine": machine(),
+            "baseline": {"accuracy": baseline_accuracy, "float32_bytes": original_bytes},
+            "budget_points": args.budget,
+            "lwct_settings": settings.model_dump(),
+            "lwct_label": label,
+            "max_train_samples": args.max_train_samples,
+            "effective_epochs": {
+                "per_pruning_level": stage_epochs(settings, settings.prune_epochs, len(data.y_train)),
+                "per_ternary_step": stage_epochs(settings, settings.epochs_per_step, len(data.y_train)),
+            },
+            "runs": runs,
+            "lwct_over_baseline": versus,
+            "target_ratio": TARGET_RATIO,
+            "pass": passed,
+        },
+    )
     print(f"wrote {path}")
 
 

@@ -31,9 +31,15 @@ def baseline(depth: int, data, epochs: int) -> LoadedModel:
     torch.manual_seed(depth)
     module = CifarResNet(depth, num_classes=10, in_channels=1, input_size=8)
     fit(module, data.x_train, data.y_train, epochs=epochs, lr=0.05, lr_schedule="cosine", seed=depth)
-    return LoadedModel(module=module.eval(), architecture={"name": f"resnet{depth}", "args": {"in_channels": 1}},
-                       source_format="squeezer", input_shape=(1, 8, 8), num_classes=10, preprocessing=None,
-                       onnx_graph=None)
+    return LoadedModel(
+        module=module.eval(),
+        architecture={"name": f"resnet{depth}", "args": {"in_channels": 1}},
+        source_format="squeezer",
+        input_shape=(1, 8, 8),
+        num_classes=10,
+        preprocessing=None,
+        onnx_graph=None,
+    )
 
 
 def walk(model: LoadedModel, data, name: str, stage: dict) -> dict:
@@ -43,12 +49,20 @@ def walk(model: LoadedModel, data, name: str, stage: dict) -> dict:
     wall = time.perf_counter() - start
     packed = len(pack_sqz(model.with_module(result.module), result.layers))
     ternary = [t for t in result.trials if t.stage == "ternary"]
-    return {"walk": name, "stages": len(result.trials), "walk_stages": len(ternary), "wall_s": wall,
-            "accuracy": result.accuracy, "drop": result.baseline_accuracy - result.accuracy,
-            "target_met": result.target_met, "packed_bytes": packed,
-            "compression_ratio": float32_bytes(model.module) / packed,
-            "ternary_layers": sum(layer.representation == "ternary" for layer in result.layers),
-            "group_sizes": [len(t.layers) for t in ternary], "accepted": [t.accepted for t in ternary]}
+    return {
+        "walk": name,
+        "stages": len(result.trials),
+        "walk_stages": len(ternary),
+        "wall_s": wall,
+        "accuracy": result.accuracy,
+        "drop": result.baseline_accuracy - result.accuracy,
+        "target_met": result.target_met,
+        "packed_bytes": packed,
+        "compression_ratio": float32_bytes(model.module) / packed,
+        "ternary_layers": sum(layer.representation == "ternary" for layer in result.layers),
+        "group_sizes": [len(t.layers) for t in ternary],
+        "accepted": [t.accepted for t in ternary],
+    }
 
 
 def main() -> None:
@@ -65,25 +79,41 @@ def main() -> None:
     for depth in depths:
         model = baseline(depth, data, epochs)
         layers = len(prunable_layers(model.module))
-        nets[f"resnet{depth}"] = net = {"prunable_layers": layers, "baseline_accuracy": top1_accuracy(
-            model.module, data.x_val, data.y_val), "runs": {}}
+        nets[f"resnet{depth}"] = net = {
+            "prunable_layers": layers,
+            "baseline_accuracy": top1_accuracy(model.module, data.x_val, data.y_val),
+            "runs": {},
+        }
         for name in args.walks.split(","):
             run = net["runs"][name] = walk(model, data, name, stage)
-            print(f"resnet{depth:<4} {layers:>4} layers  walk={name:<6} {run['walk_stages']:>4} walk stages "
-                  f"{run['wall_s']:>7.0f} s  {run['compression_ratio']:6.1f}x  drop {run['drop']:5.2f}  "
-                  f"{run['ternary_layers']} ternary", flush=True)
+            print(
+                f"resnet{depth:<4} {layers:>4} layers  walk={name:<6} {run['walk_stages']:>4} walk stages "
+                f"{run['wall_s']:>7.0f} s  {run['compression_ratio']:6.1f}x  drop {run['drop']:5.2f}  "
+                f"{run['ternary_layers']} ternary",
+                flush=True,
+            )
         runs = net["runs"]
         if {"group", "layer"} <= set(runs):
-            net["group_over_layer"] = {key: runs["group"][key] / max(runs["layer"][key], 1e-9)
-                                       for key in ("walk_stages", "wall_s", "compression_ratio")}
-            print(f"resnet{depth:<4} group / layer: {net['group_over_layer']['walk_stages']:.2f}x the stages, "
-                  f"{net['group_over_layer']['wall_s']:.2f}x the time, "
-                  f"{net['group_over_layer']['compression_ratio']:.2f}x the ratio", flush=True)
+            net["group_over_layer"] = {
+                key: runs["group"][key] / max(runs["layer"][key], 1e-9)
+                for key in ("walk_stages", "wall_s", "compression_ratio")
+            }
+            print(
+                f"resnet{depth:<4} group / layer: {net['group_over_layer']['walk_stages']:.2f}x the stages, "
+                f"{net['group_over_layer']['wall_s']:.2f}x the time, "
+                f"{net['group_over_layer']['compression_ratio']:.2f}x the ratio",
+                flush=True,
+            )
         if not args.quick:
-            write_result("lwct_scaling", {
-                "benchmark": "lwct walk=group vs walk=layer against depth (CIFAR-style ResNets, digits 8x8, CPU)",
-                "setup": {"budget_points": BUDGET, "baseline_epochs": epochs, "lwct": stage},
-                "machine": machine(), "nets": nets})
+            write_result(
+                "lwct_scaling",
+                {
+                    "benchmark": "lwct walk=group vs walk=layer against depth (CIFAR-style ResNets, digits 8x8, CPU)",
+                    "setup": {"budget_points": BUDGET, "baseline_epochs": epochs, "lwct": stage},
+                    "machine": machine(),
+                    "nets": nets,
+                },
+            )
 
 
 if __name__ == "__main__":

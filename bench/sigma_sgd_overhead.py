@@ -98,13 +98,18 @@ def main() -> None:
     times = time_interleaved(steps, rounds, warmup)
     medians_ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
     minimums_ms = {name: 1000 * min(t) for name, t in times.items()}  # least disturbed by other load on the machine
-    paired = {name: statistics.median(a / b for a, b in zip(times[name], times["plain"])) for name in ("masked", "sigma")}
+    paired = {
+        name: statistics.median(a / b for a, b in zip(times[name], times["plain"], strict=False))
+        for name in ("masked", "sigma")
+    }
     ratio = medians_ms["sigma"] / medians_ms["plain"]
 
     print(f"{'variant':<8} {'median ms/step':>15} {'vs plain':>9} {'paired median':>14} {'min ms':>8} {'vs plain':>9}")
     for name, ms in medians_ms.items():
-        print(f"{name:<8} {ms:>15.3f} {ms / medians_ms['plain']:>9.3f} {paired.get(name, 1.0):>14.3f} "
-              f"{minimums_ms[name]:>8.3f} {minimums_ms[name] / minimums_ms['plain']:>9.3f}")
+        print(
+            f"{name:<8} {ms:>15.3f} {ms / medians_ms['plain']:>9.3f} {paired.get(name, 1.0):>14.3f} "
+            f"{minimums_ms[name]:>8.3f} {minimums_ms[name] / minimums_ms['plain']:>9.3f}"
+        )
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"σ-SGD / plain SGD = {ratio:.3f} (target ≤ {TARGET}) -> {'PASS' if ratio <= TARGET else 'FAIL'}")
 
@@ -113,22 +118,27 @@ def main() -> None:
         profile(steps["sigma"], "sigma")
     if args.quick:
         return
-    path = write_result("sigma_sgd_overhead", {
-        "benchmark": "σ-constrained SGD step vs plain SGD step",
-        "setup": (f"lenet5 28x28, batch {BATCH}, CPU; all 5 prunable layers constrained by lwct.build_working_module "
-                  f"(TernaryWeight, masks at global sparsity {SPARSITY}); 'masked' = MaskedWeight only (pruning stage); "
-                  f"{rounds} rounds after {warmup} warm-up rounds, one step per variant per round in shuffled order"),
-        "machine": machine(),
-        "median_ms_per_step": {k: round(v, 4) for k, v in medians_ms.items()},
-        "ratio_sigma_over_plain": round(ratio, 4),
-        "ratio_masked_over_plain": round(medians_ms["masked"] / medians_ms["plain"], 4),
-        "paired_median_ratio": {k: round(v, 4) for k, v in paired.items()},
-        "min_ms_per_step": {k: round(v, 4) for k, v in minimums_ms.items()},
-        "ratio_of_minimums_sigma_over_plain": round(minimums_ms["sigma"] / minimums_ms["plain"], 4),
-        "load_average_1min_at_end": os.getloadavg()[0],
-        "target": TARGET,
-        "pass": ratio <= TARGET,
-    })
+    path = write_result(
+        "sigma_sgd_overhead",
+        {
+            "benchmark": "σ-constrained SGD step vs plain SGD step",
+            "setup": (
+                f"lenet5 28x28, batch {BATCH}, CPU; all 5 prunable layers constrained by lwct.build_working_module "
+                f"(TernaryWeight, masks at global sparsity {SPARSITY}); 'masked' = MaskedWeight only (pruning stage); "
+                f"{rounds} rounds after {warmup} warm-up rounds, one step per variant per round in shuffled order"
+            ),
+            "machine": machine(),
+            "median_ms_per_step": {k: round(v, 4) for k, v in medians_ms.items()},
+            "ratio_sigma_over_plain": round(ratio, 4),
+            "ratio_masked_over_plain": round(medians_ms["masked"] / medians_ms["plain"], 4),
+            "paired_median_ratio": {k: round(v, 4) for k, v in paired.items()},
+            "min_ms_per_step": {k: round(v, 4) for k, v in minimums_ms.items()},
+            "ratio_of_minimums_sigma_over_plain": round(minimums_ms["sigma"] / minimums_ms["plain"], 4),
+            "load_average_1min_at_end": os.getloadavg()[0],
+            "target": TARGET,
+            "pass": ratio <= TARGET,
+        },
+    )
     print(f"wrote {path}")
 
 

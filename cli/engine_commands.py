@@ -31,8 +31,11 @@ from core.errors import InputError, SqueezerError
 
 DataOption = Annotated[
     str,
-    typer.Option("--data", help="sample:digits, sample:fashion-mnist, sample:shapes (synthetic segmentation), an .npz, "
-                                "an image folder (dir/.zip/.tar) or images/ + masks/ folders."),
+    typer.Option(
+        "--data",
+        help="sample:digits, sample:fashion-mnist, sample:shapes (synthetic segmentation), an .npz, "
+        "an image folder (dir/.zip/.tar) or images/ + masks/ folders.",
+    ),
 ]
 Task = Literal["classification", "segmentation"]
 Metric = Literal["top1", "pixel_accuracy", "miou"]
@@ -41,7 +44,8 @@ MetricOption = Annotated[
     typer.Option("--metric", help="top1 (classification); pixel_accuracy (default) or miou (segmentation)."),
 ]
 ArchOption = Annotated[
-    str | None, typer.Option("--arch", help="Architecture of a weights-only file (.safetensors, .pt state dict), e.g. lenet5.")
+    str | None,
+    typer.Option("--arch", help="Architecture of a weights-only file (.safetensors, .pt state dict), e.g. lenet5."),
 ]
 ArchArgOption = Annotated[
     list[str] | None, typer.Option("--arch-arg", help="Architecture argument KEY=VALUE (JSON values), repeatable.")
@@ -80,8 +84,10 @@ def _normalization(mean: str | None, std: str | None) -> Normalization | None:
     try:  # one value per channel and positive stds are checked against the data by core.intake.data.normalize
         return Normalization(mean=[float(v) for v in mean.split(",")], std=[float(v) for v in std.split(",")])
     except ValueError:
-        raise InputError(f"--normalize-mean/--normalize-std: expected comma-separated numbers, got {mean!r} and {std!r}",
-                         code="invalid_options") from None
+        raise InputError(
+            f"--normalize-mean/--normalize-std: expected comma-separated numbers, got {mean!r} and {std!r}",
+            code="invalid_options",
+        ) from None
 
 
 def _config(fields: dict[str, Any]) -> CompressConfig:
@@ -111,15 +117,19 @@ def sample(
 
 
 def compress(
-    model: Annotated[Path, typer.Argument(help="A Squeezer model directory or .zip, an .onnx, or weights with --arch.")],
+    model: Annotated[
+        Path, typer.Argument(help="A Squeezer model directory or .zip, an .onnx, or weights with --arch.")
+    ],
     data: DataOption,
-    out: Annotated[Path, typer.Option("--out", help="Folder for model.sqz, model/, model.onnx and report.json.")] = Path(
-        "squeezer-results"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for model.sqz, model/, model.onnx and report.json.")
+    ] = Path("squeezer-results"),
     method: Annotated[
         Literal["lwct", "filter", "group", "auto", "int8"],
-        typer.Option(help="Compression method; auto: channel removal, then lwct (and int8), under one budget; "
-                     "int8: weights and activations, calibrated on the training data."),
+        typer.Option(
+            help="Compression method; auto: channel removal, then lwct (and int8), under one budget; "
+            "int8: weights and activations, calibrated on the training data."
+        ),
     ] = "lwct",
     task: Annotated[Task, typer.Option("--task", help="What the model does.")] = "classification",
     metric: MetricOption = None,
@@ -144,7 +154,8 @@ def compress(
         float | None, typer.Option("--time-limit", help="Seconds of training; the best result so far is kept.")
     ] = None,
     option: Annotated[
-        list[str] | None, typer.Option("--option", help="Any engine option KEY=VALUE, dotted keys, e.g. lwct.sparsity=0.8.")
+        list[str] | None,
+        typer.Option("--option", help="Any engine option KEY=VALUE, dotted keys, e.g. lwct.sparsity=0.8."),
     ] = None,
     log_format: Annotated[LogFormat, typer.Option("--log-format", help=LOG_FORMAT_HELP)] = "text",
 ) -> None:
@@ -214,16 +225,22 @@ class ProgressReporter:
         if event.stage == "step":
             layers = " ".join(data.get("layers") or [])
             err_console.print(
-                f"step {data['step']} {event.message} {layers}: {self.metric} {data['accuracy']:.2f}%  ×{data['compression_ratio']:.1f}",
-                markup=False, highlight=False,
+                f"step {data['step']} {event.message} {layers}: {self.metric} {data['accuracy']:.2f}%  "
+                f"×{data['compression_ratio']:.1f}",
+                markup=False,
+                highlight=False,
             )
 
 
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="model.sqz, a model directory or .zip, an .onnx, or weights with --arch.")],
+    model: Annotated[
+        Path, typer.Argument(help="model.sqz, a model directory or .zip, an .onnx, or weights with --arch.")
+    ],
     data: DataOption,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"metric": ..., "accuracy": ...}.')] = False,
-    task: Annotated[Task | None, typer.Option("--task", help="Checked against the data's own task (masks: segmentation).")] = None,
+    task: Annotated[
+        Task | None, typer.Option("--task", help="Checked against the data's own task (masks: segmentation).")
+    ] = None,
     metric: MetricOption = None,
     arch: ArchOption = None,
     arch_arg: ArchArgOption = None,
@@ -240,8 +257,14 @@ def evaluate(
         from core.pipeline import ModelSource, evaluate_file
 
         source = ModelSource(path=model, architecture=arch, arch_args=_arch_args(arch_arg))
-        result = evaluate_file(source, data, normalization=_normalization(normalize_mean, normalize_std), device=device,
-                               task=task, metric=metric)
+        result = evaluate_file(
+            source,
+            data,
+            normalization=_normalization(normalize_mean, normalize_std),
+            device=device,
+            task=task,
+            metric=metric,
+        )
         if as_json:
             typer.echo(json.dumps(result))
         else:

@@ -18,7 +18,10 @@ keys_app = typer.Typer(help="Create, list and revoke API keys (`Authorization: B
 
 DataDirOption = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="The embedded service's data folder (as given to `squeezer serve`); default: SQUEEZER_* settings."),
+    typer.Option(
+        "--data-dir",
+        help="The embedded service's data folder (as given to `squeezer serve`); default: SQUEEZER_* settings.",
+    ),
 ]
 
 
@@ -54,7 +57,11 @@ def create(
         except ValueError as error:
             err_console.print(str(error), highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_BAD_INPUT) from None
-    console.print(f"created key {row.id} for tenant {row.tenant}; store it now, it is not shown again:", highlight=False, soft_wrap=True)
+    console.print(
+        f"created key {row.id} for tenant {row.tenant}; store it now, it is not shown again:",
+        highlight=False,
+        soft_wrap=True,
+    )
     typer.echo(key)
 
 
@@ -68,14 +75,19 @@ def list_(
 
     with _session(data_dir) as session:
         rows = list_keys(session, tenant)
-    table = Table(Column("id", no_wrap=True, min_width=36), "tenant", "name", "prefix", "created", "last used", "revoked")
+    table = Table(
+        Column("id", no_wrap=True, min_width=36), "tenant", "name", "prefix", "created", "last used", "revoked"
+    )
     for row in rows:
         table.add_row(
             row.id,
             row.tenant,
             row.name,
             row.prefix + "…",
-            *(moment.isoformat(timespec="seconds") if moment else "" for moment in (row.created_at, row.last_used_at, row.revoked_at)),
+            *(
+                moment.isoformat(timespec="seconds") if moment else ""
+                for moment in (row.created_at, row.last_used_at, row.revoked_at)
+            ),
         )
     console.print(table)
 

@@ -22,8 +22,10 @@ err_console = Console(stderr=True)
 
 
 LogFormat = Literal["text", "json"]
-LOG_FORMAT_HELP = ("Progress on stdout when it is not a terminal: text, a plain line per stage and every few seconds; "
-                   "json, one JSON object per line (always).")
+LOG_FORMAT_HELP = (
+    "Progress on stdout when it is not a terminal: text, a plain line per stage and every few seconds; "
+    "json, one JSON object per line (always)."
+)
 PROGRESS_INTERVAL_S = 5.0  # a pipeline's log gets a line at least this often while a job runs (and at every stage)
 
 
@@ -32,27 +34,51 @@ class ProgressLines:
     `interval` seconds (stage, percentage, best accuracy and compression ratio so far); `json`: one JSON object per
     line. Text lines are written only when stdout is not a terminal (a terminal has the live bar); JSON always."""
 
-    def __init__(self, log_format: LogFormat = "text", *, metric: str = "accuracy",
-                 interval: float = PROGRESS_INTERVAL_S, stream: TextIO | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        log_format: LogFormat = "text",
+        *,
+        metric: str = "accuracy",
+        interval: float = PROGRESS_INTERVAL_S,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.format, self.metric, self.interval, self.clock = log_format, metric, interval, clock
         self.stream = stream if stream is not None else sys.stdout
         self.enabled = log_format == "json" or not self.stream.isatty()
         self.last_stage: str | None = None
         self.last_time = -float("inf")
 
-    def update(self, stage: str, fraction: float, *, best_accuracy: float | None = None,
-               best_ratio: float | None = None, **extra: Any) -> None:
+    def update(
+        self,
+        stage: str,
+        fraction: float,
+        *,
+        best_accuracy: float | None = None,
+        best_ratio: float | None = None,
+        **extra: Any,
+    ) -> None:
         now = self.clock()
         if not self.enabled or (stage == self.last_stage and now - self.last_time < self.interval):
             return
         self.last_stage, self.last_time = stage, now
         if self.format == "json":
-            line = json.dumps({"stage": stage, "progress": round(fraction, 4), "best_accuracy": best_accuracy,
-                               "best_compression_ratio": best_ratio, "metric": self.metric, **extra})
+            line = json.dumps(
+                {
+                    "stage": stage,
+                    "progress": round(fraction, 4),
+                    "best_accuracy": best_accuracy,
+                    "best_compression_ratio": best_ratio,
+                    "metric": self.metric,
+                    **extra,
+                }
+            )
         else:
-            best = (f"  best {self.metric} {best_accuracy:.2f}% ×{best_ratio:.1f}"
-                    if best_accuracy is not None and best_ratio is not None else "")
+            best = (
+                f"  best {self.metric} {best_accuracy:.2f}% ×{best_ratio:.1f}"
+                if best_accuracy is not None and best_ratio is not None
+                else ""
+            )
             status = f"[{extra['status']}] " if extra.get("status") else ""
             line = f"{status}{stage} {fraction:.0%}{best}"
         print(line, file=self.stream, flush=True)
@@ -106,9 +132,11 @@ def print_report(report: dict, out_dir: Path | None) -> None:
             table.add_row(label, fmt.format(baseline[key]), fmt.format(compressed[key]))
     onnx, baseline_onnx = report.get("artifacts", {}).get("model.onnx"), report.get("baseline_onnx")
     if onnx and baseline_onnx:  # what a deployment runs: the ONNX files in onnxruntime, measured side by side
-        for key, label, fmt in (("bytes", "ONNX file (bytes)", "{:,}"),
-                                ("latency_ms", "onnxruntime, batch 1 (ms)", "{:.3f}"),
-                                ("latency_ms_batch32", "onnxruntime, batch 32 (ms)", "{:.3f}")):
+        for key, label, fmt in (
+            ("bytes", "ONNX file (bytes)", "{:,}"),
+            ("latency_ms", "onnxruntime, batch 1 (ms)", "{:.3f}"),
+            ("latency_ms_batch32", "onnxruntime, batch 32 (ms)", "{:.3f}"),
+        ):
             table.add_row(label, fmt.format(baseline_onnx[key]), fmt.format(onnx[key]))
     console.print(table)
     target = report["target"]

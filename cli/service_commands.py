@@ -100,9 +100,7 @@ def upload(client: httpx.Client, path: Path, kind: str) -> str:
     """Uploads a file (a directory is zipped first: model directories and image folders travel as .zip)."""
     with tempfile.TemporaryDirectory(prefix="squeezer-upload-") as tmp:
         if path.is_dir():
-            path = Path(
-                shutil.make_archive(str(Path(tmp) / path.name), "zip", root_dir=path)
-            )
+            path = Path(shutil.make_archive(str(Path(tmp) / path.name), "zip", root_dir=path))
         if not path.is_file():
             raise ClientError(f"{path}: no such file or directory", EXIT_BAD_INPUT)
         with path.open("rb") as file:
@@ -158,21 +156,28 @@ def wait_for_job(client: httpx.Client, job: dict, log_format: LogFormat = "text"
         task = bar.add_task(JobStatus.QUEUED, total=1.0, status=job["status"])
         while job["status"] not in FINAL_STATUSES:
             time.sleep(POLL_INTERVAL_S)
-            response = client.get(
-                f"/v1/jobs/{job['id']}", headers={"If-None-Match": tag} if tag else {}
-            )
+            response = client.get(f"/v1/jobs/{job['id']}", headers={"If-None-Match": tag} if tag else {})
             if response.status_code == 304:
                 progress = job["progress"]
-                lines.update(progress.get("stage", ""), progress.get("fraction", 0.0),
-                             best_accuracy=progress.get("best_accuracy"),
-                             best_ratio=progress.get("best_compression_ratio"), status=job["status"])
+                lines.update(
+                    progress.get("stage", ""),
+                    progress.get("fraction", 0.0),
+                    best_accuracy=progress.get("best_accuracy"),
+                    best_ratio=progress.get("best_compression_ratio"),
+                    status=job["status"],
+                )
                 continue
             job = _check(response).json()
             tag = response.headers.get("ETag")
             progress = job["progress"]
             best = progress.get("best_compression_ratio")
-            lines.update(progress.get("stage", ""), progress.get("fraction", 0.0),
-                         best_accuracy=progress.get("best_accuracy"), best_ratio=best, status=job["status"])
+            lines.update(
+                progress.get("stage", ""),
+                progress.get("fraction", 0.0),
+                best_accuracy=progress.get("best_accuracy"),
+                best_ratio=best,
+                status=job["status"],
+            )
             description = progress.get("stage", "") + (
                 f"  best ×{best:.1f} @ {progress['best_accuracy']:.2f}%"
                 if best and progress.get("best_accuracy") is not None
@@ -287,9 +292,7 @@ def serve_in_thread(app, host: str, port: int):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, daemon=True
-    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while not server.started:
@@ -335,9 +338,7 @@ def is_loopback(host: str) -> bool:
 def serve(
     host: Annotated[
         str,
-        typer.Option(
-            help="Interface to bind. Without --auth only a loopback address is allowed."
-        ),
+        typer.Option(help="Interface to bind. Without --auth only a loopback address is allowed."),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     data_dir: Annotated[
@@ -407,9 +408,7 @@ def api(
             soft_wrap=True,
         )
         raise typer.Exit(EXIT_BAD_INPUT)
-    uvicorn.run(
-        create_app(get_settings(auth=auth)), host=host, port=port, proxy_headers=True
-    )
+    uvicorn.run(create_app(get_settings(auth=auth)), host=host, port=port, proxy_headers=True)
 
 
 def worker() -> None:
@@ -435,9 +434,7 @@ def migrate() -> None:
 def submit(
     model: Annotated[
         Path,
-        typer.Argument(
-            help="An .onnx file, a Squeezer model directory or a .zip of one."
-        ),
+        typer.Argument(help="An .onnx file, a Squeezer model directory or a .zip of one."),
     ],
     data: Annotated[
         str,
@@ -447,14 +444,10 @@ def submit(
         ),
     ],
     server: ServerOption = DEFAULT_SERVER,
-    max_drop: Annotated[
-        float, typer.Option("--max-drop", help="Largest allowed accuracy drop.")
-    ] = 1.0,
+    max_drop: Annotated[float, typer.Option("--max-drop", help="Largest allowed accuracy drop.")] = 1.0,
     drop_type: Annotated[
         str,
-        typer.Option(
-            "--drop-type", help="absolute (points) or relative (percent of baseline)."
-        ),
+        typer.Option("--drop-type", help="absolute (points) or relative (percent of baseline)."),
     ] = "absolute",
     method: Annotated[str, typer.Option(help="Compression method.")] = "lwct",
     option: Annotated[
@@ -466,13 +459,11 @@ def submit(
     ] = None,
     wait: Annotated[
         bool,
-        typer.Option(
-            "--wait", help="Poll until the job ends, then download the results."
-        ),
+        typer.Option("--wait", help="Poll until the job ends, then download the results."),
     ] = False,
-    out: Annotated[
-        Path, typer.Option("--out", help="Folder for the results (with --wait).")
-    ] = Path("squeezer-results"),
+    out: Annotated[Path, typer.Option("--out", help="Folder for the results (with --wait).")] = Path(
+        "squeezer-results"
+    ),
     api_key: ApiKeyOption = None,
     log_format: Annotated[
         LogFormat,
@@ -521,9 +512,7 @@ def _run_client(action) -> None:
 def jobs_list(
     server: ServerOption = DEFAULT_SERVER,
     api_key: ApiKeyOption = None,
-    status: Annotated[
-        str | None, typer.Option(help="Only jobs with this status.")
-    ] = None,
+    status: Annotated[str | None, typer.Option(help="Only jobs with this status.")] = None,
     limit: int = 20,
 ) -> None:
     """The newest jobs."""
@@ -553,9 +542,7 @@ def jobs_list(
 
 
 @jobs_app.command("show")
-def jobs_show(
-    job_id: str, server: ServerOption = DEFAULT_SERVER, api_key: ApiKeyOption = None
-) -> None:
+def jobs_show(job_id: str, server: ServerOption = DEFAULT_SERVER, api_key: ApiKeyOption = None) -> None:
     """One job as JSON."""
 
     def action() -> None:
@@ -566,9 +553,7 @@ def jobs_show(
 
 
 @jobs_app.command("cancel")
-def jobs_cancel(
-    job_id: str, server: ServerOption = DEFAULT_SERVER, api_key: ApiKeyOption = None
-) -> None:
+def jobs_cancel(job_id: str, server: ServerOption = DEFAULT_SERVER, api_key: ApiKeyOption = None) -> None:
     """Cancel a job (a running one stops at its next step)."""
 
     def action() -> None:
@@ -597,9 +582,7 @@ def jobs_download(
 
 
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Folder for the results.")] = Path(
-        "demo-results"
-    ),
+    out: Annotated[Path, typer.Option("--out", help="Folder for the results.")] = Path("demo-results"),
     port: Annotated[
         int,
         typer.Option(help="Loopback port for the embedded service (0: any free one)."),
@@ -611,9 +594,7 @@ def demo(
     console.print("Preparing the bundled sample model (lenet5 on digits)…")
     model_dir, accuracy = ensure_sample_model("digits")
     console.print(f"sample model: {model_dir} (validation accuracy {accuracy:.2f}%)")
-    server, thread, bound = serve_in_thread(
-        embedded_app(out / ".service"), "127.0.0.1", port
-    )
+    server, thread, bound = serve_in_thread(embedded_app(out / ".service"), "127.0.0.1", port)
     console.print(f"embedded service on http://127.0.0.1:{bound}")
     try:
         code = submit_and_wait(

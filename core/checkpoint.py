@@ -12,8 +12,10 @@ def save_checkpoint(directory: Path, name: str, tensors: dict[str, torch.Tensor]
     """Writes `name`.safetensors and `name`.json under `directory`; returns the JSON's path."""
     directory.mkdir(parents=True, exist_ok=True)
     tensors_path, json_path = directory / f"{name}.safetensors", directory / f"{name}.json"
-    save_file({key: value.detach().cpu().contiguous() for key, value in tensors.items()},
-              str(tensors_path.with_suffix(".tmp")))
+    save_file(
+        {key: value.detach().cpu().contiguous() for key, value in tensors.items()},
+        str(tensors_path.with_suffix(".tmp")),
+    )
     tensors_path.with_suffix(".tmp").replace(tensors_path)
     json_path.with_suffix(".jtmp").write_text(json.dumps(meta))
     json_path.with_suffix(".jtmp").replace(json_path)

@@ -47,8 +47,13 @@ from core.methods.int8 import compress_int8
 from core.methods.lwct import compress_lwct, prunable_layers
 from core.methods.results import ChannelLayerState, LayerState
 
-METHODS: dict[str, Callable] = {"lwct": compress_lwct, "filter": compress_filter, "group": compress_group,
-                                "auto": compress_auto, "int8": compress_int8}
+METHODS: dict[str, Callable] = {
+    "lwct": compress_lwct,
+    "filter": compress_filter,
+    "group": compress_group,
+    "auto": compress_auto,
+    "int8": compress_int8,
+}
 # The report's figures are measured on CPU whatever device trained the model: CUDA kernels (TF32, other reduction
 # orders) can flip near-tied predictions, and `squeezer evaluate` on any CPU must reproduce the reported accuracy.
 REPORT_DEVICE = "cpu"
@@ -61,7 +66,8 @@ _METHOD_START, _METHOD_END = 0.02, 0.95
 
 @dataclass
 class ModelSource:
-    """A model file as the user gave it; weights-only files (.safetensors, .pt state dicts) also name their architecture."""
+    """A model file as the user gave it; weights-only files (.safetensors, .pt state dicts) also name their
+    architecture."""
 
     path: Path
     architecture: str | None = None
@@ -92,16 +98,20 @@ def _open_model(source: ModelSource) -> LoadedModel:
     return load_model(path, architecture=source.architecture, arch_args=source.arch_args or None)
 
 
-def _load(model: ModelSource, data: str | Path, normalization: Normalization | None,
-          task: str | None) -> tuple[LoadedModel, Dataset, Dataset]:
+def _load(
+    model: ModelSource, data: str | Path, normalization: Normalization | None, task: str | None
+) -> tuple[LoadedModel, Dataset, Dataset]:
     """(model, raw data, normalized data), checked against each other and against `task` (None: the data's own).
     The model's own preprocessing applies unless `normalization` overrides it; the returned model carries the one
     used, so it is saved beside the weights."""
     loaded = _open_model(model)
     raw = load_dataset(data)
     if task is not None and raw.task != task:
-        hint = ("pass --task segmentation (options.task in the API)" if raw.task == "segmentation"
-                else "segmentation data holds masks: y_* of shape (N, H, W), or images/ and masks/ folders")
+        hint = (
+            "pass --task segmentation (options.task in the API)"
+            if raw.task == "segmentation"
+            else "segmentation data holds masks: y_* of shape (N, H, W), or images/ and masks/ folders"
+        )
         raise MismatchError(f"task is {task} but {raw.name} is a {raw.task} data set; {hint}")
     normalization = normalization or loaded.preprocessing
     prepared = normalize(raw, normalization)
@@ -123,13 +133,21 @@ def check_inputs(model: ModelSource, data: str | Path, config: CompressConfig) -
     if not layers:
         raise UnsupportedLayerError("the model has no Conv or Linear layer to compress")
     assert loaded.num_classes is not None  # check_compatible filled it
-    return InputSummary(model_format=loaded.source_format, architecture=loaded.architecture["name"],
-                        input_shape=_input_shape(loaded), num_classes=loaded.num_classes, task=prepared.task,
-                        train_samples=len(prepared.x_train), val_samples=len(prepared.x_val), layers=layers)
+    return InputSummary(
+        model_format=loaded.source_format,
+        architecture=loaded.architecture["name"],
+        input_shape=_input_shape(loaded),
+        num_classes=loaded.num_classes,
+        task=prepared.task,
+        train_samples=len(prepared.x_train),
+        val_samples=len(prepared.x_val),
+        layers=layers,
+    )
 
 
-def _measures(module: torch.nn.Module, input_shape: tuple[int, ...], data: Dataset, size_bytes: int,
-              metric: str) -> dict:
+def _measures(
+    module: torch.nn.Module, input_shape: tuple[int, ...], data: Dataset, size_bytes: int, metric: str
+) -> dict:
     return {
         "accuracy": metric_function(metric)(module, data.x_val, data.y_val, device=REPORT_DEVICE),
         "params": count_params(module),
@@ -147,9 +165,16 @@ def _version() -> str:
         return "unknown"
 
 
-def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: CompressConfig, *,
-                   on_event: EventCallback = no_events, should_stop: StopCheck = never_stop,
-                   checkpoint_dir: Path | None = None) -> dict:
+def compress_files(
+    model: ModelSource,
+    data: str | Path,
+    out_dir: Path,
+    config: CompressConfig,
+    *,
+    on_event: EventCallback = no_events,
+    should_stop: StopCheck = never_stop,
+    checkpoint_dir: Path | None = None,
+) -> dict:
     """Compresses `model` on `data` under `config` and writes model.sqz, model/, model.onnx and report.json to
     `out_dir`. Returns the report. Raises InputError subclasses for unusable inputs, Cancelled when stopped."""
     started = time.monotonic()
@@ -159,14 +184,21 @@ def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: 
     metric = config.metric
     loaded, raw, prepared = _load(model, data, config.normalization, config.task)
     baseline = _measures(loaded.module, _input_shape(loaded), prepared, float32_bytes(loaded.module), metric)
-    on_event(Event(stage="intake", fraction=_METHOD_START, message=f"baseline {metric} {baseline['accuracy']:.2f}%",
-                   data={"accuracy": baseline["accuracy"]}))
+    on_event(
+        Event(
+            stage="intake",
+            fraction=_METHOD_START,
+            message=f"baseline {metric} {baseline['accuracy']:.2f}%",
+            data={"accuracy": baseline["accuracy"]},
+        )
+    )
 
     def method_event(event: Event) -> None:
         on_event(dataclasses.replace(event, fraction=_METHOD_START + (_METHOD_END - _METHOD_START) * event.fraction))
 
-    result = METHODS[config.method](loaded, prepared, config, on_event=method_event, should_stop=should_stop,
-                                    checkpoint_dir=checkpoint_dir)
+    result = METHODS[config.method](
+        loaded, prepared, config, on_event=method_event, should_stop=should_stop, checkpoint_dir=checkpoint_dir
+    )
 
     on_event(Event(stage="export", fraction=_METHOD_END, message="writing model.sqz, model/ and model.onnx"))
     out_dir = Path(out_dir)
@@ -194,8 +226,12 @@ def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: 
     with tempfile.TemporaryDirectory(prefix="squeezer-baseline-") as tmp:
         baseline_onnx = _onnx_entry(export_onnx(loaded, Path(tmp) / "baseline.onnx"), raw, loaded, metric)
     artifacts = {
-        "model.sqz": {"bytes": sqz_bytes, "accuracy": compressed["accuracy"], "runtime": "torch",
-                      **{key: compressed[key] for key in LATENCY_BATCHES}},
+        "model.sqz": {
+            "bytes": sqz_bytes,
+            "accuracy": compressed["accuracy"],
+            "runtime": "torch",
+            **{key: compressed[key] for key in LATENCY_BATCHES},
+        },
         "model/": _model_dir_entry(model_dir, prepared, metric),
         "model.onnx": _onnx_entry(onnx_path, raw, reloaded, metric, accuracy=onnx_accuracy),
     }
@@ -206,9 +242,15 @@ def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: 
 
     target = config.target
     report = build_report(
-        method=config.method, metric=metric, max_drop=target.max_drop, drop_type=target.drop_type,
+        method=config.method,
+        metric=metric,
+        max_drop=target.max_drop,
+        drop_type=target.drop_type,
         target_met=baseline["accuracy"] - compressed["accuracy"] <= target.allowed_drop(baseline["accuracy"]),
-        baseline=baseline, compressed=compressed, layers=_with_channel_counts(result.layers), trials=result.trials,
+        baseline=baseline,
+        compressed=compressed,
+        layers=_with_channel_counts(result.layers),
+        trials=result.trials,
         extras={
             "task": config.task,
             "dataset": raw.summary(),
@@ -217,7 +259,9 @@ def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: 
             "baseline_onnx": baseline_onnx,
             "deployable": deployable,
             "settings": config.model_dump(mode="json"),
-            **({"objective": config.auto.objective, "candidates": result.candidates} if config.method == "auto" else {}),
+            **(
+                {"objective": config.auto.objective, "candidates": result.candidates} if config.method == "auto" else {}
+            ),
             "stopped_early": result.stopped_early,
             "fine_tuning": result.fine_tuning,
             "device": str(device),
@@ -229,9 +273,18 @@ def compress_files(model: ModelSource, data: str | Path, out_dir: Path, config: 
     )
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     (out_dir / "report.html").write_text(render_report_html(report), encoding="utf-8")
-    on_event(Event(stage="done", fraction=1.0, message="target met" if report["target_met"] else "target missed",
-                   data={"accuracy": compressed["accuracy"], "compression_ratio": report["compression_ratio"],
-                         "target_met": report["target_met"]}))
+    on_event(
+        Event(
+            stage="done",
+            fraction=1.0,
+            message="target met" if report["target_met"] else "target missed",
+            data={
+                "accuracy": compressed["accuracy"],
+                "compression_ratio": report["compression_ratio"],
+                "target_met": report["target_met"],
+            },
+        )
+    )
     return report
 
 
@@ -240,25 +293,42 @@ def _onnx_entry(path: Path, raw: Dataset, model: LoadedModel, metric: str, accur
     if accuracy is None:
         _stamp_preprocessing(path, model.preprocessing)
         accuracy = _onnx_accuracy(path, raw, None, metric)
-    return {"bytes": path.stat().st_size, "accuracy": accuracy, "runtime": "onnxruntime",
-            **{key: onnx_latency_ms(path, _input_shape(model), batch=batch) for key, batch in LATENCY_BATCHES.items()}}
+    return {
+        "bytes": path.stat().st_size,
+        "accuracy": accuracy,
+        "runtime": "onnxruntime",
+        **{key: onnx_latency_ms(path, _input_shape(model), batch=batch) for key, batch in LATENCY_BATCHES.items()},
+    }
 
 
 def _model_dir_entry(model_dir: Path, data: Dataset, metric: str) -> dict:
     """model/ (served as model.zip) loaded back and measured like model.sqz."""
     loaded = load_model(model_dir)
-    return {"bytes": sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()),
-            "accuracy": metric_function(metric)(loaded.module, data.x_val, data.y_val, device=REPORT_DEVICE),
-            "runtime": "torch",
-            **{key: median_latency_ms(loaded.module, _input_shape(loaded), batch=batch)
-               for key, batch in LATENCY_BATCHES.items()}}
+    return {
+        "bytes": sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()),
+        "accuracy": metric_function(metric)(loaded.module, data.x_val, data.y_val, device=REPORT_DEVICE),
+        "runtime": "torch",
+        **{
+            key: median_latency_ms(loaded.module, _input_shape(loaded), batch=batch)
+            for key, batch in LATENCY_BATCHES.items()
+        },
+    }
 
 
 def _with_channel_counts(layers: list[LayerState]) -> list[ChannelLayerState]:
     """Every report row says how many channels its layer kept and why; lwct's layers keep them all."""
-    return [layer if isinstance(layer, ChannelLayerState) else ChannelLayerState(
-        **dataclasses.asdict(layer), channels_before=layer.shape[0], channels_kept=layer.shape[0], channels_removed=0,
-        reason="kept: lwct prunes and ternarises weights, it removes no channels") for layer in layers]
+    return [
+        layer
+        if isinstance(layer, ChannelLayerState)
+        else ChannelLayerState(
+            **dataclasses.asdict(layer),
+            channels_before=layer.shape[0],
+            channels_kept=layer.shape[0],
+            channels_removed=0,
+            reason="kept: lwct prunes and ternarises weights, it removes no channels",
+        )
+        for layer in layers
+    ]
 
 
 def _stamp_preprocessing(onnx_path: Path, normalization: Normalization | None) -> None:
@@ -266,7 +336,9 @@ def _stamp_preprocessing(onnx_path: Path, normalization: Normalization | None) -
     import onnx
 
     proto = onnx.load(str(onnx_path))
-    onnx.helper.set_model_props(proto, {PREPROCESSING_KEY: json.dumps(normalization.model_dump() if normalization else None)})
+    onnx.helper.set_model_props(
+        proto, {PREPROCESSING_KEY: json.dumps(normalization.model_dump() if normalization else None)}
+    )
     onnx.save(proto, str(onnx_path))
 
 
@@ -291,8 +363,15 @@ def _onnx_accuracy(path: Path, raw: Dataset, normalization: Normalization | None
     return score_predictions(metric, torch.from_numpy(predictions), data.y_val)
 
 
-def evaluate_file(model: ModelSource | Path | str, data: str | Path, *, normalization: Normalization | None = None,
-                  device: str = REPORT_DEVICE, task: str | None = None, metric: str | None = None) -> dict:
+def evaluate_file(
+    model: ModelSource | Path | str,
+    data: str | Path,
+    *,
+    normalization: Normalization | None = None,
+    device: str = REPORT_DEVICE,
+    task: str | None = None,
+    metric: str | None = None,
+) -> dict:
     """`metric` of a model file on the validation split of `data`: model.sqz, a model directory or .zip, .onnx (under
     onnxruntime), or weights plus an architecture. The task is the data's own unless given (then they must agree);
     the metric defaults to the task's first (top1, pixel_accuracy). The model's own preprocessing applies unless
@@ -304,8 +383,9 @@ def evaluate_file(model: ModelSource | Path | str, data: str | Path, *, normaliz
     allowed = METRICS_BY_TASK[raw.task]
     metric = metric or allowed[0]
     if metric not in allowed:
-        raise InputError(f"metric {metric!r} does not apply to {raw.task}; use {' or '.join(allowed)}",
-                         code="invalid_options")
+        raise InputError(
+            f"metric {metric!r} does not apply to {raw.task}; use {' or '.join(allowed)}", code="invalid_options"
+        )
     if Path(source.path).suffix.lower() == ".onnx":
         return {"metric": metric, "accuracy": _onnx_accuracy(Path(source.path), raw, normalization, metric)}
     loaded = _open_model(source)

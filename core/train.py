@@ -14,16 +14,20 @@ import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from core.errors import Cancelled
 
+if TYPE_CHECKING:
+    from core.intake.data import Samples
+
 
 def fit(
     module: nn.Module,
-    x: torch.Tensor,
+    x: "Samples | torch.Tensor",
     y: torch.Tensor,
     *,
     epochs: int,
@@ -48,7 +52,8 @@ def fit(
     `max_samples` caps the samples seen per epoch (a fresh random subset each epoch).
     `after_step(optimizer)` runs under no_grad after every step: proximal steps, and resets of their momentum.
     `lr_schedule="cosine"` anneals the learning rate to zero over the run: short recovery stages end closer to a
-    minimum than at a constant rate. Mixed precision is used on CUDA only, so CPU runs stay bit-reproducible for a given seed.
+    minimum than at a constant rate. Mixed precision is used on CUDA only, so CPU runs stay bit-reproducible for a
+    given seed.
     With a `teacher`, the loss mixes in `distill_weight` of knowledge distillation (KL divergence to the teacher's
     softened outputs): a compressed model recovers faster when it learns the baseline's full output, not just labels.
     Raises Cancelled as soon as `should_stop()` returns True (checked before every step); with a `divergence` rule,
@@ -73,7 +78,9 @@ def fit(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps) if lr_schedule == "cosine" else None
     last_loss = 0.0
     watch = _DivergenceWatch(divergence) if divergence is not None else None
-    reader = x.reader() if getattr(x, "lazy", False) else None  # decoded on access: DataLoader workers read ahead
+    # a lazy source (an image folder's Samples) is decoded on access: DataLoader workers read ahead
+    lazy = cast("Samples", x) if getattr(x, "lazy", False) else None
+    reader = lazy.reader() if lazy is not None else None
     try:
         for epoch in range(epochs):
             order = torch.randperm(n, generator=generator)[:per_epoch]
@@ -85,7 +92,10 @@ def fit(
             for idx in batches:
                 if should_stop is not None and should_stop():
                     raise Cancelled("stopped by request")
-                xb = x.converted(reader.next(), device) if reader is not None else _batch(x, idx, device)
+                if lazy is not None and reader is not None:
+                    xb = lazy.converted(reader.next(), device)
+                else:
+                    xb = _batch(x, idx, device)
                 yb = y[idx].to(device, non_blocking=True)
                 if augment != "none":
                     xb, yb = augmented(xb, yb, augment, generator)
@@ -131,8 +141,9 @@ def _batch(x, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
 AUGMENT_PADDING = 4  # crop+flip: pad by this many pixels (reflected), then crop back at a random offset (CIFAR recipe)
 
 
-def augmented(x: torch.Tensor, y: torch.Tensor, augment: str,
-              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augmented(
+    x: torch.Tensor, y: torch.Tensor, augment: str, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Standard fine-tuning augmentation of one batch: `flip` mirrors a random half left to right, `crop+flip` also
     crops each sample back from a reflect-padded copy at a random offset. Masks (segmentation) move with their
     images."""
@@ -245,9 +256,15 @@ def stage_epochs(settings, epochs: int, train_samples: int, params: int | None =
 
 def fit_options(settings) -> dict:
     """The keyword arguments of `fit` that a method's training settings (core.config.StructuredTraining) fix."""
-    return {"lr": settings.lr, "momentum": settings.momentum, "weight_decay": settings.weight_decay,
-            "batch_size": settings.batch_size, "max_samples": settings.max_train_samples,
-            "lr_schedule": settings.lr_schedule, "augment": settings.augment}
+    return {
+        "lr": settings.lr,
+        "momentum": settings.momentum,
+        "weight_decay": settings.weight_decay,
+        "batch_size": settings.batch_size,
+        "max_samples": settings.max_train_samples,
+        "lr_schedule": settings.lr_schedule,
+        "augment": settings.augment,
+    }
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -321,8 +338,17 @@ class StageOutcome:
     recovered: bool = True  # False: every try diverged and the module is back at its starting weights
 
 
-def fit_guarded(module: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float, max_retries: int = 3,
-                lr_factor: float = 0.3, divergence: DivergenceRule = DivergenceRule(), **options) -> StageOutcome:
+def fit_guarded(
+    module: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    lr: float,
+    max_retries: int = 3,
+    lr_factor: float = 0.3,
+    divergence: DivergenceRule = DivergenceRule(),
+    **options,
+) -> StageOutcome:
     """`fit` under a divergence rule: a diverged try is rolled back to the stage's starting weights and repeated at
     `lr_factor` × its rate, at most `max_retries` times. When no try holds, the module keeps its starting weights and
     the outcome says `recovered=False`, so the caller reports it rather than keeping a wrecked model."""
@@ -351,10 +377,22 @@ class RangeTest:
     losses: dict[float, float]  # candidate rate → loss on the probe samples after its probe steps (inf: diverged)
 
 
-def choose_lr(module: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float, steps: int = 20,
-              probe_samples: int = 512, tolerance: float = 0.25, candidates: tuple[float, ...] = LR_CANDIDATE_FACTORS,
-              momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 128,
-              device: torch.device | str = "cpu", seed: int = 0) -> RangeTest:
+def choose_lr(
+    module: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    lr: float,
+    steps: int = 20,
+    probe_samples: int = 512,
+    tolerance: float = 0.25,
+    candidates: tuple[float, ...] = LR_CANDIDATE_FACTORS,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> RangeTest:
     """A short, bounded range test on the job's own data: each candidate rate (`lr` × `candidates`) trains a copy of
     the module for `steps` SGD steps, and the loss it then reaches on a fixed probe subset is compared. The largest
     rate whose loss is within `tolerance` (relative, plus 0.01) of the best is chosen: the fastest rate that does not
@@ -368,9 +406,20 @@ def choose_lr(module: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float,
         rate = lr * factor
         trial = copy.deepcopy(module)
         try:
-            fit(trial, x, y, epochs=math.ceil(steps * batch_size / len(x)), lr=rate, momentum=momentum,
-                weight_decay=weight_decay, batch_size=batch_size, device=device, seed=seed,
-                max_samples=steps * batch_size, divergence=DivergenceRule())
+            fit(
+                trial,
+                x,
+                y,
+                epochs=math.ceil(steps * batch_size / len(x)),
+                lr=rate,
+                momentum=momentum,
+                weight_decay=weight_decay,
+                batch_size=batch_size,
+                device=device,
+                seed=seed,
+                max_samples=steps * batch_size,
+                divergence=DivergenceRule(),
+            )
             losses[rate] = _mean_loss(trial, x_probe, y_probe, device, batch_size)
         except Diverged:
             losses[rate] = math.inf

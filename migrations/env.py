@@ -12,12 +12,16 @@ target_metadata = Base.metadata
 
 
 def database_url() -> str:
-    return config.attributes.get("url") or config.get_main_option("sqlalchemy.url") or get_settings().resolved_database_url
+    return (
+        config.attributes.get("url") or config.get_main_option("sqlalchemy.url") or get_settings().resolved_database_url
+    )
 
 
 def run_migrations_offline() -> None:
     url = database_url()
-    context.configure(url=url, target_metadata=target_metadata, literal_binds=True, render_as_batch=url.startswith("sqlite"))
+    context.configure(
+        url=url, target_metadata=target_metadata, literal_binds=True, render_as_batch=url.startswith("sqlite")
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -27,7 +31,12 @@ def run_migrations_online() -> None:
     try:
         with engine.connect() as connection:
             # SQLite cannot ALTER most things in place: batch mode rebuilds tables for it.
-            context.configure(connection=connection, target_metadata=target_metadata, compare_type=True, render_as_batch=connection.dialect.name == "sqlite")
+            context.configure(
+                connection=connection,
+                target_metadata=target_metadata,
+                compare_type=True,
+                render_as_batch=connection.dialect.name == "sqlite",
+            )
             with context.begin_transaction():
                 context.run_migrations()
     finally:

@@ -62,8 +62,14 @@ def store_artifact(
             left = quota_bytes - stored_bytes(session, tenant)
             if reserve_bytes > left:
                 raise QuotaExceeded(left)
-        artifact = Artifact(tenant=tenant, kind=kind, filename=filename, content_type=content_type, state="uploading",
-                            size_bytes=reserve_bytes)
+        artifact = Artifact(
+            tenant=tenant,
+            kind=kind,
+            filename=filename,
+            content_type=content_type,
+            state="uploading",
+            size_bytes=reserve_bytes,
+        )
         session.add(artifact)
         session.commit()
     writer = blobs.open_writer(artifact.id)
@@ -82,7 +88,11 @@ def store_artifact(
         _delete_row(session_factory, artifact.id)
         raise
     with session_factory() as session:
-        session.execute(update(Artifact).where(Artifact.id == artifact.id).values(state="ready", size_bytes=size, sha256=digest.hexdigest()))
+        session.execute(
+            update(Artifact)
+            .where(Artifact.id == artifact.id)
+            .values(state="ready", size_bytes=size, sha256=digest.hexdigest())
+        )
         session.commit()
         return session.get(Artifact, artifact.id)
 
@@ -154,7 +164,8 @@ def stored_bytes(session: Session, tenant: str) -> int:
 
 
 def export_artifact_to(session_factory: sessionmaker[Session], blobs: BlobStore, artifact_id: str, path: Path) -> Path:
-    """Writes a ready artifact's bytes to `path`, verifying size and sha256 (a worker must never run on a short file)."""
+    """Writes a ready artifact's bytes to `path`, verifying size and sha256 (a worker must never run on a short
+    file)."""
     with session_factory() as session:
         artifact = get_ready_artifact(session, artifact_id)
     if artifact is None:
@@ -189,7 +200,9 @@ def sweep_stale_uploads(session_factory: sessionmaker[Session], blobs: BlobStore
     """Removes uploads still "uploading" after `older_than_s` (their API process died mid-upload). Returns their ids."""
     cutoff = utcnow() - timedelta(seconds=older_than_s)
     with session_factory() as session:
-        stale = list(session.scalars(select(Artifact.id).where(Artifact.state == "uploading", Artifact.created_at < cutoff)))
+        stale = list(
+            session.scalars(select(Artifact.id).where(Artifact.state == "uploading", Artifact.created_at < cutoff))
+        )
     for artifact_id in stale:
         delete_artifact(session_factory, blobs, artifact_id)
     return stale

@@ -89,7 +89,9 @@ class DatabaseBlobStore:
         seq = 0
         while True:
             with self.session_factory() as session:
-                data = session.scalar(select(BlobChunk.data).where(BlobChunk.artifact_id == artifact_id, BlobChunk.seq == seq))
+                data = session.scalar(
+                    select(BlobChunk.data).where(BlobChunk.artifact_id == artifact_id, BlobChunk.seq == seq)
+                )
             if data is None:
                 return
             yield bytes(data)

@@ -14,7 +14,8 @@ POOL_OVERFLOW = 20
 
 
 def _configure_sqlite(dbapi_connection, _record) -> None:
-    """WAL lets the API read while the in-process worker writes; the busy timeout makes writers wait instead of failing."""
+    """WAL lets the API read while the in-process worker writes; the busy timeout makes writers wait instead of
+    failing."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -32,8 +33,9 @@ def make_engine(url: str, *, autocommit: bool = False) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
-                               **isolation)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **isolation
+        )
         event.listen(engine, "connect", _configure_sqlite)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, **isolation)

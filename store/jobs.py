@@ -39,14 +39,29 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def create_job(session: Session, *, tenant: str, spec: dict, idempotency_key: str | None, request_hash: str | None, max_attempts: int) -> tuple[Job, bool]:
+def create_job(
+    session: Session,
+    *,
+    tenant: str,
+    spec: dict,
+    idempotency_key: str | None,
+    request_hash: str | None,
+    max_attempts: int,
+) -> tuple[Job, bool]:
     """Inserts a queued job, or returns the tenant's job already created with this idempotency key (created=False);
     the caller compares `request_hash` to refuse a reused key with another body."""
     if idempotency_key is not None:
         existing = find_job_by_key(session, tenant, idempotency_key)
         if existing is not None:
             return existing, False
-    job = Job(tenant=tenant, spec=spec, idempotency_key=idempotency_key, request_hash=request_hash, max_attempts=max_attempts, dispatched_at=utcnow())
+    job = Job(
+        tenant=tenant,
+        spec=spec,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        max_attempts=max_attempts,
+        dispatched_at=utcnow(),
+    )
     session.add(job)
     try:
         session.commit()
@@ -155,7 +170,11 @@ def claim_job(session: Session, job_id: str, worker_id: str) -> Job | None:
 def heartbeat(session: Session, job_id: str, worker_id: str) -> bool:
     """Marks the job alive. False when the job is no longer ours or a cancel was requested: the worker should stop.
     Does not bump `version` (nothing a client sees changes)."""
-    result = session.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id, Job.status.in_(ACTIVE_STATUSES)).values(heartbeat_at=utcnow()))
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status.in_(ACTIVE_STATUSES))
+        .values(heartbeat_at=utcnow())
+    )
     session.commit()
     if result.rowcount != 1:
         return False
@@ -164,13 +183,24 @@ def heartbeat(session: Session, job_id: str, worker_id: str) -> bool:
 
 def record_event(session: Session, job_id: str, event: Event) -> None:
     session.execute(
-        insert(JobEvent).values(job_id=job_id, level=event.level, stage=event.stage, message=event.message, data=jsonable(event.data), created_at=utcnow())
+        insert(JobEvent).values(
+            job_id=job_id,
+            level=event.level,
+            stage=event.stage,
+            message=event.message,
+            data=jsonable(event.data),
+            created_at=utcnow(),
+        )
     )
     session.commit()
 
 
 def update_progress(session: Session, job_id: str, progress: dict) -> None:
-    session.execute(update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES)).values(progress=jsonable(progress), version=Job.version + 1))
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
+        .values(progress=jsonable(progress), version=Job.version + 1)
+    )
     session.commit()
 
 
@@ -179,7 +209,9 @@ def set_checkpoint(session: Session, job_id: str, worker_id: str, artifact_id: s
     or `artifact_id` itself when the job is no longer ours (so the caller deletes the orphan)."""
     previous = checkpoint_of(session, job_id)
     result = session.execute(
-        update(Job).where(Job.id == job_id, Job.worker_id == worker_id, Job.status.in_(ACTIVE_STATUSES)).values(checkpoint_artifact_id=artifact_id)
+        update(Job)
+        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status.in_(ACTIVE_STATUSES))
+        .values(checkpoint_artifact_id=artifact_id)
     )
     session.commit()
     return previous if result.rowcount == 1 else artifact_id
@@ -213,13 +245,20 @@ def finish_job(
     }
     if started_at is not None:
         values["duration_s"] = (now - started_at).total_seconds()
-    result = session.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id, Job.status.in_(ACTIVE_STATUSES)).values(**values))
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status.in_(ACTIVE_STATUSES))
+        .values(**values)
+    )
     if result.rowcount != 1:
         session.rollback()
         return False
     if results:
         session.execute(delete(JobResult).where(JobResult.job_id == job_id))
-        session.execute(insert(JobResult), [{"job_id": job_id, "name": name, "artifact_id": artifact_id} for name, artifact_id in results.items()])
+        session.execute(
+            insert(JobResult),
+            [{"job_id": job_id, "name": name, "artifact_id": artifact_id} for name, artifact_id in results.items()],
+        )
     session.commit()
     return True
 
@@ -258,36 +297,67 @@ def reap(session: Session, *, heartbeat_timeout_s: float, stale_queued_s: float)
     ).all()
     to_dispatch: list[str] = []
     for job_id, status, attempts, max_attempts in dead:
-        still_dead = (Job.id == job_id, Job.status == status, Job.attempts == attempts, or_(Job.heartbeat_at < dead_cutoff, Job.heartbeat_at.is_(None)))
+        still_dead = (
+            Job.id == job_id,
+            Job.status == status,
+            Job.attempts == attempts,
+            or_(Job.heartbeat_at < dead_cutoff, Job.heartbeat_at.is_(None)),
+        )
         if status == JobStatus.CANCELLING:
             values: dict[str, Any] = {"status": JobStatus.CANCELLED, "finished_at": now}
             event = Event(
-                stage="worker_lost", fraction=0.0, level="warning", message="The worker stopped responding; the job was being cancelled and is now cancelled."
+                stage="worker_lost",
+                fraction=0.0,
+                level="warning",
+                message="The worker stopped responding; the job was being cancelled and is now cancelled.",
             )
         elif attempts < max_attempts:
             values = {"status": JobStatus.QUEUED, "worker_id": None, "heartbeat_at": None, "dispatched_at": now}
             event = Event(
-                stage="worker_lost", fraction=0.0, level="warning", message=f"The worker stopped responding during attempt {attempts}; the job was requeued."
+                stage="worker_lost",
+                fraction=0.0,
+                level="warning",
+                message=f"The worker stopped responding during attempt {attempts}; the job was requeued.",
             )
         else:
             message = f"The worker stopped responding on each of {attempts} attempts; giving up."
-            values = {"status": JobStatus.FAILED, "error_code": "worker_lost", "error_message": message, "finished_at": now}
+            values = {
+                "status": JobStatus.FAILED,
+                "error_code": "worker_lost",
+                "error_message": message,
+                "finished_at": now,
+            }
             event = Event(stage="worker_lost", fraction=0.0, level="error", message=message)
         result = session.execute(update(Job).where(*still_dead).values(**values, version=Job.version + 1))
         if result.rowcount == 1:
             session.execute(
-                insert(JobEvent).values(job_id=job_id, level=event.level, stage=event.stage, message=event.message, data={"attempts": attempts}, created_at=now)
+                insert(JobEvent).values(
+                    job_id=job_id,
+                    level=event.level,
+                    stage=event.stage,
+                    message=event.message,
+                    data={"attempts": attempts},
+                    created_at=now,
+                )
             )
             if values["status"] == JobStatus.QUEUED:
                 to_dispatch.append(job_id)
         session.commit()
 
     stale_cutoff = now - timedelta(seconds=stale_queued_s)
-    stale = session.scalars(select(Job.id).where(Job.status == JobStatus.QUEUED, or_(Job.dispatched_at < stale_cutoff, Job.dispatched_at.is_(None)))).all()
+    stale = session.scalars(
+        select(Job.id).where(
+            Job.status == JobStatus.QUEUED, or_(Job.dispatched_at < stale_cutoff, Job.dispatched_at.is_(None))
+        )
+    ).all()
     for job_id in stale:
         result = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.QUEUED, or_(Job.dispatched_at < stale_cutoff, Job.dispatched_at.is_(None)))
+            .where(
+                Job.id == job_id,
+                Job.status == JobStatus.QUEUED,
+                or_(Job.dispatched_at < stale_cutoff, Job.dispatched_at.is_(None)),
+            )
             .values(dispatched_at=now)
         )
         session.commit()

@@ -28,7 +28,9 @@ def hash_key(key: str) -> str:
 def check_tenant(tenant: str) -> str:
     """Tenant names go into every row and log line: letters, digits, '.', '_' and '-', at most 64 characters."""
     if not TENANT_PATTERN.fullmatch(tenant):
-        raise ValueError(f"tenant {tenant!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        raise ValueError(
+            f"tenant {tenant!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
     return tenant
 
 
@@ -99,7 +101,9 @@ def revoke_key(session: Session, key_id: str, tenant: str) -> bool:
     """Revokes `tenant`'s key `key_id`; False when the tenant has no such unrevoked key. Requests with it fail within
     the API's key cache time (`Settings.api_key_cache_s`)."""
     result = session.execute(
-        update(ApiKey).where(ApiKey.id == key_id, ApiKey.tenant == tenant, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
+        update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.tenant == tenant, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
     )
     session.commit()
     return result.rowcount > 0

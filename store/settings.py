@@ -49,7 +49,8 @@ class Settings(BaseSettings):
     # stored bytes are the sizes of all the tenant's artifacts, uploads and results alike.
     max_concurrent_jobs_per_tenant: int | None = None
     max_stored_bytes_per_tenant: int | None = None
-    # Jobs waiting in the queue per tenant (None: unlimited); submissions past it answer 429 `queued_job_quota_exceeded`.
+    # Jobs waiting in the queue per tenant (None: unlimited); submissions past it answer 429
+    # `queued_job_quota_exceeded`.
     max_queued_jobs_per_tenant: int | None = None
     # The longest a job may compute (seconds): a job's options.time_limit_s above it is refused (422), one without
     # it gets this; None leaves jobs unbounded.

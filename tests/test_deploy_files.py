@@ -1,4 +1,5 @@
-"""The deployment files: the compose file is valid against the compose specification and wires what the service needs."""
+"""The deployment files: the compose file is valid against the compose specification and wires what the service
+needs."""
 
 import subprocess
 import sys
@@ -29,14 +30,9 @@ def test_compose_has_the_services_gpu_worker_one_shot_migration_and_healthchecks
     compose = YAML(typ="safe").load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
     assert {"api", "worker", "postgres", "redis", "migrate"} <= set(services)
-    assert services["worker"]["deploy"]["resources"]["reservations"]["devices"][0][
-        "capabilities"
-    ] == ["gpu"]
+    assert services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert services["migrate"]["restart"] == "no"
-    assert (
-        services["api"]["depends_on"]["migrate"]["condition"]
-        == "service_completed_successfully"
-    )
+    assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     for name in ("api", "worker", "postgres", "redis"):
         assert "healthcheck" in services[name], name
 
@@ -60,5 +56,7 @@ def test_compose_takes_its_passwords_from_the_env_file():
     assert "${REDIS_PASSWORD:?" in urls["SQUEEZER_BROKER_URL"]
     assert "squeezer:squeezer@" not in text and "PASSWORD: squeezer" not in text
     example = (REPO / ".env.example").read_text()
-    assert {"POSTGRES_PASSWORD", "REDIS_PASSWORD"} <= {line.split("=")[0] for line in example.splitlines() if "=" in line}
+    assert {"POSTGRES_PASSWORD", "REDIS_PASSWORD"} <= {
+        line.split("=")[0] for line in example.splitlines() if "=" in line
+    }
     assert ".env" in (REPO / ".gitignore").read_text().split()

@@ -95,7 +95,9 @@ def start_worker(*, loglevel: str = "INFO") -> None:
     SQUEEZER_* settings."""
     settings = get_settings()
     if not settings.broker_url:
-        raise ValueError("SQUEEZER_BROKER_URL is not set: a Celery worker needs a broker (the embedded mode runs jobs in-process)")
+        raise ValueError(
+            "SQUEEZER_BROKER_URL is not set: a Celery worker needs a broker (the embedded mode runs jobs in-process)"
+        )
     worker_app = create_celery_app(settings.broker_url)
     hostname = f"squeezer-{os.getpid()}@{socket.gethostname()}"
     worker_app.worker_main(

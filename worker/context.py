@@ -27,7 +27,9 @@ class WorkerContext:
     device: str
 
     @classmethod
-    def from_settings(cls, settings: Settings, session_factory: sessionmaker[Session] | None = None, blobs: BlobStore | None = None) -> "WorkerContext":
+    def from_settings(
+        cls, settings: Settings, session_factory: sessionmaker[Session] | None = None, blobs: BlobStore | None = None
+    ) -> "WorkerContext":
         session_factory = session_factory or make_session_factory(make_engine(settings.resolved_database_url))
         return cls(
             settings=settings,

@@ -1,6 +1,7 @@
 """Periodic recovery, run in every worker: requeue jobs whose worker died, re-send jobs whose message was lost, and
 drop uploads abandoned by a crashed API process and worker outputs no job points at (results of a job that never
-reached a final status with them, checkpoints of ended jobs). Safe to run in many processes at once (store.jobs.reap is atomic)."""
+reached a final status with them, checkpoints of ended jobs). Safe to run in many processes at once
+(store.jobs.reap is atomic)."""
 
 import logging
 import threading
@@ -35,12 +36,20 @@ def reap_interval_s(heartbeat_timeout_s: float) -> float:
 
 
 def recover_once(
-    ctx: WorkerContext, *, heartbeat_timeout_s: float | None = None, queued_after_s: float | None = None, uploads_after_s: float = STALE_UPLOAD_S
+    ctx: WorkerContext,
+    *,
+    heartbeat_timeout_s: float | None = None,
+    queued_after_s: float | None = None,
+    uploads_after_s: float = STALE_UPLOAD_S,
 ) -> list[str]:
     """One pass; returns the ids of jobs to dispatch."""
     timeout = ctx.settings.heartbeat_timeout_s if heartbeat_timeout_s is None else heartbeat_timeout_s
     with ctx.session_factory() as session:
-        job_ids = reap(session, heartbeat_timeout_s=timeout, stale_queued_s=stale_queued_s(timeout) if queued_after_s is None else queued_after_s)
+        job_ids = reap(
+            session,
+            heartbeat_timeout_s=timeout,
+            stale_queued_s=stale_queued_s(timeout) if queued_after_s is None else queued_after_s,
+        )
     removed = sweep_stale_uploads(ctx.session_factory, ctx.blobs, older_than_s=uploads_after_s)
     removed += sweep_orphaned_results(ctx.session_factory, ctx.blobs, older_than_s=uploads_after_s)
     if job_ids or removed:

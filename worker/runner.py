@@ -35,7 +35,13 @@ EVENT_INTERVAL_S = 0.5
 ALWAYS_RECORDED_STAGES = {"step", "checkpoint", "done"}
 # How often the engine's stop check asks the database (cancel requested? still our job?).
 STOP_CHECK_INTERVAL_S = 1.0
-RESULT_FILES = {"model.sqz": "application/octet-stream", "model.onnx": "application/onnx", "model.zip": "application/zip", "report.json": "application/json", "report.html": "text/html; charset=utf-8"}
+RESULT_FILES = {
+    "model.sqz": "application/octet-stream",
+    "model.onnx": "application/onnx",
+    "model.zip": "application/zip",
+    "report.json": "application/json",
+    "report.html": "text/html; charset=utf-8",
+}
 
 
 def run_job(job_id: str, ctx: WorkerContext) -> None:
@@ -54,7 +60,9 @@ def run_job(job_id: str, ctx: WorkerContext) -> None:
         except Cancelled:
             finished = _finish(ctx, job, JobStatus.CANCELLED)
         except SqueezerError as error:
-            finished = _finish(ctx, job, JobStatus.FAILED, error_code=error.code, error_message=redact_paths(error.message))
+            finished = _finish(
+                ctx, job, JobStatus.FAILED, error_code=error.code, error_message=redact_paths(error.message)
+            )
         except Exception as error:
             log.exception("job %s: internal error", job_id)
             finished = _finish(
@@ -62,7 +70,8 @@ def run_job(job_id: str, ctx: WorkerContext) -> None:
                 job,
                 JobStatus.FAILED,
                 error_code="internal_error",
-                error_message=f"The job stopped on an internal error ({type(error).__name__}); the worker's log has the details.",
+                error_message=f"The job stopped on an internal error ({type(error).__name__}); "
+                "the worker's log has the details.",
             )
         else:
             finished = _finish(ctx, job, *_outcome(report), target_met=bool(report.get("target_met")), results=results)
@@ -81,8 +90,14 @@ def _outcome(report: dict) -> tuple[JobStatus, str | None, str | None]:
     return (JobStatus.SUCCEEDED, None, None)
 
 
-def _finish(ctx: WorkerContext, job: Job, status: JobStatus, error_code: str | None = None, error_message: str | None = None,
-            **fields: Any) -> bool:
+def _finish(
+    ctx: WorkerContext,
+    job: Job,
+    status: JobStatus,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    **fields: Any,
+) -> bool:
     fields.update(error_code=error_code, error_message=error_message)
     with ctx.session_factory() as session:
         done = finish_job(session, job.id, ctx.worker_id, status, **fields)
@@ -104,10 +119,24 @@ def _compress(job: Job, ctx: WorkerContext, monitor: "JobMonitor", workdir: Path
     checkpoint_dir.mkdir()
     monitor.checkpoint_dir = checkpoint_dir
     if job.checkpoint_artifact_id and _restore_checkpoint(ctx, job.checkpoint_artifact_id, workdir, checkpoint_dir):
-        monitor.on_event(Event(stage="resume", fraction=0.0, message=f"Attempt {job.attempts} resumes from the previous attempt's last checkpoint."))
+        monitor.on_event(
+            Event(
+                stage="resume",
+                fraction=0.0,
+                message=f"Attempt {job.attempts} resumes from the previous attempt's last checkpoint.",
+            )
+        )
     config = _capped(inputs.config, ctx.settings.max_job_time_limit_s)
     with limits.using(ctx.settings.intake_limits()):
-        return compress_files(inputs.model, inputs.data, workdir / "out", config, on_event=monitor.on_event, should_stop=monitor.should_stop, checkpoint_dir=checkpoint_dir)
+        return compress_files(
+            inputs.model,
+            inputs.data,
+            workdir / "out",
+            config,
+            on_event=monitor.on_event,
+            should_stop=monitor.should_stop,
+            checkpoint_dir=checkpoint_dir,
+        )
 
 
 def _capped(config: CompressConfig, max_time_limit_s: float | None) -> CompressConfig:
@@ -143,7 +172,15 @@ def _store_results(job: Job, ctx: WorkerContext, out_dir: Path) -> dict[str, str
         for name, content_type in RESULT_FILES.items():
             path = out_dir / name
             if path.is_file():
-                artifact = store_file(ctx.session_factory, ctx.blobs, path, tenant=job.tenant, kind=ArtifactKind.RESULT, filename=name, content_type=content_type)
+                artifact = store_file(
+                    ctx.session_factory,
+                    ctx.blobs,
+                    path,
+                    tenant=job.tenant,
+                    kind=ArtifactKind.RESULT,
+                    filename=name,
+                    content_type=content_type,
+                )
                 results[name] = artifact.id
     except BaseException:
         for artifact_id in results.values():
@@ -174,7 +211,12 @@ class JobMonitor:
         self._last_write = 0.0
         self._last_check = time.monotonic()
         self._last_stage: str | None = None
-        self.progress: dict[str, Any] = {"stage": JobStatus.QUEUED, "fraction": 0.0, "best_accuracy": None, "best_compression_ratio": None}
+        self.progress: dict[str, Any] = {
+            "stage": JobStatus.QUEUED,
+            "fraction": 0.0,
+            "best_accuracy": None,
+            "best_compression_ratio": None,
+        }
 
     def __enter__(self) -> Self:
         self._thread.start()
@@ -207,7 +249,11 @@ class JobMonitor:
     def on_event(self, event: Event) -> None:
         self._track(event)
         now = time.monotonic()
-        important = event.stage in ALWAYS_RECORDED_STAGES or event.level in ("warning", "error") or event.stage != self._last_stage
+        important = (
+            event.stage in ALWAYS_RECORDED_STAGES
+            or event.level in ("warning", "error")
+            or event.stage != self._last_stage
+        )
         if not important and now - self._last_write < EVENT_INTERVAL_S:
             return
         self._last_write = now
@@ -239,7 +285,11 @@ class JobMonitor:
         """Zips the checkpoint folder into an artifact, points the job at it and drops the previous one."""
         if self.checkpoint_dir is None:
             return
-        archive = Path(shutil.make_archive(str(self.checkpoint_dir.parent / "checkpoint-upload"), "zip", root_dir=self.checkpoint_dir))
+        archive = Path(
+            shutil.make_archive(
+                str(self.checkpoint_dir.parent / "checkpoint-upload"), "zip", root_dir=self.checkpoint_dir
+            )
+        )
         try:
             artifact = store_file(
                 self.ctx.session_factory,

@@ -33,7 +33,8 @@ UPLOAD_BODY = {
                         "file": {
                             "type": "string",
                             "format": "binary",
-                            "description": "The file: an .onnx model, a .zip of a Squeezer model directory, weights, or a dataset.",
+                            "description": "The file: an .onnx model, a .zip of a Squeezer model directory, "
+                            "weights, or a dataset.",
                         },
                         "kind": {
                             "type": "string",
@@ -92,16 +93,17 @@ async def create_artifact(
     response_model=ArtifactOut,
     responses=problem_responses(404),
 )
-def get_artifact(
-    artifact_id: str, session: SessionDep, tenant: CurrentTenant
-) -> ArtifactOut:
+def get_artifact(artifact_id: str, session: SessionDep, tenant: CurrentTenant) -> ArtifactOut:
     return ArtifactOut.model_validate(ready_artifact(session, artifact_id, tenant))
 
 
 def file_responses(description: str) -> dict:
     """OpenAPI responses of a download: binary bytes, or a 404 problem."""
     return {
-        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}, "description": description},
+        200: {
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            "description": description,
+        },
         **problem_responses(404),
     }
 

@@ -67,12 +67,8 @@ class _MultipartStream:
             boundary,
             {
                 "on_part_begin": self._on_part_begin,
-                "on_header_field": lambda data, start, end: self._append_header(
-                    "_header_field", data[start:end]
-                ),
-                "on_header_value": lambda data, start, end: self._append_header(
-                    "_header_value", data[start:end]
-                ),
+                "on_header_field": lambda data, start, end: self._append_header("_header_field", data[start:end]),
+                "on_header_value": lambda data, start, end: self._append_header("_header_value", data[start:end]),
                 "on_header_end": self._on_header_end,
                 "on_headers_finished": self._on_headers_finished,
                 "on_part_data": self._on_part_data,
@@ -101,19 +97,13 @@ class _MultipartStream:
         self._header_value = b""
 
     def _on_headers_finished(self) -> None:
-        _, options = parse_options_header(
-            self._headers.get(b"content-disposition", b"")
-        )
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._part_name = options.get(b"name", b"").decode("utf-8", "replace")
         if self._part_name == "file":
             if self.filename is not None:
-                raise ProblemError(
-                    422, "validation_error", "send exactly one `file` part"
-                )
+                raise ProblemError(422, "validation_error", "send exactly one `file` part")
             self._part_is_file = True
-            self.filename = options.get(b"filename", b"upload").decode(
-                "utf-8", "replace"
-            )
+            self.filename = options.get(b"filename", b"upload").decode("utf-8", "replace")
             content_type = self._headers.get(b"content-type")
             if content_type:
                 self.content_type = content_type.decode("latin-1")[:MAX_CONTENT_TYPE_CHARS]
@@ -154,9 +144,7 @@ class _MultipartStream:
         try:
             self._parser.write(piece)
         except MultipartParseError as error:
-            raise ProblemError(
-                400, "bad_request", f"malformed multipart body: {error}"
-            ) from None
+            raise ProblemError(400, "bad_request", f"malformed multipart body: {error}") from None
         return True
 
     async def wait_for_file(self) -> None:
@@ -191,9 +179,7 @@ class _MultipartStream:
 
 
 def multipart_boundary(request: Request) -> bytes:
-    content_type, options = parse_options_header(
-        request.headers.get("content-type", "")
-    )
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or not options.get(b"boundary"):
         raise ProblemError(
             415,
@@ -245,14 +231,10 @@ async def receive_upload(
                 "storage_quota_exceeded",
                 f"this tenant's storage quota leaves {max(limit, 0)} bytes; delete artifacts to make room{stored}",
             )
-        return ProblemError(
-            413, "payload_too_large", f"uploads are limited to {max_bytes} bytes{stored}"
-        )
+        return ProblemError(413, "payload_too_large", f"uploads are limited to {max_bytes} bytes{stored}")
 
     declared = request.headers.get("content-length")
-    if limit <= 0 or (
-        declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD_BYTES
-    ):
+    if limit <= 0 or (declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD_BYTES):
         # Refuse before reading a byte when the client says up front that the body is too large.
         raise too_large("")
     stream = _MultipartStream(request, multipart_boundary(request))
@@ -295,9 +277,7 @@ async def receive_upload(
             ) from None
 
 
-def storage_quota_left(
-    session_factory: sessionmaker[Session], tenant: str, quota: int | None
-) -> int | None:
+def storage_quota_left(session_factory: sessionmaker[Session], tenant: str, quota: int | None) -> int | None:
     """Bytes the tenant may still store (None: no quota). Uploads in flight count once they are ready, so two
     concurrent uploads near the quota may overshoot it by one upload."""
     if quota is None:
@@ -314,8 +294,9 @@ def ready_artifact(session: Session, artifact_id: str, tenant: str) -> Artifact:
     return artifact
 
 
-def remove_artifact(session: Session, session_factory: sessionmaker[Session], blobs: BlobStore, artifact_id: str,
-                    tenant: str) -> None:
+def remove_artifact(
+    session: Session, session_factory: sessionmaker[Session], blobs: BlobStore, artifact_id: str, tenant: str
+) -> None:
     """Deletes the tenant's artifact; the request's session is closed first so the delete's own sessions do not wait
     on it."""
     artifact = ready_artifact(session, artifact_id, tenant)

@@ -23,12 +23,11 @@ from api.jobs.service import (
     enqueue,
     etag,
     event_out,
-    get_job,
-    poll_job,
     job_out,
     job_report,
     list_events,
     list_jobs,
+    poll_job,
     request_job_cancel,
     result_artifact,
     result_artifacts,
@@ -135,8 +134,11 @@ async def read_job(
     tag = etag(job)
     if if_none_match and tag in [value.strip() for value in if_none_match.split(",")]:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
-    return Response(job_out(job).model_dump_json(), media_type="application/json",
-                    headers={"ETag": tag, "Cache-Control": "no-cache"})
+    return Response(
+        job_out(job).model_dump_json(),
+        media_type="application/json",
+        headers={"ETag": tag, "Cache-Control": "no-cache"},
+    )
 
 
 @router.get(
@@ -145,9 +147,7 @@ async def read_job(
     response_model=Page[EventOut],
     responses=problem_responses(404, 422),
 )
-def read_events(
-    job_id: str, session: SessionDep, tenant: CurrentTenant, page: PageDep
-) -> dict:
+def read_events(job_id: str, session: SessionDep, tenant: CurrentTenant, page: PageDep) -> dict:
     rows = list_events(session, job_id, tenant, after=page.after, limit=page.limit)
     return make_page(rows, page.limit, event_out)
 
@@ -158,14 +158,13 @@ def read_events(
     response_model=JobOut,
     responses=problem_responses(404),
     summary="Cancel a job (idempotent)",
-    description="A queued job becomes `cancelled` at once and never runs; a running one becomes `cancelling` and stops at its next "
-    "step boundary. Finished jobs are returned unchanged (200, no 409): cancelling is a wish about the end state, already settled.",
+    description="A queued job becomes `cancelled` at once and never runs; a running one becomes `cancelling` and stops "
+    "at its next step boundary. Finished jobs are returned unchanged (200, no 409): cancelling is a wish about the end "
+    "state, already settled.",
 )
 def cancel_job(job_id: str, session: SessionDep, tenant: CurrentTenant) -> JSONResponse:
     job = request_job_cancel(session, job_id, tenant)
-    return JSONResponse(
-        job_out(job).model_dump(mode="json"), headers={"ETag": etag(job)}
-    )
+    return JSONResponse(job_out(job).model_dump(mode="json"), headers={"ETag": etag(job)})
 
 
 @router.get(
@@ -174,9 +173,7 @@ def cancel_job(job_id: str, session: SessionDep, tenant: CurrentTenant) -> JSONR
     response_model=dict,
     responses=problem_responses(404),
 )
-def read_report(
-    job_id: str, session: SessionDep, blobs: BlobsDep, tenant: CurrentTenant
-) -> JSONResponse:
+def read_report(job_id: str, session: SessionDep, blobs: BlobsDep, tenant: CurrentTenant) -> JSONResponse:
     return JSONResponse(job_report(session, blobs, job_id, tenant))
 
 
@@ -190,14 +187,14 @@ REPORT_HTML_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src
     operation_id="getJobReportHtml",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"text/html": {"schema": {"type": "string"}}},
-              "description": "report.html: the report as a self-contained page (summary, trade-off charts, layers)."},
+        200: {
+            "content": {"text/html": {"schema": {"type": "string"}}},
+            "description": "report.html: the report as a self-contained page (summary, trade-off charts, layers).",
+        },
         **problem_responses(404),
     },
 )
-def read_report_html(
-    job_id: str, session: SessionDep, blobs: BlobsDep, tenant: CurrentTenant
-) -> StreamingResponse:
+def read_report_html(job_id: str, session: SessionDep, blobs: BlobsDep, tenant: CurrentTenant) -> StreamingResponse:
     response = stream_artifact(result_artifact(session, job_id, tenant, "report.html"), blobs)
     response.headers.update({**REPORT_HTML_HEADERS, "Content-Disposition": 'inline; filename="report.html"'})
     return response
@@ -209,9 +206,7 @@ def read_report_html(
     response_model=list[JobArtifactOut],
     responses=problem_responses(404),
 )
-def read_job_artifacts(
-    job_id: str, session: SessionDep, tenant: CurrentTenant
-) -> list[JobArtifactOut]:
+def read_job_artifacts(job_id: str, session: SessionDep, tenant: CurrentTenant) -> list[JobArtifactOut]:
     return [
         JobArtifactOut(
             name=name,

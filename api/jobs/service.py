@@ -41,9 +41,7 @@ ENQUEUE_TIMEOUT_S = 10.0
 
 
 def request_hash(body: JobCreate) -> str:
-    canonical = json.dumps(
-        body.model_dump(mode="json"), sort_keys=True, separators=(",", ":")
-    )
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -144,9 +142,7 @@ async def submit_job(
         with checks.hold(tenant):
             await anyio.to_thread.run_sync(validate_inputs, body, tenant, settings, session_factory, blobs)
     except InputError as error:
-        raise ProblemError(
-            422, error.code, redact_paths(error.message), title="Unusable input"
-        ) from None
+        raise ProblemError(422, error.code, redact_paths(error.message), title="Unusable input") from None
 
     def insert() -> tuple[Job, bool]:
         with session_factory() as session:
@@ -256,11 +252,7 @@ def event_out(event: JobEvent) -> EventOut:
 
 def job_out(job: Job) -> JobOut:
     base = f"/v1/jobs/{job.id}"
-    error = (
-        {"code": job.error_code, "message": job.error_message}
-        if job.error_code
-        else None
-    )
+    error = {"code": job.error_code, "message": job.error_message} if job.error_code else None
     return JobOut(
         id=job.id,
         status=job.status,

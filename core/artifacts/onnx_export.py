@@ -176,7 +176,8 @@ def _sparse(name: str, values: np.ndarray, storage: tuple, layout: str) -> Rewri
             helper.make_node("Mod", [f"{name}.entries64", f"{name}.k"], [f"{name}.index"]),
             helper.make_node("Gather", [f"{name}.table", f"{name}.index"], [f"{name}.nonzeros"]),
         ]
-        value_inits, decode = [], gather
+        value_inits: list[TensorProto] = []
+        decode = gather
     else:
         gap_type = next(t for t in (np.uint8, np.uint16, np.uint32) if gaps.max() <= np.iinfo(t).max)
         initializers.append(numpy_helper.from_array(gaps.astype(gap_type), f"{name}.gaps"))
@@ -218,8 +219,8 @@ def _dequantize_nodes(name: str, values: np.ndarray) -> Rewrite | None:
     candidates = [_sparse(name, values, storage, layout) for layout in ("wide", "bytes", "packed")]
     if storage[2] != TensorProto.FLOAT:
         candidates.append(_dense(name, values, storage))
-    candidates = [c for c in candidates if c is not None and _size(c) < values.nbytes]
-    return min(candidates, key=_size) if candidates else None
+    smaller = [c for c in candidates if c is not None and _size(c) < values.nbytes]
+    return min(smaller, key=_size) if smaller else None
 
 
 def compact_onnx(proto: onnx.ModelProto) -> onnx.ModelProto:

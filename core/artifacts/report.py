@@ -16,15 +16,25 @@ def with_macs_alias(measures: dict[str, Any]) -> dict[str, Any]:
     return {**measures, "macs": macs, MACS_ALIAS: macs} if macs is not None else measures
 
 
-def build_report(*, method: str, metric: str, max_drop: float, drop_type: str, target_met: bool,
-                 baseline: dict[str, Any], compressed: dict[str, Any], layers: list, trials: list,
-                 extras: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_report(
+    *,
+    method: str,
+    metric: str,
+    max_drop: float,
+    drop_type: str,
+    target_met: bool,
+    baseline: dict[str, Any],
+    compressed: dict[str, Any],
+    layers: list,
+    trials: list,
+    extras: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Assembles the report; `baseline`/`compressed` must hold every key of MEASURE_KEYS, "accuracy" being `metric`
-(top1, pixel_accuracy or miou) and "latency_ms" the batch-1 median.
+    (top1, pixel_accuracy or miou) and "latency_ms" the batch-1 median.
 
-    compressed["size_bytes"] is the on-disk size of model.sqz and baseline["size_bytes"] the
-    float32 bytes of the input weights, so compression_ratio is a file-bytes ratio, never a bit count.
-    "macs" counts multiply-accumulates per sample; either it or its alias "flops" may be given, the report has both.
+        compressed["size_bytes"] is the on-disk size of model.sqz and baseline["size_bytes"] the
+        float32 bytes of the input weights, so compression_ratio is a file-bytes ratio, never a bit count.
+        "macs" counts multiply-accumulates per sample; either it or its alias "flops" may be given, the report has both.
     """
     baseline, compressed = with_macs_alias(baseline), with_macs_alias(compressed)
     for side, measures in (("baseline", baseline), ("compressed", compressed)):

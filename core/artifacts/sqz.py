@@ -33,7 +33,15 @@ from core.errors import ModelFormatError
 MAGIC = b"SQZ1"
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 _VALUE_DTYPES = {"float32": "<f4", "float16": "<f2"}
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8, "bool": torch.bool}
+_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "float64": torch.float64,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
 
 
 def _index_encodings(nonzero: np.ndarray) -> dict[str, bytes]:
@@ -52,7 +60,9 @@ def _rice_encode(gaps: np.ndarray) -> bytes:
     if len(gaps) == 0:
         return bytes([0])
     k = min(range(24), key=lambda k: int((gaps >> k).sum()) + len(gaps) * (k + 1))
-    remainders = ((gaps[:, None] >> np.arange(k - 1, -1, -1)) & 1).astype(np.uint8) if k else np.zeros((len(gaps), 0), np.uint8)
+    remainders = (
+        ((gaps[:, None] >> np.arange(k - 1, -1, -1)) & 1).astype(np.uint8) if k else np.zeros((len(gaps), 0), np.uint8)
+    )
     quotients = gaps >> k
     unary = np.ones(int(quotients.sum() + len(gaps)), dtype=np.uint8)
     unary[np.cumsum(quotients + 1) - 1] = 0
@@ -96,8 +106,11 @@ def _value_encodings(values: np.ndarray) -> dict[str, bytes]:
     if scale is not None:
         magnitudes = np.abs(np.rint(values / scale)).astype(np.int64)
         offset = int(magnitudes.min())
-        encodings["q8"] = (struct.pack("<fB", scale, offset) + np.packbits(np.signbit(values)).tobytes()
-                           + _rice_encode(magnitudes - offset))
+        encodings["q8"] = (
+            struct.pack("<fB", scale, offset)
+            + np.packbits(np.signbit(values)).tobytes()
+            + _rice_encode(magnitudes - offset)
+        )
     return encodings
 
 
@@ -110,7 +123,8 @@ def _q8_scale(values: np.ndarray) -> np.float32 | None:
     for scale in (guess, np.nextafter(guess, np.float32(0)), np.nextafter(guess, np.float32(np.inf))):
         codes = np.rint(values / scale)
         if np.abs(codes).max() <= 127 and np.array_equal(
-                (codes.astype(np.float32) * scale).view(np.uint32), values.view(np.uint32)):
+            (codes.astype(np.float32) * scale).view(np.uint32), values.view(np.uint32)
+        ):
             return scale
     return None
 
@@ -154,8 +168,9 @@ def _smallest(encodings: dict[str, bytes]) -> tuple[str, bytes]:
     return min(encodings.items(), key=lambda item: len(item[1]))
 
 
-def _encode_tensor(tensor: torch.Tensor, representation: str, sigma: float | None,
-                   weight: bool = False) -> tuple[dict, list[bytes]]:
+def _encode_tensor(
+    tensor: torch.Tensor, representation: str, sigma: float | None, weight: bool = False
+) -> tuple[dict, list[bytes]]:
     """Header entry and payload chunks for one tensor, in the smallest exact encoding its representation allows.
     Float32 values are stored in float16 or as q8 codes when that is exact (a method rounded them, see
     `_value_encodings`), else in float32; `weight` marks a layer weight (kept for the bits-per-weight accounting)."""
@@ -168,7 +183,9 @@ def _encode_tensor(tensor: torch.Tensor, representation: str, sigma: float | Non
         return entry, [raw]
     values = tensor.flatten().numpy()
     value_kind, dense = _smallest(_value_encodings(values))
-    dense_entry = {**entry, "enc": "raw"} if value_kind == "float32" else {**entry, "enc": "dense", "values": value_kind}
+    dense_entry = (
+        {**entry, "enc": "raw"} if value_kind == "float32" else {**entry, "enc": "dense", "values": value_kind}
+    )
     if representation == "float":
         return dense_entry, [dense]
     nonzero = values.view(np.uint32) != 0  # bit pattern: a -0.0 is kept as a value so decoding stays bit-exact
@@ -191,7 +208,11 @@ def _encode_tensor(tensor: torch.Tensor, representation: str, sigma: float | Non
 def _decode_tensor(entry: dict, chunks: list[bytes]) -> torch.Tensor:
     dtype, shape = _DTYPES[entry["dtype"]], entry["shape"]
     if entry["enc"] == "raw":
-        return torch.frombuffer(bytearray(chunks[0]), dtype=dtype).reshape(shape) if chunks[0] else torch.zeros(shape, dtype=dtype)
+        return (
+            torch.frombuffer(bytearray(chunks[0]), dtype=dtype).reshape(shape)
+            if chunks[0]
+            else torch.zeros(shape, dtype=dtype)
+        )
     value_kind = entry.get("values", "float32")
     numel = int(np.prod(shape))
     if entry["enc"] == "dense":
@@ -222,8 +243,9 @@ def pack_sqz(model, layers: list) -> bytes:
     for key, tensor in model.module.state_dict().items():
         layer = by_weight.get(key)
         representation = layer.representation if layer is not None else "float"
-        entry, chunks = _encode_tensor(tensor.detach().cpu(), representation, layer.sigma if layer else None,
-                                       weight=layer is not None)
+        entry, chunks = _encode_tensor(
+            tensor.detach().cpu(), representation, layer.sigma if layer else None, weight=layer is not None
+        )
         entry["sizes"] = [len(c) for c in chunks]
         entries[key] = entry
         payload.extend(chunks)
@@ -242,7 +264,11 @@ def pack_sqz(model, layers: list) -> bytes:
     }
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     body = struct.pack("<I", len(header_bytes)) + header_bytes + b"".join(payload) + graph
-    candidates = [(0, body), (1, zlib.compress(body, 9)), (2, lzma.compress(body, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS))]
+    candidates = [
+        (0, body),
+        (1, zlib.compress(body, 9)),
+        (2, lzma.compress(body, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)),
+    ]
     flag, packed = min(candidates, key=lambda item: len(item[1]))
     return MAGIC + bytes([flag]) + packed
 
@@ -316,7 +342,17 @@ def _unpack(data: bytes) -> tuple[dict, dict[str, torch.Tensor], bytes]:
                 offset += size
             state[key] = _decode_tensor(entry, chunks)
         graph = body[offset : offset + header["onnx_graph_bytes"]]
-    except (zlib.error, lzma.LZMAError, struct.error, json.JSONDecodeError, KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
+    except (
+        zlib.error,
+        lzma.LZMAError,
+        struct.error,
+        json.JSONDecodeError,
+        KeyError,
+        ValueError,
+        TypeError,
+        IndexError,
+        RuntimeError,
+    ) as exc:
         raise ModelFormatError(f"corrupt .sqz file: {exc}") from exc
     return header, state, graph
 

@@ -42,6 +42,8 @@ def producer(module: nn.Module, name: str) -> Producer:
 def affine_parameters(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The weight and bias of a convolution, linear or batch-norm layer."""
     return cast(torch.Tensor, layer.weight), cast(torch.Tensor | None, layer.bias)
+
+
 # Modules and functions that act on each channel on its own and keep the channel count.
 _CHANNELWISE_MODULES = (
     nn.ReLU,
@@ -83,8 +85,16 @@ _CHANNELWISE_MODULES = (
 # onnx2torch's modules (matched by class name: the converter is imported only for ONNX models) and torchvision's
 # StochasticDepth (identity in eval, whole samples dropped in training) act on each channel alone; the binary
 # operations pair channels at the same position.
-_ONNX_CHANNELWISE = {"OnnxGlobalAveragePool", "OnnxGlobalAveragePoolWithKnownInputShape", "OnnxHardSigmoid",
-                     "OnnxCopyIdentity", "OnnxErf", "OnnxGelu", "OnnxClip", "StochasticDepth"}
+_ONNX_CHANNELWISE = {
+    "OnnxGlobalAveragePool",
+    "OnnxGlobalAveragePoolWithKnownInputShape",
+    "OnnxHardSigmoid",
+    "OnnxCopyIdentity",
+    "OnnxErf",
+    "OnnxGelu",
+    "OnnxClip",
+    "StochasticDepth",
+}
 _ONNX_ELEMENTWISE = {torch.add, torch.sub, torch.mul, torch.div}
 _CHANNELWISE_FUNCTION_NAMES = {"stochastic_depth"}  # torchvision.ops, not imported here
 _F = torch.nn.functional

@@ -66,7 +66,9 @@ class _Budget:
                 f"(raise {intake_limits.SETTING_NAMES['max_archive_members']})"
             )
         if declared > self.allowed:
-            raise ArchiveError(f"archive would unpack to {declared} bytes; the limit is {int(self.allowed)} (zip bomb?)")
+            raise ArchiveError(
+                f"archive would unpack to {declared} bytes; the limit is {int(self.allowed)} (zip bomb?)"
+            )
 
     def copy(self, source, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +96,15 @@ def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits | None = None)
     except ArchiveError:
         shutil.rmtree(dest, ignore_errors=True)
         raise
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, NotImplementedError, RuntimeError, ValueError) as error:
+    except (
+        zipfile.BadZipFile,
+        tarfile.TarError,
+        EOFError,
+        OSError,
+        NotImplementedError,
+        RuntimeError,
+        ValueError,
+    ) as error:
         shutil.rmtree(dest, ignore_errors=True)
         raise ArchiveError(f"{archive.name} is damaged or unreadable: {error}") from None
     return dest
@@ -155,8 +165,13 @@ class _BoundedTarInfo(tarfile.TarInfo):
         return super()._proc_member(tarfile_)  # type: ignore[misc]  # tarfile's private per-member hook
 
 
-_METADATA_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
-                   tarfile.SOLARIS_XHDTYPE)
+_METADATA_TYPES = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
 
 
 def _open_tar(archive: Path, budget: _Budget) -> tarfile.TarFile:

@@ -23,6 +23,7 @@ import warnings
 import weakref
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -56,7 +57,7 @@ class Samples:
     batch as float32 NCHW: scaled to [0, 1] when uint8, then normalised. Indexing (`x[idx]`) gives that batch on CPU;
     `batch(idx, device)` moves the stored values first and converts them on `device`."""
 
-    def __init__(self, stored: np.ndarray, *, channels_last: bool = False, mean=None, std=None):
+    def __init__(self, stored: "np.ndarray | ImageFiles", *, channels_last: bool = False, mean=None, std=None):
         self.stored, self.channels_last = stored, channels_last
         self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = None if std is None else torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -89,7 +90,7 @@ class Samples:
         if self.channels_last:
             values = values.permute(0, 3, 1, 2)
         x = values.float() / 255.0 if self.stored.dtype == np.uint8 else values.float()
-        if self.mean is not None:
+        if self.mean is not None and self.std is not None:  # set together, by `normalized`
             x = (x - self.mean.to(x.device)) / self.std.to(x.device)
         return x.contiguous()
 
@@ -102,6 +103,8 @@ class Samples:
         return isinstance(self.stored, ImageFiles)
 
     def reader(self) -> "BatchReader":
+        if not isinstance(self.stored, ImageFiles):
+            raise TypeError("only a lazy split (an image folder) is read through a BatchReader")
         return BatchReader(self.stored)
 
 
@@ -175,16 +178,26 @@ class BatchReader:
 
     def __init__(self, files: ImageFiles, workers: int | None = None):
         workers = loader_workers() if workers is None else workers
-        self._plan, self._iterator = _Plan(), None
-        self._loader = torch.utils.data.DataLoader(
-            files, batch_sampler=self._plan, num_workers=workers, collate_fn=torch.from_numpy,
-            persistent_workers=workers > 0, prefetch_factor=PREFETCH_BATCHES if workers else None)
+        self._plan = _Plan()
+        self._iterator: Iterator[torch.Tensor] | None = None
+        self._loader: torch.utils.data.DataLoader | None = torch.utils.data.DataLoader(
+            files,
+            batch_sampler=self._plan,
+            num_workers=workers,
+            collate_fn=torch.from_numpy,
+            persistent_workers=workers > 0,
+            prefetch_factor=PREFETCH_BATCHES if workers else None,
+        )
 
     def start(self, batches: list[torch.Tensor]) -> None:
+        if self._loader is None:
+            raise RuntimeError("the BatchReader is closed")
         self._plan.batches = [batch.tolist() for batch in batches]
         self._iterator = iter(self._loader)
 
     def next(self) -> torch.Tensor:
+        if self._iterator is None:
+            raise RuntimeError("BatchReader.next before start, or after close")
         try:
             return next(self._iterator)
         except DatasetError as error:  # from a worker: its message carries the worker's traceback; keep the last line
@@ -210,8 +223,14 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
     def summary(self) -> dict:
-        return {"name": self.name, "task": self.task, "train_samples": len(self.y_train),
-                "val_samples": len(self.y_val), "input_shape": list(self.input_shape), "num_classes": self.num_classes}
+        return {
+            "name": self.name,
+            "task": self.task,
+            "train_samples": len(self.y_train),
+            "val_samples": len(self.y_val),
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+        }
 
 
 def load_dataset(source: str | Path) -> Dataset:
@@ -227,9 +246,11 @@ def load_dataset(source: str | Path) -> Dataset:
     if is_archive(path):
         tree = _ExtractedTree()  # lives as long as the data set's lazy training split reads from it
         return _load_image_folder(safe_extract(path, tree.path), path.name, tree)
-    raise DatasetError(f"{path.name}: unknown data format; use .npz (x_train, y_train, x_val, y_val), an ImageFolder "
-                       "directory/.zip/.tar (train/<class>/*, val/<class>/*), paired folders (train/images, "
-                       "train/masks, val/images, val/masks) or sample:digits / sample:fashion-mnist / sample:shapes")
+    raise DatasetError(
+        f"{path.name}: unknown data format; use .npz (x_train, y_train, x_val, y_val), an ImageFolder "
+        "directory/.zip/.tar (train/<class>/*, val/<class>/*), paired folders (train/images, "
+        "train/masks, val/images, val/masks) or sample:digits / sample:fashion-mnist / sample:shapes"
+    )
 
 
 class _ExtractedTree:
@@ -248,6 +269,7 @@ def _remove_tree(path: Path, owner: int) -> None:
 
 # -- samples ----------------------------------------------------------------------------------------------------
 
+
 def _load_sample(name: str) -> Dataset:
     if name == "digits":
         from sklearn.datasets import load_digits
@@ -259,10 +281,17 @@ def _load_sample(name: str) -> Dataset:
         train, val = order[:split], order[split:]
         return _build("sample:digits", x[train], digits.target[train], x[val], digits.target[val])
     if name == "fashion-mnist":
-        files = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+        files = [
+            "train-images-idx3-ubyte.gz",
+            "train-labels-idx1-ubyte.gz",
+            "t10k-images-idx3-ubyte.gz",
+            "t10k-labels-idx1-ubyte.gz",
+        ]
         if not all((FASHION_MNIST_DIR / f).is_file() for f in files):
-            raise DatasetError(f"sample:fashion-mnist needs Debian's dataset-fashion-mnist files in {FASHION_MNIST_DIR}; "
-                               "install them with: sudo apt-get install dataset-fashion-mnist")
+            raise DatasetError(
+                f"sample:fashion-mnist needs Debian's dataset-fashion-mnist files in {FASHION_MNIST_DIR}; "
+                "install them with: sudo apt-get install dataset-fashion-mnist"
+            )
         x_train, y_train, x_val, y_val = (_read_idx(FASHION_MNIST_DIR / f) for f in files)
         return _build("sample:fashion-mnist", x_train[:, None], y_train, x_val[:, None], y_val)
     if name == "shapes":
@@ -306,6 +335,7 @@ def _read_idx(path: Path) -> np.ndarray:
 
 # -- arrays -----------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _NpyMember:
     info: zipfile.ZipInfo
@@ -330,8 +360,11 @@ def _check_npz_members(path: Path) -> dict[str, _NpyMember]:
                 info = members[key]
                 with archive.open(info) as member:
                     version = np.lib.format.read_magic(member)
-                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                            else np.lib.format.read_array_header_2_0)
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
                     shape, fortran, dtype = read(member, max_header_size=10_000)
                     header_bytes = member.tell()
                 found[key] = _NpyMember(info, tuple(shape), fortran, dtype, header_bytes)
@@ -339,9 +372,11 @@ def _check_npz_members(path: Path) -> dict[str, _NpyMember]:
                     raise DatasetError(f"{path.name}: {key} holds Python objects (pickled arrays are refused)")
                 elements = math.prod(shape)
                 if info.file_size != header_bytes + elements * dtype.itemsize:
-                    raise DatasetError(f"{path.name}: {key}'s header says {shape} of {dtype} "
-                                       f"({elements * dtype.itemsize:,} bytes) but the member holds "
-                                       f"{info.file_size - header_bytes:,} bytes")
+                    raise DatasetError(
+                        f"{path.name}: {key}'s header says {shape} of {dtype} "
+                        f"({elements * dtype.itemsize:,} bytes) but the member holds "
+                        f"{info.file_size - header_bytes:,} bytes"
+                    )
                 held += elements * _HELD_ITEMSIZE[key[0]]
     except DatasetError:
         raise
@@ -363,7 +398,8 @@ def _memory_map(path: Path, member: _NpyMember) -> np.ndarray | None:
         return None
     mapped = np.memmap(path, dtype=member.dtype, mode="r", offset=offset, shape=member.shape)
     if hasattr(mmap, "MADV_RANDOM") and isinstance(getattr(mapped, "_mmap", None), mmap.mmap):
-        mapped._mmap.madvise(mmap.MADV_RANDOM)  # batches are random rows: no read-ahead of their neighbours
+        # batches are random rows: no read-ahead of their neighbours (numpy's stubs omit the private `_mmap`)
+        mapped._mmap.madvise(mmap.MADV_RANDOM)  # type: ignore[attr-defined]
     return mapped
 
 
@@ -397,7 +433,7 @@ def _to_nchw(x: np.ndarray, split: str) -> np.ndarray:
 _FINITE_CHECK_ROWS = 4096  # rows checked at a time, so a memory-mapped split is never read whole
 
 
-def _images(x: np.ndarray, split: str) -> "Samples | torch.Tensor":
+def _images(x: "np.ndarray | ImageFiles", split: str) -> "Samples | torch.Tensor":
     """The validation split as float32 NCHW; the training split as `Samples` in its stored dtype."""
     if x.dtype.kind not in "fiub":
         raise DatasetError(f"x_{split} has dtype {x.dtype}; use uint8 or float arrays")
@@ -420,8 +456,9 @@ def _labels(y: np.ndarray, split: str, count: int) -> torch.Tensor:
     if y.ndim in (2, 4) and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim not in (1, 3):
-        raise DatasetError(f"y_{split} must be one class index per sample (N,) or a mask per sample (N, H, W); "
-                           f"it has shape {y.shape}")
+        raise DatasetError(
+            f"y_{split} must be one class index per sample (N,) or a mask per sample (N, H, W); it has shape {y.shape}"
+        )
     if len(y) != count:
         raise DatasetError(f"x_{split} has {count} samples but y_{split} has {len(y)} labels")
     if y.dtype.kind == "f":
@@ -442,6 +479,7 @@ def _build(name: str, x_train, y_train, x_val, y_val) -> Dataset:
             raise DatasetError(f"the {split} split is empty")
         tensors[split] = (_images(x, split), _labels(y, split, len(x)))
     (xt, yt), (xv, yv) = tensors["train"], tensors["val"]
+    assert isinstance(xv, torch.Tensor)  # `_images` reads the validation split whole
     if xt.shape[1:] != xv.shape[1:]:
         raise DatasetError(f"train samples are {tuple(xt.shape[1:])} but val samples are {tuple(xv.shape[1:])}")
     if yt.dim() != yv.dim():
@@ -449,7 +487,9 @@ def _build(name: str, x_train, y_train, x_val, y_val) -> Dataset:
     task = "segmentation" if yt.dim() == 3 else "classification"
     for split, x, y in (("train", xt, yt), ("val", xv, yv)):
         if task == "segmentation" and y.shape[1:] != x.shape[2:]:
-            raise DatasetError(f"y_{split} masks are {tuple(y.shape[1:])} but x_{split} images are {tuple(x.shape[2:])} (H, W)")
+            raise DatasetError(
+                f"y_{split} masks are {tuple(y.shape[1:])} but x_{split} images are {tuple(x.shape[2:])} (H, W)"
+            )
     if len(torch.unique(yt)) < 2:
         raise DatasetError("the train split holds a single class; a model needs at least two to learn")
     num_classes = int(max(yt.max(), yv.max())) + 1
@@ -457,6 +497,7 @@ def _build(name: str, x_train, y_train, x_val, y_val) -> Dataset:
 
 
 # -- image folders ----------------------------------------------------------------------------------------------
+
 
 def _split_dir(root: Path, split: str) -> Path | None:
     for name in _SPLITS[split]:
@@ -475,14 +516,18 @@ def _load_image_folder(root: Path, name: str, keep=None) -> Dataset:
             root = children[0]
     train_dir, val_dir = _split_dir(root, "train"), _split_dir(root, "val")
     if train_dir is None or val_dir is None:
-        raise DatasetError(f"{name}: an image folder needs train/<class>/ and val/<class>/ subfolders "
-                           "(or train/images, train/masks, val/images, val/masks for segmentation)")
+        raise DatasetError(
+            f"{name}: an image folder needs train/<class>/ and val/<class>/ subfolders "
+            "(or train/images, train/masks, val/images, val/masks for segmentation)"
+        )
     if (train_dir / "images").is_dir() and (train_dir / "masks").is_dir():
         return _load_paired_folders(train_dir, val_dir, name)
     classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DatasetError(f"{name}: train/ holds no class folders")
-    unknown = sorted(d.name for d in val_dir.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in classes)
+    unknown = sorted(
+        d.name for d in val_dir.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in classes
+    )
     if unknown:
         raise DatasetError(f"{name}: val/ has classes that train/ lacks: {unknown[:5]}")
     budget = _DecodeBudget()
@@ -502,8 +547,9 @@ def _load_image_folder(root: Path, name: str, keep=None) -> Dataset:
 def _load_paired_folders(train_dir: Path, val_dir: Path, name: str) -> Dataset:
     """Segmentation: each split's images/<stem>.* has a mask masks/<stem>.* holding class indices (mode L or P)."""
     budget = _DecodeBudget()
-    splits = {split: _read_pairs(directory, name, budget)
-              for split, directory in (("train", train_dir), ("val", val_dir))}
+    splits = {
+        split: _read_pairs(directory, name, budget) for split, directory in (("train", train_dir), ("val", val_dir))
+    }
     images = [image for pairs in splits.values() for image, _ in pairs]
     mode = "L" if all(image.mode in ("L", "1", "I;16", "I") for image in images) else "RGB"
     size = Counter(image.size for image in images).most_common(1)[0][0]
@@ -527,8 +573,12 @@ class _DecodeBudget:
 
     def charge(self, image, name: str) -> None:
         self.pixels += image.size[0] * image.size[1] * len(image.getbands())
-        limits.check(f"the image folder's decoded pixels (× channels, up to {name})", self.pixels,
-                     "max_decoded_pixels", DatasetError)
+        limits.check(
+            f"the image folder's decoded pixels (× channels, up to {name})",
+            self.pixels,
+            "max_decoded_pixels",
+            DatasetError,
+        )
 
 
 def _read_pairs(split_dir: Path, name: str, budget: _DecodeBudget) -> list:
@@ -537,25 +587,33 @@ def _read_pairs(split_dir: Path, name: str, budget: _DecodeBudget) -> list:
     def files(directory: Path) -> dict[str, Path]:
         if not directory.is_dir():
             raise DatasetError(f"{name}: {split_dir.name}/ needs both images/ and masks/ subfolders")
-        return {f.stem: f for f in sorted(directory.iterdir())
-                if f.is_file() and not f.name.startswith(".") and f.name.lower() not in IGNORED_FILES}
+        return {
+            f.stem: f
+            for f in sorted(directory.iterdir())
+            if f.is_file() and not f.name.startswith(".") and f.name.lower() not in IGNORED_FILES
+        }
 
     images, masks = files(split_dir / "images"), files(split_dir / "masks")
     unmatched = sorted(set(images) ^ set(masks))
     if unmatched:
-        raise DatasetError(f"{name}: {split_dir.name}/images and {split_dir.name}/masks do not pair up; "
-                           f"unmatched names: {unmatched[:5]}")
+        raise DatasetError(
+            f"{name}: {split_dir.name}/images and {split_dir.name}/masks do not pair up; "
+            f"unmatched names: {unmatched[:5]}"
+        )
     if not images:
         raise DatasetError(f"{name}: {split_dir.name}/images holds no images")
     pairs = []
     for stem, image_file in images.items():
         image, mask = _open_image(image_file, Image, budget), _open_image(masks[stem], Image, budget)
         if mask.mode not in MASK_MODES:
-            raise DatasetError(f"{split_dir.name}/masks/{masks[stem].name} is a {mask.mode} image; masks must be "
-                               "single-channel class indices (PNG mode L or P)")
+            raise DatasetError(
+                f"{split_dir.name}/masks/{masks[stem].name} is a {mask.mode} image; masks must be "
+                "single-channel class indices (PNG mode L or P)"
+            )
         if mask.size != image.size:
             raise DatasetError(
-                f"{split_dir.name}/masks/{masks[stem].name} is {mask.size} but its image is {image.size}")
+                f"{split_dir.name}/masks/{masks[stem].name} is {mask.size} but its image is {image.size}"
+            )
         pairs.append((image, mask))
     return pairs
 
@@ -604,6 +662,7 @@ def _open_image(file: Path, Image, budget: _DecodeBudget | None = None, *, decod
 
 # -- preparing for a model --------------------------------------------------------------------------------------
 
+
 def normalize(data: Dataset, normalization: Normalization | None) -> Dataset:
     """(x - mean) / std per channel, applied once to both splits."""
     if normalization is None:
@@ -615,6 +674,7 @@ def normalize(data: Dataset, normalization: Normalization | None) -> Dataset:
         raise DatasetError("normalization std values must be positive")
     mean = torch.tensor(normalization.mean).view(1, -1, 1, 1)
     std = torch.tensor(normalization.std).view(1, -1, 1, 1)
+    x_train: Samples | torch.Tensor
     if isinstance(data.x_train, Samples):
         x_train = data.x_train.normalized(normalization.mean, normalization.std)  # per batch, when trained on
     else:
@@ -627,25 +687,35 @@ def check_compatible(model, data: Dataset) -> None:
     classes), a segmentation model (batch, classes, H, W) at the masks' size. Fills in the input shape of models
     that only the data can tell (ONNX graphs with free spatial axes)."""
     if model.input_shape is not None and tuple(model.input_shape) != data.input_shape:
-        raise MismatchError(f"the model takes inputs of shape {tuple(model.input_shape)} (C, H, W) but the data "
-                            f"has {data.input_shape}")
+        raise MismatchError(
+            f"the model takes inputs of shape {tuple(model.input_shape)} (C, H, W) but the data has {data.input_shape}"
+        )
     try:
         with torch.no_grad():
             output = model.module.eval()(data.x_val[:2])
     except Exception as error:
-        raise MismatchError(f"the model cannot run on the data's {data.input_shape} inputs: {str(error)[:200]}") from None
+        raise MismatchError(
+            f"the model cannot run on the data's {data.input_shape} inputs: {str(error)[:200]}"
+        ) from None
     if data.task == "segmentation":
         if output.ndim != 4 or tuple(output.shape[2:]) != tuple(data.y_val.shape[1:]):
-            raise MismatchError(f"a segmentation model must output (batch, classes, H, W) at the masks' size "
-                                f"{tuple(data.y_val.shape[1:])}; this model outputs {tuple(output.shape[1:])} per sample")
+            raise MismatchError(
+                f"a segmentation model must output (batch, classes, H, W) at the masks' size "
+                f"{tuple(data.y_val.shape[1:])}; this model outputs {tuple(output.shape[1:])} per sample"
+            )
     elif output.ndim != 2:
-        raise MismatchError(f"a classifier must output (batch, classes); this model outputs {tuple(output.shape[1:])} per sample")
+        raise MismatchError(
+            f"a classifier must output (batch, classes); this model outputs {tuple(output.shape[1:])} per sample"
+        )
     model.input_shape = data.input_shape
     model.num_classes = int(output.shape[1])
     if data.task == "segmentation" and model.num_classes == 1:  # binary: one logit (or sigmoid) per pixel
         if data.num_classes > 2:
-            raise MismatchError(f"a model with one output channel segments two classes, but the masks hold indices up "
-                                f"to {data.num_classes - 1}")
+            raise MismatchError(
+                f"a model with one output channel segments two classes, but the masks hold indices up "
+                f"to {data.num_classes - 1}"
+            )
     elif data.num_classes > model.num_classes:
-        raise MismatchError(f"the data has labels up to {data.num_classes - 1} but the model predicts only "
-                            f"{model.num_classes} classes")
+        raise MismatchError(
+            f"the data has labels up to {data.num_classes - 1} but the model predicts only {model.num_classes} classes"
+        )

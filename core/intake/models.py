@@ -28,8 +28,10 @@ from core.intake.onnx_safety import refuse_external_data
 from core.intake.registry import build_architecture, default_input_shape
 from core.intake.torch_zip import check_torch_zip
 
-SAFE_FORMATS = ("a Squeezer model directory or .zip (architecture.json + model.safetensors), "
-                ".safetensors or a .pt/.pth state_dict with --arch, or .onnx")
+SAFE_FORMATS = (
+    "a Squeezer model directory or .zip (architecture.json + model.safetensors), "
+    ".safetensors or a .pt/.pth state_dict with --arch, or .onnx"
+)
 MODEL_FORMAT = "squeezer-model"
 ONNX_ARCHITECTURE = "onnx"
 # Converted ONNX graphs are stored with large float weights zeroed (the weights live in model.safetensors).
@@ -83,12 +85,14 @@ def _load_zip(path: Path) -> LoadedModel:
         root = safe_extract(path, Path(tmp))
         candidates = [p.parent for p in root.rglob("architecture.json") if len(p.relative_to(root).parts) <= 2]
         if len(candidates) != 1:
-            raise ModelFormatError(f"{path.name} must hold exactly one model directory with architecture.json and model.safetensors")
+            raise ModelFormatError(
+                f"{path.name} must hold exactly one model directory with architecture.json and model.safetensors"
+            )
         return _load_model_dir(candidates[0])
 
 
 def _torch_archive_kind(path: Path) -> str | None:
-    """"torchscript", "torch.save" (a pickle, perhaps of weights only) or None for any other file."""
+    """ "torchscript", "torch.save" (a pickle, perhaps of weights only) or None for any other file."""
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
@@ -126,7 +130,9 @@ def _load_model_dir(directory: Path) -> LoadedModel:
 
             apply_channel_overrides(module, args["channels"], input_shape)
         _load_state(module, state, "model.safetensors")
-        model = LoadedModel(module.eval(), {"name": name, "args": args}, "squeezer", input_shape, None, preprocessing, graph)
+        model = LoadedModel(
+            module.eval(), {"name": name, "args": args}, "squeezer", input_shape, None, preprocessing, graph
+        )
         return _with_num_classes(model)
     model = _from_state(state, "squeezer", name, args, "model.safetensors", input_shape)
     model.preprocessing = preprocessing
@@ -148,25 +154,41 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except Exception as error:  # the restricted unpickler raises many types; none of them may escape as a crash
         if "weights_only" in str(error) or "Unsupported global" in str(error):
-            raise UnsafeFormatError(f"{path.name} holds pickled Python objects, not just weights; use {SAFE_FORMATS}") from None
-        raise ModelFormatError(f"{path.name} is not a readable state_dict: {(str(error) or type(error).__name__).splitlines()[0][:200]}") from None
+            raise UnsafeFormatError(
+                f"{path.name} holds pickled Python objects, not just weights; use {SAFE_FORMATS}"
+            ) from None
+        raise ModelFormatError(
+            f"{path.name} is not a readable state_dict: {(str(error) or type(error).__name__).splitlines()[0][:200]}"
+        ) from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise ModelFormatError(f"{path.name} is not a state_dict (a mapping of names to tensors)")
     return state
 
 
-def _from_state(state: dict[str, torch.Tensor], source_format: str, name: str | None, args: dict | None, filename: str,
-                input_shape: tuple[int, ...] | None = None) -> LoadedModel:
+def _from_state(
+    state: dict[str, torch.Tensor],
+    source_format: str,
+    name: str | None,
+    args: dict | None,
+    filename: str,
+    input_shape: tuple[int, ...] | None = None,
+) -> LoadedModel:
     if not name:
-        raise ModelFormatError(f"{filename} holds weights only: name its architecture (--arch NAME --arch-arg KEY=VALUE)")
+        raise ModelFormatError(
+            f"{filename} holds weights only: name its architecture (--arch NAME --arch-arg KEY=VALUE)"
+        )
     args = dict(args or {})
     module = build_architecture(name, args)
     _load_state(module, state, filename)
     shape = input_shape or default_input_shape(name, args)
-    return _with_num_classes(LoadedModel(module.eval(), {"name": name, "args": args}, source_format, shape, None, None, None))
+    return _with_num_classes(
+        LoadedModel(module.eval(), {"name": name, "args": args}, source_format, shape, None, None, None)
+    )
 
 
 def _load_state(module: nn.Module, state: dict[str, torch.Tensor], filename: str) -> None:
@@ -179,11 +201,18 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], filename: str
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or wrong:
-        details = "; ".join(part for part in (
-            f"missing {missing[:5]}" if missing else "",
-            f"unexpected {unexpected[:5]}" if unexpected else "",
-            "shape mismatch " + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:5]) if wrong else "",
-        ) if part)
+        details = "; ".join(
+            part
+            for part in (
+                f"missing {missing[:5]}" if missing else "",
+                f"unexpected {unexpected[:5]}" if unexpected else "",
+                "shape mismatch "
+                + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:5])
+                if wrong
+                else "",
+            )
+            if part
+        )
         raise ModelFormatError(f"{filename} does not fit the architecture: {details}")
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
@@ -198,13 +227,16 @@ def _with_num_classes(model: LoadedModel) -> LoadedModel:
         except Exception as error:
             raise ModelFormatError(f"the model does not run on inputs of shape {model.input_shape}: {error}") from None
         if output.ndim not in (2, 4):
-            raise ModelFormatError("a model must output (batch, classes) or, for segmentation, (batch, classes, H, W); "
-                                   f"this model outputs {tuple(output.shape)}")
+            raise ModelFormatError(
+                "a model must output (batch, classes) or, for segmentation, (batch, classes, H, W); "
+                f"this model outputs {tuple(output.shape)}"
+            )
         model.num_classes = int(output.shape[1])
     return model
 
 
 # -- ONNX -------------------------------------------------------------------------------------------------------
+
 
 def _parse_onnx(data: bytes, filename: str):
     import onnx
@@ -217,7 +249,9 @@ def _parse_onnx(data: bytes, filename: str):
     try:
         onnx.checker.check_model(graph)
     except Exception as error:
-        raise ModelFormatError(f"{filename} fails the ONNX checker: {(str(error) or type(error).__name__).splitlines()[0][:200]}") from None
+        raise ModelFormatError(
+            f"{filename} fails the ONNX checker: {(str(error) or type(error).__name__).splitlines()[0][:200]}"
+        ) from None
     return graph
 
 
@@ -240,7 +274,9 @@ def _onnx_input_shape(graph) -> tuple[int, ...] | None:
         raise ModelFormatError(f"the ONNX model must take one input tensor; it takes {len(inputs)}")
     dims = inputs[0].type.tensor_type.shape.dim
     if len(dims) != 4:
-        raise ModelFormatError(f"the ONNX model's input must be (batch, channels, height, width); it has {len(dims)} axes")
+        raise ModelFormatError(
+            f"the ONNX model's input must be (batch, channels, height, width); it has {len(dims)} axes"
+        )
     shape = tuple(d.dim_value for d in dims[1:] if d.HasField("dim_value"))
     return shape if len(shape) == len(dims) - 1 else None  # None: an axis is symbolic
 
@@ -311,6 +347,7 @@ def _weightless_graph(graph, module: nn.Module, input_shape) -> bytes:
 
 
 # -- saving -----------------------------------------------------------------------------------------------------
+
 
 def save_model_dir(model: LoadedModel, directory: Path) -> Path:
     """Writes the Squeezer model format: architecture.json, model.safetensors and, for ONNX models, graph.onnx."""

@@ -25,8 +25,28 @@ import numpy as np
 
 TARGET_OPSET = 17
 SUPPORTED_OPSETS = range(7, 22)
-_FOLDABLE = {"Identity", "Cast", "Transpose", "Reshape", "Unsqueeze", "Squeeze", "Concat", "Gather", "Mul", "Div",
-             "Add", "Sub", "Sqrt", "Reciprocal", "Neg", "Flatten", "Expand", "Slice", "Shape", "Pow"}
+_FOLDABLE = {
+    "Identity",
+    "Cast",
+    "Transpose",
+    "Reshape",
+    "Unsqueeze",
+    "Squeeze",
+    "Concat",
+    "Gather",
+    "Mul",
+    "Div",
+    "Add",
+    "Sub",
+    "Sqrt",
+    "Reciprocal",
+    "Neg",
+    "Flatten",
+    "Expand",
+    "Slice",
+    "Shape",
+    "Pow",
+}
 _MAX_FOLD_ELEMENTS = 1 << 26  # a folded constant larger than this is left to the runtime
 _PARITY_TOLERANCE = 1e-3
 NHWC_TO_NCHW = [0, 3, 1, 2]
@@ -52,11 +72,24 @@ def normalize_onnx(model) -> Normalised:
     model = onnx.ModelProto()
     model.CopyFrom(original)
     result = Normalised(model)
-    for step in (_unlist_initializer_inputs, _constants_to_initializers, _convert_opset, _constants_to_initializers,
-                 _fold_constants,
-                 _free_batch, _nhwc_input, _shape_flatten, _fold_constants, _reshape_flatten, _gemm_trans_b,
-                 _matmul_add_to_gemm,
-                 _conv_mul_add, _hardswish, _optimize, _infer_shapes):
+    for step in (
+        _unlist_initializer_inputs,
+        _constants_to_initializers,
+        _convert_opset,
+        _constants_to_initializers,
+        _fold_constants,
+        _free_batch,
+        _nhwc_input,
+        _shape_flatten,
+        _fold_constants,
+        _reshape_flatten,
+        _gemm_trans_b,
+        _matmul_add_to_gemm,
+        _conv_mul_add,
+        _hardswish,
+        _optimize,
+        _infer_shapes,
+    ):
         note = step(result.model)
         if note:
             result.changes.append(note)
@@ -158,8 +191,13 @@ def _fold_constants(model) -> str:
             continue
         if sum(int(np.prod(constants[name].dims)) for name in node.input if name) > _MAX_FOLD_ELEMENTS:
             continue
-        graph = helper.make_graph([node], "fold", [], [helper.make_empty_tensor_value_info(o) for o in node.output],
-                                  [constants[name] for name in node.input if name])
+        graph = helper.make_graph(
+            [node],
+            "fold",
+            [],
+            [helper.make_empty_tensor_value_info(o) for o in node.output],
+            [constants[name] for name in node.input if name],
+        )
         try:
             single = helper.make_model(graph, opset_imports=list(model.opset_import))
             values = ReferenceEvaluator(single).run(None, {})
@@ -290,8 +328,9 @@ def _as_flatten(model, reshape) -> None:
 
     index = list(model.graph.node).index(reshape)
     model.graph.node.remove(reshape)
-    model.graph.node.insert(index, helper.make_node("Flatten", [reshape.input[0]], list(reshape.output), axis=1,
-                                                    name=reshape.name))
+    model.graph.node.insert(
+        index, helper.make_node("Flatten", [reshape.input[0]], list(reshape.output), axis=1, name=reshape.name)
+    )
 
 
 def _gemm_trans_b(model) -> str:
@@ -339,8 +378,12 @@ def _matmul_add_to_gemm(model) -> str:
         index = list(model.graph.node).index(node)
         model.graph.node.remove(node)
         model.graph.node.remove(add)
-        model.graph.node.insert(index, helper.make_node("Gemm", [node.input[0], weight_name, bias_out],
-                                                        list(add.output), transB=1, name=node.name or add.name))
+        model.graph.node.insert(
+            index,
+            helper.make_node(
+                "Gemm", [node.input[0], weight_name, bias_out], list(add.output), transB=1, name=node.name or add.name
+            ),
+        )
         changed += 1
     return f"{changed} MatMul + Add classifiers made Gemm" if changed else ""
 
@@ -365,15 +408,22 @@ def _conv_mul_add(model) -> str:
             value = _per_channel(constants.get(other), weight.shape[0])
             if value is None:
                 continue
-            bias = (numpy_helper.to_array(constants[conv.input[2]]) if len(conv.input) > 2 and conv.input[2]
-                    else np.zeros(weight.shape[0], weight.dtype))
+            bias = (
+                numpy_helper.to_array(constants[conv.input[2]])
+                if len(conv.input) > 2 and conv.input[2]
+                else np.zeros(weight.shape[0], weight.dtype)
+            )
             if user.op_type == "Mul":
                 weight, bias = weight * value.reshape(-1, *([1] * (weight.ndim - 1))), bias * value
             else:
                 bias = bias + value
             tag = f"{conv.name or conv.output[0]}_folded{folded}"
-            model.graph.initializer.extend([numpy_helper.from_array(weight.astype(np.float32), f"{tag}_w"),
-                                            numpy_helper.from_array(bias.astype(np.float32), f"{tag}_b")])
+            model.graph.initializer.extend(
+                [
+                    numpy_helper.from_array(weight.astype(np.float32), f"{tag}_w"),
+                    numpy_helper.from_array(bias.astype(np.float32), f"{tag}_b"),
+                ]
+            )
             conv.input[1] = f"{tag}_w"
             if len(conv.input) > 2:
                 conv.input[2] = f"{tag}_b"
@@ -485,8 +535,10 @@ def _optimize(model) -> str:
         return _drop_dead_nodes(model)
     before = len(model.graph.node)
     try:
-        optimized = onnxoptimizer.optimize(model, ["eliminate_identity", "eliminate_deadend",
-                                                   "eliminate_unused_initializer", "eliminate_nop_transpose"])
+        optimized = onnxoptimizer.optimize(
+            model,
+            ["eliminate_identity", "eliminate_deadend", "eliminate_unused_initializer", "eliminate_nop_transpose"],
+        )
     except Exception:
         return _drop_dead_nodes(model)
     model.CopyFrom(optimized)

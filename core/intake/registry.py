@@ -25,12 +25,21 @@ class LeNet5(nn.Module):
         super().__init__()
         padding = 2 if input_size < 28 else 0
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5, padding=padding), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, 6, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5, padding=padding),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         side = (input_size // 2 + 2 * padding - 4) // 2
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(16 * side * side, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes),
+            nn.Flatten(),
+            nn.Linear(16 * side * side, 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+            nn.Linear(84, num_classes),
         )
 
     def forward(self, x):
@@ -52,7 +61,9 @@ class VggSmall(nn.Module):
                 channels = out
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(channels, 4 * width), nn.ReLU(), nn.Linear(4 * width, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(channels, 4 * width), nn.ReLU(), nn.Linear(4 * width, num_classes)
+        )
 
     def forward(self, x):
         return self.classifier(self.pool(self.features(x)))
@@ -105,8 +116,12 @@ class CifarResNet(nn.Module):
 
 def _double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(),
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
     )
 
 
@@ -136,7 +151,9 @@ class UNetSmall(nn.Module):
         return self.head(out)
 
 
-def _torchvision(name: str, num_classes: int = 1000, in_channels: int = 3, input_size: int = 224, **kwargs) -> nn.Module:
+def _torchvision(
+    name: str, num_classes: int = 1000, in_channels: int = 3, input_size: int = 224, **kwargs
+) -> nn.Module:
     from torchvision import models
 
     try:
@@ -155,10 +172,20 @@ def _replace_first_conv(module: nn.Module, in_channels: int) -> None:
         for child_name, child in parent.named_children():
             if isinstance(child, nn.Conv2d):
                 # the stem's kernel, stride, padding and dilation are 2-tuples (torch types them as any length)
-                setattr(parent, child_name, nn.Conv2d(
-                    in_channels, child.out_channels, child.kernel_size, child.stride,  # type: ignore[arg-type]
-                    child.padding, child.dilation, child.groups, child.bias is not None,  # type: ignore[arg-type]
-                ))
+                setattr(
+                    parent,
+                    child_name,
+                    nn.Conv2d(
+                        in_channels,
+                        child.out_channels,
+                        child.kernel_size,  # type: ignore[arg-type]
+                        child.stride,  # type: ignore[arg-type]
+                        child.padding,  # type: ignore[arg-type]
+                        child.dilation,  # type: ignore[arg-type]
+                        child.groups,
+                        child.bias is not None,
+                    ),
+                )
                 return
 
 
@@ -169,7 +196,13 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "resnet56": lambda **kw: CifarResNet(56, **kw),
     "unet-small": UNetSmall,
 }
-_DEFAULT_INPUT = {"lenet5": (1, 28), "vgg-small": (3, 32), "resnet20": (3, 32), "resnet56": (3, 32), "unet-small": (3, 32)}
+_DEFAULT_INPUT = {
+    "lenet5": (1, 28),
+    "vgg-small": (3, 32),
+    "resnet20": (3, 32),
+    "resnet56": (3, 32),
+    "unet-small": (3, 32),
+}
 
 
 def architecture_names() -> list[str]:
@@ -257,7 +290,9 @@ def _check_size(name: str, args: dict, channels: dict | None) -> None:
 
     def count(_module, _inputs, output):
         nonlocal activations
-        activations += sum(t.numel() for t in (output if isinstance(output, tuple) else (output,)) if torch.is_tensor(t))
+        activations += sum(
+            t.numel() for t in (output if isinstance(output, tuple) else (output,)) if torch.is_tensor(t)
+        )
 
     hooks = [module.register_forward_hook(count) for module in skeleton.modules() if not list(module.children())]
     try:
@@ -268,8 +303,9 @@ def _check_size(name: str, args: dict, channels: dict | None) -> None:
     finally:
         for hook in hooks:
             hook.remove()
-    limits.check(f"{name}'s activations for one {shape} sample", activations, "max_activation_elements",
-                 ModelFormatError)
+    limits.check(
+        f"{name}'s activations for one {shape} sample", activations, "max_activation_elements", ModelFormatError
+    )
 
 
 def _build(name: str, args: dict) -> nn.Module:

@@ -36,17 +36,22 @@ def binary_threshold(module: nn.Module) -> float:
 
 
 @torch.no_grad()
-def predict(module: nn.Module, x: torch.Tensor, *, device: torch.device | str = "cpu", batch_size: int = 512) -> torch.Tensor:
+def predict(
+    module: nn.Module, x: torch.Tensor, *, device: torch.device | str = "cpu", batch_size: int = 512
+) -> torch.Tensor:
     """Class predictions (`classes_of`) for every sample, batched; the module is left in eval mode."""
     module.to(device).eval()
     threshold = binary_threshold(module)
-    outputs = [classes_of(module(x[start : start + batch_size].to(device)), threshold).cpu()
-               for start in range(0, len(x), batch_size)]
+    outputs = [
+        classes_of(module(x[start : start + batch_size].to(device)), threshold).cpu()
+        for start in range(0, len(x), batch_size)
+    ]
     return torch.cat(outputs) if outputs else torch.empty(0, dtype=torch.long)
 
 
-def top1_accuracy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: torch.device | str = "cpu",
-                  batch_size: int = 512) -> float:
+def top1_accuracy(
+    module: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: torch.device | str = "cpu", batch_size: int = 512
+) -> float:
     """Top-1 accuracy in percent."""
     return score_predictions("top1", predict(module, x, device=device, batch_size=batch_size), y)
 
@@ -95,8 +100,14 @@ def metric_function(metric: str) -> MetricFunction:
     if metric not in _SCORES:
         raise InputError(f"unknown metric {metric!r}; known: {', '.join(_SCORES)}", code="invalid_options")
 
-    def evaluate(module: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: torch.device | str = "cpu",
-                 batch_size: int = 512) -> float:
+    def evaluate(
+        module: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        device: torch.device | str = "cpu",
+        batch_size: int = 512,
+    ) -> float:
         return score_predictions(metric, predict(module, x, device=device, batch_size=batch_size), y)
 
     evaluate.__name__ = metric
@@ -156,8 +167,9 @@ def _kernel_volume(layer: Convolution) -> int:
 
 
 @torch.no_grad()
-def median_latency_ms(module: nn.Module, input_shape: tuple[int, ...], *, batch: int = 1, repeats: int = 30,
-                      warmup: int = 5) -> float:
+def median_latency_ms(
+    module: nn.Module, input_shape: tuple[int, ...], *, batch: int = 1, repeats: int = 30, warmup: int = 5
+) -> float:
     """Median wall time of one CPU forward pass at `batch`, in milliseconds, on one thread: multi-threaded timings
     of small models swing by orders of magnitude whenever other processes share the cores."""
     module = module.to("cpu").eval()

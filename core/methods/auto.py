@@ -36,7 +36,10 @@ from core.methods.lwct import compress_lwct
 from core.methods.results import ChannelLayerState, LayerState, MethodResult, Trial
 
 STAGES: dict[str, Callable[..., MethodResult]] = {
-    "filter": compress_filter, "group": compress_group, "lwct": compress_lwct, "int8": compress_int8,
+    "filter": compress_filter,
+    "group": compress_group,
+    "lwct": compress_lwct,
+    "int8": compress_int8,
 }
 LATENCY_BATCH = 32  # the batch the latency objective ranks by
 
@@ -50,8 +53,15 @@ class _Outcome:
     latency_ms: float  # of its model.onnx in onnxruntime at LATENCY_BATCH, CPU, one thread
 
 
-def compress_auto(model, data, config: CompressConfig, *, on_event: EventCallback = no_events,
-                  should_stop: StopCheck = never_stop, checkpoint_dir: Path | None = None) -> MethodResult:
+def compress_auto(
+    model,
+    data,
+    config: CompressConfig,
+    *,
+    on_event: EventCallback = no_events,
+    should_stop: StopCheck = never_stop,
+    checkpoint_dir: Path | None = None,
+) -> MethodResult:
     """Compress `model` on `data` under `config.target`; see the module docstring. Each stage checkpoints under
     `checkpoint_dir`/<stage>: after a restart, finished stages replay from their checkpoints (no training) and the
     interrupted one resumes from its last."""
@@ -59,7 +69,8 @@ def compress_auto(model, data, config: CompressConfig, *, on_event: EventCallbac
     baseline, allowed = run.measure_baseline(announce=False)  # the stages announce their own
     # (label, method, allowed drop, whether the stage starts from the original model instead of the previous result)
     plan: list[tuple[str, str, float, bool]] = [
-        (name, name, allowed * config.auto.structural_share, False) for name in config.auto.structural]
+        (name, name, allowed * config.auto.structural_share, False) for name in config.auto.structural
+    ]
     plan += [("lwct", "lwct", allowed, False)]
     if config.auto.compare_lwct_alone:
         plan += [("lwct-alone", "lwct", allowed, True)]
@@ -73,38 +84,62 @@ def compress_auto(model, data, config: CompressConfig, *, on_event: EventCallbac
         start = run.evaluate(source.module)
         # The time limit is shared evenly by the stages still to run: time a stage leaves goes to the later ones.
         seconds_left = run.seconds_left()
-        stage_config = config.model_copy(update={
-            "method": name,
-            "target": AccuracyTarget(max_drop=min(100.0, max(0.0, stage_allowed - (baseline - start))),
-                                     drop_type="absolute", metric=config.target.metric),
-            "time_limit_s": None if seconds_left is None else max(1e-3, seconds_left / (len(plan) - index)),
-        })
+        stage_config = config.model_copy(
+            update={
+                "method": name,
+                "target": AccuracyTarget(
+                    max_drop=min(100.0, max(0.0, stage_allowed - (baseline - start))),
+                    drop_type="absolute",
+                    metric=config.target.metric,
+                ),
+                "time_limit_s": None if seconds_left is None else max(1e-3, seconds_left / (len(plan) - index)),
+            }
+        )
         try:
-            result = STAGES[name](source, data, stage_config, should_stop=should_stop,
-                                  on_event=_stage_events(on_event, label, index, len(plan)),
-                                  checkpoint_dir=checkpoint_dir / label if checkpoint_dir else None)
+            result = STAGES[name](
+                source,
+                data,
+                stage_config,
+                should_stop=should_stop,
+                on_event=_stage_events(on_event, label, index, len(plan)),
+                checkpoint_dir=checkpoint_dir / label if checkpoint_dir else None,
+            )
         except UnsupportedLayerError as error:
             if name == "lwct":
                 raise
-            on_event(Event(stage=name, fraction=(index + 1) / len(plan), level="warning",
-                           message=f"{name} skipped: {error.message}"))
+            on_event(
+                Event(
+                    stage=name,
+                    fraction=(index + 1) / len(plan),
+                    level="warning",
+                    message=f"{name} skipped: {error.message}",
+                )
+            )
             continue
         scale = run.original_bytes / float32_bytes(source.module)  # the stage's ratios count from its own input
-        trials += [dataclasses.replace(t, step=len(trials) + i + 1, stage=f"{label}:{t.stage}",
-                                       compression_ratio=t.compression_ratio * scale)
-                   for i, t in enumerate(result.trials)]
+        trials += [
+            dataclasses.replace(
+                t, step=len(trials) + i + 1, stage=f"{label}:{t.stage}", compression_ratio=t.compression_ratio * scale
+            )
+            for i, t in enumerate(result.trials)
+        ]
         if name in ("filter", "group"):
             rows = [*rows, cast(list[ChannelLayerState], result.layers)]  # filter and group report channel rows
             channel_rows, current = rows, with_channels(current, result.module)
         if name == "int8" and result.onnx is None:
             continue  # outside the budget: the float model it started from is already a candidate
         packed = len(result.onnx) if result.onnx else len(pack_sqz(with_channels(source, result.module), result.layers))
-        outcomes.append(_Outcome(label, result, rows, packed, _latency(with_channels(source, result.module), result.onnx)))
+        outcomes.append(
+            _Outcome(label, result, rows, packed, _latency(with_channels(source, result.module), result.onnx))
+        )
 
     within = [o for o in outcomes if run.within(o.result.accuracy)]
     baseline_latency = _latency(model, None)
-    rank = {"size": lambda o: o.packed_bytes, "latency": lambda o: o.latency_ms,
-            "balanced": lambda o: (o.packed_bytes / run.original_bytes) * (o.latency_ms / baseline_latency)}
+    rank = {
+        "size": lambda o: o.packed_bytes,
+        "latency": lambda o: o.latency_ms,
+        "balanced": lambda o: (o.packed_bytes / run.original_bytes) * (o.latency_ms / baseline_latency),
+    }
     chosen = min(within, key=rank[config.auto.objective]) if within else max(outcomes, key=lambda o: o.result.accuracy)
     result = chosen.result
     run.trials = trials
@@ -113,12 +148,25 @@ def compress_auto(model, data, config: CompressConfig, *, on_event: EventCallbac
     returned.onnx = result.onnx
     returned.fine_tuning = result.fine_tuning
     returned.candidates = [
-        {"stage": o.stage, "accuracy": o.result.accuracy, "bytes": o.packed_bytes,
-         f"latency_ms_batch{LATENCY_BATCH}": o.latency_ms, "within_budget": run.within(o.result.accuracy),
-         "chosen": o is chosen}
+        {
+            "stage": o.stage,
+            "accuracy": o.result.accuracy,
+            "bytes": o.packed_bytes,
+            f"latency_ms_batch{LATENCY_BATCH}": o.latency_ms,
+            "within_budget": run.within(o.result.accuracy),
+            "chosen": o is chosen,
+        }
         for o in outcomes
-    ] + [{"stage": "baseline", "accuracy": baseline, "bytes": run.original_bytes,
-          f"latency_ms_batch{LATENCY_BATCH}": baseline_latency, "within_budget": True, "chosen": False}]
+    ] + [
+        {
+            "stage": "baseline",
+            "accuracy": baseline,
+            "bytes": run.original_bytes,
+            f"latency_ms_batch{LATENCY_BATCH}": baseline_latency,
+            "within_budget": True,
+            "chosen": False,
+        }
+    ]
     return returned
 
 
@@ -135,9 +183,11 @@ def _latency(model, onnx: bytes | None) -> float:
 
 def _stage_events(on_event: EventCallback, name: str, index: int, count: int) -> EventCallback:
     """A stage's events on its slice of the progress bar, messages prefixed with the stage."""
+
     def forward(event: Event) -> None:
-        on_event(dataclasses.replace(event, fraction=(index + event.fraction) / count,
-                                     message=f"{name}: {event.message}"))
+        on_event(
+            dataclasses.replace(event, fraction=(index + event.fraction) / count, message=f"{name}: {event.message}")
+        )
 
     return forward
 
@@ -157,6 +207,13 @@ def merge_layers(channel_rows: list[list[ChannelLayerState]], final: list[LayerS
         before, kept = history[0].channels_before, history[-1].channels_kept
         reasons = [h.reason for h in history if h.channels_removed] or [history[-1].reason]
         own = {f.name: getattr(row, f.name) for f in dataclasses.fields(LayerState)}
-        merged.append(ChannelLayerState(**own | {"accepted": row.accepted or kept < before}, channels_before=before,
-                                        channels_kept=kept, channels_removed=before - kept, reason="; ".join(reasons)))
+        merged.append(
+            ChannelLayerState(
+                **own | {"accepted": row.accepted or kept < before},
+                channels_before=before,
+                channels_kept=kept,
+                channels_removed=before - kept,
+                reason="; ".join(reasons),
+            )
+        )
     return merged

@@ -128,7 +128,9 @@ def soft_threshold(parameter: nn.Parameter, amount: float) -> None:
     parameter.copy_(parameter.sign() * (parameter.abs() - amount).clamp_min(0.0))
 
 
-def learn_importance(run: StructuredRun, settings, seed: int, baseline: float) -> tuple[list[int], nn.Module | None, float]:
+def learn_importance(
+    run: StructuredRun, settings, seed: int, baseline: float
+) -> tuple[list[int], nn.Module | None, float]:
     """Trains importance gates once per initialisation strategy; returns the removal order, and the first strategy's
     model with its gates folded when it scores above the baseline (else None) with its score: a start that had spent
     the budget would leave nothing for removal."""
@@ -174,7 +176,12 @@ def compress_filter(
             resumed = run.resume()
             if resumed:
                 tensors, meta = resumed
-                order, outcomes, best_removed, best_accuracy = meta["order"], meta["outcomes"], set(meta["removed"]), meta["accuracy"]
+                order, outcomes, best_removed, best_accuracy = (
+                    meta["order"],
+                    meta["outcomes"],
+                    set(meta["removed"]),
+                    meta["accuracy"],
+                )
                 if folded_state := unprefixed("start", tensors):
                     start = copy.deepcopy(run.base)
                     start.load_state_dict(folded_state)
@@ -187,9 +194,11 @@ def compress_filter(
 
             def checkpoint(fraction: float) -> None:
                 folded_start = prefixed("start", start.state_dict()) if start is not run.base else {}
-                run.save(prefixed("best", best_state) | folded_start,
-                         {"order": order, "outcomes": outcomes, "removed": sorted(best_removed),
-                          "accuracy": best_accuracy}, fraction)
+                run.save(
+                    prefixed("best", best_state) | folded_start,
+                    {"order": order, "outcomes": outcomes, "removed": sorted(best_removed), "accuracy": best_accuracy},
+                    fraction,
+                )
 
             if not resumed:
                 checkpoint(_IMPORTANCE_DONE)
@@ -207,10 +216,15 @@ def compress_filter(
                 working = copy.deepcopy(start)
                 working.load_state_dict(best_state)
                 handles = mask_consumers(working, graph, removed)
-                run.emit("prune", fraction, f"removing {len(removed)} of {len(order)} channels (level {level:.3f})",
-                         level=level)
-                run.train(working, settings.epochs_per_step, config.seed + FINETUNE_SEED_OFFSET + index, "prune",
-                          fraction)
+                run.emit(
+                    "prune",
+                    fraction,
+                    f"removing {len(removed)} of {len(order)} channels (level {level:.3f})",
+                    level=level,
+                )
+                run.train(
+                    working, settings.epochs_per_step, config.seed + FINETUNE_SEED_OFFSET + index, "prune", fraction
+                )
                 accuracy = run.evaluate(working)
                 for handle in handles:
                     handle.remove()

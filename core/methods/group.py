@@ -59,7 +59,9 @@ class GroupLasso:
         """‖W_n‖₂ of every group."""
         squares = torch.zeros(len(self.roots), device=self.slices[0][0].device)
         for parameter, axis, groups in self.slices:
-            per_slice = parameter.detach().pow(2).transpose(0, axis).reshape(parameter.shape[axis], -1).sum(1)  # 1-D: BN
+            per_slice = (
+                parameter.detach().pow(2).transpose(0, axis).reshape(parameter.shape[axis], -1).sum(1)
+            )  # 1-D: BN
             kept = groups >= 0
             squares.index_add_(0, groups[kept].to(parameter.device), per_slice[kept.to(parameter.device)])
         return squares.sqrt()
@@ -69,7 +71,8 @@ class GroupLasso:
 
     @torch.no_grad()
     def proximal_step(self, optimizer: torch.optim.Optimizer, amount: float) -> None:
-        """W_n ← max(0, 1 − amount·w_n/‖W_n‖₂)·W_n (w_n the group's weight); the momentum of groups at zero is reset so they do not bounce back."""
+        """W_n ← max(0, 1 − amount·w_n/‖W_n‖₂)·W_n (w_n the group's weight); the momentum of groups at zero is reset so
+        they do not bounce back."""
         norms = self.norms()
         scale = (1.0 - amount * self.weights.to(norms.device) / norms.clamp_min(1e-12)).clamp_min(0.0)
         for parameter, axis, groups in self.slices:
@@ -131,11 +134,18 @@ def compress_group(
         working = copy.deepcopy(run.base)
         lasso = GroupLasso(working, graph)
         run.emit("sparse", fraction, f"group-sparse training with λ={penalty:.3g}", penalty=penalty)
-        run.train(working, settings.sparse_epochs, config.seed + index, "sparse", fraction,
-                  after_step=lambda optimizer: lasso.proximal_step(optimizer, current_lr(optimizer) * penalty))
+        run.train(
+            working,
+            settings.sparse_epochs,
+            config.seed + index,
+            "sparse",
+            fraction,
+            after_step=lambda optimizer: lasso.proximal_step(optimizer, current_lr(optimizer) * penalty),
+        )
         shrunk, removed = remove_zeroed(working, graph, lasso.zeroed(), sample)
-        run.emit("finetune", fraction, f"λ={penalty:.3g}: {len(removed)} neurons removed; fine-tuning",
-                 removed=len(removed))
+        run.emit(
+            "finetune", fraction, f"λ={penalty:.3g}: {len(removed)} neurons removed; fine-tuning", removed=len(removed)
+        )
         run.train(shrunk, settings.epochs_per_step, config.seed + FINETUNE_SEED_OFFSET + index, "finetune", fraction)
         accuracy = run.evaluate(shrunk)
         within = run.within(accuracy)
@@ -144,8 +154,11 @@ def compress_group(
         if within:
             best, best_removed, best_accuracy = shrunk, removed, accuracy
         outcomes.append(within)
-        run.save(prefixed("best", best.state_dict()) if best is not run.base else {},
-                 {"outcomes": outcomes, "removed": sorted(best_removed), "accuracy": best_accuracy}, fraction)
+        run.save(
+            prefixed("best", best.state_dict()) if best is not run.base else {},
+            {"outcomes": outcomes, "removed": sorted(best_removed), "accuracy": best_accuracy},
+            fraction,
+        )
         return within
 
     with run.time_limited("sparse"):

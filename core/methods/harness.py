@@ -99,8 +99,9 @@ class MethodRun:
     def emit(self, stage: str, fraction: float, message: str = "", *, severity: EventLevel = "info", **data) -> None:
         """An event at `fraction` of the method's progress; `severity` is the event's level, so that "level" stays
         free as a data key (filter's removal level)."""
-        self.on_event(Event(stage=stage, fraction=min(max(fraction, 0.0), 1.0), message=message, level=severity,
-                            data=data))
+        self.on_event(
+            Event(stage=stage, fraction=min(max(fraction, 0.0), 1.0), message=message, level=severity, data=data)
+        )
 
     @contextlib.contextmanager
     def time_limited(self, stage: str) -> Iterator[None]:
@@ -120,16 +121,28 @@ class MethodRun:
         self.baseline = self.evaluate(self.base)
         self.budget = self.config.target.allowed_drop(self.baseline)
         if announce:
-            self.emit("baseline", BASELINE_DONE, f"baseline accuracy {self.baseline:.2f}", accuracy=self.baseline,
-                      allowed_drop=self.budget)
+            self.emit(
+                "baseline",
+                BASELINE_DONE,
+                f"baseline accuracy {self.baseline:.2f}",
+                accuracy=self.baseline,
+                allowed_drop=self.budget,
+            )
         return self.baseline, self.budget
 
     def within(self, accuracy: float, budget: float | None = None) -> bool:
         """Whether `accuracy` stays within `budget` (default: the whole budget) of the baseline."""
         return self.baseline - accuracy <= (self.budget if budget is None else budget)
 
-    def train(self, module: nn.Module, epochs: int, seed: int, stage: str, fraction: float,
-              after_step: AfterStep | None = None) -> None:
+    def train(
+        self,
+        module: nn.Module,
+        epochs: int,
+        seed: int,
+        stage: str,
+        fraction: float,
+        after_step: AfterStep | None = None,
+    ) -> None:
         """One training stage of `epochs` (stretched to at least `core.train.min_steps` SGD steps, so small data sets
         recover; none when `epochs` is 0), with distillation from the baseline; the module ends on CPU."""
         assert self.settings is not None, "a run that trains has training settings"
@@ -144,30 +157,61 @@ class MethodRun:
         self.fit_stage(module, epochs, seed, after_step, on_epoch, stage=stage, fraction=fraction)
         module.cpu()
 
-    def fit_stage(self, module: nn.Module, epochs: int, seed: int, after_step: AfterStep | None,
-                  on_epoch: Callable[[int, float], None], *, stage: str = "train", fraction: float = 0.0) -> None:
+    def fit_stage(
+        self,
+        module: nn.Module,
+        epochs: int,
+        seed: int,
+        after_step: AfterStep | None,
+        on_epoch: Callable[[int, float], None],
+        *,
+        stage: str = "train",
+        fraction: float = 0.0,
+    ) -> None:
         """The one training call of every method: at the job's own rate, rolled back and retried at a lower one when
         it diverges (core.train.fit_guarded); a later stage starts at the rate the last retry settled on. A stage
         that no retry saves keeps its starting weights and is reported at warning level."""
         assert self.settings is not None
         lr = self.learning_rate(fraction)
         outcome = fit_guarded(
-            module, self.data.x_train, self.data.y_train, epochs=epochs, device=self.device, seed=seed,
-            after_step=after_step, should_stop=self.stop_check, on_epoch=on_epoch,
-            teacher=self.base if self.settings.distill else None, distill_weight=self.settings.distill,
-            **{**fit_options(self.settings), "lr": lr})
+            module,
+            self.data.x_train,
+            self.data.y_train,
+            epochs=epochs,
+            device=self.device,
+            seed=seed,
+            after_step=after_step,
+            should_stop=self.stop_check,
+            on_epoch=on_epoch,
+            teacher=self.base if self.settings.distill else None,
+            distill_weight=self.settings.distill,
+            **{**fit_options(self.settings), "lr": lr},
+        )
         self.fine_tuning["stages"] += 1
         if outcome.retries:
-            self.fine_tuning["retries"].append({"stage": stage, "tries": outcome.retries, "lr": outcome.lr,
-                                                "recovered": outcome.recovered})
+            self.fine_tuning["retries"].append(
+                {"stage": stage, "tries": outcome.retries, "lr": outcome.lr, "recovered": outcome.recovered}
+            )
         if not outcome.recovered:
             self.fine_tuning["unrecovered_stages"].append(stage)
-            self.emit(stage, fraction, f"training diverged at every rate from {lr:g} to {outcome.lr:g}; the stage "
-                      "keeps its starting weights", severity="warning", lr=lr, retries=outcome.retries)
+            self.emit(
+                stage,
+                fraction,
+                f"training diverged at every rate from {lr:g} to {outcome.lr:g}; the stage keeps its starting weights",
+                severity="warning",
+                lr=lr,
+                retries=outcome.retries,
+            )
         elif outcome.retries:
             self.lr = outcome.lr
-            self.emit(stage, fraction, f"training diverged at lr {lr:g}; rolled back and retrained at {outcome.lr:g}",
-                      severity="warning", lr=outcome.lr, retries=outcome.retries)
+            self.emit(
+                stage,
+                fraction,
+                f"training diverged at lr {lr:g}; rolled back and retrained at {outcome.lr:g}",
+                severity="warning",
+                lr=outcome.lr,
+                retries=outcome.retries,
+            )
 
     def learning_rate(self, fraction: float = 0.0) -> float:
         """The job's rate: the configured one, or (lr_search) the one a short range test on the job's own training
@@ -177,18 +221,32 @@ class MethodRun:
             return self.lr
         settings, self.lr, test = self.settings, self.settings.lr, None
         if settings.lr_search:
-            test = choose_lr(self.base, self.data.x_train, self.data.y_train, lr=settings.lr,
-                             steps=max(5, min(20, settings.min_steps_per_stage // 10)), momentum=settings.momentum,
-                             weight_decay=settings.weight_decay, batch_size=settings.batch_size, device=self.device,
-                             seed=self.config.seed)
+            test = choose_lr(
+                self.base,
+                self.data.x_train,
+                self.data.y_train,
+                lr=settings.lr,
+                steps=max(5, min(20, settings.min_steps_per_stage // 10)),
+                momentum=settings.momentum,
+                weight_decay=settings.weight_decay,
+                batch_size=settings.batch_size,
+                device=self.device,
+                seed=self.config.seed,
+            )
             self.lr = test.lr
             self.fine_tuning["range_test"] = {
                 "start_loss": test.start_loss,
-                "losses": {f"{rate:g}": (loss if math.isfinite(loss) else None) for rate, loss in test.losses.items()}}
+                "losses": {f"{rate:g}": (loss if math.isfinite(loss) else None) for rate, loss in test.losses.items()},
+            }
         self.fine_tuning["lr"] = self.lr
         how = "chosen by a range test" if test is not None else "as configured"
-        self.emit("train", fraction, f"learning rate {self.lr:g} ({how})", lr=self.lr,
-                  range_test=self.fine_tuning["range_test"])
+        self.emit(
+            "train",
+            fraction,
+            f"learning rate {self.lr:g} ({how})",
+            lr=self.lr,
+            range_test=self.fine_tuning["range_test"],
+        )
         return self.lr
 
     def evaluate(self, module: nn.Module) -> float:
@@ -200,17 +258,43 @@ class MethodRun:
         return accuracy
 
     # -- trials and checkpoints ------------------------------------------------------------------------------
-    def record(self, stage: str, packed: bytes, *, layers: list[str], accuracy: float, accepted: bool,
-               fraction: float, sparsity: float | None, summary: str = "", **data) -> Trial:
+    def record(
+        self,
+        stage: str,
+        packed: bytes,
+        *,
+        layers: list[str],
+        accuracy: float,
+        accepted: bool,
+        fraction: float,
+        sparsity: float | None,
+        summary: str = "",
+        **data,
+    ) -> Trial:
         """A point on the trade-off curve; `packed` is the trial's model as a `.sqz`, its ratio's denominator.
         The event's message is "<stage>: [<summary>, ]accepted|rejected"; `data` joins the event."""
-        trial = Trial(step=len(self.trials) + 1, stage=stage, layers=layers, accuracy=accuracy,
-                      compression_ratio=self.original_bytes / len(packed), accepted=accepted, sparsity=sparsity)
+        trial = Trial(
+            step=len(self.trials) + 1,
+            stage=stage,
+            layers=layers,
+            accuracy=accuracy,
+            compression_ratio=self.original_bytes / len(packed),
+            accepted=accepted,
+            sparsity=sparsity,
+        )
         self.trials.append(trial)
         outcome = "accepted" if accepted else "rejected"
-        self.emit("step", fraction, f"{stage}: {summary}, {outcome}" if summary else f"{stage}: {outcome}",
-                  step=trial.step, accuracy=accuracy, compression_ratio=trial.compression_ratio, accepted=accepted,
-                  layers=layers, **data)
+        self.emit(
+            "step",
+            fraction,
+            f"{stage}: {summary}, {outcome}" if summary else f"{stage}: {outcome}",
+            step=trial.step,
+            accuracy=accuracy,
+            compression_ratio=trial.compression_ratio,
+            accepted=accepted,
+            layers=layers,
+            **data,
+        )
         return trial
 
     def save(self, tensors: dict[str, torch.Tensor], meta: dict, fraction: float) -> None:
@@ -228,17 +312,32 @@ class MethodRun:
         if saved is not None:
             assert self.checkpoint_dir is not None
             self.trials = [Trial(**trial) for trial in saved[1]["trials"]]
-            self.emit("checkpoint", saved[1]["fraction"], "resumed from checkpoint",
-                      path=str(self.checkpoint_dir / f"{self.name}.json"))
+            self.emit(
+                "checkpoint",
+                saved[1]["fraction"],
+                "resumed from checkpoint",
+                path=str(self.checkpoint_dir / f"{self.name}.json"),
+            )
         return saved
 
     def result(self, module: nn.Module, layers: Sequence[LayerState], accuracy: float) -> MethodResult:
         tuning = self.fine_tuning
         tuning["no_stage_recovered"] = tuning["stages"] > 0 and len(tuning["unrecovered_stages"]) == tuning["stages"]
         if tuning["no_stage_recovered"]:
-            self.emit("train", 1.0, "no training stage could be run without diverging, at any rate tried: the "
-                      "result is the uploaded weights in compressed storage, not a fine-tuned model",
-                      severity="warning")
-        return MethodResult(module=module, layers=list(layers), trials=self.trials, baseline_accuracy=self.baseline,
-                            accuracy=accuracy, target_met=self.within(accuracy), stopped_early=self.stopped_early,
-                            fine_tuning=tuning)
+            self.emit(
+                "train",
+                1.0,
+                "no training stage could be run without diverging, at any rate tried: the "
+                "result is the uploaded weights in compressed storage, not a fine-tuned model",
+                severity="warning",
+            )
+        return MethodResult(
+            module=module,
+            layers=list(layers),
+            trials=self.trials,
+            baseline_accuracy=self.baseline,
+            accuracy=accuracy,
+            target_met=self.within(accuracy),
+            stopped_early=self.stopped_early,
+            fine_tuning=tuning,
+        )

@@ -111,9 +111,11 @@ def global_magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float) ->
     return {name: w.detach().abs() > threshold.to(w.device) for name, w in weights.items()}
 
 
-def build_working_module(base: nn.Module, shadow: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
-                         sigmas: dict[str, float | None]) -> nn.Module:
-    """A trainable copy of `base` holding `shadow` weights; layers named in `sigmas` are constrained (σ None: initialise)."""
+def build_working_module(
+    base: nn.Module, shadow: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], sigmas: dict[str, float | None]
+) -> nn.Module:
+    """A trainable copy of `base` holding `shadow` weights; layers named in `sigmas` are constrained
+    (σ None: initialise)."""
     module = copy.deepcopy(base).cpu()
     module.load_state_dict(shadow)
     for name, layer in prunable_layers(module).items():
@@ -142,14 +144,18 @@ def shadow_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def learned_sigmas(module: nn.Module) -> dict[str, float]:
     constraints = {name: ternary_constraint(layer) for name, layer in prunable_layers(module).items()}
-    return {name: float(constraint.sigma.detach().abs()) for name, constraint in constraints.items()
-            if constraint is not None}
+    return {
+        name: float(constraint.sigma.detach().abs())
+        for name, constraint in constraints.items()
+        if constraint is not None
+    }
 
 
 def materialize(module: nn.Module, base: nn.Module, float_precision: str = "float32") -> nn.Module:
     """A plain float32 CPU copy of `base` with the working `module`'s weights exactly as constrained (σ·sign⊙m, W⊙m),
-    the float layers' rounded to `float_precision` (their biases to float16 unless float32): what model.sqz stores. (Removing parametrizations from a copy
-    would not do: a copy shares its parametrized class with the original, and removal edits that class.)"""
+    the float layers' rounded to `float_precision` (their biases to float16 unless float32): what model.sqz stores.
+    (Removing parametrizations from a copy would not do: a copy shares its parametrized class with the original, and
+    removal edits that class.)"""
     state = shadow_state(module)
     with torch.no_grad():
         for name, layer in prunable_layers(module).items():
@@ -164,8 +170,9 @@ def materialize(module: nn.Module, base: nn.Module, float_precision: str = "floa
     return plain.eval()
 
 
-def rank_layers(ranking: str, sparsities: dict[str, float], sizes: dict[str, int],
-                drops: dict[str, float] | None = None) -> list[str]:
+def rank_layers(
+    ranking: str, sparsities: dict[str, float], sizes: dict[str, int], drops: dict[str, float] | None = None
+) -> list[str]:
     """Layer names from most to least significant.
 
     sparsity (paper): lower intra-layer sparsity = more significant; sensitivity: larger accuracy drop when the
@@ -184,10 +191,25 @@ class LwctRun(MethodRun):
     """A layer-wise compressive training run: the harness plus the layer ranking and the latest state within the
     budget (shadow weights, masks, σ of the constrained layers, accuracy), which checkpoints and the result use."""
 
-    def __init__(self, model, data, config: CompressConfig, on_event: EventCallback = no_events,
-                 should_stop: StopCheck = never_stop, checkpoint_dir: Path | None = None):
-        super().__init__(model, data, config, config.lwct, name=_CHECKPOINT, on_event=on_event,
-                         should_stop=should_stop, checkpoint_dir=checkpoint_dir)
+    def __init__(
+        self,
+        model,
+        data,
+        config: CompressConfig,
+        on_event: EventCallback = no_events,
+        should_stop: StopCheck = never_stop,
+        checkpoint_dir: Path | None = None,
+    ):
+        super().__init__(
+            model,
+            data,
+            config,
+            config.lwct,
+            name=_CHECKPOINT,
+            on_event=on_event,
+            should_stop=should_stop,
+            checkpoint_dir=checkpoint_dir,
+        )
         self.lw = config.lwct
         self.ranking: list[str] = []
         self.best: dict = {}
@@ -204,27 +226,53 @@ class LwctRun(MethodRun):
             sparsity = 1.0 - float(masks[name].float().mean())
             representation = "ternary" if name in sigmas else ("sparse-float" if sparsity > 0 else "float")
             sigma = sigmas.get(name)
-            states.append(LayerState(
-                name=name, type=type(layer).__name__, shape=list(weight.shape), params=weight.numel(),
-                sparsity=sparsity, representation=representation, sigma=sigma,
-                bits=layer_bits(weight, representation, sigma), significance_rank=order.get(name, -1),
-                accepted=name in sigmas))
+            states.append(
+                LayerState(
+                    name=name,
+                    type=type(layer).__name__,
+                    shape=list(weight.shape),
+                    params=weight.numel(),
+                    sparsity=sparsity,
+                    representation=representation,
+                    sigma=sigma,
+                    bits=layer_bits(weight, representation, sigma),
+                    significance_rank=order.get(name, -1),
+                    accepted=name in sigmas,
+                )
+            )
         return states
 
-    def record_plain(self, stage: str, plain: nn.Module, sigmas: dict[str, float], masks, layers: list[str],
-                     accuracy: float, accepted: bool, fraction: float, sparsity: float | None = None) -> Trial:
+    def record_plain(
+        self,
+        stage: str,
+        plain: nn.Module,
+        sigmas: dict[str, float],
+        masks,
+        layers: list[str],
+        accuracy: float,
+        accepted: bool,
+        fraction: float,
+        sparsity: float | None = None,
+    ) -> Trial:
         """A trial whose compression ratio is the packed size of `plain`, the trial's module as packed (see `plain`)."""
         packed = pack_sqz(self.model.with_module(plain), self.layer_states(plain, masks, sigmas))
-        return self.record(stage, packed, layers=layers, accuracy=accuracy, accepted=accepted, fraction=fraction,
-                           sparsity=sparsity)
+        return self.record(
+            stage, packed, layers=layers, accuracy=accuracy, accepted=accepted, fraction=fraction, sparsity=sparsity
+        )
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def save_walk(self, position: int, fraction: float, group: int = 1, step: int | None = None) -> None:
         """Persist the accepted state and the walk position (with the group walk's group size and stage count)."""
         tensors = prefixed("shadow", self.best["shadow"])
         tensors |= prefixed("mask", {k: v.to(torch.uint8) for k, v in self.best["masks"].items()})
-        meta = {"sigmas": self.best["sigmas"], "accuracy": self.best["accuracy"], "position": position,
-                "group": group, "step": position if step is None else step, "ranking": self.ranking}
+        meta = {
+            "sigmas": self.best["sigmas"],
+            "accuracy": self.best["accuracy"],
+            "position": position,
+            "group": group,
+            "step": position if step is None else step,
+            "ranking": self.ranking,
+        }
         self.save(tensors, meta, fraction)
 
     def resume_walk(self) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
@@ -270,8 +318,15 @@ class LwctRun(MethodRun):
         return drops
 
 
-def compress_lwct(model, data, config: CompressConfig, *, on_event: EventCallback = no_events,
-                  should_stop: StopCheck = never_stop, checkpoint_dir: Path | None = None) -> MethodResult:
+def compress_lwct(
+    model,
+    data,
+    config: CompressConfig,
+    *,
+    on_event: EventCallback = no_events,
+    should_stop: StopCheck = never_stop,
+    checkpoint_dir: Path | None = None,
+) -> MethodResult:
     """Compress `model` on `data` under `config.target`; see the module docstring and docs/METHODS.md §1."""
     run = LwctRun(model, data, config, on_event, should_stop, checkpoint_dir)
     if not prunable_layers(run.base):
@@ -294,10 +349,14 @@ def compress_lwct(model, data, config: CompressConfig, *, on_event: EventCallbac
             sparsities = {n: 1.0 - float(m.float().mean()) for n, m in masks.items()}
             sizes = {n: m.numel() for n, m in masks.items()}
             run.emit("rank", _RANK, f"ranking layers by {lw.ranking}")
-            drops = run.sensitivity_drops(run.best["shadow"], masks, run.best["accuracy"]) if lw.ranking == "sensitivity" else None
+            drops = (
+                run.sensitivity_drops(run.best["shadow"], masks, run.best["accuracy"])
+                if lw.ranking == "sensitivity"
+                else None
+            )
             run.ranking = rank_layers(lw.ranking, sparsities, sizes, drops)
             run.save_walk(0, _WALK_START)
-        candidates = list(reversed(run.ranking[lw.preserve:]))
+        candidates = list(reversed(run.ranking[lw.preserve :]))
         group, step = (meta.get("group", 1), meta.get("step", position)) if resumed else (1, 0)
         while position < len(candidates):
             names = candidates[position : position + group]
@@ -305,14 +364,17 @@ def compress_lwct(model, data, config: CompressConfig, *, on_event: EventCallbac
             fraction = progress(_WALK_START, 1.0, position, len(candidates))
             run.emit("train", fraction, f"constraining {', '.join(names)}", layer=names[0], layers=names)
             best = run.best
-            module = build_working_module(run.base, best["shadow"], best["masks"], {**best["sigmas"], **dict.fromkeys(names)})
+            module = build_working_module(
+                run.base, best["shadow"], best["masks"], {**best["sigmas"], **dict.fromkeys(names)}
+            )
             run.train(module, lw.epochs_per_step, config.seed + _TERNARY_SEED_OFFSET + step, "train", fraction)
             step += 1
             plain = run.plain(module)
             accuracy = run.evaluate(plain)
             accepted = run.within(accuracy)
-            run.record_plain("ternary", plain, learned_sigmas(module), best["masks"], names, accuracy, accepted,
-                             fraction)
+            run.record_plain(
+                "ternary", plain, learned_sigmas(module), best["masks"], names, accuracy, accepted, fraction
+            )
             if accepted:
                 position += len(names)
                 group = 2 * len(names) if lw.walk == "group" else 1

@@ -31,20 +31,44 @@ class StructuredRun(MethodRun):
         checkpoint_dir: Path | None,
         name: str,
     ):
-        super().__init__(model, data, config, settings, name=name, on_event=on_event, should_stop=should_stop,
-                         checkpoint_dir=checkpoint_dir)
+        super().__init__(
+            model,
+            data,
+            config,
+            settings,
+            name=name,
+            on_event=on_event,
+            should_stop=should_stop,
+            checkpoint_dir=checkpoint_dir,
+        )
         self.graph: ChannelGraph = trace(self.base, tuple(model.input_shape))
 
     def measure_baseline(self, *, announce: bool = True, **data) -> tuple[float, float]:
         return super().measure_baseline(announce=announce, unsupported=self.graph.unsupported, **data)
 
-    def record_shrunk(self, stage: str, shrunk: nn.Module, removed: int, accuracy: float, accepted: bool,
-                      fraction: float, level: float) -> Trial:
+    def record_shrunk(
+        self,
+        stage: str,
+        shrunk: nn.Module,
+        removed: int,
+        accuracy: float,
+        accepted: bool,
+        fraction: float,
+        level: float,
+    ) -> Trial:
         """A trial whose compression ratio is the packed size of the shrunk model."""
         layers = [name for name, count in self.widths(shrunk).items() if count != len(self.graph.producers[name])]
-        return self.record(stage, pack_sqz(with_channels(self.model, shrunk), []), layers=layers, accuracy=accuracy,
-                           accepted=accepted, fraction=fraction, sparsity=level,
-                           summary=f"{removed} channels removed", channels_removed=removed)
+        return self.record(
+            stage,
+            pack_sqz(with_channels(self.model, shrunk), []),
+            layers=layers,
+            accuracy=accuracy,
+            accepted=accepted,
+            fraction=fraction,
+            sparsity=level,
+            summary=f"{removed} channels removed",
+            channels_removed=removed,
+        )
 
     def widths(self, module: nn.Module) -> dict[str, int]:
         return {name: width(module.get_submodule(name)) for name in self.graph.producers}

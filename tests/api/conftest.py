@@ -55,9 +55,7 @@ def api_settings(postgres_url, tmp_path) -> Settings:
 @pytest.fixture
 def queued_client(api_settings, redis_url):
     dispatcher = CeleryDispatcher(redis_url)
-    with TestClient(
-        create_app(api_settings, dispatcher=dispatcher), raise_server_exceptions=False
-    ) as client:
+    with TestClient(create_app(api_settings, dispatcher=dispatcher), raise_server_exceptions=False) as client:
         yield client
 
 
@@ -95,9 +93,9 @@ def upload(client: TestClient, path: Path, kind: str = "model") -> dict:
 def stored_counts(client: TestClient) -> tuple[int, int]:
     """(artifact rows, blob chunks) in the app's database."""
     with client.app.state.session_factory() as session:
-        return session.scalar(
-            select(func.count()).select_from(Artifact)
-        ), session.scalar(select(func.count()).select_from(BlobChunk))
+        return session.scalar(select(func.count()).select_from(Artifact)), session.scalar(
+            select(func.count()).select_from(BlobChunk)
+        )
 
 
 def assert_problem(response, status: int, code: str) -> dict:

@@ -40,7 +40,9 @@ def upload_bytes(client: TestClient, headers: dict, size: int = 600):
 def insert_job(client: TestClient, tenant: str, model_id: str = "art_x") -> str:
     """A queued job inserted through the store: tenancy, not the engine's input checks, is under test here."""
     with client.app.state.session_factory() as session:
-        job, _ = create_job(session, tenant=tenant, spec=tiny_job(model_id), idempotency_key=None, request_hash=None, max_attempts=3)
+        job, _ = create_job(
+            session, tenant=tenant, spec=tiny_job(model_id), idempotency_key=None, request_hash=None, max_attempts=3
+        )
     return job.id
 
 
@@ -114,7 +116,9 @@ def test_unfinished_jobs_past_the_quota_are_a_429_problem(api_settings, redis_ur
         alice = bearer(client, "alice")
         artifact_id = upload_bytes(client, alice).json()["id"]
         queued = insert_job(client, "alice", artifact_id)
-        body = assert_problem(client.post("/v1/jobs", headers=alice, json=tiny_job(artifact_id)), 429, "job_quota_exceeded")
+        body = assert_problem(
+            client.post("/v1/jobs", headers=alice, json=tiny_job(artifact_id)), 429, "job_quota_exceeded"
+        )
         assert "limit 1" in body["detail"]
         # A finished job frees its place: the request gets past the quota to the input checks (the bytes are no model).
         assert client.post(f"/v1/jobs/{queued}/cancel", headers=alice).json()["status"] == "cancelled"

@@ -18,9 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_celery_worker_takes_a_job_from_queued_to_succeeded(
-    api_settings, redis_url, sample_model_zip, tmp_path
-):
+def test_celery_worker_takes_a_job_from_queued_to_succeeded(api_settings, redis_url, sample_model_zip, tmp_path):
     settings = api_settings.model_copy(update={"broker_url": redis_url})
     env = {
         **os.environ,
@@ -59,9 +57,7 @@ def test_celery_worker_takes_a_job_from_queued_to_succeeded(
                 }
             },
         )
-        assert code in (EXIT_TARGET_MET, EXIT_TARGET_MISSED), (
-            tmp_path / "worker.log"
-        ).read_text()[-3000:]
+        assert code in (EXIT_TARGET_MET, EXIT_TARGET_MISSED), (tmp_path / "worker.log").read_text()[-3000:]
         report = json.loads((out / "report.json").read_text())
         assert (code == EXIT_TARGET_MET) == report["target_met"]
         assert (out / "model.sqz").stat().st_size == report["compressed"]["size_bytes"]

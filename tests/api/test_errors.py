@@ -12,9 +12,7 @@ def test_wrong_method_is_a_405_problem(queued_client):
 
 def test_invalid_body_is_a_422_problem_with_the_field_errors(queued_client):
     body = assert_problem(
-        queued_client.post(
-            "/v1/jobs", json={"model": {"artifact_id": "x"}, "method": "magic"}
-        ),
+        queued_client.post("/v1/jobs", json={"model": {"artifact_id": "x"}, "method": "magic"}),
         422,
         "validation_error",
     )
@@ -24,11 +22,7 @@ def test_invalid_body_is_a_422_problem_with_the_field_errors(queued_client):
 
 def test_openapi_has_the_stable_operation_ids_and_problem_responses(queued_client):
     document = queued_client.get("/openapi.json").json()
-    operations = {
-        op["operationId"]: op
-        for path in document["paths"].values()
-        for op in path.values()
-    }
+    operations = {op["operationId"]: op for path in document["paths"].values() for op in path.values()}
     assert set(operations) == {
         "createArtifact",
         "getArtifact",
@@ -46,12 +40,7 @@ def test_openapi_has_the_stable_operation_ids_and_problem_responses(queued_clien
         "healthz",
         "readyz",
     }
-    assert (
-        "application/problem+json"
-        in operations["getJob"]["responses"]["404"]["content"]
-    )
-    upload_schema = operations["createArtifact"]["requestBody"]["content"][
-        "multipart/form-data"
-    ]["schema"]
+    assert "application/problem+json" in operations["getJob"]["responses"]["404"]["content"]
+    upload_schema = operations["createArtifact"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert upload_schema["properties"]["file"]["format"] == "binary"
     assert "lwct" in document["components"]["schemas"]["JobOptions"]["properties"]

@@ -54,9 +54,7 @@ def generate_client(document: dict, root: Path):
 
 
 @pytest.mark.slow
-def test_generated_client_uploads_submits_polls_and_downloads(
-    live_server, sample_model_zip, tmp_path
-):
+def test_generated_client_uploads_submits_polls_and_downloads(live_server, sample_model_zip, tmp_path):
     app, base_url = live_server
     package = generate_client(app.openapi(), tmp_path)
     from squeezer_generated_client.api.artifacts import create_artifact
@@ -70,15 +68,11 @@ def test_generated_client_uploads_submits_polls_and_downloads(
     from squeezer_generated_client.models import CreateArtifactArtifactUpload, JobCreate
     from squeezer_generated_client.types import File
 
-    client = package.Client(
-        base_url=base_url, raise_on_unexpected_status=True, timeout=None
-    )
+    client = package.Client(base_url=base_url, raise_on_unexpected_status=True, timeout=None)
     with sample_model_zip.open("rb") as file:
         artifact = create_artifact.sync(
             client=client,
-            body=CreateArtifactArtifactUpload(
-                file=File(payload=file, file_name=sample_model_zip.name)
-            ),
+            body=CreateArtifactArtifactUpload(file=File(payload=file, file_name=sample_model_zip.name)),
         )
     assert artifact.size_bytes == sample_model_zip.stat().st_size
 
@@ -92,25 +86,15 @@ def test_generated_client_uploads_submits_polls_and_downloads(
     )
     job = create_job.sync(client=client, body=body, idempotency_key="generated-client")
     deadline = time.monotonic() + 300
-    while (
-        job.status.value not in ("succeeded", "failed", "cancelled")
-        and time.monotonic() < deadline
-    ):
+    while job.status.value not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
         time.sleep(0.5)
         job = get_job.sync(client=client, job_id=job.id)
     assert job.status.value == "succeeded", job.to_dict()
 
-    names = {
-        item.name for item in list_job_artifacts.sync(client=client, job_id=job.id)
-    }
+    names = {item.name for item in list_job_artifacts.sync(client=client, job_id=job.id)}
     assert "model.sqz" in names
-    packed = download_job_artifact.sync_detailed(
-        client=client, job_id=job.id, name="model.sqz"
-    )
-    assert (
-        packed.status_code == 200
-        and len(packed.content) == int(packed.headers["content-length"]) > 0
-    )
+    packed = download_job_artifact.sync_detailed(client=client, job_id=job.id, name="model.sqz")
+    assert packed.status_code == 200 and len(packed.content) == int(packed.headers["content-length"]) > 0
     page = get_job_report_html.sync_detailed(client=client, job_id=job.id)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert page.content.startswith(b"<!doctype html>") and b'data-key="/compressed/accuracy"' in page.content

@@ -1,4 +1,5 @@
-"""`squeezer sample`, `compress` and `evaluate` as a user runs them: exit codes, one-line errors, reproducible figures."""
+"""`squeezer sample`, `compress` and `evaluate` as a user runs them: exit codes, one-line errors, reproducible
+figures."""
 
 import json
 
@@ -12,8 +13,18 @@ from core.intake.registry import build_architecture
 
 runner = CliRunner()
 # A run of seconds on two CPU cores: three pruning levels and the five-layer walk, 60 SGD steps each.
-QUICK = ["--device", "cpu", "--epochs-per-step", "1", "--option", "lwct.prune_epochs=1",
-         "--option", "lwct.sparsity_grid=[0.5, 0.7, 0.8]", "--option", "lwct.min_steps_per_stage=60"]
+QUICK = [
+    "--device",
+    "cpu",
+    "--epochs-per-step",
+    "1",
+    "--option",
+    "lwct.prune_epochs=1",
+    "--option",
+    "lwct.sparsity_grid=[0.5, 0.7, 0.8]",
+    "--option",
+    "lwct.min_steps_per_stage=60",
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +38,9 @@ def sample_model(tmp_path_factory):
 
 def test_compress_meets_a_one_point_budget_and_evaluate_reproduces_it(sample_model, tmp_path):
     out = tmp_path / "out"
-    result = runner.invoke(app, ["compress", str(sample_model), "--data", "sample:digits", "--out", str(out),
-                                 "--max-drop", "1.0", *QUICK])
+    result = runner.invoke(
+        app, ["compress", str(sample_model), "--data", "sample:digits", "--out", str(out), "--max-drop", "1.0", *QUICK]
+    )
     assert result.exit_code == 0, result.output + result.stderr
     assert "target met" in result.output and "compression ×" in result.output
     report = json.loads((out / "report.json").read_text())
@@ -47,9 +59,27 @@ def test_compress_meets_a_one_point_budget_and_evaluate_reproduces_it(sample_mod
 def test_a_missed_target_still_writes_the_result_and_exits_3(sample_model, tmp_path):
     # Pruning 99 % of the weights without fine-tuning cannot stay within a zero-point budget.
     out = tmp_path / "out"
-    result = runner.invoke(app, ["compress", str(sample_model), "--data", "sample:digits", "--out", str(out),
-                                 "--max-drop", "0", "--device", "cpu", "--epochs-per-step", "0",
-                                 "--option", "lwct.sparsity=0.99", "--option", "lwct.prune_epochs=0"])
+    result = runner.invoke(
+        app,
+        [
+            "compress",
+            str(sample_model),
+            "--data",
+            "sample:digits",
+            "--out",
+            str(out),
+            "--max-drop",
+            "0",
+            "--device",
+            "cpu",
+            "--epochs-per-step",
+            "0",
+            "--option",
+            "lwct.sparsity=0.99",
+            "--option",
+            "lwct.prune_epochs=0",
+        ],
+    )
     assert result.exit_code == 3, result.output + result.stderr
     assert "target missed" in result.output
     assert not json.loads((out / "report.json").read_text())["target_met"]
@@ -65,8 +95,13 @@ def _rgb_npz(path):
 
 @pytest.mark.parametrize(
     ("case", "code"),
-    [("pickle", "unsafe_model_format"), ("rgb-data", "model_data_mismatch"), ("unknown-sample", "invalid_dataset"),
-     ("bad-option", "invalid_options"), ("metric-of-another-task", "invalid_options")],
+    [
+        ("pickle", "unsafe_model_format"),
+        ("rgb-data", "model_data_mismatch"),
+        ("unknown-sample", "invalid_dataset"),
+        ("bad-option", "invalid_options"),
+        ("metric-of-another-task", "invalid_options"),
+    ],
 )
 def test_bad_input_exits_2_with_one_line_on_stderr(sample_model, tmp_path, case, code):
     model, extra = str(sample_model), []
@@ -97,13 +132,37 @@ def test_evaluate_of_a_bad_file_exits_2(tmp_path):
 
 def test_auto_runs_both_stages_from_the_command_line(sample_model, tmp_path):
     out = tmp_path / "out"
-    result = runner.invoke(app, ["compress", str(sample_model), "--data", "sample:digits", "--out", str(out),
-                                 "--method", "auto", "--task", "classification", "--metric", "top1", *QUICK,
-                                 "--option", "filter.levels=[0.3]", "--option", "filter.init=[\"l1\"]",
-                                 "--option", "filter.min_steps_per_stage=60"])
+    result = runner.invoke(
+        app,
+        [
+            "compress",
+            str(sample_model),
+            "--data",
+            "sample:digits",
+            "--out",
+            str(out),
+            "--method",
+            "auto",
+            "--task",
+            "classification",
+            "--metric",
+            "top1",
+            *QUICK,
+            "--option",
+            "filter.levels=[0.3]",
+            "--option",
+            'filter.init=["l1"]',
+            "--option",
+            "filter.min_steps_per_stage=60",
+        ],
+    )
     assert result.exit_code == 0, result.output + result.stderr
     assert "filter: prune" in result.stderr and "lwct: ternary" in result.stderr
     assert "CPU latency, batch 32" in result.output and "onnxruntime, batch 32" in result.output
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "auto" and {t["stage"].split(":")[0] for t in report["trials"]} == {
-        "filter", "lwct", "lwct-alone", "int8"}
+        "filter",
+        "lwct",
+        "lwct-alone",
+        "int8",
+    }

@@ -32,8 +32,11 @@ def test_a_line_at_each_stage_change_and_every_interval_within_a_stage():
     lines.update("prune", 0.15, best_accuracy=97.5, best_ratio=2.0)
     clock.now = 6.5
     lines.update("prune", 0.20, best_accuracy=97.1, best_ratio=4.25)
-    assert stream.getvalue().splitlines() == ["baseline 2%", "prune 10%  best top1 97.50% ×2.0",
-                                              "prune 20%  best top1 97.10% ×4.2"]
+    assert stream.getvalue().splitlines() == [
+        "baseline 2%",
+        "prune 10%  best top1 97.50% ×2.0",
+        "prune 20%  best top1 97.10% ×4.2",
+    ]
 
 
 def test_text_lines_stay_off_a_terminal_and_json_lines_do_not():
@@ -45,15 +48,41 @@ def test_text_lines_stay_off_a_terminal_and_json_lines_do_not():
     ProgressLines("text", stream=terminal).update("train", 0.5)
     assert terminal.getvalue() == ""
     ProgressLines("json", metric="top1", stream=terminal).update("train", 0.5, status="running")
-    assert json.loads(terminal.getvalue()) == {"stage": "train", "progress": 0.5, "best_accuracy": None,
-                                               "best_compression_ratio": None, "metric": "top1", "status": "running"}
+    assert json.loads(terminal.getvalue()) == {
+        "stage": "train",
+        "progress": 0.5,
+        "best_accuracy": None,
+        "best_compression_ratio": None,
+        "metric": "top1",
+        "status": "running",
+    }
 
 
 def test_compress_prints_json_progress_lines(tmp_path):
     model = ensure_sample_model("digits")[0]
-    result = runner.invoke(app, ["compress", str(model), "--data", "sample:digits", "--out", str(tmp_path / "out"),
-                                 "--device", "cpu", "--epochs-per-step", "0", "--option", "lwct.sparsity=0.5",
-                                 "--option", "lwct.prune_epochs=0", "--max-drop", "100", "--log-format", "json"])
+    result = runner.invoke(
+        app,
+        [
+            "compress",
+            str(model),
+            "--data",
+            "sample:digits",
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--epochs-per-step",
+            "0",
+            "--option",
+            "lwct.sparsity=0.5",
+            "--option",
+            "lwct.prune_epochs=0",
+            "--max-drop",
+            "100",
+            "--log-format",
+            "json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     stages = [record["stage"] for record in records]

@@ -33,18 +33,14 @@ def queued_server(postgres_url, redis_url, tmp_path):
         database_url=postgres_url,
         storage_backend="database",
     )
-    server, thread, port = serve_in_thread(
-        create_app(settings, dispatcher=CeleryDispatcher(redis_url)), "127.0.0.1", 0
-    )
+    server, thread, port = serve_in_thread(create_app(settings, dispatcher=CeleryDispatcher(redis_url)), "127.0.0.1", 0)
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(30)
 
 
 def test_options_parse_dotted_keys_and_json_values():
-    assert parse_options(
-        ["lwct.sparsity=0.5", "lwct.ranking=size", "seed=3", "time_limit_s=null"]
-    ) == {
+    assert parse_options(["lwct.sparsity=0.5", "lwct.ranking=size", "seed=3", "time_limit_s=null"]) == {
         "lwct": {"sparsity": 0.5, "ranking": "size"},
         "seed": 3,
         "time_limit_s": None,
@@ -84,9 +80,7 @@ def test_submit_to_no_server_exits_1(tmp_path):
     assert result.exit_code == 1 and "cannot reach" in result.stderr
 
 
-def test_submit_of_an_unusable_model_exits_2_with_the_problem_detail(
-    queued_server, tmp_path
-):
+def test_submit_of_an_unusable_model_exits_2_with_the_problem_detail(queued_server, tmp_path):
     model = tmp_path / "model.onnx"
     model.write_bytes(b"definitely not onnx")
     result = runner.invoke(
@@ -123,9 +117,7 @@ def test_jobs_list_show_cancel_download(queued_server, postgres_url, tmp_path):
     assert listed.exit_code == 0 and job.id in listed.output
     shown = runner.invoke(app, ["jobs", "show", job.id, "--server", queued_server])
     assert shown.exit_code == 0 and '"queued"' in shown.output
-    cancelled = runner.invoke(
-        app, ["jobs", "cancel", job.id, "--server", queued_server]
-    )
+    cancelled = runner.invoke(app, ["jobs", "cancel", job.id, "--server", queued_server])
     assert cancelled.exit_code == 0 and "cancelled" in cancelled.output
     downloaded = runner.invoke(
         app,
@@ -140,9 +132,7 @@ def test_jobs_list_show_cancel_download(queued_server, postgres_url, tmp_path):
         ],
     )
     assert downloaded.exit_code == 0 and list((tmp_path / "out").iterdir()) == []
-    missing = runner.invoke(
-        app, ["jobs", "show", "job_missing", "--server", queued_server]
-    )
+    missing = runner.invoke(app, ["jobs", "show", "job_missing", "--server", queued_server])
     assert missing.exit_code == 2 and "job_missing" in missing.stderr
 
 

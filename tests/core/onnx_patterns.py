@@ -94,15 +94,21 @@ def build(weights: dict[str, np.ndarray], p: Pattern) -> bytes:
         h = node("Mul", [h, node("HardSigmoid", [h], alpha=1 / 6, beta=0.5)])
     else:
         shifted = node("Add", [h, const(3.0, np.float32)])
-        clipped = (node("Clip", [shifted], min=0.0, max=6.0) if p.opset < 11
-                   else node("Clip", [shifted, const(0.0, np.float32), const(6.0, np.float32)]))
+        clipped = (
+            node("Clip", [shifted], min=0.0, max=6.0)
+            if p.opset < 11
+            else node("Clip", [shifted, const(0.0, np.float32), const(6.0, np.float32)])
+        )
         h = node("Div", [node("Mul", [h, clipped]), const(6.0, np.float32)])
-    h = node("Conv", [h, weight("conv2_w", weights["conv2.weight"]), weight("conv2_b", weights["conv2.bias"])],
-             pads=[1, 1, 1, 1])
+    h = node(
+        "Conv",
+        [h, weight("conv2_w", weights["conv2.weight"]), weight("conv2_b", weights["conv2.bias"])],
+        pads=[1, 1, 1, 1],
+    )
     h = node("Relu", [h])
     if p.shape_flatten:
         batch = node("Gather", [node("Shape", [h]), const(0)], axis=0)
-        batch = (node("Unsqueeze", [batch], axes=[0]) if p.opset < 13 else node("Unsqueeze", [batch, const([0])]))
+        batch = node("Unsqueeze", [batch], axes=[0]) if p.opset < 13 else node("Unsqueeze", [batch, const([0])])
         h = node("Reshape", [h, node("Concat", [batch, const([-1])], axis=0)])
     else:
         h = node("Flatten", [h], axis=1)
@@ -121,8 +127,13 @@ def build(weights: dict[str, np.ndarray], p: Pattern) -> bytes:
     inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)]
     if p.initializers_as_inputs:
         inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits]
-    graph = helper.make_graph(consts + nodes, "wild", inputs,
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [p.batch, 10])], inits)
+    graph = helper.make_graph(
+        consts + nodes,
+        "wild",
+        inputs,
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [p.batch, 10])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", p.opset)], producer_name="patterns")
     model.ir_version = p.ir_version or min(model.ir_version, _ir_for_opset(p.opset))
     onnx.checker.check_model(model)

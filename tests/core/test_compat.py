@@ -24,19 +24,28 @@ from core.methods.group import compress_group
 from core.methods.lwct import compress_lwct
 
 _LARGE = pytest.mark.skipif(not os.environ.get("SQUEEZER_COMPAT_METHODS"), reason="set SQUEEZER_COMPAT_METHODS=1")
-ARCHITECTURES = ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf", "shufflenet_v2_x0_5",
-                 *(pytest.param(arch, marks=_LARGE) for arch in ("resnet18", "resnet50", "densenet121", "convnext_tiny"))]
+ARCHITECTURES = [
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "regnet_x_400mf",
+    "shufflenet_v2_x0_5",
+    *(pytest.param(arch, marks=_LARGE) for arch in ("resnet18", "resnet50", "densenet121", "convnext_tiny")),
+]
 # LayerNorm over channels (channels-last): removing one channel changes the others, so the graph keeps every layer.
 NO_REMOVABLE_CHANNELS = {"convnext_tiny"}
 SIZE = 32
 COMPAT_TABLE = Path(os.environ.get("SQUEEZER_COMPAT_TABLE", "/tmp/sq/readme-compat.md")).with_name(
-    "readme-compat-methods.md")
+    "readme-compat-methods.md"
+)
 NO_TRAINING = {"epochs_per_step": 0, "min_steps_per_stage": 0, "lr_search": False}
 CONFIG = CompressConfig(
-    device="cpu", target=AccuracyTarget(max_drop=100),
+    device="cpu",
+    target=AccuracyTarget(max_drop=100),
     lwct=LwctConfig(sparsity=0.5, prune_epochs=0, **NO_TRAINING),
     filter=FilterConfig(init=["l1"], importance_epochs=0, levels=[0.3], refinements=0, **NO_TRAINING),
-    group=GroupConfig(penalties=[30.0], sparse_epochs=1, max_train_samples=16, refinements=0, **NO_TRAINING))
+    group=GroupConfig(penalties=[30.0], sparse_epochs=1, max_train_samples=16, refinements=0, **NO_TRAINING),
+)
 METHODS = {"lwct": compress_lwct, "filter": compress_filter, "group": compress_group}
 _rows: dict[str, dict[str, str]] = {}
 
@@ -53,8 +62,10 @@ def table():
     yield
     if _rows:
         COMPAT_TABLE.parent.mkdir(parents=True, exist_ok=True)
-        lines = [f"| torchvision model ({SIZE}×{SIZE}, random weights) | " + " | ".join(METHODS) + " |",
-                 "|---" * (len(METHODS) + 1) + "|"]
+        lines = [
+            f"| torchvision model ({SIZE}×{SIZE}, random weights) | " + " | ".join(METHODS) + " |",
+            "|---" * (len(METHODS) + 1) + "|",
+        ]
         lines += [f"| {arch} | " + " | ".join(_rows[arch].get(m, "") for m in METHODS) + " |" for arch in _rows]
         COMPAT_TABLE.write_text("\n".join(lines) + "\n")
 
@@ -65,8 +76,9 @@ def test_production_architecture(arch, method, data):
     torch.manual_seed(0)
     args = {"num_classes": 10, "input_size": SIZE}
     module = models.get_model(arch, weights=None, num_classes=10).eval()
-    model = LoadedModel(module, {"name": f"torchvision:{arch}", "args": args}, "squeezer", (3, SIZE, SIZE), 10, None,
-                        None)
+    model = LoadedModel(
+        module, {"name": f"torchvision:{arch}", "args": args}, "squeezer", (3, SIZE, SIZE), 10, None, None
+    )
     before = count_macs(module, (3, SIZE, SIZE))
     started = time.monotonic()
     try:

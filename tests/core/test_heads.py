@@ -36,8 +36,15 @@ def test_a_terminal_softmax_is_found_and_bypassed_only_while_training(weights, h
     assert torch.allclose(outputs, expected, atol=1e-5)  # the head is back, and what it wrapped were the logits
     seen = []
     data = load_dataset("sample:digits")
-    fit(module, data.x_train, data.y_train, epochs=1, lr=0.01, max_samples=256,
-        after_step=lambda _: seen.append(isinstance(module.get_submodule(name), nn.Identity)))
+    fit(
+        module,
+        data.x_train,
+        data.y_train,
+        epochs=1,
+        lr=0.01,
+        max_samples=256,
+        after_step=lambda _: seen.append(isinstance(module.get_submodule(name), nn.Identity)),
+    )
     assert seen and all(seen) and not isinstance(module.get_submodule(name), nn.Identity)
 
 
@@ -50,11 +57,15 @@ def test_sequential_heads_and_non_class_softmax():
 @pytest.mark.parametrize("method", ["lwct", "filter"])
 def test_a_softmax_classifier_compresses_and_keeps_its_head(weights, method, tmp_path):
     (tmp_path / "m.onnx").write_bytes(build(weights, Pattern(softmax="Softmax")))
-    config = CompressConfig(method=method, device="cpu", target=AccuracyTarget(max_drop=3),
-                            lwct=LwctConfig(sparsity_grid=[0.5], prune_epochs=1, epochs_per_step=0,
-                                            min_steps_per_stage=30),
-                            filter=FilterConfig(init=["l1"], importance_epochs=1, epochs_per_step=1,
-                                                min_steps_per_stage=30, levels=[0.3], refinements=0))
+    config = CompressConfig(
+        method=method,
+        device="cpu",
+        target=AccuracyTarget(max_drop=3),
+        lwct=LwctConfig(sparsity_grid=[0.5], prune_epochs=1, epochs_per_step=0, min_steps_per_stage=30),
+        filter=FilterConfig(
+            init=["l1"], importance_epochs=1, epochs_per_step=1, min_steps_per_stage=30, levels=[0.3], refinements=0
+        ),
+    )
     report = compress_files(ModelSource(tmp_path / "m.onnx"), "sample:digits", tmp_path / "out", config)
     assert report["target_met"] and report["baseline"]["accuracy"] > 80
     exported = onnx.load(tmp_path / "out" / "model.onnx")
@@ -82,8 +93,9 @@ def test_one_output_channel_trains_with_a_binary_loss():
 class BinarySegmenter(nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                                  nn.Conv2d(8, 1, 1))
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 1)
+        )
 
     def forward(self, x):
         return torch.sigmoid(self.body(x))
@@ -101,19 +113,31 @@ def binary_shapes(tmp_path_factory):
     torch.manual_seed(0)
     module = nn.Sequential(*BinarySegmenter().body, nn.Sigmoid())
     fit(module, torch.from_numpy(x[:300]), torch.from_numpy(masks[:300]).long(), epochs=40, lr=0.05)
-    torch.onnx.export(module.eval(), torch.zeros(1, 3, 32, 32), root / "seg.onnx", dynamo=False, opset_version=13,
-                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    torch.onnx.export(
+        module.eval(),
+        torch.zeros(1, 3, 32, 32),
+        root / "seg.onnx",
+        dynamo=False,
+        opset_version=13,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+    )
     return root
 
 
 @pytest.mark.parametrize("method", ["lwct", "filter"])
 def test_a_binary_segmenter_with_a_sigmoid_compresses(binary_shapes, method, tmp_path):
-    config = CompressConfig(method=method, task="segmentation", device="cpu",
-                            target=AccuracyTarget(max_drop=5, metric="iou"),
-                            lwct=LwctConfig(sparsity_grid=[0.5], prune_epochs=1, epochs_per_step=0,
-                                            min_steps_per_stage=20),
-                            filter=FilterConfig(init=["l1"], importance_epochs=1, epochs_per_step=1,
-                                                min_steps_per_stage=20, levels=[0.3], refinements=0))
+    config = CompressConfig(
+        method=method,
+        task="segmentation",
+        device="cpu",
+        target=AccuracyTarget(max_drop=5, metric="iou"),
+        lwct=LwctConfig(sparsity_grid=[0.5], prune_epochs=1, epochs_per_step=0, min_steps_per_stage=20),
+        filter=FilterConfig(
+            init=["l1"], importance_epochs=1, epochs_per_step=1, min_steps_per_stage=20, levels=[0.3], refinements=0
+        ),
+    )
     report = compress_files(ModelSource(binary_shapes / "seg.onnx"), binary_shapes / "shapes.npz", tmp_path, config)
     assert report["metric"] == "iou" and report["baseline"]["accuracy"] > 60  # thresholded at 0.5, not argmax of one
     assert abs(report["onnx_accuracy"] - report["compressed"]["accuracy"]) <= 0.1

@@ -14,9 +14,28 @@ from core.intake.registry import build_architecture
 from core.pipeline import PREPROCESSING_KEY, ModelSource, check_inputs, compress_files, evaluate_file
 from core.samples import ensure_sample_model
 
-REPORT_KEYS = {"method", "metric", "target", "target_met", "baseline", "compressed", "accuracy_drop", "compression_ratio",
-               "macs_reduction", "flops_reduction", "layers", "trials", "task", "dataset", "device", "duration_s", "seed",
-               "preprocessing", "squeezer_version", "onnx_accuracy"}
+REPORT_KEYS = {
+    "method",
+    "metric",
+    "target",
+    "target_met",
+    "baseline",
+    "compressed",
+    "accuracy_drop",
+    "compression_ratio",
+    "macs_reduction",
+    "flops_reduction",
+    "layers",
+    "trials",
+    "task",
+    "dataset",
+    "device",
+    "duration_s",
+    "seed",
+    "preprocessing",
+    "squeezer_version",
+    "onnx_accuracy",
+}
 MEASURES = {"accuracy", "params", "nonzero_params", "macs", "flops", "size_bytes", "latency_ms", "latency_ms_batch32"}
 # Seconds on two CPU cores: three pruning levels and the five-layer walk, 60 SGD steps each.
 QUICK = LwctConfig(sparsity_grid=[0.5, 0.7, 0.8], prune_epochs=1, epochs_per_step=1, min_steps_per_stage=60)
@@ -83,7 +102,9 @@ def test_model_onnx_is_as_small_as_the_method_made_it_and_scores_as_reported(com
 
 def test_normalization_is_saved_with_the_model_and_applied_by_every_reader(sample_dir, tmp_path):
     normalization = Normalization(mean=[0.25], std=[0.5])
-    config = CompressConfig(device="cpu", lwct=UNTRAINED, target=AccuracyTarget(max_drop=100), normalization=normalization)
+    config = CompressConfig(
+        device="cpu", lwct=UNTRAINED, target=AccuracyTarget(max_drop=100), normalization=normalization
+    )
     report = compress_files(ModelSource(sample_dir), "sample:digits", tmp_path / "a", config)
     assert report["preprocessing"] == normalization.model_dump()
     saved = json.loads((tmp_path / "a" / "model" / "architecture.json").read_text())
@@ -94,15 +115,24 @@ def test_normalization_is_saved_with_the_model_and_applied_by_every_reader(sampl
         assert evaluate_file(tmp_path / "a" / name, "sample:digits")["accuracy"] == report["compressed"]["accuracy"]
     assert evaluate_file(tmp_path / "a" / "model.onnx", "sample:digits")["accuracy"] == report["onnx_accuracy"]
     # Without a normalization of its own, a run uses the model's: its baseline is the previous result.
-    again = compress_files(ModelSource(tmp_path / "a" / "model"), "sample:digits", tmp_path / "b",
-                           config.model_copy(update={"normalization": None}))
+    again = compress_files(
+        ModelSource(tmp_path / "a" / "model"),
+        "sample:digits",
+        tmp_path / "b",
+        config.model_copy(update={"normalization": None}),
+    )
     assert again["preprocessing"] == normalization.model_dump()
     assert again["baseline"]["accuracy"] == report["compressed"]["accuracy"]
 
 
 def test_check_inputs_summarises_what_a_job_would_compress(sample_dir):
     summary = check_inputs(ModelSource(sample_dir), "sample:digits", CompressConfig())
-    assert (summary.model_format, summary.architecture, summary.input_shape, summary.num_classes) == ("squeezer", "lenet5", (1, 8, 8), 10)
+    assert (summary.model_format, summary.architecture, summary.input_shape, summary.num_classes) == (
+        "squeezer",
+        "lenet5",
+        (1, 8, 8),
+        10,
+    )
     assert (summary.train_samples, summary.val_samples) == (1437, 360)
     assert summary.layers == ["features.0", "features.3", "classifier.1", "classifier.3", "classifier.5"]
 

@@ -24,8 +24,16 @@ from core.train import fit
 
 UNET = {"name": "unet-small", "args": {"width": 8, "in_channels": 3, "num_classes": 3}}
 # Seconds on one CPU thread: 32 SGD steps of 32 samples per stage, three levels.
-QUICK_FILTER = {"importance_epochs": 1, "epochs_per_step": 1, "min_steps_per_stage": 32, "batch_size": 32, "lr": 0.05,
-                "max_train_samples": 256, "levels": [0.2, 0.4, 0.6], "init": ["l1"]}
+QUICK_FILTER = {
+    "importance_epochs": 1,
+    "epochs_per_step": 1,
+    "min_steps_per_stage": 32,
+    "batch_size": 32,
+    "lr": 0.05,
+    "max_train_samples": 256,
+    "levels": [0.2, 0.4, 0.6],
+    "init": ["l1"],
+}
 
 
 def test_pixel_accuracy_and_miou_by_hand():
@@ -105,8 +113,15 @@ def unet_model(shapes) -> LoadedModel:
     torch.manual_seed(0)
     module = build_architecture(UNET["name"], UNET["args"])
     fit(module, shapes.x_train, shapes.y_train, epochs=3, lr=0.05, batch_size=32, seed=0)
-    return LoadedModel(module=module.eval(), architecture=UNET, source_format="squeezer", input_shape=(3, 32, 32),
-                       num_classes=3, preprocessing=None, onnx_graph=None)
+    return LoadedModel(
+        module=module.eval(),
+        architecture=UNET,
+        source_format="squeezer",
+        input_shape=(3, 32, 32),
+        num_classes=3,
+        preprocessing=None,
+        onnx_graph=None,
+    )
 
 
 def test_a_classifier_cannot_take_segmentation_data(shapes, unet_model):
@@ -118,8 +133,13 @@ def test_a_classifier_cannot_take_segmentation_data(shapes, unet_model):
 
 
 def test_filter_on_shapes_stays_within_a_one_point_pixel_accuracy_budget(shapes, unet_model):
-    config = CompressConfig(method="filter", task="segmentation", device="cpu", target=AccuracyTarget(max_drop=1.0),
-                            filter=FilterConfig(**QUICK_FILTER))
+    config = CompressConfig(
+        method="filter",
+        task="segmentation",
+        device="cpu",
+        target=AccuracyTarget(max_drop=1.0),
+        filter=FilterConfig(**QUICK_FILTER),
+    )
     assert config.target.metric == "pixel_accuracy"
     score = metric_function("pixel_accuracy")
     baseline = score(unet_model.module, shapes.x_val, shapes.y_val)
@@ -133,8 +153,14 @@ def test_filter_on_shapes_stays_within_a_one_point_pixel_accuracy_budget(shapes,
 
 
 def test_lwct_constrains_unet_convolutions_transposed_ones_included(shapes, unet_model, tmp_path):
-    lwct = LwctConfig(sparsity_grid=[0.5], prune_epochs=1, epochs_per_step=1, min_steps_per_stage=8,
-                      max_train_samples=128, batch_size=32)
+    lwct = LwctConfig(
+        sparsity_grid=[0.5],
+        prune_epochs=1,
+        epochs_per_step=1,
+        min_steps_per_stage=8,
+        max_train_samples=128,
+        batch_size=32,
+    )
     config = CompressConfig(task="segmentation", device="cpu", target=AccuracyTarget(max_drop=100), lwct=lwct)
     result = compress_lwct(unet_model, shapes, config)
     rows = {layer.name: layer for layer in result.layers}
@@ -152,10 +178,28 @@ def test_cli_compresses_and_evaluates_segmentation(shapes, unet_model, tmp_path)
     save_model_dir(unet_model, tmp_path / "unet")
     out = tmp_path / "out"
     options = [f"filter.{key}={json.dumps(value)}" for key, value in QUICK_FILTER.items()]
-    result = runner.invoke(app, ["compress", str(tmp_path / "unet"), "--data", "sample:shapes", "--out", str(out),
-                                 "--method", "filter", "--task", "segmentation", "--metric", "miou",
-                                 "--max-drop", "100", "--device", "cpu",
-                                 *[arg for option in options for arg in ("--option", option)]])
+    result = runner.invoke(
+        app,
+        [
+            "compress",
+            str(tmp_path / "unet"),
+            "--data",
+            "sample:shapes",
+            "--out",
+            str(out),
+            "--method",
+            "filter",
+            "--task",
+            "segmentation",
+            "--metric",
+            "miou",
+            "--max-drop",
+            "100",
+            "--device",
+            "cpu",
+            *[arg for option in options for arg in ("--option", option)],
+        ],
+    )
     assert result.exit_code == 0, result.output + result.stderr
     assert "miou (%)" in result.output
     report = json.loads((out / "report.json").read_text())
@@ -163,13 +207,15 @@ def test_cli_compresses_and_evaluates_segmentation(shapes, unet_model, tmp_path)
     assert report["compressed"]["latency_ms_batch32"] > 0
     assert report["compressed"]["flops"] < report["baseline"]["flops"]
     for name in ("model.sqz", "model.onnx"):
-        evaluated = runner.invoke(app, ["evaluate", str(out / name), "--data", "sample:shapes", "--metric", "miou",
-                                        "--json"])
+        evaluated = runner.invoke(
+            app, ["evaluate", str(out / name), "--data", "sample:shapes", "--metric", "miou", "--json"]
+        )
         assert evaluated.exit_code == 0, evaluated.output + evaluated.stderr
         assert json.loads(evaluated.stdout)["metric"] == "miou"
         assert abs(json.loads(evaluated.stdout)["accuracy"] - report["compressed"]["accuracy"]) <= 0.1
     wrong_task = runner.invoke(app, ["compress", str(tmp_path / "unet"), "--data", "sample:shapes", "--out", str(out)])
     assert wrong_task.exit_code == 2 and "--task segmentation" in wrong_task.stderr
-    wrong_metric = runner.invoke(app, ["evaluate", str(out / "model.sqz"), "--data", "sample:shapes",
-                                       "--metric", "top1"])
+    wrong_metric = runner.invoke(
+        app, ["evaluate", str(out / "model.sqz"), "--data", "sample:shapes", "--metric", "top1"]
+    )
     assert wrong_metric.exit_code == 2 and "pixel_accuracy or miou" in wrong_metric.stderr

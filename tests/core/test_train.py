@@ -84,26 +84,38 @@ def adam_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("adam") / "adam.onnx"
     buffer = io.BytesIO()
     module = train_on_digits(residual_cnn(), lr=1e-2)
-    torch.onnx.export(module, torch.zeros(1, 1, 8, 8), buffer, dynamo=False, opset_version=13, input_names=["x"],
-                      output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, do_constant_folding=False,
-                      training=torch.onnx.TrainingMode.PRESERVE)
+    torch.onnx.export(
+        module,
+        torch.zeros(1, 1, 8, 8),
+        buffer,
+        dynamo=False,
+        opset_version=13,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+        do_constant_folding=False,
+        training=torch.onnx.TrainingMode.PRESERVE,
+    )
     path.write_bytes(buffer.getvalue())
     return path
 
 
 QUICK_LWCT = LwctConfig(sparsity_grid=[0.5, 0.8], prune_epochs=1, epochs_per_step=1, min_steps_per_stage=60)
-QUICK_FILTER = FilterConfig(init=["l1"], importance_epochs=1, epochs_per_step=1, min_steps_per_stage=60,
-                            levels=[0.1, 0.2], refinements=0)
+QUICK_FILTER = FilterConfig(
+    init=["l1"], importance_epochs=1, epochs_per_step=1, min_steps_per_stage=60, levels=[0.1, 0.2], refinements=0
+)
 
 
 @pytest.mark.parametrize("method", ["lwct", "filter"])
 @pytest.mark.parametrize("model", ["folded_file", "adam_file"])
 def test_jobs_on_uploaded_models_compress_without_collapsing(model, method, request, tmp_path):
     events = []
-    config = CompressConfig(method=method, device="cpu", target=AccuracyTarget(max_drop=2.0), lwct=QUICK_LWCT,
-                            filter=QUICK_FILTER)
-    report = compress_files(ModelSource(request.getfixturevalue(model)), "sample:digits", tmp_path, config,
-                            on_event=events.append)
+    config = CompressConfig(
+        method=method, device="cpu", target=AccuracyTarget(max_drop=2.0), lwct=QUICK_LWCT, filter=QUICK_FILTER
+    )
+    report = compress_files(
+        ModelSource(request.getfixturevalue(model)), "sample:digits", tmp_path, config, on_event=events.append
+    )
     assert report["baseline"]["accuracy"] > 95
     assert report["compressed"]["accuracy"] > report["baseline"]["accuracy"] - 2.0 and report["target_met"]
     assert report["compression_ratio"] > 1  # compressed, not the baseline handed back
@@ -127,8 +139,9 @@ def test_a_job_whose_stages_all_diverge_says_so(folded_file, tmp_path):
     assert tuning["lr"] == 1000.0 and all(not r["recovered"] for r in tuning["retries"])
     assert any(e.level == "warning" and "no training stage" in e.message for e in events)
     untrained = lwct.model_copy(update={"prune_epochs": 0, "epochs_per_step": 0})
-    same = compress_files(ModelSource(folded_file), "sample:digits", tmp_path / "untrained",
-                          config.model_copy(update={"lwct": untrained}))
+    same = compress_files(
+        ModelSource(folded_file), "sample:digits", tmp_path / "untrained", config.model_copy(update={"lwct": untrained})
+    )
     assert report["compressed"]["accuracy"] == same["compressed"]["accuracy"]  # every wrecked try was rolled back
 
 

@@ -25,9 +25,15 @@ class ResidualBlock(nn.Module):
 
 
 def residual_cnn(width: int = 16, blocks: int = 2) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                         *[ResidualBlock(width) for _ in range(blocks)], nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(width, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        *[ResidualBlock(width) for _ in range(blocks)],
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, 10),
+    )
 
 
 def train_on_digits(module: nn.Module, *, epochs: int = 8, lr: float = 3e-3, seed: int = 0) -> nn.Module:
@@ -48,8 +54,16 @@ def export_eval(module: nn.Module, *, opset: int = 13, dynamic_batch: bool = Tru
     """torch.onnx's legacy exporter in eval mode: BatchNorm is folded into the preceding convolutions."""
     buffer = io.BytesIO()
     axes = {"x": {0: "n"}, "y": {0: "n"}} if dynamic_batch else None
-    torch.onnx.export(module.eval(), torch.zeros(1, *input_shape), buffer, dynamo=False, opset_version=opset,
-                      input_names=["x"], output_names=["y"], dynamic_axes=axes)
+    torch.onnx.export(
+        module.eval(),
+        torch.zeros(1, *input_shape),
+        buffer,
+        dynamo=False,
+        opset_version=opset,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes=axes,
+    )
     return buffer.getvalue()
 
 

@@ -11,9 +11,8 @@ from store.blobs import DatabaseBlobStore, LocalBlobStore
 from store.jobs import create_job
 from store.models import Artifact, ArtifactKind, BlobChunk, Job, JobResult, utcnow
 from store.statuses import JobStatus
-from tests.api.conftest import TINY_OPTIONS, api_settings, queued_client, sample_model_zip, upload  # noqa: F401
+from tests.api.conftest import TINY_OPTIONS, upload
 from tests.hostile.test_corpus import run_queued_jobs
-from tests.store.conftest import pg_sessions  # noqa: F401
 
 
 def stored(sessions, blobs, kind: str, tenant: str = "acme") -> str:

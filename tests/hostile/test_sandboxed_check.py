@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from core.sandbox import SandboxLimits, shared_sandbox
 from core.submission import PRELOAD
-from tests.api.conftest import TINY_OPTIONS, api_settings, assert_problem, sample_model_zip, upload  # noqa: F401
+from tests.api.conftest import TINY_OPTIONS, assert_problem, upload
 from worker.dispatch import CeleryDispatcher
 
 WEIGHTS_JOB = {"dataset": {"sample": "digits"}, "accuracy_target": {"max_drop": 100.0}, "options": TINY_OPTIONS}

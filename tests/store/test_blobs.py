@@ -17,7 +17,9 @@ def pieces(data: bytes, size: int):
 
 def counts(sessions) -> tuple[int, int]:
     with sessions() as session:
-        return session.scalar(select(func.count()).select_from(Artifact)), session.scalar(select(func.count()).select_from(BlobChunk))
+        return session.scalar(select(func.count()).select_from(Artifact)), session.scalar(
+            select(func.count()).select_from(BlobChunk)
+        )
 
 
 def test_database_blob_round_trip_in_chunks(pg_sessions, tmp_path):
@@ -51,14 +53,30 @@ def test_a_failed_upload_leaves_nothing(pg_sessions, failure):
 
     with pytest.raises(UploadTooLarge if failure == "too_large" else ConnectionResetError):
         store_artifact(
-            pg_sessions, blobs, tenant="default", kind="dataset", filename="d.npz", content_type="application/octet-stream", chunks=chunks(), max_bytes=2500
+            pg_sessions,
+            blobs,
+            tenant="default",
+            kind="dataset",
+            filename="d.npz",
+            content_type="application/octet-stream",
+            chunks=chunks(),
+            max_bytes=2500,
         )
     assert counts(pg_sessions) == (0, 0)
 
 
 def test_sweeper_removes_uploads_abandoned_by_a_crashed_api(pg_sessions):
     blobs = DatabaseBlobStore(pg_sessions, chunk_bytes=100)
-    kept = store_artifact(pg_sessions, blobs, tenant="default", kind="model", filename="a", content_type="x", chunks=[b"a" * 250], max_bytes=1000)
+    kept = store_artifact(
+        pg_sessions,
+        blobs,
+        tenant="default",
+        kind="model",
+        filename="a",
+        content_type="x",
+        chunks=[b"a" * 250],
+        max_bytes=1000,
+    )
     with pg_sessions() as session:
         abandoned = Artifact(tenant="default", kind="model", filename="b", state="uploading")
         session.add(abandoned)
@@ -98,11 +116,27 @@ def test_local_blob_store_round_trip_and_abort(sqlite_sessions, tmp_path):
     blobs = LocalBlobStore(tmp_path / "blobs", chunk_bytes=1000)
     data = os.urandom(2500)
     artifact = store_artifact(
-        sqlite_sessions, blobs, tenant="default", kind="model", filename="m", content_type="x", chunks=pieces(data, 700), max_bytes=10_000
+        sqlite_sessions,
+        blobs,
+        tenant="default",
+        kind="model",
+        filename="m",
+        content_type="x",
+        chunks=pieces(data, 700),
+        max_bytes=10_000,
     )
     assert [len(chunk) for chunk in blobs.iter_chunks(artifact.id)] == [1000, 1000, 500]
     with pytest.raises(UploadTooLarge):
-        store_artifact(sqlite_sessions, blobs, tenant="default", kind="model", filename="m", content_type="x", chunks=pieces(data, 700), max_bytes=2000)
+        store_artifact(
+            sqlite_sessions,
+            blobs,
+            tenant="default",
+            kind="model",
+            filename="m",
+            content_type="x",
+            chunks=pieces(data, 700),
+            max_bytes=2000,
+        )
     assert sorted(path.name for path in (tmp_path / "blobs").iterdir()) == [artifact.id]
     assert counts(sqlite_sessions) == (1, 0)
     with pytest.raises(ValueError):

@@ -14,7 +14,9 @@ SPEC = {"model": {"artifact_id": "art_x"}, "dataset": {"sample": "digits"}, "met
 
 def new_job(sessions, max_attempts=3) -> str:
     with sessions() as session:
-        job, created = create_job(session, tenant="default", spec=SPEC, idempotency_key=None, request_hash=None, max_attempts=max_attempts)
+        job, created = create_job(
+            session, tenant="default", spec=SPEC, idempotency_key=None, request_hash=None, max_attempts=max_attempts
+        )
     assert created
     return job.id
 
@@ -49,9 +51,15 @@ def test_concurrent_claims_have_exactly_one_winner(sessions):
 
 def test_idempotency_key_returns_the_first_job(pg_sessions):
     with pg_sessions() as session:
-        first, created = create_job(session, tenant="t1", spec=SPEC, idempotency_key="k", request_hash="h1", max_attempts=3)
-        again, created_again = create_job(session, tenant="t1", spec={"other": 1}, idempotency_key="k", request_hash="h2", max_attempts=3)
-        other_tenant, created_other = create_job(session, tenant="t2", spec=SPEC, idempotency_key="k", request_hash="h1", max_attempts=3)
+        first, created = create_job(
+            session, tenant="t1", spec=SPEC, idempotency_key="k", request_hash="h1", max_attempts=3
+        )
+        again, created_again = create_job(
+            session, tenant="t1", spec={"other": 1}, idempotency_key="k", request_hash="h2", max_attempts=3
+        )
+        other_tenant, created_other = create_job(
+            session, tenant="t2", spec=SPEC, idempotency_key="k", request_hash="h1", max_attempts=3
+        )
     assert (created, created_again, created_other) == (True, False, True)
     assert again.id == first.id and again.request_hash == "h1"
     assert other_tenant.id != first.id
@@ -84,14 +92,24 @@ def test_only_the_owner_finishes_and_results_come_with_success(pg_sessions):
     job_id = new_job(pg_sessions)
     blobs = DatabaseBlobStore(pg_sessions, 1024)
     artifact = store_artifact(
-        pg_sessions, blobs, tenant="default", kind="result", filename="report.json", content_type="application/json", chunks=[b"{}"], max_bytes=10
+        pg_sessions,
+        blobs,
+        tenant="default",
+        kind="result",
+        filename="report.json",
+        content_type="application/json",
+        chunks=[b"{}"],
+        max_bytes=10,
     )
     with pg_sessions() as session:
         claim_job(session, job_id, "w1")
         update_progress(session, job_id, {"stage": "train", "fraction": 0.5, "best_accuracy": float("nan")})
         record_event(session, job_id, Event(stage="train", fraction=0.5, data={"loss": float("inf"), "epoch": 1}))
         assert finish_job(session, job_id, "intruder", "succeeded", results={"report.json": artifact.id}) is False
-        assert finish_job(session, job_id, "w1", "succeeded", target_met=True, results={"report.json": artifact.id}) is True
+        assert (
+            finish_job(session, job_id, "w1", "succeeded", target_met=True, results={"report.json": artifact.id})
+            is True
+        )
         assert finish_job(session, job_id, "w1", "failed") is False
         results = session.scalars(select(JobResult).where(JobResult.job_id == job_id)).all()
         event = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id)).one()

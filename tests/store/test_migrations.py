@@ -19,7 +19,9 @@ def schema_differences(url: str) -> list:
     engine = make_engine(url)
     try:
         with engine.connect() as connection:
-            context = MigrationContext.configure(connection, opts={"compare_type": True, "compare_server_default": True})
+            context = MigrationContext.configure(
+                connection, opts={"compare_type": True, "compare_server_default": True}
+            )
             return compare_metadata(context, Base.metadata)
     finally:
         engine.dispose()
@@ -27,7 +29,9 @@ def schema_differences(url: str) -> list:
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_migrations_build_exactly_the_models(backend, request, tmp_path):
-    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else f"sqlite:///{tmp_path / 'squeezer.db'}"
+    url = (
+        request.getfixturevalue("postgres_url") if backend == "postgresql" else f"sqlite:///{tmp_path / 'squeezer.db'}"
+    )
     upgrade_database(url)
     upgrade_database(url)  # a second run (every embedded start) changes nothing
     assert schema_differences(url) == []
@@ -35,7 +39,13 @@ def test_migrations_build_exactly_the_models(backend, request, tmp_path):
 
 def test_alembic_command_line_upgrades_the_configured_database(postgres_url):
     env = {**os.environ, "SQUEEZER_DATABASE_URL": postgres_url}
-    subprocess.run([str(Path(sys.executable).parent / "alembic"), "upgrade", "head"], cwd=REPO, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "alembic"), "upgrade", "head"],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     engine = make_engine(postgres_url)
     tables = set(inspect(engine).get_table_names())
     engine.dispose()

@@ -50,7 +50,9 @@ class Service:
         self.env = env
         self.log_dir = log_dir
         self.ctx = WorkerContext.from_settings(
-            Settings(**{key[len("SQUEEZER_") :].lower(): value for key, value in env.items() if key.startswith("SQUEEZER_")})
+            Settings(
+                **{key[len("SQUEEZER_") :].lower(): value for key, value in env.items() if key.startswith("SQUEEZER_")}
+            )
         )
         self.workers: list[subprocess.Popen] = []
         self._dispatcher: CeleryDispatcher | None = None
@@ -66,7 +68,9 @@ class Service:
 
     def create(self, spec: dict, max_attempts: int = 3) -> str:
         with self.ctx.session_factory() as session:
-            job, _ = create_job(session, tenant="default", spec=spec, idempotency_key=None, request_hash=None, max_attempts=max_attempts)
+            job, _ = create_job(
+                session, tenant="default", spec=spec, idempotency_key=None, request_hash=None, max_attempts=max_attempts
+            )
         return job.id
 
     def job(self, job_id: str) -> Job:
@@ -75,7 +79,10 @@ class Service:
 
     def results(self, job_id: str) -> dict[str, str]:
         with self.ctx.session_factory() as session:
-            return {row.name: row.artifact_id for row in session.scalars(select(JobResult).where(JobResult.job_id == job_id))}
+            return {
+                row.name: row.artifact_id
+                for row in session.scalars(select(JobResult).where(JobResult.job_id == job_id))
+            }
 
     def event_stages(self, job_id: str) -> list[str]:
         with self.ctx.session_factory() as session:
@@ -88,14 +95,18 @@ class Service:
             if until(job):
                 return job
             time.sleep(0.2)
-        raise AssertionError(f"job {job_id} still {job.status} ({job.progress}) after {timeout_s}s; worker logs in {self.log_dir}")
+        raise AssertionError(
+            f"job {job_id} still {job.status} ({job.progress}) after {timeout_s}s; worker logs in {self.log_dir}"
+        )
 
     def wait_final(self, job_id: str, timeout_s: float = 120) -> Job:
         return self.wait(job_id, lambda job: job.status in FINAL_STATUSES, timeout_s)
 
     def start_worker(self) -> subprocess.Popen:
         log = (self.log_dir / f"worker-{len(self.workers)}.log").open("wb")
-        process = subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker"], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
         self.workers.append(process)
         return process
 

@@ -28,7 +28,11 @@ def test_a_job_runs_once_even_when_its_message_arrives_twice(service, sample_mod
     assert (job.status, job.attempts, job.error_code) == ("succeeded", 1, None)
     results = service.results(job_id)
     assert set(results) == RESULT_NAMES
-    report = json.loads(export_artifact_to(service.ctx.session_factory, service.ctx.blobs, results["report.json"], tmp_path / "report.json").read_text())
+    report = json.loads(
+        export_artifact_to(
+            service.ctx.session_factory, service.ctx.blobs, results["report.json"], tmp_path / "report.json"
+        ).read_text()
+    )
     assert report["target_met"] == job.target_met
     assert job.progress["fraction"] == pytest.approx(1.0)
     assert job.checkpoint_artifact_id is None  # dropped once the job succeeded
@@ -40,7 +44,9 @@ def test_cancel_of_a_queued_and_of_a_running_job(service, sample_model_zip):
     queued_id = service.create(tiny_spec(model_id))
     with service.ctx.session_factory() as session:
         assert request_cancel(session, queued_id).status == "cancelled"
-    running_id = service.create(tiny_spec(model_id, sparsity=None, prune_epochs=3, epochs_per_step=3, max_train_samples=1000))
+    running_id = service.create(
+        tiny_spec(model_id, sparsity=None, prune_epochs=3, epochs_per_step=3, max_train_samples=1000)
+    )
     next_id = service.create(tiny_spec(model_id))
     for job_id in (queued_id, running_id, next_id):
         service.dispatcher.enqueue(job_id)
@@ -63,7 +69,11 @@ def test_cancel_of_a_queued_and_of_a_running_job(service, sample_model_zip):
 def test_a_job_whose_worker_is_killed_is_requeued_and_finishes_once(service, sample_model_zip):
     """Two workers; the one running the job dies with SIGKILL after its first checkpoint. The survivor's reaper sees
     the heartbeat stop, requeues the job and sends it again; the survivor resumes from the checkpoint."""
-    job_id = service.create(tiny_spec(service.upload(sample_model_zip), sparsity=None, prune_epochs=2, epochs_per_step=2, max_train_samples=600))
+    job_id = service.create(
+        tiny_spec(
+            service.upload(sample_model_zip), sparsity=None, prune_epochs=2, epochs_per_step=2, max_train_samples=600
+        )
+    )
     workers = {str(service.start_worker().pid): None, str(service.start_worker().pid): None}
     service.dispatcher.enqueue(job_id)
     running = service.wait(job_id, lambda job: job.status == "running" and job.checkpoint_artifact_id is not None)

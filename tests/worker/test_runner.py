@@ -29,7 +29,9 @@ def ctx(tmp_path):
 
 def submit(ctx, spec) -> str:
     with ctx.session_factory() as session:
-        job, _ = create_job(session, tenant="default", spec=spec, idempotency_key=None, request_hash=None, max_attempts=3)
+        job, _ = create_job(
+            session, tenant="default", spec=spec, idempotency_key=None, request_hash=None, max_attempts=3
+        )
     return job.id
 
 

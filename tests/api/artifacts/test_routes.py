@@ -20,19 +20,18 @@ def test_upload_metadata_download_delete_round_trip(queued_client):
     download = queued_client.get(f"/v1/artifacts/{artifact['id']}/content")
     assert download.content == payload
     assert download.headers["content-length"] == str(len(payload))
-    assert download.headers["content-disposition"].startswith(
-        'attachment; filename="weights.onnx"'
-    )
+    assert download.headers["content-disposition"].startswith('attachment; filename="weights.onnx"')
 
     assert queued_client.delete(f"/v1/artifacts/{artifact['id']}").status_code == 204
-    assert_problem(
-        queued_client.get(f"/v1/artifacts/{artifact['id']}"), 404, "not_found"
-    )
+    assert_problem(queued_client.get(f"/v1/artifacts/{artifact['id']}"), 404, "not_found")
     assert stored_counts(queued_client) == (0, 0)
 
 
 def test_kind_sent_after_the_file_is_honoured(queued_client):
-    body = b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="d.npz"\r\n\r\nabc\r\n--XyZ\r\nContent-Disposition: form-data; name="kind"\r\n\r\ndataset\r\n--XyZ--\r\n'
+    body = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="d.npz"\r\n\r\nabc\r\n'
+        b'--XyZ\r\nContent-Disposition: form-data; name="kind"\r\n\r\ndataset\r\n--XyZ--\r\n'
+    )
     response = queued_client.post(
         "/v1/artifacts",
         content=body,
@@ -41,7 +40,9 @@ def test_kind_sent_after_the_file_is_honoured(queued_client):
     assert response.status_code == 201, response.text
     assert response.json()["kind"] == "dataset"
     bad = body.replace(b"dataset", b"malware")
-    response = queued_client.post("/v1/artifacts", content=bad, headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
+    response = queued_client.post(
+        "/v1/artifacts", content=bad, headers={"Content-Type": "multipart/form-data; boundary=XyZ"}
+    )
     assert_problem(response, 422, "validation_error")
     assert stored_counts(queued_client)[0] == 1
 
@@ -86,16 +87,12 @@ def test_non_multipart_upload_is_415(queued_client):
 
 def test_multipart_without_file_and_bad_kind_are_422(queued_client):
     assert_problem(
-        queued_client.post(
-            "/v1/artifacts", data={"kind": "model"}, files={"other": ("x", b"1")}
-        ),
+        queued_client.post("/v1/artifacts", data={"kind": "model"}, files={"other": ("x", b"1")}),
         422,
         "validation_error",
     )
     assert_problem(
-        queued_client.post(
-            "/v1/artifacts", data={"kind": "malware"}, files={"file": ("x", b"1")}
-        ),
+        queued_client.post("/v1/artifacts", data={"kind": "malware"}, files={"file": ("x", b"1")}),
         422,
         "validation_error",
     )

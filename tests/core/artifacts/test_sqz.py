@@ -14,9 +14,18 @@ ARCH = {"name": "lenet5", "args": {"input_size": 8, "in_channels": 1, "num_class
 
 
 def _layer(name, weight, representation, sigma=None):
-    return LayerState(name=name, type="Linear", shape=list(weight.shape), params=weight.numel(),
-                      sparsity=float((weight == 0).float().mean()), representation=representation, sigma=sigma,
-                      bits=0.0, significance_rank=0, accepted=representation == "ternary")
+    return LayerState(
+        name=name,
+        type="Linear",
+        shape=list(weight.shape),
+        params=weight.numel(),
+        sparsity=float((weight == 0).float().mean()),
+        representation=representation,
+        sigma=sigma,
+        bits=0.0,
+        significance_rank=0,
+        accepted=representation == "ternary",
+    )
 
 
 def _compressed_lenet(tmp_path, half=False):
@@ -27,8 +36,11 @@ def _compressed_lenet(tmp_path, half=False):
     named = [(n, m) for n, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     layers = []
     with torch.no_grad():
-        for (name, layer), (representation, keep) in zip(named, [("float", 1.0), ("ternary", 0.6), ("ternary", 0.02),
-                                                                 ("sparse-float", 0.1), ("float", 1.0)]):
+        for (name, layer), (representation, keep) in zip(
+            named,
+            [("float", 1.0), ("ternary", 0.6), ("ternary", 0.02), ("sparse-float", 0.1), ("float", 1.0)],
+            strict=False,
+        ):
             mask = torch.rand_like(layer.weight) < keep
             sigma = None
             if representation == "ternary":
@@ -41,8 +53,15 @@ def _compressed_lenet(tmp_path, half=False):
                 layer.weight.copy_(layer.weight.half().float())
                 layer.bias.copy_(layer.bias.half().float())
             layers.append(_layer(name, layer.weight, representation, sigma))
-    return LoadedModel(module=module, architecture=ARCH, source_format="squeezer", input_shape=(1, 8, 8),
-                       num_classes=10, preprocessing=None, onnx_graph=None), layers
+    return LoadedModel(
+        module=module,
+        architecture=ARCH,
+        source_format="squeezer",
+        input_shape=(1, 8, 8),
+        num_classes=10,
+        preprocessing=None,
+        onnx_graph=None,
+    ), layers
 
 
 def test_round_trip_is_bit_exact_for_every_encoding(tmp_path):
@@ -74,8 +93,11 @@ def test_float16_exact_weights_are_stored_in_half_precision_and_restored_bit_exa
     assert tensors["features.0.weight"]["enc"] == "dense" and tensors["features.0.weight"]["values"] == "float16"
     assert tensors["classifier.3.weight"]["enc"] == "sparse" and tensors["classifier.3.weight"]["values"] == "float16"
     assert tensors["features.0.bias"]["values"] == tensors["classifier.3.bias"]["values"] == "float16"  # exact: halved
-    assert all(entry["enc"] == "raw" for key, entry in inspect_sqz(pack_sqz(*_compressed_lenet(tmp_path)))["tensors"].items()
-               if key.endswith(".bias"))  # not exact in float16: float32
+    assert all(
+        entry["enc"] == "raw"
+        for key, entry in inspect_sqz(pack_sqz(*_compressed_lenet(tmp_path)))["tensors"].items()
+        if key.endswith(".bias")
+    )  # not exact in float16: float32
     path = tmp_path / "model.sqz"
     full = len(pack_sqz(*_compressed_lenet(tmp_path)))
     assert write_sqz(path, model, layers) < full

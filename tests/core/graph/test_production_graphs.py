@@ -16,8 +16,17 @@ from core.graph import mask_consumers, shrink, trace
 from core.intake.models import load_model
 from core.measure import count_macs
 
-ARCHITECTURES = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf",
-                 "densenet121", "shufflenet_v2_x0_5", "convnext_tiny"]
+ARCHITECTURES = [
+    "resnet18",
+    "resnet50",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "regnet_x_400mf",
+    "densenet121",
+    "shufflenet_v2_x0_5",
+    "convnext_tiny",
+]
 AS_ONNX = ["resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5", "efficientnet_b0"]
 SIZE = 32
 TABLE = Path(os.environ.get("SQUEEZER_COMPAT_TABLE", "/tmp/sq/readme-compat.md"))
@@ -29,8 +38,10 @@ def table():
     yield
     if _rows:
         TABLE.parent.mkdir(parents=True, exist_ok=True)
-        header = ["| model (32×32) | form | MACs removed (every 3rd channel class) | layers left whole, and why |",
-                  "|---|---|---|---|"]
+        header = [
+            "| model (32×32) | form | MACs removed (every 3rd channel class) | layers left whole, and why |",
+            "|---|---|---|---|",
+        ]
         TABLE.write_text("\n".join(header + _rows) + "\n")
 
 
@@ -40,8 +51,16 @@ def _module(arch: str, form: str, tmp_path: Path) -> torch.nn.Module:
     if form == "torch":
         return module
     buffer = io.BytesIO()
-    torch.onnx.export(module, torch.zeros(1, 3, SIZE, SIZE), buffer, dynamo=False, opset_version=17,
-                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    torch.onnx.export(
+        module,
+        torch.zeros(1, 3, SIZE, SIZE),
+        buffer,
+        dynamo=False,
+        opset_version=17,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+    )
     (tmp_path / "m.onnx").write_bytes(buffer.getvalue())
     return load_model(tmp_path / "m.onnx").module
 

@@ -14,8 +14,12 @@ from core.intake.registry import build_architecture
 
 def _npz(path, **overrides):
     rng = np.random.default_rng(0)
-    arrays = {"x_train": rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8), "y_train": np.arange(20) % 4,
-              "x_val": rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8), "y_val": np.arange(8) % 4}
+    arrays = {
+        "x_train": rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8),
+        "y_train": np.arange(20) % 4,
+        "x_val": rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8),
+        "y_val": np.arange(8) % 4,
+    }
     arrays.update(overrides)
     np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
     return path
@@ -36,20 +40,25 @@ def test_npz_nhwc_uint8_becomes_scaled_nchw(tmp_path):
 
 def test_npz_float_arrays_are_used_as_given(tmp_path):
     x = np.full((10, 1, 4, 4), 7.5, dtype=np.float32)
-    data = load_dataset(_npz(tmp_path / "d.npz", x_train=x, y_train=np.arange(10) % 2, x_val=x[:2], y_val=np.array([0, 1])))
+    data = load_dataset(
+        _npz(tmp_path / "d.npz", x_train=x, y_train=np.arange(10) % 2, x_val=x[:2], y_val=np.array([0, 1]))
+    )
     assert float(data.x_train[:].max()) == 7.5
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"y_val": None}, "lacks"),
-    ({"x_val": np.zeros((0, 8, 8, 3), np.uint8), "y_val": np.zeros(0, int)}, "empty"),
-    ({"y_train": np.zeros(20, int)}, "single class"),
-    ({"y_train": np.arange(20) - 5}, "negative"),
-    ({"y_train": np.arange(19) % 4}, "labels"),
-    ({"x_train": np.full((20, 1, 8, 8), np.nan, np.float32)}, "NaN"),
-    ({"x_train": np.array(["a"] * 20)}, "dtype|shape"),
-    ({"y_train": np.linspace(0, 1, 20)}, "integer"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"y_val": None}, "lacks"),
+        ({"x_val": np.zeros((0, 8, 8, 3), np.uint8), "y_val": np.zeros(0, int)}, "empty"),
+        ({"y_train": np.zeros(20, int)}, "single class"),
+        ({"y_train": np.arange(20) - 5}, "negative"),
+        ({"y_train": np.arange(19) % 4}, "labels"),
+        ({"x_train": np.full((20, 1, 8, 8), np.nan, np.float32)}, "NaN"),
+        ({"x_train": np.array(["a"] * 20)}, "dtype|shape"),
+        ({"y_train": np.linspace(0, 1, 20)}, "integer"),
+    ],
+)
 def test_npz_problems_are_named(tmp_path, overrides, message):
     with pytest.raises(DatasetError, match=message):
         load_dataset(_npz(tmp_path / "d.npz", **overrides))
@@ -57,7 +66,9 @@ def test_npz_problems_are_named(tmp_path, overrides, message):
 
 def test_npz_with_pickled_objects_is_refused_without_unpickling(tmp_path):
     path = tmp_path / "d.npz"
-    np.savez(path, x_train=np.array([{"a": 1}], dtype=object), y_train=np.zeros(1), x_val=np.zeros(1), y_val=np.zeros(1))
+    np.savez(
+        path, x_train=np.array([{"a": 1}], dtype=object), y_train=np.zeros(1), x_val=np.zeros(1), y_val=np.zeros(1)
+    )
     with pytest.raises(DatasetError, match="pickled"):
         load_dataset(path)
 
@@ -108,8 +119,15 @@ def test_normalize_applies_per_channel():
 def _lenet(**args):
     arch = {"input_size": 8, "in_channels": 1, "num_classes": 10} | args
     module = build_architecture("lenet5", arch)
-    return LoadedModel(module, {"name": "lenet5", "args": arch}, "squeezer", (arch["in_channels"], arch["input_size"], arch["input_size"]),
-                       arch["num_classes"], None, None)
+    return LoadedModel(
+        module,
+        {"name": "lenet5", "args": arch},
+        "squeezer",
+        (arch["in_channels"], arch["input_size"], arch["input_size"]),
+        arch["num_classes"],
+        None,
+        None,
+    )
 
 
 def test_compatibility_checks_channels_size_and_classes():

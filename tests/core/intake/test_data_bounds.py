@@ -22,8 +22,12 @@ def _npz(path, compressed: bool, **arrays):
 
 def _arrays(n=20):
     rng = np.random.default_rng(0)
-    return {"x_train": rng.integers(0, 255, (n, 1, 8, 8), dtype=np.uint8), "y_train": np.arange(n) % 2,
-            "x_val": rng.integers(0, 255, (4, 1, 8, 8), dtype=np.uint8), "y_val": np.arange(4) % 2}
+    return {
+        "x_train": rng.integers(0, 255, (n, 1, 8, 8), dtype=np.uint8),
+        "y_train": np.arange(n) % 2,
+        "x_val": rng.integers(0, 255, (4, 1, 8, 8), dtype=np.uint8),
+        "y_val": np.arange(4) % 2,
+    }
 
 
 @pytest.mark.parametrize("compressed", [False, True])

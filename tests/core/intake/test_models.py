@@ -21,11 +21,18 @@ def lenet():
     return build_architecture("lenet5", DIGITS).eval()
 
 
-@pytest.mark.parametrize("name, args", [
-    ("lenet5", {}), ("lenet5", DIGITS), ("vgg-small", {"num_classes": 7}), ("resnet20", {"in_channels": 1}),
-    ("resnet56", {}), ("torchvision:resnet18", {"num_classes": 5, "in_channels": 1}),
-    ("torchvision:mobilenet_v2", {"num_classes": 3}),
-])
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("lenet5", {}),
+        ("lenet5", DIGITS),
+        ("vgg-small", {"num_classes": 7}),
+        ("resnet20", {"in_channels": 1}),
+        ("resnet56", {}),
+        ("torchvision:resnet18", {"num_classes": 5, "in_channels": 1}),
+        ("torchvision:mobilenet_v2", {"num_classes": 3}),
+    ],
+)
 def test_registry_builds_every_architecture_for_its_input(name, args):
     module = build_architecture(name, args).eval()
     shape = default_input_shape(name, args)
@@ -45,7 +52,15 @@ def test_registry_refuses_unknown_names_and_arguments(name, args):
 def test_model_directory_round_trip_keeps_weights_and_preprocessing(tmp_path, lenet):
     from core.config import Normalization
 
-    model = LoadedModel(lenet, {"name": "lenet5", "args": DIGITS}, "squeezer", (1, 8, 8), 10, Normalization(mean=[0.5], std=[0.25]), None)
+    model = LoadedModel(
+        lenet,
+        {"name": "lenet5", "args": DIGITS},
+        "squeezer",
+        (1, 8, 8),
+        10,
+        Normalization(mean=[0.5], std=[0.25]),
+        None,
+    )
     loaded = load_model(save_model_dir(model, tmp_path / "m"))
     assert loaded.num_classes == 10 and loaded.input_shape == (1, 8, 8)
     assert loaded.preprocessing.mean == [0.5]
@@ -54,7 +69,9 @@ def test_model_directory_round_trip_keeps_weights_and_preprocessing(tmp_path, le
 
 
 def test_zipped_model_directory_loads(tmp_path, lenet):
-    directory = save_model_dir(LoadedModel(lenet, {"name": "lenet5", "args": DIGITS}, "squeezer", (1, 8, 8), 10, None, None), tmp_path / "m")
+    directory = save_model_dir(
+        LoadedModel(lenet, {"name": "lenet5", "args": DIGITS}, "squeezer", (1, 8, 8), 10, None, None), tmp_path / "m"
+    )
     archive = tmp_path / "model.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for file in directory.iterdir():
@@ -108,7 +125,7 @@ def test_pickles_torchscript_and_pt2_are_refused_without_unpickling(tmp_path, le
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("content", [b"", b"garbage" * 10, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":"])
+@pytest.mark.parametrize("content", [b"", b"garbage" * 10, b'\x10\x00\x00\x00\x00\x00\x00\x00{"a":'])
 def test_corrupt_files_give_clear_errors(tmp_path, content):
     for suffix in (".safetensors", ".onnx", ".zip", ".pt"):
         path = tmp_path / f"bad{suffix}"
@@ -119,8 +136,14 @@ def test_corrupt_files_give_clear_errors(tmp_path, content):
 
 def test_onnx_intake_converts_and_agrees_with_onnxruntime(tmp_path, lenet):
     path = tmp_path / "m.onnx"
-    torch.onnx.export(lenet, (torch.zeros(1, 1, 8, 8),), str(path), input_names=["input"],
-                      dynamic_axes={"input": {0: "batch"}}, dynamo=False)
+    torch.onnx.export(
+        lenet,
+        (torch.zeros(1, 1, 8, 8),),
+        str(path),
+        input_names=["input"],
+        dynamic_axes={"input": {0: "batch"}},
+        dynamo=False,
+    )
     loaded = load_model(path)
     assert loaded.source_format == "onnx" and loaded.input_shape == (1, 8, 8) and loaded.num_classes == 10
     x = torch.randn(16, 1, 8, 8)
@@ -138,9 +161,13 @@ def test_onnx_external_data_is_refused(tmp_path):
     weight.ClearField("float_data")
     entry = weight.external_data.add()
     entry.key, entry.value = "location", "../../etc/passwd"
-    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])], [weight])
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [weight],
+    )
     path = tmp_path / "ext.onnx"
     path.write_bytes(helper.make_model(graph).SerializeToString())
     with pytest.raises(ModelFormatError, match="external data"):
@@ -149,8 +176,12 @@ def test_onnx_external_data_is_refused(tmp_path):
 
 def test_onnx_with_unconvertible_operator_is_reported(tmp_path):
     node = helper.make_node("StringNormalizer", ["x"], ["y"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.STRING, [1, 1, 2, 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.STRING, [1, 1, 2, 2])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.STRING, [1, 1, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, [1, 1, 2, 2])],
+    )
     path = tmp_path / "odd.onnx"
     path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
     with pytest.raises((UnsupportedLayerError, ModelFormatError)):
@@ -158,7 +189,9 @@ def test_onnx_with_unconvertible_operator_is_reported(tmp_path):
 
 
 def test_architecture_json_that_lies_is_refused(tmp_path, lenet):
-    directory = save_model_dir(LoadedModel(lenet, {"name": "lenet5", "args": DIGITS}, "squeezer", (1, 8, 8), 10, None, None), tmp_path / "m")
+    directory = save_model_dir(
+        LoadedModel(lenet, {"name": "lenet5", "args": DIGITS}, "squeezer", (1, 8, 8), 10, None, None), tmp_path / "m"
+    )
     (directory / "architecture.json").write_text(json.dumps({"name": "lenet5", "args": "not a dict"}))
     with pytest.raises(ModelFormatError, match="architecture.json"):
         load_model(directory)

@@ -33,13 +33,23 @@ PATTERNS = {
     "HardSwish op, opset 14": (Pattern(hardswish="op", opset=14), set()),
     "x·HardSigmoid(x)": (Pattern(hardswish="hardsigmoid"), {"HardSigmoid", "Mul"}),
     "opset 21": (Pattern(opset=21), set()),
-    "everything at once, opset 10": (Pattern(opset=10, weights_in_constants=True, batch=1, nhwc=True,
-                                             shape_flatten=True, classifier="matmul_add", bn_as_mul_add=True),
-                                     {"Constant", "Transpose", "Shape", "MatMul", "Mul", "Add"}),
+    "everything at once, opset 10": (
+        Pattern(
+            opset=10,
+            weights_in_constants=True,
+            batch=1,
+            nhwc=True,
+            shape_flatten=True,
+            classifier="matmul_add",
+            bn_as_mul_add=True,
+        ),
+        {"Constant", "Transpose", "Shape", "MatMul", "Mul", "Add"},
+    ),
 }
 LWCT = LwctConfig(sparsity_grid=[0.5], prune_epochs=1, epochs_per_step=0, min_steps_per_stage=10)
-FILTER = FilterConfig(init=["l1"], importance_epochs=1, epochs_per_step=1, min_steps_per_stage=10, levels=[0.3],
-                      refinements=0)
+FILTER = FilterConfig(
+    init=["l1"], importance_epochs=1, epochs_per_step=1, min_steps_per_stage=10, levels=[0.3], refinements=0
+)
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +89,22 @@ def test_each_exporter_pattern_is_normalised_and_converts_exactly(weights, name,
     ops = {node.op_type for node in normalised.model.graph.node}
     assert not ops & gone, normalised.changes
     assert {"Conv", "Gemm"} <= ops and not {i.name for i in normalised.model.graph.input} & {
-        t.name for t in normalised.model.graph.initializer}
+        t.name for t in normalised.model.graph.initializer
+    }
     (tmp_path / "m.onnx").write_bytes(data)
     _check_converted(tmp_path / "m.onnx", data, nhwc=pattern.nhwc, batch=1 if pattern.batch == 1 else 4)
 
 
-@pytest.mark.parametrize("name", ["weights in Constant nodes", "everything at once, opset 10", "opset 21",
-                                  "dynamic batch and spatial axes", "BatchNorm folded to Mul + Add"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "weights in Constant nodes",
+        "everything at once, opset 10",
+        "opset 21",
+        "dynamic batch and spatial axes",
+        "BatchNorm folded to Mul + Add",
+    ],
+)
 @pytest.mark.parametrize("method", ["lwct", "filter"])
 def test_exporter_patterns_compress_and_export(weights, name, method, tmp_path):
     (tmp_path / "m.onnx").write_bytes(build(weights, PATTERNS[name][0]))
@@ -112,10 +131,21 @@ class SqueezeExcite(nn.Module):
 def test_torch_exports_at_several_opsets_compress(dynamo, opset, tmp_path):
     torch.manual_seed(0)
     module, buffer = SqueezeExcite().eval(), io.BytesIO()
-    shapes = ({"dynamic_shapes": ({0: torch.export.Dim("n", min=1, max=4096)},)} if dynamo
-              else {"dynamic_axes": {"x": {0: "n"}}})
-    torch.onnx.export(module, (torch.zeros(2, 1, 8, 8),), buffer, dynamo=dynamo, opset_version=opset,
-                      input_names=["x"], output_names=["y"], **shapes)
+    shapes = (
+        {"dynamic_shapes": ({0: torch.export.Dim("n", min=1, max=4096)},)}
+        if dynamo
+        else {"dynamic_axes": {"x": {0: "n"}}}
+    )
+    torch.onnx.export(
+        module,
+        (torch.zeros(2, 1, 8, 8),),
+        buffer,
+        dynamo=dynamo,
+        opset_version=opset,
+        input_names=["x"],
+        output_names=["y"],
+        **shapes,
+    )
     (tmp_path / "m.onnx").write_bytes(buffer.getvalue())
     _check_converted(tmp_path / "m.onnx", buffer.getvalue())
     ops = {node.op_type for node in normalize_onnx(onnx.load(tmp_path / "m.onnx")).model.graph.node}
@@ -126,11 +156,15 @@ def test_torch_exports_at_several_opsets_compress(dynamo, opset, tmp_path):
 
 def test_an_unconvertible_operator_is_refused_naming_the_node(tmp_path):
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["c"], name="stem"),
-         helper.make_node("ThresholdedRelu", ["c"], ["y"], name="head.gate", alpha=0.5)],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="stem"),
+            helper.make_node("ThresholdedRelu", ["c"], ["y"], name="head.gate", alpha=0.5),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])],
-        [onnx.numpy_helper.from_array(np.ones((4, 1, 1, 1), np.float32), "w")])
+        [onnx.numpy_helper.from_array(np.ones((4, 1, 1, 1), np.float32), "w")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, tmp_path / "m.onnx")
     with pytest.raises(UnsupportedLayerError, match=r"head\.gate \(ThresholdedRelu, opset 17\)"):

@@ -23,9 +23,14 @@ def test_grouped_conv_macs():
     assert count_macs(nn.Conv2d(4, 4, 3, groups=4), (4, 3, 3)) == 4 * 1 * 9
 
 
-@pytest.mark.parametrize("layer, shape", [(nn.ConvTranspose1d(2, 3, 2, stride=2), (2, 5)),
-                                          (nn.ConvTranspose2d(2, 3, 2, stride=2), (2, 5, 5)),
-                                          (nn.ConvTranspose3d(2, 3, 2, stride=2), (2, 5, 5, 5))])
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (nn.ConvTranspose1d(2, 3, 2, stride=2), (2, 5)),
+        (nn.ConvTranspose2d(2, 3, 2, stride=2), (2, 5, 5)),
+        (nn.ConvTranspose3d(2, 3, 2, stride=2), (2, 5, 5, 5)),
+    ],
+)
 def test_transposed_conv_macs_count_every_input_position(layer, shape):
     positions = 1
     for size in shape[1:]:

@@ -9,16 +9,24 @@ from core.measure import count_macs, top1_accuracy
 from core.methods.auto import compress_auto
 from core.pipeline import ModelSource, compress_files
 
-QUICK_FILTER = FilterConfig(importance_epochs=1, epochs_per_step=1, min_steps_per_stage=30, levels=[0.3, 0.6],
-                            init=["l1"])
+QUICK_FILTER = FilterConfig(
+    importance_epochs=1, epochs_per_step=1, min_steps_per_stage=30, levels=[0.3, 0.6], init=["l1"]
+)
 QUICK_GROUP = GroupConfig(penalties=[0.1, 0.5], sparse_epochs=1, epochs_per_step=1, min_steps_per_stage=30)
-QUICK_LWCT = LwctConfig(sparsity_grid=[0.5, 0.8], prune_epochs=1, epochs_per_step=1, min_steps_per_stage=30,
-                        prune_budget_share=1.0)  # every lwct step may spend the whole remaining budget
+QUICK_LWCT = LwctConfig(
+    sparsity_grid=[0.5, 0.8], prune_epochs=1, epochs_per_step=1, min_steps_per_stage=30, prune_budget_share=1.0
+)  # every lwct step may spend the whole remaining budget
 
 
 def test_stages_share_one_budget_measured_against_the_original(digits_model, digits):
-    config = CompressConfig(method="auto", device="cpu", target=AccuracyTarget(max_drop=1.0),
-                            filter=QUICK_FILTER, lwct=QUICK_LWCT, auto=AutoConfig(structural_share=0.5, compare_lwct_alone=False))
+    config = CompressConfig(
+        method="auto",
+        device="cpu",
+        target=AccuracyTarget(max_drop=1.0),
+        filter=QUICK_FILTER,
+        lwct=QUICK_LWCT,
+        auto=AutoConfig(structural_share=0.5, compare_lwct_alone=False),
+    )
     baseline = top1_accuracy(digits_model.module, digits.x_val, digits.y_val)
     result = compress_auto(digits_model, digits, config)
     assert result.baseline_accuracy == baseline
@@ -38,11 +46,22 @@ def test_stages_share_one_budget_measured_against_the_original(digits_model, dig
 
 
 def test_group_then_filter_then_lwct(digits_model, digits):
-    config = CompressConfig(method="auto", device="cpu", target=AccuracyTarget(max_drop=2.0), group=QUICK_GROUP,
-                            filter=QUICK_FILTER, lwct=QUICK_LWCT, auto=AutoConfig(structural=["group", "filter"], compare_lwct_alone=False))
+    config = CompressConfig(
+        method="auto",
+        device="cpu",
+        target=AccuracyTarget(max_drop=2.0),
+        group=QUICK_GROUP,
+        filter=QUICK_FILTER,
+        lwct=QUICK_LWCT,
+        auto=AutoConfig(structural=["group", "filter"], compare_lwct_alone=False),
+    )
     result = compress_auto(digits_model, digits, config)
     assert [s for s in dict.fromkeys(t.stage.split(":")[0] for t in result.trials)] == [
-        "group", "filter", "lwct", "int8"]
+        "group",
+        "filter",
+        "lwct",
+        "int8",
+    ]
     assert result.target_met
     for layer in result.layers:
         assert layer.channels_kept + layer.channels_removed == layer.channels_before
@@ -54,7 +73,11 @@ def test_report_lists_every_step_and_the_ratio_of_the_returned_model(digits_mode
     report = compress_files(ModelSource(tmp_path / "model"), "sample:digits", tmp_path / "out", config)
     assert report["method"] == "auto" and report["metric"] == "top1" and report["target_met"]
     assert [s for s in dict.fromkeys(t["stage"].split(":")[0] for t in report["trials"])] == [
-        "filter", "lwct", "lwct-alone", "int8"]
+        "filter",
+        "lwct",
+        "lwct-alone",
+        "int8",
+    ]
     # trial ratios count from the original model, whatever stage produced them; the combination and lwct alone
     # both ran, and the returned model is the most compressed step within the budget
     accepted = [t["compression_ratio"] for t in report["trials"] if t["accepted"]]
@@ -73,15 +96,17 @@ def test_a_stopped_auto_job_replays_finished_stages_and_resumes_the_interrupted_
             stop.append(True)  # lwct has checkpointed its pruning stage
 
     with pytest.raises(Cancelled):
-        compress_auto(digits_model, digits, config, on_event=stop_in_lwct, should_stop=lambda: bool(stop),
-                      checkpoint_dir=tmp_path)
+        compress_auto(
+            digits_model, digits, config, on_event=stop_in_lwct, should_stop=lambda: bool(stop), checkpoint_dir=tmp_path
+        )
     assert (tmp_path / "filter" / "filter.json").exists() and (tmp_path / "lwct" / "lwct.json").exists()
     events = []
     resumed = compress_auto(digits_model, digits, config, on_event=events.append, checkpoint_dir=tmp_path)
     steps = [e.message.split(":")[0] for e in events if e.stage == "step"]
     assert "filter" not in steps and "lwct-alone" in steps  # the finished stage replayed without training
     assert [(t.stage, t.accuracy, t.accepted) for t in resumed.trials] == [
-        (t.stage, t.accuracy, t.accepted) for t in uninterrupted.trials]
+        (t.stage, t.accuracy, t.accepted) for t in uninterrupted.trials
+    ]
     assert resumed.accuracy == uninterrupted.accuracy
 
 
@@ -89,8 +114,13 @@ def test_objective_picks_the_within_budget_candidate_it_names(digits_model, tmp_
     """latency: the fastest model.onnx among the candidates within the budget (int8 after channel removal is one);
     the report states the objective and every candidate with its measured bytes and latency."""
     save_model_dir(digits_model, tmp_path / "model")
-    config = CompressConfig(method="auto", device="cpu", filter=QUICK_FILTER, lwct=QUICK_LWCT,
-                            auto=AutoConfig(objective="latency", compare_lwct_alone=False))
+    config = CompressConfig(
+        method="auto",
+        device="cpu",
+        filter=QUICK_FILTER,
+        lwct=QUICK_LWCT,
+        auto=AutoConfig(objective="latency", compare_lwct_alone=False),
+    )
     report = compress_files(ModelSource(tmp_path / "model"), "sample:digits", tmp_path / "out", config)
     assert report["objective"] == "latency" and report["target_met"]
     candidates = [c for c in report["candidates"] if c["stage"] != "baseline"]

@@ -29,8 +29,10 @@ def test_proximal_step_zeroes_whole_groups_and_their_momentum(digits_model):
     assert torch.allclose(after[alive], norms[alive] - thresholds[alive], rtol=1e-4)
     # the weights are √(group size), mean 1: a fully-connected neuron with 4× the inputs has twice the weight
     sizes = torch.tensor([float(module.classifier[1].in_features), float(module.classifier[3].in_features)])
-    first, second = (lasso.weights[lasso.roots.index(graph.root(graph.producers[n]).tolist()[0])]
-                     for n in ("classifier.1", "classifier.3"))
+    first, second = (
+        lasso.weights[lasso.roots.index(graph.root(graph.producers[n]).tolist()[0])]
+        for n in ("classifier.1", "classifier.3")
+    )
     assert float(first / second) == pytest.approx(float((sizes[0] / sizes[1]).sqrt()), rel=1e-5)
     assert float(lasso.weights.mean()) == pytest.approx(1.0)
     rows = module.classifier[1].weight.detach()
@@ -68,9 +70,9 @@ def test_lambda_search_stays_within_the_budget(digits_model, digits):
     assert result.accuracy == top1_accuracy(result.module, digits.x_val, digits.y_val)
     penalties = [float(t.stage.removeprefix("group λ=")) for t in result.trials]
     first_miss = next((i for i, t in enumerate(result.trials) if not t.accepted), len(result.trials))
-    assert penalties[:first_miss + 1] == [0.1, 0.3, 3.0][:first_miss + 1]  # the grid up to its first miss
+    assert penalties[: first_miss + 1] == [0.1, 0.3, 3.0][: first_miss + 1]  # the grid up to its first miss
     assert len(result.trials) <= first_miss + 1 + settings.refinements  # then bisection steps only
-    accepted = [p for p, t in zip(penalties, result.trials) if t.accepted]
+    accepted = [p for p, t in zip(penalties, result.trials, strict=False) if t.accepted]
     assert accepted == sorted(accepted)
     if accepted:
         assert result.accuracy == [t.accuracy for t in result.trials if t.accepted][-1]

@@ -62,14 +62,18 @@ def test_global_threshold_hits_requested_sparsity():
 def test_ranking_follows_intra_layer_sparsity():
     model = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 10), nn.Linear(10, 10))
     with torch.no_grad():
-        for layer, scale in zip(model, (1.0, 0.1, 0.5)):
+        for layer, scale in zip(model, (1.0, 0.1, 0.5), strict=False):
             layer.weight.copy_(torch.randn(10, 10) * scale)
-    masks = global_magnitude_masks({n: l.weight for n, l in prunable_layers(model).items()}, 0.6)
+    masks = global_magnitude_masks({n: layer.weight for n, layer in prunable_layers(model).items()}, 0.6)
     sparsities = {n: 1 - float(m.float().mean()) for n, m in masks.items()}
     ranking = rank_layers("sparsity", sparsities, {n: 100 for n in masks})
     assert ranking == ["0", "2", "1"]  # least sparse = most significant first
     assert rank_layers("size", sparsities, {"0": 300, "1": 10, "2": 20}) == ["1", "2", "0"]
-    assert rank_layers("sensitivity", sparsities, {n: 1 for n in masks}, {"0": 0.5, "1": 4.0, "2": 1.0}) == ["1", "2", "0"]
+    assert rank_layers("sensitivity", sparsities, {n: 1 for n in masks}, {"0": 0.5, "1": 4.0, "2": 1.0}) == [
+        "1",
+        "2",
+        "0",
+    ]
 
 
 def test_fit_raises_cancelled_when_asked_to_stop():
@@ -107,7 +111,9 @@ def test_lwct_on_digits_meets_one_point_budget_quickly(digits_model, digits):
 
     assert result.target_met and result.baseline_accuracy - result.accuracy <= 1.0
     steps = [e for e in events if e.stage == "step"]
-    assert len(steps) == len(result.trials) and {"step", "accuracy", "compression_ratio", "accepted", "layers"} <= set(steps[0].data)
+    assert len(steps) == len(result.trials) and {"step", "accuracy", "compression_ratio", "accepted", "layers"} <= set(
+        steps[0].data
+    )
     assert all(0 <= e.fraction <= 1 for e in events)
     best = max(t.compression_ratio for t in result.trials if t.accepted)
     assert best > 10
@@ -140,14 +146,22 @@ def test_lwct_resumes_from_checkpoint(digits_model, digits, tmp_path):
             stop.append(True)  # stop once the first ternary step has been checkpointed
 
     with pytest.raises(Cancelled):
-        compress_lwct(digits_model, digits, _quick_config(), on_event=on_event, should_stop=lambda: bool(stop),
-                      checkpoint_dir=tmp_path)
+        compress_lwct(
+            digits_model,
+            digits,
+            _quick_config(),
+            on_event=on_event,
+            should_stop=lambda: bool(stop),
+            checkpoint_dir=tmp_path,
+        )
     checkpoints = [e for e in first_events if e.stage == "checkpoint"]
     assert checkpoints and checkpoints[-1].data["path"].startswith(str(tmp_path))
     done_steps = len([e for e in first_events if e.stage == "step"])
 
     second_events = []
-    result = compress_lwct(digits_model, digits, _quick_config(), on_event=second_events.append, checkpoint_dir=tmp_path)
+    result = compress_lwct(
+        digits_model, digits, _quick_config(), on_event=second_events.append, checkpoint_dir=tmp_path
+    )
     assert not [e for e in second_events if e.stage == "prune"]
     assert any(e.stage == "checkpoint" and "resumed" in e.message for e in second_events)
     assert [t.step for t in result.trials] == list(range(1, len(result.trials) + 1))

@@ -34,7 +34,10 @@ def test_no_refinement_when_every_level_fits_or_none_asked():
 
 def test_a_miss_on_the_first_level_bisects_down_from_it():
     assert [level for _, level in _search([0.3, 0.6], edge=0.1, refinements=2)] == [
-        0.3, pytest.approx(0.15), pytest.approx(0.075)]
+        0.3,
+        pytest.approx(0.15),
+        pytest.approx(0.075),
+    ]
 
 
 def test_geometric_midpoint_suits_penalty_weights():
@@ -43,26 +46,44 @@ def test_geometric_midpoint_suits_penalty_weights():
 
 
 @pytest.mark.parametrize("method", ["filter", "group"])
-def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(method, digits_model, digits,
-                                                                                     tmp_path):
+def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(
+    method, digits_model, digits, tmp_path
+):
     config = CompressConfig(
-        method=method, device="cpu", target=AccuracyTarget(max_drop=1.0),
-        filter=FilterConfig(init=["l1"], importance_epochs=1, epochs_per_step=1, min_steps_per_stage=30,
-                            levels=[0.2, 0.4, 0.6], refinements=1),
-        group=GroupConfig(penalties=[0.1, 0.3, 1.0], sparse_epochs=1, epochs_per_step=1, min_steps_per_stage=30,
-                          refinements=1))
+        method=method,
+        device="cpu",
+        target=AccuracyTarget(max_drop=1.0),
+        filter=FilterConfig(
+            init=["l1"],
+            importance_epochs=1,
+            epochs_per_step=1,
+            min_steps_per_stage=30,
+            levels=[0.2, 0.4, 0.6],
+            refinements=1,
+        ),
+        group=GroupConfig(
+            penalties=[0.1, 0.3, 1.0], sparse_epochs=1, epochs_per_step=1, min_steps_per_stage=30, refinements=1
+        ),
+    )
     compress = {"filter": compress_filter, "group": compress_group}[method]
     uninterrupted = compress(digits_model, digits, config)
 
     stop = []
     with pytest.raises(Cancelled):  # stopped while training the level after the first one tried
-        compress(digits_model, digits, config, checkpoint_dir=tmp_path, should_stop=lambda: bool(stop),
-                 on_event=lambda event: stop.append(True) if event.stage == "step" else None)
+        compress(
+            digits_model,
+            digits,
+            config,
+            checkpoint_dir=tmp_path,
+            should_stop=lambda: bool(stop),
+            on_event=lambda event: stop.append(True) if event.stage == "step" else None,
+        )
     events = []
     resumed = compress(digits_model, digits, config, checkpoint_dir=tmp_path, on_event=events.append)
     assert any(e.stage == "checkpoint" and "resumed" in e.message for e in events)
     assert len([e for e in events if e.stage == "step"]) == len(resumed.trials) - 1  # the first level is not rerun
     assert [(t.stage, t.accuracy, t.accepted) for t in resumed.trials] == [
-        (t.stage, t.accuracy, t.accepted) for t in uninterrupted.trials]
+        (t.stage, t.accuracy, t.accepted) for t in uninterrupted.trials
+    ]
     assert resumed.accuracy == uninterrupted.accuracy
     assert [layer.channels_kept for layer in resumed.layers] == [layer.channels_kept for layer in uninterrupted.layers]
