@@ -18,19 +18,19 @@ import dataclasses
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Unpack, cast
 
 from core.artifacts.onnx_export import export_onnx
 from core.artifacts.sqz import pack_sqz
 from core.config import AccuracyTarget, CompressConfig
 from core.errors import UnsupportedLayerError
-from core.events import Event, EventCallback, StopCheck, never_stop, no_events
+from core.events import Event, EventCallback
 from core.graph import with_channels
 from core.measure import float32_bytes
 from core.measure.runtime import onnx_latency_ms
 from core.methods.filter import compress_filter
 from core.methods.group import compress_group
-from core.methods.harness import MethodRun
+from core.methods.harness import MethodHooks, MethodRun
 from core.methods.int8 import compress_int8
 from core.methods.lwct import compress_lwct
 from core.methods.results import ChannelLayerState, LayerState, MethodResult, Trial
@@ -53,19 +53,11 @@ class _Outcome:
     latency_ms: float  # of its model.onnx in onnxruntime at LATENCY_BATCH, CPU, one thread
 
 
-def compress_auto(
-    model,
-    data,
-    config: CompressConfig,
-    *,
-    on_event: EventCallback = no_events,
-    should_stop: StopCheck = never_stop,
-    checkpoint_dir: Path | None = None,
-) -> MethodResult:
+def compress_auto(model, data, config: CompressConfig, **hooks: Unpack[MethodHooks]) -> MethodResult:
     """Compress `model` on `data` under `config.target`; see the module docstring. Each stage checkpoints under
     `checkpoint_dir`/<stage>: after a restart, finished stages replay from their checkpoints (no training) and the
     interrupted one resumes from its last."""
-    run = MethodRun(model, data, config, None, name="auto", on_event=on_event, should_stop=should_stop)
+    run = MethodRun(model, data, config, None, name="auto", **hooks)
     baseline, allowed = run.measure_baseline(announce=False)  # the stages announce their own
     # (label, method, allowed drop, whether the stage starts from the original model instead of the previous result)
     plan: list[tuple[str, str, float, bool]] = [
@@ -100,14 +92,14 @@ def compress_auto(
                 source,
                 data,
                 stage_config,
-                should_stop=should_stop,
-                on_event=_stage_events(on_event, label, index, len(plan)),
-                checkpoint_dir=checkpoint_dir / label if checkpoint_dir else None,
+                should_stop=run.user_stop,
+                on_event=_stage_events(run.on_event, label, index, len(plan)),
+                checkpoint_dir=run.checkpoint_dir / label if run.checkpoint_dir else None,
             )
         except UnsupportedLayerError as error:
             if name == "lwct":
                 raise
-            on_event(
+            run.on_event(
                 Event(
                     stage=name,
                     fraction=(index + 1) / len(plan),

@@ -9,17 +9,16 @@ every SGD step), which gives exact zeros and is the same under mixed precision.
 """
 
 import copy
-from pathlib import Path
+from typing import Unpack
 
 import torch
 from torch import nn
 
 from core.checkpoint import prefixed, unprefixed
 from core.config import CompressConfig
-from core.events import EventCallback, StopCheck, never_stop, no_events
 from core.graph import ChannelGraph, mask_consumers, shrink
 from core.graph.dependency import TRANSPOSED, affine_parameters, producer
-from core.methods.harness import BASELINE_DONE, FINETUNE_SEED_OFFSET, progress
+from core.methods.harness import BASELINE_DONE, FINETUNE_SEED_OFFSET, MethodHooks, progress
 from core.methods.results import MethodResult
 from core.methods.structured import StructuredRun, arithmetic_midpoint, keep_one_per_group, search_levels
 from core.train import current_lr
@@ -153,20 +152,12 @@ def learn_importance(
     return combined_order(run.graph, scores), folded, accuracy
 
 
-def compress_filter(
-    model,
-    data,
-    config: CompressConfig,
-    *,
-    on_event: EventCallback = no_events,
-    should_stop: StopCheck = never_stop,
-    checkpoint_dir: Path | None = None,
-) -> MethodResult:
+def compress_filter(model, data, config: CompressConfig, **hooks: Unpack[MethodHooks]) -> MethodResult:
     """Compress `model` on `data` under `config.target`; see the module docstring and docs/METHODS.md §2. With a
     `checkpoint_dir`, the learned order and the best state are saved after every level tried, and a rerun resumes
     there: the levels already tried are replayed from their recorded outcomes, not trained again."""
     settings = config.filter
-    run = StructuredRun(model, data, config, settings, on_event, should_stop, checkpoint_dir, "filter")
+    run = StructuredRun(model, data, config, settings, "filter", **hooks)
     graph = run.graph
     baseline, _ = run.measure_baseline()
     start, best_state, best_removed, best_accuracy = run.base, run.base.state_dict(), set(), baseline

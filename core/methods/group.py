@@ -9,17 +9,16 @@ norms on it, so a zeroed filter cannot stay alive through its batch-norm shift.
 """
 
 import copy
-from pathlib import Path
+from typing import Unpack
 
 import torch
 from torch import nn
 
 from core.checkpoint import prefixed, unprefixed
 from core.config import CompressConfig
-from core.events import EventCallback, StopCheck, never_stop, no_events
 from core.graph import ChannelGraph, fold_constants, shrink
 from core.graph.dependency import TRANSPOSED, affine_parameters, producer
-from core.methods.harness import BASELINE_DONE, FINETUNE_SEED_OFFSET, progress
+from core.methods.harness import BASELINE_DONE, FINETUNE_SEED_OFFSET, MethodHooks, progress
 from core.methods.results import MethodResult
 from core.methods.structured import StructuredRun, geometric_midpoint, keep_one_per_group, search_levels
 from core.train import current_lr
@@ -97,20 +96,12 @@ def remove_zeroed(
     return shrink(module, graph, removed), removed
 
 
-def compress_group(
-    model,
-    data,
-    config: CompressConfig,
-    *,
-    on_event: EventCallback = no_events,
-    should_stop: StopCheck = never_stop,
-    checkpoint_dir: Path | None = None,
-) -> MethodResult:
+def compress_group(model, data, config: CompressConfig, **hooks: Unpack[MethodHooks]) -> MethodResult:
     """Compress `model` on `data` under `config.target`; see the module docstring and docs/METHODS.md §3. With a
     `checkpoint_dir`, the best model and the outcome of every λ are saved after each λ tried, and a rerun resumes
     there, replaying the λs already tried."""
     settings = config.group
-    run = StructuredRun(model, data, config, settings, on_event, should_stop, checkpoint_dir, "group")
+    run = StructuredRun(model, data, config, settings, "group", **hooks)
     graph = run.graph
     baseline, _ = run.measure_baseline()
     best, best_removed, best_accuracy = run.base, set(), baseline

@@ -23,6 +23,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import torch
 from torch import nn
@@ -52,6 +53,15 @@ def progress(start: float, end: float, done: int, total: int) -> float:
     return start + (end - start) * done / total
 
 
+class MethodHooks(TypedDict, total=False):
+    """What a caller may pass every method besides model, data and config, as keywords: `compress_lwct(model, data,
+    config, on_event=..., should_stop=..., checkpoint_dir=...)`, and so for each method."""
+
+    on_event: EventCallback  # progress and trials, as they happen
+    should_stop: StopCheck  # polled between steps: a cancelled job stops at its next step
+    checkpoint_dir: Path | None  # where the method saves its state, so that a restarted job resumes
+
+
 class MethodRun:
     """State of one compression run: the float CPU copy of the baseline, the budget, events, the time limit, the
     trials tried and the checkpoint they are saved in (kept in one place so checkpoints and events see the same)."""
@@ -64,12 +74,17 @@ class MethodRun:
         settings: StructuredTraining | None,
         *,
         name: str,
-        on_event: EventCallback = no_events,
-        should_stop: StopCheck = never_stop,
-        checkpoint_dir: Path | None = None,
+        **hooks: Unpack[MethodHooks],
     ):
-        self.model, self.data, self.config, self.settings = model, data, config, settings
-        self.name, self.on_event, self.user_stop, self.checkpoint_dir = name, on_event, should_stop, checkpoint_dir
+        unknown = set(hooks) - set(MethodHooks.__annotations__)
+        if unknown:
+            raise TypeError(
+                f"unknown method hooks {sorted(unknown)}; a method takes {sorted(MethodHooks.__annotations__)}"
+            )
+        self.model, self.data, self.config, self.settings, self.name = model, data, config, settings, name
+        self.on_event: EventCallback = hooks.get("on_event", no_events)
+        self.user_stop: StopCheck = hooks.get("should_stop", never_stop)
+        self.checkpoint_dir: Path | None = hooks.get("checkpoint_dir")
         self.device = resolve_device(config.device)
         self.score = metric_function(config.metric)  # the one metric the budget is measured in
         self.deadline = time.monotonic() + config.time_limit_s if config.time_limit_s else math.inf

@@ -6,11 +6,10 @@ The result's `onnx` is the quantized file, written as model.onnx: the accuracy t
 file's. The module stays float (model.sqz holds the weights it was quantized from).
 """
 
-from pathlib import Path
+from typing import Unpack
 
 from core.config import CompressConfig
-from core.events import EventCallback, StopCheck, never_stop, no_events
-from core.methods.harness import BASELINE_DONE, MethodRun
+from core.methods.harness import BASELINE_DONE, MethodHooks, MethodRun
 from core.methods.lwct import prunable_layers
 from core.methods.results import ChannelLayerState, MethodResult
 from core.quantize import quantize_int8
@@ -27,12 +26,10 @@ def int8_rows(module, accepted: bool) -> list[ChannelLayerState]:
             else "kept float: the int8 model fell outside the budget"
         )
         rows.append(
-            ChannelLayerState(
-                name=name,
-                type=type(layer).__name__,
-                shape=list(weight.shape),
-                params=weight.numel(),
-                sparsity=float((weight == 0).float().mean()),
+            ChannelLayerState.of(
+                name,
+                layer,
+                weight,
                 representation="int8" if accepted else "float",
                 sigma=None,
                 bits=8.0 if accepted else 32.0,
@@ -47,17 +44,9 @@ def int8_rows(module, accepted: bool) -> list[ChannelLayerState]:
     return rows
 
 
-def compress_int8(
-    model,
-    data,
-    config: CompressConfig,
-    *,
-    on_event: EventCallback = no_events,
-    should_stop: StopCheck = never_stop,
-    checkpoint_dir: Path | None = None,
-) -> MethodResult:
+def compress_int8(model, data, config: CompressConfig, **hooks: Unpack[MethodHooks]) -> MethodResult:
     """Quantize `model` to int8 and keep it when it scores within `config.target`; seconds, nothing to checkpoint."""
-    run = MethodRun(model, data, config, None, name="int8", on_event=on_event, should_stop=should_stop)
+    run = MethodRun(model, data, config, None, name="int8", **hooks)
     run.measure_baseline()
     run.emit("int8", BASELINE_DONE, f"calibrating on {config.int8.calibration_samples} training samples")
     quantized = quantize_int8(model, data, config.int8, config.metric, seed=config.seed)

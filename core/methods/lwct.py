@@ -8,8 +8,7 @@ materialised, so its weights are exactly what `core.artifacts.sqz` packs.
 """
 
 import copy
-from pathlib import Path
-from typing import cast
+from typing import Unpack, cast
 
 import torch
 from torch import nn
@@ -19,9 +18,8 @@ from core.artifacts.sqz import layer_bits, pack_sqz, round_for_storage
 from core.checkpoint import prefixed, unprefixed
 from core.config import CompressConfig
 from core.errors import UnsupportedLayerError
-from core.events import EventCallback, StopCheck, never_stop, no_events
 from core.graph.dependency import TRANSPOSED, Producer
-from core.methods.harness import BASELINE_DONE, MethodRun, progress
+from core.methods.harness import BASELINE_DONE, MethodHooks, MethodRun, progress
 from core.methods.results import LayerState, MethodResult, Trial
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *TRANSPOSED, nn.Linear)
@@ -196,20 +194,9 @@ class LwctRun(MethodRun):
         model,
         data,
         config: CompressConfig,
-        on_event: EventCallback = no_events,
-        should_stop: StopCheck = never_stop,
-        checkpoint_dir: Path | None = None,
+        **hooks: Unpack[MethodHooks],
     ):
-        super().__init__(
-            model,
-            data,
-            config,
-            config.lwct,
-            name=_CHECKPOINT,
-            on_event=on_event,
-            should_stop=should_stop,
-            checkpoint_dir=checkpoint_dir,
-        )
+        super().__init__(model, data, config, config.lwct, name=_CHECKPOINT, **hooks)
         self.lw = config.lwct
         self.ranking: list[str] = []
         self.best: dict = {}
@@ -227,11 +214,10 @@ class LwctRun(MethodRun):
             representation = "ternary" if name in sigmas else ("sparse-float" if sparsity > 0 else "float")
             sigma = sigmas.get(name)
             states.append(
-                LayerState(
-                    name=name,
-                    type=type(layer).__name__,
-                    shape=list(weight.shape),
-                    params=weight.numel(),
+                LayerState.of(
+                    name,
+                    layer,
+                    weight,
                     sparsity=sparsity,
                     representation=representation,
                     sigma=sigma,
@@ -318,17 +304,9 @@ class LwctRun(MethodRun):
         return drops
 
 
-def compress_lwct(
-    model,
-    data,
-    config: CompressConfig,
-    *,
-    on_event: EventCallback = no_events,
-    should_stop: StopCheck = never_stop,
-    checkpoint_dir: Path | None = None,
-) -> MethodResult:
+def compress_lwct(model, data, config: CompressConfig, **hooks: Unpack[MethodHooks]) -> MethodResult:
     """Compress `model` on `data` under `config.target`; see the module docstring and docs/METHODS.md §1."""
-    run = LwctRun(model, data, config, on_event, should_stop, checkpoint_dir)
+    run = LwctRun(model, data, config, **hooks)
     if not prunable_layers(run.base):
         raise UnsupportedLayerError("the model has no Conv or Linear layer to compress")
     lw = config.lwct

@@ -5,7 +5,9 @@ field names are part of the report's contract.
 """
 
 from dataclasses import dataclass
+from typing import Self
 
+import torch
 from torch import nn
 
 
@@ -23,6 +25,12 @@ class LayerState:
     bits: float
     significance_rank: int
     accepted: bool
+
+    @classmethod
+    def of(cls, name: str, layer: nn.Module, weight: torch.Tensor, **fields) -> Self:
+        """The row of `layer`, stored as `weight`: its type, shape, size and (unless given) sparsity read from them."""
+        fields.setdefault("sparsity", float((weight == 0).float().mean()))
+        return cls(name=name, type=type(layer).__name__, shape=list(weight.shape), params=weight.numel(), **fields)
 
 
 @dataclass

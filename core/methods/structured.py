@@ -3,17 +3,16 @@ shrunk model, the per-layer report of channels kept and removed, and the search 
 
 import math
 from collections.abc import Callable
-from pathlib import Path
+from typing import Unpack
 
 from torch import nn
 
 from core.artifacts.sqz import pack_sqz
 from core.config import CompressConfig, StructuredTraining
-from core.events import EventCallback, StopCheck
 from core.graph import ChannelGraph, trace, with_channels
 from core.graph.dependency import PRODUCERS, producer
 from core.graph.surgery import width
-from core.methods.harness import MethodRun
+from core.methods.harness import MethodHooks, MethodRun
 from core.methods.results import ChannelLayerState, Trial
 
 
@@ -26,21 +25,10 @@ class StructuredRun(MethodRun):
         data,
         config: CompressConfig,
         settings: StructuredTraining,
-        on_event: EventCallback,
-        should_stop: StopCheck,
-        checkpoint_dir: Path | None,
         name: str,
+        **hooks: Unpack[MethodHooks],
     ):
-        super().__init__(
-            model,
-            data,
-            config,
-            settings,
-            name=name,
-            on_event=on_event,
-            should_stop=should_stop,
-            checkpoint_dir=checkpoint_dir,
-        )
+        super().__init__(model, data, config, settings, name=name, **hooks)
         self.graph: ChannelGraph = trace(self.base, tuple(model.input_shape))
 
     def measure_baseline(self, *, announce: bool = True, **data) -> tuple[float, float]:
@@ -88,12 +76,10 @@ class StructuredRun(MethodRun):
                 kept, reason = before, "left alone: not reached by the traced graph"
             weight = producer(shrunk, name).weight.detach()
             states.append(
-                ChannelLayerState(
-                    name=name,
-                    type=type(layer).__name__,
-                    shape=list(weight.shape),
-                    params=weight.numel(),
-                    sparsity=float((weight == 0).float().mean()),
+                ChannelLayerState.of(
+                    name,
+                    layer,
+                    weight,
                     representation="float",
                     sigma=None,
                     bits=32.0,
