@@ -5,13 +5,11 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.slots import TenantSlots
 from store.blobs import BlobStore
-from store.keys import KeyCache
 from store.models import DEFAULT_TENANT
 from store.settings import Settings
 from worker.dispatch import Dispatcher
@@ -53,10 +51,6 @@ def get_submission_checks(request: Request) -> TenantSlots:
     return request.app.state.submission_checks
 
 
-async def get_key_cache(request: Request) -> KeyCache:
-    return request.app.state.key_cache
-
-
 # Declares the bearer scheme in the OpenAPI document; missing or malformed headers are answered below, as problems.
 bearer_scheme = HTTPBearer(
     auto_error=False,
@@ -69,35 +63,16 @@ async def current_tenant(
     request: Request,
     settings: Annotated[Settings, Depends(get_app_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-    key_cache: Annotated[KeyCache, Depends(get_key_cache)],
 ) -> str:
-    """The caller's tenant: the owner of the bearer key when auth is on (401 otherwise), else the default tenant.
-    Every query a route makes is filtered by it, so another tenant's ids answer 404. api.keycheck has verified the key
-    before the body was read; otherwise a key verified within `Settings.api_key_cache_s` needs no query, and any other
-    is checked in a short session of its own in a worker thread (store.keys.KeyCache)."""
+    """The caller's tenant: the owner of the bearer key when auth is on, else the default tenant. Every query a route
+    makes is filtered by it, so another tenant's ids answer 404. The key itself is verified by api.keycheck before
+    the body is read, for every /v1 path; `credentials` is here only to declare the scheme."""
     if not settings.auth:
         return DEFAULT_TENANT
-    verified = getattr(request.state, "tenant", None)  # api.keycheck verified the key before the body was read
-    if verified is not None:
-        return verified
-    tenant = None
-    if credentials is not None:
-        tenant = key_cache.cached(credentials.credentials)
-        if tenant is None:
-            tenant = await run_in_threadpool(
-                _verify_key, request.app.state.session_factory, key_cache, credentials.credentials
-            )
-    if tenant is None:
-        detail = (
-            "send `Authorization: Bearer <api key>`" if credentials is None else "the API key is unknown or revoked"
-        )
-        raise HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
+    tenant = getattr(request.state, "tenant", None)
+    if tenant is None:  # a route outside api.keycheck.PROTECTED_PREFIX: refuse rather than guess
+        raise HTTPException(401, "send `Authorization: Bearer <api key>`", headers={"WWW-Authenticate": "Bearer"})
     return tenant
-
-
-def _verify_key(session_factory: sessionmaker[Session], key_cache: KeyCache, key: str) -> str | None:
-    with session_factory() as session:
-        return key_cache.tenant(session, key)
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

@@ -64,15 +64,7 @@ def resnet20_fashion_mnist() -> tuple[LoadedModel, Dataset, dict]:
     args = {"num_classes": 10, "in_channels": 1, "input_size": 14}
     module = build_architecture("resnet20", args)
     fit(module, data.x_train, data.y_train, epochs=3, lr=0.05, lr_schedule="cosine", seed=0)
-    model = LoadedModel(
-        module=module.eval(),
-        architecture={"name": "resnet20", "args": args},
-        source_format="squeezer",
-        input_shape=(1, 14, 14),
-        num_classes=10,
-        preprocessing=None,
-        onnx_graph=None,
-    )
+    model = LoadedModel.built(module.eval(), {"name": "resnet20", "args": args}, (1, 14, 14), 10)
     return model, data, {"max_train_samples": 2048, "min_steps_per_stage": 0}
 
 

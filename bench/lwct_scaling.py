@@ -31,15 +31,7 @@ def baseline(depth: int, data, epochs: int) -> LoadedModel:
     torch.manual_seed(depth)
     module = CifarResNet(depth, num_classes=10, in_channels=1, input_size=8)
     fit(module, data.x_train, data.y_train, epochs=epochs, lr=0.05, lr_schedule="cosine", seed=depth)
-    return LoadedModel(
-        module=module.eval(),
-        architecture={"name": f"resnet{depth}", "args": {"in_channels": 1}},
-        source_format="squeezer",
-        input_shape=(1, 8, 8),
-        num_classes=10,
-        preprocessing=None,
-        onnx_graph=None,
-    )
+    return LoadedModel.built(module.eval(), {"name": f"resnet{depth}", "args": {"in_channels": 1}}, (1, 8, 8), 10)
 
 
 def walk(model: LoadedModel, data, name: str, stage: dict) -> dict:

@@ -184,15 +184,7 @@ def trained_baseline(architecture: dict, data_source: str, recipe: dict, metric:
         start = time.perf_counter()
         fit(module, data.x_train, data.y_train, seed=0, **recipe)
         train_s = time.perf_counter() - start
-        model = LoadedModel(
-            module=module,
-            architecture=architecture,
-            source_format="squeezer",
-            input_shape=data.input_shape,
-            num_classes=data.num_classes,
-            preprocessing=None,
-            onnx_graph=None,
-        )
+        model = LoadedModel.built(module, architecture, data.input_shape, data.num_classes)
         save_model_dir(model, staging / "model")
         accuracy = metric_function(metric)(module, data.x_val, data.y_val)
         (staging / "baseline.json").write_text(

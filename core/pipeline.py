@@ -224,7 +224,11 @@ def compress_files(
     if abs(onnx_accuracy - expected) > ONNX_TOLERANCE_POINTS:
         raise RuntimeError(f"model.onnx scores {onnx_accuracy}% but {source} {expected}%")
     with tempfile.TemporaryDirectory(prefix="squeezer-baseline-") as tmp:
-        baseline_onnx = _onnx_entry(export_onnx(loaded, Path(tmp) / "baseline.onnx"), raw, loaded, metric)
+        baseline_path = export_onnx(loaded, Path(tmp) / "baseline.onnx")
+        _stamp_preprocessing(baseline_path, loaded.preprocessing)
+        baseline_onnx = _onnx_entry(
+            baseline_path, _input_shape(loaded), _onnx_accuracy(baseline_path, raw, None, metric)
+        )
     artifacts = {
         "model.sqz": {
             "bytes": sqz_bytes,
@@ -233,7 +237,7 @@ def compress_files(
             **{key: compressed[key] for key in LATENCY_BATCHES},
         },
         "model/": _model_dir_entry(model_dir, prepared, metric),
-        "model.onnx": _onnx_entry(onnx_path, raw, reloaded, metric, accuracy=onnx_accuracy),
+        "model.onnx": _onnx_entry(onnx_path, _input_shape(reloaded), onnx_accuracy),
     }
     deployable = "model.sqz" if result.onnx is None else "model.onnx"
     if result.onnx is not None:  # int8 exists only as model.onnx: its accuracy and bytes are the headline figures
@@ -288,16 +292,14 @@ def compress_files(
     return report
 
 
-def _onnx_entry(path: Path, raw: Dataset, model: LoadedModel, metric: str, accuracy: float | None = None) -> dict:
-    """An .onnx file's report entry, every figure measured on the file in onnxruntime (CPU, one thread)."""
-    if accuracy is None:
-        _stamp_preprocessing(path, model.preprocessing)
-        accuracy = _onnx_accuracy(path, raw, None, metric)
+def _onnx_entry(path: Path, input_shape: tuple[int, ...], accuracy: float) -> dict:
+    """An .onnx file's report entry: its accuracy (measured on the file by the caller) and its onnxruntime latency
+    (CPU, one thread)."""
     return {
         "bytes": path.stat().st_size,
         "accuracy": accuracy,
         "runtime": "onnxruntime",
-        **{key: onnx_latency_ms(path, _input_shape(model), batch=batch) for key, batch in LATENCY_BATCHES.items()},
+        **{key: onnx_latency_ms(path, input_shape, batch=batch) for key, batch in LATENCY_BATCHES.items()},
     }
 
 

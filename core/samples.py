@@ -75,14 +75,6 @@ def _train(name: str, dest: Path) -> None:
     finally:
         torch.set_num_threads(threads)
     accuracy = top1_accuracy(module, data.x_val, data.y_val)
-    model = LoadedModel(
-        module=module,
-        architecture=architecture,
-        source_format="squeezer",
-        input_shape=data.input_shape,
-        num_classes=data.num_classes,
-        preprocessing=None,
-        onnx_graph=None,
-    )
+    model = LoadedModel.built(module, architecture, data.input_shape, data.num_classes)
     save_model_dir(model, dest / "model")
     (dest / "sample.json").write_text(json.dumps({"name": name, "architecture": architecture, "accuracy": accuracy}))

@@ -49,6 +49,14 @@ class LoadedModel:
     preprocessing: Normalization | None
     onnx_graph: bytes | None  # the converted ONNX graph (weights zeroed) for models that came as ONNX
 
+    @classmethod
+    def built(
+        cls, module: nn.Module, architecture: dict, input_shape: tuple[int, ...], num_classes: int
+    ) -> "LoadedModel":
+        """A model this process built from the registry (samples, benchmarks, tests): nothing was uploaded, so no
+        preprocessing and no ONNX graph."""
+        return cls(module, architecture, "squeezer", tuple(input_shape), num_classes, None, None)
+
     def with_module(self, module: nn.Module) -> "LoadedModel":
         """The same model description around other weights (a compressed or shrunk module)."""
         return dataclasses.replace(self, module=module)

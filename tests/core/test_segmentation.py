@@ -113,15 +113,7 @@ def unet_model(shapes) -> LoadedModel:
     torch.manual_seed(0)
     module = build_architecture(UNET["name"], UNET["args"])
     fit(module, shapes.x_train, shapes.y_train, epochs=3, lr=0.05, batch_size=32, seed=0)
-    return LoadedModel(
-        module=module.eval(),
-        architecture=UNET,
-        source_format="squeezer",
-        input_shape=(3, 32, 32),
-        num_classes=3,
-        preprocessing=None,
-        onnx_graph=None,
-    )
+    return LoadedModel.built(module.eval(), UNET, (3, 32, 32), 3)
 
 
 def test_a_classifier_cannot_take_segmentation_data(shapes, unet_model):

@@ -53,15 +53,7 @@ def _compressed_lenet(tmp_path, half=False):
                 layer.weight.copy_(layer.weight.half().float())
                 layer.bias.copy_(layer.bias.half().float())
             layers.append(_layer(name, layer.weight, representation, sigma))
-    return LoadedModel(
-        module=module,
-        architecture=ARCH,
-        source_format="squeezer",
-        input_shape=(1, 8, 8),
-        num_classes=10,
-        preprocessing=None,
-        onnx_graph=None,
-    ), layers
+    return LoadedModel.built(module, ARCH, (1, 8, 8), 10), layers
 
 
 def test_round_trip_is_bit_exact_for_every_encoding(tmp_path):

@@ -27,12 +27,4 @@ def trained_digits_state(digits):
 def digits_model(trained_digits_state) -> LoadedModel:
     module = build_architecture(DIGITS_ARCH["name"], DIGITS_ARCH["args"])
     module.load_state_dict(trained_digits_state)
-    return LoadedModel(
-        module=module.eval(),
-        architecture=DIGITS_ARCH,
-        source_format="squeezer",
-        input_shape=(1, 8, 8),
-        num_classes=10,
-        preprocessing=None,
-        onnx_graph=None,
-    )
+    return LoadedModel.built(module.eval(), DIGITS_ARCH, (1, 8, 8), 10)
