@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     app = FastAPI(title="Squeezer", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.session_factory = session_factory
-    app.state.read_session_factory = make_session_factory(read_engine)
+    app.state.read_engine = read_engine
     app.state.blobs = blobs
     app.state.dispatcher = dispatcher
     app.state.key_cache = KeyCache(settings.api_key_cache_s)

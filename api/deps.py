@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.slots import TenantSlots
@@ -25,9 +26,9 @@ async def get_session_factory(request: Request) -> sessionmaker[Session]:
     return request.app.state.session_factory
 
 
-async def get_read_session_factory(request: Request) -> sessionmaker[Session]:
-    """Sessions for single lookups (job polls): autocommit, so one query is one round trip (store.db.make_engine)."""
-    return request.app.state.read_session_factory
+async def get_read_engine(request: Request) -> Engine:
+    """The engine for single lookups (job polls): autocommit, so one query is one round trip (store.db.make_engine)."""
+    return request.app.state.read_engine
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -77,7 +78,7 @@ async def current_tenant(
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
-ReadSessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_read_session_factory)]
+ReadEngineDep = Annotated[Engine, Depends(get_read_engine)]
 SessionDep = Annotated[Session, Depends(get_session)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]

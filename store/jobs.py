@@ -6,8 +6,8 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, tuple_, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, Row, bindparam, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from core.events import Event
@@ -83,6 +83,28 @@ def find_job_by_key(session: Session, tenant: str, key: str) -> Job | None:
 def find_job(session: Session, job_id: str, tenant: str) -> Job | None:
     """The job when it belongs to `tenant`: another tenant's id reads as unknown."""
     return session.scalar(select(Job).where(Job.id == job_id, Job.tenant == tenant))
+
+
+# find_job for polls, built once: a Core statement skips the ORM's per-query compilation lookup and identity-map
+# bookkeeping, most of a poll's cost (bench/api_poll.py).
+_POLL_JOB = select(Job.__table__).where(Job.id == bindparam("job_id"), Job.tenant == bindparam("tenant"))
+
+
+def poll_job_row(engine: Engine, job_id: str, tenant: str) -> Row | None:
+    """The job's row (its columns as attributes, named as on `Job`) when it belongs to `tenant`, in one round trip
+    on the read engine, whose connections are not pinged before use (store.db.make_engine): a connection the server
+    dropped fails the query, SQLAlchemy then discards the whole pool, and the query is tried once more."""
+    try:
+        return _poll_once(engine, job_id, tenant)
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+    return _poll_once(engine, job_id, tenant)
+
+
+def _poll_once(engine: Engine, job_id: str, tenant: str) -> Row | None:
+    with engine.connect() as connection:
+        return connection.execute(_POLL_JOB, {"job_id": job_id, "tenant": tenant}).first()
 
 
 def checkpoint_of(session: Session, job_id: str) -> str | None:

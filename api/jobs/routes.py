@@ -11,7 +11,7 @@ from api.deps import (
     BlobsDep,
     CurrentTenant,
     DispatcherDep,
-    ReadSessionFactoryDep,
+    ReadEngineDep,
     SessionDep,
     SessionFactoryDep,
     SettingsDep,
@@ -124,13 +124,13 @@ def read_jobs(
 )
 async def read_job(
     job_id: str,
-    session_factory: ReadSessionFactoryDep,
+    read_engine: ReadEngineDep,
     tenant: CurrentTenant,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """The poll path: one worker-thread hop and one autocommit query (no BEGIN/ROLLBACK), serialised by pydantic's
-    own JSON encoder (bench/api_poll.py)."""
-    job = await run_in_threadpool(poll_job, session_factory, job_id, tenant)
+    """The poll path: one worker-thread hop and one prebuilt Core query on an autocommit, unpinged connection (no
+    ORM session, no BEGIN/ROLLBACK, no ping), serialised by pydantic's own JSON encoder (bench/api_poll.py)."""
+    job = await run_in_threadpool(poll_job, read_engine, job_id, tenant)
     tag = etag(job)
     if if_none_match and tag in [value.strip() for value in if_none_match.split(",")]:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})

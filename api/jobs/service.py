@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import anyio.to_thread
+from sqlalchemy import Engine, Row
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ProblemError, not_found
@@ -29,6 +30,7 @@ from store.jobs import (
     list_job_events,
     list_job_results,
     list_tenant_jobs,
+    poll_job_row,
     request_cancel,
 )
 from store.models import Artifact, Job, JobEvent
@@ -186,10 +188,12 @@ def get_job(session: Session, job_id: str, tenant: str) -> Job:
     return job
 
 
-def poll_job(session_factory: sessionmaker[Session], job_id: str, tenant: str) -> Job:
-    """`get_job` in a session of its own, closed before the answer is serialised (for GET /v1/jobs/{id})."""
-    with session_factory() as session:
-        return get_job(session, job_id, tenant)
+def poll_job(read_engine: Engine, job_id: str, tenant: str) -> Row:
+    """`get_job` for GET /v1/jobs/{id}: the row alone, one round trip, no session (store.jobs.poll_job_row)."""
+    job = poll_job_row(read_engine, job_id, tenant)
+    if job is None:
+        raise not_found("job", job_id)
+    return job
 
 
 def list_jobs(session: Session, tenant: str, *, after: str | None, limit: int, status: str | None) -> list[Job]:
@@ -235,7 +239,7 @@ def job_report(session: Session, blobs: BlobStore, job_id: str, tenant: str) -> 
     return json.loads(b"".join(blobs.iter_chunks(artifact.id)))
 
 
-def etag(job: Job) -> str:
+def etag(job: Job | Row) -> str:
     return f'"{job.id}-{job.version}"'
 
 
@@ -250,7 +254,8 @@ def event_out(event: JobEvent) -> EventOut:
     )
 
 
-def job_out(job: Job) -> JobOut:
+def job_out(job: Job | Row) -> JobOut:
+    """From the ORM object or from the poll's row (store.jobs.poll_job_row), which has the same attributes."""
     base = f"/v1/jobs/{job.id}"
     error = {"code": job.error_code, "message": job.error_message} if job.error_code else None
     return JobOut(

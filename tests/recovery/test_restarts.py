@@ -16,8 +16,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from api.app import create_app
+from store.db import make_engine, make_session_factory
+from store.jobs import create_job
 from store.migrate import upgrade_database
-from store.models import Artifact, BlobChunk
+from store.models import DEFAULT_TENANT, Artifact, BlobChunk
 from store.settings import Settings
 from tests.api.conftest import assert_problem
 from tests.servers import free_port
@@ -182,3 +184,22 @@ def test_an_upload_cut_by_an_api_restart_leaves_nothing(postgres_url, redis_url,
 def chunk_count(ctx: WorkerContext, artifact_id: str) -> int:
     with ctx.session_factory() as session:
         return session.scalar(select(func.count()).select_from(BlobChunk).where(BlobChunk.artifact_id == artifact_id))
+
+
+def test_the_first_poll_after_a_postgres_restart_is_answered(own_postgres, tmp_path):
+    """The poll path skips the pre-use ping (store.db.make_engine): its retry must hide the connections the restart
+    dropped, so not even one poll fails once the server is back."""
+    url = own_postgres.create_database("squeezer")
+    upgrade_database(url)
+    settings = Settings(database_url=url, auth=False, storage_backend="database", data_dir=tmp_path / "api")
+    with make_session_factory(make_engine(url))() as session:
+        job_id = create_job(
+            session, tenant=DEFAULT_TENANT, spec={}, idempotency_key=None, request_hash=None, max_attempts=1
+        )[0].id
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        assert client.get(f"/v1/jobs/{job_id}").status_code == 200  # the read pool now holds a connection
+        own_postgres.stop(remove=False)
+        own_postgres.start()
+        response = client.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        assert response.json()["id"] == job_id
