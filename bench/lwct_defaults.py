@@ -40,6 +40,7 @@ PREVIOUS_DEFAULTS = {
     "float_precision": "float16",
     "walk": "layer",
     "sparsity_grid": [0.5, 0.7, 0.8, 0.9, 0.95, 0.97],
+    "tighten": False,  # this build's: the previous one ended with the walk
 }
 BUDGET = 1.0
 

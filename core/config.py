@@ -117,6 +117,12 @@ class LwctConfig(StructuredTraining):
         description="Share of the accuracy budget the sparsity search may spend; the rest is left for σ-constrained "
         "layers, which save far more bytes per point of accuracy than the last pruning levels.",
     )
+    tighten: bool = Field(
+        True,
+        description="After the walk, spend the budget it left on sparsity: the next levels of sparsity_grid are tried "
+        "on the walked model (σ-constrained layers included), one training stage each, until one breaks the "
+        "budget. Without it, a walk that constrains every layer early ends with budget unspent.",
+    )
 
 
 class LevelSearch(StructuredTraining):

@@ -24,11 +24,11 @@ from core.methods.results import LayerState, MethodResult, Trial
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *TRANSPOSED, nn.Linear)
 _CHECKPOINT = "lwct"
-# Progress: the pruning levels run from the baseline to _PRUNE_DONE, ranking sits just after, and the layer walk
-# takes the bar from _WALK_START to the end (it is where the time goes).
-_PRUNE_DONE, _RANK, _WALK_START = 0.35, 0.37, 0.4
-# The walk's training draws other shuffles than the pruning levels, which use seed + level index.
-_TERNARY_SEED_OFFSET = 1000
+# Progress: the pruning levels run from the baseline to _PRUNE_DONE, ranking sits just after, the layer walk takes
+# the bar from _WALK_START to _WALK_DONE (it is where the time goes) and tightening the rest.
+_PRUNE_DONE, _RANK, _WALK_START, _WALK_DONE = 0.35, 0.37, 0.4, 0.92
+# The walk's and tightening's training draw other shuffles than the pruning levels, which use seed + level index.
+_TERNARY_SEED_OFFSET, _TIGHTEN_SEED_OFFSET = 1000, 2000
 
 
 class MaskedWeight(nn.Module):
@@ -296,6 +296,31 @@ class LwctRun(MethodRun):
             if not within:
                 break
 
+    def tighten(self, seed: int) -> None:
+        """Step 3: sparser levels on the walked model, σ-constrained layers included (their learned σ kept), while
+        within the full budget. Pruning happens only among kept weights, so a level never revives a pruned one."""
+        best = self.best
+        current = 1.0 - sum(int(m.sum()) for m in best["masks"].values()) / sum(
+            m.numel() for m in best["masks"].values()
+        )
+        levels = [level for level in sorted(self.lw.sparsity_grid) if level > current + 1e-6]
+        for i, sparsity in enumerate(levels):
+            fraction = progress(_WALK_DONE, 1.0, i + 1, len(levels))
+            best = self.best
+            masks = global_magnitude_masks({n: best["shadow"][f"{n}.weight"] for n in best["masks"]}, sparsity)
+            masks = {n: mask & best["masks"][n] for n, mask in masks.items()}
+            module = build_working_module(self.base, best["shadow"], masks, best["sigmas"])
+            self.emit("tighten", fraction, f"tightening to sparsity {sparsity:.2f}", sparsity=sparsity)
+            self.train(module, self.lw.epochs_per_step, seed + i, "tighten", fraction)
+            plain = self.plain(module)
+            accuracy = self.evaluate(plain)
+            within = self.within(accuracy)
+            sigmas = learned_sigmas(module)
+            self.record_plain("tighten", plain, sigmas, masks, [], accuracy, within, fraction, sparsity)
+            if not within:
+                break
+            self.accept(shadow_state(module), masks, sigmas, accuracy)
+
     def sensitivity_drops(self, shadow, masks, accuracy: float) -> dict[str, float]:
         drops = {}
         for name in masks:
@@ -339,7 +364,7 @@ def compress_lwct(model, data, config: CompressConfig, **hooks: Unpack[MethodHoo
         while position < len(candidates):
             names = candidates[position : position + group]
             # the layers settled so far: a group halved after a failure starts where it did, so progress never goes back
-            fraction = progress(_WALK_START, 1.0, position, len(candidates))
+            fraction = progress(_WALK_START, _WALK_DONE, position, len(candidates))
             run.emit("train", fraction, f"constraining {', '.join(names)}", layer=names[0], layers=names)
             best = run.best
             module = build_working_module(
@@ -364,6 +389,8 @@ def compress_lwct(model, data, config: CompressConfig, **hooks: Unpack[MethodHoo
                 break
             else:
                 position += 1  # this layer alone breaks the budget: it stays float
+        if lw.tighten and lw.sparsity is None:
+            run.tighten(config.seed + _TIGHTEN_SEED_OFFSET)
     best = run.best
     plain = run.plain(build_working_module(run.base, best["shadow"], best["masks"], best["sigmas"]))
     return run.result(plain, run.layer_states(plain, best["masks"], best["sigmas"]), best["accuracy"])

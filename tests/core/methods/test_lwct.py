@@ -200,3 +200,34 @@ def test_group_walk_needs_fewer_stages_than_the_layer_walk(digits_model, digits)
     assert sum(stages["group"], []) == sum(stages["layer"], [])  # the same layers, in the same order
     for result in results.values():
         assert {layer.representation for layer in result.layers} == {"ternary"}
+
+
+def test_tightening_spends_the_budget_the_walk_left_on_sparser_levels(digits_model, digits):
+    """A generous budget: pruning stops at its share, the walk constrains every layer, and tightening then tries the
+    grid's next levels on the walked model, keeping every pruned weight pruned and the accepted state within the
+    budget."""
+    config = CompressConfig(
+        device="cpu",
+        target=AccuracyTarget(max_drop=3.0),
+        lwct=LwctConfig(
+            sparsity_grid=[0.3, 0.5, 0.7, 0.8, 0.9],
+            prune_epochs=1,
+            epochs_per_step=1,
+            lr=0.02,
+            min_steps_per_stage=0,
+            prune_budget_share=0.01,
+        ),
+    )
+    result = compress_lwct(digits_model, digits, config)
+    by_stage = {stage: [t for t in result.trials if t.stage == stage] for stage in ("prune", "ternary", "tighten")}
+    assert by_stage["tighten"], [t.stage for t in result.trials]
+    assert result.trials.index(by_stage["tighten"][0]) > result.trials.index(by_stage["ternary"][-1])
+    pruned_to = max(t.sparsity for t in by_stage["prune"] if t.accepted)
+    assert all(t.sparsity > pruned_to for t in by_stage["tighten"])
+    assert result.target_met and result.baseline_accuracy - result.accuracy <= 3.0
+    assert result.accuracy == [t for t in result.trials if t.accepted][-1].accuracy  # a rejected level changes nothing
+
+    untightened = compress_lwct(
+        digits_model, digits, config.model_copy(update={"lwct": config.lwct.model_copy(update={"tighten": False})})
+    )
+    assert not [t for t in untightened.trials if t.stage == "tighten"]
