@@ -29,6 +29,8 @@ _CHECKPOINT = "lwct"
 _PRUNE_DONE, _RANK, _WALK_START, _WALK_DONE = 0.35, 0.37, 0.4, 0.92
 # The walk's and tightening's training draw other shuffles than the pruning levels, which use seed + level index.
 _TERNARY_SEED_OFFSET, _TIGHTEN_SEED_OFFSET = 1000, 2000
+# Global masks hit a grid level to within rounding: a level this close to the walked model's sparsity is not sparser.
+_LEVEL_TOLERANCE = 1e-3
 
 
 class MaskedWeight(nn.Module):
@@ -298,15 +300,15 @@ class LwctRun(MethodRun):
 
     def tighten(self, seed: int) -> None:
         """Step 3: sparser levels on the walked model, σ-constrained layers included (their learned σ kept), while
-        within the full budget. Pruning happens only among kept weights, so a level never revives a pruned one."""
-        best = self.best
-        current = 1.0 - sum(int(m.sum()) for m in best["masks"].values()) / sum(
-            m.numel() for m in best["masks"].values()
-        )
-        levels = [level for level in sorted(self.lw.sparsity_grid) if level > current + 1e-6]
+        within the full budget; a level is kept only if it also packs smaller. Pruning happens only among kept
+        weights, so a level never revives a pruned one."""
+        masks = self.best["masks"]
+        current = 1.0 - sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+        levels = [level for level in sorted(self.lw.sparsity_grid) if level > current + _LEVEL_TOLERANCE]
         for i, sparsity in enumerate(levels):
             fraction = progress(_WALK_DONE, 1.0, i + 1, len(levels))
             best = self.best
+            best_ratio = [trial for trial in self.trials if trial.accepted][-1].compression_ratio
             masks = global_magnitude_masks({n: best["shadow"][f"{n}.weight"] for n in best["masks"]}, sparsity)
             masks = {n: mask & best["masks"][n] for n, mask in masks.items()}
             module = build_working_module(self.base, best["shadow"], masks, best["sigmas"])
@@ -314,10 +316,13 @@ class LwctRun(MethodRun):
             self.train(module, self.lw.epochs_per_step, seed + i, "tighten", fraction)
             plain = self.plain(module)
             accuracy = self.evaluate(plain)
-            within = self.within(accuracy)
             sigmas = learned_sigmas(module)
-            self.record_plain("tighten", plain, sigmas, masks, [], accuracy, within, fraction, sparsity)
-            if not within:
+            packed = pack_sqz(self.model.with_module(plain), self.layer_states(plain, masks, sigmas))
+            accepted = self.within(accuracy) and self.original_bytes / len(packed) > best_ratio
+            self.record(
+                "tighten", packed, layers=[], accuracy=accuracy, accepted=accepted, fraction=fraction, sparsity=sparsity
+            )
+            if not accepted:
                 break
             self.accept(shadow_state(module), masks, sigmas, accuracy)
 
