@@ -13,6 +13,7 @@ from api.limits import BodyLimitMiddleware
 from api.slots import TenantSlots
 from store.blobs import make_blob_store
 from store.db import make_engine, make_session_factory
+from store.job_reads import make_job_reader
 from store.keys import KeyCache
 from store.settings import Settings, get_settings
 from worker.dispatch import Dispatcher, make_dispatcher
@@ -29,7 +30,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     settings = settings or get_settings()
     engine = make_engine(settings.resolved_database_url)
     session_factory = make_session_factory(engine)
-    read_engine = make_engine(settings.resolved_database_url, autocommit=True)  # job polls: one round trip each
+    job_reader = make_job_reader(settings.resolved_database_url)  # polls: on the event loop where the driver allows
     blobs = make_blob_store(settings, session_factory)
     dispatcher = dispatcher or make_dispatcher(settings, session_factory, blobs)
 
@@ -41,12 +42,12 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
         finally:
             dispatcher.stop()
             engine.dispose()
-            read_engine.dispose()
+            await job_reader.close()
 
     app = FastAPI(title="Squeezer", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.session_factory = session_factory
-    app.state.read_engine = read_engine
+    app.state.job_reader = job_reader
     app.state.blobs = blobs
     app.state.dispatcher = dispatcher
     app.state.key_cache = KeyCache(settings.api_key_cache_s)

@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.slots import TenantSlots
 from store.blobs import BlobStore
+from store.job_reads import JobReader
 from store.models import DEFAULT_TENANT
 from store.settings import Settings
 from worker.dispatch import Dispatcher
@@ -26,9 +26,8 @@ async def get_session_factory(request: Request) -> sessionmaker[Session]:
     return request.app.state.session_factory
 
 
-async def get_read_engine(request: Request) -> Engine:
-    """The engine for single lookups (job polls): autocommit, so one query is one round trip (store.db.make_engine)."""
-    return request.app.state.read_engine
+async def get_job_reader(request: Request) -> JobReader:
+    return request.app.state.job_reader
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -78,7 +77,7 @@ async def current_tenant(
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
-ReadEngineDep = Annotated[Engine, Depends(get_read_engine)]
+JobReaderDep = Annotated[JobReader, Depends(get_job_reader)]
 SessionDep = Annotated[Session, Depends(get_session)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]

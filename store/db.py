@@ -26,10 +26,8 @@ def _configure_sqlite(dbapi_connection, _record) -> None:
 
 def make_engine(url: str, *, autocommit: bool = False) -> Engine:
     """One engine per process (and one more for reads, `autocommit`: each statement is its own transaction, so a
-    lookup costs one round trip, not BEGIN, the query and ROLLBACK). SQLite files get their folder created.
-    PostgreSQL connections are checked before use so a restarted server costs one failed request at most; those of
-    the read engine are not (a ping is a second round trip on every poll): its callers retry a dropped connection
-    once instead (store.jobs.poll_job_row)."""
+    lookup costs one round trip, not BEGIN, the query and ROLLBACK). SQLite files get their folder created;
+    PostgreSQL connections are checked before use so a restarted server costs one failed request at most."""
     parsed = make_url(url)
     isolation = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     if parsed.get_backend_name() == "sqlite":
@@ -40,9 +38,7 @@ def make_engine(url: str, *, autocommit: bool = False) -> Engine:
         )
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    return create_engine(
-        url, pool_pre_ping=not autocommit, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, **isolation
-    )
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, **isolation)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, Row, bindparam, delete, func, insert, or_, select, tuple_, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.events import Event
@@ -92,17 +92,7 @@ _POLL_JOB = select(Job.__table__).where(Job.id == bindparam("job_id"), Job.tenan
 
 def poll_job_row(engine: Engine, job_id: str, tenant: str) -> Row | None:
     """The job's row (its columns as attributes, named as on `Job`) when it belongs to `tenant`, in one round trip
-    on the read engine, whose connections are not pinged before use (store.db.make_engine): a connection the server
-    dropped fails the query, SQLAlchemy then discards the whole pool, and the query is tried once more."""
-    try:
-        return _poll_once(engine, job_id, tenant)
-    except DBAPIError as error:
-        if not error.connection_invalidated:
-            raise
-    return _poll_once(engine, job_id, tenant)
-
-
-def _poll_once(engine: Engine, job_id: str, tenant: str) -> Row | None:
+    on an autocommit engine (store.db.make_engine; polls on PostgreSQL: store.job_reads)."""
     with engine.connect() as connection:
         return connection.execute(_POLL_JOB, {"job_id": job_id, "tenant": tenant}).first()
 

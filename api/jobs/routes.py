@@ -3,7 +3,6 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.artifacts.routes import file_responses, stream_artifact
@@ -11,7 +10,7 @@ from api.deps import (
     BlobsDep,
     CurrentTenant,
     DispatcherDep,
-    ReadEngineDep,
+    JobReaderDep,
     SessionDep,
     SessionFactoryDep,
     SettingsDep,
@@ -124,13 +123,13 @@ def read_jobs(
 )
 async def read_job(
     job_id: str,
-    read_engine: ReadEngineDep,
+    job_reader: JobReaderDep,
     tenant: CurrentTenant,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """The poll path: one worker-thread hop and one prebuilt Core query on an autocommit, unpinged connection (no
-    ORM session, no BEGIN/ROLLBACK, no ping), serialised by pydantic's own JSON encoder (bench/api_poll.py)."""
-    job = await run_in_threadpool(poll_job, read_engine, job_id, tenant)
+    """The poll path: one query on an autocommit connection, on the event loop on PostgreSQL (store.job_reads),
+    serialised by pydantic's own JSON encoder (bench/api_poll.py)."""
+    job = await poll_job(job_reader, job_id, tenant)
     tag = etag(job)
     if if_none_match and tag in [value.strip() for value in if_none_match.split(",")]:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 import anyio.to_thread
-from sqlalchemy import Engine, Row
+from sqlalchemy import Row
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ProblemError, not_found
@@ -19,6 +19,7 @@ from core.errors import InputError, redact_paths
 from store.artifacts import get_ready_artifact
 from store.blobs import BlobStore
 from store.job_inputs import fetch_inputs
+from store.job_reads import JobReader
 from store.jobs import (
     as_utc,
     count_queued_jobs,
@@ -30,7 +31,6 @@ from store.jobs import (
     list_job_events,
     list_job_results,
     list_tenant_jobs,
-    poll_job_row,
     request_cancel,
 )
 from store.models import Artifact, Job, JobEvent
@@ -188,9 +188,9 @@ def get_job(session: Session, job_id: str, tenant: str) -> Job:
     return job
 
 
-def poll_job(read_engine: Engine, job_id: str, tenant: str) -> Row:
-    """`get_job` for GET /v1/jobs/{id}: the row alone, one round trip, no session (store.jobs.poll_job_row)."""
-    job = poll_job_row(read_engine, job_id, tenant)
+async def poll_job(reader: JobReader, job_id: str, tenant: str) -> Row:
+    """`get_job` for GET /v1/jobs/{id}: the row alone, one round trip, no session (store.job_reads)."""
+    job = await reader.job_row(job_id, tenant)
     if job is None:
         raise not_found("job", job_id)
     return job
