@@ -11,10 +11,12 @@ otherwise, same run, on four workloads, 1-point absolute budget:
 Size = bytes of the .sqz file; accuracy measured on the model loaded back from it. Writes
 bench/results/lwct_defaults.json (rewritten after every run, so a cut run keeps what it measured).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/lwct_defaults.py [--workloads lenet5-digits,...] [--quick]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/lwct_defaults.py [--workloads lenet5-digits,...] [--ablate tighten=false]
+        [--quick]
 """
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -124,6 +126,11 @@ def run(model: LoadedModel, data: Dataset, settings: LwctConfig) -> dict:
     }
 
 
+def ablation(item: str) -> tuple[str, object]:
+    key, _, value = item.partition("=")
+    return key, json.loads(value)
+
+
 def main() -> None:
     workloads = {
         "lenet5-fashion-mnist": lambda tmp: sample("fashion-mnist"),
@@ -135,7 +142,15 @@ def main() -> None:
     parser.add_argument("--workloads", default=",".join(workloads))
     parser.add_argument("--name", default="lwct_defaults")
     parser.add_argument("--quick", action="store_true", help="smoke run: 512 samples/epoch, 20 steps, nothing written")
+    parser.add_argument(
+        "--ablate",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="also run the defaults with one setting changed (e.g. tighten=false), to measure what a default buys",
+    )
     args = parser.parse_args()
+    ablations = {f"defaults, {item}": dict([ablation(item)]) for item in args.ablate}
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="squeezer-defaults-") as tmp:
         for name in args.workloads.split(","):
@@ -143,11 +158,11 @@ def main() -> None:
             if args.quick:
                 caps = {"max_train_samples": 512, "min_steps_per_stage": 20, "sparsity_grid": [0.5, 0.9]}
             results[name] = {"caps": caps}
-            for label, settings in (("previous_defaults", PREVIOUS_DEFAULTS), ("defaults", {})):
+            for label, settings in (("previous_defaults", PREVIOUS_DEFAULTS), ("defaults", {}), *ablations.items()):
                 outcome = run(model, data, LwctConfig(**{**settings, **caps}))
                 results[name][label] = outcome
                 print(
-                    f"{name:<24} {label:<18} top-1 {outcome['accuracy']:6.2f} (drop {outcome['drop']:5.2f}) "
+                    f"{name:<24} {label:<26} top-1 {outcome['accuracy']:6.2f} (drop {outcome['drop']:5.2f}) "
                     f"{outcome['packed_bytes']:>8} B {outcome['compression_ratio']:6.1f}x {outcome['stages']:>3} "
                     f"stages {outcome['wall_s']:6.0f} s",
                     flush=True,
