@@ -118,10 +118,11 @@ class LwctConfig(StructuredTraining):
         "layers, which save far more bytes per point of accuracy than the last pruning levels.",
     )
     tighten: bool = Field(
-        True,
+        False,
         description="After the walk, spend the budget it left on sparsity: the next levels of sparsity_grid are tried "
         "on the walked model (σ-constrained layers included), one training stage each, until one breaks the "
-        "budget. Without it, a walk that constrains every layer early ends with budget unspent.",
+        "budget or packs no smaller. Off by default: on the four default workloads it gained nothing and cost "
+        "one stage (bench/lwct_defaults.py --ablate tighten=false, measured while it was on).",
     )
 
 

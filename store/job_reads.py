@@ -11,7 +11,7 @@ import psycopg
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from store.db import POOL_SIZE, make_engine
@@ -66,8 +66,8 @@ class AsyncPostgresJobReader:
             self._loop, self._idle, self._slots = loop, [], asyncio.Semaphore(self.size)
 
     async def job_row(self, job_id: str, tenant: str) -> Any | None:
-        if "\x00" in job_id or "\x00" in tenant:  # PostgreSQL refuses NUL in text: no job has such an id
-            return None
+        if "\x00" in job_id or "\x00" in tenant:  # as PostgreSQL would refuse it elsewhere: the client's error
+            raise DataError(_POLL_SQL, (job_id, tenant), ValueError("NUL character in a text value"))
         self._bind()
         try:
             async with asyncio.timeout(self.timeout_s):

@@ -216,6 +216,7 @@ def test_tightening_spends_the_budget_the_walk_left_on_sparser_levels(digits_mod
             lr=0.02,
             min_steps_per_stage=0,
             prune_budget_share=0.01,
+            tighten=True,
         ),
     )
     result = compress_lwct(digits_model, digits, config)
