@@ -121,8 +121,9 @@ class LwctConfig(StructuredTraining):
         False,
         description="After the walk, spend the budget it left on sparsity: the next levels of sparsity_grid are tried "
         "on the walked model (σ-constrained layers included), one training stage each, until one breaks the "
-        "budget or packs no smaller. Off by default: on the four default workloads it gained nothing and cost "
-        "one stage (bench/lwct_defaults.py --ablate tighten=false, measured while it was on).",
+        "budget or packs no smaller. Off by default: on three of the four default workloads (ResNet-20 not "
+        "measured) it gained nothing and cost one stage (bench/lwct_defaults.py --ablate tighten=false, "
+        "measured while it was on).",
     )
 
 

@@ -255,7 +255,7 @@ def event_out(event: JobEvent) -> EventOut:
 
 
 def job_out(job: Job | Row) -> JobOut:
-    """From the ORM object or from the poll's row (store.jobs.poll_job_row), which has the same attributes."""
+    """From the ORM object or from the poll's row (store.job_reads), which has the same attributes."""
     base = f"/v1/jobs/{job.id}"
     error = {"code": job.error_code, "message": job.error_message} if job.error_code else None
     return JobOut(

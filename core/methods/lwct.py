@@ -25,7 +25,7 @@ from core.methods.results import LayerState, MethodResult, Trial
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *TRANSPOSED, nn.Linear)
 _CHECKPOINT = "lwct"
 # Progress: the pruning levels run from the baseline to _PRUNE_DONE, ranking sits just after, the layer walk takes
-# the bar from _WALK_START to _WALK_DONE (it is where the time goes) and tightening the rest.
+# the bar from _WALK_START to the end (it is where the time goes), or to _WALK_DONE when tightening follows.
 _PRUNE_DONE, _RANK, _WALK_START, _WALK_DONE = 0.35, 0.37, 0.4, 0.92
 # The walk's and tightening's training draw other shuffles than the pruning levels, which use seed + level index.
 _TERNARY_SEED_OFFSET, _TIGHTEN_SEED_OFFSET = 1000, 2000
@@ -365,11 +365,13 @@ def compress_lwct(model, data, config: CompressConfig, **hooks: Unpack[MethodHoo
             run.ranking = rank_layers(lw.ranking, sparsities, sizes, drops)
             run.save_walk(0, _WALK_START)
         candidates = list(reversed(run.ranking[lw.preserve :]))
+        tightens = lw.tighten and lw.sparsity is None
+        walk_end = _WALK_DONE if tightens else 1.0
         group, step = (meta.get("group", 1), meta.get("step", position)) if resumed else (1, 0)
         while position < len(candidates):
             names = candidates[position : position + group]
             # the layers settled so far: a group halved after a failure starts where it did, so progress never goes back
-            fraction = progress(_WALK_START, _WALK_DONE, position, len(candidates))
+            fraction = progress(_WALK_START, walk_end, position, len(candidates))
             run.emit("train", fraction, f"constraining {', '.join(names)}", layer=names[0], layers=names)
             best = run.best
             module = build_working_module(
@@ -394,7 +396,7 @@ def compress_lwct(model, data, config: CompressConfig, **hooks: Unpack[MethodHoo
                 break
             else:
                 position += 1  # this layer alone breaks the budget: it stays float
-        if lw.tighten and lw.sparsity is None:
+        if tightens:
             run.tighten(config.seed + _TIGHTEN_SEED_OFFSET)
     best = run.best
     plain = run.plain(build_working_module(run.base, best["shadow"], best["masks"], best["sigmas"]))

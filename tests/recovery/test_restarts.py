@@ -187,8 +187,8 @@ def chunk_count(ctx: WorkerContext, artifact_id: str) -> int:
 
 
 def test_the_first_poll_after_a_postgres_restart_is_answered(own_postgres, tmp_path):
-    """The poll path skips the pre-use ping (store.db.make_engine): its retry must hide the connections the restart
-    dropped, so not even one poll fails once the server is back."""
+    """Polls on PostgreSQL reuse their own connections (store.job_reads): the reader's retry must hide the ones the
+    restart dropped, so not even one poll fails once the server is back."""
     url = own_postgres.create_database("squeezer")
     upgrade_database(url)
     settings = Settings(database_url=url, auth=False, storage_backend="database", data_dir=tmp_path / "api")
