@@ -43,6 +43,7 @@ PREVIOUS_DEFAULTS = {
     "walk": "layer",
     "sparsity_grid": [0.5, 0.7, 0.8, 0.9, 0.95, 0.97],
     "tighten": False,  # this build's: the previous one ended with the walk
+    "grid_search": False,  # likewise (float16 storage has no grid to coarsen anyway)
 }
 BUDGET = 1.0
 

@@ -117,6 +117,12 @@ class LwctConfig(StructuredTraining):
         description="Share of the accuracy budget the sparsity search may spend; the rest is left for σ-constrained "
         "layers, which save far more bytes per point of accuracy than the last pruning levels.",
     )
+    grid_search: bool = Field(
+        True,
+        description="After the walk (and tightening), each layer still float with float_precision int8 tries coarser "
+        "integer grids, int4 then int5, int6, int7, and keeps the first whose accuracy stays within the budget. "
+        "Evaluation only, no training stage; fewer levels mean shorter Rice codes in model.sqz.",
+    )
     tighten: bool = Field(
         False,
         description="After the walk, spend the budget it left on sparsity: the next levels of sparsity_grid are tried "

@@ -24,6 +24,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from core.artifacts.sqz import grid_scales
+
 OPSET = 17
 INT4_OPSET = 21  # the first opset with int4 tensors
 MIN_ELEMENTS = 64  # below this a rewrite's extra node and scale cost more than they save
@@ -58,19 +60,15 @@ def integer_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | No
     """(codes, scales, element type) with codes[c] * scales[c] == values[c] bit for bit along axis 0, or None.
 
     Scales tried: each output channel's smallest nonzero magnitude (ternary channels get codes in {−1, 0, 1}, also
-    when a folded BatchNorm made σ per channel), then one per-tensor scale max|v|/127 and its float32 neighbours (an
-    int8 grid such as lwct's `float_precision=int8`, whose smallest code need not be ±1)."""
+    when a folded BatchNorm made σ per channel), then the per-tensor scales of the integer grids lwct stores float
+    layers on (`core.artifacts.sqz.grid_scales`: int8 … int4, whose smallest code need not be ±1)."""
     channels = values.reshape(len(values), -1) if values.ndim > 1 else values.reshape(1, -1)
     magnitudes = np.abs(channels)
     smallest = np.where(magnitudes > 0, magnitudes, np.inf).min(axis=1)
     if not np.isfinite(smallest).any():
         return None  # all zeros: float16 stores it as well, without a scale
     per_channel = np.where(np.isfinite(smallest), smallest, smallest[np.isfinite(smallest)][0]).astype(np.float32)
-    grid = np.float32(magnitudes.max() / np.float32(127))
-    candidates = [per_channel] + [
-        np.array([scale], np.float32)
-        for scale in (grid, np.nextafter(grid, np.float32(0)), np.nextafter(grid, np.float32(np.inf)))
-    ]
+    candidates = [per_channel] + [np.array([scale], np.float32) for scale in grid_scales(magnitudes.max())]
     for scales in candidates:
         codes = np.rint(channels / scales[:, None])
         largest = np.abs(codes).max()

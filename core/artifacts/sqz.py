@@ -9,9 +9,9 @@ Tensor encodings (docs/METHODS.md "Storage accounting"), the smallest applicable
   nonzero + the float σ;
 - sparse float layers: a nonzero index + float values, when smaller than dense;
 - everything else: raw bytes in its own dtype (float32).
-Float32 values that are all exact in float16, or on one int8 grid (codes × a per-tensor scale, Rice-coded
-magnitudes), are stored so (`round_for_storage` makes them, lwct's `float_precision`); every encoding is lossless,
-so a loaded model is bit-identical to the packed one.
+Float32 values that are all exact in float16, or on one integer grid of int8 or coarser (codes × a per-tensor
+scale, Rice-coded magnitudes), are stored so (`round_for_storage` makes them, lwct's `float_precision` and grid
+search); every encoding is lossless, so a loaded model is bit-identical to the packed one.
 """
 
 import dataclasses
@@ -114,13 +114,27 @@ def _value_encodings(values: np.ndarray) -> dict[str, bytes]:
     return encodings
 
 
+# The integer grids a float tensor may sit on: the largest code of int8 (127) and of the coarser grids lwct's grid
+# search tries (int7 … int4). All are stored as q8 codes, whose Rice coding spends fewer bits on smaller codes.
+GRID_LEVELS = {"int8": 127, "int7": 63, "int6": 31, "int5": 15, "int4": 7}
+
+
+def grid_scales(peak: np.float32) -> list[np.float32]:
+    """Candidate per-tensor scales of values whose largest magnitude `peak` is the largest code of one of the
+    GRID_LEVELS grids, each with its float32 neighbours (the rounding that made the grid may land one ulp off)."""
+    scales = []
+    for levels in GRID_LEVELS.values():
+        guess = np.float32(peak / np.float32(levels))
+        scales += [guess, np.nextafter(guess, np.float32(0)), np.nextafter(guess, np.float32(np.inf))]
+    return scales
+
+
 def _q8_scale(values: np.ndarray) -> np.float32 | None:
-    """The scale s with values == float32(code)·s bit for bit, |code| ≤ 127, the largest code ±127; None if none."""
+    """The scale s with values == float32(code)·s bit for bit, the largest |code| one of GRID_LEVELS; None if none."""
     peak = np.float32(np.abs(values).max()) if values.size else np.float32(0)
     if not np.isfinite(peak) or peak == 0:
         return None
-    guess = np.float32(peak / np.float32(127))
-    for scale in (guess, np.nextafter(guess, np.float32(0)), np.nextafter(guess, np.float32(np.inf))):
+    for scale in grid_scales(peak):
         codes = np.rint(values / scale)
         if np.abs(codes).max() <= 127 and np.array_equal(
             (codes.astype(np.float32) * scale).view(np.uint32), values.view(np.uint32)
@@ -130,17 +144,18 @@ def _q8_scale(values: np.ndarray) -> np.float32 | None:
 
 
 def round_for_storage(weight: torch.Tensor, precision: str) -> torch.Tensor:
-    """`weight` as `pack_sqz` can store it exactly at `precision`: float32 unchanged, float16 rounded, int8 as codes
-    −127..127 times one per-tensor scale max|w|/127 (round to nearest). A tensor the precision cannot hold (beyond
-    float16's range, not finite) is returned unchanged."""
+    """`weight` as `pack_sqz` can store it exactly at `precision`: float32 unchanged, float16 rounded, int8 … int4
+    (GRID_LEVELS) as codes −L..L times one per-tensor scale max|w|/L (round to nearest). A tensor the precision cannot
+    hold (beyond float16's range, not finite) is returned unchanged."""
     weight = weight.detach().float()
     if precision == "float16":
         rounded = weight.half().float()
-    elif precision == "int8":
-        scale = (weight.abs().max() / 127).reshape(())
+    elif precision in GRID_LEVELS:
+        levels = GRID_LEVELS[precision]
+        scale = (weight.abs().max() / levels).reshape(())
         if not torch.isfinite(scale) or scale == 0:
             return weight
-        rounded = torch.round(weight / scale).clamp_(-127, 127) * scale
+        rounded = torch.round(weight / scale).clamp_(-levels, levels) * scale
         if _q8_scale(rounded.flatten().numpy()) is None:  # the encoder must find the same grid, bit for bit
             return weight
     else:

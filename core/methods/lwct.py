@@ -31,6 +31,7 @@ _PRUNE_DONE, _RANK, _WALK_START, _WALK_DONE = 0.35, 0.37, 0.4, 0.92
 _TERNARY_SEED_OFFSET, _TIGHTEN_SEED_OFFSET = 1000, 2000
 # Global masks hit a grid level to within rounding: a level this close to the walked model's sparsity is not sparser.
 _LEVEL_TOLERANCE = 1e-3
+_COARSER_GRIDS = ("int4", "int5", "int6", "int7")  # the grid search's order: coarsest first
 
 
 class MaskedWeight(nn.Module):
@@ -156,9 +157,12 @@ def learned_sigmas(module: nn.Module) -> dict[str, float]:
     }
 
 
-def materialize(module: nn.Module, base: nn.Module, float_precision: str = "float32") -> nn.Module:
+def materialize(
+    module: nn.Module, base: nn.Module, float_precision: str = "float32", grids: dict[str, str] | None = None
+) -> nn.Module:
     """A plain float32 CPU copy of `base` with the working `module`'s weights exactly as constrained (σ·sign⊙m, W⊙m),
-    the float layers' rounded to `float_precision` (their biases to float16 unless float32): what model.sqz stores.
+    the float layers' rounded to `float_precision` or to their entry in `grids` (an integer grid the grid search chose,
+    core.artifacts.sqz.GRID_LEVELS), their biases to float16 unless float32: what model.sqz stores.
     (Removing parametrizations from a copy would not do: a copy shares its parametrized class with the original, and
     removal edits that class.)"""
     state = shadow_state(module)
@@ -166,7 +170,7 @@ def materialize(module: nn.Module, base: nn.Module, float_precision: str = "floa
         for name, layer in prunable_layers(module).items():
             weight = layer.weight.detach().cpu()
             if ternary_constraint(layer) is None:
-                weight = round_for_storage(weight, float_precision)
+                weight = round_for_storage(weight, (grids or {}).get(name, float_precision))
             state[f"{name}.weight"] = weight.clone()
             if layer.bias is not None and float_precision != "float32":  # biases: float16, a few hundred bytes each
                 state[f"{name}.bias"] = round_for_storage(state[f"{name}.bias"], "float16")
@@ -207,10 +211,11 @@ class LwctRun(MethodRun):
         self.lw = config.lwct
         self.ranking: list[str] = []
         self.best: dict = {}
+        self.grids: dict[str, str] = {}  # float layers stored on a grid coarser than float_precision (grid search)
 
     def plain(self, module: nn.Module) -> nn.Module:
         """The working module as it will be packed (constraints applied, float weights at their stored precision)."""
-        return materialize(module, self.base, self.lw.float_precision)
+        return materialize(module, self.base, self.lw.float_precision, self.grids)
 
     def layer_states(self, plain: nn.Module, masks, sigmas: dict[str, float]) -> list[LayerState]:
         order = {name: rank for rank, name in enumerate(self.ranking)}
@@ -331,6 +336,32 @@ class LwctRun(MethodRun):
                 break
             self.accept(shadow_state(module), masks, sigmas, accuracy)
 
+    def coarsen_grids(self, fraction: float) -> None:
+        """Step 4: each layer that stayed float tries the integer grids coarser than int8, coarsest first, and keeps
+        the first whose accuracy stays within the full budget. Evaluation only, no training: one pass over the
+        validation split per grid tried, largest layers first (they save the most bytes)."""
+        best = self.best
+        module = build_working_module(self.base, best["shadow"], best["masks"], best["sigmas"])
+        floats = sorted(
+            (n for n in best["masks"] if n not in best["sigmas"]), key=lambda n: -int(best["masks"][n].sum())
+        )
+        self.emit("grid", fraction, f"trying coarser integer grids on {len(floats)} float layers")
+        coarsened = []
+        for name in floats:
+            for grid in _COARSER_GRIDS:
+                grids = {**self.grids, name: grid}
+                accuracy = self.evaluate(materialize(module, self.base, self.lw.float_precision, grids))
+                if self.within(accuracy):
+                    self.grids = grids
+                    self.accept(best["shadow"], best["masks"], best["sigmas"], accuracy)
+                    coarsened.append(name)
+                    break
+        if coarsened:
+            plain = self.plain(module)
+            self.record_plain(
+                "grid", plain, best["sigmas"], best["masks"], coarsened, self.best["accuracy"], True, fraction
+            )
+
     def sensitivity_drops(self, shadow, masks, accuracy: float) -> dict[str, float]:
         drops = {}
         for name in masks:
@@ -403,6 +434,8 @@ def compress_lwct(model, data, config: CompressConfig, **hooks: Unpack[MethodHoo
                 position += 1  # this layer alone breaks the budget: it stays float
         if tightens:
             run.tighten(config.seed + _TIGHTEN_SEED_OFFSET)
+        if lw.grid_search and lw.float_precision == "int8":
+            run.coarsen_grids(1.0)
     best = run.best
     plain = run.plain(build_working_module(run.base, best["shadow"], best["masks"], best["sigmas"]))
     return run.result(plain, run.layer_states(plain, best["masks"], best["sigmas"]), best["accuracy"])

@@ -6,6 +6,7 @@ import onnxruntime as ort
 import torch
 
 from core.artifacts.onnx_export import export_onnx, integer_codes
+from core.artifacts.sqz import round_for_storage
 
 
 def test_exported_onnx_matches_torch_at_any_batch_size(tmp_path):
@@ -88,6 +89,14 @@ def test_int8_grid_with_one_scale_is_found_when_no_code_is_one():
     grid = np.array([[127, -64, 0, 3], [-2, 90, 5, -127]], np.float32) * scale
     codes, scales, kind = integer_codes(grid)
     assert kind == onnx.TensorProto.INT8 and len(scales) == 1
+    np.testing.assert_array_equal(codes.astype(np.float32) * scales[0], grid)
+
+
+def test_an_int4_grid_of_the_grid_search_exports_as_int4_codes():
+    weight = torch.randn(16, 40)
+    grid = round_for_storage(weight, "int4").numpy()
+    codes, scales, kind = integer_codes(grid)
+    assert kind == onnx.TensorProto.INT4 and len(scales) == 1 and np.abs(codes).max() == 7
     np.testing.assert_array_equal(codes.astype(np.float32) * scales[0], grid)
 
 

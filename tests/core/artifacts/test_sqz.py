@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.artifacts.sqz import inspect_sqz, load_sqz, pack_sqz, round_for_storage, write_sqz
+from core.artifacts.sqz import GRID_LEVELS, inspect_sqz, load_sqz, pack_sqz, round_for_storage, write_sqz
 from core.errors import ModelFormatError
 from core.intake.models import LoadedModel
 from core.intake.registry import build_architecture
@@ -117,6 +117,26 @@ def test_int8_rounded_layers_are_stored_as_q8_codes_and_restored_bit_exact(tmp_p
     restored = load_sqz(path).module.state_dict()
     for key, tensor in model.module.state_dict().items():
         assert torch.equal(restored[key].view(torch.int32), tensor.view(torch.int32)), key
+
+
+@pytest.mark.parametrize("grid", ["int7", "int6", "int5", "int4"])
+def test_coarser_grids_are_q8_codes_smaller_than_int8_and_restored_bit_exact(tmp_path, grid):
+    """lwct's grid search leaves float layers on coarser grids (largest code 63 … 7): the same q8 layout stores them,
+    in fewer bytes than int8's grid, and they load back bit for bit."""
+    model, layers = _compressed_lenet(tmp_path)
+    layer = model.module.get_submodule("classifier.3")
+    sizes = {}
+    for precision in ("int8", grid):
+        with torch.no_grad():
+            layer.weight.copy_(round_for_storage(layer.weight, precision))
+        entry = inspect_sqz(pack_sqz(model, layers))["tensors"]["classifier.3.weight"]
+        assert entry["values"] == "q8"
+        sizes[precision] = entry["sizes"][-1]
+    assert len(torch.unique(layer.weight.abs())) <= GRID_LEVELS[grid] + 1
+    assert sizes[grid] < sizes["int8"]
+    path = tmp_path / "model.sqz"
+    write_sqz(path, model, layers)
+    assert torch.equal(load_sqz(path).module.get_submodule("classifier.3").weight, layer.weight)
 
 
 def test_packed_file_is_much_smaller_than_float32(tmp_path):

@@ -100,9 +100,9 @@ def test_fit_is_deterministic_on_cpu():
     assert torch.equal(*states)
 
 
-def _quick_config(**lwct) -> CompressConfig:
+def _quick_config(max_drop: float = 1.0, **lwct) -> CompressConfig:
     settings = {"sparsity_grid": [0.5, 0.8, 0.9], "prune_epochs": 2, "epochs_per_step": 2, "lr": 0.02, **lwct}
-    return CompressConfig(device="cpu", target=AccuracyTarget(max_drop=1.0), lwct=LwctConfig(**settings))
+    return CompressConfig(device="cpu", target=AccuracyTarget(max_drop=max_drop), lwct=LwctConfig(**settings))
 
 
 def test_lwct_on_digits_meets_one_point_budget_quickly(digits_model, digits):
@@ -235,3 +235,28 @@ def test_tightening_spends_the_budget_the_walk_left_on_sparser_levels(digits_mod
         digits_model, digits, config.model_copy(update={"lwct": config.lwct.model_copy(update={"tighten": False})})
     )
     assert not [t for t in untightened.trials if t.stage == "tighten"]
+
+
+def test_grid_search_puts_float_layers_on_coarser_grids_within_the_budget(digits_model, digits):
+    """The two most significant layers stay float (preserve=2); after the walk each tries int4 … int7 by evaluation
+    alone, and the result keeps a coarser grid only within the budget and packs smaller than int8 storage."""
+    config = _quick_config(3.0, preserve=2, min_steps_per_stage=0)
+    result = compress_lwct(digits_model, digits, config)
+    assert result.trials[-1].stage == "grid" and result.trials[-1].accepted
+    assert result.target_met and result.baseline_accuracy - result.accuracy <= 3.0
+    assert result.accuracy == result.trials[-1].accuracy
+    coarsened = set(result.trials[-1].layers)
+    floats = {layer.name: layer for layer in result.layers if layer.representation != "ternary"}
+    assert coarsened and coarsened <= set(floats)
+    weights = dict(result.module.named_modules())
+    for name in coarsened:
+        assert len(weights[name].weight.detach().abs().unique()) <= 64  # on int7's grid or coarser (0 included)
+
+    int8_only = compress_lwct(
+        digits_model, digits, config.model_copy(update={"lwct": config.lwct.model_copy(update={"grid_search": False})})
+    )
+    assert "grid" not in {t.stage for t in int8_only.trials}
+    assert result.trials[-1].compression_ratio > int8_only.trials[-1].compression_ratio
+    assert sum(floats[n].bits for n in coarsened) < sum(
+        layer.bits for layer in int8_only.layers if layer.name in coarsened
+    )
