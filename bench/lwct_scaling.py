@@ -54,6 +54,7 @@ def walk(model: LoadedModel, data, name: str, stage: dict) -> dict:
         "ternary_layers": sum(layer.representation == "ternary" for layer in result.layers),
         "group_sizes": [len(t.layers) for t in ternary],
         "accepted": [t.accepted for t in ternary],
+        "accuracies": [round(t.accuracy, 2) for t in ternary],
     }
 
 
