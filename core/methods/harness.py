@@ -3,8 +3,8 @@
 A method builds one `MethodRun` (or a subclass that adds its own state) and uses this small API:
 
 - `measure_baseline()`: the baseline's score and the budget in absolute points (announced as events);
-- `train(module, epochs, seed, stage, fraction, after_step=None)`: one training stage; the only place a method
-  trains, so a learning-rate choice or a divergence rollback added to `fit_stage` applies to every method;
+- `train(module, epochs, seed, stage, fraction, after_step=None, scale=1.0)`: one training stage; the only place a
+  method trains, so a learning-rate choice or a divergence rollback added to `fit_stage` applies to every method;
 - `evaluate(module)`: the budget's metric on the validation split (raises Cancelled on a stop request);
 - `within(accuracy)`: whether a score stays within the budget;
 - `record(stage, packed, ...)`: appends a `Trial` (its compression ratio from the packed `.sqz` bytes) and reports it;
@@ -157,12 +157,14 @@ class MethodRun:
         stage: str,
         fraction: float,
         after_step: AfterStep | None = None,
+        scale: float = 1.0,
     ) -> None:
         """One training stage of `epochs` (stretched to at least `core.train.min_steps` SGD steps, so small data sets
-        recover; none when `epochs` is 0), with distillation from the baseline; the module ends on CPU."""
+        recover; none when `epochs` is 0), then `scale` times that, rounded up (a stage that changes more trains
+        longer), with distillation from the baseline; the module ends on CPU."""
         assert self.settings is not None, "a run that trains has training settings"
         params = sum(p.numel() for p in self.base.parameters())
-        epochs = stage_epochs(self.settings, epochs, len(self.data.y_train), params)
+        epochs = math.ceil(stage_epochs(self.settings, epochs, len(self.data.y_train), params) * scale)
         if epochs <= 0:
             return
 

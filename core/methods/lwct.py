@@ -8,6 +8,7 @@ materialised, so its weights are exactly what `core.artifacts.sqz` packs.
 """
 
 import copy
+import math
 from typing import Unpack, cast
 
 import torch
@@ -16,7 +17,7 @@ from torch.nn.utils import parametrize
 
 from core.artifacts.sqz import layer_bits, pack_sqz, round_for_storage
 from core.checkpoint import prefixed, unprefixed
-from core.config import CompressConfig
+from core.config import CompressConfig, LwctConfig
 from core.errors import UnsupportedLayerError
 from core.graph.dependency import TRANSPOSED, Producer
 from core.methods.harness import BASELINE_DONE, MethodHooks, MethodRun, progress
@@ -194,6 +195,14 @@ def rank_layers(
         assert drops is not None, "the sensitivity ranking needs the measured drops"
         return sorted(names, key=lambda n: (-drops[n], sparsities[n]))
     return sorted(names, key=lambda n: (sizes[n], sparsities[n]))
+
+
+def group_stage_scale(lw: LwctConfig, layers: int) -> float:
+    """How many single-layer stages of training a stage that constrains `layers` at once runs (lw.group_training):
+    the more layers change at once, the more the network has to recover."""
+    if lw.group_training == "linear":
+        return float(layers)
+    return math.sqrt(layers) if lw.group_training == "sqrt" else 1.0
 
 
 class LwctRun(MethodRun):
@@ -413,7 +422,8 @@ def compress_lwct(model, data, config: CompressConfig, **hooks: Unpack[MethodHoo
             module = build_working_module(
                 run.base, best["shadow"], best["masks"], {**best["sigmas"], **dict.fromkeys(names)}
             )
-            run.train(module, lw.epochs_per_step, config.seed + _TERNARY_SEED_OFFSET + step, "train", fraction)
+            seed = config.seed + _TERNARY_SEED_OFFSET + step
+            run.train(module, lw.epochs_per_step, seed, "train", fraction, scale=group_stage_scale(lw, len(names)))
             step += 1
             plain = run.plain(module)
             accuracy = run.evaluate(plain)

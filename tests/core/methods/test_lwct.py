@@ -202,6 +202,24 @@ def test_group_walk_needs_fewer_stages_than_the_layer_walk(digits_model, digits)
         assert {layer.representation for layer in result.layers} == {"ternary"}
 
 
+@pytest.mark.parametrize(
+    ("group_training", "epochs"), [("fixed", [2, 2, 2]), ("sqrt", [2, 3, 3]), ("linear", [2, 4, 4])]
+)
+def test_a_group_stage_trains_longer_the_more_layers_it_constrains(digits_model, digits, group_training, epochs):
+    """Groups of 1, 2 and 2 layers at 2 epochs per single-layer stage: 2·√n epochs rounded up (sqrt) or 2·n (linear)."""
+    config = _quick_config(sparsity=0.5, prune_epochs=1, min_steps_per_stage=0, group_training=group_training)
+    config.target.max_drop = 100.0
+    events = []
+    compress_lwct(digits_model, digits, config, on_event=events.append)
+    stages = []
+    for event in events:
+        if event.stage == "train" and "layers" in event.data:
+            stages.append(0)
+        elif event.stage == "train" and "epoch" in event.data:
+            stages[-1] = event.data["epoch"]
+    assert stages == epochs
+
+
 def test_tightening_spends_the_budget_the_walk_left_on_sparser_levels(digits_model, digits):
     """A generous budget: pruning stops at its share, the walk constrains every layer, and tightening then tries the
     grid's next levels on the walked model, keeping every pruned weight pruned and the accepted state within the
