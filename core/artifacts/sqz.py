@@ -117,6 +117,7 @@ def _value_encodings(values: np.ndarray) -> dict[str, bytes]:
 # The integer grids a float tensor may sit on: the largest code of int8 (127) and of the coarser grids lwct's grid
 # search tries (int7 … int4). All are stored as q8 codes, whose Rice coding spends fewer bits on smaller codes.
 GRID_LEVELS = {"int8": 127, "int7": 63, "int6": 31, "int5": 15, "int4": 7}
+_GRID_PROBE = 256  # values checked against a candidate scale before the whole tensor
 
 
 def grid_scales(peak: np.float32) -> list[np.float32]:
@@ -135,12 +136,17 @@ def _q8_scale(values: np.ndarray) -> np.float32 | None:
     if not np.isfinite(peak) or peak == 0:
         return None
     for scale in grid_scales(peak):
-        codes = np.rint(values / scale)
-        if np.abs(codes).max() <= 127 and np.array_equal(
-            (codes.astype(np.float32) * scale).view(np.uint32), values.view(np.uint32)
-        ):
+        # a wrong scale almost always shows in the first values: the whole tensor is decoded for the one that passes
+        if _on_grid(values[:_GRID_PROBE], scale) and _on_grid(values, scale):
             return scale
     return None
+
+
+def _on_grid(values: np.ndarray, scale: np.float32) -> bool:
+    codes = np.rint(values / scale)
+    return bool(np.abs(codes).max() <= 127) and np.array_equal(
+        (codes.astype(np.float32) * scale).view(np.uint32), values.view(np.uint32)
+    )
 
 
 def round_for_storage(weight: torch.Tensor, precision: str) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from core.artifacts.sqz import layer_bits, pack_sqz, round_for_storage
+from core.artifacts.sqz import GRID_LEVELS, layer_bits, pack_sqz, round_for_storage
 from core.checkpoint import prefixed, unprefixed
 from core.config import CompressConfig, LwctConfig
 from core.errors import UnsupportedLayerError
@@ -32,7 +32,10 @@ _PRUNE_DONE, _RANK, _WALK_START, _WALK_DONE = 0.35, 0.37, 0.4, 0.92
 _TERNARY_SEED_OFFSET, _TIGHTEN_SEED_OFFSET = 1000, 2000
 # Global masks hit a grid level to within rounding: a level this close to the walked model's sparsity is not sparser.
 _LEVEL_TOLERANCE = 1e-3
-_COARSER_GRIDS = ("int4", "int5", "int6", "int7")  # the grid search's order: coarsest first
+# The grid search's candidates, coarsest first: every stored integer grid coarser than int8.
+_COARSER_GRIDS = sorted(
+    (g for g, levels in GRID_LEVELS.items() if levels < GRID_LEVELS["int8"]), key=GRID_LEVELS.__getitem__
+)
 
 
 class MaskedWeight(nn.Module):
@@ -222,9 +225,10 @@ class LwctRun(MethodRun):
         self.best: dict = {}
         self.grids: dict[str, str] = {}  # float layers stored on a grid coarser than float_precision (grid search)
 
-    def plain(self, module: nn.Module) -> nn.Module:
-        """The working module as it will be packed (constraints applied, float weights at their stored precision)."""
-        return materialize(module, self.base, self.lw.float_precision, self.grids)
+    def plain(self, module: nn.Module, grids: dict[str, str] | None = None) -> nn.Module:
+        """The working module as it will be packed (constraints applied, float weights at their stored precision:
+        `grids`, by default the grid search's choices so far)."""
+        return materialize(module, self.base, self.lw.float_precision, self.grids if grids is None else grids)
 
     def layer_states(self, plain: nn.Module, masks, sigmas: dict[str, float]) -> list[LayerState]:
         order = {name: rank for rank, name in enumerate(self.ranking)}
@@ -359,7 +363,7 @@ class LwctRun(MethodRun):
         for name in floats:
             for grid in _COARSER_GRIDS:
                 grids = {**self.grids, name: grid}
-                accuracy = self.evaluate(materialize(module, self.base, self.lw.float_precision, grids))
+                accuracy = self.evaluate(self.plain(module, grids))
                 if self.within(accuracy):
                     self.grids = grids
                     self.accept(best["shadow"], best["masks"], best["sigmas"], accuracy)
