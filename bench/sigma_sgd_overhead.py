@@ -1,11 +1,12 @@
 """Engine overhead of σ-constrained SGD: one training step of LeNet-5 (28×28, batch 128) with every prunable layer
-ternary-constrained exactly as `core.methods.lwct` builds it (TernaryWeight parametrizations from
-`build_working_module`) against a plain SGD step on the same weights and batch. Steps of the variants alternate
-(the order shuffled every round) so drift in the machine hits them alike; medians are compared. The masked-float
-variant (the pruning stage) is timed beside them. Target: σ-SGD / plain ≤ 1.05. Writes
-bench/results/sigma_sgd_overhead.json.
+ternary-constrained exactly as `core.methods.lwct.build_working_module` builds it (shadow weights, masks and σ from
+which one fused straight-through function computes the weights) against a plain SGD step on the same weights and
+batch. `--model resnet56` times a 57-layer network instead (14×14, batch 64), where per-layer costs show. Steps of
+the variants alternate (the order shuffled every round) so drift in the machine hits them alike; medians are
+compared. The masked-float variant (the pruning stage) is timed beside them. Target: σ-SGD / plain ≤ 1.05. Writes
+bench/results/sigma_sgd_overhead.json (sigma_sgd_overhead_resnet56.json).
 
-    .venv/bin/python bench/sigma_sgd_overhead.py [--rounds 400] [--profile] [--quick]
+    .venv/bin/python bench/sigma_sgd_overhead.py [--model lenet5|resnet56] [--rounds 400] [--profile] [--quick]
 """
 
 import argparse
@@ -18,18 +19,20 @@ import torch
 from _common import lenet5, machine, write_result
 from torch import nn
 
+from core.intake.registry import CifarResNet
 from core.methods.lwct import build_working_module, global_magnitude_masks, prunable_layers, shadow_state
 from core.train import sgd
 
 TARGET = 1.05
-BATCH = 128
+# model → (constructor, input side, batch)
+MODELS = {"lenet5": (lenet5, 28, 128), "resnet56": (lambda: CifarResNet(56, in_channels=1), 14, 64)}
 SPARSITY = 0.9  # a typical level reached by the pruning stage; the step cost does not depend on it
 
 
-def variants(seed: int) -> dict[str, nn.Module]:
+def variants(model: str, seed: int) -> dict[str, nn.Module]:
     """plain, masked (pruning stage) and sigma (all layers constrained) modules holding the same weights."""
     torch.manual_seed(seed)
-    plain = lenet5()
+    plain = MODELS[model][0]()
     shadow = shadow_state(plain)
     masks = global_magnitude_masks({n: layer.weight for n, layer in prunable_layers(plain).items()}, SPARSITY)
     return {
@@ -85,6 +88,7 @@ def profile(step, label: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(MODELS), default="lenet5")
     parser.add_argument("--rounds", type=int, default=400)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables of the plain and σ steps")
@@ -92,9 +96,12 @@ def main() -> None:
     args = parser.parse_args()
     rounds, warmup = (20, 3) if args.quick else (args.rounds, args.warmup)
 
+    _, side, batch = MODELS[args.model]
     generator = torch.Generator().manual_seed(1)
-    x, y = torch.randn(BATCH, 1, 28, 28, generator=generator), torch.randint(0, 10, (BATCH,), generator=generator)
-    steps = {name: make_step(module, x, y) for name, module in variants(seed=0).items()}
+    x, y = torch.randn(batch, 1, side, side, generator=generator), torch.randint(0, 10, (batch,), generator=generator)
+    modules = variants(args.model, seed=0)
+    layers = len(prunable_layers(modules["plain"]))
+    steps = {name: make_step(module, x, y) for name, module in modules.items()}
     times = time_interleaved(steps, rounds, warmup)
     medians_ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
     minimums_ms = {name: 1000 * min(t) for name, t in times.items()}  # least disturbed by other load on the machine
@@ -119,12 +126,13 @@ def main() -> None:
     if args.quick:
         return
     path = write_result(
-        "sigma_sgd_overhead",
+        "sigma_sgd_overhead" if args.model == "lenet5" else f"sigma_sgd_overhead_{args.model}",
         {
             "benchmark": "σ-constrained SGD step vs plain SGD step",
             "setup": (
-                f"lenet5 28x28, batch {BATCH}, CPU; all 5 prunable layers constrained by lwct.build_working_module "
-                f"(TernaryWeight, masks at global sparsity {SPARSITY}); 'masked' = MaskedWeight only (pruning stage); "
+                f"{args.model} {side}x{side}, batch {batch}, CPU; all {layers} prunable layers σ-constrained by "
+                f"lwct.build_working_module (masks at global sparsity {SPARSITY}); 'masked' = every layer a pruned "
+                "float layer (the pruning stage); "
                 f"{rounds} rounds after {warmup} warm-up rounds, one step per variant per round in shuffled order"
             ),
             "machine": machine(),

@@ -2,18 +2,18 @@
 walk that collapses the least significant layers into the ternary subspace {−σ, 0, +σ} with σ-constrained SGD,
 keeping every step whose accuracy stays within the budget.
 
-Working modules carry torch parametrizations: a pruned float layer computes W⊙m, a constrained layer
-σ·sign(W)⊙m with straight-through gradients to its float shadow weights W. The returned module has them
-materialised, so its weights are exactly what `core.artifacts.sqz` packs.
+A working module's prunable layers hold float shadow weights W and masks m instead of weights: a pruned float layer
+computes with W⊙m, a constrained layer with σ·sign(W)⊙m, with straight-through gradients to W (build_working_module).
+The returned module has them materialised, so its weights are exactly what `core.artifacts.sqz` packs.
 """
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Unpack, cast
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from core.artifacts.sqz import GRID_LEVELS, layer_bits, pack_sqz, round_for_storage
 from core.checkpoint import prefixed, unprefixed
@@ -38,71 +38,93 @@ _COARSER_GRIDS = sorted(
 )
 
 
-class MaskedWeight(nn.Module):
-    """Parametrization of a pruned float layer: pruned weights stay exactly zero and get no gradient."""
-
-    mask: torch.Tensor
-
-    def __init__(self, mask: torch.Tensor):
-        super().__init__()
-        self.register_buffer("mask", mask.float())  # a multiply is one kernel; torch.where needs three
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * self.mask
+# The working module's per-layer state: the float shadow weights W, the mask m (1 = kept) and, on σ-constrained
+# layers, the learned σ. A layer's `weight` exists only during a forward, computed from them.
+SHADOW, MASK, SIGMA = "lwct_shadow", "lwct_mask", "lwct_sigma"
 
 
-class _TernaryStraightThrough(torch.autograd.Function):
-    """σ·sign(W)⊙m forward; backward passes the masked gradient straight through to W and the averaged
-    ⟨g, codes⟩ to σ. One fused function: the same maths as composed tensor ops, with half the kernel launches
-    (measured 395 against 516 aten calls per LeNet step). sign(W) needs no mask: pruned shadow weights are zeroed
-    at registration (TernaryWeight.right_inverse) and never get a gradient, so they stay zero."""
+class _ConstrainedWeights(torch.autograd.Function):
+    """Every prunable layer's weight in one call: σ·sign(W) on the constrained ones (listed first), W⊙m on the rest.
+    Backward passes the masked gradient straight through to W and ⟨g, sign(W)⟩ to σ, averaged over the layer's kept
+    weights (scaled by 1/kept) so one learning rate suits weights and σ alike and σ cannot run away on large layers;
+    |σ| keeps it a magnitude. sign(W) needs no mask: pruned shadow weights start at zero and never get a gradient.
+
+    One Python call for the whole network, with multi-tensor (foreach) kernels as torch.optim uses, instead of one
+    parametrization call per layer: the step overhead stays flat as layers are added (bench/sigma_sgd_overhead.py)."""
 
     @staticmethod
-    def forward(ctx, weight, sigma, mask, sigma_grad_scale):
-        codes = torch.sign(weight)
-        ctx.save_for_backward(codes, mask, sigma)
-        ctx.sigma_grad_scale = sigma_grad_scale
-        return codes * sigma.abs()
+    def forward(ctx, constrained: int, sigma_grad_scales, *tensors):
+        count = (len(tensors) - constrained) // 2
+        shadows, masks, sigmas = tensors[:count], tensors[count : 2 * count], tensors[2 * count :]
+        codes: list[torch.Tensor] = []
+        weights: list[torch.Tensor] = []
+        if constrained:
+            codes = list(torch._foreach_sign(shadows[:constrained]))
+            weights += torch._foreach_mul(codes, list(torch.stack(sigmas).abs().unbind()))
+        if count > constrained:
+            weights += torch._foreach_mul(shadows[constrained:], masks[constrained:])
+        ctx.save_for_backward(*masks, *codes, *sigmas)
+        ctx.constrained, ctx.sigma_grad_scales = constrained, sigma_grad_scales
+        return tuple(weights)
 
     @staticmethod
-    def backward(ctx, grad):
-        codes, mask, sigma = ctx.saved_tensors
-        sigma_grad = torch.dot(grad.flatten(), codes.flatten()) * torch.sign(sigma) * ctx.sigma_grad_scale
-        return grad * mask, sigma_grad, None, None
+    def backward(ctx, *grads):
+        count, constrained = len(grads), ctx.constrained
+        saved = ctx.saved_tensors
+        masks, codes, sigmas = saved[:count], saved[count : count + constrained], saved[count + constrained :]
+        weight_grads = torch._foreach_mul(grads, masks)
+        sigma_grads: tuple = ()
+        if constrained:
+            dots = torch.stack(
+                [
+                    torch.dot(g.reshape(-1), c.reshape(-1))
+                    for g, c in zip(weight_grads[:constrained], codes, strict=True)
+                ]
+            )
+            sigma_grads = (dots * torch.sign(torch.stack(sigmas)) * ctx.sigma_grad_scales).unbind()
+        return None, None, *weight_grads, *([None] * count), *sigma_grads
 
 
-class TernaryWeight(nn.Module):
-    """σ-constrained parametrization: forward σ·sign(W)⊙m, straight-through (masked) gradient to W, learned σ.
+@dataclass
+class _WorkingLayers:
+    """A working module's prunable layers, the σ-constrained ones first (kept in the module's __dict__, so that a
+    deepcopy maps them to the copy's layers)."""
 
-    σ's gradient is a sum over every kept weight of its layer; it is averaged instead (scaled by 1/kept), so one
-    learning rate suits weights and σ alike and σ cannot run away on large layers. |σ| keeps it a magnitude."""
+    layers: list[nn.Module]
+    constrained: int
 
-    mask: torch.Tensor
 
-    def __init__(self, mask: torch.Tensor, sigma: float):
-        super().__init__()
-        self.register_buffer("mask", mask.float())
-        self.sigma = nn.Parameter(torch.tensor(sigma, dtype=torch.float32))
-        self.sigma_grad_scale = 1.0 / max(int(mask.sum()), 1)
+def _working_layers(module: nn.Module) -> _WorkingLayers:
+    return cast(_WorkingLayers, module.__dict__["_lwct_layers"])
 
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return _TernaryStraightThrough.apply(weight, self.sigma, self.mask, self.sigma_grad_scale)
 
-    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
-        """The shadow weights at registration: pruned ones zeroed, which the forward's unmasked sign relies on."""
-        return weight * self.mask
+def _working_weights(module: nn.Module) -> tuple[torch.Tensor, ...]:
+    working = _working_layers(module)
+    layers, constrained = working.layers, working.constrained
+    return _ConstrainedWeights.apply(
+        constrained,
+        module.lwct_sigma_grad_scales,
+        *(getattr(layer, SHADOW) for layer in layers),
+        *(getattr(layer, MASK) for layer in layers),
+        *(getattr(layer, SIGMA) for layer in layers[:constrained]),
+    )
+
+
+def _set_weights(module: nn.Module, _inputs) -> None:
+    """Forward pre-hook: every layer's weight for this forward (a plain attribute, so no Module bookkeeping)."""
+    for layer, weight in zip(_working_layers(module).layers, _working_weights(module), strict=True):
+        layer.__dict__["weight"] = weight
+
+
+def _drop_weights(module: nn.Module, _inputs, _output) -> None:
+    """Forward hook: the weights leave with the forward (the graph keeps what backward needs), so the module never
+    holds stale weights or graph tensors, which deepcopy refuses."""
+    for layer in _working_layers(module).layers:
+        layer.__dict__.pop("weight", None)
 
 
 def prunable_layers(module: nn.Module) -> dict[str, Producer]:
     return {name: cast(Producer, layer) for name, layer in module.named_modules() if isinstance(layer, PRUNABLE)}
-
-
-def ternary_constraint(layer: nn.Module) -> TernaryWeight | None:
-    """The σ-constraint on `layer.weight`, or None when the weight is plain or only masked."""
-    if not parametrize.is_parametrized(layer, "weight"):
-        return None
-    constraint = cast(nn.ModuleList, cast(nn.ModuleDict, layer.parametrizations)["weight"])[0]
-    return constraint if isinstance(constraint, TernaryWeight) else None
 
 
 def initial_sigma(weight: torch.Tensor, mask: torch.Tensor) -> float:
@@ -124,40 +146,57 @@ def global_magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float) ->
 def build_working_module(
     base: nn.Module, shadow: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], sigmas: dict[str, float | None]
 ) -> nn.Module:
-    """A trainable copy of `base` holding `shadow` weights; layers named in `sigmas` are constrained
-    (σ None: initialise)."""
+    """A trainable copy of `base` holding `shadow` weights, pruned by `masks`; layers named in `sigmas` are
+    σ-constrained (σ None: initialise). Each prunable layer's weight parameter is replaced by SHADOW, MASK (and
+    SIGMA) entries, from which a forward pre-hook computes the weights (_ConstrainedWeights)."""
     module = copy.deepcopy(base).cpu()
     module.load_state_dict(shadow)
-    for name, layer in prunable_layers(module).items():
-        mask = masks[name].cpu()
-        with torch.no_grad():
-            layer.weight.masked_fill_(~mask, 0.0)
-        constraint: nn.Module
+    layers = prunable_layers(module)
+    order = [name for name in layers if name in sigmas] + [name for name in layers if name not in sigmas]
+    for name in order:
+        layer, mask = layers[name], masks[name].cpu()
+        weight = layer.weight.detach() * mask
+        del layer.weight
+        layer.register_parameter(SHADOW, nn.Parameter(weight))
+        layer.register_buffer(MASK, mask.float())
         if name in sigmas:
             sigma = sigmas[name]
-            constraint = TernaryWeight(mask, initial_sigma(layer.weight, mask) if sigma is None else sigma)
-        else:
-            constraint = MaskedWeight(mask)
-        parametrize.register_parametrization(layer, "weight", constraint)
+            value = initial_sigma(weight, mask) if sigma is None else sigma
+            layer.register_parameter(SIGMA, nn.Parameter(torch.tensor(value, dtype=torch.float32)))
+    constrained = [name for name in order if name in sigmas]
+    module.__dict__["_lwct_layers"] = _WorkingLayers([layers[name] for name in order], len(constrained))
+    scales = [1.0 / max(int(masks[name].sum()), 1) for name in constrained]
+    module.register_buffer("lwct_sigma_grad_scales", torch.tensor(scales), persistent=False)
+    module.register_forward_pre_hook(_set_weights)
+    module.register_forward_hook(_drop_weights)
     return module
 
 
+def working_weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights a working module's prunable layers compute with (σ·sign(W), W⊙m), by layer name."""
+    with torch.no_grad():
+        weights = dict(zip(map(id, _working_layers(module).layers), _working_weights(module), strict=True))
+    return {name: weights[id(layer)] for name, layer in prunable_layers(module).items()}
+
+
 def shadow_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Plain state dict of a working module (float shadow weights under their ordinary names), on CPU."""
+    """Plain state dict of a module, working or not (float shadow weights under their ordinary names), on CPU."""
     state = {}
     for key, value in module.state_dict().items():
-        if ".parametrizations.weight.0." in key:
+        prefix, _, leaf = key.rpartition(".")
+        if leaf in (MASK, SIGMA):
             continue
-        state[key.replace(".parametrizations.weight.original", ".weight")] = value.detach().cpu().clone()
+        if leaf == SHADOW:
+            key = f"{prefix}.weight" if prefix else "weight"
+        state[key] = value.detach().cpu().clone()
     return state
 
 
 def learned_sigmas(module: nn.Module) -> dict[str, float]:
-    constraints = {name: ternary_constraint(layer) for name, layer in prunable_layers(module).items()}
     return {
-        name: float(constraint.sigma.detach().abs())
-        for name, constraint in constraints.items()
-        if constraint is not None
+        name: float(getattr(layer, SIGMA).detach().abs())
+        for name, layer in prunable_layers(module).items()
+        if SIGMA in layer._parameters
     }
 
 
@@ -166,18 +205,20 @@ def materialize(
 ) -> nn.Module:
     """A plain float32 CPU copy of `base` with the working `module`'s weights exactly as constrained (σ·sign⊙m, W⊙m),
     the float layers' rounded to `float_precision` or to their entry in `grids` (an integer grid the grid search chose,
-    core.artifacts.sqz.GRID_LEVELS), their biases to float16 unless float32: what model.sqz stores.
-    (Removing parametrizations from a copy would not do: a copy shares its parametrized class with the original, and
-    removal edits that class.)"""
+    core.artifacts.sqz.GRID_LEVELS), their biases to float16 unless float32: what model.sqz stores."""
     state = shadow_state(module)
+    constrained = learned_sigmas(module)
     with torch.no_grad():
-        for name, layer in prunable_layers(module).items():
-            weight = layer.weight.detach().cpu()
-            if ternary_constraint(layer) is None:
+        for name, weight in working_weights(module).items():
+            weight = weight.detach().cpu()
+            if name not in constrained:
                 weight = round_for_storage(weight, (grids or {}).get(name, float_precision))
-            state[f"{name}.weight"] = weight.clone()
-            if layer.bias is not None and float_precision != "float32":  # biases: float16, a few hundred bytes each
-                state[f"{name}.bias"] = round_for_storage(state[f"{name}.bias"], "float16")
+            state[f"{name}.weight" if name else "weight"] = weight.clone()
+            bias = f"{name}.bias" if name else "bias"
+            if (
+                state.get(bias) is not None and float_precision != "float32"
+            ):  # biases: float16, a few hundred bytes each
+                state[bias] = round_for_storage(state[bias], "float16")
     plain = copy.deepcopy(base).cpu()
     plain.load_state_dict(state)
     return plain.eval()

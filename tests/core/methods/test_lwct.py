@@ -1,20 +1,22 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from core.config import AccuracyTarget, CompressConfig, LwctConfig
 from core.errors import Cancelled
 from core.methods.lwct import (
-    TernaryWeight,
     build_working_module,
     compress_lwct,
     global_magnitude_masks,
     initial_sigma,
+    learned_sigmas,
     materialize,
     prunable_layers,
     rank_layers,
     shadow_state,
+    working_weights,
 )
 from core.train import fit
 
@@ -30,20 +32,51 @@ def test_sigma_sgd_keeps_weights_ternary_within_mask_and_learns_sigma():
     torch.manual_seed(0)
     x, y = _blobs()
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
-    layer = model[0]
-    mask = torch.rand_like(layer.weight) > 0.5
-    sigma0 = initial_sigma(layer.weight, mask)
-    parametrize.register_parametrization(layer, "weight", TernaryWeight(mask, sigma0))
-    shadow_before = layer.parametrizations.weight.original.detach().clone()
+    masks = {name: torch.rand_like(layer.weight) > 0.5 for name, layer in prunable_layers(model).items()}
+    mask = masks["0"]
+    sigma0 = initial_sigma(model[0].weight, mask)
+    working = build_working_module(model, shadow_state(model), masks, {"0": None})
+    shadow_before = shadow_state(working)
 
-    fit(model, x, y, epochs=2, lr=0.05, batch_size=32, seed=0)
+    fit(working, x, y, epochs=2, lr=0.05, batch_size=32, seed=0)
 
-    sigma = layer.parametrizations.weight[0].sigma.detach()
-    weight = layer.weight.detach()
-    assert float(sigma) != pytest.approx(sigma0)
-    assert torch.all(weight[~mask] == 0)
-    assert torch.all(weight[mask].abs() == sigma)
-    assert not torch.equal(layer.parametrizations.weight.original.detach(), shadow_before)
+    sigma = learned_sigmas(working)["0"]
+    weights, shadow = working_weights(working), shadow_state(working)
+    assert sigma != pytest.approx(sigma0)
+    assert torch.all(weights["0"][~mask] == 0) and torch.all(shadow["0.weight"][~mask] == 0)
+    assert torch.allclose(weights["0"][mask].abs(), torch.tensor(sigma))
+    assert not torch.equal(shadow["0.weight"], shadow_before["0.weight"])
+    assert torch.all(weights["2"][~masks["2"]] == 0)  # the float layer stays pruned
+    assert not torch.equal(weights["2"], shadow_before["2.weight"]) and torch.equal(weights["2"], shadow["2.weight"])
+
+
+def test_constrained_weights_have_the_gradients_of_the_composed_ops():
+    """The fused straight-through function against the same maths written as plain differentiable tensor ops."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 8), nn.Linear(8, 3))
+    masks = {name: torch.rand_like(layer.weight) > 0.4 for name, layer in prunable_layers(model).items()}
+    working = build_working_module(model, shadow_state(model), masks, {"0": None, "3": 0.2})
+    x, target = torch.randn(5, 2, 6, 6), torch.randint(0, 3, (5,))
+    nn.functional.cross_entropy(working(x), target).backward()
+
+    layers = prunable_layers(working)
+    shadows = {name: layer.lwct_shadow.detach().clone().requires_grad_() for name, layer in layers.items()}
+    sigmas = {name: layers[name].lwct_sigma.detach().clone().requires_grad_() for name in ("0", "3")}
+    reference = copy.deepcopy(model)
+    for name, layer in prunable_layers(reference).items():
+        masked = shadows[name] * masks[name].float()
+        if name in sigmas:  # the value of σ·sign(W), the gradient of W⊙m to W
+            masked = torch.sign(shadows[name].detach()) * sigmas[name].abs() + masked - masked.detach()
+        del layer.weight
+        layer.weight = masked
+    nn.functional.cross_entropy(reference(x), target).backward()
+    for name, layer in layers.items():
+        assert torch.allclose(layer.lwct_shadow.grad, shadows[name].grad, atol=1e-6)
+        if name in sigmas:
+            kept = int(masks[name].sum())
+            assert torch.allclose(layer.lwct_sigma.grad, sigmas[name].grad / kept, rtol=1e-4)
+    assert "weight" not in working[0].__dict__  # weights live only during a forward: the module deep-copies
+    copy.deepcopy(working)
 
 
 def test_global_threshold_hits_requested_sparsity():
