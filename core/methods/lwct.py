@@ -58,20 +58,23 @@ class _ConstrainedWeights(torch.autograd.Function):
         shadows, masks, sigmas = tensors[:count], tensors[count : 2 * count], tensors[2 * count :]
         codes: list[torch.Tensor] = []
         weights: list[torch.Tensor] = []
+        sigma_grad_factors = sigma_grad_scales  # empty when no layer is constrained
         if constrained:
             codes = list(torch._foreach_sign(shadows[:constrained]))
-            weights += torch._foreach_mul(codes, list(torch.stack(sigmas).abs().unbind()))
+            stacked = torch.stack(sigmas)
+            weights += torch._foreach_mul(codes, list(stacked.abs().unbind()))
+            sigma_grad_factors = torch.sign(stacked) * sigma_grad_scales  # d|σ|/dσ times the averaging
         if count > constrained:
             weights += torch._foreach_mul(shadows[constrained:], masks[constrained:])
-        ctx.save_for_backward(*masks, *codes, *sigmas)
-        ctx.constrained, ctx.sigma_grad_scales = constrained, sigma_grad_scales
+        ctx.save_for_backward(*masks, *codes, sigma_grad_factors)
+        ctx.constrained = constrained
         return tuple(weights)
 
     @staticmethod
     def backward(ctx, *grads):
         count, constrained = len(grads), ctx.constrained
         saved = ctx.saved_tensors
-        masks, codes, sigmas = saved[:count], saved[count : count + constrained], saved[count + constrained :]
+        masks, codes, sigma_grad_factors = saved[:count], saved[count : count + constrained], saved[-1]
         weight_grads = torch._foreach_mul(grads, masks)
         sigma_grads: tuple = ()
         if constrained:
@@ -81,7 +84,7 @@ class _ConstrainedWeights(torch.autograd.Function):
                     for g, c in zip(weight_grads[:constrained], codes, strict=True)
                 ]
             )
-            sigma_grads = (dots * torch.sign(torch.stack(sigmas)) * ctx.sigma_grad_scales).unbind()
+            sigma_grads = (dots * sigma_grad_factors).unbind()
         return None, None, *weight_grads, *([None] * count), *sigma_grads
 
 
