@@ -48,6 +48,12 @@ class StructuredTraining(_Strict):
         "recover; networks over 300k parameters get fewer, as 1/√parameters, at least 60 "
         "(core.train.min_steps).",
     )
+    max_stretch_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="min_steps_per_stage stretches a stage to at most this many passes over the training data "
+        "(never below epochs_per_step): on a small data set further steps refit the same samples. Unset: no cap.",
+    )
     lr: float = Field(0.01, gt=0, description="Learning rate, and the ceiling of the range test (lr_search).")
     lr_search: bool = Field(
         True,

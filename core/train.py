@@ -251,7 +251,10 @@ def stage_epochs(settings, epochs: int, train_samples: int, params: int | None =
     if epochs <= 0:
         return 0
     per_epoch = min(train_samples, settings.max_train_samples or train_samples)
-    return max(epochs, math.ceil(min_steps(settings, params) / math.ceil(per_epoch / settings.batch_size)))
+    stretched = math.ceil(min_steps(settings, params) / math.ceil(per_epoch / settings.batch_size))
+    if settings.max_stretch_epochs is not None:
+        stretched = min(stretched, settings.max_stretch_epochs)
+    return max(epochs, stretched)
 
 
 def fit_options(settings) -> dict:

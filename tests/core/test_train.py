@@ -14,7 +14,7 @@ from core.intake.data import load_dataset
 from core.intake.models import load_model
 from core.measure import metric_function
 from core.pipeline import ModelSource, compress_files
-from core.train import Diverged, DivergenceRule, augmented, choose_lr, fit, fit_guarded
+from core.train import Diverged, DivergenceRule, augmented, choose_lr, fit, fit_guarded, stage_epochs
 from tests.core.wild import export_eval, rescaled, residual_cnn, train_on_digits
 
 top1 = metric_function("top1")
@@ -156,3 +156,13 @@ def test_augmentation_moves_masks_with_their_images_and_keeps_shapes():
     flips = [augmented(x, torch.arange(2), "flip", torch.Generator().manual_seed(s))[0] for s in range(8)]
     assert any(torch.equal(f[0], x[0].flip(-1)) for f in flips) and any(torch.equal(f[0], x[0]) for f in flips)
     assert LwctConfig(augment="crop+flip").augment == "crop+flip" and LwctConfig().augment == "none"
+
+
+def test_stages_stretch_to_min_steps_by_the_model_and_at_most_the_cap_by_the_data():
+    small = LwctConfig(min_steps_per_stage=300, batch_size=128)  # digits: 1,437 training samples = 12 batches
+    assert stage_epochs(small, 1, 1437) == 25  # ⌈300 / 12⌉ passes
+    assert stage_epochs(small, 1, 1437, params=4_800_000) == 7  # 300·√(300k/4.8M) = 75 steps
+    assert stage_epochs(small, 3, 60_000) == 3  # a large data set reaches 300 steps in its own epochs
+    capped = small.model_copy(update={"max_stretch_epochs": 8})
+    assert stage_epochs(capped, 1, 1437) == 8 and stage_epochs(capped, 12, 1437) == 12  # never below epochs
+    assert stage_epochs(capped, 0, 1437) == 0
