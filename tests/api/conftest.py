@@ -17,13 +17,24 @@ from store.settings import Settings
 from worker.dispatch import CeleryDispatcher
 
 MAX_UPLOAD_BYTES = 1024 * 1024
+# A job that takes seconds: digits, one pruning level, one epoch per step on 300 samples, stages not stretched to
+# the default 300 SGD steps (30 instead).
 TINY_OPTIONS = {
     "lwct": {
         "sparsity": 0.5,
         "prune_epochs": 1,
         "epochs_per_step": 1,
         "max_train_samples": 300,
+        "min_steps_per_stage": 30,
     }
+}
+# Tests that act on a job while it runs need one that lasts: the full sparsity grid, stages of 300 steps.
+LONG_OPTIONS = {
+    "sparsity": None,
+    "prune_epochs": 2,
+    "epochs_per_step": 2,
+    "max_train_samples": 600,
+    "min_steps_per_stage": 300,
 }
 
 

@@ -13,6 +13,7 @@ import pytest
 from api.app import create_app
 from cli.output import EXIT_TARGET_MET, EXIT_TARGET_MISSED
 from cli.service_commands import serve_in_thread, submit_and_wait
+from tests.api.conftest import TINY_OPTIONS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,14 +49,7 @@ def test_celery_worker_takes_a_job_from_queued_to_succeeded(api_settings, redis_
             out_dir=out,
             wait=True,
             max_drop=5.0,
-            options={
-                "lwct": {
-                    "sparsity": 0.5,
-                    "prune_epochs": 1,
-                    "epochs_per_step": 1,
-                    "max_train_samples": 300,
-                }
-            },
+            options=TINY_OPTIONS,
         )
         assert code in (EXIT_TARGET_MET, EXIT_TARGET_MISSED), (tmp_path / "worker.log").read_text()[-3000:]
         report = json.loads((out / "report.json").read_text())

@@ -21,7 +21,7 @@ from store.jobs import create_job
 from store.migrate import upgrade_database
 from store.models import DEFAULT_TENANT, Artifact, BlobChunk
 from store.settings import Settings
-from tests.api.conftest import assert_problem
+from tests.api.conftest import LONG_OPTIONS, assert_problem
 from tests.servers import free_port
 from tests.worker.conftest import REPO, start_service, tiny_spec
 from worker.celery_app import QUEUE_NAME
@@ -29,7 +29,6 @@ from worker.context import WorkerContext
 from worker.reaper import recover_once
 
 RESULT_NAMES = {"model.sqz", "model.onnx", "model.zip", "report.json", "report.html"}
-LONGER_JOB = {"sparsity": None, "prune_epochs": 2, "epochs_per_step": 2, "max_train_samples": 600}
 
 
 @pytest.mark.slow
@@ -62,7 +61,7 @@ def test_postgres_restart_answers_503_meanwhile_and_everything_recovers_by_itsel
     settings = Settings(database_url=url, broker_url=redis_url, storage_backend="database", data_dir=tmp_path / "api")
     try:
         with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-            job_id = service.create(tiny_spec(service.upload(sample_model_zip), **LONGER_JOB))
+            job_id = service.create(tiny_spec(service.upload(sample_model_zip), **LONG_OPTIONS))
             service.dispatcher.enqueue(job_id)
             service.start_worker()
             service.wait(

@@ -7,11 +7,12 @@ import json
 import pytest
 
 from store.artifacts import export_artifact_to
+from tests.api.conftest import LONG_OPTIONS
 from tests.worker.conftest import tiny_spec
 
 TIME_LIMIT_S = 3.0
 # Untimed, this job searches six pruning levels and constrains every layer: well over a minute on two cores.
-UNBOUNDED = {"sparsity": None, "prune_epochs": 3, "epochs_per_step": 3, "max_train_samples": 1000}
+UNBOUNDED = {**LONG_OPTIONS, "prune_epochs": 3, "epochs_per_step": 3, "max_train_samples": 1000}
 
 
 def test_a_time_limit_stops_the_job_and_keeps_its_best_result(service, sample_model_zip, tmp_path):

@@ -18,6 +18,7 @@ from store.migrate import upgrade_database
 from store.models import Job, JobEvent, JobResult
 from store.settings import Settings
 from store.statuses import FINAL_STATUSES
+from tests.api.conftest import TINY_OPTIONS
 from worker.context import WorkerContext
 from worker.dispatch import CeleryDispatcher
 
@@ -25,8 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_spec(model_artifact_id: str, **lwct) -> dict:
-    """A job that takes seconds: digits, one pruning epoch, one epoch per step, 300 training samples."""
-    options = {"sparsity": 0.5, "prune_epochs": 1, "epochs_per_step": 1, "max_train_samples": 300, **lwct}
+    """tests.api.conftest's tiny job as a spec, with `lwct` options changed."""
+    options = {**TINY_OPTIONS["lwct"], **lwct}
     return {
         "model": {"artifact_id": model_artifact_id},
         "dataset": {"sample": "digits"},

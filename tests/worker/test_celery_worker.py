@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 from store.artifacts import export_artifact_to
 from store.jobs import request_cancel
 from store.models import Artifact, Job, utcnow
+from tests.api.conftest import LONG_OPTIONS
 from tests.worker.conftest import tiny_spec
 
 RESULT_NAMES = {"model.sqz", "model.onnx", "model.zip", "report.json", "report.html"}
@@ -45,7 +46,7 @@ def test_cancel_of_a_queued_and_of_a_running_job(service, sample_model_zip):
     with service.ctx.session_factory() as session:
         assert request_cancel(session, queued_id).status == "cancelled"
     running_id = service.create(
-        tiny_spec(model_id, sparsity=None, prune_epochs=3, epochs_per_step=3, max_train_samples=1000)
+        tiny_spec(model_id, **{**LONG_OPTIONS, "prune_epochs": 3, "epochs_per_step": 3, "max_train_samples": 1000})
     )
     next_id = service.create(tiny_spec(model_id))
     for job_id in (queued_id, running_id, next_id):
@@ -69,11 +70,8 @@ def test_cancel_of_a_queued_and_of_a_running_job(service, sample_model_zip):
 def test_a_job_whose_worker_is_killed_is_requeued_and_finishes_once(service, sample_model_zip):
     """Two workers; the one running the job dies with SIGKILL after its first checkpoint. The survivor's reaper sees
     the heartbeat stop, requeues the job and sends it again; the survivor resumes from the checkpoint."""
-    job_id = service.create(
-        tiny_spec(
-            service.upload(sample_model_zip), sparsity=None, prune_epochs=2, epochs_per_step=2, max_train_samples=600
-        )
-    )
+    # Stages of 100 steps: the walk after the first checkpoint still takes seconds, time enough to kill its worker.
+    job_id = service.create(tiny_spec(service.upload(sample_model_zip), **{**LONG_OPTIONS, "min_steps_per_stage": 100}))
     workers = {str(service.start_worker().pid): None, str(service.start_worker().pid): None}
     service.dispatcher.enqueue(job_id)
     running = service.wait(job_id, lambda job: job.status == "running" and job.checkpoint_artifact_id is not None)
