@@ -15,7 +15,7 @@ from typing import Unpack, cast
 import torch
 from torch import nn
 
-from core.artifacts.sqz import GRID_LEVELS, layer_bits, pack_sqz, round_for_storage
+from core.artifacts.sqz import GRID_LEVELS, Encoded, encode_state, encoded_bits, pack_sqz, round_for_storage
 from core.checkpoint import prefixed, unprefixed
 from core.config import CompressConfig, LwctConfig
 from core.errors import UnsupportedLayerError
@@ -274,28 +274,40 @@ class LwctRun(MethodRun):
         `grids`, by default the grid search's choices so far)."""
         return materialize(module, self.base, self.lw.float_precision, self.grids if grids is None else grids)
 
-    def layer_states(self, plain: nn.Module, masks, sigmas: dict[str, float]) -> list[LayerState]:
+    def layer_states(
+        self, plain: nn.Module, masks, sigmas: dict[str, float]
+    ) -> tuple[list[LayerState], dict[str, Encoded]]:
+        """The rows of `plain`'s layers, and its state encoded as they say it is packed (for `pack_sqz`): every tensor
+        is encoded once, for the file and for its layer's bits per weight."""
         order = {name: rank for rank, name in enumerate(self.ranking)}
-        states = []
-        for name, layer in prunable_layers(plain).items():
-            weight = layer.weight.detach()
-            sparsity = 1.0 - float(masks[name].float().mean())
-            representation = "ternary" if name in sigmas else ("sparse-float" if sparsity > 0 else "float")
-            sigma = sigmas.get(name)
-            states.append(
-                LayerState.of(
-                    name,
-                    layer,
-                    weight,
-                    sparsity=sparsity,
-                    representation=representation,
-                    sigma=sigma,
-                    bits=layer_bits(weight, representation, sigma),
-                    significance_rank=order.get(name, -1),
-                    accepted=name in sigmas,
-                )
+        layers = prunable_layers(plain)
+        sparsities = {name: 1.0 - float(masks[name].float().mean()) for name in layers}
+        representations = {
+            name: "ternary" if name in sigmas else ("sparse-float" if sparsities[name] > 0 else "float")
+            for name in layers
+        }
+        encoded = encode_state(
+            plain.state_dict(), {f"{name}.weight": (representations[name], sigmas.get(name)) for name in layers}
+        )
+        states = [
+            LayerState.of(
+                name,
+                layer,
+                layer.weight.detach(),
+                sparsity=sparsities[name],
+                representation=representations[name],
+                sigma=sigmas.get(name),
+                bits=encoded_bits(encoded[f"{name}.weight"], layer.weight.numel()),
+                significance_rank=order.get(name, -1),
+                accepted=name in sigmas,
             )
-        return states
+            for name, layer in layers.items()
+        ]
+        return states, encoded
+
+    def pack(self, plain: nn.Module, masks, sigmas: dict[str, float]) -> bytes:
+        """The .sqz bytes of `plain` with these masks and σ."""
+        return pack_sqz(self.model.with_module(plain), *self.layer_states(plain, masks, sigmas))
 
     def record_plain(
         self,
@@ -310,7 +322,7 @@ class LwctRun(MethodRun):
         sparsity: float | None = None,
     ) -> Trial:
         """A trial whose compression ratio is the packed size of `plain`, the trial's module as packed (see `plain`)."""
-        packed = pack_sqz(self.model.with_module(plain), self.layer_states(plain, masks, sigmas))
+        packed = self.pack(plain, masks, sigmas)
         return self.record(
             stage, packed, layers=layers, accuracy=accuracy, accepted=accepted, fraction=fraction, sparsity=sparsity
         )
@@ -384,7 +396,7 @@ class LwctRun(MethodRun):
             plain = self.plain(module)
             accuracy = self.evaluate(plain)
             sigmas = learned_sigmas(module)
-            packed = pack_sqz(self.model.with_module(plain), self.layer_states(plain, masks, sigmas))
+            packed = self.pack(plain, masks, sigmas)
             accepted = self.within(accuracy) and self.original_bytes / len(packed) > best_ratio
             self.record(
                 "tighten", packed, layers=[], accuracy=accuracy, accepted=accepted, fraction=fraction, sparsity=sparsity
@@ -496,4 +508,4 @@ def compress_lwct(model, data, config: CompressConfig, **hooks: Unpack[MethodHoo
             run.coarsen_grids(1.0)
     best = run.best
     plain = run.plain(build_working_module(run.base, best["shadow"], best["masks"], best["sigmas"]))
-    return run.result(plain, run.layer_states(plain, best["masks"], best["sigmas"]), best["accuracy"])
+    return run.result(plain, run.layer_states(plain, best["masks"], best["sigmas"])[0], best["accuracy"])

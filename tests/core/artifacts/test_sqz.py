@@ -1,10 +1,19 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from core.artifacts.sqz import GRID_LEVELS, inspect_sqz, load_sqz, pack_sqz, round_for_storage, write_sqz
+from core.artifacts.sqz import (
+    GRID_LEVELS,
+    _rice_parameter,
+    inspect_sqz,
+    load_sqz,
+    pack_sqz,
+    round_for_storage,
+    write_sqz,
+)
 from core.errors import ModelFormatError
 from core.intake.models import LoadedModel
 from core.intake.registry import build_architecture
@@ -166,3 +175,13 @@ def test_header_carries_architecture_and_no_pickle(tmp_path):
     header = inspect_sqz(pack_sqz(model, layers))
     assert header["architecture"]["args"] == ARCH["args"] and header["architecture"]["input_shape"] == [1, 8, 8]
     json.dumps(header)
+
+
+def test_the_rice_parameter_is_the_cheapest_of_all_24():
+    rng = np.random.default_rng(0)
+    for trial in range(600):
+        mean = float(rng.choice([0.3, 2, 9, 60, 700, 5e4, 3e6]))
+        size = int(rng.integers(1, 300))
+        gaps = rng.geometric(1 / (1 + mean), size) - 1 if trial % 2 else rng.integers(0, int(mean) + 1, size)
+        costs = [int((gaps >> k).sum()) + size * (k + 1) for k in range(24)]
+        assert _rice_parameter(gaps) == costs.index(min(costs))
