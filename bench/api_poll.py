@@ -21,21 +21,19 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from _common import REPO, write_result
+from _common import WORKTREE, build_tree, write_result
 from api_service import api_process
 
 from store.db import make_engine, make_session_factory
 from store.jobs import create_job
 
 TARGET_RPS, TARGET_P99_MS = 1000.0, 20.0
-WORKTREE = "WORKTREE"
 # Import blockers for a build whose pyproject.toml does not list uvloop/httptools: uvicorn then falls back to
 # asyncio and h11, as that build ran in production.
 _BLOCKED = ("uvloop", "httptools")
@@ -43,15 +41,7 @@ _BLOCKED = ("uvloop", "httptools")
 
 def export_build(revision: str, root: Path) -> tuple[Path, str | None]:
     """(source tree, extra import path) of `revision`."""
-    if revision == WORKTREE:
-        tree = REPO
-    elif Path(revision).is_dir():  # an exported tree with an experiment in it
-        tree = Path(revision)
-    else:
-        tree = root / revision
-        tree.mkdir(parents=True)
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", revision], check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    tree = build_tree(revision, root)
     pyproject = (tree / "pyproject.toml").read_text()
     missing = [name for name in _BLOCKED if name not in pyproject]
     if not missing:

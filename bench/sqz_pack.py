@@ -19,10 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import machine, write_result
+from _common import WORKTREE, build_tree, machine, write_result
 
-REPO = Path(__file__).resolve().parents[1]
-WORKTREE = "WORKTREE"
 NETWORKS = ("resnet18", "regnet_x_400mf", "lenet5")
 
 # Runs inside a build's tree: packs one network and prints its seconds, bytes and digest. Uses only what every
@@ -64,16 +62,6 @@ print(json.dumps({"seconds": seconds, "bytes": len(data), "sha256": hashlib.sha2
 """
 
 
-def export_build(revision: str, root: Path) -> Path:
-    if revision == WORKTREE:
-        return REPO
-    tree = root / revision
-    tree.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    return tree
-
-
 def pack_once(tree: Path, network: str) -> dict:
     result = subprocess.run(
         [sys.executable, "-c", _PACK_ONE, network], cwd=tree, check=True, capture_output=True, text=True
@@ -90,7 +78,7 @@ def main() -> None:
     runs: dict[tuple[str, str], list[dict]] = {(b, n): [] for b in builds for n in NETWORKS}
     order = random.Random(0)
     with tempfile.TemporaryDirectory(prefix="squeezer-builds-") as tmp:
-        trees = {build: export_build(build, Path(tmp)) for build in builds}
+        trees = {build: build_tree(build, Path(tmp)) for build in builds}
         for _ in range(args.rounds):
             for network in NETWORKS:
                 for build in order.sample(builds, len(builds)):
