@@ -270,7 +270,7 @@ def encode_state(
 ) -> dict[str, Encoded]:
     """Every tensor of a state dict as `pack_sqz` stores it; `representations` maps a layer weight's key to its
     layer's representation and σ (other tensors are "float"). A method that also wants the layers' bits per weight
-    encodes once and passes the result to `pack_sqz`."""
+    encodes once and packs the result with `pack_encoded`."""
     return {
         key: _encode_tensor(tensor.detach().cpu(), *representations.get(key, ("float", None)))
         for key, tensor in state.items()
@@ -284,13 +284,14 @@ def encoded_bits(encoded: Encoded, numel: int) -> float:
     return (8 * sum(map(len, chunks)) + extra) / max(numel, 1)
 
 
-def pack_sqz(model, layers: list, encoded: dict[str, Encoded] | None = None) -> bytes:
-    """Serialise `model` (a LoadedModel) with the per-layer representations chosen by a method (`encoded`: its
-    state as `encode_state` encoded it with those representations, when the caller has it already)."""
-    if encoded is None:
-        encoded = encode_state(
-            model.module.state_dict(), {f"{layer.name}.weight": (layer.representation, layer.sigma) for layer in layers}
-        )
+def pack_sqz(model, layers: list) -> bytes:
+    """Serialise `model` (a LoadedModel) with the per-layer representations chosen by a method."""
+    representations = {f"{layer.name}.weight": (layer.representation, layer.sigma) for layer in layers}
+    return pack_encoded(model, encode_state(model.module.state_dict(), representations))
+
+
+def pack_encoded(model, encoded: dict[str, Encoded]) -> bytes:
+    """Serialise `model` (a LoadedModel) whose state `encode_state` has encoded."""
     entries, payload = {}, []
     for key, (entry, chunks) in encoded.items():
         entries[key] = {**entry, "sizes": [len(c) for c in chunks]}

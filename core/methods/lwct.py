@@ -15,7 +15,7 @@ from typing import Unpack, cast
 import torch
 from torch import nn
 
-from core.artifacts.sqz import GRID_LEVELS, Encoded, encode_state, encoded_bits, pack_sqz, round_for_storage
+from core.artifacts.sqz import GRID_LEVELS, Encoded, encode_state, encoded_bits, pack_encoded, round_for_storage
 from core.checkpoint import prefixed, unprefixed
 from core.config import CompressConfig, LwctConfig
 from core.errors import UnsupportedLayerError
@@ -277,8 +277,8 @@ class LwctRun(MethodRun):
     def layer_states(
         self, plain: nn.Module, masks, sigmas: dict[str, float]
     ) -> tuple[list[LayerState], dict[str, Encoded]]:
-        """The rows of `plain`'s layers, and its state encoded as they say it is packed (for `pack_sqz`): every tensor
-        is encoded once, for the file and for its layer's bits per weight."""
+        """The rows of `plain`'s layers, and its state encoded as they say it is packed (for `pack_encoded`): every
+        tensor is encoded once, for the file and for its layer's bits per weight."""
         order = {name: rank for rank, name in enumerate(self.ranking)}
         layers = prunable_layers(plain)
         sparsities = {name: 1.0 - float(masks[name].float().mean()) for name in layers}
@@ -307,7 +307,7 @@ class LwctRun(MethodRun):
 
     def pack(self, plain: nn.Module, masks, sigmas: dict[str, float]) -> bytes:
         """The .sqz bytes of `plain` with these masks and σ."""
-        return pack_sqz(self.model.with_module(plain), *self.layer_states(plain, masks, sigmas))
+        return pack_encoded(self.model.with_module(plain), self.layer_states(plain, masks, sigmas)[1])
 
     def record_plain(
         self,

@@ -18,7 +18,7 @@ from store.migrate import upgrade_database
 from store.models import Job, JobEvent, JobResult
 from store.settings import Settings
 from store.statuses import FINAL_STATUSES
-from tests.api.conftest import TINY_OPTIONS
+from tests.api.conftest import TINY_OPTIONS, tiny_job
 from worker.context import WorkerContext
 from worker.dispatch import CeleryDispatcher
 
@@ -26,16 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_spec(model_artifact_id: str, **lwct) -> dict:
-    """tests.api.conftest's tiny job as a spec, with `lwct` options changed."""
-    options = {**TINY_OPTIONS["lwct"], **lwct}
-    return {
-        "model": {"artifact_id": model_artifact_id},
-        "dataset": {"sample": "digits"},
-        "method": "lwct",
-        "accuracy_target": {"max_drop": 5.0, "drop_type": "absolute"},
-        "options": {"lwct": options},
-        "metadata": {},
-    }
+    """tests.api.conftest's tiny job as a stored spec, with `lwct` options changed."""
+    return tiny_job(model_artifact_id, options={"lwct": {**TINY_OPTIONS["lwct"], **lwct}}, metadata={})
 
 
 @pytest.fixture(scope="session")
