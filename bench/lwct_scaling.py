@@ -8,6 +8,9 @@ Size = bytes of the .sqz file (pack_sqz); CPU s = the process's CPU time (one th
 inflate less than the wall time. Writes bench/results/lwct_scaling.json after every run.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/lwct_scaling.py [--depths 20,56,110] [--walks group,layer] [--quick]
+
+A walk is group, layer, or group:<group_training> (group:paced, group:sqrt), each against layer and paced against
+group (linear, the default) when both ran.
 """
 
 import argparse
@@ -37,9 +40,20 @@ def baseline(depth: int, data, epochs: int) -> LoadedModel:
 
 
 def walk(model: LoadedModel, data, name: str, stage: dict) -> dict:
-    config = CompressConfig(target=AccuracyTarget(max_drop=BUDGET), device="cpu", lwct=LwctConfig(walk=name, **stage))
+    """One walk: `name` is group or layer, or group:<group_training> (group:paced)."""
+    walk_name, _, training = name.partition(":")
+    lwct = LwctConfig(walk=walk_name, **({"group_training": training} if training else {}), **stage)
+    config = CompressConfig(target=AccuracyTarget(max_drop=BUDGET), device="cpu", lwct=lwct)
+    rounds: list[int] = []  # training rounds per walk stage (group_training=paced stops early; others train one)
+
+    def count_rounds(event) -> None:
+        if event.stage == "train" and "layers" in event.data:
+            rounds.append(1)
+        elif event.stage == "train" and "round" in event.data:
+            rounds[-1] = event.data["round"]
+
     start, cpu_start = time.perf_counter(), time.process_time()
-    result = compress_lwct(model, data, config)
+    result = compress_lwct(model, data, config, on_event=count_rounds)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     packed = len(pack_sqz(model.with_module(result.module), result.layers))
     ternary = [t for t in result.trials if t.stage == "ternary"]
@@ -57,6 +71,7 @@ def walk(model: LoadedModel, data, name: str, stage: dict) -> dict:
         "ternary_layers": sum(layer.representation == "ternary" for layer in result.layers),
         "group_sizes": [len(t.layers) for t in ternary],
         "accepted": [t.accepted for t in ternary],
+        "rounds": rounds,
         "accuracies": [round(t.accuracy, 2) for t in ternary],
     }
 
@@ -65,6 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depths", default="20,56,110")
     parser.add_argument("--walks", default="group,layer")
+    parser.add_argument("--name", default="lwct_scaling", help="results file: bench/results/<name>.json")
     parser.add_argument("--quick", action="store_true", help="smoke run: depth 20, 1 baseline epoch, nothing written")
     args = parser.parse_args()
     data = load_dataset("sample:digits")
@@ -75,13 +91,14 @@ def main() -> None:
     for depth in depths:
         model = baseline(depth, data, epochs)
         layers = len(prunable_layers(model.module))
+        runs: dict[str, dict] = {}
         nets[f"resnet{depth}"] = net = {
             "prunable_layers": layers,
             "baseline_accuracy": top1_accuracy(model.module, data.x_val, data.y_val),
-            "runs": {},
+            "runs": runs,
         }
         for name in args.walks.split(","):
-            run = net["runs"][name] = walk(model, data, name, stage)
+            run = runs[name] = walk(model, data, name, stage)
             print(
                 f"resnet{depth:<4} {layers:>4} layers  walk={name:<6} {run['walk_stages']:>4} walk stages "
                 f"{run['wall_s']:>7.0f} s ({run['cpu_s']:.0f} s CPU)  {run['compression_ratio']:6.1f}x  "
@@ -89,21 +106,21 @@ def main() -> None:
                 f"{run['ternary_layers']} ternary",
                 flush=True,
             )
-        runs = net["runs"]
-        if {"group", "layer"} <= set(runs):
-            net["group_over_layer"] = {
-                key: runs["group"][key] / max(runs["layer"][key], 1e-9)
-                for key in ("walk_stages", "wall_s", "cpu_s", "compression_ratio")
-            }
-            print(
-                f"resnet{depth:<4} group / layer: {net['group_over_layer']['walk_stages']:.2f}x the stages, "
-                f"{net['group_over_layer']['wall_s']:.2f}x the time ({net['group_over_layer']['cpu_s']:.2f}x the CPU), "
-                f"{net['group_over_layer']['compression_ratio']:.2f}x the ratio",
-                flush=True,
-            )
+        for name, reference in [(name, "layer") for name in runs if name != "layer"] + [("group:paced", "group")]:
+            if {name, reference} <= set(runs):
+                ratios = net[f"{name}_over_{reference}".replace(":", "_")] = {
+                    key: runs[name][key] / max(runs[reference][key], 1e-9)
+                    for key in ("walk_stages", "wall_s", "cpu_s", "compression_ratio")
+                }
+                print(
+                    f"resnet{depth:<4} {name} / {reference}: {ratios['walk_stages']:.2f}x the stages, "
+                    f"{ratios['wall_s']:.2f}x the time ({ratios['cpu_s']:.2f}x the CPU), "
+                    f"{ratios['compression_ratio']:.2f}x the ratio",
+                    flush=True,
+                )
         if not args.quick:
             write_result(
-                "lwct_scaling",
+                args.name,
                 {
                     "benchmark": "lwct walk=group vs walk=layer against depth (CIFAR-style ResNets, digits 8x8, CPU)",
                     "setup": {"budget_points": BUDGET, "baseline_epochs": epochs, "lwct": stage},

@@ -30,6 +30,8 @@ _CHECKPOINT = "lwct"
 _PRUNE_DONE, _RANK, _WALK_START, _WALK_DONE = 0.35, 0.37, 0.4, 0.92
 # The walk's and tightening's training draw other shuffles than the pruning levels, which use seed + level index.
 _TERNARY_SEED_OFFSET, _TIGHTEN_SEED_OFFSET = 1000, 2000
+# A paced group stage's later rounds of training draw shuffles of their own, clear of every stage's seed.
+_ROUND_SEED_STRIDE = 100_000
 # Global masks hit a grid level to within rounding: a level this close to the walked model's sparsity is not sparser.
 _LEVEL_TOLERANCE = 1e-3
 # The grid search's candidates, coarsest first: every stored integer grid coarser than int8.
@@ -247,7 +249,7 @@ def rank_layers(
 def group_stage_scale(lw: LwctConfig, layers: int) -> float:
     """How many single-layer stages of training a stage that constrains `layers` at once runs (lw.group_training):
     the more layers change at once, the more the network has to recover."""
-    if lw.group_training == "linear":
+    if lw.group_training in ("linear", "paced"):  # paced: at most that many
         return float(layers)
     return math.sqrt(layers) if lw.group_training == "sqrt" else 1.0
 
@@ -304,6 +306,35 @@ class LwctRun(MethodRun):
             for name, layer in layers.items()
         ]
         return states, encoded
+
+    def train_group(self, module: nn.Module, layers: int, seed: int, fraction: float, share: float):
+        """Train a walk stage that constrains `layers` more layers; returns the module as packed and its accuracy.
+
+        group_training=paced trains in rounds of one single-layer stage, up to `layers` rounds, and stops after the
+        first whose accuracy keeps the stage within its `share` of the budget still unspent: a group that recovers
+        quickly costs one round, not `layers`, and one that does not gets the linear stage's training."""
+        lw = self.lw
+        rounds = math.ceil(group_stage_scale(lw, layers)) if lw.group_training == "paced" else 1
+        scale = 1.0 if lw.group_training == "paced" else group_stage_scale(lw, layers)
+        before = self.best["accuracy"]
+        pace = before - share * max(self.budget - (self.baseline - before), 0.0)  # a fixed sparsity may overspend
+        for done in range(1, rounds + 1):
+            round_seed = seed + _ROUND_SEED_STRIDE * (done - 1)
+            self.train(module, lw.epochs_per_step, round_seed, "train", fraction, scale=scale)
+            plain = self.plain(module)
+            accuracy = self.evaluate(plain)
+            if rounds > 1:
+                self.emit(
+                    "train",
+                    fraction,
+                    f"recovery round {done} of at most {rounds}: accuracy {accuracy:.2f} (pace {pace:.2f})",
+                    round=done,
+                    accuracy=accuracy,
+                    pace=pace,
+                )
+            if accuracy >= pace or lw.epochs_per_step == 0:
+                break
+        return plain, accuracy
 
     def pack(self, plain: nn.Module, masks, sigmas: dict[str, float]) -> bytes:
         """The .sqz bytes of `plain` with these masks and σ."""
@@ -483,10 +514,9 @@ def compress_lwct(model, data, config: CompressConfig, **hooks: Unpack[MethodHoo
                 run.base, best["shadow"], best["masks"], {**best["sigmas"], **dict.fromkeys(names)}
             )
             seed = config.seed + _TERNARY_SEED_OFFSET + step
-            run.train(module, lw.epochs_per_step, seed, "train", fraction, scale=group_stage_scale(lw, len(names)))
+            share = len(names) / (len(candidates) - position)
+            plain, accuracy = run.train_group(module, len(names), seed, fraction, share)
             step += 1
-            plain = run.plain(module)
-            accuracy = run.evaluate(plain)
             accepted = run.within(accuracy)
             run.record_plain(
                 "ternary", plain, learned_sigmas(module), best["masks"], names, accuracy, accepted, fraction

@@ -236,10 +236,12 @@ def test_group_walk_needs_fewer_stages_than_the_layer_walk(digits_model, digits)
 
 
 @pytest.mark.parametrize(
-    ("group_training", "epochs"), [("fixed", [2, 2, 2]), ("sqrt", [2, 3, 3]), ("linear", [2, 4, 4])]
+    ("group_training", "epochs"),
+    [("fixed", [2, 2, 2]), ("sqrt", [2, 3, 3]), ("linear", [2, 4, 4]), ("paced", [2, 2, 2])],
 )
 def test_a_group_stage_trains_longer_the_more_layers_it_constrains(digits_model, digits, group_training, epochs):
-    """Groups of 1, 2 and 2 layers at 2 epochs per single-layer stage: 2·√n epochs rounded up (sqrt) or 2·n (linear)."""
+    """Groups of 1, 2 and 2 layers at 2 epochs per single-layer stage: 2·√n epochs rounded up (sqrt) or 2·n (linear);
+    paced stops after its first round, which a 100-point budget always paces."""
     config = _quick_config(sparsity=0.5, prune_epochs=1, min_steps_per_stage=0, group_training=group_training)
     config.target.max_drop = 100.0
     events = []
@@ -251,6 +253,26 @@ def test_a_group_stage_trains_longer_the_more_layers_it_constrains(digits_model,
         elif event.stage == "train" and "epoch" in event.data:
             stages[-1] = event.data["epoch"]
     assert stages == epochs
+
+
+def test_a_paced_group_stage_trains_until_it_keeps_its_share_of_the_budget(digits_model, digits):
+    """With no budget left to share, a paced stage of n layers runs all n rounds unless one recovers the accuracy it
+    started from: every round before the last is behind the pace, the last is on it or the n-th."""
+    config = _quick_config(max_drop=0.0, sparsity=0.5, prune_epochs=1, min_steps_per_stage=0, group_training="paced")
+    events = []
+    compress_lwct(digits_model, digits, config, on_event=events.append)
+    stages: list[tuple[int, list]] = []
+    for event in events:
+        if event.stage == "train" and "layers" in event.data:
+            stages.append((len(event.data["layers"]), []))
+        elif event.stage == "train" and "round" in event.data:
+            stages[-1][1].append(event.data)
+    grouped = [(size, rounds) for size, rounds in stages if size > 1]
+    assert grouped, "the walk tried at least one group"
+    for size, rounds in grouped:
+        assert [r["round"] for r in rounds] == list(range(1, len(rounds) + 1)) and len(rounds) <= size
+        assert all(r["accuracy"] < r["pace"] for r in rounds[:-1])
+        assert rounds[-1]["accuracy"] >= rounds[-1]["pace"] or len(rounds) == size
 
 
 def test_tightening_spends_the_budget_the_walk_left_on_sparser_levels(digits_model, digits):
