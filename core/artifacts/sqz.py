@@ -166,7 +166,8 @@ def _on_grid(values: np.ndarray, scale: np.float32) -> bool:
 def round_for_storage(weight: torch.Tensor, precision: str) -> torch.Tensor:
     """`weight` as `pack_sqz` can store it exactly at `precision`: float32 unchanged, float16 rounded, int8 … int4
     (GRID_LEVELS) as codes −L..L times one per-tensor scale max|w|/L (round to nearest). A tensor the precision cannot
-    hold (beyond float16's range, not finite) is returned unchanged."""
+    hold (beyond float16's range, not finite) is returned unchanged. A value rounded to zero is +0.0: a −0.0 would be
+    packed as a kept value."""
     weight = weight.detach().float()
     if precision == "float16":
         rounded = weight.half().float()
@@ -180,7 +181,7 @@ def round_for_storage(weight: torch.Tensor, precision: str) -> torch.Tensor:
             return weight
     else:
         return weight
-    return rounded if torch.isfinite(rounded).all() else weight
+    return rounded + 0.0 if torch.isfinite(rounded).all() else weight  # −0.0 + 0.0 is +0.0
 
 
 def _decode_values(kind: str, data: bytes, count: int) -> np.ndarray:

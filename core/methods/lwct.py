@@ -160,7 +160,7 @@ def build_working_module(
     order = [name for name in layers if name in sigmas] + [name for name in layers if name not in sigmas]
     for name in order:
         layer, mask = layers[name], masks[name].cpu()
-        weight = layer.weight.detach() * mask
+        weight = layer.weight.detach().masked_fill(~mask, 0.0)  # +0.0: W·0 leaves a −0.0, which packs as a value
         del layer.weight
         layer.register_parameter(SHADOW, nn.Parameter(weight))
         layer.register_buffer(MASK, mask.float())

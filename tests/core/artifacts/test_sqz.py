@@ -128,6 +128,20 @@ def test_int8_rounded_layers_are_stored_as_q8_codes_and_restored_bit_exact(tmp_p
         assert torch.equal(restored[key].view(torch.int32), tensor.view(torch.int32)), key
 
 
+@pytest.mark.parametrize("precision", ["float16", *GRID_LEVELS])
+def test_a_weight_rounded_to_zero_is_a_positive_zero_the_sparse_index_drops(tmp_path, precision):
+    """Rounding a small negative weight gives −0.0, which the pack keeps as a value (it is bit-exact): stored
+    rounding returns +0.0, so a sparse layer packs only the weights that stayed nonzero."""
+    model, layers = _compressed_lenet(tmp_path)
+    layer = model.module.get_submodule("classifier.3")
+    with torch.no_grad():
+        layer.weight[0, :4] = torch.tensor([-1e-9, -0.0, 1.0, 0.0])
+        layer.weight.copy_(round_for_storage(layer.weight, precision))
+    assert not (layer.weight.view(torch.int32) == torch.tensor(-0.0).view(torch.int32)).any()
+    header = inspect_sqz(pack_sqz(model, layers))["tensors"]["classifier.3.weight"]
+    assert header["nnz"] == int((layer.weight != 0).sum())
+
+
 @pytest.mark.parametrize("grid", ["int7", "int6", "int5", "int4"])
 def test_coarser_grids_are_q8_codes_smaller_than_int8_and_restored_bit_exact(tmp_path, grid):
     """lwct's grid search leaves float layers on coarser grids (largest code 63 … 7): the same q8 layout stores them,

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from core.artifacts.sqz import encode_state
 from core.config import AccuracyTarget, CompressConfig, LwctConfig
 from core.errors import Cancelled
 from core.methods.lwct import (
@@ -273,6 +274,20 @@ def test_a_paced_group_stage_trains_until_it_keeps_its_share_of_the_budget(digit
         assert [r["round"] for r in rounds] == list(range(1, len(rounds) + 1)) and len(rounds) <= size
         assert all(r["accuracy"] < r["pace"] for r in rounds[:-1])
         assert rounds[-1]["accuracy"] >= rounds[-1]["pace"] or len(rounds) == size
+
+
+def test_a_pruned_layer_packs_only_its_kept_weights(digits_model, digits):
+    """A pruned weight is +0.0 in the result (W·0 would leave −0.0 where W < 0, which packs as a kept value and once
+    doubled the reference's file), so each sparse layer's packed index holds at most its kept weights."""
+    result = compress_lwct(digits_model, digits, _quick_config(3.0, min_steps_per_stage=0))
+    pruned = [layer for layer in result.layers if layer.sparsity > 0]
+    assert pruned
+    representations = {f"{layer.name}.weight": (layer.representation, layer.sigma) for layer in result.layers}
+    encoded = encode_state(result.module.state_dict(), representations)
+    for layer in pruned:
+        entry, _ = encoded[f"{layer.name}.weight"]
+        kept = round((1 - layer.sparsity) * layer.params)
+        assert entry["enc"] in ("sparse", "ternary") and entry["nnz"] <= kept, (layer.name, entry, kept)
 
 
 def test_tightening_spends_the_budget_the_walk_left_on_sparser_levels(digits_model, digits):
