@@ -1,8 +1,9 @@
 """The `.sqz` container: Squeezer's packed model, whose size on disk is the compression ratio we report.
 
-Layout: b"SQZ1", one byte naming the body compression (0 none, 1 zlib, 2 lzma), then the body:
-u32 header length, a JSON header (architecture, source format, one entry per tensor), the tensor
-payload, and for ONNX-origin models the weightless graph. Nothing is ever unpickled.
+Layout: b"SQZ2", one byte naming the body compression (0 none, 1 zlib, 2 lzma), then the body:
+u32 header length, the header (architecture, source format, one entry per tensor: `_write_header`), the tensor
+payload, and for ONNX-origin models the weightless graph. Nothing is ever unpickled. Files written before 2026-12-03
+start b"SQZ1" and hold the same header as JSON; they load as before.
 
 Tensor encodings (docs/METHODS.md "Storage accounting"), the smallest applicable one is chosen per tensor:
 - ternary layers: a nonzero index (bitmap, or byte/short gaps between nonzeros) + one sign bit per
@@ -31,7 +32,8 @@ from safetensors.torch import save_file
 from core import limits
 from core.errors import ModelFormatError
 
-MAGIC = b"SQZ1"
+MAGIC = b"SQZ2"
+JSON_HEADER_MAGIC = b"SQZ1"  # the first layout: the same header as JSON (three times the bytes before compression)
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 _VALUE_DTYPES = {"float32": "<f4", "float16": "<f2"}
 _DTYPES = {
@@ -42,6 +44,9 @@ _DTYPES = {
     "int32": torch.int32,
     "uint8": torch.uint8,
     "bool": torch.bool,
+    "int8": torch.int8,
+    "int16": torch.int16,
+    "bfloat16": torch.bfloat16,
 }
 
 
@@ -214,7 +219,7 @@ def _encode_tensor(tensor: torch.Tensor, representation: str, sigma: float | Non
     `_value_encodings`), else in float32."""
     dtype = str(tensor.dtype).removeprefix("torch.")
     entry: dict = {"shape": list(tensor.shape), "dtype": dtype}
-    raw = tensor.contiguous().numpy().tobytes()
+    raw = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()  # any dtype, bfloat16 too
     if dtype != "float32" or tensor.numel() == 0:
         entry["enc"] = "raw"
         return entry, [raw]
@@ -285,6 +290,113 @@ def encoded_bits(encoded: Encoded, numel: int) -> float:
     return (8 * sum(map(len, chunks)) + extra) / max(numel, 1)
 
 
+# The binary header's enumerations, by position (_DTYPES' order too): append only, so every file written stays
+# readable.
+_HEADER_DTYPES = tuple(_DTYPES)
+_HEADER_ENCODINGS = ("raw", "dense", "sparse", "ternary")
+_HEADER_VALUES = ("float32", "float16", "q8")
+_HEADER_INDEXES = ("bitmap", "rice")
+_MAX_DIMS = 16
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _write_header(header: dict) -> bytes:
+    """The header in about a third of its JSON bytes (a tenth of a small model's file after LZMA, docs/METHODS.md
+    "Storage accounting"): the architecture and source format as compact JSON, then per tensor its name, dtype,
+    shape, encoding, the index and nonzero count of a sparse or ternary one, σ of a ternary one (float32) and its
+    chunk sizes, integers as LEB128 varints. The chunk count follows from the encoding."""
+    meta = {key: value for key, value in header.items() if key != "tensors"}
+    meta_bytes = json.dumps(meta, separators=(",", ":")).encode()
+    out = bytearray(_varint(len(meta_bytes)) + meta_bytes + _varint(len(header["tensors"])))
+    for key, entry in header["tensors"].items():
+        name = key.encode()
+        out += _varint(len(name)) + name
+        out += bytes([_HEADER_DTYPES.index(entry["dtype"]), len(entry["shape"])])
+        out += b"".join(map(_varint, entry["shape"]))
+        enc = entry["enc"]
+        out.append(_HEADER_ENCODINGS.index(enc))
+        if enc in ("dense", "sparse"):
+            out.append(_HEADER_VALUES.index(entry["values"]))
+        if enc in ("sparse", "ternary"):
+            out += bytes([_HEADER_INDEXES.index(entry["index"])]) + _varint(entry["nnz"])
+        if enc == "ternary":
+            out += struct.pack("<f", entry["sigma"])
+        out += b"".join(map(_varint, entry["sizes"]))
+    return bytes(out)
+
+
+class _HeaderReader:
+    """Reads `_write_header`'s layout from the header's own bytes, every count and length checked against what is
+    left of them before it is used."""
+
+    def __init__(self, data: bytes):
+        self.data, self.offset = data, 0
+
+    def take(self, count: int) -> bytes:
+        if count > len(self.data) - self.offset:
+            raise ValueError("the .sqz header ends early")
+        chunk = self.data[self.offset : self.offset + count]
+        self.offset += count
+        return chunk
+
+    def byte(self) -> int:
+        return self.take(1)[0]
+
+    def choice(self, names: tuple[str, ...], what: str) -> str:
+        code = self.byte()
+        if code >= len(names):
+            raise ValueError(f"unknown {what} code {code} in the .sqz header")
+        return names[code]
+
+    def varint(self) -> int:
+        value = 0
+        for shift in range(0, 64, 7):
+            byte = self.byte()
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+        raise ValueError("a .sqz header integer runs past 64 bits")
+
+    def header(self) -> dict:
+        header = json.loads(self.take(self.varint()))
+        if not isinstance(header, dict):
+            raise ValueError("the .sqz header's metadata is not an object")
+        tensors: dict[str, dict] = {}
+        for _ in range(self.varint()):
+            key = self.take(self.varint()).decode()
+            if key in tensors:
+                raise ValueError(f"tensor {key} appears twice")
+            tensors[key] = self.tensor()
+        if self.offset != len(self.data):
+            raise ValueError("the .sqz header has bytes past its last tensor")
+        return {**header, "tensors": tensors}
+
+    def tensor(self) -> dict:
+        entry: dict = {"dtype": self.choice(_HEADER_DTYPES, "dtype")}
+        dims = self.byte()
+        if dims > _MAX_DIMS:
+            raise ValueError(f"a tensor of {dims} dimensions")
+        entry["shape"] = [self.varint() for _ in range(dims)]
+        enc = entry["enc"] = self.choice(_HEADER_ENCODINGS, "encoding")
+        if enc in ("dense", "sparse"):
+            entry["values"] = self.choice(_HEADER_VALUES, "value encoding")
+        if enc in ("sparse", "ternary"):
+            entry["index"] = self.choice(_HEADER_INDEXES, "index encoding")
+            entry["nnz"] = self.varint()
+        if enc == "ternary":
+            (entry["sigma"],) = struct.unpack("<f", self.take(4))
+        entry["sizes"] = [self.varint() for _ in range(1 if enc in ("raw", "dense") else 2)]
+        return entry
+
+
 def pack_sqz(model, layers: list) -> bytes:
     """Serialise `model` (a LoadedModel) with the per-layer representations chosen by a method."""
     representations = {f"{layer.name}.weight": (layer.representation, layer.sigma) for layer in layers}
@@ -310,7 +422,7 @@ def pack_encoded(model, encoded: dict[str, Encoded]) -> bytes:
         "onnx_graph_bytes": len(graph),
         "tensors": entries,
     }
-    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    header_bytes = _write_header(header)
     body = struct.pack("<I", len(header_bytes)) + header_bytes + b"".join(payload) + graph
     flag, packed = _smallest_body(body)
     return MAGIC + bytes([flag]) + packed
@@ -372,12 +484,15 @@ def _check_payload(entry: dict, numel: int) -> None:
 
 
 def _unpack(data: bytes) -> tuple[dict, dict[str, torch.Tensor], bytes]:
-    if data[:4] != MAGIC or len(data) < 5 or data[4] > 2:
+    if data[:4] not in (MAGIC, JSON_HEADER_MAGIC) or len(data) < 5 or data[4] > 2:
         raise ModelFormatError("not a Squeezer .sqz file (bad magic)")
     try:
         body = _decompress(data[4], data[5:])
         (header_len,) = struct.unpack_from("<I", body)
-        header = json.loads(body[4 : 4 + header_len])
+        if 4 + header_len > len(body):
+            raise ValueError("the header runs past the end of the file")
+        header_bytes = body[4 : 4 + header_len]
+        header = json.loads(header_bytes) if data[:4] == JSON_HEADER_MAGIC else _HeaderReader(header_bytes).header()
         offset = 4 + header_len
         state, params = {}, 0
         for key, entry in header["tensors"].items():
@@ -412,7 +527,7 @@ def _unpack(data: bytes) -> tuple[dict, dict[str, torch.Tensor], bytes]:
 
 
 def inspect_sqz(data: bytes) -> dict:
-    """The JSON header of a packed model (architecture, source format, per-tensor encodings)."""
+    """The header of a packed model as a dict (architecture, source format, per-tensor encodings)."""
     return _unpack(data)[0]
 
 

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,7 +8,10 @@ from torch import nn
 
 from core.artifacts.sqz import (
     GRID_LEVELS,
+    JSON_HEADER_MAGIC,
+    MAGIC,
     _rice_parameter,
+    _unpack,
     inspect_sqz,
     load_sqz,
     pack_sqz,
@@ -182,6 +186,36 @@ def test_corrupt_files_give_a_clear_error(tmp_path, data):
     path.write_bytes(data)
     with pytest.raises(ModelFormatError):
         load_sqz(path)
+
+
+def test_buffers_of_every_stored_dtype_round_trip():
+    """Buffers besides float32 weights (counters, int8/bfloat16 constants of converted graphs) are stored raw."""
+    module = nn.Linear(3, 2)
+    values = torch.tensor([[1.5, -2.0], [0.0, 3.0]])
+    for dtype in (torch.float16, torch.float64, torch.int64, torch.int32, torch.int16, torch.int8, torch.bfloat16):
+        module.register_buffer(f"as_{str(dtype).removeprefix('torch.')}", values.to(dtype))
+    module.register_buffer("flags", values > 0)
+    module.register_buffer("count", torch.tensor(7, dtype=torch.uint8))  # 0-d
+    model = LoadedModel.built(module, {"name": "linear", "args": {}}, (3,), 2)
+    restored = _unpack(pack_sqz(model, []))[1]
+    for key, tensor in module.state_dict().items():
+        assert restored[key].dtype == tensor.dtype and torch.equal(restored[key], tensor), key
+
+
+def test_a_file_of_the_first_layout_loads_bit_exact(tmp_path):
+    """data/lenet8_sqz1.sqz was packed by the build before the binary header (3586bf0) from this file's
+    `_compressed_lenet(half=True)`: it still loads, to the same weights and the same header as a fresh pack."""
+    old = (Path(__file__).parent / "data" / "lenet8_sqz1.sqz").read_bytes()
+    assert old.startswith(JSON_HEADER_MAGIC)
+    model, layers = _compressed_lenet(tmp_path, half=True)
+    new = pack_sqz(model, layers)
+    assert new.startswith(MAGIC) and len(new) < len(old)
+    assert inspect_sqz(old) == inspect_sqz(new)
+    path = tmp_path / "old.sqz"
+    path.write_bytes(old)
+    restored = load_sqz(path).module.state_dict()
+    for key, tensor in model.module.state_dict().items():
+        assert torch.equal(restored[key].view(torch.uint8), tensor.view(torch.uint8)), key
 
 
 def test_header_carries_architecture_and_no_pickle(tmp_path):

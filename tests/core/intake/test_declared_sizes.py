@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from core import limits
-from core.artifacts.sqz import MAGIC, inspect_sqz
+from core.artifacts.sqz import JSON_HEADER_MAGIC, MAGIC, _write_header, inspect_sqz
 from core.errors import ModelFormatError, UnsafeFormatError
 from core.intake.models import load_model
 from core.intake.registry import build_architecture
@@ -130,54 +130,97 @@ def test_a_legacy_pt_is_refused(tmp_path):
         load_model(tmp_path / "other.pt", architecture="lenet5", arch_args=DIGITS)
 
 
-def sqz_with(tensors: dict, payload: bytes, flag: int = 0) -> bytes:
-    header = json.dumps(
-        {
-            "architecture": {"name": "lenet5", "args": {}},
-            "source_format": "x",
-            "onnx_graph_bytes": 0,
-            "tensors": tensors,
-        }
-    ).encode()
+def sqz_with(tensors: dict, payload: bytes, flag: int = 0, layout: str = "binary") -> bytes:
+    """A .sqz whose header says `tensors`, in the current binary header or the first layout's JSON one."""
+    fields = {"architecture": {"name": "lenet5", "args": {}}, "source_format": "x", "onnx_graph_bytes": 0}
+    header = (
+        _write_header({**fields, "tensors": tensors})
+        if layout == "binary"
+        else json.dumps({**fields, "tensors": tensors}).encode()
+    )
+    return with_header(header, payload, flag, MAGIC if layout == "binary" else JSON_HEADER_MAGIC)
+
+
+def with_header(header: bytes, payload: bytes, flag: int = 0, magic: bytes = MAGIC) -> bytes:
     body = struct.pack("<I", len(header)) + header + payload
     if flag == 1:
         body = zlib.compress(body)
     elif flag == 2:
         body = lzma.compress(body, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "preset": 1}])
-    return MAGIC + bytes([flag]) + body
+    return magic + bytes([flag]) + body
+
+
+MISMATCHED = [
+    ({"shape": [10**12], "dtype": "float32", "enc": "raw", "sizes": [0]}, b"", "parameter count"),
+    ({"shape": [1000], "dtype": "float32", "enc": "raw", "sizes": [0]}, b"", "do not match"),
+    ({"shape": [4], "dtype": "float32", "enc": "raw", "sizes": [64]}, b"\0" * 64, "do not match"),
+    (
+        {"shape": [100], "dtype": "float32", "enc": "dense", "values": "float16", "sizes": [2]},
+        b"\0\0",
+        "do not match",
+    ),
+    (
+        {
+            "shape": [8],
+            "dtype": "float32",
+            "enc": "sparse",
+            "index": "bitmap",
+            "nnz": 9,
+            "values": "float32",
+            "sizes": [1, 36],
+        },
+        b"\xff" + b"\0" * 36,
+        "nonzeros",
+    ),
+    ({"shape": [4], "dtype": "float32", "enc": "raw", "sizes": [16]}, b"\0" * 4, "past the end"),
+]
 
 
 @pytest.mark.parametrize(
-    "entry, payload, message",
+    "entry, payload, message, layout",
+    [(*case, layout) for case in MISMATCHED for layout in ("binary", "json")]
+    + [({"shape": [-1, 4], "dtype": "float32", "enc": "raw", "sizes": [0]}, b"", "shape", "json")],
+)
+def test_sqz_tensor_headers_must_match_their_payload(entry, payload, message, layout):
+    """Both header layouts; a negative size only in JSON (a varint holds none)."""
+    with pytest.raises(ModelFormatError, match=message):
+        inspect_sqz(sqz_with({"w": entry}, payload, layout=layout))
+
+
+RAW_W = {"shape": [4], "dtype": "float32", "enc": "raw", "sizes": [16]}
+
+
+@pytest.mark.parametrize(
+    "header, message",
     [
-        ({"shape": [10**12], "dtype": "float32", "enc": "raw", "sizes": [0]}, b"", "parameter count"),
-        ({"shape": [1000], "dtype": "float32", "enc": "raw", "sizes": [0]}, b"", "do not match"),
-        ({"shape": [4], "dtype": "float32", "enc": "raw", "sizes": [64]}, b"\0" * 64, "do not match"),
-        (
-            {"shape": [100], "dtype": "float32", "enc": "dense", "values": "float16", "sizes": [2]},
-            b"\0\0",
-            "do not match",
-        ),
-        (
-            {
-                "shape": [8],
-                "dtype": "float32",
-                "enc": "sparse",
-                "index": "bitmap",
-                "nnz": 9,
-                "values": "float32",
-                "sizes": [1, 36],
-            },
-            b"\xff" + b"\0" * 36,
-            "nonzeros",
-        ),
-        ({"shape": [-1, 4], "dtype": "float32", "enc": "raw", "sizes": [0]}, b"", "shape"),
-        ({"shape": [4], "dtype": "float32", "enc": "raw", "sizes": [16]}, b"\0" * 4, "past the end"),
+        (_write_header({"tensors": {"w": RAW_W}})[:-1], "ends early"),  # cut in the last varint
+        (_write_header({"tensors": {"w": RAW_W}}) + b"\0", "past its last tensor"),
+        (b"\x02{}\x01\x01w\x09\x01\x04\x00\x10", "unknown dtype code 9"),
+        (b"\x02{}\x01\x01w\x00\x01\x04\x07\x10", "unknown encoding code 7"),
+        (b"\x02{}\x01\x01w\x00\x40" + b"\x01" * 64, "64 dimensions"),
+        (b"\x02{}\x01\x01w\x00\x01" + b"\xff" * 12, "past 64 bits"),
+        (b"\x02{}\x01\xff\xff\xff\xff\x0fw", "ends early"),  # a 4 GiB name in a 12-byte header
+        (b"\x02{}\xff\xff\xff\xff\x0f", "ends early"),  # 4 G tensors announced, none there
+        (b"\x02[]\x00", "not an object"),
+        (_write_header({"tensors": {"w": RAW_W}}).replace(b"\x01\x01w", b"\x02\x01w"), "ends early"),
     ],
 )
-def test_sqz_tensor_headers_must_match_their_payload(entry, payload, message):
+def test_sqz_binary_headers_are_read_within_their_own_bytes(header, message):
+    """Every count and length of the binary header is checked against the header's bytes before it is used."""
     with pytest.raises(ModelFormatError, match=message):
-        inspect_sqz(sqz_with({"w": entry}, payload))
+        inspect_sqz(with_header(header, b"\0" * 16))
+
+
+def test_sqz_binary_header_refuses_a_tensor_named_twice():
+    header = _write_header({"tensors": {"w": RAW_W}})
+    twice = header.replace(b"{}\x01", b"{}\x02", 1) + header[header.index(b"\x01w") :]
+    with pytest.raises(ModelFormatError, match="appears twice"):
+        inspect_sqz(with_header(twice, b"\0" * 32))
+
+
+def test_sqz_header_length_past_the_body_is_refused():
+    with pytest.raises(ModelFormatError, match="past the end"):
+        inspect_sqz(MAGIC + b"\0" + struct.pack("<I", 1 << 30) + b"\x02{}\x00")
 
 
 @pytest.mark.parametrize("flag", [1, 2])
