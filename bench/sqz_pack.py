@@ -6,7 +6,7 @@ lwct leaves them; and LeNet-5 (61k). Each build packs in its own process; builds
 are compared, and so are the packed bytes (identical across builds that share a layout; the binary header of
 2026-12-03 made them smaller). Writes bench/results/sqz_pack.json.
 
-    .venv/bin/python bench/sqz_pack.py [--builds cfd1bb9,WORKTREE] [--rounds 3]
+    .venv/bin/python bench/sqz_pack.py [--builds cfd1bb9,WORKTREE] [--rounds 3] [--name sqz_pack]
 
 A build is a git revision (its tree exported with `git archive`) or WORKTREE (this checkout).
 """
@@ -74,6 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--builds", default=f"cfd1bb9,{WORKTREE}", help="comma-separated git revisions or WORKTREE")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--name", default="sqz_pack", help="results file: bench/results/<name>.json")
     args = parser.parse_args()
     builds = args.builds.split(",")
     runs: dict[tuple[str, str], list[dict]] = {(b, n): [] for b in builds for n in NETWORKS}
@@ -91,18 +92,20 @@ def main() -> None:
         medians = {build: statistics.median(run["seconds"] for run in runs[build, network]) for build in builds}
         results[network] = {
             "median_seconds": {build: round(seconds, 3) for build, seconds in medians.items()},
-            "bytes": runs[current, network][0]["bytes"],
+            "bytes": {build: runs[build, network][0]["bytes"] for build in builds},
             "identical_bytes": len(digests) == 1,
             "speedup": round(medians[previous] / medians[current], 2),
         }
+        sizes = results[network]["bytes"]
         print(
             f"{network:<16} "
             + "  ".join(f"{build} {seconds:.2f} s" for build, seconds in medians.items())
-            + f"  -> {results[network]['speedup']}x faster, {results[network]['bytes']:,} bytes,"
-            f" identical across builds: {len(digests) == 1}"
+            + f"  -> {results[network]['speedup']}x faster; bytes "
+            + "  ".join(f"{build} {size:,}" for build, size in sizes.items())
+            + f" ({sizes[previous] / sizes[current]:.3f}x), identical: {len(digests) == 1}"
         )
     path = write_result(
-        "sqz_pack",
+        args.name,
         {
             "benchmark": "pack_sqz wall time, builds side by side",
             "setup": (
