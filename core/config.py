@@ -137,8 +137,9 @@ class LwctConfig(StructuredTraining):
     grid_search: bool = Field(
         True,
         description="After the walk (and tightening), each layer still float with float_precision int8 tries coarser "
-        "integer grids, int4 then int5, int6, int7, and keeps the first whose accuracy stays within the budget. "
-        "Evaluation only, no training stage; fewer levels mean shorter Rice codes in model.sqz.",
+        "integer grids, int4 then int5, int6, int7, and keeps the first whose accuracy stays within the budget; "
+        "then each layer's bias (float16) tries int4 … int8 the same way. Evaluation only, no training stage; "
+        "fewer levels mean shorter Rice codes in model.sqz.",
     )
     tighten: bool = Field(
         False,

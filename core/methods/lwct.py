@@ -9,6 +9,7 @@ The returned module has them materialised, so its weights are exactly what `core
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Unpack, cast
 
@@ -34,10 +35,10 @@ _TERNARY_SEED_OFFSET, _TIGHTEN_SEED_OFFSET = 1000, 2000
 _ROUND_SEED_STRIDE = 100_000
 # Global masks hit a grid level to within rounding: a level this close to the walked model's sparsity is not sparser.
 _LEVEL_TOLERANCE = 1e-3
-# The grid search's candidates, coarsest first: every stored integer grid coarser than int8.
-_COARSER_GRIDS = sorted(
-    (g for g, levels in GRID_LEVELS.items() if levels < GRID_LEVELS["int8"]), key=GRID_LEVELS.__getitem__
-)
+# The grid search's candidates, coarsest first: for float weights every stored integer grid coarser than int8 (they
+# are int8 already), for biases (float16) every one.
+_BIAS_GRIDS = sorted(GRID_LEVELS, key=GRID_LEVELS.__getitem__)
+_COARSER_GRIDS = [grid for grid in _BIAS_GRIDS if GRID_LEVELS[grid] < GRID_LEVELS["int8"]]
 
 
 # The working module's per-layer state: the float shadow weights W, the mask m (1 = kept) and, on σ-constrained
@@ -210,7 +211,8 @@ def materialize(
 ) -> nn.Module:
     """A plain float32 CPU copy of `base` with the working `module`'s weights exactly as constrained (σ·sign⊙m, W⊙m),
     the float layers' rounded to `float_precision` or to their entry in `grids` (an integer grid the grid search chose,
-    core.artifacts.sqz.GRID_LEVELS), their biases to float16 unless float32: what model.sqz stores."""
+    core.artifacts.sqz.GRID_LEVELS), the biases to float16 or their entry in `grids` ("<layer>.bias") unless
+    float32: what model.sqz stores."""
     state = shadow_state(module)
     constrained = learned_sigmas(module)
     with torch.no_grad():
@@ -220,13 +222,16 @@ def materialize(
                 weight = round_for_storage(weight, (grids or {}).get(name, float_precision))
             state[f"{name}.weight" if name else "weight"] = weight.clone()
             bias = f"{name}.bias" if name else "bias"
-            if (
-                state.get(bias) is not None and float_precision != "float32"
-            ):  # biases: float16, a few hundred bytes each
-                state[bias] = round_for_storage(state[bias], "float16")
+            if state.get(bias) is not None and float_precision != "float32":  # biases: float16 unless on a grid
+                state[bias] = round_for_storage(state[bias], (grids or {}).get(bias, "float16"))
     plain = copy.deepcopy(base).cpu()
     plain.load_state_dict(state)
     return plain.eval()
+
+
+def _bias_size(layer: nn.Module) -> int:
+    bias = getattr(layer, "bias", None)
+    return bias.numel() if isinstance(bias, torch.Tensor) else 0
 
 
 def rank_layers(
@@ -269,7 +274,8 @@ class LwctRun(MethodRun):
         self.lw = config.lwct
         self.ranking: list[str] = []
         self.best: dict = {}
-        self.grids: dict[str, str] = {}  # float layers stored on a grid coarser than float_precision (grid search)
+        # float layers stored on a grid coarser than float_precision, biases on one (grid search)
+        self.grids: dict[str, str] = {}
 
     def plain(self, module: nn.Module, grids: dict[str, str] | None = None) -> nn.Module:
         """The working module as it will be packed (constraints applied, float weights at their stored precision:
@@ -438,29 +444,40 @@ class LwctRun(MethodRun):
 
     def coarsen_grids(self, fraction: float) -> None:
         """Step 4: each layer that stayed float tries the integer grids coarser than int8, coarsest first, and keeps
-        the first whose accuracy stays within the full budget. Evaluation only, no training: one pass over the
-        validation split per grid tried, largest layers first (they save the most bytes)."""
+        the first whose accuracy stays within the full budget; then every layer's bias (float16) tries the grids
+        int4 … int8 the same way. Evaluation only, no training: one pass over the validation split per grid tried,
+        largest tensors first (they save the most bytes). Each pass that changed something is a trial."""
         best = self.best
         module = build_working_module(self.base, best["shadow"], best["masks"], best["sigmas"])
         floats = sorted(
             (n for n in best["masks"] if n not in best["sigmas"]), key=lambda n: -int(best["masks"][n].sum())
         )
-        self.emit("grid", fraction, f"trying coarser integer grids on {len(floats)} float layers")
-        coarsened = []
-        for name in floats:
-            for grid in _COARSER_GRIDS:
-                grids = {**self.grids, name: grid}
-                accuracy = self.evaluate(self.plain(module, grids))
-                if self.within(accuracy):
-                    self.grids = grids
-                    self.accept(best["shadow"], best["masks"], best["sigmas"], accuracy)
-                    coarsened.append(name)
-                    break
-        if coarsened:
-            plain = self.plain(module)
-            self.record_plain(
-                "grid", plain, best["sigmas"], best["masks"], coarsened, self.best["accuracy"], True, fraction
-            )
+        biases = {
+            f"{name}.bias" if name else "bias": name
+            for name, layer in sorted(prunable_layers(module).items(), key=lambda item: -_bias_size(item[1]))
+            if _bias_size(layer)
+        }
+        self.emit("grid", fraction, f"trying coarser grids on {len(floats)} float layers and {len(biases)} biases")
+        for keys, grids in (({n: n for n in floats}, _COARSER_GRIDS), (biases, _BIAS_GRIDS)):
+            coarsened = [keys[key] for key in keys if self.coarsest_within(module, key, grids)]
+            if coarsened:
+                plain = self.plain(module)
+                self.record_plain(
+                    "grid", plain, best["sigmas"], best["masks"], coarsened, self.best["accuracy"], True, fraction
+                )
+
+    def coarsest_within(self, module: nn.Module, key: str, grids: Sequence[str]) -> bool:
+        """Store `key` (a layer's weight by its name, or a bias) on the first of `grids` whose accuracy stays within
+        the budget, if any."""
+        best = self.best
+        for grid in grids:
+            candidate = {**self.grids, key: grid}
+            accuracy = self.evaluate(self.plain(module, candidate))
+            if self.within(accuracy):
+                self.grids = candidate
+                self.accept(best["shadow"], best["masks"], best["sigmas"], accuracy)
+                return True
+        return False
 
     def sensitivity_drops(self, shadow, masks, accuracy: float) -> dict[str, float]:
         drops = {}

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.artifacts.sqz import encode_state
+from core.artifacts.sqz import encode_state, round_for_storage
 from core.config import AccuracyTarget, CompressConfig, LwctConfig
 from core.errors import Cancelled
 from core.methods.lwct import (
@@ -327,18 +327,25 @@ def test_tightening_spends_the_budget_the_walk_left_on_sparser_levels(digits_mod
 
 def test_grid_search_puts_float_layers_on_coarser_grids_within_the_budget(digits_model, digits):
     """The two most significant layers stay float (preserve=2); after the walk each tries int4 … int7 by evaluation
-    alone, and the result keeps a coarser grid only within the budget and packs smaller than int8 storage."""
+    alone, then every bias tries int4 … int8 (it is float16), and the result keeps a coarser grid only within the
+    budget and packs smaller than int8 storage."""
     config = _quick_config(3.0, preserve=2, min_steps_per_stage=0)
     result = compress_lwct(digits_model, digits, config)
-    assert result.trials[-1].stage == "grid" and result.trials[-1].accepted
+    grid_trials = [t for t in result.trials if t.stage == "grid"]
+    assert [t.stage for t in result.trials[-len(grid_trials) :]] == ["grid"] * len(grid_trials)
+    assert all(t.accepted for t in grid_trials) and len(grid_trials) == 2
     assert result.target_met and result.baseline_accuracy - result.accuracy <= 3.0
     assert result.accuracy == result.trials[-1].accuracy
-    coarsened = set(result.trials[-1].layers)
+    assert grid_trials[1].compression_ratio > grid_trials[0].compression_ratio
+    coarsened = set(grid_trials[0].layers)
     floats = {layer.name: layer for layer in result.layers if layer.representation != "ternary"}
     assert coarsened and coarsened <= set(floats)
     weights = dict(result.module.named_modules())
     for name in coarsened:
         assert len(weights[name].weight.detach().abs().unique()) <= 64  # on int7's grid or coarser (0 included)
+    for name in grid_trials[1].layers:  # biases on an int8 grid or coarser: codes times one scale
+        bias = weights[name].bias.detach()
+        assert round_for_storage(bias, "int8").equal(bias) or len(bias.abs().unique()) <= 64, name
 
     int8_only = compress_lwct(
         digits_model, digits, config.model_copy(update={"lwct": config.lwct.model_copy(update={"grid_search": False})})
