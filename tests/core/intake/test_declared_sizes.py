@@ -195,7 +195,7 @@ RAW_W = {"shape": [4], "dtype": "float32", "enc": "raw", "sizes": [16]}
     [
         (_write_header({"tensors": {"w": RAW_W}})[:-1], "ends early"),  # cut in the last varint
         (_write_header({"tensors": {"w": RAW_W}}) + b"\0", "past its last tensor"),
-        (b"\x02{}\x01\x01w\x09\x01\x04\x00\x10", "unknown dtype code 9"),
+        (b"\x02{}\x01\x01w\x7f\x01\x04\x00\x10", "unknown dtype code 127"),
         (b"\x02{}\x01\x01w\x00\x01\x04\x07\x10", "unknown encoding code 7"),
         (b"\x02{}\x01\x01w\x00\x40" + b"\x01" * 64, "64 dimensions"),
         (b"\x02{}\x01\x01w\x00\x01" + b"\xff" * 12, "past 64 bits"),
