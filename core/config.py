@@ -138,7 +138,7 @@ class LwctConfig(StructuredTraining):
         True,
         description="After the walk (and tightening), each layer still float with float_precision int8 tries coarser "
         "integer grids, int4 then int5, int6, int7, and keeps the first whose accuracy stays within the budget; "
-        "then each layer's bias (float16) tries int4 … int8 the same way. Evaluation only, no training stage; "
+        "then the biases (float16) try int4 … int8 together, one grid for all. Evaluation only, no training stage; "
         "fewer levels mean shorter Rice codes in model.sqz.",
     )
     tighten: bool = Field(

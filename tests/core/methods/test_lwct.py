@@ -327,8 +327,8 @@ def test_tightening_spends_the_budget_the_walk_left_on_sparser_levels(digits_mod
 
 def test_grid_search_puts_float_layers_on_coarser_grids_within_the_budget(digits_model, digits):
     """The two most significant layers stay float (preserve=2); after the walk each tries int4 … int7 by evaluation
-    alone, then every bias tries int4 … int8 (it is float16), and the result keeps a coarser grid only within the
-    budget and packs smaller than int8 storage."""
+    alone, then the biases try int4 … int8 together (they are float16), and the result keeps a coarser grid only
+    within the budget and packs smaller than int8 storage."""
     config = _quick_config(3.0, preserve=2, min_steps_per_stage=0)
     result = compress_lwct(digits_model, digits, config)
     grid_trials = [t for t in result.trials if t.stage == "grid"]
