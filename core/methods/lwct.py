@@ -206,6 +206,11 @@ def learned_sigmas(module: nn.Module) -> dict[str, float]:
     }
 
 
+def _parameter_key(layer: str, leaf: str) -> str:
+    """A layer parameter's state-dict key (the root module's layer is named "")."""
+    return f"{layer}.{leaf}" if layer else leaf
+
+
 def materialize(
     module: nn.Module, base: nn.Module, float_precision: str = "float32", grids: dict[str, str] | None = None
 ) -> nn.Module:
@@ -220,8 +225,8 @@ def materialize(
             weight = weight.detach().cpu()
             if name not in constrained:
                 weight = round_for_storage(weight, (grids or {}).get(name, float_precision))
-            state[f"{name}.weight" if name else "weight"] = weight.clone()
-            bias = f"{name}.bias" if name else "bias"
+            state[_parameter_key(name, "weight")] = weight.clone()
+            bias = _parameter_key(name, "bias")
             if state.get(bias) is not None and float_precision != "float32":  # biases: float16 unless on a grid
                 state[bias] = round_for_storage(state[bias], (grids or {}).get(bias, "float16"))
     plain = copy.deepcopy(base).cpu()
@@ -449,7 +454,7 @@ class LwctRun(MethodRun):
             (n for n in best["masks"] if n not in best["sigmas"]), key=lambda n: -int(best["masks"][n].sum())
         )
         biases = {
-            f"{name}.bias" if name else "bias": name
+            _parameter_key(name, "bias"): name
             for name, layer in prunable_layers(module).items()
             if isinstance(getattr(layer, "bias", None), torch.Tensor)
         }
