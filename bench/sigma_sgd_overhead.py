@@ -1,6 +1,6 @@
 """Engine overhead of σ-constrained SGD: one training step of LeNet-5 (28×28, batch 128) with every prunable layer
-ternary-constrained exactly as `core.methods.lwct.build_working_module` builds it (shadow weights, masks and σ from
-which one fused straight-through function computes the weights) against a plain SGD step on the same weights and
+ternary-constrained exactly as `core.methods.lwct.build_working_module` builds it (shadow weights, masks and σ, from
+which the optimizer step's rule computes the weights) against a plain SGD step on the same weights and
 batch. `--model resnet56` times a 57-layer network instead (14×14, batch 64), where per-layer costs show. Steps of
 the variants alternate (the order shuffled every round) so drift in the machine hits them alike; medians are
 compared. The masked-float variant (the pruning stage) is timed beside them. Target: σ-SGD / plain ≤ 1.05. Writes
@@ -21,7 +21,7 @@ from torch import nn
 
 from core.intake.registry import CifarResNet
 from core.methods.lwct import build_working_module, global_magnitude_masks, prunable_layers, shadow_state
-from core.train import sgd
+from core.train import optimizer_for
 
 TARGET = 1.05
 # model → (constructor, input side, batch)
@@ -44,9 +44,9 @@ def variants(model: str, seed: int) -> dict[str, nn.Module]:
 
 def make_step(module: nn.Module, x: torch.Tensor, y: torch.Tensor):
     """One step exactly as core.train.fit takes it on CPU: zero_grad, forward, cross-entropy, backward, SGD
-    (core.train.sgd, the same optimizer)."""
+    (core.train.optimizer_for, the same optimizer and step rule)."""
     module.train()
-    optimizer = sgd([p for p in module.parameters() if p.requires_grad], lr=0.01, momentum=0.9, weight_decay=0.0)
+    optimizer = optimizer_for(module, lr=0.01, momentum=0.9, weight_decay=0.0)
     loss_fn = nn.CrossEntropyLoss()
 
     def step() -> None:

@@ -14,7 +14,7 @@ import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import torch
 from torch import nn
@@ -65,8 +65,7 @@ def fit(
     heads.enter_context(logits_only(module, per_sample=y.dim() == 1))
     if teacher is not None:
         heads.enter_context(logits_only(teacher, per_sample=y.dim() == 1))
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = sgd(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    optimizer = optimizer_for(module, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if teacher is not None:
         teacher.to(device).eval()
     generator = torch.Generator().manual_seed(seed)
@@ -237,6 +236,32 @@ def min_steps(settings, params: int | None = None) -> int:
     if params is None or params <= FULL_STEPS_PARAMS:
         return steps
     return min(steps, max(MIN_STEPS_FLOOR, round(steps * math.sqrt(FULL_STEPS_PARAMS / params))))
+
+
+# A module trained through weights computed from other parameters (core.methods.lwct's working module) holds a
+# StepRule under this key of its __dict__; optimizer_for applies it around every step.
+STEP_RULE = "_step_rule"
+
+
+class StepRule(Protocol):
+    def before_step(self) -> None:
+        """Turn the computed weights' gradients into gradients of what they are computed from."""
+
+    def after_step(self) -> None:
+        """Compute the weights again from the stepped parameters."""
+
+
+def optimizer_for(module: nn.Module, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD over `module`'s trainable parameters, with the module's StepRule (if any) hooked onto every step: inside
+    the step, so that a GradScaler has unscaled the gradients and skips the rule with the step."""
+    optimizer = sgd(
+        [p for p in module.parameters() if p.requires_grad], lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
+    rule: StepRule | None = module.__dict__.get(STEP_RULE)
+    if rule is not None:
+        optimizer.register_step_pre_hook(lambda *_: rule.before_step())
+        optimizer.register_step_post_hook(lambda *_: rule.after_step())
+    return optimizer
 
 
 def sgd(params, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:

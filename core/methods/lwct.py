@@ -10,7 +10,7 @@ The returned module has them materialised, so its weights are exactly what `core
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Unpack, cast
 
 import torch
@@ -23,6 +23,7 @@ from core.errors import UnsupportedLayerError
 from core.graph.dependency import TRANSPOSED, Producer
 from core.methods.harness import BASELINE_DONE, MethodHooks, MethodRun, progress
 from core.methods.results import LayerState, MethodResult, Trial
+from core.train import STEP_RULE
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *TRANSPOSED, nn.Linear)
 _CHECKPOINT = "lwct"
@@ -41,92 +42,78 @@ _BIAS_GRIDS = sorted(GRID_LEVELS, key=GRID_LEVELS.__getitem__)
 _COARSER_GRIDS = [grid for grid in _BIAS_GRIDS if GRID_LEVELS[grid] < GRID_LEVELS["int8"]]
 
 
-# The working module's per-layer state: the float shadow weights W, the mask m (1 = kept) and, on σ-constrained
-# layers, the learned σ. A layer's `weight` exists only during a forward, computed from them.
+# The working module's per-layer state: the mask m (1 = kept) and, on σ-constrained layers, the float shadow weights
+# W and the learned σ. A pruned float
+# layer's own weight is W⊙m; a constrained layer's weight is computed, |σ|·sign(W), and never stepped itself.
 SHADOW, MASK, SIGMA = "lwct_shadow", "lwct_mask", "lwct_sigma"
 
 
-class _ConstrainedWeights(torch.autograd.Function):
-    """Every prunable layer's weight in one call: σ·sign(W) on the constrained ones (listed first), W⊙m on the rest.
-    Backward passes the masked gradient straight through to W and ⟨g, sign(W)⟩ to σ, averaged over the layer's kept
-    weights (scaled by 1/kept) so one learning rate suits weights and σ alike and σ cannot run away on large layers;
-    |σ| keeps it a magnitude. sign(W) needs no mask: pruned shadow weights start at zero and never get a gradient.
-
-    One Python call for the whole network, with multi-tensor (foreach) kernels as torch.optim uses, instead of one
-    parametrization call per layer: the step overhead stays flat as layers are added (bench/sigma_sgd_overhead.py)."""
-
-    @staticmethod
-    def forward(ctx, constrained: int, sigma_grad_scales, *tensors):
-        count = (len(tensors) - constrained) // 2
-        shadows, masks, sigmas = tensors[:count], tensors[count : 2 * count], tensors[2 * count :]
-        codes: list[torch.Tensor] = []
-        weights: list[torch.Tensor] = []
-        sigma_grad_factors = sigma_grad_scales  # empty when no layer is constrained
-        if constrained:
-            codes = list(torch._foreach_sign(shadows[:constrained]))
-            stacked = torch.stack(sigmas)
-            weights += torch._foreach_mul(codes, list(stacked.abs().unbind()))
-            sigma_grad_factors = torch.sign(stacked) * sigma_grad_scales  # d|σ|/dσ times the averaging
-        if count > constrained:
-            weights += torch._foreach_mul(shadows[constrained:], masks[constrained:])
-        ctx.save_for_backward(*masks, *codes, sigma_grad_factors)
-        ctx.constrained = constrained
-        return tuple(weights)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        count, constrained = len(grads), ctx.constrained
-        saved = ctx.saved_tensors
-        masks, codes, sigma_grad_factors = saved[:count], saved[count : count + constrained], saved[-1]
-        weight_grads = torch._foreach_mul(grads, masks)
-        sigma_grads: tuple = ()
-        if constrained:
-            dots = torch.stack(
-                [
-                    torch.dot(g.reshape(-1), c.reshape(-1))
-                    for g, c in zip(weight_grads[:constrained], codes, strict=True)
-                ]
-            )
-            sigma_grads = (dots * sigma_grad_factors).unbind()
-        return None, None, *weight_grads, *([None] * count), *sigma_grads
-
-
 @dataclass
-class _WorkingLayers:
-    """A working module's prunable layers, the σ-constrained ones first (kept in the module's __dict__, so that a
-    deepcopy maps them to the copy's layers)."""
+class _ConstrainedSteps:
+    """The straight-through estimator as a StepRule (core.train.optimizer_for): the forward and backward are a plain
+    network's, and the step moves the gradient. Before it, the masked gradient g⊙m of a constrained layer's weight
+    goes to W, and ⟨g⊙m, sign W⟩ to σ, averaged over the layer's kept weights (scaled by 1/kept) so one learning rate
+    suits weights and σ alike and σ cannot run away on large layers; |σ| keeps it a magnitude. A float layer's
+    gradient is masked in place. After it, the constrained weights are computed again. sign(W) needs no mask: pruned
+    shadow weights start at zero and never get a gradient.
+
+    Multi-tensor (foreach) kernels over the whole network, once a step, and nothing in autograd: the step overhead
+    stays flat as layers are added (bench/sigma_sgd_overhead.py). Kept in the module's __dict__, so that a deepcopy
+    maps it to the copy's layers; the constrained layers come first."""
 
     layers: list[nn.Module]
     constrained: int
+    sigma_grad_scales: torch.Tensor  # 1/kept of each constrained layer
+    # what after_step computed for the next before_step: sign(W), and sign(σ) × the scales
+    codes: list[torch.Tensor] = field(default_factory=list)
+    sigma_grad_factors: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def before_step(self) -> None:
+        parameters = [_parameters(layer) for layer in self.layers]
+        grads = [_gradient(layer["weight"]) for layer in parameters]
+        torch._foreach_mul_(grads, [cast(torch.Tensor, layer._buffers[MASK]) for layer in self.layers])
+        constrained = parameters[: self.constrained]
+        if not constrained:
+            return
+        if self.codes[0].device != grads[0].device:  # the module moved since the weights were computed
+            self.after_step()
+        products = torch._foreach_mul(grads[: self.constrained], self.codes)
+        dots = torch.stack([product.sum() for product in products])
+        sigma_grads = (dots * cast(torch.Tensor, self.sigma_grad_factors)).unbind()
+        for layer, grad, sigma_grad in zip(constrained, grads, sigma_grads, strict=False):
+            layer[SHADOW].grad, layer[SIGMA].grad, layer["weight"].grad = grad, sigma_grad, None
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        constrained = [_parameters(layer) for layer in self.layers[: self.constrained]]
+        if not constrained:
+            return
+        sigmas = torch.stack([layer[SIGMA] for layer in constrained])
+        self.codes = list(torch._foreach_sign([layer[SHADOW] for layer in constrained]))
+        self.sigma_grad_factors = torch.sign(sigmas) * self.sigma_grad_scales.to(sigmas.device)  # d|σ|/dσ, averaged
+        weights = [layer["weight"] for layer in constrained]
+        torch._foreach_copy_(weights, self.codes)
+        torch._foreach_mul_(weights, cast(list[torch.Tensor], list(sigmas.abs().unbind())))
 
 
-def _working_layers(module: nn.Module) -> _WorkingLayers:
-    return cast(_WorkingLayers, module.__dict__["_lwct_layers"])
+def _parameters(layer: nn.Module) -> dict[str, torch.Tensor]:
+    """A layer's parameters by name, read without nn.Module.__getattr__: the step rule reads them every step."""
+    return cast(dict[str, torch.Tensor], layer._parameters)
 
 
-def _working_weights(module: nn.Module) -> tuple[torch.Tensor, ...]:
-    working = _working_layers(module)
-    layers, constrained = working.layers, working.constrained
-    return _ConstrainedWeights.apply(
-        constrained,
-        module.lwct_sigma_grad_scales,
-        *(getattr(layer, SHADOW) for layer in layers),
-        *(getattr(layer, MASK) for layer in layers),
-        *(getattr(layer, SIGMA) for layer in layers[:constrained]),
-    )
+def _gradient(weight: torch.Tensor) -> torch.Tensor:
+    """A weight's gradient; zeros for a layer the forward did not reach."""
+    return weight.grad if weight.grad is not None else torch.zeros_like(weight)
 
 
-def _set_weights(module: nn.Module, _inputs) -> None:
-    """Forward pre-hook: every layer's weight for this forward (a plain attribute, so no Module bookkeeping)."""
-    for layer, weight in zip(_working_layers(module).layers, _working_weights(module), strict=True):
-        layer.__dict__["weight"] = weight
+def _steps(module: nn.Module) -> _ConstrainedSteps:
+    return cast(_ConstrainedSteps, module.__dict__[STEP_RULE])
 
 
-def _drop_weights(module: nn.Module, _inputs, _output) -> None:
-    """Forward hook: the weights leave with the forward (the graph keeps what backward needs), so the module never
-    holds stale weights or graph tensors, which deepcopy refuses."""
-    for layer in _working_layers(module).layers:
-        layer.__dict__.pop("weight", None)
+def _recompute_after_load(module: nn.Module, _incompatible_keys) -> None:
+    """A rolled-back stage (core.train.fit_guarded) loads W and σ: the constrained weights follow."""
+    _steps(module).after_step()
 
 
 def prunable_layers(module: nn.Module) -> dict[str, Producer]:
@@ -153,36 +140,35 @@ def build_working_module(
     base: nn.Module, shadow: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], sigmas: dict[str, float | None]
 ) -> nn.Module:
     """A trainable copy of `base` holding `shadow` weights, pruned by `masks`; layers named in `sigmas` are
-    σ-constrained (σ None: initialise). Each prunable layer's weight parameter is replaced by SHADOW, MASK (and
-    SIGMA) entries, from which a forward pre-hook computes the weights (_ConstrainedWeights)."""
+    σ-constrained (σ None: initialise), their weights computed from SHADOW and SIGMA parameters. Train it through
+    core.train (fit, optimizer_for), which applies its _ConstrainedSteps."""
     module = copy.deepcopy(base).cpu()
     module.load_state_dict(shadow)
     layers = prunable_layers(module)
     order = [name for name in layers if name in sigmas] + [name for name in layers if name not in sigmas]
     for name in order:
         layer, mask = layers[name], masks[name].cpu()
-        weight = layer.weight.detach().masked_fill(~mask, 0.0)  # +0.0: W·0 leaves a −0.0, which packs as a value
-        del layer.weight
-        layer.register_parameter(SHADOW, nn.Parameter(weight))
+        with torch.no_grad():  # +0.0: W·0 leaves a −0.0, which packs as a value
+            layer.weight.masked_fill_(~mask, 0.0)
         layer.register_buffer(MASK, mask.float())
         if name in sigmas:
+            weight = layer.weight.detach().clone()
             sigma = sigmas[name]
             value = initial_sigma(weight, mask) if sigma is None else sigma
+            layer.register_parameter(SHADOW, nn.Parameter(weight))
             layer.register_parameter(SIGMA, nn.Parameter(torch.tensor(value, dtype=torch.float32)))
     constrained = [name for name in order if name in sigmas]
-    module.__dict__["_lwct_layers"] = _WorkingLayers([layers[name] for name in order], len(constrained))
-    scales = [1.0 / max(int(masks[name].sum()), 1) for name in constrained]
-    module.register_buffer("lwct_sigma_grad_scales", torch.tensor(scales), persistent=False)
-    module.register_forward_pre_hook(_set_weights)
-    module.register_forward_hook(_drop_weights)
+    scales = torch.tensor([1.0 / max(int(masks[name].sum()), 1) for name in constrained])
+    steps = _ConstrainedSteps([layers[name] for name in order], len(constrained), scales)
+    module.__dict__[STEP_RULE] = steps
+    module.register_load_state_dict_post_hook(_recompute_after_load)
+    steps.after_step()
     return module
 
 
 def working_weights(module: nn.Module) -> dict[str, torch.Tensor]:
     """The weights a working module's prunable layers compute with (σ·sign(W), W⊙m), by layer name."""
-    with torch.no_grad():
-        weights = dict(zip(map(id, _working_layers(module).layers), _working_weights(module), strict=True))
-    return {name: weights[id(layer)] for name, layer in prunable_layers(module).items()}
+    return {name: layer.weight.detach() for name, layer in prunable_layers(module).items()}
 
 
 def shadow_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -193,7 +179,9 @@ def shadow_state(module: nn.Module) -> dict[str, torch.Tensor]:
         if leaf in (MASK, SIGMA):
             continue
         if leaf == SHADOW:
-            key = f"{prefix}.weight" if prefix else "weight"
+            key = _parameter_key(prefix, "weight")
+        elif leaf == "weight" and _parameter_key(prefix, SHADOW) in module.state_dict():
+            continue  # computed from the shadow weights
         state[key] = value.detach().cpu().clone()
     return state
 

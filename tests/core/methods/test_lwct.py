@@ -19,7 +19,7 @@ from core.methods.lwct import (
     shadow_state,
     working_weights,
 )
-from core.train import fit
+from core.train import fit, optimizer_for
 
 
 def _blobs(n=256, features=16, classes=4, seed=0):
@@ -52,16 +52,18 @@ def test_sigma_sgd_keeps_weights_ternary_within_mask_and_learns_sigma():
 
 
 def test_constrained_weights_have_the_gradients_of_the_composed_ops():
-    """The fused straight-through function against the same maths written as plain differentiable tensor ops."""
+    """The step rule's straight-through gradients against the same maths written as differentiable tensor ops."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 8), nn.Linear(8, 3))
     masks = {name: torch.rand_like(layer.weight) > 0.4 for name, layer in prunable_layers(model).items()}
     working = build_working_module(model, shadow_state(model), masks, {"0": None, "3": 0.2})
     x, target = torch.randn(5, 2, 6, 6), torch.randint(0, 3, (5,))
     nn.functional.cross_entropy(working(x), target).backward()
+    optimizer_for(working, lr=0.0, momentum=0.0, weight_decay=0.0).step()  # the rule moves the gradients
 
     layers = prunable_layers(working)
-    shadows = {name: layer.lwct_shadow.detach().clone().requires_grad_() for name, layer in layers.items()}
+    trained = {name: getattr(layer, "lwct_shadow", layer.weight) for name, layer in layers.items()}
+    shadows = {name: tensor.detach().clone().requires_grad_() for name, tensor in trained.items()}
     sigmas = {name: layers[name].lwct_sigma.detach().clone().requires_grad_() for name in ("0", "3")}
     reference = copy.deepcopy(model)
     for name, layer in prunable_layers(reference).items():
@@ -72,12 +74,37 @@ def test_constrained_weights_have_the_gradients_of_the_composed_ops():
         layer.weight = masked
     nn.functional.cross_entropy(reference(x), target).backward()
     for name, layer in layers.items():
-        assert torch.allclose(layer.lwct_shadow.grad, shadows[name].grad, atol=1e-6)
+        assert torch.allclose(trained[name].grad, shadows[name].grad, atol=1e-6)
         if name in sigmas:
+            assert layer.weight.grad is None  # a computed weight is never stepped itself
             kept = int(masks[name].sum())
             assert torch.allclose(layer.lwct_sigma.grad, sigmas[name].grad / kept, rtol=1e-4)
-    assert "weight" not in working[0].__dict__  # weights live only during a forward: the module deep-copies
-    copy.deepcopy(working)
+
+
+def test_constrained_weights_follow_their_parameters_through_a_step_a_rollback_and_a_copy():
+    torch.manual_seed(0)
+    x, y = _blobs()
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    masks = {name: torch.rand_like(layer.weight) > 0.5 for name, layer in prunable_layers(model).items()}
+    working = build_working_module(model, shadow_state(model), masks, {"0": None, "2": None})
+
+    def computed(module):
+        return {
+            name: torch.sign(layer.lwct_shadow.detach()) * layer.lwct_sigma.detach().abs()
+            for name, layer in prunable_layers(module).items()
+        }
+
+    start = copy.deepcopy(working.state_dict())
+    fit(working, x, y, epochs=1, lr=0.05, batch_size=32, seed=0)
+    trained = {name: weight.clone() for name, weight in working_weights(working).items()}
+    assert all(torch.equal(trained[name], weight) for name, weight in computed(working).items())
+    working.load_state_dict(start)  # core.train.fit_guarded's rollback
+    assert all(torch.equal(working_weights(working)[name], weight) for name, weight in computed(working).items())
+    assert not torch.equal(working_weights(working)["0"], trained["0"])
+    twin = copy.deepcopy(working)
+    fit(twin, x, y, epochs=1, lr=0.05, batch_size=32, seed=0)  # trains the copy's own layers, not the original's
+    assert all(torch.equal(working_weights(twin)[name], trained[name]) for name in trained)
+    assert all(torch.equal(working_weights(working)[name], weight) for name, weight in computed(working).items())
 
 
 def test_global_threshold_hits_requested_sparsity():
@@ -355,3 +382,25 @@ def test_grid_search_puts_float_layers_on_coarser_grids_within_the_budget(digits
     assert sum(floats[n].bits for n in coarsened) < sum(
         layer.bits for layer in int8_only.layers if layer.name in coarsened
     )
+
+
+def test_a_grad_scaler_unscales_before_the_step_rule_moves_the_gradients():
+    """fit's mixed-precision path (CUDA) steps through a GradScaler; the rule must see unscaled gradients."""
+    torch.manual_seed(0)
+    x, y = _blobs(n=64)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    masks = {name: torch.rand_like(layer.weight) > 0.5 for name, layer in prunable_layers(model).items()}
+    trained = []
+    for scale in (None, 2.0**12):
+        working = build_working_module(model, shadow_state(model), masks, {"0": None})
+        optimizer = optimizer_for(working, lr=0.05, momentum=0.9, weight_decay=0.0)
+        scaler = torch.amp.GradScaler("cpu", init_scale=scale or 1.0, enabled=scale is not None)
+        for _ in range(3):
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(nn.functional.cross_entropy(working(x), y)).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        trained.append((shadow_state(working), learned_sigmas(working)))
+    (plain_state, plain_sigmas), (scaled_state, scaled_sigmas) = trained
+    assert all(torch.allclose(plain_state[key], scaled_state[key], atol=1e-6) for key in plain_state)
+    assert scaled_sigmas["0"] == pytest.approx(plain_sigmas["0"], rel=1e-5)
