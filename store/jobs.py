@@ -241,8 +241,10 @@ def finish_job(
     results: dict[str, str] | None = None,
 ) -> bool:
     """running/cancelling → a final status, with the job's named results (name → artifact id) attached in the same
-    transaction, so a job never shows results without being succeeded, nor two sets of them. False (nothing changed)
-    when the job is no longer this worker's."""
+    transaction, so a job never shows results without being succeeded, nor two sets of them, and its checkpoint
+    pointer cleared with it: a final job has no next attempt, so it never shows one (the caller deletes the
+    artifact; sweep_orphaned_results catches it if the caller dies first). False (nothing changed) when the job is
+    no longer this worker's."""
     if status not in FINAL_STATUSES:
         raise ValueError(f"not a final status: {status}")
     started_at = as_utc(session.scalar(select(Job.started_at).where(Job.id == job_id)))
@@ -253,6 +255,7 @@ def finish_job(
         "error_message": error_message,
         "target_met": target_met,
         "finished_at": now,
+        "checkpoint_artifact_id": None,
         "version": Job.version + 1,
     }
     if started_at is not None:

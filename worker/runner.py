@@ -78,8 +78,6 @@ def run_job(job_id: str, ctx: WorkerContext) -> None:
             if not finished:
                 for artifact_id in results.values():
                     delete_artifact(ctx.session_factory, ctx.blobs, artifact_id)
-        if finished:  # every final status: a checkpoint only serves a next attempt, and there is none
-            _drop_checkpoint(ctx, job_id)
 
 
 def _outcome(report: dict) -> tuple[JobStatus, str | None, str | None]:
@@ -100,9 +98,12 @@ def _finish(
 ) -> bool:
     fields.update(error_code=error_code, error_message=error_message)
     with ctx.session_factory() as session:
+        checkpoint_id = checkpoint_of(session, job.id)
         done = finish_job(session, job.id, ctx.worker_id, status, **fields)
     if not done:
         log.warning("job %s: no longer ours, %s result dropped", job.id, status)
+    elif checkpoint_id:  # every final status: a checkpoint only serves a next attempt, and there is none
+        delete_artifact(ctx.session_factory, ctx.blobs, checkpoint_id)
     return done
 
 
@@ -187,13 +188,6 @@ def _store_results(job: Job, ctx: WorkerContext, out_dir: Path) -> dict[str, str
             delete_artifact(ctx.session_factory, ctx.blobs, artifact_id)
         raise
     return results
-
-
-def _drop_checkpoint(ctx: WorkerContext, job_id: str) -> None:
-    with ctx.session_factory() as session:
-        checkpoint_id = checkpoint_of(session, job_id)
-    if checkpoint_id:
-        delete_artifact(ctx.session_factory, ctx.blobs, checkpoint_id)
 
 
 class JobMonitor:

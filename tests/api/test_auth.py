@@ -70,9 +70,10 @@ def test_a_revoked_key_stops_working_within_the_key_cache_time(api_settings, red
     ttl = 0.5
     with make_client(api_settings, redis_url, api_key_cache_s=ttl) as client:
         headers = revoke_after_use(client)
-        revoked_at = time.monotonic()
+        revoked_at = sent = time.monotonic()
         while client.get("/v1/jobs", headers=headers).status_code == 200:  # cached: trusted until the entry expires
-            assert time.monotonic() - revoked_at <= ttl
+            assert sent - revoked_at <= ttl  # when the request was sent: a loaded machine may answer it late
+            sent = time.monotonic()
         assert_problem(client.get("/v1/jobs", headers=headers), 401, "unauthorized")
         assert time.monotonic() - revoked_at <= ttl + 0.5
         unknown = {"Authorization": "Bearer sqz_never-issued"}

@@ -6,7 +6,17 @@ from sqlalchemy import select, update
 from core.events import Event
 from store.artifacts import store_artifact
 from store.blobs import DatabaseBlobStore
-from store.jobs import claim_job, create_job, finish_job, heartbeat, reap, record_event, request_cancel, update_progress
+from store.jobs import (
+    claim_job,
+    create_job,
+    finish_job,
+    heartbeat,
+    reap,
+    record_event,
+    request_cancel,
+    set_checkpoint,
+    update_progress,
+)
 from store.models import Job, JobEvent, JobResult, utcnow
 
 SPEC = {"model": {"artifact_id": "art_x"}, "dataset": {"sample": "digits"}, "method": "lwct"}
@@ -103,6 +113,7 @@ def test_only_the_owner_finishes_and_results_come_with_success(pg_sessions):
     )
     with pg_sessions() as session:
         claim_job(session, job_id, "w1")
+        assert set_checkpoint(session, job_id, "w1", artifact.id) is None
         update_progress(session, job_id, {"stage": "train", "fraction": 0.5, "best_accuracy": float("nan")})
         record_event(session, job_id, Event(stage="train", fraction=0.5, data={"loss": float("inf"), "epoch": 1}))
         assert finish_job(session, job_id, "intruder", "succeeded", results={"report.json": artifact.id}) is False
@@ -115,6 +126,7 @@ def test_only_the_owner_finishes_and_results_come_with_success(pg_sessions):
         event = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id)).one()
     job = get(pg_sessions, job_id)
     assert (job.status, job.target_met, job.progress["best_accuracy"]) == ("succeeded", True, None)
+    assert job.checkpoint_artifact_id is None  # cleared with the final status, not after it
     assert [(r.name, r.artifact_id) for r in results] == [("report.json", artifact.id)]
     assert event.data == {"loss": None, "epoch": 1}
 
