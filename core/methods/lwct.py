@@ -43,8 +43,8 @@ _COARSER_GRIDS = [grid for grid in _BIAS_GRIDS if GRID_LEVELS[grid] < GRID_LEVEL
 
 
 # The working module's per-layer state: the mask m (1 = kept) and, on σ-constrained layers, the float shadow weights
-# W and the learned σ. A pruned float
-# layer's own weight is W⊙m; a constrained layer's weight is computed, |σ|·sign(W), and never stepped itself.
+# W and the learned σ. A pruned float layer's own weight is W⊙m; a constrained layer's weight is computed,
+# |σ|·sign(W), and never stepped itself.
 SHADOW, MASK, SIGMA = "lwct_shadow", "lwct_mask", "lwct_sigma"
 
 
