@@ -229,6 +229,12 @@ def set_checkpoint(session: Session, job_id: str, worker_id: str, artifact_id: s
     return previous if result.rowcount == 1 else artifact_id
 
 
+def _ended(status: JobStatus, now: datetime, **values: Any) -> dict[str, Any]:
+    """The columns every move to a final status sets: when it ended, and no checkpoint (a checkpoint only serves a
+    next attempt, and a final job has none; its artifact is deleted by the worker or swept)."""
+    return {"status": status, "finished_at": now, "checkpoint_artifact_id": None, **values}
+
+
 def finish_job(
     session: Session,
     job_id: str,
@@ -242,22 +248,20 @@ def finish_job(
 ) -> bool:
     """running/cancelling → a final status, with the job's named results (name → artifact id) attached in the same
     transaction, so a job never shows results without being succeeded, nor two sets of them, and its checkpoint
-    pointer cleared with it: a final job has no next attempt, so it never shows one (the caller deletes the
-    artifact; sweep_orphaned_results catches it if the caller dies first). False (nothing changed) when the job is
-    no longer this worker's."""
+    pointer cleared with it (_ended; the caller deletes the artifact, sweep_orphaned_results if the caller dies
+    first). False (nothing changed) when the job is no longer this worker's."""
     if status not in FINAL_STATUSES:
         raise ValueError(f"not a final status: {status}")
     started_at = as_utc(session.scalar(select(Job.started_at).where(Job.id == job_id)))
     now = utcnow()
-    values: dict[str, Any] = {
-        "status": status,
-        "error_code": error_code,
-        "error_message": error_message,
-        "target_met": target_met,
-        "finished_at": now,
-        "checkpoint_artifact_id": None,
-        "version": Job.version + 1,
-    }
+    values = _ended(
+        status,
+        now,
+        error_code=error_code,
+        error_message=error_message,
+        target_met=target_met,
+        version=Job.version + 1,
+    )
     if started_at is not None:
         values["duration_s"] = (now - started_at).total_seconds()
     result = session.execute(
@@ -285,7 +289,7 @@ def request_cancel(session: Session, job_id: str) -> Job | None:
     session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, version=Job.version + 1)
+        .values(**_ended(JobStatus.CANCELLED, now, cancel_requested=True, version=Job.version + 1))
     )
     session.execute(
         update(Job)
@@ -319,7 +323,7 @@ def reap(session: Session, *, heartbeat_timeout_s: float, stale_queued_s: float)
             or_(Job.heartbeat_at < dead_cutoff, Job.heartbeat_at.is_(None)),
         )
         if status == JobStatus.CANCELLING:
-            values: dict[str, Any] = {"status": JobStatus.CANCELLED, "finished_at": now}
+            values = _ended(JobStatus.CANCELLED, now)
             event = Event(
                 stage="worker_lost",
                 fraction=0.0,
@@ -336,12 +340,7 @@ def reap(session: Session, *, heartbeat_timeout_s: float, stale_queued_s: float)
             )
         else:
             message = f"The worker stopped responding on each of {attempts} attempts; giving up."
-            values = {
-                "status": JobStatus.FAILED,
-                "error_code": "worker_lost",
-                "error_message": message,
-                "finished_at": now,
-            }
+            values = _ended(JobStatus.FAILED, now, error_code="worker_lost", error_message=message)
             event = Event(stage="worker_lost", fraction=0.0, level="error", message=message)
         result = session.execute(update(Job).where(*still_dead).values(**values, version=Job.version + 1))
         if result.rowcount == 1:

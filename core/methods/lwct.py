@@ -174,14 +174,14 @@ def working_weights(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def shadow_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """Plain state dict of a module, working or not (float shadow weights under their ordinary names), on CPU."""
-    state = {}
-    for key, value in module.state_dict().items():
+    state, full = {}, module.state_dict()
+    for key, value in full.items():
         prefix, _, leaf = key.rpartition(".")
         if leaf in (MASK, SIGMA):
             continue
         if leaf == SHADOW:
             key = _parameter_key(prefix, "weight")
-        elif leaf == "weight" and _parameter_key(prefix, SHADOW) in module.state_dict():
+        elif leaf == "weight" and _parameter_key(prefix, SHADOW) in full:
             continue  # computed from the shadow weights
         state[key] = value.detach().cpu().clone()
     return state
