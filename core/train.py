@@ -244,6 +244,9 @@ STEP_RULE = "_step_rule"
 
 
 class StepRule(Protocol):
+    def bind(self) -> list[nn.Parameter]:
+        """Follow the module to its present device; return what the step trains besides its own parameters."""
+
     def before_step(self) -> None:
         """Turn the computed weights' gradients into gradients of what they are computed from."""
 
@@ -254,10 +257,9 @@ class StepRule(Protocol):
 def optimizer_for(module: nn.Module, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
     """SGD over `module`'s trainable parameters, with the module's StepRule (if any) hooked onto every step: inside
     the step, so that a GradScaler has unscaled the gradients and skips the rule with the step."""
-    optimizer = sgd(
-        [p for p in module.parameters() if p.requires_grad], lr=lr, momentum=momentum, weight_decay=weight_decay
-    )
     rule: StepRule | None = module.__dict__.get(STEP_RULE)
+    params = [p for p in module.parameters() if p.requires_grad] + (rule.bind() if rule is not None else [])
+    optimizer = sgd(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if rule is not None:
         optimizer.register_step_pre_hook(lambda *_: rule.before_step())
         optimizer.register_step_post_hook(lambda *_: rule.after_step())

@@ -42,65 +42,138 @@ _BIAS_GRIDS = sorted(GRID_LEVELS, key=GRID_LEVELS.__getitem__)
 _COARSER_GRIDS = [grid for grid in _BIAS_GRIDS if GRID_LEVELS[grid] < GRID_LEVELS["int8"]]
 
 
-# The working module's per-layer state: the mask m (1 = kept) and, on σ-constrained layers, the float shadow weights
-# W and the learned σ. A pruned float layer's own weight is W⊙m; a constrained layer's weight is computed,
-# |σ|·sign(W), and never stepped itself.
+# The working module's per-layer state: the mask m (1 = kept, a buffer of every prunable layer) and, on σ-constrained
+# layers, the float shadow weights W and the learned σ, which live in the module's _ConstrainedSteps and travel in
+# its state dict under the layer's SHADOW and SIGMA keys. A pruned float layer's own weight is W⊙m; a constrained
+# layer's weight is computed, |σ|·sign(W)⊙m, and never stepped itself.
 SHADOW, MASK, SIGMA = "lwct_shadow", "lwct_mask", "lwct_sigma"
 
 
 @dataclass
 class _ConstrainedSteps:
     """The straight-through estimator as a StepRule (core.train.optimizer_for): the forward and backward are a plain
-    network's, and the step moves the gradient. Before it, the masked gradient g⊙m of a constrained layer's weight
-    goes to W, and ⟨g⊙m, sign W⟩ to σ, averaged over the layer's kept weights (scaled by 1/kept) so one learning rate
+    network's, and the step moves the gradient. Before it, a constrained layer's weight gradient g at its kept
+    positions goes to W, and ⟨g, sign W⟩ to σ, averaged over the kept weights (scaled by 1/kept) so one learning rate
     suits weights and σ alike and σ cannot run away on large layers; |σ| keeps it a magnitude. A float layer's
-    gradient is masked in place. After it, the constrained weights are computed again. sign(W) needs no mask: pruned
-    shadow weights start at zero and never get a gradient.
+    gradient is masked in place. After it, the constrained weights are computed again at their kept positions; the
+    pruned ones stay zero.
 
-    Multi-tensor (foreach) kernels over the whole network, once a step, and nothing in autograd: the step overhead
-    stays flat as layers are added (bench/sigma_sgd_overhead.py). Kept in the module's __dict__, so that a deepcopy
-    maps it to the copy's layers; the constrained layers come first."""
+    W holds the kept weights only, of every constrained layer end to end in one tensor, and σ is one vector: the
+    pruned weights, most of a layer, are neither stepped nor read, and every part of the rule but the dots is one
+    kernel over the network, not one a layer (bench/sigma_sgd_overhead.py). Kept in the module's __dict__, so that a
+    deepcopy maps it to the copy's layers; the constrained layers come first."""
 
-    layers: list[nn.Module]
-    constrained: int
+    layers: list[Producer]
+    names: list[str]  # the constrained layers' names in the module, their state-dict prefixes
+    kept: list[torch.Tensor]  # each constrained layer's kept positions in its flattened weight
+    shadow: nn.Parameter  # W at those positions, layer after layer
+    sigma: nn.Parameter  # one σ a constrained layer
     sigma_grad_scales: torch.Tensor  # 1/kept of each constrained layer
-    # what after_step computed for the next before_step: sign(W), and sign(σ) × the scales
-    codes: list[torch.Tensor] = field(default_factory=list)
-    sigma_grad_factors: torch.Tensor | None = None
+    # the step's working tensors, made by bind(): the constrained weights end to end (the layers' weights are views
+    # into it) and a buffer for their gradients; the kept positions in it, their count a layer; W's gradient and
+    # sign(W), with their per-layer views
+    weights: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    weight_grads: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    positions: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    lengths: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    grad: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    codes: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    views: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def constrained(self) -> int:
+        return len(self.names)
+
+    def bind(self) -> list[nn.Parameter]:
+        """Follow the module to its layers' device (core.train.fit moves it; a deepcopy has layers of its own), make
+        the step's working tensors, and return W and σ for the optimizer."""
+        if not self.constrained:
+            return []
+        layers = self.layers[: self.constrained]
+        device = layers[0].weight.device
+        if self.shadow.device != device:
+            self.shadow = nn.Parameter(self.shadow.detach().to(device))
+            self.sigma = nn.Parameter(self.sigma.detach().to(device))
+            self.kept = [kept.to(device) for kept in self.kept]
+            self.sigma_grad_scales = self.sigma_grad_scales.to(device)
+        with torch.no_grad():
+            sizes = [layer.weight.numel() for layer in layers]
+            self.weights = torch.cat([layer.weight.detach().reshape(-1) for layer in layers])
+            for layer, view in zip(layers, self.weights.split(sizes), strict=True):
+                layer.weight.data = view.view_as(layer.weight)
+            self.weight_grads = torch.zeros_like(self.weights)
+            offsets = torch.tensor([0, *sizes[:-1]], device=device).cumsum(0)
+            self.positions = torch.cat([kept + offset for kept, offset in zip(self.kept, offsets, strict=True)])
+            lengths = [len(kept) for kept in self.kept]
+            self.lengths = torch.tensor(lengths, device=device)
+            self.grad, self.codes = torch.zeros_like(self.shadow), torch.sign(self.shadow)
+            self.views = {"grad": list(self.grad.split(lengths)), "code": list(self.codes.split(lengths))}
+        return [self.shadow, self.sigma]
 
     @torch.no_grad()
     def before_step(self) -> None:
-        parameters = [_parameters(layer) for layer in self.layers]
-        grads = [_gradient(layer["weight"]) for layer in parameters]
-        torch._foreach_mul_(grads, [cast(torch.Tensor, layer._buffers[MASK]) for layer in self.layers])
-        constrained = parameters[: self.constrained]
-        if not constrained:
+        weights = [cast(torch.Tensor, layer._parameters["weight"]) for layer in self.layers]
+        grads = [_gradient(weight) for weight in weights]
+        if self.constrained < len(self.layers):
+            masks = [cast(torch.Tensor, layer._buffers[MASK]) for layer in self.layers[self.constrained :]]
+            torch._foreach_mul_(grads[self.constrained :], masks)
+        if not self.constrained:
             return
-        if self.codes[0].device != grads[0].device:  # the module moved since the weights were computed
-            self.after_step()
-        dots = torch.stack(  # one BLAS dot a layer, nothing allocated: 30 % less than a product and its sum
-            [torch.dot(grad.reshape(-1), code.reshape(-1)) for grad, code in zip(grads, self.codes, strict=False)]
-        )
-        sigma_grads = (dots * cast(torch.Tensor, self.sigma_grad_factors)).unbind()
-        for layer, grad, sigma_grad in zip(constrained, grads, sigma_grads, strict=False):
-            layer[SHADOW].grad, layer[SIGMA].grad, layer["weight"].grad = grad, sigma_grad, None
+        torch.cat([grad.reshape(-1) for grad in grads[: self.constrained]], out=self.weight_grads)
+        torch.index_select(self.weight_grads, 0, self.positions, out=self.grad)
+        dots = torch.stack([torch.dot(g, code) for g, code in zip(self.views["grad"], self.views["code"], strict=True)])
+        self.sigma.grad = dots * torch.sign(self.sigma) * self.sigma_grad_scales  # d|σ|/dσ, averaged
+        self.shadow.grad = self.grad
+        for weight in weights[: self.constrained]:
+            weight.grad = None
 
     @torch.no_grad()
     def after_step(self) -> None:
-        constrained = [_parameters(layer) for layer in self.layers[: self.constrained]]
-        if not constrained:
+        if not self.constrained:
             return
-        sigmas = torch.stack([layer[SIGMA] for layer in constrained])
-        self.codes = list(torch._foreach_sign([layer[SHADOW] for layer in constrained]))
-        self.sigma_grad_factors = torch.sign(sigmas) * self.sigma_grad_scales.to(sigmas.device)  # d|σ|/dσ, averaged
-        weights = [layer["weight"] for layer in constrained]
-        torch._foreach_copy_(weights, self.codes)
-        torch._foreach_mul_(weights, cast(list[torch.Tensor], list(sigmas.abs().unbind())))
+        torch.sign(self.shadow, out=self.codes)
+        sigmas = self.sigma.abs().repeat_interleave(self.lengths, output_size=len(self.codes))
+        self.weights.index_copy_(0, self.positions, self.codes * sigmas)
 
+    def shadows(self) -> list[torch.Tensor]:
+        return list(self.shadow.detach().split([len(kept) for kept in self.kept]))
 
-def _parameters(layer: nn.Module) -> dict[str, torch.Tensor]:
-    """A layer's parameters by name, read without nn.Module.__getattr__: the step rule reads them every step."""
-    return cast(dict[str, torch.Tensor], layer._parameters)
+    def save(self, state: dict, prefix: str) -> None:
+        """Put each constrained layer's W (full shape, zero where pruned) and σ into a state dict."""
+        for name, layer, kept, shadow, sigma in zip(
+            self.names, self.layers, self.kept, self.shadows(), self.sigma.detach(), strict=False
+        ):
+            weight = layer.weight.detach()
+            full = weight.new_zeros(weight.numel()).index_copy_(0, kept, shadow)
+            state[prefix + _parameter_key(name, SHADOW)] = full.view_as(weight)
+            state[prefix + _parameter_key(name, SIGMA)] = sigma.clone()
+
+    def load(self, state: dict, prefix: str, missing: list[str], errors: list[str]) -> None:
+        """Take each constrained layer's W and σ out of a state dict (core.train.fit_guarded's rollback); the
+        weights follow in recompute(), once the layers have loaded theirs."""
+        with torch.no_grad():
+            for index, (name, layer, kept, shadow) in enumerate(
+                zip(self.names, self.layers, self.kept, self.shadows(), strict=False)
+            ):
+                keys = prefix + _parameter_key(name, SHADOW), prefix + _parameter_key(name, SIGMA)
+                if not all(key in state for key in keys):
+                    missing.extend(key for key in keys if key not in state)
+                    continue
+                saved, sigma = state.pop(keys[0]), state.pop(keys[1])
+                if saved.shape != layer.weight.shape or sigma.numel() != 1:
+                    errors.append(f"{keys[0]}: shape {tuple(saved.shape)}, expected {tuple(layer.weight.shape)}")
+                    continue
+                shadow.copy_(saved.reshape(-1).to(kept.device)[kept])
+                self.sigma[index] = sigma.reshape(())
+
+    def recompute(self) -> None:
+        """Every constrained weight from W and σ, its pruned positions included."""
+        self.bind()
+        self.weights.zero_()
+        self.after_step()
+
+    def learned_sigmas(self) -> dict[str, float]:
+        return dict(zip(self.names, self.sigma.detach().abs().cpu().tolist(), strict=True))
 
 
 def _gradient(weight: torch.Tensor) -> torch.Tensor:
@@ -112,9 +185,18 @@ def _steps(module: nn.Module) -> _ConstrainedSteps:
     return cast(_ConstrainedSteps, module.__dict__[STEP_RULE])
 
 
+def _save_constrained_state(module: nn.Module, state: dict, prefix: str, _metadata) -> None:
+    _steps(module).save(state, prefix)
+
+
+def _take_constrained_state(
+    module: nn.Module, state: dict, prefix: str, _metadata, _strict, missing, _unexpected, errors
+):
+    _steps(module).load(state, prefix, missing, errors)
+
+
 def _recompute_after_load(module: nn.Module, _incompatible_keys) -> None:
-    """A rolled-back stage (core.train.fit_guarded) loads W and σ: the constrained weights follow."""
-    _steps(module).after_step()
+    _steps(module).recompute()
 
 
 def prunable_layers(module: nn.Module) -> dict[str, Producer]:
@@ -141,8 +223,8 @@ def build_working_module(
     base: nn.Module, shadow: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], sigmas: dict[str, float | None]
 ) -> nn.Module:
     """A trainable copy of `base` holding `shadow` weights, pruned by `masks`; layers named in `sigmas` are
-    σ-constrained (σ None: initialise), their weights computed from SHADOW and SIGMA parameters. Train it through
-    core.train (fit, optimizer_for), which applies its _ConstrainedSteps."""
+    σ-constrained (σ None: initialise), their weights computed from the W and σ of its _ConstrainedSteps. Train it
+    through core.train (fit, optimizer_for), which applies them."""
     module = copy.deepcopy(base).cpu()
     module.load_state_dict(shadow)
     layers = prunable_layers(module)
@@ -152,18 +234,26 @@ def build_working_module(
         with torch.no_grad():  # +0.0: W·0 leaves a −0.0, which packs as a value
             layer.weight.masked_fill_(~mask, 0.0)
         layer.register_buffer(MASK, mask.float())
-        if name in sigmas:
-            weight = layer.weight.detach().clone()
-            sigma = sigmas[name]
-            value = initial_sigma(weight, mask) if sigma is None else sigma
-            layer.register_parameter(SHADOW, nn.Parameter(weight))
-            layer.register_parameter(SIGMA, nn.Parameter(torch.tensor(value, dtype=torch.float32)))
     constrained = [name for name in order if name in sigmas]
-    scales = torch.tensor([1.0 / max(int(masks[name].sum()), 1) for name in constrained])
-    steps = _ConstrainedSteps([layers[name] for name in order], len(constrained), scales)
+    kept = [masks[name].cpu().reshape(-1).nonzero().squeeze(1) for name in constrained]
+    weights = [layers[name].weight.detach().reshape(-1) for name in constrained]
+    values = [
+        initial_sigma(layers[name].weight, masks[name].cpu()) if sigmas[name] is None else sigmas[name]
+        for name in constrained
+    ]
+    steps = _ConstrainedSteps(
+        layers=[layers[name] for name in order],
+        names=constrained,
+        kept=kept,
+        shadow=nn.Parameter(torch.cat([w[k] for w, k in zip(weights, kept, strict=True)]) if kept else torch.empty(0)),
+        sigma=nn.Parameter(torch.tensor(values, dtype=torch.float32)),
+        sigma_grad_scales=torch.tensor([1.0 / max(len(k), 1) for k in kept]),
+    )
     module.__dict__[STEP_RULE] = steps
+    module.register_state_dict_post_hook(_save_constrained_state)
+    module.register_load_state_dict_pre_hook(_take_constrained_state)
     module.register_load_state_dict_post_hook(_recompute_after_load)
-    steps.after_step()
+    steps.recompute()
     return module
 
 
@@ -173,26 +263,21 @@ def working_weights(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def shadow_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Plain state dict of a module, working or not (float shadow weights under their ordinary names), on CPU."""
+    """Plain state dict of a module, working or not (a constrained layer's shadow weights W under its weight's
+    name), on CPU."""
     state, full = {}, module.state_dict()
     for key, value in full.items():
         prefix, _, leaf = key.rpartition(".")
-        if leaf in (MASK, SIGMA):
+        if leaf in (MASK, SIGMA, SHADOW):
             continue
-        if leaf == SHADOW:
-            key = _parameter_key(prefix, "weight")
-        elif leaf == "weight" and _parameter_key(prefix, SHADOW) in full:
-            continue  # computed from the shadow weights
+        if leaf == "weight":  # a constrained layer's weight is computed from W
+            value = full.get(_parameter_key(prefix, SHADOW), value)
         state[key] = value.detach().cpu().clone()
     return state
 
 
 def learned_sigmas(module: nn.Module) -> dict[str, float]:
-    return {
-        name: float(getattr(layer, SIGMA).detach().abs())
-        for name, layer in prunable_layers(module).items()
-        if SIGMA in layer._parameters
-    }
+    return _steps(module).learned_sigmas()
 
 
 def _parameter_key(layer: str, leaf: str) -> str:

@@ -19,7 +19,7 @@ from core.methods.lwct import (
     shadow_state,
     working_weights,
 )
-from core.train import fit, optimizer_for
+from core.train import STEP_RULE, fit, optimizer_for
 
 
 def _blobs(n=256, features=16, classes=4, seed=0):
@@ -61,10 +61,12 @@ def test_constrained_weights_have_the_gradients_of_the_composed_ops():
     nn.functional.cross_entropy(working(x), target).backward()
     optimizer_for(working, lr=0.0, momentum=0.0, weight_decay=0.0).step()  # the rule moves the gradients
 
-    layers = prunable_layers(working)
-    trained = {name: getattr(layer, "lwct_shadow", layer.weight) for name, layer in layers.items()}
-    shadows = {name: tensor.detach().clone().requires_grad_() for name, tensor in trained.items()}
-    sigmas = {name: layers[name].lwct_sigma.detach().clone().requires_grad_() for name in ("0", "3")}
+    layers, state, steps = prunable_layers(working), working.state_dict(), working.__dict__[STEP_RULE]
+    shadows = {
+        name: state.get(f"{name}.lwct_shadow", layer.weight).detach().clone().requires_grad_()
+        for name, layer in layers.items()
+    }
+    sigmas = {name: state[f"{name}.lwct_sigma"].clone().requires_grad_() for name in ("0", "3")}
     reference = copy.deepcopy(model)
     for name, layer in prunable_layers(reference).items():
         masked = shadows[name] * masks[name].float()
@@ -73,12 +75,16 @@ def test_constrained_weights_have_the_gradients_of_the_composed_ops():
         del layer.weight
         layer.weight = masked
     nn.functional.cross_entropy(reference(x), target).backward()
+    kept = {name: masks[name].flatten().nonzero().squeeze(1) for name in sigmas}
+    constrained_grads = dict(zip(steps.names, steps.shadow.grad.split([len(k) for k in steps.kept]), strict=True))
     for name, layer in layers.items():
-        assert torch.allclose(trained[name].grad, shadows[name].grad, atol=1e-6)
-        if name in sigmas:
+        if name in sigmas:  # W's gradient at the kept positions (the pruned ones get none), σ's averaged over them
             assert layer.weight.grad is None  # a computed weight is never stepped itself
-            kept = int(masks[name].sum())
-            assert torch.allclose(layer.lwct_sigma.grad, sigmas[name].grad / kept, rtol=1e-4)
+            assert torch.allclose(constrained_grads[name], shadows[name].grad.flatten()[kept[name]], atol=1e-6)
+            sigma_grad = steps.sigma.grad[steps.names.index(name)]
+            assert torch.allclose(sigma_grad, sigmas[name].grad / len(kept[name]), rtol=1e-4)
+        else:
+            assert torch.allclose(layer.weight.grad, shadows[name].grad, atol=1e-6)
 
 
 def test_constrained_weights_follow_their_parameters_through_a_step_a_rollback_and_a_copy():
@@ -89,10 +95,8 @@ def test_constrained_weights_follow_their_parameters_through_a_step_a_rollback_a
     working = build_working_module(model, shadow_state(model), masks, {"0": None, "2": None})
 
     def computed(module):
-        return {
-            name: torch.sign(layer.lwct_shadow.detach()) * layer.lwct_sigma.detach().abs()
-            for name, layer in prunable_layers(module).items()
-        }
+        state = module.state_dict()
+        return {name: torch.sign(state[f"{name}.lwct_shadow"]) * state[f"{name}.lwct_sigma"].abs() for name in masks}
 
     start = copy.deepcopy(working.state_dict())
     fit(working, x, y, epochs=1, lr=0.05, batch_size=32, seed=0)
@@ -101,10 +105,27 @@ def test_constrained_weights_follow_their_parameters_through_a_step_a_rollback_a
     working.load_state_dict(start)  # core.train.fit_guarded's rollback
     assert all(torch.equal(working_weights(working)[name], weight) for name, weight in computed(working).items())
     assert not torch.equal(working_weights(working)["0"], trained["0"])
+    incomplete = {key: value for key, value in start.items() if key != "0.lwct_sigma"}
+    assert working.load_state_dict(incomplete, strict=False).missing_keys == ["0.lwct_sigma"]
     twin = copy.deepcopy(working)
     fit(twin, x, y, epochs=1, lr=0.05, batch_size=32, seed=0)  # trains the copy's own layers, not the original's
     assert all(torch.equal(working_weights(twin)[name], trained[name]) for name in trained)
     assert all(torch.equal(working_weights(working)[name], weight) for name, weight in computed(working).items())
+
+
+def test_constrained_channels_last_weights_train_in_place():
+    """The rule writes a constrained weight's kept positions through a flat view, which a channels-last weight has
+    not: it is laid out again, and still trains."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(64, 3)).to(memory_format=torch.channels_last)
+    masks = {name: torch.rand_like(layer.weight) > 0.5 for name, layer in prunable_layers(model).items()}
+    working = build_working_module(model, shadow_state(model), masks, {"0": None})
+    x, y = torch.randn(64, 2, 6, 6), torch.randint(0, 3, (64,))
+    before = working_weights(working)["0"].clone()
+    fit(working, x, y, epochs=2, lr=0.05, batch_size=16, seed=0)
+    weight, sigma = working_weights(working)["0"], learned_sigmas(working)["0"]
+    assert not torch.equal(weight, before)
+    assert torch.all(weight[~masks["0"]] == 0) and torch.allclose(weight[masks["0"]].abs(), torch.tensor(sigma))
 
 
 def test_global_threshold_hits_requested_sparsity():
