@@ -68,14 +68,14 @@ class _ConstrainedSteps:
     kept: list[torch.Tensor]  # each constrained layer's kept positions in its flattened weight
     shadow: nn.Parameter  # W at those positions, layer after layer
     sigma: nn.Parameter  # one σ a constrained layer
-    sigma_grad_scales: torch.Tensor  # 1/kept of each constrained layer
     # the step's working tensors, made by bind(): the constrained weights end to end (the layers' weights are views
-    # into it) and a buffer for their gradients; the kept positions in it, their count a layer; W's gradient and
-    # sign(W), with their per-layer views
+    # into it) and a buffer for their gradients; the kept positions in it, their count a layer and its inverse (σ's
+    # gradient is averaged over the kept weights); W's gradient and sign(W), with their per-layer views
     weights: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     weight_grads: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     positions: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     lengths: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    sigma_grad_scales: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     grad: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     codes: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     views: dict[str, list[torch.Tensor]] = field(default_factory=dict)
@@ -95,7 +95,6 @@ class _ConstrainedSteps:
             self.shadow = nn.Parameter(self.shadow.detach().to(device))
             self.sigma = nn.Parameter(self.sigma.detach().to(device))
             self.kept = [kept.to(device) for kept in self.kept]
-            self.sigma_grad_scales = self.sigma_grad_scales.to(device)
         with torch.no_grad():
             sizes = [layer.weight.numel() for layer in layers]
             self.weights = torch.cat([layer.weight.detach().reshape(-1) for layer in layers])
@@ -104,8 +103,9 @@ class _ConstrainedSteps:
             self.weight_grads = torch.zeros_like(self.weights)
             offsets = torch.tensor([0, *sizes[:-1]], device=device).cumsum(0)
             self.positions = torch.cat([kept + offset for kept, offset in zip(self.kept, offsets, strict=True)])
-            lengths = [len(kept) for kept in self.kept]
+            lengths = self.kept_counts()
             self.lengths = torch.tensor(lengths, device=device)
+            self.sigma_grad_scales = 1.0 / self.lengths.clamp(min=1)
             self.grad, self.codes = torch.zeros_like(self.shadow), torch.sign(self.shadow)
             self.views = {"grad": list(self.grad.split(lengths)), "code": list(self.codes.split(lengths))}
         return [self.shadow, self.sigma]
@@ -135,8 +135,11 @@ class _ConstrainedSteps:
         sigmas = self.sigma.abs().repeat_interleave(self.lengths, output_size=len(self.codes))
         self.weights.index_copy_(0, self.positions, self.codes * sigmas)
 
+    def kept_counts(self) -> list[int]:
+        return [len(kept) for kept in self.kept]
+
     def shadows(self) -> list[torch.Tensor]:
-        return list(self.shadow.detach().split([len(kept) for kept in self.kept]))
+        return list(self.shadow.detach().split(self.kept_counts()))
 
     def save(self, state: dict, prefix: str) -> None:
         """Put each constrained layer's W (full shape, zero where pruned) and σ into a state dict."""
@@ -164,7 +167,7 @@ class _ConstrainedSteps:
                     errors.append(f"{keys[0]}: shape {tuple(saved.shape)}, expected {tuple(layer.weight.shape)}")
                     continue
                 shadow.copy_(saved.reshape(-1).to(kept.device)[kept])
-                self.sigma[index] = sigma.reshape(())
+                self.sigma[index] = sigma.reshape(()).to(self.sigma.device)
 
     def recompute(self) -> None:
         """Every constrained weight from W and σ, its pruned positions included."""
@@ -191,7 +194,7 @@ def _save_constrained_state(module: nn.Module, state: dict, prefix: str, _metada
 
 def _take_constrained_state(
     module: nn.Module, state: dict, prefix: str, _metadata, _strict, missing, _unexpected, errors
-):
+) -> None:
     _steps(module).load(state, prefix, missing, errors)
 
 
@@ -247,7 +250,6 @@ def build_working_module(
         kept=kept,
         shadow=nn.Parameter(torch.cat([w[k] for w, k in zip(weights, kept, strict=True)]) if kept else torch.empty(0)),
         sigma=nn.Parameter(torch.tensor(values, dtype=torch.float32)),
-        sigma_grad_scales=torch.tensor([1.0 / max(len(k), 1) for k in kept]),
     )
     module.__dict__[STEP_RULE] = steps
     module.register_state_dict_post_hook(_save_constrained_state)
