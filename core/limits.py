@@ -25,6 +25,7 @@ class IntakeLimits:
     max_archive_header_bytes: int = 64 << 10  # one tar pax or GNU long-name header
     max_dataset_bytes: int = 32 << 30  # what intake holds of a data set: inputs as float32, labels as int64
     max_decoded_pixels: int = 1 << 32  # pixels × channels an image folder decodes, over every image
+    job_memory_bytes: int = 16 << 30  # one job's engine process on a worker (core.memory_budget estimates its need)
 
 
 SETTING_NAMES = {field.name: f"SQUEEZER_{field.name.upper()}" for field in dataclasses.fields(IntakeLimits)}

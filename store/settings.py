@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     max_archive_header_bytes: int = _INTAKE.max_archive_header_bytes
     max_dataset_bytes: int = _INTAKE.max_dataset_bytes
     max_decoded_pixels: int = _INTAKE.max_decoded_pixels
+    # The memory one job's engine process may use on a worker (its address space, the engine's imports included): a
+    # submission whose estimated need (core.memory_budget) is larger is refused with 422 naming this setting.
+    job_memory_bytes: int = _INTAKE.job_memory_bytes
     # The submission check runs in a disposable child (core.sandbox): its address space (the engine's imports take
     # about 4 GiB of it), CPU seconds and wall-clock seconds; past any of them the submission is refused with 422.
     check_memory_bytes: int = 12 << 30
