@@ -1,18 +1,70 @@
 """Typed configuration shared by the engine, the CLI and the API schema: one definition documents all three."""
 
-from typing import Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# Upper bounds of every option: a job may ask for a lot but not for everything (a 3,000-level grid, a billion epochs),
+# and each bound is stated in the option's description (bounded) so the documented range is the enforced one.
+MAX_EPOCHS = 1_000
+MAX_STEPS = 1_000_000
+MAX_BATCH_SIZE = 16_384
+MAX_SAMPLES = 100_000_000
+MAX_GRID_LEVELS = 64
+MAX_CHANNELS = 1_024
+MAX_LAYERS = 10_000
+MAX_REFINEMENTS = 20
+MAX_LR = 10.0
+MAX_PENALTY = 100.0
+MAX_CALIBRATION_SAMPLES = 100_000
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+MAX_TIME_LIMIT_S = 30 * 24 * 3600.0
+_BOUND_WORDS = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
+
+
+def _number(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:,}"
+
+
+def _bounds_text(constraints: dict[str, Any], unit: str = "item") -> str:
+    words = [f"{_BOUND_WORDS[key]} {_number(value)}" for key, value in constraints.items() if key in _BOUND_WORDS]
+    for key, word in (("min_length", "at least"), ("max_length", "at most")):
+        if key in constraints:
+            count = constraints[key]
+            words.append(f"{word} {count:,} {unit}{'s' if count != 1 else ''}")
+    return ", ".join(words)
+
+
+def bounded(
+    default: Any = ...,
+    description: str = "",
+    *,
+    each: dict[str, Any] | None = None,
+    unit: str = "item",
+    **constraints: Any,
+) -> Any:
+    """A Field whose description ends with its bounds (and its items' bounds, `each`, which the item type enforces);
+    lengths count `unit`s (a list's items, a string's characters). A list's default comes as `default_factory`."""
+    text = f"Bounds: {_bounds_text(constraints, unit)}" + (f"; each item {_bounds_text(each)}" if each else "") + "."
+    default_args = () if "default_factory" in constraints else (default,)
+    return Field(*default_args, description=f"{description} {text}".strip(), **constraints)
+
+
+# The bounds of list items, enforced by the item type and stated by `bounded(each=...)`.
+SPARSITY_ITEM = {"ge": 0, "lt": 1}
+LEVEL_ITEM = {"ge": 0, "le": 1}
+PENALTY_ITEM = {"ge": 0, "le": MAX_PENALTY}
+NORMALIZATION_ITEM = {"ge": -1e6, "le": 1e6}
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class AccuracyTarget(_Strict):
     """How much quality the user will trade for size. Accuracies are in percent (0-100)."""
 
-    max_drop: float = Field(
+    max_drop: float = bounded(
         1.0,
         ge=0,
         le=100,
@@ -33,28 +85,37 @@ class AccuracyTarget(_Strict):
 class Normalization(_Strict):
     """Per-channel (x - mean) / std applied to inputs after scaling; saved beside the model."""
 
-    mean: list[float]
-    std: list[float]
+    mean: list[Annotated[float, Field(**NORMALIZATION_ITEM)]] = bounded(
+        description="Per-channel mean.", min_length=1, max_length=MAX_CHANNELS, each=NORMALIZATION_ITEM
+    )
+    std: list[Annotated[float, Field(**NORMALIZATION_ITEM)]] = bounded(
+        description="Per-channel standard deviation (positive).",
+        min_length=1,
+        max_length=MAX_CHANNELS,
+        each=NORMALIZATION_ITEM,
+    )
 
 
 class StructuredTraining(_Strict):
     """Training settings every method shares: how long and how fast each recovery stage trains."""
 
-    epochs_per_step: int = Field(2, ge=0, description="Fine-tuning epochs after each compression step.")
-    min_steps_per_stage: int = Field(
+    epochs_per_step: int = bounded(2, "Fine-tuning epochs after each compression step.", ge=0, le=MAX_EPOCHS)
+    min_steps_per_stage: int = bounded(
         300,
         ge=0,
+        le=MAX_STEPS,
         description="Each training stage runs at least this many SGD steps, so small data sets get enough updates to "
         "recover; networks over 300k parameters get fewer, as 1/√parameters, at least 60 "
         "(core.train.min_steps).",
     )
-    max_stretch_epochs: int | None = Field(
+    max_stretch_epochs: int | None = bounded(
         None,
         ge=1,
+        le=MAX_EPOCHS,
         description="min_steps_per_stage stretches a stage to at most this many passes over the training data "
         "(never below epochs_per_step): on a small data set further steps refit the same samples. Unset: no cap.",
     )
-    lr: float = Field(0.01, gt=0, description="Learning rate, and the ceiling of the range test (lr_search).")
+    lr: float = bounded(0.01, "Learning rate, and the ceiling of the range test (lr_search).", gt=0, le=MAX_LR)
     lr_search: bool = Field(
         True,
         description="Before the first training stage, a short range test on the job's own data picks the rate: lr and "
@@ -73,11 +134,19 @@ class StructuredTraining(_Strict):
         "batch left to right; crop+flip also crops each image back from a 4-pixel reflect-padded copy at a "
         "random offset (torchvision's CIFAR recipe). Masks move with their images.",
     )
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(128, ge=1)
-    max_train_samples: int | None = Field(None, ge=1, description="Cap on training samples per epoch (for quick runs).")
-    distill: float = Field(
+    momentum: float = bounded(0.9, "SGD momentum.", ge=0, lt=1)
+    weight_decay: float = bounded(0.0, "L2 weight decay.", ge=0, le=1)
+    batch_size: int = bounded(
+        128,
+        "Training batch size; the submission check refuses a job whose training batches would not fit a worker's "
+        "memory (core.memory_budget).",
+        ge=1,
+        le=MAX_BATCH_SIZE,
+    )
+    max_train_samples: int | None = bounded(
+        None, "Cap on training samples per epoch (for quick runs).", ge=1, le=MAX_SAMPLES
+    )
+    distill: float = bounded(
         0.5,
         ge=0,
         le=1,
@@ -92,16 +161,22 @@ class LwctConfig(StructuredTraining):
     """Layer-wise compressive training (docs/METHODS.md §1). Defaults work without tuning: chosen across LeNet-5 on
     Fashion-MNIST and digits, ResNet-20 on Fashion-MNIST and an ONNX CNN (bench/lwct_defaults.py)."""
 
-    epochs_per_step: int = Field(3, ge=0, description="Fine-tuning epochs after each compression step.")
-    lr: float = Field(0.05, gt=0, description="Learning rate, and the ceiling of the range test (lr_search).")
-    sparsity: float | None = Field(
-        None, ge=0, lt=1, description="Network-wide pruning sparsity; None searches the largest one within the budget."
+    epochs_per_step: int = bounded(3, "Fine-tuning epochs after each compression step.", ge=0, le=MAX_EPOCHS)
+    lr: float = bounded(0.05, "Learning rate, and the ceiling of the range test (lr_search).", gt=0, le=MAX_LR)
+    sparsity: float | None = bounded(
+        None, "Network-wide pruning sparsity; None searches the largest one within the budget.", ge=0, lt=1
     )
-    sparsity_grid: list[float] = Field(default_factory=lambda: [0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97])
+    sparsity_grid: list[Annotated[float, Field(**SPARSITY_ITEM)]] = bounded(
+        description="Sparsity levels the search (and tighten) tries, in increasing order.",
+        default_factory=lambda: [0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97],
+        min_length=1,
+        max_length=MAX_GRID_LEVELS,
+        each=SPARSITY_ITEM,
+    )
     ranking: Literal["sparsity", "sensitivity", "size"] = "sparsity"
     on_violation: Literal["stop", "skip"] = "skip"
-    preserve: int = Field(0, ge=0, description="Number of most significant layers always kept in float.")
-    prune_epochs: int = Field(3, ge=0)
+    preserve: int = bounded(0, "Number of most significant layers always kept in float.", ge=0, le=MAX_LAYERS)
+    prune_epochs: int = bounded(3, "Fine-tuning epochs of each pruning level.", ge=0, le=MAX_EPOCHS)
     float_precision: Literal["float32", "float16", "int8"] = Field(
         "int8",
         description="Precision of the weights that stay in floating point (layers not σ-constrained): float16, or int8 "
@@ -127,7 +202,7 @@ class LwctConfig(StructuredTraining):
         "others; paced trained the walk in 0.62x linear's CPU time on ResNet-20, 0.40x on ResNet-56, 0.31x "
         "on ResNet-110 (bench/lwct_scaling.py).",
     )
-    prune_budget_share: float = Field(
+    prune_budget_share: float = bounded(
         0.5,
         gt=0,
         le=1,
@@ -154,9 +229,10 @@ class LwctConfig(StructuredTraining):
 class LevelSearch(StructuredTraining):
     """A search for the largest compression level within the budget (filter levels, group λ)."""
 
-    refinements: int = Field(
+    refinements: int = bounded(
         2,
         ge=0,
+        le=MAX_REFINEMENTS,
         description="Bisection steps between the last level within the budget and the first one past it, so the search "
         "ends close to the budget's edge rather than a whole grid step below it.",
     )
@@ -169,36 +245,44 @@ StructuralMethod = Literal["filter", "group"]
 class FilterConfig(LevelSearch):
     """Importance-weight filter pruning (docs/METHODS.md §2)."""
 
-    init: list[GateInit] = Field(
+    init: list[GateInit] = bounded(
         default_factory=lambda: list[GateInit](["ones", "l1"]),
         min_length=1,
+        max_length=len(get_args(GateInit)),
         description="Initialisations of the importance weights; with several, filter scores are combined by mean rank.",
     )
-    penalty: float = Field(1.0, ge=0, description="L1 weight λ on the importance weights while they are learned.")
-    importance_epochs: int = Field(2, ge=0, description="Epochs of training the importance weights per initialisation.")
-    levels: list[float] = Field(
+    penalty: float = bounded(1.0, "L1 weight λ on the importance weights while they are learned.", ge=0, le=MAX_PENALTY)
+    importance_epochs: int = bounded(
+        2, "Epochs of training the importance weights per initialisation.", ge=0, le=MAX_EPOCHS
+    )
+    levels: list[Annotated[float, Field(**LEVEL_ITEM)]] = bounded(
         default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
         description="Global pruning levels (share of removable channels) tried in increasing order.",
+        min_length=1,
+        max_length=MAX_GRID_LEVELS,
+        each=LEVEL_ITEM,
     )
 
 
 class GroupConfig(LevelSearch):
     """Group-sparsity neuron removal (docs/METHODS.md §3)."""
 
-    penalties: list[float] = Field(
+    penalties: list[Annotated[float, Field(**PENALTY_ITEM)]] = bounded(
         default_factory=lambda: [0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0],
         min_length=1,
+        max_length=MAX_GRID_LEVELS,
+        each=PENALTY_ITEM,
         description="Group-lasso weights λ tried in increasing order; the largest within the budget is kept.",
     )
-    sparse_epochs: int = Field(4, ge=1, description="Epochs of group-sparse training per λ.")
+    sparse_epochs: int = bounded(4, "Epochs of group-sparse training per λ.", ge=1, le=MAX_EPOCHS)
 
 
 class Int8Config(_Strict):
     """int8 post-training quantization of weights and activations (onnxruntime QDQ; docs/METHODS.md, "Deployable
     artifacts and int8")."""
 
-    calibration_samples: int = Field(
-        256, ge=1, description="Training samples whose activation ranges set the int8 scales."
+    calibration_samples: int = bounded(
+        256, "Training samples whose activation ranges set the int8 scales.", ge=1, le=MAX_CALIBRATION_SAMPLES
     )
     calibration: Literal["minmax", "entropy", "percentile"] = Field(
         "minmax", description="How onnxruntime turns the observed activations into ranges."
@@ -209,12 +293,13 @@ class Int8Config(_Strict):
 class AutoConfig(_Strict):
     """Structural removal, then lwct on what remains, under one budget (docs/METHODS.md, "Combining them")."""
 
-    structural: list[StructuralMethod] = Field(
+    structural: list[StructuralMethod] = bounded(
         default_factory=lambda: list[StructuralMethod](["filter"]),
         min_length=1,
+        max_length=len(get_args(StructuralMethod)),
         description="Channel-removing methods run first, in this order, each on the previous one's result.",
     )
-    structural_share: float = Field(
+    structural_share: float = bounded(
         0.5,
         ge=0,
         le=1,
@@ -256,15 +341,15 @@ class CompressConfig(_Strict):
     task: TaskName = "classification"
     target: AccuracyTarget = Field(default_factory=AccuracyTarget)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
+    seed: int = bounded(0, "Seed of every random choice (shuffling, initialisation).", ge=0, le=MAX_SEED)
     normalization: Normalization | None = None
     lwct: LwctConfig = Field(default_factory=LwctConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     group: GroupConfig = Field(default_factory=GroupConfig)
     auto: AutoConfig = Field(default_factory=AutoConfig)
     int8: Int8Config = Field(default_factory=Int8Config)
-    time_limit_s: float | None = Field(
-        None, gt=0, description="Stop training after this many seconds and keep the best result so far."
+    time_limit_s: float | None = bounded(
+        None, "Stop training after this many seconds and keep the best result so far.", gt=0, le=MAX_TIME_LIMIT_S
     )
 
     @model_validator(mode="after")

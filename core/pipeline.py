@@ -19,13 +19,14 @@ from pathlib import Path
 
 import torch
 
+from core import memory_budget
 from core.artifacts.onnx_export import export_onnx
 from core.artifacts.report import build_report
 from core.artifacts.report_html import render_report_html
 from core.artifacts.sqz import load_sqz, write_sqz
 from core.config import METRICS_BY_TASK, CompressConfig, Normalization
-from core.errors import InputError, MismatchError, ModelFormatError, UnsupportedLayerError
-from core.events import Event, EventCallback, StopCheck, never_stop, no_events
+from core.errors import InputError, MismatchError, ModelFormatError, SqueezerError, UnsupportedLayerError
+from core.events import Event, EventCallback, Guard, StopCheck, never_stop, no_events
 from core.graph import with_channels
 from core.intake.data import Dataset, check_compatible, load_dataset, normalize
 from core.intake.models import LoadedModel, load_model, save_model_dir
@@ -86,6 +87,7 @@ class InputSummary:
     train_samples: int
     val_samples: int
     layers: list[str]  # the compressible (convolution and linear) layers
+    memory_bytes: int  # what the job will need on a worker (core.memory_budget), at most its job_memory_bytes
 
 
 def _open_model(source: ModelSource) -> LoadedModel:
@@ -133,6 +135,9 @@ def check_inputs(model: ModelSource, data: str | Path, config: CompressConfig) -
     if not layers:
         raise UnsupportedLayerError("the model has no Conv or Linear layer to compress")
     assert loaded.num_classes is not None  # check_compatible filled it
+    need = memory_budget.check_fits(
+        loaded.module, prepared.x_val, config, train_samples=len(prepared.x_train), val_samples=len(prepared.x_val)
+    )
     return InputSummary(
         model_format=loaded.source_format,
         architecture=loaded.architecture["name"],
@@ -142,19 +147,26 @@ def check_inputs(model: ModelSource, data: str | Path, config: CompressConfig) -
         train_samples=len(prepared.x_train),
         val_samples=len(prepared.x_val),
         layers=layers,
+        memory_bytes=need.bytes,
     )
 
 
 def _measures(
-    module: torch.nn.Module, input_shape: tuple[int, ...], data: Dataset, size_bytes: int, metric: str
+    module: torch.nn.Module, input_shape: tuple[int, ...], data: Dataset, size_bytes: int, metric: str, guard: Guard
 ) -> dict:
     return {
-        "accuracy": metric_function(metric)(module, data.x_val, data.y_val, device=REPORT_DEVICE),
+        "accuracy": metric_function(metric)(module, data.x_val, data.y_val, device=REPORT_DEVICE, should_stop=guard),
         "params": count_params(module),
         "nonzero_params": count_nonzero(module),
         "macs": count_macs(module, input_shape),  # the report adds its alias "flops"
         "size_bytes": size_bytes,
-        **{key: median_latency_ms(module, input_shape, batch=batch) for key, batch in LATENCY_BATCHES.items()},
+        **_latencies(module, input_shape, guard),
+    }
+
+
+def _latencies(module: torch.nn.Module, input_shape: tuple[int, ...], guard: Guard) -> dict:
+    return {
+        key: median_latency_ms(module, input_shape, batch=batch, guard=guard) for key, batch in LATENCY_BATCHES.items()
     }
 
 
@@ -176,14 +188,20 @@ def compress_files(
     checkpoint_dir: Path | None = None,
 ) -> dict:
     """Compresses `model` on `data` under `config` and writes model.sqz, model/, model.onnx and report.json to
-    `out_dir`. Returns the report. Raises InputError subclasses for unusable inputs, Cancelled when stopped."""
+    `out_dir`. Returns the report. Raises InputError subclasses for unusable inputs, Cancelled when stopped.
+
+    `config.time_limit_s` counts from here: the method stops at it and keeps its best state, whose results are then
+    written and measured (latency repetitions cut short) within core.events.GRACE_S, or TimeLimitExceeded ends the
+    job there."""
     started = time.monotonic()
+    guard = Guard(should_stop, config.time_limit_s)
+    finishing = guard.essential()  # what the report needs: the baseline's figures and the results'
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     on_event(Event(stage="intake", fraction=0.0, message="loading the model and the data"))
     metric = config.metric
     loaded, raw, prepared = _load(model, data, config.normalization, config.task)
-    baseline = _measures(loaded.module, _input_shape(loaded), prepared, float32_bytes(loaded.module), metric)
+    baseline = _measures(loaded.module, _input_shape(loaded), prepared, float32_bytes(loaded.module), metric, finishing)
     on_event(
         Event(
             stage="intake",
@@ -197,7 +215,7 @@ def compress_files(
         on_event(dataclasses.replace(event, fraction=_METHOD_START + (_METHOD_END - _METHOD_START) * event.fraction))
 
     result = METHODS[config.method](
-        loaded, prepared, config, on_event=method_event, should_stop=should_stop, checkpoint_dir=checkpoint_dir
+        loaded, prepared, config, on_event=method_event, should_stop=guard, checkpoint_dir=checkpoint_dir
     )
 
     on_event(Event(stage="export", fraction=_METHOD_END, message="writing model.sqz, model/ and model.onnx"))
@@ -206,8 +224,10 @@ def compress_files(
     sqz_path = out_dir / "model.sqz"
     sqz_bytes = write_sqz(sqz_path, with_channels(loaded, result.module), result.layers)
     reloaded = load_sqz(sqz_path)
-    compressed = _measures(reloaded.module, reloaded.input_shape, prepared, sqz_bytes, metric)
-    produced = metric_function(metric)(result.module, prepared.x_val, prepared.y_val, device=REPORT_DEVICE)
+    compressed = _measures(reloaded.module, reloaded.input_shape, prepared, sqz_bytes, metric, finishing)
+    produced = metric_function(metric)(
+        result.module, prepared.x_val, prepared.y_val, device=REPORT_DEVICE, should_stop=finishing
+    )
     if compressed["accuracy"] != produced:
         raise RuntimeError(f"model.sqz scores {compressed['accuracy']}% but the compressed module {produced}%")
     model_dir = out_dir / "model"
@@ -219,7 +239,7 @@ def compress_files(
     else:  # the method's own file (int8), whose accuracy is the result's
         onnx_path.write_bytes(result.onnx)
     _stamp_preprocessing(onnx_path, reloaded.preprocessing)
-    onnx_accuracy = _onnx_accuracy(onnx_path, raw, None, metric)
+    onnx_accuracy = _onnx_accuracy(onnx_path, raw, None, metric, finishing)
     expected, source = (compressed["accuracy"], "model.sqz") if result.onnx is None else (result.accuracy, "the method")
     if abs(onnx_accuracy - expected) > ONNX_TOLERANCE_POINTS:
         raise RuntimeError(f"model.onnx scores {onnx_accuracy}% but {source} {expected}%")
@@ -227,7 +247,7 @@ def compress_files(
         baseline_path = export_onnx(loaded, Path(tmp) / "baseline.onnx")
         _stamp_preprocessing(baseline_path, loaded.preprocessing)
         baseline_onnx = _onnx_entry(
-            baseline_path, _input_shape(loaded), _onnx_accuracy(baseline_path, raw, None, metric)
+            baseline_path, _input_shape(loaded), _onnx_accuracy(baseline_path, raw, None, metric, finishing), finishing
         )
     artifacts = {
         "model.sqz": {
@@ -236,8 +256,8 @@ def compress_files(
             "runtime": "torch",
             **{key: compressed[key] for key in LATENCY_BATCHES},
         },
-        "model/": _model_dir_entry(model_dir, prepared, metric),
-        "model.onnx": _onnx_entry(onnx_path, _input_shape(reloaded), onnx_accuracy),
+        "model/": _model_dir_entry(model_dir, prepared, metric, finishing),
+        "model.onnx": _onnx_entry(onnx_path, _input_shape(reloaded), onnx_accuracy, finishing),
     }
     deployable = "model.sqz" if result.onnx is None else "model.onnx"
     if result.onnx is not None:  # int8 exists only as model.onnx: its accuracy and bytes are the headline figures
@@ -292,28 +312,27 @@ def compress_files(
     return report
 
 
-def _onnx_entry(path: Path, input_shape: tuple[int, ...], accuracy: float) -> dict:
+def _onnx_entry(path: Path, input_shape: tuple[int, ...], accuracy: float, guard: Guard) -> dict:
     """An .onnx file's report entry: its accuracy (measured on the file by the caller) and its onnxruntime latency
     (CPU, one thread)."""
     return {
         "bytes": path.stat().st_size,
         "accuracy": accuracy,
         "runtime": "onnxruntime",
-        **{key: onnx_latency_ms(path, input_shape, batch=batch) for key, batch in LATENCY_BATCHES.items()},
+        **{key: onnx_latency_ms(path, input_shape, batch=batch, guard=guard) for key, batch in LATENCY_BATCHES.items()},
     }
 
 
-def _model_dir_entry(model_dir: Path, data: Dataset, metric: str) -> dict:
+def _model_dir_entry(model_dir: Path, data: Dataset, metric: str, guard: Guard) -> dict:
     """model/ (served as model.zip) loaded back and measured like model.sqz."""
     loaded = load_model(model_dir)
     return {
         "bytes": sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()),
-        "accuracy": metric_function(metric)(loaded.module, data.x_val, data.y_val, device=REPORT_DEVICE),
+        "accuracy": metric_function(metric)(
+            loaded.module, data.x_val, data.y_val, device=REPORT_DEVICE, should_stop=guard
+        ),
         "runtime": "torch",
-        **{
-            key: median_latency_ms(loaded.module, _input_shape(loaded), batch=batch)
-            for key, batch in LATENCY_BATCHES.items()
-        },
+        **_latencies(loaded.module, _input_shape(loaded), guard),
     }
 
 
@@ -344,7 +363,9 @@ def _stamp_preprocessing(onnx_path: Path, normalization: Normalization | None) -
     onnx.save(proto, str(onnx_path))
 
 
-def _onnx_accuracy(path: Path, raw: Dataset, normalization: Normalization | None, metric: str) -> float:
+def _onnx_accuracy(
+    path: Path, raw: Dataset, normalization: Normalization | None, metric: str, guard: Guard | None = None
+) -> float:
     """`metric` of an .onnx file under onnxruntime on CPU; without an explicit normalization, the file's own applies."""
     import onnxruntime as ort
 
@@ -358,7 +379,10 @@ def _onnx_accuracy(path: Path, raw: Dataset, normalization: Normalization | None
         normalization = Normalization.model_validate(stored) if stored else None
     data = normalize(raw, normalization)
     try:
-        predictions = onnx_predictions(session, data.x_val.numpy(), threshold=onnx_binary_threshold(path))
+        threshold = onnx_binary_threshold(path)
+        predictions = onnx_predictions(session, data.x_val.numpy(), threshold=threshold, should_stop=guard)
+    except SqueezerError:  # a stop request or the time limit, between two batches
+        raise
     except Exception as error:  # shape or type mismatch, reported by onnxruntime as InvalidArgument/Fail
         shape = session.get_inputs()[0].shape
         raise MismatchError(f"the data does not fit the ONNX model's input {shape}: {error}") from None

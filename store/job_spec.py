@@ -2,28 +2,62 @@
 and stores its JSON; the worker validates the stored JSON with it again before running. `JobOptions` is derived from
 core.config.CompressConfig, so the engine's config documents the API."""
 
-from typing import Any, Literal
+import json
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from core.config import AccuracyTarget, CompressConfig, MethodName
+from core.config import AccuracyTarget, CompressConfig, MethodName, bounded
 from core.errors import DatasetError, InputError, ModelFormatError
+
+# Bounds of the spec's own fields (the options carry core.config's). Ids are "art_" and 32 hex digits; free-form JSON
+# (metadata, architecture arguments) is stored with the job and echoed on every read of it.
+MAX_ID_CHARS = 64
+MAX_NAME_CHARS = 128
+MAX_METADATA_BYTES = 16 * 1024
+MAX_ARCH_ARGS_BYTES = 4 * 1024
+
+
+def json_size(value: Any) -> int:
+    """Bytes of `value` as compact UTF-8 JSON, the form the spec is stored and counted in (a tenant's stored bytes)."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode())
+
+
+def _at_most_bytes(limit: int) -> AfterValidator:
+    def check(value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            size = json_size(value)
+        except ValueError:
+            raise ValueError("must be plain JSON (no NaN or infinite numbers)") from None
+        if size > limit:
+            raise ValueError(f"is {size:,} bytes as JSON; the limit is {limit:,} bytes")
+        return value
+
+    return AfterValidator(check)
+
+
+ArtifactId = Annotated[
+    str, bounded(description="An artifact id from POST /v1/artifacts.", max_length=MAX_ID_CHARS, unit="character")
+]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelArtifactRef(_Strict):
     """An uploaded `.onnx` file or `.zip` of a Squeezer model directory."""
 
-    artifact_id: str
+    artifact_id: ArtifactId
 
 
 class ArchitectureRef(_Strict):
-    name: str = Field(examples=["lenet5"])
-    args: dict[str, Any] = Field(
+    name: str = bounded(
+        description="A registered architecture.", examples=["lenet5"], max_length=MAX_NAME_CHARS, unit="character"
+    )
+    args: Annotated[dict[str, Any], _at_most_bytes(MAX_ARCH_ARGS_BYTES)] = Field(
         default_factory=dict,
+        description=f"The architecture's constructor arguments. Bounds: at most {MAX_ARCH_ARGS_BYTES:,} bytes as JSON.",
         examples=[{"num_classes": 10, "in_channels": 1, "input_size": 8}],
     )
 
@@ -31,12 +65,12 @@ class ArchitectureRef(_Strict):
 class WeightsArtifactRef(_Strict):
     """Uploaded weights (.safetensors or a weights-only state dict) for a known architecture."""
 
-    weights_artifact_id: str
+    weights_artifact_id: ArtifactId
     architecture: ArchitectureRef
 
 
 class DatasetArtifactRef(_Strict):
-    artifact_id: str
+    artifact_id: ArtifactId
 
 
 class SampleDataset(_Strict):
@@ -72,7 +106,11 @@ class JobSpec(_Strict):
     method: MethodName = "lwct"
     accuracy_target: AccuracyTarget = Field(default_factory=AccuracyTarget)
     options: JobOptions = Field(default_factory=JobOptions)
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form labels, returned unchanged.")
+    metadata: Annotated[dict[str, Any], _at_most_bytes(MAX_METADATA_BYTES)] = Field(
+        default_factory=dict,
+        description=f"Free-form labels, returned unchanged. Bounds: at most {MAX_METADATA_BYTES:,} bytes as compact "
+        "UTF-8 JSON.",
+    )
 
     @model_validator(mode="after")
     def _fits_the_engine(self) -> "JobSpec":

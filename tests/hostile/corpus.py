@@ -206,6 +206,32 @@ def onnx_external_in_subgraph(inputs: Inputs) -> Path:
     return path
 
 
+def upsampler_onnx(path: Path, scale: int = 128, channels: int = 10) -> Path:
+    """A few hundred bytes that run fine on two digits samples, but blow each 8×8 input up by `scale` in both
+    directions (Resize): at the evaluation batch the job would need tens of GiB (core.memory_budget)."""
+    from onnx import numpy_helper
+
+    initializers = [
+        numpy_helper.from_array(np.full((channels, 1, 1, 1), 0.1, np.float32), "w"),
+        numpy_helper.from_array(np.arange(channels, dtype=np.float32), "b"),
+        numpy_helper.from_array(np.array([1, 1, scale, scale], np.float32), "scales"),
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w", "b"], ["c"]),
+            helper.make_node("Resize", ["c", "", "scales"], ["r"], mode="nearest"),
+            helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["y"]),
+        ],
+        "upsampler",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", channels])],
+        initializers,
+    )
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    return path
+
+
 def safetensors_file(inputs: Inputs, name: str = "weights.safetensors", **edits: torch.Tensor) -> Path:
     path = inputs.path(name)
     save_file({**valid_weights(inputs), **edits}, str(path))
@@ -449,6 +475,9 @@ CASES = [
     Case("architecture_json_lies", lying_architecture_json, "model", "submit", "invalid_model"),
     Case("architecture_unknown", unknown_architecture, "model", "submit", "invalid_model"),
     Case("two_model_dirs_in_zip", two_model_dirs, "model", "submit", "invalid_model"),
+    Case(
+        "upsampler_past_memory_budget", lambda i: upsampler_onnx(i.path("up.onnx")), "model", "submit", "job_too_large"
+    ),
     # archives that explode, escape or link
     Case("zip_bomb", zip_bomb, "model", "submit", "invalid_archive"),
     Case("tar_gz_bomb", tar_bomb, "dataset", "submit", "invalid_archive"),
