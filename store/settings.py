@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     check_memory_bytes: int = 12 << 30
     check_cpu_s: int = 300
     check_timeout_s: float = 300.0
+    # Where the engine runs on untrusted input (a job on a worker, a submission check in the API): "bwrap" jails it
+    # (core.jail: no secrets, an unprivileged uid, its own namespaces, no network). "none" runs it as a plain child
+    # process, which the worker and the API refuse unless allow_unjailed_engine is also set.
+    jail: Literal["bwrap", "none"] = "bwrap"
+    allow_unjailed_engine: bool = False
 
     def intake_limits(self) -> IntakeLimits:
         """The upload budgets as the engine takes them (core.limits.using)."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.jail import Jail, configured_jail
 from store.blobs import BlobStore, make_blob_store
 from store.db import make_engine, make_session_factory
 from store.settings import Settings
@@ -25,6 +26,8 @@ class WorkerContext:
     worker_id: str
     # "auto" | "cpu" | "cuda": the worker's hardware wins over a job's own `device` option unless it is "auto".
     device: str
+    # Where jobs' engines run (core.jail); checked when the context is built, so a worker refuses to start without it.
+    jail: Jail
 
     @classmethod
     def from_settings(
@@ -37,4 +40,5 @@ class WorkerContext:
             blobs=blobs or make_blob_store(settings, session_factory),
             worker_id=new_worker_id(),
             device=settings.worker_device,
+            jail=configured_jail(settings.jail, allow_unjailed=settings.allow_unjailed_engine),
         )

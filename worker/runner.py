@@ -1,25 +1,30 @@
 """The one job function, run by Celery workers and by the embedded in-process worker alike.
 
 claim (atomic) → read the stored spec and fetch its inputs into a temp dir (store.job_spec, store.job_inputs, as
-the API's submission check did) → core.pipeline.compress_files with progress, heartbeat, cancel and checkpoint hooks
-→ store results → final status. The engine never sees the database: it gets files, a config and these hooks."""
+the API's submission check did) → core.pipeline.compress_files in a jailed child process (worker.engine_process,
+core.jail) whose events, stop checks and checkpoints this process relays → store results → final status. The engine
+never sees the database or a secret: it gets the job's folder, a config and a pipe."""
 
+import dataclasses
 import logging
+import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from core import limits
 from core.config import CompressConfig
 from core.errors import Cancelled, SqueezerError, redact_paths
 from core.events import Event
 from core.intake.archives import safe_extract
-from core.pipeline import compress_files
+from core.jail import JailLimits
 from store.artifacts import delete_artifact, export_artifact_to, store_file
 from store.job_inputs import fetch_inputs
 from store.job_spec import read_spec
@@ -27,6 +32,7 @@ from store.jobs import checkpoint_of, claim_job, finish_job, heartbeat, record_e
 from store.models import ArtifactKind, Job
 from store.statuses import JobStatus
 from worker.context import WorkerContext
+from worker.engine_process import EngineRun
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,9 @@ EVENT_INTERVAL_S = 0.5
 ALWAYS_RECORDED_STAGES = {"step", "checkpoint", "done"}
 # How often the engine's stop check asks the database (cancel requested? still our job?).
 STOP_CHECK_INTERVAL_S = 1.0
+# A job's engine is ended when it runs this long past its time limit: the engine stops itself well within it (its own
+# grace for writing the best result, loading and export included), unless it is stuck or hostile.
+OVERTIME_ALLOWANCE_S = 180.0
 RESULT_FILES = {
     "model.sqz": "application/octet-stream",
     "model.onnx": "application/onnx",
@@ -53,10 +62,12 @@ def run_job(job_id: str, ctx: WorkerContext) -> None:
         log.info("job %s: not queued any more, nothing to do", job_id)
         return
     log.info("job %s: attempt %d on %s", job_id, job.attempts, ctx.worker_id)
-    with JobMonitor(ctx, job) as monitor, tempfile.TemporaryDirectory(prefix=f"squeezer-{job_id}-") as workdir:
+    with JobMonitor(ctx, job) as monitor, tempfile.TemporaryDirectory(prefix=f"squeezer-{job_id}-") as tmp:
+        workdir = Path(tmp) / "job"  # the jail's folder; the temp dir around it stays the worker's
+        workdir.mkdir()
         try:
-            report = _compress(job, ctx, monitor, Path(workdir))
-            results = _store_results(job, ctx, Path(workdir) / "out")
+            report = _compress(job, ctx, monitor, workdir)
+            results = _store_results(job, ctx, workdir / "out", Path(tmp))
         except Cancelled:
             finished = _finish(ctx, job, JobStatus.CANCELLED)
         except SqueezerError as error:
@@ -128,16 +139,28 @@ def _compress(job: Job, ctx: WorkerContext, monitor: "JobMonitor", workdir: Path
             )
         )
     config = _capped(inputs.config, ctx.settings.max_job_time_limit_s)
-    with limits.using(ctx.settings.intake_limits()):
-        return compress_files(
-            inputs.model,
-            inputs.data,
-            workdir / "out",
-            config,
-            on_event=monitor.on_event,
-            should_stop=monitor.should_stop,
-            checkpoint_dir=checkpoint_dir,
-        )
+    (workdir / "tmp").mkdir()
+    engine = EngineRun(
+        jail=ctx.jail,
+        limits=JailLimits(memory_bytes=ctx.settings.job_memory_bytes),
+        workdir=workdir,
+        on_event=monitor.on_event,
+        should_stop=monitor.should_stop,
+        deadline_s=None if config.time_limit_s is None else config.time_limit_s + OVERTIME_ALLOWANCE_S,
+    )
+    payload = {
+        "model": {
+            "path": str(inputs.model.path),
+            "architecture": inputs.model.architecture,
+            "arch_args": inputs.model.arch_args,
+        },
+        "data": str(inputs.data),
+        "out_dir": str(workdir / "out"),
+        "checkpoint_dir": str(checkpoint_dir),
+        "config": config.model_dump(mode="json"),
+        "limits": dataclasses.asdict(ctx.settings.intake_limits()),
+    }
+    return engine.run("core.jail_entry:compress_job", payload)
 
 
 def _capped(config: CompressConfig, max_time_limit_s: float | None) -> CompressConfig:
@@ -163,16 +186,20 @@ def _restore_checkpoint(ctx: WorkerContext, artifact_id: str, workdir: Path, che
     return True
 
 
-def _store_results(job: Job, ctx: WorkerContext, out_dir: Path) -> dict[str, str]:
-    """Uploads the engine's outputs as result artifacts; the model directory travels as model.zip."""
-    model_dir = out_dir / "model"
-    if model_dir.is_dir():
-        shutil.make_archive(str(out_dir / "model"), "zip", root_dir=model_dir)
+def _store_results(job: Job, ctx: WorkerContext, out_dir: Path, scratch: Path) -> dict[str, str]:
+    """Uploads the engine's outputs as result artifacts; the model directory travels as model.zip, packed in the
+    worker's own `scratch` folder. The engine's process tree has ended, so nothing changes `out_dir` any more; only
+    regular files are taken from it (a link the jail left would have this process upload a file not the job's)."""
+    if not _is_real(out_dir, stat.S_ISDIR):
+        return {}
+    paths = {name: out_dir / name for name in RESULT_FILES}
+    if _is_real(out_dir / "model", stat.S_ISDIR):
+        paths["model.zip"] = _zip_folder(out_dir / "model", scratch / "model.zip")
     results: dict[str, str] = {}
     try:
         for name, content_type in RESULT_FILES.items():
-            path = out_dir / name
-            if path.is_file():
+            path = paths[name]
+            if _is_real(path, stat.S_ISREG):
                 artifact = store_file(
                     ctx.session_factory,
                     ctx.blobs,
@@ -188,6 +215,31 @@ def _store_results(job: Job, ctx: WorkerContext, out_dir: Path) -> dict[str, str
             delete_artifact(ctx.session_factory, ctx.blobs, artifact_id)
         raise
     return results
+
+
+def _is_real(path: Path, kind: Callable[[int], bool]) -> bool:
+    """Whether `path` is a folder or regular file (`kind`: stat.S_ISDIR / S_ISREG) itself, not a link to one."""
+    try:
+        return bool(kind(os.lstat(path).st_mode))
+    except OSError:
+        return False
+
+
+def _zip_folder(folder: Path, archive: Path) -> Path:
+    """Zips the regular files under `folder`, which the jailed engine writes (maybe while this runs): links are
+    skipped, never followed, so a job cannot have this process pack a file that is not its own."""
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as packed:
+        for root, _, files, root_fd in os.fwalk(folder, follow_symlinks=False):
+            for name in files:
+                try:
+                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=root_fd)
+                except OSError:
+                    continue  # a link, or gone
+                with os.fdopen(fd, "rb") as source:
+                    if stat.S_ISREG(os.fstat(fd).st_mode):
+                        with packed.open(os.path.relpath(os.path.join(root, name), folder), "w") as target:
+                            shutil.copyfileobj(source, target)
+    return archive
 
 
 class JobMonitor:
@@ -279,11 +331,7 @@ class JobMonitor:
         """Zips the checkpoint folder into an artifact, points the job at it and drops the previous one."""
         if self.checkpoint_dir is None:
             return
-        archive = Path(
-            shutil.make_archive(
-                str(self.checkpoint_dir.parent / "checkpoint-upload"), "zip", root_dir=self.checkpoint_dir
-            )
-        )
+        archive = _zip_folder(self.checkpoint_dir, self.checkpoint_dir.parent.parent / "checkpoint-upload.zip")
         try:
             artifact = store_file(
                 self.ctx.session_factory,

@@ -1,0 +1,313 @@
+"""The jail every piece of engine work on untrusted input runs in: a job on a worker, a submission check in the API.
+
+Why: the engine parses uploads (pickled archives, ONNX graphs, image folders) with large native libraries; code
+execution inside it must find no secret to steal, no process to attack and nothing to keep running. So the jailed
+process holds no database URL, broker URL, key or storage credential (its environment is built from nothing), and:
+- it runs under an unprivileged uid (the `squeezer-job` system user, else 65534 "nobody") without capabilities;
+- in its own PID, mount, IPC, UTS and network namespaces (bubblewrap, `bwrap`): it sees only its own processes,
+  only the Python installation, the engine's source (read-only) and the folders it was given, no network at all;
+- under resource limits (address space, processes, file size, open files, no core dumps);
+- and its whole process tree ends with it: the PID namespace dies with its first process, and `--die-with-parent`
+  plus a parent-death signal end it when the process that started it dies.
+
+`JailMode.NONE` runs the same command as a plain child process with the same clean environment and limits but
+without namespaces or a uid change; `check_jail` refuses it unless explicitly allowed, and refuses a root engine.
+"""
+
+import ctypes
+import dataclasses
+import enum
+import functools
+import os
+import pwd
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from core.errors import SqueezerError
+
+JOB_USER = "squeezer-job"
+NOBODY = 65534
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+# Environment variables a jailed process may see: nothing that could name a secret.
+PASSED_ENV = (
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "CUDA_VISIBLE_DEVICES",
+)
+TMPFS_BYTES = 64 << 20
+_PR_SET_PDEATHSIG = 1
+
+
+class JailMode(enum.StrEnum):
+    BWRAP = "bwrap"
+    NONE = "none"
+
+
+class JailUnavailable(SqueezerError):
+    """The jail cannot be used as configured: the worker or the API refuses to start engine work."""
+
+    code = "jail_unavailable"
+
+
+@dataclasses.dataclass(frozen=True)
+class JailLimits:
+    """Resource limits of the jailed process and every process it starts. `memory_bytes`: address space of each
+    process (RLIMIT_AS; the engine's imports take about 4 GiB of it). `processes`: RLIMIT_NPROC, counted over the
+    jail uid (threads included). `file_bytes`: the largest file it may write. `cpu_s`: CPU seconds, None for none."""
+
+    memory_bytes: int
+    processes: int = 2048
+    file_bytes: int = 64 << 30
+    open_files: int = 4096
+    cpu_s: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Jail:
+    """How to jail engine work: the mode, and the extra source packages it may import (tests name theirs)."""
+
+    mode: JailMode = JailMode.BWRAP
+    packages: tuple[str, ...] = ("core",)
+
+    def command(self, argv: Sequence[str], *, writable: Iterable[Path] = (), cwd: Path | None = None) -> list[str]:
+        """`argv` (a Python module run as `[python, -m, module, ...]` by `python_command`) wrapped in the jail; the
+        `writable` folders are the only paths of the host it can write, bound at their own paths."""
+        if self.mode is JailMode.NONE:
+            return list(argv)
+        return [*_bwrap_arguments(self.packages, list(writable), cwd), "--", *_drop_privileges(), *argv]
+
+    def start(
+        self,
+        argv: Sequence[str],
+        limits: JailLimits,
+        *,
+        writable: Iterable[Path] = (),
+        cwd: Path,
+        env: dict[str, str] | None = None,
+        stdin: int | IO[Any] | None = subprocess.PIPE,
+        stdout: int | IO[Any] | None = subprocess.PIPE,
+        stderr: int | IO[Any] | None = None,
+    ) -> subprocess.Popen:
+        """Starts `argv` in the jail with `limits`, a clean environment (plus `env`) and `cwd`. End it with
+        `kill_tree`."""
+        environment = clean_environment(env)
+        return subprocess.Popen(
+            self.command(argv, writable=writable, cwd=cwd),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            cwd=cwd,
+            env=environment,
+            close_fds=True,
+            start_new_session=True,
+            preexec_fn=functools.partial(_limit_child, limits),
+        )
+
+
+def configured_jail(mode: str, *, allow_unjailed: bool, packages: tuple[str, ...] = ("core",)) -> Jail:
+    """The jail the settings ask for (SQUEEZER_JAIL, SQUEEZER_ALLOW_UNJAILED_ENGINE), checked now: a worker or an
+    API refuses to start (JailUnavailable) rather than run the engine unjailed by accident."""
+    jail = Jail(JailMode(mode), packages)
+    check_jail(jail.mode, allow_unjailed=allow_unjailed)
+    return jail
+
+
+def python_command(module: str, *args: str) -> list[str]:
+    """This interpreter running `module`: the jail binds its installation read-only at the same path."""
+    return [sys.executable, "-m", module, *args]
+
+
+def clean_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of a jailed process: a few locale and thread settings, the source tree on PYTHONPATH,
+    a HOME inside its private /tmp, and `extra`; never a variable of the parent's beyond those."""
+    env = {key: os.environ[key] for key in PASSED_ENV if key in os.environ}
+    env.update(
+        PATH="/usr/local/bin:/usr/bin:/bin",
+        HOME="/tmp",
+        TMPDIR="/tmp",
+        PYTHONPATH=str(SOURCE_ROOT),
+        PYTHONNOUSERSITE="1",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    env.update(extra or {})
+    return env
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """Ends the jailed process and everything it started: killing bwrap ends its PID namespace (--die-with-parent);
+    unjailed, the process group is the best there is."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            process.kill()
+    process.wait()
+
+
+def job_identity() -> tuple[int, int]:
+    """(uid, gid) jailed processes run as when the caller is root: the `squeezer-job` user, else nobody."""
+    try:
+        entry = pwd.getpwnam(JOB_USER)
+    except KeyError:
+        return (NOBODY, NOBODY)
+    return (entry.pw_uid, entry.pw_gid)
+
+
+def hand_over(path: Path) -> None:
+    """Makes the folder `path` (and what is in it) the jailed uid's, so the jail can write its outputs there. A
+    no-op unless the caller is root (otherwise the jail runs as the caller)."""
+    if os.geteuid() != 0:
+        return
+    uid, gid = job_identity()
+    for root, dirs, files in os.walk(path):
+        os.lchown(root, uid, gid)
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), uid, gid)
+
+
+def check_jail(mode: JailMode, *, allow_unjailed: bool) -> None:
+    """Raises JailUnavailable with the fix when engine work cannot run as configured: bwrap missing or not
+    working (a container that forbids namespaces), or no jail (or a root engine) without the explicit permission."""
+    if mode is JailMode.NONE:
+        if not allow_unjailed:
+            raise JailUnavailable(
+                "SQUEEZER_JAIL=none runs untrusted uploads through the engine without a jail"
+                + (" and as root" if os.geteuid() == 0 else "")
+                + "; set SQUEEZER_ALLOW_UNJAILED_ENGINE=1 to accept that, or use SQUEEZER_JAIL=bwrap"
+            )
+        return
+    problem = _bwrap_problem()
+    if problem:
+        raise JailUnavailable(
+            f"the engine's jail (bubblewrap) does not work here: {problem}. Install it (`apt-get install bubblewrap`, "
+            "scripts/setup.sh does), allow user namespaces in the container, or accept running the engine unjailed "
+            "with SQUEEZER_JAIL=none and SQUEEZER_ALLOW_UNJAILED_ENGINE=1"
+        )
+
+
+@functools.cache
+def _bwrap_problem() -> str | None:
+    """Why bwrap cannot start a jail here, or None; tried once per process."""
+    if shutil.which("bwrap") is None:
+        return "`bwrap` is not installed"
+    probe = Jail(packages=())
+    try:
+        done = subprocess.run(
+            probe.command(["/bin/true"]),
+            env={"PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"`bwrap` did not run ({error})"
+    if done.returncode != 0:
+        return f"`bwrap` failed: {done.stderr.decode(errors='replace').strip()[:300]}"
+    return None
+
+
+def _drop_privileges() -> list[str]:
+    """Inside the namespaces, as root, bwrap hands over to the job uid with no capability left; run by anyone
+    else, bwrap's own user namespace already dropped them."""
+    if os.geteuid() != 0:
+        return []
+    uid, gid = job_identity()
+    return [
+        "setpriv",
+        f"--reuid={uid}",
+        f"--regid={gid}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
+        "--",
+    ]
+
+
+def _bwrap_arguments(packages: tuple[str, ...], writable: list[Path], cwd: Path | None) -> list[str]:
+    args = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    if os.geteuid() != 0:
+        # Unprivileged, bwrap needs a user namespace for the others (one more inside is refused) and drops every
+        # capability in it; as root, setpriv drops them with the uid (_drop_privileges).
+        args += ["--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
+    args += ["--die-with-parent", "--new-session", "--hostname", "jail"]
+    args += _system_mounts()
+    made: set[str] = {"/", "/usr", "/tmp", "/proc", "/dev"}
+    readable = [Path(sys.base_prefix), Path(sys.prefix), Path(os.path.realpath(sys.executable)).parent]
+    readable += [SOURCE_ROOT / package for package in packages]
+    for path in _outermost(p.resolve() for p in readable if p.exists() and not p.resolve().is_relative_to("/usr")):
+        args += [*_parents(path, made), "--ro-bind", str(path), str(path)]
+    for path in _outermost(p.resolve() for p in writable):
+        args += [*_parents(path, made), "--bind", str(path), str(path)]
+    args += _devices()
+    if cwd is not None:
+        args += ["--chdir", str(cwd.resolve())]
+    return args
+
+
+def _system_mounts() -> list[str]:
+    args = ["--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        host = Path("/") / name
+        if host.is_symlink():
+            args += ["--symlink", os.readlink(host), str(host)]
+        elif host.is_dir():
+            args += ["--ro-bind", str(host), str(host)]
+    for file in ("/etc/ld.so.cache", "/etc/localtime", "/etc/passwd", "/etc/group"):
+        args += ["--ro-bind-try", file, file]
+    # /tmp is memory: small; work files go to the folders it was given (TMPDIR).
+    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
+    return args
+
+
+def _devices() -> list[str]:
+    """The GPU device files, where there are any: a CUDA worker's jobs need them."""
+    args: list[str] = []
+    for device in sorted(Path("/dev").glob("nvidia*")):
+        if device.is_char_device():
+            args += ["--dev-bind", str(device), str(device)]
+    return args
+
+
+def _outermost(paths: Iterable[Path]) -> list[Path]:
+    """The paths that are not inside another of them, so each is bound once."""
+    unique = sorted(set(paths), key=lambda p: len(p.parts))
+    kept: list[Path] = []
+    for path in unique:
+        if not any(path.is_relative_to(outer) for outer in kept):
+            kept.append(path)
+    return kept
+
+
+def _parents(path: Path, made: set[str]) -> list[str]:
+    """`--dir` for each folder above `path` not made yet: bwrap would make them owner-only, which the job uid could
+    not enter."""
+    args: list[str] = []
+    for parent in reversed(path.parents):
+        if str(parent) not in made and not any(str(parent).startswith(m + "/") for m in ("/usr", "/proc", "/dev")):
+            made.add(str(parent))
+            args += ["--dir", str(parent)]
+    return args
+
+
+def _limit_child(limits: JailLimits) -> None:
+    """In the child between fork and exec (so bwrap and everything under it inherit them): the resource limits and
+    death with the thread that started it."""
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+    resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if limits.cpu_s is not None:
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 5))

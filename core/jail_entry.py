@@ -1,0 +1,133 @@
+"""The engine's side of a jailed job: `python -m core.jail_entry REQUEST.json`, started by worker.engine_process.
+
+The request file names a target ("package.module:function", chosen by our code, never by an upload) and its JSON
+payload. The target gets the payload and a Channel: events go out on stdout as JSON lines, the parent's orders come in
+on stdin as lines ("stop": end at the next stop check; "ack": a checkpoint was saved). The last line says how the
+target ended: {"type": "result", ...}, {"type": "error", "code", "message"} or {"type": "cancelled"}. Anything a
+library prints goes to stderr, never into the channel. Running out of memory exits with OUT_OF_MEMORY_EXIT so that
+the parent knows even when there was no memory left to write a line.
+"""
+
+import dataclasses
+import importlib
+import json
+import os
+import select
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from core.errors import Cancelled, SqueezerError
+from core.events import Event
+
+OUT_OF_MEMORY_EXIT = 86
+# What an allocation failure says where it is not a MemoryError (torch's allocator, C++ bad_alloc, numpy).
+_OUT_OF_MEMORY_TEXTS = ("not enough memory", "can't allocate", "cannot allocate memory", "bad_alloc", "out of memory")
+
+
+class Channel:
+    """The JSON-lines pipe to the parent: events out, stop orders and checkpoint acknowledgements in."""
+
+    def __init__(self, out_fd: int, in_fd: int = 0):
+        self._out = out_fd
+        self._in = in_fd
+        self._pending = b""
+        self.stopped = False
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = (json.dumps(message, default=str, allow_nan=False) + "\n").encode()
+        while data:
+            data = data[os.write(self._out, data) :]
+
+    def on_event(self, event: Event) -> None:
+        self.send({"type": "event", **dataclasses.asdict(event)})
+        if event.stage == "checkpoint":
+            self._read_orders(until_ack=True)
+
+    def should_stop(self) -> bool:
+        if not self.stopped:
+            self._read_orders(until_ack=False)
+        return self.stopped
+
+    def _read_orders(self, *, until_ack: bool) -> None:
+        """Reads what the parent wrote; waits for "ack" when `until_ack`. A closed pipe means the parent is gone."""
+        while True:
+            if not until_ack and not select.select([self._in], [], [], 0)[0]:
+                return
+            chunk = os.read(self._in, 4096)
+            if not chunk:
+                self.stopped = True
+                return
+            self._pending += chunk
+            *lines, self._pending = self._pending.split(b"\n")
+            self.stopped = self.stopped or b"stop" in lines
+            if until_ack and (b"ack" in lines or self.stopped):
+                return
+
+
+def compress_job(payload: dict, channel: Channel) -> dict:
+    """The worker's job: core.pipeline.compress_files on the files in the job's folder, reporting through `channel`.
+    Returns what the worker decides the final status with (the full report is out_dir/report.json)."""
+    from core import limits
+    from core.config import CompressConfig
+    from core.pipeline import ModelSource, compress_files
+
+    model = payload["model"]
+    source = ModelSource(Path(model["path"]), model.get("architecture"), model.get("arch_args") or {})
+    config = CompressConfig.model_validate(payload["config"])
+    with limits.using(limits.IntakeLimits(**payload["limits"])):
+        report = compress_files(
+            source,
+            payload["data"],
+            Path(payload["out_dir"]),
+            config,
+            on_event=channel.on_event,
+            should_stop=channel.should_stop,
+            checkpoint_dir=Path(payload["checkpoint_dir"]),
+        )
+    return {"stopped_early": report.get("stopped_early"), "target_met": bool(report.get("target_met"))}
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError | OSError) and any(marker in text for marker in _OUT_OF_MEMORY_TEXTS)
+
+
+def run(request: dict, channel: Channel) -> int:
+    """Runs the request's target and reports how it ended; the exit status."""
+    module_name, _, function_name = request["target"].partition(":")
+    try:
+        result = getattr(importlib.import_module(module_name), function_name)(request["payload"], channel)
+    except Cancelled:
+        channel.send({"type": "cancelled"})
+    except SqueezerError as error:
+        channel.send({"type": "error", "code": error.code, "message": error.message})
+    except BaseException as error:
+        if is_out_of_memory(error):
+            return OUT_OF_MEMORY_EXIT
+        traceback.print_exc()
+        channel.send({"type": "crash", "error": type(error).__name__})
+        return 1
+    else:
+        channel.send({"type": "result", "result": result})
+    return 0
+
+
+def main(request_path: str) -> int:
+    out_fd = os.dup(1)
+    os.dup2(2, 1)  # stdout is the channel: whatever a library prints goes to stderr
+    sys.stdout = sys.stderr
+    request = json.loads(Path(request_path).read_text())
+    try:
+        return run(request, Channel(out_fd))
+    except MemoryError:
+        return OUT_OF_MEMORY_EXIT
+
+
+if __name__ == "__main__":
+    status = main(sys.argv[1])
+    sys.stderr.flush()
+    os._exit(status)  # no interpreter teardown: library threads and atexit hooks cannot hang the exit
