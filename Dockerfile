@@ -10,7 +10,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     SQUEEZER_DATA_DIR=/data
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv curl \
+    && apt-get install -y --no-install-recommends python3 python3-venv curl bubblewrap \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv
 
@@ -20,9 +20,11 @@ COPY pyproject.toml ./
 RUN mkdir -p core api worker store cli && touch core/__init__.py api/__init__.py worker/__init__.py store/__init__.py cli/__init__.py \
     && pip install . && pip uninstall -y squeezer
 COPY . .
-# Editable: store.migrate finds alembic.ini and migrations/ beside the packages.
+# Editable: store.migrate finds alembic.ini and migrations/ beside the packages. squeezer-job: the uid jailed engines
+# run as when the image runs as root (run as squeezer, the jail keeps squeezer's uid inside its own namespaces).
 RUN pip install --no-deps -e . \
     && useradd --create-home --uid 10001 squeezer \
+    && useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin squeezer-job \
     && mkdir -p /data && chown squeezer /data
 USER squeezer
 

@@ -10,11 +10,18 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
 command -v chromium >/dev/null || need_apt+=(chromium)  # report.html is checked in a real headless browser
 command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+command -v bwrap >/dev/null || need_apt+=(bubblewrap)  # the jail every job's engine runs in (core/jail.py)
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 if [ ${#need_apt[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   echo "setup: installing Debian packages: ${need_apt[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# The unprivileged uid jailed engines run as when the worker or the API runs as root.
+if ! id squeezer-job >/dev/null 2>&1; then
+  echo "setup: creating the system user squeezer-job"
+  $SUDO useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin squeezer-job
 fi
 
 PYTHON=${PYTHON:-python3}

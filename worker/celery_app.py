@@ -98,6 +98,7 @@ def start_worker(*, loglevel: str = "INFO") -> None:
         raise ValueError(
             "SQUEEZER_BROKER_URL is not set: a Celery worker needs a broker (the embedded mode runs jobs in-process)"
         )
+    worker_context()  # a worker that cannot jail its jobs' engines (core.jail) refuses to start, here
     worker_app = create_celery_app(settings.broker_url)
     hostname = f"squeezer-{os.getpid()}@{socket.gethostname()}"
     worker_app.worker_main(
