@@ -38,6 +38,16 @@ def json_depth(body: bytes) -> int:
     return deepest
 
 
+def decimal(text: str | bytes, maximum: int) -> int | None:
+    """`text` as a number when it is ASCII digits only and at most `maximum`, else None. str.isdigit and int() also
+    take other scripts' digits (², ٣, which int() then refuses) and numbers of any length."""
+    text = text.decode("latin-1") if isinstance(text, bytes) else text
+    if not (0 < len(text) <= len(str(maximum)) and text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if value <= maximum else None
+
+
 UPLOAD_ROUTE = ("POST", "/v1/artifacts")
 # What an upload body may carry besides its file: boundaries, part headers, form fields.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -64,7 +74,7 @@ class BodyLimitMiddleware:
         limit = scope["app"].state.settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES if upload else self.max_bytes
         detail = f"request bodies on {scope['path']} are limited to {limit} bytes"
         declared = [value for name, value in scope["headers"] if name == b"content-length"]
-        if any(not value.isdigit() or int(value) > limit for value in declared):
+        if any(decimal(value, limit) is None for value in declared):
             return await send_problem(scope, send, 413, "payload_too_large", detail)
         if upload:
             return await self.app(scope, _counted(receive, limit, detail), send)

@@ -57,7 +57,7 @@ def store_artifact(
     `reserve_bytes` are counted against `quota_bytes` (QuotaExceeded, nothing stored) in the same transaction that
     inserts the row, under a per-tenant lock: concurrent uploads cannot all pass a quota that fits only one. The
     reservation is the row's size until the bytes are stored, and goes with the row on failure."""
-    with session_factory() as session, _quota_lock(session, tenant, quota_bytes):
+    with session_factory() as session, quota_lock(session, tenant, quota_bytes):
         if quota_bytes is not None:
             left = quota_bytes - stored_bytes(session, tenant)
             if reserve_bytes > left:
@@ -145,7 +145,7 @@ _EMBEDDED_QUOTA_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _quota_lock(session: Session, tenant: str, quota_bytes: int | None) -> Iterator[None]:
+def quota_lock(session: Session, tenant: str, quota_bytes: int | None) -> Iterator[None]:
     """Serialises one tenant's quota reservations until the session's transaction commits: a PostgreSQL
     transaction-level advisory lock across API processes; a process lock for SQLite (the embedded mode)."""
     if quota_bytes is None:
@@ -159,8 +159,11 @@ def _quota_lock(session: Session, tenant: str, quota_bytes: int | None) -> Itera
 
 
 def stored_bytes(session: Session, tenant: str) -> int:
-    """The sizes of all the tenant's artifacts (uploads, results and checkpoints), as storage quotas count them."""
-    return session.scalar(select(func.coalesce(func.sum(Artifact.size_bytes), 0)).where(Artifact.tenant == tenant))
+    """The sizes of all the tenant's artifacts (uploads, results and checkpoints) and job specs, as storage quotas
+    count them."""
+    artifacts = select(func.coalesce(func.sum(Artifact.size_bytes), 0)).where(Artifact.tenant == tenant)
+    specs = select(func.coalesce(func.sum(Job.spec_bytes), 0)).where(Job.tenant == tenant)
+    return session.scalar(artifacts) + session.scalar(specs)
 
 
 def export_artifact_to(session_factory: sessionmaker[Session], blobs: BlobStore, artifact_id: str, path: Path) -> Path:

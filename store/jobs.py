@@ -11,6 +11,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.events import Event
+from store.artifacts import QuotaExceeded, quota_lock, stored_bytes
+from store.job_spec import json_size
 from store.models import Artifact, Job, JobEvent, JobResult, utcnow
 from store.statuses import ACTIVE_STATUSES, FINAL_STATUSES, JobStatus
 
@@ -47,9 +49,12 @@ def create_job(
     idempotency_key: str | None,
     request_hash: str | None,
     max_attempts: int,
+    quota_bytes: int | None = None,
 ) -> tuple[Job, bool]:
     """Inserts a queued job, or returns the tenant's job already created with this idempotency key (created=False);
-    the caller compares `request_hash` to refuse a reused key with another body."""
+    the caller compares `request_hash` to refuse a reused key with another body. The spec's bytes count toward the
+    tenant's storage: past `quota_bytes`, QuotaExceeded and nothing is inserted (checked under the quota lock, as
+    uploads are: store.artifacts.store_artifact)."""
     if idempotency_key is not None:
         existing = find_job_by_key(session, tenant, idempotency_key)
         if existing is not None:
@@ -57,14 +62,18 @@ def create_job(
     job = Job(
         tenant=tenant,
         spec=spec,
+        spec_bytes=json_size(spec),
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         max_attempts=max_attempts,
         dispatched_at=utcnow(),
     )
-    session.add(job)
     try:
-        session.commit()
+        with quota_lock(session, tenant, quota_bytes):
+            if quota_bytes is not None and job.spec_bytes > (left := quota_bytes - stored_bytes(session, tenant)):
+                raise QuotaExceeded(left)
+            session.add(job)
+            session.commit()
     except IntegrityError:
         # Two requests with one key raced; the other insert won.
         session.rollback()
@@ -130,6 +139,26 @@ def list_job_events(session: Session, job_id: str, *, after_id: int | None, limi
     if after_id is not None:
         query = query.where(JobEvent.id > after_id)
     return list(session.scalars(query.order_by(JobEvent.id).limit(limit)))
+
+
+def delete_final_job(session: Session, job_id: str, tenant: str) -> list[str] | None:
+    """Deletes the tenant's job if it is final, with its events and result links, in one transaction. Returns the ids
+    of the artifacts it leaves unreferenced (its results, a checkpoint not yet removed) for the caller to delete;
+    should the caller die first, sweep_orphaned_results finds them. None when the tenant has no final job `job_id`."""
+    job = session.scalar(
+        select(Job).where(Job.id == job_id, Job.tenant == tenant, Job.status.in_(FINAL_STATUSES)).with_for_update()
+    )
+    if job is None:
+        session.rollback()
+        return None
+    artifact_ids = list(session.scalars(select(JobResult.artifact_id).where(JobResult.job_id == job_id)))
+    if job.checkpoint_artifact_id is not None:
+        artifact_ids.append(job.checkpoint_artifact_id)
+    session.execute(delete(JobEvent).where(JobEvent.job_id == job_id))
+    session.execute(delete(JobResult).where(JobResult.job_id == job_id))
+    session.execute(delete(Job).where(Job.id == job_id))
+    session.commit()
+    return artifact_ids
 
 
 def list_job_results(session: Session, job_id: str) -> list[tuple[str, Artifact]]:

@@ -96,6 +96,8 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED, index=True)
     # The validated request (model/dataset references, method, target, options, metadata).
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The spec's size as compact JSON (store.job_spec.json_size): it counts toward the tenant's stored bytes.
+    spec_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -18,6 +18,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ProblemError, not_found
+from api.limits import decimal
 from store.artifacts import (
     READ_CHUNK_BYTES,
     QuotaExceeded,
@@ -234,7 +235,7 @@ async def receive_upload(
         return ProblemError(413, "payload_too_large", f"uploads are limited to {max_bytes} bytes{stored}")
 
     declared = request.headers.get("content-length")
-    if limit <= 0 or (declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD_BYTES):
+    if limit <= 0 or (declared is not None and decimal(declared, limit + MULTIPART_OVERHEAD_BYTES) is None):
         # Refuse before reading a byte when the client says up front that the body is too large.
         raise too_large("")
     stream = _MultipartStream(request, multipart_boundary(request))

@@ -1,4 +1,4 @@
-"""/v1/jobs: submit, list, poll (ETag), events, cancel, report, result artifacts."""
+"""/v1/jobs: submit, list, poll (ETag), events, cancel, delete, report, result artifacts."""
 
 from typing import Annotated
 
@@ -17,16 +17,18 @@ from api.deps import (
     SubmissionChecksDep,
 )
 from api.errors import problem_responses
-from api.jobs.schemas import EventOut, JobArtifactOut, JobCreate, JobOut, JobStatusValue
+from api.jobs.schemas import EventOut, JobArtifactOut, JobCreate, JobOut, JobStatusValue, JobSummary
 from api.jobs.service import (
     enqueue,
     etag,
     event_out,
     job_out,
     job_report,
+    job_summary,
     list_events,
     list_jobs,
     poll_job,
+    remove_job,
     request_job_cancel,
     result_artifact,
     result_artifacts,
@@ -96,7 +98,8 @@ async def create_job(
 @router.get(
     "",
     operation_id="listJobs",
-    response_model=Page[JobOut],
+    response_model=Page[JobSummary],
+    description="Newest first. Each job comes without its spec (GET /v1/jobs/{job_id} has it).",
     responses=problem_responses(404, 422),
 )
 def read_jobs(
@@ -108,7 +111,7 @@ def read_jobs(
     return make_page(
         list_jobs(session, tenant, after=page.after, limit=page.limit, status=status),
         page.limit,
-        job_out,
+        job_summary,
     )
 
 
@@ -145,6 +148,8 @@ async def read_job(
     operation_id="listJobEvents",
     response_model=Page[EventOut],
     responses=problem_responses(404, 422),
+    description="In order. `after` is the id of the last event of the previous page, a whole number (422 "
+    "`invalid_cursor` otherwise).",
 )
 def read_events(job_id: str, session: SessionDep, tenant: CurrentTenant, page: PageDep) -> dict:
     rows = list_events(session, job_id, tenant, after=page.after, limit=page.limit)
@@ -164,6 +169,24 @@ def read_events(job_id: str, session: SessionDep, tenant: CurrentTenant, page: P
 def cancel_job(job_id: str, session: SessionDep, tenant: CurrentTenant) -> JSONResponse:
     job = request_job_cancel(session, job_id, tenant)
     return JSONResponse(job_out(job).model_dump(mode="json"), headers={"ETag": etag(job)})
+
+
+@router.delete(
+    "/{job_id}",
+    operation_id="deleteJob",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(404, 409),
+    summary="Delete a finished job with its events and result files",
+    description="Only a final job (succeeded, failed or cancelled) can be deleted; a queued or running one answers 409 "
+    "`job_not_final` (cancel it first). Its result files no longer count toward the tenant's storage quota, nor does "
+    "its spec. The uploads it read are kept.",
+)
+def delete_job(
+    job_id: str, session: SessionDep, session_factory: SessionFactoryDep, blobs: BlobsDep, tenant: CurrentTenant
+) -> Response:
+    remove_job(session, session_factory, blobs, job_id, tenant)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get(

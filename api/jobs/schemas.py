@@ -54,44 +54,38 @@ class JobLinks(BaseModel):
     cancel: str
 
 
-class JobOut(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": "job_7d1e",
-                    "status": "running",
-                    "progress": {
-                        "stage": "step",
-                        "fraction": 0.4,
-                        "best_accuracy": 97.2,
-                        "best_compression_ratio": 11.8,
-                    },
-                    "spec": JOB_EXAMPLE,
-                    "attempts": 1,
-                    "target_met": None,
-                    "error": None,
-                    "created_at": "2026-01-01T12:00:00Z",
-                    "started_at": "2026-01-01T12:00:02Z",
-                    "finished_at": None,
-                    "duration_s": None,
-                    "links": {
-                        "self": "/v1/jobs/job_7d1e",
-                        "events": "/v1/jobs/job_7d1e/events",
-                        "report": "/v1/jobs/job_7d1e/report",
-                        "report_html": "/v1/jobs/job_7d1e/report.html",
-                        "artifacts": "/v1/jobs/job_7d1e/artifacts",
-                        "cancel": "/v1/jobs/job_7d1e/cancel",
-                    },
-                }
-            ]
-        }
-    )
+JOB_LINKS_EXAMPLE = {
+    "self": "/v1/jobs/job_7d1e",
+    "events": "/v1/jobs/job_7d1e/events",
+    "report": "/v1/jobs/job_7d1e/report",
+    "report_html": "/v1/jobs/job_7d1e/report.html",
+    "artifacts": "/v1/jobs/job_7d1e/artifacts",
+    "cancel": "/v1/jobs/job_7d1e/cancel",
+}
+JOB_SUMMARY_EXAMPLE: dict[str, Any] = {
+    "id": "job_7d1e",
+    "status": "running",
+    "progress": {"stage": "step", "fraction": 0.4, "best_accuracy": 97.2, "best_compression_ratio": 11.8},
+    "attempts": 1,
+    "target_met": None,
+    "error": None,
+    "created_at": "2026-01-01T12:00:00Z",
+    "started_at": "2026-01-01T12:00:02Z",
+    "finished_at": None,
+    "duration_s": None,
+    "links": JOB_LINKS_EXAMPLE,
+}
+
+
+class JobSummary(BaseModel):
+    """A job as lists show it: its state without its spec (GET /v1/jobs/{id} has the spec), so a page stays small
+    whatever the jobs' metadata."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [JOB_SUMMARY_EXAMPLE]})
 
     id: str
     status: JobStatusValue
     progress: Progress
-    spec: dict[str, Any]
     attempts: int
     target_met: bool | None
     error: JobError | None
@@ -100,6 +94,14 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     duration_s: float | None
     links: JobLinks
+
+
+class JobOut(JobSummary):
+    """A job: its state and the spec it was submitted with."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{**JOB_SUMMARY_EXAMPLE, "spec": JOB_EXAMPLE}]})
+
+    spec: dict[str, Any]
 
 
 class EventOut(BaseModel):

@@ -13,10 +13,11 @@ from sqlalchemy import Row
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ProblemError, not_found
-from api.jobs.schemas import EventOut, JobCreate, JobOut
+from api.jobs.schemas import EventOut, JobCreate, JobOut, JobSummary
+from api.pagination import event_cursor
 from api.slots import TenantSlots
 from core.errors import InputError, redact_paths
-from store.artifacts import get_ready_artifact
+from store.artifacts import QuotaExceeded, delete_artifact, get_ready_artifact
 from store.blobs import BlobStore
 from store.job_inputs import fetch_inputs
 from store.job_reads import JobReader
@@ -25,6 +26,7 @@ from store.jobs import (
     count_queued_jobs,
     count_unfinished_jobs,
     create_job,
+    delete_final_job,
     find_job,
     find_job_by_key,
     find_job_result,
@@ -35,6 +37,7 @@ from store.jobs import (
 )
 from store.models import Artifact, Job, JobEvent
 from store.settings import Settings
+from store.statuses import FINAL_STATUSES
 from worker.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -148,14 +151,23 @@ async def submit_job(
 
     def insert() -> tuple[Job, bool]:
         with session_factory() as session:
-            return create_job(
-                session,
-                tenant=tenant,
-                spec=spec,
-                idempotency_key=idempotency_key,
-                request_hash=digest,
-                max_attempts=settings.max_attempts,
-            )
+            try:
+                return create_job(
+                    session,
+                    tenant=tenant,
+                    spec=spec,
+                    idempotency_key=idempotency_key,
+                    request_hash=digest,
+                    max_attempts=settings.max_attempts,
+                    quota_bytes=settings.max_stored_bytes_per_tenant,
+                )
+            except QuotaExceeded as error:
+                raise ProblemError(
+                    413,
+                    "storage_quota_exceeded",
+                    f"this tenant's storage quota leaves {max(error.left, 0)} bytes, too few for this job's spec; "
+                    "delete artifacts or finished jobs to make room",
+                ) from None
 
     job, created = await anyio.to_thread.run_sync(insert)
     return (job, True) if created else (_same_request(job, digest), False)
@@ -206,9 +218,26 @@ def list_jobs(session: Session, tenant: str, *, after: str | None, limit: int, s
 def list_events(session: Session, job_id: str, tenant: str, *, after: str | None, limit: int) -> list[JobEvent]:
     """The job's events in order; the cursor is the last event id of the previous page."""
     get_job(session, job_id, tenant)
-    if after and not after.isdigit():
-        raise ProblemError(422, "validation_error", "after must be an event id (an integer)")
-    return list_job_events(session, job_id, after_id=int(after) if after else None, limit=limit + 1)
+    return list_job_events(session, job_id, after_id=event_cursor(after), limit=limit + 1)
+
+
+def remove_job(
+    session: Session, session_factory: sessionmaker[Session], blobs: BlobStore, job_id: str, tenant: str
+) -> None:
+    """Deletes the tenant's final job, its events and its result files (their bytes count toward the quota no more).
+    A job still queued or running is a 409: cancel it first. The request's session is closed before the artifacts'
+    own sessions delete them."""
+    job = get_job(session, job_id, tenant)
+    artifact_ids = delete_final_job(session, job_id, tenant) if job.status in FINAL_STATUSES else None
+    if artifact_ids is None:
+        raise ProblemError(
+            409,
+            "job_not_final",
+            f"job {job_id} is {job.status}; cancel it (POST /v1/jobs/{job_id}/cancel) and delete it once it has ended",
+        )
+    session.close()
+    for artifact_id in artifact_ids:
+        delete_artifact(session_factory, blobs, artifact_id)
 
 
 def request_job_cancel(session: Session, job_id: str, tenant: str) -> Job:
@@ -256,13 +285,21 @@ def event_out(event: JobEvent) -> EventOut:
 
 def job_out(job: Job | Row) -> JobOut:
     """From the ORM object or from the poll's row (store.job_reads), which has the same attributes."""
+    return JobOut(**_job_fields(job), spec=job.spec)
+
+
+def job_summary(job: Job | Row) -> JobSummary:
+    """A job without its spec, for lists."""
+    return JobSummary(**_job_fields(job))
+
+
+def _job_fields(job: Job | Row) -> dict:
     base = f"/v1/jobs/{job.id}"
     error = {"code": job.error_code, "message": job.error_message} if job.error_code else None
-    return JobOut(
+    return dict(
         id=job.id,
         status=job.status,
         progress=job.progress or {},
-        spec=job.spec,
         attempts=job.attempts,
         target_met=job.target_met,
         error=error,
