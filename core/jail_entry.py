@@ -30,15 +30,15 @@ class Channel:
     """The JSON-lines pipe to the parent: events out, stop orders and checkpoint acknowledgements in."""
 
     def __init__(self, out_fd: int, in_fd: int = 0):
-        self._out = out_fd
-        self._in = in_fd
+        self.out_fd = out_fd
+        self.in_fd = in_fd
         self._pending = b""
         self.stopped = False
 
     def send(self, message: dict[str, Any]) -> None:
         data = (json.dumps(message, default=str, allow_nan=False) + "\n").encode()
         while data:
-            data = data[os.write(self._out, data) :]
+            data = data[os.write(self.out_fd, data) :]
 
     def on_event(self, event: Event) -> None:
         self.send({"type": "event", **dataclasses.asdict(event)})
@@ -53,9 +53,9 @@ class Channel:
     def _read_orders(self, *, until_ack: bool) -> None:
         """Reads what the parent wrote; waits for "ack" when `until_ack`. A closed pipe means the parent is gone."""
         while True:
-            if not until_ack and not select.select([self._in], [], [], 0)[0]:
+            if not until_ack and not select.select([self.in_fd], [], [], 0)[0]:
                 return
-            chunk = os.read(self._in, 4096)
+            chunk = os.read(self.in_fd, 4096)
             if not chunk:
                 self.stopped = True
                 return

@@ -69,6 +69,8 @@ class EngineRun:
     should_stop: Callable[[], bool]
     # Seconds after which the child is killed (the job's time limit plus time for loading and export); None: never.
     deadline_s: float | None = None
+    # Seconds a child asked to stop has before it is killed.
+    stop_grace_s: float = STOP_GRACE_S
 
     def run(self, target: str, payload: dict) -> Any:
         """Runs `target` (a "module:function" of core.jail_entry's kind) on `payload` in the jail; its result."""
@@ -162,7 +164,7 @@ class _Supervisor:
         if self.stop_sent_at is None and self.run.should_stop():
             self.stop_sent_at = now
             self._order(b"stop\n")
-        if self.stop_sent_at is not None and now - self.stop_sent_at > STOP_GRACE_S:
+        if self.stop_sent_at is not None and now - self.stop_sent_at > self.run.stop_grace_s:
             self.killed_for = "cancel"
         elif self.run.deadline_s is not None and now - started > self.run.deadline_s:
             self.killed_for = "time_limit"

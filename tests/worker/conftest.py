@@ -30,6 +30,25 @@ def tiny_spec(model_artifact_id: str, **lwct) -> dict:
     return tiny_job(model_artifact_id, options={"lwct": {**TINY_OPTIONS["lwct"], **lwct}}, metadata={})
 
 
+def running_processes() -> dict[int, tuple[int, str, int, bytes]]:
+    """pid → (parent pid, name, real uid, command line) of every process (skipping those that vanish)."""
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+            status = Path(f"/proc/{name}/status").read_text()
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        uid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:")))
+        found[int(name)] = (ppid, comm, uid, cmdline)
+    return found
+
+
 @pytest.fixture(scope="session")
 def sample_model_zip(tmp_path_factory) -> Path:
     from core.samples import ensure_sample_model

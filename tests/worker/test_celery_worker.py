@@ -6,6 +6,7 @@ import signal
 import time
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
@@ -14,7 +15,7 @@ from store.artifacts import export_artifact_to
 from store.jobs import request_cancel
 from store.models import Artifact, Job, utcnow
 from tests.api.conftest import LONG_OPTIONS
-from tests.worker.conftest import tiny_spec
+from tests.worker.conftest import running_processes, tiny_spec
 
 RESULT_NAMES = {"model.sqz", "model.onnx", "model.zip", "report.json", "report.html"}
 
@@ -77,7 +78,10 @@ def test_a_job_whose_worker_is_killed_is_requeued_and_finishes_once(service, sam
     running = service.wait(job_id, lambda job: job.status == "running" and job.checkpoint_artifact_id is not None)
     victim = running.worker_id.split(":")[1]
     assert victim in workers
+    jailed = _descendants(int(victim))
+    assert jailed, "the job's engine runs in child processes of its worker"
     os.kill(int(victim), signal.SIGKILL)
+    _wait_until_gone(jailed)  # the jailed engine dies with its worker, and everything it started with it
     job = service.wait_final(job_id, timeout_s=180)
     assert (job.status, job.attempts) == ("succeeded", 2)
     assert victim not in job.worker_id
@@ -102,3 +106,32 @@ def test_a_job_whose_message_was_lost_is_sent_again_by_the_reaper(service, sampl
     service.start_worker()
     job = service.wait_final(job_id)
     assert (job.status, job.attempts) == ("succeeded", 1)
+
+
+def _descendants(pid: int) -> set[int]:
+    processes = running_processes()
+    found: set[int] = set()
+    parents = {pid}
+    while parents:
+        parents = {child for child, (ppid, *_) in processes.items() if ppid in parents} - found
+        found |= parents
+    return found
+
+
+def _wait_until_gone(pids: set[int], timeout_s: float = 30) -> None:
+    """Waits until none of `pids` runs any more (a zombie no longer runs)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = {pid for pid in pids if _runs(pid)}
+        if not alive:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"processes {sorted(alive)} outlived their worker")
+
+
+def _runs(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"

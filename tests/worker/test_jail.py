@@ -1,0 +1,137 @@
+"""The jail a job's engine runs in (worker.engine_process on core.jail), seen from inside the job: no secret, no
+parent, no network, no other job's folder, no root, and nothing it starts outlives it; and the worker's side of the
+pipe holds against a child that runs out of memory, ignores a stop, or breaks the protocol."""
+
+import os
+import socket
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from core.errors import Cancelled
+from core.events import Event
+from core.jail import Jail, JailLimits
+from worker.engine_process import EngineOutOfMemory, EngineProtocolError, EngineRun, EngineTimeLimit
+from worker.runner import _zip_folder
+
+TARGETS = "tests.core.jail_targets"
+JAIL = Jail(packages=("core", "tests"))
+LIMITS = JailLimits(memory_bytes=6 << 30)
+
+
+def engine(workdir: Path, events: list[Event] | None = None, stop=lambda: False, **fields) -> EngineRun:
+    workdir.mkdir(exist_ok=True)
+    (workdir / "tmp").mkdir(exist_ok=True)
+    sink = events if events is not None else []
+    return EngineRun(JAIL, fields.pop("limits", LIMITS), workdir, sink.append, stop, **fields)
+
+
+@pytest.fixture
+def listener():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    yield server.getsockname()[1]
+    server.close()
+
+
+def test_the_job_sees_no_secret_no_parent_no_network_and_no_other_folder(tmp_path, monkeypatch, listener):
+    monkeypatch.setenv("SQUEEZER_DATABASE_URL", "postgresql://squeezer:hunter2@db/squeezer")
+    monkeypatch.setenv("SQUEEZER_BROKER_URL", "redis://:hunter2@redis:6379/0")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
+    sibling = tmp_path / "other-job"
+    sibling.mkdir()
+    (sibling / "inputs.zip").write_bytes(b"someone else's upload")
+    payload = {"parent_pid": os.getpid(), "port": listener, "sibling": str(sibling)}
+    seen = engine(tmp_path / "job").run(f"{TARGETS}:look_around", payload)
+    assert "hunter2" not in repr(seen["environ"]) + seen["proc_environ"]
+    assert not any(key.startswith(("SQUEEZER_", "AWS_")) for key in seen["environ"])
+    assert seen["parent_environ"] is None and not seen["parent_visible"]
+    assert max(seen["pids"]) < 10, seen["pids"]  # its own PID namespace: a handful of its own processes
+    assert seen["network"] != "connected"
+    assert seen["uid"] != 0 and seen["euid"] != 0
+    assert set(seen["capabilities"]) == {"0000000000000000"}
+    assert not seen["sibling_visible"] and not seen["source_writable"] and seen["workdir_writable"]
+
+
+def test_nothing_the_job_starts_outlives_it(tmp_path):
+    token = f"squeezer-orphan-{uuid.uuid4().hex}"
+    workdir = tmp_path / "job"
+    result = engine(workdir).run(f"{TARGETS}:orphan", {"ready": str(workdir / "ready"), "token": token})
+    assert result == {"escaped": True}  # it was running, out of its session and reparented, when the job ended
+    survivors = [pid for pid in _pids() if token.encode() in _cmdline(pid)]
+    assert survivors == []
+
+
+def test_running_out_of_memory_ends_as_out_of_memory(tmp_path):
+    events: list[Event] = []
+    with pytest.raises(EngineOutOfMemory) as caught:
+        engine(tmp_path / "job", events, limits=JailLimits(memory_bytes=2 << 30)).run(f"{TARGETS}:allocate", {})
+    assert caught.value.code == "out_of_memory" and "SQUEEZER_JOB_MEMORY_BYTES" in caught.value.message
+    assert [event.stage for event in events] == ["intake"]
+
+
+def test_a_stop_is_passed_to_the_job(tmp_path):
+    events: list[Event] = []
+    with pytest.raises(Cancelled):
+        engine(tmp_path / "job", events, stop=lambda: len(events) >= 3).run(f"{TARGETS}:obey", {})
+    assert 3 <= len(events) < 20
+
+
+def test_a_job_that_ignores_the_stop_is_killed_after_the_grace(tmp_path):
+    events: list[Event] = []
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        engine(tmp_path / "job", events, stop=lambda: bool(events), stop_grace_s=1.0).run(f"{TARGETS}:ignore_stop", {})
+    assert time.monotonic() - started < 30
+
+
+def test_a_job_past_its_deadline_is_killed(tmp_path):
+    with pytest.raises(EngineTimeLimit) as caught:
+        engine(tmp_path / "job", deadline_s=3.0).run(f"{TARGETS}:ignore_stop", {})
+    assert caught.value.code == "time_limit_exceeded"
+
+
+@pytest.mark.parametrize(
+    "target, payload", [("garble", {"kind": "not_json"}), ("garble", {"kind": "too_long"}), ("flood", {})]
+)
+def test_a_broken_protocol_fails_the_job_and_not_the_worker(tmp_path, target, payload):
+    with pytest.raises(EngineProtocolError) as caught:
+        engine(tmp_path / "job").run(f"{TARGETS}:{target}", payload)
+    assert caught.value.code == "engine_protocol_error"
+
+
+def test_a_checkpoint_is_packed_before_the_job_goes_on_and_links_are_left_out(tmp_path):
+    secret = tmp_path / "worker-secret.txt"
+    secret.write_text("hunter2")
+    workdir = tmp_path / "job"
+    folder = workdir / "checkpoint"
+    folder.mkdir(parents=True)
+    packed: list[set[str]] = []
+
+    def on_event(event: Event) -> None:
+        if event.stage == "checkpoint":
+            with zipfile.ZipFile(_zip_folder(folder, tmp_path / "checkpoint.zip")) as archive:
+                packed.append(set(archive.namelist()))
+                assert b"hunter2" not in b"".join(archive.read(name) for name in archive.namelist())
+
+    run = engine(workdir)
+    run.on_event = on_event
+    assert run.run(f"{TARGETS}:checkpoint", {"checkpoint_dir": str(folder), "outside": str(secret)}) == {
+        "after_ack": True
+    }
+    assert packed == [{"state.bin"}]
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
