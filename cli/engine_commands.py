@@ -1,7 +1,8 @@
 """Engine commands: sample, compress, evaluate. They run the engine in this process; no service is involved.
 
 Exit codes match `squeezer submit`: 0 target met, 3 result written but target missed, 2 bad input (one line on
-stderr: "error: <code>: <message>"), 1 stopped or failed."""
+stderr: "error: <code>: <message>"), 1 stopped or failed: a bug of ours is one line too, naming the log file that
+holds its traceback (`squeezer --debug` prints it instead)."""
 
 import json
 import shutil
@@ -21,10 +22,13 @@ from cli.output import (
     LOG_FORMAT_HELP,
     LogFormat,
     ProgressLines,
+    cli_state,
     console,
     err_console,
     parse_options,
+    print_error_line,
     print_report,
+    report_internal_error,
 )
 from core.config import CompressConfig, Normalization
 from core.errors import InputError, SqueezerError
@@ -56,13 +60,18 @@ MeanOption = Annotated[
 StdOption = Annotated[str | None, typer.Option("--normalize-std", help="Per-channel input std, comma-separated.")]
 
 
-def _run(action: Callable[[], int]) -> None:
-    """Runs a command body; engine errors the user can act on become one stderr line and an exit code."""
+def _run(context: typer.Context, action: Callable[[], int]) -> None:
+    """Runs a command body; engine errors the user can act on become one stderr line and an exit code, and so does
+    any other failure (exit 1, a bug of ours)."""
+    debug = cli_state(context).debug
     try:
         code = action()
     except SqueezerError as error:
-        err_console.print(f"error: {error.code}: {error.message}", markup=False, highlight=False, soft_wrap=True)
+        print_error_line(error.code, error.message, error, debug=debug)
         raise typer.Exit(EXIT_BAD_INPUT if isinstance(error, InputError) else EXIT_FAILED) from None
+    except Exception as error:
+        report_internal_error(error, debug=debug)
+        raise typer.Exit(EXIT_FAILED) from None
     raise typer.Exit(code)
 
 
@@ -99,6 +108,7 @@ def _config(fields: dict[str, Any]) -> CompressConfig:
 
 
 def sample(
+    context: typer.Context,
     name: Annotated[Literal["digits", "fashion-mnist"], typer.Argument(help="Which sample data set.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the model directory.")] = Path("sample-model"),
 ) -> None:
@@ -113,10 +123,11 @@ def sample(
         console.print(f"lenet5 on {name}: top1 {accuracy:.2f}% → {out}", highlight=False)
         return 0
 
-    _run(action)
+    _run(context, action)
 
 
 def compress(
+    context: typer.Context,
     model: Annotated[
         Path, typer.Argument(help="A Squeezer model directory or .zip, an .onnx, or weights with --arch.")
     ],
@@ -188,7 +199,7 @@ def compress(
         print_report(report, out)
         return EXIT_TARGET_MET if report["target_met"] else EXIT_TARGET_MISSED
 
-    _run(action)
+    _run(context, action)
 
 
 class ProgressReporter:
@@ -233,6 +244,7 @@ class ProgressReporter:
 
 
 def evaluate(
+    context: typer.Context,
     model: Annotated[
         Path, typer.Argument(help="model.sqz, a model directory or .zip, an .onnx, or weights with --arch.")
     ],
@@ -271,7 +283,7 @@ def evaluate(
             console.print(f"{result['metric']} {result['accuracy']:.2f}%", highlight=False)
         return 0
 
-    _run(action)
+    _run(context, action)
 
 
 def register(app: typer.Typer) -> None:

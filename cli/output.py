@@ -5,15 +5,20 @@ line on stderr), 1 job failed or cancelled."""
 
 import json
 import sys
+import tempfile
 import time
+import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
 from core.artifacts.report import with_macs_alias
+from core.errors import short_description
 
 EXIT_TARGET_MET, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TARGET_MISSED = 0, 1, 2, 3
 
@@ -82,6 +87,42 @@ class ProgressLines:
             status = f"[{extra['status']}] " if extra.get("status") else ""
             line = f"{status}{stage} {fraction:.0%}{best}"
         print(line, file=self.stream, flush=True)
+
+
+@dataclass
+class CliState:
+    """What the top-level options (`squeezer --debug …`) tell every command."""
+
+    debug: bool = False
+
+
+def cli_state(context: typer.Context) -> CliState:
+    """The state the `squeezer` callback stored, or the defaults when a command runs without it."""
+    state = context.find_root().obj
+    return state if isinstance(state, CliState) else CliState()
+
+
+def print_error_line(code: str, message: str, error: BaseException, *, debug: bool = False) -> None:
+    """The one stderr line of a failed command; with `debug`, the traceback (and its causes) above it."""
+    if debug:
+        err_console.print("".join(traceback.format_exception(error)), markup=False, highlight=False, end="")
+    one_line = " ".join(message.split())  # a library's message may span lines; the contract is one
+    err_console.print(f"error: {code}: {one_line}", markup=False, highlight=False, soft_wrap=True)
+
+
+def report_internal_error(error: Exception, *, debug: bool = False) -> None:
+    """A bug of ours, not the input's: one line naming the failure and where its traceback is (a log file, or the
+    terminal with `debug`), never a raw traceback."""
+    if debug:
+        print_error_line("internal_error", short_description(error), error, debug=True)
+        return
+    with tempfile.NamedTemporaryFile("w", prefix="squeezer-error-", suffix=".log", delete=False) as log:
+        log.write("".join(traceback.format_exception(error)))
+    print_error_line(
+        "internal_error",
+        f"{short_description(error)} (a Squeezer bug; the traceback is in {log.name}, or rerun with --debug)",
+        error,
+    )
 
 
 class ClientError(Exception):

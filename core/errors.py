@@ -5,6 +5,8 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -60,6 +62,25 @@ class Cancelled(SqueezerError):
     """The caller's stop check asked the engine to stop at a step boundary."""
 
     code = "cancelled"
+
+
+def short_description(error: BaseException) -> str:
+    """`Class: first line of the message`, at most 200 characters: enough to name an unforeseen failure on one line."""
+    first_line = (str(error).strip().splitlines() or [""])[0][:200]
+    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+
+
+@contextmanager
+def unforeseen_as(error_class: type[InputError], subject: str) -> Iterator[None]:
+    """Turns an exception no check foresaw, raised by a library while it reads an upload, into `error_class`
+    naming the exception, so bad input ends as a stable code and never as a crash. Our own errors pass unchanged,
+    and so does running out of memory, which says nothing about the input."""
+    try:
+        yield
+    except (SqueezerError, MemoryError):
+        raise
+    except Exception as error:
+        raise error_class(f"{subject} could not be read: {short_description(error)}") from error
 
 
 def _server_roots() -> list[str]:

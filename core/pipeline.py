@@ -30,6 +30,7 @@ from core.events import Event, EventCallback, Guard, StopCheck, never_stop, no_e
 from core.graph import with_channels
 from core.intake.data import Dataset, check_compatible, load_dataset, normalize
 from core.intake.models import LoadedModel, load_model, save_model_dir
+from core.intake.onnx_normalize import with_free_dims_named
 from core.measure import (
     count_macs,
     count_nonzero,
@@ -370,7 +371,7 @@ def _onnx_accuracy(
     import onnxruntime as ort
 
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(with_free_dims_named(path.read_bytes()), providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own unrelated exception types for unreadable files
         raise ModelFormatError(f"{path.name} is not a readable ONNX model: {error}") from None
     stored = session.get_modelmeta().custom_metadata_map.get(PREPROCESSING_KEY)

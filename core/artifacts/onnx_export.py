@@ -25,6 +25,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from core.artifacts.sqz import grid_scales
+from core.intake.onnx_normalize import declared_sizes
 
 OPSET = 17
 INT4_OPSET = 21  # the first opset with int4 tensors
@@ -33,7 +34,8 @@ _CODE_TYPES = ((7, TensorProto.INT4), (127, TensorProto.INT8))  # (largest |code
 
 
 def export_onnx(model, path: Path, *, compact: bool = True) -> Path:
-    """Writes `model.module` (a LoadedModel) to `path` with a dynamic batch axis, compacted unless `compact` is False.
+    """Writes `model.module` (a LoadedModel) to `path` with a dynamic batch axis (and dynamic spatial axes where the
+    uploaded ONNX graph had them), compacted unless `compact` is False.
 
     Preprocessing is not baked in: it lives in architecture.json, and `squeezer evaluate`
     applies it to .onnx inputs the same way it does for model.sqz and model/.
@@ -47,13 +49,31 @@ def export_onnx(model, path: Path, *, compact: bool = True) -> Path:
         str(path),
         input_names=["input"],
         output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        dynamic_axes=_dynamic_axes(model, example),
         opset_version=OPSET,
         dynamo=False,
     )
     if compact:
         onnx.save(compact_onnx(onnx.load(str(path))), str(path))
     return Path(path)
+
+
+def _dynamic_axes(model, example: torch.Tensor) -> dict[str, dict[int, str]]:
+    """Named free axes (dim_param, what every runtime reads as free): the batch always; height and width when the
+    uploaded ONNX graph left them to the data, and then a segmentation map's too."""
+    axes = {"input": {0: "batch"}, "logits": {0: "batch"}}
+    if not model.onnx_graph:
+        return axes
+    graph = onnx.load_model_from_string(model.onnx_graph).graph
+    initializers = {t.name for t in graph.initializer}
+    sizes = declared_sizes(next(i for i in graph.input if i.name not in initializers))
+    free = [axis for axis in (2, 3) if sizes is None or len(sizes) != 4 or sizes[axis] is None]
+    if free:
+        axes["input"] |= {axis: ("height", "width")[axis - 2] for axis in free}
+        with torch.no_grad():
+            if model.module.eval()(example).ndim == 4:
+                axes["logits"] |= {axis: ("out_height", "out_width")[axis - 2] for axis in free}
+    return axes
 
 
 def integer_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | None:

@@ -32,8 +32,9 @@ import torch
 
 from core import limits
 from core.config import Normalization
-from core.errors import DatasetError, MismatchError
+from core.errors import DatasetError, MismatchError, ModelFormatError, unforeseen_as
 from core.intake.archives import is_archive, safe_extract
+from core.intake.models import check_pending_parity
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 # sample:shapes: enough images for a small U-Net to learn the two shapes in a few CPU epochs, and a validation split
@@ -234,6 +235,13 @@ class Dataset:
 
 
 def load_dataset(source: str | Path) -> Dataset:
+    """The data set at `source`. Every failure is an InputError; one no check foresaw (a library's own exception on a
+    malformed file) is invalid_dataset naming the exception."""
+    with unforeseen_as(DatasetError, f"the data set {Path(str(source)).name}"):
+        return _load_dataset(source)
+
+
+def _load_dataset(source: str | Path) -> Dataset:
     if isinstance(source, str) and source.startswith("sample:"):
         return _load_sample(source.removeprefix("sample:"))
     path = Path(source)
@@ -665,6 +673,11 @@ def _open_image(file: Path, Image, budget: _DecodeBudget | None = None, *, decod
 
 def normalize(data: Dataset, normalization: Normalization | None) -> Dataset:
     """(x - mean) / std per channel, applied once to both splits."""
+    with unforeseen_as(DatasetError, f"the data set {data.name}"):
+        return _normalized(data, normalization)
+
+
+def _normalized(data: Dataset, normalization: Normalization | None) -> Dataset:
     if normalization is None:
         return data
     channels = data.input_shape[0]
@@ -685,11 +698,18 @@ def normalize(data: Dataset, normalization: Normalization | None) -> Dataset:
 def check_compatible(model, data: Dataset) -> None:
     """Channels, size and classes of the data against the model (a LoadedModel): a classifier outputs (batch,
     classes), a segmentation model (batch, classes, H, W) at the masks' size. Fills in the input shape of models
-    that only the data can tell (ONNX graphs with free spatial axes)."""
+    that only the data can tell (ONNX graphs with free spatial axes), and checks those against onnxruntime at the
+    data's size."""
+    with unforeseen_as(ModelFormatError, "the model"):
+        _check_compatible(model, data)
+
+
+def _check_compatible(model, data: Dataset) -> None:
     if model.input_shape is not None and tuple(model.input_shape) != data.input_shape:
         raise MismatchError(
             f"the model takes inputs of shape {tuple(model.input_shape)} (C, H, W) but the data has {data.input_shape}"
         )
+    check_pending_parity(model, data.x_val[:2])
     try:
         with torch.no_grad():
             output = model.module.eval()(data.x_val[:2])

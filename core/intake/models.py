@@ -21,9 +21,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from core.config import Normalization
-from core.errors import ModelFormatError, UnsafeFormatError, UnsupportedLayerError
+from core.errors import ModelFormatError, UnsafeFormatError, UnsupportedLayerError, unforeseen_as
 from core.intake.archives import safe_extract
-from core.intake.onnx_normalize import normalize_onnx, unconvertible_nodes
+from core.intake.onnx_normalize import declare_unknown_ranks, declared_sizes, normalize_onnx, unconvertible_nodes
 from core.intake.onnx_safety import refuse_external_data
 from core.intake.registry import build_architecture, default_input_shape
 from core.intake.torch_zip import check_torch_zip
@@ -48,6 +48,9 @@ class LoadedModel:
     num_classes: int | None
     preprocessing: Normalization | None
     onnx_graph: bytes | None  # the converted ONNX graph (weights zeroed) for models that came as ONNX
+    # An uploaded ONNX graph with free spatial axes, checked against onnxruntime once the data gives their size
+    # (`check_pending_parity`); None once checked, and for every other model.
+    pending_parity: bytes | None = None
 
     @classmethod
     def built(
@@ -63,7 +66,13 @@ class LoadedModel:
 
 
 def load_model(path: Path | str, *, architecture: str | None = None, arch_args: dict | None = None) -> LoadedModel:
-    path = Path(path)
+    """The model at `path`. Every failure is an InputError; one no check foresaw (a library's own exception on a
+    malformed file) is invalid_model naming the exception."""
+    with unforeseen_as(ModelFormatError, f"the model {Path(path).name}"):
+        return _load_model(Path(path), architecture, arch_args)
+
+
+def _load_model(path: Path, architecture: str | None, arch_args: dict | None) -> LoadedModel:
     if not path.exists():
         raise ModelFormatError(f"model file {path.name} does not exist")
     if path.is_dir():
@@ -254,6 +263,7 @@ def _parse_onnx(data: bytes, filename: str):
     except Exception as error:
         raise ModelFormatError(f"{filename} is not a valid ONNX model: {str(error)[:200]}") from None
     refuse_external_data(graph, filename)
+    declare_unknown_ranks(graph)
     try:
         onnx.checker.check_model(graph)
     except Exception as error:
@@ -276,21 +286,41 @@ def _convert_onnx(graph) -> nn.Module:
         raise ModelFormatError(f"the ONNX model could not be converted: {str(error)[:300]}") from None
 
 
-def _onnx_input_shape(graph) -> tuple[int, ...] | None:
+def _onnx_input(graph):
+    """The graph's one image input: a float32 tensor."""
+    from onnx import TensorProto
+
     inputs = [i for i in graph.graph.input if i.name not in {t.name for t in graph.graph.initializer}]
     if len(inputs) != 1:
         raise ModelFormatError(f"the ONNX model must take one input tensor; it takes {len(inputs)}")
-    dims = inputs[0].type.tensor_type.shape.dim
-    if len(dims) != 4:
+    value = inputs[0]
+    if value.type.WhichOneof("value") != "tensor_type" or value.type.tensor_type.elem_type != TensorProto.FLOAT:
+        kind = TensorProto.DataType.Name(value.type.tensor_type.elem_type) if value.type.HasField("tensor_type") else ""
         raise ModelFormatError(
-            f"the ONNX model's input must be (batch, channels, height, width); it has {len(dims)} axes"
+            f"the ONNX model's input {value.name} is {kind or 'not a tensor'}; Squeezer feeds it float32 images"
         )
-    shape = tuple(d.dim_value for d in dims[1:] if d.HasField("dim_value"))
-    return shape if len(shape) == len(dims) - 1 else None  # None: an axis is symbolic
+    return value
+
+
+def _onnx_input_shape(graph) -> tuple[int, ...] | None:
+    """(C, H, W) as declared; None when an axis is free (a dim_param, no size, 0 or -1) or no rank is declared:
+    then the data's sample shape is the input shape."""
+    value = _onnx_input(graph)
+    sizes = declared_sizes(value)
+    if sizes is None:
+        return None
+    if len(sizes) != 4:
+        raise ModelFormatError(
+            f"the ONNX model's input {value.name} must be (batch, channels, height, width); it has {len(sizes)} axes"
+        )
+    shape = sizes[1:]
+    return None if None in shape else tuple(size for size in shape if size is not None)
 
 
 def _load_onnx(path: Path) -> LoadedModel:
-    graph = normalize_onnx(_parse_onnx(path.read_bytes(), path.name)).model
+    parsed = _parse_onnx(path.read_bytes(), path.name)
+    _onnx_input(parsed)
+    graph = normalize_onnx(parsed).model
     data = graph.SerializeToString()
     input_shape = _onnx_input_shape(graph)
     module = _convert_onnx(graph).eval()
@@ -299,8 +329,17 @@ def _load_onnx(path: Path) -> LoadedModel:
         x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
         check_onnx_parity(module, data, x)
         _with_num_classes(model)
+    else:
+        model.pending_parity = data
     model.onnx_graph = _weightless_graph(graph, module, input_shape)
     return model
+
+
+def check_pending_parity(model: LoadedModel, x: torch.Tensor) -> None:
+    """The parity check an ONNX model with free axes could not run at load, on inputs of the data's size."""
+    if model.pending_parity is not None:
+        check_onnx_parity(model.module, model.pending_parity, x)
+        model.pending_parity = None
 
 
 def onnx_outputs(onnx_bytes: bytes, x: torch.Tensor) -> np.ndarray:

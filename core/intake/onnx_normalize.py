@@ -9,6 +9,8 @@ The rest are small pattern rewrites of our own, each on constant weights only:
 - weights in Constant nodes become initializers; initializers listed as graph inputs (IR < 4) are unlisted;
 - nodes computing from constants only (Cast/Identity chains on weights, Transpose, Reshape...) are folded;
 - opsets 9 to 21 are converted to TARGET_OPSET, which onnx2torch covers;
+- free axes written as a dim_value of 0 or below (-1: older paddle2onnx and others) become named ones, the form
+  every runtime reads as free;
 - a fixed batch size becomes a free one; free spatial axes stay free (the data's size becomes the model's input
   shape when the data is checked against it);
 - Shape → Gather → Unsqueeze → Concat → Reshape (a flatten that keeps the batch) becomes Flatten;
@@ -73,6 +75,7 @@ def normalize_onnx(model) -> Normalised:
     model.CopyFrom(original)
     result = Normalised(model)
     for step in (
+        _name_free_dims,
         _unlist_initializer_inputs,
         _constants_to_initializers,
         _convert_opset,
@@ -100,6 +103,46 @@ def normalize_onnx(model) -> Normalised:
     return result
 
 
+def is_free(dim) -> bool:
+    """Whether an exporter left this axis to the data: a dim_param (named or "?"), no size at all, or a dim_value of
+    0 or below (ONNX has no negative sizes; -1 is how older exporters wrote "any")."""
+    return not dim.HasField("dim_value") or dim.dim_value <= 0
+
+
+def declared_sizes(value_info) -> list[int | None] | None:
+    """The sizes a graph input or output declares, None for each free axis; None when not even the rank is given."""
+    tensor = value_info.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return [None if is_free(dim) else dim.dim_value for dim in tensor.shape.dim]
+
+
+def declare_unknown_ranks(model) -> None:
+    """A graph input or output with no shape at all (onnxruntime runs it; onnx's checker refuses it) gets one of free
+    axes: the input four (Squeezer feeds NCHW images), an output the rank shape inference finds for it."""
+    import onnx
+
+    initializers = {t.name for t in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name not in initializers and _unshaped(value):
+            value.type.tensor_type.shape.dim.extend([onnx.TensorShapeProto.Dimension() for _ in range(4)])
+    outputs = [value for value in model.graph.output if _unshaped(value)]
+    if not outputs:
+        return
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # the checker then names what is wrong
+        return
+    found = {value.name: value for value in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    for value in outputs:
+        if value.name in found and not _unshaped(found[value.name]):
+            value.type.tensor_type.shape.CopyFrom(found[value.name].type.tensor_type.shape)
+
+
+def _unshaped(value) -> bool:
+    return value.type.WhichOneof("value") == "tensor_type" and not value.type.tensor_type.HasField("shape")
+
+
 def unconvertible_nodes(model) -> list[str]:
     """'name (OpType, opset N)' for every node onnx2torch has no converter for: a refusal names the layer, not just
     the operator."""
@@ -117,6 +160,28 @@ def unconvertible_nodes(model) -> list[str]:
 
 
 # -- passes: each returns a short note of what it changed, or "" ------------------------------------------------
+
+
+def _name_free_dims(model) -> str:
+    """dim_value 0 or -1 becomes a dim_param: "N" for the batch axis, "<tensor>_<axis>" for the others."""
+    renamed = 0
+    for value in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        if not value.type.tensor_type.HasField("shape"):
+            continue
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value <= 0:
+                dim.dim_param = "N" if axis == 0 else f"{value.name}_{axis}"
+                renamed += 1
+    return f"{renamed} free axes written as 0 or -1 named" if renamed else ""
+
+
+def with_free_dims_named(data: bytes) -> bytes:
+    """An ONNX file as onnxruntime should read it: onnxruntime takes -1 as free but 0 as a size of zero, so both
+    become named axes (the file is returned as it is when it has neither)."""
+    import onnx
+
+    model = onnx.load_model_from_string(data)
+    return model.SerializeToString() if _name_free_dims(model) else data
 
 
 def _unlist_initializer_inputs(model) -> str:
@@ -215,7 +280,7 @@ def _fold_constants(model) -> str:
 def _free_batch(model) -> str:
     """A batch axis fixed at export time (often 1) becomes free, and Reshape targets that copied it copy it instead."""
     dims = _graph_input(model).type.tensor_type.shape.dim
-    if not dims or not dims[0].HasField("dim_value"):
+    if not dims or is_free(dims[0]):
         return ""
     batch = dims[0].dim_value
     dims[0].dim_param = "N"
@@ -302,8 +367,7 @@ def _reshape_flatten(model) -> str:
         return ""
     shapes = {}
     for info in list(inferred.graph.value_info) + list(inferred.graph.input):
-        dims = info.type.tensor_type.shape.dim
-        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        shapes[info.name] = declared_sizes(info) or []
     constants = {t.name: t for t in model.graph.initializer}
     rewritten = 0
     for node in list(model.graph.node):
@@ -623,11 +687,14 @@ def _rank(model, name: str) -> int | None:
 
 def _agrees(original, result: Normalised) -> bool:
     """The normalised graph computes what the original did (onnxruntime, random inputs at the known or a small
-    stand-in size); a graph onnxruntime cannot run at all is left for the intake's own error."""
+    stand-in size); a graph onnxruntime cannot run at all, at that size or of no declared rank, is left for the
+    intake's parity check at the data's size."""
     import onnxruntime
 
-    dims = _graph_input(original).type.tensor_type.shape.dim
-    shape = [d.dim_value if d.HasField("dim_value") else (2 if i == 0 else 32) for i, d in enumerate(dims)]
+    sizes = declared_sizes(_graph_input(original))
+    if sizes is None:
+        return True
+    shape = [size or (2 if axis == 0 else 32) for axis, size in enumerate(sizes)]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     try:
         before = _run(onnxruntime, original.SerializeToString(), x)

@@ -40,7 +40,8 @@ def onnx_predictions(session, x: np.ndarray, batch: int = 512, threshold: float 
     """Class predictions of an onnxruntime session for every sample, batched like `predict` (a fixed batch axis in
     the file sets the batch): argmax over dim 1, or output > `threshold` for one output channel."""
     model_input = session.get_inputs()[0]
-    batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else batch
+    declared = model_input.shape[0] if model_input.shape else None  # no shape, a name, None or 0 and below: free
+    batch = declared if isinstance(declared, int) and declared > 0 else batch
     outputs = [
         _classes(np.asarray(session.run(None, {model_input.name: x[start : start + batch]})[0]), threshold)
         for start in range(0, len(x), batch)

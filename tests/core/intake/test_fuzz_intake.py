@@ -1,0 +1,208 @@
+"""Intake fuzzed (issue 27): Hypothesis builds small valid ONNX classifiers and segmenters and varies what exporters
+vary (how free axes are written, opsets, initializers listed as inputs, value_info, Cast/Identity chains on weights,
+names, doc strings, metadata), then feeds each through intake, `evaluate` and a one-stage compress. Every case
+either works or is refused with a stable code; none crashes.
+
+CI runs FUZZ_EXAMPLES cases, derandomised (the same cases every run, about a minute); SQUEEZER_FUZZ_EXAMPLES=N runs N
+cases, and SQUEEZER_FUZZ_SEED=S draws them at random from seed S (a larger or a new search)."""
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from core.config import AccuracyTarget, CompressConfig, LwctConfig
+from core.errors import InputError
+from core.pipeline import ModelSource, check_inputs, compress_files, evaluate_file
+
+FUZZ_EXAMPLES = int(os.environ.get("SQUEEZER_FUZZ_EXAMPLES", "10"))
+FUZZ_SEED = os.environ.get("SQUEEZER_FUZZ_SEED")
+STABLE_CODE = re.compile(r"^[a-z][a-z_]*[a-z]$")
+HEIGHT, WIDTH = 6, 10
+ONE_STAGE = LwctConfig(sparsity_grid=[0.5], prune_epochs=0, epochs_per_step=0, min_steps_per_stage=2, lr_search=False)
+# How an exporter writes an axis it leaves to the data, and a size it fixed.
+FREE = ("named", "question mark", "absent", "zero", "minus one", "minus two")
+OUTCOMES: dict[str, int] = {}
+REFUSALS: list[str] = []  # "works" or the refusal code → cases, for the closing note
+
+
+@dataclass(frozen=True)
+class Exported:
+    """One generated model file's choices."""
+
+    task: str  # classification | segmentation
+    channels: int
+    classes: int
+    opset: int
+    batch: str  # one of FREE, or "fixed" (1)
+    spatial: str  # one of FREE, or "fixed" (the data's size)
+    output_dims: str  # one of FREE, "fixed", or "no shape"
+    input_shape_absent: bool
+    initializers_as_inputs: bool
+    value_info: bool
+    cast_chains: bool
+    hard_swish: bool
+    names: tuple[str, ...]
+    doc: str
+    metadata: tuple[tuple[str, str], ...]
+
+
+_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+
+
+@st.composite
+def exported_models(draw) -> Exported:
+    return Exported(
+        task=draw(st.sampled_from(["classification", "segmentation"])),
+        channels=draw(st.sampled_from([1, 3])),
+        classes=draw(st.integers(2, 4)),
+        opset=draw(st.sampled_from([9, 11, 13, 15, 17, 18, 21])),
+        batch=draw(st.sampled_from((*FREE, "fixed"))),
+        spatial=draw(st.sampled_from((*FREE, "fixed"))),
+        output_dims=draw(st.sampled_from((*FREE, "fixed", "no shape"))),
+        input_shape_absent=draw(st.booleans()),
+        initializers_as_inputs=draw(st.booleans()),
+        value_info=draw(st.booleans()),
+        cast_chains=draw(st.booleans()),
+        hard_swish=draw(st.booleans()),
+        names=tuple(draw(st.lists(_text, min_size=8, max_size=8))),
+        doc=draw(_text),
+        metadata=tuple(draw(st.lists(st.tuples(_text, _text), max_size=3, unique_by=lambda kv: kv[0]))),
+    )
+
+
+def _dims(value, how: str, axes: list[int]) -> None:
+    """The sizes of `value`'s `axes` written the way `how` says ("fixed": left at their size)."""
+    if how == "no shape":
+        value.type.tensor_type.ClearField("shape")
+        return
+    for axis in axes if how != "fixed" else []:
+        dim = value.type.tensor_type.shape.dim[axis]
+        dim.Clear()
+        if how == "named":
+            dim.dim_param = f"{value.name}_axis{axis}"
+        elif how == "question mark":
+            dim.dim_param = "?"
+        elif how != "absent":
+            dim.dim_value = {"zero": 0, "minus one": -1, "minus two": -2}[how]
+
+
+def _build(e: Exported) -> onnx.ModelProto:
+    rng = np.random.default_rng(len(e.names))
+    names = iter(f"{name}{index}" for index, name in enumerate(e.names))  # unique, whatever the drawn text
+    nodes, initializers = [], []
+
+    def weight(array: np.ndarray) -> str:
+        name = next(names)
+        if not e.cast_chains:
+            initializers.append(numpy_helper.from_array(array.astype(np.float32), name))
+            return name
+        initializers.append(numpy_helper.from_array(array.astype(np.float16), f"{name}.f16"))
+        nodes.append(helper.make_node("Cast", [f"{name}.f16"], [f"{name}.cast"], to=TensorProto.FLOAT))
+        nodes.append(helper.make_node("Identity", [f"{name}.cast"], [name]))
+        return name
+
+    def node(op: str, inputs: list[str], **attributes) -> str:
+        output = f"{op}:{len(nodes)}"
+        nodes.append(helper.make_node(op, inputs, [output], name=f"{op} {len(nodes)}", doc_string=e.doc, **attributes))
+        return output
+
+    width = 4
+    h = node(
+        "Conv", ["x", weight(rng.standard_normal((width, e.channels, 3, 3))), weight(rng.random(width))], pads=[1] * 4
+    )
+    h = node("Mul", [h, node("HardSigmoid", [h], alpha=1 / 6, beta=0.5)]) if e.hard_swish else node("Relu", [h])
+    if e.task == "classification":
+        h = node("Flatten", [node("GlobalAveragePool", [h])], axis=1)
+        weights = weight(rng.standard_normal((e.classes, width)))
+        nodes.append(helper.make_node("Gemm", [h, weights, weight(rng.random(e.classes))], ["y"], transB=1))
+        fixed_out, free_out = [1, e.classes], [0]
+    else:
+        nodes.append(helper.make_node("Conv", [h, weight(rng.standard_normal((e.classes, width, 1, 1)))], ["y"]))
+        fixed_out, free_out = [1, e.classes, HEIGHT, WIDTH], [0, 2, 3]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, e.channels, HEIGHT, WIDTH])
+    _dims(x, e.batch, [0])
+    _dims(x, e.spatial, [2, 3])
+    if e.input_shape_absent:
+        _dims(x, "no shape", [])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, fixed_out)
+    _dims(y, e.output_dims, free_out)
+    inputs = [x] + (
+        [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in initializers]
+        if e.initializers_as_inputs
+        else []
+    )
+    graph = helper.make_graph(nodes, next(names), inputs, [y], initializers, doc_string=e.doc)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", e.opset)], producer_name=next(names))
+    model.doc_string = e.doc
+    helper.set_model_props(model, dict(e.metadata))
+    model.ir_version = min(model.ir_version, {9: 4, 11: 6, 13: 7, 15: 8, 17: 8, 18: 8, 21: 10}[e.opset])
+    if e.value_info:
+        try:
+            model.graph.value_info.extend(onnx.shape_inference.infer_shapes(model).graph.value_info)
+        except Exception:  # a shape the inference cannot follow: the file goes without value_info, as exporters do
+            pass
+    return model
+
+
+def _data(e: Exported, path: Path) -> str:
+    rng = np.random.default_rng(0)
+    x = rng.random((24, e.channels, HEIGHT, WIDTH), dtype=np.float32)
+    shape = (24,) if e.task == "classification" else (24, HEIGHT, WIDTH)
+    y = np.arange(np.prod(shape)).reshape(shape) % e.classes
+    np.savez(path, x_train=x, y_train=y, x_val=x[:12], y_val=y[:12])
+    return str(path)
+
+
+def _works_or_refused(step, run) -> bool:
+    """Runs `run`; True when it worked, False when it refused with a stable code; anything else fails the test."""
+    try:
+        run()
+    except InputError as error:
+        assert STABLE_CODE.match(error.code) and error.code != "invalid_input", (step, error.code, error.message)
+        assert error.message.strip(), (step, error.code)
+        OUTCOMES[f"{step}: {error.code}"] = OUTCOMES.get(f"{step}: {error.code}", 0) + 1
+        REFUSALS.append(f"{step}: {error.code}: {error.message}")
+        return False
+    return True
+
+
+def _fuzz_settings(test):
+    configured = settings(
+        max_examples=FUZZ_EXAMPLES,
+        deadline=None,
+        derandomize=FUZZ_SEED is None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )(test)
+    return seed(int(FUZZ_SEED))(configured) if FUZZ_SEED is not None else configured
+
+
+@_fuzz_settings
+@given(exported_models())
+def test_exported_models_work_or_are_refused_with_a_stable_code(e: Exported):
+    with tempfile.TemporaryDirectory(prefix="squeezer-fuzz-") as tmp:
+        model, data = Path(tmp) / "model.onnx", _data(e, Path(tmp) / "data.npz")
+        onnx.save(_build(e), model)
+        config = CompressConfig(
+            method="lwct", task=e.task, device="cpu", target=AccuracyTarget(max_drop=100), lwct=ONE_STAGE
+        )
+        if _works_or_refused("intake", lambda: check_inputs(ModelSource(model), data, config)):
+            assert _works_or_refused("evaluate", lambda: evaluate_file(model, data)), (e, REFUSALS[-1])
+            assert _works_or_refused(
+                "compress", lambda: compress_files(ModelSource(model), data, Path(tmp), config)
+            ), (e, REFUSALS[-1])
+            OUTCOMES["works"] = OUTCOMES.get("works", 0) + 1
+
+
+def test_the_fuzz_run_met_both_outcomes_and_reports_them():
+    """Runs after the fuzz test (file order): the generated files do work, the run is not all refusals."""
+    print(f"fuzz outcomes over {FUZZ_EXAMPLES} cases: {OUTCOMES}")
+    assert OUTCOMES.get("works", 0) > 0, OUTCOMES
