@@ -100,6 +100,7 @@ def test_another_tenants_ids_answer_404_and_lists_show_only_ones_own(auth_client
         ("GET", f"/v1/jobs/{job_id}/artifacts"),
         ("GET", f"/v1/jobs/{job_id}/artifacts/report.json"),
         ("POST", f"/v1/jobs/{job_id}/cancel"),
+        ("DELETE", f"/v1/jobs/{job_id}"),
     ):
         body = assert_problem(auth_client.request(method, path, headers=bob), 404, "not_found")
         assert "alice" not in str(body)
