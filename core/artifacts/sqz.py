@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 
 from core import limits
 from core.errors import ModelFormatError
+from core.intake.names import shown
 
 MAGIC = b"SQZ2"
 JSON_HEADER_MAGIC = b"SQZ1"  # the first layout: the same header as JSON (three times the bytes before compression)
@@ -373,7 +374,7 @@ class _HeaderReader:
         for _ in range(self.varint()):
             key = self.take(self.varint()).decode()
             if key in tensors:
-                raise ValueError(f"tensor {key} appears twice")
+                raise ValueError(f"tensor {shown(key)} appears twice")
             tensors[key] = self.tensor()
         if self.offset != len(self.data):
             raise ValueError("the .sqz header has bytes past its last tensor")
@@ -498,15 +499,17 @@ def _unpack(data: bytes) -> tuple[dict, dict[str, torch.Tensor], bytes]:
         for key, entry in header["tensors"].items():
             shape = entry["shape"]
             if not all(isinstance(d, int) and d >= 0 for d in shape):
-                raise ValueError(f"tensor {key} has shape {shape}")
+                raise ValueError(f"tensor {shown(key)} has shape {shape}")
             numel = math.prod(shape)
             params += numel
-            limits.check(f"the .sqz file's parameter count (at {key})", params, "max_model_params", ModelFormatError)
+            limits.check(
+                f"the .sqz file's parameter count (at {shown(key)})", params, "max_model_params", ModelFormatError
+            )
             _check_payload(entry, numel)
             chunks = []
             for size in entry["sizes"]:
                 if offset + size > len(body):
-                    raise ValueError(f"tensor {key} runs past the end of the file")
+                    raise ValueError(f"tensor {shown(key)} runs past the end of the file")
                 chunks.append(body[offset : offset + size])
                 offset += size
             state[key] = _decode_tensor(entry, chunks)
@@ -522,7 +525,7 @@ def _unpack(data: bytes) -> tuple[dict, dict[str, torch.Tensor], bytes]:
         IndexError,
         RuntimeError,
     ) as exc:
-        raise ModelFormatError(f"corrupt .sqz file: {exc}") from exc
+        raise ModelFormatError(f"corrupt .sqz file: {shown(str(exc))}") from exc
     return header, state, graph
 
 
@@ -532,11 +535,15 @@ def inspect_sqz(data: bytes) -> dict:
 
 
 def load_sqz(path: Path):
-    """Rebuild a runnable LoadedModel whose weights are bit-identical to the packed ones."""
-    from core.intake.models import load_model
+    """Rebuild a runnable LoadedModel whose weights are bit-identical to the packed ones. The header is an upload
+    like any other: it goes through the model-directory loader (architecture names looked up in the registry's
+    tables, graph.onnx renamed, state keys matched against the built module's), never straight into code."""
+    from core.intake.models import SOURCE_FORMATS, load_model
 
     header, state, graph = _unpack(Path(path).read_bytes())
-    arch = header["architecture"]
+    arch, source_format = header.get("architecture"), header.get("source_format")
+    if not isinstance(arch, dict) or source_format not in SOURCE_FORMATS:
+        raise ModelFormatError("corrupt .sqz file: its header's architecture or source format is invalid")
     with tempfile.TemporaryDirectory(prefix="squeezer-sqz-") as tmp:
         model_dir = Path(tmp)
         (model_dir / "architecture.json").write_text(json.dumps({"format": "squeezer-model", "version": 1, **arch}))
@@ -544,4 +551,4 @@ def load_sqz(path: Path):
         if graph:
             (model_dir / "graph.onnx").write_bytes(graph)
         loaded = load_model(model_dir)
-    return dataclasses.replace(loaded, source_format=header["source_format"])
+    return dataclasses.replace(loaded, source_format=source_format)

@@ -9,6 +9,7 @@ from torch import nn
 
 from core.errors import ModelFormatError
 from core.graph.dependency import PRODUCERS, TRANSPOSED, ChannelGraph, Convolution, Producer, producer, trace
+from core.intake.names import shown_list
 
 CHANNELS_ARG = "channels"  # architecture args key: {layer name: output channels (or features) kept}
 
@@ -161,18 +162,25 @@ def fold_constants(module: nn.Module, graph: ChannelGraph, removed: set[int], x:
 
 def apply_channel_overrides(module: nn.Module, channels: dict, input_shape: tuple[int, ...] | None) -> nn.Module:
     """Shrinks a freshly built `module` so each named layer keeps its first `channels[name]` outputs: the shapes
-    a compressed model was saved with (its weights are loaded afterwards)."""
+    a compressed model was saved with (its weights are loaded afterwards). The names come from a file: each must be
+    one of the module's own convolution or linear layers (a lookup in `named_modules()`) before any is reached."""
     if not isinstance(channels, dict) or not all(
         isinstance(k, str) and isinstance(v, int) for k, v in channels.items()
     ):
         raise ModelFormatError(f"'{CHANNELS_ARG}' must map layer names to channel counts")
     if input_shape is None:
         raise ModelFormatError(f"'{CHANNELS_ARG}' needs the model's input shape")
+    layers = producer_widths(module)
+    unknown = [name for name in channels if name not in layers]
+    if unknown:
+        raise ModelFormatError(
+            f"'{CHANNELS_ARG}' names {shown_list(unknown)}, which are no convolution or linear layer"
+        )
     graph = trace(module, input_shape)
     removed: set[int] = set()
     for name, count in channels.items():
         if name not in graph.producers:
-            raise ModelFormatError(f"'{CHANNELS_ARG}' names {name!r}, which is no convolution or linear layer")
+            raise ModelFormatError(f"'{CHANNELS_ARG}' names {name}, which the traced graph does not reach")
         if not 1 <= count <= len(graph.producers[name]):
             raise ModelFormatError(f"'{CHANNELS_ARG}': {name} cannot keep {count} channels")
         removed |= set(graph.root(graph.producers[name][count:]).tolist())

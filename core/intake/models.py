@@ -13,6 +13,7 @@ import math
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,8 @@ from torch import nn
 from core.config import Normalization
 from core.errors import ModelFormatError, UnsafeFormatError, UnsupportedLayerError, unforeseen_as
 from core.intake.archives import safe_extract
+from core.intake.names import shown, shown_list
+from core.intake.onnx_names import Renamed, compose, rename_onnx
 from core.intake.onnx_normalize import declare_unknown_ranks, declared_sizes, normalize_onnx, unconvertible_nodes
 from core.intake.onnx_safety import refuse_external_data
 from core.intake.registry import build_architecture, default_input_shape
@@ -34,6 +37,7 @@ SAFE_FORMATS = (
 )
 MODEL_FORMAT = "squeezer-model"
 ONNX_ARCHITECTURE = "onnx"
+SOURCE_FORMATS = ("squeezer", "safetensors", "state_dict", "onnx")  # LoadedModel.source_format
 # Converted ONNX graphs are stored with large float weights zeroed (the weights live in model.safetensors).
 _ZEROED_MIN_ELEMENTS = 16
 _PARITY_TOLERANCE = 1e-3
@@ -43,7 +47,7 @@ _PARITY_TOLERANCE = 1e-3
 class LoadedModel:
     module: nn.Module
     architecture: dict  # {"name": ..., "args": {...}}
-    source_format: str  # squeezer | safetensors | state_dict | onnx
+    source_format: str  # one of SOURCE_FORMATS
     input_shape: tuple[int, ...] | None  # (C, H, W) without the batch axis; None when only the data can tell
     num_classes: int | None
     preprocessing: Normalization | None
@@ -51,6 +55,8 @@ class LoadedModel:
     # An uploaded ONNX graph with free spatial axes, checked against onnxruntime once the data gives their size
     # (`check_pending_parity`); None once checked, and for every other model.
     pending_parity: bytes | None = None
+    # Generated ONNX name → the uploaded one (cut to 200 characters): data for the report, never a module name.
+    onnx_names: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def built(
@@ -141,7 +147,7 @@ def _load_model_dir(directory: Path) -> LoadedModel:
         if not graph_path.is_file():
             raise ModelFormatError("a converted ONNX model directory needs graph.onnx")
         graph = graph_path.read_bytes()
-        module = _convert_onnx(_parse_onnx(graph, "graph.onnx"))
+        module = _convert_onnx(_parse_onnx(graph, "graph.onnx")[0])
         if "channels" in args:  # a shrunk model: the graph holds the original widths
             from core.graph.surgery import apply_channel_overrides
 
@@ -212,7 +218,7 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], filename: str
     state = {k.removeprefix("module."): v for k, v in state.items()}
     for key, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ModelFormatError(f"{filename}: tensor {key} holds NaN or infinite values")
+            raise ModelFormatError(f"{filename}: tensor {shown(key)} holds NaN or infinite values")
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -221,10 +227,10 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], filename: str
         details = "; ".join(
             part
             for part in (
-                f"missing {missing[:5]}" if missing else "",
-                f"unexpected {unexpected[:5]}" if unexpected else "",
+                f"missing {shown_list(missing)}" if missing else "",
+                f"unexpected {shown_list(unexpected)}" if unexpected else "",
                 "shape mismatch "
-                + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:5])
+                + ", ".join(f"{shown(k)} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:5])
                 if wrong
                 else "",
             )
@@ -255,35 +261,38 @@ def _with_num_classes(model: LoadedModel) -> LoadedModel:
 # -- ONNX -------------------------------------------------------------------------------------------------------
 
 
-def _parse_onnx(data: bytes, filename: str):
+def _parse_onnx(data: bytes, filename: str) -> tuple[Any, Renamed]:
+    """The checked ModelProto with every name replaced by a generated one (`core/intake/onnx_names.py`): every
+    path that converts a graph, an upload or a stored graph.onnx, reads it through here."""
     import onnx
 
     try:
         graph = onnx.load_model_from_string(data)
     except Exception as error:
-        raise ModelFormatError(f"{filename} is not a valid ONNX model: {str(error)[:200]}") from None
+        raise ModelFormatError(f"{filename} is not a valid ONNX model: {shown(str(error))}") from None
     refuse_external_data(graph, filename)
     declare_unknown_ranks(graph)
     try:
         onnx.checker.check_model(graph)
     except Exception as error:
         raise ModelFormatError(
-            f"{filename} fails the ONNX checker: {(str(error) or type(error).__name__).splitlines()[0][:200]}"
+            f"{filename} fails the ONNX checker: {shown((str(error) or type(error).__name__).splitlines()[0])}"
         ) from None
-    return graph
+    return graph, rename_onnx(graph)
 
 
-def _convert_onnx(graph) -> nn.Module:
+def _convert_onnx(graph, originals: dict[str, str] | None = None) -> nn.Module:
+    """The GraphModule onnx2torch builds from a renamed graph; a refusal names nodes by their `originals`."""
     from onnx2torch import convert
 
     try:
         return convert(graph)
     except NotImplementedError as error:
-        nodes = unconvertible_nodes(graph)
-        detail = f"nodes {', '.join(nodes[:5])}" if nodes else str(error)[:300]
+        nodes = unconvertible_nodes(graph, originals)
+        detail = f"nodes {', '.join(nodes[:5])}" if nodes else shown(str(error))
         raise UnsupportedLayerError(f"the ONNX model uses operators we cannot convert: {detail}") from None
     except Exception as error:
-        raise ModelFormatError(f"the ONNX model could not be converted: {str(error)[:300]}") from None
+        raise ModelFormatError(f"the ONNX model could not be converted: {shown(str(error))}") from None
 
 
 def _onnx_input(graph):
@@ -318,13 +327,15 @@ def _onnx_input_shape(graph) -> tuple[int, ...] | None:
 
 
 def _load_onnx(path: Path) -> LoadedModel:
-    parsed = _parse_onnx(path.read_bytes(), path.name)
+    parsed, renamed = _parse_onnx(path.read_bytes(), path.name)
     _onnx_input(parsed)
     graph = normalize_onnx(parsed).model
+    renamed = compose(renamed, rename_onnx(graph))  # the stored graph must be renamed already: reloads keep its names
     data = graph.SerializeToString()
     input_shape = _onnx_input_shape(graph)
-    module = _convert_onnx(graph).eval()
+    module = _convert_onnx(graph, renamed.originals).eval()
     model = LoadedModel(module, {"name": ONNX_ARCHITECTURE, "args": {}}, "onnx", input_shape, None, None, None)
+    model.onnx_names = renamed.changed()
     if input_shape is not None:
         x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
         check_onnx_parity(module, data, x)

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from core.intake.names import shown
+
 TARGET_OPSET = 17
 SUPPORTED_OPSETS = range(7, 22)
 _FOLDABLE = {
@@ -143,9 +145,9 @@ def _unshaped(value) -> bool:
     return value.type.WhichOneof("value") == "tensor_type" and not value.type.tensor_type.HasField("shape")
 
 
-def unconvertible_nodes(model) -> list[str]:
+def unconvertible_nodes(model, originals: dict[str, str] | None = None) -> list[str]:
     """'name (OpType, opset N)' for every node onnx2torch has no converter for: a refusal names the layer, not just
-    the operator."""
+    the operator, by its uploaded name where `originals` (generated → uploaded, core/intake/onnx_names.py) has it."""
     from onnx2torch.node_converters.registry import get_converter
 
     versions = {o.domain: o.version for o in model.opset_import}
@@ -155,7 +157,9 @@ def unconvertible_nodes(model) -> list[str]:
         try:
             get_converter(node.op_type, versions.get(node.domain, versions.get("", TARGET_OPSET)), domain)
         except NotImplementedError:
-            names.append(f"{node.name or f'node {index}'} ({node.op_type}, opset {versions.get(node.domain, '?')})")
+            opset = versions.get(node.domain, "?")
+            name = (originals or {}).get(node.name, node.name) or f"node {index}"
+            names.append(f"{shown(name)} ({shown(node.op_type)}, opset {opset})")
     return names
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from core import limits
 from core.errors import ModelFormatError
+from core.intake.names import shown, shown_list
 
 
 class LeNet5(nn.Module):
@@ -151,15 +152,40 @@ class UNetSmall(nn.Module):
         return self.head(out)
 
 
+# Arguments that would make a torchvision builder fetch weights: never taken from a user.
+_WEIGHT_ARGUMENTS = frozenset({"weights", "weights_backbone", "pretrained", "pretrained_backbone", "progress"})
+
+
+def _torchvision_classifiers() -> dict[str, Callable[..., nn.Module]]:
+    """The table a `torchvision:<name>` is looked up in: torchvision's image classifiers, which build from nothing
+    (`weights=None`). Detection, segmentation, video, optical-flow and quantized builders are not in it: they build
+    backbones with weights of their own or need weights to run at all."""
+    from torchvision import models
+
+    return {name: models.get_model_builder(name) for name in models.list_models(module=models)}
+
+
+def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
+    from torchvision import models
+
+    builder = _torchvision_classifiers().get(name)
+    if builder is None:
+        if name in models.list_models():
+            raise ModelFormatError(
+                f"torchvision model {shown(name)} is not an image classifier; only torchvision's classifiers can be "
+                "built without downloaded weights"
+            )
+        raise ModelFormatError(f"unknown torchvision model {shown(name)}; see torchvision.models.list_models()")
+    return builder
+
+
 def _torchvision(
     name: str, num_classes: int = 1000, in_channels: int = 3, input_size: int = 224, **kwargs
 ) -> nn.Module:
-    from torchvision import models
-
-    try:
-        builder = models.get_model_builder(name)
-    except ValueError:
-        raise ModelFormatError(f"unknown torchvision model {name!r}; see torchvision.models.list_models()") from None
+    builder = _torchvision_builder(name)
+    refused = sorted(_WEIGHT_ARGUMENTS & set(kwargs))
+    if refused:
+        raise ModelFormatError(f"torchvision:{name} takes no {', '.join(refused)}: weights come from your file only")
     module = builder(weights=None, num_classes=num_classes, **kwargs)
     if in_channels != 3:
         _replace_first_conv(module, in_channels)
@@ -213,8 +239,7 @@ def build_architecture(name: str, args: dict | None = None) -> nn.Module:
     """A freshly initialised module; bad names and arguments are the user's error, never a crash. A "channels"
     argument ({layer: width}) shrinks the module to the widths a compressed model was saved with."""
     args = dict(args or {})
-    if not isinstance(name, str):
-        raise ModelFormatError("architecture name must be a string")
+    _check_name(name)
     channels = args.pop("channels", None)
     _check_size(name, args, channels)
     module = _build(name, args)
@@ -223,6 +248,16 @@ def build_architecture(name: str, args: dict | None = None) -> nn.Module:
 
         apply_channel_overrides(module, channels, default_input_shape(name, args))
     return module
+
+
+def _check_name(name: object) -> None:
+    """A name is looked up in our tables before anything else reads it: an unknown one is refused, quoted as data."""
+    if not isinstance(name, str):
+        raise ModelFormatError("architecture name must be a string")
+    if name.startswith("torchvision:"):
+        _torchvision_builder(name.split(":", 1)[1])
+    elif name not in _BUILDERS:
+        raise ModelFormatError(f"unknown architecture {shown(name)}; known: {', '.join(architecture_names())}")
 
 
 @contextmanager
@@ -262,7 +297,7 @@ def _meta_skeleton(name: str, args: dict) -> nn.Module:
                 return _build(name, args)
         except MemoryError:
             raise ModelFormatError(
-                f"{name} with {str(args)[:200]} is too large to build: over the limit max_model_params "
+                f"{name} with {shown(args)} is too large to build: over the limit max_model_params "
                 f"({limits.current().max_model_params:,}; raise it with SQUEEZER_MAX_MODEL_PARAMS)"
             ) from None
 
@@ -283,7 +318,7 @@ def _check_size(name: str, args: dict, channels: dict | None) -> None:
         except Exception:  # the real build below reports a bad override with its own message
             return
     params = sum(p.numel() for p in skeleton.parameters())
-    limits.check(f"{name}'s parameter count with {str(args)[:200]}", params, "max_model_params", ModelFormatError)
+    limits.check(f"{name}'s parameter count with {shown(args)}", params, "max_model_params", ModelFormatError)
     if shape is None:
         return
     activations = 0
@@ -313,23 +348,25 @@ def _build(name: str, args: dict) -> nn.Module:
         if name.startswith("torchvision:"):
             return _torchvision(name.split(":", 1)[1], **args)
         if name not in _BUILDERS:
-            raise ModelFormatError(f"unknown architecture {name!r}; known: {', '.join(architecture_names())}")
+            raise ModelFormatError(f"unknown architecture {shown(name)}; known: {', '.join(architecture_names())}")
         builder = _BUILDERS[name]
         target = builder.__init__ if inspect.isclass(builder) else None
         if target is not None:
             allowed = set(inspect.signature(target).parameters) - {"self"}
             unknown = set(args) - allowed
             if unknown:
-                raise ModelFormatError(f"{name} takes no argument(s) {sorted(unknown)}; it takes {sorted(allowed)}")
+                raise ModelFormatError(
+                    f"{name} takes no argument(s) {shown_list(sorted(unknown))}; it takes {sorted(allowed)}"
+                )
         return builder(**args)
     except ModelFormatError:
         raise
     except RuntimeError as error:
         if "allocate" in str(error):  # out of memory: the limit of the process that runs it, not the user's input
             raise MemoryError(str(error)) from None
-        raise ModelFormatError(f"cannot build {name} with {args}: {error}") from None
+        raise ModelFormatError(f"cannot build {shown(name)} with {shown(args)}: {shown(str(error))}") from None
     except (TypeError, ValueError) as error:
-        raise ModelFormatError(f"cannot build {name} with {args}: {error}") from None
+        raise ModelFormatError(f"cannot build {shown(name)} with {shown(args)}: {shown(str(error))}") from None
 
 
 def default_input_shape(name: str, args: dict | None = None) -> tuple[int, int, int] | None:
