@@ -11,6 +11,7 @@ from api.jobs.routes import router as jobs_router
 from api.keycheck import KeyCheckMiddleware
 from api.limits import BodyLimitMiddleware
 from api.slots import TenantSlots
+from core.jail import configured_jail
 from store.blobs import make_blob_store
 from store.db import make_engine, make_session_factory
 from store.job_reads import make_job_reader
@@ -28,6 +29,8 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     """One app per process. Without a dispatcher, one is made from the settings (Celery with a broker URL, else the
     in-process worker); the app starts and stops it with its lifespan."""
     settings = settings or get_settings()
+    # An API that cannot jail its submission checks refuses to start (core.jail.JailUnavailable says how to fix it).
+    configured_jail(settings.jail, allow_unjailed=settings.allow_unjailed_engine)
     engine = make_engine(settings.resolved_database_url)
     session_factory = make_session_factory(engine)
     job_reader = make_job_reader(settings.resolved_database_url)  # polls: on the event loop where the driver allows

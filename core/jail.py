@@ -79,12 +79,21 @@ class Jail:
     mode: JailMode = JailMode.BWRAP
     packages: tuple[str, ...] = ("core",)
 
-    def command(self, argv: Sequence[str], *, writable: Iterable[Path] = (), cwd: Path | None = None) -> list[str]:
+    def command(
+        self,
+        argv: Sequence[str],
+        *,
+        writable: Iterable[Path] = (),
+        readable: Iterable[Path] = (),
+        cwd: Path | None = None,
+    ) -> list[str]:
         """`argv` (a Python module run as `[python, -m, module, ...]` by `python_command`) wrapped in the jail; the
-        `writable` folders are the only paths of the host it can write, bound at their own paths."""
+        `writable` folders are the only paths of the host it can write and, with the `readable` ones, the only data
+        it can see, each bound at its own path."""
         if self.mode is JailMode.NONE:
             return list(argv)
-        return [*_bwrap_arguments(self.packages, list(writable), cwd), "--", *_drop_privileges(), *argv]
+        binds = _bwrap_arguments(self.packages, list(writable), list(readable), cwd)
+        return [*binds, "--", *_drop_privileges(), *argv]
 
     def start(
         self,
@@ -92,17 +101,19 @@ class Jail:
         limits: JailLimits,
         *,
         writable: Iterable[Path] = (),
+        readable: Iterable[Path] = (),
         cwd: Path,
         env: dict[str, str] | None = None,
         stdin: int | IO[Any] | None = subprocess.PIPE,
         stdout: int | IO[Any] | None = subprocess.PIPE,
         stderr: int | IO[Any] | None = None,
     ) -> subprocess.Popen:
-        """Starts `argv` in the jail with `limits`, a clean environment (plus `env`) and `cwd`. End it with
-        `kill_tree`."""
+        """Starts `argv` in the jail with `limits`, a clean environment (plus `env`) and `cwd`. It is killed if the
+        thread that starts it ends (a parent-death signal), so start it from the thread that waits for it; end it
+        with `kill_tree`."""
         environment = clean_environment(env)
         return subprocess.Popen(
-            self.command(argv, writable=writable, cwd=cwd),
+            self.command(argv, writable=writable, readable=readable, cwd=cwd),
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,
@@ -234,7 +245,7 @@ def _drop_privileges() -> list[str]:
     ]
 
 
-def _bwrap_arguments(packages: tuple[str, ...], writable: list[Path], cwd: Path | None) -> list[str]:
+def _bwrap_arguments(packages: tuple[str, ...], writable: list[Path], data: list[Path], cwd: Path | None) -> list[str]:
     args = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     if os.geteuid() != 0:
         # Unprivileged, bwrap needs a user namespace for the others (one more inside is refused) and drops every
@@ -246,6 +257,8 @@ def _bwrap_arguments(packages: tuple[str, ...], writable: list[Path], cwd: Path 
     readable = [Path(sys.base_prefix), Path(sys.prefix), Path(os.path.realpath(sys.executable)).parent]
     readable += [SOURCE_ROOT / package for package in packages]
     for path in _outermost(p.resolve() for p in readable if p.exists() and not p.resolve().is_relative_to("/usr")):
+        args += [*_parents(path, made), "--ro-bind", str(path), str(path)]
+    for path in _outermost(p.resolve() for p in data):
         args += [*_parents(path, made), "--ro-bind", str(path), str(path)]
     for path in _outermost(p.resolve() for p in writable):
         args += [*_parents(path, made), "--bind", str(path), str(path)]

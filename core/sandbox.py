@@ -5,11 +5,19 @@ inflate to gigabytes, spin, or crash; none of that may happen in a server proces
 (ONNX external data, an archive member) must find nothing to read: the child's working directory is an empty
 temporary directory and its environment (/proc/self/environ included) holds no database URL, broker URL or keys.
 
-How: one "zygote" process is started with a clean environment and imports the heavy modules once; every call forks a
-fresh child from it, which sets its memory (RLIMIT_AS) and CPU (RLIMIT_CPU) limits and changes into its own empty
-directory before it touches the input. The zygote kills a child past its wall-clock limit and reports how each one
-ended with its peak memory. Results and errors travel as JSON, never as pickles, so a compromised child cannot
-attack the caller. A target is named "package.module:function"; it takes one JSON-able dict and returns one.
+How, jailed (a `core.jail.Jail` in bwrap mode, what the API uses): each call starts a fresh interpreter in its own
+jail (core.jail: an unprivileged uid, its own PID, mount, IPC, UTS and network namespaces, no secret, the input
+folders read-only, resource limits), which imports the modules it is told to, sets its memory and CPU limits, changes
+into its own empty directory and runs the target once. Its whole process tree ends with it, and with the caller.
+
+How, unjailed (no jail, or SQUEEZER_JAIL=none): one "zygote" process is started with a clean environment and
+imports the heavy modules once; every call forks a fresh child from it, which sets its memory (RLIMIT_AS) and CPU
+(RLIMIT_CPU) limits and changes into its own empty directory before it touches the input. The zygote kills a child
+past its wall-clock limit and reports how each one ended with its peak memory. Faster (no imports per call), but the
+child runs as the caller's uid, sees the host's processes and network, and what it starts may outlive it.
+
+Either way results and errors travel as JSON, never as pickles, so a compromised child cannot attack the caller. A
+target is named "package.module:function"; it takes one JSON-able dict and returns one.
 """
 
 import atexit
@@ -29,9 +37,8 @@ import time
 from pathlib import Path
 
 from core.errors import InputError, SqueezerError
+from core.jail import Jail, JailLimits, JailMode, clean_environment, hand_over, kill_tree, python_command
 
-# Environment variables a child may see: nothing that could name a secret.
-_PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _MAX_RESULT_BYTES = 1 << 20
 _POLL_S = 0.05
 
@@ -75,22 +82,27 @@ class Outcome:
 
 
 class Sandbox:
-    """One zygote per process, started on first use, restarted if it dies; thread-safe."""
+    """Jailed: one jail per call. Unjailed: one zygote per sandbox, started on first use, restarted if it dies.
+    Thread-safe."""
 
-    def __init__(self, limits: SandboxLimits, preload: tuple[str, ...] = ()):
+    def __init__(self, limits: SandboxLimits, preload: tuple[str, ...] = (), jail: Jail | None = None):
         self.limits = limits
         self.preload = preload
+        self.jail = jail if jail is not None and jail.mode is JailMode.BWRAP else None
         self._lock = threading.Lock()
         self._zygote: subprocess.Popen | None = None
         self._home: Path | None = None
         self._waiting: dict[int, tuple[threading.Event, list]] = {}
         self._next_id = 0
 
-    def run(self, target: str, payload: dict, limits: SandboxLimits | None = None) -> dict:
+    def run(
+        self, target: str, payload: dict, limits: SandboxLimits | None = None, visible: tuple[Path, ...] = ()
+    ) -> dict:
         """The target's result; raises the target's SqueezerError as an InputError with its code, or a
-        SandboxError naming the limit that was hit. `limits` override the sandbox's own for this call."""
+        SandboxError naming the limit that was hit. `limits` override the sandbox's own for this call; `visible`:
+        the folders the payload's paths are in (a jail sees nothing else; they are handed to its uid)."""
         limits = limits or self.limits
-        outcome = self.run_outcome(target, payload, limits)
+        outcome = self.run_outcome(target, payload, limits, visible)
         if outcome.result is not None:
             return outcome.result
         if outcome.error and outcome.error.get("kind") == "input":
@@ -110,8 +122,12 @@ class Sandbox:
             + (f" ({outcome.error['message']})" if outcome.error else f" (exit status {outcome.exit_status})")
         )
 
-    def run_outcome(self, target: str, payload: dict, limits: SandboxLimits | None = None) -> Outcome:
+    def run_outcome(
+        self, target: str, payload: dict, limits: SandboxLimits | None = None, visible: tuple[Path, ...] = ()
+    ) -> Outcome:
         limits = limits or self.limits
+        if self.jail is not None:
+            return self._run_jailed(self.jail, target, payload, limits, visible)
         with tempfile.TemporaryDirectory(prefix="squeezer-sandbox-") as tmp:
             work, result_path = Path(tmp) / "work", Path(tmp) / "result.json"
             work.mkdir(mode=0o700)
@@ -144,16 +160,51 @@ class Sandbox:
                     self._waiting.pop(request_id, None)
                 return Outcome(None, None, -1, True, 0, 0)
             report = slot[0]
-            result = error = None
-            if result_path.is_file() and 0 < result_path.stat().st_size <= _MAX_RESULT_BYTES:
-                try:
-                    written = json.loads(result_path.read_text())
-                    result, error = written.get("result"), written.get("error")
-                except (ValueError, AttributeError):
-                    error = {"code": SandboxError.code, "message": "unreadable result"}
+            result, error, _ = _read_result(result_path)
             return Outcome(
                 result, error, report["status"], report["timed_out"], report["maxrss_kb"] * 1024, report["cpu_s"]
             )
+
+    def _run_jailed(
+        self, jail: Jail, target: str, payload: dict, limits: SandboxLimits, visible: tuple[Path, ...]
+    ) -> Outcome:
+        with tempfile.TemporaryDirectory(prefix="squeezer-sandbox-") as tmp:
+            base = Path(tmp)
+            for name in ("work", "tmp"):
+                (base / name).mkdir(mode=0o700)
+            request = {
+                "target": target,
+                "payload": payload,
+                "cwd": str(base / "work"),
+                "result": str(base / "result.json"),
+                "memory_bytes": limits.memory_bytes,
+                "cpu_s": limits.cpu_s,
+                "preload": list(self.preload),
+            }
+            (base / "request.json").write_text(json.dumps(request))
+            for folder in (base, *visible):
+                hand_over(folder)
+            process = jail.start(
+                python_command("core.sandbox", _JAILED, str(base / "request.json")),
+                JailLimits(memory_bytes=limits.memory_bytes),
+                writable=[base],
+                readable=visible,
+                cwd=base / "work",
+                env={"TMPDIR": str(base / "tmp")},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+            )
+            try:
+                process.wait(limits.wall_s)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            finally:
+                kill_tree(process)
+            # bwrap passes on a signal that ended its child as 128 + the signal
+            status = process.returncode if process.returncode <= 128 else 128 - process.returncode
+            result, error, usage = _read_result(base / "result.json")
+            return Outcome(result, error, status, timed_out, usage.get("maxrss_kb", 0) * 1024, usage.get("cpu_s", 0.0))
 
     def close(self) -> None:
         with self._lock:
@@ -175,8 +226,7 @@ class Sandbox:
         self._fail_waiting()
         if self._home is None:
             self._home = Path(tempfile.mkdtemp(prefix="squeezer-zygote-"))
-        env = {key: os.environ[key] for key in _PASSED_ENV if key in os.environ}
-        env.update(HOME=str(self._home), PYTHONPATH=str(Path(__file__).resolve().parent.parent), PYTHONNOUSERSITE="1")
+        env = clean_environment({"HOME": str(self._home)})
         self._zygote = subprocess.Popen(
             [sys.executable, "-m", "core.sandbox", *self.preload],
             stdin=subprocess.PIPE,
@@ -212,13 +262,13 @@ _shared: dict[tuple, Sandbox] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_sandbox(limits: SandboxLimits, preload: tuple[str, ...] = ()) -> Sandbox:
-    """One sandbox (one zygote) per preload list in this process, closed at exit: apps created again and again
-    (tests, reloads) share one zygote instead of importing the engine each time. Pass `limits` to each run."""
+def shared_sandbox(limits: SandboxLimits, preload: tuple[str, ...] = (), jail: Jail | None = None) -> Sandbox:
+    """One sandbox per preload list and jail in this process, closed at exit: apps created again and again (tests,
+    reloads) share one unjailed zygote instead of importing the engine each time. Pass `limits` to each run."""
     with _shared_lock:
-        key = preload
+        key = (preload, jail)
         if key not in _shared:
-            _shared[key] = Sandbox(limits, preload)
+            _shared[key] = Sandbox(limits, preload, jail)
             if len(_shared) == 1:
                 atexit.register(_close_shared)
         return _shared[key]
@@ -229,7 +279,20 @@ def _close_shared() -> None:
         sandbox.close()
 
 
-# -- the zygote and its children (run as `python -m core.sandbox MODULE...`) -------------------------------------
+def _read_result(path: Path) -> tuple[dict | None, dict | None, dict]:
+    """(result, error, usage) from a child's result file, bounded; (None, None, {}) when it wrote none."""
+    if not (path.is_file() and not path.is_symlink() and 0 < path.stat().st_size <= _MAX_RESULT_BYTES):
+        return (None, None, {})
+    try:
+        written = json.loads(path.read_text())
+        return (written.get("result"), written.get("error"), written.get("usage") or {})
+    except (ValueError, AttributeError):
+        return (None, {"code": SandboxError.code, "message": "unreadable result"}, {})
+
+
+# -- the children: jailed, `python -m core.sandbox --jailed REQUEST`; unjailed, the zygote `python -m core.sandbox
+# MODULE...` and the children it forks ---------------------------------------------------------------------------
+_JAILED = "--jailed"
 
 
 def _child(request: dict) -> None:
@@ -242,7 +305,9 @@ def _child(request: dict) -> None:
         os.dup2(2, 1)  # the zygote's stdout is its report channel; libraries that print go to stderr
         memory = request["memory_bytes"]
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_CPU, (request["cpu_s"], request["cpu_s"] + 5))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = int(usage.ru_utime + usage.ru_stime) + request["cpu_s"]  # a jailed child's imports came first
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
         os.chdir(request["cwd"])
         module_name, _, function_name = request["target"].partition(":")
         try:
@@ -260,6 +325,8 @@ def _child(request: dict) -> None:
                     "kind": "limit" if out_of_memory else "crash",
                 }
             }
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        output["usage"] = {"maxrss_kb": usage.ru_maxrss, "cpu_s": usage.ru_utime + usage.ru_stime}
         json.dump(output, result_file)
         result_file.close()
         status = 0
@@ -315,5 +382,15 @@ def _zygote(preload: list[str]) -> None:
             os.write(1, (json.dumps(report) + "\n").encode())
 
 
+def _jailed(request_path: str) -> None:
+    request = json.loads(Path(request_path).read_text())
+    for module in request["preload"]:
+        importlib.import_module(module)
+    _child(request)
+
+
 if __name__ == "__main__":
-    _zygote(sys.argv[1:])
+    if sys.argv[1:2] == [_JAILED]:
+        _jailed(sys.argv[2])
+    else:
+        _zygote(sys.argv[1:])

@@ -1,15 +1,25 @@
-"""The submission check as JSON in, JSON out, so that it can run in a core.sandbox child: the API never parses an
-upload itself."""
+"""The submission check as JSON in, JSON out, so that it can run in a core.sandbox child (in the engine's jail): the
+API never parses an upload itself."""
 
 import dataclasses
 from pathlib import Path
 
 from core import limits
 from core.config import CompressConfig
+from core.jail import Jail, JailMode
+from core.sandbox import SandboxLimits, shared_sandbox
 
-# What the sandbox's zygote imports once, so that each check forks with the engine already loaded.
+# What the unjailed sandbox's zygote imports once, so that each check forks with the engine already loaded. A jailed
+# check is a fresh interpreter each time: it imports only what the inputs need.
 PRELOAD = ("core.submission", "core.pipeline", "onnx", "onnxruntime", "onnx2torch")
 TARGET = "core.submission:check_payload"
+
+
+def run_check(request: dict, budgets: SandboxLimits, jail: Jail, inputs_dir: Path) -> dict:
+    """check_payload on `request` (check_request's) in the sandbox, in `jail`: the summary, or the InputError (or
+    SandboxError) the inputs in `inputs_dir` earn."""
+    preload = () if jail.mode is JailMode.BWRAP else PRELOAD
+    return shared_sandbox(budgets, preload, jail).run(TARGET, request, budgets, visible=(inputs_dir,))
 
 
 def check_payload(payload: dict) -> dict:

@@ -102,16 +102,18 @@ def validate_inputs(
     blobs: BlobStore,
 ) -> None:
     """Fetches the inputs as the worker will (store.job_inputs) and runs the engine's input checks on them in a
-    disposable child with memory, CPU and wall-clock limits, an empty working directory and no secrets (core.sandbox):
-    the API process never parses an upload. Blocking: threadpool."""
-    from core.sandbox import SandboxLimits, shared_sandbox
-    from core.submission import PRELOAD, TARGET, check_request
+    disposable child with memory, CPU and wall-clock limits, an empty working directory and no secrets, in the
+    engine's jail (core.sandbox, core.jail): the API process never parses an upload. Blocking: threadpool."""
+    from core.jail import configured_jail
+    from core.sandbox import SandboxLimits
+    from core.submission import check_request, run_check
 
     limits = SandboxLimits(settings.check_memory_bytes, settings.check_cpu_s, settings.check_timeout_s)
+    jail = configured_jail(settings.jail, allow_unjailed=settings.allow_unjailed_engine)
     with tempfile.TemporaryDirectory(prefix="squeezer-check-") as workdir:
         inputs = fetch_inputs(body, tenant=tenant, session_factory=session_factory, blobs=blobs, dest_dir=Path(workdir))
         request = check_request(inputs.model, inputs.data, inputs.config, settings.intake_limits())
-        shared_sandbox(limits, PRELOAD).run(TARGET, request, limits)
+        run_check(request, limits, jail, Path(workdir))
 
 
 async def submit_job(

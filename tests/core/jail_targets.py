@@ -22,7 +22,7 @@ time.sleep(600)
 """
 
 
-def look_around(payload: dict, _: Channel) -> dict:
+def look_around(payload: dict, _: Channel | None) -> dict:
     """What code running as the engine can see and reach."""
     parent = Path("/proc") / str(payload["parent_pid"])
     try:
@@ -51,7 +51,19 @@ def look_around(payload: dict, _: Channel) -> dict:
     }
 
 
-def orphan(payload: dict, _: Channel) -> dict:
+def look_around_check(payload: dict) -> dict:
+    """look_around as a submission check (core.sandbox target), and what it can do with its input file."""
+    seen = look_around(payload, None)
+    seen["input_readable"] = os.access(payload["input"], os.R_OK)
+    seen["input_writable"] = os.access(payload["input"], os.W_OK)
+    return seen
+
+
+def orphan_check(payload: dict) -> dict:
+    return orphan(payload, None)
+
+
+def orphan(payload: dict, _: Channel | None) -> dict:
     """Starts a process that escapes the session and the parent, and returns once it is running."""
     ready = Path(payload["ready"])
     subprocess.run([sys.executable, "-c", _ESCAPE, str(ready), payload["token"]], check=True)

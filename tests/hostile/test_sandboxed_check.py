@@ -1,6 +1,7 @@
-"""The submission check runs in a disposable child: through the real API, a check that runs out of memory or time is
-a 422 problem, the API process's own peak memory does not move, and the API keeps serving. Checks in progress count
-against the tenant's concurrent-job quota; queued jobs and compute per job have server-side limits."""
+"""The submission check runs in a disposable child in the engine's jail: through the real API, a check that runs out
+of memory or time is a 422 problem, the API process's own peak memory does not move, and the API keeps serving.
+Checks in progress count against the tenant's concurrent-job quota; queued jobs and compute per job have server-side
+limits."""
 
 import resource
 import threading
@@ -10,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from core.sandbox import SandboxLimits, shared_sandbox
-from core.submission import PRELOAD
+from core.jail import Jail
+from core.sandbox import Sandbox, SandboxLimits
 from tests.api.conftest import TINY_OPTIONS, assert_problem, upload
 from worker.dispatch import CeleryDispatcher
 
@@ -31,9 +32,10 @@ def digits_weights(tmp_path):
 
 
 def child_address_space() -> int:
-    """What a checking child starts with (the engine's imports), measured in the sandbox the API uses."""
+    """What a checking child holds once it has imported the engine, measured in the jail the API checks in."""
     limits = SandboxLimits(memory_bytes=64 << 30, cpu_s=60, wall_s=60)
-    return shared_sandbox(limits, PRELOAD).run("tests.core.sandbox_targets:address_space", {}, limits)["bytes"]
+    sandbox = Sandbox(limits, ("core.pipeline",), Jail(packages=("core", "tests")))
+    return sandbox.run("tests.core.sandbox_targets:address_space", {}, limits)["bytes"]
 
 
 def test_a_check_that_runs_out_of_memory_is_a_422_and_the_api_stays_up(api_settings, redis_url, digits_weights):
