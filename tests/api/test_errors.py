@@ -33,6 +33,7 @@ def test_openapi_has_the_stable_operation_ids_and_problem_responses(queued_clien
         "getJob",
         "listJobEvents",
         "cancelJob",
+        "deleteJob",
         "getJobReport",
         "getJobReportHtml",
         "listJobArtifacts",
@@ -44,3 +45,10 @@ def test_openapi_has_the_stable_operation_ids_and_problem_responses(queued_clien
     upload_schema = operations["createArtifact"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert upload_schema["properties"]["file"]["format"] == "binary"
     assert "lwct" in document["components"]["schemas"]["JobOptions"]["properties"]
+    assert set(operations["deleteJob"]["responses"]) >= {"204", "404", "409"}
+    batch_size = document["components"]["schemas"]["LwctConfig"]["properties"]["batch_size"]
+    assert batch_size["maximum"] == 16_384 and "≤ 16,384" in batch_size["description"]
+    schemas = document["components"]["schemas"]
+    page = operations["listJobs"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    summary = schemas[page.rsplit("/", 1)[1]]["properties"]["data"]["items"]["$ref"]
+    assert summary == "#/components/schemas/JobSummary" and "spec" not in schemas["JobSummary"]["properties"]
