@@ -22,10 +22,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from core.config import Normalization
-from core.errors import ModelFormatError, UnsafeFormatError, UnsupportedLayerError, unforeseen_as
+from core.errors import ModelFormatError, UnsafeFormatError, UnsupportedLayerError, short_description, unforeseen_as
 from core.intake.archives import safe_extract
 from core.intake.names import shown, shown_list
-from core.intake.onnx_names import Renamed, compose, rename_onnx
+from core.intake.onnx_names import Renamed, compose, legacy_module_names, rename_onnx
 from core.intake.onnx_normalize import declare_unknown_ranks, declared_sizes, normalize_onnx, unconvertible_nodes
 from core.intake.onnx_safety import refuse_external_data
 from core.intake.registry import build_architecture, default_input_shape
@@ -147,7 +147,9 @@ def _load_model_dir(directory: Path) -> LoadedModel:
         if not graph_path.is_file():
             raise ModelFormatError("a converted ONNX model directory needs graph.onnx")
         graph = graph_path.read_bytes()
-        module = _convert_onnx(_parse_onnx(graph, "graph.onnx")[0])
+        parsed = _parse_onnx(graph, "graph.onnx")[0]
+        module = _convert_onnx(parsed)
+        state, args = _from_legacy_names(graph, parsed, module, state, args)
         if "channels" in args:  # a shrunk model: the graph holds the original widths
             from core.graph.surgery import apply_channel_overrides
 
@@ -160,6 +162,29 @@ def _load_model_dir(directory: Path) -> LoadedModel:
     model = _from_state(state, "squeezer", name, args, "model.safetensors", input_shape)
     model.preprocessing = preprocessing
     return model
+
+
+def _from_legacy_names(graph: bytes, parsed, module: nn.Module, state: dict, args: dict) -> tuple[dict, dict]:
+    """The weights and channel overrides of a converted ONNX model written before its names were replaced (keyed by
+    onnx2torch's module names from the uploaded node names), keyed by the generated names; others pass unchanged."""
+    import onnx
+
+    modules = {name for name, _ in module.named_modules()}
+    if all(key.partition(".")[0] in modules for key in state):
+        return state, args
+    try:
+        legacy = legacy_module_names(onnx.load_model_from_string(graph), parsed)
+    except ValueError:  # not the same nodes: the state check names what does not fit
+        return state, args
+
+    def renamed(key: str) -> str:
+        prefix, dot, rest = key.partition(".")
+        return legacy.get(prefix, prefix) + dot + rest
+
+    channels = args.get("channels")
+    if isinstance(channels, dict):
+        args = {**args, "channels": {renamed(str(name)): count for name, count in channels.items()}}
+    return {renamed(key): tensor for key, tensor in state.items()}, args
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -296,12 +321,17 @@ def _convert_onnx(graph, originals: dict[str, str] | None = None) -> nn.Module:
 
 
 def _onnx_input(graph):
-    """The graph's one image input: a float32 tensor."""
+    """The graph's one image input, a float32 tensor; and it has one output, the logits."""
     from onnx import TensorProto
 
     inputs = [i for i in graph.graph.input if i.name not in {t.name for t in graph.graph.initializer}]
     if len(inputs) != 1:
         raise ModelFormatError(f"the ONNX model must take one input tensor; it takes {len(inputs)}")
+    if len(graph.graph.output) != 1:
+        names = ", ".join(output.name for output in graph.graph.output[:5])
+        raise ModelFormatError(
+            f"the ONNX model must have one output (the logits); it has {len(graph.graph.output)}: {names}"
+        )
     value = inputs[0]
     if value.type.WhichOneof("value") != "tensor_type" or value.type.tensor_type.elem_type != TensorProto.FLOAT:
         kind = TensorProto.DataType.Name(value.type.tensor_type.elem_type) if value.type.HasField("tensor_type") else ""
@@ -367,8 +397,14 @@ def check_onnx_parity(module: nn.Module, onnx_bytes: bytes, x: torch.Tensor) -> 
         expected = onnx_outputs(onnx_bytes, x)
     except Exception as error:
         raise ModelFormatError(f"onnxruntime cannot run the model: {str(error)[:300]}") from None
-    with torch.no_grad():
-        actual = module.eval()(x).numpy()
+    try:
+        with torch.no_grad():
+            actual = module.eval()(x).numpy()
+    except Exception as error:
+        raise UnsupportedLayerError(
+            f"the converted model cannot run on inputs of shape {tuple(x.shape)}, which onnxruntime runs: "
+            f"{short_description(error)}"
+        ) from None
     if actual.shape != expected.shape:
         raise UnsupportedLayerError(f"converted model outputs {actual.shape}, onnxruntime {expected.shape}")
     scale = max(1.0, float(np.abs(expected).max()))

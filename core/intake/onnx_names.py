@@ -146,3 +146,21 @@ def rename_onnx(model) -> Renamed:
 def compose(first: Renamed, second: Renamed) -> Renamed:
     """The originals of a model renamed, rewritten (which may add names of its own) and renamed again."""
     return Renamed({new: first.originals.get(middle, middle) for new, middle in second.originals.items()})
+
+
+def _converter_name(node, name: str) -> str:
+    """onnx2torch's module name for a node called `name` (OnnxGraph.generate_node_name)."""
+    return (f"{node.domain}/" + (name.replace(".", "/") or node.op_type)).lstrip("/")
+
+
+def legacy_module_names(uploaded, renamed) -> dict[str, str]:
+    """Module name onnx2torch gave each main-graph node of `uploaded` (names as they came) → the one it gives the
+    same node of `renamed`, matched by position: results written before renaming keyed their weights by the first.
+    The uploaded names are only dictionary keys here."""
+    counts: dict[str, int] = {}
+    names = {}
+    for before, after in zip(uploaded.graph.node, renamed.graph.node, strict=True):
+        name = _converter_name(before, before.name)
+        counts[name] = counts.get(name, 0) + 1
+        names[name + (f"_{counts[name] - 1}" if counts[name] > 1 else "")] = _converter_name(after, after.name)
+    return names

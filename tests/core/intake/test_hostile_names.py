@@ -366,3 +366,19 @@ def test_a_hostile_model_compresses_exports_and_evaluates_as_the_plain_one(metho
     runs = [onnxruntime.InferenceSession(r[3]).run(None, {"input": x})[0] for r in (plain, hostile_run)]
     np.testing.assert_array_equal(*runs)
     assert hostile_run[4] == plain[4]
+
+
+def test_a_result_written_before_names_were_replaced_still_loads(plain_onnx, tmp_path):
+    """Its graph.onnx holds the uploaded names and its weights are keyed by onnx2torch's module names for them."""
+    from onnx2torch import convert
+
+    uploaded = onnx.load_model_from_string(plain_onnx)
+    legacy = convert(uploaded).eval()
+    assert "conv1/Conv.weight" in legacy.state_dict()  # the old keys
+    directory = tmp_path / "old"
+    directory.mkdir()
+    meta = {"format": "squeezer-model", "version": 1, "name": "onnx", "args": {}, "input_shape": [1, 8, 8]}
+    (directory / "architecture.json").write_text(json.dumps(meta))
+    save_file({k: v.contiguous() for k, v in legacy.state_dict().items()}, str(directory / "model.safetensors"))
+    (directory / "graph.onnx").write_bytes(plain_onnx)
+    torch.testing.assert_close(outputs(load_model(directory).module), outputs(legacy), rtol=0, atol=0)
