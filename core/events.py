@@ -1,8 +1,13 @@
-"""Progress events the engine reports to whoever runs it (CLI progress bar, worker → database)."""
+"""Progress events the engine reports to whoever runs it (CLI progress bar, worker → database), and the guard that
+stops a job when its caller asks or its time limit runs out."""
 
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from core.errors import Cancelled, SqueezerError
 
 
 @dataclass(frozen=True)
@@ -21,7 +26,8 @@ class Event:
       "int8"        int8: calibration and quantization;
       "step"        any method: a trial recorded, accepted or rejected (data: step, accuracy, compression_ratio,
                     accepted, layers);
-      "checkpoint"  a method's state written, or a run resumed from it (data: path);
+      "checkpoint"  a method's state written, or a run resumed from it (no data: where it lives is the caller's
+                    checkpoint_dir, and no server path ever reaches an event);
       "filter", "group"  auto: a structural stage skipped because the model has nothing it can remove (a warning);
       "export"      the pipeline writes model.sqz, model/ and model.onnx and measures them;
       "done"        the report is written; the message says whether the target was met.
@@ -50,3 +56,97 @@ def no_events(_: Event) -> None:
 def never_stop() -> bool:
     """Default stop check: run to the end."""
     return False
+
+
+def stop_point(should_stop: StopCheck | None) -> None:
+    """Raises Cancelled when `should_stop` asks to stop; a Guard raises its time-limit exceptions itself. Loops call
+    it before every unit of work (a batch, a trial, a timed repetition)."""
+    if should_stop is not None and should_stop():
+        raise Cancelled("stopped by request")
+
+
+# After its time limit, a job has this long to turn its best state into results (pack, export, measure): it ends
+# within this grace of its limit either way.
+GRACE_S = 20.0
+
+
+class TimeLimitReached(Exception):
+    """Internal: the time limit ran out; the method keeps its best state so far (MethodRun.time_limited)."""
+
+
+class TimeLimitExceeded(SqueezerError):
+    """The job ran past its time limit and the grace given to write its best result."""
+
+    code = "time_limit_exceeded"
+
+
+class Guard:
+    """One job's stop request and time limit, checked between units of work: before every training, evaluation and
+    calibration batch, every trial and every timed repetition, so no stretch between two checks is longer than one
+    batch. A check is a clock read and a call of the caller's stop check.
+
+    Called, a Guard is a StopCheck: True when the caller asks to stop (the loop raises Cancelled); the first check
+    past the deadline raises TimeLimitReached, which a method catches to keep its best state. From then on, and in
+    `essential()` work (the baseline's score, the results of the best state), checks go on until the deadline plus
+    its grace (GRACE_S) and raise TimeLimitExceeded there, while measurements cut their repetitions short (`overtime`).
+    A guard `within(seconds)` of another stops at the earlier of the two deadlines (auto's stages)."""
+
+    def __init__(
+        self, should_stop: StopCheck = never_stop, time_limit_s: float | None = None, *, grace_s: float = GRACE_S
+    ):
+        self.should_stop = should_stop
+        self.time_limit_s, self.grace_s = time_limit_s, grace_s
+        self.deadline = math.inf if time_limit_s is None else time.monotonic() + time_limit_s
+        self.hard_deadline = self.deadline + grace_s
+        self.is_essential = False
+        self.reached = False  # TimeLimitReached was raised: the rest is wrap-up
+
+    @classmethod
+    def of(cls, should_stop: StopCheck, time_limit_s: float | None) -> "Guard":
+        """A guard for a run given `should_stop` (a caller's check, or the guard of the job it is part of) and its
+        own time limit, counted from now."""
+        if isinstance(should_stop, Guard):
+            return should_stop.within(time_limit_s)
+        return cls(should_stop, time_limit_s)
+
+    def within(self, seconds: float | None) -> "Guard":
+        """A guard with the same stop check, whose deadline is `seconds` from now unless this one's comes first."""
+        child = Guard(self.should_stop, seconds, grace_s=self.grace_s)
+        child.time_limit_s = self.time_limit_s or seconds  # the job's limit, which its messages name
+        child.deadline = min(child.deadline, self.deadline)
+        child.hard_deadline = min(child.deadline + self.grace_s, self.hard_deadline)
+        return child
+
+    def essential(self) -> "Guard":
+        """A guard for work a result cannot do without: it honours stop requests and the grace, never the deadline
+        itself."""
+        child = self.within(None)
+        child.is_essential = True
+        return child
+
+    def __call__(self) -> bool:
+        if self.should_stop():
+            return True
+        now = time.monotonic()
+        if now > self.deadline:
+            if now > self.hard_deadline:
+                raise TimeLimitExceeded(
+                    f"the job ran past its time limit of {self.time_limit_s:g} s and the {self.grace_s:g} s given "
+                    "to write its best result"
+                )
+            if not (self.is_essential or self.reached):
+                self.reached = True
+                raise TimeLimitReached
+        return False
+
+    def check(self) -> None:
+        """Raises Cancelled on a stop request, or the time limit's exceptions (see the class)."""
+        stop_point(self)
+
+    def overtime(self) -> bool:
+        """Whether the deadline has passed: repeated measurements then stop after their first timed run."""
+        return time.monotonic() > self.deadline
+
+    def seconds_left(self) -> float | None:
+        """Time left before the deadline, or None without one."""
+        return None if math.isinf(self.deadline) else self.deadline - time.monotonic()

@@ -16,6 +16,7 @@ import torch
 
 from core.artifacts.onnx_export import export_onnx
 from core.config import Int8Config
+from core.events import StopCheck, stop_point
 from core.measure.runtime import onnx_score
 
 
@@ -26,12 +27,15 @@ class Int8Model:
 
 
 class _Batches:
-    """onnxruntime's CalibrationDataReader protocol over a tensor of samples."""
+    """onnxruntime's CalibrationDataReader protocol over a tensor of samples; each batch is handed out after a
+    `should_stop` check, so a stop or the time limit ends the calibration between two batches."""
 
-    def __init__(self, name: str, x: torch.Tensor, batch: int):
+    def __init__(self, name: str, x: torch.Tensor, batch: int, should_stop: StopCheck | None = None):
         self._feeds = iter([{name: x[start : start + batch].numpy()} for start in range(0, len(x), batch)])
+        self._should_stop = should_stop
 
     def get_next(self) -> dict[str, np.ndarray] | None:
+        stop_point(self._should_stop)
         return next(self._feeds, None)
 
 
@@ -42,8 +46,11 @@ def calibration_samples(x_train: torch.Tensor, count: int, seed: int) -> torch.T
     return x_train[order].float().contiguous()
 
 
-def quantize_int8(model, data, settings: Int8Config, metric: str, seed: int = 0) -> Int8Model:
-    """`model` (a LoadedModel) as int8 QDQ ONNX calibrated on `data.x_train` (already normalized), and its score."""
+def quantize_int8(
+    model, data, settings: Int8Config, metric: str, seed: int = 0, should_stop: StopCheck | None = None
+) -> Int8Model:
+    """`model` (a LoadedModel) as int8 QDQ ONNX calibrated on `data.x_train` (already normalized), and its score;
+    `should_stop` is checked before every calibration and evaluation batch."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -61,7 +68,7 @@ def quantize_int8(model, data, settings: Int8Config, metric: str, seed: int = 0)
         quantize_static(
             str(prepared),
             str(quantized),
-            _Batches(name, samples, 64),
+            _Batches(name, samples, 64, should_stop),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
@@ -70,4 +77,4 @@ def quantize_int8(model, data, settings: Int8Config, metric: str, seed: int = 0)
             calibration_providers=["CPUExecutionProvider"],
         )
         content = quantized.read_bytes()
-    return Int8Model(onnx=content, accuracy=onnx_score(content, data.x_val, data.y_val, metric))
+    return Int8Model(onnx=content, accuracy=onnx_score(content, data.x_val, data.y_val, metric, should_stop))

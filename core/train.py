@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 import torch
 from torch import nn
 
-from core.errors import Cancelled
+from core.events import StopCheck, stop_point
 
 if TYPE_CHECKING:
     from core.intake.data import Samples
@@ -39,7 +39,7 @@ def fit(
     seed: int = 0,
     max_samples: int | None = None,
     after_step: Callable[[torch.optim.Optimizer], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: StopCheck | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
     lr_schedule: str = "constant",
     teacher: nn.Module | None = None,
@@ -56,8 +56,10 @@ def fit(
     given seed.
     With a `teacher`, the loss mixes in `distill_weight` of knowledge distillation (KL divergence to the teacher's
     softened outputs): a compressed model recovers faster when it learns the baseline's full output, not just labels.
-    Raises Cancelled as soon as `should_stop()` returns True (checked before every step); with a `divergence` rule,
-    raises Diverged as soon as the loss breaks it (the module is then left mid-way: the caller rolls back).
+    A batch is at most the epoch's samples, whatever `batch_size` asks. Raises Cancelled as soon as `should_stop()`
+    returns True (checked before every step; a core.events.Guard also raises its time-limit exceptions there); with a
+    `divergence` rule, raises Diverged as soon as the loss breaks it (the module is then left mid-way: the caller
+    rolls back).
     """
     device = torch.device(device)
     module.to(device).train()
@@ -73,6 +75,7 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     n = len(x)
     per_epoch = n if max_samples is None else min(n, max_samples)
+    batch_size = max(1, min(batch_size, per_epoch))
     total_steps = max(epochs * -(-per_epoch // batch_size), 1)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps) if lr_schedule == "cosine" else None
     last_loss = 0.0
@@ -89,8 +92,7 @@ def fit(
                 reader.start(batches)
             total, seen = 0.0, 0
             for idx in batches:
-                if should_stop is not None and should_stop():
-                    raise Cancelled("stopped by request")
+                stop_point(should_stop)
                 if lazy is not None and reader is not None:
                     xb = lazy.converted(reader.next(), device)
                 else:
@@ -422,15 +424,18 @@ def choose_lr(
     batch_size: int = 128,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    should_stop: StopCheck | None = None,
 ) -> RangeTest:
     """A short, bounded range test on the job's own data: each candidate rate (`lr` × `candidates`) trains a copy of
     the module for `steps` SGD steps, and the loss it then reaches on a fixed probe subset is compared. The largest
     rate whose loss is within `tolerance` (relative, plus 0.01) of the best is chosen: the fastest rate that does not
-    hurt. Costs len(candidates) × steps steps plus as many probe evaluations; `module` itself is not changed."""
+    hurt. Costs len(candidates) × steps steps of at most `batch_size` samples (the whole training set when it is
+    smaller) plus as many probe evaluations, each batch after a `should_stop` check; `module` itself is not changed."""
     device = torch.device(device)
+    batch_size = max(1, min(batch_size, len(x)))
     probe = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:probe_samples]
     x_probe, y_probe = x[probe], y[probe]
-    start_loss = _mean_loss(copy.deepcopy(module), x_probe, y_probe, device, batch_size)
+    start_loss = _mean_loss(copy.deepcopy(module), x_probe, y_probe, device, batch_size, should_stop)
     losses: dict[float, float] = {}
     for factor in candidates:
         rate = lr * factor
@@ -449,8 +454,9 @@ def choose_lr(
                 seed=seed,
                 max_samples=steps * batch_size,
                 divergence=DivergenceRule(),
+                should_stop=should_stop,
             )
-            losses[rate] = _mean_loss(trial, x_probe, y_probe, device, batch_size)
+            losses[rate] = _mean_loss(trial, x_probe, y_probe, device, batch_size, should_stop)
         except Diverged:
             losses[rate] = math.inf
     finite = [loss for loss in losses.values() if math.isfinite(loss)]
@@ -461,11 +467,19 @@ def choose_lr(
     return RangeTest(chosen, start_loss, losses)
 
 
-def _mean_loss(module: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int) -> float:
+def _mean_loss(
+    module: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    batch_size: int,
+    should_stop: StopCheck | None = None,
+) -> float:
     module.to(device).eval()
     total = 0.0
     with torch.no_grad(), logits_only(module, per_sample=y.dim() == 1):
         for start in range(0, len(x), batch_size):
+            stop_point(should_stop)
             logits = module(x[start : start + batch_size].to(device))
             count = min(batch_size, len(x) - start)
             total += float(task_loss(logits.float(), y[start : start + batch_size].to(device))) * count

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from core.errors import InputError
+from core.events import Guard, StopCheck, stop_point
 from core.graph.dependency import TRANSPOSED, Convolution
 
 
@@ -37,15 +38,21 @@ def binary_threshold(module: nn.Module) -> float:
 
 @torch.no_grad()
 def predict(
-    module: nn.Module, x: torch.Tensor, *, device: torch.device | str = "cpu", batch_size: int = 512
+    module: nn.Module,
+    x: torch.Tensor,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 512,
+    should_stop: StopCheck | None = None,
 ) -> torch.Tensor:
-    """Class predictions (`classes_of`) for every sample, batched; the module is left in eval mode."""
+    """Class predictions (`classes_of`) for every sample, batched, each batch after a `should_stop` check; the module
+    is left in eval mode."""
     module.to(device).eval()
     threshold = binary_threshold(module)
-    outputs = [
-        classes_of(module(x[start : start + batch_size].to(device)), threshold).cpu()
-        for start in range(0, len(x), batch_size)
-    ]
+    outputs = []
+    for start in range(0, len(x), batch_size):
+        stop_point(should_stop)
+        outputs.append(classes_of(module(x[start : start + batch_size].to(device)), threshold).cpu())
     return torch.cat(outputs) if outputs else torch.empty(0, dtype=torch.long)
 
 
@@ -92,7 +99,7 @@ def score_predictions(metric: str, predictions: torch.Tensor, labels: torch.Tens
     return _SCORES[metric](predictions.cpu(), labels.cpu())
 
 
-MetricFunction = Callable[..., float]  # (module, x, y, *, device) -> percent
+MetricFunction = Callable[..., float]  # (module, x, y, *, device, should_stop) -> percent
 
 
 def metric_function(metric: str) -> MetricFunction:
@@ -107,8 +114,10 @@ def metric_function(metric: str) -> MetricFunction:
         *,
         device: torch.device | str = "cpu",
         batch_size: int = 512,
+        should_stop: StopCheck | None = None,
     ) -> float:
-        return score_predictions(metric, predict(module, x, device=device, batch_size=batch_size), y)
+        predictions = predict(module, x, device=device, batch_size=batch_size, should_stop=should_stop)
+        return score_predictions(metric, predictions, y)
 
     evaluate.__name__ = metric
     return evaluate
@@ -166,24 +175,47 @@ def _kernel_volume(layer: Convolution) -> int:
     return volume
 
 
+def timed_runs(run: Callable[[], object], *, repeats: int, warmup: int, guard: Guard | None = None) -> list[float]:
+    """Wall times in seconds of `repeats` calls of `run` after `warmup` untimed ones, each after a `guard` check;
+    once the guard's deadline has passed, the first timed call is the last (no further warm-up)."""
+    times: list[float] = []
+    warmed = 0
+    while len(times) < repeats:
+        if guard is not None:
+            guard.check()
+            if guard.overtime():
+                if times:
+                    break
+                warmed = warmup
+        start = time.perf_counter()
+        run()
+        elapsed = time.perf_counter() - start
+        if warmed < warmup:
+            warmed += 1
+        else:
+            times.append(elapsed)
+    return times
+
+
 @torch.no_grad()
 def median_latency_ms(
-    module: nn.Module, input_shape: tuple[int, ...], *, batch: int = 1, repeats: int = 30, warmup: int = 5
+    module: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    batch: int = 1,
+    repeats: int = 30,
+    warmup: int = 5,
+    guard: Guard | None = None,
 ) -> float:
     """Median wall time of one CPU forward pass at `batch`, in milliseconds, on one thread: multi-threaded timings
-    of small models swing by orders of magnitude whenever other processes share the cores."""
+    of small models swing by orders of magnitude whenever other processes share the cores. Repetitions are cut short
+    past `guard`'s deadline (`timed_runs`)."""
     module = module.to("cpu").eval()
     x = torch.randn(batch, *input_shape)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for _ in range(warmup):
-            module(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            module(x)
-            times.append(time.perf_counter() - start)
+        times = timed_runs(lambda: module(x), repeats=repeats, warmup=warmup, guard=guard)
     finally:
         torch.set_num_threads(threads)
     return 1000.0 * statistics.median(times)

@@ -2,10 +2,12 @@
 latency next to it (median of repeated runs, one thread)."""
 
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
+
+from core.events import Guard, StopCheck, stop_point
+from core.measure import score_predictions, timed_runs
 
 
 def onnx_session(model: Path | bytes):
@@ -20,44 +22,49 @@ def onnx_session(model: Path | bytes):
 
 
 def onnx_latency_ms(
-    path: Path, input_shape: tuple[int, ...], *, batch: int = 1, repeats: int = 30, warmup: int = 5
+    path: Path,
+    input_shape: tuple[int, ...],
+    *,
+    batch: int = 1,
+    repeats: int = 30,
+    warmup: int = 5,
+    guard: Guard | None = None,
 ) -> float:
-    """Median wall time of one onnxruntime run of `path` at `batch`, in milliseconds."""
+    """Median wall time of one onnxruntime run of `path` at `batch`, in milliseconds; repetitions cut short past
+    `guard`'s deadline (core.measure.timed_runs)."""
     session = onnx_session(path)
     name = session.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal((batch, *input_shape), dtype=np.float32)
-    for _ in range(warmup):
-        session.run(None, {name: x})
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, {name: x})
-        times.append(time.perf_counter() - start)
+    times = timed_runs(lambda: session.run(None, {name: x}), repeats=repeats, warmup=warmup, guard=guard)
     return 1000.0 * statistics.median(times)
 
 
-def onnx_predictions(session, x: np.ndarray, batch: int = 512, threshold: float = 0.0) -> np.ndarray:
+def onnx_predictions(
+    session, x: np.ndarray, batch: int = 512, threshold: float = 0.0, should_stop: StopCheck | None = None
+) -> np.ndarray:
     """Class predictions of an onnxruntime session for every sample, batched like `predict` (a fixed batch axis in
-    the file sets the batch): argmax over dim 1, or output > `threshold` for one output channel."""
+    the file sets the batch), each batch after a `should_stop` check: argmax over dim 1, or output > `threshold` for
+    one output channel."""
     model_input = session.get_inputs()[0]
     declared = model_input.shape[0] if model_input.shape else None  # no shape, a name, None or 0 and below: free
     batch = declared if isinstance(declared, int) and declared > 0 else batch
-    outputs = [
-        _classes(np.asarray(session.run(None, {model_input.name: x[start : start + batch]})[0]), threshold)
-        for start in range(0, len(x), batch)
-    ]
+    outputs = []
+    for start in range(0, len(x), batch):
+        stop_point(should_stop)
+        outputs.append(
+            _classes(np.asarray(session.run(None, {model_input.name: x[start : start + batch]})[0]), threshold)
+        )
     return np.concatenate(outputs) if outputs else np.zeros(0, dtype=np.int64)
 
 
-def onnx_score(model: Path | bytes, x, y, metric: str) -> float:
+def onnx_score(model: Path | bytes, x, y, metric: str, should_stop: StopCheck | None = None) -> float:
     """`metric` of an ONNX model (a path or its bytes) on already normalized inputs, in onnxruntime on CPU."""
     import torch
 
-    from core.measure import score_predictions
-
     session = onnx_session(model)
     threshold = onnx_binary_threshold(model)
-    return score_predictions(metric, torch.from_numpy(onnx_predictions(session, x.numpy(), threshold=threshold)), y)
+    predictions = onnx_predictions(session, x.numpy(), threshold=threshold, should_stop=should_stop)
+    return score_predictions(metric, torch.from_numpy(predictions), y)
 
 
 def _classes(output: np.ndarray, threshold: float) -> np.ndarray:

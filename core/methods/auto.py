@@ -11,7 +11,8 @@ whole budget. With `auto.int8`, the channel-removed model is last quantized to i
 left of the budget. Every stage's result is a candidate, its deployable file (model.sqz, or the int8 model.onnx)
 measured for bytes and its model.onnx for onnxruntime latency; the one returned is the candidate within the budget
 best by `auto.objective`: size (smallest file, the default), latency (fastest at batch 32) or balanced (smallest
-product of the two ratios to the baseline). When none is within the budget, the most accurate.
+product of the two ratios to the baseline). When none is within the budget, the most accurate. The time limit is
+shared by the stages still to run; once it has run out, the stages not yet started are skipped.
 """
 
 import dataclasses
@@ -24,7 +25,7 @@ from core.artifacts.onnx_export import export_onnx
 from core.artifacts.sqz import pack_sqz
 from core.config import AccuracyTarget, CompressConfig
 from core.errors import UnsupportedLayerError
-from core.events import Event, EventCallback
+from core.events import Event, EventCallback, Guard
 from core.graph import with_channels
 from core.measure import float32_bytes
 from core.measure.runtime import onnx_latency_ms
@@ -68,14 +69,20 @@ def compress_auto(model, data, config: CompressConfig, **hooks: Unpack[MethodHoo
         plan += [("lwct-alone", "lwct", allowed, True)]
     if config.auto.int8:
         plan += [("int8", "int8", allowed, False)]
-    current, outcomes = model, []
+    current = model
+    outcomes: list[_Outcome] = []
     channel_rows: list[list[ChannelLayerState]] = []
     trials: list[Trial] = []
     for index, (label, name, stage_allowed, fresh) in enumerate(plan):
+        if outcomes and run.guard.overtime():  # the stages run so far hold the best state
+            run.stopped_early = "time_limit"
+            message = f"time limit reached: {label} and the stages after it skipped"
+            run.emit(name, index / len(plan), message, severity="warning")
+            break
         source, rows = (model, []) if fresh else (current, channel_rows)
-        start = run.evaluate(source.module)
+        start = run.evaluate(source.module, essential=True)
         # The time limit is shared evenly by the stages still to run: time a stage leaves goes to the later ones.
-        seconds_left = run.seconds_left()
+        seconds_left = run.guard.seconds_left()
         stage_config = config.model_copy(
             update={
                 "method": name,
@@ -92,7 +99,7 @@ def compress_auto(model, data, config: CompressConfig, **hooks: Unpack[MethodHoo
                 source,
                 data,
                 stage_config,
-                should_stop=run.user_stop,
+                should_stop=run.guard,  # the stage's own time limit ends at auto's deadline at the latest
                 on_event=_stage_events(run.on_event, label, index, len(plan)),
                 checkpoint_dir=run.checkpoint_dir / label if run.checkpoint_dir else None,
             )
@@ -121,12 +128,11 @@ def compress_auto(model, data, config: CompressConfig, **hooks: Unpack[MethodHoo
         if name == "int8" and result.onnx is None:
             continue  # outside the budget: the float model it started from is already a candidate
         packed = len(result.onnx) if result.onnx else len(pack_sqz(with_channels(source, result.module), result.layers))
-        outcomes.append(
-            _Outcome(label, result, rows, packed, _latency(with_channels(source, result.module), result.onnx))
-        )
+        latency = _latency(with_channels(source, result.module), result.onnx, run.guard.essential())
+        outcomes.append(_Outcome(label, result, rows, packed, latency))
 
     within = [o for o in outcomes if run.within(o.result.accuracy)]
-    baseline_latency = _latency(model, None)
+    baseline_latency = _latency(model, None, run.guard.essential())
     rank = {
         "size": lambda o: o.packed_bytes,
         "latency": lambda o: o.latency_ms,
@@ -135,7 +141,9 @@ def compress_auto(model, data, config: CompressConfig, **hooks: Unpack[MethodHoo
     chosen = min(within, key=rank[config.auto.objective]) if within else max(outcomes, key=lambda o: o.result.accuracy)
     result = chosen.result
     run.trials = trials
-    run.stopped_early = next((o.result.stopped_early for o in outcomes if o.result.stopped_early), None)
+    run.stopped_early = run.stopped_early or next(
+        (o.result.stopped_early for o in outcomes if o.result.stopped_early), None
+    )
     returned = run.result(result.module, merge_layers(chosen.channel_rows, result.layers), result.accuracy)
     returned.onnx = result.onnx
     returned.fine_tuning = result.fine_tuning
@@ -162,15 +170,16 @@ def compress_auto(model, data, config: CompressConfig, **hooks: Unpack[MethodHoo
     return returned
 
 
-def _latency(model, onnx: bytes | None) -> float:
-    """onnxruntime latency at LATENCY_BATCH of `onnx`, or of `model` (a LoadedModel) exported as model.onnx is."""
+def _latency(model, onnx: bytes | None, guard: Guard) -> float:
+    """onnxruntime latency at LATENCY_BATCH of `onnx`, or of `model` (a LoadedModel) exported as model.onnx is;
+    fewer repetitions past `guard`'s deadline."""
     with tempfile.TemporaryDirectory(prefix="squeezer-auto-") as tmp:
         path = Path(tmp) / "candidate.onnx"
         if onnx is None:
             export_onnx(model, path)
         else:
             path.write_bytes(onnx)
-        return onnx_latency_ms(path, tuple(model.input_shape), batch=LATENCY_BATCH)
+        return onnx_latency_ms(path, tuple(model.input_shape), batch=LATENCY_BATCH, guard=guard)
 
 
 def _stage_events(on_event: EventCallback, name: str, index: int, count: int) -> EventCallback:

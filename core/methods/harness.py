@@ -5,12 +5,15 @@ A method builds one `MethodRun` (or a subclass that adds its own state) and uses
 - `measure_baseline()`: the baseline's score and the budget in absolute points (announced as events);
 - `train(module, epochs, seed, stage, fraction, after_step=None, scale=1.0)`: one training stage; the only place a
   method trains, so a learning-rate choice or a divergence rollback added to `fit_stage` applies to every method;
-- `evaluate(module)`: the budget's metric on the validation split (raises Cancelled on a stop request);
+- `evaluate(module)`: the budget's metric on the validation split;
 - `within(accuracy)`: whether a score stays within the budget;
 - `record(stage, packed, ...)`: appends a `Trial` (its compression ratio from the packed `.sqz` bytes) and reports it;
 - `save(tensors, meta, fraction)` / `resume()`: a checkpoint of the method's state, with the trials so far;
+- `run.guard` (core.events.Guard): the caller's stop check and the time limit, checked before every training and
+  evaluation batch (Cancelled on a stop request); a loop that neither trains nor evaluates calls `run.guard.check()`;
 - `with run.time_limited(stage):` around the stages: when the configured time limit runs out, the run stops there
-  and `result()` returns the best state the method kept, with `stopped_early="time_limit"`;
+  and `result()` returns the best state the method kept, with `stopped_early="time_limit"`; the evaluations a result
+  needs outside it (`evaluate(module, essential=True)`) run on into the guard's grace;
 - `result(module, layers, accuracy)`: the `MethodResult`.
 
 Progress fractions are the method's own share of the bar, from 0 to 1 (the pipeline maps them onto the job's).
@@ -20,7 +23,6 @@ import contextlib
 import copy
 import dataclasses
 import math
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypedDict, Unpack
@@ -30,8 +32,7 @@ from torch import nn
 
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import CompressConfig, StructuredTraining
-from core.errors import Cancelled
-from core.events import Event, EventCallback, EventLevel, StopCheck, never_stop, no_events
+from core.events import Event, EventCallback, EventLevel, Guard, StopCheck, TimeLimitReached, never_stop, no_events
 from core.measure import float32_bytes, metric_function, resolve_device
 from core.methods.results import LayerState, MethodResult, Trial
 from core.train import choose_lr, fit_guarded, fit_options, stage_epochs
@@ -44,10 +45,6 @@ FINETUNE_SEED_OFFSET = 100
 AfterStep = Callable[[torch.optim.Optimizer], None]
 
 
-class TimeLimitReached(Exception):
-    """Internal: the configured time limit ran out; the best state so far is kept."""
-
-
 def progress(start: float, end: float, done: int, total: int) -> float:
     """The fraction `done`/`total` of the way from `start` to `end` of the progress bar."""
     return start + (end - start) * done / total
@@ -58,7 +55,7 @@ class MethodHooks(TypedDict, total=False):
     config, on_event=..., should_stop=..., checkpoint_dir=...)`, and so for each method."""
 
     on_event: EventCallback  # progress and trials, as they happen
-    should_stop: StopCheck  # polled between steps: a cancelled job stops at its next step
+    should_stop: StopCheck  # polled before every batch: a cancelled job stops at its next one (or the job's Guard)
     checkpoint_dir: Path | None  # where the method saves its state, so that a restarted job resumes
 
 
@@ -83,11 +80,11 @@ class MethodRun:
             )
         self.model, self.data, self.config, self.settings, self.name = model, data, config, settings, name
         self.on_event: EventCallback = hooks.get("on_event", no_events)
-        self.user_stop: StopCheck = hooks.get("should_stop", never_stop)
+        # the time limit counts from here, and never past the deadline of a job's guard passed as should_stop
+        self.guard = Guard.of(hooks.get("should_stop", never_stop), config.time_limit_s)
         self.checkpoint_dir: Path | None = hooks.get("checkpoint_dir")
         self.device = resolve_device(config.device)
         self.score = metric_function(config.metric)  # the one metric the budget is measured in
-        self.deadline = time.monotonic() + config.time_limit_s if config.time_limit_s else math.inf
         self.original_bytes = float32_bytes(model.module)
         self.base = copy.deepcopy(model.module).float().cpu().eval()
         self.trials: list[Trial] = []
@@ -98,19 +95,7 @@ class MethodRun:
         # For the report: the rate used, the range test behind it, every rolled-back try and the stages none saved.
         self.fine_tuning: dict = {"lr": None, "range_test": None, "retries": [], "stages": 0, "unrecovered_stages": []}
 
-    # -- stop checks and events ------------------------------------------------------------------------------
-    def stop_check(self) -> bool:
-        """For `fit`: True on a user's stop request; raises TimeLimitReached once the time limit has run out."""
-        if self.user_stop():
-            return True
-        if time.monotonic() > self.deadline:
-            raise TimeLimitReached
-        return False
-
-    def seconds_left(self) -> float | None:
-        """Time left before the time limit, or None without one."""
-        return None if math.isinf(self.deadline) else self.deadline - time.monotonic()
-
+    # -- time limit and events -------------------------------------------------------------------------------
     def emit(self, stage: str, fraction: float, message: str = "", *, severity: EventLevel = "info", **data) -> None:
         """An event at `fraction` of the method's progress; `severity` is the event's level, so that "level" stays
         free as a data key (filter's removal level)."""
@@ -133,7 +118,7 @@ class MethodRun:
         False (`data` joins the first event)."""
         if announce:
             self.emit("baseline", BASELINE_START, "evaluating the baseline", **data)
-        self.baseline = self.evaluate(self.base)
+        self.baseline = self.evaluate(self.base, essential=True)
         self.budget = self.config.target.allowed_drop(self.baseline)
         if announce:
             self.emit(
@@ -163,6 +148,7 @@ class MethodRun:
         recover; none when `epochs` is 0), then `scale` times that, rounded up (a stage that changes more trains
         longer), with distillation from the baseline; the module ends on CPU."""
         assert self.settings is not None, "a run that trains has training settings"
+        self.guard.check()  # also when the stage has no epochs: a search's loop stops here
         params = sum(p.numel() for p in self.base.parameters())
         epochs = math.ceil(stage_epochs(self.settings, epochs, len(self.data.y_train), params) * scale)
         if epochs <= 0:
@@ -198,7 +184,7 @@ class MethodRun:
             device=self.device,
             seed=seed,
             after_step=after_step,
-            should_stop=self.stop_check,
+            should_stop=self.guard,
             on_epoch=on_epoch,
             teacher=self.base if self.settings.distill else None,
             distill_weight=self.settings.distill,
@@ -236,7 +222,7 @@ class MethodRun:
         assert self.settings is not None
         if self.lr is not None:
             return self.lr
-        settings, self.lr, test = self.settings, self.settings.lr, None
+        settings, lr, test = self.settings, self.settings.lr, None
         if settings.lr_search:
             test = choose_lr(
                 self.base,
@@ -249,13 +235,14 @@ class MethodRun:
                 batch_size=settings.batch_size,
                 device=self.device,
                 seed=self.config.seed,
+                should_stop=self.guard,
             )
-            self.lr = test.lr
+            lr = test.lr
             self.fine_tuning["range_test"] = {
                 "start_loss": test.start_loss,
                 "losses": {f"{rate:g}": (loss if math.isfinite(loss) else None) for rate, loss in test.losses.items()},
             }
-        self.fine_tuning["lr"] = self.lr
+        self.lr = self.fine_tuning["lr"] = lr
         how = "chosen by a range test" if test is not None else "as configured"
         self.emit(
             "train",
@@ -266,11 +253,12 @@ class MethodRun:
         )
         return self.lr
 
-    def evaluate(self, module: nn.Module) -> float:
-        """The budget's metric of `module` on the validation split; the module ends on CPU."""
-        if self.user_stop():
-            raise Cancelled("stopped by request")
-        accuracy = self.score(module, self.data.x_val, self.data.y_val, device=self.device)
+    def evaluate(self, module: nn.Module, *, essential: bool = False) -> float:
+        """The budget's metric of `module` on the validation split; the module ends on CPU. `essential`: a score the
+        result needs (the baseline's, the starting point's), which runs into the time limit's grace."""
+        guard = self.guard.essential() if essential else self.guard
+        guard.check()
+        accuracy = self.score(module, self.data.x_val, self.data.y_val, device=self.device, should_stop=guard)
         module.cpu()
         return accuracy
 
@@ -320,21 +308,15 @@ class MethodRun:
             return
         trials = [dataclasses.asdict(trial) for trial in self.trials]
         meta = {**meta, "trials": trials, "fraction": fraction}
-        path = save_checkpoint(self.checkpoint_dir, self.name, tensors, meta)
-        self.emit("checkpoint", fraction, "checkpoint written", path=str(path))
+        save_checkpoint(self.checkpoint_dir, self.name, tensors, meta)
+        self.emit("checkpoint", fraction, "checkpoint written")
 
     def resume(self) -> tuple[dict[str, torch.Tensor], dict] | None:
         """The last checkpoint's tensors and metadata (its trials restored into this run), or None."""
         saved = load_checkpoint(self.checkpoint_dir, self.name)
         if saved is not None:
-            assert self.checkpoint_dir is not None
             self.trials = [Trial(**trial) for trial in saved[1]["trials"]]
-            self.emit(
-                "checkpoint",
-                saved[1]["fraction"],
-                "resumed from checkpoint",
-                path=str(self.checkpoint_dir / f"{self.name}.json"),
-            )
+            self.emit("checkpoint", saved[1]["fraction"], "resumed from checkpoint")
         return saved
 
     def result(self, module: nn.Module, layers: Sequence[LayerState], accuracy: float) -> MethodResult:

@@ -48,8 +48,12 @@ def compress_int8(model, data, config: CompressConfig, **hooks: Unpack[MethodHoo
     """Quantize `model` to int8 and keep it when it scores within `config.target`; seconds, nothing to checkpoint."""
     run = MethodRun(model, data, config, None, name="int8", **hooks)
     run.measure_baseline()
-    run.emit("int8", BASELINE_DONE, f"calibrating on {config.int8.calibration_samples} training samples")
-    quantized = quantize_int8(model, data, config.int8, config.metric, seed=config.seed)
+    quantized = None
+    with run.time_limited("int8"):
+        run.emit("int8", BASELINE_DONE, f"calibrating on {config.int8.calibration_samples} training samples")
+        quantized = quantize_int8(model, data, config.int8, config.metric, seed=config.seed, should_stop=run.guard)
+    if quantized is None:  # the time limit ran out first: the float model is the result
+        return run.result(run.base, int8_rows(run.base, False), run.baseline)
     accepted = run.within(quantized.accuracy)
     run.record(
         "int8",

@@ -577,7 +577,8 @@ def compress_lwct(model, data, config: CompressConfig, **hooks: Unpack[MethodHoo
 
     masks = {n: layer.weight.detach() != 0 for n, layer in prunable_layers(run.base).items()}
     unconstrained = run.plain(build_working_module(run.base, shadow_state(run.base), masks, {}))
-    run.accept(shadow_state(run.base), masks, {}, run.evaluate(unconstrained))  # at the stored float precision
+    # at the stored float precision: the state the result falls back on, so scored even past the time limit
+    run.accept(shadow_state(run.base), masks, {}, run.evaluate(unconstrained, essential=True))
     resumed = run.resume_walk()
     with run.time_limited("train"):
         if resumed:

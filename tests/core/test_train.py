@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from core.config import AccuracyTarget, CompressConfig, FilterConfig, LwctConfig
+from core.errors import Cancelled
 from core.intake.data import load_dataset
 from core.intake.models import load_model
 from core.measure import metric_function
@@ -166,3 +167,31 @@ def test_stages_stretch_to_min_steps_by_the_model_and_at_most_the_cap_by_the_dat
     capped = small.model_copy(update={"max_stretch_epochs": 8})
     assert stage_epochs(capped, 1, 1437) == 8 and stage_epochs(capped, 12, 1437) == 12  # never below epochs
     assert stage_epochs(capped, 0, 1437) == 0
+
+
+def test_a_batch_larger_than_the_data_is_the_whole_data(digits):
+    """A batch size is clamped to the samples there are: the range test runs its steps on the whole training set
+    (an unclamped 10^12 asked for 10^10 passes over it), and a stage takes the same steps as with the exact size."""
+    x, y = digits.x_train[torch.arange(len(digits.y_train))], digits.y_train
+    module = residual_cnn()  # the range test trains copies of it
+    tests = [choose_lr(module, x, y, lr=0.01, steps=5, batch_size=size, seed=3) for size in (10**12, len(y))]
+    assert tests[0] == tests[1] and len(tests[0].losses) == 5
+    trained = []
+    for size in (10**12, len(y)):
+        torch.manual_seed(0)
+        module = residual_cnn()
+        fit(module, x, y, epochs=3, lr=0.01, batch_size=size, lr_schedule="cosine")
+        trained.append(module.state_dict())
+    assert all(torch.equal(trained[0][key], trained[1][key]) for key in trained[0])
+
+
+def test_the_range_test_stops_on_request(digits):
+    calls = []
+
+    def stop_on_the_fifth_batch() -> bool:
+        calls.append(1)
+        return len(calls) >= 5
+
+    with pytest.raises(Cancelled):
+        choose_lr(residual_cnn(), digits.x_train, digits.y_train, lr=0.01, should_stop=stop_on_the_fifth_batch)
+    assert len(calls) == 5  # the probe's evaluation and the first rate's steps, each batch after a check
