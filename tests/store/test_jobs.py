@@ -1,14 +1,17 @@
 import threading
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select, update
 
 from core.events import Event
-from store.artifacts import store_artifact
+from store.artifacts import QuotaExceeded, store_artifact, stored_bytes
 from store.blobs import DatabaseBlobStore
+from store.job_spec import json_size
 from store.jobs import (
     claim_job,
     create_job,
+    delete_final_job,
     finish_job,
     heartbeat,
     reap,
@@ -164,3 +167,57 @@ def test_reaper_resends_jobs_whose_message_was_lost(sessions):
         session.commit()
         assert reap(session, heartbeat_timeout_s=60, stale_queued_s=3600) == [job_id]
         assert reap(session, heartbeat_timeout_s=60, stale_queued_s=3600) == []  # not again before the next period
+
+
+def test_a_final_job_is_deleted_with_its_events_and_results_and_its_spec_counts_until_then(sessions):
+    """On both backends: spec bytes count toward stored bytes; an unfinished job is not deleted; a final one goes with
+    its events and result links and hands back the artifacts to delete; another tenant cannot delete it."""
+    job_id = new_job(sessions)
+    blobs = DatabaseBlobStore(sessions, 1024)
+    result = store_artifact(
+        sessions,
+        blobs,
+        tenant="default",
+        kind="result",
+        filename="r.json",
+        content_type="",
+        chunks=[b"{}"],
+        max_bytes=2,
+    )
+    with sessions() as session:
+        assert stored_bytes(session, "default") == json_size(SPEC) + 2
+        assert delete_final_job(session, job_id, "default") is None  # queued
+        claim_job(session, job_id, "w1")
+        record_event(session, job_id, Event(stage="train", fraction=0.5))
+        assert delete_final_job(session, job_id, "default") is None  # running
+        assert finish_job(session, job_id, "w1", "succeeded", results={"r.json": result.id})
+        assert delete_final_job(session, job_id, "other") is None
+        assert delete_final_job(session, job_id, "default") == [result.id]
+        assert session.get(Job, job_id) is None
+        assert session.scalars(select(JobEvent).where(JobEvent.job_id == job_id)).all() == []
+        assert session.scalars(select(JobResult).where(JobResult.job_id == job_id)).all() == []
+        assert stored_bytes(session, "default") == 2  # the caller deletes the artifact itself
+
+
+def test_a_spec_past_the_storage_quota_is_not_inserted(sessions):
+    with sessions() as session:
+        with pytest.raises(QuotaExceeded):
+            create_job(
+                session,
+                tenant="default",
+                spec=SPEC,
+                idempotency_key=None,
+                request_hash=None,
+                max_attempts=1,
+                quota_bytes=json_size(SPEC) - 1,
+            )
+        job, _ = create_job(
+            session,
+            tenant="default",
+            spec=SPEC,
+            idempotency_key=None,
+            request_hash=None,
+            max_attempts=1,
+            quota_bytes=json_size(SPEC),
+        )
+        assert job.spec_bytes == json_size(SPEC) == stored_bytes(session, "default")
