@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from core.jail import Jail
+from core.jail import Jail, JailUnavailable
 from core.sandbox import Sandbox, SandboxLimits
 from tests.api.conftest import TINY_OPTIONS, assert_problem, upload
 from worker.dispatch import CeleryDispatcher
@@ -102,3 +102,10 @@ def test_the_worker_caps_a_job_without_a_time_limit():
     assert _capped(CompressConfig(time_limit_s=30), 60).time_limit_s == 30
     assert _capped(CompressConfig(time_limit_s=90), 60).time_limit_s == 60
     assert _capped(CompressConfig(), None).time_limit_s is None
+
+
+def test_an_api_without_a_jail_refuses_to_start_unless_allowed(api_settings, redis_url):
+    with pytest.raises(JailUnavailable, match="SQUEEZER_ALLOW_UNJAILED_ENGINE"):
+        client_with(api_settings, redis_url, jail="none")
+    with client_with(api_settings, redis_url, jail="none", allow_unjailed_engine=True) as client:
+        assert client.get("/healthz").status_code == 200

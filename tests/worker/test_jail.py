@@ -13,7 +13,9 @@ import pytest
 
 from core.errors import Cancelled
 from core.events import Event
-from core.jail import Jail, JailLimits
+from core.jail import Jail, JailLimits, JailMode, JailUnavailable
+from store.settings import Settings
+from worker.context import WorkerContext
 from worker.engine_process import EngineOutOfMemory, EngineProtocolError, EngineRun, EngineTimeLimit
 from worker.runner import _zip_folder
 
@@ -135,3 +137,11 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_a_worker_without_a_jail_refuses_to_start_unless_allowed(tmp_path):
+    settings = Settings(data_dir=tmp_path, storage_backend="local", jail="none")
+    with pytest.raises(JailUnavailable, match="SQUEEZER_ALLOW_UNJAILED_ENGINE"):
+        WorkerContext.from_settings(settings)
+    allowed = WorkerContext.from_settings(settings.model_copy(update={"allow_unjailed_engine": True}))
+    assert allowed.jail.mode is JailMode.NONE
