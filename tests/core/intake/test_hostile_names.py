@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core.artifacts.sqz import load_sqz, pack_sqz
+from core.artifacts.sqz import encode_state, load_sqz, pack_encoded, pack_sqz
 from core.config import AccuracyTarget, CompressConfig, FilterConfig, LwctConfig
 from core.errors import ModelFormatError, UnsupportedLayerError
 from core.intake.models import load_model, save_model_dir
@@ -317,6 +317,11 @@ def test_hostile_names_in_a_sqz_header_are_refused_or_renamed(onnx_model_dir, pl
         path.write_bytes(pack_sqz(dataclasses.replace(loaded, architecture=architecture), []))
         with pytest.raises(ModelFormatError):
             load_sqz(path)
+    encoded = encode_state(loaded.module.state_dict(), {})
+    encoded[text] = encoded.pop(next(iter(encoded)))
+    path.write_bytes(pack_encoded(loaded, encoded))
+    with pytest.raises(ModelFormatError, match="does not fit the architecture"):
+        load_sqz(path)
     injected = dataclasses.replace(loaded, onnx_graph=hostile(plain_onnx, text).SerializeToString())
     path.write_bytes(pack_sqz(injected, []))
     torch.testing.assert_close(outputs(load_sqz(path).module), outputs(loaded.module), rtol=0, atol=0)
