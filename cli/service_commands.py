@@ -54,7 +54,7 @@ SERVER_START_POLL_S = 0.05
 SERVER_STOP_TIMEOUT_S = 30.0
 
 jobs_app = typer.Typer(
-    help="List, inspect, cancel and download jobs on a Squeezer server.",
+    help="List, inspect, cancel, download and delete jobs on a Squeezer server.",
     no_args_is_help=True,
 )
 
@@ -560,6 +560,18 @@ def jobs_cancel(job_id: str, server: ServerOption = DEFAULT_SERVER, api_key: Api
         with _client(server, api_key) as client:
             job = _check(client.post(f"/v1/jobs/{job_id}/cancel")).json()
         console.print(f"job {job['id']} {job['status']}")
+
+    _run_client(action)
+
+
+@jobs_app.command("delete")
+def jobs_delete(job_id: str, server: ServerOption = DEFAULT_SERVER, api_key: ApiKeyOption = None) -> None:
+    """Delete a finished job with its events and result files (a queued or running one: cancel it first)."""
+
+    def action() -> None:
+        with _client(server, api_key) as client:
+            _check(client.delete(f"/v1/jobs/{job_id}"))
+        console.print(f"job {job_id} deleted")
 
     _run_client(action)
 

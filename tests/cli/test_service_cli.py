@@ -99,7 +99,7 @@ def test_submit_of_an_unusable_model_exits_2_with_the_problem_detail(queued_serv
     assert result.stderr.strip().count("\n") == 0 and result.stderr.strip()
 
 
-def test_jobs_list_show_cancel_download(queued_server, postgres_url, tmp_path):
+def test_jobs_list_show_cancel_download_delete(queued_server, postgres_url, tmp_path):
     # The job is inserted through the store: the engine's input check is the API tests' business, not this one's.
     engine = make_engine(postgres_url)
     with make_session_factory(engine)() as session:
@@ -132,6 +132,9 @@ def test_jobs_list_show_cancel_download(queued_server, postgres_url, tmp_path):
         ],
     )
     assert downloaded.exit_code == 0 and list((tmp_path / "out").iterdir()) == []
+    deleted = runner.invoke(app, ["jobs", "delete", job.id, "--server", queued_server])
+    assert deleted.exit_code == 0 and f"job {job.id} deleted" in deleted.output
+    assert runner.invoke(app, ["jobs", "delete", job.id, "--server", queued_server]).exit_code == 2
     missing = runner.invoke(app, ["jobs", "show", "job_missing", "--server", queued_server])
     assert missing.exit_code == 2 and "job_missing" in missing.stderr
 
