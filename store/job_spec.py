@@ -80,7 +80,7 @@ class SampleDataset(_Strict):
 # Everything CompressConfig takes besides the method and the target, which are top-level fields of a job.
 JobOptions = create_model(  # type: ignore[call-overload]  # the field annotations are only known at run time
     "JobOptions",
-    __config__=ConfigDict(extra="forbid"),
+    __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
     __doc__="Engine options (core.config.CompressConfig without `method` and `target`).",
     **{
         name: (field.annotation, field)

@@ -165,7 +165,7 @@ def test_every_bound_of_the_job_is_a_422_problem_naming_the_field(queued_client)
     assert queued_client.get("/v1/jobs").json()["data"] == []
 
 
-def test_a_3000_level_grid_and_16_kib_of_metadata_plus_one_byte_are_refused(queued_client, model_id):
+def test_a_3000_level_grid_16_kib_of_metadata_plus_one_byte_and_nan_are_refused(queued_client, model_id):
     grid = tiny_job(model_id, options={"lwct": {"sparsity_grid": [0.5] * 3000}})
     detail = assert_problem(queued_client.post("/v1/jobs", json=grid), 422, "validation_error")["detail"]
     assert "options.lwct.sparsity_grid" in detail and "at most 64 items" in detail
@@ -174,6 +174,10 @@ def test_a_3000_level_grid_and_16_kib_of_metadata_plus_one_byte_are_refused(queu
     detail = assert_problem(queued_client.post("/v1/jobs", json=too_much), 422, "validation_error")["detail"]
     assert detail == "body.metadata: Value error, is 16,385 bytes as JSON; the limit is 16,384 bytes"
     assert queued_client.post("/v1/jobs", json=tiny_job(model_id, metadata={"k": "x" * padding})).status_code == 202
+    for field in ('"options": {"time_limit_s": NaN}', '"metadata": {"k": Infinity}'):  # Python's JSON reads them
+        body = f'{{"model": {{"artifact_id": "{model_id}"}}, "dataset": {{"sample": "digits"}}, {field}}}'
+        response = queued_client.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+        assert_problem(response, 422, "validation_error")
 
 
 def test_a_tiny_model_past_the_memory_budget_is_refused_naming_the_setting(queued_client, tmp_path):
