@@ -1,0 +1,130 @@
+"""What the engine's jail (core.jail) costs: one tiny compression job (LeNet-5 on the bundled digits sample, lwct with
+the worker tests' tiny options) run three ways side by side, round by round so that load from other processes hits
+them alike:
+- in_process: core.pipeline.compress_files in this process (how the worker ran jobs before the jail; torch already
+  imported);
+- child_unjailed: the worker's engine child (worker.engine_process) without a jail (SQUEEZER_JAIL=none): a fresh
+  interpreter that imports the engine, events over the pipe;
+- child_jailed: the same child in bubblewrap under the job uid (the default).
+And the submission check of the same inputs (core.submission.check_payload): the unjailed forking zygote (warm) vs a
+fresh jail per check. Prints the medians and ratios and writes bench/results/jail_cost.json.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/jail_cost.py [--rounds 3]
+"""
+
+import argparse
+import dataclasses
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from _common import machine, write_result
+
+from core import limits
+from core.config import CompressConfig
+from core.jail import Jail, JailLimits, JailMode
+from core.pipeline import ModelSource, compress_files
+from core.samples import ensure_sample_model
+from core.sandbox import SandboxLimits, shared_sandbox
+from core.submission import PRELOAD, TARGET, check_request
+from worker.engine_process import EngineRun
+
+TINY_LWCT = {
+    "sparsity": 0.5,
+    "prune_epochs": 1,
+    "epochs_per_step": 1,
+    "max_train_samples": 300,
+    "min_steps_per_stage": 30,
+}
+DATA = "sample:digits"
+CONFIG = CompressConfig.model_validate(
+    {"device": "cpu", "lwct": TINY_LWCT, "target": {"max_drop": 5.0, "drop_type": "absolute"}}
+)
+MEMORY_BYTES = 16 << 30
+
+
+def run_in_process(model_dir: Path, workdir: Path) -> float:
+    started = time.perf_counter()
+    with limits.using(limits.IntakeLimits()):
+        compress_files(ModelSource(model_dir), DATA, workdir / "out", CONFIG, checkpoint_dir=workdir / "checkpoint")
+    return time.perf_counter() - started
+
+
+def run_child(model_dir: Path, workdir: Path, mode: JailMode) -> float:
+    inputs = workdir / "inputs"
+    shutil.copytree(model_dir, inputs)
+    (workdir / "tmp").mkdir()
+    engine = EngineRun(Jail(mode), JailLimits(memory_bytes=MEMORY_BYTES), workdir, lambda _: None, lambda: False)
+    payload = {
+        "model": {"path": str(inputs), "architecture": None, "arch_args": {}},
+        "data": DATA,
+        "out_dir": str(workdir / "out"),
+        "checkpoint_dir": str(workdir / "checkpoint"),
+        "config": CONFIG.model_dump(mode="json"),
+        "limits": dataclasses.asdict(limits.IntakeLimits()),
+    }
+    started = time.perf_counter()
+    engine.run("core.jail_entry:compress_job", payload)
+    return time.perf_counter() - started
+
+
+def run_check(model_dir: Path, workdir: Path, mode: JailMode) -> float:
+    inputs = workdir / "inputs"
+    shutil.copytree(model_dir, inputs)
+    budgets = SandboxLimits(memory_bytes=12 << 30, cpu_s=300, wall_s=300)
+    jail = Jail(mode)
+    sandbox = shared_sandbox(budgets, () if mode is JailMode.BWRAP else PRELOAD, jail)
+    request = check_request(ModelSource(inputs), DATA, CONFIG, limits.IntakeLimits())
+    started = time.perf_counter()
+    sandbox.run(TARGET, request, budgets, visible=(inputs,))
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    model_dir, _ = ensure_sample_model("digits")
+    variants = {
+        "in_process": lambda work: run_in_process(model_dir, work),
+        "child_unjailed": lambda work: run_child(model_dir, work, JailMode.NONE),
+        "child_jailed": lambda work: run_child(model_dir, work, JailMode.BWRAP),
+        "check_zygote_unjailed": lambda work: run_check(model_dir, work, JailMode.NONE),
+        "check_jailed": lambda work: run_check(model_dir, work, JailMode.BWRAP),
+    }
+    run_check(model_dir, Path(tempfile.mkdtemp()), JailMode.NONE)  # starts the zygote: its imports are not a check's
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for round_number in range(args.rounds):
+        for name, variant in variants.items():
+            with tempfile.TemporaryDirectory(prefix="squeezer-bench-") as tmp:
+                workdir = Path(tmp) / "job"
+                workdir.mkdir()
+                times[name].append(variant(workdir))
+            print(f"round {round_number + 1}: {name} {times[name][-1]:.2f} s", flush=True)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    ratios = {
+        "child_jailed / in_process": medians["child_jailed"] / medians["in_process"],
+        "child_jailed / child_unjailed": medians["child_jailed"] / medians["child_unjailed"],
+        "check_jailed / check_zygote_unjailed": medians["check_jailed"] / medians["check_zygote_unjailed"],
+    }
+    for name, value in medians.items():
+        print(f"{name:24s} median {value:6.2f} s  ({', '.join(f'{t:.2f}' for t in times[name])})")
+    for name, value in ratios.items():
+        print(f"{name:40s} {value:.2f}×")
+    result = {
+        "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/jail_cost.py " + f"--rounds {args.rounds}",
+        "machine": machine(),
+        "load_average_at_end": os.getloadavg(),
+        "workload": "LeNet-5 on sample:digits, lwct " + str(TINY_LWCT) + ", max_drop 5.0; check: check_payload",
+        "seconds": times,
+        "median_s": medians,
+        "ratios": ratios,
+    }
+    print(write_result("jail_cost", result))
+
+
+if __name__ == "__main__":
+    main()
