@@ -191,11 +191,12 @@ def compress_files(
     """Compresses `model` on `data` under `config` and writes model.sqz, model/, model.onnx and report.json to
     `out_dir`. Returns the report. Raises InputError subclasses for unusable inputs, Cancelled when stopped.
 
-    `config.time_limit_s` counts from here: the method stops at it and keeps its best state, whose results are then
-    written and measured (latency repetitions cut short) within core.events.GRACE_S, or TimeLimitExceeded ends the
-    job there."""
+    `config.time_limit_s` counts from here (and ends at the deadline of a core.events.Guard passed as `should_stop`,
+    if that comes first): the method stops at it and keeps its best state, whose results are then written and
+    measured (latency repetitions cut short) within the guard's grace (GRACE_S), or TimeLimitExceeded ends the job
+    there."""
     started = time.monotonic()
-    guard = Guard(should_stop, config.time_limit_s)
+    guard = Guard.of(should_stop, config.time_limit_s)
     finishing = guard.essential()  # what the report needs: the baseline's figures and the results'
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
@@ -236,7 +237,7 @@ def compress_files(
     save_model_dir(reloaded, model_dir)
     onnx_path = out_dir / "model.onnx"
     if result.onnx is None:
-        export_onnx(reloaded, onnx_path)
+        export_onnx(reloaded, onnx_path, should_stop=finishing)
     else:  # the method's own file (int8), whose accuracy is the result's
         onnx_path.write_bytes(result.onnx)
     _stamp_preprocessing(onnx_path, reloaded.preprocessing)
@@ -245,7 +246,7 @@ def compress_files(
     if abs(onnx_accuracy - expected) > ONNX_TOLERANCE_POINTS:
         raise RuntimeError(f"model.onnx scores {onnx_accuracy}% but {source} {expected}%")
     with tempfile.TemporaryDirectory(prefix="squeezer-baseline-") as tmp:
-        baseline_path = export_onnx(loaded, Path(tmp) / "baseline.onnx")
+        baseline_path = export_onnx(loaded, Path(tmp) / "baseline.onnx", should_stop=finishing)
         _stamp_preprocessing(baseline_path, loaded.preprocessing)
         baseline_onnx = _onnx_entry(
             baseline_path, _input_shape(loaded), _onnx_accuracy(baseline_path, raw, None, metric, finishing), finishing

@@ -25,6 +25,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from core.artifacts.sqz import grid_scales
+from core.events import StopCheck, stop_point
 from core.intake.onnx_normalize import declared_sizes
 
 OPSET = 17
@@ -33,12 +34,13 @@ MIN_ELEMENTS = 64  # below this a rewrite's extra node and scale cost more than 
 _CODE_TYPES = ((7, TensorProto.INT4), (127, TensorProto.INT8))  # (largest |code|, element type), smallest first
 
 
-def export_onnx(model, path: Path, *, compact: bool = True) -> Path:
+def export_onnx(model, path: Path, *, compact: bool = True, should_stop: StopCheck | None = None) -> Path:
     """Writes `model.module` (a LoadedModel) to `path` with a dynamic batch axis (and dynamic spatial axes where the
     uploaded ONNX graph had them), compacted unless `compact` is False.
 
     Preprocessing is not baked in: it lives in architecture.json, and `squeezer evaluate`
-    applies it to .onnx inputs the same way it does for model.sqz and model/.
+    applies it to .onnx inputs the same way it does for model.sqz and model/. `should_stop` is checked before each
+    weight is compacted.
     """
     if model.input_shape is None:
         raise ValueError("export_onnx needs the model's input_shape")
@@ -54,7 +56,7 @@ def export_onnx(model, path: Path, *, compact: bool = True) -> Path:
         dynamo=False,
     )
     if compact:
-        onnx.save(compact_onnx(onnx.load(str(path))), str(path))
+        onnx.save(compact_onnx(onnx.load(str(path)), should_stop), str(path))
     return Path(path)
 
 
@@ -241,10 +243,12 @@ def _dequantize_nodes(name: str, values: np.ndarray) -> Rewrite | None:
     return min(smaller, key=_size) if smaller else None
 
 
-def compact_onnx(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """`proto` with every float32 initializer of at least MIN_ELEMENTS values in its smallest exact storage."""
+def compact_onnx(proto: onnx.ModelProto, should_stop: StopCheck | None = None) -> onnx.ModelProto:
+    """`proto` with every float32 initializer of at least MIN_ELEMENTS values in its smallest exact storage, each
+    after a `should_stop` check."""
     rewrites = {}
     for initializer in proto.graph.initializer:
+        stop_point(should_stop)
         if initializer.data_type == TensorProto.FLOAT and np.prod(initializer.dims) >= MIN_ELEMENTS:
             rewrite = _dequantize_nodes(initializer.name, numpy_helper.to_array(initializer))
             if rewrite is not None:

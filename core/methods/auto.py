@@ -176,7 +176,7 @@ def _latency(model, onnx: bytes | None, guard: Guard) -> float:
     with tempfile.TemporaryDirectory(prefix="squeezer-auto-") as tmp:
         path = Path(tmp) / "candidate.onnx"
         if onnx is None:
-            export_onnx(model, path)
+            export_onnx(model, path, should_stop=guard)
         else:
             path.write_bytes(onnx)
         return onnx_latency_ms(path, tuple(model.input_shape), batch=LATENCY_BATCH, guard=guard)

@@ -156,6 +156,24 @@ def test_a_time_limit_ends_every_method_within_its_grace_with_its_best_result(sa
         assert report["deployable"] == "model.sqz" and not report["trials"]
 
 
+def test_results_that_cannot_be_written_within_the_grace_end_the_job(sample_dir, tmp_path):
+    """The work after the time limit is bounded too: with a grace shorter than the results' measurements take, the job
+    ends with time_limit_exceeded at the first check past it."""
+    grace = 0.3
+    started = time.monotonic()
+    with pytest.raises(TimeLimitExceeded) as error:
+        compress_files(
+            ModelSource(sample_dir),
+            "sample:digits",
+            tmp_path,
+            CompressConfig(device="cpu", time_limit_s=0.05),
+            should_stop=Guard(grace_s=grace),
+        )
+    assert error.value.code == "time_limit_exceeded"
+    assert time.monotonic() - started < 0.05 + grace + STOP_WITHIN_S
+    assert not (tmp_path / "report.json").exists()
+
+
 def test_a_long_grid_that_trains_nothing_stops_at_the_time_limit(digits_model, digits):
     """500 pruning levels (the job schema allows 64; the engine's bound is the clock) with no training: each level is
     an evaluation and a packing, which took 151 s under a 10 s limit before they checked the clock."""
