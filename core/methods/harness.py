@@ -23,6 +23,7 @@ import contextlib
 import copy
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypedDict, Unpack
@@ -41,6 +42,9 @@ from core.train import choose_lr, fit_guarded, fit_options, stage_epochs
 BASELINE_START, BASELINE_DONE = 0.01, 0.05
 # Fine-tuning after a removal step draws other shuffles than the stage before it (which uses seed + attempt).
 FINETUNE_SEED_OFFSET = 100
+# A stage's epoch events (its first and last always) come at most this often: a stage of many one-batch epochs (a
+# small data set stretched to min_steps_per_stage, a batch as large as the data) would report thousands a second.
+EPOCH_EVENT_INTERVAL_S = 0.25
 
 AfterStep = Callable[[torch.optim.Optimizer], None]
 
@@ -154,7 +158,14 @@ class MethodRun:
         if epochs <= 0:
             return
 
+        reported = -math.inf
+
         def on_epoch(epoch: int, loss: float) -> None:
+            nonlocal reported
+            now = time.monotonic()
+            if epoch + 1 < epochs and now - reported < EPOCH_EVENT_INTERVAL_S:
+                return
+            reported = now
             self.emit(stage, fraction, f"epoch {epoch + 1}/{epochs}", epoch=epoch + 1, loss=loss)
 
         self.fit_stage(module, epochs, seed, after_step, on_epoch, stage=stage, fraction=fraction)

@@ -15,6 +15,7 @@ from core.errors import Cancelled
 from core.events import Guard, TimeLimitExceeded, TimeLimitReached
 from core.intake.data import Dataset
 from core.measure import timed_runs
+from core.methods.harness import EPOCH_EVENT_INTERVAL_S
 from core.methods.lwct import compress_lwct
 from core.pipeline import ModelSource, compress_files
 from core.samples import ensure_sample_model
@@ -187,6 +188,22 @@ def test_a_long_grid_that_trains_nothing_stops_at_the_time_limit(digits_model, d
     assert result.stopped_early == "time_limit"
     assert 0 < len(result.trials) < len(grid)
     assert len([e for e in events if e.stage == "step"]) == len(result.trials)  # one event a trial
+
+
+def test_a_stage_of_many_short_epochs_reports_a_few_of_them(digits_model, digits):
+    """300 epochs of one 8-sample batch (a stage stretched to min_steps_per_stage) report their epochs at most every
+    EPOCH_EVENT_INTERVAL_S, the last one always: not hundreds a second (a jailed engine that sends over 1,000 events a
+    second is ended by its worker)."""
+    lwct = LwctConfig(
+        sparsity=0.5, batch_size=8, max_train_samples=8, min_steps_per_stage=300, epochs_per_step=0, lr_search=False
+    )
+    events = []
+    started = time.monotonic()
+    compress_lwct(digits_model, digits, CompressConfig(device="cpu", lwct=lwct), on_event=events.append)
+    elapsed = time.monotonic() - started
+    epochs = [e.data["epoch"] for e in events if e.stage == "prune" and "epoch" in e.data]
+    assert epochs[-1] == 300 and epochs == sorted(epochs)
+    assert len(epochs) < 300 and len(epochs) <= 2 + elapsed / EPOCH_EVENT_INTERVAL_S
 
 
 def test_evaluating_a_big_validation_split_honours_a_stop(digits_model, digits):
