@@ -69,6 +69,8 @@ def _run(context: typer.Context, action: Callable[[], int]) -> None:
     except SqueezerError as error:
         print_error_line(error.code, error.message, error, debug=debug)
         raise typer.Exit(EXIT_BAD_INPUT if isinstance(error, InputError) else EXIT_FAILED) from None
+    except (typer.Exit, typer.Abort):  # typer's own ways out (Exit is a RuntimeError)
+        raise
     except Exception as error:
         report_internal_error(error, debug=debug)
         raise typer.Exit(EXIT_FAILED) from None

@@ -116,13 +116,13 @@ def report_internal_error(error: Exception, *, debug: bool = False) -> None:
     if debug:
         print_error_line("internal_error", short_description(error), error, debug=True)
         return
-    with tempfile.NamedTemporaryFile("w", prefix="squeezer-error-", suffix=".log", delete=False) as log:
-        log.write("".join(traceback.format_exception(error)))
-    print_error_line(
-        "internal_error",
-        f"{short_description(error)} (a Squeezer bug; the traceback is in {log.name}, or rerun with --debug)",
-        error,
-    )
+    try:
+        with tempfile.NamedTemporaryFile("w", prefix="squeezer-error-", suffix=".log", delete=False) as log:
+            log.write("".join(traceback.format_exception(error)))
+        details = f"the traceback is in {log.name}, or rerun with --debug"
+    except OSError:  # no writable temporary folder: the terminal is the only place left
+        details = "rerun with --debug for the traceback"
+    print_error_line("internal_error", f"{short_description(error)} (a Squeezer bug; {details})", error)
 
 
 class ClientError(Exception):
