@@ -26,7 +26,14 @@ from core.errors import ModelFormatError, UnsafeFormatError, UnsupportedLayerErr
 from core.intake.archives import safe_extract
 from core.intake.names import shown, shown_list
 from core.intake.onnx_names import Renamed, compose, legacy_module_names, rename_onnx
-from core.intake.onnx_normalize import declare_unknown_ranks, declared_sizes, normalize_onnx, unconvertible_nodes
+from core.intake.onnx_normalize import (
+    Normalised,
+    agrees_at,
+    declare_unknown_ranks,
+    declared_sizes,
+    normalize_onnx,
+    unconvertible_nodes,
+)
 from core.intake.onnx_safety import refuse_external_data
 from core.intake.registry import build_architecture, default_input_shape
 from core.intake.torch_zip import check_torch_zip
@@ -52,9 +59,9 @@ class LoadedModel:
     num_classes: int | None
     preprocessing: Normalization | None
     onnx_graph: bytes | None  # the converted ONNX graph (weights zeroed) for models that came as ONNX
-    # An uploaded ONNX graph with free spatial axes, checked against onnxruntime once the data gives their size
-    # (`check_pending_parity`); None once checked, and for every other model.
-    pending_parity: bytes | None = None
+    # An uploaded ONNX graph with free spatial axes, normalised: checked against onnxruntime once the data gives
+    # their size (`check_pending_parity`); None once checked, and for every other model.
+    pending_parity: Normalised | None = None
     # Generated ONNX name → the uploaded one (cut to 200 characters): data for the report, never a module name.
     onnx_names: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -359,7 +366,8 @@ def _onnx_input_shape(graph) -> tuple[int, ...] | None:
 def _load_onnx(path: Path) -> LoadedModel:
     parsed, renamed = _parse_onnx(path.read_bytes(), path.name)
     _onnx_input(parsed)
-    graph = normalize_onnx(parsed).model
+    normalised = normalize_onnx(parsed)
+    graph = normalised.model
     renamed = compose(renamed, rename_onnx(graph))  # the stored graph must be renamed already: reloads keep its names
     data = graph.SerializeToString()
     input_shape = _onnx_input_shape(graph)
@@ -371,16 +379,24 @@ def _load_onnx(path: Path) -> LoadedModel:
         check_onnx_parity(module, data, x)
         _with_num_classes(model)
     else:
-        model.pending_parity = data
+        model.pending_parity = normalised
     model.onnx_graph = _weightless_graph(graph, module, input_shape)
     return model
 
 
 def check_pending_parity(model: LoadedModel, x: torch.Tensor) -> None:
-    """The parity check an ONNX model with free axes could not run at load, on inputs of the data's size."""
-    if model.pending_parity is not None:
-        check_onnx_parity(model.module, model.pending_parity, x)
-        model.pending_parity = None
+    """The checks an ONNX model with free axes could not run at load, on inputs of the data's size: the rewritten
+    graph against the uploaded one (where no stand-in size could check it) and the converted module against it."""
+    pending = model.pending_parity
+    if pending is None:
+        return
+    if not agrees_at(pending, x.numpy()):
+        raise UnsupportedLayerError(
+            "the ONNX graph, rewritten into the form we convert, disagrees with the uploaded one at the data's size "
+            f"{tuple(x.shape[1:])}: {'; '.join(pending.changes)}"
+        )
+    check_onnx_parity(model.module, pending.serialized(), x)
+    model.pending_parity = None
 
 
 def onnx_outputs(onnx_bytes: bytes, x: torch.Tensor) -> np.ndarray:

@@ -63,6 +63,9 @@ class Normalised:
     model: Any  # onnx.ModelProto (onnx is imported where it is used)
     changes: list[str] = field(default_factory=list)
     input_layout_changed: bool = False  # True: the input was NHWC and is now NCHW
+    # The uploaded graph (free axes named), kept when no stand-in input could check the rewrites against it (it runs
+    # only at its own size, which the data tells): `agrees_at` checks them then.
+    unchecked_original: bytes | None = None
 
     def serialized(self) -> bytes:
         return self.model.SerializeToString()
@@ -100,9 +103,27 @@ def normalize_onnx(model) -> Normalised:
             result.changes.append(note)
             if step is _nhwc_input:
                 result.input_layout_changed = True
-    if result.changes and not _agrees(original, result):
-        return Normalised(original, ["normalisation skipped: the rewritten graph disagreed with the original"])
+    if result.changes:
+        reference = onnx.ModelProto()
+        reference.CopyFrom(original)
+        _name_free_dims(reference)  # onnxruntime reads a dim_value of 0 as a size of zero
+        stand_in = _stand_in(reference)
+        agreement = None if stand_in is None else _agreement(reference.SerializeToString(), result, stand_in)
+        if agreement is False:
+            return Normalised(original, ["normalisation skipped: the rewritten graph disagreed with the original"])
+        if agreement is None:
+            result.unchecked_original = reference.SerializeToString()
     return result
+
+
+def agrees_at(result: Normalised, x: np.ndarray) -> bool:
+    """Whether the rewrites left the outputs as they were on `x`, NCHW inputs at the data's size. True when they were
+    checked already, and when the uploaded graph does not run on one such input either (a fixed batch above 1): the
+    converted module's parity with the rewritten graph is then the only check."""
+    if result.unchecked_original is None:
+        return True
+    sample = x[:1].transpose(0, 2, 3, 1) if result.input_layout_changed else x[:1]  # a fixed batch is 1 at most
+    return _agreement(result.unchecked_original, result, np.ascontiguousarray(sample, dtype=np.float32)) is not False
 
 
 def is_free(dim) -> bool:
@@ -689,21 +710,25 @@ def _rank(model, name: str) -> int | None:
     return None
 
 
-def _agrees(original, result: Normalised) -> bool:
-    """The normalised graph computes what the original did (onnxruntime, random inputs at the known or a small
-    stand-in size); a graph onnxruntime cannot run at all, at that size or of no declared rank, is left for the
-    intake's parity check at the data's size."""
-    import onnxruntime
-
+def _stand_in(original) -> np.ndarray | None:
+    """Random inputs at the original's declared size, a small stand-in for each free axis; None without a rank."""
     sizes = declared_sizes(_graph_input(original))
     if sizes is None:
-        return True
+        return None
     shape = [size or (2 if axis == 0 else 32) for axis, size in enumerate(sizes)]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+def _agreement(original: bytes, result: Normalised, x: np.ndarray) -> bool | None:
+    """Whether the normalised graph computes what the original did on `x` (in the original's layout) under
+    onnxruntime; None when the original does not run on `x` (a size it does not take, or no graph onnxruntime runs:
+    the intake's own checks name that)."""
+    import onnxruntime
+
     try:
-        before = _run(onnxruntime, original.SerializeToString(), x)
+        before = _run(onnxruntime, original, x)
     except Exception:
-        return True
+        return None
     try:
         after = _run(onnxruntime, result.serialized(), x.transpose(NHWC_TO_NCHW) if result.input_layout_changed else x)
     except Exception:

@@ -3,6 +3,7 @@ with the input header an older paddle2onnx wrote (`x: [-1, 3, ?, ?]`, a dim_valu
 height and width), goes through intake, lwct and filter with parity against onnxruntime on the file as uploaded;
 every other way of writing a free axis is read as free and sized from the data."""
 
+import dataclasses
 import io
 
 import numpy as np
@@ -15,7 +16,7 @@ from torch import nn
 
 from core.config import AccuracyTarget, CompressConfig, FilterConfig, LwctConfig
 from core.intake.models import load_model
-from core.intake.onnx_normalize import declared_sizes, normalize_onnx
+from core.intake.onnx_normalize import agrees_at, declared_sizes, normalize_onnx
 from core.pipeline import ModelSource, check_inputs, compress_files
 
 HEIGHT, WIDTH = 16, 48  # the data's size; the file declares none
@@ -217,3 +218,40 @@ def test_every_way_of_writing_a_free_axis_is_free(name, tmp_path):
     np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_val=x, y_val=y)
     summary = check_inputs(ModelSource(tmp_path / "m.onnx"), tmp_path / "d.npz", CompressConfig(device="cpu"))
     assert summary.input_shape == (3, 8, 12) and summary.num_classes == 2
+
+
+def test_rewrites_no_stand_in_size_can_check_are_checked_at_the_data_size(tmp_path):
+    """A MatMul + Add head sized for 6×10 inputs runs at no stand-in size: the rewrite into Gemm is checked against
+    the uploaded graph once the data gives the size, and the converted module against onnxruntime."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Flatten", ["c"], ["f"]),
+            helper.make_node("MatMul", ["f", "fc"], ["m"]),
+            helper.make_node("Add", ["m", "bias"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, -1, -1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 2])],
+        [
+            numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.standard_normal((4 * 6 * 10, 2)).astype(np.float32), "fc"),
+            numpy_helper.from_array(rng.standard_normal(2).astype(np.float32), "bias"),
+        ],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "m.onnx")
+    pending = load_model(tmp_path / "m.onnx").pending_parity
+    assert pending is not None and pending.unchecked_original is not None
+    assert "Gemm" in {node.op_type for node in pending.model.graph.node}
+    x = rng.random((20, 3, 6, 10), dtype=np.float32)
+    y = np.arange(20) % 2
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_val=x, y_val=y)
+    summary = check_inputs(ModelSource(tmp_path / "m.onnx"), tmp_path / "d.npz", CompressConfig(device="cpu"))
+    assert summary.input_shape == (3, 6, 10) and summary.num_classes == 2
+    tampered = onnx.ModelProto()
+    tampered.CopyFrom(pending.model)
+    for tensor in tampered.graph.initializer:
+        if list(tensor.dims) == [2]:  # the Gemm's bias: a rewrite that changed the outputs
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) + 1, tensor.name))
+    assert agrees_at(pending, x) and not agrees_at(dataclasses.replace(pending, model=tampered), x)
