@@ -13,9 +13,12 @@ def shown(name: object) -> str:
     newlines, NUL and look-alike letters escaped or visible as such) and cut to SHOWN_CHARS characters, so a
     megabyte-long or multi-line name cannot flood or forge a message."""
     text = name if isinstance(name, str) else str(name)
-    if _PLAIN.fullmatch(text):
-        return text
-    return ascii(text[:SHOWN_CHARS]) + ("…" if len(text) > SHOWN_CHARS else "")
+    return text if _PLAIN.fullmatch(text) else quoted(text)
+
+
+def quoted(name: str) -> str:
+    """`name` always between quotes, escaped and capped as `shown` does for names that are not plain."""
+    return ascii(name[:SHOWN_CHARS]) + ("…" if len(name) > SHOWN_CHARS else "")
 
 
 def shown_list(names, limit: int = 5) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from core.errors import ModelFormatError
-from core.intake.names import shown
+from core.intake.names import quoted
 
 
 class ExternalDataError(ModelFormatError):
@@ -77,6 +77,6 @@ def refuse_external_data(model, filename: str) -> None:
     for tensor, where in model_tensors(model):
         if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data) > 0:
             raise ExternalDataError(
-                f"{filename}: tensor {shown(tensor.name)} ({shown(where)}) references external data; "
+                f"{filename}: tensor {quoted(tensor.name)} ({quoted(where)}) references external data; "
                 "embed every tensor in the .onnx file"
             )
