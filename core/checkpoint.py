@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-def save_checkpoint(directory: Path, name: str, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
-    """Writes `name`.safetensors and `name`.json under `directory`; returns the JSON's path."""
+def save_checkpoint(directory: Path, name: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Writes `name`.safetensors and `name`.json under `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     tensors_path, json_path = directory / f"{name}.safetensors", directory / f"{name}.json"
     save_file(
@@ -19,7 +19,6 @@ def save_checkpoint(directory: Path, name: str, tensors: dict[str, torch.Tensor]
     tensors_path.with_suffix(".tmp").replace(tensors_path)
     json_path.with_suffix(".jtmp").write_text(json.dumps(meta))
     json_path.with_suffix(".jtmp").replace(json_path)
-    return json_path
 
 
 def load_checkpoint(directory: Path | None, name: str) -> tuple[dict[str, torch.Tensor], dict] | None:
