@@ -6,8 +6,9 @@ them alike:
 - child_unjailed: the worker's engine child (worker.engine_process) without a jail (SQUEEZER_JAIL=none): a fresh
   interpreter that imports the engine, events over the pipe;
 - child_jailed: the same child in bubblewrap under the job uid (the default).
-And the submission check of the same inputs (core.submission.check_payload): the unjailed forking zygote (warm) vs a
-fresh jail per check. Prints the medians and ratios and writes bench/results/jail_cost.json.
+And the submission check of the same inputs as the API runs it (core.submission.check_workspace): the unjailed
+forking zygote (warm) vs a fresh jail per check, started ahead of it (warm) while the previous variants ran. Prints
+the medians and ratios and writes bench/results/jail_cost.json.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/jail_cost.py [--rounds 3]
 """
@@ -28,8 +29,8 @@ from core.config import CompressConfig
 from core.jail import Jail, JailLimits, JailMode
 from core.pipeline import ModelSource, compress_files
 from core.samples import ensure_sample_model
-from core.sandbox import SandboxLimits, shared_sandbox
-from core.submission import PRELOAD, TARGET, check_request
+from core.sandbox import SandboxLimits
+from core.submission import TARGET, check_request, check_workspace
 from worker.engine_process import EngineRun
 
 TINY_LWCT = {
@@ -71,15 +72,15 @@ def run_child(model_dir: Path, workdir: Path, mode: JailMode) -> float:
     return time.perf_counter() - started
 
 
-def run_check(model_dir: Path, workdir: Path, mode: JailMode) -> float:
-    inputs = workdir / "inputs"
-    shutil.copytree(model_dir, inputs)
+def run_check(model_dir: Path, mode: JailMode) -> float:
+    """One submission check as the API runs it: inputs into the workspace, then the check (jailed, in a jail started
+    ahead of it by the previous check)."""
     budgets = SandboxLimits(memory_bytes=12 << 30, cpu_s=300, wall_s=300)
-    jail = Jail(mode)
-    sandbox = shared_sandbox(budgets, () if mode is JailMode.BWRAP else PRELOAD, jail)
-    request = check_request(ModelSource(inputs), DATA, CONFIG, limits.IntakeLimits())
     started = time.perf_counter()
-    sandbox.run(TARGET, request, budgets, visible=(inputs,))
+    with check_workspace(budgets, Jail(mode)) as workspace:
+        shutil.copytree(model_dir, workspace.folder / "model")
+        request = check_request(ModelSource(workspace.folder / "model"), DATA, CONFIG, limits.IntakeLimits())
+        workspace.run(TARGET, request)
     return time.perf_counter() - started
 
 
@@ -92,10 +93,11 @@ def main() -> None:
         "in_process": lambda work: run_in_process(model_dir, work),
         "child_unjailed": lambda work: run_child(model_dir, work, JailMode.NONE),
         "child_jailed": lambda work: run_child(model_dir, work, JailMode.BWRAP),
-        "check_zygote_unjailed": lambda work: run_check(model_dir, work, JailMode.NONE),
-        "check_jailed": lambda work: run_check(model_dir, work, JailMode.BWRAP),
+        "check_zygote_unjailed": lambda _: run_check(model_dir, JailMode.NONE),
+        "check_jailed": lambda _: run_check(model_dir, JailMode.BWRAP),
     }
-    run_check(model_dir, Path(tempfile.mkdtemp()), JailMode.NONE)  # starts the zygote: its imports are not a check's
+    for mode in JailMode:  # starts the zygote, and the first jail ahead of need, as a running API has them
+        run_check(model_dir, mode)
     times: dict[str, list[float]] = {name: [] for name in variants}
     for round_number in range(args.rounds):
         for name, variant in variants.items():

@@ -18,6 +18,7 @@ import ctypes
 import dataclasses
 import enum
 import functools
+import json
 import os
 import pwd
 import resource
@@ -25,6 +26,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -45,6 +49,8 @@ PASSED_ENV = (
     "CUDA_VISIBLE_DEVICES",
 )
 TMPFS_BYTES = 64 << 20
+# The longest bwrap takes to exit once its namespace's init was killed (the kernel first kills every process in it).
+NAMESPACE_EXIT_S = 10
 _PR_SET_PDEATHSIG = 1
 
 
@@ -70,6 +76,13 @@ class JailLimits:
     file_bytes: int = 64 << 30
     open_files: int = 4096
     cpu_s: int | None = None
+
+
+class JailedProcess(subprocess.Popen):
+    """A Popen of a jail; `namespace_init`: (pid, start time) of bwrap's init in the jail's PID namespace, whose
+    death ends every process in it."""
+
+    namespace_init: tuple[int, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,12 +120,12 @@ class Jail:
         stdin: int | IO[Any] | None = subprocess.PIPE,
         stdout: int | IO[Any] | None = subprocess.PIPE,
         stderr: int | IO[Any] | None = None,
-    ) -> subprocess.Popen:
+    ) -> JailedProcess:
         """Starts `argv` in the jail with `limits`, a clean environment (plus `env`) and `cwd`. It is killed if the
         thread that starts it ends (a parent-death signal), so start it from the thread that waits for it; end it
         with `kill_tree`."""
         environment = clean_environment(env)
-        return subprocess.Popen(
+        process = JailedProcess(
             self.command(argv, writable=writable, readable=readable, cwd=cwd),
             stdin=stdin,
             stdout=stdout,
@@ -123,6 +136,9 @@ class Jail:
             start_new_session=True,
             preexec_fn=functools.partial(_limit_child, limits),
         )
+        if self.mode is JailMode.BWRAP:
+            process.namespace_init = _namespace_init(process)
+        return process
 
 
 def configured_jail(mode: str, *, allow_unjailed: bool, packages: tuple[str, ...] = ("core",)) -> Jail:
@@ -155,14 +171,164 @@ def clean_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def kill_tree(process: subprocess.Popen) -> None:
-    """Ends the jailed process and everything it started: killing bwrap ends its PID namespace (--die-with-parent);
-    unjailed, the process group is the best there is."""
+    """Ends the jailed process and everything it started, and returns once they are gone. Jailed: bwrap's init in
+    the PID namespace is killed (the kernel kills every process of the namespace before the init itself is gone),
+    and waited for, since bwrap may exit before its init does. Unjailed, the process group is the best there is."""
+    init = getattr(process, "namespace_init", None)
+    if init is not None and _start_time(init[0]) == init[1]:
+        _kill(init[0])
     if process.poll() is None:
         try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            process.kill()
+            process.wait(NAMESPACE_EXIT_S if init is not None else 0)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                process.kill()
     process.wait()
+    deadline = time.monotonic() + NAMESPACE_EXIT_S
+    while init is not None and _start_time(init[0]) == init[1] and time.monotonic() < deadline:
+        time.sleep(0.01)  # the init is still zapping its namespace (a zombie has no start time here: see below)
+
+
+def _namespace_init(process: subprocess.Popen) -> tuple[int, int] | None:
+    """bwrap's first child, its PID namespace's init, as soon as bwrap has started it."""
+    deadline = time.monotonic() + NAMESPACE_EXIT_S
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        except OSError:
+            return None
+        if children:
+            start = _start_time(int(children[0]))
+            return None if start is None else (int(children[0]), start)
+        time.sleep(0.002)
+    return None
+
+
+def _start_time(pid: int) -> int | None:
+    """The start time of a live process `pid` (None when it is gone or a zombie): tells it from a later one that
+    reuses its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@dataclasses.dataclass
+class Spare:
+    """A jailed interpreter in a fresh folder of its own (`folder`, bound writable, with `work/` its working
+    directory and `tmp/` its TMPDIR): it imports its modules, then waits for its one request, a JSON line on stdin.
+    Put the inputs in `folder`, `hand_over(folder)`, then `send` the request; `close` ends it and removes the folder.
+    Its stderr goes to an anonymous file outside the jail (`stderr`)."""
+
+    process: subprocess.Popen
+    folder: Path
+    limits: JailLimits
+    stderr: IO[bytes]
+
+    def send(self, request: dict) -> None:
+        assert self.process.stdin is not None  # started with stdin=PIPE
+        try:
+            self.process.stdin.write((json.dumps(request) + "\n").encode())
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # it died while waiting; whoever waits for it sees how it ended
+
+    def stderr_tail(self, size: int = 4096) -> str:
+        self.stderr.seek(max(0, os.fstat(self.stderr.fileno()).st_size - size))
+        return self.stderr.read().decode(errors="replace")
+
+    def close(self) -> None:
+        kill_tree(self.process)
+        for stream in (self.process.stdin, self.process.stdout, self.stderr):
+            if stream is not None:
+                stream.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def start_spare(
+    jail: Jail, argv: Sequence[str], limits: JailLimits, *, stdout: int = subprocess.PIPE, readable: Iterable[Path] = ()
+) -> Spare:
+    """Starts `argv` (an entry that reads its request from stdin) in `jail` in a fresh folder; `readable`: folders
+    it may also read."""
+    folder = Path(tempfile.mkdtemp(prefix="squeezer-jail-"))
+    for name in ("work", "tmp"):
+        (folder / name).mkdir()
+    hand_over(folder)
+    stderr = tempfile.TemporaryFile()
+    process = jail.start(
+        argv,
+        limits,
+        writable=[folder],
+        readable=readable,
+        cwd=folder / "work",
+        env={"TMPDIR": str(folder / "tmp")},
+        stdout=stdout,
+        stderr=stderr,
+    )
+    return Spare(process, folder, limits, stderr)
+
+
+class SparePool:
+    """Keeps one Spare of `argv` under `limits` ready: `take` hands it over (or starts one then and there when none
+    is ready) and has the next one started in the background, so that an interpreter's start and imports (seconds,
+    with torch) overlap the wait for the next request. Background starts run on the pool's own thread, which lives as
+    long as the pool: the spares' parent-death signal is tied to it."""
+
+    def __init__(self, jail: Jail, argv: Sequence[str], limits: JailLimits, *, stdout: int = subprocess.PIPE):
+        self.jail, self.argv, self.limits, self.stdout = jail, list(argv), limits, stdout
+        self._lock = threading.Lock()
+        self._wanted = threading.Event()
+        self._closed = False
+        self._ready: Spare | None = None
+        self._thread: threading.Thread | None = None
+
+    def take(self) -> Spare:
+        with self._lock:
+            spare, self._ready = self._ready, None
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._keep_one_ready, name="jail-spares", daemon=True)
+                self._thread.start()
+            self._wanted.set()
+        if spare is not None and spare.process.poll() is None:
+            return spare
+        if spare is not None:
+            spare.close()
+        return start_spare(self.jail, self.argv, self.limits, stdout=self.stdout)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            spare, self._ready = self._ready, None
+            self._wanted.set()
+        if spare is not None:
+            spare.close()
+
+    def _keep_one_ready(self) -> None:
+        while True:
+            self._wanted.wait()
+            with self._lock:
+                self._wanted.clear()
+                if self._closed:
+                    return
+            spare = start_spare(self.jail, self.argv, self.limits, stdout=self.stdout)
+            with self._lock:
+                if self._closed or self._ready is not None:
+                    spare_to_close: Spare | None = spare
+                else:
+                    self._ready, spare_to_close = spare, None
+            if spare_to_close is not None:
+                spare_to_close.close()
 
 
 def job_identity() -> tuple[int, int]:
@@ -279,7 +445,9 @@ def _system_mounts() -> list[str]:
     for file in ("/etc/ld.so.cache", "/etc/localtime", "/etc/passwd", "/etc/group"):
         args += ["--ro-bind-try", file, file]
     # /tmp is memory: small; work files go to the folders it was given (TMPDIR).
-    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    for folder in ("/tmp", "/dev/shm"):
+        args += ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", folder]
     return args
 
 

@@ -21,6 +21,7 @@ target is named "package.module:function"; it takes one JSON-able dict and retur
 """
 
 import atexit
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -34,10 +35,22 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from core.errors import InputError, SqueezerError
-from core.jail import Jail, JailLimits, JailMode, clean_environment, hand_over, kill_tree, python_command
+from core.jail import (
+    Jail,
+    JailLimits,
+    JailMode,
+    Spare,
+    SparePool,
+    clean_environment,
+    hand_over,
+    kill_tree,
+    python_command,
+    start_spare,
+)
 
 _MAX_RESULT_BYTES = 1 << 20
 _POLL_S = 0.05
@@ -93,6 +106,7 @@ class Sandbox:
         self._zygote: subprocess.Popen | None = None
         self._home: Path | None = None
         self._waiting: dict[int, tuple[threading.Event, list]] = {}
+        self._pool: SparePool | None = None
         self._next_id = 0
 
     def run(
@@ -102,25 +116,7 @@ class Sandbox:
         SandboxError naming the limit that was hit. `limits` override the sandbox's own for this call; `visible`:
         the folders the payload's paths are in (a jail sees nothing else; they are handed to its uid)."""
         limits = limits or self.limits
-        outcome = self.run_outcome(target, payload, limits, visible)
-        if outcome.result is not None:
-            return outcome.result
-        if outcome.error and outcome.error.get("kind") == "input":
-            raise InputError(outcome.error["message"], code=outcome.error["code"])
-        if outcome.timed_out or outcome.exit_status == -signal.SIGXCPU:
-            raise SandboxTimeout(
-                f"the input check took longer than its limit ({limits.wall_s:g} s wall, {limits.cpu_s} s CPU; "
-                f"raise {limits.setting}_TIMEOUT_S / {limits.setting}_CPU_S)"
-            )
-        if (outcome.error or {}).get("code") == SandboxOutOfMemory.code:
-            raise SandboxOutOfMemory(
-                f"the input check ran out of memory (limit {limits.memory_bytes / 2**30:.1f} GiB of address space; "
-                f"raise {limits.setting}_MEMORY_BYTES)"
-            )
-        raise SandboxError(
-            "the input check crashed"
-            + (f" ({outcome.error['message']})" if outcome.error else f" (exit status {outcome.exit_status})")
-        )
+        return _result_or_raise(self.run_outcome(target, payload, limits, visible), limits)
 
     def run_outcome(
         self, target: str, payload: dict, limits: SandboxLimits | None = None, visible: tuple[Path, ...] = ()
@@ -165,50 +161,57 @@ class Sandbox:
                 result, error, report["status"], report["timed_out"], report["maxrss_kb"] * 1024, report["cpu_s"]
             )
 
+    @contextlib.contextmanager
+    def workspace(self, limits: SandboxLimits | None = None) -> Iterator["Workspace"]:
+        """A folder for one call's inputs and the call to run on them. Jailed, the folder is that of a jail started
+        ahead of the call (its imports done while the inputs were fetched): the fast way to run one call."""
+        limits = limits or self.limits
+        if self.jail is None:
+            with tempfile.TemporaryDirectory(prefix="squeezer-sandbox-inputs-") as tmp:
+                yield Workspace(Path(tmp), lambda target, payload: self.run_outcome(target, payload, limits), limits)
+            return
+        spare = self._spares(limits).take()
+        try:
+            folder = spare.folder / "inputs"
+            folder.mkdir()
+            yield Workspace(folder, lambda target, payload: _run_in(spare, target, payload, limits), limits)
+        finally:
+            spare.close()
+
+    def _spares(self, limits: SandboxLimits) -> SparePool:
+        """The pool of ready jails for `limits` (one pool at a time: a call under other limits replaces it)."""
+        jail_limits = JailLimits(memory_bytes=limits.memory_bytes)
+        with self._lock:
+            if self._pool is None or self._pool.limits != jail_limits:
+                if self._pool is not None:
+                    self._pool.close()
+                assert self.jail is not None  # only jailed sandboxes keep spares
+                self._pool = SparePool(self.jail, _jailed_command(self.preload), jail_limits, stdout=subprocess.DEVNULL)
+            return self._pool
+
     def _run_jailed(
         self, jail: Jail, target: str, payload: dict, limits: SandboxLimits, visible: tuple[Path, ...]
     ) -> Outcome:
-        with tempfile.TemporaryDirectory(prefix="squeezer-sandbox-") as tmp:
-            base = Path(tmp)
-            for name in ("work", "tmp"):
-                (base / name).mkdir(mode=0o700)
-            request = {
-                "target": target,
-                "payload": payload,
-                "cwd": str(base / "work"),
-                "result": str(base / "result.json"),
-                "memory_bytes": limits.memory_bytes,
-                "cpu_s": limits.cpu_s,
-                "preload": list(self.preload),
-            }
-            (base / "request.json").write_text(json.dumps(request))
-            for folder in (base, *visible):
-                hand_over(folder)
-            process = jail.start(
-                python_command("core.sandbox", _JAILED, str(base / "request.json")),
-                JailLimits(memory_bytes=limits.memory_bytes),
-                writable=[base],
-                readable=visible,
-                cwd=base / "work",
-                env={"TMPDIR": str(base / "tmp")},
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-            )
-            try:
-                process.wait(limits.wall_s)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                kill_tree(process)
-            # bwrap passes on a signal that ended its child as 128 + the signal
-            status = process.returncode if process.returncode <= 128 else 128 - process.returncode
-            result, error, usage = _read_result(base / "result.json")
-            return Outcome(result, error, status, timed_out, usage.get("maxrss_kb", 0) * 1024, usage.get("cpu_s", 0.0))
+        for folder in visible:
+            hand_over(folder)
+        spare = start_spare(
+            jail,
+            _jailed_command(self.preload),
+            JailLimits(memory_bytes=limits.memory_bytes),
+            stdout=subprocess.DEVNULL,
+            readable=visible,
+        )
+        try:
+            return _run_in(spare, target, payload, limits)
+        finally:
+            spare.close()
 
     def close(self) -> None:
         with self._lock:
             zygote, self._zygote = self._zygote, None
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
         if zygote is not None and zygote.stdin is not None:
             zygote.stdin.close()
             try:
@@ -279,6 +282,73 @@ def _close_shared() -> None:
         sandbox.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class Workspace:
+    """One call's input folder (`folder`) and the call: `run` / `run_outcome` as Sandbox's, on inputs in it."""
+
+    folder: Path
+    _call: Callable[[str, dict], Outcome]
+    limits: SandboxLimits
+
+    def run_outcome(self, target: str, payload: dict) -> Outcome:
+        return self._call(target, payload)
+
+    def run(self, target: str, payload: dict) -> dict:
+        return _result_or_raise(self.run_outcome(target, payload), self.limits)
+
+
+def _result_or_raise(outcome: Outcome, limits: SandboxLimits) -> dict:
+    if outcome.result is not None:
+        return outcome.result
+    if outcome.error and outcome.error.get("kind") == "input":
+        raise InputError(outcome.error["message"], code=outcome.error["code"])
+    if outcome.timed_out or outcome.exit_status == -signal.SIGXCPU:
+        raise SandboxTimeout(
+            f"the input check took longer than its limit ({limits.wall_s:g} s wall, {limits.cpu_s} s CPU; "
+            f"raise {limits.setting}_TIMEOUT_S / {limits.setting}_CPU_S)"
+        )
+    if (outcome.error or {}).get("code") == SandboxOutOfMemory.code:
+        raise SandboxOutOfMemory(
+            f"the input check ran out of memory (limit {limits.memory_bytes / 2**30:.1f} GiB of address space; "
+            f"raise {limits.setting}_MEMORY_BYTES)"
+        )
+    raise SandboxError(
+        "the input check crashed"
+        + (f" ({outcome.error['message']})" if outcome.error else f" (exit status {outcome.exit_status})")
+    )
+
+
+def _jailed_command(preload: tuple[str, ...]) -> list[str]:
+    return python_command("core.sandbox", _JAILED, *preload)
+
+
+def _run_in(spare: Spare, target: str, payload: dict, limits: SandboxLimits) -> Outcome:
+    """Runs one call in the jailed interpreter `spare` (started with _jailed_command), its folder handed over."""
+    result_path = spare.folder / "result.json"
+    hand_over(spare.folder)
+    spare.send(
+        {
+            "target": target,
+            "payload": payload,
+            "cwd": str(spare.folder / "work"),
+            "result": str(result_path),
+            "memory_bytes": limits.memory_bytes,
+            "cpu_s": limits.cpu_s,
+        }
+    )
+    try:
+        spare.process.wait(limits.wall_s)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        kill_tree(spare.process)
+    returncode = spare.process.returncode
+    status = returncode if returncode <= 128 else 128 - returncode  # bwrap passes on a signal as 128 + it
+    result, error, usage = _read_result(result_path)
+    return Outcome(result, error, status, timed_out, usage.get("maxrss_kb", 0) * 1024, usage.get("cpu_s", 0.0))
+
+
 def _read_result(path: Path) -> tuple[dict | None, dict | None, dict]:
     """(result, error, usage) from a child's result file, bounded; (None, None, {}) when it wrote none."""
     if not (path.is_file() and not path.is_symlink() and 0 < path.stat().st_size <= _MAX_RESULT_BYTES):
@@ -290,8 +360,8 @@ def _read_result(path: Path) -> tuple[dict | None, dict | None, dict]:
         return (None, {"code": SandboxError.code, "message": "unreadable result"}, {})
 
 
-# -- the children: jailed, `python -m core.sandbox --jailed REQUEST`; unjailed, the zygote `python -m core.sandbox
-# MODULE...` and the children it forks ---------------------------------------------------------------------------
+# -- the children: jailed, `python -m core.sandbox --jailed MODULE...` (its request on stdin); unjailed, the zygote
+# `python -m core.sandbox MODULE...` and the children it forks -------------------------------------------------
 _JAILED = "--jailed"
 
 
@@ -382,15 +452,18 @@ def _zygote(preload: list[str]) -> None:
             os.write(1, (json.dumps(report) + "\n").encode())
 
 
-def _jailed(request_path: str) -> None:
-    request = json.loads(Path(request_path).read_text())
-    for module in request["preload"]:
+def _jailed(preload: list[str]) -> None:
+    """A jailed child: imports `preload`, then runs the one request its parent sends on stdin (none: it exits)."""
+    for module in preload:
         importlib.import_module(module)
-    _child(request)
+    line = sys.stdin.readline()
+    if not line:
+        os._exit(0)
+    _child(json.loads(line))
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == [_JAILED]:
-        _jailed(sys.argv[2])
+        _jailed(sys.argv[2:])
     else:
         _zygote(sys.argv[1:])

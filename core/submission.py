@@ -1,25 +1,27 @@
 """The submission check as JSON in, JSON out, so that it can run in a core.sandbox child (in the engine's jail): the
 API never parses an upload itself."""
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
 from core import limits
 from core.config import CompressConfig
-from core.jail import Jail, JailMode
-from core.sandbox import SandboxLimits, shared_sandbox
+from core.jail import Jail
+from core.sandbox import SandboxLimits, Workspace, shared_sandbox
 
-# What the unjailed sandbox's zygote imports once, so that each check forks with the engine already loaded. A jailed
-# check is a fresh interpreter each time: it imports only what the inputs need.
+# What a checking child has imported before its inputs arrive: the unjailed sandbox's zygote imports them once and
+# forks a child per check; jailed, each check's jail is started ahead of it and imports them while the API fetches
+# the inputs.
 PRELOAD = ("core.submission", "core.pipeline", "onnx", "onnxruntime", "onnx2torch")
 TARGET = "core.submission:check_payload"
 
 
-def run_check(request: dict, budgets: SandboxLimits, jail: Jail, inputs_dir: Path) -> dict:
-    """check_payload on `request` (check_request's) in the sandbox, in `jail`: the summary, or the InputError (or
-    SandboxError) the inputs in `inputs_dir` earn."""
-    preload = () if jail.mode is JailMode.BWRAP else PRELOAD
-    return shared_sandbox(budgets, preload, jail).run(TARGET, request, budgets, visible=(inputs_dir,))
+def check_workspace(budgets: SandboxLimits, jail: Jail) -> contextlib.AbstractContextManager[Workspace]:
+    """Where one submission's inputs go (`workspace.folder`) and the check to run on them:
+    `workspace.run(TARGET, check_request(...))` gives the summary or raises the InputError (or SandboxError) the
+    inputs earn."""
+    return shared_sandbox(budgets, PRELOAD, jail).workspace(budgets)
 
 
 def check_payload(payload: dict) -> dict:

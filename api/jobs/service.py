@@ -5,8 +5,6 @@ Every query is a store/ repository function."""
 import hashlib
 import json
 import logging
-import tempfile
-from pathlib import Path
 
 import anyio.to_thread
 from sqlalchemy import Row
@@ -106,14 +104,16 @@ def validate_inputs(
     engine's jail (core.sandbox, core.jail): the API process never parses an upload. Blocking: threadpool."""
     from core.jail import configured_jail
     from core.sandbox import SandboxLimits
-    from core.submission import check_request, run_check
+    from core.submission import TARGET, check_request, check_workspace
 
     limits = SandboxLimits(settings.check_memory_bytes, settings.check_cpu_s, settings.check_timeout_s)
     jail = configured_jail(settings.jail, allow_unjailed=settings.allow_unjailed_engine)
-    with tempfile.TemporaryDirectory(prefix="squeezer-check-") as workdir:
-        inputs = fetch_inputs(body, tenant=tenant, session_factory=session_factory, blobs=blobs, dest_dir=Path(workdir))
+    with check_workspace(limits, jail) as workspace:
+        inputs = fetch_inputs(
+            body, tenant=tenant, session_factory=session_factory, blobs=blobs, dest_dir=workspace.folder
+        )
         request = check_request(inputs.model, inputs.data, inputs.config, settings.intake_limits())
-        run_check(request, limits, jail, Path(workdir))
+        workspace.run(TARGET, request)
 
 
 async def submit_job(

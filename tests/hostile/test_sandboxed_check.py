@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from core.jail import Jail, JailUnavailable
 from core.sandbox import Sandbox, SandboxLimits
+from core.submission import PRELOAD
 from tests.api.conftest import TINY_OPTIONS, assert_problem, upload
 from worker.dispatch import CeleryDispatcher
 
@@ -32,9 +33,9 @@ def digits_weights(tmp_path):
 
 
 def child_address_space() -> int:
-    """What a checking child holds once it has imported the engine, measured in the jail the API checks in."""
+    """What a checking child starts with (the engine's imports), measured in the jail the API checks in."""
     limits = SandboxLimits(memory_bytes=64 << 30, cpu_s=60, wall_s=60)
-    sandbox = Sandbox(limits, ("core.pipeline",), Jail(packages=("core", "tests")))
+    sandbox = Sandbox(limits, PRELOAD, Jail(packages=("core", "tests")))
     return sandbox.run("tests.core.sandbox_targets:address_space", {}, limits)["bytes"]
 
 
