@@ -31,7 +31,8 @@ class Event:
       "filter", "group"  auto: a structural stage skipped because the model has nothing it can remove (a warning);
       "export"      the pipeline writes model.sqz, model/ and model.onnx and measures them;
       "done"        the report is written; the message says whether the target was met.
-    Training stages also report every epoch under their own stage (data: epoch, loss).
+    Training stages also report their epochs under their own stage (data: epoch, loss), the first and last always and
+    the others at most every core.methods.harness.EPOCH_EVENT_INTERVAL_S.
     fraction: overall progress of the whole job in [0, 1].
     data: stage-specific figures, e.g. {"epoch": 1, "loss": .., "accuracy": ..} or an accepted step
     {"step": 3, "accuracy": 97.1, "compression_ratio": 12.3, "accepted": True}.
