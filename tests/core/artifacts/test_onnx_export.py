@@ -15,7 +15,7 @@ def test_exported_onnx_matches_torch_at_any_batch_size(tmp_path):
         torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 10)
     ).eval()
     # Stand-in for core.intake.models.LoadedModel: export_onnx reads only .module and .input_shape.
-    model = types.SimpleNamespace(module=module, input_shape=(1, 8, 8))
+    model = types.SimpleNamespace(module=module, input_shape=(1, 8, 8), onnx_graph=None)
     session = ort.InferenceSession(str(export_onnx(model, tmp_path / "model.onnx")))
     for batch in (1, 7):
         x = torch.randn(batch, 1, 8, 8)
@@ -35,7 +35,7 @@ def test_ternary_and_float16_weights_are_stored_compactly_and_decode_exactly(tmp
         conv.weight.copy_(0.3 * torch.sign(conv.weight) * (torch.rand_like(conv.weight) > 0.5))  # ternary, one σ
         norm.running_var.uniform_(0.5, 2.0)  # folded into the conv, it makes σ differ per output channel
         linear.weight.copy_(linear.weight.half().float())  # exact in float16
-    model = types.SimpleNamespace(module=module, input_shape=(4, 8, 8))
+    model = types.SimpleNamespace(module=module, input_shape=(4, 8, 8), onnx_graph=None)
     compact = export_onnx(model, tmp_path / "compact.onnx")
     dense = export_onnx(model, tmp_path / "dense.onnx", compact=False)
     types_by_name = _initializer_types(compact)
@@ -73,7 +73,7 @@ def test_pruned_layers_store_only_their_nonzeros(tmp_path):
     with torch.no_grad():  # 95 % pruned float16 weights; the linear one has gaps longer than a byte holds
         conv.weight.mul_(torch.rand_like(conv.weight) > 0.95).copy_(conv.weight.half().float())
         linear.weight.mul_(torch.rand_like(linear.weight) > 0.99).copy_(linear.weight.half().float())
-    model = types.SimpleNamespace(module=module, input_shape=(8, 8, 8))
+    model = types.SimpleNamespace(module=module, input_shape=(8, 8, 8), onnx_graph=None)
     compact = export_onnx(model, tmp_path / "compact.onnx")
     dense = export_onnx(model, tmp_path / "dense.onnx", compact=False)
     assert "ScatterElements" in {node.op_type for node in onnx.load(str(compact)).graph.node}
@@ -105,7 +105,9 @@ def test_sparse_ternary_packs_gap_and_sign_in_one_byte(tmp_path):
     linear = torch.nn.Linear(400, 120)
     with torch.no_grad():  # 90 % zeros, the rest ±σ: one byte per nonzero instead of a gap byte and an int4 code
         linear.weight.copy_(0.05 * torch.sign(linear.weight) * (torch.rand_like(linear.weight) > 0.9))
-    model = types.SimpleNamespace(module=torch.nn.Sequential(torch.nn.Flatten(), linear).eval(), input_shape=(400,))
+    model = types.SimpleNamespace(
+        module=torch.nn.Sequential(torch.nn.Flatten(), linear).eval(), input_shape=(400,), onnx_graph=None
+    )
     compact = export_onnx(model, tmp_path / "compact.onnx")
     ops = {node.op_type for node in onnx.load(str(compact)).graph.node}
     assert {"Gather", "Mod", "ScatterElements"} <= ops
