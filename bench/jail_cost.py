@@ -3,9 +3,11 @@ the worker tests' tiny options) run three ways side by side, round by round so t
 them alike:
 - in_process: core.pipeline.compress_files in this process (how the worker ran jobs before the jail; torch already
   imported);
-- child_unjailed: the worker's engine child (worker.engine_process) without a jail (SQUEEZER_JAIL=none): a fresh
-  interpreter that imports the engine, events over the pipe;
-- child_jailed: the same child in bubblewrap under the job uid (the default).
+- child_unjailed_cold: the worker's engine child (worker.engine_process) without a jail (SQUEEZER_JAIL=none),
+  started for the job: a fresh interpreter that imports the engine, events over the pipe;
+- child_jailed_cold: the same child in bubblewrap under the job uid, started for the job;
+- child_jailed_warm: as the worker runs jobs: the jailed child was started ahead of the job (core.jail.SparePool)
+  and has imported the engine by the time the job comes (here: while the previous variants ran).
 And the submission check of the same inputs as the API runs it (core.submission.check_workspace): the unjailed
 forking zygote (warm) vs a fresh jail per check, started ahead of it (warm) while the previous variants ran. Prints
 the medians and ratios and writes bench/results/jail_cost.json.
@@ -26,11 +28,12 @@ from _common import machine, write_result
 
 from core import limits
 from core.config import CompressConfig
-from core.jail import Jail, JailLimits, JailMode
+from core.jail import Jail, JailLimits, JailMode, SparePool, python_command, start_spare
 from core.pipeline import ModelSource, compress_files
 from core.samples import ensure_sample_model
 from core.sandbox import SandboxLimits
 from core.submission import TARGET, check_request, check_workspace
+from worker.context import ENGINE_MODULES
 from worker.engine_process import EngineRun
 
 TINY_LWCT = {
@@ -45,6 +48,7 @@ CONFIG = CompressConfig.model_validate(
     {"device": "cpu", "lwct": TINY_LWCT, "target": {"max_drop": 5.0, "drop_type": "absolute"}}
 )
 MEMORY_BYTES = 16 << 30
+ENGINE = python_command("core.jail_entry", *ENGINE_MODULES)
 
 
 def run_in_process(model_dir: Path, workdir: Path) -> float:
@@ -54,21 +58,24 @@ def run_in_process(model_dir: Path, workdir: Path) -> float:
     return time.perf_counter() - started
 
 
-def run_child(model_dir: Path, workdir: Path, mode: JailMode) -> float:
-    inputs = workdir / "inputs"
-    shutil.copytree(model_dir, inputs)
-    (workdir / "tmp").mkdir()
-    engine = EngineRun(Jail(mode), JailLimits(memory_bytes=MEMORY_BYTES), workdir, lambda _: None, lambda: False)
-    payload = {
-        "model": {"path": str(inputs), "architecture": None, "arch_args": {}},
-        "data": DATA,
-        "out_dir": str(workdir / "out"),
-        "checkpoint_dir": str(workdir / "checkpoint"),
-        "config": CONFIG.model_dump(mode="json"),
-        "limits": dataclasses.asdict(limits.IntakeLimits()),
-    }
+def run_child(model_dir: Path, spares: SparePool | None, mode: JailMode) -> float:
+    """One job in an engine child: started for the job (`spares` None: cold), or ahead of it as the worker does."""
     started = time.perf_counter()
-    engine.run("core.jail_entry:compress_job", payload)
+    spare = spares.take() if spares else start_spare(Jail(mode), ENGINE, JailLimits(memory_bytes=MEMORY_BYTES))
+    try:
+        workdir = spare.folder
+        shutil.copytree(model_dir, workdir / "inputs")
+        payload = {
+            "model": {"path": str(workdir / "inputs"), "architecture": None, "arch_args": {}},
+            "data": DATA,
+            "out_dir": str(workdir / "out"),
+            "checkpoint_dir": str(workdir / "checkpoint"),
+            "config": CONFIG.model_dump(mode="json"),
+            "limits": dataclasses.asdict(limits.IntakeLimits()),
+        }
+        EngineRun(spare, lambda _: None, lambda: False).run("core.jail_entry:compress_job", payload)
+    finally:
+        spare.close()
     return time.perf_counter() - started
 
 
@@ -89,15 +96,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     model_dir, _ = ensure_sample_model("digits")
+    spares = SparePool(Jail(JailMode.BWRAP), ENGINE, JailLimits(memory_bytes=MEMORY_BYTES))
     variants = {
         "in_process": lambda work: run_in_process(model_dir, work),
-        "child_unjailed": lambda work: run_child(model_dir, work, JailMode.NONE),
-        "child_jailed": lambda work: run_child(model_dir, work, JailMode.BWRAP),
+        "child_unjailed_cold": lambda _: run_child(model_dir, None, JailMode.NONE),
+        "child_jailed_cold": lambda _: run_child(model_dir, None, JailMode.BWRAP),
+        "child_jailed_warm": lambda _: run_child(model_dir, spares, JailMode.BWRAP),
         "check_zygote_unjailed": lambda _: run_check(model_dir, JailMode.NONE),
         "check_jailed": lambda _: run_check(model_dir, JailMode.BWRAP),
     }
     for mode in JailMode:  # starts the zygote, and the first jail ahead of need, as a running API has them
         run_check(model_dir, mode)
+    spares.take().close()  # the worker's first job starts the pool: the next engine is then started ahead
     times: dict[str, list[float]] = {name: [] for name in variants}
     for round_number in range(args.rounds):
         for name, variant in variants.items():
@@ -108,8 +118,9 @@ def main() -> None:
             print(f"round {round_number + 1}: {name} {times[name][-1]:.2f} s", flush=True)
     medians = {name: statistics.median(values) for name, values in times.items()}
     ratios = {
-        "child_jailed / in_process": medians["child_jailed"] / medians["in_process"],
-        "child_jailed / child_unjailed": medians["child_jailed"] / medians["child_unjailed"],
+        "child_jailed_warm / in_process": medians["child_jailed_warm"] / medians["in_process"],
+        "child_jailed_cold / child_unjailed_cold": medians["child_jailed_cold"] / medians["child_unjailed_cold"],
+        "child_jailed_warm / child_jailed_cold": medians["child_jailed_warm"] / medians["child_jailed_cold"],
         "check_jailed / check_zygote_unjailed": medians["check_jailed"] / medians["check_zygote_unjailed"],
     }
     for name, value in medians.items():
@@ -125,6 +136,7 @@ def main() -> None:
         "median_s": medians,
         "ratios": ratios,
     }
+    spares.close()
     print(write_result("jail_cost", result))
 
 

@@ -14,6 +14,7 @@ process holds no database URL, broker URL, key or storage credential (its enviro
 without namespaces or a uid change; `check_jail` refuses it unless explicitly allowed, and refuses a root engine.
 """
 
+import atexit
 import ctypes
 import dataclasses
 import enum
@@ -282,23 +283,24 @@ def start_spare(
 class SparePool:
     """Keeps one Spare of `argv` under `limits` ready: `take` hands it over (or starts one then and there when none
     is ready) and has the next one started in the background, so that an interpreter's start and imports (seconds,
-    with torch) overlap the wait for the next request. Background starts run on the pool's own thread, which lives as
-    long as the pool: the spares' parent-death signal is tied to it."""
+    with torch) overlap the wait for the next request. Background starts run on the pool's own thread (the spares'
+    parent-death signal is tied to it), from the first `take` until `close`; a `take` after `close` starts again."""
 
     def __init__(self, jail: Jail, argv: Sequence[str], limits: JailLimits, *, stdout: int = subprocess.PIPE):
         self.jail, self.argv, self.limits, self.stdout = jail, list(argv), limits, stdout
         self._lock = threading.Lock()
         self._wanted = threading.Event()
-        self._closed = False
         self._ready: Spare | None = None
-        self._thread: threading.Thread | None = None
+        self._running: threading.Event | None = None  # set while the current background thread may start spares
 
     def take(self) -> Spare:
         with self._lock:
             spare, self._ready = self._ready, None
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._keep_one_ready, name="jail-spares", daemon=True)
-                self._thread.start()
+            if self._running is None:
+                self._running = threading.Event()
+                self._running.set()
+                threading.Thread(target=self._keep_one_ready, args=(self._running,), daemon=True).start()
+                atexit.register(self.close)  # the ready spare's folder goes with it
             self._wanted.set()
         if spare is not None and spare.process.poll() is None:
             return spare
@@ -308,27 +310,27 @@ class SparePool:
 
     def close(self) -> None:
         with self._lock:
-            self._closed = True
+            if self._running is not None:
+                self._running.clear()
+                self._running = None
             spare, self._ready = self._ready, None
             self._wanted.set()
         if spare is not None:
             spare.close()
 
-    def _keep_one_ready(self) -> None:
+    def _keep_one_ready(self, running: threading.Event) -> None:
         while True:
             self._wanted.wait()
             with self._lock:
-                self._wanted.clear()
-                if self._closed:
+                if not running.is_set():
                     return
-            spare = start_spare(self.jail, self.argv, self.limits, stdout=self.stdout)
+                self._wanted.clear()
+            spare: Spare | None = start_spare(self.jail, self.argv, self.limits, stdout=self.stdout)
             with self._lock:
-                if self._closed or self._ready is not None:
-                    spare_to_close: Spare | None = spare
-                else:
-                    self._ready, spare_to_close = spare, None
-            if spare_to_close is not None:
-                spare_to_close.close()
+                if running.is_set() and self._ready is None:
+                    self._ready, spare = spare, None
+            if spare is not None:
+                spare.close()
 
 
 def job_identity() -> tuple[int, int]:

@@ -1,8 +1,10 @@
-"""The engine's side of a jailed job: `python -m core.jail_entry REQUEST.json`, started by worker.engine_process.
+"""The engine's side of a jailed job: `python -m core.jail_entry MODULE...`, started ahead of its job by the worker
+(core.jail.SparePool, worker.engine_process): it imports the modules, then waits for its request.
 
-The request file names a target ("package.module:function", chosen by our code, never by an upload) and its JSON
-payload. The target gets the payload and a Channel: events go out on stdout as JSON lines, the parent's orders come in
-on stdin as lines ("stop": end at the next stop check; "ack": a checkpoint was saved). The last line says how the
+The request, the first line on stdin, names a target ("package.module:function", chosen by our code, never by an
+upload) and its JSON payload. The target gets the payload and a Channel: events go out on stdout as JSON lines, the
+parent's orders come in on stdin as further lines ("stop": end at the next stop check; "ack": a checkpoint was
+saved). The last line says how the
 target ended: {"type": "result", ...}, {"type": "error", "code", "message"} or {"type": "cancelled"}. Anything a
 library prints goes to stderr, never into the channel. Running out of memory exits with OUT_OF_MEMORY_EXIT so that
 the parent knows even when there was no memory left to write a line.
@@ -44,6 +46,16 @@ class Channel:
         self.send({"type": "event", **dataclasses.asdict(event)})
         if event.stage == "checkpoint":
             self._read_orders(until_ack=True)
+
+    def request(self) -> dict | None:
+        """The first line from the parent, the request (None: the parent closed the pipe first)."""
+        while b"\n" not in self._pending:
+            chunk = os.read(self.in_fd, 1 << 16)
+            if not chunk:
+                return None
+            self._pending += chunk
+        line, self._pending = self._pending.split(b"\n", 1)
+        return json.loads(line)
 
     def should_stop(self) -> bool:
         if not self.stopped:
@@ -116,18 +128,21 @@ def run(request: dict, channel: Channel) -> int:
     return 0
 
 
-def main(request_path: str) -> int:
+def main(preload: list[str]) -> int:
     out_fd = os.dup(1)
     os.dup2(2, 1)  # stdout is the channel: whatever a library prints goes to stderr
     sys.stdout = sys.stderr
-    request = json.loads(Path(request_path).read_text())
+    channel = Channel(out_fd)
     try:
-        return run(request, Channel(out_fd))
+        for module in preload:
+            importlib.import_module(module)
+        request = channel.request()
+        return 0 if request is None else run(request, channel)
     except MemoryError:
         return OUT_OF_MEMORY_EXIT
 
 
 if __name__ == "__main__":
-    status = main(sys.argv[1])
+    status = main(sys.argv[1:])
     sys.stderr.flush()
     os._exit(status)  # no interpreter teardown: library threads and atexit hooks cannot hang the exit

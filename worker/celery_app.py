@@ -88,6 +88,7 @@ def _stop_reaper(**_) -> None:
     if _reaper is not None:
         _reaper.stop()
         _reaper = None
+    worker_context().close()
 
 
 def start_worker(*, loglevel: str = "INFO") -> None:

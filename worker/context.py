@@ -7,10 +7,13 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.jail import Jail, configured_jail
+from core.jail import Jail, JailLimits, SparePool, configured_jail, python_command
 from store.blobs import BlobStore, make_blob_store
 from store.db import make_engine, make_session_factory
 from store.settings import Settings
+
+# What a job's engine interpreter imports before its job arrives.
+ENGINE_MODULES = ("core.pipeline",)
 
 
 def new_worker_id() -> str:
@@ -28,17 +31,29 @@ class WorkerContext:
     device: str
     # Where jobs' engines run (core.jail); checked when the context is built, so a worker refuses to start without it.
     jail: Jail
+    # The next job's jailed engine, started and importing the engine ahead of the job (core.jail_entry).
+    engines: SparePool
 
     @classmethod
     def from_settings(
         cls, settings: Settings, session_factory: sessionmaker[Session] | None = None, blobs: BlobStore | None = None
     ) -> "WorkerContext":
         session_factory = session_factory or make_session_factory(make_engine(settings.resolved_database_url))
+        jail = configured_jail(settings.jail, allow_unjailed=settings.allow_unjailed_engine)
         return cls(
             settings=settings,
             session_factory=session_factory,
             blobs=blobs or make_blob_store(settings, session_factory),
             worker_id=new_worker_id(),
             device=settings.worker_device,
-            jail=configured_jail(settings.jail, allow_unjailed=settings.allow_unjailed_engine),
+            jail=jail,
+            engines=SparePool(
+                jail,
+                python_command("core.jail_entry", *ENGINE_MODULES),
+                JailLimits(memory_bytes=settings.job_memory_bytes),
+            ),
         )
+
+    def close(self) -> None:
+        """Ends the engine kept ready for the next job (a later job starts another)."""
+        self.engines.close()

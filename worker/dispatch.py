@@ -113,6 +113,8 @@ class InProcessDispatcher:
         self._queue.put(_STOP)
         self._thread.join(timeout_s)
         self._thread = None
+        if self.context is not None:
+            self.context.close()
 
     def is_ready(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

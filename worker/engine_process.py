@@ -18,7 +18,6 @@ import os
 import select
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import Any
 
 from core.errors import Cancelled, SqueezerError
 from core.events import Event
-from core.jail import Jail, JailLimits, hand_over, kill_tree, python_command
+from core.jail import Spare, hand_over, kill_tree
 from core.jail_entry import OUT_OF_MEMORY_EXIT
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,6 @@ STOP_GRACE_S = 15.0
 POLL_S = 0.2
 EVENT_LEVELS = {"debug", "info", "warning", "error"}
 MEMORY_SIGNALS = {signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS}
-STDERR_TAIL_BYTES = 4096
 
 
 class EngineProtocolError(SqueezerError):
@@ -60,11 +58,10 @@ class EngineCrashed(RuntimeError):
 
 @dataclass
 class EngineRun:
-    """One jailed run: what to run, where, under which limits, and the job's hooks."""
+    """One run in a jailed engine interpreter (`spare`, started by core.jail with core.jail_entry; its folder is the
+    job's) with the job's hooks."""
 
-    jail: Jail
-    limits: JailLimits
-    workdir: Path
+    spare: Spare
     on_event: Callable[[Event], None]
     should_stop: Callable[[], bool]
     # Seconds after which the child is killed (the job's time limit plus time for loading and export); None: never.
@@ -72,26 +69,21 @@ class EngineRun:
     # Seconds a child asked to stop has before it is killed.
     stop_grace_s: float = STOP_GRACE_S
 
+    @property
+    def workdir(self) -> Path:
+        return self.spare.folder
+
     def run(self, target: str, payload: dict) -> Any:
-        """Runs `target` (a "module:function" of core.jail_entry's kind) on `payload` in the jail; its result."""
-        request = self.workdir / "request.json"
-        request.write_text(json.dumps({"target": target, "payload": payload}))
+        """Runs `target` (a "module:function" of core.jail_entry's kind) on `payload`; its result. The inputs must
+        be in `workdir` by now: it is handed to the jail's uid here."""
         hand_over(self.workdir)
-        with tempfile.TemporaryFile() as stderr:  # outside the jail; its tail goes to the log on a crash
-            process = self.jail.start(
-                python_command("core.jail_entry", str(request)),
-                self.limits,
-                writable=[self.workdir],
-                cwd=self.workdir,
-                env={"TMPDIR": str(self.workdir / "tmp")},
-                stderr=stderr,
-            )
-            try:
-                supervisor = _Supervisor(self, process)
-                ending = supervisor.follow()
-            finally:
-                kill_tree(process)
-            return _outcome(self, ending, supervisor, process.returncode, stderr)
+        self.spare.send({"target": target, "payload": payload})
+        supervisor = _Supervisor(self, self.spare.process)
+        try:
+            ending = supervisor.follow()
+        finally:
+            kill_tree(self.spare.process)
+        return _outcome(self, ending, supervisor, self.spare.process.returncode)
 
 
 class _Supervisor:
@@ -208,7 +200,7 @@ def _event(message: dict) -> Event:
     return Event(stage=stage, fraction=float(fraction), message=text, level=level, data=data)
 
 
-def _outcome(run: EngineRun, ending: dict | None, supervisor: _Supervisor, status: int, stderr: Any) -> Any:
+def _outcome(run: EngineRun, ending: dict | None, supervisor: _Supervisor, status: int) -> Any:
     killed_for = supervisor.killed_for
     if killed_for == "protocol":
         raise EngineProtocolError(f"The job's engine process broke the worker's protocol: {supervisor.problem}.")
@@ -227,9 +219,8 @@ def _outcome(run: EngineRun, ending: dict | None, supervisor: _Supervisor, statu
         raise SqueezerError(ending["message"][:4096], code=ending["code"][:64])  # type: ignore[index]
     if status == OUT_OF_MEMORY_EXIT or (status > 128 and status - 128 in MEMORY_SIGNALS) or -status in MEMORY_SIGNALS:
         raise EngineOutOfMemory(
-            f"The job ran out of memory: its engine may use {run.limits.memory_bytes / 2**30:.1f} GiB of address "
+            f"The job ran out of memory: its engine may use {run.spare.limits.memory_bytes / 2**30:.1f} GiB of address "
             "space (SQUEEZER_JOB_MEMORY_BYTES on the worker). Use less data per step, or a smaller model."
         )
-    stderr.seek(max(0, os.fstat(stderr.fileno()).st_size - STDERR_TAIL_BYTES))
-    log.error("engine process ended with status %s; its stderr ends with:\n%s", status, stderr.read().decode("replace"))
+    log.error("engine process ended with status %s; its stderr ends with:\n%s", status, run.spare.stderr_tail())
     raise EngineCrashed(f"the engine process ended with status {status} without a result")

@@ -5,6 +5,7 @@ the API's submission check did) → core.pipeline.compress_files in a jailed chi
 core.jail) whose events, stop checks and checkpoints this process relays → store results → final status. The engine
 never sees the database or a secret: it gets the job's folder, a config and a pipe."""
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -24,7 +25,7 @@ from core.config import CompressConfig
 from core.errors import Cancelled, SqueezerError, redact_paths
 from core.events import Event
 from core.intake.archives import safe_extract
-from core.jail import JailLimits
+from core.jail import Spare
 from store.artifacts import delete_artifact, export_artifact_to, store_file
 from store.job_inputs import fetch_inputs
 from store.job_spec import read_spec
@@ -62,12 +63,15 @@ def run_job(job_id: str, ctx: WorkerContext) -> None:
         log.info("job %s: not queued any more, nothing to do", job_id)
         return
     log.info("job %s: attempt %d on %s", job_id, job.attempts, ctx.worker_id)
-    with JobMonitor(ctx, job) as monitor, tempfile.TemporaryDirectory(prefix=f"squeezer-{job_id}-") as tmp:
-        workdir = Path(tmp) / "job"  # the jail's folder; the temp dir around it stays the worker's
-        workdir.mkdir()
+    with (
+        JobMonitor(ctx, job) as monitor,
+        contextlib.closing(ctx.engines.take()) as engine,  # the jailed engine's folder is the job's
+        tempfile.TemporaryDirectory(prefix=f"squeezer-{job_id}-") as scratch,  # the worker's own
+    ):
+        monitor.scratch = Path(scratch)
         try:
-            report = _compress(job, ctx, monitor, workdir)
-            results = _store_results(job, ctx, workdir / "out", Path(tmp))
+            report = _compress(job, ctx, monitor, engine)
+            results = _store_results(job, ctx, engine.folder / "out", Path(scratch))
         except Cancelled:
             finished = _finish(ctx, job, JobStatus.CANCELLED)
         except SqueezerError as error:
@@ -118,7 +122,8 @@ def _finish(
     return done
 
 
-def _compress(job: Job, ctx: WorkerContext, monitor: "JobMonitor", workdir: Path) -> dict:
+def _compress(job: Job, ctx: WorkerContext, monitor: "JobMonitor", engine: Spare) -> dict:
+    workdir = engine.folder
     inputs = fetch_inputs(
         read_spec(job.spec),
         tenant=job.tenant,
@@ -139,11 +144,8 @@ def _compress(job: Job, ctx: WorkerContext, monitor: "JobMonitor", workdir: Path
             )
         )
     config = _capped(inputs.config, ctx.settings.max_job_time_limit_s)
-    (workdir / "tmp").mkdir()
-    engine = EngineRun(
-        jail=ctx.jail,
-        limits=JailLimits(memory_bytes=ctx.settings.job_memory_bytes),
-        workdir=workdir,
+    run = EngineRun(
+        engine,
         on_event=monitor.on_event,
         should_stop=monitor.should_stop,
         deadline_s=None if config.time_limit_s is None else config.time_limit_s + OVERTIME_ALLOWANCE_S,
@@ -160,7 +162,7 @@ def _compress(job: Job, ctx: WorkerContext, monitor: "JobMonitor", workdir: Path
         "config": config.model_dump(mode="json"),
         "limits": dataclasses.asdict(ctx.settings.intake_limits()),
     }
-    return engine.run("core.jail_entry:compress_job", payload)
+    return run.run("core.jail_entry:compress_job", payload)
 
 
 def _capped(config: CompressConfig, max_time_limit_s: float | None) -> CompressConfig:
@@ -251,6 +253,7 @@ class JobMonitor:
         self.ctx = ctx
         self.job = job
         self.checkpoint_dir: Path | None = None
+        self.scratch: Path | None = None  # the worker's own folder for this job (the checkpoint's zip goes there)
         self._stop = threading.Event()
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{job.id}", daemon=True)
@@ -329,9 +332,9 @@ class JobMonitor:
 
     def _save_checkpoint(self) -> None:
         """Zips the checkpoint folder into an artifact, points the job at it and drops the previous one."""
-        if self.checkpoint_dir is None:
+        if self.checkpoint_dir is None or self.scratch is None:
             return
-        archive = _zip_folder(self.checkpoint_dir, self.checkpoint_dir.parent.parent / "checkpoint-upload.zip")
+        archive = _zip_folder(self.checkpoint_dir, self.scratch / "checkpoint-upload.zip")
         try:
             artifact = store_file(
                 self.ctx.session_factory,

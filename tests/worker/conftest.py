@@ -134,6 +134,7 @@ class Service:
                 process.wait()
         if self._dispatcher is not None:
             self._dispatcher.stop()
+        self.ctx.close()
         self.ctx.session_factory.kw["bind"].dispose()
 
 

@@ -2,18 +2,20 @@
 parent, no network, no other job's folder, no root, and nothing it starts outlives it; and the worker's side of the
 pipe holds against a child that runs out of memory, ignores a stop, or breaks the protocol."""
 
+import contextlib
 import os
 import socket
 import time
 import uuid
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from core.errors import Cancelled
 from core.events import Event
-from core.jail import Jail, JailLimits, JailMode, JailUnavailable
+from core.jail import Jail, JailLimits, JailMode, JailUnavailable, python_command, start_spare
 from store.settings import Settings
 from worker.context import WorkerContext
 from worker.engine_process import EngineOutOfMemory, EngineProtocolError, EngineRun, EngineTimeLimit
@@ -24,11 +26,15 @@ JAIL = Jail(packages=("core", "tests"))
 LIMITS = JailLimits(memory_bytes=6 << 30)
 
 
-def engine(workdir: Path, events: list[Event] | None = None, stop=lambda: False, **fields) -> EngineRun:
-    workdir.mkdir(exist_ok=True)
-    (workdir / "tmp").mkdir(exist_ok=True)
+@contextlib.contextmanager
+def engine(events: list[Event] | None = None, stop=lambda: False, limits=LIMITS, **fields) -> Iterator[EngineRun]:
+    """An EngineRun in a fresh jailed engine interpreter, as the worker gets one (core.jail.start_spare)."""
+    spare = start_spare(JAIL, python_command("core.jail_entry"), limits)
     sink = events if events is not None else []
-    return EngineRun(JAIL, fields.pop("limits", LIMITS), workdir, sink.append, stop, **fields)
+    try:
+        yield EngineRun(spare, sink.append, stop, **fields)
+    finally:
+        spare.close()
 
 
 @pytest.fixture
@@ -48,7 +54,8 @@ def test_the_job_sees_no_secret_no_parent_no_network_and_no_other_folder(tmp_pat
     sibling.mkdir()
     (sibling / "inputs.zip").write_bytes(b"someone else's upload")
     payload = {"parent_pid": os.getpid(), "port": listener, "sibling": str(sibling)}
-    seen = engine(tmp_path / "job").run(f"{TARGETS}:look_around", payload)
+    with engine() as run:
+        seen = run.run(f"{TARGETS}:look_around", payload)
     assert "hunter2" not in repr(seen["environ"]) + seen["proc_environ"]
     assert not any(key.startswith(("SQUEEZER_", "AWS_")) for key in seen["environ"])
     assert seen["parent_environ"] is None and not seen["parent_visible"]
@@ -59,73 +66,75 @@ def test_the_job_sees_no_secret_no_parent_no_network_and_no_other_folder(tmp_pat
     assert not seen["sibling_visible"] and not seen["source_writable"] and seen["workdir_writable"]
 
 
-def test_nothing_the_job_starts_outlives_it(tmp_path):
+def test_nothing_the_job_starts_outlives_it():
     token = f"squeezer-orphan-{uuid.uuid4().hex}"
-    workdir = tmp_path / "job"
-    result = engine(workdir).run(f"{TARGETS}:orphan", {"ready": str(workdir / "ready"), "token": token})
+    with engine() as run:
+        result = run.run(f"{TARGETS}:orphan", {"ready": str(run.workdir / "ready"), "token": token})
     assert result == {"escaped": True}  # it was running, out of its session and reparented, when the job ended
     survivors = [pid for pid in _pids() if token.encode() in _cmdline(pid)]
     assert survivors == []
 
 
-def test_running_out_of_memory_ends_as_out_of_memory(tmp_path):
+def test_running_out_of_memory_ends_as_out_of_memory():
     events: list[Event] = []
     with pytest.raises(EngineOutOfMemory) as caught:
-        engine(tmp_path / "job", events, limits=JailLimits(memory_bytes=2 << 30)).run(f"{TARGETS}:allocate", {})
+        with engine(events, limits=JailLimits(memory_bytes=2 << 30)) as run:
+            run.run(f"{TARGETS}:allocate", {})
     assert caught.value.code == "out_of_memory" and "SQUEEZER_JOB_MEMORY_BYTES" in caught.value.message
     assert [event.stage for event in events] == ["intake"]
 
 
-def test_a_stop_is_passed_to_the_job(tmp_path):
+def test_a_stop_is_passed_to_the_job():
     events: list[Event] = []
     with pytest.raises(Cancelled):
-        engine(tmp_path / "job", events, stop=lambda: len(events) >= 3).run(f"{TARGETS}:obey", {})
+        with engine(events, stop=lambda: len(events) >= 3) as run:
+            run.run(f"{TARGETS}:obey", {})
     assert 3 <= len(events) < 20
 
 
-def test_a_job_that_ignores_the_stop_is_killed_after_the_grace(tmp_path):
+def test_a_job_that_ignores_the_stop_is_killed_after_the_grace():
     events: list[Event] = []
     started = time.monotonic()
     with pytest.raises(Cancelled):
-        engine(tmp_path / "job", events, stop=lambda: bool(events), stop_grace_s=1.0).run(f"{TARGETS}:ignore_stop", {})
+        with engine(events, stop=lambda: bool(events), stop_grace_s=1.0) as run:
+            run.run(f"{TARGETS}:ignore_stop", {})
     assert time.monotonic() - started < 30
 
 
-def test_a_job_past_its_deadline_is_killed(tmp_path):
+def test_a_job_past_its_deadline_is_killed():
     with pytest.raises(EngineTimeLimit) as caught:
-        engine(tmp_path / "job", deadline_s=3.0).run(f"{TARGETS}:ignore_stop", {})
+        with engine(deadline_s=3.0) as run:
+            run.run(f"{TARGETS}:ignore_stop", {})
     assert caught.value.code == "time_limit_exceeded"
 
 
 @pytest.mark.parametrize(
     "target, payload", [("garble", {"kind": "not_json"}), ("garble", {"kind": "too_long"}), ("flood", {})]
 )
-def test_a_broken_protocol_fails_the_job_and_not_the_worker(tmp_path, target, payload):
+def test_a_broken_protocol_fails_the_job_and_not_the_worker(target, payload):
     with pytest.raises(EngineProtocolError) as caught:
-        engine(tmp_path / "job").run(f"{TARGETS}:{target}", payload)
+        with engine() as run:
+            run.run(f"{TARGETS}:{target}", payload)
     assert caught.value.code == "engine_protocol_error"
 
 
 def test_a_checkpoint_is_packed_before_the_job_goes_on_and_links_are_left_out(tmp_path):
     secret = tmp_path / "worker-secret.txt"
     secret.write_text("hunter2")
-    workdir = tmp_path / "job"
-    folder = workdir / "checkpoint"
-    folder.mkdir(parents=True)
     packed: list[set[str]] = []
+    with engine() as run:
+        folder = run.workdir / "checkpoint"
+        folder.mkdir()
 
-    def on_event(event: Event) -> None:
-        if event.stage == "checkpoint":
-            with zipfile.ZipFile(_zip_folder(folder, tmp_path / "checkpoint.zip")) as archive:
-                packed.append(set(archive.namelist()))
-                assert b"hunter2" not in b"".join(archive.read(name) for name in archive.namelist())
+        def on_event(event: Event) -> None:
+            if event.stage == "checkpoint":
+                with zipfile.ZipFile(_zip_folder(folder, tmp_path / "checkpoint.zip")) as archive:
+                    packed.append(set(archive.namelist()))
+                    assert b"hunter2" not in b"".join(archive.read(name) for name in archive.namelist())
 
-    run = engine(workdir)
-    run.on_event = on_event
-    assert run.run(f"{TARGETS}:checkpoint", {"checkpoint_dir": str(folder), "outside": str(secret)}) == {
-        "after_ack": True
-    }
-    assert packed == [{"state.bin"}]
+        run.on_event = on_event
+        result = run.run(f"{TARGETS}:checkpoint", {"checkpoint_dir": str(folder), "outside": str(secret)})
+    assert result == {"after_ack": True} and packed == [{"state.bin"}]
 
 
 def _pids() -> list[int]:

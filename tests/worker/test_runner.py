@@ -23,7 +23,9 @@ def ctx(tmp_path):
     settings = Settings(data_dir=tmp_path, storage_backend="local", heartbeat_interval_s=0.5, worker_device="cpu")
     upgrade_database(settings.resolved_database_url)
     engine = make_engine(settings.resolved_database_url)
-    yield WorkerContext.from_settings(settings, make_session_factory(engine))
+    context = WorkerContext.from_settings(settings, make_session_factory(engine))
+    yield context
+    context.close()
     engine.dispose()
 
 
