@@ -44,10 +44,12 @@ Step = tuple[str, type | None]  # a field name, and the shape of the union it ho
 
 @dataclass(frozen=True)
 class BoundCase:
-    """A bounded field (`path`, dotted as in a 422's location), a value past its bound and one at it."""
+    """A bounded field (`path`, dotted as in a 422's location), its bound (`limit` as a refusal writes it), a value
+    past the bound and one at it."""
 
     path: tuple[Step, ...]
     bound: str
+    limit: str
     over: Any
     at: Any
 
@@ -59,11 +61,13 @@ class BoundCase:
     def name(self) -> str:
         return f"{self.location}[{self.bound}]"
 
-    def names(self, location: list | tuple) -> bool:
-        """Whether an error's location is this field (or an item of it), read past the union shapes pydantic names."""
+    def names(self, error: dict) -> bool:
+        """Whether a validation error is this field's (or an item's) and states the bound; its location read past the
+        union shapes pydantic names."""
         shapes = {shape.__name__ for shape in SHAPES}
-        parts = ".".join(str(part) for part in location if part not in shapes and part != "body")
-        return parts == self.location or parts.startswith(self.location + ".")
+        parts = ".".join(str(part) for part in error["loc"] if part not in shapes and part != "body")
+        located = parts == self.location or parts.startswith(self.location + ".")
+        return located and self.limit in error["msg"]
 
     def body(self, value: Any) -> dict:
         body = copy.deepcopy(BASE_JOB)
@@ -91,6 +95,11 @@ def fields(model: type[BaseModel], prefix: tuple[Step, ...] = ()) -> Iterator[tu
                 yield from fields(member, (*prefix, (name, member if len(models) > 1 or member in SHAPES else None)))
         else:
             yield (*prefix, (name, None)), members[0], info
+
+
+def _written(limit: float) -> str:
+    """A bound as pydantic's messages write it (10.0 as 10)."""
+    return str(int(limit)) if float(limit).is_integer() else str(limit)
 
 
 def _past(limit: float, integer: bool, inclusive: bool) -> tuple[Any, Any]:
@@ -134,26 +143,27 @@ def cases_of(path: tuple[Step, ...], annotation: Any, info: FieldInfo) -> list[B
     if annotation in (int, float):
         upper = _upper(constraints)
         assert upper is not None, f"{path} has no upper bound"
-        return [BoundCase(path, "max", *_past(upper[0], annotation is int, upper[1]))]
+        return [BoundCase(path, "max", _written(upper[0]), *_past(upper[0], annotation is int, upper[1]))]
     if annotation is str:
         length = _max_length(constraints)
         assert length is not None, f"{path} has no maximum length"
-        return [BoundCase(path, "max_length", "a" * (length + 1), "a" * length)]
+        return [BoundCase(path, "max_length", str(length), "a" * (length + 1), "a" * length)]
     if origin is list:
         length = _max_length(constraints)
         assert length is not None, f"{path} has no maximum length"
         item, item_constraints = _item_constraints(annotation)
         valid = _valid_item(item, item_constraints)
-        cases = [BoundCase(path, "max_length", [valid] * (length + 1), [valid] * length)]
+        cases = [BoundCase(path, "max_length", str(length), [valid] * (length + 1), [valid] * length)]
         if (upper := _upper(item_constraints)) is not None:
             over, at = _past(upper[0], item is int, upper[1])
-            cases.append(BoundCase(path, "item_max", [over], [at]))
+            cases.append(BoundCase(path, "item_max", _written(upper[0]), [over], [at]))
         return cases
     if origin is dict:
         names = tuple(name for name, _ in path)
         assert names in JSON_SIZE_BOUNDS, f"{path} has no size bound"
         limit, overhead = JSON_SIZE_BOUNDS[names], json_size({"k": ""})
-        return [BoundCase(path, "json_bytes", {"k": "x" * (limit - overhead + 1)}, {"k": "x" * (limit - overhead)})]
+        over, at = {"k": "x" * (limit - overhead + 1)}, {"k": "x" * (limit - overhead)}
+        return [BoundCase(path, "json_bytes", f"{limit:,}", over, at)]
     assert annotation is bool or origin is typing.Literal, f"{path}: {annotation} is not known to be bounded"
     return []
 
