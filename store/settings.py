@@ -9,7 +9,7 @@ embedded mode configure an app or a worker by passing their own object."""
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.limits import IntakeLimits
@@ -29,10 +29,25 @@ class Settings(BaseSettings):
     database_url: str = ""
     # Empty means no broker: jobs run on the in-process worker (embedded mode).
     broker_url: str = ""
-    # "database" keeps blobs in chunked rows (reachable from any worker); "local" uses data_dir/blobs.
-    storage_backend: Literal["database", "local"] = "database"
+    # "database" keeps blobs in chunked rows (reachable from any worker); "local" uses data_dir/blobs; "s3" keeps one
+    # object per artifact in an S3-compatible bucket (store.s3_blobs), reachable from any worker.
+    storage_backend: Literal["database", "local", "s3"] = "database"
     storage_chunk_bytes: int = CHUNK_BYTES
     storage_local_dir: Path | None = None
+    # The bucket for storage_backend "s3" (it must exist). An empty endpoint means AWS itself; a self-hosted server
+    # (SeaweedFS, MinIO, Ceph) is named by its URL. Credentials empty: boto3's own chain (instance role, ~/.aws).
+    s3_endpoint_url: str = ""
+    s3_bucket: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = ""
+    s3_secret_access_key: SecretStr = SecretStr("")
+    # Bytes held per upload before a part is sent (S3's smallest part is 5 MiB): the memory one upload takes.
+    s3_part_bytes: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024)
+    # Downloads answer 307 to a presigned URL valid this long, so the API carries no bytes; the URL is signed for
+    # s3_presign_endpoint_url (the address clients reach the store at) when it differs from s3_endpoint_url.
+    s3_presign_downloads: bool = False
+    s3_presign_expiry_s: int = Field(60, ge=1, le=3600)
+    s3_presign_endpoint_url: str = ""
     max_upload_bytes: int = 4 * 1024**3
     heartbeat_interval_s: float = 10.0
     # A running job whose heartbeat is older than this is considered orphaned by the reaper.

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.servers import PostgresServer, RedisServer
+from tests.servers import PostgresServer, RedisServer, S3Server
 
 # The test models are too small for intra-op threads: on two cores shared with worker processes they only spin
 # (measured: a quick LeNet compression takes 3.5 s on one thread, 80 s on two under load). Worker processes the
@@ -50,3 +50,18 @@ def redis_url(redis_server) -> str:
 
     redis.Redis.from_url(redis_server.url).flushall()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    server = S3Server(Path(tmp_path_factory.mktemp("s3"))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_settings(s3_server) -> dict[str, str]:
+    """Settings fields for a fresh, empty bucket of the session's S3 server."""
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    return s3_server.settings_fields(bucket)

