@@ -5,7 +5,7 @@ from fastapi import APIRouter
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.deps import DispatcherDep, SessionFactoryDep
+from api.deps import BlobsDep, DispatcherDep, SessionFactoryDep
 from api.errors import ProblemError, problem_responses
 
 router = APIRouter(tags=["health"])
@@ -20,10 +20,10 @@ async def healthz() -> dict:
 @router.get(
     "/readyz",
     operation_id="readyz",
-    summary="The database and the broker answer",
+    summary="The database, the broker and the blob storage answer",
     responses=problem_responses(503),
 )
-async def readyz(session_factory: SessionFactoryDep, dispatcher: DispatcherDep) -> dict:
+async def readyz(session_factory: SessionFactoryDep, dispatcher: DispatcherDep, blobs: BlobsDep) -> dict:
     def database_ok() -> bool:
         try:
             with session_factory() as session:
@@ -40,4 +40,6 @@ async def readyz(session_factory: SessionFactoryDep, dispatcher: DispatcherDep) 
             "service_unavailable",
             "the job queue (broker or in-process worker) does not answer",
         )
+    if not await anyio.to_thread.run_sync(blobs.is_ready):
+        raise ProblemError(503, "service_unavailable", "the blob storage (its bucket or folder) does not answer")
     return {"status": "ready"}

@@ -2,7 +2,7 @@
 
 import anyio.to_thread
 from fastapi import APIRouter, Request, Response, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import RedirectResponse, StreamingResponse
 from sqlalchemy.orm import object_session
 
 from api.artifacts.schemas import ArtifactOut
@@ -14,7 +14,8 @@ from api.artifacts.service import (
     storage_quota_left,
 )
 from api.deps import BlobsDep, CurrentTenant, SessionDep, SessionFactoryDep, SettingsDep, UploadSlotsDep
-from api.errors import problem_responses
+from api.errors import ProblemError, problem_response, problem_responses
+from api.ranges import RangeNotSatisfiable, content_range, requested_range
 from store.blobs import BlobStore
 from store.models import UPLOAD_KINDS, Artifact, ArtifactKind
 
@@ -98,32 +99,60 @@ def get_artifact(artifact_id: str, session: SessionDep, tenant: CurrentTenant) -
 
 
 def file_responses(description: str) -> dict:
-    """OpenAPI responses of a download: binary bytes, or a 404 problem."""
+    """OpenAPI responses of a download: binary bytes (all, or the one range asked for), a redirect to the storage
+    itself (S3 with presigned downloads), or a problem."""
+    binary = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
     return {
-        200: {
-            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-            "description": description,
-        },
-        **problem_responses(404),
+        200: {"content": binary, "description": description},
+        206: {"content": binary, "description": "The byte range the `Range` header asked for."},
+        307: {"description": "Download it from `Location`: a short-lived URL of the storage (presigned S3)."},
+        **problem_responses(404, 416),
     }
 
 
-def stream_artifact(artifact: Artifact, blobs: BlobStore) -> StreamingResponse:
-    """Chunk by chunk from storage; the length is known, so clients can show progress and detect truncation. The
-    session that found the artifact is closed first: a client that reads slowly holds no database connection (each
-    chunk is read in a session of its own) and no worker thread (Starlette awaits the client on the event loop)."""
+def stream_artifact(
+    artifact: Artifact, blobs: BlobStore, byte_range: tuple[int, int] | None = None
+) -> StreamingResponse:
+    """Chunk by chunk from storage (all of it, or the bytes [start, stop) of `byte_range` as a 206); the length is
+    known, so clients can show progress and detect truncation. The session that found the artifact is closed first:
+    a client that reads slowly holds no database connection (each chunk is read in a session of its own) and no
+    worker thread (Starlette awaits the client on the event loop)."""
     session = object_session(artifact)
     if session is not None:
         session.close()
+    start, stop = byte_range or (0, artifact.size_bytes)
+    headers = {
+        "Content-Length": str(stop - start),
+        "Content-Disposition": content_disposition(artifact.filename),
+        "X-Content-Type-Options": "nosniff",
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{artifact.sha256}"',
+    }
+    if byte_range is not None:
+        headers["Content-Range"] = content_range(start, stop, artifact.size_bytes)
     return StreamingResponse(
-        blobs.iter_chunks(artifact.id),
+        blobs.iter_chunks(artifact.id, start, stop),
+        status_code=status.HTTP_206_PARTIAL_CONTENT if byte_range else status.HTTP_200_OK,
         media_type=artifact.content_type or "application/octet-stream",
-        headers={
-            "Content-Length": str(artifact.size_bytes),
-            "Content-Disposition": content_disposition(artifact.filename),
-            "X-Content-Type-Options": "nosniff",
-        },
+        headers=headers,
     )
+
+
+def download(request: Request, artifact: Artifact, blobs: BlobStore) -> Response:
+    """A download as the storage allows: 307 to a presigned URL where the storage serves downloads itself (ranges
+    and all), else streamed through the API, honouring `Range` (unless an `If-Range` names another version)."""
+    media_type = artifact.content_type or "application/octet-stream"
+    url = blobs.download_url(artifact.id, media_type, content_disposition(artifact.filename))
+    if url is not None:
+        return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
+    if_range = request.headers.get("if-range")
+    header = request.headers.get("range") if if_range in (None, f'"{artifact.sha256}"') else None
+    try:
+        byte_range = requested_range(header, artifact.size_bytes)
+    except RangeNotSatisfiable:
+        error = ProblemError(416, "range_not_satisfiable", f"the file has {artifact.size_bytes} bytes")
+        return problem_response(request, error, headers={"Content-Range": f"bytes */{artifact.size_bytes}"})
+    return stream_artifact(artifact, blobs, byte_range)
 
 
 @router.get(
@@ -133,9 +162,9 @@ def stream_artifact(artifact: Artifact, blobs: BlobStore) -> StreamingResponse:
     responses=file_responses("The file's bytes."),
 )
 def download_artifact(
-    artifact_id: str, session: SessionDep, blobs: BlobsDep, tenant: CurrentTenant
-) -> StreamingResponse:
-    return stream_artifact(ready_artifact(session, artifact_id, tenant), blobs)
+    artifact_id: str, request: Request, session: SessionDep, blobs: BlobsDep, tenant: CurrentTenant
+) -> Response:
+    return download(request, ready_artifact(session, artifact_id, tenant), blobs)
 
 
 @router.delete(

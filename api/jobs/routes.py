@@ -2,10 +2,10 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.artifacts.routes import file_responses, stream_artifact
+from api.artifacts.routes import download, file_responses, stream_artifact
 from api.deps import (
     BlobsDep,
     CurrentTenant,
@@ -249,6 +249,6 @@ def read_job_artifacts(job_id: str, session: SessionDep, tenant: CurrentTenant) 
     responses=file_responses("The result file."),
 )
 def download_job_artifact(
-    job_id: str, name: str, session: SessionDep, blobs: BlobsDep, tenant: CurrentTenant
-) -> StreamingResponse:
-    return stream_artifact(result_artifact(session, job_id, tenant, name), blobs)
+    job_id: str, name: str, request: Request, session: SessionDep, blobs: BlobsDep, tenant: CurrentTenant
+) -> Response:
+    return download(request, result_artifact(session, job_id, tenant, name), blobs)
