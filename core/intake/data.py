@@ -81,7 +81,8 @@ class Samples:
     def batch(self, idx, device: torch.device | str = "cpu") -> torch.Tensor:
         if isinstance(idx, torch.Tensor):
             idx = idx.numpy() if idx.dim() else int(idx)
-        return self.converted(torch.from_numpy(np.ascontiguousarray(self.stored[idx])), device)
+        # torch wants writable memory: a slice of a read-only memory map is copied (a fancy index already was)
+        return self.converted(torch.from_numpy(np.require(self.stored[idx], requirements=["C", "W"])), device)
 
     def converted(self, values: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
         """Stored values (one sample or a batch, on CPU) moved to `device` and converted there."""
