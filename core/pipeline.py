@@ -293,6 +293,7 @@ def compress_files(
             "device": str(device),
             "seed": config.seed,
             "preprocessing": reloaded.preprocessing.model_dump() if reloaded.preprocessing else None,
+            "onnx_layer_names": _uploaded_layer_names(loaded, result.layers),
             "squeezer_version": _version(),
             "duration_s": time.monotonic() - started,
         },
@@ -336,6 +337,12 @@ def _model_dir_entry(model_dir: Path, data: Dataset, metric: str, guard: Guard) 
         "runtime": "torch",
         **_latencies(loaded.module, _input_shape(loaded), guard),
     }
+
+
+def _uploaded_layer_names(loaded: LoadedModel, layers: list[LayerState]) -> dict[str, str]:
+    """Each reported layer's name in the uploaded ONNX graph, as data: the module names are generated ones, so that no
+    uploaded string ever becomes code (core/intake/onnx_names.py); originals are already capped there."""
+    return {layer.name: loaded.onnx_names[layer.name] for layer in layers if layer.name in loaded.onnx_names}
 
 
 def _with_channel_counts(layers: list[LayerState]) -> list[ChannelLayerState]:

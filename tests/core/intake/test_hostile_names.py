@@ -347,11 +347,12 @@ def test_a_hostile_model_compresses_exports_and_evaluates_as_the_plain_one(metho
         lwct=LwctConfig(sparsity=0.5, prune_epochs=0, epochs_per_step=0),
         filter=FilterConfig(init=["l1"], importance_epochs=1, epochs_per_step=0, levels=[0.3], refinements=0),
     )
-    results = {}
+    results, names = {}, {}
     for kind, model in (("plain", onnx.load_model_from_string(plain_onnx)), ("hostile", _mixed(plain_onnx, canary))):
         out = tmp_path / kind
         report = compress_files(ModelSource(write(model, tmp_path / f"{kind}.onnx")), DATA, out, config)
         packed = load_sqz(out / "model.sqz")
+        names[kind] = report["onnx_layer_names"]
         results[kind] = (
             report["compressed"],
             outputs(packed.module),
@@ -371,6 +372,8 @@ def test_a_hostile_model_compresses_exports_and_evaluates_as_the_plain_one(metho
     runs = [onnxruntime.InferenceSession(r[3]).run(None, {"input": x})[0] for r in (plain, hostile_run)]
     np.testing.assert_array_equal(*runs)
     assert hostile_run[4] == plain[4]
+    assert names["plain"] and names["hostile"].keys() == names["plain"].keys()  # the report names layers as uploaded
+    assert payload("quote_concat", canary)[:SHOWN_CHARS] in names["hostile"].values()
 
 
 def test_a_result_written_before_names_were_replaced_still_loads(plain_onnx, tmp_path):
