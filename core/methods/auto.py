@@ -141,9 +141,10 @@ def compress_auto(model, data, config: CompressConfig, **hooks: Unpack[MethodHoo
     chosen = min(within, key=rank[config.auto.objective]) if within else max(outcomes, key=lambda o: o.result.accuracy)
     result = chosen.result
     run.trials = trials
-    run.stopped_early = run.stopped_early or next(
-        (o.result.stopped_early for o in outcomes if o.result.stopped_early), None
-    )
+    if run.guard.overtime():  # a stage that only used up its own share of the time did not stop the job early
+        run.stopped_early = run.stopped_early or next(
+            (o.result.stopped_early for o in outcomes if o.result.stopped_early), None
+        )
     returned = run.result(result.module, merge_layers(chosen.channel_rows, result.layers), result.accuracy)
     returned.onnx = result.onnx
     returned.fine_tuning = result.fine_tuning

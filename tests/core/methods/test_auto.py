@@ -1,5 +1,7 @@
 """method=auto: channel removal, then lwct on what remains, one budget against the original model."""
 
+import time
+
 import pytest
 
 from core.config import AccuracyTarget, AutoConfig, CompressConfig, FilterConfig, GroupConfig, LwctConfig
@@ -130,3 +132,22 @@ def test_objective_picks_the_within_budget_candidate_it_names(digits_model, tmp_
     assert chosen["latency_ms_batch32"] == min(c["latency_ms_batch32"] for c in within)
     assert report["compressed"]["accuracy"] == pytest.approx(chosen["accuracy"], abs=0.1)
     assert report["deployable"] == ("model.onnx" if chosen["stage"] == "int8" else "model.sqz")
+
+
+def test_a_stage_that_spends_its_own_share_of_the_time_does_not_stop_the_job_early(digits_model, digits):
+    """Auto gives each stage its share of the time left; a stage cut at its share leaves the rest to the later
+    stages, so only auto's own deadline makes the job `stopped_early` (which the worker reports as a time limit)."""
+    config = CompressConfig(
+        method="auto",
+        device="cpu",
+        time_limit_s=20,
+        target=AccuracyTarget(max_drop=100.0),
+        filter=FilterConfig(importance_epochs=1_000, min_steps_per_stage=30, levels=[0.3], init=["l1"]),
+        lwct=LwctConfig(sparsity_grid=[0.5], prune_epochs=0, epochs_per_step=0, lr_search=False),
+        auto=AutoConfig(compare_lwct_alone=False, int8=False),
+    )
+    started = time.monotonic()
+    result = compress_auto(digits_model, digits, config)
+    elapsed = time.monotonic() - started
+    assert 10 <= elapsed < 20  # filter (1,000 importance epochs) was cut at its half; lwct finished within the rest
+    assert result.stopped_early is None
