@@ -7,10 +7,11 @@ import os
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.artifacts import (
@@ -19,10 +20,11 @@ from store.artifacts import (
     delete_artifact,
     export_artifact_to,
     store_artifact,
+    sweep_orphaned_results,
     sweep_stale_uploads,
 )
 from store.blobs import BlobStore, DatabaseBlobStore, LocalBlobStore
-from store.models import Artifact, BlobChunk
+from store.models import Artifact, ArtifactKind, BlobChunk, utcnow
 from store.s3_blobs import S3BlobStore, s3_client
 from store.settings import Settings
 
@@ -39,12 +41,12 @@ class Backend:
     # The artifact ids whose bytes (or any part of them) the storage holds.
     stored: Callable[[], set[str]]
 
-    def store(self, data: bytes, piece: int = 50_000, **options) -> Artifact:
+    def store(self, data: bytes, piece: int = 50_000, kind: str = "model", **options) -> Artifact:
         return store_artifact(
             self.sessions,
             self.blobs,
             tenant="default",
-            kind="model",
+            kind=kind,
             filename="m.onnx",
             content_type="application/octet-stream",
             chunks=pieces(data, piece),
@@ -172,6 +174,18 @@ def test_the_sweep_removes_uploads_abandoned_by_a_crashed_api(backend):
     assert backend.stored() == {kept.id}
     assert rows(backend.sessions) == 1
     assert b"".join(backend.blobs.iter_chunks(kept.id)) == b"a" * 250
+
+
+def test_the_sweep_collects_results_no_job_points_at(backend):
+    """A worker died between storing a result and finishing its job: the orphan sweep removes row and bytes."""
+    upload = backend.store(b"u" * 100)
+    lost = backend.store(b"r" * 100, kind=ArtifactKind.RESULT)
+    assert sweep_orphaned_results(backend.sessions, backend.blobs, older_than_s=3600) == []  # a worker may be finishing
+    with backend.sessions() as session:
+        session.execute(update(Artifact).values(created_at=utcnow() - timedelta(hours=2)))
+        session.commit()
+    assert sweep_orphaned_results(backend.sessions, backend.blobs, older_than_s=3600) == [lost.id]
+    assert backend.stored() == {upload.id}
 
 
 def test_deleting_an_artifact_removes_its_bytes(backend):
