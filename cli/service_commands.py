@@ -203,7 +203,9 @@ def download_results(client: httpx.Client, job_id: str, out_dir: Path) -> list[P
     for item in _check(client.get(f"/v1/jobs/{job_id}/artifacts")).json():
         name = Path(item["name"]).name
         target = out_dir / name
-        with client.stream("GET", item["url"]) as response:
+        # A presigned S3 download (SQUEEZER_S3_PRESIGN_DOWNLOADS) is a 307 to the bucket; httpx drops the API key
+        # on that cross-origin hop.
+        with client.stream("GET", item["url"], follow_redirects=True) as response:
             if response.status_code >= 400:
                 response.read()
                 _check(response)
