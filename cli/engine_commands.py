@@ -206,7 +206,8 @@ def compress(
 
 class ProgressReporter:
     """Engine events on stderr: every step tried as a line and, on a terminal, a live bar below them (a bar would
-    only clutter a log file). The bar vanishes at the end, leaving the steps and the summary or the error line."""
+    only clutter a log file). The bar vanishes at the end, leaving the steps and the summary or the error line.
+    Stdout gets the pipeline's progress lines (cli.output.ProgressLines, with its heartbeat while a stage is long)."""
 
     def __init__(self, metric: str, log_format: LogFormat = "text"):
         self.metric = metric
@@ -214,6 +215,7 @@ class ProgressReporter:
         self.best: tuple[float, float] | None = None  # (compression ratio, accuracy) of the best accepted step
 
     def __enter__(self) -> Callable:
+        self.lines.__enter__()
         self.bar = None
         if err_console.is_terminal:
             columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
@@ -223,6 +225,7 @@ class ProgressReporter:
         return self.on_event
 
     def __exit__(self, *_) -> None:
+        self.lines.__exit__()
         if self.bar is not None:
             self.bar.stop()
 
@@ -242,6 +245,7 @@ class ProgressReporter:
                 f"×{data['compression_ratio']:.1f}",
                 markup=False,
                 highlight=False,
+                soft_wrap=True,  # one line per step, whatever the width: a log's reader greps them
             )
 
 

@@ -6,6 +6,7 @@ line on stderr), 1 job failed or cancelled."""
 import json
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -32,12 +33,18 @@ LOG_FORMAT_HELP = (
     "json, one JSON object per line (always)."
 )
 PROGRESS_INTERVAL_S = 5.0  # a pipeline's log gets a line at least this often while a job runs (and at every stage)
+HEARTBEAT_MIN_WAIT_S = 0.05  # the heartbeat's shortest sleep, so a due line never turns it into a busy loop
 
 
 class ProgressLines:
-    """Progress for pipelines and log files: a plain line on stdout at every stage change and at least every
-    `interval` seconds (stage, percentage, best accuracy and compression ratio so far); `json`: one JSON object per
-    line. Text lines are written only when stdout is not a terminal (a terminal has the live bar); JSON always."""
+    """Progress for pipelines and log files: a plain line on stdout at every change of stage (or of a job's status)
+    and at least every `interval` seconds (stage, percentage, best accuracy and compression ratio so far); `json`:
+    one JSON object per line. Text lines are written only when stdout is not a terminal (a terminal has the live
+    bar); JSON always.
+
+    Used as a context manager, a heartbeat thread repeats the latest state whenever `interval` passes without a line:
+    a long stage (an epoch, an evaluation, the ONNX export, one blocking request) sends no update, and a pipeline's
+    watchdog must still see the job alive."""
 
     def __init__(
         self,
@@ -51,8 +58,23 @@ class ProgressLines:
         self.format, self.metric, self.interval, self.clock = log_format, metric, interval, clock
         self.stream = stream if stream is not None else sys.stdout
         self.enabled = log_format == "json" or not self.stream.isatty()
-        self.last_stage: str | None = None
+        self.last_stage: tuple[str, Any] | None = None  # the stage, and the job's status where there is one
         self.last_time = -float("inf")
+        self.last_line: str | None = None
+        self.lock = threading.Lock()  # the heartbeat and the caller write whole lines, one at a time
+        self.stopped = threading.Event()
+        self.heartbeat: threading.Thread | None = None
+
+    def __enter__(self) -> "ProgressLines":
+        if self.enabled:
+            self.heartbeat = threading.Thread(target=self._beat, name="progress-heartbeat", daemon=True)
+            self.heartbeat.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stopped.set()
+        if self.heartbeat is not None:
+            self.heartbeat.join()
 
     def update(
         self,
@@ -63,12 +85,20 @@ class ProgressLines:
         best_ratio: float | None = None,
         **extra: Any,
     ) -> None:
-        now = self.clock()
-        if not self.enabled or (stage == self.last_stage and now - self.last_time < self.interval):
+        if not self.enabled:
             return
-        self.last_stage, self.last_time = stage, now
+        line = self._line(stage, fraction, best_accuracy, best_ratio, extra)
+        with self.lock:
+            self.last_line = line
+            if (stage, extra.get("status")) != self.last_stage or self.clock() - self.last_time >= self.interval:
+                self.last_stage = (stage, extra.get("status"))
+                self._write(line)
+
+    def _line(
+        self, stage: str, fraction: float, best_accuracy: float | None, best_ratio: float | None, extra: dict
+    ) -> str:
         if self.format == "json":
-            line = json.dumps(
+            return json.dumps(
                 {
                     "stage": stage,
                     "progress": round(fraction, 4),
@@ -78,15 +108,34 @@ class ProgressLines:
                     **extra,
                 }
             )
-        else:
-            best = (
-                f"  best {self.metric} {best_accuracy:.2f}% ×{best_ratio:.1f}"
-                if best_accuracy is not None and best_ratio is not None
-                else ""
-            )
-            status = f"[{extra['status']}] " if extra.get("status") else ""
-            line = f"{status}{stage} {fraction:.0%}{best}"
+        best = (
+            f"  best {self.metric} {best_accuracy:.2f}% ×{best_ratio:.1f}"
+            if best_accuracy is not None and best_ratio is not None
+            else ""
+        )
+        status = f"[{extra['status']}] " if extra.get("status") else ""
+        return f"{status}{stage} {fraction:.0%}{best}"
+
+    def _write(self, line: str) -> None:
+        """Writes one line; the caller holds the lock."""
         print(line, file=self.stream, flush=True)
+        self.last_time = self.clock()
+
+    def _beat(self) -> None:
+        """The heartbeat: the latest line again once `interval` has passed since the last one. A closed pipe ends it
+        quietly (the reader has gone; the job goes on)."""
+        while not self.stopped.wait(self._until_due()):
+            with self.lock:
+                if self.last_line is None or self.clock() - self.last_time < self.interval:
+                    continue
+                try:
+                    self._write(self.last_line)
+                except (OSError, ValueError):  # a broken pipe, or a stream already closed
+                    return
+
+    def _until_due(self) -> float:
+        with self.lock:
+            return max(self.interval - (self.clock() - self.last_time), HEARTBEAT_MIN_WAIT_S)
 
 
 @dataclass
@@ -106,8 +155,12 @@ def print_error_line(code: str, message: str, error: BaseException, *, debug: bo
     """The one stderr line of a failed command; with `debug`, the traceback (and its causes) above it."""
     if debug:
         err_console.print("".join(traceback.format_exception(error)), markup=False, highlight=False, end="")
-    one_line = " ".join(message.split())  # a library's message may span lines; the contract is one
-    err_console.print(f"error: {code}: {one_line}", markup=False, highlight=False, soft_wrap=True)
+    print_one_line(f"error: {code}: {message}")
+
+
+def print_one_line(message: str) -> None:
+    """A message on one stderr line: a library's (or a server's) message may span lines; the contract is one."""
+    err_console.print(" ".join(message.split()), markup=False, highlight=False, soft_wrap=True)
 
 
 def report_internal_error(error: Exception, *, debug: bool = False) -> None:
@@ -187,6 +240,7 @@ def print_report(report: dict, out_dir: Path | None) -> None:
         f"(allowed {target['max_drop']} {unit})"
         + (f", model.onnx {metric} {report['onnx_accuracy']:.2f}%" if "onnx_accuracy" in report else ""),
         highlight=False,
+        soft_wrap=True,  # one line, also in a pipe's 80 columns
     )
     if out_dir is not None:
         console.print(f"results in {out_dir}", highlight=False)

@@ -39,6 +39,15 @@ def test_a_line_at_each_stage_change_and_every_interval_within_a_stage():
     ]
 
 
+def test_a_change_of_the_jobs_status_is_a_line_at_once():
+    stream, clock = io.StringIO(), Clock()
+    lines = ProgressLines("text", interval=5.0, stream=stream, clock=clock)
+    lines.update("done", 1.0, status="running")
+    clock.now = 1.0
+    lines.update("done", 1.0, status="succeeded")  # same stage, too soon for a repeat, but the job ended
+    assert stream.getvalue().splitlines() == ["[running] done 100%", "[succeeded] done 100%"]
+
+
 def test_text_lines_stay_off_a_terminal_and_json_lines_do_not():
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
