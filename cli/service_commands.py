@@ -10,6 +10,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,10 +34,13 @@ from cli.output import (
     ClientError,
     LogFormat,
     ProgressLines,
+    cli_state,
     console,
     err_console,
     parse_options,
+    print_one_line,
     print_report,
+    report_internal_error,
 )
 from store.statuses import FINAL_STATUSES, STATUSES_WITH_RESULTS, JobStatus
 
@@ -75,9 +79,11 @@ ApiKeyOption = Annotated[
 def _problem_line(response: httpx.Response) -> str:
     try:
         body = response.json()
-        return f"{body.get('title', response.status_code)}: {body.get('detail') or body.get('type')}"
     except ValueError:
+        body = None
+    if not isinstance(body, dict):  # not a problem document: a proxy's page, or another service
         return f"HTTP {response.status_code}: {response.text[:ERROR_TEXT_CHARS]}"
+    return f"{body.get('title', response.status_code)}: {body.get('detail') or body.get('type')}"
 
 
 def _check(response: httpx.Response) -> httpx.Response:
@@ -86,6 +92,18 @@ def _check(response: httpx.Response) -> httpx.Response:
     if response.status_code >= 400:
         raise ClientError(_problem_line(response), EXIT_BAD_INPUT)
     return response
+
+
+def _answer(response: httpx.Response) -> Any:
+    """The JSON body of a successful answer; a body that is not JSON means the URL is not a Squeezer API."""
+    try:
+        return _check(response).json()
+    except ValueError:
+        raise ClientError(
+            f"{response.request.method} {response.url} answered HTTP {response.status_code} without JSON: is "
+            "--server a Squeezer API?",
+            EXIT_FAILED,
+        ) from None
 
 
 def _client(server: str, api_key: str | None = None) -> httpx.Client:
@@ -97,21 +115,26 @@ def _client(server: str, api_key: str | None = None) -> httpx.Client:
 
 
 def upload(client: httpx.Client, path: Path, kind: str) -> str:
-    """Uploads a file (a directory is zipped first: model directories and image folders travel as .zip)."""
+    """Uploads a file (a directory is zipped first: model directories and image folders travel as .zip); one that
+    cannot be read is the input's problem."""
     with tempfile.TemporaryDirectory(prefix="squeezer-upload-") as tmp:
-        if path.is_dir():
-            path = Path(shutil.make_archive(str(Path(tmp) / path.name), "zip", root_dir=path))
-        if not path.is_file():
-            raise ClientError(f"{path}: no such file or directory", EXIT_BAD_INPUT)
-        with path.open("rb") as file:
-            response = _check(
+        try:
+            if path.is_dir():
+                path = Path(shutil.make_archive(str(Path(tmp) / path.name), "zip", root_dir=path))
+            if not path.is_file():
+                raise ClientError(f"{path}: no such file or directory", EXIT_BAD_INPUT)
+            file = path.open("rb")
+        except OSError as error:
+            raise ClientError(f"{path}: cannot read it ({error.strerror or error})", EXIT_BAD_INPUT) from None
+        with file:
+            answer = _answer(
                 client.post(
                     "/v1/artifacts",
                     data={"kind": kind},
                     files={"file": (path.name, file, "application/octet-stream")},
                 )
             )
-    return response.json()["id"]
+    return answer["id"]
 
 
 def create_job(
@@ -137,14 +160,14 @@ def create_job(
         "accuracy_target": {"max_drop": max_drop, "drop_type": drop_type},
         "options": options,
     }
-    return _check(client.post("/v1/jobs", json=body)).json()
+    return _answer(client.post("/v1/jobs", json=body))
 
 
 def wait_for_job(client: httpx.Client, job: dict, log_format: LogFormat = "text") -> dict:
     """Polls with If-None-Match (the server answers 304 while nothing changed) and shows a progress bar; progress
-    lines on stdout for pipelines (cli.output.ProgressLines)."""
+    lines on stdout for pipelines (cli.output.ProgressLines: one per poll that changes the stage, and at least every
+    few seconds, also while a request hangs)."""
     tag = None
-    lines = ProgressLines(log_format)
     columns = (
         TextColumn("{task.fields[status]:>10}"),
         TextColumn("{task.description}"),
@@ -152,55 +175,44 @@ def wait_for_job(client: httpx.Client, job: dict, log_format: LogFormat = "text"
         TaskProgressColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=err_console, transient=False) as bar:
+    with ProgressLines(log_format) as lines, Progress(*columns, console=err_console, transient=False) as bar:
         task = bar.add_task(JobStatus.QUEUED, total=1.0, status=job["status"])
+        _show_progress(job, lines)
         while job["status"] not in FINAL_STATUSES:
             time.sleep(POLL_INTERVAL_S)
             response = client.get(f"/v1/jobs/{job['id']}", headers={"If-None-Match": tag} if tag else {})
-            if response.status_code == 304:
-                progress = job["progress"]
-                lines.update(
-                    progress.get("stage", ""),
-                    progress.get("fraction", 0.0),
-                    best_accuracy=progress.get("best_accuracy"),
-                    best_ratio=progress.get("best_compression_ratio"),
-                    status=job["status"],
-                )
-                continue
-            job = _check(response).json()
-            tag = response.headers.get("ETag")
-            progress = job["progress"]
-            best = progress.get("best_compression_ratio")
-            lines.update(
-                progress.get("stage", ""),
-                progress.get("fraction", 0.0),
-                best_accuracy=progress.get("best_accuracy"),
-                best_ratio=best,
-                status=job["status"],
-            )
-            description = progress.get("stage", "") + (
-                f"  best ×{best:.1f} @ {progress['best_accuracy']:.2f}%"
-                if best and progress.get("best_accuracy") is not None
-                else ""
-            )
-            bar.update(
-                task,
-                completed=progress.get("fraction", 0.0),
-                description=description,
-                status=job["status"],
-            )
-        bar.update(
-            task,
-            completed=1.0 if job["status"] == JobStatus.SUCCEEDED else None,
-            status=job["status"],
-        )
+            if response.status_code != 304:
+                job = _answer(response)
+                tag = response.headers.get("ETag")
+                bar.update(task, completed=job["progress"].get("fraction", 0.0), description=_bar_description(job))
+            bar.update(task, status=job["status"])
+            _show_progress(job, lines)
+        bar.update(task, completed=1.0 if job["status"] == JobStatus.SUCCEEDED else None)
     return job
+
+
+def _show_progress(job: dict, lines: ProgressLines) -> None:
+    progress = job["progress"]
+    lines.update(
+        progress.get("stage", ""),
+        progress.get("fraction", 0.0),
+        best_accuracy=progress.get("best_accuracy"),
+        best_ratio=progress.get("best_compression_ratio"),
+        status=job["status"],
+    )
+
+
+def _bar_description(job: dict) -> str:
+    progress = job["progress"]
+    best, accuracy = progress.get("best_compression_ratio"), progress.get("best_accuracy")
+    figures = f"  best ×{best:.1f} @ {accuracy:.2f}%" if best and accuracy is not None else ""
+    return progress.get("stage", "") + figures
 
 
 def download_results(client: httpx.Client, job_id: str, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for item in _check(client.get(f"/v1/jobs/{job_id}/artifacts")).json():
+    for item in _answer(client.get(f"/v1/jobs/{job_id}/artifacts")):
         name = Path(item["name"]).name
         target = out_dir / name
         # A presigned S3 download (SQUEEZER_S3_PRESIGN_DOWNLOADS) is a 307 to the bucket; httpx drops the API key
@@ -258,32 +270,22 @@ def submit_and_wait(
     api_key: str | None = None,
     log_format: LogFormat = "text",
 ) -> int:
-    """The body of `squeezer submit` (and of `squeezer demo`): exit code as documented above."""
-    try:
-        with _client(server, api_key) as client:
-            job = create_job(
-                client,
-                model,
-                data,
-                max_drop=max_drop,
-                drop_type=drop_type,
-                method=method,
-                options=options or {},
-            )
-            console.print(f"job {job['id']} {job['status']}")
-            if not wait:
-                return EXIT_TARGET_MET
-            return finish(client, wait_for_job(client, job, log_format), out_dir)
-    except ClientError as error:
-        err_console.print(str(error), highlight=False, soft_wrap=True)
-        return error.exit_code
-    except httpx.TransportError as error:
-        err_console.print(
-            f"cannot reach the Squeezer server at {server}: {error}",
-            highlight=False,
-            soft_wrap=True,
+    """The body of `squeezer submit` (and of `squeezer demo`): exit code as documented above. A problem answer
+    raises ClientError, no answer an httpx error (`run_client` turns both into one line)."""
+    with _client(server, api_key) as client:
+        job = create_job(
+            client,
+            model,
+            data,
+            max_drop=max_drop,
+            drop_type=drop_type,
+            method=method,
+            options=options or {},
         )
-        return EXIT_FAILED
+        console.print(f"job {job['id']} {job['status']}")
+        if not wait:
+            return EXIT_TARGET_MET
+        return finish(client, wait_for_job(client, job, log_format), out_dir)
 
 
 def serve_in_thread(app, host: str, port: int):
@@ -293,7 +295,7 @@ def serve_in_thread(app, host: str, port: int):
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", log_config=None))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
@@ -318,12 +320,14 @@ def embedded_settings(data_dir: Path, *, auth: bool = False):
     )
 
 
-def embedded_app(data_dir: Path, *, auth: bool = False):
-    """The embedded mode, migrated, with the in-process worker."""
+def embedded_app(data_dir: Path, *, auth: bool = False, least_log_level: str | None = None):
+    """The embedded mode, migrated, with the in-process worker; its logs as SQUEEZER_LOG_FORMAT/LEVEL say."""
     from api.app import create_app
+    from store.logging_setup import configure_logging
     from store.migrate import upgrade_database
 
     settings = embedded_settings(data_dir, auth=auth)
+    configure_logging(settings, least_level=least_log_level)
     upgrade_database(settings.resolved_database_url)
     return create_app(settings)
 
@@ -374,7 +378,7 @@ def serve(
         f"Squeezer embedded service on http://{host}:{port} (data in {data_dir}); {access}.",
         soft_wrap=True,
     )
-    uvicorn.run(embedded_app(data_dir, auth=auth), host=host, port=port)
+    uvicorn.run(embedded_app(data_dir, auth=auth), host=host, port=port, log_config=None)
 
 
 def api(
@@ -400,6 +404,7 @@ def api(
     import uvicorn
 
     from api.app import create_app
+    from store.logging_setup import configure_logging
     from store.settings import get_settings
 
     if not auth and not is_loopback(host) and not public_without_auth:
@@ -410,7 +415,9 @@ def api(
             soft_wrap=True,
         )
         raise typer.Exit(EXIT_BAD_INPUT)
-    uvicorn.run(create_app(get_settings(auth=auth)), host=host, port=port, proxy_headers=True)
+    settings = get_settings(auth=auth)
+    configure_logging(settings)
+    uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True, log_config=None)
 
 
 def worker() -> None:
@@ -434,6 +441,7 @@ def migrate() -> None:
 
 
 def submit(
+    context: typer.Context,
     model: Annotated[
         Path,
         typer.Argument(help="An .onnx file, a Squeezer model directory or a .zip of one."),
@@ -473,13 +481,13 @@ def submit(
     ] = "text",
 ) -> None:
     """Upload a model (and data), submit a compression job, and optionally wait for its results."""
-    try:
-        options = parse_options(option or [])
-    except ValueError as error:
-        err_console.print(str(error), highlight=False)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-    raise typer.Exit(
-        submit_and_wait(
+
+    def action() -> int:
+        try:
+            options = parse_options(option or [])
+        except ValueError as error:
+            raise ClientError(str(error), EXIT_BAD_INPUT) from None
+        return submit_and_wait(
             server,
             model,
             data,
@@ -492,26 +500,38 @@ def submit(
             api_key=api_key,
             log_format=log_format,
         )
-    )
+
+    run_client(context, server, action)
 
 
-def _run_client(action) -> None:
+def run_client(context: typer.Context, server: str, action: Callable[[], int | None]) -> None:
+    """Runs a client command's body and exits with its code; whatever goes wrong is one stderr line: a problem
+    answer (exit 2 for the request's fault, 1 for the server's), a server not reached (1) or a malformed --server
+    URL (2), and any other failure, a bug of ours, with the log file holding its traceback (1; the traceback itself
+    with `squeezer --debug`)."""
+    debug = cli_state(context).debug
     try:
-        action()
+        code = action() or EXIT_TARGET_MET
     except ClientError as error:
-        err_console.print(str(error), highlight=False, soft_wrap=True)
+        print_one_line(str(error))
         raise typer.Exit(error.exit_code) from None
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as error:
+        print_one_line(f"invalid server URL {server!r}: {error}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     except httpx.TransportError as error:
-        err_console.print(
-            f"cannot reach the Squeezer server: {error}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        print_one_line(f"cannot reach the Squeezer server at {server}: {error or type(error).__name__}")
         raise typer.Exit(EXIT_FAILED) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as error:
+        report_internal_error(error, debug=debug)
+        raise typer.Exit(EXIT_FAILED) from None
+    raise typer.Exit(code)
 
 
 @jobs_app.command("list")
 def jobs_list(
+    context: typer.Context,
     server: ServerOption = DEFAULT_SERVER,
     api_key: ApiKeyOption = None,
     status: Annotated[str | None, typer.Option(help="Only jobs with this status.")] = None,
@@ -522,7 +542,7 @@ def jobs_list(
     def action() -> None:
         with _client(server, api_key) as client:
             params = {"limit": limit, **({"status": status} if status else {})}
-            page = _check(client.get("/v1/jobs", params=params)).json()
+            page = _answer(client.get("/v1/jobs", params=params))
         table = Table(
             Column("id", no_wrap=True, min_width=36),
             "status",
@@ -540,34 +560,40 @@ def jobs_list(
             )
         console.print(table)
 
-    _run_client(action)
+    run_client(context, server, action)
 
 
 @jobs_app.command("show")
-def jobs_show(job_id: str, server: ServerOption = DEFAULT_SERVER, api_key: ApiKeyOption = None) -> None:
+def jobs_show(
+    context: typer.Context, job_id: str, server: ServerOption = DEFAULT_SERVER, api_key: ApiKeyOption = None
+) -> None:
     """One job as JSON."""
 
     def action() -> None:
         with _client(server, api_key) as client:
-            console.print_json(data=_check(client.get(f"/v1/jobs/{job_id}")).json())
+            console.print_json(data=_answer(client.get(f"/v1/jobs/{job_id}")))
 
-    _run_client(action)
+    run_client(context, server, action)
 
 
 @jobs_app.command("cancel")
-def jobs_cancel(job_id: str, server: ServerOption = DEFAULT_SERVER, api_key: ApiKeyOption = None) -> None:
+def jobs_cancel(
+    context: typer.Context, job_id: str, server: ServerOption = DEFAULT_SERVER, api_key: ApiKeyOption = None
+) -> None:
     """Cancel a job (a running one stops at its next step)."""
 
     def action() -> None:
         with _client(server, api_key) as client:
-            job = _check(client.post(f"/v1/jobs/{job_id}/cancel")).json()
+            job = _answer(client.post(f"/v1/jobs/{job_id}/cancel"))
         console.print(f"job {job['id']} {job['status']}")
 
-    _run_client(action)
+    run_client(context, server, action)
 
 
 @jobs_app.command("delete")
-def jobs_delete(job_id: str, server: ServerOption = DEFAULT_SERVER, api_key: ApiKeyOption = None) -> None:
+def jobs_delete(
+    context: typer.Context, job_id: str, server: ServerOption = DEFAULT_SERVER, api_key: ApiKeyOption = None
+) -> None:
     """Delete a finished job with its events and result files (a queued or running one: cancel it first)."""
 
     def action() -> None:
@@ -575,11 +601,12 @@ def jobs_delete(job_id: str, server: ServerOption = DEFAULT_SERVER, api_key: Api
             _check(client.delete(f"/v1/jobs/{job_id}"))
         console.print(f"job {job_id} deleted")
 
-    _run_client(action)
+    run_client(context, server, action)
 
 
 @jobs_app.command("download")
 def jobs_download(
+    context: typer.Context,
     job_id: str,
     server: ServerOption = DEFAULT_SERVER,
     out: Annotated[Path, typer.Option("--out")] = Path("squeezer-results"),
@@ -592,10 +619,11 @@ def jobs_download(
             for path in download_results(client, job_id, out):
                 console.print(str(path))
 
-    _run_client(action)
+    run_client(context, server, action)
 
 
 def demo(
+    context: typer.Context,
     out: Annotated[Path, typer.Option("--out", help="Folder for the results.")] = Path("demo-results"),
     port: Annotated[
         int,
@@ -608,21 +636,20 @@ def demo(
     console.print("Preparing the bundled sample model (lenet5 on digits)…")
     model_dir, accuracy = ensure_sample_model("digits")
     console.print(f"sample model: {model_dir} (validation accuracy {accuracy:.2f}%)")
-    server, thread, bound = serve_in_thread(embedded_app(out / ".service"), "127.0.0.1", port)
-    console.print(f"embedded service on http://127.0.0.1:{bound}")
+    server, thread, bound = serve_in_thread(
+        embedded_app(out / ".service", least_log_level="WARNING"), "127.0.0.1", port
+    )
+    url = f"http://127.0.0.1:{bound}"
+    console.print(f"embedded service on {url}")
     try:
-        code = submit_and_wait(
-            f"http://127.0.0.1:{bound}",
-            model_dir,
-            "sample:digits",
-            out_dir=out,
-            wait=True,
-            max_drop=1.0,
+        run_client(
+            context,
+            url,
+            lambda: submit_and_wait(url, model_dir, "sample:digits", out_dir=out, wait=True, max_drop=1.0),
         )
     finally:
         server.should_exit = True
         thread.join(SERVER_STOP_TIMEOUT_S)
-    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:

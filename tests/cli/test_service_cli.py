@@ -1,7 +1,10 @@
 """The service commands against real servers: `squeezer serve` as a process, the client commands against a live API."""
 
+import http.server
+import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -78,6 +81,62 @@ def test_submit_to_no_server_exits_1(tmp_path):
         ],
     )
     assert result.exit_code == 1 and "cannot reach" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize("url", ["not a url", "ftp://127.0.0.1/", "http://[::1"])
+def test_a_malformed_server_url_exits_2_with_one_line(url):
+    result = runner.invoke(app, ["jobs", "list", "--server", url])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().count("\n") == 0 and "invalid server URL" in result.stderr
+
+
+@pytest.fixture
+def foreign_server():
+    """A web server that is not a Squeezer API: every GET answers 200 with the body the test sets."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        body = b""
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(self.body)))
+            self.end_headers()
+            self.wfile.write(self.body)
+
+        def log_message(self, *_) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield Handler, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join(30)
+
+
+def test_an_answer_that_is_not_json_exits_1_with_one_line(foreign_server):
+    handler, url = foreign_server
+    handler.body = b"<html>a web page</html>"
+    result = runner.invoke(app, ["jobs", "show", "some-id", "--server", url])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().count("\n") == 0 and "Squeezer API" in result.stderr
+
+
+def test_an_unforeseen_client_error_is_one_line_naming_its_log_and_debug_prints_the_traceback(foreign_server):
+    handler, url = foreign_server
+    handler.body = b"{}"  # JSON, but no page of jobs: the client's code fails where nothing foresaw it
+    result = runner.invoke(app, ["jobs", "list", "--server", url])
+    assert result.exit_code == 1, result.output
+    line = result.stderr.strip()
+    assert line.count("\n") == 0 and line.startswith("error: internal_error:") and "Traceback" not in line
+    log = Path(re.search(r"the traceback is in (\S+\.log)", line).group(1))
+    try:
+        assert "KeyError" in log.read_text()
+    finally:
+        log.unlink()
+    debugged = runner.invoke(app, ["--debug", "jobs", "list", "--server", url])
+    assert debugged.exit_code == 1 and "Traceback" in debugged.stderr and "KeyError" in debugged.stderr
 
 
 def test_submit_of_an_unusable_model_exits_2_with_the_problem_detail(queued_server, tmp_path):
