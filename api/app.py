@@ -11,6 +11,7 @@ from api.jobs.routes import router as jobs_router
 from api.keycheck import KeyCheckMiddleware
 from api.limits import BodyLimitMiddleware
 from api.slots import TenantSlots
+from api.webhooks.routes import router as webhooks_router
 from core.jail import configured_jail
 from store.blobs import make_blob_store
 from store.db import make_engine, make_session_factory
@@ -62,6 +63,6 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     app.add_middleware(KeyCheckMiddleware)
     app.include_router(health.router)
     # Every /v1 route takes the bearer key (api.deps.current_tenant): the scheme comes with the dependency.
-    for router in (artifacts_router, jobs_router):
+    for router in (artifacts_router, jobs_router, webhooks_router):
         app.include_router(router, responses=problem_responses(401))
     return app

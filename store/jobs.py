@@ -3,7 +3,7 @@ states the status it expects, so two workers, a redelivered message or two reape
 commits its own change; client-visible changes bump `Job.version` (the API's ETag)."""
 
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, Row, bindparam, delete, func, insert, or_, select, tuple_, update
@@ -13,15 +13,9 @@ from sqlalchemy.orm import Session
 from core.events import Event
 from store.artifacts import QuotaExceeded, quota_lock, stored_bytes
 from store.job_spec import json_size
-from store.models import Artifact, Job, JobEvent, JobResult, utcnow
+from store.models import Artifact, Job, JobEvent, JobResult, as_utc, utcnow
 from store.statuses import ACTIVE_STATUSES, FINAL_STATUSES, JobStatus
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back without a zone; they were stored as UTC."""
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment
+from store.webhooks import queue_progress_event, queue_status_event
 
 
 def jsonable(value: Any) -> Any:
@@ -73,6 +67,8 @@ def create_job(
             if quota_bytes is not None and job.spec_bytes > (left := quota_bytes - stored_bytes(session, tenant)):
                 raise QuotaExceeded(left)
             session.add(job)
+            session.flush()
+            queue_status_event(session, job.id, JobStatus.QUEUED)
             session.commit()
     except IntegrityError:
         # Two requests with one key raced; the other insert won.
@@ -204,6 +200,7 @@ def claim_job(session: Session, job_id: str, worker_id: str) -> Job | None:
     if result.rowcount != 1:
         session.rollback()
         return None
+    queue_status_event(session, job_id, JobStatus.RUNNING)
     session.commit()
     return _fresh(session, job_id)
 
@@ -242,6 +239,7 @@ def update_progress(session: Session, job_id: str, progress: dict) -> None:
         .where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
         .values(progress=jsonable(progress), version=Job.version + 1)
     )
+    queue_progress_event(session, job_id)
     session.commit()
 
 
@@ -307,6 +305,7 @@ def finish_job(
             insert(JobResult),
             [{"job_id": job_id, "name": name, "artifact_id": artifact_id} for name, artifact_id in results.items()],
         )
+    queue_status_event(session, job_id, status)
     session.commit()
     return True
 
@@ -315,11 +314,13 @@ def request_cancel(session: Session, job_id: str) -> Job | None:
     """Idempotent: queued → cancelled at once (it will never run); running → cancelling (the worker stops at its next
     step boundary); final and cancelling jobs are left as they are. None when the job does not exist."""
     now = utcnow()
-    session.execute(
+    cancelled = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
         .values(**_ended(JobStatus.CANCELLED, now, cancel_requested=True, version=Job.version + 1))
     )
+    if cancelled.rowcount == 1:
+        queue_status_event(session, job_id, JobStatus.CANCELLED)
     session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
@@ -383,6 +384,7 @@ def reap(session: Session, *, heartbeat_timeout_s: float, stale_queued_s: float)
                     created_at=now,
                 )
             )
+            queue_status_event(session, job_id, values["status"])
             if values["status"] == JobStatus.QUEUED:
                 to_dispatch.append(job_id)
         session.commit()

@@ -28,6 +28,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back without a zone; they were stored as UTC."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
 def new_id(prefix: str) -> str:
     """Sortable-enough, unguessable ids with a readable type prefix (`job_…`, `art_…`)."""
     return f"{prefix}_{uuid.uuid4().hex}"
@@ -51,6 +58,25 @@ class ArtifactKind(StrEnum):
 
 # The kinds a client may upload; the worker stores the others.
 UPLOAD_KINDS = (ArtifactKind.MODEL, ArtifactKind.DATASET)
+
+
+class WebhookEvent(StrEnum):
+    """The events a webhook endpoint subscribes to; the values are the API's contract (`type` in every body)."""
+
+    JOB_QUEUED = "job.queued"
+    JOB_RUNNING = "job.running"
+    JOB_SUCCEEDED = "job.succeeded"
+    JOB_FAILED = "job.failed"
+    JOB_CANCELLED = "job.cancelled"
+    JOB_PROGRESS = "job.progress"
+
+
+class DeliveryStatus(StrEnum):
+    """A webhook message's state: pending until an attempt succeeds, failed once its retries ran out."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
 
 
 class Artifact(Base):
@@ -158,3 +184,61 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column()
     last_used_at: Mapped[datetime | None] = mapped_column()
+
+
+class WebhookEndpoint(Base):
+    """A tenant's webhook receiver. The secret signs every message (standardwebhooks) so the worker must be able to
+    read it; the API shows it only when it is made (creation, rotation). During a rotation's grace period messages
+    carry a second signature made with the previous secret."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("whk"))
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    # WebhookEvent values.
+    events: Mapped[list[str]] = mapped_column(JSON)
+    secret: Mapped[str] = mapped_column(String(128))
+    previous_secret: Mapped[str | None] = mapped_column(String(128))
+    previous_secret_until: Mapped[datetime | None] = mapped_column()
+    # When the endpoint was last sent a job.progress event: at most one per throttle interval.
+    progress_sent_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint (the transactional outbox): inserted in the transaction of the job's transition,
+    sent by the workers until it succeeds or its retries run out. Its id is the `webhook-id` of every attempt."""
+
+    __tablename__ = "webhook_deliveries"
+    # The senders look for messages due now.
+    __table_args__ = (Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("msg"))
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True)
+    event_type: Mapped[str] = mapped_column(String(32))  # a WebhookEvent value
+    # The body, {"type", "timestamp", "data"}, as it was when the event happened; every attempt sends these bytes.
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # When the next attempt is due; a sender that takes the message moves it past its own timeout, so a message whose
+    # sender died is taken again then.
+    next_attempt_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookAttempt(Base):
+    """One try at sending a message: the receiver's status code or the error, and how long it took."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True)
+    # Listed per endpoint (GET /v1/webhooks/{id}/deliveries).
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(255))
+    latency_ms: Mapped[float] = mapped_column(Float)
+    next_retry_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

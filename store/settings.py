@@ -98,6 +98,17 @@ class Settings(BaseSettings):
     # process, which the worker and the API refuse unless allow_unjailed_engine is also set.
     jail: Literal["bwrap", "none"] = "bwrap"
     allow_unjailed_engine: bool = False
+    # Webhooks (worker.webhooks). Receivers' addresses that are loopback, private, link-local, multicast or a cloud's
+    # metadata service are refused unless listed here: host names or CIDRs, comma-separated ("hooks.internal,
+    # 10.1.0.0/16"). Plain http only with webhook_allow_http.
+    webhook_allowed_hosts: str = ""
+    webhook_allow_http: bool = False
+    # A message is retried with exponential back-off (base delay doubling, with jitter, capped) for this long after
+    # its event, then marked failed.
+    webhook_retry_for_s: float = Field(86_400.0, ge=0)
+    webhook_retry_base_s: float = Field(5.0, gt=0)
+    webhook_retry_max_delay_s: float = Field(3600.0, gt=0)
+    max_webhooks_per_tenant: int = Field(20, ge=1, le=1000)
 
     def intake_limits(self) -> IntakeLimits:
         """The upload budgets as the engine takes them (core.limits.using)."""

@@ -11,6 +11,11 @@ Delivery settings, and why:
   second delivery is harmless (the claim is an atomic queued → running update, so it finds the job running and
   returns), but it is pointless work, so the timeout is set longer than any job. Jobs whose worker really died do
   not wait for it: the reaper sees their heartbeat stop and requeues them.
+
+Webhook messages go to their own queue, `webhooks`, which a webhooks worker (`python -m worker webhooks`) consumes
+on a pool of threads: sending waits on receivers, not on a GPU, and a receiver that hangs holds one thread for the
+send timeout at most, never a job. That worker also runs the sender loop that finds due messages
+(worker.webhooks.WebhookSender) and sends their ids to the queue.
 """
 
 import logging
@@ -20,13 +25,18 @@ from functools import cache
 
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
+from sqlalchemy.orm import Session, sessionmaker
 
-from store.settings import get_settings
+from store.db import make_engine, make_session_factory
+from store.settings import Settings, get_settings
 from worker.context import WorkerContext
 from worker.reaper import ReaperThread
+from worker.webhooks import SENDER_THREADS, WebhookSender, deliver
 
 TASK_NAME = "squeezer.run_job"
 QUEUE_NAME = "squeezer"
+WEBHOOK_TASK_NAME = "squeezer.deliver_webhook"
+WEBHOOK_QUEUE_NAME = "webhooks"
 # Longer than any job (see the module docstring): a week.
 VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
 # Publishing to a broker that is down: two quick retries within about a second, then the enqueue gives up.
@@ -35,6 +45,9 @@ PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step"
 log = logging.getLogger(__name__)
 # The reaper of this worker process, started once the worker is ready and stopped with it.
 _reaper: ReaperThread | None = None
+# Set by start_worker(webhooks=True): this process consumes the webhooks queue and runs the webhook sender loop.
+_webhooks_worker = False
+_webhook_sender: WebhookSender | None = None
 
 
 def create_celery_app(broker_url: str) -> Celery:
@@ -53,8 +66,10 @@ def create_celery_app(broker_url: str) -> Celery:
         broker_connection_retry_on_startup=True,
         # A broker that is down must not hang the API request that enqueues: fail fast, the reaper re-sends later.
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,
+        task_routes={WEBHOOK_TASK_NAME: {"queue": WEBHOOK_QUEUE_NAME}},
     )
     app.task(name=TASK_NAME, ignore_result=True)(run_job_task)
+    app.task(name=WEBHOOK_TASK_NAME, ignore_result=True)(deliver_webhook_task)
     return app
 
 
@@ -63,6 +78,18 @@ def worker_context() -> WorkerContext:
     """The worker process's context, built on first use from the SQUEEZER_* settings (a worker process is its own
     entry point, like a `squeezer` command)."""
     return WorkerContext.from_settings(get_settings())
+
+
+@cache
+def webhook_context() -> tuple[Settings, sessionmaker[Session]]:
+    """A webhooks worker's settings and database: it runs no engine, so it needs no jail."""
+    settings = get_settings()
+    return settings, make_session_factory(make_engine(settings.resolved_database_url))
+
+
+def deliver_webhook_task(delivery_id: str) -> None:
+    settings, session_factory = webhook_context()
+    deliver(delivery_id, settings, session_factory)
 
 
 def run_job_task(job_id: str) -> None:
@@ -76,48 +103,51 @@ def run_job_task(job_id: str) -> None:
 
 @worker_ready.connect
 def _start_reaper(sender=None, **_) -> None:
-    global _reaper
+    global _reaper, _webhook_sender
     app = sender.app
+    if _webhooks_worker:
+        _, session_factory = webhook_context()
+        _webhook_sender = WebhookSender(
+            session_factory, lambda message_id: app.send_task(WEBHOOK_TASK_NAME, [message_id])
+        )
+        _webhook_sender.start()
+        return
     _reaper = ReaperThread(worker_context(), lambda job_id: app.send_task(TASK_NAME, args=[job_id]))
     _reaper.start()
 
 
 @worker_shutdown.connect
 def _stop_reaper(**_) -> None:
-    global _reaper
+    global _reaper, _webhook_sender
+    if _webhook_sender is not None:
+        _webhook_sender.stop()
+        _webhook_sender = None
+        return
     if _reaper is not None:
         _reaper.stop()
         _reaper = None
     worker_context().close()
 
 
-def start_worker(*, loglevel: str = "INFO") -> None:
+def start_worker(*, loglevel: str = "INFO", webhooks: bool = False) -> None:
     """Runs a worker in this process until it is stopped (`squeezer worker`, `python -m worker`), configured by the
-    SQUEEZER_* settings."""
+    SQUEEZER_* settings: a job worker, or with `webhooks` a webhooks worker (`python -m worker webhooks`)."""
+    global _webhooks_worker
     settings = get_settings()
     if not settings.broker_url:
         raise ValueError(
             "SQUEEZER_BROKER_URL is not set: a Celery worker needs a broker (the embedded mode runs jobs in-process)"
         )
-    worker_context()  # a worker that cannot jail its jobs' engines (core.jail) refuses to start, here
+    _webhooks_worker = webhooks
+    if webhooks:
+        pool = ["--pool", "threads", "--concurrency", str(2 * SENDER_THREADS), "--queues", WEBHOOK_QUEUE_NAME]
+    else:
+        worker_context()  # a worker that cannot jail its jobs' engines (core.jail) refuses to start, here
+        pool = ["--pool", "solo", "--concurrency", "1", "--queues", QUEUE_NAME]
     worker_app = create_celery_app(settings.broker_url)
-    hostname = f"squeezer-{os.getpid()}@{socket.gethostname()}"
+    hostname = f"squeezer-{'webhooks-' if webhooks else ''}{os.getpid()}@{socket.gethostname()}"
     worker_app.worker_main(
-        [
-            "worker",
-            "--pool",
-            "solo",
-            "--concurrency",
-            "1",
-            "--loglevel",
-            loglevel,
-            "--hostname",
-            hostname,
-            "--queues",
-            QUEUE_NAME,
-            "--without-gossip",
-            "--without-mingle",
-        ]
+        ["worker", *pool, "--loglevel", loglevel, "--hostname", hostname, "--without-gossip", "--without-mingle"]
     )
 
 

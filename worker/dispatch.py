@@ -14,6 +14,7 @@ from store.blobs import BlobStore
 from store.settings import Settings
 from worker.context import WorkerContext
 from worker.reaper import recover_once
+from worker.webhooks import InProcessWebhooks
 
 log = logging.getLogger(__name__)
 # /readyz asks the broker once and waits this long: a probe must answer well within its own timeout.
@@ -71,11 +72,18 @@ class InProcessDispatcher:
     """Runs jobs one at a time on a background thread with the same job function as the Celery workers.
 
     With a `context`, `start` first recovers what a previous process left: running jobs are orphaned by definition
-    (this process is the only worker), so they are requeued, and every queued job is enqueued again."""
+    (this process is the only worker), so they are requeued, and every queued job is enqueued again. With `webhooks`,
+    webhook messages are sent on threads of their own beside it (worker.webhooks.InProcessWebhooks)."""
 
-    def __init__(self, runner: Callable[[str], None], context: WorkerContext | None = None):
+    def __init__(
+        self,
+        runner: Callable[[str], None],
+        context: WorkerContext | None = None,
+        webhooks: InProcessWebhooks | None = None,
+    ):
         self.runner = runner
         self.context = context
+        self.webhooks = webhooks
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -93,6 +101,8 @@ class InProcessDispatcher:
                 self.enqueue(job_id)
         self._thread = threading.Thread(target=self._loop, name="squeezer-inprocess-worker", daemon=True)
         self._thread.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -113,6 +123,8 @@ class InProcessDispatcher:
         self._queue.put(_STOP)
         self._thread.join(timeout_s)
         self._thread = None
+        if self.webhooks is not None:
+            self.webhooks.stop()
         if self.context is not None:
             self.context.close()
 
@@ -127,4 +139,6 @@ def make_dispatcher(settings: Settings, session_factory: sessionmaker[Session], 
     from worker.runner import run_job
 
     context = WorkerContext.from_settings(settings, session_factory, blobs)
-    return InProcessDispatcher(lambda job_id: run_job(job_id, context), context)
+    return InProcessDispatcher(
+        lambda job_id: run_job(job_id, context), context, InProcessWebhooks(settings, session_factory)
+    )

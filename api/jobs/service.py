@@ -17,6 +17,7 @@ from api.slots import TenantSlots
 from core.errors import InputError, redact_paths
 from store.artifacts import QuotaExceeded, delete_artifact, get_ready_artifact
 from store.blobs import BlobStore
+from store.job_document import job_document, job_fields
 from store.job_inputs import fetch_inputs
 from store.job_reads import JobReader
 from store.jobs import (
@@ -287,34 +288,9 @@ def event_out(event: JobEvent) -> EventOut:
 
 def job_out(job: Job | Row) -> JobOut:
     """From the ORM object or from the poll's row (store.job_reads), which has the same attributes."""
-    return JobOut(**_job_fields(job), spec=job.spec)
+    return job_document(job)
 
 
 def job_summary(job: Job | Row) -> JobSummary:
     """A job without its spec, for lists."""
-    return JobSummary(**_job_fields(job))
-
-
-def _job_fields(job: Job | Row) -> dict:
-    base = f"/v1/jobs/{job.id}"
-    error = {"code": job.error_code, "message": job.error_message} if job.error_code else None
-    return dict(
-        id=job.id,
-        status=job.status,
-        progress=job.progress or {},
-        attempts=job.attempts,
-        target_met=job.target_met,
-        error=error,
-        created_at=as_utc(job.created_at),
-        started_at=as_utc(job.started_at),
-        finished_at=as_utc(job.finished_at),
-        duration_s=job.duration_s,
-        links={
-            "self": base,
-            "events": f"{base}/events",
-            "report": f"{base}/report",
-            "report_html": f"{base}/report.html",
-            "artifacts": f"{base}/artifacts",
-            "cancel": f"{base}/cancel",
-        },
-    )
+    return JobSummary(**job_fields(job))

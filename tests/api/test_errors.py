@@ -40,6 +40,11 @@ def test_openapi_has_the_stable_operation_ids_and_problem_responses(queued_clien
         "downloadJobArtifact",
         "healthz",
         "readyz",
+        "createWebhook",
+        "listWebhooks",
+        "deleteWebhook",
+        "rotateWebhookSecret",
+        "listWebhookDeliveries",
     }
     assert "application/problem+json" in operations["getJob"]["responses"]["404"]["content"]
     upload_schema = operations["createArtifact"]["requestBody"]["content"]["multipart/form-data"]["schema"]
