@@ -179,6 +179,8 @@ class S3Server:
             "-ip.bind=127.0.0.1",
             f"-s3.port={self.port}",
             f"-s3.config={config}",
+            f"-s3.localSocket={self.root / 's3.sock'}",
+            f"-filer.localSocket={self.root / 'filer.sock'}",
             *(f"-{flag}={free_port()}" for flag in _WEED_PORT_FLAGS),
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
@@ -191,7 +193,9 @@ class S3Server:
     def start(self) -> "S3Server":
         (self.root / "data").mkdir(parents=True, exist_ok=True)
         log = (self.root / "log").open("wb")
-        self.proc = subprocess.Popen(self._args(), stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
+        # Its other unix sockets go to the temporary folder: this one, removed with the server.
+        env = {**os.environ, "TMPDIR": str(self.root)}
+        self.proc = subprocess.Popen(self._args(), stdout=log, stderr=subprocess.STDOUT, cwd=self.root, env=env)
         client = self.client()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
