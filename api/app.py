@@ -10,6 +10,7 @@ from api.errors import install_problem_handlers, problem_responses
 from api.jobs.routes import router as jobs_router
 from api.keycheck import KeyCheckMiddleware
 from api.limits import BodyLimitMiddleware
+from api.metrics import install_metrics
 from api.slots import TenantSlots
 from api.webhooks.routes import router as webhooks_router
 from core.jail import configured_jail
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     # The outermost runs first: the key is checked before the body limits read a byte of the body.
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(KeyCheckMiddleware)
+    install_metrics(app, session_factory)  # GET /metrics; its middleware is the outermost (X-Request-ID, timing)
     app.include_router(health.router)
     # Every /v1 route takes the bearer key (api.deps.current_tenant): the scheme comes with the dependency.
     for router in (artifacts_router, jobs_router, webhooks_router):

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.slots import TenantSlots
 from store.blobs import BlobStore
 from store.job_reads import JobReader
+from store.logging_setup import set_log_field
 from store.models import DEFAULT_TENANT
 from store.settings import Settings
 from worker.dispatch import Dispatcher
@@ -67,11 +68,10 @@ async def current_tenant(
     """The caller's tenant: the owner of the bearer key when auth is on, else the default tenant. Every query a route
     makes is filtered by it, so another tenant's ids answer 404. The key itself is verified by api.keycheck before
     the body is read, for every /v1 path; `credentials` is here only to declare the scheme."""
-    if not settings.auth:
-        return DEFAULT_TENANT
-    tenant = getattr(request.state, "tenant", None)
+    tenant = getattr(request.state, "tenant", None) if settings.auth else DEFAULT_TENANT
     if tenant is None:  # a route outside api.keycheck.PROTECTED_PREFIX: refuse rather than guess
         raise HTTPException(401, "send `Authorization: Bearer <api key>`", headers={"WWW-Authenticate": "Bearer"})
+    set_log_field("tenant", tenant)  # the request's later log lines name it (store.logging_setup)
     return tenant
 
 

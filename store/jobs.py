@@ -44,6 +44,7 @@ def create_job(
     request_hash: str | None,
     max_attempts: int,
     quota_bytes: int | None = None,
+    request_id: str | None = None,
 ) -> tuple[Job, bool]:
     """Inserts a queued job, or returns the tenant's job already created with this idempotency key (created=False);
     the caller compares `request_hash` to refuse a reused key with another body. The spec's bytes count toward the
@@ -61,6 +62,7 @@ def create_job(
         request_hash=request_hash,
         max_attempts=max_attempts,
         dispatched_at=utcnow(),
+        request_id=request_id,
     )
     try:
         with quota_lock(session, tenant, quota_bytes):

@@ -145,6 +145,8 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
     duration_s: Mapped[float | None] = mapped_column(Float)
+    # The submission's X-Request-ID (api.metrics): the worker's log lines for the job carry it.
+    request_id: Mapped[str | None] = mapped_column(String(128))
 
 
 class JobResult(Base):

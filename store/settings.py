@@ -109,6 +109,13 @@ class Settings(BaseSettings):
     webhook_retry_base_s: float = Field(5.0, gt=0)
     webhook_retry_max_delay_s: float = Field(3600.0, gt=0)
     max_webhooks_per_tenant: int = Field(20, ge=1, le=1000)
+    # Logs (store.logging_setup): "text" lines for people, "json" one object per line for a collector.
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # When set, GET /metrics and a worker's metrics port answer only `Authorization: Bearer <token>`.
+    metrics_token: SecretStr = SecretStr("")
+    # A Celery worker serves its Prometheus metrics on this port (worker.metrics); 0 serves none.
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
 
     def intake_limits(self) -> IntakeLimits:
         """The upload budgets as the engine takes them (core.limits.using)."""

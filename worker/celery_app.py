@@ -24,12 +24,14 @@ import socket
 from functools import cache
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import setup_logging, worker_ready, worker_shutdown
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.db import make_engine, make_session_factory
+from store.logging_setup import configure_logging
 from store.settings import Settings, get_settings
 from worker.context import WorkerContext
+from worker.metrics import serve_metrics
 from worker.reaper import ReaperThread
 from worker.webhooks import SENDER_THREADS, WebhookSender, deliver
 
@@ -127,6 +129,21 @@ def _stop_reaper(**_) -> None:
         _reaper.stop()
         _reaper = None
     worker_context().close()
+
+
+@setup_logging.connect
+def _configure_logging(**_) -> None:
+    """With a receiver here Celery leaves the root logger alone: a worker logs as SQUEEZER_LOG_FORMAT says, like
+    the API (store.logging_setup)."""
+    configure_logging(get_settings())
+
+
+@worker_ready.connect
+def _serve_metrics(**_) -> None:
+    """Prometheus metrics on SQUEEZER_WORKER_METRICS_PORT (worker.metrics), for as long as the process lives."""
+    settings = get_settings()
+    if settings.worker_metrics_port:
+        serve_metrics(settings.worker_metrics_port, settings.metrics_token.get_secret_value())
 
 
 def start_worker(*, loglevel: str = "INFO", webhooks: bool = False) -> None:

@@ -30,10 +30,12 @@ from store.artifacts import delete_artifact, export_artifact_to, store_file
 from store.job_inputs import fetch_inputs
 from store.job_spec import read_spec
 from store.jobs import checkpoint_of, claim_job, finish_job, heartbeat, record_event, set_checkpoint, update_progress
+from store.logging_setup import log_context
 from store.models import ArtifactKind, Job
 from store.statuses import JobStatus
 from worker.context import WorkerContext
 from worker.engine_process import EngineRun
+from worker.metrics import JobTimer
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ def run_job(job_id: str, ctx: WorkerContext) -> None:
         return
     log.info("job %s: attempt %d on %s", job_id, job.attempts, ctx.worker_id)
     with (
+        log_context(job_id=job.id, tenant=job.tenant, request_id=job.request_id),
         JobMonitor(ctx, job) as monitor,
         contextlib.closing(ctx.engines.take()) as engine,  # the jailed engine's folder is the job's
         tempfile.TemporaryDirectory(prefix=f"squeezer-{job_id}-") as scratch,  # the worker's own
@@ -73,23 +76,22 @@ def run_job(job_id: str, ctx: WorkerContext) -> None:
             report = _compress(job, ctx, monitor, engine)
             results = _store_results(job, ctx, engine.folder / "out", Path(scratch))
         except Cancelled:
-            finished = _finish(ctx, job, JobStatus.CANCELLED)
+            finished = _finish(monitor, JobStatus.CANCELLED)
         except SqueezerError as error:
             finished = _finish(
-                ctx, job, JobStatus.FAILED, error_code=error.code, error_message=redact_paths(error.message)
+                monitor, JobStatus.FAILED, error_code=error.code, error_message=redact_paths(error.message)
             )
         except Exception as error:
             log.exception("job %s: internal error", job_id)
             finished = _finish(
-                ctx,
-                job,
+                monitor,
                 JobStatus.FAILED,
                 error_code="internal_error",
                 error_message=f"The job stopped on an internal error ({type(error).__name__}); "
                 "the worker's log has the details.",
             )
         else:
-            finished = _finish(ctx, job, *_outcome(report), target_met=bool(report.get("target_met")), results=results)
+            finished = _finish(monitor, *_outcome(report), target_met=bool(report.get("target_met")), results=results)
             if not finished:
                 for artifact_id in results.values():
                     delete_artifact(ctx.session_factory, ctx.blobs, artifact_id)
@@ -104,13 +106,15 @@ def _outcome(report: dict) -> tuple[JobStatus, str | None, str | None]:
 
 
 def _finish(
-    ctx: WorkerContext,
-    job: Job,
+    monitor: "JobMonitor",
     status: JobStatus,
     error_code: str | None = None,
     error_message: str | None = None,
     **fields: Any,
 ) -> bool:
+    ctx, job = monitor.ctx, monitor.job
+    monitor.timer.finished(status)
+    log.info("job %s: %s", job.id, status)
     fields.update(error_code=error_code, error_message=error_message)
     with ctx.session_factory() as session:
         checkpoint_id = checkpoint_of(session, job.id)
@@ -260,6 +264,7 @@ class JobMonitor:
         self._last_write = 0.0
         self._last_check = time.monotonic()
         self._last_stage: str | None = None
+        self.timer = JobTimer(job.spec.get("method"))  # worker.metrics: busy, job and stage durations
         self.progress: dict[str, Any] = {
             "stage": JobStatus.QUEUED,
             "fraction": 0.0,
@@ -268,12 +273,14 @@ class JobMonitor:
         }
 
     def __enter__(self) -> Self:
+        self.timer.start()
         self._thread.start()
         return self
 
     def __exit__(self, *_) -> None:
         self._closing.set()
         self._thread.join()
+        self.timer.stop()
 
     def _heartbeat_loop(self) -> None:
         while not self._closing.wait(self.ctx.settings.heartbeat_interval_s):
@@ -320,6 +327,7 @@ class JobMonitor:
 
     def _track(self, event: Event) -> None:
         """Progress shows the stage, the overall fraction and the best accepted step so far (highest ratio)."""
+        self.timer.stage(event.stage)
         self.progress["stage"] = event.stage
         self.progress["fraction"] = max(self.progress["fraction"], min(max(float(event.fraction), 0.0), 1.0))
         data = event.data

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ProblemError, not_found
 from api.limits import decimal
+from api.metrics import UPLOAD_BYTES
 from store.artifacts import (
     READ_CHUNK_BYTES,
     QuotaExceeded,
@@ -253,7 +254,7 @@ async def receive_upload(
         kind = _check_kind(stream.fields.get("kind"))
         await anyio.to_thread.run_sync(spool.seek, 0)
         try:
-            return await anyio.to_thread.run_sync(
+            artifact = await anyio.to_thread.run_sync(
                 lambda: store_artifact(
                     session_factory,
                     blobs,
@@ -276,6 +277,8 @@ async def receive_upload(
                 f"this tenant's storage quota leaves {max(error.left, 0)} bytes; delete artifacts to make room; "
                 "nothing was stored",
             ) from None
+    UPLOAD_BYTES.inc(artifact.size_bytes)
+    return artifact
 
 
 def storage_quota_left(session_factory: sessionmaker[Session], tenant: str, quota: int | None) -> int | None:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ProblemError, not_found
 from api.jobs.schemas import EventOut, JobCreate, JobOut, JobSummary
+from api.metrics import submission_check_timer
 from api.pagination import event_cursor
 from api.slots import TenantSlots
 from core.errors import InputError, redact_paths
@@ -34,6 +35,7 @@ from store.jobs import (
     list_tenant_jobs,
     request_cancel,
 )
+from store.logging_setup import current_log_fields
 from store.models import Artifact, Job, JobEvent
 from store.settings import Settings
 from store.statuses import FINAL_STATUSES
@@ -130,6 +132,7 @@ async def submit_job(
     """Returns (job, created). Raises 422 problems for unknown artifacts, unusable inputs and a reused key."""
     digest = request_hash(body)
     spec = body.model_dump(mode="json")
+    request_id = current_log_fields().get("request_id")  # api.metrics.RequestContextMiddleware set it
     check_time_limit(body, settings)
 
     def look_up() -> Job | None:
@@ -147,7 +150,7 @@ async def submit_job(
     if existing is not None:
         return existing, False
     try:
-        with checks.hold(tenant):
+        with checks.hold(tenant), submission_check_timer():
             await anyio.to_thread.run_sync(validate_inputs, body, tenant, settings, session_factory, blobs)
     except InputError as error:
         raise ProblemError(422, error.code, redact_paths(error.message), title="Unusable input") from None
@@ -163,6 +166,7 @@ async def submit_job(
                     request_hash=digest,
                     max_attempts=settings.max_attempts,
                     quota_bytes=settings.max_stored_bytes_per_tenant,
+                    request_id=request_id,
                 )
             except QuotaExceeded as error:
                 raise ProblemError(
