@@ -144,7 +144,10 @@ def download(request: Request, artifact: Artifact, blobs: BlobStore) -> Response
     media_type = artifact.content_type or "application/octet-stream"
     url = blobs.download_url(artifact.id, media_type, content_disposition(artifact.filename))
     if url is not None:
-        return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
+        # The URL expires within a minute or so: no cache may keep the redirect.
+        return RedirectResponse(
+            url, status_code=status.HTTP_307_TEMPORARY_REDIRECT, headers={"Cache-Control": "no-store"}
+        )
     if_range = request.headers.get("if-range")
     header = request.headers.get("range") if if_range in (None, f'"{artifact.sha256}"') else None
     try:

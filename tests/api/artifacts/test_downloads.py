@@ -87,6 +87,7 @@ def test_presigned_downloads_redirect_to_the_bucket(api_settings, s3_settings, r
         artifact = uploaded(client)
         redirect = client.get(f"/v1/artifacts/{artifact['id']}/content", follow_redirects=False)
     assert redirect.status_code == 307 and redirect.content == b""
+    assert redirect.headers["cache-control"] == "no-store"
     location = redirect.headers["location"]
     assert location.startswith(f"{s3_settings['s3_endpoint_url']}/{s3_settings['s3_bucket']}/blobs/{artifact['id']}?")
     direct = httpx.get(location)
