@@ -29,6 +29,7 @@ from standardwebhooks import Webhook
 from store.models import WebhookDelivery, WebhookEndpoint, as_utc, utcnow
 from store.settings import Settings
 from store.webhooks import message_to_send, record_attempt, secrets_to_sign, take_due_deliveries
+from worker.metrics import WEBHOOK_DELIVERIES
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,7 @@ def deliver(delivery_id: str, settings: Settings, session_factory: sessionmaker[
             succeeded=answer.ok,
             next_retry_at=next_retry,
         )
+    WEBHOOK_DELIVERIES.labels("delivered" if answer.ok else "retry" if next_retry else "failed").inc()
     if not answer.ok:
         log.info("webhook %s attempt %d: %s", delivery_id, delivery.attempts + 1, answer.error or answer.status_code)
 

@@ -10,7 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from api.app import create_app
+from store.models import WebhookEndpoint
 from tests.api.conftest import LONG_OPTIONS, upload
+from tests.api.test_auth import insert_job
 
 API_FAMILIES = {
     "squeezer_jobs",
@@ -61,8 +63,12 @@ def assert_labels_bounded(families: dict[str, list], ids: list[str], routes: set
                     assert label in routes, f"{label!r} is not a route template"
 
 
+def route_templates(client: TestClient) -> set[str]:
+    return set(client.app.openapi()["paths"]) | {"/metrics", "unmatched"}
+
+
 def test_metrics_while_a_job_runs_and_after(client, sample_model_zip):
-    routes = set(client.app.openapi()["paths"]) | {"/metrics", "unmatched"}
+    routes = route_templates(client)
     before = scrape(client)
     uploaded_before = value(before, "squeezer_upload_bytes_total")
     model = upload(client, sample_model_zip)
@@ -146,3 +152,19 @@ def test_every_answer_carries_a_request_id(client):
         assert len(answer.headers["x-request-id"]) == 32
     refused = client.get("/v1/jobs/job_missing")
     assert refused.status_code == 404 and refused.headers["x-request-id"]
+
+
+def test_webhook_deliveries_are_counted_by_outcome(client):
+    """A receiver the SSRF guard refuses at delivery: each attempt fails and is retried, counted as "retry"."""
+    before = value(scrape(client), "squeezer_webhook_deliveries_total", outcome="retry")
+    with client.app.state.session_factory() as session:
+        endpoint = WebhookEndpoint(
+            tenant="default", url="https://10.0.0.1/hook", events=["job.queued"], secret="whsec_" + "QUJD" * 8
+        )
+        session.add(endpoint)
+        session.commit()
+    job_id = insert_job(client, "default")
+    families = wait_for_scrape(
+        client, lambda f: value(f, "squeezer_webhook_deliveries_total", outcome="retry") > before, timeout_s=30
+    )
+    assert_labels_bounded(families, [job_id, endpoint.id], route_templates(client))
