@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,13 +17,13 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from api.app import create_app
 from store.migrate import upgrade_database
-from store.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
+from store.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint, utcnow
 from store.settings import Settings
 from store.statuses import FINAL_STATUSES
 from tests.api.conftest import tiny_job, upload
 from tests.api.test_auth import insert_job
 from tests.worker.conftest import REPO
-from worker.webhooks import TIMEOUT_S
+from worker.webhooks import TIMEOUT_S, retry_at
 
 WEBHOOK_SETTINGS = {
     "webhook_allowed_hosts": "127.0.0.1",
@@ -270,3 +271,15 @@ def test_a_url_refused_at_delivery_is_logged_and_never_connected_to(client):
     attempts = wait_for(lambda: client.get(f"/v1/webhooks/{endpoint.id}/deliveries").json()["data"], 30, "an attempt")
     assert attempts[0]["error"].startswith("refused: the host 10.0.0.1 resolves to 10.0.0.1")
     assert attempts[0]["status_code"] is None and attempts[0]["latency_ms"] == 0.0
+
+
+def test_retries_back_off_exponentially_with_jitter_until_the_retry_window_closes():
+    settings = Settings(webhook_retry_base_s=5, webhook_retry_max_delay_s=3600, webhook_retry_for_s=86_400)
+    now = utcnow()
+    fresh = WebhookDelivery(created_at=now, attempts=0)
+    for attempts, delay in [(0, 5), (1, 10), (3, 40), (20, 3600)]:
+        fresh.attempts = attempts
+        waits = {(retry_at(settings, fresh, now) - now).total_seconds() for _ in range(20)}
+        assert all(delay / 2 <= wait <= delay for wait in waits) and len(waits) > 1  # jittered
+    old = WebhookDelivery(created_at=now - timedelta(seconds=86_400 - 1), attempts=0)
+    assert retry_at(settings, old, now) is None  # the next try would fall past the window: the message fails
