@@ -24,11 +24,18 @@ CONTEXT_FIELDS = ("request_id", "tenant", "job_id")
 _context: dict[str, ContextVar[str | None]] = {name: ContextVar(name, default=None) for name in CONTEXT_FIELDS}
 
 MASK = "***"
-# An API key (store.keys.KEY_PREFIX + token_urlsafe), a Standard Webhooks secret, the password of a URL's userinfo.
+# An API key (store.keys.KEY_PREFIX + token_urlsafe), a Standard Webhooks secret (base64: up to a delimiter, its
+# percent-encoded form in a logged URL included), the password of a URL's userinfo (plain or percent-encoded, as a URL
+# inside a logged query string is).
 _SECRETS = (
     (re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_\-]{8,}"), KEY_PREFIX + MASK),
-    (re.compile(r"whsec_[A-Za-z0-9+/=_\-]+"), "whsec_" + MASK),
-    (re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)[^@\s]+@"), r"\g<head>" + MASK + "@"),
+    (re.compile(r"whsec_[^\s\"'&,;<>]+"), "whsec_" + MASK),
+    (
+        re.compile(
+            r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*(?::|%3A)(?://|%2F%2F)[^:/@\s%]*(?::|%3A))[^\s@]+?(?=@|%40)", re.I
+        ),
+        r"\g<head>" + MASK,
+    ),
 )
 HANDLER_NAME = "squeezer"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(context)s: %(message)s"
@@ -109,6 +116,7 @@ def configure_logging(settings: Settings, *, least_level: str | None = None) -> 
     for old in [old for old in root.handlers if old.get_name() == HANDLER_NAME]:  # a second call replaces the first
         root.removeHandler(old)
     root.addHandler(handler)
+    logging.captureWarnings(True)  # a library's warning is a line in the format too
     levels = [logging.getLevelNamesMapping()[name] for name in (settings.log_level, least_level) if name]
     root.setLevel(max(levels))
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery"):

@@ -151,6 +151,7 @@ def start_worker(*, loglevel: str = "INFO", webhooks: bool = False) -> None:
     SQUEEZER_* settings: a job worker, or with `webhooks` a webhooks worker (`python -m worker webhooks`)."""
     global _webhooks_worker
     settings = get_settings()
+    configure_logging(settings)  # now, not at Celery's setup_logging: its start-up warnings are lines in the format
     if not settings.broker_url:
         raise ValueError(
             "SQUEEZER_BROKER_URL is not set: a Celery worker needs a broker (the embedded mode runs jobs in-process)"
@@ -163,9 +164,9 @@ def start_worker(*, loglevel: str = "INFO", webhooks: bool = False) -> None:
         pool = ["--pool", "solo", "--concurrency", "1", "--queues", QUEUE_NAME]
     worker_app = create_celery_app(settings.broker_url)
     hostname = f"squeezer-{'webhooks-' if webhooks else ''}{os.getpid()}@{socket.gethostname()}"
-    worker_app.worker_main(
-        ["worker", *pool, "--loglevel", loglevel, "--hostname", hostname, "--without-gossip", "--without-mingle"]
-    )
+    quiet = ["--quiet"] if settings.log_format == "json" else []  # Celery's banner is not a JSON line
+    options = ["--loglevel", loglevel, "--hostname", hostname, "--without-gossip", "--without-mingle"]
+    worker_app.worker_main([*quiet, "worker", *pool, *options])
 
 
 @cache
