@@ -1,6 +1,7 @@
 """A Celery worker's metrics port (SQUEEZER_WORKER_METRICS_PORT): scraped and parsed while the worker waits, runs a
 job and after; the token is enforced; GPU memory is there exactly where nvidia-smi is."""
 
+import os
 import shutil
 import time
 
@@ -9,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.servers import free_port
 from tests.worker.conftest import tiny_spec
+from worker.metrics import GpuMemoryCollector
 
 TOKEN = "worker-metrics-token"
 
@@ -63,3 +65,17 @@ def test_a_worker_serves_its_metrics_while_it_waits_runs_a_job_and_after(service
     assert {"intake", "baseline", "export"} <= stages, stages
     labels = {value for samples in done.values() for s in samples for value in s.labels.values()}
     assert not any(job_id in value for value in labels)
+
+
+def test_gpu_memory_is_read_from_nvidia_smi(tmp_path, monkeypatch):
+    """No GPU here: a stand-in nvidia-smi answers the query as the real one does (csv, noheader, nounits, MiB)."""
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text('#!/bin/sh\nprintf "0, 1024, 81559\\n1, 0, 81559\\n"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    families = {family.name: family.samples for family in GpuMemoryCollector().collect()}
+    used = {s.labels["gpu"]: s.value for s in families["squeezer_gpu_memory_used_bytes"]}
+    total = {s.labels["gpu"]: s.value for s in families["squeezer_gpu_memory_total_bytes"]}
+    assert used == {"0": 1024 * 2**20, "1": 0.0} and total == {"0": 81559 * 2**20, "1": 81559 * 2**20}
+    fake.write_text("#!/bin/sh\nexit 9\n")  # a driver that does not answer: no figures, no failed scrape
+    assert list(GpuMemoryCollector().collect()) == []
