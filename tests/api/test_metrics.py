@@ -2,17 +2,24 @@
 and after it ends; every family the operators rely on is there, no label carries an id or a raw path, and the
 token is enforced when set."""
 
+import os
+import sys
 import time
+from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from api.app import create_app
+from store.migrate import upgrade_database
 from store.models import WebhookEndpoint
 from tests.api.conftest import LONG_OPTIONS, upload
 from tests.api.test_auth import insert_job
+from tests.api.test_logging import start, stop, wait_until
+from tests.servers import free_port
 
 API_FAMILIES = {
     "squeezer_jobs",
@@ -168,3 +175,37 @@ def test_webhook_deliveries_are_counted_by_outcome(client):
         client, lambda f: value(f, "squeezer_webhook_deliveries_total", outcome="retry") > before, timeout_s=30
     )
     assert_labels_bounded(families, [job_id, endpoint.id], route_templates(client))
+
+
+def test_several_api_processes_answer_for_all_in_multiprocess_mode(postgres_url, tmp_path):
+    """Two `squeezer api` processes sharing PROMETHEUS_MULTIPROC_DIR: requests one of them answered are in the other's
+    scrape."""
+    upgrade_database(postgres_url)
+    shared = tmp_path / "prometheus"
+    shared.mkdir()
+    env = {
+        **os.environ,
+        "SQUEEZER_DATABASE_URL": postgres_url,
+        "SQUEEZER_DATA_DIR": str(tmp_path / "data"),
+        "PROMETHEUS_MULTIPROC_DIR": str(shared),
+    }
+    squeezer = str(Path(sys.executable).with_name("squeezer"))
+    ports = [free_port(), free_port()]
+    processes = [
+        start([squeezer, "api", "--no-auth", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path / f"{port}.log")
+        for port in ports
+    ]
+    try:
+        first, second = (httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) for port in ports)
+        for client in (first, second):
+            wait_until(lambda client=client: client.get("/healthz").status_code == 200, "the API")
+        for _ in range(5):
+            assert first.get("/v1/jobs").status_code == 200
+        answer = second.get("/metrics")
+        assert answer.status_code == 200
+        families = {family.name: family.samples for family in text_string_to_metric_families(answer.text)}
+        assert value(families, "squeezer_http_requests_total", method="GET", route="/v1/jobs", status="200") == 5
+        assert len(families["squeezer_queue_depth"]) == 1
+    finally:
+        for process in processes:
+            stop(process)
