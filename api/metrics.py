@@ -26,6 +26,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -96,7 +97,12 @@ class JobsCollector(Collector):
         self._counts: dict[tuple[str, str], int] = {}
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        counts = self._cached_counts()
+        try:
+            counts = self._cached_counts()
+        except SQLAlchemyError:
+            # The scrape still answers with the process's figures; /readyz is where the outage shows.
+            log.warning("metrics: the job counts could not be read", exc_info=True)
+            return
         jobs = GaugeMetricFamily("squeezer_jobs", "Jobs by status and method.", labels=["status", "method"])
         for status in JobStatus:
             for method in sorted(METHODS | {"other"}):
@@ -147,7 +153,7 @@ def metrics(request: Request) -> Response:
 
 
 def install_metrics(app, session_factory: sessionmaker[Session]) -> None:
-    registry = CollectorRegistry(auto_describe=True)
+    registry = CollectorRegistry()  # collectors are not asked to describe themselves: no query until a scrape
     registry.register(JobsCollector(session_factory))
     app.state.metrics_registry = registry
     app.include_router(router)

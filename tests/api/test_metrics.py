@@ -16,10 +16,12 @@ from pydantic import SecretStr
 from api.app import create_app
 from store.migrate import upgrade_database
 from store.models import WebhookEndpoint
+from store.settings import Settings
 from tests.api.conftest import LONG_OPTIONS, upload
 from tests.api.test_auth import insert_job
 from tests.api.test_logging import start, stop, wait_until
 from tests.servers import free_port
+from worker.dispatch import CeleryDispatcher
 
 API_FAMILIES = {
     "squeezer_jobs",
@@ -209,3 +211,10 @@ def test_several_api_processes_answer_for_all_in_multiprocess_mode(postgres_url,
     finally:
         for process in processes:
             stop(process)
+
+
+def test_a_scrape_answers_without_the_database(tmp_path):
+    settings = Settings(data_dir=tmp_path, database_url=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none")
+    with TestClient(create_app(settings, dispatcher=CeleryDispatcher("redis://127.0.0.1:1/0"))) as client:
+        families = scrape(client)
+    assert "squeezer_http_requests" in families and "squeezer_jobs" not in families
