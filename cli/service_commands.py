@@ -420,12 +420,16 @@ def api(
     uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True, log_config=None)
 
 
-def worker() -> None:
+def worker(
+    webhooks: Annotated[
+        bool, typer.Option("--webhooks", help="Deliver webhooks (the `webhooks` queue) instead of running jobs.")
+    ] = False,
+) -> None:
     """Run a Celery worker (one per GPU): configured by the same SQUEEZER_* variables as the API."""
     from worker.celery_app import start_worker
 
     try:
-        start_worker()
+        start_worker(webhooks=webhooks)
     except ValueError as error:
         err_console.print(str(error), highlight=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None

@@ -48,6 +48,17 @@ def test_compose_keeps_artifacts_in_the_object_store():
         assert compose["services"][name]["depends_on"]["seaweedfs"]["condition"] == "service_healthy"
 
 
+def test_compose_runs_a_webhooks_worker_that_the_cli_starts():
+    """Webhooks leave from their own Celery queue: without a consumer of it, no endpoint would hear of any job."""
+    compose = YAML(typ="safe").load((REPO / "docker-compose.yml").read_text())
+    webhooks = compose["services"]["webhooks"]
+    assert webhooks["command"] == ["worker", "--webhooks"]
+    assert webhooks["environment"]["SQUEEZER_BROKER_URL"] == compose["x-squeezer-env"]["SQUEEZER_BROKER_URL"]
+    squeezer = Path(sys.executable).parent / "squeezer"
+    usage = subprocess.run([str(squeezer), "worker", "--help"], check=True, capture_output=True, text=True).stdout
+    assert "--webhooks" in usage
+
+
 def test_dockerfile_is_one_cuda_image_with_the_squeezer_entrypoint():
     dockerfile = (REPO / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "FROM nvidia/cuda:" in dockerfile
