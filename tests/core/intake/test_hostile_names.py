@@ -82,6 +82,11 @@ class TinyNet(nn.Module):
 
 @pytest.fixture(scope="module")
 def plain_onnx() -> bytes:
+    return tiny_onnx()
+
+
+def tiny_onnx() -> bytes:
+    """TinyNet as torch's exporter writes it (with its names: `/conv1/Conv`, `onnx::Conv_…`)."""
     torch.manual_seed(0)
     buffer = io.BytesIO()
     torch.onnx.export(
