@@ -101,19 +101,23 @@ def test_cancel_of_a_running_job_reaches_its_worker(sessions):
     assert job.status == "cancelled" and job.finished_at is not None and job.duration_s >= 0
 
 
-def test_only_the_owner_finishes_and_results_come_with_success(pg_sessions):
-    job_id = new_job(pg_sessions)
-    blobs = DatabaseBlobStore(pg_sessions, 1024)
-    artifact = store_artifact(
-        pg_sessions,
-        blobs,
+def stored_result(sessions):
+    """A two-byte result artifact of the default tenant, as a worker stores report.json."""
+    return store_artifact(
+        sessions,
+        DatabaseBlobStore(sessions, 1024),
         tenant="default",
         kind="result",
         filename="report.json",
         content_type="application/json",
         chunks=[b"{}"],
-        max_bytes=10,
+        max_bytes=2,
     )
+
+
+def test_only_the_owner_finishes_and_results_come_with_success(pg_sessions):
+    job_id = new_job(pg_sessions)
+    artifact = stored_result(pg_sessions)
     with pg_sessions() as session:
         claim_job(session, job_id, "w1")
         assert set_checkpoint(session, job_id, "w1", artifact.id) is None
@@ -173,17 +177,7 @@ def test_a_final_job_is_deleted_with_its_events_and_results_and_its_spec_counts_
     """On both backends: spec bytes count toward stored bytes; an unfinished job is not deleted; a final one goes with
     its events and result links and hands back the artifacts to delete; another tenant cannot delete it."""
     job_id = new_job(sessions)
-    blobs = DatabaseBlobStore(sessions, 1024)
-    result = store_artifact(
-        sessions,
-        blobs,
-        tenant="default",
-        kind="result",
-        filename="r.json",
-        content_type="",
-        chunks=[b"{}"],
-        max_bytes=2,
-    )
+    result = stored_result(sessions)
     with sessions() as session:
         assert stored_bytes(session, "default") == json_size(SPEC) + 2
         assert delete_final_job(session, job_id, "default") is None  # queued
