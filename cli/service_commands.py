@@ -3,6 +3,7 @@
 Client exit codes match `squeezer compress`: 0 target met, 3 result written but target missed, 2 bad input (the
 problem's detail on one stderr line), 1 job failed or cancelled."""
 
+import contextlib
 import ipaddress
 import json
 import shutil
@@ -163,10 +164,10 @@ def create_job(
     return _answer(client.post("/v1/jobs", json=body))
 
 
-def wait_for_job(client: httpx.Client, job: dict, log_format: LogFormat = "text") -> dict:
+def wait_for_job(client: httpx.Client, job: dict, lines: ProgressLines) -> dict:
     """Polls with If-None-Match (the server answers 304 while nothing changed) and shows a progress bar; progress
-    lines on stdout for pipelines (cli.output.ProgressLines: one per poll that changes the stage, and at least every
-    few seconds, also while a request hangs)."""
+    lines on stdout for pipelines (`lines`: one per poll that changes the stage, and at least every few seconds, also
+    while a request hangs)."""
     tag = None
     columns = (
         TextColumn("{task.fields[status]:>10}"),
@@ -175,7 +176,7 @@ def wait_for_job(client: httpx.Client, job: dict, log_format: LogFormat = "text"
         TaskProgressColumn(),
         TimeElapsedColumn(),
     )
-    with ProgressLines(log_format) as lines, Progress(*columns, console=err_console, transient=False) as bar:
+    with Progress(*columns, console=err_console, transient=False) as bar:
         task = bar.add_task(JobStatus.QUEUED, total=1.0, status=job["status"])
         _show_progress(job, lines)
         while job["status"] not in FINAL_STATUSES:
@@ -272,7 +273,11 @@ def submit_and_wait(
 ) -> int:
     """The body of `squeezer submit` (and of `squeezer demo`): exit code as documented above. A problem answer
     raises ClientError, no answer an httpx error (`run_client` turns both into one line)."""
-    with _client(server, api_key) as client:
+    # With --wait, progress lines start before the upload: the submission check alone can take tens of seconds.
+    progress = ProgressLines(log_format) if wait else contextlib.nullcontext()
+    with _client(server, api_key) as client, progress as lines:
+        if lines:
+            lines.update("submit", 0.0, status="submitting")
         job = create_job(
             client,
             model,
@@ -283,9 +288,9 @@ def submit_and_wait(
             options=options or {},
         )
         console.print(f"job {job['id']} {job['status']}")
-        if not wait:
+        if not lines:
             return EXIT_TARGET_MET
-        return finish(client, wait_for_job(client, job, log_format), out_dir)
+        return finish(client, wait_for_job(client, job, lines), out_dir)
 
 
 def serve_in_thread(app, host: str, port: int):
