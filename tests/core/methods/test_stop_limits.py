@@ -141,12 +141,14 @@ def test_the_time_limit_cuts_the_range_test_and_the_start_is_kept(sample_dir, di
 
 @pytest.mark.parametrize("method", METHODS)
 def test_a_time_limit_ends_every_method_within_its_grace_with_its_best_result(sample_dir, tmp_path, method):
-    """int8 is over in seconds, so its limit runs out before its calibration; the others stop mid-search."""
-    limit = 0.1 if method == "int8" else 4.0
+    """int8 takes a quarter of a second in a warm process, so its limit runs out before its calibration (intake alone
+    takes longer); the others stop mid-search. auto gives each stage its share of the time and ends when its last,
+    quick stage (int8) ends, so its job may end within the limit: its stages were still cut (the warning)."""
+    limit = 0.001 if method == "int8" else 4.0
     events = []
     config = CompressConfig(method=method, device="cpu", time_limit_s=limit)
     report = compress_files(ModelSource(sample_dir), "sample:digits", tmp_path, config, on_event=events.append)
-    assert report["stopped_early"] == "time_limit"
+    assert report["stopped_early"] == "time_limit" or (method == "auto" and report["duration_s"] < limit + 1)
     assert report["duration_s"] < limit + 20  # core.events.GRACE_S; the tiny model's results take a few seconds
     assert all((tmp_path / name).exists() for name in RESULT_FILES)
     assert any(e.level == "warning" and "time limit" in e.message for e in events)
@@ -160,18 +162,18 @@ def test_a_time_limit_ends_every_method_within_its_grace_with_its_best_result(sa
 def test_results_that_cannot_be_written_within_the_grace_end_the_job(sample_dir, tmp_path):
     """The work after the time limit is bounded too: with a grace shorter than the results' measurements take, the job
     ends with time_limit_exceeded at the first check past it."""
-    grace = 0.3
+    grace = 0.02  # a warm process writes and measures the digits model's results in about a quarter of a second
     started = time.monotonic()
     with pytest.raises(TimeLimitExceeded) as error:
         compress_files(
             ModelSource(sample_dir),
             "sample:digits",
             tmp_path,
-            CompressConfig(device="cpu", time_limit_s=0.05),
+            CompressConfig(device="cpu", time_limit_s=0.001),
             should_stop=Guard(grace_s=grace),
         )
     assert error.value.code == "time_limit_exceeded"
-    assert time.monotonic() - started < 0.05 + grace + STOP_WITHIN_S
+    assert time.monotonic() - started < 0.001 + grace + STOP_WITHIN_S
     assert not (tmp_path / "report.json").exists()
 
 
