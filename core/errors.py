@@ -70,6 +70,18 @@ def short_description(error: BaseException) -> str:
     return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
 
 
+# What an allocation failure says where it is not a MemoryError (torch's allocator, C++ bad_alloc, numpy).
+_OUT_OF_MEMORY_TEXTS = ("not enough memory", "can't allocate", "cannot allocate memory", "bad_alloc", "out of memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is an allocation failure under a memory limit, however the library that hit it reports one."""
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError | OSError) and any(marker in text for marker in _OUT_OF_MEMORY_TEXTS)
+
+
 @contextmanager
 def unforeseen_as(error_class: type[InputError], subject: str) -> Iterator[None]:
     """Turns an exception no check foresaw, raised by a library while it reads an upload, into `error_class`

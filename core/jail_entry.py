@@ -20,12 +20,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from core.errors import Cancelled, SqueezerError
+from core.errors import Cancelled, SqueezerError, is_out_of_memory
 from core.events import Event
 
 OUT_OF_MEMORY_EXIT = 86
-# What an allocation failure says where it is not a MemoryError (torch's allocator, C++ bad_alloc, numpy).
-_OUT_OF_MEMORY_TEXTS = ("not enough memory", "can't allocate", "cannot allocate memory", "bad_alloc", "out of memory")
 
 
 class Channel:
@@ -99,13 +97,6 @@ def compress_job(payload: dict, channel: Channel) -> dict:
             checkpoint_dir=Path(payload["checkpoint_dir"]),
         )
     return {"stopped_early": report.get("stopped_early"), "target_met": bool(report.get("target_met"))}
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, MemoryError):
-        return True
-    text = str(error).lower()
-    return isinstance(error, RuntimeError | OSError) and any(marker in text for marker in _OUT_OF_MEMORY_TEXTS)
 
 
 def run(request: dict, channel: Channel) -> int:

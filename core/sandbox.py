@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from core.errors import InputError, SqueezerError
+from core.errors import InputError, SqueezerError, is_out_of_memory
 from core.jail import (
     Jail,
     JailLimits,
@@ -384,10 +384,8 @@ def _child(request: dict) -> None:
             output = {"result": getattr(importlib.import_module(module_name), function_name)(request["payload"])}
         except SqueezerError as error:
             output = {"error": {"code": error.code, "message": error.message, "kind": "input"}}
-        except MemoryError:
-            output = {"error": {"code": SandboxOutOfMemory.code, "message": "out of memory", "kind": "limit"}}
         except Exception as error:
-            out_of_memory = "can't allocate memory" in str(error) or "bad_alloc" in str(error)
+            out_of_memory = is_out_of_memory(error)
             output = {
                 "error": {
                     "code": SandboxOutOfMemory.code if out_of_memory else SandboxError.code,
