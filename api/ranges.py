@@ -4,7 +4,8 @@ RFC allows; a well-formed range that starts past the end is 416."""
 
 import re
 
-_BYTE_RANGE = re.compile(r"^bytes=[ \t]*(?:(\d+)-(\d*)|-(\d+))[ \t]*$")
+# ASCII digits, at most 19 (int() refuses numbers past 4,300 digits, and \d takes other scripts' digits).
+_BYTE_RANGE = re.compile(r"^bytes=[ \t]*(?:([0-9]{1,19})-([0-9]{0,19})|-([0-9]{1,19}))[ \t]*$")
 
 
 class RangeNotSatisfiable(Exception):
