@@ -27,9 +27,10 @@ def _ascii_number(value: Any) -> Any:
     """A query value as the int it spells, when it is ASCII digits, at most MAX_NUMBER_DIGITS of them; the
     parameter's own bounds are checked after this, and name themselves."""
     if isinstance(value, str):
-        if not (0 < len(value) <= MAX_NUMBER_DIGITS and value.isascii() and value.isdigit()):
+        number = decimal(value, 10**MAX_NUMBER_DIGITS - 1)
+        if number is None:
             raise ValueError("must be a whole number written in ASCII digits")
-        return int(value)
+        return number
     return value
 
 
