@@ -14,18 +14,21 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv
 
-WORKDIR /app
-# Dependencies first, so code changes do not reinstall torch.
-COPY pyproject.toml ./
-RUN mkdir -p core api worker store cli && touch core/__init__.py api/__init__.py worker/__init__.py store/__init__.py cli/__init__.py \
-    && pip install . && pip uninstall -y squeezer
+WORKDIR /src
+# Dependencies first, from the lock file, so code changes do not reinstall torch.
+COPY requirements/service.lock ./requirements/
+RUN pip install -r requirements/service.lock
 COPY . .
-# Editable: store.migrate finds alembic.ini and migrations/ beside the packages. squeezer-job: the uid jailed engines
-# run as when the image runs as root (run as squeezer, the jail keeps squeezer's uid inside its own namespaces).
-RUN pip install --no-deps -e . \
+# The wheel, not the tree: the image holds the package as users install it (migrations and their alembic.ini inside).
+# squeezer-job: the uid jailed engines run as when the image runs as root (run as squeezer, the jail keeps squeezer's
+# uid inside its own namespaces).
+RUN pip wheel --no-deps --wheel-dir /tmp/wheels . \
+    && pip install --no-deps /tmp/wheels/squeezer-*.whl \
+    && rm -rf /tmp/wheels /src \
     && useradd --create-home --uid 10001 squeezer \
     && useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin squeezer-job \
     && mkdir -p /data && chown squeezer /data
+WORKDIR /data
 USER squeezer
 
 EXPOSE 8000

@@ -4,22 +4,22 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import health
-from api.artifacts.routes import router as artifacts_router
-from api.errors import install_problem_handlers, problem_responses
-from api.jobs.routes import router as jobs_router
-from api.keycheck import KeyCheckMiddleware
-from api.limits import BodyLimitMiddleware
-from api.metrics import install_metrics
-from api.slots import TenantSlots
-from api.webhooks.routes import router as webhooks_router
-from core.jail import configured_jail
-from store.blobs import make_blob_store
-from store.db import make_engine, make_session_factory
-from store.job_reads import make_job_reader
-from store.keys import KeyCache
-from store.settings import Settings, get_settings
-from worker.dispatch import Dispatcher, make_dispatcher
+from squeezer.api import health
+from squeezer.api.artifacts.routes import router as artifacts_router
+from squeezer.api.errors import install_problem_handlers, problem_responses
+from squeezer.api.jobs.routes import router as jobs_router
+from squeezer.api.keycheck import KeyCheckMiddleware
+from squeezer.api.limits import BodyLimitMiddleware
+from squeezer.api.metrics import install_metrics
+from squeezer.api.slots import TenantSlots
+from squeezer.api.webhooks.routes import router as webhooks_router
+from squeezer.core.jail import configured_jail
+from squeezer.store.blobs import make_blob_store
+from squeezer.store.db import make_engine, make_session_factory
+from squeezer.store.job_reads import make_job_reader
+from squeezer.store.keys import KeyCache
+from squeezer.store.settings import Settings, get_settings
+from squeezer.worker.dispatch import Dispatcher, make_dispatcher
 
 DESCRIPTION = (
     "Upload a trained CNN and its data, set an accuracy budget, and download a smaller model with a report. "

@@ -8,13 +8,13 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.slots import TenantSlots
-from store.blobs import BlobStore
-from store.job_reads import JobReader
-from store.logging_setup import set_log_field
-from store.models import DEFAULT_TENANT
-from store.settings import Settings
-from worker.dispatch import Dispatcher
+from squeezer.api.slots import TenantSlots
+from squeezer.store.blobs import BlobStore
+from squeezer.store.job_reads import JobReader
+from squeezer.store.logging_setup import set_log_field
+from squeezer.store.models import DEFAULT_TENANT
+from squeezer.store.settings import Settings
+from squeezer.worker.dispatch import Dispatcher
 
 
 # The getters below are `async` although they wait for nothing: FastAPI runs a plain `def` dependency in a worker

@@ -5,8 +5,8 @@ from fastapi import APIRouter
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.deps import BlobsDep, DispatcherDep, SessionFactoryDep
-from api.errors import ProblemError, problem_responses
+from squeezer.api.deps import BlobsDep, DispatcherDep, SessionFactoryDep
+from squeezer.api.errors import ProblemError, problem_responses
 
 router = APIRouter(tags=["health"])
 

@@ -8,7 +8,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.limits import send_problem
+from squeezer.api.limits import send_problem
 
 PROTECTED_PREFIX = "/v1/"
 # A key check waits at most this long for a worker thread and the database before the request is answered 503.

@@ -10,7 +10,7 @@ from http import HTTPStatus
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import PROBLEM_MEDIA_TYPE, ProblemError, problem_type
+from squeezer.api.errors import PROBLEM_MEDIA_TYPE, ProblemError, problem_type
 
 MAX_JSON_BODY_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 32

@@ -30,13 +30,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import ProblemError
-from core.config import MethodName
-from core.errors import InputError
-from store.logging_setup import log_context
-from store.models import Job
-from store.statuses import JobStatus
-from worker.metrics import bounded, token_matches
+from squeezer.api.errors import ProblemError
+from squeezer.core.config import MethodName
+from squeezer.core.errors import InputError
+from squeezer.store.logging_setup import log_context
+from squeezer.store.models import Job
+from squeezer.store.statuses import JobStatus
+from squeezer.worker.metrics import bounded, token_matches
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Generic, TypeVar
 from fastapi import Depends, Query
 from pydantic import BaseModel, BeforeValidator
 
-from api.errors import ProblemError
-from api.limits import decimal
+from squeezer.api.errors import ProblemError
+from squeezer.api.limits import decimal
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100

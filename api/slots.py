@@ -7,7 +7,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 
-from api.errors import ProblemError
+from squeezer.api.errors import ProblemError
 
 
 class TenantSlots:

@@ -43,6 +43,6 @@ def machine() -> str:
 
 def lenet5():
     """The reference network: LeNet-5 for 28×28 grey images, 10 classes."""
-    from core.intake.registry import build_architecture
+    from squeezer.core.intake.registry import build_architecture
 
     return build_architecture("lenet5", {"in_channels": 1, "num_classes": 10, "input_size": 28})

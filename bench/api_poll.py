@@ -30,8 +30,8 @@ from urllib.parse import urlsplit
 from _common import WORKTREE, build_tree, write_result
 from api_service import api_process
 
-from store.db import make_engine, make_session_factory
-from store.jobs import create_job
+from squeezer.store.db import make_engine, make_session_factory
+from squeezer.store.jobs import create_job
 
 TARGET_RPS, TARGET_P99_MS = 1000.0, 20.0
 # Import blockers for a build whose pyproject.toml does not list uvloop/httptools: uvicorn then falls back to

@@ -15,10 +15,10 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from store.db import make_engine, make_session_factory  # noqa: E402
-from store.keys import create_key  # noqa: E402
-from store.migrate import upgrade_database  # noqa: E402
-from store.models import DEFAULT_TENANT  # noqa: E402
+from squeezer.store.db import make_engine, make_session_factory  # noqa: E402
+from squeezer.store.keys import create_key  # noqa: E402
+from squeezer.store.migrate import upgrade_database  # noqa: E402
+from squeezer.store.models import DEFAULT_TENANT  # noqa: E402
 from tests.servers import PostgresServer, RedisServer, free_port  # noqa: E402
 
 

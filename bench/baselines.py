@@ -19,13 +19,13 @@ from torch import nn
 from torch.nn.utils import prune
 from torchao.quantization.quant_primitives import MappingType, choose_qparams_affine, dequantize_affine, quantize_affine
 
-from core.artifacts.sqz import pack_sqz, round_for_storage
-from core.config import LwctConfig
-from core.intake.data import Dataset
-from core.intake.models import LoadedModel
-from core.measure import top1_accuracy
-from core.methods.lwct import prunable_layers
-from core.train import fit, fit_options, stage_epochs
+from squeezer.core.artifacts.sqz import pack_sqz, round_for_storage
+from squeezer.core.config import LwctConfig
+from squeezer.core.intake.data import Dataset
+from squeezer.core.intake.models import LoadedModel
+from squeezer.core.measure import top1_accuracy
+from squeezer.core.methods.lwct import prunable_layers
+from squeezer.core.train import fit, fit_options, stage_epochs
 
 
 @dataclass

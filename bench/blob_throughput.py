@@ -15,12 +15,12 @@ from pathlib import Path
 
 from boto3.s3.transfer import TransferConfig
 
-from store.artifacts import export_artifact_to, store_artifact
-from store.blobs import BlobStore, LocalBlobStore
-from store.db import make_engine, make_session_factory
-from store.migrate import upgrade_database
-from store.s3_blobs import S3BlobStore
-from store.settings import Settings
+from squeezer.store.artifacts import export_artifact_to, store_artifact
+from squeezer.store.blobs import BlobStore, LocalBlobStore
+from squeezer.store.db import make_engine, make_session_factory
+from squeezer.store.migrate import upgrade_database
+from squeezer.store.s3_blobs import S3BlobStore
+from squeezer.store.settings import Settings
 from tests.servers import S3Server
 
 

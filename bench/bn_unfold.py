@@ -21,10 +21,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.intake.data import load_dataset  # noqa: E402
-from core.intake.models import load_model  # noqa: E402
-from core.measure import metric_function  # noqa: E402
-from core.train import choose_lr, fit_guarded  # noqa: E402
+from squeezer.core.intake.data import load_dataset  # noqa: E402
+from squeezer.core.intake.models import load_model  # noqa: E402
+from squeezer.core.measure import metric_function  # noqa: E402
+from squeezer.core.train import choose_lr, fit_guarded  # noqa: E402
 from tests.core.wild import export_eval, rescaled, residual_cnn, train_on_digits  # noqa: E402
 
 STEPS, SPARSITY = 150, 0.5

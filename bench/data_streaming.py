@@ -34,8 +34,8 @@ def child(mode: str, path: str, steps: int) -> dict:
     import torch
     from torch import nn
 
-    from core.intake.data import Samples, load_dataset
-    from core.train import fit
+    from squeezer.core.intake.data import Samples, load_dataset
+    from squeezer.core.train import fit
 
     torch.manual_seed(0)
     started = time.perf_counter()

@@ -29,9 +29,9 @@ import torch
 from _common import REPO, machine, write_result
 from structured import trained_baseline, val_subset
 
-from core.config import CompressConfig
-from core.pipeline import ModelSource, compress_files
-from core.samples import ensure_sample_model
+from squeezer.core.config import CompressConfig
+from squeezer.core.pipeline import ModelSource, compress_files
+from squeezer.core.samples import ensure_sample_model
 
 METHODS = ("lwct", "filter", "int8", "auto")
 RESNET20 = {"name": "resnet20", "args": {"in_channels": 1, "num_classes": 10, "input_size": 28}}

@@ -26,15 +26,15 @@ from pathlib import Path
 
 from _common import machine, write_result
 
-from core import limits
-from core.config import CompressConfig
-from core.jail import Jail, JailLimits, JailMode, SparePool, python_command, start_spare
-from core.pipeline import ModelSource, compress_files
-from core.samples import ensure_sample_model
-from core.sandbox import SandboxLimits
-from core.submission import TARGET, check_request, check_workspace
-from worker.context import ENGINE_MODULES
-from worker.engine_process import EngineRun
+from squeezer.core import limits
+from squeezer.core.config import CompressConfig
+from squeezer.core.jail import Jail, JailLimits, JailMode, SparePool, python_command, start_spare
+from squeezer.core.pipeline import ModelSource, compress_files
+from squeezer.core.samples import ensure_sample_model
+from squeezer.core.sandbox import SandboxLimits
+from squeezer.core.submission import TARGET, check_request, check_workspace
+from squeezer.worker.context import ENGINE_MODULES
+from squeezer.worker.engine_process import EngineRun
 
 TINY_LWCT = {
     "sparsity": 0.5,
@@ -48,7 +48,7 @@ CONFIG = CompressConfig.model_validate(
     {"device": "cpu", "lwct": TINY_LWCT, "target": {"max_drop": 5.0, "drop_type": "absolute"}}
 )
 MEMORY_BYTES = 16 << 30
-ENGINE = python_command("core.jail_entry", *ENGINE_MODULES)
+ENGINE = python_command("squeezer.core.jail_entry", *ENGINE_MODULES)
 
 
 def run_in_process(model_dir: Path, workdir: Path) -> float:
@@ -73,7 +73,7 @@ def run_child(model_dir: Path, spares: SparePool | None, mode: JailMode) -> floa
             "config": CONFIG.model_dump(mode="json"),
             "limits": dataclasses.asdict(limits.IntakeLimits()),
         }
-        EngineRun(spare, lambda _: None, lambda: False).run("core.jail_entry:compress_job", payload)
+        EngineRun(spare, lambda _: None, lambda: False).run("squeezer.core.jail_entry:compress_job", payload)
     finally:
         spare.close()
     return time.perf_counter() - started

@@ -25,15 +25,15 @@ import torch
 from _common import machine, write_result
 from torch import nn
 
-from core.artifacts.sqz import load_sqz, write_sqz
-from core.config import AccuracyTarget, CompressConfig, LwctConfig
-from core.intake.data import Dataset, load_dataset, normalize
-from core.intake.models import LoadedModel, load_model
-from core.intake.registry import build_architecture
-from core.measure import float32_bytes, top1_accuracy
-from core.methods.lwct import compress_lwct
-from core.samples import ensure_sample_model
-from core.train import fit
+from squeezer.core.artifacts.sqz import load_sqz, write_sqz
+from squeezer.core.config import AccuracyTarget, CompressConfig, LwctConfig
+from squeezer.core.intake.data import Dataset, load_dataset, normalize
+from squeezer.core.intake.models import LoadedModel, load_model
+from squeezer.core.intake.registry import build_architecture
+from squeezer.core.measure import float32_bytes, top1_accuracy
+from squeezer.core.methods.lwct import compress_lwct
+from squeezer.core.samples import ensure_sample_model
+from squeezer.core.train import fit
 
 PREVIOUS_DEFAULTS = {
     "epochs_per_step": 2,

@@ -16,13 +16,13 @@ import time
 import torch
 from _common import machine, write_result
 
-from core.config import AccuracyTarget, CompressConfig, LwctConfig
-from core.intake.data import load_dataset, normalize
-from core.intake.models import load_model
-from core.measure import top1_accuracy
-from core.methods import lwct
-from core.samples import cache_root, ensure_sample_model
-from core.train import fit
+from squeezer.core.config import AccuracyTarget, CompressConfig, LwctConfig
+from squeezer.core.intake.data import load_dataset, normalize
+from squeezer.core.intake.models import load_model
+from squeezer.core.measure import top1_accuracy
+from squeezer.core.methods import lwct
+from squeezer.core.samples import cache_root, ensure_sample_model
+from squeezer.core.train import fit
 
 SETTINGS = {
     "epochs_per_step": 3,

@@ -23,14 +23,14 @@ from pathlib import Path
 from _common import machine, write_result
 from baselines import global_l1_pruning, int8_weight_only
 
-from core.artifacts.sqz import load_sqz, write_sqz
-from core.config import AccuracyTarget, CompressConfig, LwctConfig
-from core.intake.data import load_dataset, normalize
-from core.intake.models import load_model
-from core.measure import float32_bytes, top1_accuracy
-from core.methods.lwct import compress_lwct
-from core.samples import ensure_sample_model
-from core.train import stage_epochs
+from squeezer.core.artifacts.sqz import load_sqz, write_sqz
+from squeezer.core.config import AccuracyTarget, CompressConfig, LwctConfig
+from squeezer.core.intake.data import load_dataset, normalize
+from squeezer.core.intake.models import load_model
+from squeezer.core.measure import float32_bytes, top1_accuracy
+from squeezer.core.methods.lwct import compress_lwct
+from squeezer.core.samples import ensure_sample_model
+from squeezer.core.train import stage_epochs
 
 TARGET_RATIO = 40.0
 TUNING_FLAGS = (

@@ -19,14 +19,14 @@ import time
 import torch
 from _common import machine, write_result
 
-from core.artifacts.sqz import pack_sqz
-from core.config import AccuracyTarget, CompressConfig, LwctConfig
-from core.intake.data import load_dataset
-from core.intake.models import LoadedModel
-from core.intake.registry import CifarResNet
-from core.measure import float32_bytes, top1_accuracy
-from core.methods.lwct import compress_lwct, prunable_layers
-from core.train import fit
+from squeezer.core.artifacts.sqz import pack_sqz
+from squeezer.core.config import AccuracyTarget, CompressConfig, LwctConfig
+from squeezer.core.intake.data import load_dataset
+from squeezer.core.intake.models import LoadedModel
+from squeezer.core.intake.registry import CifarResNet
+from squeezer.core.measure import float32_bytes, top1_accuracy
+from squeezer.core.methods.lwct import compress_lwct, prunable_layers
+from squeezer.core.train import fit
 
 BUDGET = 2.0
 STAGE = {"sparsity": 0.5, "prune_epochs": 1, "epochs_per_step": 2, "max_train_samples": 512, "min_steps_per_stage": 0}

@@ -20,9 +20,9 @@ import torch
 from _common import lenet5, machine, write_result
 from torch import nn
 
-from core.intake.registry import CifarResNet
-from core.methods.lwct import build_working_module, global_magnitude_masks, prunable_layers, shadow_state
-from core.train import optimizer_for
+from squeezer.core.intake.registry import CifarResNet
+from squeezer.core.methods.lwct import build_working_module, global_magnitude_masks, prunable_layers, shadow_state
+from squeezer.core.train import optimizer_for
 
 TARGET = 1.05
 # model → (constructor, input side, batch)

@@ -29,11 +29,11 @@ NETWORKS = ("resnet18", "regnet_x_400mf", "lenet5")
 _PACK_ONE = """
 import hashlib, json, sys, time, torch
 from torchvision import models
-from core.artifacts.sqz import pack_sqz, round_for_storage
-from core.intake.models import LoadedModel
-from core.intake.registry import build_architecture
-from core.methods.lwct import global_magnitude_masks, prunable_layers
-from core.methods.results import LayerState
+from squeezer.core.artifacts.sqz import pack_sqz, round_for_storage
+from squeezer.core.intake.models import LoadedModel
+from squeezer.core.intake.registry import build_architecture
+from squeezer.core.methods.lwct import global_magnitude_masks, prunable_layers
+from squeezer.core.methods.results import LayerState
 
 arch = sys.argv[1]
 torch.manual_seed(0)

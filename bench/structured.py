@@ -43,17 +43,17 @@ import torch_pruning as tp
 from _common import REPO, machine, write_result
 from torch import nn
 
-from core.artifacts.report import build_report
-from core.artifacts.sqz import load_sqz, write_sqz
-from core.config import AccuracyTarget, CompressConfig, FilterConfig
-from core.graph import producer_widths, with_channels
-from core.intake.data import load_dataset, normalize
-from core.intake.models import LoadedModel, load_model, save_model_dir
-from core.intake.registry import build_architecture
-from core.measure import float32_bytes, metric_function
-from core.pipeline import ModelSource, _measures, compress_files
-from core.samples import cache_root, ensure_sample_model
-from core.train import fit, fit_options, stage_epochs
+from squeezer.core.artifacts.report import build_report
+from squeezer.core.artifacts.sqz import load_sqz, write_sqz
+from squeezer.core.config import AccuracyTarget, CompressConfig, FilterConfig
+from squeezer.core.graph import producer_widths, with_channels
+from squeezer.core.intake.data import load_dataset, normalize
+from squeezer.core.intake.models import LoadedModel, load_model, save_model_dir
+from squeezer.core.intake.registry import build_architecture
+from squeezer.core.measure import float32_bytes, metric_function
+from squeezer.core.pipeline import ModelSource, _measures, compress_files
+from squeezer.core.samples import cache_root, ensure_sample_model
+from squeezer.core.train import fit, fit_options, stage_epochs
 
 PARTS = ("resnet20-filter", "unet-filter", "lenet5-group", "lenet5-auto", "torch-pruning")
 PAPER = {"filter_flops_removed_pct": 85.0, "group_first_fc_kept_pct": 30.0}

@@ -14,7 +14,7 @@ import pydantic
 import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from cli.output import (
+from squeezer.cli.output import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_TARGET_MET,
@@ -30,8 +30,8 @@ from cli.output import (
     print_report,
     report_internal_error,
 )
-from core.config import CompressConfig, Normalization
-from core.errors import InputError, SqueezerError
+from squeezer.core.config import CompressConfig, Normalization
+from squeezer.core.errors import InputError, SqueezerError
 
 DataOption = Annotated[
     str,
@@ -117,7 +117,7 @@ def sample(
     """Train (or reuse a cached) LeNet-5 baseline on a sample data set and write it as a Squeezer model directory."""
 
     def action() -> int:
-        from core.samples import ensure_sample_model
+        from squeezer.core.samples import ensure_sample_model
 
         with console.status(f"preparing the lenet5 baseline on {name} (trained once, then cached)…"):
             model_dir, accuracy = ensure_sample_model(name)
@@ -175,7 +175,7 @@ def compress(
     """Compress a trained model under an accuracy budget; writes model.sqz, model/, model.onnx and report.json."""
 
     def action() -> int:
-        from core.pipeline import ModelSource, compress_files
+        from squeezer.core.pipeline import ModelSource, compress_files
 
         try:
             fields = parse_options(option or [])
@@ -272,7 +272,7 @@ def evaluate(
     """Measure a model's top-1 accuracy (or, on segmentation data, pixel accuracy or mIoU) on the validation split."""
 
     def action() -> int:
-        from core.pipeline import ModelSource, evaluate_file
+        from squeezer.core.pipeline import ModelSource, evaluate_file
 
         source = ModelSource(path=model, architecture=arch, arch_args=_arch_args(arch_arg))
         result = evaluate_file(

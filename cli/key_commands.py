@@ -11,8 +11,8 @@ from typing import Annotated
 import typer
 from rich.table import Column, Table
 
-from cli.output import EXIT_BAD_INPUT, console, err_console
-from cli.service_commands import embedded_settings
+from squeezer.cli.output import EXIT_BAD_INPUT, console, err_console
+from squeezer.cli.service_commands import embedded_settings
 
 keys_app = typer.Typer(help="Create, list and revoke API keys (`Authorization: Bearer <key>`).", no_args_is_help=True)
 
@@ -28,9 +28,9 @@ DataDirOption = Annotated[
 @contextmanager
 def _session(data_dir: Path | None) -> Iterator:
     """A session on the configured database, migrated first (the embedded database may not exist yet)."""
-    from store.db import make_engine, make_session_factory
-    from store.migrate import upgrade_database
-    from store.settings import get_settings
+    from squeezer.store.db import make_engine, make_session_factory
+    from squeezer.store.migrate import upgrade_database
+    from squeezer.store.settings import get_settings
 
     url = (embedded_settings(data_dir) if data_dir is not None else get_settings()).resolved_database_url
     upgrade_database(url)
@@ -49,7 +49,7 @@ def create(
     data_dir: DataDirOption = None,
 ) -> None:
     """Create a key. It is printed once, as the last line; only its hash is stored."""
-    from store.keys import create_key
+    from squeezer.store.keys import create_key
 
     with _session(data_dir) as session:
         try:
@@ -71,7 +71,7 @@ def list_(
     data_dir: DataDirOption = None,
 ) -> None:
     """Keys with their prefix, creation, last use and revocation (never the key itself)."""
-    from store.keys import list_keys
+    from squeezer.store.keys import list_keys
 
     with _session(data_dir) as session:
         rows = list_keys(session, tenant)
@@ -99,7 +99,7 @@ def revoke(
     data_dir: DataDirOption = None,
 ) -> None:
     """Revoke a key: requests with it are refused (401) from now on."""
-    from store.keys import revoke_key
+    from squeezer.store.keys import revoke_key
 
     with _session(data_dir) as session:
         revoked = revoke_key(session, key_id, tenant)

@@ -4,8 +4,8 @@ from typing import Annotated
 
 import typer
 
-from cli import engine_commands, key_commands, service_commands
-from cli.output import CliState
+from squeezer.cli import engine_commands, key_commands, service_commands
+from squeezer.cli.output import CliState
 
 app = typer.Typer(
     name="squeezer",

@@ -18,8 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from core.artifacts.report import with_macs_alias
-from core.errors import short_description
+from squeezer.core.artifacts.report import with_macs_alias
+from squeezer.core.errors import short_description
 
 EXIT_TARGET_MET, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TARGET_MISSED = 0, 1, 2, 3
 

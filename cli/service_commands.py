@@ -26,7 +26,7 @@ from rich.progress import (
 )
 from rich.table import Column, Table
 
-from cli.output import (
+from squeezer.cli.output import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_TARGET_MET,
@@ -43,7 +43,7 @@ from cli.output import (
     print_report,
     report_internal_error,
 )
-from store.statuses import FINAL_STATUSES, STATUSES_WITH_RESULTS, JobStatus
+from squeezer.store.statuses import FINAL_STATUSES, STATUSES_WITH_RESULTS, JobStatus
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 POLL_INTERVAL_S = 1.0
@@ -314,7 +314,7 @@ def serve_in_thread(app, host: str, port: int):
 def embedded_settings(data_dir: Path, *, auth: bool = False):
     """The embedded mode's configuration: SQLite and local blobs under `data_dir`, no broker. `squeezer keys
     --data-dir` uses it too, so keys land in the database `serve --data-dir` reads."""
-    from store.settings import get_settings
+    from squeezer.store.settings import get_settings
 
     return get_settings(
         data_dir=data_dir.resolve(),
@@ -327,9 +327,9 @@ def embedded_settings(data_dir: Path, *, auth: bool = False):
 
 def embedded_app(data_dir: Path, *, auth: bool = False, least_log_level: str | None = None):
     """The embedded mode, migrated, with the in-process worker; its logs as SQUEEZER_LOG_FORMAT/LEVEL say."""
-    from api.app import create_app
-    from store.logging_setup import configure_logging
-    from store.migrate import upgrade_database
+    from squeezer.api.app import create_app
+    from squeezer.store.logging_setup import configure_logging
+    from squeezer.store.migrate import upgrade_database
 
     settings = embedded_settings(data_dir, auth=auth)
     configure_logging(settings, least_level=least_log_level)
@@ -408,9 +408,9 @@ def api(
     """Run the API (production): configured by SQUEEZER_DATABASE_URL, SQUEEZER_BROKER_URL, SQUEEZER_STORAGE_*."""
     import uvicorn
 
-    from api.app import create_app
-    from store.logging_setup import configure_logging
-    from store.settings import get_settings
+    from squeezer.api.app import create_app
+    from squeezer.store.logging_setup import configure_logging
+    from squeezer.store.settings import get_settings
 
     if not auth and not is_loopback(host) and not public_without_auth:
         err_console.print(
@@ -431,7 +431,7 @@ def worker(
     ] = False,
 ) -> None:
     """Run a Celery worker (one per GPU): configured by the same SQUEEZER_* variables as the API."""
-    from worker.celery_app import start_worker
+    from squeezer.worker.celery_app import start_worker
 
     try:
         start_worker(webhooks=webhooks)
@@ -442,8 +442,8 @@ def worker(
 
 def migrate() -> None:
     """Bring the database schema up to date (alembic upgrade head); the compose file runs it once before the API."""
-    from store.migrate import upgrade_database
-    from store.settings import get_settings
+    from squeezer.store.migrate import upgrade_database
+    from squeezer.store.settings import get_settings
 
     upgrade_database(get_settings().resolved_database_url)
     console.print("database is up to date")
@@ -640,7 +640,7 @@ def demo(
     ] = 0,
 ) -> None:
     """Start the embedded service, train the bundled sample if needed, compress it over REST with a 1-point budget."""
-    from core.samples import ensure_sample_model
+    from squeezer.core.samples import ensure_sample_model
 
     console.print("Preparing the bundled sample model (lenet5 on digits)…")
     model_dir, accuracy = ensure_sample_model("digits")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from core.errors import Cancelled, SqueezerError
+from squeezer.core.errors import Cancelled, SqueezerError
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import ctypes
 import dataclasses
 import enum
 import functools
+import importlib.util
 import json
 import os
 import pwd
@@ -34,11 +35,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from core.errors import SqueezerError
+from squeezer.core.errors import SqueezerError
 
 JOB_USER = "squeezer-job"
 NOBODY = 65534
-SOURCE_ROOT = Path(__file__).resolve().parent.parent
 # Environment variables a jailed process may see: nothing that could name a secret.
 PASSED_ENV = (
     "LANG",
@@ -88,10 +88,11 @@ class JailedProcess(subprocess.Popen):
 
 @dataclasses.dataclass(frozen=True)
 class Jail:
-    """How to jail engine work: the mode, and the extra source packages it may import (tests name theirs)."""
+    """How to jail engine work: the mode, and the packages it may import beside the Python installation (tests add
+    their own)."""
 
     mode: JailMode = JailMode.BWRAP
-    packages: tuple[str, ...] = ("core",)
+    packages: tuple[str, ...] = ("squeezer.core",)
 
     def command(
         self,
@@ -125,7 +126,7 @@ class Jail:
         """Starts `argv` in the jail with `limits`, a clean environment (plus `env`) and `cwd`. It is killed if the
         thread that starts it ends (a parent-death signal), so start it from the thread that waits for it; end it
         with `kill_tree`."""
-        environment = clean_environment(env)
+        environment = clean_environment(env, self.packages)
         process = JailedProcess(
             self.command(argv, writable=writable, readable=readable, cwd=cwd),
             stdin=stdin,
@@ -142,7 +143,7 @@ class Jail:
         return process
 
 
-def configured_jail(mode: str, *, allow_unjailed: bool, packages: tuple[str, ...] = ("core",)) -> Jail:
+def configured_jail(mode: str, *, allow_unjailed: bool, packages: tuple[str, ...] = ("squeezer.core",)) -> Jail:
     """The jail the settings ask for (SQUEEZER_JAIL, SQUEEZER_ALLOW_UNJAILED_ENGINE), checked now: a worker or an
     API refuses to start (JailUnavailable) rather than run the engine unjailed by accident."""
     jail = Jail(JailMode(mode), packages)
@@ -155,20 +156,45 @@ def python_command(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def clean_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The whole environment of a jailed process: a few locale and thread settings, the source tree on PYTHONPATH,
-    a HOME inside its private /tmp, and `extra`; never a variable of the parent's beyond those."""
+def clean_environment(
+    extra: dict[str, str] | None = None, packages: Iterable[str] = ("squeezer.core",)
+) -> dict[str, str]:
+    """The whole environment of a jailed process: a few locale and thread settings, a PYTHONPATH that finds
+    `packages`, a HOME inside its private /tmp, and `extra`; never a variable of the parent's beyond those."""
     env = {key: os.environ[key] for key in PASSED_ENV if key in os.environ}
     env.update(
         PATH="/usr/local/bin:/usr/bin:/bin",
         HOME="/tmp",
         TMPDIR="/tmp",
-        PYTHONPATH=str(SOURCE_ROOT),
+        PYTHONPATH=search_path(packages),
         PYTHONNOUSERSITE="1",
         PYTHONDONTWRITEBYTECODE="1",
     )
     env.update(extra or {})
     return env
+
+
+def package_folders(packages: Iterable[str]) -> list[Path]:
+    """The folders the code of `packages` lies in, however they are installed (a wheel, an editable tree)."""
+    folders: list[Path] = []
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            folders += [Path(location).resolve() for location in spec.submodule_search_locations]
+    return folders
+
+
+def search_path(packages: Iterable[str]) -> str:
+    """PYTHONPATH for the top-level packages of `packages` that lie outside the Python installation (an editable
+    tree, the tests' own)."""
+    installed = [Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()]
+    top_level = {name.partition(".")[0] for name in packages}
+    outside = {
+        folder.parent
+        for folder in package_folders(sorted(top_level))
+        if not any(folder.is_relative_to(p) for p in installed)
+    }
+    return os.pathsep.join(str(folder) for folder in sorted(outside))
 
 
 def kill_tree(process: subprocess.Popen) -> None:
@@ -423,7 +449,7 @@ def _bwrap_arguments(packages: tuple[str, ...], writable: list[Path], data: list
     args += _system_mounts()
     made: set[str] = {"/", "/usr", "/tmp", "/proc", "/dev"}
     readable = [Path(sys.base_prefix), Path(sys.prefix), Path(os.path.realpath(sys.executable)).parent]
-    readable += [SOURCE_ROOT / package for package in packages]
+    readable += package_folders(("squeezer", *packages))
     for path in _outermost(p.resolve() for p in readable if p.exists() and not p.resolve().is_relative_to("/usr")):
         args += [*_parents(path, made), "--ro-bind", str(path), str(path)]
     for path in _outermost(p.resolve() for p in data):

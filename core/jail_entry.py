@@ -20,8 +20,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from core.errors import Cancelled, SqueezerError, is_out_of_memory
-from core.events import Event
+from squeezer.core.errors import Cancelled, SqueezerError, is_out_of_memory
+from squeezer.core.events import Event
 
 OUT_OF_MEMORY_EXIT = 86
 
@@ -79,9 +79,9 @@ class Channel:
 def compress_job(payload: dict, channel: Channel) -> dict:
     """The worker's job: core.pipeline.compress_files on the files in the job's folder, reporting through `channel`.
     Returns what the worker decides the final status with (the full report is out_dir/report.json)."""
-    from core import limits
-    from core.config import CompressConfig
-    from core.pipeline import ModelSource, compress_files
+    from squeezer.core import limits
+    from squeezer.core.config import CompressConfig
+    from squeezer.core.pipeline import ModelSource, compress_files
 
     model = payload["model"]
     source = ModelSource(Path(model["path"]), model.get("architecture"), model.get("arch_args") or {})

@@ -11,7 +11,7 @@ import contextvars
 import dataclasses
 from collections.abc import Iterator
 
-from core.errors import InputError
+from squeezer.core.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,10 +18,10 @@ import math
 import torch
 from torch import nn
 
-from core import limits
-from core.config import CompressConfig, StructuredTraining
-from core.errors import InputError
-from core.measure import predict
+from squeezer.core import limits
+from squeezer.core.config import CompressConfig, StructuredTraining
+from squeezer.core.errors import InputError
+from squeezer.core.measure import predict
 
 FLOAT_BYTES = 4
 # Address space the engine takes before it holds any tensor (torch, onnxruntime and their libraries).

@@ -19,19 +19,19 @@ from pathlib import Path
 
 import torch
 
-from core import memory_budget
-from core.artifacts.onnx_export import export_onnx
-from core.artifacts.report import build_report
-from core.artifacts.report_html import render_report_html
-from core.artifacts.sqz import load_sqz, write_sqz
-from core.config import METRICS_BY_TASK, CompressConfig, Normalization
-from core.errors import InputError, MismatchError, ModelFormatError, SqueezerError, UnsupportedLayerError
-from core.events import Event, EventCallback, Guard, StopCheck, never_stop, no_events
-from core.graph import with_channels
-from core.intake.data import Dataset, check_compatible, load_dataset, normalize
-from core.intake.models import LoadedModel, load_model, save_model_dir
-from core.intake.onnx_normalize import with_free_dims_named
-from core.measure import (
+from squeezer.core import memory_budget
+from squeezer.core.artifacts.onnx_export import export_onnx
+from squeezer.core.artifacts.report import build_report
+from squeezer.core.artifacts.report_html import render_report_html
+from squeezer.core.artifacts.sqz import load_sqz, write_sqz
+from squeezer.core.config import METRICS_BY_TASK, CompressConfig, Normalization
+from squeezer.core.errors import InputError, MismatchError, ModelFormatError, SqueezerError, UnsupportedLayerError
+from squeezer.core.events import Event, EventCallback, Guard, StopCheck, never_stop, no_events
+from squeezer.core.graph import with_channels
+from squeezer.core.intake.data import Dataset, check_compatible, load_dataset, normalize
+from squeezer.core.intake.models import LoadedModel, load_model, save_model_dir
+from squeezer.core.intake.onnx_normalize import with_free_dims_named
+from squeezer.core.measure import (
     count_macs,
     count_nonzero,
     count_params,
@@ -41,13 +41,13 @@ from core.measure import (
     resolve_device,
     score_predictions,
 )
-from core.measure.runtime import onnx_binary_threshold, onnx_latency_ms, onnx_predictions
-from core.methods.auto import compress_auto
-from core.methods.filter import compress_filter
-from core.methods.group import compress_group
-from core.methods.int8 import compress_int8
-from core.methods.lwct import compress_lwct, prunable_layers
-from core.methods.results import ChannelLayerState, LayerState
+from squeezer.core.measure.runtime import onnx_binary_threshold, onnx_latency_ms, onnx_predictions
+from squeezer.core.methods.auto import compress_auto
+from squeezer.core.methods.filter import compress_filter
+from squeezer.core.methods.group import compress_group
+from squeezer.core.methods.int8 import compress_int8
+from squeezer.core.methods.lwct import compress_lwct, prunable_layers
+from squeezer.core.methods.results import ChannelLayerState, LayerState
 
 METHODS: dict[str, Callable] = {
     "lwct": compress_lwct,

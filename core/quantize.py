@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 import torch
 
-from core.artifacts.onnx_export import export_onnx
-from core.config import Int8Config
-from core.events import StopCheck, stop_point
-from core.measure.runtime import onnx_score
+from squeezer.core.artifacts.onnx_export import export_onnx
+from squeezer.core.config import Int8Config
+from squeezer.core.events import StopCheck, stop_point
+from squeezer.core.measure.runtime import onnx_score
 
 
 @dataclass(frozen=True)

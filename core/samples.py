@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
-from core.errors import DatasetError
-from core.intake.data import load_dataset
-from core.intake.models import LoadedModel, save_model_dir
-from core.intake.registry import build_architecture
-from core.measure import top1_accuracy
-from core.train import fit
+from squeezer.core.errors import DatasetError
+from squeezer.core.intake.data import load_dataset
+from squeezer.core.intake.models import LoadedModel, save_model_dir
+from squeezer.core.intake.registry import build_architecture
+from squeezer.core.measure import top1_accuracy
+from squeezer.core.train import fit
 
 CACHE_VERSION = "v1"  # bump when a recipe changes, so stale caches are never reused
 

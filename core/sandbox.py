@@ -38,8 +38,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from core.errors import InputError, SqueezerError, is_out_of_memory
-from core.jail import (
+from squeezer.core.errors import InputError, SqueezerError, is_out_of_memory
+from squeezer.core.jail import (
     Jail,
     JailLimits,
     JailMode,
@@ -229,9 +229,9 @@ class Sandbox:
         self._fail_waiting()
         if self._home is None:
             self._home = Path(tempfile.mkdtemp(prefix="squeezer-zygote-"))
-        env = clean_environment({"HOME": str(self._home)})
+        env = clean_environment({"HOME": str(self._home)}, self.preload)
         self._zygote = subprocess.Popen(
-            [sys.executable, "-m", "core.sandbox", *self.preload],
+            [sys.executable, "-m", "squeezer.core.sandbox", *self.preload],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=self._home,
@@ -319,7 +319,7 @@ def _result_or_raise(outcome: Outcome, limits: SandboxLimits) -> dict:
 
 
 def _jailed_command(preload: tuple[str, ...]) -> list[str]:
-    return python_command("core.sandbox", _JAILED, *preload)
+    return python_command("squeezer.core.sandbox", _JAILED, *preload)
 
 
 def _run_in(spare: Spare, target: str, payload: dict, limits: SandboxLimits) -> Outcome:

@@ -5,16 +5,16 @@ import contextlib
 import dataclasses
 from pathlib import Path
 
-from core import limits
-from core.config import CompressConfig
-from core.jail import Jail
-from core.sandbox import SandboxLimits, Workspace, shared_sandbox
+from squeezer.core import limits
+from squeezer.core.config import CompressConfig
+from squeezer.core.jail import Jail
+from squeezer.core.sandbox import SandboxLimits, Workspace, shared_sandbox
 
 # What a checking child has imported before its inputs arrive: the unjailed sandbox's zygote imports them once and
 # forks a child per check; jailed, each check's jail is started ahead of it and imports them while the API fetches
 # the inputs.
-PRELOAD = ("core.submission", "core.pipeline", "onnx", "onnxruntime", "onnx2torch")
-TARGET = "core.submission:check_payload"
+PRELOAD = ("squeezer.core.submission", "squeezer.core.pipeline", "onnx", "onnxruntime", "onnx2torch")
+TARGET = "squeezer.core.submission:check_payload"
 
 
 def check_workspace(budgets: SandboxLimits, jail: Jail) -> contextlib.AbstractContextManager[Workspace]:
@@ -28,7 +28,7 @@ def check_payload(payload: dict) -> dict:
     """`payload`: {"model": {"path", "architecture", "arch_args"}, "data": path or "sample:NAME", "config": {...},
     "limits": {...}} (core.limits.IntakeLimits). Returns the InputSummary as a dict; raises the InputError a job would
     fail with."""
-    from core.pipeline import ModelSource, check_inputs
+    from squeezer.core.pipeline import ModelSource, check_inputs
 
     model = payload["model"]
     source = ModelSource(Path(model["path"]), model.get("architecture"), model.get("arch_args") or {})

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Protocol, cast
 import torch
 from torch import nn
 
-from core.events import StopCheck, stop_point
+from squeezer.core.events import StopCheck, stop_point
 
 if TYPE_CHECKING:
-    from core.intake.data import Samples
+    from squeezer.core.intake.data import Samples
 
 
 def fit(

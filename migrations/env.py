@@ -3,9 +3,9 @@ service settings (SQUEEZER_DATABASE_URL, else the embedded SQLite database)."""
 
 from alembic import context
 
-from store.db import make_engine
-from store.models import Base
-from store.settings import get_settings
+from squeezer.store.db import make_engine
+from squeezer.store.models import Base
+from squeezer.store.settings import get_settings
 
 config = context.config
 target_metadata = Base.metadata

@@ -11,10 +11,10 @@ from pathlib import Path
 from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.blobs import BlobStore
-from store.models import Artifact, ArtifactKind, Job, JobResult, utcnow
-from store.settings import CHUNK_BYTES
-from store.statuses import FINAL_STATUSES
+from squeezer.store.blobs import BlobStore
+from squeezer.store.models import Artifact, ArtifactKind, Job, JobResult, utcnow
+from squeezer.store.settings import CHUNK_BYTES
+from squeezer.store.statuses import FINAL_STATUSES
 
 READ_CHUNK_BYTES = CHUNK_BYTES
 

@@ -14,8 +14,8 @@ from typing import Protocol
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.models import BlobChunk
-from store.settings import CHUNK_BYTES, Settings
+from squeezer.store.models import BlobChunk
+from squeezer.store.settings import CHUNK_BYTES, Settings
 
 # Rows written between commits: bounds the work lost to a crash without a commit per chunk.
 COMMIT_EVERY_CHUNKS = 8
@@ -225,7 +225,7 @@ def make_blob_store(settings: Settings, session_factory: sessionmaker[Session]) 
     if settings.storage_backend == "local":
         return LocalBlobStore(settings.resolved_storage_dir, settings.storage_chunk_bytes)
     if settings.storage_backend == "s3":
-        from store.s3_blobs import S3BlobStore  # boto3 is imported only where it is used
+        from squeezer.store.s3_blobs import S3BlobStore  # boto3 is imported only where it is used
 
         return S3BlobStore.from_settings(settings)
     return DatabaseBlobStore(session_factory, settings.storage_chunk_bytes)

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Row
 
-from store.models import Job, as_utc
-from store.statuses import JobStatus
+from squeezer.store.models import Job, as_utc
+from squeezer.store.statuses import JobStatus
 
 # The status values as the OpenAPI document has always shown them, an inline enum (a JobStatus enum field would
 # become a `$ref`, renaming the status types of generated clients), and as 422 messages have always listed them.

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.config import CompressConfig
-from core.errors import InputError
-from store.artifacts import export_artifact_to, get_ready_artifact
-from store.blobs import BlobStore
-from store.job_spec import DatasetArtifactRef, JobSpec, ModelArtifactRef, read_spec
+from squeezer.core.config import CompressConfig
+from squeezer.core.errors import InputError
+from squeezer.store.artifacts import export_artifact_to, get_ready_artifact
+from squeezer.store.blobs import BlobStore
+from squeezer.store.job_spec import DatasetArtifactRef, JobSpec, ModelArtifactRef, read_spec
 
 if TYPE_CHECKING:
-    from core.pipeline import ModelSource
+    from squeezer.core.pipeline import ModelSource
 
 # A suffix the engine may read a format from; anything else in a user's file name is dropped.
 _SUFFIX = re.compile(r"^\.[a-z0-9]{1,12}$")
@@ -61,7 +61,7 @@ def fetch_inputs(
 ) -> EngineInputs:
     """Exports the spec's uploads (of `tenant` only) into `dest_dir` and builds the config. An upload that is gone
     raises InputError `artifact_not_found`."""
-    from core.pipeline import ModelSource
+    from squeezer.core.pipeline import ModelSource
 
     def fetch(artifact_id: str, stem: str) -> Path:
         return _export(session_factory, blobs, artifact_id, tenant, dest_dir, stem)

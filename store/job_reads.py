@@ -14,9 +14,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from store.db import POOL_SIZE, make_engine
-from store.jobs import poll_job_row
-from store.models import Job
+from squeezer.store.db import POOL_SIZE, make_engine
+from squeezer.store.jobs import poll_job_row
+from squeezer.store.models import Job
 
 # A poll waits at most this long for a connection and its answer before the API answers 503.
 POLL_TIMEOUT_S = 10.0

@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from core.config import AccuracyTarget, CompressConfig, MethodName, bounded
-from core.errors import DatasetError, InputError, ModelFormatError
+from squeezer.core.config import AccuracyTarget, CompressConfig, MethodName, bounded
+from squeezer.core.errors import DatasetError, InputError, ModelFormatError
 
 # Bounds of the spec's own fields (the options carry core.config's). Ids are "art_" and 32 hex digits; free-form JSON
 # (metadata, architecture arguments) is stored with the job and echoed on every read of it.

@@ -10,12 +10,12 @@ from sqlalchemy import Engine, Row, bindparam, delete, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.events import Event
-from store.artifacts import QuotaExceeded, quota_lock, stored_bytes
-from store.job_spec import json_size
-from store.models import Artifact, Job, JobEvent, JobResult, as_utc, utcnow
-from store.statuses import ACTIVE_STATUSES, FINAL_STATUSES, JobStatus
-from store.webhooks import queue_progress_event, queue_status_event
+from squeezer.core.events import Event
+from squeezer.store.artifacts import QuotaExceeded, quota_lock, stored_bytes
+from squeezer.store.job_spec import json_size
+from squeezer.store.models import Artifact, Job, JobEvent, JobResult, as_utc, utcnow
+from squeezer.store.statuses import ACTIVE_STATUSES, FINAL_STATUSES, JobStatus
+from squeezer.store.webhooks import queue_progress_event, queue_status_event
 
 
 def jsonable(value: Any) -> Any:

@@ -11,8 +11,8 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from store.jobs import as_utc
-from store.models import ApiKey, utcnow
+from squeezer.store.jobs import as_utc
+from squeezer.store.models import ApiKey, utcnow
 
 KEY_PREFIX = "sqz_"
 DISPLAY_CHARS = 12

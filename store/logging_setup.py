@@ -1,4 +1,4 @@
-"""Logging for every entry point (`squeezer api`, `serve`, `worker`, `demo`, `python -m worker`, `celery -A
+"""Logging for every entry point (`squeezer api`, `serve`, `worker`, `demo`, `python -m squeezer.worker`, `celery -A
 worker.celery_app`): one handler on the root logger, so uvicorn's, Celery's and the libraries' records come out in
 the same format as ours.
 
@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
-from store.keys import KEY_PREFIX
-from store.settings import Settings
+from squeezer.store.keys import KEY_PREFIX
+from squeezer.store.settings import Settings
 
 CONTEXT_FIELDS = ("request_id", "tenant", "job_id")
 _context: dict[str, ContextVar[str | None]] = {name: ContextVar(name, default=None) for name in CONTEXT_FIELDS}

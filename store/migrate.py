@@ -5,12 +5,14 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+import squeezer.migrations
+
+MIGRATIONS = Path(squeezer.migrations.__file__).resolve().parent
 
 
 def alembic_config(url: str) -> Config:
-    config = Config(str(REPO_ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(REPO_ROOT / "migrations"))
+    config = Config(str(MIGRATIONS / "alembic.ini"))
+    config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["url"] = url
     return config
 

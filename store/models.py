@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from store.statuses import JobStatus
+from squeezer.store.statuses import JobStatus
 
 
 def utcnow() -> datetime:

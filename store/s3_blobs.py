@@ -14,8 +14,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from store.blobs import checked_id
-from store.settings import CHUNK_BYTES, Settings
+from squeezer.store.blobs import checked_id
+from squeezer.store.settings import CHUNK_BYTES, Settings
 
 # Missing objects read as empty, like a missing file or chunk: callers check the size and hash they recorded.
 _MISSING = {"NoSuchKey", "404", "NotFound"}

@@ -1,7 +1,8 @@
 """All service configuration in one pydantic-settings class (environment variables SQUEEZER_*).
 
-Settings reach code one way: an entry point (a `squeezer` command, `python -m worker`, `celery -A worker.celery_app`,
-`api.app.create_app()` without arguments) reads them once with `get_settings()` and hands that one object down.
+Settings reach code one way: an entry point (a `squeezer` command, `python -m squeezer.worker`,
+`celery -A squeezer.worker.celery_app`, `api.app.create_app()` without arguments) reads them once with
+`get_settings()` and hands that one object down.
 `api.app.create_app(settings)` serves it to routes as `api.deps.SettingsDep`; `worker.context.WorkerContext` carries
 it through a worker. Nothing below an entry point builds a Settings or reads the environment, so tests and the
 embedded mode configure an app or a worker by passing their own object."""
@@ -12,7 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.limits import IntakeLimits
+from squeezer.core.limits import IntakeLimits
 
 # One MiB: per-chunk costs (a row, a query, a read call) stay small next to the bytes moved, and a stream holds little
 # memory.

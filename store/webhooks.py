@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from store.job_document import job_document
-from store.models import (
+from squeezer.store.job_document import job_document
+from squeezer.store.models import (
     DeliveryStatus,
     Job,
     WebhookAttempt,
@@ -20,7 +20,7 @@ from store.models import (
     new_id,
     utcnow,
 )
-from store.statuses import JobStatus
+from squeezer.store.statuses import JobStatus
 
 # The event each status is reached with (`cancelling` is a request, not an outcome: it has none).
 STATUS_EVENTS = {

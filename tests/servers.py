@@ -210,8 +210,8 @@ class S3Server:
         raise RuntimeError(f"weed mini did not start; its log: {self.root / 'log'}")
 
     def client(self):
-        from store.s3_blobs import s3_client
-        from store.settings import Settings
+        from squeezer.store.s3_blobs import s3_client
+        from squeezer.store.settings import Settings
 
         return s3_client(Settings(**self.settings_fields("unused")), self.endpoint_url)
 

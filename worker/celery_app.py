@@ -12,9 +12,9 @@ Delivery settings, and why:
   returns), but it is pointless work, so the timeout is set longer than any job. Jobs whose worker really died do
   not wait for it: the reaper sees their heartbeat stop and requeues them.
 
-Webhook messages go to their own queue, `webhooks`, which a webhooks worker (`python -m worker webhooks`) consumes
-on a pool of threads: sending waits on receivers, not on a GPU, and a receiver that hangs holds one thread for the
-send timeout at most, never a job. That worker also runs the sender loop that finds due messages
+Webhook messages go to their own queue, `webhooks`, which a webhooks worker (`python -m squeezer.worker webhooks`)
+consumes on a pool of threads: sending waits on receivers, not on a GPU, and a receiver that hangs holds one thread for
+the send timeout at most, never a job. That worker also runs the sender loop that finds due messages
 (worker.webhooks.WebhookSender) and sends their ids to the queue.
 """
 
@@ -27,13 +27,13 @@ from celery import Celery
 from celery.signals import setup_logging, worker_ready, worker_shutdown
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.db import make_engine, make_session_factory
-from store.logging_setup import configure_logging
-from store.settings import Settings, get_settings
-from worker.context import WorkerContext
-from worker.metrics import serve_metrics
-from worker.reaper import ReaperThread
-from worker.webhooks import SENDER_THREADS, WebhookSender, deliver
+from squeezer.store.db import make_engine, make_session_factory
+from squeezer.store.logging_setup import configure_logging
+from squeezer.store.settings import Settings, get_settings
+from squeezer.worker.context import WorkerContext
+from squeezer.worker.metrics import serve_metrics
+from squeezer.worker.reaper import ReaperThread
+from squeezer.worker.webhooks import SENDER_THREADS, WebhookSender, deliver
 
 TASK_NAME = "squeezer.run_job"
 QUEUE_NAME = "squeezer"
@@ -98,7 +98,7 @@ def run_job_task(job_id: str) -> None:
     # Imported here, not at the top: the API's CeleryDispatcher builds this app only to send tasks, and sending must
     # not load the engine (torch). The API imports the engine's config only; it checks a submission in a sandboxed
     # child process (api.jobs.service.validate_inputs → core.sandbox).
-    from worker.runner import run_job
+    from squeezer.worker.runner import run_job
 
     run_job(job_id, worker_context())
 
@@ -147,8 +147,9 @@ def _serve_metrics(**_) -> None:
 
 
 def start_worker(*, loglevel: str = "INFO", webhooks: bool = False) -> None:
-    """Runs a worker in this process until it is stopped (`squeezer worker`, `python -m worker`), configured by the
-    SQUEEZER_* settings: a job worker, or with `webhooks` a webhooks worker (`python -m worker webhooks`)."""
+    """Runs a worker in this process until it is stopped (`squeezer worker`, `python -m squeezer.worker`), configured
+    by the SQUEEZER_* settings: a job worker, or with `webhooks` a webhooks worker
+    (`python -m squeezer.worker webhooks`)."""
     global _webhooks_worker
     settings = get_settings()
     configure_logging(settings)  # now, not at Celery's setup_logging: its start-up warnings are lines in the format
@@ -175,7 +176,7 @@ def _module_app() -> Celery:
 
 
 def __getattr__(name: str) -> Celery:
-    """`celery -A worker.celery_app worker` looks up `app` here; it is built on that first look-up from
+    """`celery -A squeezer.worker.celery_app worker` looks up `app` here; it is built on that first look-up from
     SQUEEZER_BROKER_URL, not when the module is imported (the API imports it to send tasks with its own settings)."""
     if name == "app":
         return _module_app()

@@ -7,15 +7,15 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.jail import Jail, JailLimits, SparePool, configured_jail, python_command
-from store.blobs import BlobStore, make_blob_store
-from store.db import make_engine, make_session_factory
-from store.settings import Settings
+from squeezer.core.jail import Jail, JailLimits, SparePool, configured_jail, python_command
+from squeezer.store.blobs import BlobStore, make_blob_store
+from squeezer.store.db import make_engine, make_session_factory
+from squeezer.store.settings import Settings
 
 # What a job's engine interpreter imports before its job arrives: the engine and what a job imports on its way (the
 # ONNX runtime it measures with, the ONNX converter, torch's exporter, the bundled samples' loader), about 2 s of a
 # tiny job otherwise.
-ENGINE_MODULES = ("core.pipeline", "onnxruntime", "onnx2torch", "torch.onnx", "sklearn.datasets")
+ENGINE_MODULES = ("squeezer.core.pipeline", "onnxruntime", "onnx2torch", "torch.onnx", "sklearn.datasets")
 
 
 def new_worker_id() -> str:
@@ -51,7 +51,7 @@ class WorkerContext:
             jail=jail,
             engines=SparePool(
                 jail,
-                python_command("core.jail_entry", *ENGINE_MODULES),
+                python_command("squeezer.core.jail_entry", *ENGINE_MODULES),
                 JailLimits(memory_bytes=settings.job_memory_bytes),
             ),
         )

@@ -10,11 +10,11 @@ from typing import Protocol
 from kombu.exceptions import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.blobs import BlobStore
-from store.settings import Settings
-from worker.context import WorkerContext
-from worker.reaper import recover_once
-from worker.webhooks import InProcessWebhooks
+from squeezer.store.blobs import BlobStore
+from squeezer.store.settings import Settings
+from squeezer.worker.context import WorkerContext
+from squeezer.worker.reaper import recover_once
+from squeezer.worker.webhooks import InProcessWebhooks
 
 log = logging.getLogger(__name__)
 # /readyz asks the broker once and waits this long: a probe must answer well within its own timeout.
@@ -35,14 +35,14 @@ class CeleryDispatcher:
     """Sends `squeezer.run_job(job_id)` to the broker."""
 
     def __init__(self, broker_url: str):
-        from worker.celery_app import create_celery_app
+        from squeezer.worker.celery_app import create_celery_app
 
         self.app = create_celery_app(broker_url)
 
     def enqueue(self, job_id: str) -> None:
         """Sends the job's id. A broker that is down does not fail the request: the job row is already queued, and
         the workers' reaper sends it again once it has waited too long (store.jobs.reap)."""
-        from worker.celery_app import TASK_NAME
+        from squeezer.worker.celery_app import TASK_NAME
 
         try:
             self.app.send_task(TASK_NAME, args=[job_id])
@@ -136,7 +136,7 @@ def make_dispatcher(settings: Settings, session_factory: sessionmaker[Session], 
     """Celery when a broker is configured, else the in-process worker (embedded mode)."""
     if settings.broker_url:
         return CeleryDispatcher(settings.broker_url)
-    from worker.runner import run_job
+    from squeezer.worker.runner import run_job
 
     context = WorkerContext.from_settings(settings, session_factory, blobs)
     return InProcessDispatcher(

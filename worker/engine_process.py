@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import Cancelled, SqueezerError
-from core.events import Event
-from core.jail import Spare, hand_over, kill_tree
-from core.jail_entry import OUT_OF_MEMORY_EXIT
+from squeezer.core.errors import Cancelled, SqueezerError
+from squeezer.core.events import Event
+from squeezer.core.jail import Spare, hand_over, kill_tree
+from squeezer.core.jail_entry import OUT_OF_MEMORY_EXIT
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_late
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from core.config import MethodName
+from squeezer.core.config import MethodName
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import logging
 import threading
 from collections.abc import Callable
 
-from store.artifacts import sweep_orphaned_results, sweep_stale_uploads
-from store.jobs import reap
-from worker.context import WorkerContext
+from squeezer.store.artifacts import sweep_orphaned_results, sweep_stale_uploads
+from squeezer.store.jobs import reap
+from squeezer.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
 

@@ -21,21 +21,29 @@ from typing import Any, Self
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from core.config import CompressConfig
-from core.errors import Cancelled, SqueezerError, redact_paths
-from core.events import Event
-from core.intake.archives import safe_extract
-from core.jail import Spare
-from store.artifacts import delete_artifact, export_artifact_to, store_file
-from store.job_inputs import fetch_inputs
-from store.job_spec import read_spec
-from store.jobs import checkpoint_of, claim_job, finish_job, heartbeat, record_event, set_checkpoint, update_progress
-from store.logging_setup import log_context
-from store.models import ArtifactKind, Job
-from store.statuses import JobStatus
-from worker.context import WorkerContext
-from worker.engine_process import EngineRun
-from worker.metrics import JobTimer
+from squeezer.core.config import CompressConfig
+from squeezer.core.errors import Cancelled, SqueezerError, redact_paths
+from squeezer.core.events import Event
+from squeezer.core.intake.archives import safe_extract
+from squeezer.core.jail import Spare
+from squeezer.store.artifacts import delete_artifact, export_artifact_to, store_file
+from squeezer.store.job_inputs import fetch_inputs
+from squeezer.store.job_spec import read_spec
+from squeezer.store.jobs import (
+    checkpoint_of,
+    claim_job,
+    finish_job,
+    heartbeat,
+    record_event,
+    set_checkpoint,
+    update_progress,
+)
+from squeezer.store.logging_setup import log_context
+from squeezer.store.models import ArtifactKind, Job
+from squeezer.store.statuses import JobStatus
+from squeezer.worker.context import WorkerContext
+from squeezer.worker.engine_process import EngineRun
+from squeezer.worker.metrics import JobTimer
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +174,7 @@ def _compress(job: Job, ctx: WorkerContext, monitor: "JobMonitor", engine: Spare
         "config": config.model_dump(mode="json"),
         "limits": dataclasses.asdict(ctx.settings.intake_limits()),
     }
-    return run.run("core.jail_entry:compress_job", payload)
+    return run.run("squeezer.core.jail_entry:compress_job", payload)
 
 
 def _capped(config: CompressConfig, max_time_limit_s: float | None) -> CompressConfig:

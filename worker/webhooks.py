@@ -26,10 +26,10 @@ import httpx
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks import Webhook
 
-from store.models import WebhookDelivery, WebhookEndpoint, as_utc, utcnow
-from store.settings import Settings
-from store.webhooks import message_to_send, record_attempt, secrets_to_sign, take_due_deliveries
-from worker.metrics import WEBHOOK_DELIVERIES
+from squeezer.store.models import WebhookDelivery, WebhookEndpoint, as_utc, utcnow
+from squeezer.store.settings import Settings
+from squeezer.store.webhooks import message_to_send, record_attempt, secrets_to_sign, take_due_deliveries
+from squeezer.worker.metrics import WEBHOOK_DELIVERIES
 
 log = logging.getLogger(__name__)
 

@@ -5,19 +5,19 @@ from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import RedirectResponse, StreamingResponse
 from sqlalchemy.orm import object_session
 
-from api.artifacts.schemas import ArtifactOut
-from api.artifacts.service import (
+from squeezer.api.artifacts.schemas import ArtifactOut
+from squeezer.api.artifacts.service import (
     content_disposition,
     ready_artifact,
     receive_upload,
     remove_artifact,
     storage_quota_left,
 )
-from api.deps import BlobsDep, CurrentTenant, SessionDep, SessionFactoryDep, SettingsDep, UploadSlotsDep
-from api.errors import ProblemError, problem_response, problem_responses
-from api.ranges import RangeNotSatisfiable, content_range, requested_range
-from store.blobs import BlobStore
-from store.models import UPLOAD_KINDS, Artifact, ArtifactKind
+from squeezer.api.deps import BlobsDep, CurrentTenant, SessionDep, SessionFactoryDep, SettingsDep, UploadSlotsDep
+from squeezer.api.errors import ProblemError, problem_response, problem_responses
+from squeezer.api.ranges import RangeNotSatisfiable, content_range, requested_range
+from squeezer.store.blobs import BlobStore
+from squeezer.store.models import UPLOAD_KINDS, Artifact, ArtifactKind
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 

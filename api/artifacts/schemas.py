@@ -4,7 +4,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from store.jobs import as_utc
+from squeezer.store.jobs import as_utc
 
 
 class ArtifactOut(BaseModel):

@@ -17,10 +17,10 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.errors import ProblemError, not_found
-from api.limits import decimal
-from api.metrics import UPLOAD_BYTES
-from store.artifacts import (
+from squeezer.api.errors import ProblemError, not_found
+from squeezer.api.limits import decimal
+from squeezer.api.metrics import UPLOAD_BYTES
+from squeezer.store.artifacts import (
     READ_CHUNK_BYTES,
     QuotaExceeded,
     UploadTooLarge,
@@ -29,8 +29,8 @@ from store.artifacts import (
     store_artifact,
     stored_bytes,
 )
-from store.blobs import BlobStore
-from store.models import UPLOAD_KINDS, Artifact, ArtifactKind
+from squeezer.store.blobs import BlobStore
+from squeezer.store.models import UPLOAD_KINDS, Artifact, ArtifactKind
 
 # Form fields are a few words (`kind`); a longer one is not ours.
 MAX_FIELD_BYTES = 1024

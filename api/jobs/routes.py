@@ -5,8 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.artifacts.routes import download, file_responses, stream_artifact
-from api.deps import (
+from squeezer.api.artifacts.routes import download, file_responses, stream_artifact
+from squeezer.api.deps import (
     BlobsDep,
     CurrentTenant,
     DispatcherDep,
@@ -16,9 +16,9 @@ from api.deps import (
     SettingsDep,
     SubmissionChecksDep,
 )
-from api.errors import problem_responses
-from api.jobs.schemas import EventOut, JobArtifactOut, JobCreate, JobOut, JobStatusValue, JobSummary
-from api.jobs.service import (
+from squeezer.api.errors import problem_responses
+from squeezer.api.jobs.schemas import EventOut, JobArtifactOut, JobCreate, JobOut, JobStatusValue, JobSummary
+from squeezer.api.jobs.service import (
     enqueue,
     etag,
     event_out,
@@ -34,8 +34,8 @@ from api.jobs.service import (
     result_artifacts,
     submit_job,
 )
-from api.limits import MAX_JSON_BODY_BYTES, MAX_JSON_DEPTH
-from api.pagination import Page, PageDep, make_page
+from squeezer.api.limits import MAX_JSON_BODY_BYTES, MAX_JSON_DEPTH
+from squeezer.api.pagination import Page, PageDep, make_page
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 # The length of the column it is stored in (store.models.Job.idempotency_key).

@@ -7,9 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from store.job_document import JOB_SPEC_EXAMPLE as JOB_EXAMPLE
-from store.job_document import JobOut, JobStatusValue, JobSummary
-from store.job_spec import JobSpec
+from squeezer.store.job_document import JOB_SPEC_EXAMPLE as JOB_EXAMPLE
+from squeezer.store.job_document import JobOut, JobStatusValue, JobSummary
+from squeezer.store.job_spec import JobSpec
 
 __all__ = ["EventOut", "JobArtifactOut", "JobCreate", "JobOut", "JobStatusValue", "JobSummary"]
 

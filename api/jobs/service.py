@@ -10,18 +10,18 @@ import anyio.to_thread
 from sqlalchemy import Row
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.errors import ProblemError, not_found
-from api.jobs.schemas import EventOut, JobCreate, JobOut, JobSummary
-from api.metrics import submission_check_timer
-from api.pagination import event_cursor
-from api.slots import TenantSlots
-from core.errors import InputError, redact_paths
-from store.artifacts import QuotaExceeded, delete_artifact, get_ready_artifact
-from store.blobs import BlobStore
-from store.job_document import job_document, job_fields
-from store.job_inputs import fetch_inputs
-from store.job_reads import JobReader
-from store.jobs import (
+from squeezer.api.errors import ProblemError, not_found
+from squeezer.api.jobs.schemas import EventOut, JobCreate, JobOut, JobSummary
+from squeezer.api.metrics import submission_check_timer
+from squeezer.api.pagination import event_cursor
+from squeezer.api.slots import TenantSlots
+from squeezer.core.errors import InputError, redact_paths
+from squeezer.store.artifacts import QuotaExceeded, delete_artifact, get_ready_artifact
+from squeezer.store.blobs import BlobStore
+from squeezer.store.job_document import job_document, job_fields
+from squeezer.store.job_inputs import fetch_inputs
+from squeezer.store.job_reads import JobReader
+from squeezer.store.jobs import (
     as_utc,
     count_queued_jobs,
     count_unfinished_jobs,
@@ -35,11 +35,11 @@ from store.jobs import (
     list_tenant_jobs,
     request_cancel,
 )
-from store.logging_setup import current_log_fields
-from store.models import Artifact, Job, JobEvent
-from store.settings import Settings
-from store.statuses import FINAL_STATUSES
-from worker.dispatch import Dispatcher
+from squeezer.store.logging_setup import current_log_fields
+from squeezer.store.models import Artifact, Job, JobEvent
+from squeezer.store.settings import Settings
+from squeezer.store.statuses import FINAL_STATUSES
+from squeezer.worker.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 # The longest a submission waits for the broker to take its job before it answers anyway.
@@ -105,9 +105,9 @@ def validate_inputs(
     """Fetches the inputs as the worker will (store.job_inputs) and runs the engine's input checks on them in a
     disposable child with memory, CPU and wall-clock limits, an empty working directory and no secrets, in the
     engine's jail (core.sandbox, core.jail): the API process never parses an upload. Blocking: threadpool."""
-    from core.jail import configured_jail
-    from core.sandbox import SandboxLimits
-    from core.submission import TARGET, check_request, check_workspace
+    from squeezer.core.jail import configured_jail
+    from squeezer.core.sandbox import SandboxLimits
+    from squeezer.core.submission import TARGET, check_request, check_workspace
 
     limits = SandboxLimits(settings.check_memory_bytes, settings.check_cpu_s, settings.check_timeout_s)
     jail = configured_jail(settings.jail, allow_unjailed=settings.allow_unjailed_engine)

@@ -3,11 +3,11 @@ messages themselves are sent by the workers (worker.webhooks), never on a reques
 
 from fastapi import APIRouter, Response, status
 
-from api.deps import CurrentTenant, SessionDep, SettingsDep
-from api.errors import problem_responses
-from api.pagination import Page, PageDep, make_page
-from api.webhooks.schemas import DeliveryAttemptOut, WebhookCreate, WebhookOut, WebhookWithSecret
-from api.webhooks.service import (
+from squeezer.api.deps import CurrentTenant, SessionDep, SettingsDep
+from squeezer.api.errors import problem_responses
+from squeezer.api.pagination import Page, PageDep, make_page
+from squeezer.api.webhooks.schemas import DeliveryAttemptOut, WebhookCreate, WebhookOut, WebhookWithSecret
+from squeezer.api.webhooks.service import (
     add_webhook,
     attempt_out,
     remove_webhook,
@@ -15,7 +15,7 @@ from api.webhooks.service import (
     webhook_attempts,
     webhook_out,
 )
-from store.webhooks import list_endpoints
+from squeezer.store.webhooks import list_endpoints
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 

@@ -5,7 +5,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from store.models import WebhookEvent
+from squeezer.store.models import WebhookEvent
 
 MAX_URL_CHARS = 2048
 

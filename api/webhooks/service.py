@@ -7,12 +7,12 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
-from api.errors import ProblemError, not_found
-from api.pagination import event_cursor
-from api.webhooks.schemas import DeliveryAttemptOut, WebhookCreate, WebhookOut, WebhookWithSecret
-from store.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, as_utc, utcnow
-from store.settings import Settings
-from store.webhooks import (
+from squeezer.api.errors import ProblemError, not_found
+from squeezer.api.pagination import event_cursor
+from squeezer.api.webhooks.schemas import DeliveryAttemptOut, WebhookCreate, WebhookOut, WebhookWithSecret
+from squeezer.store.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, as_utc, utcnow
+from squeezer.store.settings import Settings
+from squeezer.store.webhooks import (
     WebhookQuotaExceeded,
     create_endpoint,
     delete_endpoint,
@@ -20,7 +20,7 @@ from store.webhooks import (
     list_attempts,
     rotate_secret,
 )
-from worker.webhooks import UrlPolicy, UrlRefused
+from squeezer.worker.webhooks import UrlPolicy, UrlRefused
 
 SECRET_BYTES = 32
 # After a rotation, messages carry a signature made with the previous secret as well for this long.

@@ -24,9 +24,9 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from core.artifacts.sqz import grid_scales
-from core.events import StopCheck, stop_point
-from core.intake.onnx_normalize import declared_sizes
+from squeezer.core.artifacts.sqz import grid_scales
+from squeezer.core.events import StopCheck, stop_point
+from squeezer.core.intake.onnx_normalize import declared_sizes
 
 OPSET = 17
 INT4_OPSET = 21  # the first opset with int4 tensors

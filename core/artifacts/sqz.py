@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from core import limits
-from core.errors import ModelFormatError
-from core.intake.names import shown
+from squeezer.core import limits
+from squeezer.core.errors import ModelFormatError
+from squeezer.core.intake.names import shown
 
 MAGIC = b"SQZ2"
 JSON_HEADER_MAGIC = b"SQZ1"  # the first layout: the same header as JSON (three times the bytes before compression)
@@ -538,7 +538,7 @@ def load_sqz(path: Path):
     """Rebuild a runnable LoadedModel whose weights are bit-identical to the packed ones. The header is an upload
     like any other: it goes through the model-directory loader (architecture names looked up in the registry's
     tables, graph.onnx renamed, state keys matched against the built module's), never straight into code."""
-    from core.intake.models import SOURCE_FORMATS, load_model
+    from squeezer.core.intake.models import SOURCE_FORMATS, load_model
 
     header, state, graph = _unpack(Path(path).read_bytes())
     arch, source_format = header.get("architecture"), header.get("source_format")

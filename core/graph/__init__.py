@@ -1,8 +1,8 @@
 """Channel dependencies and physical channel removal (issue 4): trace a model, find which channels go together,
 remove them exactly, and record the new widths so saved models rebuild."""
 
-from core.graph.dependency import ChannelGraph, trace
-from core.graph.surgery import (
+from squeezer.core.graph.dependency import ChannelGraph, trace
+from squeezer.core.graph.surgery import (
     CHANNELS_ARG,
     apply_channel_overrides,
     fold_constants,

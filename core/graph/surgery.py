@@ -7,9 +7,9 @@ from typing import cast
 import torch
 from torch import nn
 
-from core.errors import ModelFormatError
-from core.graph.dependency import PRODUCERS, TRANSPOSED, ChannelGraph, Convolution, Producer, producer, trace
-from core.intake.names import shown_list
+from squeezer.core.errors import ModelFormatError
+from squeezer.core.graph.dependency import PRODUCERS, TRANSPOSED, ChannelGraph, Convolution, Producer, producer, trace
+from squeezer.core.intake.names import shown_list
 
 CHANNELS_ARG = "channels"  # architecture args key: {layer name: output channels (or features) kept}
 

@@ -13,8 +13,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from core import limits as intake_limits
-from core.errors import ArchiveError
+from squeezer.core import limits as intake_limits
+from squeezer.core.errors import ArchiveError
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 _COPY_CHUNK = 1 << 20

@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core import limits
-from core.config import Normalization
-from core.errors import DatasetError, MismatchError, ModelFormatError, unforeseen_as
-from core.intake.archives import is_archive, safe_extract
-from core.intake.models import check_pending_parity
+from squeezer.core import limits
+from squeezer.core.config import Normalization
+from squeezer.core.errors import DatasetError, MismatchError, ModelFormatError, unforeseen_as
+from squeezer.core.intake.archives import is_archive, safe_extract
+from squeezer.core.intake.models import check_pending_parity
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 # sample:shapes: enough images for a small U-Net to learn the two shapes in a few CPU epochs, and a validation split

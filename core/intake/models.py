@@ -21,12 +21,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core.config import Normalization
-from core.errors import ModelFormatError, UnsafeFormatError, UnsupportedLayerError, short_description, unforeseen_as
-from core.intake.archives import safe_extract
-from core.intake.names import shown, shown_list
-from core.intake.onnx_names import Renamed, compose, legacy_module_names, rename_onnx
-from core.intake.onnx_normalize import (
+from squeezer.core.config import Normalization
+from squeezer.core.errors import (
+    ModelFormatError,
+    UnsafeFormatError,
+    UnsupportedLayerError,
+    short_description,
+    unforeseen_as,
+)
+from squeezer.core.intake.archives import safe_extract
+from squeezer.core.intake.names import shown, shown_list
+from squeezer.core.intake.onnx_names import Renamed, compose, legacy_module_names, rename_onnx
+from squeezer.core.intake.onnx_normalize import (
     Normalised,
     agrees_at,
     declare_unknown_ranks,
@@ -34,9 +40,9 @@ from core.intake.onnx_normalize import (
     normalize_onnx,
     unconvertible_nodes,
 )
-from core.intake.onnx_safety import refuse_external_data
-from core.intake.registry import build_architecture, default_input_shape
-from core.intake.torch_zip import check_torch_zip
+from squeezer.core.intake.onnx_safety import refuse_external_data
+from squeezer.core.intake.registry import build_architecture, default_input_shape
+from squeezer.core.intake.torch_zip import check_torch_zip
 
 SAFE_FORMATS = (
     "a Squeezer model directory or .zip (architecture.json + model.safetensors), "
@@ -158,7 +164,7 @@ def _load_model_dir(directory: Path) -> LoadedModel:
         module = _convert_onnx(parsed)
         state, args = _from_legacy_names(graph, parsed, module, state, args)
         if "channels" in args:  # a shrunk model: the graph holds the original widths
-            from core.graph.surgery import apply_channel_overrides
+            from squeezer.core.graph.surgery import apply_channel_overrides
 
             apply_channel_overrides(module, args["channels"], input_shape)
         _load_state(module, state, "model.safetensors")

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.intake.names import SHOWN_CHARS
+from squeezer.core.intake.names import SHOWN_CHARS
 
 
 @dataclass

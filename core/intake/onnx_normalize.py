@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from core.intake.names import shown
+from squeezer.core.intake.names import shown
 
 TARGET_OPSET = 17
 SUPPORTED_OPSETS = range(7, 22)

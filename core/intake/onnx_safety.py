@@ -10,8 +10,8 @@ initializers, tensor-valued node attributes (`Constant` values included), the su
 from collections.abc import Iterator
 from typing import Any
 
-from core.errors import ModelFormatError
-from core.intake.names import quoted
+from squeezer.core.errors import ModelFormatError
+from squeezer.core.intake.names import quoted
 
 
 class ExternalDataError(ModelFormatError):

@@ -14,9 +14,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from core import limits
-from core.errors import ModelFormatError
-from core.intake.names import shown, shown_list
+from squeezer.core import limits
+from squeezer.core.errors import ModelFormatError
+from squeezer.core.intake.names import shown, shown_list
 
 
 class LeNet5(nn.Module):
@@ -244,7 +244,7 @@ def build_architecture(name: str, args: dict | None = None) -> nn.Module:
     _check_size(name, args, channels)
     module = _build(name, args)
     if channels is not None:
-        from core.graph.surgery import apply_channel_overrides
+        from squeezer.core.graph.surgery import apply_channel_overrides
 
         apply_channel_overrides(module, channels, default_input_shape(name, args))
     return module
@@ -310,7 +310,7 @@ def _check_size(name: str, args: dict, channels: dict | None) -> None:
         limits.check(f"{name}'s input (C×H×W {shape})", math.prod(shape), "max_input_elements", ModelFormatError)
     skeleton = _meta_skeleton(name, args)
     if channels is not None:
-        from core.graph.surgery import apply_channel_overrides
+        from squeezer.core.graph.surgery import apply_channel_overrides
 
         try:
             with torch.device("meta"):

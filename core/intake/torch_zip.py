@@ -4,9 +4,9 @@ inflate a deflated one to whatever size it declares), so the records are checked
 import zipfile
 from pathlib import Path
 
-from core import limits
-from core.errors import ArchiveError, ModelFormatError, UnsafeFormatError
-from core.intake.archives import read_zip_directory
+from squeezer.core import limits
+from squeezer.core.errors import ArchiveError, ModelFormatError, UnsafeFormatError
+from squeezer.core.intake.archives import read_zip_directory
 
 # The pickle that describes a state dict: a few hundred bytes per tensor.
 MAX_PICKLE_BYTES = 64 << 20

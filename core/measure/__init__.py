@@ -8,9 +8,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from core.errors import InputError
-from core.events import Guard, StopCheck, stop_point
-from core.graph.dependency import TRANSPOSED, Convolution
+from squeezer.core.errors import InputError
+from squeezer.core.events import Guard, StopCheck, stop_point
+from squeezer.core.graph.dependency import TRANSPOSED, Convolution
 
 
 def resolve_device(name: str) -> torch.device:
@@ -30,7 +30,7 @@ def classes_of(output: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
 
 def binary_threshold(module: nn.Module) -> float:
     """0.5 for a model whose output passes a terminal sigmoid, 0 for one that outputs logits."""
-    from core.train import terminal_head
+    from squeezer.core.train import terminal_head
 
     name = terminal_head(module, per_sample=False)
     return 0.5 if name is not None and isinstance(module.get_submodule(name), nn.Sigmoid) else 0.0

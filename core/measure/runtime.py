@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.events import Guard, StopCheck, stop_point
-from core.measure import score_predictions, timed_runs
+from squeezer.core.events import Guard, StopCheck, stop_point
+from squeezer.core.measure import score_predictions, timed_runs
 
 
 def onnx_session(model: Path | bytes):

@@ -21,20 +21,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Unpack, cast
 
-from core.artifacts.onnx_export import export_onnx
-from core.artifacts.sqz import pack_sqz
-from core.config import AccuracyTarget, CompressConfig
-from core.errors import UnsupportedLayerError
-from core.events import Event, EventCallback, Guard
-from core.graph import with_channels
-from core.measure import float32_bytes
-from core.measure.runtime import onnx_latency_ms
-from core.methods.filter import compress_filter
-from core.methods.group import compress_group
-from core.methods.harness import MethodHooks, MethodRun
-from core.methods.int8 import compress_int8
-from core.methods.lwct import compress_lwct
-from core.methods.results import ChannelLayerState, LayerState, MethodResult, Trial
+from squeezer.core.artifacts.onnx_export import export_onnx
+from squeezer.core.artifacts.sqz import pack_sqz
+from squeezer.core.config import AccuracyTarget, CompressConfig
+from squeezer.core.errors import UnsupportedLayerError
+from squeezer.core.events import Event, EventCallback, Guard
+from squeezer.core.graph import with_channels
+from squeezer.core.measure import float32_bytes
+from squeezer.core.measure.runtime import onnx_latency_ms
+from squeezer.core.methods.filter import compress_filter
+from squeezer.core.methods.group import compress_group
+from squeezer.core.methods.harness import MethodHooks, MethodRun
+from squeezer.core.methods.int8 import compress_int8
+from squeezer.core.methods.lwct import compress_lwct
+from squeezer.core.methods.results import ChannelLayerState, LayerState, MethodResult, Trial
 
 STAGES: dict[str, Callable[..., MethodResult]] = {
     "filter": compress_filter,

@@ -14,14 +14,14 @@ from typing import Unpack
 import torch
 from torch import nn
 
-from core.checkpoint import prefixed, unprefixed
-from core.config import CompressConfig
-from core.graph import ChannelGraph, mask_consumers, shrink
-from core.graph.dependency import TRANSPOSED, affine_parameters, producer
-from core.methods.harness import BASELINE_DONE, FINETUNE_SEED_OFFSET, MethodHooks, progress
-from core.methods.results import MethodResult
-from core.methods.structured import StructuredRun, arithmetic_midpoint, keep_one_per_group, search_levels
-from core.train import current_lr
+from squeezer.core.checkpoint import prefixed, unprefixed
+from squeezer.core.config import CompressConfig
+from squeezer.core.graph import ChannelGraph, mask_consumers, shrink
+from squeezer.core.graph.dependency import TRANSPOSED, affine_parameters, producer
+from squeezer.core.methods.harness import BASELINE_DONE, FINETUNE_SEED_OFFSET, MethodHooks, progress
+from squeezer.core.methods.results import MethodResult
+from squeezer.core.methods.structured import StructuredRun, arithmetic_midpoint, keep_one_per_group, search_levels
+from squeezer.core.train import current_lr
 
 # Progress: importance learning runs from the baseline to here; the level search takes the rest of the bar.
 _IMPORTANCE_DONE = 0.35

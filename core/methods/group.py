@@ -14,14 +14,14 @@ from typing import Unpack
 import torch
 from torch import nn
 
-from core.checkpoint import prefixed, unprefixed
-from core.config import CompressConfig
-from core.graph import ChannelGraph, fold_constants, shrink
-from core.graph.dependency import TRANSPOSED, affine_parameters, producer
-from core.methods.harness import BASELINE_DONE, FINETUNE_SEED_OFFSET, MethodHooks, progress
-from core.methods.results import MethodResult
-from core.methods.structured import StructuredRun, geometric_midpoint, keep_one_per_group, search_levels
-from core.train import current_lr
+from squeezer.core.checkpoint import prefixed, unprefixed
+from squeezer.core.config import CompressConfig
+from squeezer.core.graph import ChannelGraph, fold_constants, shrink
+from squeezer.core.graph.dependency import TRANSPOSED, affine_parameters, producer
+from squeezer.core.methods.harness import BASELINE_DONE, FINETUNE_SEED_OFFSET, MethodHooks, progress
+from squeezer.core.methods.results import MethodResult
+from squeezer.core.methods.structured import StructuredRun, geometric_midpoint, keep_one_per_group, search_levels
+from squeezer.core.train import current_lr
 
 # Training samples run through the model to measure each zeroed neuron's output, and to check that it is constant,
 # before it is folded into the next layers' biases: enough to see an output that varies, few enough to stay cheap.

@@ -31,12 +31,21 @@ from typing import TypedDict, Unpack
 import torch
 from torch import nn
 
-from core.checkpoint import load_checkpoint, save_checkpoint
-from core.config import CompressConfig, StructuredTraining
-from core.events import Event, EventCallback, EventLevel, Guard, StopCheck, TimeLimitReached, never_stop, no_events
-from core.measure import float32_bytes, metric_function, resolve_device
-from core.methods.results import LayerState, MethodResult, Trial
-from core.train import choose_lr, fit_guarded, fit_options, stage_epochs
+from squeezer.core.checkpoint import load_checkpoint, save_checkpoint
+from squeezer.core.config import CompressConfig, StructuredTraining
+from squeezer.core.events import (
+    Event,
+    EventCallback,
+    EventLevel,
+    Guard,
+    StopCheck,
+    TimeLimitReached,
+    never_stop,
+    no_events,
+)
+from squeezer.core.measure import float32_bytes, metric_function, resolve_device
+from squeezer.core.methods.results import LayerState, MethodResult, Trial
+from squeezer.core.train import choose_lr, fit_guarded, fit_options, stage_epochs
 
 # Progress while the baseline is evaluated: every method starts its own stages at BASELINE_DONE.
 BASELINE_START, BASELINE_DONE = 0.01, 0.05

@@ -8,11 +8,11 @@ file's. The module stays float (model.sqz holds the weights it was quantized fro
 
 from typing import Unpack
 
-from core.config import CompressConfig
-from core.methods.harness import BASELINE_DONE, MethodHooks, MethodRun
-from core.methods.lwct import prunable_layers
-from core.methods.results import ChannelLayerState, MethodResult
-from core.quantize import quantize_int8
+from squeezer.core.config import CompressConfig
+from squeezer.core.methods.harness import BASELINE_DONE, MethodHooks, MethodRun
+from squeezer.core.methods.lwct import prunable_layers
+from squeezer.core.methods.results import ChannelLayerState, MethodResult
+from squeezer.core.quantize import quantize_int8
 
 
 def int8_rows(module, accepted: bool) -> list[ChannelLayerState]:

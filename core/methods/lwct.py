@@ -16,14 +16,21 @@ from typing import Unpack, cast
 import torch
 from torch import nn
 
-from core.artifacts.sqz import GRID_LEVELS, Encoded, encode_state, encoded_bits, pack_encoded, round_for_storage
-from core.checkpoint import prefixed, unprefixed
-from core.config import CompressConfig, LwctConfig
-from core.errors import UnsupportedLayerError
-from core.graph.dependency import TRANSPOSED, Producer
-from core.methods.harness import BASELINE_DONE, MethodHooks, MethodRun, progress
-from core.methods.results import LayerState, MethodResult, Trial
-from core.train import STEP_RULE
+from squeezer.core.artifacts.sqz import (
+    GRID_LEVELS,
+    Encoded,
+    encode_state,
+    encoded_bits,
+    pack_encoded,
+    round_for_storage,
+)
+from squeezer.core.checkpoint import prefixed, unprefixed
+from squeezer.core.config import CompressConfig, LwctConfig
+from squeezer.core.errors import UnsupportedLayerError
+from squeezer.core.graph.dependency import TRANSPOSED, Producer
+from squeezer.core.methods.harness import BASELINE_DONE, MethodHooks, MethodRun, progress
+from squeezer.core.methods.results import LayerState, MethodResult, Trial
+from squeezer.core.train import STEP_RULE
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *TRANSPOSED, nn.Linear)
 _CHECKPOINT = "lwct"

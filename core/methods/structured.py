@@ -7,13 +7,13 @@ from typing import Unpack
 
 from torch import nn
 
-from core.artifacts.sqz import pack_sqz
-from core.config import CompressConfig, StructuredTraining
-from core.graph import ChannelGraph, trace, with_channels
-from core.graph.dependency import PRODUCERS, producer
-from core.graph.surgery import width
-from core.methods.harness import MethodHooks, MethodRun
-from core.methods.results import ChannelLayerState, Trial
+from squeezer.core.artifacts.sqz import pack_sqz
+from squeezer.core.config import CompressConfig, StructuredTraining
+from squeezer.core.graph import ChannelGraph, trace, with_channels
+from squeezer.core.graph.dependency import PRODUCERS, producer
+from squeezer.core.graph.surgery import width
+from squeezer.core.methods.harness import MethodHooks, MethodRun
+from squeezer.core.methods.results import ChannelLayerState, Trial
 
 
 class StructuredRun(MethodRun):

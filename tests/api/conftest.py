@@ -10,11 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from api.app import create_app
-from store.migrate import upgrade_database
-from store.models import Artifact, BlobChunk
-from store.settings import Settings
-from worker.dispatch import CeleryDispatcher
+from squeezer.api.app import create_app
+from squeezer.store.migrate import upgrade_database
+from squeezer.store.models import Artifact, BlobChunk
+from squeezer.store.settings import Settings
+from squeezer.worker.dispatch import CeleryDispatcher
 
 MAX_UPLOAD_BYTES = 1024 * 1024
 # A job that takes seconds: digits, one pruning level, one epoch per step on 300 samples, stages not stretched to
@@ -78,7 +78,7 @@ def client(api_settings):
 
 @pytest.fixture(scope="session")
 def sample_model_zip(tmp_path_factory) -> Path:
-    from core.samples import ensure_sample_model
+    from squeezer.core.samples import ensure_sample_model
 
     model_dir, _ = ensure_sample_model("digits")
     return Path(

@@ -6,12 +6,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from api.app import create_app
-from store.jobs import create_job
-from store.keys import create_key, revoke_key
-from store.models import Artifact
+from squeezer.api.app import create_app
+from squeezer.store.jobs import create_job
+from squeezer.store.keys import create_key, revoke_key
+from squeezer.store.models import Artifact
+from squeezer.worker.dispatch import CeleryDispatcher
 from tests.api.conftest import assert_problem, tiny_job
-from worker.dispatch import CeleryDispatcher
 
 
 def make_client(api_settings, redis_url, **overrides) -> TestClient:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from api.app import create_app
-from cli.output import EXIT_TARGET_MET, EXIT_TARGET_MISSED
-from cli.service_commands import serve_in_thread, submit_and_wait
+from squeezer.api.app import create_app
+from squeezer.cli.output import EXIT_TARGET_MET, EXIT_TARGET_MISSED
+from squeezer.cli.service_commands import serve_in_thread, submit_and_wait
 from tests.api.conftest import TINY_OPTIONS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,7 +33,7 @@ def test_celery_worker_takes_a_job_from_queued_to_succeeded(api_settings, redis_
     }
     log = (tmp_path / "worker.log").open("wb")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "worker"],
+        [sys.executable, "-m", "squeezer.worker"],
         cwd=REPO,
         env=env,
         stdout=log,

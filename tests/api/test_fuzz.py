@@ -14,9 +14,9 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 
-from api.app import create_app
-from store.keys import create_key
-from worker.dispatch import CeleryDispatcher
+from squeezer.api.app import create_app
+from squeezer.store.keys import create_key
+from squeezer.worker.dispatch import CeleryDispatcher
 
 EXAMPLES_PER_OPERATION = int(os.environ.get("FUZZ_EXAMPLES", "12"))
 # Two adjustments to schemathesis' defaults, everything else is checked as it comes:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from api.app import create_app
-from cli.service_commands import serve_in_thread
+from squeezer.api.app import create_app
+from squeezer.cli.service_commands import serve_in_thread
 from tests.api.conftest import TINY_OPTIONS
 
 PACKAGE = "squeezer_generated_client"

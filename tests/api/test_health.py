@@ -1,9 +1,9 @@
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from store.settings import Settings
+from squeezer.api.app import create_app
+from squeezer.store.settings import Settings
+from squeezer.worker.dispatch import CeleryDispatcher
 from tests.api.conftest import assert_problem
-from worker.dispatch import CeleryDispatcher
 
 
 def test_healthz_and_readyz_with_database_and_broker(queued_client):

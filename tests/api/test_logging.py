@@ -1,7 +1,7 @@
-"""Structured logs of a real API (`squeezer api`) and a real Celery worker (`python -m worker`), in both formats:
-JSON lines parse with time, level and event; the X-Request-ID of a submission is echoed and reaches the worker's
-lines for that job, with the tenant and the job id; an API key, a webhook secret and the database password never
-appear in any line, although a request puts all three in its URL (which the access log writes)."""
+"""Structured logs of a real API (`squeezer api`) and a real Celery worker (`python -m squeezer.worker`), in both
+formats: JSON lines parse with time, level and event; the X-Request-ID of a submission is echoed and reaches the
+worker's lines for that job, with the tenant and the job id; an API key, a webhook secret and the database password
+never appear in any line, although a request puts all three in its URL (which the access log writes)."""
 
 import json
 import os
@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from store.db import make_engine, make_session_factory
-from store.keys import create_key
-from store.logging_setup import redact
-from store.migrate import upgrade_database
-from store.statuses import FINAL_STATUSES
+from squeezer.store.db import make_engine, make_session_factory
+from squeezer.store.keys import create_key
+from squeezer.store.logging_setup import redact
+from squeezer.store.migrate import upgrade_database
+from squeezer.store.statuses import FINAL_STATUSES
 from tests.api.conftest import tiny_job
 from tests.servers import free_port
 
@@ -75,7 +75,7 @@ def run_service(log_format: str, postgres_url: str, redis_url: str, model_zip: P
     port = free_port()
     squeezer = str(Path(sys.executable).with_name("squeezer"))
     api = start([squeezer, "api", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path / "api.log")
-    worker = start([sys.executable, "-m", "worker"], env, tmp_path / "worker.log")
+    worker = start([sys.executable, "-m", "squeezer.worker"], env, tmp_path / "worker.log")
     request_id = f"logging-test-{log_format}"
     headers = {"Authorization": f"Bearer {api_key}"}
     try:

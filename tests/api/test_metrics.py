@@ -13,15 +13,15 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from api.app import create_app
-from store.migrate import upgrade_database
-from store.models import WebhookEndpoint
-from store.settings import Settings
+from squeezer.api.app import create_app
+from squeezer.store.migrate import upgrade_database
+from squeezer.store.models import WebhookEndpoint
+from squeezer.store.settings import Settings
+from squeezer.worker.dispatch import CeleryDispatcher
 from tests.api.conftest import LONG_OPTIONS, upload
 from tests.api.test_auth import insert_job
 from tests.api.test_logging import start, stop, wait_until
 from tests.servers import free_port
-from worker.dispatch import CeleryDispatcher
 
 API_FAMILIES = {
     "squeezer_jobs",

@@ -12,8 +12,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from cli.main import app
-from core.intake.registry import build_architecture
+from squeezer.cli.main import app
+from squeezer.core.intake.registry import build_architecture
 
 runner = CliRunner()
 # A run of seconds on two CPU cores: three pruning levels and the five-layer walk, 60 SGD steps each.

@@ -6,10 +6,10 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from api.app import create_app
-from cli.main import app
-from cli.service_commands import embedded_app, serve_in_thread
-from store.settings import Settings
+from squeezer.api.app import create_app
+from squeezer.cli.main import app
+from squeezer.cli.service_commands import embedded_app, serve_in_thread
+from squeezer.store.settings import Settings
 
 runner = CliRunner()
 
@@ -47,7 +47,7 @@ def test_keys_create_prints_a_working_key_last_and_revoke_stops_it(tmp_path):
 
 
 def test_keys_create_uses_the_configured_database_and_client_commands_send_the_key(postgres_url, tmp_path):
-    from store.migrate import upgrade_database
+    from squeezer.store.migrate import upgrade_database
 
     upgrade_database(postgres_url)
     key = create("--tenant", "acme", env={"SQUEEZER_DATABASE_URL": postgres_url})

@@ -4,7 +4,7 @@ the bound (the bounds are core.config's, shared by the CLI, the API and the work
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from squeezer.cli.main import app
 
 runner = CliRunner()
 

@@ -6,9 +6,9 @@ import json
 
 from typer.testing import CliRunner
 
-from cli.main import app
-from cli.output import ProgressLines
-from core.samples import ensure_sample_model
+from squeezer.cli.main import app
+from squeezer.cli.output import ProgressLines
+from squeezer.core.samples import ensure_sample_model
 
 runner = CliRunner()
 

@@ -15,9 +15,9 @@ import httpx
 import pytest
 import torch
 
-from cli.output import ProgressLines
-from core.intake.models import LoadedModel, save_model_dir
-from core.intake.registry import build_architecture
+from squeezer.cli.output import ProgressLines
+from squeezer.core.intake.models import LoadedModel, save_model_dir
+from squeezer.core.intake.registry import build_architecture
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,16 +12,16 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from api.app import create_app
-from cli.main import app
-from cli.output import parse_options
-from cli.service_commands import serve_in_thread
-from store.db import make_engine, make_session_factory
-from store.jobs import create_job
-from store.migrate import upgrade_database
-from store.settings import Settings
+from squeezer.api.app import create_app
+from squeezer.cli.main import app
+from squeezer.cli.output import parse_options
+from squeezer.cli.service_commands import serve_in_thread
+from squeezer.store.db import make_engine, make_session_factory
+from squeezer.store.jobs import create_job
+from squeezer.store.migrate import upgrade_database
+from squeezer.store.settings import Settings
+from squeezer.worker.dispatch import CeleryDispatcher
 from tests.servers import free_port
-from worker.dispatch import CeleryDispatcher
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from core.events import Event
-from core.jail_entry import Channel
+from squeezer.core.events import Event
+from squeezer.core.jail_entry import Channel
 
 # Run by `orphan`: leaves its session and forks twice, so that only a PID namespace can still find it.
 _ESCAPE = """
@@ -88,7 +88,7 @@ def obey(_: dict, channel: Channel) -> dict:
         channel.on_event(Event(stage="train", fraction=0.5, data={"step": step}))
         step += 1
         time.sleep(0.1)
-    from core.errors import Cancelled
+    from squeezer.core.errors import Cancelled
 
     raise Cancelled("stopped")
 

@@ -4,7 +4,7 @@ import os
 import time
 from pathlib import Path
 
-from core.errors import DatasetError
+from squeezer.core.errors import DatasetError
 
 
 def echo(payload: dict) -> dict:
@@ -62,28 +62,28 @@ def unexpected(_: dict) -> dict:
 
 def extract(payload: dict) -> dict:
     """safe_extract in the child, so a test can read the peak memory of the attempt."""
-    from core.intake.archives import safe_extract
+    from squeezer.core.intake.archives import safe_extract
 
     safe_extract(Path(payload["archive"]), Path(payload["dest"]))
     return {"extracted": True}
 
 
 def build(payload: dict) -> dict:
-    from core.intake.registry import build_architecture
+    from squeezer.core.intake.registry import build_architecture
 
     module = build_architecture(payload["name"], payload["args"])
     return {"params": sum(p.numel() for p in module.parameters())}
 
 
 def read_state(payload: dict) -> dict:
-    from core.intake.models import _read_state_dict
+    from squeezer.core.intake.models import _read_state_dict
 
     return {"keys": sorted(_read_state_dict(Path(payload["path"])))}
 
 
 def inspect_sqz(payload: dict) -> dict:
-    from core import limits
-    from core.artifacts.sqz import inspect_sqz as inspect
+    from squeezer.core import limits
+    from squeezer.core.artifacts.sqz import inspect_sqz as inspect
 
     with limits.using(limits.IntakeLimits(max_model_bytes=payload["max_model_bytes"])):
         return inspect(bytes.fromhex(payload["data"]))

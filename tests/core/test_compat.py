@@ -14,14 +14,14 @@ import pytest
 import torch
 from torchvision import models
 
-from core.config import AccuracyTarget, CompressConfig, FilterConfig, GroupConfig, LwctConfig
-from core.errors import InputError
-from core.intake.data import Dataset
-from core.intake.models import LoadedModel
-from core.measure import count_macs
-from core.methods.filter import compress_filter
-from core.methods.group import compress_group
-from core.methods.lwct import compress_lwct
+from squeezer.core.config import AccuracyTarget, CompressConfig, FilterConfig, GroupConfig, LwctConfig
+from squeezer.core.errors import InputError
+from squeezer.core.intake.data import Dataset
+from squeezer.core.intake.models import LoadedModel
+from squeezer.core.measure import count_macs
+from squeezer.core.methods.filter import compress_filter
+from squeezer.core.methods.group import compress_group
+from squeezer.core.methods.lwct import compress_lwct
 
 _LARGE = pytest.mark.skipif(not os.environ.get("SQUEEZER_COMPAT_METHODS"), reason="set SQUEEZER_COMPAT_METHODS=1")
 ARCHITECTURES = [

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from core.config import AccuracyTarget, CompressConfig, FilterConfig, LwctConfig
-from core.intake.data import load_dataset
-from core.intake.models import load_model
-from core.pipeline import ModelSource, compress_files
-from core.train import fit, logits_only, task_loss, terminal_head
+from squeezer.core.config import AccuracyTarget, CompressConfig, FilterConfig, LwctConfig
+from squeezer.core.intake.data import load_dataset
+from squeezer.core.intake.models import load_model
+from squeezer.core.pipeline import ModelSource, compress_files
+from squeezer.core.train import fit, logits_only, task_loss, terminal_head
 from tests.core.onnx_patterns import Pattern, build, trained_weights
 
 
@@ -104,7 +104,7 @@ class BinarySegmenter(nn.Module):
 @pytest.fixture(scope="module")
 def binary_shapes(tmp_path_factory):
     """sample:shapes with every shape one positive class, and a sigmoid segmenter trained on it, exported to ONNX."""
-    from core.intake.data import synthetic_shapes
+    from squeezer.core.intake.data import synthetic_shapes
 
     root = tmp_path_factory.mktemp("binary")
     x, masks = synthetic_shapes(400, seed=1)

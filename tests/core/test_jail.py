@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from core import jail as jail_module
-from core.jail import Jail, JailLimits, JailMode, JailUnavailable, check_jail, configured_jail
+from squeezer.core import jail as jail_module
+from squeezer.core.jail import Jail, JailLimits, JailMode, JailUnavailable, check_jail, configured_jail
 
 LIMITS = JailLimits(memory_bytes=3 << 30, processes=300, file_bytes=1 << 20, open_files=128)
 READ_LIMITS = """

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from core import limits, memory_budget
-from core.config import CompressConfig
-from core.intake.models import load_model
-from core.memory_budget import ENGINE_BYTES, FLOAT_BYTES, JobTooLarge
+from squeezer.core import limits, memory_budget
+from squeezer.core.config import CompressConfig
+from squeezer.core.intake.models import load_model
+from squeezer.core.memory_budget import ENGINE_BYTES, FLOAT_BYTES, JobTooLarge
 from tests.hostile.corpus import upsampler_onnx
 
 

@@ -7,12 +7,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from core.artifacts.sqz import load_sqz
-from core.config import AccuracyTarget, CompressConfig, LwctConfig, Normalization
-from core.errors import DatasetError, MismatchError, ModelFormatError, UnsafeFormatError
-from core.intake.registry import build_architecture
-from core.pipeline import PREPROCESSING_KEY, ModelSource, check_inputs, compress_files, evaluate_file
-from core.samples import ensure_sample_model
+from squeezer.core.artifacts.sqz import load_sqz
+from squeezer.core.config import AccuracyTarget, CompressConfig, LwctConfig, Normalization
+from squeezer.core.errors import DatasetError, MismatchError, ModelFormatError, UnsafeFormatError
+from squeezer.core.intake.registry import build_architecture
+from squeezer.core.pipeline import PREPROCESSING_KEY, ModelSource, check_inputs, compress_files, evaluate_file
+from squeezer.core.samples import ensure_sample_model
 
 REPORT_KEYS = {
     "method",

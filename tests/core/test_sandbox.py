@@ -11,15 +11,15 @@ import uuid
 
 import pytest
 
-from core.errors import InputError
-from core.jail import Jail
-from core.sandbox import Sandbox, SandboxError, SandboxLimits, SandboxOutOfMemory, SandboxTimeout
+from squeezer.core.errors import InputError
+from squeezer.core.jail import Jail
+from squeezer.core.sandbox import Sandbox, SandboxError, SandboxLimits, SandboxOutOfMemory, SandboxTimeout
 from tests.worker.conftest import running_processes
 
 TARGETS = "tests.core.sandbox_targets"
 JAIL_TARGETS = "tests.core.jail_targets"
 LIMIT_BYTES = 1 << 30  # address space: a bare interpreter with numpy fits; the zygote here preloads nothing heavy
-JAIL = Jail(packages=("core", "tests"))
+JAIL = Jail(packages=("squeezer.core", "tests"))
 
 
 @pytest.fixture(scope="module", params=["jailed", "unjailed"])
@@ -124,7 +124,7 @@ def test_checks_run_side_by_side(sandbox):
 def test_error_messages_lose_server_paths():
     import tempfile
 
-    from core.errors import redact_paths
+    from squeezer.core.errors import redact_paths
 
     temp = tempfile.gettempdir()
     message = f"cannot read {temp}/squeezer-check-x1/inputs/model.onnx: [Errno 2] at '{os.getcwd()}/.squeezer/a.db'"

@@ -8,19 +8,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
-from core.artifacts.sqz import load_sqz, write_sqz
-from core.config import AccuracyTarget, CompressConfig, FilterConfig, LwctConfig
-from core.errors import MismatchError
-from core.graph import mask_consumers, producer_widths, shrink, trace
-from core.intake.data import check_compatible, load_dataset, synthetic_shapes
-from core.intake.models import LoadedModel, save_model_dir
-from core.intake.registry import build_architecture
-from core.measure import count_macs, metric_function, miou, score_predictions
-from core.methods.filter import compress_filter
-from core.methods.lwct import compress_lwct
-from core.methods.structured import keep_one_per_group
-from core.train import fit
+from squeezer.cli.main import app
+from squeezer.core.artifacts.sqz import load_sqz, write_sqz
+from squeezer.core.config import AccuracyTarget, CompressConfig, FilterConfig, LwctConfig
+from squeezer.core.errors import MismatchError
+from squeezer.core.graph import mask_consumers, producer_widths, shrink, trace
+from squeezer.core.intake.data import check_compatible, load_dataset, synthetic_shapes
+from squeezer.core.intake.models import LoadedModel, save_model_dir
+from squeezer.core.intake.registry import build_architecture
+from squeezer.core.measure import count_macs, metric_function, miou, score_predictions
+from squeezer.core.methods.filter import compress_filter
+from squeezer.core.methods.lwct import compress_lwct
+from squeezer.core.methods.structured import keep_one_per_group
+from squeezer.core.train import fit
 
 UNET = {"name": "unet-small", "args": {"width": 8, "in_channels": 3, "num_classes": 3}}
 # Seconds on one CPU thread: 32 SGD steps of 32 samples per stage, three levels.

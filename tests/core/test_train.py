@@ -9,13 +9,13 @@ import math
 import pytest
 import torch
 
-from core.config import AccuracyTarget, CompressConfig, FilterConfig, LwctConfig
-from core.errors import Cancelled
-from core.intake.data import load_dataset
-from core.intake.models import load_model
-from core.measure import metric_function
-from core.pipeline import ModelSource, compress_files
-from core.train import Diverged, DivergenceRule, augmented, choose_lr, fit, fit_guarded, stage_epochs
+from squeezer.core.config import AccuracyTarget, CompressConfig, FilterConfig, LwctConfig
+from squeezer.core.errors import Cancelled
+from squeezer.core.intake.data import load_dataset
+from squeezer.core.intake.models import load_model
+from squeezer.core.measure import metric_function
+from squeezer.core.pipeline import ModelSource, compress_files
+from squeezer.core.train import Diverged, DivergenceRule, augmented, choose_lr, fit, fit_guarded, stage_epochs
 from tests.core.wild import export_eval, rescaled, residual_cnn, train_on_digits
 
 top1 = metric_function("top1")

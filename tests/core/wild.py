@@ -9,7 +9,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from core.intake.data import load_dataset
+from squeezer.core.intake.data import load_dataset
 
 
 class ResidualBlock(nn.Module):

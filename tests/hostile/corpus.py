@@ -99,7 +99,7 @@ def torch_pickle(inputs: Inputs) -> Path:
 
 
 def full_module_pickle(inputs: Inputs) -> Path:
-    from core.intake.registry import build_architecture
+    from squeezer.core.intake.registry import build_architecture
 
     path = inputs.path("full-model.pth")
     torch.save(build_architecture(DIGITS_ARCH["name"], DIGITS_ARCH["args"]), path)
@@ -108,7 +108,7 @@ def full_module_pickle(inputs: Inputs) -> Path:
 
 def torchscript(name: str) -> Callable[[Inputs], Path]:
     def build(inputs: Inputs) -> Path:
-        from core.intake.registry import build_architecture
+        from squeezer.core.intake.registry import build_architecture
 
         path = inputs.path(name)
         torch.jit.script(build_architecture(DIGITS_ARCH["name"], DIGITS_ARCH["args"]).eval()).save(str(path))
@@ -156,7 +156,7 @@ def corrupted(source: Callable[[Inputs], Path]) -> Callable[[Inputs], Path]:
 
 
 def onnx_model(inputs: Inputs) -> Path:
-    from core.intake.registry import build_architecture
+    from squeezer.core.intake.registry import build_architecture
 
     path = inputs.path("model.onnx")
     module = build_architecture(DIGITS_ARCH["name"], DIGITS_ARCH["args"]).eval()
@@ -271,7 +271,7 @@ def lying_safetensors_header_length(inputs: Inputs) -> Path:
 
 def weights_for_other_classes(inputs: Inputs) -> Path:
     """Weights of a 3-class LeNet named as the 10-class digits LeNet."""
-    from core.intake.registry import build_architecture
+    from squeezer.core.intake.registry import build_architecture
 
     module = build_architecture("lenet5", {**DIGITS_ARCH["args"], "num_classes": 3})
     path = inputs.path("three-classes.safetensors")

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from store.models import Job
+from squeezer.store.models import Job
+from squeezer.worker.dispatch import make_dispatcher
 from tests.api.conftest import TINY_OPTIONS, assert_problem, stored_counts
 from tests.hostile.corpus import CASES, DIGITS_ARCH, Case, Inputs
-from worker.dispatch import make_dispatcher
 
 CASES_BY_NAME = {case.name: case for case in CASES}
 ESCAPE_TARGETS = [Path("/tmp/squeezer-escaped.txt"), Path("/tmp/squeezer-absolute.png"), Path("/tmp/pwned")]
@@ -61,7 +61,7 @@ def run_queued_jobs(client, job_id: str, timeout_s: float = 120) -> dict:
 
 @pytest.fixture
 def inputs(tmp_path) -> Inputs:
-    from core.samples import ensure_sample_model
+    from squeezer.core.samples import ensure_sample_model
 
     return Inputs(dir=tmp_path, marker=tmp_path / "MARKER-unpickled", model_dir=ensure_sample_model("digits")[0])
 

@@ -7,7 +7,7 @@ any jail, as the report says."""
 
 import pytest
 
-from core.pipeline import evaluate_file
+from squeezer.core.pipeline import evaluate_file
 from tests.core.intake.test_hostile_names import hostile, tiny_onnx
 from tests.hostile.test_corpus import post_file, run_queued_jobs
 

@@ -6,11 +6,11 @@ from datetime import timedelta
 
 from sqlalchemy import func, select, update
 
-from store.artifacts import store_artifact, sweep_orphaned_results
-from store.blobs import DatabaseBlobStore, LocalBlobStore
-from store.jobs import create_job
-from store.models import Artifact, ArtifactKind, BlobChunk, Job, JobResult, utcnow
-from store.statuses import JobStatus
+from squeezer.store.artifacts import store_artifact, sweep_orphaned_results
+from squeezer.store.blobs import DatabaseBlobStore, LocalBlobStore
+from squeezer.store.jobs import create_job
+from squeezer.store.models import Artifact, ArtifactKind, BlobChunk, Job, JobResult, utcnow
+from squeezer.store.statuses import JobStatus
 from tests.api.conftest import TINY_OPTIONS, upload
 from tests.hostile.test_corpus import run_queued_jobs
 

@@ -10,12 +10,12 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from core.jail import Jail, JailUnavailable
-from core.sandbox import Sandbox, SandboxLimits
-from core.submission import PRELOAD
+from squeezer.api.app import create_app
+from squeezer.core.jail import Jail, JailUnavailable
+from squeezer.core.sandbox import Sandbox, SandboxLimits
+from squeezer.core.submission import PRELOAD
+from squeezer.worker.dispatch import CeleryDispatcher
 from tests.api.conftest import TINY_OPTIONS, assert_problem, upload
-from worker.dispatch import CeleryDispatcher
 
 WEIGHTS_JOB = {"dataset": {"sample": "digits"}, "accuracy_target": {"max_drop": 100.0}, "options": TINY_OPTIONS}
 
@@ -27,7 +27,7 @@ def client_with(api_settings, redis_url, **overrides) -> TestClient:
 
 @pytest.fixture
 def digits_weights(tmp_path):
-    from core.samples import ensure_sample_model
+    from squeezer.core.samples import ensure_sample_model
 
     return ensure_sample_model("digits")[0] / "model.safetensors"
 
@@ -35,7 +35,7 @@ def digits_weights(tmp_path):
 def child_address_space() -> int:
     """What a checking child starts with (the engine's imports), measured in the jail the API checks in."""
     limits = SandboxLimits(memory_bytes=64 << 30, cpu_s=60, wall_s=60)
-    sandbox = Sandbox(limits, PRELOAD, Jail(packages=("core", "tests")))
+    sandbox = Sandbox(limits, PRELOAD, Jail(packages=("squeezer.core", "tests")))
     return sandbox.run("tests.core.sandbox_targets:address_space", {}, limits)["bytes"]
 
 
@@ -96,8 +96,8 @@ def test_queued_jobs_and_job_time_are_limited_per_tenant(api_settings, redis_url
 
 
 def test_the_worker_caps_a_job_without_a_time_limit():
-    from core.config import CompressConfig
-    from worker.runner import _capped
+    from squeezer.core.config import CompressConfig
+    from squeezer.worker.runner import _capped
 
     assert _capped(CompressConfig(), 60).time_limit_s == 60
     assert _capped(CompressConfig(time_limit_s=30), 60).time_limit_s == 30

@@ -15,14 +15,14 @@ import pytest
 import uvicorn
 from sqlalchemy import func, select
 
-from api.app import create_app
-from store.keys import create_key
-from store.migrate import upgrade_database
-from store.models import Artifact
-from store.settings import Settings
+from squeezer.api.app import create_app
+from squeezer.store.keys import create_key
+from squeezer.store.migrate import upgrade_database
+from squeezer.store.models import Artifact
+from squeezer.store.settings import Settings
+from squeezer.worker.dispatch import CeleryDispatcher
 from tests.api.conftest import assert_problem
 from tests.servers import free_port
-from worker.dispatch import CeleryDispatcher
 
 ANSWER_WITHIN_S = 3.0
 STALLED = 40  # each kind: as many as the default thread pool has threads, more than the database pool's base size

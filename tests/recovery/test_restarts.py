@@ -15,18 +15,18 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from api.app import create_app
-from store.db import make_engine, make_session_factory
-from store.jobs import create_job
-from store.migrate import upgrade_database
-from store.models import DEFAULT_TENANT, Artifact, BlobChunk
-from store.settings import Settings
+from squeezer.api.app import create_app
+from squeezer.store.db import make_engine, make_session_factory
+from squeezer.store.jobs import create_job
+from squeezer.store.migrate import upgrade_database
+from squeezer.store.models import DEFAULT_TENANT, Artifact, BlobChunk
+from squeezer.store.settings import Settings
+from squeezer.worker.celery_app import QUEUE_NAME
+from squeezer.worker.context import WorkerContext
+from squeezer.worker.reaper import recover_once
 from tests.api.conftest import LONG_OPTIONS, assert_problem
 from tests.servers import free_port
 from tests.worker.conftest import REPO, start_service, tiny_spec
-from worker.celery_app import QUEUE_NAME
-from worker.context import WorkerContext
-from worker.reaper import recover_once
 
 RESULT_NAMES = {"model.sqz", "model.onnx", "model.zip", "report.json", "report.html"}
 

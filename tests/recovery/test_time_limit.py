@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from store.artifacts import export_artifact_to
+from squeezer.store.artifacts import export_artifact_to
 from tests.api.conftest import LONG_OPTIONS
 from tests.worker.conftest import tiny_spec
 

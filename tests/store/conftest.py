@@ -1,7 +1,7 @@
 import pytest
 
-from store.db import make_engine, make_session_factory
-from store.migrate import upgrade_database
+from squeezer.store.db import make_engine, make_session_factory
+from squeezer.store.migrate import upgrade_database
 
 
 @pytest.fixture

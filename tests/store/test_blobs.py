@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.artifacts import (
+from squeezer.store.artifacts import (
     QuotaExceeded,
     UploadTooLarge,
     delete_artifact,
@@ -23,10 +23,10 @@ from store.artifacts import (
     sweep_orphaned_results,
     sweep_stale_uploads,
 )
-from store.blobs import BlobStore, DatabaseBlobStore, LocalBlobStore
-from store.models import Artifact, ArtifactKind, BlobChunk, utcnow
-from store.s3_blobs import S3BlobStore, s3_client
-from store.settings import Settings
+from squeezer.store.blobs import BlobStore, DatabaseBlobStore, LocalBlobStore
+from squeezer.store.models import Artifact, ArtifactKind, BlobChunk, utcnow
+from squeezer.store.s3_blobs import S3BlobStore, s3_client
+from squeezer.store.settings import Settings
 
 CHUNK = 64 * 1024
 PART = 5 * 1024 * 1024  # S3's smallest part: an upload past it is a multipart upload

@@ -4,11 +4,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from core.events import Event
-from store.artifacts import QuotaExceeded, store_artifact, stored_bytes
-from store.blobs import DatabaseBlobStore
-from store.job_spec import json_size
-from store.jobs import (
+from squeezer.core.events import Event
+from squeezer.store.artifacts import QuotaExceeded, store_artifact, stored_bytes
+from squeezer.store.blobs import DatabaseBlobStore
+from squeezer.store.job_spec import json_size
+from squeezer.store.jobs import (
     claim_job,
     create_job,
     delete_final_job,
@@ -20,7 +20,7 @@ from store.jobs import (
     set_checkpoint,
     update_progress,
 )
-from store.models import Job, JobEvent, JobResult, utcnow
+from squeezer.store.models import Job, JobEvent, JobResult, utcnow
 
 SPEC = {"model": {"artifact_id": "art_x"}, "dataset": {"sample": "digits"}, "method": "lwct"}
 

@@ -8,9 +8,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from store.db import make_engine
-from store.migrate import upgrade_database
-from store.models import Base
+from squeezer.store.db import make_engine
+from squeezer.store.migrate import MIGRATIONS, upgrade_database
+from squeezer.store.models import Base
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,7 @@ def test_migrations_build_exactly_the_models(backend, request, tmp_path):
 def test_alembic_command_line_upgrades_the_configured_database(postgres_url):
     env = {**os.environ, "SQUEEZER_DATABASE_URL": postgres_url}
     subprocess.run(
-        [str(Path(sys.executable).parent / "alembic"), "upgrade", "head"],
+        [str(Path(sys.executable).parent / "alembic"), "-c", str(MIGRATIONS / "alembic.ini"), "upgrade", "head"],
         cwd=REPO,
         env=env,
         check=True,

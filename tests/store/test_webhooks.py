@@ -6,10 +6,10 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from store.jobs import claim_job, create_job, finish_job, reap, request_cancel, update_progress
-from store.models import Job, WebhookDelivery, WebhookEndpoint, utcnow
-from store.statuses import JobStatus
-from store.webhooks import PROGRESS_INTERVAL_S, take_due_deliveries
+from squeezer.store.jobs import claim_job, create_job, finish_job, reap, request_cancel, update_progress
+from squeezer.store.models import Job, WebhookDelivery, WebhookEndpoint, utcnow
+from squeezer.store.statuses import JobStatus
+from squeezer.store.webhooks import PROGRESS_INTERVAL_S, take_due_deliveries
 
 SPEC = {"model": {"artifact_id": "art_x"}, "dataset": {"sample": "digits"}, "method": "lwct"}
 SECRET = "whsec_" + "QUJD" * 8

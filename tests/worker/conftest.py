@@ -1,5 +1,5 @@
 """A small job service for the worker tests: migrated PostgreSQL, Redis, database blob storage, real worker
-processes (`python -m worker`), and a tiny LeNet-5 digits model uploaded as a zip of its model directory."""
+processes (`python -m squeezer.worker`), and a tiny LeNet-5 digits model uploaded as a zip of its model directory."""
 
 import os
 import shutil
@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from store.artifacts import store_file
-from store.jobs import create_job
-from store.migrate import upgrade_database
-from store.models import Job, JobEvent, JobResult
-from store.settings import Settings
-from store.statuses import FINAL_STATUSES
+from squeezer.store.artifacts import store_file
+from squeezer.store.jobs import create_job
+from squeezer.store.migrate import upgrade_database
+from squeezer.store.models import Job, JobEvent, JobResult
+from squeezer.store.settings import Settings
+from squeezer.store.statuses import FINAL_STATUSES
+from squeezer.worker.context import WorkerContext
+from squeezer.worker.dispatch import CeleryDispatcher
 from tests.api.conftest import TINY_OPTIONS, tiny_job
-from worker.context import WorkerContext
-from worker.dispatch import CeleryDispatcher
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,7 +51,7 @@ def running_processes() -> dict[int, tuple[int, str, int, bytes]]:
 
 @pytest.fixture(scope="session")
 def sample_model_zip(tmp_path_factory) -> Path:
-    from core.samples import ensure_sample_model
+    from squeezer.core.samples import ensure_sample_model
 
     model_dir, _ = ensure_sample_model("digits")
     return Path(shutil.make_archive(str(tmp_path_factory.mktemp("model") / "lenet5-digits"), "zip", root_dir=model_dir))
@@ -117,7 +117,7 @@ class Service:
     def start_worker(self) -> subprocess.Popen:
         log = (self.log_dir / f"worker-{len(self.workers)}.log").open("wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "worker"], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "squeezer.worker"], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
         self.workers.append(process)
         return process

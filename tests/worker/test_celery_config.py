@@ -1,8 +1,8 @@
 import time
 
+from squeezer.worker.celery_app import TASK_NAME, VISIBILITY_TIMEOUT_S, create_celery_app
+from squeezer.worker.dispatch import CeleryDispatcher
 from tests.servers import free_port
-from worker.celery_app import TASK_NAME, VISIBILITY_TIMEOUT_S, create_celery_app
-from worker.dispatch import CeleryDispatcher
 
 
 def test_delivery_settings_survive_worker_loss(redis_url):

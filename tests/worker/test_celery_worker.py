@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from store.artifacts import export_artifact_to
-from store.jobs import request_cancel
-from store.models import Artifact, Job, utcnow
+from squeezer.store.artifacts import export_artifact_to
+from squeezer.store.jobs import request_cancel
+from squeezer.store.models import Artifact, Job, utcnow
 from tests.api.conftest import LONG_OPTIONS
 from tests.worker.conftest import running_processes, tiny_spec
 

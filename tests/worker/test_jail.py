@@ -13,23 +13,23 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import Cancelled
-from core.events import Event
-from core.jail import Jail, JailLimits, JailMode, JailUnavailable, python_command, start_spare
-from store.settings import Settings
-from worker.context import WorkerContext
-from worker.engine_process import EngineOutOfMemory, EngineProtocolError, EngineRun, EngineTimeLimit
-from worker.runner import _zip_folder
+from squeezer.core.errors import Cancelled
+from squeezer.core.events import Event
+from squeezer.core.jail import Jail, JailLimits, JailMode, JailUnavailable, python_command, start_spare
+from squeezer.store.settings import Settings
+from squeezer.worker.context import WorkerContext
+from squeezer.worker.engine_process import EngineOutOfMemory, EngineProtocolError, EngineRun, EngineTimeLimit
+from squeezer.worker.runner import _zip_folder
 
 TARGETS = "tests.core.jail_targets"
-JAIL = Jail(packages=("core", "tests"))
+JAIL = Jail(packages=("squeezer.core", "tests"))
 LIMITS = JailLimits(memory_bytes=6 << 30)
 
 
 @contextlib.contextmanager
 def engine(events: list[Event] | None = None, stop=lambda: False, limits=LIMITS, **fields) -> Iterator[EngineRun]:
     """An EngineRun in a fresh jailed engine interpreter, as the worker gets one (core.jail.start_spare)."""
-    spare = start_spare(JAIL, python_command("core.jail_entry"), limits)
+    spare = start_spare(JAIL, python_command("squeezer.core.jail_entry"), limits)
     sink = events if events is not None else []
     try:
         yield EngineRun(spare, sink.append, stop, **fields)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.jail import job_identity
+from squeezer.core.jail import job_identity
 from tests.worker.conftest import running_processes, tiny_spec
 
 # Enough for the tiny digits job (the engine's imports take about 3.5 GiB of address space), not for a data set of
@@ -55,7 +55,9 @@ def _wait_for_jailed_engine(worker_pid: int, timeout_s: float = 60) -> dict:
     while time.monotonic() < deadline:
         processes = running_processes()
         bwrap = [pid for pid, (ppid, name, _, _) in processes.items() if ppid == worker_pid and name == "bwrap"]
-        engines = {uid for ppid, _, uid, cmdline in processes.values() if b"core.jail_entry" in cmdline and uid}
+        engines = {
+            uid for ppid, _, uid, cmdline in processes.values() if b"squeezer.core.jail_entry" in cmdline and uid
+        }
         if bwrap and engines:
             return {"bwrap_children": bwrap, "engine_uids": engines}
         time.sleep(0.1)

@@ -6,17 +6,17 @@ import time
 import pytest
 from sqlalchemy import select
 
-from core.events import GRACE_S
-from store.artifacts import store_file
-from store.db import make_engine, make_session_factory
-from store.jobs import create_job
-from store.migrate import upgrade_database
-from store.models import Job, JobEvent, JobResult
-from store.settings import Settings
+from squeezer.core.events import GRACE_S
+from squeezer.store.artifacts import store_file
+from squeezer.store.db import make_engine, make_session_factory
+from squeezer.store.jobs import create_job
+from squeezer.store.migrate import upgrade_database
+from squeezer.store.models import Job, JobEvent, JobResult
+from squeezer.store.settings import Settings
+from squeezer.worker.context import WorkerContext
+from squeezer.worker.runner import run_job
 from tests.api.conftest import LONG_OPTIONS
 from tests.worker.conftest import tiny_spec
-from worker.context import WorkerContext
-from worker.runner import run_job
 
 SERVER_LIMIT_S = 4.0
 

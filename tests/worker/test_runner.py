@@ -6,16 +6,16 @@ import zipfile
 import pytest
 from sqlalchemy import select
 
-from store.artifacts import store_file
-from store.db import make_engine, make_session_factory
-from store.jobs import claim_job, create_job
-from store.migrate import upgrade_database
-from store.models import Job, JobEvent, JobResult
-from store.settings import Settings
+from squeezer.store.artifacts import store_file
+from squeezer.store.db import make_engine, make_session_factory
+from squeezer.store.jobs import claim_job, create_job
+from squeezer.store.migrate import upgrade_database
+from squeezer.store.models import Job, JobEvent, JobResult
+from squeezer.store.settings import Settings
+from squeezer.worker.context import WorkerContext
+from squeezer.worker.dispatch import InProcessDispatcher
+from squeezer.worker.runner import run_job
 from tests.worker.conftest import tiny_spec
-from worker.context import WorkerContext
-from worker.dispatch import InProcessDispatcher
-from worker.runner import run_job
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from store.migrate import upgrade_database
-from store.models import Job
-from store.s3_blobs import S3BlobStore
-from store.settings import Settings
+from squeezer.api.app import create_app
+from squeezer.store.migrate import upgrade_database
+from squeezer.store.models import Job
+from squeezer.store.s3_blobs import S3BlobStore
+from squeezer.store.settings import Settings
 from tests.api.conftest import tiny_job, upload
 from tests.worker.conftest import REPO, running_processes
 
@@ -36,7 +36,9 @@ def start_worker(root: Path, env: dict[str, str]) -> subprocess.Popen:
         "TMPDIR": str(root / "tmp"),
     }
     log = (root / "worker.log").open("wb")
-    return subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO, env=own, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "squeezer.worker"], cwd=REPO, env=own, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def wait_until_consuming(roots: list[Path], workers: list[subprocess.Popen], timeout_s: float = 180) -> None:

@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from store.settings import Settings
-from worker.webhooks import MAX_URL_CHARS, UrlPolicy, UrlRefused
+from squeezer.store.settings import Settings
+from squeezer.worker.webhooks import MAX_URL_CHARS, UrlPolicy, UrlRefused
 
 REFUSED_ADDRESSES = [
     "127.0.0.1",

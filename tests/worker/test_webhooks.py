@@ -1,6 +1,6 @@
 """Webhook delivery end to end: a real receiver on loopback (allowed in these settings) checks every message's
 signature with the `standardwebhooks` library. Jobs run on the embedded in-process worker (its webhook threads send
-the messages) or, for the Celery path, a real webhooks worker process (`python -m worker webhooks`)."""
+the messages) or, for the Celery path, a real webhooks worker process (`python -m squeezer.worker webhooks`)."""
 
 import http.server
 import subprocess
@@ -15,15 +15,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from api.app import create_app
-from store.migrate import upgrade_database
-from store.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint, utcnow
-from store.settings import Settings
-from store.statuses import FINAL_STATUSES
+from squeezer.api.app import create_app
+from squeezer.store.migrate import upgrade_database
+from squeezer.store.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint, utcnow
+from squeezer.store.settings import Settings
+from squeezer.store.statuses import FINAL_STATUSES
+from squeezer.worker.webhooks import TIMEOUT_S, retry_at
 from tests.api.conftest import tiny_job, upload
 from tests.api.test_auth import insert_job
 from tests.worker.conftest import REPO
-from worker.webhooks import TIMEOUT_S, retry_at
 
 WEBHOOK_SETTINGS = {
     "webhook_allowed_hosts": "127.0.0.1",
@@ -252,7 +252,11 @@ def test_a_webhooks_celery_worker_delivers(service, receiver):
     env = {**service.env, "SQUEEZER_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1", "SQUEEZER_WEBHOOK_ALLOW_HTTP": "1"}
     with (service.log_dir / "webhooks-worker.log").open("wb") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "worker", "webhooks"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "squeezer.worker", "webhooks"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     service.workers.append(worker)  # stopped with the service
     wait_for(lambda: all_sent(service.ctx.session_factory), 90, f"the message (worker log in {service.log_dir})")

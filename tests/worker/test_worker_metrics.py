@@ -8,9 +8,9 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from squeezer.worker.metrics import GpuMemoryCollector
 from tests.servers import free_port
 from tests.worker.conftest import tiny_spec
-from worker.metrics import GpuMemoryCollector
 
 TOKEN = "worker-metrics-token"
 

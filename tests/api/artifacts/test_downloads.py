@@ -8,10 +8,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from store.settings import Settings
+from squeezer.api.app import create_app
+from squeezer.store.settings import Settings
+from squeezer.worker.dispatch import CeleryDispatcher
 from tests.api.conftest import assert_problem
-from worker.dispatch import CeleryDispatcher
 
 PAYLOAD = os.urandom(200_000)  # several 64 KiB storage chunks
 

@@ -14,9 +14,9 @@ import annotated_types
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from api.jobs.schemas import JobCreate
-from core.config import Normalization
-from store.job_spec import (
+from squeezer.api.jobs.schemas import JobCreate
+from squeezer.core.config import Normalization
+from squeezer.store.job_spec import (
     MAX_ARCH_ARGS_BYTES,
     MAX_METADATA_BYTES,
     ArchitectureRef,

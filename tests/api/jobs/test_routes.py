@@ -6,18 +6,18 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from api.app import create_app
-from api.jobs.schemas import JobCreate, JobSummary
-from cli.service_commands import download_results
-from store.artifacts import stored_bytes
-from store.job_spec import MAX_METADATA_BYTES, json_size
-from store.jobs import claim_job, finish_job
-from store.models import DEFAULT_TENANT, Artifact, BlobChunk, Job, JobEvent
-from store.statuses import JobStatus
+from squeezer.api.app import create_app
+from squeezer.api.jobs.schemas import JobCreate, JobSummary
+from squeezer.cli.service_commands import download_results
+from squeezer.store.artifacts import stored_bytes
+from squeezer.store.job_spec import MAX_METADATA_BYTES, json_size
+from squeezer.store.jobs import claim_job, finish_job
+from squeezer.store.models import DEFAULT_TENANT, Artifact, BlobChunk, Job, JobEvent
+from squeezer.store.statuses import JobStatus
+from squeezer.worker.dispatch import CeleryDispatcher
 from tests.api.conftest import assert_problem, tiny_job, upload
 from tests.api.jobs.bounds import CASES
 from tests.hostile.corpus import upsampler_onnx
-from worker.dispatch import CeleryDispatcher
 
 
 @pytest.fixture

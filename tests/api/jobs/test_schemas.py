@@ -4,9 +4,9 @@ does not fit the task at submission; every field of it is bounded."""
 import pydantic
 import pytest
 
-from api.jobs.schemas import JobCreate
-from store.job_inputs import config_from_spec
-from store.job_spec import MAX_METADATA_BYTES, json_size
+from squeezer.api.jobs.schemas import JobCreate
+from squeezer.store.job_inputs import config_from_spec
+from squeezer.store.job_spec import MAX_METADATA_BYTES, json_size
 from tests.api.jobs.bounds import CASES, cases_of, fields
 
 BODY = {"model": {"artifact_id": "art_1"}, "dataset": {"sample": "shapes"}}

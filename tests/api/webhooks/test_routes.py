@@ -6,8 +6,8 @@ import base64
 import pytest
 from standardwebhooks import Webhook
 
-from api.webhooks.schemas import MAX_URL_CHARS
-from store.models import WebhookDelivery
+from squeezer.api.webhooks.schemas import MAX_URL_CHARS
+from squeezer.store.models import WebhookDelivery
 from tests.api.conftest import assert_problem
 from tests.api.test_auth import bearer, insert_job, make_client
 

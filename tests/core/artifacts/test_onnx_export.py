@@ -5,8 +5,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from core.artifacts.onnx_export import export_onnx, integer_codes
-from core.artifacts.sqz import round_for_storage
+from squeezer.core.artifacts.onnx_export import export_onnx, integer_codes
+from squeezer.core.artifacts.sqz import round_for_storage
 
 
 def test_exported_onnx_matches_torch_at_any_batch_size(tmp_path):

@@ -1,6 +1,6 @@
 import pytest
 
-from core.artifacts.report import build_report
+from squeezer.core.artifacts.report import build_report
 
 BASELINE = dict(
     accuracy=98.0, params=10, nonzero_params=10, flops=100, size_bytes=4000, latency_ms=1.0, latency_ms_batch32=20.0

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 from selenium import webdriver
 
-from core.artifacts.report_html import pointer, render_report_html
-from core.config import AccuracyTarget, AutoConfig, CompressConfig, FilterConfig, LwctConfig
-from core.pipeline import ModelSource, compress_files
-from core.samples import ensure_sample_model
+from squeezer.core.artifacts.report_html import pointer, render_report_html
+from squeezer.core.config import AccuracyTarget, AutoConfig, CompressConfig, FilterConfig, LwctConfig
+from squeezer.core.pipeline import ModelSource, compress_files
+from squeezer.core.samples import ensure_sample_model
 
 # auto with every stage, none of them trained: the page gets trials, candidates (int8 included) and layers in seconds.
 QUICK_AUTO = CompressConfig(

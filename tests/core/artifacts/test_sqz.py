@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.artifacts.sqz import (
+from squeezer.core.artifacts.sqz import (
     GRID_LEVELS,
     JSON_HEADER_MAGIC,
     MAGIC,
@@ -18,10 +18,10 @@ from core.artifacts.sqz import (
     round_for_storage,
     write_sqz,
 )
-from core.errors import ModelFormatError
-from core.intake.models import LoadedModel
-from core.intake.registry import build_architecture
-from core.methods.results import LayerState
+from squeezer.core.errors import ModelFormatError
+from squeezer.core.intake.models import LoadedModel
+from squeezer.core.intake.registry import build_architecture
+from squeezer.core.methods.results import LayerState
 
 ARCH = {"name": "lenet5", "args": {"input_size": 8, "in_channels": 1, "num_classes": 10}}
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torchvision import models
 
-from core.graph import mask_consumers, shrink, trace
-from core.intake.models import load_model
-from core.measure import count_macs
+from squeezer.core.graph import mask_consumers, shrink, trace
+from squeezer.core.intake.models import load_model
+from squeezer.core.measure import count_macs
 
 ARCHITECTURES = [
     "resnet18",

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from core.graph import apply_channel_overrides, mask_consumers, producer_widths, shrink, trace, with_channels
-from core.intake.models import LoadedModel, load_model, save_model_dir
-from core.intake.registry import build_architecture
+from squeezer.core.graph import apply_channel_overrides, mask_consumers, producer_widths, shrink, trace, with_channels
+from squeezer.core.intake.models import LoadedModel, load_model, save_model_dir
+from squeezer.core.intake.registry import build_architecture
 
 MODELS = [
     ("lenet5", {"input_size": 8}, (1, 8, 8)),
@@ -124,7 +124,7 @@ def test_onnx_model_shrinks_and_rebuilds(tmp_path):
 
 
 def test_inconsistent_channel_record_is_a_model_format_error():
-    from core.errors import ModelFormatError
+    from squeezer.core.errors import ModelFormatError
 
     with pytest.raises(ModelFormatError):
         build_architecture("resnet20", {"channels": {"conv1": 8, "layer1.0.conv2": 12}})

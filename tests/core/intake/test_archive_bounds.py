@@ -8,9 +8,9 @@ import zipfile
 
 import pytest
 
-from core.errors import ArchiveError
-from core.intake.archives import ArchiveLimits, safe_extract
-from core.sandbox import Sandbox, SandboxLimits
+from squeezer.core.errors import ArchiveError
+from squeezer.core.intake.archives import ArchiveLimits, safe_extract
+from squeezer.core.sandbox import Sandbox, SandboxLimits
 
 TARGETS = "tests.core.sandbox_targets"
 PEAK_BOUND = 200 << 20  # the child imports little; a parsed bomb would take hundreds of MiB more
@@ -18,7 +18,9 @@ PEAK_BOUND = 200 << 20  # the child imports little; a parsed bomb would take hun
 
 @pytest.fixture(scope="module")
 def sandbox():
-    box = Sandbox(SandboxLimits(memory_bytes=4 << 30, cpu_s=60, wall_s=60), preload=("core.intake.archives", TARGETS))
+    box = Sandbox(
+        SandboxLimits(memory_bytes=4 << 30, cpu_s=60, wall_s=60), preload=("squeezer.core.intake.archives", TARGETS)
+    )
     yield box
     box.close()
 

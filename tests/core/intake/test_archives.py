@@ -4,8 +4,8 @@ import zipfile
 
 import pytest
 
-from core.errors import ArchiveError
-from core.intake.archives import ArchiveLimits, safe_extract
+from squeezer.core.errors import ArchiveError
+from squeezer.core.intake.archives import ArchiveLimits, safe_extract
 
 
 def _zip(path, members):

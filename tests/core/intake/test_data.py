@@ -5,11 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from core.config import Normalization
-from core.errors import DatasetError, MismatchError
-from core.intake.data import check_compatible, load_dataset, normalize
-from core.intake.models import LoadedModel
-from core.intake.registry import build_architecture
+from squeezer.core.config import Normalization
+from squeezer.core.errors import DatasetError, MismatchError
+from squeezer.core.intake.data import check_compatible, load_dataset, normalize
+from squeezer.core.intake.models import LoadedModel
+from squeezer.core.intake.registry import build_architecture
 
 
 def _npz(path, **overrides):

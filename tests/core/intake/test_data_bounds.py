@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core import limits
-from core.errors import DatasetError
-from core.intake.data import load_dataset
+from squeezer.core import limits
+from squeezer.core.errors import DatasetError
+from squeezer.core.intake.data import load_dataset
 
 
 def _npz(path, compressed: bool, **arrays):

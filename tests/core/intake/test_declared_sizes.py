@@ -11,12 +11,12 @@ import zlib
 import pytest
 import torch
 
-from core import limits
-from core.artifacts.sqz import JSON_HEADER_MAGIC, MAGIC, _write_header, inspect_sqz
-from core.errors import ModelFormatError, UnsafeFormatError
-from core.intake.models import load_model
-from core.intake.registry import build_architecture
-from core.sandbox import Sandbox, SandboxLimits
+from squeezer.core import limits
+from squeezer.core.artifacts.sqz import JSON_HEADER_MAGIC, MAGIC, _write_header, inspect_sqz
+from squeezer.core.errors import ModelFormatError, UnsafeFormatError
+from squeezer.core.intake.models import load_model
+from squeezer.core.intake.registry import build_architecture
+from squeezer.core.sandbox import Sandbox, SandboxLimits
 
 TARGETS = "tests.core.sandbox_targets"
 DIGITS = {"input_size": 8, "in_channels": 1, "num_classes": 10}
@@ -24,7 +24,9 @@ DIGITS = {"input_size": 8, "in_channels": 1, "num_classes": 10}
 
 @pytest.fixture(scope="module")
 def sandbox():
-    box = Sandbox(SandboxLimits(memory_bytes=16 << 30, cpu_s=60, wall_s=60), preload=("core.intake.models", TARGETS))
+    box = Sandbox(
+        SandboxLimits(memory_bytes=16 << 30, cpu_s=60, wall_s=60), preload=("squeezer.core.intake.models", TARGETS)
+    )
     yield box
     box.close()
 

@@ -14,10 +14,10 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from core.config import AccuracyTarget, CompressConfig, FilterConfig, LwctConfig
-from core.intake.models import load_model
-from core.intake.onnx_normalize import agrees_at, declared_sizes, normalize_onnx
-from core.pipeline import ModelSource, check_inputs, compress_files
+from squeezer.core.config import AccuracyTarget, CompressConfig, FilterConfig, LwctConfig
+from squeezer.core.intake.models import load_model
+from squeezer.core.intake.onnx_normalize import agrees_at, declared_sizes, normalize_onnx
+from squeezer.core.pipeline import ModelSource, check_inputs, compress_files
 
 HEIGHT, WIDTH = 16, 48  # the data's size; the file declares none
 LWCT = LwctConfig(sparsity_grid=[0.5], prune_epochs=1, epochs_per_step=0, min_steps_per_stage=10)

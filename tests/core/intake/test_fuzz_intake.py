@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from core.config import AccuracyTarget, CompressConfig, LwctConfig
-from core.errors import InputError
-from core.pipeline import ModelSource, check_inputs, compress_files, evaluate_file
+from squeezer.core.config import AccuracyTarget, CompressConfig, LwctConfig
+from squeezer.core.errors import InputError
+from squeezer.core.pipeline import ModelSource, check_inputs, compress_files, evaluate_file
 
 FUZZ_EXAMPLES = int(os.environ.get("SQUEEZER_FUZZ_EXAMPLES", "40"))
 FUZZ_SEED = os.environ.get("SQUEEZER_FUZZ_SEED")

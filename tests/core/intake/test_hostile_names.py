@@ -17,13 +17,13 @@ from onnx import TensorProto, helper
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core.artifacts.sqz import encode_state, load_sqz, pack_encoded, pack_sqz
-from core.config import AccuracyTarget, CompressConfig, FilterConfig, LwctConfig
-from core.errors import ModelFormatError, UnsupportedLayerError
-from core.intake.models import load_model, save_model_dir
-from core.intake.names import SHOWN_CHARS
-from core.intake.onnx_names import rename_onnx
-from core.pipeline import ModelSource, compress_files, evaluate_file
+from squeezer.core.artifacts.sqz import encode_state, load_sqz, pack_encoded, pack_sqz
+from squeezer.core.config import AccuracyTarget, CompressConfig, FilterConfig, LwctConfig
+from squeezer.core.errors import ModelFormatError, UnsupportedLayerError
+from squeezer.core.intake.models import load_model, save_model_dir
+from squeezer.core.intake.names import SHOWN_CHARS
+from squeezer.core.intake.onnx_names import rename_onnx
+from squeezer.core.pipeline import ModelSource, compress_files, evaluate_file
 
 # Templates: {c} is the canary path (a folder without dots, so torch.fx's "." → "/" does not defuse them).
 PAYLOADS = {

@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from core import limits
-from core.config import AccuracyTarget, CompressConfig, LwctConfig
-from core.errors import Cancelled, DatasetError
-from core.intake.data import BatchReader, ImageFiles, Samples, load_dataset
-from core.pipeline import ModelSource, compress_files
-from core.samples import ensure_sample_model
-from core.train import fit
+from squeezer.core import limits
+from squeezer.core.config import AccuracyTarget, CompressConfig, LwctConfig
+from squeezer.core.errors import Cancelled, DatasetError
+from squeezer.core.intake.data import BatchReader, ImageFiles, Samples, load_dataset
+from squeezer.core.pipeline import ModelSource, compress_files
+from squeezer.core.samples import ensure_sample_model
+from squeezer.core.train import fit
 
 
 def _mixed_tree(root):

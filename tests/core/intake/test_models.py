@@ -8,9 +8,9 @@ import torch
 from onnx import TensorProto, helper
 from safetensors.torch import save_file
 
-from core.errors import InputError, ModelFormatError, UnsafeFormatError, UnsupportedLayerError
-from core.intake.models import LoadedModel, load_model, onnx_outputs, save_model_dir
-from core.intake.registry import build_architecture, default_input_shape
+from squeezer.core.errors import InputError, ModelFormatError, UnsafeFormatError, UnsupportedLayerError
+from squeezer.core.intake.models import LoadedModel, load_model, onnx_outputs, save_model_dir
+from squeezer.core.intake.registry import build_architecture, default_input_shape
 
 DIGITS = {"input_size": 8, "in_channels": 1, "num_classes": 10}
 
@@ -50,7 +50,7 @@ def test_registry_refuses_unknown_names_and_arguments(name, args):
 
 
 def test_model_directory_round_trip_keeps_weights_and_preprocessing(tmp_path, lenet):
-    from core.config import Normalization
+    from squeezer.core.config import Normalization
 
     model = LoadedModel(
         lenet,

@@ -12,11 +12,11 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from core.config import AccuracyTarget, CompressConfig, FilterConfig, LwctConfig
-from core.errors import UnsupportedLayerError
-from core.intake.models import load_model
-from core.intake.onnx_normalize import normalize_onnx
-from core.pipeline import ModelSource, compress_files
+from squeezer.core.config import AccuracyTarget, CompressConfig, FilterConfig, LwctConfig
+from squeezer.core.errors import UnsupportedLayerError
+from squeezer.core.intake.models import load_model
+from squeezer.core.intake.onnx_normalize import normalize_onnx
+from squeezer.core.pipeline import ModelSource, compress_files
 from tests.core.onnx_patterns import Pattern, build, trained_weights
 
 PATTERNS = {

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from core.intake.models import load_model
-from core.intake.onnx_safety import ExternalDataError
+from squeezer.core.intake.models import load_model
+from squeezer.core.intake.onnx_safety import ExternalDataError
 
 SECRET = b"SECRET-BYTES-OF-ANOTHER-TENANT"
 X = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
@@ -219,7 +219,7 @@ def test_external_tensor_is_refused_wherever_it_sits(place, beside_secret):
 
 
 def test_an_embedded_model_of_the_same_shape_passes_the_check():
-    from core.intake.onnx_safety import refuse_external_data
+    from squeezer.core.intake.onnx_safety import refuse_external_data
 
     embedded = numpy_helper.from_array(np.zeros(4, np.float32), "w")
     refuse_external_data(model_with(nested(identity_graph("deep", initializer=[embedded]), 3)), "fine.onnx")

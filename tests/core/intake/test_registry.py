@@ -7,8 +7,8 @@ import pytest
 import torch
 from torchvision import models
 
-from core.errors import ModelFormatError
-from core.intake.registry import _torchvision_classifiers, build_architecture
+from squeezer.core.errors import ModelFormatError
+from squeezer.core.intake.registry import _torchvision_classifiers, build_architecture
 
 NOT_CLASSIFIERS = [
     "fasterrcnn_resnet50_fpn",

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.errors import InputError
-from core.measure import (
+from squeezer.core.errors import InputError
+from squeezer.core.measure import (
     count_macs,
     count_nonzero,
     count_params,

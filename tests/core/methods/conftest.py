@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from core.intake.data import load_dataset
-from core.intake.models import LoadedModel
-from core.intake.registry import build_architecture
-from core.train import fit
+from squeezer.core.intake.data import load_dataset
+from squeezer.core.intake.models import LoadedModel
+from squeezer.core.intake.registry import build_architecture
+from squeezer.core.train import fit
 
 DIGITS_ARCH = {"name": "lenet5", "args": {"input_size": 8, "in_channels": 1, "num_classes": 10}}
 

@@ -4,12 +4,12 @@ import time
 
 import pytest
 
-from core.config import AccuracyTarget, AutoConfig, CompressConfig, FilterConfig, GroupConfig, LwctConfig
-from core.errors import Cancelled
-from core.intake.models import save_model_dir
-from core.measure import count_macs, top1_accuracy
-from core.methods.auto import compress_auto
-from core.pipeline import ModelSource, compress_files
+from squeezer.core.config import AccuracyTarget, AutoConfig, CompressConfig, FilterConfig, GroupConfig, LwctConfig
+from squeezer.core.errors import Cancelled
+from squeezer.core.intake.models import save_model_dir
+from squeezer.core.measure import count_macs, top1_accuracy
+from squeezer.core.methods.auto import compress_auto
+from squeezer.core.pipeline import ModelSource, compress_files
 
 QUICK_FILTER = FilterConfig(
     importance_epochs=1, epochs_per_step=1, min_steps_per_stage=30, levels=[0.3, 0.6], init=["l1"]

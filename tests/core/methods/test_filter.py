@@ -4,12 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from core.config import AccuracyTarget, CompressConfig, FilterConfig
-from core.graph import trace
-from core.intake.data import Dataset
-from core.intake.models import LoadedModel
-from core.measure import count_macs, top1_accuracy
-from core.methods.filter import ImportanceGates, combined_order, compress_filter, initial_gates
+from squeezer.core.config import AccuracyTarget, CompressConfig, FilterConfig
+from squeezer.core.graph import trace
+from squeezer.core.intake.data import Dataset
+from squeezer.core.intake.models import LoadedModel
+from squeezer.core.measure import count_macs, top1_accuracy
+from squeezer.core.methods.filter import ImportanceGates, combined_order, compress_filter, initial_gates
 from tests.core.graph.test_surgery import ChannelSoftmax
 
 QUICK = {

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from core.config import AccuracyTarget, CompressConfig, GroupConfig
-from core.graph import trace
-from core.measure import top1_accuracy
-from core.methods.group import GroupLasso, compress_group, remove_zeroed
+from squeezer.core.config import AccuracyTarget, CompressConfig, GroupConfig
+from squeezer.core.graph import trace
+from squeezer.core.measure import top1_accuracy
+from squeezer.core.methods.group import GroupLasso, compress_group, remove_zeroed
 
 
 def test_proximal_step_zeroes_whole_groups_and_their_momentum(digits_model):

@@ -3,11 +3,11 @@
 import onnx
 import pytest
 
-from core.config import AccuracyTarget, CompressConfig, Int8Config
-from core.intake.models import save_model_dir
-from core.measure import top1_accuracy
-from core.methods.int8 import compress_int8
-from core.pipeline import ModelSource, compress_files, evaluate_file
+from squeezer.core.config import AccuracyTarget, CompressConfig, Int8Config
+from squeezer.core.intake.models import save_model_dir
+from squeezer.core.measure import top1_accuracy
+from squeezer.core.methods.int8 import compress_int8
+from squeezer.core.pipeline import ModelSource, compress_files, evaluate_file
 
 
 def test_int8_result_is_the_qdq_file_its_accuracy_was_measured_on(digits_model, digits):

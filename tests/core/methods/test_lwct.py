@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from core.artifacts.sqz import encode_state, round_for_storage
-from core.config import AccuracyTarget, CompressConfig, LwctConfig
-from core.errors import Cancelled
-from core.methods.lwct import (
+from squeezer.core.artifacts.sqz import encode_state, round_for_storage
+from squeezer.core.config import AccuracyTarget, CompressConfig, LwctConfig
+from squeezer.core.errors import Cancelled
+from squeezer.core.methods.lwct import (
     build_working_module,
     compress_lwct,
     global_magnitude_masks,
@@ -19,7 +19,7 @@ from core.methods.lwct import (
     shadow_state,
     working_weights,
 )
-from core.train import STEP_RULE, fit, optimizer_for
+from squeezer.core.train import STEP_RULE, fit, optimizer_for
 
 
 def _blobs(n=256, features=16, classes=4, seed=0):

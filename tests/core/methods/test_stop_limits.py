@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import AccuracyTarget, CompressConfig, LwctConfig
-from core.errors import Cancelled
-from core.events import Guard, TimeLimitExceeded, TimeLimitReached
-from core.intake.data import Dataset
-from core.measure import timed_runs
-from core.methods.harness import EPOCH_EVENT_INTERVAL_S
-from core.methods.lwct import compress_lwct
-from core.pipeline import ModelSource, compress_files
-from core.samples import ensure_sample_model
+from squeezer.core.config import AccuracyTarget, CompressConfig, LwctConfig
+from squeezer.core.errors import Cancelled
+from squeezer.core.events import Guard, TimeLimitExceeded, TimeLimitReached
+from squeezer.core.intake.data import Dataset
+from squeezer.core.measure import timed_runs
+from squeezer.core.methods.harness import EPOCH_EVENT_INTERVAL_S
+from squeezer.core.methods.lwct import compress_lwct
+from squeezer.core.pipeline import ModelSource, compress_files
+from squeezer.core.samples import ensure_sample_model
 
 # A check before every batch: a batch of the tiny models here takes milliseconds (one of 16,384 samples a few
 # hundred), so a stop is seen well within this, where the work left would take tens of seconds.

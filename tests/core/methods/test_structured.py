@@ -3,11 +3,11 @@ and checkpoints a stopped run resumes from."""
 
 import pytest
 
-from core.config import AccuracyTarget, CompressConfig, FilterConfig, GroupConfig
-from core.errors import Cancelled
-from core.methods.filter import compress_filter
-from core.methods.group import compress_group
-from core.methods.structured import arithmetic_midpoint, geometric_midpoint, search_levels
+from squeezer.core.config import AccuracyTarget, CompressConfig, FilterConfig, GroupConfig
+from squeezer.core.errors import Cancelled
+from squeezer.core.methods.filter import compress_filter
+from squeezer.core.methods.group import compress_group
+from squeezer.core.methods.structured import arithmetic_midpoint, geometric_midpoint, search_levels
 
 
 def _search(levels, edge, refinements, midpoint=arithmetic_midpoint):
