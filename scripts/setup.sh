@@ -30,9 +30,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.squeezer-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: installing Python packages (torch takes a minute or two)"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements/dev.lock -nt "$stamp" ]; then
+  echo "setup: installing Python packages from requirements/dev.lock (torch takes a minute or two)"
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[dev,bench]'
+  .venv/bin/pip install -q -r requirements/dev.lock
+  .venv/bin/pip install -q --no-deps -e .
   touch "$stamp"
 fi
