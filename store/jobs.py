@@ -10,7 +10,7 @@ from sqlalchemy import Engine, Row, bindparam, delete, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from squeezer.core.events import Event
+from squeezer.core.events import Event, EventLevel
 from squeezer.store.artifacts import QuotaExceeded, quota_lock, stored_bytes
 from squeezer.store.job_spec import json_size
 from squeezer.store.models import Artifact, Job, JobEvent, JobResult, as_utc, utcnow
@@ -221,7 +221,8 @@ def heartbeat(session: Session, job_id: str, worker_id: str) -> bool:
     return not session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
 
 
-def record_event(session: Session, job_id: str, event: Event) -> None:
+def add_event(session: Session, job_id: str, event: Event) -> None:
+    """Adds one event row to the session's transaction, so a caller can commit it with the change it reports."""
     session.execute(
         insert(JobEvent).values(
             job_id=job_id,
@@ -232,6 +233,10 @@ def record_event(session: Session, job_id: str, event: Event) -> None:
             created_at=utcnow(),
         )
     )
+
+
+def record_event(session: Session, job_id: str, event: Event) -> None:
+    add_event(session, job_id, event)
     session.commit()
 
 
@@ -340,74 +345,55 @@ def reap(session: Session, *, heartbeat_timeout_s: float, stale_queued_s: float)
     - queued and not dispatched for `stale_queued_s` (broker lost the message, e.g. Redis restarted) → sent again.
     Every change is conditional on the state just read, so concurrent reapers in several workers act once per job."""
     now = utcnow()
-    dead_cutoff = now - timedelta(seconds=heartbeat_timeout_s)
+    requeued = _reap_dead_workers(session, now, now - timedelta(seconds=heartbeat_timeout_s))
+    return requeued + _redispatch_stale(session, now, now - timedelta(seconds=stale_queued_s))
+
+
+def _reap_dead_workers(session: Session, now: datetime, dead_cutoff: datetime) -> list[str]:
+    """Moves every active job whose heartbeat is older than `dead_cutoff` on (_after_lost_worker), each in its own
+    transaction with its event; returns the ids queued again."""
+    silent = or_(Job.heartbeat_at < dead_cutoff, Job.heartbeat_at.is_(None))
     dead = session.execute(
-        select(Job.id, Job.status, Job.attempts, Job.max_attempts).where(
-            Job.status.in_(ACTIVE_STATUSES), or_(Job.heartbeat_at < dead_cutoff, Job.heartbeat_at.is_(None))
-        )
+        select(Job.id, Job.status, Job.attempts, Job.max_attempts).where(Job.status.in_(ACTIVE_STATUSES), silent)
     ).all()
-    to_dispatch: list[str] = []
+    requeued: list[str] = []
     for job_id, status, attempts, max_attempts in dead:
-        still_dead = (
-            Job.id == job_id,
-            Job.status == status,
-            Job.attempts == attempts,
-            or_(Job.heartbeat_at < dead_cutoff, Job.heartbeat_at.is_(None)),
-        )
-        if status == JobStatus.CANCELLING:
-            values = _ended(JobStatus.CANCELLED, now)
-            event = Event(
-                stage="worker_lost",
-                fraction=0.0,
-                level="warning",
-                message="The worker stopped responding; the job was being cancelled and is now cancelled.",
-            )
-        elif attempts < max_attempts:
-            values = {"status": JobStatus.QUEUED, "worker_id": None, "heartbeat_at": None, "dispatched_at": now}
-            event = Event(
-                stage="worker_lost",
-                fraction=0.0,
-                level="warning",
-                message=f"The worker stopped responding during attempt {attempts}; the job was requeued.",
-            )
-        else:
-            message = f"The worker stopped responding on each of {attempts} attempts; giving up."
-            values = _ended(JobStatus.FAILED, now, error_code="worker_lost", error_message=message)
-            event = Event(stage="worker_lost", fraction=0.0, level="error", message=message)
+        values, event = _after_lost_worker(status, attempts, max_attempts, now)
+        still_dead = (Job.id == job_id, Job.status == status, Job.attempts == attempts, silent)
         result = session.execute(update(Job).where(*still_dead).values(**values, version=Job.version + 1))
         if result.rowcount == 1:
-            session.execute(
-                insert(JobEvent).values(
-                    job_id=job_id,
-                    level=event.level,
-                    stage=event.stage,
-                    message=event.message,
-                    data={"attempts": attempts},
-                    created_at=now,
-                )
-            )
+            add_event(session, job_id, event)
             queue_status_event(session, job_id, values["status"])
             if values["status"] == JobStatus.QUEUED:
-                to_dispatch.append(job_id)
+                requeued.append(job_id)
         session.commit()
+    return requeued
 
-    stale_cutoff = now - timedelta(seconds=stale_queued_s)
-    stale = session.scalars(
-        select(Job.id).where(
-            Job.status == JobStatus.QUEUED, or_(Job.dispatched_at < stale_cutoff, Job.dispatched_at.is_(None))
-        )
-    ).all()
-    for job_id in stale:
-        result = session.execute(
-            update(Job)
-            .where(
-                Job.id == job_id,
-                Job.status == JobStatus.QUEUED,
-                or_(Job.dispatched_at < stale_cutoff, Job.dispatched_at.is_(None)),
-            )
-            .values(dispatched_at=now)
-        )
+
+def _after_lost_worker(status: str, attempts: int, max_attempts: int, now: datetime) -> tuple[dict, Event]:
+    """The columns and the event of a job whose worker stopped responding: a cancelling job ends cancelled, one
+    with attempts left is queued again, the others fail with `worker_lost`."""
+    level: EventLevel = "warning"
+    if status == JobStatus.CANCELLING:
+        message = "The worker stopped responding; the job was being cancelled and is now cancelled."
+        values = _ended(JobStatus.CANCELLED, now)
+    elif attempts < max_attempts:
+        message = f"The worker stopped responding during attempt {attempts}; the job was requeued."
+        values = {"status": JobStatus.QUEUED, "worker_id": None, "heartbeat_at": None, "dispatched_at": now}
+    else:
+        level, message = "error", f"The worker stopped responding on each of {attempts} attempts; giving up."
+        values = _ended(JobStatus.FAILED, now, error_code="worker_lost", error_message=message)
+    event = Event(stage="worker_lost", fraction=0.0, level=level, message=message, data={"attempts": attempts})
+    return values, event
+
+
+def _redispatch_stale(session: Session, now: datetime, stale_cutoff: datetime) -> list[str]:
+    """The queued jobs not dispatched since `stale_cutoff`, each marked dispatched now by one conditional UPDATE."""
+    unsent = (Job.status == JobStatus.QUEUED, or_(Job.dispatched_at < stale_cutoff, Job.dispatched_at.is_(None)))
+    redispatched: list[str] = []
+    for job_id in session.scalars(select(Job.id).where(*unsent)).all():
+        result = session.execute(update(Job).where(Job.id == job_id, *unsent).values(dispatched_at=now))
         session.commit()
         if result.rowcount == 1:
-            to_dispatch.append(job_id)
-    return to_dispatch
+            redispatched.append(job_id)
+    return redispatched
