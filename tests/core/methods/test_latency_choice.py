@@ -1,0 +1,126 @@
+"""The latency table and the channel choice made from it (issue 28, item 2): the table is measured in onnxruntime on
+the grid of counts the runtime runs fastest and read back from its cache unchanged; given a fixed table, the greedy
+choice is deterministic, meets its target when it can, keeps every group at an allowed count, and the model it
+describes shrinks to a valid network."""
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from squeezer.core.errors import InputError
+from squeezer.core.graph import shrink, trace
+from squeezer.core.intake.registry import build_architecture
+from squeezer.core.methods import latency_table as tables
+from squeezer.core.methods.latency_choice import choose_channels, group_norm_scores
+from squeezer.core.methods.latency_table import (
+    LatencyTable,
+    LayerLatency,
+    Runtime,
+    allowed_counts,
+    convolution_geometries,
+    latency_table,
+)
+
+SHAPE = (3, 16, 16)
+
+
+def _small() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 48, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(48, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 8, 1),
+    ).eval()
+
+
+def test_allowed_counts_are_multiples_the_runtime_runs_fastest():
+    assert allowed_counts(64) == [16, 32, 48, 64]
+    assert allowed_counts(40) == [16, 32, 40]  # the full width stays allowed
+    assert allowed_counts(16) == [4, 8, 12, 16]
+    assert allowed_counts(6) == [1, 2, 3, 4, 5, 6]
+
+
+def test_table_is_measured_on_the_grid_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setattr(tables, "_MEMORY", {})
+    module = _small()
+    graph = trace(module, SHAPE)
+    table = latency_table(module, SHAPE, Runtime(threads=1), graph=graph, points=3, rounds=3, cache_dir=tmp_path)
+    assert set(table.layers) == {"0", "2", "4"}
+    first = table.geometries[table.layers["0"]]
+    assert first.inputs == [3] and first.outputs == [16, 32, 48]  # the model's input cannot shrink
+    assert table.geometries[table.layers["4"]].outputs == [8]  # nor its output
+    assert all(ms > 0 for row in first.milliseconds for ms in row)
+    cached = list(tmp_path.glob("latency-*.json"))
+    assert len(cached) == 1 and json.loads(cached[0].read_text())["runtime"]["threads"] == 1
+    monkeypatch.setattr(tables, "_MEMORY", {})
+    monkeypatch.setattr(tables, "measure_table", lambda *a, **k: pytest.fail("measured again despite the cache"))
+    again = latency_table(module, SHAPE, Runtime(threads=1), graph=graph, points=3, rounds=3, cache_dir=tmp_path)
+    assert again.to_json() == table.to_json()
+
+
+def test_table_key_follows_runtime_threads(tmp_path):
+    geometries = convolution_geometries(_small(), SHAPE)
+    one, two = (tables.table_key(geometries, Runtime(threads=t), 3) for t in (1, 2))
+    assert one != two
+
+
+def test_unknown_runtime_is_an_input_error():
+    with pytest.raises(InputError) as caught:
+        Runtime(name="tensorrt")
+    assert caught.value.code == "unknown_runtime"
+
+
+def _fixed_table(module: nn.Module, shape) -> LatencyTable:
+    """A table made by hand: time proportional to in·out channels, in steps of 16 output channels."""
+    table = LatencyTable(Runtime())
+    for name, geometry in convolution_geometries(module, shape).items():
+        ins = allowed_counts(geometry.in_channels)
+        outs = allowed_counts(geometry.out_channels)
+        grid = [[0.001 * i * (-(-o // 16) * 16) for o in outs] for i in ins]
+        table.layers[name] = geometry.key()
+        table.geometries[geometry.key()] = LayerLatency(ins, outs, grid, geometry.depthwise)
+    return table
+
+
+def test_choice_is_deterministic_meets_the_target_and_keeps_allowed_counts():
+    module = build_architecture("resnet20", {}).eval()
+    shape = (3, 32, 32)
+    graph = trace(module, shape)
+    table = _fixed_table(module, shape)
+    scores = group_norm_scores(module, graph)
+    full = choose_channels(graph, table, scores, target_ms=float("inf"))
+    assert not full.removed and full.after_ms == full.before_ms
+    target = 0.5 * full.before_ms
+    choice = choose_channels(graph, table, scores, target)
+    assert choice == choose_channels(graph, table, dict(reversed(scores.items())), target)
+    assert choice.after_ms <= target < choice.before_ms
+    groups = graph.channel_groups()
+    for key, count in choice.kept.items():
+        assert count in allowed_counts(len(groups[key]))
+        assert count == sum(root not in choice.removed for root in groups[key])
+    shrunk = shrink(copy.deepcopy(module), graph, set(choice.removed))
+    with torch.no_grad():
+        assert shrunk(torch.rand(2, *shape)).shape == (2, 10)
+    shares = {1 - count / len(groups[key]) for key, count in choice.kept.items()}
+    assert len(shares) > 1  # per-layer amounts, not one global level
+
+
+def test_choice_follows_importance_and_stops_at_the_floor():
+    module = build_architecture("resnet20", {}).eval()
+    shape = (3, 32, 32)
+    graph = trace(module, shape)
+    table = _fixed_table(module, shape)
+    scores = group_norm_scores(module, graph)
+    target = 0.7 * choose_channels(graph, table, scores, float("inf")).before_ms
+    flipped = {root: -value for root, value in scores.items()}
+    assert (
+        choose_channels(graph, table, scores, target).removed != choose_channels(graph, table, flipped, target).removed
+    )
+    floor = choose_channels(graph, table, scores, target_ms=0.0)
+    groups = graph.channel_groups()
+    assert all(count == allowed_counts(len(groups[key]))[0] for key, count in floor.kept.items())
