@@ -1,8 +1,9 @@
 """RFC 9457 problem details: every error the API returns is `application/problem+json` with a stable `type` URI."""
 
 import logging
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 PROBLEM_BASE = "https://squeezer.dev/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger(__name__)
+ErrorT = TypeVar("ErrorT", bound=Exception)
 
 # Problem codes for plain HTTP statuses (routing, method, validation), so clients can match on `type` alone.
 _STATUS_CODES = {
@@ -182,11 +184,17 @@ async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     )
 
 
+def _handle(app: FastAPI, kind: type[ErrorT], handler: Callable[[Request, ErrorT], Awaitable[JSONResponse]]) -> None:
+    """Starlette calls a handler only with errors of the class it was registered for, but annotates every handler
+    as taking any Exception, so a handler typed for its own class needs this one checked cast."""
+    app.add_exception_handler(kind, handler)  # type: ignore[arg-type]
+
+
 def install_problem_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ProblemError, _problem_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(OperationalError, _database_unavailable)
-    app.add_exception_handler(PoolTimeout, _database_unavailable)  # every pooled connection busy: retry, not 500
-    app.add_exception_handler(DataError, _unstorable_value)
-    app.add_exception_handler(Exception, _unexpected_error)
+    _handle(app, ProblemError, _problem_error)
+    _handle(app, StarletteHTTPException, _http_error)
+    _handle(app, RequestValidationError, _validation_error)
+    _handle(app, OperationalError, _database_unavailable)
+    _handle(app, PoolTimeout, _database_unavailable)  # every pooled connection busy: retry, not 500
+    _handle(app, DataError, _unstorable_value)
+    _handle(app, Exception, _unexpected_error)

@@ -4,6 +4,7 @@ Client exit codes match `squeezer compress`: 0 target met, 3 result written but 
 problem's detail on one stderr line), 1 job failed or cancelled."""
 
 import contextlib
+import functools
 import ipaddress
 import json
 import shutil
@@ -550,7 +551,7 @@ def jobs_list(
 
     def action() -> None:
         with _client(server, api_key) as client:
-            params = {"limit": limit, **({"status": status} if status else {})}
+            params: dict[str, str | int] = {"limit": limit, **({"status": status} if status else {})}
             page = _answer(client.get("/v1/jobs", params=params))
         table = Table(
             Column("id", no_wrap=True, min_width=36),
@@ -661,8 +662,38 @@ def demo(
         thread.join(SERVER_STOP_TIMEOUT_S)
 
 
+# The service extra (`pip install 'squeezer[service]'`): the top-level modules its packages install.
+SERVICE_MODULES = frozenset(
+    {
+        "fastapi", "starlette", "uvicorn", "uvloop", "httptools", "multipart", "python_multipart", "jinja2",
+        "sqlalchemy", "alembic", "psycopg", "psycopg_pool", "celery", "kombu", "redis", "standardwebhooks",
+        "boto3", "botocore", "prometheus_client",
+    }
+)  # fmt: skip
+
+
+def needs_service_extra(command: Callable) -> Callable:
+    """`command` with a missing service package as one stderr line naming the extra (exit 2), not a traceback:
+    `pip install squeezer` installs the engine alone."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ModuleNotFoundError as error:
+            if (error.name or "").partition(".")[0] not in SERVICE_MODULES:
+                raise
+            print_one_line(
+                f"error: missing_extra: `squeezer {command.__name__}` needs the service extra ({error.name} is not "
+                "installed): pip install 'squeezer[service]'"
+            )
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+
+    return run
+
+
 def register(app: typer.Typer) -> None:
     """Adds the service commands to the `squeezer` app."""
     for command in (serve, api, worker, migrate, submit, demo):
-        app.command()(command)
+        app.command()(command if command is submit else needs_service_extra(command))
     app.add_typer(jobs_app, name="jobs")

@@ -94,7 +94,7 @@ def store_artifact(
             .values(state="ready", size_bytes=size, sha256=digest.hexdigest())
         )
         session.commit()
-        return session.get(Artifact, artifact.id)
+        return session.get_one(Artifact, artifact.id)
 
 
 def store_file(
@@ -163,7 +163,7 @@ def stored_bytes(session: Session, tenant: str) -> int:
     count them."""
     artifacts = select(func.coalesce(func.sum(Artifact.size_bytes), 0)).where(Artifact.tenant == tenant)
     specs = select(func.coalesce(func.sum(Job.spec_bytes), 0)).where(Job.tenant == tenant)
-    return session.scalar(artifacts) + session.scalar(specs)
+    return session.execute(artifacts).scalar_one() + session.execute(specs).scalar_one()
 
 
 def export_artifact_to(session_factory: sessionmaker[Session], blobs: BlobStore, artifact_id: str, path: Path) -> Path:

@@ -1,10 +1,12 @@
 """Engines and sessions for PostgreSQL (production) and SQLite (embedded mode)."""
 
 from pathlib import Path
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.dml import UpdateBase
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # PostgreSQL connections per process: a request holds one, uploads and downloads one more per stream, a worker a few
@@ -44,3 +46,10 @@ def make_engine(url: str, *, autocommit: bool = False) -> Engine:
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Objects stay readable after commit: functions hand rows back to callers that have closed their session."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def changed_rows(session: Session, statement: UpdateBase) -> int:
+    """Runs an UPDATE or DELETE and says how many rows it matched: the count behind every conditional status change.
+    `Session.execute` is annotated with the generic `Result`; for these statements it is the `CursorResult` that
+    carries the count."""
+    return cast(CursorResult[Any], session.execute(statement)).rowcount

@@ -11,6 +11,7 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from squeezer.store.db import changed_rows
 from squeezer.store.jobs import as_utc
 from squeezer.store.models import ApiKey, utcnow
 
@@ -100,10 +101,11 @@ def list_keys(session: Session, tenant: str | None = None) -> list[ApiKey]:
 def revoke_key(session: Session, key_id: str, tenant: str) -> bool:
     """Revokes `tenant`'s key `key_id`; False when the tenant has no such unrevoked key. Requests with it fail within
     the API's key cache time (`Settings.api_key_cache_s`)."""
-    result = session.execute(
+    matched = changed_rows(
+        session,
         update(ApiKey)
         .where(ApiKey.id == key_id, ApiKey.tenant == tenant, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
+        .values(revoked_at=utcnow()),
     )
     session.commit()
-    return result.rowcount > 0
+    return matched > 0

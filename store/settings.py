@@ -8,7 +8,7 @@ it through a worker. Nothing below an entry point builds a Settings or reads the
 embedded mode configure an app or a worker by passing their own object."""
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -133,7 +133,7 @@ class Settings(BaseSettings):
         return self.storage_local_dir or (self.data_dir / "blobs")
 
 
-def get_settings(**overrides: object) -> Settings:
+def get_settings(**overrides: Any) -> Settings:
     """The SQUEEZER_* settings as the environment gives them now, with `overrides` on top (an entry point's flags).
     Read on each call, not cached: each `squeezer` command sees its own environment, even when several run in one
     process (tests); the processes that need one object for their lifetime (a worker) keep the one they built."""

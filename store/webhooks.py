@@ -3,11 +3,13 @@ its own transaction, so no event is lost and none is sent for a change that roll
 (worker.webhooks) take due messages, send them and record each attempt here."""
 
 import json
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from squeezer.store.db import changed_rows
 from squeezer.store.job_document import job_document
 from squeezer.store.models import (
     DeliveryStatus,
@@ -41,14 +43,16 @@ class WebhookQuotaExceeded(Exception):
 
 
 def create_endpoint(
-    session: Session, *, tenant: str, url: str, events: list[str], secret: str, limit: int
+    session: Session, *, tenant: str, url: str, events: Sequence[str], secret: str, limit: int
 ) -> WebhookEndpoint:
     """Raises WebhookQuotaExceeded when the tenant already has `limit` endpoints (two racing creations at the limit
     may both pass, which a bound on a small number tolerates)."""
-    count = session.scalar(select(func.count()).select_from(WebhookEndpoint).where(WebhookEndpoint.tenant == tenant))
+    count = session.execute(
+        select(func.count()).select_from(WebhookEndpoint).where(WebhookEndpoint.tenant == tenant)
+    ).scalar_one()
     if count >= limit:
         raise WebhookQuotaExceeded(limit)
-    endpoint = WebhookEndpoint(tenant=tenant, url=url, events=events, secret=secret)
+    endpoint = WebhookEndpoint(tenant=tenant, url=url, events=list(events), secret=secret)
     session.add(endpoint)
     session.commit()
     return endpoint
@@ -117,7 +121,7 @@ def _subscribed(session: Session, job_id: str, event: WebhookEvent) -> list[Webh
 def _insert_messages(session: Session, job_id: str, event: WebhookEvent, endpoint_ids: list[str]) -> None:
     if not endpoint_ids:
         return
-    job = session.scalar(select(Job).where(Job.id == job_id).execution_options(populate_existing=True))
+    job = session.execute(select(Job).where(Job.id == job_id).execution_options(populate_existing=True)).scalar_one()
     now = utcnow()
     body = json.dumps(
         {"type": event, "timestamp": now.isoformat(), "data": job_document(job).model_dump(mode="json")},
@@ -156,16 +160,17 @@ def queue_progress_event(session: Session, job_id: str) -> None:
     cutoff = now - timedelta(seconds=PROGRESS_INTERVAL_S)
     due = []
     for endpoint in _subscribed(session, job_id, WebhookEvent.JOB_PROGRESS):
-        claimed = session.execute(
+        claimed = changed_rows(
+            session,
             update(WebhookEndpoint)
             .where(
                 WebhookEndpoint.id == endpoint.id,
                 or_(WebhookEndpoint.progress_sent_at.is_(None), WebhookEndpoint.progress_sent_at < cutoff),
             )
             .values(progress_sent_at=now)
-            .execution_options(synchronize_session=False)  # SQLite's loaded times are naive: compare in SQL only
+            .execution_options(synchronize_session=False),  # SQLite's loaded times are naive: compare in SQL only
         )
-        if claimed.rowcount == 1:
+        if claimed == 1:
             due.append(endpoint.id)
     _insert_messages(session, job_id, WebhookEvent.JOB_PROGRESS, due)
 
@@ -182,16 +187,17 @@ def take_due_deliveries(session: Session, *, lease_s: float, limit: int) -> list
     ).all()
     taken = []
     for delivery_id, due_at in due:
-        result = session.execute(
+        taken_now = changed_rows(
+            session,
             update(WebhookDelivery)
             .where(
                 WebhookDelivery.id == delivery_id,
                 WebhookDelivery.status == DeliveryStatus.PENDING,
                 WebhookDelivery.next_attempt_at == due_at,
             )
-            .values(next_attempt_at=now + timedelta(seconds=lease_s))
+            .values(next_attempt_at=now + timedelta(seconds=lease_s)),
         )
-        if result.rowcount == 1:
+        if taken_now == 1:
             taken.append(delivery_id)
     session.commit()
     return taken
@@ -223,12 +229,13 @@ def record_attempt(
         status, next_at = DeliveryStatus.SUCCEEDED, None
     else:
         status, next_at = (DeliveryStatus.PENDING, next_retry_at) if next_retry_at else (DeliveryStatus.FAILED, None)
-    changed = session.execute(
+    changed = changed_rows(
+        session,
         update(WebhookDelivery)
         .where(WebhookDelivery.id == delivery.id, WebhookDelivery.status == DeliveryStatus.PENDING)
-        .values(status=status, attempts=WebhookDelivery.attempts + 1, next_attempt_at=next_at)
+        .values(status=status, attempts=WebhookDelivery.attempts + 1, next_attempt_at=next_at),
     )
-    if changed.rowcount == 1:  # the endpoint may have been deleted meanwhile
+    if changed == 1:  # the endpoint may have been deleted meanwhile
         session.add(
             WebhookAttempt(
                 delivery_id=delivery.id,

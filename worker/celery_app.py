@@ -108,7 +108,7 @@ def _start_reaper(sender=None, **_) -> None:
     global _reaper, _webhook_sender
     app = sender.app
     if _webhooks_worker:
-        _, session_factory = webhook_context()
+        session_factory = webhook_context()[1]
         _webhook_sender = WebhookSender(
             session_factory, lambda message_id: app.send_task(WEBHOOK_TASK_NAME, [message_id])
         )
