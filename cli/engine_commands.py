@@ -196,7 +196,7 @@ def compress(
             fields["time_limit_s"] = time_limit
         config = _config(fields)
         source = ModelSource(path=model, architecture=arch, arch_args=_arch_args(arch_arg))
-        with ProgressReporter(config.target.metric, log_format) as on_event:
+        with ProgressReporter(config.metric, log_format) as on_event:
             report = compress_files(source, data, out, config, on_event=on_event)
         print_report(report, out)
         return EXIT_TARGET_MET if report["target_met"] else EXIT_TARGET_MISSED

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from squeezer.core.events import Event, EventLevel
 from squeezer.store.artifacts import QuotaExceeded, quota_lock, stored_bytes
+from squeezer.store.db import changed_rows
 from squeezer.store.job_spec import json_size
 from squeezer.store.models import Artifact, Job, JobEvent, JobResult, as_utc, utcnow
 from squeezer.store.statuses import ACTIVE_STATUSES, FINAL_STATUSES, JobStatus
@@ -110,15 +111,15 @@ def checkpoint_of(session: Session, job_id: str) -> str | None:
 
 
 def count_unfinished_jobs(session: Session, tenant: str) -> int:
-    return session.scalar(
+    return session.execute(
         select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status.not_in(FINAL_STATUSES))
-    )
+    ).scalar_one()
 
 
 def count_queued_jobs(session: Session, tenant: str) -> int:
-    return session.scalar(
+    return session.execute(
         select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status == JobStatus.QUEUED)
-    )
+    ).scalar_one()
 
 
 def list_tenant_jobs(session: Session, tenant: str, *, before: Job | None, limit: int, status: str | None) -> list[Job]:
@@ -186,7 +187,8 @@ def _fresh(session: Session, job_id: str) -> Job | None:
 def claim_job(session: Session, job_id: str, worker_id: str) -> Job | None:
     """queued → running, counting the attempt. None when the job is gone, final, or another worker has it."""
     now = utcnow()
-    result = session.execute(
+    claimed = changed_rows(
+        session,
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
         .values(
@@ -197,9 +199,9 @@ def claim_job(session: Session, job_id: str, worker_id: str) -> Job | None:
             started_at=func.coalesce(Job.started_at, now),
             finished_at=None,
             version=Job.version + 1,
-        )
+        ),
     )
-    if result.rowcount != 1:
+    if claimed != 1:
         session.rollback()
         return None
     queue_status_event(session, job_id, JobStatus.RUNNING)
@@ -210,13 +212,14 @@ def claim_job(session: Session, job_id: str, worker_id: str) -> Job | None:
 def heartbeat(session: Session, job_id: str, worker_id: str) -> bool:
     """Marks the job alive. False when the job is no longer ours or a cancel was requested: the worker should stop.
     Does not bump `version` (nothing a client sees changes)."""
-    result = session.execute(
+    ours = changed_rows(
+        session,
         update(Job)
         .where(Job.id == job_id, Job.worker_id == worker_id, Job.status.in_(ACTIVE_STATUSES))
-        .values(heartbeat_at=utcnow())
+        .values(heartbeat_at=utcnow()),
     )
     session.commit()
-    if result.rowcount != 1:
+    if ours != 1:
         return False
     return not session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
 
@@ -254,13 +257,14 @@ def set_checkpoint(session: Session, job_id: str, worker_id: str, artifact_id: s
     """Points the job at its newest checkpoint. Returns the previous checkpoint's id (for the caller to delete),
     or `artifact_id` itself when the job is no longer ours (so the caller deletes the orphan)."""
     previous = checkpoint_of(session, job_id)
-    result = session.execute(
+    ours = changed_rows(
+        session,
         update(Job)
         .where(Job.id == job_id, Job.worker_id == worker_id, Job.status.in_(ACTIVE_STATUSES))
-        .values(checkpoint_artifact_id=artifact_id)
+        .values(checkpoint_artifact_id=artifact_id),
     )
     session.commit()
-    return previous if result.rowcount == 1 else artifact_id
+    return previous if ours == 1 else artifact_id
 
 
 def _ended(status: JobStatus, now: datetime, **values: Any) -> dict[str, Any]:
@@ -298,12 +302,13 @@ def finish_job(
     )
     if started_at is not None:
         values["duration_s"] = (now - started_at).total_seconds()
-    result = session.execute(
+    ours = changed_rows(
+        session,
         update(Job)
         .where(Job.id == job_id, Job.worker_id == worker_id, Job.status.in_(ACTIVE_STATUSES))
-        .values(**values)
+        .values(**values),
     )
-    if result.rowcount != 1:
+    if ours != 1:
         session.rollback()
         return False
     if results:
@@ -321,12 +326,13 @@ def request_cancel(session: Session, job_id: str) -> Job | None:
     """Idempotent: queued → cancelled at once (it will never run); running → cancelling (the worker stops at its next
     step boundary); final and cancelling jobs are left as they are. None when the job does not exist."""
     now = utcnow()
-    cancelled = session.execute(
+    cancelled = changed_rows(
+        session,
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-        .values(**_ended(JobStatus.CANCELLED, now, cancel_requested=True, version=Job.version + 1))
+        .values(**_ended(JobStatus.CANCELLED, now, cancel_requested=True, version=Job.version + 1)),
     )
-    if cancelled.rowcount == 1:
+    if cancelled == 1:
         queue_status_event(session, job_id, JobStatus.CANCELLED)
     session.execute(
         update(Job)
@@ -360,8 +366,7 @@ def _reap_dead_workers(session: Session, now: datetime, dead_cutoff: datetime) -
     for job_id, status, attempts, max_attempts in dead:
         values, event = _after_lost_worker(status, attempts, max_attempts, now)
         still_dead = (Job.id == job_id, Job.status == status, Job.attempts == attempts, silent)
-        result = session.execute(update(Job).where(*still_dead).values(**values, version=Job.version + 1))
-        if result.rowcount == 1:
+        if changed_rows(session, update(Job).where(*still_dead).values(**values, version=Job.version + 1)) == 1:
             add_event(session, job_id, event)
             queue_status_event(session, job_id, values["status"])
             if values["status"] == JobStatus.QUEUED:
@@ -392,8 +397,8 @@ def _redispatch_stale(session: Session, now: datetime, stale_cutoff: datetime) -
     unsent = (Job.status == JobStatus.QUEUED, or_(Job.dispatched_at < stale_cutoff, Job.dispatched_at.is_(None)))
     redispatched: list[str] = []
     for job_id in session.scalars(select(Job.id).where(*unsent)).all():
-        result = session.execute(update(Job).where(Job.id == job_id, *unsent).values(dispatched_at=now))
+        marked = changed_rows(session, update(Job).where(Job.id == job_id, *unsent).values(dispatched_at=now))
         session.commit()
-        if result.rowcount == 1:
+        if marked == 1:
             redispatched.append(job_id)
     return redispatched
