@@ -237,12 +237,18 @@ def architecture_names() -> list[str]:
 
 def build_architecture(name: str, args: dict | None = None) -> nn.Module:
     """A freshly initialised module; bad names and arguments are the user's error, never a crash. A "channels"
-    argument ({layer: width}) shrinks the module to the widths a compressed model was saved with."""
+    argument ({layer: width}) shrinks the module to the widths a compressed model was saved with, a "blocks_removed"
+    argument ({block: replacement}) removes the residual blocks depth pruning took out (core.methods.depth)."""
     args = dict(args or {})
     _check_name(name)
     channels = args.pop("channels", None)
-    _check_size(name, args, channels)
+    blocks = args.pop("blocks_removed", None)
+    _check_size(name, args, channels, blocks)
     module = _build(name, args)
+    if blocks is not None:
+        from squeezer.core.methods.depth import apply_block_removals
+
+        apply_block_removals(module, blocks, default_input_shape(name, args))
     if channels is not None:
         from squeezer.core.graph.surgery import apply_channel_overrides
 
@@ -302,19 +308,23 @@ def _meta_skeleton(name: str, args: dict) -> nn.Module:
             ) from None
 
 
-def _check_size(name: str, args: dict, channels: dict | None) -> None:
+def _check_size(name: str, args: dict, channels: dict | None, blocks: dict | None = None) -> None:
     """Builds the module on the meta device (shapes, no memory) and refuses one whose parameter count, probe input or
     activations (every layer's output for one sample) would not fit, before anything is allocated."""
     shape = default_input_shape(name, args)
     if shape is not None and all(isinstance(d, int) for d in shape):
         limits.check(f"{name}'s input (C×H×W {shape})", math.prod(shape), "max_input_elements", ModelFormatError)
     skeleton = _meta_skeleton(name, args)
-    if channels is not None:
+    if channels is not None or blocks is not None:
         from squeezer.core.graph.surgery import apply_channel_overrides
+        from squeezer.core.methods.depth import apply_block_removals
 
         try:
             with torch.device("meta"):
-                apply_channel_overrides(skeleton, channels, shape)
+                if blocks is not None:
+                    apply_block_removals(skeleton, blocks, shape)
+                if channels is not None:
+                    apply_channel_overrides(skeleton, channels, shape)
         except Exception:  # the real build below reports a bad override with its own message
             return
     params = sum(p.numel() for p in skeleton.parameters())
