@@ -223,8 +223,8 @@ async def receive_upload(
     """Parses the multipart body as it streams in and stores its `file` part. Raises ProblemError (413/415/422/400).
     `quota_left`: what the tenant's storage quota still allows (None: no quota); past it the 413 says so. `quota`:
     the tenant's whole quota, against which the upload's bytes are reserved atomically before they are stored."""
-    by_quota = quota_left is not None and quota_left < max_bytes
-    limit = quota_left if by_quota else max_bytes
+    limit = max_bytes if quota_left is None else min(quota_left, max_bytes)
+    by_quota = limit < max_bytes
 
     def too_large(stored: str) -> ProblemError:
         if by_quota:

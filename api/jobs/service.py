@@ -249,7 +249,10 @@ def remove_job(
 
 def request_job_cancel(session: Session, job_id: str, tenant: str) -> Job:
     get_job(session, job_id, tenant)
-    return request_cancel(session, job_id)
+    job = request_cancel(session, job_id)
+    if job is None:  # deleted since the lookup
+        raise not_found("job", job_id)
+    return job
 
 
 def result_artifacts(session: Session, job_id: str, tenant: str) -> list[tuple[str, Artifact]]:
