@@ -21,7 +21,7 @@ import torch
 
 from squeezer.core import memory_budget
 from squeezer.core.artifacts.onnx_export import export_onnx
-from squeezer.core.artifacts.report import build_report
+from squeezer.core.artifacts.report import Report, build_report
 from squeezer.core.artifacts.report_html import render_report_html
 from squeezer.core.artifacts.sqz import load_sqz, write_sqz
 from squeezer.core.config import METRICS_BY_TASK, CompressConfig, Normalization
@@ -47,7 +47,7 @@ from squeezer.core.methods.filter import compress_filter
 from squeezer.core.methods.group import compress_group
 from squeezer.core.methods.int8 import compress_int8
 from squeezer.core.methods.lwct import compress_lwct, prunable_layers
-from squeezer.core.methods.results import ChannelLayerState, LayerState
+from squeezer.core.methods.results import ChannelLayerState, LayerState, MethodResult
 
 METHODS: dict[str, Callable] = {
     "lwct": compress_lwct,
@@ -178,6 +178,30 @@ def _version() -> str:
         return "unknown"
 
 
+@dataclass
+class _Inputs:
+    """What the method starts from: the checked model, the data as uploaded and as the model reads it, and the
+    baseline's figures."""
+
+    model: LoadedModel
+    raw: Dataset
+    prepared: Dataset
+    baseline: dict
+
+
+@dataclass
+class _Outputs:
+    """The files written, loaded back and measured: model.sqz reloaded, the headline figures of the deployable and
+    every file's own."""
+
+    reloaded: LoadedModel
+    compressed: dict
+    artifacts: dict
+    onnx_accuracy: float
+    baseline_onnx: dict
+    deployable: str
+
+
 def compress_files(
     model: ModelSource,
     data: str | Path,
@@ -199,11 +223,26 @@ def compress_files(
     guard = Guard.of(should_stop, config.time_limit_s)
     finishing = guard.essential()  # what the report needs: the baseline's figures and the results'
     torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
+    inputs = _load_inputs(model, data, config, finishing, on_event)
+    result = _run_method(inputs, config, guard, on_event, checkpoint_dir)
+    on_event(Event(stage="export", fraction=_METHOD_END, message="writing model.sqz, model/ and model.onnx"))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = _write_outputs(inputs, result, out_dir, config.metric, finishing)
+    report = _report(config, inputs, result, outputs, time.monotonic() - started)
+    _write_report(report, out_dir)
+    on_event(_done_event(report))
+    return report.as_dict()
+
+
+def _load_inputs(
+    model: ModelSource, data: str | Path, config: CompressConfig, guard: Guard, on_event: EventCallback
+) -> _Inputs:
+    """Loads and checks the inputs, and measures the baseline."""
     on_event(Event(stage="intake", fraction=0.0, message="loading the model and the data"))
-    metric = config.metric
     loaded, raw, prepared = _load(model, data, config.normalization, config.task)
-    baseline = _measures(loaded.module, _input_shape(loaded), prepared, float32_bytes(loaded.module), metric, finishing)
+    metric = config.metric
+    baseline = _measures(loaded.module, _input_shape(loaded), prepared, float32_bytes(loaded.module), metric, guard)
     on_event(
         Event(
             stage="intake",
@@ -212,64 +251,125 @@ def compress_files(
             data={"accuracy": baseline["accuracy"]},
         )
     )
+    return _Inputs(loaded, raw, prepared, baseline)
+
+
+def _run_method(
+    inputs: _Inputs, config: CompressConfig, guard: Guard, on_event: EventCallback, checkpoint_dir: Path | None
+) -> MethodResult:
+    """The configured method, its progress mapped onto the method's share of the job's bar."""
 
     def method_event(event: Event) -> None:
         on_event(dataclasses.replace(event, fraction=_METHOD_START + (_METHOD_END - _METHOD_START) * event.fraction))
 
-    result = METHODS[config.method](
-        loaded, prepared, config, on_event=method_event, should_stop=guard, checkpoint_dir=checkpoint_dir
+    return METHODS[config.method](
+        inputs.model, inputs.prepared, config, on_event=method_event, should_stop=guard, checkpoint_dir=checkpoint_dir
     )
 
-    on_event(Event(stage="export", fraction=_METHOD_END, message="writing model.sqz, model/ and model.onnx"))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sqz_path = out_dir / "model.sqz"
-    sqz_bytes = write_sqz(sqz_path, with_channels(loaded, result.module), result.layers)
-    reloaded = load_sqz(sqz_path)
-    compressed = _measures(reloaded.module, reloaded.input_shape, prepared, sqz_bytes, metric, finishing)
-    produced = metric_function(metric)(
-        result.module, prepared.x_val, prepared.y_val, device=REPORT_DEVICE, should_stop=finishing
-    )
-    if compressed["accuracy"] != produced:
-        raise RuntimeError(f"model.sqz scores {compressed['accuracy']}% but the compressed module {produced}%")
+
+def _write_outputs(inputs: _Inputs, result: MethodResult, out_dir: Path, metric: str, guard: Guard) -> _Outputs:
+    """Writes model.sqz, model/ and model.onnx, each loaded back and measured; int8 exists only as model.onnx, whose
+    accuracy and bytes are then the headline figures (latency_ms stays torch's, as for every method: onnxruntime's
+    is in artifacts and baseline_onnx)."""
+    reloaded, compressed = _write_sqz(inputs, result, out_dir / "model.sqz", metric, guard)
     model_dir = out_dir / "model"
     shutil.rmtree(model_dir, ignore_errors=True)
     save_model_dir(reloaded, model_dir)
     onnx_path = out_dir / "model.onnx"
-    if result.onnx is None:
-        export_onnx(reloaded, onnx_path, should_stop=finishing)
-    else:  # the method's own file (int8), whose accuracy is the result's
-        onnx_path.write_bytes(result.onnx)
-    _stamp_preprocessing(onnx_path, reloaded.preprocessing)
-    onnx_accuracy = _onnx_accuracy(onnx_path, raw, None, metric, finishing)
-    expected, source = (compressed["accuracy"], "model.sqz") if result.onnx is None else (result.accuracy, "the method")
-    if abs(onnx_accuracy - expected) > ONNX_TOLERANCE_POINTS:
-        raise RuntimeError(f"model.onnx scores {onnx_accuracy}% but {source} {expected}%")
-    with tempfile.TemporaryDirectory(prefix="squeezer-baseline-") as tmp:
-        baseline_path = export_onnx(loaded, Path(tmp) / "baseline.onnx", should_stop=finishing)
-        _stamp_preprocessing(baseline_path, loaded.preprocessing)
-        baseline_onnx = _onnx_entry(
-            baseline_path, _input_shape(loaded), _onnx_accuracy(baseline_path, raw, None, metric, finishing), finishing
-        )
+    onnx_accuracy = _write_onnx(inputs, result, reloaded, compressed["accuracy"], onnx_path, metric, guard)
     artifacts = {
         "model.sqz": {
-            "bytes": sqz_bytes,
+            "bytes": compressed["size_bytes"],
             "accuracy": compressed["accuracy"],
             "runtime": "torch",
             **{key: compressed[key] for key in LATENCY_BATCHES},
         },
-        "model/": _model_dir_entry(model_dir, prepared, metric, finishing),
-        "model.onnx": _onnx_entry(onnx_path, _input_shape(reloaded), onnx_accuracy, finishing),
+        "model/": _model_dir_entry(model_dir, inputs.prepared, metric, guard),
+        "model.onnx": _onnx_entry(onnx_path, _input_shape(reloaded), onnx_accuracy, guard),
     }
     deployable = "model.sqz" if result.onnx is None else "model.onnx"
-    if result.onnx is not None:  # int8 exists only as model.onnx: its accuracy and bytes are the headline figures
-        # (latency_ms stays torch's, as for every method: onnxruntime's is in artifacts and baseline_onnx)
+    if result.onnx is not None:
         compressed |= {"accuracy": artifacts["model.onnx"]["accuracy"], "size_bytes": artifacts["model.onnx"]["bytes"]}
+    baseline_onnx = _baseline_onnx_entry(inputs, metric, guard)
+    return _Outputs(reloaded, compressed, artifacts, onnx_accuracy, baseline_onnx, deployable)
 
-    target = config.target
-    report = build_report(
+
+def _write_sqz(
+    inputs: _Inputs, result: MethodResult, path: Path, metric: str, guard: Guard
+) -> tuple[LoadedModel, dict]:
+    """model.sqz written, loaded back and measured; it must score exactly what the method's module scores."""
+    sqz_bytes = write_sqz(path, with_channels(inputs.model, result.module), result.layers)
+    reloaded = load_sqz(path)
+    compressed = _measures(reloaded.module, reloaded.input_shape, inputs.prepared, sqz_bytes, metric, guard)
+    produced = metric_function(metric)(
+        result.module, inputs.prepared.x_val, inputs.prepared.y_val, device=REPORT_DEVICE, should_stop=guard
+    )
+    if compressed["accuracy"] != produced:
+        raise RuntimeError(f"model.sqz scores {compressed['accuracy']}% but the compressed module {produced}%")
+    return reloaded, compressed
+
+
+def _write_onnx(
+    inputs: _Inputs,
+    result: MethodResult,
+    reloaded: LoadedModel,
+    sqz_accuracy: float,
+    path: Path,
+    metric: str,
+    guard: Guard,
+) -> float:
+    """model.onnx (model.sqz exported, or the method's own file: int8) with its preprocessing stamped in; returns
+    its accuracy under onnxruntime, which must agree with the file it stands for."""
+    if result.onnx is None:
+        export_onnx(reloaded, path, should_stop=guard)
+    else:
+        path.write_bytes(result.onnx)
+    _stamp_preprocessing(path, reloaded.preprocessing)
+    onnx_accuracy = _onnx_accuracy(path, inputs.raw, None, metric, guard)
+    expected, source = (sqz_accuracy, "model.sqz") if result.onnx is None else (result.accuracy, "the method")
+    if abs(onnx_accuracy - expected) > ONNX_TOLERANCE_POINTS:
+        raise RuntimeError(f"model.onnx scores {onnx_accuracy}% but {source} {expected}%")
+    return onnx_accuracy
+
+
+def _baseline_onnx_entry(inputs: _Inputs, metric: str, guard: Guard) -> dict:
+    """The uploaded model exported to ONNX and measured like model.onnx, so the two runtimes' figures compare."""
+    with tempfile.TemporaryDirectory(prefix="squeezer-baseline-") as tmp:
+        path = export_onnx(inputs.model, Path(tmp) / "baseline.onnx", should_stop=guard)
+        _stamp_preprocessing(path, inputs.model.preprocessing)
+        accuracy = _onnx_accuracy(path, inputs.raw, None, metric, guard)
+        return _onnx_entry(path, _input_shape(inputs.model), accuracy, guard)
+
+
+def _report(
+    config: CompressConfig, inputs: _Inputs, result: MethodResult, outputs: _Outputs, duration_s: float
+) -> Report:
+    """The report's figures and how they were obtained, validated as the served document."""
+    target, baseline, compressed = config.target, inputs.baseline, outputs.compressed
+    method_only = (
+        {"objective": config.auto.objective, "candidates": result.candidates} if config.method == "auto" else {}
+    )
+    extras = {
+        "task": config.task,
+        "dataset": inputs.raw.summary(),
+        "onnx_accuracy": outputs.onnx_accuracy,
+        "artifacts": outputs.artifacts,
+        "baseline_onnx": outputs.baseline_onnx,
+        "deployable": outputs.deployable,
+        "settings": config.model_dump(mode="json"),
+        **method_only,
+        "stopped_early": result.stopped_early,
+        "fine_tuning": result.fine_tuning,
+        "device": str(resolve_device(config.device)),
+        "seed": config.seed,
+        "preprocessing": outputs.reloaded.preprocessing.model_dump() if outputs.reloaded.preprocessing else None,
+        "onnx_layer_names": _uploaded_layer_names(inputs.model, result.layers),
+        "squeezer_version": _version(),
+        "duration_s": duration_s,
+    }
+    keys = build_report(
         method=config.method,
-        metric=metric,
+        metric=config.metric,
         max_drop=target.max_drop,
         drop_type=target.drop_type,
         target_met=baseline["accuracy"] - compressed["accuracy"] <= target.allowed_drop(baseline["accuracy"]),
@@ -277,42 +377,28 @@ def compress_files(
         compressed=compressed,
         layers=_with_channel_counts(result.layers),
         trials=result.trials,
-        extras={
-            "task": config.task,
-            "dataset": raw.summary(),
-            "onnx_accuracy": onnx_accuracy,
-            "artifacts": artifacts,
-            "baseline_onnx": baseline_onnx,
-            "deployable": deployable,
-            "settings": config.model_dump(mode="json"),
-            **(
-                {"objective": config.auto.objective, "candidates": result.candidates} if config.method == "auto" else {}
-            ),
-            "stopped_early": result.stopped_early,
-            "fine_tuning": result.fine_tuning,
-            "device": str(device),
-            "seed": config.seed,
-            "preprocessing": reloaded.preprocessing.model_dump() if reloaded.preprocessing else None,
-            "onnx_layer_names": _uploaded_layer_names(loaded, result.layers),
-            "squeezer_version": _version(),
-            "duration_s": time.monotonic() - started,
+        extras=extras,
+    )
+    return Report.model_validate(keys)
+
+
+def _write_report(report: Report, out_dir: Path) -> None:
+    content = report.as_dict()
+    (out_dir / "report.json").write_text(json.dumps(content, indent=2))
+    (out_dir / "report.html").write_text(render_report_html(content), encoding="utf-8")
+
+
+def _done_event(report: Report) -> Event:
+    return Event(
+        stage="done",
+        fraction=1.0,
+        message="target met" if report.target_met else "target missed",
+        data={
+            "accuracy": report.compressed.accuracy,
+            "compression_ratio": report.compression_ratio,
+            "target_met": report.target_met,
         },
     )
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "report.html").write_text(render_report_html(report), encoding="utf-8")
-    on_event(
-        Event(
-            stage="done",
-            fraction=1.0,
-            message="target met" if report["target_met"] else "target missed",
-            data={
-                "accuracy": compressed["accuracy"],
-                "compression_ratio": report["compression_ratio"],
-                "target_met": report["target_met"],
-            },
-        )
-    )
-    return report
 
 
 def _onnx_entry(path: Path, input_shape: tuple[int, ...], accuracy: float, guard: Guard) -> dict:

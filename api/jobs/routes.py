@@ -36,6 +36,7 @@ from squeezer.api.jobs.service import (
 )
 from squeezer.api.limits import MAX_JSON_BODY_BYTES, MAX_JSON_DEPTH
 from squeezer.api.pagination import Page, PageDep, make_page
+from squeezer.core.artifacts.report import Report
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 # The length of the column it is stored in (store.models.Job.idempotency_key).
@@ -192,11 +193,13 @@ def delete_job(
 @router.get(
     "/{job_id}/report",
     operation_id="getJobReport",
-    response_model=dict,
-    responses=problem_responses(404),
+    response_model=Report,
+    responses=problem_responses(404, 409),
+    description="report.json, typed. 409 `report_unreadable` when the stored file is not a report of this schema "
+    "(its bytes stay downloadable from `/v1/jobs/{job_id}/artifacts/report.json`).",
 )
-def read_report(job_id: str, session: SessionDep, blobs: BlobsDep, tenant: CurrentTenant) -> JSONResponse:
-    return JSONResponse(job_report(session, blobs, job_id, tenant))
+def read_report(job_id: str, session: SessionDep, blobs: BlobsDep, tenant: CurrentTenant) -> Report:
+    return job_report(session, blobs, job_id, tenant)
 
 
 # The page is our own (core.artifacts.report_html escapes every uploaded name) and needs nothing but its inline CSS:

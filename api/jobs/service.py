@@ -7,6 +7,7 @@ import json
 import logging
 
 import anyio.to_thread
+from pydantic import ValidationError
 from sqlalchemy import Row
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -15,6 +16,7 @@ from squeezer.api.jobs.schemas import EventOut, JobCreate, JobOut, JobSummary
 from squeezer.api.metrics import submission_check_timer
 from squeezer.api.pagination import event_cursor
 from squeezer.api.slots import TenantSlots
+from squeezer.core.artifacts.report import Report
 from squeezer.core.errors import InputError, redact_paths
 from squeezer.store.artifacts import QuotaExceeded, delete_artifact, get_ready_artifact
 from squeezer.store.blobs import BlobStore
@@ -273,9 +275,20 @@ def result_artifact(session: Session, job_id: str, tenant: str, name: str) -> Ar
     return artifact
 
 
-def job_report(session: Session, blobs: BlobStore, job_id: str, tenant: str) -> dict:
+def job_report(session: Session, blobs: BlobStore, job_id: str, tenant: str) -> Report:
+    """The stored report.json as the typed report (one written without a schema_version is version 1); a stored file
+    that is not such a report is a 409 `report_unreadable`, its bytes still downloadable as a result file."""
     artifact = result_artifact(session, job_id, tenant, "report.json")
-    return json.loads(b"".join(blobs.iter_chunks(artifact.id)))
+    try:
+        return Report.model_validate_json(b"".join(blobs.iter_chunks(artifact.id)))
+    except ValidationError as error:
+        log.warning("job %s: report.json is not a report: %s", job_id, error.errors(include_input=False)[:3])
+        raise ProblemError(
+            409,
+            "report_unreadable",
+            f"job {job_id}'s report.json does not match the report's schema; download the file itself from "
+            f"/v1/jobs/{job_id}/artifacts/report.json",
+        ) from None
 
 
 def etag(job: Job | Row) -> str:
