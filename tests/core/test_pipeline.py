@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from squeezer.core.artifacts.report import SCHEMA_VERSION, Report
 from squeezer.core.artifacts.sqz import load_sqz
 from squeezer.core.config import AccuracyTarget, CompressConfig, LwctConfig, Normalization
 from squeezer.core.errors import DatasetError, MismatchError, ModelFormatError, UnsafeFormatError
@@ -72,6 +73,13 @@ def test_compress_writes_every_result_and_a_complete_report(compressed):
     assert report["dataset"]["name"] == "sample:digits" and report["device"] == "cpu"
     fractions = [event.fraction for event in events]
     assert fractions == sorted(fractions) and events[-1].stage == "done" and fractions[-1] == 1.0
+
+
+def test_report_json_is_a_report_of_the_current_schema(compressed):
+    """What the API serves (the typed Report) is report.json itself, key for key and figure for figure."""
+    out, report, _ = compressed
+    assert report["schema_version"] == SCHEMA_VERSION
+    assert Report.model_validate_json((out / "report.json").read_text()).as_dict() == report
 
 
 def test_every_written_model_reproduces_the_reported_accuracy(compressed):
