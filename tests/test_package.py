@@ -5,6 +5,7 @@ nothing is downloaded."""
 
 import importlib.metadata
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -38,9 +39,17 @@ TINY_COMPRESS = [
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+    """Built from a copy of the checkout's files: setuptools' build/ folder in the repository could hold modules
+    deleted since, and parallel builds would share it."""
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
+    files = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+    listed = subprocess.run(files, cwd=REPO, check=True, capture_output=True).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        if os.path.lexists(REPO / name):
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name, follow_symlinks=False)
     command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q"]
-    subprocess.run([*command, str(REPO), "-w", str(out)], check=True)
+    subprocess.run([*command, str(source), "-w", str(out)], check=True)
     (built,) = out.glob("squeezer-*.whl")
     return built
 
