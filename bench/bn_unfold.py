@@ -1,4 +1,4 @@
-"""Does un-folding BatchNorm help fine-tune a BN-folded export? (issue 12, docs/METHODS.md "Learning rate and
+"""Does un-folding BatchNorm help fine-tune a BN-folded export? (docs/METHODS.md "Learning rate and
 divergence").
 
 A residual CNN trained with Adam on digits is exported in eval mode (BatchNorm folded into the convolutions), its

@@ -1,5 +1,5 @@
-"""Data larger than memory (issue 12): peak memory and training throughput of the streaming intake (uint8 kept as
-stored, an uncompressed .npz member memory-mapped, conversion per batch) against the old in-memory path (every
+"""Data larger than memory: peak memory and training throughput of the streaming intake (uint8 kept as
+stored, an uncompressed .npz member memory-mapped, conversion per batch) against the in-memory path (every
 split expanded to float32 up front), side by side on the same .npz, each in a fresh process.
 
 The streaming path also runs on a data set `--large` times as big, which the in-memory path is not asked to hold.

@@ -149,8 +149,7 @@ def record(key: str, method: str, result: dict) -> None:
     write_result(
         "deploy",
         {
-            "benchmark": "issue 13: deployable model.onnx bytes, onnxruntime latency and accuracy per method, "
-            "1-point budget",
+            "benchmark": "deployable model.onnx bytes, onnxruntime latency and accuracy per method, 1-point budget",
             "setup": (
                 "core.pipeline.compress_files per method on CPU, torch one thread; onnx bytes = model.onnx as "
                 "written; latency = onnxruntime CPUExecutionProvider, one thread, median of 30 runs, the baseline "

@@ -3,8 +3,8 @@ large network packing is part of each stage's wall time (and the whole of it on 
 the GPU waits). Networks: torchvision ResNet-18 (11.7M parameters, 21 layers) and RegNetX-400MF (5.5M, 276 tensors),
 random weights pruned to 90 %, every third layer ternary and the rest sparse on int8, float16 and int5 grids, as
 lwct leaves them; and LeNet-5 (61k). Each build packs in its own process; builds alternate round by round, medians
-are compared, and so are the packed bytes (identical across builds that share a layout; the binary header of
-2026-12-03 made them smaller). Writes bench/results/sqz_pack.json.
+are compared, and so are the packed bytes (identical across builds that share a layout).
+Writes bench/results/sqz_pack.json.
 
     .venv/bin/python bench/sqz_pack.py [--builds cfd1bb9,WORKTREE] [--rounds 3] [--name sqz_pack]
 

@@ -550,7 +550,7 @@ def main() -> None:
     path = write_result(
         "structured",
         {
-            "benchmark": "issue 4 structured compression figures, budget 1.0 point absolute",
+            "benchmark": "structured compression figures, budget 1.0 point absolute",
             "setup": (
                 "every run through core.pipeline.compress_files on CPU (torch.set_num_threads(1) for training); "
                 "accuracy on the validation split named per part; FLOPs = core.measure.count_macs (MACs of conv and "

@@ -1,4 +1,4 @@
-"""Channel dependencies and physical channel removal (issue 4): trace a model, find which channels go together,
+"""Channel dependencies and physical channel removal: trace a model, find which channels go together,
 remove them exactly, and record the new widths so saved models rebuild."""
 
 from squeezer.core.graph.dependency import ChannelGraph, trace

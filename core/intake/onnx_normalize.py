@@ -1,5 +1,5 @@
 """ONNX graphs as exporters write them, rewritten into the plain form onnx2torch converts and our channel graph
-understands, before anything else reads them (issue 12).
+understands, before anything else reads them.
 
 Each pass handles one exporter habit, and the normalised graph is checked against the original under onnxruntime
 before it replaces it; a graph that a pass would change in meaning is kept as it came. The maintained tools do what
