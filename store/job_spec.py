@@ -140,8 +140,8 @@ class JobSpec(_Strict):
 
 def read_spec(stored: dict[str, Any]) -> JobSpec:
     """A stored spec as the API accepted it. A spec that does not validate (written by hand, or by another version)
-    fails its job with the InputError the old hand-written reading gave: `invalid_job` when it names no model or no
-    dataset, the engine's code for a wrongly named input, `invalid_options` for its options."""
+    fails its job with a stable InputError: `invalid_job` when it names no model or no dataset, the engine's code for
+    a wrongly named input, `invalid_options` for its options."""
     try:
         return JobSpec.model_validate(stored)
     except ValidationError as error:
