@@ -18,7 +18,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import get_args
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
@@ -31,8 +30,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from squeezer.api.errors import ProblemError
-from squeezer.core.config import MethodName
 from squeezer.core.errors import InputError
+from squeezer.core.methods.registry import MethodName
 from squeezer.store.logging_setup import log_context
 from squeezer.store.models import Job
 from squeezer.store.statuses import JobStatus
@@ -40,7 +39,7 @@ from squeezer.worker.metrics import bounded, token_matches
 
 log = logging.getLogger(__name__)
 
-METHODS = frozenset(get_args(MethodName))
+METHODS = frozenset(MethodName)
 HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 SCRAPE_CACHE_S = 5.0
 # A client's X-Request-ID is kept when it is this safe (it goes into every log line of the request and its job).

@@ -30,8 +30,11 @@ from squeezer.cli.output import (
     print_report,
     report_internal_error,
 )
-from squeezer.core.config import CompressConfig, Normalization
+from squeezer.core.config import CompressConfig, DropType, Normalization
 from squeezer.core.errors import InputError, SqueezerError
+from squeezer.core.events import EventStage
+from squeezer.core.methods import registry
+from squeezer.core.methods.registry import MethodName
 
 DataOption = Annotated[
     str,
@@ -105,8 +108,17 @@ def _config(fields: dict[str, Any]) -> CompressConfig:
     try:
         return CompressConfig.model_validate(fields)
     except pydantic.ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors(include_url=False))
+        problems = "; ".join(_problem(e) for e in error.errors(include_url=False))
         raise InputError(f"invalid options: {problems}", code="invalid_options") from None
+
+
+def _problem(error: Any) -> str:
+    """One validation error as "where: what"; an error across options (a rule of the config) has no "where"."""
+    message = str(error.get("ctx", {}).get("error", error["msg"]))
+    return f"{'.'.join(map(str, error['loc']))}: {message}" if error["loc"] else message
+
+
+METHOD_HELP = "Compression method; " + "; ".join(f"{m.name}: {m.summary}" for m in registry.methods()) + "."
 
 
 def sample(
@@ -137,20 +149,13 @@ def compress(
     out: Annotated[
         Path, typer.Option("--out", help="Folder for model.sqz, model/, model.onnx and report.json.")
     ] = Path("squeezer-results"),
-    method: Annotated[
-        Literal["lwct", "filter", "group", "auto", "int8"],
-        typer.Option(
-            help="Compression method; auto: channel removal, then lwct (and int8), under one budget; "
-            "int8: weights and activations, calibrated on the training data."
-        ),
-    ] = "lwct",
+    method: Annotated[MethodName, typer.Option(help=METHOD_HELP)] = MethodName.LWCT,
     task: Annotated[Task, typer.Option("--task", help="What the model does.")] = "classification",
     metric: MetricOption = None,
     max_drop: Annotated[float, typer.Option("--max-drop", help="Largest allowed drop of the metric.")] = 1.0,
     drop_type: Annotated[
-        Literal["absolute", "relative"],
-        typer.Option("--drop-type", help="absolute (points) or relative (percent of the baseline)."),
-    ] = "absolute",
+        DropType, typer.Option("--drop-type", help="absolute (points) or relative (percent of the baseline).")
+    ] = DropType.ABSOLUTE,
     arch: ArchOption = None,
     arch_arg: ArchArgOption = None,
     device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="Training device.")] = "auto",
@@ -181,8 +186,7 @@ def compress(
             fields = parse_options(option or [])
         except ValueError as error:
             raise InputError(str(error), code="invalid_options") from None
-        trained = ("lwct", "filter", "group")  # int8 only calibrates: no epochs to set
-        for name in trained if method == "auto" else tuple({method} & set(trained)):
+        for name in (name for name in registry.method(method).reads if registry.method(name).trains):
             method_options = fields.setdefault(name, {})
             for key, value in (("epochs_per_step", epochs_per_step), ("max_train_samples", max_train_samples)):
                 if value is not None:
@@ -234,11 +238,11 @@ class ProgressReporter:
             self.bar.update(self.task, completed=event.fraction, description=f"{event.stage}: {event.message}"[:60])
         data = event.data
         better = self.best is None or data.get("compression_ratio", 0.0) > self.best[0]
-        if event.stage == "step" and data.get("accepted") and better:
+        if event.stage == EventStage.STEP and data.get("accepted") and better:
             self.best = (data["compression_ratio"], data["accuracy"])
         ratio, accuracy = self.best or (None, None)
         self.lines.update(event.stage, event.fraction, best_accuracy=accuracy, best_ratio=ratio)
-        if event.stage == "step":
+        if event.stage == EventStage.STEP:
             layers = " ".join(data.get("layers") or [])
             err_console.print(
                 f"step {data['step']} {event.message} {layers}: {self.metric} {data['accuracy']:.2f}%  "

@@ -1,8 +1,11 @@
 """Typed configuration shared by the engine, the CLI and the API schema: one definition documents all three."""
 
+from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+
+from squeezer.core.methods.registry import MethodName, check_complete, method, register_method, structural_names
 
 # Upper bounds of every option: a job may ask for a lot but not for everything (a 3,000-level grid, a billion epochs),
 # and each bound is stated in the option's description (bounded) so the documented range is the enforced one.
@@ -61,6 +64,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+class DropType(StrEnum):
+    ABSOLUTE = "absolute"  # percentage points
+    RELATIVE = "relative"  # percent of the baseline
+
+
 class AccuracyTarget(_Strict):
     """How much quality the user will trade for size. Accuracies are in percent (0-100)."""
 
@@ -70,14 +78,14 @@ class AccuracyTarget(_Strict):
         le=100,
         description="Largest allowed drop, in percentage points (absolute) or percent of the baseline (relative).",
     )
-    drop_type: Literal["absolute", "relative"] = "absolute"
+    drop_type: DropType = DropType.ABSOLUTE
     metric: Literal["top1", "pixel_accuracy", "miou", "iou"] | None = Field(
         None, description="What the drop is measured in; unset: the task's first metric (top1, pixel_accuracy)."
     )
 
     def allowed_drop(self, baseline_accuracy: float) -> float:
         """The budget in absolute percentage points."""
-        if self.drop_type == "relative":
+        if self.drop_type == DropType.RELATIVE:
             return baseline_accuracy * self.max_drop / 100.0
         return self.max_drop
 
@@ -151,12 +159,15 @@ class StructuredTraining(_Strict):
         ge=0,
         le=1,
         description="Weight of knowledge distillation from the baseline in every training stage (0: labels only): a "
-        "compressed model recovers faster when it learns the baseline's full output. On the lwct "
-        "Fashion-MNIST reference at equal settings the ternary classifier.1 step kept 89.32 % with it, "
-        "88.98 % without.",
+        "compressed model recovers faster when it learns the baseline's full output.",
     )
 
 
+@register_method(
+    MethodName.LWCT,
+    "squeezer.core.methods.lwct:compress_lwct",
+    "layer-wise compressive training: pruning, then layers constrained to few weight values",
+)
 class LwctConfig(StructuredTraining):
     """Layer-wise compressive training (docs/METHODS.md §1). Defaults work without tuning: chosen across LeNet-5 on
     Fashion-MNIST and digits, ResNet-20 on Fashion-MNIST and an ONNX CNN (bench/lwct_defaults.py)."""
@@ -239,9 +250,14 @@ class LevelSearch(StructuredTraining):
 
 
 GateInit = Literal["ones", "uniform", "normal", "l1"]
-StructuralMethod = Literal["filter", "group"]
 
 
+@register_method(
+    MethodName.FILTER,
+    "squeezer.core.methods.filter:compress_filter",
+    "filter pruning: removes the channels of least learned importance",
+    structural=True,
+)
 class FilterConfig(LevelSearch):
     """Importance-weight filter pruning (docs/METHODS.md §2)."""
 
@@ -264,6 +280,12 @@ class FilterConfig(LevelSearch):
     )
 
 
+@register_method(
+    MethodName.GROUP,
+    "squeezer.core.methods.group:compress_group",
+    "group-sparsity neuron removal: removes the channels group-lasso training zeroes",
+    structural=True,
+)
 class GroupConfig(LevelSearch):
     """Group-sparsity neuron removal (docs/METHODS.md §3)."""
 
@@ -277,6 +299,11 @@ class GroupConfig(LevelSearch):
     sparse_epochs: int = bounded(4, "Epochs of group-sparse training per λ.", ge=1, le=MAX_EPOCHS)
 
 
+@register_method(
+    MethodName.INT8,
+    "squeezer.core.methods.int8:compress_int8",
+    "int8: weights and activations quantized, calibrated on the training data",
+)
 class Int8Config(_Strict):
     """int8 post-training quantization of weights and activations (onnxruntime QDQ; docs/METHODS.md, "Deployable
     artifacts and int8")."""
@@ -290,13 +317,34 @@ class Int8Config(_Strict):
     per_channel: bool = Field(True, description="One weight scale per output channel (else one per tensor).")
 
 
+def _structural(name: Any) -> Any:
+    """Only a method that removes channels can run before lwct."""
+    allowed = structural_names()
+    if name not in allowed:
+        raise ValueError(f"Input should be {' or '.join(repr(str(n)) for n in allowed)}")
+    return name
+
+
+StructuralMethod = Annotated[
+    MethodName,
+    BeforeValidator(_structural),
+    WithJsonSchema({"type": "string", "enum": [str(name) for name in structural_names()]}),
+]
+
+
+@register_method(
+    MethodName.AUTO,
+    "squeezer.core.methods.auto:compress_auto",
+    "channel removal, then lwct (and int8), under one budget",
+    combines=(MethodName.FILTER, MethodName.GROUP, MethodName.LWCT, MethodName.INT8),
+)
 class AutoConfig(_Strict):
     """Structural removal, then lwct on what remains, under one budget (docs/METHODS.md, "Combining them")."""
 
     structural: list[StructuralMethod] = bounded(
-        default_factory=lambda: list[StructuralMethod](["filter"]),
+        default_factory=lambda: [MethodName.FILTER],
         min_length=1,
-        max_length=len(get_args(StructuralMethod)),
+        max_length=len(structural_names()),
         description="Channel-removing methods run first, in this order, each on the previous one's result.",
     )
     structural_share: float = bounded(
@@ -325,7 +373,6 @@ class AutoConfig(_Strict):
     )
 
 
-MethodName = Literal["lwct", "filter", "group", "auto", "int8"]
 TaskName = Literal["classification", "segmentation"]
 # iou: the positive class's IoU, for binary masks (one output channel, thresholded at 0 for logits, 0.5 for a sigmoid).
 METRICS_BY_TASK: dict[str, tuple[str, ...]] = {
@@ -337,7 +384,7 @@ METRICS_BY_TASK: dict[str, tuple[str, ...]] = {
 class CompressConfig(_Strict):
     """Everything one compression job needs besides the model and the data."""
 
-    method: MethodName = "lwct"
+    method: MethodName = MethodName.LWCT
     task: TaskName = "classification"
     target: AccuracyTarget = Field(default_factory=AccuracyTarget)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -364,8 +411,36 @@ class CompressConfig(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _options_of_its_method(self) -> "CompressConfig":
+        """An option of a method the job does not run would be ignored; it is refused instead, by name. A dump of a
+        config carries every method's defaults, so only values other than the default count."""
+        reads = method(self.method).reads
+        foreign = [
+            f"{name}.{option}" for name in MethodName if name not in reads for option in _changed(getattr(self, name))
+        ]
+        if foreign:
+            raise ValueError(
+                f"option{'s' if len(foreign) > 1 else ''} {', '.join(foreign)} of another method: method "
+                f"{self.method} reads only {', '.join(reads)} options"
+            )
+        return self
+
     @property
     def metric(self) -> str:
         """The metric the budget is measured in (the validator has filled an unset one)."""
         assert self.target.metric is not None
         return self.target.metric
+
+
+def _changed(options: BaseModel) -> list[str]:
+    """The options set to something other than their defaults."""
+    default = type(options)()
+    return [
+        name
+        for name in type(options).model_fields
+        if name in options.model_fields_set and getattr(options, name) != getattr(default, name)
+    ]
+
+
+check_complete(CompressConfig)

@@ -5,34 +5,43 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal
 
 from squeezer.core.errors import Cancelled, SqueezerError
+
+
+class EventStage(StrEnum):
+    """What an event reports, in the order a job meets the stages. Training stages also report their epochs under
+    their own stage (data: epoch, loss), the first and last always and the others at most every
+    core.methods.harness.EPOCH_EVENT_INTERVAL_S."""
+
+    INTAKE = "intake"  # the pipeline loads and checks the model and the data, and measures the baseline's figures
+    RESUME = "resume"  # the worker resumes a job from its previous attempt's checkpoint
+    BASELINE = "baseline"  # a method scores the baseline and sets the budget (data: accuracy, allowed_drop)
+    IMPORTANCE = "importance"  # filter: importance weights learned under the L1 penalty, once per initialisation
+    PRUNE = "prune"  # lwct: a global magnitude-pruning level; filter: a removal level being fine-tuned
+    TIGHTEN = "tighten"  # lwct: further sparsity on the walked model
+    GRID = "grid"  # lwct: coarser integer grids tried on the layers still float
+    RANK = "rank"  # lwct: the layers ranked by significance
+    TRAIN = "train"  # lwct: one layer σ-constrained and trained (also lwct's time-limit warning)
+    SPARSE = "sparse"  # group: group-sparse training with one λ
+    FINETUNE = "finetune"  # group: fine-tuning after the zeroed neurons were removed
+    INT8 = "int8"  # int8: calibration and quantization
+    STEP = (
+        "step"  # any method: a trial, accepted or rejected (data: step, accuracy, compression_ratio, accepted, layers)
+    )
+    CHECKPOINT = "checkpoint"  # a method's state written (see CheckpointCallback), or a run resumed from it
+    EXPORT = "export"  # the pipeline writes model.sqz, model/ and model.onnx and measures them
+    DONE = "done"  # the report is written; the message says whether the target was met
 
 
 @dataclass(frozen=True)
 class Event:
     """One progress report.
 
-    stage, in the order a job meets them:
-      "intake"      the pipeline loads and checks the model and the data, and measures the baseline's report figures;
-      "baseline"    a method scores the baseline and sets the budget in absolute points (data: accuracy, allowed_drop);
-      "importance"  filter: importance weights learned under the L1 penalty, once per initialisation;
-      "prune"       lwct: a global magnitude-pruning level; filter: a removal level being fine-tuned;
-      "rank"        lwct: the layers ranked by significance;
-      "train"       lwct: one layer σ-constrained and trained (also the stage of lwct's time-limit warning);
-      "sparse"      group: group-sparse training with one λ;
-      "finetune"    group: fine-tuning after the zeroed neurons were removed;
-      "int8"        int8: calibration and quantization;
-      "step"        any method: a trial recorded, accepted or rejected (data: step, accuracy, compression_ratio,
-                    accepted, layers);
-      "checkpoint"  a method's state written, or a run resumed from it (no data: where it lives is the caller's
-                    checkpoint_dir, and no server path ever reaches an event);
-      "filter", "group"  auto: a structural stage skipped because the model has nothing it can remove (a warning);
-      "export"      the pipeline writes model.sqz, model/ and model.onnx and measures them;
-      "done"        the report is written; the message says whether the target was met.
-    Training stages also report their epochs under their own stage (data: epoch, loss), the first and last always and
-    the others at most every core.methods.harness.EPOCH_EVENT_INTERVAL_S.
+    stage: an EventStage, or the name of a method (core.methods.registry.MethodName) when auto warns that it skipped
+    that stage (nothing to remove, or no time left).
     fraction: overall progress of the whole job in [0, 1].
     data: stage-specific figures, e.g. {"epoch": 1, "loss": .., "accuracy": ..} or an accepted step
     {"step": 3, "accuracy": 97.1, "compression_ratio": 12.3, "accepted": True}.
@@ -48,10 +57,17 @@ class Event:
 EventLevel = Literal["debug", "info", "warning", "error"]
 EventCallback = Callable[[Event], None]
 StopCheck = Callable[[], bool]
+# Called once a method's state is on disk under the caller's checkpoint_dir; when it returns, the caller has kept
+# what it needs and the method writes on. A hook of its own, so that no caller reads a protocol into event stages.
+CheckpointCallback = Callable[[], None]
 
 
 def no_events(_: Event) -> None:
     """Default callback: drop events."""
+
+
+def no_checkpoints() -> None:
+    """Default checkpoint callback: the checkpoint stays where it was written."""
 
 
 def never_stop() -> bool:

@@ -1,13 +1,13 @@
-"""The engine's side of a jailed job: `python -m core.jail_entry MODULE...`, started ahead of its job by the worker
-(core.jail.SparePool, worker.engine_process): it imports the modules, then waits for its request.
+"""The engine's side of a jailed job: `python -m squeezer.core.jail_entry MODULE...`, started ahead of its job by the
+worker (core.jail.SparePool, worker.engine_process): it imports the modules, then waits for its request.
 
 The request, the first line on stdin, names a target ("package.module:function", chosen by our code, never by an
-upload) and its JSON payload. The target gets the payload and a Channel: events go out on stdout as JSON lines, the
-parent's orders come in on stdin as further lines ("stop": end at the next stop check; "ack": a checkpoint was
-saved). The last line says how the
-target ended: {"type": "result", ...}, {"type": "error", "code", "message"} or {"type": "cancelled"}. Anything a
-library prints goes to stderr, never into the channel. Running out of memory exits with OUT_OF_MEMORY_EXIT so that
-the parent knows even when there was no memory left to write a line.
+upload) and its JSON payload. The target gets the payload and a Channel. Out on stdout, as JSON lines: events
+({"type": "event", ...}) and checkpoints ({"type": "checkpoint"}: one is on disk, and the child waits until the parent
+has kept it). In on stdin, the parent's orders ("stop": end at the next stop check; "ack": the checkpoint is kept).
+The last line says how the target ended: {"type": "result", ...}, {"type": "error", "code", "message"} or
+{"type": "cancelled"}. Anything a library prints goes to stderr, never into the channel. Running out of memory exits
+with OUT_OF_MEMORY_EXIT so that the parent knows even when there was no memory left to write a line.
 """
 
 import dataclasses
@@ -42,8 +42,11 @@ class Channel:
 
     def on_event(self, event: Event) -> None:
         self.send({"type": "event", **dataclasses.asdict(event)})
-        if event.stage == "checkpoint":
-            self._read_orders(until_ack=True)
+
+    def on_checkpoint(self) -> None:
+        """Tells the parent a checkpoint is on disk and waits until it has kept it (or asks to stop)."""
+        self.send({"type": "checkpoint"})
+        self._read_orders(until_ack=True)
 
     def request(self) -> dict | None:
         """The first line from the parent, the request (None: the parent closed the pipe first)."""
@@ -95,6 +98,7 @@ def compress_job(payload: dict, channel: Channel) -> dict:
             on_event=channel.on_event,
             should_stop=channel.should_stop,
             checkpoint_dir=Path(payload["checkpoint_dir"]),
+            on_checkpoint=channel.on_checkpoint,
         )
     return {"stopped_early": report.get("stopped_early"), "target_met": bool(report.get("target_met"))}
 

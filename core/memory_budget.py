@@ -22,6 +22,7 @@ from squeezer.core import limits
 from squeezer.core.config import CompressConfig, StructuredTraining
 from squeezer.core.errors import InputError
 from squeezer.core.measure import predict
+from squeezer.core.methods.registry import MethodName, method
 
 FLOAT_BYTES = 4
 # Address space the engine takes before it holds any tensor (torch, onnxruntime and their libraries).
@@ -87,10 +88,8 @@ def profile(module: nn.Module, sample: torch.Tensor) -> ActivationProfile:
 
 def training_settings(config: CompressConfig) -> dict[str, StructuredTraining]:
     """The training settings the job's method trains with, by option name (auto: its structural stages and lwct)."""
-    names = {"lwct": ["lwct"], "filter": ["filter"], "group": ["group"], "int8": [], "auto": ["lwct"]}[config.method]
-    if config.method == "auto":
-        names += config.auto.structural
-    return {name: getattr(config, name) for name in names}
+    names = [config.method] if config.method != MethodName.AUTO else [MethodName.LWCT, *config.auto.structural]
+    return {name: getattr(config, name) for name in names if method(name).trains}
 
 
 def estimate(

@@ -12,7 +12,6 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -26,7 +25,16 @@ from squeezer.core.artifacts.report_html import render_report_html
 from squeezer.core.artifacts.sqz import load_sqz, write_sqz
 from squeezer.core.config import METRICS_BY_TASK, CompressConfig, Normalization
 from squeezer.core.errors import InputError, MismatchError, ModelFormatError, SqueezerError, UnsupportedLayerError
-from squeezer.core.events import Event, EventCallback, Guard, StopCheck, never_stop, no_events
+from squeezer.core.events import (
+    CheckpointCallback,
+    Event,
+    EventCallback,
+    Guard,
+    StopCheck,
+    never_stop,
+    no_checkpoints,
+    no_events,
+)
 from squeezer.core.graph import with_channels
 from squeezer.core.intake.data import Dataset, check_compatible, load_dataset, normalize
 from squeezer.core.intake.models import LoadedModel, load_model, save_model_dir
@@ -42,20 +50,10 @@ from squeezer.core.measure import (
     score_predictions,
 )
 from squeezer.core.measure.runtime import onnx_binary_threshold, onnx_latency_ms, onnx_predictions
-from squeezer.core.methods.auto import compress_auto
-from squeezer.core.methods.filter import compress_filter
-from squeezer.core.methods.group import compress_group
-from squeezer.core.methods.int8 import compress_int8
-from squeezer.core.methods.lwct import compress_lwct, prunable_layers
+from squeezer.core.methods.lwct import prunable_layers
+from squeezer.core.methods.registry import MethodName, method
 from squeezer.core.methods.results import ChannelLayerState, LayerState, MethodResult
 
-METHODS: dict[str, Callable] = {
-    "lwct": compress_lwct,
-    "filter": compress_filter,
-    "group": compress_group,
-    "auto": compress_auto,
-    "int8": compress_int8,
-}
 # The report's figures are measured on CPU whatever device trained the model: CUDA kernels (TF32, other reduction
 # orders) can flip near-tied predictions, and `squeezer evaluate` on any CPU must reproduce the reported accuracy.
 REPORT_DEVICE = "cpu"
@@ -211,6 +209,7 @@ def compress_files(
     on_event: EventCallback = no_events,
     should_stop: StopCheck = never_stop,
     checkpoint_dir: Path | None = None,
+    on_checkpoint: CheckpointCallback = no_checkpoints,
 ) -> dict:
     """Compresses `model` on `data` under `config` and writes model.sqz, model/, model.onnx and report.json to
     `out_dir`. Returns the report. Raises InputError subclasses for unusable inputs, Cancelled when stopped.
@@ -224,7 +223,7 @@ def compress_files(
     finishing = guard.essential()  # what the report needs: the baseline's figures and the results'
     torch.manual_seed(config.seed)
     inputs = _load_inputs(model, data, config, finishing, on_event)
-    result = _run_method(inputs, config, guard, on_event, checkpoint_dir)
+    result = _run_method(inputs, config, guard, on_event, checkpoint_dir, on_checkpoint)
     on_event(Event(stage="export", fraction=_METHOD_END, message="writing model.sqz, model/ and model.onnx"))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -255,15 +254,26 @@ def _load_inputs(
 
 
 def _run_method(
-    inputs: _Inputs, config: CompressConfig, guard: Guard, on_event: EventCallback, checkpoint_dir: Path | None
+    inputs: _Inputs,
+    config: CompressConfig,
+    guard: Guard,
+    on_event: EventCallback,
+    checkpoint_dir: Path | None,
+    on_checkpoint: CheckpointCallback,
 ) -> MethodResult:
     """The configured method, its progress mapped onto the method's share of the job's bar."""
 
     def method_event(event: Event) -> None:
         on_event(dataclasses.replace(event, fraction=_METHOD_START + (_METHOD_END - _METHOD_START) * event.fraction))
 
-    return METHODS[config.method](
-        inputs.model, inputs.prepared, config, on_event=method_event, should_stop=guard, checkpoint_dir=checkpoint_dir
+    return method(config.method).run(
+        inputs.model,
+        inputs.prepared,
+        config,
+        on_event=method_event,
+        should_stop=guard,
+        checkpoint_dir=checkpoint_dir,
+        on_checkpoint=on_checkpoint,
     )
 
 
@@ -347,7 +357,9 @@ def _report(
     """The report's figures and how they were obtained, validated as the served document."""
     target, baseline, compressed = config.target, inputs.baseline, outputs.compressed
     method_only = (
-        {"objective": config.auto.objective, "candidates": result.candidates} if config.method == "auto" else {}
+        {"objective": config.auto.objective, "candidates": result.candidates}
+        if config.method == MethodName.AUTO
+        else {}
     )
     extras = {
         "task": config.task,

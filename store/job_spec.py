@@ -103,7 +103,7 @@ class JobSpec(_Strict):
 
     model: ModelArtifactRef | WeightsArtifactRef
     dataset: DatasetArtifactRef | SampleDataset
-    method: MethodName = "lwct"
+    method: MethodName = MethodName.LWCT
     accuracy_target: AccuracyTarget = Field(default_factory=AccuracyTarget)
     options: JobOptions = Field(default_factory=JobOptions)
     metadata: Annotated[dict[str, Any], _at_most_bytes(MAX_METADATA_BYTES)] = Field(

@@ -2,8 +2,9 @@
 job's hooks, tells it to stop, and ends its whole process tree when it does not.
 
 The child is untrusted once it has parsed an upload, so everything it sends is read with bounds: a line longer than
-MAX_LINE_BYTES, more than MAX_EVENTS events (or MAX_EVENTS_PER_S in one second), or a line that is not one of the
-protocol's messages ends the run as failed with `engine_protocol_error`; none of it can crash the worker. Outcomes:
+MAX_LINE_BYTES, more than MAX_EVENTS events and checkpoints (or MAX_EVENTS_PER_S in one second), or a line that is not
+one of the protocol's messages ends the run as failed with `engine_protocol_error`; none of it can crash the worker.
+A checkpoint message goes to the run's on_checkpoint hook and is acknowledged once that returns. Outcomes:
 - the child's last line: a result (returned), an engine error (raised as a SqueezerError with its code), cancelled;
 - out of memory (its exit status, or a SIGKILL/SIGSEGV/SIGABRT/SIGBUS it did not get from us): `out_of_memory`;
 - a stop asked and not obeyed within STOP_GRACE_S: killed, Cancelled;
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from squeezer.core.errors import Cancelled, SqueezerError
-from squeezer.core.events import Event
+from squeezer.core.events import CheckpointCallback, Event, no_checkpoints
 from squeezer.core.jail import Spare, hand_over, kill_tree
 from squeezer.core.jail_entry import OUT_OF_MEMORY_EXIT
 
@@ -64,6 +65,8 @@ class EngineRun:
     spare: Spare
     on_event: Callable[[Event], None]
     should_stop: Callable[[], bool]
+    # Keeps a checkpoint the child wrote in its folder; the child waits for it.
+    on_checkpoint: CheckpointCallback = no_checkpoints
     # Seconds after which the child is killed (the job's time limit plus time for loading and export); None: never.
     deadline_s: float | None = None
     # Seconds a child asked to stop has before it is killed.
@@ -132,10 +135,11 @@ class _Supervisor:
             message = _parse(line)
             if message["type"] == "event":
                 self._count()
-                event = _event(message)
-                self.run.on_event(event)
-                if event.stage == "checkpoint":
-                    self._order(b"ack\n")
+                self.run.on_event(_event(message))
+            elif message["type"] == "checkpoint":
+                self._count()
+                self.run.on_checkpoint()
+                self._order(b"ack\n")
             else:
                 final = message
         return final
@@ -176,7 +180,7 @@ def _parse(line: bytes) -> dict:
         message = json.loads(line)
     except ValueError:
         raise EngineProtocolError("the engine sent a line that is not JSON") from None
-    kinds = {"event", "result", "error", "cancelled", "crash"}
+    kinds = {"event", "checkpoint", "result", "error", "cancelled", "crash"}
     if not isinstance(message, dict) or message.get("type") not in kinds:
         raise EngineProtocolError("the engine sent a message of no known type")
     return message

@@ -12,23 +12,21 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import get_args
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from squeezer.core.config import MethodName
+from squeezer.core.events import EventStage
+from squeezer.core.methods.registry import MethodName
 
 log = logging.getLogger(__name__)
 
-METHODS = frozenset(get_args(MethodName))
-# The phases an engine reports (core.events.Event); "step" and "checkpoint" happen within a phase, not as one.
-STAGES = frozenset(
-    ("intake", "resume", "baseline", "importance", "prune", "tighten", "grid", "rank", "train", "sparse", "finetune")
-    + ("int8", "filter", "group", "export", "done")
-)
-WITHIN_STAGE = frozenset(("step", "checkpoint"))
+METHODS = frozenset(MethodName)
+# The phases an engine reports (core.events.Event): its stages and auto's skipped methods; a step and a checkpoint
+# happen within a phase, not as one.
+WITHIN_STAGE = frozenset((EventStage.STEP, EventStage.CHECKPOINT))
+STAGES = (frozenset(EventStage) | frozenset(MethodName)) - WITHIN_STAGE
 # Jobs take from seconds (int8 on a small model) to a day.
 JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
 

@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from squeezer.core.config import CompressConfig
 from squeezer.core.errors import Cancelled, SqueezerError, redact_paths
-from squeezer.core.events import Event
+from squeezer.core.events import Event, EventStage
 from squeezer.core.intake.archives import safe_extract
 from squeezer.core.jail import Spare
 from squeezer.store.artifacts import delete_artifact, export_artifact_to, store_file
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 # Events are written at most this often, except those a client must never miss.
 EVENT_INTERVAL_S = 0.5
-ALWAYS_RECORDED_STAGES = {"step", "checkpoint", "done"}
+ALWAYS_RECORDED_STAGES = {EventStage.STEP, EventStage.CHECKPOINT, EventStage.DONE}
 # How often the engine's stop check asks the database (cancel requested? still our job?).
 STOP_CHECK_INTERVAL_S = 1.0
 # A job's engine is ended when it runs this long past its time limit: the engine stops itself well within it (its own
@@ -150,7 +150,7 @@ def _compress(job: Job, ctx: WorkerContext, monitor: "JobMonitor", engine: Spare
     if job.checkpoint_artifact_id and _restore_checkpoint(ctx, job.checkpoint_artifact_id, workdir, checkpoint_dir):
         monitor.on_event(
             Event(
-                stage="resume",
+                stage=EventStage.RESUME,
                 fraction=0.0,
                 message=f"Attempt {job.attempts} resumes from the previous attempt's last checkpoint.",
             )
@@ -160,6 +160,7 @@ def _compress(job: Job, ctx: WorkerContext, monitor: "JobMonitor", engine: Spare
         engine,
         on_event=monitor.on_event,
         should_stop=monitor.should_stop,
+        on_checkpoint=monitor.on_checkpoint,
         deadline_s=None if config.time_limit_s is None else config.time_limit_s + OVERTIME_ALLOWANCE_S,
     )
     payload = {
@@ -326,8 +327,6 @@ class JobMonitor:
             with self.ctx.session_factory() as session:
                 record_event(session, self.job.id, event)
                 update_progress(session, self.job.id, self.progress)
-            if event.stage == "checkpoint":
-                self._save_checkpoint()
         except SQLAlchemyError:
             # Losing a progress report (database restarting) must not cost the job; the final status is retried
             # by the reaper if the database is still away when the job ends.
@@ -339,12 +338,20 @@ class JobMonitor:
         self.progress["stage"] = event.stage
         self.progress["fraction"] = max(self.progress["fraction"], min(max(float(event.fraction), 0.0), 1.0))
         data = event.data
-        if event.stage == "step" and data.get("accepted"):
+        if event.stage == EventStage.STEP and data.get("accepted"):
             ratio = data.get("compression_ratio")
             best = self.progress["best_compression_ratio"]
             if ratio is not None and (best is None or ratio >= best):
                 self.progress["best_compression_ratio"] = ratio
                 self.progress["best_accuracy"] = data.get("accuracy")
+
+    def on_checkpoint(self) -> None:
+        """The engine wrote a checkpoint: it becomes the job's checkpoint artifact before the engine goes on. A
+        database away loses this checkpoint, not the job: the next one is kept."""
+        try:
+            self._save_checkpoint()
+        except SQLAlchemyError:
+            log.exception("job %s: could not keep a checkpoint", self.job.id)
 
     def _save_checkpoint(self) -> None:
         """Zips the checkpoint folder into an artifact, points the job at it and drops the previous one."""

@@ -17,32 +17,33 @@ shared by the stages still to run; once it has run out, the stages not yet start
 
 import dataclasses
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Unpack, cast
 
 from squeezer.core.artifacts.onnx_export import export_onnx
 from squeezer.core.artifacts.sqz import pack_sqz
-from squeezer.core.config import AccuracyTarget, CompressConfig
+from squeezer.core.config import AccuracyTarget, CompressConfig, DropType
 from squeezer.core.errors import UnsupportedLayerError
 from squeezer.core.events import Event, EventCallback, Guard
 from squeezer.core.graph import with_channels
+from squeezer.core.intake.models import LoadedModel
 from squeezer.core.measure import float32_bytes
 from squeezer.core.measure.runtime import onnx_latency_ms
-from squeezer.core.methods.filter import compress_filter
-from squeezer.core.methods.group import compress_group
 from squeezer.core.methods.harness import MethodHooks, MethodRun
-from squeezer.core.methods.int8 import compress_int8
-from squeezer.core.methods.lwct import compress_lwct
+from squeezer.core.methods.registry import Method, MethodName, method
 from squeezer.core.methods.results import ChannelLayerState, LayerState, MethodResult, Trial
 
-STAGES: dict[str, Callable[..., MethodResult]] = {
-    "filter": compress_filter,
-    "group": compress_group,
-    "lwct": compress_lwct,
-    "int8": compress_int8,
-}
+# The methods auto runs, from its registration: the structural ones the job names, then lwct, then int8.
+STAGES: dict[MethodName, Method] = {name: method(name) for name in method(MethodName.AUTO).combines}
 LATENCY_BATCH = 32  # the batch the latency objective ranks by
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stage:
+    label: str  # what its events, trials and checkpoint folder are named by ("lwct-alone" for lwct on the original)
+    method: Method
+    allowed: float  # its budget in absolute points below the original baseline
+    fresh: bool  # it starts from the original model instead of the previous stage's result
 
 
 @dataclasses.dataclass
@@ -54,121 +55,138 @@ class _Outcome:
     latency_ms: float  # of its model.onnx in onnxruntime at LATENCY_BATCH, CPU, one thread
 
 
+@dataclasses.dataclass
+class _Chain:
+    """What the stages run so far left: the latest channel-removed model, its rows, the candidates and the trials."""
+
+    current: LoadedModel
+    channel_rows: list[list[ChannelLayerState]] = dataclasses.field(default_factory=list)
+    outcomes: list[_Outcome] = dataclasses.field(default_factory=list)
+    trials: list[Trial] = dataclasses.field(default_factory=list)
+
+
 def compress_auto(model, data, config: CompressConfig, **hooks: Unpack[MethodHooks]) -> MethodResult:
     """Compress `model` on `data` under `config.target`; see the module docstring. Each stage checkpoints under
     `checkpoint_dir`/<stage>: after a restart, finished stages replay from their checkpoints (no training) and the
     interrupted one resumes from its last."""
-    run = MethodRun(model, data, config, None, name="auto", **hooks)
+    run = MethodRun(model, data, config, None, name=MethodName.AUTO, **hooks)
     baseline, allowed = run.measure_baseline(announce=False)  # the stages announce their own
-    # (label, method, allowed drop, whether the stage starts from the original model instead of the previous result)
-    plan: list[tuple[str, str, float, bool]] = [
-        (name, name, allowed * config.auto.structural_share, False) for name in config.auto.structural
-    ]
-    plan += [("lwct", "lwct", allowed, False)]
-    if config.auto.compare_lwct_alone:
-        plan += [("lwct-alone", "lwct", allowed, True)]
-    if config.auto.int8:
-        plan += [("int8", "int8", allowed, False)]
-    current = model
-    outcomes: list[_Outcome] = []
-    channel_rows: list[list[ChannelLayerState]] = []
-    trials: list[Trial] = []
-    for index, (label, name, stage_allowed, fresh) in enumerate(plan):
-        if outcomes and run.guard.overtime():  # the stages run so far hold the best state
+    plan = _plan(config, allowed)
+    chain = _Chain(current=model)
+    for index, stage in enumerate(plan):
+        if chain.outcomes and run.guard.overtime():  # the stages run so far hold the best state
             run.stopped_early = "time_limit"
-            message = f"time limit reached: {label} and the stages after it skipped"
-            run.emit(name, index / len(plan), message, severity="warning")
+            message = f"time limit reached: {stage.label} and the stages after it skipped"
+            run.emit(stage.method.name, index / len(plan), message, severity="warning")
             break
-        source, rows = (model, []) if fresh else (current, channel_rows)
-        start = run.evaluate(source.module, essential=True)
-        # The time limit is shared evenly by the stages still to run: time a stage leaves goes to the later ones.
-        seconds_left = run.guard.seconds_left()
-        stage_config = config.model_copy(
-            update={
-                "method": name,
-                "target": AccuracyTarget(
-                    max_drop=min(100.0, max(0.0, stage_allowed - (baseline - start))),
-                    drop_type="absolute",
-                    metric=config.target.metric,
-                ),
-                "time_limit_s": None if seconds_left is None else max(1e-3, seconds_left / (len(plan) - index)),
-            }
-        )
-        try:
-            result = STAGES[name](
-                source,
-                data,
-                stage_config,
-                should_stop=run.guard,  # the stage's own time limit ends at auto's deadline at the latest
-                on_event=_stage_events(run.on_event, label, index, len(plan)),
-                checkpoint_dir=run.checkpoint_dir / label if run.checkpoint_dir else None,
-            )
-        except UnsupportedLayerError as error:
-            if name == "lwct":
-                raise
-            run.on_event(
-                Event(
-                    stage=name,
-                    fraction=(index + 1) / len(plan),
-                    level="warning",
-                    message=f"{name} skipped: {error.message}",
-                )
-            )
-            continue
-        scale = run.original_bytes / float32_bytes(source.module)  # the stage's ratios count from its own input
-        trials += [
-            dataclasses.replace(
-                t, step=len(trials) + i + 1, stage=f"{label}:{t.stage}", compression_ratio=t.compression_ratio * scale
-            )
-            for i, t in enumerate(result.trials)
-        ]
-        if name in ("filter", "group"):
-            rows = [*rows, cast(list[ChannelLayerState], result.layers)]  # filter and group report channel rows
-            channel_rows, current = rows, with_channels(current, result.module)
-        if name == "int8" and result.onnx is None:
-            continue  # outside the budget: the float model it started from is already a candidate
-        packed = len(result.onnx) if result.onnx else len(pack_sqz(with_channels(source, result.module), result.layers))
-        latency = _latency(with_channels(source, result.module), result.onnx, run.guard.essential())
-        outcomes.append(_Outcome(label, result, rows, packed, latency))
+        _run_stage(run, chain, plan, index, baseline)
+    return _chosen(run, chain, baseline)
 
-    within = [o for o in outcomes if run.within(o.result.accuracy)]
-    baseline_latency = _latency(model, None, run.guard.essential())
+
+def _plan(config: CompressConfig, allowed: float) -> list[_Stage]:
+    """The structural stages the job names on their share of the budget, lwct on the whole, then the optional ones."""
+    plan = [
+        _Stage(name, STAGES[name], allowed * config.auto.structural_share, False) for name in config.auto.structural
+    ]
+    plan.append(_Stage(MethodName.LWCT, STAGES[MethodName.LWCT], allowed, False))
+    if config.auto.compare_lwct_alone:
+        plan.append(_Stage("lwct-alone", STAGES[MethodName.LWCT], allowed, True))
+    if config.auto.int8:
+        plan.append(_Stage(MethodName.INT8, STAGES[MethodName.INT8], allowed, False))
+    return plan
+
+
+def _run_stage(run: MethodRun, chain: _Chain, plan: list[_Stage], index: int, baseline: float) -> None:
+    """Runs `plan[index]` on its source and adds its trials and, unless it has no deployable result, its candidate."""
+    stage = plan[index]
+    source, rows = (run.model, []) if stage.fresh else (chain.current, chain.channel_rows)
+    try:
+        result = stage.method.run(
+            source,
+            run.data,
+            _stage_config(run, stage, source, baseline, stages_left=len(plan) - index),
+            should_stop=run.guard,  # the stage's own time limit ends at auto's deadline at the latest
+            on_event=_stage_events(run.on_event, stage.label, index, len(plan)),
+            checkpoint_dir=run.checkpoint_dir / stage.label if run.checkpoint_dir else None,
+            on_checkpoint=run.on_checkpoint,
+        )
+    except UnsupportedLayerError as error:
+        if stage.method.name == MethodName.LWCT:
+            raise
+        message = f"{stage.method.name} skipped: {error.message}"
+        run.emit(stage.method.name, (index + 1) / len(plan), message, severity="warning")
+        return
+    scale = run.original_bytes / float32_bytes(source.module)  # the stage's ratios count from its own input
+    chain.trials += [
+        dataclasses.replace(
+            t,
+            step=len(chain.trials) + i + 1,
+            stage=f"{stage.label}:{t.stage}",
+            compression_ratio=t.compression_ratio * scale,
+        )
+        for i, t in enumerate(result.trials)
+    ]
+    if stage.method.structural:
+        rows = [*rows, cast(list[ChannelLayerState], result.layers)]  # structural methods report channel rows
+        chain.channel_rows, chain.current = rows, with_channels(chain.current, result.module)
+    if stage.method.name == MethodName.INT8 and result.onnx is None:
+        return  # outside the budget: the float model it started from is already a candidate
+    packed = len(result.onnx) if result.onnx else len(pack_sqz(with_channels(source, result.module), result.layers))
+    latency = _latency(with_channels(source, result.module), result.onnx, run.guard.essential())
+    chain.outcomes.append(_Outcome(stage.label, result, rows, packed, latency))
+
+
+def _stage_config(run: MethodRun, stage: _Stage, source, baseline: float, *, stages_left: int) -> CompressConfig:
+    """The job's config for one stage: its method, its budget against the original baseline (from the score of the
+    model it starts from) and an even share of the time left."""
+    start = run.evaluate(source.module, essential=True)
+    seconds_left = run.guard.seconds_left()  # time a stage leaves goes to the later ones
+    target = AccuracyTarget(
+        max_drop=min(100.0, max(0.0, stage.allowed - (baseline - start))),
+        drop_type=DropType.ABSOLUTE,
+        metric=run.config.target.metric,
+    )
+    time_limit_s = None if seconds_left is None else max(1e-3, seconds_left / stages_left)
+    return run.config.model_copy(update={"method": stage.method.name, "target": target, "time_limit_s": time_limit_s})
+
+
+def _chosen(run: MethodRun, chain: _Chain, baseline: float) -> MethodResult:
+    """The candidate best by the objective among those within the budget (else the most accurate), with every
+    candidate and the baseline listed for the report."""
+    within = [o for o in chain.outcomes if run.within(o.result.accuracy)]
+    baseline_latency = _latency(run.model, None, run.guard.essential())
     rank = {
         "size": lambda o: o.packed_bytes,
         "latency": lambda o: o.latency_ms,
         "balanced": lambda o: (o.packed_bytes / run.original_bytes) * (o.latency_ms / baseline_latency),
     }
-    chosen = min(within, key=rank[config.auto.objective]) if within else max(outcomes, key=lambda o: o.result.accuracy)
+    objective = run.config.auto.objective
+    chosen = min(within, key=rank[objective]) if within else max(chain.outcomes, key=lambda o: o.result.accuracy)
     result = chosen.result
-    run.trials = trials
+    run.trials = chain.trials
     if run.guard.overtime():  # a stage that only used up its own share of the time did not stop the job early
         run.stopped_early = run.stopped_early or next(
-            (o.result.stopped_early for o in outcomes if o.result.stopped_early), None
+            (o.result.stopped_early for o in chain.outcomes if o.result.stopped_early), None
         )
     returned = run.result(result.module, merge_layers(chosen.channel_rows, result.layers), result.accuracy)
     returned.onnx = result.onnx
     returned.fine_tuning = result.fine_tuning
+    baseline_row = _Outcome("baseline", result, [], run.original_bytes, baseline_latency)
     returned.candidates = [
-        {
-            "stage": o.stage,
-            "accuracy": o.result.accuracy,
-            "bytes": o.packed_bytes,
-            f"latency_ms_batch{LATENCY_BATCH}": o.latency_ms,
-            "within_budget": run.within(o.result.accuracy),
-            "chosen": o is chosen,
-        }
-        for o in outcomes
-    ] + [
-        {
-            "stage": "baseline",
-            "accuracy": baseline,
-            "bytes": run.original_bytes,
-            f"latency_ms_batch{LATENCY_BATCH}": baseline_latency,
-            "within_budget": True,
-            "chosen": False,
-        }
-    ]
+        _candidate(o, o.result.accuracy, run.within(o.result.accuracy), o is chosen) for o in chain.outcomes
+    ] + [_candidate(baseline_row, baseline, True, False)]
     return returned
+
+
+def _candidate(outcome: _Outcome, accuracy: float, within_budget: bool, chosen: bool) -> dict:
+    return {
+        "stage": outcome.stage,
+        "accuracy": accuracy,
+        "bytes": outcome.packed_bytes,
+        f"latency_ms_batch{LATENCY_BATCH}": outcome.latency_ms,
+        "within_budget": within_budget,
+        "chosen": chosen,
+    }
 
 
 def _latency(model, onnx: bytes | None, guard: Guard) -> float:

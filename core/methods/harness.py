@@ -34,13 +34,16 @@ from torch import nn
 from squeezer.core.checkpoint import load_checkpoint, save_checkpoint
 from squeezer.core.config import CompressConfig, StructuredTraining
 from squeezer.core.events import (
+    CheckpointCallback,
     Event,
     EventCallback,
     EventLevel,
+    EventStage,
     Guard,
     StopCheck,
     TimeLimitReached,
     never_stop,
+    no_checkpoints,
     no_events,
 )
 from squeezer.core.measure import float32_bytes, metric_function, resolve_device
@@ -70,6 +73,7 @@ class MethodHooks(TypedDict, total=False):
     on_event: EventCallback  # progress and trials, as they happen
     should_stop: StopCheck  # polled before every batch: a cancelled job stops at its next one (or the job's Guard)
     checkpoint_dir: Path | None  # where the method saves its state, so that a restarted job resumes
+    on_checkpoint: CheckpointCallback  # called after each checkpoint is written, before the method goes on
 
 
 class MethodRun:
@@ -96,6 +100,7 @@ class MethodRun:
         # the time limit counts from here, and never past the deadline of a job's guard passed as should_stop
         self.guard = Guard.of(hooks.get("should_stop", never_stop), config.time_limit_s)
         self.checkpoint_dir: Path | None = hooks.get("checkpoint_dir")
+        self.on_checkpoint: CheckpointCallback = hooks.get("on_checkpoint", no_checkpoints)
         self.device = resolve_device(config.device)
         self.score = metric_function(config.metric)  # the one metric the budget is measured in
         self.original_bytes = float32_bytes(model.module)
@@ -329,14 +334,15 @@ class MethodRun:
         trials = [dataclasses.asdict(trial) for trial in self.trials]
         meta = {**meta, "trials": trials, "fraction": fraction}
         save_checkpoint(self.checkpoint_dir, self.name, tensors, meta)
-        self.emit("checkpoint", fraction, "checkpoint written")
+        self.emit(EventStage.CHECKPOINT, fraction, "checkpoint written")
+        self.on_checkpoint()
 
     def resume(self) -> tuple[dict[str, torch.Tensor], dict] | None:
         """The last checkpoint's tensors and metadata (its trials restored into this run), or None."""
         saved = load_checkpoint(self.checkpoint_dir, self.name)
         if saved is not None:
             self.trials = [Trial(**trial) for trial in saved[1]["trials"]]
-            self.emit("checkpoint", saved[1]["fraction"], "resumed from checkpoint")
+            self.emit(EventStage.CHECKPOINT, saved[1]["fraction"], "resumed from checkpoint")
         return saved
 
     def result(self, module: nn.Module, layers: Sequence[LayerState], accuracy: float) -> MethodResult:

@@ -105,7 +105,7 @@ def checkpoint(payload: dict, channel: Channel) -> dict:
     folder = Path(payload["checkpoint_dir"])
     (folder / "state.bin").write_bytes(b"state")
     os.symlink(payload["outside"], folder / "stolen")
-    channel.on_event(Event(stage="checkpoint", fraction=0.5))
+    channel.on_checkpoint()
     return {"after_ack": True}
 
 

@@ -126,13 +126,12 @@ def test_a_checkpoint_is_packed_before_the_job_goes_on_and_links_are_left_out(tm
         folder = run.workdir / "checkpoint"
         folder.mkdir()
 
-        def on_event(event: Event) -> None:
-            if event.stage == "checkpoint":
-                with zipfile.ZipFile(_zip_folder(folder, tmp_path / "checkpoint.zip")) as archive:
-                    packed.append(set(archive.namelist()))
-                    assert b"hunter2" not in b"".join(archive.read(name) for name in archive.namelist())
+        def on_checkpoint() -> None:
+            with zipfile.ZipFile(_zip_folder(folder, tmp_path / "checkpoint.zip")) as archive:
+                packed.append(set(archive.namelist()))
+                assert b"hunter2" not in b"".join(archive.read(name) for name in archive.namelist())
 
-        run.on_event = on_event
+        run.on_checkpoint = on_checkpoint
         result = run.run(f"{TARGETS}:checkpoint", {"checkpoint_dir": str(folder), "outside": str(secret)})
     assert result == {"after_ack": True} and packed == [{"state.bin"}]
 

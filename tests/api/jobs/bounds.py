@@ -3,6 +3,7 @@ request bodies: one value just past each bound and one at it. A field with no up
 instead of being skipped."""
 
 import copy
+import enum
 import math
 import types
 import typing
@@ -16,6 +17,7 @@ from pydantic.fields import FieldInfo
 
 from squeezer.api.jobs.schemas import JobCreate
 from squeezer.core.config import Normalization
+from squeezer.core.methods.registry import MethodName
 from squeezer.store.job_spec import (
     MAX_ARCH_ARGS_BYTES,
     MAX_METADATA_BYTES,
@@ -76,6 +78,9 @@ class BoundCase:
             node[name] = copy.deepcopy(SHAPES[shape]) if shape in SHAPES else node.get(name, {})
             node = node[name]
         node[self.path[-1][0]] = value
+        names = [name for name, _ in self.path]
+        if names[0] == "options" and len(names) > 2 and names[1] in set(MethodName):
+            body["method"] = names[1]  # a method's options are refused on a job of another method
         return body
 
 
@@ -152,7 +157,8 @@ def cases_of(path: tuple[Step, ...], annotation: Any, info: FieldInfo) -> list[B
         length = _max_length(constraints)
         assert length is not None, f"{path} has no maximum length"
         item, item_constraints = _item_constraints(annotation)
-        valid = _valid_item(item, item_constraints)
+        default = info.get_default(call_default_factory=True)
+        valid = default[0] if _is_enum(item) else _valid_item(item, item_constraints)  # an enum's: the default's
         cases = [BoundCase(path, "max_length", str(length), [valid] * (length + 1), [valid] * length)]
         if (upper := _upper(item_constraints)) is not None:
             over, at = _past(upper[0], item is int, upper[1])
@@ -164,8 +170,14 @@ def cases_of(path: tuple[Step, ...], annotation: Any, info: FieldInfo) -> list[B
         limit, overhead = JSON_SIZE_BOUNDS[names], json_size({"k": ""})
         over, at = {"k": "x" * (limit - overhead + 1)}, {"k": "x" * (limit - overhead)}
         return [BoundCase(path, "json_bytes", f"{limit:,}", over, at)]
-    assert annotation is bool or origin is typing.Literal, f"{path}: {annotation} is not known to be bounded"
+    assert annotation is bool or origin is typing.Literal or _is_enum(annotation), (
+        f"{path}: {annotation} is not known to be bounded"
+    )
     return []
+
+
+def _is_enum(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, enum.Enum)
 
 
 CASES = [case for path, annotation, info in fields(JobCreate) for case in cases_of(path, annotation, info)]
