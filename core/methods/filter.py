@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from squeezer.core.checkpoint import prefixed, unprefixed
-from squeezer.core.config import CompressConfig
+from squeezer.core.config import CompressConfig, FilterConfig
 from squeezer.core.graph import ChannelGraph, mask_consumers, shrink
 from squeezer.core.graph.dependency import TRANSPOSED, affine_parameters, producer
 from squeezer.core.methods.harness import BASELINE_DONE, FINETUNE_SEED_OFFSET, MethodHooks, progress
+from squeezer.core.methods.level_search import LevelSearch, arithmetic_midpoint
 from squeezer.core.methods.results import MethodResult
-from squeezer.core.methods.structured import StructuredRun, arithmetic_midpoint, keep_one_per_group, search_levels
+from squeezer.core.methods.structured import StructuredRun, keep_one_per_group
 from squeezer.core.train import current_lr
 
 # Progress: importance learning runs from the baseline to here; the level search takes the rest of the bar.
@@ -152,89 +153,98 @@ def learn_importance(
     return combined_order(run.graph, scores), folded, accuracy
 
 
+class _FilterSearch(LevelSearch):
+    """Filter's levels: the share of channel classes removed, least important first (`order`), from the best state
+    so far, each level fine-tuned with its channels masked before they are removed."""
+
+    def __init__(self, run: StructuredRun, settings: FilterConfig, seed: int, baseline: float):
+        super().__init__(
+            run, settings.levels, settings.refinements, arithmetic_midpoint, start=_IMPORTANCE_DONE, baseline=baseline
+        )
+        self.settings, self.seed = settings, seed
+        self.order: list[int] = []
+        self.start_module = run.base  # what levels are removed from: the baseline, or its gated copy folded
+        self.best_state = run.base.state_dict()
+
+    def prepare(self) -> None:
+        """The removal order and the starting point: a resumed run's from its checkpoint, else learned and saved."""
+        resumed = self.run.resume()
+        if resumed is None:
+            self.order, folded, self.best_accuracy = learn_importance(
+                self.run, self.settings, self.seed, self.best_accuracy
+            )
+            if folded is not None:
+                self.start_module, self.best_state = folded, copy.deepcopy(folded.state_dict())
+            self.save(_IMPORTANCE_DONE)
+            return
+        tensors, meta = resumed
+        self.restore(meta)
+        self.order = meta["order"]
+        if folded_state := unprefixed("start", tensors):
+            self.start_module = copy.deepcopy(self.run.base)
+            self.start_module.load_state_dict(folded_state)
+        self.best_state = unprefixed("best", tensors)
+
+    def removal(self, level: float) -> set[int]:
+        return keep_one_per_group(self.run.graph, self.order, round(level * len(self.order)))
+
+    def changes_nothing(self, level: float) -> bool:
+        return self.removal(level) <= self.best_removed
+
+    def try_level(self, level: float, index: int, fraction: float) -> bool:
+        run, removed = self.run, self.removal(level)
+        working = self.best_full_width()
+        handles = mask_consumers(working, run.graph, removed)
+        run.emit(
+            "prune", fraction, f"removing {len(removed)} of {len(self.order)} channels (level {level:.3f})", level=level
+        )
+        run.train(working, self.settings.epochs_per_step, self.seed + FINETUNE_SEED_OFFSET + index, "prune", fraction)
+        accuracy = run.evaluate(working)
+        for handle in handles:
+            handle.remove()
+        within = run.within(accuracy)
+        run.record_shrunk(
+            "prune", shrink(copy.deepcopy(working), run.graph, removed), len(removed), accuracy, within, fraction, level
+        )
+        if within:
+            self.best_state, self.best_removed, self.best_accuracy = (
+                copy.deepcopy(working.state_dict()),
+                removed,
+                accuracy,
+            )
+        return within
+
+    def best_full_width(self) -> nn.Module:
+        """A copy of the best state so far with every channel still in place (removal is physical only at the end)."""
+        module = copy.deepcopy(self.start_module)
+        module.load_state_dict(self.best_state)
+        return module
+
+    def best_tensors(self) -> dict[str, torch.Tensor]:
+        folded_start = (
+            prefixed("start", self.start_module.state_dict()) if self.start_module is not self.run.base else {}
+        )
+        return prefixed("best", self.best_state) | folded_start
+
+    def checkpoint_meta(self) -> dict:
+        return {"order": self.order}
+
+
 def compress_filter(model, data, config: CompressConfig, **hooks: Unpack[MethodHooks]) -> MethodResult:
     """Compress `model` on `data` under `config.target`; see the module docstring and docs/METHODS.md §2. With a
     `checkpoint_dir`, the learned order and the best state are saved after every level tried, and a rerun resumes
     there: the levels already tried are replayed from their recorded outcomes, not trained again."""
-    settings = config.filter
-    run = StructuredRun(model, data, config, settings, "filter", **hooks)
-    graph = run.graph
+    run = StructuredRun(model, data, config, config.filter, "filter", **hooks)
     baseline, _ = run.measure_baseline()
-    start, best_state, best_removed, best_accuracy = run.base, run.base.state_dict(), set(), baseline
-    outcomes: list[bool] = []  # whether each level attempt so far stayed within the budget
+    search = _FilterSearch(run, config.filter, config.seed, baseline)
     with run.time_limited("prune"):
-        if graph.removable():
-            resumed = run.resume()
-            if resumed:
-                tensors, meta = resumed
-                order, outcomes, best_removed, best_accuracy = (
-                    meta["order"],
-                    meta["outcomes"],
-                    set(meta["removed"]),
-                    meta["accuracy"],
-                )
-                if folded_state := unprefixed("start", tensors):
-                    start = copy.deepcopy(run.base)
-                    start.load_state_dict(folded_state)
-                best_state = unprefixed("best", tensors)
-            else:
-                order, folded, best_accuracy = learn_importance(run, settings, config.seed, baseline)
-                if folded is not None:
-                    start, best_state = folded, copy.deepcopy(folded.state_dict())
-            attempts = len(settings.levels) + settings.refinements
-
-            def checkpoint(fraction: float) -> None:
-                folded_start = prefixed("start", start.state_dict()) if start is not run.base else {}
-                run.save(
-                    prefixed("best", best_state) | folded_start,
-                    {"order": order, "outcomes": outcomes, "removed": sorted(best_removed), "accuracy": best_accuracy},
-                    fraction,
-                )
-
-            if not resumed:
-                checkpoint(_IMPORTANCE_DONE)
-
-            def attempt(level: float, index: int) -> bool:
-                """Removes the `level` share of channels from the best state so far and fine-tunes it."""
-                nonlocal best_state, best_removed, best_accuracy
-                if index <= len(outcomes):
-                    return outcomes[index - 1]  # tried before the restart
-                fraction = progress(_IMPORTANCE_DONE, 1.0, index, attempts)
-                removed = keep_one_per_group(graph, order, round(level * len(order)))
-                if removed <= best_removed:
-                    outcomes.append(True)  # nothing more to remove at this level
-                    return True
-                working = copy.deepcopy(start)
-                working.load_state_dict(best_state)
-                handles = mask_consumers(working, graph, removed)
-                run.emit(
-                    "prune",
-                    fraction,
-                    f"removing {len(removed)} of {len(order)} channels (level {level:.3f})",
-                    level=level,
-                )
-                run.train(
-                    working, settings.epochs_per_step, config.seed + FINETUNE_SEED_OFFSET + index, "prune", fraction
-                )
-                accuracy = run.evaluate(working)
-                for handle in handles:
-                    handle.remove()
-                within = run.within(accuracy)
-                shrunk = shrink(copy.deepcopy(working), graph, removed)
-                run.record_shrunk("prune", shrunk, len(removed), accuracy, within, fraction, level)
-                if within:
-                    best_state, best_removed, best_accuracy = copy.deepcopy(working.state_dict()), removed, accuracy
-                outcomes.append(within)
-                checkpoint(fraction)
-                return within
-
-            search_levels(settings.levels, attempt, settings.refinements, arithmetic_midpoint)
-    final = copy.deepcopy(start)
-    final.load_state_dict(best_state)
-    shrunk = shrink(final, graph, best_removed).eval()
+        if run.graph.removable():
+            search.prepare()
+            search.search()
+    shrunk = shrink(search.best_full_width(), run.graph, search.best_removed).eval()
     layers = run.layer_states(
         shrunk,
         "removed its least important channels (learned importance weights)",
         "kept: its channels scored above the removal level",
     )
-    return run.result(shrunk, layers, best_accuracy)
+    return run.result(shrunk, layers, search.best_accuracy)

@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from squeezer.core.checkpoint import prefixed, unprefixed
-from squeezer.core.config import CompressConfig
+from squeezer.core.config import CompressConfig, GroupConfig
 from squeezer.core.graph import ChannelGraph, fold_constants, shrink
 from squeezer.core.graph.dependency import TRANSPOSED, affine_parameters, producer
-from squeezer.core.methods.harness import BASELINE_DONE, FINETUNE_SEED_OFFSET, MethodHooks, progress
+from squeezer.core.methods.harness import BASELINE_DONE, FINETUNE_SEED_OFFSET, MethodHooks
+from squeezer.core.methods.level_search import LevelSearch, geometric_midpoint
 from squeezer.core.methods.results import MethodResult
-from squeezer.core.methods.structured import StructuredRun, geometric_midpoint, keep_one_per_group, search_levels
+from squeezer.core.methods.structured import StructuredRun, keep_one_per_group
 from squeezer.core.train import current_lr
 
 # Training samples run through the model to measure each zeroed neuron's output, and to check that it is constant,
@@ -96,67 +97,71 @@ def remove_zeroed(
     return shrink(module, graph, removed), removed
 
 
-def compress_group(model, data, config: CompressConfig, **hooks: Unpack[MethodHooks]) -> MethodResult:
-    """Compress `model` on `data` under `config.target`; see the module docstring and docs/METHODS.md §3. With a
-    `checkpoint_dir`, the best model and the outcome of every λ are saved after each λ tried, and a rerun resumes
-    there, replaying the λs already tried."""
-    settings = config.group
-    run = StructuredRun(model, data, config, settings, "group", **hooks)
-    graph = run.graph
-    baseline, _ = run.measure_baseline()
-    best, best_removed, best_accuracy = run.base, set(), baseline
-    outcomes: list[bool] = []  # whether each λ tried so far stayed within the budget
-    resumed = run.resume()
-    if resumed:
-        tensors, meta = resumed
-        outcomes, best_removed, best_accuracy = meta["outcomes"], set(meta["removed"]), meta["accuracy"]
-        if best_state := unprefixed("best", tensors):  # none while the baseline is still the best
-            best = shrink(copy.deepcopy(run.base), graph, best_removed)
-            best.load_state_dict(best_state)
-    sample = data.x_train[:_FOLD_SAMPLES]
-    attempts = len(settings.penalties) + settings.refinements
+class _PenaltySearch(LevelSearch):
+    """Group's levels: the weight λ of a group-sparse training of the baseline, whose zeroed groups are then removed
+    and the rest fine-tuned; the best model so far is kept shrunk."""
 
-    def attempt(penalty: float, index: int) -> bool:
+    def __init__(self, run: StructuredRun, settings: GroupConfig, seed: int, baseline: float):
+        super().__init__(
+            run, settings.penalties, settings.refinements, geometric_midpoint, start=BASELINE_DONE, baseline=baseline
+        )
+        self.settings, self.seed = settings, seed
+        self.best = run.base
+        self.sample = run.data.x_train[:_FOLD_SAMPLES]
+
+    def resume(self) -> None:
+        resumed = self.run.resume()
+        if resumed is None:
+            return
+        tensors, meta = resumed
+        self.restore(meta)
+        if best_state := unprefixed("best", tensors):  # none while the baseline is still the best
+            self.best = shrink(copy.deepcopy(self.run.base), self.run.graph, self.best_removed)
+            self.best.load_state_dict(best_state)
+
+    def try_level(self, penalty: float, index: int, fraction: float) -> bool:
         """Group-sparse training of the baseline with weight `penalty`, removal of the zeroed groups, fine-tuning."""
-        nonlocal best, best_removed, best_accuracy
-        if index <= len(outcomes):
-            return outcomes[index - 1]  # tried before the restart
-        fraction = progress(BASELINE_DONE, 1.0, index, attempts)
+        run, settings = self.run, self.settings
         working = copy.deepcopy(run.base)
-        lasso = GroupLasso(working, graph)
+        lasso = GroupLasso(working, run.graph)
         run.emit("sparse", fraction, f"group-sparse training with λ={penalty:.3g}", penalty=penalty)
         run.train(
             working,
             settings.sparse_epochs,
-            config.seed + index,
+            self.seed + index,
             "sparse",
             fraction,
             after_step=lambda optimizer: lasso.proximal_step(optimizer, current_lr(optimizer) * penalty),
         )
-        shrunk, removed = remove_zeroed(working, graph, lasso.zeroed(), sample)
-        run.emit(
-            "finetune", fraction, f"λ={penalty:.3g}: {len(removed)} neurons removed; fine-tuning", removed=len(removed)
-        )
-        run.train(shrunk, settings.epochs_per_step, config.seed + FINETUNE_SEED_OFFSET + index, "finetune", fraction)
+        shrunk, removed = remove_zeroed(working, run.graph, lasso.zeroed(), self.sample)
+        message = f"λ={penalty:.3g}: {len(removed)} neurons removed; fine-tuning"
+        run.emit("finetune", fraction, message, removed=len(removed))
+        run.train(shrunk, settings.epochs_per_step, self.seed + FINETUNE_SEED_OFFSET + index, "finetune", fraction)
         accuracy = run.evaluate(shrunk)
         within = run.within(accuracy)
-        level = len(removed) / len(graph.removable())
+        level = len(removed) / len(run.graph.removable())
         run.record_shrunk(f"group λ={penalty:.3g}", shrunk, len(removed), accuracy, within, fraction, level)
         if within:
-            best, best_removed, best_accuracy = shrunk, removed, accuracy
-        outcomes.append(within)
-        run.save(
-            prefixed("best", best.state_dict()) if best is not run.base else {},
-            {"outcomes": outcomes, "removed": sorted(best_removed), "accuracy": best_accuracy},
-            fraction,
-        )
+            self.best, self.best_removed, self.best_accuracy = shrunk, removed, accuracy
         return within
 
+    def best_tensors(self) -> dict[str, torch.Tensor]:
+        return prefixed("best", self.best.state_dict()) if self.best is not self.run.base else {}
+
+
+def compress_group(model, data, config: CompressConfig, **hooks: Unpack[MethodHooks]) -> MethodResult:
+    """Compress `model` on `data` under `config.target`; see the module docstring and docs/METHODS.md §3. With a
+    `checkpoint_dir`, the best model and the outcome of every λ are saved after each λ tried, and a rerun resumes
+    there, replaying the λs already tried."""
+    run = StructuredRun(model, data, config, config.group, "group", **hooks)
+    baseline, _ = run.measure_baseline()
+    search = _PenaltySearch(run, config.group, config.seed, baseline)
+    search.resume()
     with run.time_limited("sparse"):
-        if graph.removable():
-            search_levels(settings.penalties, attempt, settings.refinements, geometric_midpoint)
-    best = best.cpu().eval()
+        if run.graph.removable():
+            search.search()
+    best = search.best.cpu().eval()
     layers = run.layer_states(
         best, "removed the neurons whose weights the group-lasso penalty zeroed", "kept: no neuron reached zero"
     )
-    return run.result(best, layers, best_accuracy)
+    return run.result(best, layers, search.best_accuracy)

@@ -1,8 +1,6 @@
 """What the channel-removing methods (filter, group) share: the traced channel graph, trials measured on the
-shrunk model, the per-layer report of channels kept and removed, and the search over increasing levels."""
+shrunk model and the per-layer report of channels kept and removed (their level search: core.methods.level_search)."""
 
-import math
-from collections.abc import Callable
 from typing import Unpack
 
 from torch import nn
@@ -106,41 +104,3 @@ def keep_one_per_group(graph: ChannelGraph, order: list[int], count: int) -> set
             left[group_of[root]] -= 1
             removed.add(root)
     return removed
-
-
-def search_levels(
-    levels: list[float],
-    attempt: Callable[[float, int], bool],
-    refinements: int,
-    midpoint: Callable[[float, float], float],
-) -> None:
-    """Tries `levels` in increasing order until one misses the budget, then bisects `refinements` times between the
-    last level within it (0 when none was) and the one that missed. `attempt(level, index)` runs and records one
-    trial and says whether it stayed within the budget; `index` counts attempts, for progress."""
-    low, high, index = 0.0, None, 0
-    for level in sorted(levels):
-        index += 1
-        if not attempt(level, index):
-            high = level
-            break
-        low = level
-    if high is None:
-        return
-    for _ in range(refinements):
-        level = midpoint(low, high)
-        if not low < level < high:
-            return
-        index += 1
-        if attempt(level, index):
-            low = level
-        else:
-            high = level
-
-
-def arithmetic_midpoint(low: float, high: float) -> float:
-    return (low + high) / 2
-
-
-def geometric_midpoint(low: float, high: float) -> float:
-    """For scale parameters such as a penalty weight; from zero, half the upper end."""
-    return math.sqrt(low * high) if low > 0 else high / 2

@@ -7,7 +7,7 @@ from squeezer.core.config import AccuracyTarget, CompressConfig, FilterConfig, G
 from squeezer.core.errors import Cancelled
 from squeezer.core.methods.filter import compress_filter
 from squeezer.core.methods.group import compress_group
-from squeezer.core.methods.structured import arithmetic_midpoint, geometric_midpoint, search_levels
+from squeezer.core.methods.level_search import arithmetic_midpoint, geometric_midpoint, search_levels
 
 
 def _search(levels, edge, refinements, midpoint=arithmetic_midpoint):
