@@ -149,9 +149,11 @@ def choose_blocks(
     score: Callable[[nn.Module], float],
     floor: float,
     saved_ms: dict[str, float] | None = None,
+    enough_ms: float = float("inf"),
 ) -> list[Block]:
     """Blocks removed greedily, cheapest first (least score lost per millisecond saved, or least score lost), each
-    kept out only while the model without every block chosen so far still scores at least `floor`."""
+    kept out only while the model without every block chosen so far still scores at least `floor`; the choice
+    stops once the chosen blocks save `enough_ms` (by `saved_ms`)."""
     import copy
 
     if not blocks:
@@ -165,6 +167,8 @@ def choose_blocks(
 
     chosen: list[Block] = []
     for block in sorted(blocks, key=cost):
+        if saved_ms and sum(saved_ms[b.name] for b in chosen) >= enough_ms:
+            break
         if score(remove_blocks(copy.deepcopy(module), [*chosen, block])) >= floor:
             chosen.append(block)
     return chosen
@@ -184,10 +188,22 @@ def apply_block_removals(module: nn.Module, blocks: object, input_shape: tuple[i
     return remove_blocks(module, [known[name] for name in blocks])
 
 
-def with_blocks_removed(model, module: nn.Module, blocks: list[Block]):
-    """`model` (a LoadedModel) around `module`, recording the removed blocks so saved forms rebuild without them."""
-    if not blocks:
-        return model.with_module(module)
-    args = dict(model.architecture.get("args") or {})
-    args[BLOCKS_ARG] = {**args.get(BLOCKS_ARG, {}), **{block.name: block.without_branch for block in blocks}}
-    return dataclasses.replace(model, module=module, architecture={**model.architecture, "args": args})
+def with_architecture(model, module: nn.Module):
+    """`model` (a LoadedModel) around `module`, a pruned copy of its module, recording the widths that changed and
+    the residual blocks that `module` holds as their replacement, so the saved forms rebuild its shape."""
+    from squeezer.core.graph import with_channels
+
+    recorded = with_channels(model, module)
+    names = dict(module.named_modules())
+    if set(names) >= {name for name, _ in model.module.named_modules()} or model.input_shape is None:
+        return recorded  # nothing was replaced
+    removed = [
+        block
+        for block in residual_blocks(model.module, tuple(model.input_shape))
+        if type(names.get(block.name)) is _REPLACEMENTS[block.without_branch]
+    ]
+    if not removed:
+        return recorded
+    args = dict(recorded.architecture.get("args") or {})
+    args[BLOCKS_ARG] = {**args.get(BLOCKS_ARG, {}), **{block.name: block.without_branch for block in removed}}
+    return dataclasses.replace(recorded, architecture={**recorded.architecture, "args": args})

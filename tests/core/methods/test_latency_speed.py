@@ -1,0 +1,60 @@
+"""The speed plan (issue 28, item 2): blocks by measured sensitivity, then channels against the latency table measured
+in onnxruntime, until the convolutions are predicted the target factor faster; the pruned model saves as a .sqz
+that rebuilds its shape (blocks removed and widths) and computes the same outputs."""
+
+import torch
+
+from squeezer.core.artifacts.sqz import load_sqz, write_sqz
+from squeezer.core.intake.models import LoadedModel
+from squeezer.core.intake.registry import build_architecture
+from squeezer.core.methods.depth import BLOCKS_ARG, with_architecture
+from squeezer.core.methods.latency_table import allowed_counts
+from squeezer.core.methods.speed import plan_for_speed
+
+SHAPE = (3, 32, 32)
+ARCH = {"name": "resnet20", "args": {}}
+
+
+def _resnet20() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_architecture("resnet20", {}).eval()
+
+
+def _agreement(reference: torch.nn.Module):
+    x = torch.randn(64, *SHAPE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = reference(x).argmax(1)
+
+    def score(module: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return 100.0 * float((module.eval()(x).argmax(1) == expected).float().mean())
+
+    return score
+
+
+def test_channels_alone_reach_the_predicted_speedup_at_allowed_counts():
+    module = _resnet20()
+    pruned, graph, plan = plan_for_speed(module, SHAPE, 2.0)
+    assert plan.blocks == [] and plan.removed_channels > 0
+    assert plan.predicted_speedup >= 2.0
+    widths = {name: layer.out_channels for name, layer in pruned.named_modules() if isinstance(layer, torch.nn.Conv2d)}
+    for key, roots in graph.channel_groups().items():
+        assert widths[key] in allowed_counts(len(roots))
+    with torch.no_grad():
+        assert pruned(torch.zeros(1, *SHAPE)).shape == (1, 10)
+
+
+def test_blocks_go_first_within_their_floor_and_the_result_saves_and_reloads(tmp_path):
+    module = _resnet20()
+    score = _agreement(module)
+    pruned, _, plan = plan_for_speed(module, SHAPE, 3.0, score=score, floor=60.0)
+    assert plan.blocks, "no residual block removed"
+    assert plan.predicted_ms[1] < plan.predicted_ms[0]
+    model = LoadedModel.built(module, ARCH, SHAPE, 10)
+    record = with_architecture(model, pruned)
+    assert set(record.architecture["args"][BLOCKS_ARG]) == {block.name for block in plan.blocks}
+    write_sqz(tmp_path / "model.sqz", record, [])
+    reloaded = load_sqz(tmp_path / "model.sqz").module.eval()
+    x = torch.randn(4, *SHAPE)
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), pruned(x))
