@@ -58,10 +58,13 @@ class _Estimate:
         return [name for name, (ins, outs) in self.layers.items() if members & set(ins) or members & set(outs)]
 
 
-def choose_channels(graph: ChannelGraph, table: LatencyTable, scores: dict[int, float], target_ms: float) -> Choice:
+def choose_channels(
+    graph: ChannelGraph, table: LatencyTable, scores: dict[int, float], target_ms: float, min_keep: float = 0.25
+) -> Choice:
     """Removes channel classes until the predicted convolution time is at most `target_ms` or no step saves time.
-    `scores` gives each removable class's importance (comparable across groups); a group always keeps at least its
-    smallest allowed count."""
+    `scores` gives each removable class's importance (comparable across groups); a group always keeps at least the
+    smallest allowed count that holds `min_keep` of its channels (a layer cut to one channel loses what no
+    recovery brings back: six points on LeNet-5)."""
     estimate = _Estimate(graph, table)
     groups = dict(sorted(graph.channel_groups().items()))
     order = {key: sorted(roots, key=lambda r: (scores[r], r)) for key, roots in groups.items()}
@@ -70,7 +73,7 @@ def choose_channels(graph: ChannelGraph, table: LatencyTable, scores: dict[int, 
     removed: set[int] = set()
     before = current = estimate.total(removed)
     while current > target_ms:
-        step = _best_step(estimate, order, kept, touching, removed, scores)
+        step = _best_step(estimate, order, kept, touching, removed, scores, min_keep)
         if step is None:
             break
         key, count, saved = step
@@ -80,12 +83,14 @@ def choose_channels(graph: ChannelGraph, table: LatencyTable, scores: dict[int, 
     return Choice(frozenset(removed), before, estimate.total(removed), kept)
 
 
-def _best_step(estimate, order, kept, touching, removed, scores) -> tuple[str, int, float] | None:
+def _best_step(estimate, order, kept, touching, removed, scores, min_keep) -> tuple[str, int, float] | None:
     """The (group, new kept count, ms saved) with the least importance lost per millisecond saved."""
     best: tuple[float, str, int, float] | None = None
     for key, roots in order.items():
         now = sum(estimate.layer(name, removed) for name in touching[key])
         for count in allowed_counts(len(roots)):
+            if count < min_keep * len(roots):
+                continue
             if count >= kept[key]:
                 break
             dropped = roots[len(roots) - kept[key] : len(roots) - count]

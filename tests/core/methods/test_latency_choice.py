@@ -121,6 +121,9 @@ def test_choice_follows_importance_and_stops_at_the_floor():
     assert (
         choose_channels(graph, table, scores, target).removed != choose_channels(graph, table, flipped, target).removed
     )
-    floor = choose_channels(graph, table, scores, target_ms=0.0)
     groups = graph.channel_groups()
+    floor = choose_channels(graph, table, scores, target_ms=0.0, min_keep=0.0)
     assert all(count == allowed_counts(len(groups[key]))[0] for key, count in floor.kept.items())
+    kept_half = choose_channels(graph, table, scores, target_ms=0.0, min_keep=0.5)
+    for key, count in kept_half.kept.items():
+        assert count == min(c for c in allowed_counts(len(groups[key])) if c >= 0.5 * len(groups[key]))
