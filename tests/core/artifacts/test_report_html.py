@@ -1,10 +1,13 @@
 """report.html in a real headless browser (Debian's chromium through chromedriver): it renders without console
 errors, it is not blank, and every figure it shows is the report.json value its data-key names."""
 
+import copy
 import io
+import itertools
 import json
 import re
 import shutil
+from html.parser import HTMLParser
 
 import pytest
 from PIL import Image
@@ -69,6 +72,41 @@ def test_compress_writes_report_html_beside_report_json(results):
     assert (out / "report.html").read_text(encoding="utf-8") == render_report_html(report)
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "http://" not in page and "https://" not in page and "<script" not in page  # self-contained
+
+
+HOSTILE_NAMES = ["</title><script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "{{ 7 * 7 }}{% raw %}"]
+
+
+class _PageText(HTMLParser):
+    """The page's text and its element names, as a browser's parser sees them."""
+
+    def __init__(self):
+        super().__init__()
+        self.text: list[str] = []
+        self.tags: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_uploaded_names_reach_the_page_as_text(results):
+    """Names from an uploaded model, dataset or option are shown as written and never become markup or template
+    code (the template is rendered with autoescape on)."""
+    _, report = results
+    hostile = copy.deepcopy(report)
+    for layer, name in zip(hostile["layers"], itertools.cycle(HOSTILE_NAMES)):
+        layer["name"] = layer["reason"] = name
+    hostile["dataset"]["name"] = HOSTILE_NAMES[0]
+    hostile["settings"] = {name: name for name in HOSTILE_NAMES}
+    page = _PageText()
+    page.feed(render_report_html(hostile))
+    text = "".join(page.text)
+    assert not page.tags & {"script", "img"}
+    assert all(name in text for name in HOSTILE_NAMES)  # "{{ 7 * 7 }}" as written, not 49
+    assert f"Squeezer report: auto on {HOSTILE_NAMES[0]}" in text  # the <title>, closed only by the page's own tag
 
 
 def test_report_html_renders_in_chromium_and_shows_report_json_numbers(results, browser):
