@@ -118,7 +118,7 @@ def _problem(error: Any) -> str:
     return f"{'.'.join(map(str, error['loc']))}: {message}" if error["loc"] else message
 
 
-METHOD_HELP = "Compression method; " + "; ".join(f"{m.name}: {m.summary}" for m in registry.methods()) + "."
+METHOD_HELP = f"Compression method; {registry.summaries()}."
 
 
 def sample(

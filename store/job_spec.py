@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from squeezer.core.config import AccuracyTarget, CompressConfig, MethodName, bounded
 from squeezer.core.errors import DatasetError, InputError, ModelFormatError
+from squeezer.core.methods.registry import summaries
 
 # Bounds of the spec's own fields (the options carry core.config's). Ids are "art_" and 32 hex digits; free-form JSON
 # (metadata, architecture arguments) is stored with the job and echoed on every read of it.
@@ -103,7 +104,7 @@ class JobSpec(_Strict):
 
     model: ModelArtifactRef | WeightsArtifactRef
     dataset: DatasetArtifactRef | SampleDataset
-    method: MethodName = MethodName.LWCT
+    method: MethodName = Field(MethodName.LWCT, description=f"Compression method; {summaries()}.")
     accuracy_target: AccuracyTarget = Field(default_factory=AccuracyTarget)
     options: JobOptions = Field(default_factory=JobOptions)
     metadata: Annotated[dict[str, Any], _at_most_bytes(MAX_METADATA_BYTES)] = Field(

@@ -14,8 +14,8 @@ from squeezer.store.job_spec import JobSpec
 __all__ = ["EventOut", "JobArtifactOut", "JobCreate", "JobOut", "JobStatusValue", "JobSummary"]
 
 
-# A job submission is the spec the worker reads back (store.job_spec), under the name the API has always given it; no
-# docstring, so the OpenAPI document stays as it was.
+# A job submission is the spec the worker reads back (store.job_spec): one schema both ways. No docstring of its own:
+# JobSpec's describes the worker's reading, not the request.
 class JobCreate(JobSpec):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [JOB_EXAMPLE]})
 

@@ -9,8 +9,10 @@ file's. The module stays float (model.sqz holds the weights it was quantized fro
 from typing import Unpack
 
 from squeezer.core.config import CompressConfig
+from squeezer.core.events import EventStage
 from squeezer.core.methods.harness import BASELINE_DONE, MethodHooks, MethodRun
 from squeezer.core.methods.lwct import prunable_layers
+from squeezer.core.methods.registry import MethodName
 from squeezer.core.methods.results import ChannelLayerState, MethodResult
 from squeezer.core.quantize import quantize_int8
 
@@ -46,11 +48,11 @@ def int8_rows(module, accepted: bool) -> list[ChannelLayerState]:
 
 def compress_int8(model, data, config: CompressConfig, **hooks: Unpack[MethodHooks]) -> MethodResult:
     """Quantize `model` to int8 and keep it when it scores within `config.target`; seconds, nothing to checkpoint."""
-    run = MethodRun(model, data, config, None, name="int8", **hooks)
+    run = MethodRun(model, data, config, None, name=MethodName.INT8, **hooks)
     run.measure_baseline()
     quantized = None
-    with run.time_limited("int8"):
-        run.emit("int8", BASELINE_DONE, f"calibrating on {config.int8.calibration_samples} training samples")
+    with run.time_limited(EventStage.INT8):
+        run.emit(EventStage.INT8, BASELINE_DONE, f"calibrating on {config.int8.calibration_samples} training samples")
         quantized = quantize_int8(model, data, config.int8, config.metric, seed=config.seed, should_stop=run.guard)
     if quantized is None:  # the time limit ran out first: the float model is the result
         return run.result(run.base, int8_rows(run.base, False), run.baseline)

@@ -100,6 +100,11 @@ def methods() -> list[Method]:
     return [registered[name] for name in MethodName]
 
 
+def summaries() -> str:
+    """Every method with its summary, for the CLI's help and the API's description."""
+    return "; ".join(f"{m.name}: {m.summary}" for m in methods())
+
+
 def structural_names() -> list[MethodName]:
     """The methods auto may run before lwct, registered so far (core.config's AutoConfig asks while it loads)."""
     return [name for name in MethodName if name in _METHODS and _METHODS[name].structural]
