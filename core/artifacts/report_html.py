@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined
+from jinja2 import Environment, PackageLoader, StrictUndefined, Template
 
 _W, _H = 640, 360  # chart viewBox; the SVG scales to the column width
 _PAD = {"left": 64, "right": 16, "top": 16, "bottom": 48}
@@ -372,7 +372,7 @@ def _flatten(settings: dict, prefix: str = "") -> dict[str, Any]:
 
 
 @cache
-def _template():
+def _template() -> Template:
     environment = Environment(
         loader=PackageLoader("squeezer.core.artifacts", "templates"),
         autoescape=True,  # uploaded names are text, never markup
