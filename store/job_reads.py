@@ -8,11 +8,13 @@ from typing import Any, Protocol
 
 import anyio.to_thread
 import psycopg
+from psycopg import AsyncConnection
 from psycopg.rows import namedtuple_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import TimeoutError as SQLAlchemyPoolTimeout
 
 from squeezer.store.db import POOL_SIZE, make_engine
 from squeezer.store.jobs import poll_job_row
@@ -20,6 +22,9 @@ from squeezer.store.models import Job
 
 # A poll waits at most this long for a connection and its answer before the API answers 503.
 POLL_TIMEOUT_S = 10.0
+# Once the server was lost: how long a poll waits for a new connection, and how long the pool keeps retrying one
+# before the next poll starts afresh, so an outage answers 503 within seconds and a restart is noticed at once.
+RECONNECT_WAIT_S = 2.0
 _COLUMNS = ", ".join(column.name for column in Job.__table__.columns)
 _POLL_SQL = f"SELECT {_COLUMNS} FROM {Job.__tablename__} WHERE id = %s AND tenant = %s"
 
@@ -45,72 +50,67 @@ class ThreadedJobReader:
 
 
 class AsyncPostgresJobReader:
-    """Polls on the event loop: up to `size` autocommit psycopg connections, made on demand and reused, each query
-    prepared by psycopg after its first few runs. A connection that fails is dropped with every idle one (a restarted
-    server dropped them all) and a query that failed on a reused connection is tried once more on a new one, so a
-    restart costs no poll once the server is back."""
+    """Polls on the event loop through psycopg_pool: up to `size` autocommit connections, made on demand and reused,
+    each query prepared by psycopg after its first few runs. The pool replaces a connection that comes back broken
+    or mid-query (a cancelled poll); a query that fails on a connection (a restarted server dropped them all) has the
+    idle ones checked and is tried once more, so a restart costs no poll once the server is back. Until a poll
+    succeeds again, polls wait RECONNECT_WAIT_S for a connection, then answer 503 like any other request."""
 
     def __init__(self, url: str, size: int = POOL_SIZE, timeout_s: float = POLL_TIMEOUT_S):
         self.conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         self.timeout_s = timeout_s
         self.size = size
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._idle: list[psycopg.AsyncConnection] = []
-        self._slots = asyncio.Semaphore(size)
+        self._pool: AsyncConnectionPool[AsyncConnection[Any]] | None = None
+        self._server_lost = False
 
-    def _bind(self) -> None:
-        """Connections belong to the event loop that made them: an app served again on another loop (a test client
-        per test) starts afresh."""
+    async def _bound_pool(self) -> AsyncConnectionPool[AsyncConnection[Any]]:
+        """A pool belongs to the event loop that opened it: an app served again on another loop (a test client per
+        test) opens a new one; the old loop, and the old pool's tasks with it, are gone."""
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            self._loop, self._idle, self._slots = loop, [], asyncio.Semaphore(self.size)
+        if self._pool is None or loop is not self._loop:
+            self._loop = loop
+            self._pool = AsyncConnectionPool(
+                self.conninfo,
+                min_size=0,
+                max_size=self.size,
+                timeout=self.timeout_s,
+                reconnect_timeout=RECONNECT_WAIT_S,
+                kwargs={"autocommit": True, "row_factory": namedtuple_row},
+                open=False,
+                name="job-polls",
+            )
+            await self._pool.open()
+        return self._pool
 
     async def job_row(self, job_id: str, tenant: str) -> Any | None:
         if "\x00" in job_id or "\x00" in tenant:  # as PostgreSQL would refuse it elsewhere: the client's error
             raise DataError(_POLL_SQL, (job_id, tenant), ValueError("NUL character in a text value"))
-        self._bind()
+        pool = await self._bound_pool()
         try:
             async with asyncio.timeout(self.timeout_s):
-                async with self._slots:
-                    return await self._query(job_id, tenant)
-        except TimeoutError:
-            raise PoolTimeout(f"no job poll answered within {self.timeout_s:.0f} s") from None
-
-    async def _query(self, job_id: str, tenant: str) -> Any | None:
-        reused = bool(self._idle)
-        connection = self._idle.pop() if reused else await self._connect()
-        try:
-            cursor = await connection.execute(_POLL_SQL, (job_id, tenant))
-            row = await cursor.fetchone()
+                try:
+                    row = await self._query(pool, job_id, tenant)
+                except psycopg.OperationalError:
+                    self._server_lost = True
+                    await pool.check()  # drops the idle connections the server dropped too
+                    row = await self._query(pool, job_id, tenant)
+        except (TimeoutError, PoolTimeout):
+            raise SQLAlchemyPoolTimeout("no connection to the database for a job poll") from None
         except psycopg.OperationalError as error:
-            await self._discard(connection, *self._idle)
-            self._idle.clear()
-            if not reused:
-                raise OperationalError(_POLL_SQL, (job_id, tenant), error) from error
-            return await self._query(job_id, tenant)
-        except BaseException:  # cancelled mid-query (the client left): the connection's state is unknown
-            await self._discard(connection)
-            raise
-        self._idle.append(connection)
+            raise OperationalError(_POLL_SQL, (job_id, tenant), error) from error
+        self._server_lost = False
         return row
 
-    async def _connect(self) -> psycopg.AsyncConnection:
-        try:
-            return await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True, row_factory=namedtuple_row)
-        except psycopg.OperationalError as error:
-            raise OperationalError("connect", None, error) from error
-
-    @staticmethod
-    async def _discard(*connections: psycopg.AsyncConnection) -> None:
-        for connection in connections:
-            try:
-                await connection.close()
-            except psycopg.Error:
-                pass
+    async def _query(self, pool: AsyncConnectionPool[AsyncConnection[Any]], job_id: str, tenant: str) -> Any | None:
+        async with pool.connection(RECONNECT_WAIT_S if self._server_lost else None) as connection:
+            cursor = await connection.execute(_POLL_SQL, (job_id, tenant))
+            return await cursor.fetchone()
 
     async def close(self) -> None:
-        await self._discard(*self._idle)
-        self._idle.clear()
+        if self._pool is not None and self._loop is asyncio.get_running_loop():
+            await self._pool.close()
+        self._pool = None
 
 
 def make_job_reader(url: str) -> JobReader:
