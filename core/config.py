@@ -166,7 +166,7 @@ class StructuredTraining(_Strict):
 @register_method(
     MethodName.LWCT,
     "squeezer.core.methods.lwct:compress_lwct",
-    "layer-wise compressive training: pruning, then layers constrained to few weight values",
+    "layer-wise compressive training (pruning, then layers constrained to few weight values)",
 )
 class LwctConfig(StructuredTraining):
     """Layer-wise compressive training (docs/METHODS.md §1). Defaults work without tuning: chosen across LeNet-5 on
@@ -255,7 +255,7 @@ GateInit = Literal["ones", "uniform", "normal", "l1"]
 @register_method(
     MethodName.FILTER,
     "squeezer.core.methods.filter:compress_filter",
-    "filter pruning: removes the channels of least learned importance",
+    "filter pruning (removes the channels of least learned importance)",
     structural=True,
 )
 class FilterConfig(LevelSearch):
@@ -283,7 +283,7 @@ class FilterConfig(LevelSearch):
 @register_method(
     MethodName.GROUP,
     "squeezer.core.methods.group:compress_group",
-    "group-sparsity neuron removal: removes the channels group-lasso training zeroes",
+    "group-sparsity neuron removal (removes the channels group-lasso training zeroes)",
     structural=True,
 )
 class GroupConfig(LevelSearch):
@@ -302,7 +302,7 @@ class GroupConfig(LevelSearch):
 @register_method(
     MethodName.INT8,
     "squeezer.core.methods.int8:compress_int8",
-    "int8: weights and activations quantized, calibrated on the training data",
+    "weights and activations quantized to int8, calibrated on the training data",
 )
 class Int8Config(_Strict):
     """int8 post-training quantization of weights and activations (onnxruntime QDQ; docs/METHODS.md, "Deployable
