@@ -103,9 +103,13 @@ class AsyncPostgresJobReader:
         return row
 
     async def _query(self, pool: AsyncConnectionPool[AsyncConnection[Any]], job_id: str, tenant: str) -> Any | None:
-        async with pool.connection(RECONNECT_WAIT_S if self._server_lost else None) as connection:
+        # getconn/putconn rather than pool.connection(): an autocommit connection needs no commit or rollback on exit.
+        connection = await pool.getconn(RECONNECT_WAIT_S if self._server_lost else None)
+        try:
             cursor = await connection.execute(_POLL_SQL, (job_id, tenant))
             return await cursor.fetchone()
+        finally:
+            await pool.putconn(connection)
 
     async def close(self) -> None:
         if self._pool is not None and self._loop is asyncio.get_running_loop():
