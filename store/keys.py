@@ -6,6 +6,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -61,24 +62,25 @@ class KeyCache:
 
     An entry lives `ttl_s` seconds: a revoked key keeps working for at most that long in each API process (the
     revocation is a database write that other processes are not told about), an unknown key is never cached. At
-    `max_entries` the cache starts over rather than grow with the keys an attacker tries. ttl_s = 0: no cache."""
+    `max_entries` the cache starts over rather than grow with the keys an attacker tries. ttl_s = 0: no cache.
+    `clock` gives the seconds entries age by (a test's own clock shows expiry without waiting for it)."""
 
-    def __init__(self, ttl_s: float, max_entries: int = 10_000):
-        self.ttl_s, self.max_entries = ttl_s, max_entries
+    def __init__(self, ttl_s: float, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic):
+        self.ttl_s, self.max_entries, self.clock = ttl_s, max_entries, clock
         self._entries: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
     def cached(self, key: str) -> str | None:
         """The tenant of `key` when it was verified less than `ttl_s` seconds ago; None means: ask `tenant`."""
         entry = self._entries.get(hash_key(key))
-        return entry[0] if entry is not None and entry[1] > time.monotonic() else None
+        return entry[0] if entry is not None and entry[1] > self.clock() else None
 
     def tenant(self, session: Session, key: str) -> str | None:
         """The tenant of a valid, unrevoked key (as of at most `ttl_s` seconds ago); None otherwise."""
         cached = self.cached(key)
         if cached is not None:
             return cached
-        digest, now = hash_key(key), time.monotonic()
+        digest, now = hash_key(key), self.clock()
         tenant = verify_key_hash(session, digest)
         with self._lock:
             if tenant is None:

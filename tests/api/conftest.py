@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from squeezer.api.app import create_app
-from squeezer.store.migrate import upgrade_database
 from squeezer.store.models import Artifact, BlobChunk
 from squeezer.store.settings import Settings
 from squeezer.worker.dispatch import CeleryDispatcher
@@ -51,7 +50,6 @@ def tiny_job(model_artifact_id: str, **overrides) -> dict:
 
 @pytest.fixture
 def api_settings(postgres_url, tmp_path) -> Settings:
-    upgrade_database(postgres_url)
     return Settings(
         data_dir=tmp_path / "data",
         database_url=postgres_url,

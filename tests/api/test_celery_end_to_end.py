@@ -12,14 +12,16 @@ import pytest
 
 from squeezer.api.app import create_app
 from squeezer.cli.output import EXIT_TARGET_MET, EXIT_TARGET_MISSED
-from squeezer.cli.service_commands import serve_in_thread, submit_and_wait
+from squeezer.cli.service_commands import submit_and_wait
 from tests.api.conftest import TINY_OPTIONS
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_celery_worker_takes_a_job_from_queued_to_succeeded(api_settings, redis_url, sample_model_zip, tmp_path):
+def test_celery_worker_takes_a_job_from_queued_to_succeeded(
+    api_settings, redis_url, sample_model_zip, tmp_path, serve_live
+):
     settings = api_settings.model_copy(update={"broker_url": redis_url})
     env = {
         **os.environ,
@@ -39,11 +41,10 @@ def test_celery_worker_takes_a_job_from_queued_to_succeeded(api_settings, redis_
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    server, thread, port = serve_in_thread(create_app(settings), "127.0.0.1", 0)
     try:
         out = tmp_path / "results"
         code = submit_and_wait(
-            f"http://127.0.0.1:{port}",
+            serve_live(create_app(settings)),
             sample_model_zip,
             "sample:digits",
             out_dir=out,
@@ -57,7 +58,5 @@ def test_celery_worker_takes_a_job_from_queued_to_succeeded(api_settings, redis_
         assert (out / "model.sqz").stat().st_size == report["compressed"]["size_bytes"]
         assert {"model.onnx", "model.zip"} <= {path.name for path in out.iterdir()}
     finally:
-        server.should_exit = True
-        thread.join(30)
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)

@@ -5,25 +5,21 @@ import importlib
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from squeezer.api.app import create_app
-from squeezer.cli.service_commands import serve_in_thread
 from tests.api.conftest import TINY_OPTIONS
+from tests.helpers import final_job
 
 PACKAGE = "squeezer_generated_client"
 
 
 @pytest.fixture
-def live_server(api_settings):
+def live_server(api_settings, serve_live):
     app = create_app(api_settings)
-    server, thread, port = serve_in_thread(app, "127.0.0.1", 0)
-    yield app, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(30)
+    return app, serve_live(app)
 
 
 def generate_client(document: dict, root: Path):
@@ -84,11 +80,9 @@ def test_generated_client_uploads_submits_polls_and_downloads(live_server, sampl
             "options": TINY_OPTIONS,
         }
     )
-    job = create_job.sync(client=client, body=body, idempotency_key="generated-client")
-    deadline = time.monotonic() + 300
-    while job.status.value not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
-        time.sleep(0.5)
-        job = get_job.sync(client=client, job_id=job.id)
+    created = create_job.sync(client=client, body=body, idempotency_key="generated-client")
+    final_job(client.get_httpx_client(), created.id)
+    job = get_job.sync(client=client, job_id=created.id)
     assert job.status.value == "succeeded", job.to_dict()
 
     names = {item.name for item in list_job_artifacts.sync(client=client, job_id=job.id)}

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,9 +16,8 @@ import pytest
 from squeezer.store.db import make_engine, make_session_factory
 from squeezer.store.keys import create_key
 from squeezer.store.logging_setup import redact
-from squeezer.store.migrate import upgrade_database
-from squeezer.store.statuses import FINAL_STATUSES
 from tests.api.conftest import tiny_job
+from tests.helpers import final_job, wait_until
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,21 +40,8 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def wait_until(condition, what: str, timeout_s: float = 180):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if found := condition():
-                return found
-        except httpx.TransportError:
-            pass  # not listening yet
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def run_service(log_format: str, postgres_url: str, redis_url: str, model_zip: Path, tmp_path: Path) -> dict:
     """Runs one job through a real API and worker logging in `log_format`; returns what the test checks."""
-    upgrade_database(postgres_url)
     with make_session_factory(make_engine(postgres_url))() as session:
         _, api_key = create_key(session, "acme")
     database_url = postgres_url.replace("postgres@", f"postgres:{DATABASE_PASSWORD}@")  # the test server trusts
@@ -80,7 +65,9 @@ def run_service(log_format: str, postgres_url: str, redis_url: str, model_zip: P
     headers = {"Authorization": f"Bearer {api_key}"}
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=120) as client:
-            wait_until(lambda: client.get("/healthz").status_code == 200, "the API")
+            wait_until(
+                lambda: client.get("/healthz").status_code == 200, 180, "the API", 0.3, not_yet=(httpx.TransportError,)
+            )
             hook = client.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook", "events": ["job.queued"]})
             webhook_secret = hook.json()["secret"]
             with model_zip.open("rb") as file:
@@ -91,7 +78,7 @@ def run_service(log_format: str, postgres_url: str, redis_url: str, model_zip: P
             job_id = submitted.json()["id"]
             leaky = client.get("/v1/jobs", params={"key": api_key, "secret": webhook_secret, "db": database_url})
             assert leaky.status_code == 200
-            wait_until(lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] in FINAL_STATUSES, "the job", 300)
+            final_job(client, job_id)
     finally:
         stop(api)
         stop(worker)

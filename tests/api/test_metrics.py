@@ -14,7 +14,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from squeezer.api.app import create_app
-from squeezer.store.migrate import upgrade_database
 from squeezer.store.models import WebhookEndpoint
 from squeezer.store.settings import Settings
 from squeezer.worker.dispatch import CeleryDispatcher
@@ -182,7 +181,6 @@ def test_webhook_deliveries_are_counted_by_outcome(client):
 def test_several_api_processes_answer_for_all_in_multiprocess_mode(postgres_url, tmp_path):
     """Two `squeezer api` processes sharing PROMETHEUS_MULTIPROC_DIR: requests one of them answered are in the other's
     scrape."""
-    upgrade_database(postgres_url)
     shared = tmp_path / "prometheus"
     shared.mkdir()
     env = {

@@ -5,7 +5,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -15,12 +14,11 @@ from typer.testing import CliRunner
 from squeezer.api.app import create_app
 from squeezer.cli.main import app
 from squeezer.cli.output import parse_options
-from squeezer.cli.service_commands import serve_in_thread
 from squeezer.store.db import make_engine, make_session_factory
 from squeezer.store.jobs import create_job
-from squeezer.store.migrate import upgrade_database
 from squeezer.store.settings import Settings
 from squeezer.worker.dispatch import CeleryDispatcher
+from tests.helpers import wait_until
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,18 +26,14 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def queued_server(postgres_url, redis_url, tmp_path):
+def queued_server(postgres_url, redis_url, tmp_path, serve_live):
     """A live API whose jobs stay queued (no worker reads its broker)."""
-    upgrade_database(postgres_url)
     settings = Settings(
         data_dir=tmp_path / "data",
         database_url=postgres_url,
         storage_backend="database",
     )
-    server, thread, port = serve_in_thread(create_app(settings, dispatcher=CeleryDispatcher(redis_url)), "127.0.0.1", 0)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(30)
+    return serve_live(create_app(settings, dispatcher=CeleryDispatcher(redis_url)))
 
 
 def test_options_parse_dotted_keys_and_json_values():
@@ -214,16 +208,13 @@ def test_serve_runs_the_embedded_service(tmp_path):
         ],
         cwd=REPO,
     )
+
+    def ready() -> bool:
+        assert process.poll() is None, "squeezer serve exited"
+        return httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None
-            time.sleep(0.2)
+        wait_until(ready, 60, "squeezer serve to be ready", 0.2, not_yet=(httpx.TransportError,))
         assert (tmp_path / "data" / "squeezer.db").exists()
     finally:
         process.terminate()

@@ -12,17 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import func, select
 
 from squeezer.api.app import create_app
 from squeezer.store.keys import create_key
-from squeezer.store.migrate import upgrade_database
 from squeezer.store.models import Artifact
 from squeezer.store.settings import Settings
 from squeezer.worker.dispatch import CeleryDispatcher
 from tests.api.conftest import assert_problem
-from tests.servers import free_port
+from tests.helpers import live_server, wait_until
 
 ANSWER_WITHIN_S = 3.0
 STALLED = 40  # each kind: as many as the default thread pool has threads, more than the database pool's base size
@@ -31,24 +29,20 @@ STALLED = 40  # each kind: as many as the default thread pool has threads, more 
 @contextlib.contextmanager
 def serve(settings: Settings, redis_url: str):
     app = create_app(settings, dispatcher=CeleryDispatcher(redis_url))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
+    with live_server(app) as url:
+        yield app, httpx.URL(url).port
+
+
+def answering(sock: socket.socket) -> bool:
+    """Whether the server has begun its answer on `sock` (peeked: the bytes stay unread)."""
     try:
-        yield app, port
-    finally:
-        server.should_exit = True
-        thread.join(15)
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        return False
 
 
 @pytest.fixture
 def service(postgres_url, redis_url, tmp_path):
-    upgrade_database(postgres_url)
     settings = Settings(
         data_dir=tmp_path / "data",
         database_url=postgres_url,
@@ -113,10 +107,10 @@ def test_stalled_uploads_and_downloads_do_not_stall_the_api(service):
         f"{base}/v1/artifacts", headers=headers, files={"file": ("big.bin", b"\1" * (16 << 20))}, timeout=60
     )
     assert big.status_code == 201, big.text
-    stalled = []
+    uploads, downloads = [], []
     try:
         for _ in range(STALLED):  # a body that never finishes
-            stalled.append(raw(port, upload_head(port, headers, 8 << 20), FILE_PART + b"\0" * 4096))
+            uploads.append(raw(port, upload_head(port, headers, 8 << 20), FILE_PART + b"\0" * 4096))
         for _ in range(STALLED):  # a download that is never read
             sock = socket.create_connection(("127.0.0.1", port))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -124,15 +118,19 @@ def test_stalled_uploads_and_downloads_do_not_stall_the_api(service):
                 f"GET /v1/artifacts/{big.json()['id']}/content HTTP/1.1\r\nHost: x\r\n"
                 f"Authorization: {headers['Authorization']}\r\n\r\n".encode()
             )
-            stalled.append(sock)
-        time.sleep(1.0)  # the server has started every one of them
+            downloads.append(sock)
+        wait_until(
+            lambda: app.state.upload_slots.in_flight("acme") == STALLED and all(map(answering, downloads)),
+            30,
+            "the server to be receiving every stalled upload and sending every stalled download",
+        )
         answers_quickly(port, headers)
         with httpx.Client(base_url=base, timeout=30) as client:  # and real work still gets through
             small = client.post("/v1/artifacts", headers=headers, files={"file": ("s.bin", b"x" * 1000)})
             assert small.status_code == 201, small.text
             assert client.get(f"/v1/artifacts/{small.json()['id']}/content", headers=headers).content == b"x" * 1000
     finally:
-        for sock in stalled:
+        for sock in uploads + downloads:
             sock.close()
     with app.state.session_factory() as session:  # the stalled uploads stored nothing
         assert session.scalar(select(func.count()).select_from(Artifact)) == 2
@@ -189,14 +187,13 @@ def test_bodies_are_refused_before_they_are_read(service):
 
 
 def test_uploads_in_flight_are_capped_per_tenant(postgres_url, redis_url, tmp_path):
-    upgrade_database(postgres_url)
     settings = Settings(data_dir=tmp_path, database_url=postgres_url, auth=True, max_concurrent_uploads_per_tenant=2)
     with serve(settings, redis_url) as (app, port):
         with app.state.session_factory() as session:
             headers = {"Authorization": f"Bearer {create_key(session, 'acme')[1]}"}
             other = {"Authorization": f"Bearer {create_key(session, 'other')[1]}"}
         stalled = [raw(port, upload_head(port, headers, 1 << 20), FILE_PART) for _ in range(2)]
-        time.sleep(0.5)
+        wait_until(lambda: app.state.upload_slots.in_flight("acme") == 2, 30, "the server to hold both uploads")
         base = f"http://127.0.0.1:{port}"
         assert_problem(
             httpx.post(f"{base}/v1/artifacts", headers=headers, files={"file": ("m", b"x")}),
@@ -206,10 +203,12 @@ def test_uploads_in_flight_are_capped_per_tenant(postgres_url, redis_url, tmp_pa
         assert httpx.post(f"{base}/v1/artifacts", headers=other, files={"file": ("m", b"x")}).status_code == 201
         for sock in stalled:
             sock.close()
-        deadline = time.monotonic() + 10
-        while httpx.post(f"{base}/v1/artifacts", headers=headers, files={"file": ("m", b"x")}).status_code != 201:
-            assert time.monotonic() < deadline, "the slots of closed uploads were not released"
-            time.sleep(0.2)
+        wait_until(
+            lambda: httpx.post(f"{base}/v1/artifacts", headers=headers, files={"file": ("m", b"x")}).status_code == 201,
+            10,
+            "the slots of closed uploads to be released",
+            0.2,
+        )
 
 
 def test_an_exhausted_database_pool_is_a_503_problem(service):
@@ -229,7 +228,6 @@ def test_an_exhausted_database_pool_is_a_503_problem(service):
 
 
 def test_concurrent_uploads_cannot_race_past_the_storage_quota(postgres_url, redis_url, tmp_path):
-    upgrade_database(postgres_url)
     size = 1 << 20
     quota = size + size // 2  # room for one upload, not two
     settings = Settings(

@@ -2,12 +2,13 @@
 under a running job and a live API, the API killed in the middle of an upload. (A worker killed mid-job:
 tests/worker/test_celery_worker.py.)"""
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,13 +19,13 @@ from sqlalchemy import func, select
 from squeezer.api.app import create_app
 from squeezer.store.db import make_engine, make_session_factory
 from squeezer.store.jobs import create_job
-from squeezer.store.migrate import upgrade_database
 from squeezer.store.models import DEFAULT_TENANT, Artifact, BlobChunk
 from squeezer.store.settings import Settings
 from squeezer.worker.celery_app import QUEUE_NAME
 from squeezer.worker.context import WorkerContext
 from squeezer.worker.reaper import recover_once
 from tests.api.conftest import LONG_OPTIONS, assert_problem
+from tests.helpers import wait_until
 from tests.servers import free_port
 from tests.worker.conftest import REPO, start_service, tiny_spec
 
@@ -53,10 +54,11 @@ def test_jobs_queued_when_redis_restarts_are_not_lost(own_redis, postgres_url, t
         service.stop()
 
 
+@pytest.mark.slow
 def test_postgres_restart_answers_503_meanwhile_and_everything_recovers_by_itself(
     own_postgres, redis_url, tmp_path, sample_model_zip
 ):
-    url = own_postgres.create_database("squeezer")
+    url = own_postgres.create_migrated_database("squeezer")
     service = start_service(url, redis_url, tmp_path)
     settings = Settings(database_url=url, broker_url=redis_url, storage_backend="database", data_dir=tmp_path / "api")
     try:
@@ -78,12 +80,12 @@ def test_postgres_restart_answers_503_meanwhile_and_everything_recovers_by_itsel
                 assert_problem(response, 503, "service_unavailable")
                 assert response.headers["retry-after"] == "5"
             assert_problem(client.get("/readyz"), 503, "service_unavailable")
-            time.sleep(2)  # long enough for the worker to notice: heartbeats and progress writes fail meanwhile
+            worker_log = service.log_dir / "worker-0.log"
+            wait_until(lambda: "heartbeat failed" in worker_log.read_text(), 60, "the worker to miss the database")
             own_postgres.start()
-            deadline = time.monotonic() + 20
-            while client.get(f"/v1/jobs/{job_id}").status_code != 200:  # the same app: no restart needed
-                assert time.monotonic() < deadline, "the API did not recover by itself"
-                time.sleep(0.2)
+            wait_until(  # the same app: no restart needed
+                lambda: client.get(f"/v1/jobs/{job_id}").status_code == 200, 20, "the API to recover by itself", 0.2
+            )
             assert client.get("/readyz").status_code == 200
             job = service.wait_final(job_id, timeout_s=240)
             assert job.status == "succeeded", (job.status, job.error_code, job.error_message)
@@ -98,7 +100,7 @@ def start_api(env: dict, port: int, log) -> subprocess.Popen:
         [
             sys.executable,
             "-c",
-            "from cli.main import app; app()",
+            "from squeezer.cli.main import app; app()",
             "api",
             "--no-auth",
             "--host",
@@ -111,22 +113,34 @@ def start_api(env: dict, port: int, log) -> subprocess.Popen:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise AssertionError("the API did not start")
+    try:
+        wait_until(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200,
+            60,
+            "the API to start",
+            0.2,
+            not_yet=(httpx.TransportError,),
+        )
+    except AssertionError:
+        process.kill()
+        raise
+    return process
+
+
+def spooled_bytes(pid: int) -> int:
+    """Bytes in the unlinked files process `pid` holds open: the uploads it is spooling."""
+    total = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # a file closed meanwhile
+            if os.readlink(fd).endswith(" (deleted)"):
+                total += fd.stat().st_size
+    return total
 
 
 def test_an_upload_cut_by_an_api_restart_leaves_nothing(postgres_url, redis_url, tmp_path):
     """The API process dies (SIGKILL) with half a file received. Uploads are spooled to an unlinked temporary file
     until their body is whole, so nothing of it reached the database: no row, no chunk (an upload cut while it is
     being stored is removed by the workers' sweep: tests/store/test_blobs.py)."""
-    upgrade_database(postgres_url)
     settings = Settings(
         database_url=postgres_url,
         broker_url=redis_url,
@@ -162,7 +176,7 @@ def test_an_upload_cut_by_an_api_restart_leaves_nothing(postgres_url, redis_url,
                 + head
                 + b"\x01" * (1 << 20)
             )
-            time.sleep(1.0)  # the server has the first MiB
+            wait_until(lambda: spooled_bytes(api.pid) >= 1 << 19, 30, "the API to spool the upload")
             with ctx.session_factory() as session:
                 assert session.scalar(select(func.count()).select_from(Artifact)) == 0  # still spooling
             api.send_signal(signal.SIGKILL)
@@ -188,8 +202,7 @@ def chunk_count(ctx: WorkerContext, artifact_id: str) -> int:
 def test_the_first_poll_after_a_postgres_restart_is_answered(own_postgres, tmp_path):
     """Polls on PostgreSQL reuse their own connections (store.job_reads): the reader's retry must hide the ones the
     restart dropped, so not even one poll fails once the server is back."""
-    url = own_postgres.create_database("squeezer")
-    upgrade_database(url)
+    url = own_postgres.create_migrated_database("squeezer")
     settings = Settings(database_url=url, auth=False, storage_backend="database", data_dir=tmp_path / "api")
     with make_session_factory(make_engine(url))() as session:
         job_id = create_job(

@@ -1,23 +1,19 @@
 import pytest
 
 from squeezer.store.db import make_engine, make_session_factory
-from squeezer.store.migrate import upgrade_database
 
 
 @pytest.fixture
 def pg_sessions(postgres_url):
-    """Sessions on a fresh PostgreSQL database built by the migrations."""
-    upgrade_database(postgres_url)
+    """Sessions on a fresh PostgreSQL database whose schema the migrations built."""
     engine = make_engine(postgres_url)
     yield make_session_factory(engine)
     engine.dispose()
 
 
 @pytest.fixture
-def sqlite_sessions(tmp_path):
-    url = f"sqlite:///{tmp_path / 'squeezer.db'}"
-    upgrade_database(url)
-    engine = make_engine(url)
+def sqlite_sessions(sqlite_url):
+    engine = make_engine(sqlite_url)
     yield make_session_factory(engine)
     engine.dispose()
 

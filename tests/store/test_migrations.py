@@ -30,15 +30,17 @@ def schema_differences(url: str) -> list:
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_migrations_build_exactly_the_models(backend, request, tmp_path):
     url = (
-        request.getfixturevalue("postgres_url") if backend == "postgresql" else f"sqlite:///{tmp_path / 'squeezer.db'}"
+        request.getfixturevalue("empty_postgres_url")
+        if backend == "postgresql"
+        else f"sqlite:///{tmp_path / 'squeezer.db'}"
     )
     upgrade_database(url)
     upgrade_database(url)  # a second run (every embedded start) changes nothing
     assert schema_differences(url) == []
 
 
-def test_alembic_command_line_upgrades_the_configured_database(postgres_url):
-    env = {**os.environ, "SQUEEZER_DATABASE_URL": postgres_url}
+def test_alembic_command_line_upgrades_the_configured_database(empty_postgres_url):
+    env = {**os.environ, "SQUEEZER_DATABASE_URL": empty_postgres_url}
     subprocess.run(
         [str(Path(sys.executable).parent / "alembic"), "-c", str(MIGRATIONS / "alembic.ini"), "upgrade", "head"],
         cwd=REPO,
@@ -46,8 +48,8 @@ def test_alembic_command_line_upgrades_the_configured_database(postgres_url):
         check=True,
         capture_output=True,
     )
-    engine = make_engine(postgres_url)
+    engine = make_engine(empty_postgres_url)
     tables = set(inspect(engine).get_table_names())
     engine.dispose()
     assert {"artifacts", "blob_chunks", "jobs", "job_results", "job_events", "alembic_version"} <= tables
-    assert schema_differences(postgres_url) == []
+    assert schema_differences(empty_postgres_url) == []

@@ -14,7 +14,6 @@ from sqlalchemy import select
 
 from squeezer.store.artifacts import store_file
 from squeezer.store.jobs import create_job
-from squeezer.store.migrate import upgrade_database
 from squeezer.store.models import Job, JobEvent, JobResult
 from squeezer.store.settings import Settings
 from squeezer.store.statuses import FINAL_STATUSES
@@ -139,8 +138,7 @@ class Service:
 
 
 def start_service(postgres_url: str, redis_url: str, tmp_path: Path) -> Service:
-    """A migrated database and a Service whose workers use it and the broker at `redis_url`."""
-    upgrade_database(postgres_url)
+    """A Service whose workers use the migrated database at `postgres_url` and the broker at `redis_url`."""
     env = {
         **os.environ,
         "SQUEEZER_DATABASE_URL": postgres_url,

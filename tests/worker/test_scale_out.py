@@ -15,7 +15,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from squeezer.api.app import create_app
-from squeezer.store.migrate import upgrade_database
 from squeezer.store.models import Job
 from squeezer.store.s3_blobs import S3BlobStore
 from squeezer.store.settings import Settings
@@ -78,7 +77,6 @@ def environments_holding(secret: str, pids: list[int]) -> list[int]:
 def test_two_workers_share_nothing_but_the_database_the_broker_and_the_bucket(
     postgres_url, redis_url, s3_settings, sample_model_zip, tmp_path
 ):
-    upgrade_database(postgres_url)
     secret = s3_settings["s3_secret_access_key"]
     env = {
         **os.environ,

@@ -16,13 +16,12 @@ from sqlalchemy import select
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from squeezer.api.app import create_app
-from squeezer.store.migrate import upgrade_database
 from squeezer.store.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint, utcnow
 from squeezer.store.settings import Settings
-from squeezer.store.statuses import FINAL_STATUSES
 from squeezer.worker.webhooks import TIMEOUT_S, retry_at
 from tests.api.conftest import tiny_job, upload
 from tests.api.test_auth import insert_job
+from tests.helpers import final_job, wait_until
 from tests.worker.conftest import REPO
 
 WEBHOOK_SETTINGS = {
@@ -101,16 +100,6 @@ class Receiver:
         self.server.server_close()
 
 
-def wait_for(condition, timeout_s: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def receiver():
     receiver = Receiver().start()
@@ -121,7 +110,6 @@ def receiver():
 @pytest.fixture
 def client(postgres_url, tmp_path):
     """The embedded mode on PostgreSQL: the in-process worker runs jobs and sends webhook messages."""
-    upgrade_database(postgres_url)
     settings = Settings(
         data_dir=tmp_path / "data",
         database_url=postgres_url,
@@ -165,10 +153,10 @@ def test_each_transition_arrives_once_per_endpoint_signed_with_the_job_as_get_re
     assert client.delete(f"/v1/webhooks/{deleted}").status_code == 204
 
     job = client.post("/v1/jobs", json=tiny_job(upload(client, sample_model_zip)["id"])).json()
-    wait_for(lambda: client.get(f"/v1/jobs/{job['id']}").json()["status"] in FINAL_STATUSES, 300, "the job")
+    final_job(client, job["id"])
     final = client.get(f"/v1/jobs/{job['id']}").json()
     assert final["status"] == "succeeded", final
-    wait_for(lambda: all_sent(client.app.state.session_factory) and len(receiver.received) == 4, 60, "every message")
+    wait_until(lambda: all_sent(client.app.state.session_factory) and len(receiver.received) == 4, 60, "every message")
 
     assert receiver.forged == []
     # Messages are sent in parallel and may arrive out of order; their timestamps give the order of the transitions.
@@ -191,7 +179,7 @@ def test_each_transition_arrives_once_per_endpoint_signed_with_the_job_as_get_re
 def test_a_receiver_that_fails_three_times_gets_the_message_on_the_fourth_attempt_with_the_same_id(client, receiver):
     endpoint_id = add_endpoint(client, receiver, "/fail3", ["job.queued"])
     job_id = insert_job(client, "default")
-    wait_for(
+    wait_until(
         lambda: all_sent(client.app.state.session_factory) and deliveries(client, endpoint_id), 60, "the fourth attempt"
     )
 
@@ -214,13 +202,13 @@ def test_a_receiver_that_hangs_holds_no_worker_and_its_attempt_times_out(client,
     hanging = add_endpoint(client, receiver, "/hang", ["job.queued"])
     add_endpoint(client, receiver, "/ok", ["job.queued", "job.cancelled"])
     job_id = insert_job(client, "default")
-    wait_for(lambda: receiver.events("/ok") == ["job.queued"] and receiver.events("/hang"), 30, "both messages")
+    wait_until(lambda: receiver.events("/ok") == ["job.queued"] and receiver.events("/hang"), 30, "both messages")
     # While the one receiver hangs, the other still gets the next event and the API still answers.
     assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
-    wait_for(lambda: receiver.events("/ok") == ["job.queued", "job.cancelled"], 30, "the next event")
+    wait_until(lambda: receiver.events("/ok") == ["job.queued", "job.cancelled"], 30, "the next event")
     assert not any(delivery.attempts for delivery in deliveries(client, hanging))  # still hanging
     started = time.monotonic()
-    attempts = wait_for(
+    attempts = wait_until(
         lambda: client.get(f"/v1/webhooks/{hanging}/deliveries").json()["data"], TIMEOUT_S + 30, "the timeout"
     )
     assert time.monotonic() - started < TIMEOUT_S + 5
@@ -234,7 +222,7 @@ def test_a_rotated_secret_signs_with_both_secrets_during_the_grace_period(client
     new = client.post(f"/v1/webhooks/{endpoint_id}/rotate-secret").json()["secret"]
     receiver.secrets["/ok"] = [new, old]  # each must verify the message on its own
     insert_job(client, "default")
-    wait_for(lambda: receiver.events("/ok"), 30, "the message")
+    wait_until(lambda: receiver.events("/ok"), 30, "the message")
     assert receiver.forged == []
     assert len(receiver.received[0].headers["webhook-signature"].split(" ")) == 2
 
@@ -259,7 +247,7 @@ def test_a_webhooks_celery_worker_delivers(service, receiver):
             stderr=subprocess.STDOUT,
         )
     service.workers.append(worker)  # stopped with the service
-    wait_for(lambda: all_sent(service.ctx.session_factory), 90, f"the message (worker log in {service.log_dir})")
+    wait_until(lambda: all_sent(service.ctx.session_factory), 90, f"the message (worker log in {service.log_dir})")
     assert worker.poll() is None
     assert receiver.forged == []
     assert [(got.body["type"], got.body["data"]["id"]) for got in receiver.received] == [("job.queued", job_id)]
@@ -275,7 +263,7 @@ def test_a_url_refused_at_delivery_is_logged_and_never_connected_to(client):
         session.add(endpoint)
         session.commit()
     insert_job(client, "default")
-    attempts = wait_for(lambda: client.get(f"/v1/webhooks/{endpoint.id}/deliveries").json()["data"], 30, "an attempt")
+    attempts = wait_until(lambda: client.get(f"/v1/webhooks/{endpoint.id}/deliveries").json()["data"], 30, "an attempt")
     assert attempts[0]["error"].startswith("refused: the host 10.0.0.1 resolves to 10.0.0.1")
     assert attempts[0]["status_code"] is None and attempts[0]["latency_ms"] == 0.0
 

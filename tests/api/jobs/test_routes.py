@@ -1,7 +1,5 @@
 """Job endpoints with a broker no worker reads (jobs stay queued), and one flow through the in-process worker."""
 
-import time
-
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
@@ -17,6 +15,7 @@ from squeezer.store.statuses import JobStatus
 from squeezer.worker.dispatch import CeleryDispatcher
 from tests.api.conftest import assert_problem, tiny_job, upload
 from tests.api.jobs.bounds import CASES
+from tests.helpers import final_job
 from tests.hostile.corpus import upsampler_onnx
 
 
@@ -104,11 +103,7 @@ def test_list_pages_newest_first_with_status_filter(queued_client, model_id):
 @pytest.mark.slow
 def test_job_flow_through_the_in_process_worker(client, sample_model_zip, tmp_path):
     model_id = upload(client, sample_model_zip)["id"]
-    job = client.post("/v1/jobs", json=tiny_job(model_id)).json()
-    deadline = time.monotonic() + 300
-    while job["status"] not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
-        time.sleep(0.5)
-        job = client.get(f"/v1/jobs/{job['id']}").json()
+    job = final_job(client, client.post("/v1/jobs", json=tiny_job(model_id)).json()["id"])
     assert job["status"] == "succeeded", job
     events = client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 2}).json()
     assert len(events["data"]) == 2 and events["has_more"]
