@@ -35,7 +35,6 @@ from squeezer.core.events import (
     no_checkpoints,
     no_events,
 )
-from squeezer.core.graph import with_channels
 from squeezer.core.intake.data import Dataset, check_compatible, load_dataset, normalize
 from squeezer.core.intake.models import LoadedModel, load_model, save_model_dir
 from squeezer.core.intake.onnx_normalize import with_free_dims_named
@@ -50,6 +49,7 @@ from squeezer.core.measure import (
     score_predictions,
 )
 from squeezer.core.measure.runtime import onnx_binary_threshold, onnx_latency_ms, onnx_predictions
+from squeezer.core.methods.depth import with_architecture
 from squeezer.core.methods.lwct import prunable_layers
 from squeezer.core.methods.registry import MethodName, method
 from squeezer.core.methods.results import ChannelLayerState, LayerState, MethodResult
@@ -308,7 +308,7 @@ def _write_sqz(
     inputs: _Inputs, result: MethodResult, path: Path, metric: str, guard: Guard
 ) -> tuple[LoadedModel, dict]:
     """model.sqz written, loaded back and measured; it must score exactly what the method's module scores."""
-    sqz_bytes = write_sqz(path, with_channels(inputs.model, result.module), result.layers)
+    sqz_bytes = write_sqz(path, with_architecture(inputs.model, result.module), result.layers)
     reloaded = load_sqz(path)
     compressed = _measures(reloaded.module, reloaded.input_shape, inputs.prepared, sqz_bytes, metric, guard)
     produced = metric_function(metric)(

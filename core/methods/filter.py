@@ -233,7 +233,12 @@ class _FilterSearch(LevelSearch):
 def compress_filter(model, data, config: CompressConfig, **hooks: Unpack[MethodHooks]) -> MethodResult:
     """Compress `model` on `data` under `config.target`; see the module docstring and docs/METHODS.md §2. With a
     `checkpoint_dir`, the learned order and the best state are saved after every level tried, and a rerun resumes
-    there: the levels already tried are replayed from their recorded outcomes, not trained again."""
+    there: the levels already tried are replayed from their recorded outcomes, not trained again. With
+    `filter.latency` set, the latency-aware mode runs instead (core.methods.latency_pruning)."""
+    if config.filter.latency is not None:
+        from squeezer.core.methods.latency_pruning import compress_latency
+
+        return compress_latency(model, data, config, **hooks)
     run = StructuredRun(model, data, config, config.filter, "filter", **hooks)
     baseline, _ = run.measure_baseline()
     search = _FilterSearch(run, config.filter, config.seed, baseline)

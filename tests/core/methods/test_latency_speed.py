@@ -1,15 +1,20 @@
 """The speed plan (issue 28, item 2): blocks by measured sensitivity, then channels against the latency table measured
 in onnxruntime, until the convolutions are predicted the target factor faster; the pruned model saves as a .sqz
-that rebuilds its shape (blocks removed and widths) and computes the same outputs."""
+that rebuilds its shape (blocks removed and widths) and computes the same outputs; filter's latency mode runs it
+through the whole pipeline."""
 
 import torch
 
 from squeezer.core.artifacts.sqz import load_sqz, write_sqz
-from squeezer.core.intake.models import LoadedModel
+from squeezer.core.config import AccuracyTarget, CompressConfig, FilterConfig, LatencyPruning
+from squeezer.core.intake.models import LoadedModel, save_model_dir
 from squeezer.core.intake.registry import build_architecture
+from squeezer.core.measure import count_macs
 from squeezer.core.methods.depth import BLOCKS_ARG, with_architecture
 from squeezer.core.methods.latency_table import allowed_counts
 from squeezer.core.methods.speed import plan_for_speed
+from squeezer.core.pipeline import ModelSource, compress_files
+from squeezer.core.train import fit
 
 SHAPE = (3, 32, 32)
 ARCH = {"name": "resnet20", "args": {}}
@@ -58,3 +63,28 @@ def test_blocks_go_first_within_their_floor_and_the_result_saves_and_reloads(tmp
     x = torch.randn(4, *SHAPE)
     with torch.no_grad():
         assert torch.equal(reloaded(x), pruned(x))
+
+
+def test_filter_latency_mode_through_the_pipeline_returns_a_faster_model_that_reloads(tmp_path, digits):
+    """A residual network trained on digits, compressed by filter with `latency` set: blocks and channels go, the
+    .sqz reloads to the model the report measured (ONNX agreement checked by the pipeline), and a target past the
+    budget is never the result."""
+    torch.manual_seed(0)
+    arch = {"name": "resnet20", "args": {"in_channels": 1, "input_size": 8}}
+    module = build_architecture(arch["name"], arch["args"])
+    fit(module, digits.x_train, digits.y_train, epochs=4, lr=0.05, seed=0)
+    save_model_dir(LoadedModel.built(module.eval(), arch, (1, 8, 8), 10), tmp_path / "model")
+    training = {"epochs_per_step": 1, "min_steps_per_stage": 30, "lr_search": False}
+    config = CompressConfig(
+        device="cpu",
+        method="filter",
+        target=AccuracyTarget(max_drop=3.0),
+        filter=FilterConfig(**training, latency=LatencyPruning(speedups=[2.0, 8.0], block_drop=20.0)),
+    )
+    report = compress_files(ModelSource(tmp_path / "model"), "sample:digits", tmp_path / "out", config)
+    trials = report["trials"]
+    assert [t["accepted"] for t in trials][:1] == [True] and len(trials) <= 2
+    assert report["target_met"] and report["macs_reduction"] > 1.5
+    assert any(layer["reason"].startswith("removed with its residual block") for layer in report["layers"])
+    reloaded = load_sqz(tmp_path / "out" / "model.sqz").module.eval()
+    assert count_macs(reloaded, (1, 8, 8)) < count_macs(module, (1, 8, 8))
