@@ -30,7 +30,7 @@ from squeezer.cli.output import (
     print_report,
     report_internal_error,
 )
-from squeezer.core.config import CompressConfig, DropType, Normalization
+from squeezer.core.config import CompressConfig, DropType, Normalization, TargetRuntime
 from squeezer.core.errors import InputError, SqueezerError
 from squeezer.core.events import EventStage
 from squeezer.core.methods import registry
@@ -171,6 +171,23 @@ def compress(
     time_limit: Annotated[
         float | None, typer.Option("--time-limit", help="Seconds of training; the best result so far is kept.")
     ] = None,
+    speedup: Annotated[
+        float | None,
+        typer.Option("--speedup", help="Speed-up over the baseline to reach on the target runtime, e.g. 3.0."),
+    ] = None,
+    latency_ms: Annotated[
+        float | None, typer.Option("--latency-ms", help="Latency of one batch to reach on the target runtime (ms).")
+    ] = None,
+    target_runtime: Annotated[
+        TargetRuntime | None,
+        typer.Option(
+            "--target-runtime",
+            help="Where speed is measured: onnxruntime-cpu (default) or onnxruntime-cuda (a GPU and onnxruntime-gpu).",
+        ),
+    ] = None,
+    target_threads: Annotated[
+        int | None, typer.Option("--target-threads", help="Intra-op threads of the target runtime (default 1).")
+    ] = None,
     option: Annotated[
         list[str] | None,
         typer.Option("--option", help="Any engine option KEY=VALUE, dotted keys, e.g. lwct.sparsity=0.8."),
@@ -198,6 +215,8 @@ def compress(
             fields["normalization"] = normalization.model_dump()
         if time_limit is not None:
             fields["time_limit_s"] = time_limit
+        speed = {"speedup": speedup, "latency_ms": latency_ms, "runtime": target_runtime, "threads": target_threads}
+        fields["speed_target"] = fields.get("speed_target", {}) | {k: v for k, v in speed.items() if v is not None}
         config = _config(fields)
         source = ModelSource(path=model, architecture=arch, arch_args=_arch_args(arch_arg))
         with ProgressReporter(config.metric, log_format) as on_event:

@@ -43,12 +43,13 @@ from squeezer.core.measure import (
     count_nonzero,
     count_params,
     float32_bytes,
-    median_latency_ms,
     metric_function,
     resolve_device,
     score_predictions,
 )
-from squeezer.core.measure.runtime import onnx_binary_threshold, onnx_latency_ms, onnx_predictions
+from squeezer.core.measure.compare import check_runtime
+from squeezer.core.measure.runtime import onnx_binary_threshold, onnx_predictions
+from squeezer.core.measure.speed_report import File, SpeedFindings, comparison_budget, measure_speed
 from squeezer.core.methods.depth import with_architecture
 from squeezer.core.methods.lwct import prunable_layers
 from squeezer.core.methods.registry import MethodName, method
@@ -59,7 +60,6 @@ from squeezer.core.methods.results import ChannelLayerState, LayerState, MethodR
 REPORT_DEVICE = "cpu"
 PREPROCESSING_KEY = "squeezer.preprocessing"  # ONNX metadata_props entry holding the input normalization as JSON
 ONNX_TOLERANCE_POINTS = 0.1
-LATENCY_BATCHES = {"latency_ms": 1, "latency_ms_batch32": 32}
 # Share of the progress bar the method gets; loading comes before it and export/verification after it.
 _METHOD_START, _METHOD_END = 0.02, 0.95
 
@@ -159,13 +159,6 @@ def _measures(
         "nonzero_params": count_nonzero(module),
         "macs": count_macs(module, input_shape),  # the report adds its alias "flops"
         "size_bytes": size_bytes,
-        **_latencies(module, input_shape, guard),
-    }
-
-
-def _latencies(module: torch.nn.Module, input_shape: tuple[int, ...], guard: Guard) -> dict:
-    return {
-        key: median_latency_ms(module, input_shape, batch=batch, guard=guard) for key, batch in LATENCY_BATCHES.items()
     }
 
 
@@ -198,6 +191,7 @@ class _Outputs:
     onnx_accuracy: float
     baseline_onnx: dict
     deployable: str
+    speed: dict  # the report's speed section (core.measure.speed_report)
 
 
 def compress_files(
@@ -222,13 +216,23 @@ def compress_files(
     guard = Guard.of(should_stop, config.time_limit_s)
     finishing = guard.essential()  # what the report needs: the baseline's figures and the results'
     torch.manual_seed(config.seed)
+    check_runtime(config.speed_target.runtime)  # before anything is trained for a target this machine lacks
     inputs = _load_inputs(model, data, config, finishing, on_event)
+    loaded = time.monotonic()
     result = _run_method(inputs, config, guard, on_event, checkpoint_dir, on_checkpoint)
+    compressed = time.monotonic()
     on_event(Event(stage="export", fraction=_METHOD_END, message="writing model.sqz, model/ and model.onnx"))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    outputs = _write_outputs(inputs, result, out_dir, config.metric, finishing)
-    report = _report(config, inputs, result, outputs, time.monotonic() - started)
+    outputs = _write_outputs(inputs, result, out_dir, config, finishing, comparison_budget(compressed - loaded))
+    finished = time.monotonic()
+    timings = {  # the job's fixed cost (load, write, measure speed) beside the method's own time
+        "load": loaded - started,
+        "method": compressed - loaded,
+        "write_and_verify": finished - compressed - outputs.speed["seconds"],
+        "measure_speed": outputs.speed["seconds"],
+    }
+    report = _report(config, inputs, result, outputs, finished - started, timings)
     _write_report(report, out_dir)
     on_event(_done_event(report))
     return report.as_dict()
@@ -277,31 +281,50 @@ def _run_method(
     )
 
 
-def _write_outputs(inputs: _Inputs, result: MethodResult, out_dir: Path, metric: str, guard: Guard) -> _Outputs:
-    """Writes model.sqz, model/ and model.onnx, each loaded back and measured; int8 exists only as model.onnx, whose
-    accuracy and bytes are then the headline figures (latency_ms stays torch's, as for every method: onnxruntime's
-    is in artifacts and baseline_onnx)."""
+def _write_outputs(
+    inputs: _Inputs, result: MethodResult, out_dir: Path, config: CompressConfig, guard: Guard, speed_budget_s: float
+) -> _Outputs:
+    """Writes model.sqz, model/ and model.onnx, each loaded back and measured, its speed compared with the
+    baseline's (each comparison within `speed_budget_s`); int8 exists only as model.onnx, whose accuracy and bytes
+    are then the headline figures (latency_ms stays torch's, as for every method: onnxruntime's is in artifacts and
+    baseline_onnx)."""
+    metric = config.metric
     reloaded, compressed = _write_sqz(inputs, result, out_dir / "model.sqz", metric, guard)
     model_dir = out_dir / "model"
     shutil.rmtree(model_dir, ignore_errors=True)
     save_model_dir(reloaded, model_dir)
+    model_dir_loaded = load_model(model_dir)
     onnx_path = out_dir / "model.onnx"
     onnx_accuracy = _write_onnx(inputs, result, reloaded, compressed["accuracy"], onnx_path, metric, guard)
     artifacts = {
-        "model.sqz": {
-            "bytes": compressed["size_bytes"],
-            "accuracy": compressed["accuracy"],
-            "runtime": "torch",
-            **{key: compressed[key] for key in LATENCY_BATCHES},
-        },
-        "model/": _model_dir_entry(model_dir, inputs.prepared, metric, guard),
-        "model.onnx": _onnx_entry(onnx_path, _input_shape(reloaded), onnx_accuracy, guard),
+        "model.sqz": {"bytes": compressed["size_bytes"], "accuracy": compressed["accuracy"], "runtime": "torch"},
+        "model/": _model_dir_entry(model_dir, model_dir_loaded, inputs.prepared, metric, guard),
+        "model.onnx": _onnx_entry(onnx_path, onnx_accuracy),
     }
+    with tempfile.TemporaryDirectory(prefix="squeezer-baseline-") as tmp:
+        baseline_path, baseline_onnx = _baseline_onnx(inputs, Path(tmp), metric, guard)
+        files: dict[str, File] = {
+            "model.sqz": reloaded.module,
+            "model/": model_dir_loaded.module,
+            "model.onnx": onnx_path,
+        }
+        shape, target = _input_shape(inputs.model), config.speed_target
+        speed = measure_speed(inputs.model.module, baseline_path, files, shape, target, guard, speed_budget_s)
+    _fill_latencies(speed, inputs.baseline, compressed, artifacts, baseline_onnx)
     deployable = "model.sqz" if result.onnx is None else "model.onnx"
     if result.onnx is not None:
         compressed |= {"accuracy": artifacts["model.onnx"]["accuracy"], "size_bytes": artifacts["model.onnx"]["bytes"]}
-    baseline_onnx = _baseline_onnx_entry(inputs, metric, guard)
-    return _Outputs(reloaded, compressed, artifacts, onnx_accuracy, baseline_onnx, deployable)
+    return _Outputs(reloaded, compressed, artifacts, onnx_accuracy, baseline_onnx, deployable, speed.section)
+
+
+def _fill_latencies(speed: SpeedFindings, baseline: dict, compressed: dict, artifacts: dict, baseline_onnx: dict):
+    """Every latency of the report from the A/B comparisons: the baseline's and model.sqz's from the one between
+    them (the headline figures), each file's from its own, the baseline ONNX's from the one against model.onnx."""
+    baseline |= speed.latencies["baseline"]
+    compressed |= speed.latencies["model.sqz"]
+    for name, entry in artifacts.items():
+        entry |= speed.latencies[name]
+    baseline_onnx |= speed.latencies["baseline.onnx"]
 
 
 def _write_sqz(
@@ -342,17 +365,21 @@ def _write_onnx(
     return onnx_accuracy
 
 
-def _baseline_onnx_entry(inputs: _Inputs, metric: str, guard: Guard) -> dict:
-    """The uploaded model exported to ONNX and measured like model.onnx, so the two runtimes' figures compare."""
-    with tempfile.TemporaryDirectory(prefix="squeezer-baseline-") as tmp:
-        path = export_onnx(inputs.model, Path(tmp) / "baseline.onnx", should_stop=guard)
-        _stamp_preprocessing(path, inputs.model.preprocessing)
-        accuracy = _onnx_accuracy(path, inputs.raw, None, metric, guard)
-        return _onnx_entry(path, _input_shape(inputs.model), accuracy, guard)
+def _baseline_onnx(inputs: _Inputs, folder: Path, metric: str, guard: Guard) -> tuple[Path, dict]:
+    """The uploaded model exported to ONNX in `folder` and its entry, measured like model.onnx (its latencies come
+    from the comparison with model.onnx)."""
+    path = export_onnx(inputs.model, folder / "baseline.onnx", should_stop=guard)
+    _stamp_preprocessing(path, inputs.model.preprocessing)
+    return path, _onnx_entry(path, _onnx_accuracy(path, inputs.raw, None, metric, guard))
 
 
 def _report(
-    config: CompressConfig, inputs: _Inputs, result: MethodResult, outputs: _Outputs, duration_s: float
+    config: CompressConfig,
+    inputs: _Inputs,
+    result: MethodResult,
+    outputs: _Outputs,
+    duration_s: float,
+    timings: dict[str, float],
 ) -> Report:
     """The report's figures and how they were obtained, validated as the served document."""
     target, baseline, compressed = config.target, inputs.baseline, outputs.compressed
@@ -367,6 +394,7 @@ def _report(
         "onnx_accuracy": outputs.onnx_accuracy,
         "artifacts": outputs.artifacts,
         "baseline_onnx": outputs.baseline_onnx,
+        "speed": outputs.speed,
         "deployable": outputs.deployable,
         "settings": config.model_dump(mode="json"),
         **method_only,
@@ -378,6 +406,7 @@ def _report(
         "onnx_layer_names": _uploaded_layer_names(inputs.model, result.layers),
         "squeezer_version": _version(),
         "duration_s": duration_s,
+        "timings_s": timings,
     }
     keys = build_report(
         method=config.method,
@@ -413,27 +442,20 @@ def _done_event(report: Report) -> Event:
     )
 
 
-def _onnx_entry(path: Path, input_shape: tuple[int, ...], accuracy: float, guard: Guard) -> dict:
-    """An .onnx file's report entry: its accuracy (measured on the file by the caller) and its onnxruntime latency
-    (CPU, one thread)."""
-    return {
-        "bytes": path.stat().st_size,
-        "accuracy": accuracy,
-        "runtime": "onnxruntime",
-        **{key: onnx_latency_ms(path, input_shape, batch=batch, guard=guard) for key, batch in LATENCY_BATCHES.items()},
-    }
+def _onnx_entry(path: Path, accuracy: float) -> dict:
+    """An .onnx file's report entry: its bytes and its accuracy (measured on the file by the caller); its
+    onnxruntime latencies (CPU, one thread) come from the speed comparison."""
+    return {"bytes": path.stat().st_size, "accuracy": accuracy, "runtime": "onnxruntime"}
 
 
-def _model_dir_entry(model_dir: Path, data: Dataset, metric: str, guard: Guard) -> dict:
-    """model/ (served as model.zip) loaded back and measured like model.sqz."""
-    loaded = load_model(model_dir)
+def _model_dir_entry(model_dir: Path, loaded: LoadedModel, data: Dataset, metric: str, guard: Guard) -> dict:
+    """model/ (served as model.zip), `loaded` back from it, measured like model.sqz."""
     return {
         "bytes": sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()),
         "accuracy": metric_function(metric)(
             loaded.module, data.x_val, data.y_val, device=REPORT_DEVICE, should_stop=guard
         ),
         "runtime": "torch",
-        **_latencies(loaded.module, _input_shape(loaded), guard),
     }
 
 

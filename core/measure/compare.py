@@ -75,7 +75,8 @@ class SpeedComparison:
 
     def as_dict(self) -> dict:
         """The report's form: the figures, the verdict and how it was reached."""
-        return asdict(self) | {"speedup": self.speedup, "confidence": CONFIDENCE, "min_effect": MIN_EFFECT}
+        figures = asdict(self) | {"runs_per_round": list(self.runs_per_round)}  # as JSON reads it back
+        return figures | {"speedup": self.speedup, "confidence": CONFIDENCE, "min_effect": MIN_EFFECT}
 
 
 def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -128,6 +129,15 @@ def _is_look(rounds: int) -> bool:
     return rounds >= MIN_ROUNDS and rounds % MIN_ROUNDS == 0 and (rounds // MIN_ROUNDS).bit_count() == 1
 
 
+def _cut_short(guard: Guard, rounds: int) -> bool:
+    """Checks `guard` (a stop request raises); past its deadline the rounds end at MIN_ROUNDS, and at once when half
+    of the grace after it is spent (the job's results must be written within it)."""
+    guard.check()
+    if not guard.overtime():
+        return False
+    return rounds >= MIN_ROUNDS or (rounds > 0 and time.monotonic() > guard.hard_deadline - guard.grace_s / 2)
+
+
 def compare_runs(
     baseline: Callable[[], object],
     candidate: Callable[[], object],
@@ -140,8 +150,8 @@ def compare_runs(
     """`baseline` against `candidate`, A/B interleaved (see the module docstring); `identical`: the two are known to
     be the same (their times are still measured, the verdict is no difference); `clock` times the runs
     (`clock_for`). Past `guard`'s deadline the rounds
-    end at once (fewer than MIN_ROUNDS: no difference claimed, the interval is their range); a stop request raises as
-    every guard check does."""
+    end early (`_cut_short`; fewer than MIN_ROUNDS: no difference claimed, the interval is their range); a stop
+    request raises as every guard check does."""
     started = time.perf_counter()
     warmup: tuple[list[float], list[float]] = ([], [])
     for _ in range(WARMUP_RUNS):
@@ -152,10 +162,8 @@ def compare_runs(
     ratios: list[float] = []
     verdict: Verdict | None = None
     while True:
-        if guard is not None:
-            guard.check()
-            if guard.overtime() and ratios:
-                break
+        if guard is not None and _cut_short(guard, len(ratios)):
+            break
         order = (0, 1) if len(ratios) % 2 == 0 else (1, 0)
         for side in order:
             times[side].append(_time((baseline, candidate)[side], runs[side], clock))

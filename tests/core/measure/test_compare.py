@@ -1,4 +1,5 @@
 import io
+import time
 
 import onnx
 import pytest
@@ -95,10 +96,13 @@ def test_a_difference_is_claimed_only_beyond_the_noise(low, high, verdict):
     assert verdict_of(low, high) == verdict
 
 
-def test_past_the_deadline_rounds_end_and_nothing_is_claimed(wide_and_narrow):
+def test_past_the_deadline_rounds_end_at_the_minimum_and_at_once_late_in_the_grace(wide_and_narrow):
     wide, narrow = wide_and_narrow
-    guard = Guard(time_limit_s=1e-9).essential()  # its deadline has passed: measurements cut short
-    comparison = compare_onnx(wide, narrow, SHAPE, guard=guard)
+    late = Guard(time_limit_s=1e-9).essential()  # its deadline has passed: measurements cut short
+    assert compare_onnx(wide, narrow, SHAPE, guard=late).rounds == MIN_ROUNDS
+    later = Guard(grace_s=10).essential()
+    later.deadline, later.hard_deadline = time.monotonic() - 6, time.monotonic() + 4  # over half the grace spent
+    comparison = compare_onnx(wide, narrow, SHAPE, guard=later)
     assert comparison.rounds == 1 and comparison.verdict == "no difference" and comparison.speedup == 1.0
 
 
