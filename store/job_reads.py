@@ -25,6 +25,8 @@ POLL_TIMEOUT_S = 10.0
 # Once the server was lost: how long a poll waits for a new connection, and how long the pool keeps retrying one
 # before the next poll starts afresh, so an outage answers 503 within seconds and a restart is noticed at once.
 RECONNECT_WAIT_S = 2.0
+# How the poll connections name themselves to the server (pg_stat_activity.application_name).
+POLL_APPLICATION_NAME = "squeezer-job-polls"
 _COLUMNS = ", ".join(column.name for column in Job.__table__.columns)
 _POLL_SQL = f"SELECT {_COLUMNS} FROM {Job.__tablename__} WHERE id = %s AND tenant = %s"
 
@@ -76,7 +78,7 @@ class AsyncPostgresJobReader:
                 max_size=self.size,
                 timeout=self.timeout_s,
                 reconnect_timeout=RECONNECT_WAIT_S,
-                kwargs={"autocommit": True, "row_factory": namedtuple_row},
+                kwargs={"autocommit": True, "row_factory": namedtuple_row, "application_name": POLL_APPLICATION_NAME},
                 open=False,
                 name="job-polls",
             )
