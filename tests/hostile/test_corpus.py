@@ -3,7 +3,6 @@ real job function on the in-process worker. Each must end as its table row says:
 at upload or submission, or a final job status with its `error.code`; and no pickle payload may ever run."""
 
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from sqlalchemy import func, select
 from squeezer.store.models import Job
 from squeezer.worker.dispatch import make_dispatcher
 from tests.api.conftest import TINY_OPTIONS, assert_problem, stored_counts
+from tests.helpers import final_job
 from tests.hostile.corpus import CASES, DIGITS_ARCH, Case, Inputs
 
 CASES_BY_NAME = {case.name: case for case in CASES}
@@ -48,13 +48,7 @@ def run_queued_jobs(client, job_id: str, timeout_s: float = 120) -> dict:
     worker = make_dispatcher(app.state.settings, app.state.session_factory, app.state.blobs)
     worker.start()
     try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            job = client.get(f"/v1/jobs/{job_id}").json()
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                return job
-            time.sleep(0.2)
-        raise AssertionError(f"job {job_id} still {job['status']} after {timeout_s}s")
+        return final_job(client, job_id, timeout_s)
     finally:
         worker.stop(timeout_s=60)
 

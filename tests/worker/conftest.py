@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from squeezer.store.statuses import FINAL_STATUSES
 from squeezer.worker.context import WorkerContext
 from squeezer.worker.dispatch import CeleryDispatcher
 from tests.api.conftest import TINY_OPTIONS, tiny_job
+from tests.helpers import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,15 +100,17 @@ class Service:
             return list(session.scalars(select(JobEvent.stage).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
 
     def wait(self, job_id: str, until, timeout_s: float = 120) -> Job:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        job = self.job(job_id)
+
+        def reached() -> Job | None:
+            nonlocal job
             job = self.job(job_id)
-            if until(job):
-                return job
-            time.sleep(0.2)
-        raise AssertionError(
-            f"job {job_id} still {job.status} ({job.progress}) after {timeout_s}s; worker logs in {self.log_dir}"
-        )
+            return job if until(job) else None
+
+        def state() -> str:
+            return f"job {job_id}; it is {job.status} ({job.progress}); worker logs in {self.log_dir}"
+
+        return wait_until(reached, timeout_s, state, 0.2)
 
     def wait_final(self, job_id: str, timeout_s: float = 120) -> Job:
         return self.wait(job_id, lambda job: job.status in FINAL_STATUSES, timeout_s)
