@@ -1,7 +1,7 @@
 """Job polls, the hottest read: one job row by id and tenant, many times a second per client. On PostgreSQL they run
-on the event loop over psycopg's async connections: a worker-thread hop and SQLAlchemy's execution path cost more CPU
-than the query itself (bench/api_poll.py). SQLite has no async driver here, so its polls take a worker thread to
-store.jobs.poll_job_row. Failures surface as SQLAlchemy's errors, which the API already answers with a 503."""
+on the event loop over a psycopg_pool of async connections: a worker-thread hop and SQLAlchemy's execution path cost
+more CPU than the query itself (bench/api_poll.py). SQLite has no async driver here, so its polls take a worker thread
+to store.jobs.poll_job_row. Failures surface as SQLAlchemy's errors, which the API already answers with a 503."""
 
 import asyncio
 from typing import Any, Protocol
@@ -98,7 +98,7 @@ class AsyncPostgresJobReader:
                     await pool.check()  # drops the idle connections the server dropped too
                     row = await self._query(pool, job_id, tenant)
         except (TimeoutError, PoolTimeout):
-            raise SQLAlchemyPoolTimeout("no connection to the database for a job poll") from None
+            raise SQLAlchemyPoolTimeout("the database did not answer a job poll in time") from None
         except psycopg.OperationalError as error:
             raise OperationalError(_POLL_SQL, (job_id, tenant), error) from error
         self._server_lost = False
