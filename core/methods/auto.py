@@ -9,33 +9,39 @@ from the previous stage's result and only removes channels or constrains weights
 budget is the most compressed one. With `auto.compare_lwct_alone`, lwct also runs alone on the original model with the
 whole budget. With `auto.int8`, the channel-removed model is last quantized to int8 with what the structural stages
 left of the budget. Every stage's result is a candidate, its deployable file (model.sqz, or the int8 model.onnx)
-measured for bytes and its model.onnx for onnxruntime latency; the one returned is the candidate within the budget
-best by `auto.objective`: size (smallest file, the default), latency (fastest at batch 32) or balanced (smallest
-product of the two ratios to the baseline). When none is within the budget, the most accurate. The time limit is
+measured for bytes and its model.onnx compared A/B with the baseline's on the speed target (core.measure.compare: a
+speed-up within the noise is 1.0); the one returned is the candidate within the budget best by `auto.objective`: size
+(smallest file, the default), latency (fastest; the objective whenever `speed_target` sets a goal) or balanced
+(smallest product of the size ratio and the inverse speed-up). Under latency, candidates that reach the goal come
+first, candidates whose speed-ups cannot be told apart from the best's count as equally fast (the smallest of them is
+returned), and a candidate slower than the baseline never is: when every one within the budget is, the original
+model is returned. Otherwise, when none is within the budget, the most accurate. The time limit is
 shared by the stages still to run; once it has run out, the stages not yet started are skipped.
 """
 
 import dataclasses
 import tempfile
+import time
 from pathlib import Path
 from typing import Unpack, cast
 
 from squeezer.core.artifacts.onnx_export import export_onnx
 from squeezer.core.artifacts.sqz import pack_sqz
-from squeezer.core.config import AccuracyTarget, CompressConfig, DropType
+from squeezer.core.config import AccuracyTarget, CompressConfig, DropType, SpeedTarget
 from squeezer.core.errors import UnsupportedLayerError
 from squeezer.core.events import Event, EventCallback, Guard
 from squeezer.core.graph import with_channels
 from squeezer.core.intake.models import LoadedModel
 from squeezer.core.measure import float32_bytes
-from squeezer.core.measure.runtime import onnx_latency_ms
+from squeezer.core.measure.compare import SpeedComparison, compare_onnx
+from squeezer.core.measure.speed_report import comparison_budget, goal_met
 from squeezer.core.methods.harness import MethodHooks, MethodRun
+from squeezer.core.methods.lwct import prunable_layers
 from squeezer.core.methods.registry import Method, MethodName, method
 from squeezer.core.methods.results import ChannelLayerState, LayerState, MethodResult, Trial
 
 # The methods auto runs, from its registration: the structural ones the job names, then lwct, then int8.
 STAGES: dict[MethodName, Method] = {name: method(name) for name in method(MethodName.AUTO).combines}
-LATENCY_BATCH = 32  # the batch the latency objective ranks by
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +58,7 @@ class _Outcome:
     result: MethodResult
     channel_rows: list[list[ChannelLayerState]]  # the structural stages' per-layer rows up to this one
     packed_bytes: int  # of the stage's deployable file (.sqz, or the int8 .onnx): what "most compressed" is judged by
-    latency_ms: float  # of its model.onnx in onnxruntime at LATENCY_BATCH, CPU, one thread
+    speed: SpeedComparison  # of its model.onnx against the baseline's on the speed target
 
 
 @dataclasses.dataclass
@@ -63,6 +69,8 @@ class _Chain:
     channel_rows: list[list[ChannelLayerState]] = dataclasses.field(default_factory=list)
     outcomes: list[_Outcome] = dataclasses.field(default_factory=list)
     trials: list[Trial] = dataclasses.field(default_factory=list)
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    baseline_onnx: bytes | None = None  # the original model exported, once a candidate is compared with it
 
 
 def compress_auto(model, data, config: CompressConfig, **hooks: Unpack[MethodHooks]) -> MethodResult:
@@ -132,8 +140,8 @@ def _run_stage(run: MethodRun, chain: _Chain, plan: list[_Stage], index: int, ba
     if stage.method.name == MethodName.INT8 and result.onnx is None:
         return  # outside the budget: the float model it started from is already a candidate
     packed = len(result.onnx) if result.onnx else len(pack_sqz(with_channels(source, result.module), result.layers))
-    latency = _latency(with_channels(source, result.module), result.onnx, run.guard.essential())
-    chain.outcomes.append(_Outcome(stage.label, result, rows, packed, latency))
+    speed = _speed(run, chain, with_channels(source, result.module), result.onnx)
+    chain.outcomes.append(_Outcome(stage.label, result, rows, packed, speed))
 
 
 def _stage_config(run: MethodRun, stage: _Stage, source, baseline: float, *, stages_left: int) -> CompressConfig:
@@ -150,55 +158,136 @@ def _stage_config(run: MethodRun, stage: _Stage, source, baseline: float, *, sta
     return run.config.model_copy(update={"method": stage.method.name, "target": target, "time_limit_s": time_limit_s})
 
 
+def objective_of(config: CompressConfig) -> str:
+    """The objective auto chooses by: latency whenever the speed target sets a goal, else `auto.objective`."""
+    return "latency" if config.speed_target.has_goal else config.auto.objective
+
+
 def _chosen(run: MethodRun, chain: _Chain, baseline: float) -> MethodResult:
-    """The candidate best by the objective among those within the budget (else the most accurate), with every
-    candidate and the baseline listed for the report."""
+    """The candidate best by the objective among those within the budget (else the most accurate; under latency the
+    original model), with every candidate and the baseline listed for the report."""
     within = [o for o in chain.outcomes if run.within(o.result.accuracy)]
-    baseline_latency = _latency(run.model, None, run.guard.essential())
+    objective, target = objective_of(run.config), run.config.speed_target
     rank = {
         "size": lambda o: o.packed_bytes,
-        "latency": lambda o: o.latency_ms,
-        "balanced": lambda o: (o.packed_bytes / run.original_bytes) * (o.latency_ms / baseline_latency),
+        "balanced": lambda o: (o.packed_bytes / run.original_bytes) / o.speed.speedup,
     }
-    objective = run.config.auto.objective
-    chosen = min(within, key=rank[objective]) if within else max(chain.outcomes, key=lambda o: o.result.accuracy)
-    result = chosen.result
+    if objective == "latency":
+        chosen = _fastest(within, target)
+    elif within:
+        chosen = min(within, key=rank[objective])
+    else:
+        chosen = max(chain.outcomes, key=lambda o: o.result.accuracy)
     run.trials = chain.trials
     if run.guard.overtime():  # a stage that only used up its own share of the time did not stop the job early
         run.stopped_early = run.stopped_early or next(
             (o.result.stopped_early for o in chain.outcomes if o.result.stopped_early), None
         )
-    returned = run.result(result.module, merge_layers(chosen.channel_rows, result.layers), result.accuracy)
-    returned.onnx = result.onnx
-    returned.fine_tuning = result.fine_tuning
-    baseline_row = _Outcome("baseline", result, [], run.original_bytes, baseline_latency)
+    if chosen is None:
+        returned = run.result(run.model.module, _untouched_rows(run.model.module), baseline)
+    else:
+        result = chosen.result
+        returned = run.result(result.module, merge_layers(chosen.channel_rows, result.layers), result.accuracy)
+        returned.onnx = result.onnx
+        returned.fine_tuning = result.fine_tuning
     returned.candidates = [
-        _candidate(o, o.result.accuracy, run.within(o.result.accuracy), o is chosen) for o in chain.outcomes
-    ] + [_candidate(baseline_row, baseline, True, False)]
+        _candidate(o, o.result.accuracy, run.within(o.result.accuracy), o is chosen, target) for o in chain.outcomes
+    ] + [_baseline_candidate(chain, baseline, run.original_bytes, chosen is None)]
     return returned
 
 
-def _candidate(outcome: _Outcome, accuracy: float, within_budget: bool, chosen: bool) -> dict:
+def _fastest(candidates: list[_Outcome], target: SpeedTarget) -> _Outcome | None:
+    """The fastest of `candidates` not slower than the baseline (those reaching the goal first); among those whose
+    speed-up cannot be told apart from the best's (intervals that overlap), the smallest. None when every one is
+    slower."""
+    candidates = [o for o in candidates if o.speed.verdict != "slower"]
+    reaching = [o for o in candidates if goal_met(target, o.speed)]
+    pool = reaching or candidates
+    if not pool:
+        return None
+    best = max(pool, key=lambda o: o.speed.speedup).speed
+    tied = [
+        o
+        for o in pool
+        if o.speed.speedup == best.speedup or (o.speed.verdict == best.verdict and o.speed.high >= best.low)
+    ]
+    return min(tied, key=lambda o: o.packed_bytes)
+
+
+def _untouched_rows(module) -> list[LayerState]:
+    """The original model's layers as report rows: every one float, nothing removed."""
+    return [
+        LayerState.of(
+            name,
+            layer,
+            layer.weight,
+            representation="float",
+            sigma=None,
+            bits=32.0,
+            significance_rank=rank,
+            accepted=False,
+        )
+        for rank, (name, layer) in enumerate(prunable_layers(module).items())
+    ]
+
+
+def _candidate(outcome: _Outcome, accuracy: float, within_budget: bool, chosen: bool, target: SpeedTarget) -> dict:
+    speed = outcome.speed
     return {
         "stage": outcome.stage,
         "accuracy": accuracy,
         "bytes": outcome.packed_bytes,
-        f"latency_ms_batch{LATENCY_BATCH}": outcome.latency_ms,
+        "latency_ms": speed.candidate_ms,
+        "baseline_latency_ms": speed.baseline_ms,
+        "speedup": speed.speedup,
+        "verdict": speed.verdict,
+        "speed_interval": [speed.low, speed.high],
+        "goal_met": goal_met(target, speed),
         "within_budget": within_budget,
         "chosen": chosen,
     }
 
 
-def _latency(model, onnx: bytes | None, guard: Guard) -> float:
-    """onnxruntime latency at LATENCY_BATCH of `onnx`, or of `model` (a LoadedModel) exported as model.onnx is;
-    fewer repetitions past `guard`'s deadline."""
+def _baseline_candidate(chain: _Chain, accuracy: float, original_bytes: int, chosen: bool) -> dict:
+    """The original model's row: its latency the median of its side of every comparison."""
+    times = sorted(o.speed.baseline_ms for o in chain.outcomes)
+    return {
+        "stage": "baseline",
+        "accuracy": accuracy,
+        "bytes": original_bytes,
+        "latency_ms": times[len(times) // 2] if times else None,
+        "speedup": 1.0,
+        "within_budget": True,
+        "chosen": chosen,
+    }
+
+
+def _speed(run: MethodRun, chain: _Chain, model: LoadedModel, onnx: bytes | None) -> SpeedComparison:
+    """A candidate's model.onnx (`onnx`, or `model` exported as model.onnx is) against the original model's, A/B on
+    the speed target, within a budget proportionate to the time auto has run."""
+    guard = run.guard.essential()
+    assert model.input_shape is not None  # the pipeline's check_compatible filled it
+    if chain.baseline_onnx is None:
+        chain.baseline_onnx = _onnx_bytes(run.model, guard)
+    target = run.config.speed_target
+    return compare_onnx(
+        chain.baseline_onnx,
+        onnx if onnx is not None else _onnx_bytes(model, guard),
+        tuple(model.input_shape),
+        batch=target.batch,
+        runtime=target.runtime,
+        threads=target.threads,
+        guard=guard,
+        budget_s=comparison_budget(time.monotonic() - chain.started),
+    )
+
+
+def _onnx_bytes(model: LoadedModel, guard: Guard) -> bytes:
+    """`model` exported as the pipeline exports model.onnx."""
     with tempfile.TemporaryDirectory(prefix="squeezer-auto-") as tmp:
         path = Path(tmp) / "candidate.onnx"
-        if onnx is None:
-            export_onnx(model, path, should_stop=guard)
-        else:
-            path.write_bytes(onnx)
-        return onnx_latency_ms(path, tuple(model.input_shape), batch=LATENCY_BATCH, guard=guard)
+        export_onnx(model, path, should_stop=guard)
+        return path.read_bytes()
 
 
 def _stage_events(on_event: EventCallback, name: str, index: int, count: int) -> EventCallback:
