@@ -14,7 +14,7 @@ import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -25,111 +25,160 @@ if TYPE_CHECKING:
     from squeezer.core.intake.data import Samples
 
 
+@dataclass(frozen=True)
+class TrainOptions:
+    """How a run trains: SGD with momentum at `lr` (annealed to zero over the run with lr_schedule="cosine", so
+    short recovery stages end closer to a minimum), at most `max_samples` samples an epoch (a fresh random subset
+    each epoch), augmentation (`augmented`), and with a teacher `distill_weight` of knowledge distillation (a
+    compressed model recovers faster when it learns the baseline's full output, not just labels). `seed` fixes the
+    shuffles and the augmentation."""
+
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    max_samples: int | None = None
+    lr_schedule: str = "constant"
+    augment: str = "none"
+    distill_weight: float = 0.0
+    device: torch.device | str = "cpu"
+    seed: int = 0
+
+
+class Trainer:
+    """One training run of `module`, in place: its optimizer (with the module's StepRule, if any), mixed precision on
+    CUDA only (so CPU runs stay bit-reproducible for a seed), the schedule and the seeded shuffles. `step` trains one
+    batch, `fit` whole epochs.
+
+    `after_step(optimizer)` runs under no_grad after every step: proximal steps, and resets of their momentum.
+    `should_stop` is checked before every step (Cancelled; a core.events.Guard also raises its time-limit exceptions
+    there); with a `divergence` rule, Diverged is raised as soon as the loss breaks it (the module is then left
+    mid-way: the caller rolls back)."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        options: TrainOptions,
+        *,
+        teacher: nn.Module | None = None,
+        after_step: Callable[[torch.optim.Optimizer], None] | None = None,
+        should_stop: StopCheck | None = None,
+        divergence: "DivergenceRule | None" = None,
+    ):
+        self.module, self.options, self.after_step, self.should_stop = module, options, after_step, should_stop
+        self.device = torch.device(options.device)
+        module.to(self.device)
+        self.teacher = teacher.to(self.device).eval() if teacher is not None else None
+        self.optimizer = optimizer_for(
+            module, lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay
+        )
+        self.use_amp = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.generator = torch.Generator().manual_seed(options.seed)
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.watch = _DivergenceWatch(divergence) if divergence is not None else None
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor) -> float:
+        """One SGD step on a batch on the trainer's device; returns its loss."""
+        if self.options.augment != "none":
+            xb, yb = augmented(xb, yb, self.options.augment, self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            logits = self.module(xb)
+            loss = self._loss(logits, xb, yb)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.after_step is not None:
+            with torch.no_grad():
+                self.after_step(self.optimizer)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        value = loss.detach().float().item()
+        if self.watch is not None:
+            self.watch.observe(value)
+        return value
+
+    def _loss(self, logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        loss = task_loss(logits, yb)
+        weight = self.options.distill_weight
+        if self.teacher is None or weight <= 0:
+            return loss
+        with torch.no_grad():
+            target = self.teacher(xb)
+        return (1 - weight) * loss + weight * distillation_loss(logits, target)
+
+    def fit(
+        self, x: "Samples | torch.Tensor", y: torch.Tensor, epochs: int, on_epoch: Callable[[int, float], None] | None
+    ) -> float:
+        """`epochs` passes over (x, y), a batch being at most the epoch's samples whatever batch_size asks; returns
+        the mean loss of the last epoch. A terminal Softmax/LogSoftmax/Sigmoid is bypassed meanwhile: the loss sees
+        logits."""
+        per_epoch = len(x) if self.options.max_samples is None else min(len(x), self.options.max_samples)
+        batch_size = max(1, min(self.options.batch_size, per_epoch))
+        if self.options.lr_schedule == "cosine":
+            total_steps = max(epochs * -(-per_epoch // batch_size), 1)
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, total_steps)
+        # a lazy source (an image folder's Samples) is decoded on access: DataLoader workers read ahead
+        lazy = cast("Samples", x) if getattr(x, "lazy", False) else None
+        reader = lazy.reader() if lazy is not None else None
+        last_loss = 0.0
+        with contextlib.ExitStack() as stack:
+            stack.callback(self.module.eval)
+            if reader is not None:
+                stack.callback(reader.close)
+            for model in (self.module, self.teacher):
+                if model is not None:
+                    stack.enter_context(logits_only(model, per_sample=y.dim() == 1))
+            self.module.train()
+            for epoch in range(epochs):
+                order = torch.randperm(len(x), generator=self.generator)[:per_epoch]
+                # each batch in file order: sequential reads of a memory map
+                batches = [order[start : start + batch_size].sort().values for start in range(0, per_epoch, batch_size)]
+                last_loss = self._epoch(x, y, batches, lazy, reader)
+                if on_epoch is not None:
+                    on_epoch(epoch, last_loss)
+        return last_loss
+
+    def _epoch(self, x, y: torch.Tensor, batches: list[torch.Tensor], lazy: "Samples | None", reader) -> float:
+        if reader is not None:
+            reader.start(batches)
+        total, seen = 0.0, 0
+        for idx in batches:
+            stop_point(self.should_stop)
+            if lazy is not None and reader is not None:
+                xb = lazy.converted(reader.next(), self.device)
+            else:
+                xb = _batch(x, idx, self.device)
+            total += self.step(xb, y[idx].to(self.device, non_blocking=True)) * len(idx)
+            seen += len(idx)
+        return total / max(seen, 1)
+
+
 def fit(
     module: nn.Module,
     x: "Samples | torch.Tensor",
     y: torch.Tensor,
     *,
     epochs: int,
-    lr: float,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    batch_size: int = 128,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-    max_samples: int | None = None,
+    teacher: nn.Module | None = None,
     after_step: Callable[[torch.optim.Optimizer], None] | None = None,
     should_stop: StopCheck | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
-    lr_schedule: str = "constant",
-    teacher: nn.Module | None = None,
-    distill_weight: float = 0.0,
     divergence: "DivergenceRule | None" = None,
-    augment: str = "none",
+    **options: Any,
 ) -> float:
-    """Train `module` in place on (x, y) and return the mean loss of the last epoch.
-
-    `max_samples` caps the samples seen per epoch (a fresh random subset each epoch).
-    `after_step(optimizer)` runs under no_grad after every step: proximal steps, and resets of their momentum.
-    `lr_schedule="cosine"` anneals the learning rate to zero over the run: short recovery stages end closer to a
-    minimum than at a constant rate. Mixed precision is used on CUDA only, so CPU runs stay bit-reproducible for a
-    given seed.
-    With a `teacher`, the loss mixes in `distill_weight` of knowledge distillation (KL divergence to the teacher's
-    softened outputs): a compressed model recovers faster when it learns the baseline's full output, not just labels.
-    A batch is at most the epoch's samples, whatever `batch_size` asks. Raises Cancelled as soon as `should_stop()`
-    returns True (checked before every step; a core.events.Guard also raises its time-limit exceptions there); with a
-    `divergence` rule, raises Diverged as soon as the loss breaks it (the module is then left mid-way: the caller
-    rolls back).
-    """
-    device = torch.device(device)
-    module.to(device).train()
-    heads = contextlib.ExitStack()  # a terminal Softmax/LogSoftmax/Sigmoid is bypassed: the loss sees logits
-    heads.enter_context(logits_only(module, per_sample=y.dim() == 1))
-    if teacher is not None:
-        heads.enter_context(logits_only(teacher, per_sample=y.dim() == 1))
-    optimizer = optimizer_for(module, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if teacher is not None:
-        teacher.to(device).eval()
-    generator = torch.Generator().manual_seed(seed)
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    n = len(x)
-    per_epoch = n if max_samples is None else min(n, max_samples)
-    batch_size = max(1, min(batch_size, per_epoch))
-    total_steps = max(epochs * -(-per_epoch // batch_size), 1)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps) if lr_schedule == "cosine" else None
-    last_loss = 0.0
-    watch = _DivergenceWatch(divergence) if divergence is not None else None
-    # a lazy source (an image folder's Samples) is decoded on access: DataLoader workers read ahead
-    lazy = cast("Samples", x) if getattr(x, "lazy", False) else None
-    reader = lazy.reader() if lazy is not None else None
-    try:
-        for epoch in range(epochs):
-            order = torch.randperm(n, generator=generator)[:per_epoch]
-            # each batch in file order: sequential reads of a memory map
-            batches = [order[start : start + batch_size].sort().values for start in range(0, per_epoch, batch_size)]
-            if reader is not None:
-                reader.start(batches)
-            total, seen = 0.0, 0
-            for idx in batches:
-                stop_point(should_stop)
-                if lazy is not None and reader is not None:
-                    xb = lazy.converted(reader.next(), device)
-                else:
-                    xb = _batch(x, idx, device)
-                yb = y[idx].to(device, non_blocking=True)
-                if augment != "none":
-                    xb, yb = augmented(xb, yb, augment, generator)
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    logits = module(xb)
-                    loss = task_loss(logits, yb)
-                    if teacher is not None and distill_weight > 0:
-                        with torch.no_grad():
-                            target = teacher(xb)
-                        loss = (1 - distill_weight) * loss + distill_weight * distillation_loss(logits, target)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                if after_step is not None:
-                    with torch.no_grad():
-                        after_step(optimizer)
-                if scheduler is not None:
-                    scheduler.step()
-                step_loss = loss.detach().float().item()
-                if watch is not None:
-                    watch.observe(step_loss)
-                total += step_loss * len(idx)
-                seen += len(idx)
-            last_loss = total / max(seen, 1)
-            if on_epoch is not None:
-                on_epoch(epoch, last_loss)
-    finally:
-        if reader is not None:
-            reader.close()
-        heads.close()
-        module.eval()
-    return last_loss
+    """Trains `module` in place on (x, y) for `epochs` under TrainOptions(**options) and returns the mean loss of the
+    last epoch: a Trainer's whole run in one call (see Trainer for the hooks)."""
+    trainer = Trainer(
+        module,
+        TrainOptions(**options),
+        teacher=teacher,
+        after_step=after_step,
+        should_stop=should_stop,
+        divergence=divergence,
+    )
+    return trainer.fit(x, y, epochs, on_epoch)
 
 
 def _batch(x, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
