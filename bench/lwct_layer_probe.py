@@ -54,13 +54,15 @@ def main() -> None:
     if not (checkpoint / "lwct.json").exists():
         lwct.compress_lwct(model, data, config, checkpoint_dir=checkpoint)
     run = lwct.LwctRun(model, data, config, checkpoint_dir=checkpoint)
-    meta, shadow, masks = run.resume_walk()
+    if run.resume_walk() is None:
+        raise SystemExit(f"no lwct checkpoint in {checkpoint}")
+    state, shadow, masks = run.best, run.best.shadow, run.best.masks
     baseline = top1_accuracy(model.module, data.x_val, data.y_val)
-    print(f"baseline {baseline:.2f} %; accepted state {meta['accuracy']:.2f} % with {sorted(meta['sigmas'])} ternary")
+    print(f"baseline {baseline:.2f} %; accepted state {state.accuracy:.2f} % with {sorted(state.sigmas)} ternary")
     results = {}
     for name, variant in VARIANTS.items():
         started = time.perf_counter()
-        sigmas = {} if variant.get("alone") else dict(meta["sigmas"])
+        sigmas = {} if variant.get("alone") else dict(state.sigmas)
         layer_masks = {**masks, args.layer: torch.ones_like(masks[args.layer])} if variant.get("dense") else masks
         module = lwct.build_working_module(run.base, shadow, layer_masks, {**sigmas, args.layer: None})
         fit(
@@ -90,7 +92,7 @@ def main() -> None:
             "machine": machine(),
             "baseline_accuracy": baseline,
             "settings": SETTINGS,
-            "accepted_state": {"accuracy": meta["accuracy"], "ternary": sorted(meta["sigmas"])},
+            "accepted_state": {"accuracy": state.accuracy, "ternary": sorted(state.sigmas)},
             "layer": args.layer,
             "variants": results,
         },

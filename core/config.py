@@ -22,10 +22,6 @@ MAX_PENALTY = 100.0
 MAX_CALIBRATION_SAMPLES = 100_000
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 MAX_TIME_LIMIT_S = 30 * 24 * 3600.0
-MAX_SPEEDUP = 100.0
-MAX_LATENCY_MS = 3_600_000.0
-MAX_TARGET_THREADS = 256
-MAX_TARGET_BATCH = 1_024
 _BOUND_WORDS = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
 
 
@@ -92,39 +88,6 @@ class AccuracyTarget(_Strict):
         if self.drop_type == DropType.RELATIVE:
             return baseline_accuracy * self.max_drop / 100.0
         return self.max_drop
-
-
-TargetRuntime = Literal["onnxruntime-cpu", "onnxruntime-cuda"]
-
-
-class SpeedTarget(_Strict):
-    """How much faster the result must run where it is deployed, beside the accuracy budget: measured on model.onnx
-    against the baseline's ONNX, A/B interleaved on the target runtime (core.measure.compare). With a goal, auto
-    ranks its candidates by that speed-up (objective latency); every report says whether the goal was met."""
-
-    speedup: float | None = bounded(
-        None, "Speed-up over the baseline to reach (baseline time / result time); unset: none.", gt=1, le=MAX_SPEEDUP
-    )
-    latency_ms: float | None = bounded(
-        None, "Latency of one batch to reach, in milliseconds; unset: none.", gt=0, le=MAX_LATENCY_MS
-    )
-    runtime: TargetRuntime = Field(
-        "onnxruntime-cpu",
-        description="Where speed is measured: onnxruntime on CPU, or on CUDA (a worker with a GPU and onnxruntime-gpu;"
-        " a job asking for it elsewhere fails with runtime_unavailable).",
-    )
-    threads: int = bounded(1, "Intra-op threads of the target runtime.", ge=1, le=MAX_TARGET_THREADS)
-    batch: int = bounded(1, "Batch size the goal is measured at.", ge=1, le=MAX_TARGET_BATCH)
-
-    @model_validator(mode="after")
-    def _one_goal(self) -> "SpeedTarget":
-        if self.speedup is not None and self.latency_ms is not None:
-            raise ValueError("give speedup or latency_ms, not both")
-        return self
-
-    @property
-    def has_goal(self) -> bool:
-        return self.speedup is not None or self.latency_ms is not None
 
 
 class Normalization(_Strict):
@@ -203,7 +166,7 @@ class StructuredTraining(_Strict):
 @register_method(
     MethodName.LWCT,
     "squeezer.core.methods.lwct:compress_lwct",
-    "layer-wise compressive training (pruning, then layers constrained to few weight values)",
+    "layer-wise compressive training: pruning, then layers constrained to few weight values",
 )
 class LwctConfig(StructuredTraining):
     """Layer-wise compressive training (docs/METHODS.md §1). Defaults work without tuning: chosen across LeNet-5 on
@@ -215,7 +178,7 @@ class LwctConfig(StructuredTraining):
         None, "Network-wide pruning sparsity; None searches the largest one within the budget.", ge=0, lt=1
     )
     sparsity_grid: list[Annotated[float, Field(**SPARSITY_ITEM)]] = bounded(
-        description="Sparsity levels the search (and tighten) tries, in increasing order.",
+        description="Sparsity levels the search tries, in increasing order.",
         default_factory=lambda: [0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97],
         min_length=1,
         max_length=MAX_GRID_LEVELS,
@@ -239,16 +202,15 @@ class LwctConfig(StructuredTraining):
         "the budget and halved after one past it (a layer that fails alone stays float), so a network "
         "whose layers mostly pass needs about log2(layers) stages.",
     )
-    group_training: Literal["fixed", "sqrt", "linear", "paced"] = Field(
+    group_training: Literal["sqrt", "linear", "paced"] = Field(
         "paced",
         description="How long a stage of walk=group trains for a group of n layers, in single-layer stages "
         "(epochs_per_step, stretched to min_steps_per_stage). paced: up to n rounds of one, stopping after "
         "the first that keeps the stage within its share of the unspent budget (n layers' share of the "
         "layers left; accepted, as always, if within the whole budget). linear n (each layer gets the "
-        "training the layer walk gives it), sqrt √n (rounded up), fixed 1. One stage's training for a large "
-        "group leaves too little recovery and it fails: ResNet-56 took 47 stages with fixed, 6 with the "
-        "others; paced trained the walk in 0.62x linear's CPU time on ResNet-20, 0.40x on ResNet-56, 0.31x "
-        "on ResNet-110 (bench/lwct_scaling.py).",
+        "training the layer walk gives it), sqrt √n (rounded up). A large group needs more than one stage's "
+        "training to recover; paced trained the walk in 0.62x linear's CPU time on ResNet-20, 0.40x on ResNet-56, "
+        "0.31x on ResNet-110 (bench/lwct_scaling.py).",
     )
     prune_budget_share: float = bounded(
         0.5,
@@ -259,19 +221,24 @@ class LwctConfig(StructuredTraining):
     )
     grid_search: bool = Field(
         True,
-        description="After the walk (and tightening), each layer still float with float_precision int8 tries coarser "
+        description="After the walk, each layer still float with float_precision int8 tries coarser "
         "integer grids, int4 then int5, int6, int7, and keeps the first whose accuracy stays within the budget; "
         "then the biases (float16) try int4 … int8 together, one grid for all. Evaluation only, no training stage; "
         "fewer levels mean shorter Rice codes in model.sqz.",
     )
-    tighten: bool = Field(
-        False,
-        description="After the walk, spend the budget it left on sparsity: the next levels of sparsity_grid are tried "
-        "on the walked model (σ-constrained layers included), one training stage each, until one breaks the "
-        "budget or packs no smaller. Off by default: on three of the four default workloads (ResNet-20 not "
-        "measured) it gained nothing and cost one stage (bench/lwct_defaults.py --ablate tighten=false, "
-        "measured while it was on).",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_options(cls, data: Any) -> Any:
+        """Options whose experiment lost are gone: asking for what they did is refused by name, and their default
+        (which a stored dump of a config still holds) changes nothing and is dropped."""
+        if not isinstance(data, dict):
+            return data
+        if data.get("tighten") not in (None, False):
+            raise ValueError("option lwct.tighten was removed (it gained nothing on the default workloads); omit it")
+        if data.get("group_training") == "fixed":
+            raise ValueError("lwct.group_training=fixed was removed; use paced (the default), linear or sqrt")
+        return {key: value for key, value in data.items() if key != "tighten"}
 
 
 class LevelSearch(StructuredTraining):
@@ -287,36 +254,12 @@ class LevelSearch(StructuredTraining):
 
 
 GateInit = Literal["ones", "uniform", "normal", "l1"]
-SPEEDUP_ITEM = {"gt": 1, "le": 100}
-
-
-class LatencyPruning(_Strict):
-    """Latency-aware pruning in place of filter's level search (core.methods.latency_pruning): residual blocks and
-    channels removed against a latency table measured in onnxruntime on CPU, for each speed-up target in turn."""
-
-    speedups: list[Annotated[float, Field(**SPEEDUP_ITEM)]] = bounded(
-        default_factory=lambda: [1.5, 2.0, 3.0],
-        min_length=1,
-        max_length=MAX_GRID_LEVELS,
-        each=SPEEDUP_ITEM,
-        description="Predicted speed-ups of the convolutions tried in increasing order; the fastest result within the "
-        "budget is kept.",
-    )
-    depth: bool = Field(True, description="Remove whole identity-shortcut residual blocks first.")
-    block_drop: float = bounded(
-        5.0, "Points a residual block's removal may cost before recovery (measured per block).", ge=0, le=100
-    )
-    min_keep: float = bounded(0.25, "Share of each channel group always kept.", gt=0, le=1)
-    recovery_scale: float = bounded(
-        2.0, "Recovery trains 1 + this × the share of parameters removed times epochs_per_step.", ge=0, le=100
-    )
-    threads: int = bounded(1, "onnxruntime intra-op threads the latency table is measured with.", ge=1, le=256)
 
 
 @register_method(
     MethodName.FILTER,
     "squeezer.core.methods.filter:compress_filter",
-    "filter pruning (removes the channels of least learned importance)",
+    "filter pruning: removes the channels of least learned importance",
     structural=True,
 )
 class FilterConfig(LevelSearch):
@@ -339,15 +282,12 @@ class FilterConfig(LevelSearch):
         max_length=MAX_GRID_LEVELS,
         each=LEVEL_ITEM,
     )
-    latency: LatencyPruning | None = Field(
-        None, description="Set: prune for speed on the target runtime instead of by learned importance levels."
-    )
 
 
 @register_method(
     MethodName.GROUP,
     "squeezer.core.methods.group:compress_group",
-    "group-sparsity neuron removal (removes the channels group-lasso training zeroes)",
+    "group-sparsity neuron removal: removes the channels group-lasso training zeroes",
     structural=True,
 )
 class GroupConfig(LevelSearch):
@@ -366,7 +306,7 @@ class GroupConfig(LevelSearch):
 @register_method(
     MethodName.INT8,
     "squeezer.core.methods.int8:compress_int8",
-    "weights and activations quantized to int8, calibrated on the training data",
+    "int8: weights and activations quantized, calibrated on the training data",
 )
 class Int8Config(_Strict):
     """int8 post-training quantization of weights and activations (onnxruntime QDQ; docs/METHODS.md, "Deployable
@@ -451,7 +391,6 @@ class CompressConfig(_Strict):
     method: MethodName = MethodName.LWCT
     task: TaskName = "classification"
     target: AccuracyTarget = Field(default_factory=AccuracyTarget)
-    speed_target: SpeedTarget = Field(default_factory=SpeedTarget)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = bounded(0, "Seed of every random choice (shuffling, initialisation).", ge=0, le=MAX_SEED)
     normalization: Normalization | None = None

@@ -10,7 +10,7 @@ The returned module has them materialised, so its weights are exactly what `core
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Unpack, cast
 
 import torch
@@ -35,14 +35,12 @@ from squeezer.core.train import STEP_RULE
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *TRANSPOSED, nn.Linear)
 _CHECKPOINT = "lwct"
 # Progress: the pruning levels run from the baseline to _PRUNE_DONE, ranking sits just after, the layer walk takes
-# the bar from _WALK_START to the end (it is where the time goes), or to _WALK_DONE when tightening follows.
-_PRUNE_DONE, _RANK, _WALK_START, _WALK_DONE = 0.35, 0.37, 0.4, 0.92
-# The walk's and tightening's training draw other shuffles than the pruning levels, which use seed + level index.
-_TERNARY_SEED_OFFSET, _TIGHTEN_SEED_OFFSET = 1000, 2000
+# the bar from _WALK_START to the end (it is where the time goes).
+_PRUNE_DONE, _RANK, _WALK_START = 0.35, 0.37, 0.4
+# The walk's training draws other shuffles than the pruning levels, which use seed + level index.
+_TERNARY_SEED_OFFSET = 1000
 # A paced group stage's later rounds of training draw shuffles of their own, clear of every stage's seed.
 _ROUND_SEED_STRIDE = 100_000
-# Global masks hit a grid level to within rounding: a level this close to the walked model's sparsity is not sparser.
-_LEVEL_TOLERANCE = 1e-3
 # The grid search's candidates, coarsest first: for float weights every stored integer grid coarser than int8 (they
 # are int8 already), for biases (float16) every one.
 _BIAS_GRIDS = sorted(GRID_LEVELS, key=GRID_LEVELS.__getitem__)
@@ -336,15 +334,38 @@ def rank_layers(
 
 def group_stage_scale(lw: LwctConfig, layers: int) -> float:
     """How many single-layer stages of training a stage that constrains `layers` at once runs (lw.group_training):
-    the more layers change at once, the more the network has to recover."""
-    if lw.group_training in ("linear", "paced"):  # paced: at most that many
-        return float(layers)
-    return math.sqrt(layers) if lw.group_training == "sqrt" else 1.0
+    the more layers change at once, the more the network has to recover (paced: at most that many)."""
+    return math.sqrt(layers) if lw.group_training == "sqrt" else float(layers)
+
+
+@dataclass
+class LwctState:
+    """A state of the working module within the budget: its shadow weights W, masks and the σ of its constrained
+    layers, and the accuracy it scored. The run keeps the latest one for its result, even when the time limit cuts
+    it, and saves it in its checkpoints."""
+
+    shadow: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor]
+    sigmas: dict[str, float]
+    accuracy: float
+
+    def working_module(self, base: nn.Module, constrain: Sequence[str] = ()) -> nn.Module:
+        """The working module of this state, with the layers `constrain` names σ-constrained too (σ initialised)."""
+        return build_working_module(base, self.shadow, self.masks, {**self.sigmas, **dict.fromkeys(constrain)})
+
+
+@dataclass
+class WalkPosition:
+    """Where the layer walk stands: the candidates settled, the size of the next group and the stages trained."""
+
+    position: int = 0
+    group: int = 1
+    step: int = 0
 
 
 class LwctRun(MethodRun):
     """A layer-wise compressive training run: the harness plus the layer ranking and the latest state within the
-    budget (shadow weights, masks, σ of the constrained layers, accuracy), which checkpoints and the result use."""
+    budget (`best`), which checkpoints and the result use. `compress_lwct` runs its steps in order."""
 
     def __init__(
         self,
@@ -356,7 +377,8 @@ class LwctRun(MethodRun):
         super().__init__(model, data, config, config.lwct, name=_CHECKPOINT, **hooks)
         self.lw = config.lwct
         self.ranking: list[str] = []
-        self.best: dict = {}
+        masks = {name: layer.weight.detach() != 0 for name, layer in prunable_layers(self.base).items()}
+        self.best = LwctState(shadow_state(self.base), masks, {}, math.nan)  # scored by score_start()
         # float layers stored on a grid coarser than float_precision, biases on one (grid search)
         self.grids: dict[str, str] = {}
 
@@ -405,7 +427,7 @@ class LwctRun(MethodRun):
         lw = self.lw
         rounds = math.ceil(group_stage_scale(lw, layers)) if lw.group_training == "paced" else 1
         scale = 1.0 if lw.group_training == "paced" else group_stage_scale(lw, layers)
-        before = self.best["accuracy"]
+        before = self.best.accuracy
         pace = before - share * max(self.budget - (self.baseline - before), 0.0)  # a fixed sparsity may overspend
         for done in range(1, rounds + 1):
             round_seed = seed + _ROUND_SEED_STRIDE * (done - 1)
@@ -448,33 +470,40 @@ class LwctRun(MethodRun):
         )
 
     # -- checkpoints ----------------------------------------------------------------------------------------
-    def save_walk(self, position: int, fraction: float, group: int = 1, step: int | None = None) -> None:
-        """Persist the accepted state and the walk position (with the group walk's group size and stage count)."""
-        tensors = prefixed("shadow", self.best["shadow"])
-        tensors |= prefixed("mask", {k: v.to(torch.uint8) for k, v in self.best["masks"].items()})
+    def save_walk(self, walk: WalkPosition, fraction: float) -> None:
+        """Persist the accepted state, the ranking and the walk's position."""
+        tensors = prefixed("shadow", self.best.shadow)
+        tensors |= prefixed("mask", {k: v.to(torch.uint8) for k, v in self.best.masks.items()})
         meta = {
-            "sigmas": self.best["sigmas"],
-            "accuracy": self.best["accuracy"],
-            "position": position,
-            "group": group,
-            "step": position if step is None else step,
+            "sigmas": self.best.sigmas,
+            "accuracy": self.best.accuracy,
+            "position": walk.position,
+            "group": walk.group,
+            "step": walk.step,
             "ranking": self.ranking,
         }
         self.save(tensors, meta, fraction)
 
-    def resume_walk(self) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
-        """The saved metadata, shadow weights and masks (the ranking restored into this run), or None."""
+    def resume_walk(self) -> WalkPosition | None:
+        """The saved walk's position, its state and ranking restored into this run; None without a checkpoint."""
         saved = self.resume()
         if saved is None:
             return None
         tensors, meta = saved
         self.ranking = meta["ranking"]
-        return meta, unprefixed("shadow", tensors), {k: v.bool() for k, v in unprefixed("mask", tensors).items()}
+        masks = {k: v.bool() for k, v in unprefixed("mask", tensors).items()}
+        self.accept(LwctState(unprefixed("shadow", tensors), masks, meta["sigmas"], meta["accuracy"]))
+        return WalkPosition(meta["position"], meta.get("group", 1), meta.get("step", meta["position"]))
 
     # -- phases ---------------------------------------------------------------------------------------------
-    def accept(self, shadow, masks, sigmas: dict[str, float], accuracy: float) -> None:
+    def accept(self, state: LwctState) -> None:
         """Remember the latest state within the budget (kept when the time limit cuts the run)."""
-        self.best = {"shadow": shadow, "masks": masks, "sigmas": sigmas, "accuracy": accuracy}
+        self.best = state
+
+    def score_start(self) -> None:
+        """The uploaded weights at their stored float precision: the state the result falls back on, so scored even
+        past the time limit."""
+        self.best.accuracy = self.evaluate(self.plain(self.best.working_module(self.base)), essential=True)
 
     def prune(self) -> None:
         """Step 1: keep the sparsest fine-tuned global pruning level within its share of the budget (gradually, level
@@ -483,8 +512,8 @@ class LwctRun(MethodRun):
         grid = [self.lw.sparsity] if self.lw.sparsity is not None else sorted(self.lw.sparsity_grid)
         for i, sparsity in enumerate(grid):
             fraction = progress(BASELINE_DONE, _PRUNE_DONE, i + 1, len(grid))
-            shadow = self.best["shadow"]
-            masks = global_magnitude_masks({n: shadow[f"{n}.weight"] for n in self.best["masks"]}, sparsity)
+            shadow = self.best.shadow
+            masks = global_magnitude_masks({n: shadow[f"{n}.weight"] for n in self.best.masks}, sparsity)
             module = build_working_module(self.base, shadow, masks, {})
             self.emit("prune", fraction, f"pruning to sparsity {sparsity:.2f}", sparsity=sparsity)
             self.train(module, self.lw.prune_epochs, self.config.seed + i, "prune", fraction)
@@ -493,49 +522,65 @@ class LwctRun(MethodRun):
             within = self.within(accuracy, budget)
             self.record_plain("prune", plain, {}, masks, [], accuracy, within, fraction, sparsity)
             if within or self.lw.sparsity is not None:
-                self.accept(shadow_state(module), masks, {}, accuracy)
+                self.accept(LwctState(shadow_state(module), masks, {}, accuracy))
             if not within:
                 break
 
-    def tighten(self, seed: int) -> None:
-        """Step 3: sparser levels on the walked model, σ-constrained layers included (their learned σ kept), while
-        within the full budget; a level is kept only if it also packs smaller. Pruning happens only among kept
-        weights, so a level never revives a pruned one."""
-        masks = self.best["masks"]
-        current = 1.0 - sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
-        levels = [level for level in sorted(self.lw.sparsity_grid) if level > current + _LEVEL_TOLERANCE]
-        for i, sparsity in enumerate(levels):
-            fraction = progress(_WALK_DONE, 1.0, i + 1, len(levels))
-            best = self.best
-            best_ratio = [trial for trial in self.trials if trial.accepted][-1].compression_ratio
-            masks = global_magnitude_masks({n: best["shadow"][f"{n}.weight"] for n in best["masks"]}, sparsity)
-            masks = {n: mask & best["masks"][n] for n, mask in masks.items()}
-            module = build_working_module(self.base, best["shadow"], masks, best["sigmas"])
-            self.emit("tighten", fraction, f"tightening to sparsity {sparsity:.2f}", sparsity=sparsity)
-            self.train(module, self.lw.epochs_per_step, seed + i, "tighten", fraction)
-            plain = self.plain(module)
-            accuracy = self.evaluate(plain)
-            sigmas = learned_sigmas(module)
-            packed = self.pack(plain, masks, sigmas)
-            accepted = self.within(accuracy) and self.original_bytes / len(packed) > best_ratio
-            self.record(
-                "tighten", packed, layers=[], accuracy=accuracy, accepted=accepted, fraction=fraction, sparsity=sparsity
-            )
-            if not accepted:
+    def rank(self) -> None:
+        """The layers from most to least significant (lw.ranking), on the pruned state."""
+        masks = self.best.masks
+        sparsities = {n: 1.0 - float(m.float().mean()) for n, m in masks.items()}
+        sizes = {n: m.numel() for n, m in masks.items()}
+        self.emit("rank", _RANK, f"ranking layers by {self.lw.ranking}")
+        drops = self.sensitivity_drops(self.best) if self.lw.ranking == "sensitivity" else None
+        self.ranking = rank_layers(self.lw.ranking, sparsities, sizes, drops)
+
+    def walk(self, at: WalkPosition, end: float = 1.0) -> None:
+        """Step 2: σ-constrain the layers from the least significant up (lw.preserve most significant stay float),
+        a group at a time (lw.walk), keeping each stage within the budget; its progress runs up to `end`."""
+        candidates = list(reversed(self.ranking[self.lw.preserve :]))
+        while at.position < len(candidates):
+            names = candidates[at.position : at.position + at.group]
+            # the layers settled so far: a group halved after a failure starts where it did, so progress never goes back
+            fraction = progress(_WALK_START, end, at.position, len(candidates))
+            share = len(names) / (len(candidates) - at.position)
+            if self.constrain(names, self.config.seed + _TERNARY_SEED_OFFSET + at.step, fraction, share):
+                at.position += len(names)
+                at.group = 2 * len(names) if self.lw.walk == "group" else 1
+                at.step += 1
+                self.save_walk(at, fraction)
+                continue
+            at.step += 1
+            if len(names) > 1:
+                at.group = len(names) // 2  # retry from the same layer with half the group
+            elif self.lw.on_violation == "stop":
                 break
-            self.accept(shadow_state(module), masks, sigmas, accuracy)
+            else:
+                at.position += 1  # this layer alone breaks the budget: it stays float
+
+    def constrain(self, names: list[str], seed: int, fraction: float, share: float) -> bool:
+        """One walk stage: the layers `names` σ-constrained on the best state and trained (train_group); accepted,
+        and kept as the best state, when within the budget."""
+        self.emit("train", fraction, f"constraining {', '.join(names)}", layer=names[0], layers=names)
+        best = self.best
+        module = best.working_module(self.base, names)
+        plain, accuracy = self.train_group(module, len(names), seed, fraction, share)
+        accepted = self.within(accuracy)
+        sigmas = learned_sigmas(module)
+        self.record_plain("ternary", plain, sigmas, best.masks, names, accuracy, accepted, fraction)
+        if accepted:
+            self.accept(LwctState(shadow_state(module), best.masks, sigmas, accuracy))
+        return accepted
 
     def coarsen_grids(self, fraction: float) -> None:
-        """Step 4: each layer that stayed float tries the integer grids coarser than int8, coarsest first, and keeps
+        """Step 3: each layer that stayed float tries the integer grids coarser than int8, coarsest first, and keeps
         the first whose accuracy stays within the full budget (largest layers first: they save the most bytes); then
         the biases (float16) try int4 … int8 together, one grid for all, so that a network with a bias on every
         layer (a folded BatchNorm) costs five evaluations, not five a layer. Evaluation only, no training: one pass
         over the validation split per grid tried. Each pass that changed something is a trial."""
         best = self.best
-        module = build_working_module(self.base, best["shadow"], best["masks"], best["sigmas"])
-        floats = sorted(
-            (n for n in best["masks"] if n not in best["sigmas"]), key=lambda n: -int(best["masks"][n].sum())
-        )
+        module = best.working_module(self.base)
+        floats = sorted((n for n in best.masks if n not in best.sigmas), key=lambda n: -int(best.masks[n].sum()))
         biases = {
             _parameter_key(name, "bias"): name
             for name, layer in prunable_layers(module).items()
@@ -549,13 +594,12 @@ class LwctRun(MethodRun):
     def coarsest_within(self, module: nn.Module, keys: list[str], grids: Sequence[str]) -> bool:
         """Store all of `keys` (layers' weights by layer name, biases as "<layer>.bias") on the first of `grids`
         whose accuracy stays within the budget, if any."""
-        best = self.best
         for grid in grids:
             candidate = {**self.grids, **dict.fromkeys(keys, grid)}
             accuracy = self.evaluate(self.plain(module, candidate))
             if self.within(accuracy):
                 self.grids = candidate
-                self.accept(best["shadow"], best["masks"], best["sigmas"], accuracy)
+                self.accept(replace(self.best, accuracy=accuracy))
                 return True
         return False
 
@@ -563,15 +607,22 @@ class LwctRun(MethodRun):
         best = self.best
         if coarsened:
             self.record_plain(
-                "grid", self.plain(module), best["sigmas"], best["masks"], coarsened, best["accuracy"], True, fraction
+                "grid", self.plain(module), best.sigmas, best.masks, coarsened, best.accuracy, True, fraction
             )
 
-    def sensitivity_drops(self, shadow, masks, accuracy: float) -> dict[str, float]:
-        drops = {}
-        for name in masks:
-            module = build_working_module(self.base, shadow, masks, {name: None})
-            drops[name] = accuracy - self.evaluate(self.plain(module))
-        return drops
+    def sensitivity_drops(self, state: LwctState) -> dict[str, float]:
+        """Each layer's accuracy drop when it alone is σ-constrained on `state`, untrained."""
+        return {
+            name: state.accuracy
+            - self.evaluate(self.plain(build_working_module(self.base, state.shadow, state.masks, {name: None})))
+            for name in state.masks
+        }
+
+    def final_result(self) -> MethodResult:
+        """The best state, materialised as it is packed."""
+        best = self.best
+        plain = self.plain(best.working_module(self.base))
+        return self.result(plain, self.layer_states(plain, best.masks, best.sigmas)[0], best.accuracy)
 
 
 def compress_lwct(model, data, config: CompressConfig, **hooks: Unpack[MethodHooks]) -> MethodResult:
@@ -579,68 +630,16 @@ def compress_lwct(model, data, config: CompressConfig, **hooks: Unpack[MethodHoo
     run = LwctRun(model, data, config, **hooks)
     if not prunable_layers(run.base):
         raise UnsupportedLayerError("the model has no Conv or Linear layer to compress")
-    lw = config.lwct
     run.measure_baseline()
-
-    masks = {n: layer.weight.detach() != 0 for n, layer in prunable_layers(run.base).items()}
-    unconstrained = run.plain(build_working_module(run.base, shadow_state(run.base), masks, {}))
-    # at the stored float precision: the state the result falls back on, so scored even past the time limit
-    run.accept(shadow_state(run.base), masks, {}, run.evaluate(unconstrained, essential=True))
-    resumed = run.resume_walk()
+    run.score_start()
+    walk = run.resume_walk()
     with run.time_limited("train"):
-        if resumed:
-            meta, shadow, masks = resumed
-            run.accept(shadow, masks, meta["sigmas"], meta["accuracy"])
-            position = meta["position"]
-        else:
+        if walk is None:
             run.prune()
-            position, masks = 0, run.best["masks"]
-            sparsities = {n: 1.0 - float(m.float().mean()) for n, m in masks.items()}
-            sizes = {n: m.numel() for n, m in masks.items()}
-            run.emit("rank", _RANK, f"ranking layers by {lw.ranking}")
-            drops = (
-                run.sensitivity_drops(run.best["shadow"], masks, run.best["accuracy"])
-                if lw.ranking == "sensitivity"
-                else None
-            )
-            run.ranking = rank_layers(lw.ranking, sparsities, sizes, drops)
-            run.save_walk(0, _WALK_START)
-        candidates = list(reversed(run.ranking[lw.preserve :]))
-        tightens = lw.tighten and lw.sparsity is None
-        walk_end = _WALK_DONE if tightens else 1.0
-        group, step = (meta.get("group", 1), meta.get("step", position)) if resumed else (1, 0)
-        while position < len(candidates):
-            names = candidates[position : position + group]
-            # the layers settled so far: a group halved after a failure starts where it did, so progress never goes back
-            fraction = progress(_WALK_START, walk_end, position, len(candidates))
-            run.emit("train", fraction, f"constraining {', '.join(names)}", layer=names[0], layers=names)
-            best = run.best
-            module = build_working_module(
-                run.base, best["shadow"], best["masks"], {**best["sigmas"], **dict.fromkeys(names)}
-            )
-            seed = config.seed + _TERNARY_SEED_OFFSET + step
-            share = len(names) / (len(candidates) - position)
-            plain, accuracy = run.train_group(module, len(names), seed, fraction, share)
-            step += 1
-            accepted = run.within(accuracy)
-            run.record_plain(
-                "ternary", plain, learned_sigmas(module), best["masks"], names, accuracy, accepted, fraction
-            )
-            if accepted:
-                position += len(names)
-                group = 2 * len(names) if lw.walk == "group" else 1
-                run.accept(shadow_state(module), best["masks"], learned_sigmas(module), accuracy)
-                run.save_walk(position, fraction, group=group, step=step)
-            elif len(names) > 1:
-                group = len(names) // 2  # retry from the same layer with half the group
-            elif lw.on_violation == "stop":
-                break
-            else:
-                position += 1  # this layer alone breaks the budget: it stays float
-        if tightens:
-            run.tighten(config.seed + _TIGHTEN_SEED_OFFSET)
-        if lw.grid_search and lw.float_precision == "int8":
+            run.rank()
+            walk = WalkPosition()
+            run.save_walk(walk, _WALK_START)
+        run.walk(walk)
+        if config.lwct.grid_search and config.lwct.float_precision == "int8":
             run.coarsen_grids(1.0)
-    best = run.best
-    plain = run.plain(build_working_module(run.base, best["shadow"], best["masks"], best["sigmas"]))
-    return run.result(plain, run.layer_states(plain, best["masks"], best["sigmas"])[0], best["accuracy"])
+    return run.final_result()

@@ -2,6 +2,7 @@ import copy
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from squeezer.core.artifacts.sqz import encode_state, round_for_storage
@@ -287,7 +288,7 @@ def test_group_walk_needs_fewer_stages_than_the_layer_walk(digits_model, digits)
 
 @pytest.mark.parametrize(
     ("group_training", "epochs"),
-    [("fixed", [2, 2, 2]), ("sqrt", [2, 3, 3]), ("linear", [2, 4, 4]), ("paced", [2, 2, 2])],
+    [("sqrt", [2, 3, 3]), ("linear", [2, 4, 4]), ("paced", [2, 2, 2])],
 )
 def test_a_group_stage_trains_longer_the_more_layers_it_constrains(digits_model, digits, group_training, epochs):
     """Groups of 1, 2 and 2 layers at 2 epochs per single-layer stage: 2·√n epochs rounded up (sqrt) or 2·n (linear);
@@ -339,39 +340,15 @@ def test_a_pruned_layer_packs_only_its_kept_weights(digits_model, digits):
         assert entry["enc"] in ("sparse", "ternary") and entry["nnz"] <= kept, (layer.name, entry, kept)
 
 
-def test_tightening_spends_the_budget_the_walk_left_on_sparser_levels(digits_model, digits):
-    """A generous budget: pruning stops at its share, the walk constrains every layer, and tightening then tries the
-    grid's next levels on the walked model, keeping every pruned weight pruned and the accepted state within the
-    budget."""
-    config = CompressConfig(
-        device="cpu",
-        target=AccuracyTarget(max_drop=3.0),
-        lwct=LwctConfig(
-            sparsity_grid=[0.3, 0.5, 0.7, 0.8, 0.9],
-            prune_epochs=1,
-            epochs_per_step=1,
-            lr=0.02,
-            min_steps_per_stage=0,
-            prune_budget_share=0.01,
-            tighten=True,
-        ),
-    )
-    result = compress_lwct(digits_model, digits, config)
-    by_stage = {stage: [t for t in result.trials if t.stage == stage] for stage in ("prune", "ternary", "tighten")}
-    assert by_stage["tighten"], [t.stage for t in result.trials]
-    assert result.trials.index(by_stage["tighten"][0]) > result.trials.index(by_stage["ternary"][-1])
-    pruned_to = max(t.sparsity for t in by_stage["prune"] if t.accepted)
-    assert all(t.sparsity > pruned_to for t in by_stage["tighten"])
-    assert result.target_met and result.baseline_accuracy - result.accuracy <= 3.0
-    accepted = [t for t in result.trials if t.accepted]
-    assert result.accuracy == accepted[-1].accuracy  # a rejected level changes nothing
-    for before, after in zip(accepted, accepted[1:], strict=False):
-        assert after.stage != "tighten" or after.compression_ratio > before.compression_ratio
-
-    untightened = compress_lwct(
-        digits_model, digits, config.model_copy(update={"lwct": config.lwct.model_copy(update={"tighten": False})})
-    )
-    assert not [t for t in untightened.trials if t.stage == "tighten"]
+def test_options_that_lost_their_experiment_are_refused_by_name():
+    """lwct.tighten and group_training=fixed are gone: asking for them is a validation error naming them, while the
+    default tighten=false that stored dumps of a config hold changes nothing."""
+    with pytest.raises(ValidationError, match="lwct.tighten was removed"):
+        LwctConfig(tighten=True)
+    with pytest.raises(ValidationError, match="group_training=fixed was removed"):
+        CompressConfig(lwct={"group_training": "fixed"})
+    assert LwctConfig(tighten=False) == LwctConfig()
+    assert "tighten" not in LwctConfig.model_fields and "tighten" not in LwctConfig().model_dump()
 
 
 def test_grid_search_puts_float_layers_on_coarser_grids_within_the_budget(digits_model, digits):
