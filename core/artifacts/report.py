@@ -12,8 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from squeezer.core.methods.results import ChannelLayerState, Trial
 
-# 1: the keys the report has had since multiply-accumulates were named "macs"; a stored report without the field is
-# one of these.
+# The version of Report's keys. A stored report without the field has this version's keys (schema_version aside).
 SCHEMA_VERSION = 1
 MEASURE_KEYS = ("accuracy", "params", "nonzero_params", "macs", "size_bytes", "latency_ms", "latency_ms_batch32")
 # An alias of "macs" with the same value (it always held multiply-accumulates, not FLOPs), as "flops_reduction" is of
