@@ -55,3 +55,23 @@ def test_metadata_of_16_kib_is_accepted_and_one_byte_more_refused():
         JobCreate.model_validate(BODY | {"metadata": {"k": "x" * (padding + 1)}})
     with pytest.raises(pydantic.ValidationError, match="plain JSON"):
         JobCreate.model_validate(BODY | {"metadata": {"k": float("nan")}})
+
+
+@pytest.mark.parametrize(
+    ("lwct", "named"),
+    [
+        ({"tighten": True}, "lwct.tighten was removed"),
+        ({"group_training": "fixed"}, "group_training=fixed was removed"),
+    ],
+)
+def test_an_option_that_lost_its_experiment_is_refused_by_name(lwct, named):
+    with pytest.raises(pydantic.ValidationError, match=named):
+        JobCreate.model_validate(BODY | {"method": "lwct", "options": {"lwct": lwct}})
+
+
+def test_a_spec_stored_with_the_removed_default_still_runs():
+    """Specs are stored as full dumps, so those stored while lwct.tighten existed hold its default, false."""
+    stored = JobCreate.model_validate(BODY | {"method": "lwct"}).model_dump(mode="json")
+    expected = config_from_spec(stored, "cpu").lwct
+    stored["options"]["lwct"]["tighten"] = False
+    assert config_from_spec(stored, "cpu").lwct == expected
