@@ -49,6 +49,9 @@ PASSED_ENV = (
     "OPENBLAS_NUM_THREADS",
     "CUDA_VISIBLE_DEVICES",
 )
+# The variables that size a process's compute threads (torch's intra-op pool is OpenMP's; onnxruntime's sessions in
+# the engine take torch's count): set for a jailed engine by `thread_environment`.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 TMPFS_BYTES = 64 << 20
 # The longest bwrap takes to exit once its namespace's init was killed (the kernel first kills every process in it).
 NAMESPACE_EXIT_S = 10
@@ -149,6 +152,23 @@ def configured_jail(mode: str, *, allow_unjailed: bool, packages: tuple[str, ...
     jail = Jail(JailMode(mode), packages)
     check_jail(jail.mode, allow_unjailed=allow_unjailed)
     return jail
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask: what a container or `taskset` gives it)."""
+    return len(os.sched_getaffinity(0))
+
+
+def threads_per_job(concurrent_jobs: int, cores: int | None = None) -> int:
+    """Compute threads for each of `concurrent_jobs` jobs sharing `cores` (this machine's usable cores): an equal
+    share, at least one. More threads than cores make OpenMP's waiting threads spin against each other: two jobs at
+    torch's default on two cores ran fifteen times slower than one."""
+    return max(1, (cores or usable_cores()) // max(1, concurrent_jobs))
+
+
+def thread_environment(threads: int) -> dict[str, str]:
+    """The environment that sizes a jailed process's compute threads to `threads`."""
+    return {name: str(threads) for name in THREAD_VARIABLES}
 
 
 def python_command(module: str, *args: str) -> list[str]:
@@ -284,10 +304,16 @@ class Spare:
 
 
 def start_spare(
-    jail: Jail, argv: Sequence[str], limits: JailLimits, *, stdout: int = subprocess.PIPE, readable: Iterable[Path] = ()
+    jail: Jail,
+    argv: Sequence[str],
+    limits: JailLimits,
+    *,
+    stdout: int = subprocess.PIPE,
+    readable: Iterable[Path] = (),
+    env: dict[str, str] | None = None,
 ) -> Spare:
     """Starts `argv` (an entry that reads its request from stdin) in `jail` in a fresh folder; `readable`: folders
-    it may also read."""
+    it may also read; `env`: variables beside the clean environment's (`thread_environment`)."""
     folder = Path(tempfile.mkdtemp(prefix="squeezer-jail-"))
     for name in ("work", "tmp"):
         (folder / name).mkdir()
@@ -299,7 +325,7 @@ def start_spare(
         writable=[folder],
         readable=readable,
         cwd=folder / "work",
-        env={"TMPDIR": str(folder / "tmp")},
+        env={**(env or {}), "TMPDIR": str(folder / "tmp")},
         stdout=stdout,
         stderr=stderr,
     )
@@ -312,8 +338,16 @@ class SparePool:
     with torch) overlap the wait for the next request. Background starts run on the pool's own thread (the spares'
     parent-death signal is tied to it), from the first `take` until `close`; a `take` after `close` starts again."""
 
-    def __init__(self, jail: Jail, argv: Sequence[str], limits: JailLimits, *, stdout: int = subprocess.PIPE):
-        self.jail, self.argv, self.limits, self.stdout = jail, list(argv), limits, stdout
+    def __init__(
+        self,
+        jail: Jail,
+        argv: Sequence[str],
+        limits: JailLimits,
+        *,
+        stdout: int = subprocess.PIPE,
+        env: dict[str, str] | None = None,
+    ):
+        self.jail, self.argv, self.limits, self.stdout, self.env = jail, list(argv), limits, stdout, env
         self._lock = threading.Lock()
         self._wanted = threading.Event()
         self._ready: Spare | None = None
@@ -332,7 +366,7 @@ class SparePool:
             return spare
         if spare is not None:
             spare.close()
-        return start_spare(self.jail, self.argv, self.limits, stdout=self.stdout)
+        return start_spare(self.jail, self.argv, self.limits, stdout=self.stdout, env=self.env)
 
     def close(self) -> None:
         with self._lock:
@@ -351,7 +385,7 @@ class SparePool:
                 if not running.is_set():
                     return
                 self._wanted.clear()
-            spare: Spare | None = start_spare(self.jail, self.argv, self.limits, stdout=self.stdout)
+            spare: Spare | None = start_spare(self.jail, self.argv, self.limits, stdout=self.stdout, env=self.env)
             with self._lock:
                 if running.is_set() and self._ready is None:
                     self._ready, spare = spare, None

@@ -498,7 +498,11 @@ def _onnx_accuracy(
     import onnxruntime as ort
 
     try:
-        session = ort.InferenceSession(with_free_dims_named(path.read_bytes()), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # the job's share of the cores (core.jail)
+        session = ort.InferenceSession(
+            with_free_dims_named(path.read_bytes()), options, providers=["CPUExecutionProvider"]
+        )
     except Exception as error:  # onnxruntime raises its own unrelated exception types for unreadable files
         raise ModelFormatError(f"{path.name} is not a readable ONNX model: {error}") from None
     stored = session.get_modelmeta().custom_metadata_map.get(PREPROCESSING_KEY)

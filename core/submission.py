@@ -15,6 +15,9 @@ from squeezer.core.sandbox import SandboxLimits, Workspace, shared_sandbox
 # the inputs.
 PRELOAD = ("squeezer.core.submission", "squeezer.core.pipeline", "onnx", "onnxruntime", "onnx2torch")
 TARGET = "squeezer.core.submission:check_payload"
+# A check loads and cross-checks the inputs beside the jobs running on the machine: one compute thread leaves their
+# cores to them.
+CHECK_THREADS = 1
 
 
 def check_workspace(budgets: SandboxLimits, jail: Jail) -> contextlib.AbstractContextManager[Workspace]:
@@ -28,8 +31,11 @@ def check_payload(payload: dict) -> dict:
     """`payload`: {"model": {"path", "architecture", "arch_args"}, "data": path or "sample:NAME", "config": {...},
     "limits": {...}} (core.limits.IntakeLimits). Returns the InputSummary as a dict; raises the InputError a job would
     fail with."""
+    import torch
+
     from squeezer.core.pipeline import ModelSource, check_inputs
 
+    torch.set_num_threads(CHECK_THREADS)
     model = payload["model"]
     source = ModelSource(Path(model["path"]), model.get("architecture"), model.get("arch_args") or {})
     with limits.using(limits.IntakeLimits(**payload.get("limits", {}))):

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = 120.0
     max_attempts: int = 3
     worker_device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Jobs that run at once on this worker's machine (one per `squeezer worker` process there): each job's engine
+    # gets the machine's usable cores divided by it as compute threads (core.jail.threads_per_job), so that jobs
+    # sharing a machine do not thrash (two at torch's default on two cores ran fifteen times slower than one).
+    jobs_per_machine: int = Field(1, ge=1, le=256)
     # Require `Authorization: Bearer <api key>` on every /v1 route. Off here so library use and the embedded mode
     # start keyless; `squeezer api` turns it on unless SQUEEZER_AUTH=false, `squeezer serve` only with --auth.
     auth: bool = False

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from squeezer.core.jail import Jail, JailLimits, SparePool, configured_jail, python_command
+from squeezer.core.jail import (
+    Jail,
+    JailLimits,
+    SparePool,
+    configured_jail,
+    python_command,
+    thread_environment,
+    threads_per_job,
+)
 from squeezer.store.blobs import BlobStore, make_blob_store
 from squeezer.store.db import make_engine, make_session_factory
 from squeezer.store.settings import Settings
@@ -53,6 +61,7 @@ class WorkerContext:
                 jail,
                 python_command("squeezer.core.jail_entry", *ENGINE_MODULES),
                 JailLimits(memory_bytes=settings.job_memory_bytes),
+                env=thread_environment(threads_per_job(settings.jobs_per_machine)),
             ),
         )
 
