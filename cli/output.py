@@ -242,5 +242,24 @@ def print_report(report: dict, out_dir: Path | None) -> None:
         highlight=False,
         soft_wrap=True,  # one line, also in a pipe's 80 columns
     )
+    if "speed" in report:
+        console.print(speed_line(report["speed"]), highlight=False, soft_wrap=True)
     if out_dir is not None:
         console.print(f"results in {out_dir}", highlight=False)
+
+
+def speed_line(speed: dict) -> str:
+    """model.onnx's speed-up on the target as measured A/B against the baseline, and the goal's outcome."""
+    target, measured = speed["target"], speed["on_target"]
+    threads = target["threads"]
+    where = f"{target['runtime']}, {threads} thread{'s' if threads > 1 else ''}, batch {target['batch']}"
+    verdict = "within noise" if measured["verdict"] == "no difference" else measured["verdict"]
+    interval = f"{measured['low']:.2f}-{measured['high']:.2f}"
+    line = f"model.onnx speed-up ×{measured['speedup']:.2f} on {where} ({verdict}; interval {interval})"
+    if target["speedup"] is not None:
+        goal = f"×{target['speedup']}"
+    elif target["latency_ms"] is not None:
+        goal = f"{target['latency_ms']} ms"
+    else:
+        return line
+    return f"{line}, goal {goal} {'met' if speed['goal_met'] else 'missed'}"
