@@ -210,6 +210,28 @@ def _check_kind(kind: str | None) -> str:
     return kind
 
 
+class _UploadLimit:
+    """The most bytes an upload may have: the upload size limit, or less where the tenant's storage quota leaves
+    less (None: no quota); past it, a 413 that says which of the two it hit."""
+
+    def __init__(self, max_bytes: int, quota_left: int | None):
+        self.max_bytes = max_bytes
+        self.bytes = max_bytes if quota_left is None else min(quota_left, max_bytes)
+
+    def exceeded(self, stored: str = "") -> ProblemError:
+        if self.bytes < self.max_bytes:
+            return _quota_exceeded(self.bytes, stored)
+        return ProblemError(413, "payload_too_large", f"uploads are limited to {self.max_bytes} bytes{stored}")
+
+
+def _quota_exceeded(left: int, stored: str) -> ProblemError:
+    return ProblemError(
+        413,
+        "storage_quota_exceeded",
+        f"this tenant's storage quota leaves {max(left, 0)} bytes; delete artifacts to make room{stored}",
+    )
+
+
 async def receive_upload(
     request: Request,
     session_factory: sessionmaker[Session],
@@ -223,34 +245,16 @@ async def receive_upload(
     """Parses the multipart body as it streams in and stores its `file` part. Raises ProblemError (413/415/422/400).
     `quota_left`: what the tenant's storage quota still allows (None: no quota); past it the 413 says so. `quota`:
     the tenant's whole quota, against which the upload's bytes are reserved atomically before they are stored."""
-    limit = max_bytes if quota_left is None else min(quota_left, max_bytes)
-    by_quota = limit < max_bytes
-
-    def too_large(stored: str) -> ProblemError:
-        if by_quota:
-            return ProblemError(
-                413,
-                "storage_quota_exceeded",
-                f"this tenant's storage quota leaves {max(limit, 0)} bytes; delete artifacts to make room{stored}",
-            )
-        return ProblemError(413, "payload_too_large", f"uploads are limited to {max_bytes} bytes{stored}")
-
+    limit = _UploadLimit(max_bytes, quota_left)
     declared = request.headers.get("content-length")
-    if limit <= 0 or (declared is not None and decimal(declared, limit + MULTIPART_OVERHEAD_BYTES) is None):
+    if limit.bytes <= 0 or (declared is not None and decimal(declared, limit.bytes + MULTIPART_OVERHEAD_BYTES) is None):
         # Refuse before reading a byte when the client says up front that the body is too large.
-        raise too_large("")
+        raise limit.exceeded()
     stream = _MultipartStream(request, multipart_boundary(request))
     # The body is spooled to a local file on the event loop: while the client sends it, no worker thread waits on the
     # network and no database connection is held. Storing (and the quota reservation) starts once it is whole.
     with tempfile.TemporaryFile(prefix="squeezer-upload-") as spool:
-        await stream.wait_for_file()
-        size = 0
-        while (chunk := await stream.next_file_chunk()) is not None:
-            size += len(chunk)
-            if size > limit:
-                raise too_large("; nothing was stored")
-            await anyio.to_thread.run_sync(spool.write, chunk)
-        await stream.drain()
+        size = await _spool_file(stream, spool, limit)
         kind = _check_kind(stream.fields.get("kind"))
         await anyio.to_thread.run_sync(spool.seek, 0)
         try:
@@ -263,22 +267,30 @@ async def receive_upload(
                     filename=safe_filename(stream.filename or "upload"),
                     content_type=stream.content_type,
                     chunks=iter(lambda: spool.read(READ_CHUNK_BYTES), b""),
-                    max_bytes=limit,
+                    max_bytes=limit.bytes,
                     reserve_bytes=size,
                     quota_bytes=quota,
                 )
             )
         except UploadTooLarge:
-            raise too_large("; nothing was stored") from None
+            raise limit.exceeded("; nothing was stored") from None
         except QuotaExceeded as error:
-            raise ProblemError(
-                413,
-                "storage_quota_exceeded",
-                f"this tenant's storage quota leaves {max(error.left, 0)} bytes; delete artifacts to make room; "
-                "nothing was stored",
-            ) from None
+            raise _quota_exceeded(error.left, "; nothing was stored") from None
     UPLOAD_BYTES.inc(artifact.size_bytes)
     return artifact
+
+
+async def _spool_file(stream: "_MultipartStream", spool, limit: _UploadLimit) -> int:
+    """Writes the `file` part to `spool` as it arrives and reads the rest of the body; returns the file's bytes."""
+    await stream.wait_for_file()
+    size = 0
+    while (chunk := await stream.next_file_chunk()) is not None:
+        size += len(chunk)
+        if size > limit.bytes:
+            raise limit.exceeded("; nothing was stored")
+        await anyio.to_thread.run_sync(spool.write, chunk)
+    await stream.drain()
+    return size
 
 
 def storage_quota_left(session_factory: sessionmaker[Session], tenant: str, quota: int | None) -> int | None:
