@@ -1,15 +1,13 @@
-"""What a report states about a model: accuracy, size, work (MACs) and CPU latency, each measured the same way for
-the baseline and the compressed model."""
+"""What a report states about a model: accuracy, size and work (MACs), each measured the same way for the baseline
+and the compressed model; latency is compared A/B (core.measure.compare)."""
 
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from squeezer.core.errors import InputError
-from squeezer.core.events import Guard, StopCheck, stop_point
+from squeezer.core.events import StopCheck, stop_point
 from squeezer.core.graph.dependency import TRANSPOSED, Convolution
 
 
@@ -173,49 +171,3 @@ def _kernel_volume(layer: Convolution) -> int:
     for size in layer.kernel_size:
         volume *= size
     return volume
-
-
-def timed_runs(run: Callable[[], object], *, repeats: int, warmup: int, guard: Guard | None = None) -> list[float]:
-    """Wall times in seconds of `repeats` calls of `run` after `warmup` untimed ones, each after a `guard` check;
-    once the guard's deadline has passed, the first timed call is the last (no further warm-up)."""
-    times: list[float] = []
-    warmed = 0
-    while len(times) < repeats:
-        if guard is not None:
-            guard.check()
-            if guard.overtime():
-                if times:
-                    break
-                warmed = warmup
-        start = time.perf_counter()
-        run()
-        elapsed = time.perf_counter() - start
-        if warmed < warmup:
-            warmed += 1
-        else:
-            times.append(elapsed)
-    return times
-
-
-@torch.no_grad()
-def median_latency_ms(
-    module: nn.Module,
-    input_shape: tuple[int, ...],
-    *,
-    batch: int = 1,
-    repeats: int = 30,
-    warmup: int = 5,
-    guard: Guard | None = None,
-) -> float:
-    """Median wall time of one CPU forward pass at `batch`, in milliseconds, on one thread: multi-threaded timings
-    of small models swing by orders of magnitude whenever other processes share the cores. Repetitions are cut short
-    past `guard`'s deadline (`timed_runs`)."""
-    module = module.to("cpu").eval()
-    x = torch.randn(batch, *input_shape)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        times = timed_runs(lambda: module(x), repeats=repeats, warmup=warmup, guard=guard)
-    finally:
-        torch.set_num_threads(threads)
-    return 1000.0 * statistics.median(times)

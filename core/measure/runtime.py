@@ -1,17 +1,15 @@
-"""Latency of an exported file in onnxruntime on CPU: what a user deploying model.onnx gets, measured like the torch
-latency next to it (median of repeated runs, one thread)."""
+"""Predictions and scores of an exported file in onnxruntime on CPU: what a user deploying model.onnx gets."""
 
-import statistics
 from pathlib import Path
 
 import numpy as np
 
-from squeezer.core.events import Guard, StopCheck, stop_point
-from squeezer.core.measure import score_predictions, timed_runs
+from squeezer.core.events import StopCheck, stop_point
+from squeezer.core.measure import score_predictions
 
 
 def onnx_session(model: Path | bytes):
-    """A single-threaded CPU session: multi-threaded timings of small models swing with every other process."""
+    """A single-threaded CPU session, for scoring a file held in memory (core.quantize's int8 model)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -19,24 +17,6 @@ def onnx_session(model: Path | bytes):
     options.inter_op_num_threads = 1
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
-def onnx_latency_ms(
-    path: Path,
-    input_shape: tuple[int, ...],
-    *,
-    batch: int = 1,
-    repeats: int = 30,
-    warmup: int = 5,
-    guard: Guard | None = None,
-) -> float:
-    """Median wall time of one onnxruntime run of `path` at `batch`, in milliseconds; repetitions cut short past
-    `guard`'s deadline (core.measure.timed_runs)."""
-    session = onnx_session(path)
-    name = session.get_inputs()[0].name
-    x = np.random.default_rng(0).standard_normal((batch, *input_shape), dtype=np.float32)
-    times = timed_runs(lambda: session.run(None, {name: x}), repeats=repeats, warmup=warmup, guard=guard)
-    return 1000.0 * statistics.median(times)
 
 
 def onnx_predictions(

@@ -8,7 +8,6 @@ from squeezer.core.measure import (
     count_nonzero,
     count_params,
     float32_bytes,
-    median_latency_ms,
     resolve_device,
     top1_accuracy,
 )
@@ -54,8 +53,7 @@ def test_top1_accuracy_in_percent():
     assert top1_accuracy(model, x, torch.tensor([0, 1, 1, 1]), batch_size=3) == pytest.approx(75.0)
 
 
-def test_latency_is_positive_and_device_checks():
-    assert median_latency_ms(nn.Linear(4, 4), (4,), repeats=3) > 0
+def test_device_checks():
     assert resolve_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
         with pytest.raises(InputError):

@@ -14,7 +14,6 @@ from squeezer.core.config import AccuracyTarget, CompressConfig, LwctConfig
 from squeezer.core.errors import Cancelled
 from squeezer.core.events import Guard, TimeLimitExceeded, TimeLimitReached
 from squeezer.core.intake.data import Dataset
-from squeezer.core.measure import timed_runs
 from squeezer.core.methods.harness import EPOCH_EVENT_INTERVAL_S
 from squeezer.core.methods.lwct import compress_lwct
 from squeezer.core.pipeline import ModelSource, compress_files
@@ -250,11 +249,3 @@ def test_a_guard_within_another_stops_at_the_earlier_deadline_and_essential_work
     time.sleep(0.2)  # past the grace
     with pytest.raises(TimeLimitExceeded):
         essential()
-
-
-def test_repeated_measurements_stop_after_one_timed_run_past_the_deadline():
-    runs = []
-    past = Guard(time_limit_s=1e-6).essential()
-    time.sleep(0.01)
-    assert len(timed_runs(lambda: runs.append(1), repeats=30, warmup=5, guard=past)) == 1 and len(runs) == 1
-    assert len(timed_runs(lambda: runs.append(1), repeats=30, warmup=5, guard=Guard())) == 30 and len(runs) == 36
