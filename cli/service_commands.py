@@ -44,6 +44,8 @@ from squeezer.cli.output import (
     print_report,
     report_internal_error,
 )
+from squeezer.core.config import DropType
+from squeezer.core.methods.registry import MethodName, summaries
 from squeezer.store.statuses import FINAL_STATUSES, STATUSES_WITH_RESULTS, JobStatus
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -466,10 +468,10 @@ def submit(
     server: ServerOption = DEFAULT_SERVER,
     max_drop: Annotated[float, typer.Option("--max-drop", help="Largest allowed accuracy drop.")] = 1.0,
     drop_type: Annotated[
-        str,
+        DropType,
         typer.Option("--drop-type", help="absolute (points) or relative (percent of baseline)."),
-    ] = "absolute",
-    method: Annotated[str, typer.Option(help="Compression method.")] = "lwct",
+    ] = DropType.ABSOLUTE,
+    method: Annotated[MethodName, typer.Option(help=f"Compression method; {summaries()}.")] = MethodName.LWCT,
     option: Annotated[
         list[str] | None,
         typer.Option(

@@ -28,9 +28,10 @@ def test_every_method_has_one_registration_its_options_field_and_a_handler():
         assert registered.handler().__name__ == f"compress_{registered.name}"
 
 
-def test_the_cli_offers_the_registered_methods_and_drop_types():
-    assert _cli_choices("compress", "method") == [str(m.name) for m in methods()]
-    assert _cli_choices("compress", "drop_type") == [str(d) for d in DropType]
+@pytest.mark.parametrize("command", ["compress", "submit"])
+def test_the_cli_offers_the_registered_methods_and_drop_types(command):
+    assert _cli_choices(command, "method") == [str(m.name) for m in methods()]
+    assert _cli_choices(command, "drop_type") == [str(d) for d in DropType]
 
 
 def test_auto_runs_the_methods_its_registration_combines_and_offers_the_structural_ones():
