@@ -111,6 +111,7 @@ def test_another_tenants_ids_answer_404_and_lists_show_only_ones_own(auth_client
     assert auth_client.get(f"/v1/jobs/{job_id}", headers=alice).json()["status"] == "queued"
 
 
+@pytest.mark.slow
 def test_unfinished_jobs_past_the_quota_are_a_429_problem(api_settings, redis_url):
     with make_client(api_settings, redis_url, max_concurrent_jobs_per_tenant=1) as client:
         alice = bearer(client, "alice")

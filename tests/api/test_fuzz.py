@@ -75,6 +75,7 @@ def fuzzed(api_settings, redis_url):
     app.state.dispatcher.stop()
 
 
+@pytest.mark.slow
 def test_every_operation_keeps_its_contract(fuzzed):
     app, operations, headers = fuzzed
     cases = {
@@ -96,6 +97,7 @@ HOSTILE_VALUES = st.one_of(
 )
 
 
+@pytest.mark.slow
 def test_query_and_path_values_in_any_script_or_size_are_4xx_problems(fuzzed):
     """Every query and path parameter of every operation, one at a time, given a hostile value in an otherwise valid
     request: never a 5xx, and every refusal a problem document."""

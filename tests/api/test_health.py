@@ -1,3 +1,4 @@
+import pytest
 from fastapi.testclient import TestClient
 
 from squeezer.api.app import create_app
@@ -11,6 +12,7 @@ def test_healthz_and_readyz_with_database_and_broker(queued_client):
     assert queued_client.get("/readyz").json() == {"status": "ready"}
 
 
+@pytest.mark.slow
 def test_readyz_is_a_503_problem_when_the_database_is_unreachable(tmp_path, redis_url):
     from tests.servers import free_port
 

@@ -92,6 +92,7 @@ def run_service(log_format: str, postgres_url: str, redis_url: str, model_zip: P
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_logs_carry_the_request_id_to_the_worker_and_never_a_secret(
     log_format, postgres_url, redis_url, sample_model_zip, tmp_path

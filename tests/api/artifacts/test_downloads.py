@@ -37,6 +37,7 @@ def uploaded(client: TestClient, payload: bytes = PAYLOAD) -> dict:
     return response.json()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("header", "start", "stop"),
     [

@@ -114,6 +114,7 @@ def test_the_report_is_a_typed_schema_in_the_openapi_document(queued_client):
     assert set(a_report()) <= set(schema["properties"])
 
 
+@pytest.mark.slow
 def test_a_stored_report_is_served_as_written(queued_client, job_with_report):
     report = a_report()
     assert report["schema_version"] == SCHEMA_VERSION == 1
@@ -122,6 +123,7 @@ def test_a_stored_report_is_served_as_written(queued_client, job_with_report):
     assert response.json() == report
 
 
+@pytest.mark.slow
 def test_a_report_stored_without_a_schema_version_is_served_as_version_1(queued_client, job_with_report):
     report = a_report()
     del report["schema_version"]
@@ -129,6 +131,7 @@ def test_a_report_stored_without_a_schema_version_is_served_as_version_1(queued_
     assert served == {**report, "schema_version": 1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "content",
     [

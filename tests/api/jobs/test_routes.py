@@ -24,6 +24,7 @@ def model_id(queued_client, sample_model_zip) -> str:
     return upload(queued_client, sample_model_zip)["id"]
 
 
+@pytest.mark.slow
 def test_create_job_answers_202_with_location_and_etag(queued_client, model_id):
     response = queued_client.post("/v1/jobs", json=tiny_job(model_id, metadata={"team": "vision"}))
     assert response.status_code == 202, response.text
@@ -49,6 +50,7 @@ def test_unusable_model_is_refused_before_queueing(queued_client):
     assert queued_client.get("/v1/jobs").json()["data"] == []
 
 
+@pytest.mark.slow
 def test_idempotency_key_same_body_same_job_other_body_422(queued_client, model_id):
     headers = {"Idempotency-Key": "nightly-42"}
     first = queued_client.post("/v1/jobs", json=tiny_job(model_id), headers=headers)
@@ -75,6 +77,7 @@ def test_etag_answers_304_until_the_job_changes(queued_client, model_id):
     assert changed.status_code == 200 and changed.headers["etag"] != tag
 
 
+@pytest.mark.slow
 def test_cancel_of_a_queued_job_is_final_and_idempotent(queued_client, model_id):
     job = queued_client.post("/v1/jobs", json=tiny_job(model_id)).json()
     cancelled = queued_client.post(f"/v1/jobs/{job['id']}/cancel")
@@ -87,6 +90,7 @@ def test_cancel_of_a_queued_job_is_final_and_idempotent(queued_client, model_id)
     assert_problem(queued_client.get(f"/v1/jobs/{job['id']}/report.html"), 404, "result_not_found")
 
 
+@pytest.mark.slow
 def test_list_pages_newest_first_with_status_filter(queued_client, model_id):
     ids = [queued_client.post("/v1/jobs", json=tiny_job(model_id)).json()["id"] for _ in range(3)]
     queued_client.post(f"/v1/jobs/{ids[0]}/cancel")
@@ -160,6 +164,7 @@ def test_every_bound_of_the_job_is_a_422_problem_naming_the_field_and_bound(queu
     assert queued_client.get("/v1/jobs").json()["data"] == []
 
 
+@pytest.mark.slow
 def test_a_3000_level_grid_16_kib_of_metadata_plus_one_byte_and_nan_are_refused(queued_client, model_id):
     grid = tiny_job(model_id, options={"lwct": {"sparsity_grid": [0.5] * 3000}})
     detail = assert_problem(queued_client.post("/v1/jobs", json=grid), 422, "validation_error")["detail"]
@@ -175,6 +180,7 @@ def test_a_3000_level_grid_16_kib_of_metadata_plus_one_byte_and_nan_are_refused(
         assert_problem(response, 422, "validation_error")
 
 
+@pytest.mark.slow
 def test_a_tiny_model_past_the_memory_budget_is_refused_naming_the_setting(queued_client, tmp_path):
     """324 bytes of ONNX that pass the two-sample check, but blow each digit up 128× per side: about 18 GiB at the
     evaluation batch (all 360 validation samples)."""
@@ -184,6 +190,7 @@ def test_a_tiny_model_past_the_memory_budget_is_refused_naming_the_setting(queue
     assert queued_client.get("/v1/jobs").json()["data"] == []
 
 
+@pytest.mark.slow
 def test_lists_carry_summaries_without_specs(queued_client, model_id):
     metadata = {"notes": "n" * 10_000}
     job = queued_client.post("/v1/jobs", json=tiny_job(model_id, metadata=metadata)).json()
@@ -195,6 +202,7 @@ def test_lists_carry_summaries_without_specs(queued_client, model_id):
     assert queued_client.get(f"/v1/jobs/{job['id']}").json()["spec"]["metadata"] == metadata
 
 
+@pytest.mark.slow
 def test_only_final_jobs_can_be_deleted(queued_client, model_id):
     job_id = queued_client.post("/v1/jobs", json=tiny_job(model_id)).json()["id"]
     sessions = queued_client.app.state.session_factory
@@ -214,6 +222,7 @@ def test_only_final_jobs_can_be_deleted(queued_client, model_id):
         assert session.scalar(select(func.count()).select_from(JobEvent)) == 0
 
 
+@pytest.mark.slow
 def test_job_specs_count_toward_the_storage_quota_until_deleted(api_settings, redis_url, sample_model_zip):
     model_id = "art_" + "0" * 32  # as long as a real id (store.models.new_id)
     spec_bytes = json_size(JobCreate.model_validate(tiny_job(model_id)).model_dump(mode="json"))
@@ -258,6 +267,7 @@ MALFORMED = [
 ]
 
 
+@pytest.mark.slow
 def test_malformed_query_and_path_values_are_4xx_problems(queued_client, model_id):
     job_id = queued_client.post("/v1/jobs", json=tiny_job(model_id)).json()["id"]
     for path, params, code in MALFORMED:

@@ -67,6 +67,7 @@ def test_pointer_escapes_keys_holding_slashes():
     assert _resolve({"artifacts": {"model/": {"bytes": 3}}}, "/artifacts/model~1/bytes") == 3
 
 
+@pytest.mark.slow
 def test_compress_writes_report_html_beside_report_json(results):
     out, report = results
     assert (out / "report.html").read_text(encoding="utf-8") == render_report_html(report)
@@ -109,6 +110,7 @@ def test_uploaded_names_reach_the_page_as_text(results):
     assert f"Squeezer report: auto on {HOSTILE_NAMES[0]}" in text  # the <title>, closed only by the page's own tag
 
 
+@pytest.mark.slow
 def test_report_html_renders_in_chromium_and_shows_report_json_numbers(results, browser):
     out, report = results
     browser.get((out / "report.html").as_uri())

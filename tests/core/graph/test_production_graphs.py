@@ -65,6 +65,7 @@ def _module(arch: str, form: str, tmp_path: Path) -> torch.nn.Module:
     return load_model(tmp_path / "m.onnx").module
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,form", [(a, "torch") for a in ARCHITECTURES] + [(a, "onnx") for a in AS_ONNX])
 def test_removal_equals_masking_on_production_architectures(arch, form, tmp_path):
     module = _module(arch, form, tmp_path)

@@ -39,6 +39,7 @@ def _half_of_every_group(graph, seed=0):
     return {root for roots in graph.channel_groups().values() for root in rng.sample(roots, len(roots) // 2)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "args", "shape"), MODELS, ids=[m[0] for m in MODELS])
 def test_shrunk_model_computes_what_the_masked_model_computed(name, args, shape):
     module = _random_model(name, args)
@@ -88,6 +89,7 @@ def test_unsupported_operations_are_reported_and_their_layers_left_alone():
     assert graph.why_frozen("fc") == "feeds the model's output"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "args", "shape"), [MODELS[2], MODELS[4]], ids=["resnet20", "mobilenet_v2"])
 def test_saved_shrunk_model_rebuilds_from_its_channels_record(tmp_path, name, args, shape):
     module = _random_model(name, args)

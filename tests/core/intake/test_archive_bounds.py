@@ -51,6 +51,7 @@ def tar_gz_with_header(path, kind: bytes, body_bytes: int):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", [b"x", b"g", b"L", b"K"])
 def test_a_huge_extended_header_is_refused_before_it_is_read(kind, tmp_path, sandbox):
     archive = tar_gz_with_header(tmp_path / "header.tar.gz", kind, 256 << 20)
@@ -103,6 +104,7 @@ def zip_with_entries(path, entries: int):
     return path
 
 
+@pytest.mark.slow
 def test_zip_entry_count_is_read_before_the_directory_is_parsed(tmp_path, sandbox):
     archive = zip_with_entries(tmp_path / "entries.zip", 1_000_000)
     assert len(zipfile.ZipFile(archive).infolist()) == 1_000_000  # a real directory zipfile would parse

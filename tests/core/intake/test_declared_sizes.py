@@ -31,6 +31,7 @@ def sandbox():
     box.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, limit",
     [
@@ -59,6 +60,7 @@ def test_registry_arguments_past_the_budget_are_refused(name, args, limit):
         build_architecture(name, args)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["torchvision:regnet_x_400mf", "torchvision:shufflenet_v2_x0_5", "resnet20"])
 def test_builders_that_compute_their_layout_with_tensors_pass_the_size_check(name):
     """RegNet calls .tolist() on a tensor while it builds, which the meta device cannot answer."""
@@ -90,6 +92,7 @@ def torch_zip_with(path, records: dict[str, bytes], compression=zipfile.ZIP_STOR
     return path
 
 
+@pytest.mark.slow
 def test_a_deflated_pt_record_is_refused_before_torch_inflates_it(tmp_path, sandbox):
     state = tmp_path / "state.pt"
     torch.save({"w": torch.zeros(4)}, state)
@@ -225,6 +228,7 @@ def test_sqz_header_length_past_the_body_is_refused():
         inspect_sqz(MAGIC + b"\0" + struct.pack("<I", 1 << 30) + b"\x02{}\x00")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", [1, 2])
 def test_sqz_decompression_stops_at_the_budget(flag, sandbox):
     bomb = sqz_with({}, b"\0" * (512 << 20), flag)

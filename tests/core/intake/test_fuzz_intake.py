@@ -199,6 +199,7 @@ def _fuzz_settings(test):
     return seed(int(FUZZ_SEED))(configured) if FUZZ_SEED is not None else configured
 
 
+@pytest.mark.slow
 @_fuzz_settings
 @given(e=exported_models())
 def test_exported_models_work_or_are_refused_with_a_stable_code(outcomes, e: Exported):

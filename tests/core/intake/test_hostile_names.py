@@ -150,6 +150,7 @@ def test_the_payloads_run_when_a_graph_reaches_the_converter_with_its_names(plai
     canary.unlink()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PAYLOADS)
 def test_an_uploaded_graph_with_hostile_names_loads_as_the_plain_one(name, plain_onnx, canary, tmp_path):
     plain = load_model(write(onnx.load_model_from_string(plain_onnx), tmp_path / "plain.onnx"))

@@ -123,6 +123,7 @@ def _digit_folder(root):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("packed", [False, True])
 def test_compress_runs_on_an_image_folder(tmp_path, packed):
     source = _digit_folder(tmp_path / "digits")

@@ -21,6 +21,7 @@ def lenet():
     return build_architecture("lenet5", DIGITS).eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, args",
     [

@@ -127,6 +127,7 @@ class SqueezeExcite(nn.Module):
         return self.fc(x.view(x.size(0), -1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dynamo,opset", [(False, 9), (False, 13), (False, 17), (True, 18), (True, 20)])
 def test_torch_exports_at_several_opsets_compress(dynamo, opset, tmp_path):
     torch.manual_seed(0)

@@ -20,6 +20,7 @@ QUICK_LWCT = LwctConfig(
 )  # every lwct step may spend the whole remaining budget
 
 
+@pytest.mark.slow
 def test_stages_share_one_budget_measured_against_the_original(digits_model, digits):
     config = CompressConfig(
         method="auto",
