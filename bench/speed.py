@@ -15,7 +15,7 @@ briefly (a few thousand samples, one or two epochs), so their accuracies are far
 is cached. Each network's row is written as it finishes, replacing that network's row of an earlier run.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/speed.py                  # every network -> bench/results/speed.json
-    OMP_NUM_THREADS=1 .venv/bin/python bench/speed.py --only resnet20 --speedup 3
+    OMP_NUM_THREADS=1 .venv/bin/python bench/speed.py --only resnet20 --speedup 2 --results speed_resnet20_2x
     OMP_NUM_THREADS=1 .venv/bin/python bench/speed.py --quick          # CI-sized smoke run -> speed_quick.json
 """
 
@@ -245,9 +245,10 @@ def main() -> None:
     parser.add_argument("--block-drop", type=float, default=5.0, help="points a block's removal may cost unrecovered")
     parser.add_argument("--unet-size", type=int, default=128, help="the U-Net's input side (a multiple of 4)")
     parser.add_argument("--seconds", type=float, default=3.0, help="timing budget per comparison")
+    parser.add_argument("--results", help="results file name under bench/results (default speed, or speed_quick)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    name = "speed_quick" if args.quick else "speed"
+    name = args.results or ("speed_quick" if args.quick else "speed")
     for network in args.only or NETWORKS:
         started = time.monotonic()
         result = run_network(network, args)
