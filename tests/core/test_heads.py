@@ -15,6 +15,8 @@ from squeezer.core.pipeline import ModelSource, compress_files
 from squeezer.core.train import fit, logits_only, task_loss, terminal_head
 from tests.core.onnx_patterns import Pattern, build, trained_weights
 
+pytestmark = pytest.mark.slow  # trains models: in the full suite, not the fast tier
+
 
 @pytest.fixture(scope="module")
 def weights():

@@ -15,6 +15,9 @@ from squeezer.core.intake.registry import build_architecture
 from squeezer.core.pipeline import PREPROCESSING_KEY, ModelSource, check_inputs, compress_files, evaluate_file
 from squeezer.core.samples import ensure_sample_model
 
+pytestmark = pytest.mark.slow  # trains models: in the full suite, not the fast tier
+
+
 REPORT_KEYS = {
     "method",
     "metric",

@@ -22,6 +22,9 @@ from squeezer.core.methods.lwct import compress_lwct
 from squeezer.core.methods.structured import keep_one_per_group
 from squeezer.core.train import fit
 
+pytestmark = pytest.mark.slow  # trains models: in the full suite, not the fast tier
+
+
 UNET = {"name": "unet-small", "args": {"width": 8, "in_channels": 3, "num_classes": 3}}
 # Seconds on one CPU thread: 32 SGD steps of 32 samples per stage, three levels.
 QUICK_FILTER = {

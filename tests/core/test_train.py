@@ -18,6 +18,9 @@ from squeezer.core.pipeline import ModelSource, compress_files
 from squeezer.core.train import Diverged, DivergenceRule, augmented, choose_lr, fit, fit_guarded, stage_epochs
 from tests.core.wild import export_eval, rescaled, residual_cnn, train_on_digits
 
+pytestmark = pytest.mark.slow  # trains models: in the full suite, not the fast tier
+
+
 top1 = metric_function("top1")
 CHANCE = 20.0  # ten classes: a wrecked model scores about 10 %
 

@@ -11,6 +11,9 @@ from squeezer.core.measure import count_macs, top1_accuracy
 from squeezer.core.methods.auto import compress_auto
 from squeezer.core.pipeline import ModelSource, compress_files
 
+pytestmark = pytest.mark.slow  # trains models: in the full suite, not the fast tier
+
+
 QUICK_FILTER = FilterConfig(
     importance_epochs=1, epochs_per_step=1, min_steps_per_stage=30, levels=[0.3, 0.6], init=["l1"]
 )

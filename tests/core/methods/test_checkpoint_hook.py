@@ -1,10 +1,13 @@
 """Checkpoints reach the caller through their own hook, once each is on disk; events only report them."""
 
+import pytest
 import torch
 
 from squeezer.core.config import CompressConfig
 from squeezer.core.events import EventStage
 from squeezer.core.methods.harness import MethodRun
+
+pytestmark = pytest.mark.slow  # trains models: in the full suite, not the fast tier
 
 
 def test_on_checkpoint_hears_of_each_written_checkpoint_once_it_is_on_disk(digits_model, digits, tmp_path):

@@ -12,6 +12,9 @@ from squeezer.core.measure import count_macs, top1_accuracy
 from squeezer.core.methods.filter import ImportanceGates, combined_order, compress_filter, initial_gates
 from tests.core.graph.test_surgery import ChannelSoftmax
 
+pytestmark = pytest.mark.slow  # trains models: in the full suite, not the fast tier
+
+
 QUICK = {
     "importance_epochs": 1,
     "epochs_per_step": 1,

@@ -9,6 +9,8 @@ from squeezer.core.graph import trace
 from squeezer.core.measure import top1_accuracy
 from squeezer.core.methods.group import GroupLasso, compress_group, remove_zeroed
 
+pytestmark = pytest.mark.slow  # trains models: in the full suite, not the fast tier
+
 
 def test_proximal_step_zeroes_whole_groups_and_their_momentum(digits_model):
     module = copy.deepcopy(digits_model.module)

@@ -9,6 +9,8 @@ from squeezer.core.measure import top1_accuracy
 from squeezer.core.methods.int8 import compress_int8
 from squeezer.core.pipeline import ModelSource, compress_files, evaluate_file
 
+pytestmark = pytest.mark.slow  # trains models: in the full suite, not the fast tier
+
 
 def test_int8_result_is_the_qdq_file_its_accuracy_was_measured_on(digits_model, digits):
     config = CompressConfig(method="int8", device="cpu", int8=Int8Config(calibration_samples=64))

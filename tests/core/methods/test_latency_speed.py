@@ -3,6 +3,7 @@ in onnxruntime, until the convolutions are predicted the target factor faster; t
 that rebuilds its shape (blocks removed and widths) and computes the same outputs; filter's latency mode runs it
 through the whole pipeline."""
 
+import pytest
 import torch
 
 from squeezer.core.artifacts.sqz import load_sqz, write_sqz
@@ -15,6 +16,9 @@ from squeezer.core.methods.latency_table import allowed_counts
 from squeezer.core.methods.speed import plan_for_speed
 from squeezer.core.pipeline import ModelSource, compress_files
 from squeezer.core.train import fit
+
+pytestmark = pytest.mark.slow  # trains models: in the full suite, not the fast tier
+
 
 SHAPE = (3, 32, 32)
 ARCH = {"name": "resnet20", "args": {}}

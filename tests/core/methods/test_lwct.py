@@ -22,6 +22,8 @@ from squeezer.core.methods.lwct import (
 )
 from squeezer.core.train import STEP_RULE, fit, optimizer_for
 
+pytestmark = pytest.mark.slow  # trains models: in the full suite, not the fast tier
+
 
 def _blobs(n=256, features=16, classes=4, seed=0):
     g = torch.Generator().manual_seed(seed)

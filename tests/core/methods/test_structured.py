@@ -9,6 +9,8 @@ from squeezer.core.methods.filter import compress_filter
 from squeezer.core.methods.group import compress_group
 from squeezer.core.methods.level_search import arithmetic_midpoint, geometric_midpoint, search_levels
 
+pytestmark = pytest.mark.slow  # trains models: in the full suite, not the fast tier
+
 
 def _search(levels, edge, refinements, midpoint=arithmetic_midpoint):
     tried = []
