@@ -75,6 +75,7 @@ def route_templates(client: TestClient) -> set[str]:
     return set(client.app.openapi()["paths"]) | {"/metrics", "unmatched"}
 
 
+@pytest.mark.slow
 def test_metrics_while_a_job_runs_and_after(client, sample_model_zip):
     routes = route_templates(client)
     before = scrape(client)
@@ -124,6 +125,7 @@ def test_metrics_while_a_job_runs_and_after(client, sample_model_zip):
     assert_labels_bounded(done, [job_id, model["id"], "no-such-thing"], routes)
 
 
+@pytest.mark.slow
 def test_queue_depth_counts_the_queued_jobs(queued_client, sample_model_zip):
     model = upload(queued_client, sample_model_zip)
     job = {"model": {"artifact_id": model["id"]}, "dataset": {"sample": "digits"}, "method": "int8"}

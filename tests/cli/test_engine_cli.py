@@ -40,6 +40,7 @@ def sample_model(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_compress_meets_a_one_point_budget_and_evaluate_reproduces_it(sample_model, tmp_path):
     out = tmp_path / "out"
     result = runner.invoke(
@@ -60,6 +61,7 @@ def test_compress_meets_a_one_point_budget_and_evaluate_reproduces_it(sample_mod
             assert answer["accuracy"] == report["compressed"]["accuracy"]
 
 
+@pytest.mark.slow
 def test_a_missed_target_still_writes_the_result_and_exits_3(sample_model, tmp_path):
     # Pruning 99 % of the weights without fine-tuning cannot stay within a zero-point budget.
     out = tmp_path / "out"
@@ -134,6 +136,7 @@ def test_evaluate_of_a_bad_file_exits_2(tmp_path):
     assert result.exit_code == 2 and result.stderr.startswith("error: invalid_model: ")
 
 
+@pytest.mark.slow
 def test_auto_runs_both_stages_from_the_command_line(sample_model, tmp_path):
     out = tmp_path / "out"
     result = runner.invoke(
@@ -195,6 +198,7 @@ def _paddle2onnx_classifier(path):
     return path
 
 
+@pytest.mark.slow
 def test_a_free_axis_written_as_minus_one_compresses_without_a_traceback(tmp_path):
     model = _paddle2onnx_classifier(tmp_path / "cls.onnx")
     x = np.random.default_rng(1).random((24, 3, 8, 16), dtype=np.float32)

@@ -4,6 +4,7 @@ plain line at every stage change and every few seconds; `--log-format json` prin
 import io
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from squeezer.cli.main import app
@@ -67,6 +68,7 @@ def test_text_lines_stay_off_a_terminal_and_json_lines_do_not():
     }
 
 
+@pytest.mark.slow
 def test_compress_prints_json_progress_lines(tmp_path):
     model = ensure_sample_model("digits")[0]
     result = runner.invoke(

@@ -64,6 +64,7 @@ def test_the_corpus_is_large_enough():
     assert len(CASES) >= 30 and len({case.name for case in CASES}) == len(CASES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
 def test_hostile_input_ends_as_its_row_says(case: Case, queued_client, inputs, sample_model_zip):
     client = queued_client

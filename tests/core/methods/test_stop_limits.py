@@ -74,6 +74,7 @@ def tiled(data: Dataset, train: int = 1, val: int = 1) -> Dataset:
 LONG_RANGE_TEST = LwctConfig(batch_size=16_384, min_steps_per_stage=200, sparsity_grid=[0.5])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_a_cancel_ends_every_method_at_its_next_batch(sample_dir, tmp_path, method):
     """The stop comes as a method's first trial is recorded (int8: as its calibration starts); without it each method
