@@ -177,6 +177,7 @@ class S3Server:
         self.access_key_id = "squeezer-test"
         self.secret_access_key = secrets.token_hex(20)
         self.proc: subprocess.Popen | None = None
+        self._client = None
 
     def _args(self) -> list[str]:
         config = self.root / "s3.json"
@@ -225,10 +226,13 @@ class S3Server:
         raise RuntimeError(f"weed mini did not start; its log: {self.root / 'log'}")
 
     def client(self):
-        from squeezer.store.s3_blobs import s3_client
-        from squeezer.store.settings import Settings
+        """One client for the server's life: building a boto3 client takes a good part of a second."""
+        if self._client is None:
+            from squeezer.store.s3_blobs import s3_client
+            from squeezer.store.settings import Settings
 
-        return s3_client(Settings(**self.settings_fields("unused")), self.endpoint_url)
+            self._client = s3_client(Settings(**self.settings_fields("unused")), self.endpoint_url)
+        return self._client
 
     def settings_fields(self, bucket: str) -> dict[str, str]:
         """What Settings needs to keep blobs in `bucket` on this server."""
