@@ -22,6 +22,10 @@ MAX_PENALTY = 100.0
 MAX_CALIBRATION_SAMPLES = 100_000
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 MAX_TIME_LIMIT_S = 30 * 24 * 3600.0
+MAX_SPEEDUP = 100.0
+MAX_LATENCY_MS = 3_600_000.0
+MAX_TARGET_THREADS = 256
+MAX_TARGET_BATCH = 1_024
 _BOUND_WORDS = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
 
 
@@ -88,6 +92,39 @@ class AccuracyTarget(_Strict):
         if self.drop_type == DropType.RELATIVE:
             return baseline_accuracy * self.max_drop / 100.0
         return self.max_drop
+
+
+TargetRuntime = Literal["onnxruntime-cpu", "onnxruntime-cuda"]
+
+
+class SpeedTarget(_Strict):
+    """How much faster the result must run where it is deployed, beside the accuracy budget: measured on model.onnx
+    against the baseline's ONNX, A/B interleaved on the target runtime (core.measure.compare). With a goal, auto
+    ranks its candidates by that speed-up (objective latency); every report says whether the goal was met."""
+
+    speedup: float | None = bounded(
+        None, "Speed-up over the baseline to reach (baseline time / result time); unset: none.", gt=1, le=MAX_SPEEDUP
+    )
+    latency_ms: float | None = bounded(
+        None, "Latency of one batch to reach, in milliseconds; unset: none.", gt=0, le=MAX_LATENCY_MS
+    )
+    runtime: TargetRuntime = Field(
+        "onnxruntime-cpu",
+        description="Where speed is measured: onnxruntime on CPU, or on CUDA (a worker with a GPU and onnxruntime-gpu;"
+        " a job asking for it elsewhere fails with runtime_unavailable).",
+    )
+    threads: int = bounded(1, "Intra-op threads of the target runtime.", ge=1, le=MAX_TARGET_THREADS)
+    batch: int = bounded(1, "Batch size the goal is measured at.", ge=1, le=MAX_TARGET_BATCH)
+
+    @model_validator(mode="after")
+    def _one_goal(self) -> "SpeedTarget":
+        if self.speedup is not None and self.latency_ms is not None:
+            raise ValueError("give speedup or latency_ms, not both")
+        return self
+
+    @property
+    def has_goal(self) -> bool:
+        return self.speedup is not None or self.latency_ms is not None
 
 
 class Normalization(_Strict):
@@ -391,6 +428,7 @@ class CompressConfig(_Strict):
     method: MethodName = MethodName.LWCT
     task: TaskName = "classification"
     target: AccuracyTarget = Field(default_factory=AccuracyTarget)
+    speed_target: SpeedTarget = Field(default_factory=SpeedTarget)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = bounded(0, "Seed of every random choice (shuffling, initialisation).", ge=0, le=MAX_SEED)
     normalization: Normalization | None = None
