@@ -53,8 +53,9 @@ def test_every_reported_latency_is_a_side_of_a_comparison(findings):
             assert findings.latencies[name][key] == speed[f"batch{batch}"]["candidate_ms"]
             assert speed[f"batch{batch}"]["verdict"] == "faster"  # eight times fewer channels
     assert findings.latencies["baseline"]["latency_ms"] == section["artifacts"]["model.sqz"]["batch1"]["baseline_ms"]
-    assert findings.latencies["baseline.onnx"]["latency_ms_batch32"] == (
-        section["artifacts"]["model.onnx"]["batch32"]["baseline_ms"]
+    assert (
+        findings.latencies["baseline.onnx"]["latency_ms_batch32"]
+        == (section["artifacts"]["model.onnx"]["batch32"]["baseline_ms"])
     )
     assert section["artifacts"]["model.sqz"]["runtime"] == "torch"
     assert section["artifacts"]["model.onnx"]["runtime"] == "onnxruntime-cpu"
