@@ -26,7 +26,13 @@ def with_macs_alias(measures: dict[str, Any]) -> dict[str, Any]:
     return {**measures, "macs": macs, MACS_ALIAS: macs} if macs is not None else measures
 
 
-class Measures(BaseModel):
+class _Part(BaseModel):
+    """A section of the report; keys it does not declare are kept, never dropped from report.json."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Measures(_Part):
     """One model's figures, measured on CPU; "accuracy" is the report's metric, in percent."""
 
     accuracy: float
@@ -44,12 +50,12 @@ class Measures(BaseModel):
         return with_macs_alias(value) if isinstance(value, dict) else value
 
 
-class Target(BaseModel):
+class Target(_Part):
     max_drop: float
     drop_type: str = Field(description="absolute (percentage points) or relative (percent of the baseline).")
 
 
-class ArtifactFigures(BaseModel):
+class ArtifactFigures(_Part):
     """A file handed out, loaded back from its bytes and measured under the runtime it is meant for."""
 
     bytes: int
@@ -59,7 +65,7 @@ class ArtifactFigures(BaseModel):
     latency_ms_batch32: float
 
 
-class DatasetSummary(BaseModel):
+class DatasetSummary(_Part):
     name: str
     task: str
     train_samples: int
@@ -74,8 +80,8 @@ def _optional_keys(schema: dict[str, Any]) -> None:
 
 
 class Report(BaseModel):
-    """The whole of report.json. Keys this model does not know (none today) are kept, so that nothing a stored
-    report holds is lost when it is served."""
+    """The whole of report.json. Keys this model does not declare are kept, so that nothing a stored report holds
+    is lost when it is served."""
 
     model_config = ConfigDict(
         extra="allow",
@@ -102,6 +108,9 @@ class Report(BaseModel):
     onnx_accuracy: float | None = None
     artifacts: dict[str, ArtifactFigures] | None = Field(None, description="model.sqz, model/ and model.onnx.")
     baseline_onnx: ArtifactFigures | None = Field(None, description="The uploaded model exported to ONNX.")
+    speed: dict[str, Any] | None = Field(
+        None, description="The files' speed against the baseline's on the target runtime (core.measure.speed_report)."
+    )
     deployable: str | None = Field(None, description="The file whose figures are the compressed ones.")
     settings: dict[str, Any] | None = Field(None, description="The job's whole configuration.")
     objective: str | None = Field(None, exclude_if=lambda value: value is None, description="auto only.")
@@ -114,6 +123,9 @@ class Report(BaseModel):
     onnx_layer_names: dict[str, str] | None = None
     squeezer_version: str | None = None
     duration_s: float | None = None
+    timings_s: dict[str, float] | None = Field(
+        None, description="Seconds spent loading, in the method, writing and verifying, and measuring speed."
+    )
 
     def as_dict(self) -> dict[str, Any]:
         """report.json's content, as json.dumps writes it."""

@@ -62,6 +62,7 @@ def a_report() -> dict:
                 "model.onnx": dict(FILE, bytes=800, runtime="onnxruntime"),
             },
             "baseline_onnx": dict(FILE, bytes=4100, accuracy=98.0, runtime="onnxruntime"),
+            "speed": {"seconds": 1.0},
             "deployable": "model.sqz",
             "settings": {"method": "lwct", "seed": 0},
             "stopped_early": None,
@@ -72,6 +73,7 @@ def a_report() -> dict:
             "onnx_layer_names": {},
             "squeezer_version": "0.0.0",
             "duration_s": 3.5,
+            "timings_s": {"load": 0.5, "method": 2.0, "write_and_verify": 0.5, "measure_speed": 0.5},
         },
     )
 
