@@ -111,6 +111,24 @@ def test_model_onnx_is_as_small_as_the_method_made_it_and_scores_as_reported(com
     np.testing.assert_allclose(onnx_logits, load_sqz(out / "model.sqz").module.eval()(x).detach().numpy(), atol=1e-4)
 
 
+def test_every_latency_is_a_side_of_an_ab_comparison_and_the_fixed_cost_is_stated(compressed):
+    _, report, _ = compressed
+    speed = report["speed"]
+    onnx = speed["artifacts"]["model.onnx"]
+    assert report["artifacts"]["model.onnx"]["latency_ms"] == onnx["batch1"]["candidate_ms"]
+    assert report["baseline_onnx"]["latency_ms_batch32"] == onnx["batch32"]["baseline_ms"]
+    sqz = speed["artifacts"]["model.sqz"]
+    assert report["baseline"]["latency_ms"] == sqz["batch1"]["baseline_ms"]
+    assert report["compressed"]["latency_ms_batch32"] == sqz["batch32"]["candidate_ms"]
+    for comparison in (onnx["batch1"], onnx["batch32"], sqz["batch1"], sqz["batch32"]):
+        assert comparison["verdict"] in ("faster", "slower", "no difference")
+        assert comparison["speedup"] == (1.0 if comparison["verdict"] == "no difference" else comparison["ratio"])
+    assert speed["on_target"] == onnx["batch1"] and speed["goal_met"] is None  # the default target, no goal
+    timings = report["timings_s"]
+    assert set(timings) == {"load", "method", "write_and_verify", "measure_speed"}
+    assert sum(timings.values()) <= report["duration_s"] + 1e-6 and timings["measure_speed"] == speed["seconds"]
+
+
 def test_normalization_is_saved_with_the_model_and_applied_by_every_reader(sample_dir, tmp_path):
     normalization = Normalization(mean=[0.25], std=[0.5])
     config = CompressConfig(
