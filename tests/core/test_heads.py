@@ -56,6 +56,24 @@ def test_sequential_heads_and_non_class_softmax():
     assert terminal_head(nn.Sequential(nn.Linear(4, 3), nn.ReLU())) is None
 
 
+def own_options(method: str, *, min_steps: int) -> dict:
+    """Quick options of `method` alone: a config refuses another method's options."""
+    if method == "lwct":
+        return {
+            "lwct": LwctConfig(sparsity_grid=[0.5], prune_epochs=1, epochs_per_step=0, min_steps_per_stage=min_steps)
+        }
+    return {
+        "filter": FilterConfig(
+            init=["l1"],
+            importance_epochs=1,
+            epochs_per_step=1,
+            min_steps_per_stage=min_steps,
+            levels=[0.3],
+            refinements=0,
+        )
+    }
+
+
 @pytest.mark.parametrize("method", ["lwct", "filter"])
 def test_a_softmax_classifier_compresses_and_keeps_its_head(weights, method, tmp_path):
     (tmp_path / "m.onnx").write_bytes(build(weights, Pattern(softmax="Softmax")))
@@ -63,10 +81,7 @@ def test_a_softmax_classifier_compresses_and_keeps_its_head(weights, method, tmp
         method=method,
         device="cpu",
         target=AccuracyTarget(max_drop=3),
-        lwct=LwctConfig(sparsity_grid=[0.5], prune_epochs=1, epochs_per_step=0, min_steps_per_stage=30),
-        filter=FilterConfig(
-            init=["l1"], importance_epochs=1, epochs_per_step=1, min_steps_per_stage=30, levels=[0.3], refinements=0
-        ),
+        **own_options(method, min_steps=30),
     )
     report = compress_files(ModelSource(tmp_path / "m.onnx"), "sample:digits", tmp_path / "out", config)
     assert report["target_met"] and report["baseline"]["accuracy"] > 80
@@ -135,10 +150,7 @@ def test_a_binary_segmenter_with_a_sigmoid_compresses(binary_shapes, method, tmp
         task="segmentation",
         device="cpu",
         target=AccuracyTarget(max_drop=5, metric="iou"),
-        lwct=LwctConfig(sparsity_grid=[0.5], prune_epochs=1, epochs_per_step=0, min_steps_per_stage=20),
-        filter=FilterConfig(
-            init=["l1"], importance_epochs=1, epochs_per_step=1, min_steps_per_stage=20, levels=[0.3], refinements=0
-        ),
+        **own_options(method, min_steps=20),
     )
     report = compress_files(ModelSource(binary_shapes / "seg.onnx"), binary_shapes / "shapes.npz", tmp_path, config)
     assert report["metric"] == "iou" and report["baseline"]["accuracy"] > 60  # thresholded at 0.5, not argmax of one

@@ -114,9 +114,8 @@ QUICK_FILTER = FilterConfig(
 @pytest.mark.parametrize("model", ["folded_file", "adam_file"])
 def test_jobs_on_uploaded_models_compress_without_collapsing(model, method, request, tmp_path):
     events = []
-    config = CompressConfig(
-        method=method, device="cpu", target=AccuracyTarget(max_drop=2.0), lwct=QUICK_LWCT, filter=QUICK_FILTER
-    )
+    own_options = {"lwct": {"lwct": QUICK_LWCT}, "filter": {"filter": QUICK_FILTER}}[method]
+    config = CompressConfig(method=method, device="cpu", target=AccuracyTarget(max_drop=2.0), **own_options)
     report = compress_files(
         ModelSource(request.getfixturevalue(model)), "sample:digits", tmp_path, config, on_event=events.append
     )

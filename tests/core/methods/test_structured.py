@@ -51,11 +51,8 @@ def test_geometric_midpoint_suits_penalty_weights():
 def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(
     method, digits_model, digits, tmp_path
 ):
-    config = CompressConfig(
-        method=method,
-        device="cpu",
-        target=AccuracyTarget(max_drop=1.0),
-        filter=FilterConfig(
+    own_options = {
+        "filter": FilterConfig(
             init=["l1"],
             importance_epochs=1,
             epochs_per_step=1,
@@ -63,9 +60,12 @@ def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_
             levels=[0.2, 0.4, 0.6],
             refinements=1,
         ),
-        group=GroupConfig(
+        "group": GroupConfig(
             penalties=[0.1, 0.3, 1.0], sparse_epochs=1, epochs_per_step=1, min_steps_per_stage=30, refinements=1
         ),
+    }
+    config = CompressConfig(
+        method=method, device="cpu", target=AccuracyTarget(max_drop=1.0), **{method: own_options[method]}
     )
     compress = {"filter": compress_filter, "group": compress_group}[method]
     uninterrupted = compress(digits_model, digits, config)
