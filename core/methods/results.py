@@ -5,10 +5,11 @@ field names are part of the report's contract.
 """
 
 from dataclasses import dataclass
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # annotations only: the report's model (and so the CLI and the API) reads these without torch
+    import torch
+    from torch import nn
 
 
 @dataclass
@@ -27,7 +28,7 @@ class LayerState:
     accepted: bool
 
     @classmethod
-    def of(cls, name: str, layer: nn.Module, weight: torch.Tensor, **fields) -> Self:
+    def of(cls, name: str, layer: "nn.Module", weight: "torch.Tensor", **fields) -> Self:
         """The row of `layer`, stored as `weight`: its type, shape, size and (unless given) sparsity read from them."""
         fields.setdefault("sparsity", float((weight == 0).float().mean()))
         return cls(name=name, type=type(layer).__name__, shape=list(weight.shape), params=weight.numel(), **fields)
@@ -58,7 +59,7 @@ class Trial:
 
 @dataclass
 class MethodResult:
-    module: nn.Module
+    module: "nn.Module"
     layers: list[LayerState]
     trials: list[Trial]
     baseline_accuracy: float
