@@ -61,10 +61,11 @@ def plan_for_speed(
     floor: float = float("-inf"),
     runtime: Runtime = Runtime(),
     cache_dir: Path | None = None,
+    min_keep: float = 0.25,
 ) -> tuple[nn.Module, ChannelGraph, SpeedPlan]:
     """A copy of `module` pruned until its convolutions are predicted `speedup` times faster on `runtime`, with the
     graph it was shrunk on. With `score`, residual blocks whose removal keeps the score at least `floor` (measured
-    before any recovery) go first; channels make up the rest."""
+    before any recovery) go first; channels make up the rest, each group keeping at least `min_keep` of its own."""
     graph = trace(module, input_shape)
     table = latency_table(module, input_shape, runtime, graph=graph, cache_dir=cache_dir)
     before = convolution_ms(table)
@@ -79,7 +80,7 @@ def plan_for_speed(
             table = latency_table(pruned, input_shape, runtime, graph=graph, cache_dir=cache_dir)
             seconds += table.seconds
     after_blocks = convolution_ms(table)
-    choice = choose_channels(graph, table, group_norm_scores(pruned, graph), target)
+    choice = choose_channels(graph, table, group_norm_scores(pruned, graph), target, min_keep)
     shrink(pruned, graph, set(choice.removed))
     plan = SpeedPlan(chosen, len(choice.removed), (before, after_blocks, choice.after_ms), seconds)
     return pruned.eval(), graph, plan
