@@ -19,7 +19,8 @@ from squeezer.store.settings import Settings
 from squeezer.worker.dispatch import CeleryDispatcher
 from tests.api.conftest import LONG_OPTIONS, upload
 from tests.api.test_auth import insert_job
-from tests.api.test_logging import start, stop, wait_until
+from tests.api.test_logging import start, stop
+from tests.helpers import wait_until
 from tests.servers import free_port
 
 API_FAMILIES = {
@@ -200,7 +201,13 @@ def test_several_api_processes_answer_for_all_in_multiprocess_mode(postgres_url,
     try:
         first, second = (httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) for port in ports)
         for client in (first, second):
-            wait_until(lambda client=client: client.get("/healthz").status_code == 200, "the API")
+            wait_until(
+                lambda client=client: client.get("/healthz").status_code == 200,
+                180,
+                "the API",
+                0.3,
+                not_yet=(httpx.TransportError,),
+            )
         for _ in range(5):
             assert first.get("/v1/jobs").status_code == 200
         answer = second.get("/metrics")
