@@ -1,11 +1,13 @@
 """bench/lwct_tighten.py: lwct's tightening step, kept as an experiment outside the engine."""
 
+import pytest
 from lwct_tighten import compress_lwct_tightened
 
 from squeezer.core.config import AccuracyTarget, CompressConfig, LwctConfig
 from squeezer.core.methods.lwct import compress_lwct
 
 
+@pytest.mark.slow
 def test_tightening_spends_the_budget_the_walk_left_on_sparser_levels(digits_model, digits):
     """A generous budget: pruning stops at its share, the walk constrains every layer, and tightening then tries the
     grid's next levels on the walked model, keeping every pruned weight pruned and the accepted state within the

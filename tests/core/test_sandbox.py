@@ -67,6 +67,7 @@ def test_an_input_error_keeps_its_code(sandbox):
     assert (caught.value.code, caught.value.message) == ("invalid_dataset", "x_train holds 3 samples")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "target, payload",
     [
@@ -85,6 +86,7 @@ def test_memory_past_the_limit_is_refused_and_bounded(sandbox, target, payload):
         sandbox.run(f"{TARGETS}:{target}", payload, limits)
 
 
+@pytest.mark.slow
 def test_cpu_and_wall_clock_limits_end_the_child(sandbox):
     started = time.monotonic()
     outcome = sandbox.run_outcome(f"{TARGETS}:spin", {})

@@ -96,6 +96,7 @@ def test_hostile_input_ends_as_its_row_says(case: Case, queued_client, inputs, s
     assert client.get("/readyz").status_code == 200  # nothing else is affected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("deleted", ["model", "dataset"])
 def test_an_input_deleted_after_submission_fails_the_job_in_the_worker(
     deleted, queued_client, inputs, sample_model_zip

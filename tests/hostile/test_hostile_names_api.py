@@ -26,6 +26,7 @@ def hostile_onnx(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_a_hostile_named_model_compresses_through_the_service_and_evaluates_on_the_users_side(
     queued_client, hostile_onnx, tmp_path
 ):

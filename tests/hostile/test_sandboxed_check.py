@@ -39,6 +39,7 @@ def child_address_space() -> int:
     return sandbox.run("tests.core.sandbox_targets:address_space", {}, limits)["bytes"]
 
 
+@pytest.mark.slow
 def test_a_check_that_runs_out_of_memory_is_a_422_and_the_api_stays_up(api_settings, redis_url, digits_weights):
     limit = child_address_space() + (768 << 20)
     with client_with(api_settings, redis_url, check_memory_bytes=limit) as client:
@@ -68,6 +69,7 @@ def test_a_check_past_its_wall_clock_is_a_422(api_settings, redis_url, sample_mo
         assert client.get("/healthz").status_code == 200
 
 
+@pytest.mark.slow
 def test_checks_in_progress_count_against_the_job_quota(api_settings, redis_url, sample_model_zip):
     with client_with(api_settings, redis_url, max_concurrent_jobs_per_tenant=1) as client:
         model = upload(client, sample_model_zip)["id"]
@@ -85,6 +87,7 @@ def test_checks_in_progress_count_against_the_job_quota(api_settings, redis_url,
         assert_problem(client.post("/v1/jobs", json=job), 429, "job_quota_exceeded")  # now a queued job counts
 
 
+@pytest.mark.slow
 def test_queued_jobs_and_job_time_are_limited_per_tenant(api_settings, redis_url, sample_model_zip):
     with client_with(api_settings, redis_url, max_queued_jobs_per_tenant=1, max_job_time_limit_s=60) as client:
         model = upload(client, sample_model_zip)["id"]

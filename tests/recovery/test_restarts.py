@@ -137,6 +137,7 @@ def spooled_bytes(pid: int) -> int:
     return total
 
 
+@pytest.mark.slow
 def test_an_upload_cut_by_an_api_restart_leaves_nothing(postgres_url, redis_url, tmp_path):
     """The API process dies (SIGKILL) with half a file received. Uploads are spooled to an unlinked temporary file
     until their body is whole, so nothing of it reached the database: no row, no chunk (an upload cut while it is

@@ -15,6 +15,7 @@ TIME_LIMIT_S = 3.0
 UNBOUNDED = {**LONG_OPTIONS, "prune_epochs": 3, "epochs_per_step": 3, "max_train_samples": 1000}
 
 
+@pytest.mark.slow
 def test_a_time_limit_stops_the_job_and_keeps_its_best_result(service, sample_model_zip, tmp_path):
     spec = tiny_spec(service.upload(sample_model_zip), **UNBOUNDED)
     spec["options"]["time_limit_s"] = TIME_LIMIT_S

@@ -36,6 +36,7 @@ def ctx(tmp_path):
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_the_server_time_limit_ends_a_job_that_asks_for_none_and_keeps_its_result(ctx, sample_model_zip, tmp_path):
     model_id = store_file(ctx.session_factory, ctx.blobs, sample_model_zip, tenant="default", kind="model").id
     with ctx.session_factory() as session:

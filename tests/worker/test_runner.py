@@ -60,6 +60,7 @@ def test_run_job_succeeds_once_and_a_second_delivery_does_nothing(ctx, sample_mo
     assert set(done.progress) == {"stage", "fraction", "best_accuracy", "best_compression_ratio"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model_bytes", "dataset", "code"),
     [
@@ -81,6 +82,7 @@ def test_bad_inputs_fail_the_job_with_their_code(ctx, tmp_path, sample_model_zip
     assert job.error_message and "Traceback" not in job.error_message
 
 
+@pytest.mark.slow
 def test_a_hostile_model_archive_fails_the_job(ctx, tmp_path):
     archive = tmp_path / "model.zip"
     with zipfile.ZipFile(archive, "w") as zf:

@@ -198,6 +198,7 @@ def test_a_receiver_that_fails_three_times_gets_the_message_on_the_fourth_attemp
     assert [a["attempt"] for a in older["data"]] == [2, 1] and not older["has_more"]
 
 
+@pytest.mark.slow
 def test_a_receiver_that_hangs_holds_no_worker_and_its_attempt_times_out(client, receiver):
     hanging = add_endpoint(client, receiver, "/hang", ["job.queued"])
     add_endpoint(client, receiver, "/ok", ["job.queued", "job.cancelled"])

@@ -6,6 +6,7 @@ import shutil
 import time
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from squeezer.worker.metrics import GpuMemoryCollector
@@ -38,6 +39,7 @@ def wait_for_scrape(url: str, condition, what: str, timeout_s: float = 180) -> d
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_a_worker_serves_its_metrics_while_it_waits_runs_a_job_and_after(service, sample_model_zip):
     port = free_port()
     service.env.update(SQUEEZER_WORKER_METRICS_PORT=str(port), SQUEEZER_METRICS_TOKEN=TOKEN)

@@ -43,6 +43,7 @@ def test_unknown_artifact_is_a_422_problem(queued_client):
     assert "art_missing" in body["detail"]
 
 
+@pytest.mark.slow
 def test_unusable_model_is_refused_before_queueing(queued_client):
     bogus = queued_client.post("/v1/artifacts", files={"file": ("model.onnx", b"not an onnx file")}).json()
     body = assert_problem(queued_client.post("/v1/jobs", json=tiny_job(bogus["id"])), 422, "invalid_model")

@@ -93,6 +93,7 @@ class _PageText(HTMLParser):
         self.text.append(data)
 
 
+@pytest.mark.slow
 def test_uploaded_names_reach_the_page_as_text(results):
     """Names from an uploaded model, dataset or option are shown as written and never become markup or template
     code (the template is rendered with autoescape on)."""

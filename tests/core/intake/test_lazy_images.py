@@ -152,6 +152,7 @@ def _children() -> list[str]:
     return sorted(pids)
 
 
+@pytest.mark.slow
 def test_workers_end_with_the_stage_and_an_archive_tree_with_the_data_set(tmp_path):
     _mixed_tree(tmp_path / "tree")
     with zipfile.ZipFile(tmp_path / "tree.zip", "w") as archive:

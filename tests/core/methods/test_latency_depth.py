@@ -45,6 +45,7 @@ def _network(arch: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
     return models.get_model(arch, weights=None, num_classes=10).eval(), (3, SIZE, SIZE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [*COMPATIBILITY_TABLE, "resnet20", "unet-small", "lenet5"])
 def test_removing_every_block_keeps_the_graph_valid_or_says_why(arch):
     module, shape = _network(arch)
@@ -88,6 +89,7 @@ def _agreement(reference: torch.nn.Module, x: torch.Tensor):
     return score
 
 
+@pytest.mark.slow
 def test_choice_stays_above_its_floor_and_follows_sensitivity():
     module, shape = _network("resnet20")
     x = torch.randn(64, *shape, generator=torch.Generator().manual_seed(1))

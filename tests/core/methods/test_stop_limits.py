@@ -120,6 +120,7 @@ def test_a_cancel_during_the_range_test_stops_it(digits_model, digits):
     assert not [e for e in events if "learning rate" in e.message]  # the range test never finished
 
 
+@pytest.mark.slow
 def test_the_time_limit_cuts_the_range_test_and_the_start_is_kept(sample_dir, digits, tmp_path):
     data = tiled(digits, train=12)
     path = tmp_path / "digits-x12.npz"
@@ -139,6 +140,7 @@ def test_the_time_limit_cuts_the_range_test_and_the_start_is_kept(sample_dir, di
     assert all((tmp_path / "out" / name).exists() for name in RESULT_FILES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_a_time_limit_ends_every_method_within_its_grace_with_its_best_result(sample_dir, tmp_path, method):
     """int8 takes a quarter of a second in a warm process, so its limit runs out before its calibration (intake alone
@@ -220,6 +222,7 @@ def test_evaluating_a_big_validation_split_honours_a_stop(digits_model, digits):
     assert stop.seconds_since() < EVALUATION_STOP_WITHIN_S
 
 
+@pytest.mark.slow
 def test_events_carry_no_server_path(sample_dir, tmp_path):
     checkpoints, events = tmp_path / "checkpoint", []
     config = CompressConfig(device="cpu", lwct=LwctConfig(sparsity_grid=[0.5], prune_epochs=1, min_steps_per_stage=30))
