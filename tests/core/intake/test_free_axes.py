@@ -139,6 +139,7 @@ def test_the_paddle2onnx_header_is_read_as_free_and_sized_from_the_data(paddle_c
     assert np.abs(converted - _run(paddle_cls, x)).max() < 1e-4  # parity with onnxruntime on the uploaded file
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lwct", "filter"])
 def test_the_paddle2onnx_classifier_compresses_with_free_axes_kept(paddle_cls, text_data, method, tmp_path):
     (tmp_path / "cls.onnx").write_bytes(paddle_cls)

@@ -344,6 +344,7 @@ def _mixed(plain: bytes, canary: Path) -> onnx.ModelProto:
     return onnx.load_model_from_string(model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lwct", "filter"])
 def test_a_hostile_model_compresses_exports_and_evaluates_as_the_plain_one(method, plain_onnx, canary, tmp_path):
     config = CompressConfig(

@@ -95,6 +95,7 @@ def test_each_exporter_pattern_is_normalised_and_converts_exactly(weights, name,
     _check_converted(tmp_path / "m.onnx", data, nhwc=pattern.nhwc, batch=1 if pattern.batch == 1 else 4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
     [
