@@ -70,6 +70,7 @@ def table():
         COMPAT_TABLE.write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_production_architecture(arch, method, data):
