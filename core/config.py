@@ -203,7 +203,7 @@ class StructuredTraining(_Strict):
 @register_method(
     MethodName.LWCT,
     "squeezer.core.methods.lwct:compress_lwct",
-    "layer-wise compressive training: pruning, then layers constrained to few weight values",
+    "layer-wise compressive training (pruning, then layers constrained to few weight values)",
 )
 class LwctConfig(StructuredTraining):
     """Layer-wise compressive training (docs/METHODS.md §1). Defaults work without tuning: chosen across LeNet-5 on
@@ -291,12 +291,36 @@ class LevelSearch(StructuredTraining):
 
 
 GateInit = Literal["ones", "uniform", "normal", "l1"]
+SPEEDUP_ITEM = {"gt": 1, "le": 100}
+
+
+class LatencyPruning(_Strict):
+    """Latency-aware pruning in place of filter's level search (core.methods.latency_pruning): residual blocks and
+    channels removed against a latency table measured in onnxruntime on CPU, for each speed-up target in turn."""
+
+    speedups: list[Annotated[float, Field(**SPEEDUP_ITEM)]] = bounded(
+        default_factory=lambda: [1.5, 2.0, 3.0],
+        min_length=1,
+        max_length=MAX_GRID_LEVELS,
+        each=SPEEDUP_ITEM,
+        description="Predicted speed-ups of the convolutions tried in increasing order; the fastest result within the "
+        "budget is kept.",
+    )
+    depth: bool = Field(True, description="Remove whole identity-shortcut residual blocks first.")
+    block_drop: float = bounded(
+        5.0, "Points a residual block's removal may cost before recovery (measured per block).", ge=0, le=100
+    )
+    min_keep: float = bounded(0.25, "Share of each channel group always kept.", gt=0, le=1)
+    recovery_scale: float = bounded(
+        2.0, "Recovery trains 1 + this × the share of parameters removed times epochs_per_step.", ge=0, le=100
+    )
+    threads: int = bounded(1, "onnxruntime intra-op threads the latency table is measured with.", ge=1, le=256)
 
 
 @register_method(
     MethodName.FILTER,
     "squeezer.core.methods.filter:compress_filter",
-    "filter pruning: removes the channels of least learned importance",
+    "filter pruning (removes the channels of least learned importance)",
     structural=True,
 )
 class FilterConfig(LevelSearch):
@@ -319,12 +343,15 @@ class FilterConfig(LevelSearch):
         max_length=MAX_GRID_LEVELS,
         each=LEVEL_ITEM,
     )
+    latency: LatencyPruning | None = Field(
+        None, description="Set: prune for speed on the target runtime instead of by learned importance levels."
+    )
 
 
 @register_method(
     MethodName.GROUP,
     "squeezer.core.methods.group:compress_group",
-    "group-sparsity neuron removal: removes the channels group-lasso training zeroes",
+    "group-sparsity neuron removal (removes the channels group-lasso training zeroes)",
     structural=True,
 )
 class GroupConfig(LevelSearch):
@@ -343,7 +370,7 @@ class GroupConfig(LevelSearch):
 @register_method(
     MethodName.INT8,
     "squeezer.core.methods.int8:compress_int8",
-    "int8: weights and activations quantized, calibrated on the training data",
+    "weights and activations quantized to int8, calibrated on the training data",
 )
 class Int8Config(_Strict):
     """int8 post-training quantization of weights and activations (onnxruntime QDQ; docs/METHODS.md, "Deployable
