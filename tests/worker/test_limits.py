@@ -10,7 +10,6 @@ from squeezer.core.events import GRACE_S
 from squeezer.store.artifacts import store_file
 from squeezer.store.db import make_engine, make_session_factory
 from squeezer.store.jobs import create_job
-from squeezer.store.migrate import upgrade_database
 from squeezer.store.models import Job, JobEvent, JobResult
 from squeezer.store.settings import Settings
 from squeezer.worker.context import WorkerContext
@@ -22,15 +21,15 @@ SERVER_LIMIT_S = 4.0
 
 
 @pytest.fixture
-def ctx(tmp_path):
+def ctx(tmp_path, sqlite_url):
     settings = Settings(
         data_dir=tmp_path,
+        database_url=sqlite_url,
         storage_backend="local",
         heartbeat_interval_s=0.5,
         worker_device="cpu",
         max_job_time_limit_s=SERVER_LIMIT_S,
     )
-    upgrade_database(settings.resolved_database_url)
     engine = make_engine(settings.resolved_database_url)
     yield WorkerContext.from_settings(settings, make_session_factory(engine))
     engine.dispose()

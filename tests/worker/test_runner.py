@@ -1,6 +1,5 @@
 """The job function itself, in this process: the path the embedded mode takes, on SQLite and local storage."""
 
-import time
 import zipfile
 
 import pytest
@@ -9,19 +8,24 @@ from sqlalchemy import select
 from squeezer.store.artifacts import store_file
 from squeezer.store.db import make_engine, make_session_factory
 from squeezer.store.jobs import claim_job, create_job
-from squeezer.store.migrate import upgrade_database
 from squeezer.store.models import Job, JobEvent, JobResult
 from squeezer.store.settings import Settings
 from squeezer.worker.context import WorkerContext
 from squeezer.worker.dispatch import InProcessDispatcher
 from squeezer.worker.runner import run_job
+from tests.helpers import wait_until
 from tests.worker.conftest import tiny_spec
 
 
 @pytest.fixture
-def ctx(tmp_path):
-    settings = Settings(data_dir=tmp_path, storage_backend="local", heartbeat_interval_s=0.5, worker_device="cpu")
-    upgrade_database(settings.resolved_database_url)
+def ctx(tmp_path, sqlite_url):
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=sqlite_url,
+        storage_backend="local",
+        heartbeat_interval_s=0.5,
+        worker_device="cpu",
+    )
     engine = make_engine(settings.resolved_database_url)
     context = WorkerContext.from_settings(settings, make_session_factory(engine))
     yield context
@@ -103,9 +107,9 @@ def test_in_process_dispatcher_recovers_what_a_previous_process_left(ctx):
     dispatcher = InProcessDispatcher(lambda job_id: run_job(job_id, ctx), ctx)
     dispatcher.start()
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and {load(ctx, orphan_id).status, load(ctx, queued_id).status} != {"failed"}:
-            time.sleep(0.1)
+        wait_until(
+            lambda: {load(ctx, orphan_id).status, load(ctx, queued_id).status} == {"failed"}, 30, "both jobs to fail"
+        )
     finally:
         dispatcher.stop(timeout_s=30)
     orphan, queued = load(ctx, orphan_id), load(ctx, queued_id)
