@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import pydantic
 import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
@@ -30,7 +29,7 @@ from squeezer.cli.output import (
     print_report,
     report_internal_error,
 )
-from squeezer.core.config import CompressConfig, DropType, Normalization, TargetRuntime
+from squeezer.core.config import DropType, Normalization, TargetRuntime, validated_config
 from squeezer.core.errors import InputError, SqueezerError
 from squeezer.core.events import EventStage
 from squeezer.core.methods import registry
@@ -102,20 +101,6 @@ def _normalization(mean: str | None, std: str | None) -> Normalization | None:
             f"--normalize-mean/--normalize-std: expected comma-separated numbers, got {mean!r} and {std!r}",
             code="invalid_options",
         ) from None
-
-
-def _config(fields: dict[str, Any]) -> CompressConfig:
-    try:
-        return CompressConfig.model_validate(fields)
-    except pydantic.ValidationError as error:
-        problems = "; ".join(_problem(e) for e in error.errors(include_url=False))
-        raise InputError(f"invalid options: {problems}", code="invalid_options") from None
-
-
-def _problem(error: Any) -> str:
-    """One validation error as "where: what"; an error across options (a rule of the config) has no "where"."""
-    message = str(error.get("ctx", {}).get("error", error["msg"]))
-    return f"{'.'.join(map(str, error['loc']))}: {message}" if error["loc"] else message
 
 
 METHOD_HELP = f"Compression method; {registry.summaries()}."
@@ -217,7 +202,7 @@ def compress(
             fields["time_limit_s"] = time_limit
         speed = {"speedup": speedup, "latency_ms": latency_ms, "runtime": target_runtime, "threads": target_threads}
         fields["speed_target"] = fields.get("speed_target", {}) | {k: v for k, v in speed.items() if v is not None}
-        config = _config(fields)
+        config = validated_config(fields)
         source = ModelSource(path=model, architecture=arch, arch_args=_arch_args(arch_arg))
         with ProgressReporter(config.metric, log_format) as on_event:
             report = compress_files(source, data, out, config, on_event=on_event)

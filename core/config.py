@@ -3,8 +3,9 @@
 from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 
+from squeezer.core.errors import InputError
 from squeezer.core.methods.registry import MethodName, check_complete, method, register_method, structural_names
 
 # Upper bounds of every option: a job may ask for a lot but not for everything (a 3,000-level grid, a billion epochs),
@@ -513,3 +514,19 @@ def _changed(options: BaseModel) -> list[str]:
 
 
 check_complete(CompressConfig)
+
+
+def validated_config(fields: dict[str, Any]) -> CompressConfig:
+    """A CompressConfig from plain fields (the CLI's flags, the Python API's keywords): what does not validate is an
+    InputError `invalid_options` naming each field."""
+    try:
+        return CompressConfig.model_validate(fields)
+    except ValidationError as error:
+        problems = "; ".join(_problem(e) for e in error.errors(include_url=False))
+        raise InputError(f"invalid options: {problems}", code="invalid_options") from None
+
+
+def _problem(error: Any) -> str:
+    """One validation error as "where: what"; an error across options (a rule of the config) has no "where"."""
+    message = str(error.get("ctx", {}).get("error", error["msg"]))
+    return f"{'.'.join(map(str, error['loc']))}: {message}" if error["loc"] else message

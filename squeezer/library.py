@@ -17,10 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pydantic
-
 from squeezer.core.artifacts.sqz import load_sqz
-from squeezer.core.config import CompressConfig, Normalization
+from squeezer.core.config import CompressConfig, Normalization, validated_config
 from squeezer.core.errors import InputError, ModelFormatError
 from squeezer.core.events import EventCallback, no_events
 from squeezer.core.intake.models import LoadedModel, load_model
@@ -120,11 +118,7 @@ def build_config(
         fields["time_limit_s"] = time_limit_s
     if normalization is not None:
         fields["normalization"] = normalization
-    try:
-        return CompressConfig.model_validate(fields)
-    except pydantic.ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors(include_url=False))
-        raise InputError(f"invalid options: {problems}", code="invalid_options") from None
+    return validated_config(fields)
 
 
 def compress(
