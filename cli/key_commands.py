@@ -12,7 +12,7 @@ import typer
 from rich.table import Column, Table
 
 from squeezer.cli.output import EXIT_BAD_INPUT, console, err_console
-from squeezer.cli.service_commands import embedded_settings
+from squeezer.cli.service_commands import embedded_settings, needs_service_extra
 
 keys_app = typer.Typer(help="Create, list and revoke API keys (`Authorization: Bearer <key>`).", no_args_is_help=True)
 
@@ -42,7 +42,6 @@ def _session(data_dir: Path | None) -> Iterator:
         engine.dispose()
 
 
-@keys_app.command("create")
 def create(
     tenant: Annotated[str, typer.Option("--tenant", help="The tenant the key acts for.")],
     name: Annotated[str, typer.Option("--name", help="A label to tell keys apart.")] = "",
@@ -65,7 +64,6 @@ def create(
     typer.echo(key)
 
 
-@keys_app.command("list")
 def list_(
     tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's keys.")] = None,
     data_dir: DataDirOption = None,
@@ -92,7 +90,6 @@ def list_(
     console.print(table)
 
 
-@keys_app.command("revoke")
 def revoke(
     key_id: Annotated[str, typer.Argument(help="The key's id (key_…), as `squeezer keys list` shows it.")],
     tenant: Annotated[str, typer.Option("--tenant", help="The tenant that owns the key.")],
@@ -110,4 +107,7 @@ def revoke(
 
 
 def register(app: typer.Typer) -> None:
+    """Adds `squeezer keys create|list|revoke`; each needs the service extra (it opens the service's database)."""
+    for name, command in (("create", create), ("list", list_), ("revoke", revoke)):
+        keys_app.command(name)(needs_service_extra(command, f"keys {name}"))
     app.add_typer(keys_app, name="keys")

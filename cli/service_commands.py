@@ -674,7 +674,7 @@ SERVICE_MODULES = frozenset(
 )  # fmt: skip
 
 
-def needs_service_extra(command: Callable) -> Callable:
+def needs_service_extra(command: Callable, name: str | None = None) -> Callable:
     """`command` with a missing service package as one stderr line naming the extra (exit 2), not a traceback:
     `pip install squeezer` installs the engine alone."""
 
@@ -686,8 +686,8 @@ def needs_service_extra(command: Callable) -> Callable:
             if (error.name or "").partition(".")[0] not in SERVICE_MODULES:
                 raise
             print_one_line(
-                f"error: missing_extra: `squeezer {command.__name__}` needs the service extra ({error.name} is not "
-                "installed): pip install 'squeezer[service]'"
+                f"error: missing_extra: `squeezer {name or command.__name__}` needs the service extra "
+                f"({error.name} is not installed): pip install 'squeezer[service]'"
             )
             raise typer.Exit(EXIT_BAD_INPUT) from None
 

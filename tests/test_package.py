@@ -149,7 +149,12 @@ def test_the_engine_alone_compresses_and_service_commands_name_the_extra(wheel, 
     assert compressed.returncode == 0, compressed.stdout + compressed.stderr
     assert (work / "squeezer-results" / "model.sqz").is_file() and (work / "squeezer-results" / "report.html").is_file()
 
-    for command in (["migrate"], ["serve", "--data-dir", str(work / "service")], ["demo", "--out", str(work / "demo")]):
+    for command in (
+        ["migrate"],
+        ["serve", "--data-dir", str(work / "service")],
+        ["demo", "--out", str(work / "demo")],
+        ["keys", "list", "--tenant", "acme"],
+    ):
         refused = _run(bin_dir, ["squeezer", *command], work)
         assert refused.returncode == 2, refused.stdout + refused.stderr
         assert refused.stderr.count("\n") == 1 and "pip install 'squeezer[service]'" in refused.stderr
