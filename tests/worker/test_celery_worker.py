@@ -15,6 +15,7 @@ from squeezer.store.artifacts import export_artifact_to
 from squeezer.store.jobs import request_cancel
 from squeezer.store.models import Artifact, Job, utcnow
 from tests.api.conftest import LONG_OPTIONS
+from tests.helpers import wait_until
 from tests.worker.conftest import running_processes, tiny_spec
 
 RESULT_NAMES = {"model.sqz", "model.onnx", "model.zip", "report.json", "report.html"}
@@ -120,13 +121,11 @@ def _descendants(pid: int) -> set[int]:
 
 def _wait_until_gone(pids: set[int], timeout_s: float = 30) -> None:
     """Waits until none of `pids` runs any more (a zombie no longer runs)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        alive = {pid for pid in pids if _runs(pid)}
-        if not alive:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"processes {sorted(alive)} outlived their worker")
+    wait_until(
+        lambda: not any(map(_runs, pids)),
+        timeout_s,
+        lambda: f"processes {sorted(pid for pid in pids if _runs(pid))} to end with their worker",
+    )
 
 
 def _runs(pid: int) -> bool:

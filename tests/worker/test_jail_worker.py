@@ -2,13 +2,13 @@
 one that runs out of memory there fails with `out_of_memory` and the worker goes on to the next job."""
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from squeezer.core.jail import job_identity
+from tests.helpers import wait_until
 from tests.worker.conftest import running_processes, tiny_spec
 
 # Enough for the tiny digits job (the engine's imports take about 3.5 GiB of address space), not for a data set of
@@ -51,14 +51,13 @@ def test_jobs_run_jailed_and_running_out_of_memory_fails_only_that_job(service, 
 
 def _wait_for_jailed_engine(worker_pid: int, timeout_s: float = 60) -> dict:
     """The worker's bwrap children and the uids of the jailed engine processes, once both are seen."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def seen() -> dict | None:
         processes = running_processes()
         bwrap = [pid for pid, (ppid, name, _, _) in processes.items() if ppid == worker_pid and name == "bwrap"]
         engines = {
             uid for ppid, _, uid, cmdline in processes.values() if b"squeezer.core.jail_entry" in cmdline and uid
         }
-        if bwrap and engines:
-            return {"bwrap_children": bwrap, "engine_uids": engines}
-        time.sleep(0.1)
-    raise AssertionError(f"no jailed engine under worker {worker_pid} within {timeout_s}s")
+        return {"bwrap_children": bwrap, "engine_uids": engines} if bwrap and engines else None
+
+    return wait_until(seen, timeout_s, f"a jailed engine under worker {worker_pid}")
