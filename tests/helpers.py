@@ -5,6 +5,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from squeezer.core.methods import registry
 from squeezer.store.statuses import FINAL_STATUSES
 
 T = TypeVar("T")
@@ -69,3 +70,9 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def own_options(method: str, **options: Any) -> dict[str, Any]:
+    """The per-method options among `options` that `method` reads: a config refuses another method's options."""
+    reads = registry.method(method).reads
+    return {name: value for name, value in options.items() if name in reads}

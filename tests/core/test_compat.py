@@ -39,13 +39,15 @@ COMPAT_TABLE = Path(os.environ.get("SQUEEZER_COMPAT_TABLE", "/tmp/sq/readme-comp
     "readme-compat-methods.md"
 )
 NO_TRAINING = {"epochs_per_step": 0, "min_steps_per_stage": 0, "lr_search": False}
-CONFIG = CompressConfig(
-    device="cpu",
-    target=AccuracyTarget(max_drop=100),
-    lwct=LwctConfig(sparsity=0.5, prune_epochs=0, **NO_TRAINING),
-    filter=FilterConfig(init=["l1"], importance_epochs=0, levels=[0.3], refinements=0, **NO_TRAINING),
-    group=GroupConfig(penalties=[30.0], sparse_epochs=1, max_train_samples=16, refinements=0, **NO_TRAINING),
-)
+OPTIONS = {
+    "lwct": LwctConfig(sparsity=0.5, prune_epochs=0, **NO_TRAINING),
+    "filter": FilterConfig(init=["l1"], importance_epochs=0, levels=[0.3], refinements=0, **NO_TRAINING),
+    "group": GroupConfig(penalties=[30.0], sparse_epochs=1, max_train_samples=16, refinements=0, **NO_TRAINING),
+}
+CONFIGS = {
+    method: CompressConfig(method=method, device="cpu", target=AccuracyTarget(max_drop=100), **{method: options})
+    for method, options in OPTIONS.items()
+}
 METHODS = {"lwct": compress_lwct, "filter": compress_filter, "group": compress_group}
 _rows: dict[str, dict[str, str]] = {}
 
@@ -83,7 +85,7 @@ def test_production_architecture(arch, method, data):
     before = count_macs(module, (3, SIZE, SIZE))
     started = time.monotonic()
     try:
-        result = METHODS[method](model, data, CONFIG.model_copy(update={"method": method}))
+        result = METHODS[method](model, data, CONFIGS[method])
     except InputError as error:  # a refusal must name its reason; nothing else may escape
         _rows.setdefault(arch, {})[method] = f"refused: {error.message[:80]}"
         return

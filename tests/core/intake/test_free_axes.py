@@ -18,6 +18,7 @@ from squeezer.core.config import AccuracyTarget, CompressConfig, FilterConfig, L
 from squeezer.core.intake.models import load_model
 from squeezer.core.intake.onnx_normalize import agrees_at, declared_sizes, normalize_onnx
 from squeezer.core.pipeline import ModelSource, check_inputs, compress_files
+from tests.helpers import own_options
 
 HEIGHT, WIDTH = 16, 48  # the data's size; the file declares none
 LWCT = LwctConfig(sparsity_grid=[0.5], prune_epochs=1, epochs_per_step=0, min_steps_per_stage=10)
@@ -143,7 +144,9 @@ def test_the_paddle2onnx_header_is_read_as_free_and_sized_from_the_data(paddle_c
 @pytest.mark.parametrize("method", ["lwct", "filter"])
 def test_the_paddle2onnx_classifier_compresses_with_free_axes_kept(paddle_cls, text_data, method, tmp_path):
     (tmp_path / "cls.onnx").write_bytes(paddle_cls)
-    config = CompressConfig(method=method, device="cpu", target=AccuracyTarget(max_drop=10), lwct=LWCT, filter=FILTER)
+    config = CompressConfig(
+        method=method, device="cpu", target=AccuracyTarget(max_drop=10), **own_options(method, lwct=LWCT, filter=FILTER)
+    )
     report = compress_files(ModelSource(tmp_path / "cls.onnx"), text_data, tmp_path / "out", config)
     x = np.load(text_data)["x_val"]
     baseline = (_run(paddle_cls, x).argmax(1) == np.load(text_data)["y_val"]).mean() * 100

@@ -24,6 +24,7 @@ from squeezer.core.intake.models import load_model, save_model_dir
 from squeezer.core.intake.names import SHOWN_CHARS
 from squeezer.core.intake.onnx_names import rename_onnx
 from squeezer.core.pipeline import ModelSource, compress_files, evaluate_file
+from tests.helpers import own_options
 
 # Templates: {c} is the canary path (a folder without dots, so torch.fx's "." → "/" does not defuse them).
 PAYLOADS = {
@@ -351,8 +352,11 @@ def test_a_hostile_model_compresses_exports_and_evaluates_as_the_plain_one(metho
         method=method,
         device="cpu",
         target=AccuracyTarget(max_drop=100),
-        lwct=LwctConfig(sparsity=0.5, prune_epochs=0, epochs_per_step=0),
-        filter=FilterConfig(init=["l1"], importance_epochs=1, epochs_per_step=0, levels=[0.3], refinements=0),
+        **own_options(
+            method,
+            lwct=LwctConfig(sparsity=0.5, prune_epochs=0, epochs_per_step=0),
+            filter=FilterConfig(init=["l1"], importance_epochs=1, epochs_per_step=0, levels=[0.3], refinements=0),
+        ),
     )
     results, names = {}, {}
     for kind, model in (("plain", onnx.load_model_from_string(plain_onnx)), ("hostile", _mixed(plain_onnx, canary))):

@@ -18,6 +18,7 @@ from squeezer.core.intake.models import load_model
 from squeezer.core.intake.onnx_normalize import normalize_onnx
 from squeezer.core.pipeline import ModelSource, compress_files
 from tests.core.onnx_patterns import Pattern, build, trained_weights
+from tests.helpers import own_options
 
 PATTERNS = {
     "weights in Constant nodes": (Pattern(weights_in_constants=True), {"Constant"}),
@@ -77,7 +78,9 @@ def _check_converted(path, original: bytes, nhwc: bool = False, batch: int = 4) 
 
 
 def _compress(path, out, method: str) -> dict:
-    config = CompressConfig(method=method, device="cpu", target=AccuracyTarget(max_drop=5), lwct=LWCT, filter=FILTER)
+    config = CompressConfig(
+        method=method, device="cpu", target=AccuracyTarget(max_drop=5), **own_options(method, lwct=LWCT, filter=FILTER)
+    )
     return compress_files(ModelSource(path), "sample:digits", out, config)
 
 
