@@ -315,7 +315,6 @@ class LatencyPruning(_Strict):
     recovery_scale: float = bounded(
         2.0, "Recovery trains 1 + this × the share of parameters removed times epochs_per_step.", ge=0, le=100
     )
-    threads: int = bounded(1, "onnxruntime intra-op threads the latency table is measured with.", ge=1, le=256)
 
 
 @register_method(

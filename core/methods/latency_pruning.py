@@ -1,8 +1,9 @@
-"""Latency-aware pruning, filter's mode with `filter.latency` set (issue 28): tries its speed-up targets in increasing
-order, each planned from the baseline by core.methods.speed (residual blocks, then channels, against the latency
-table measured on the target runtime) and recovered with distillation from the baseline (filter's training
-settings), for longer the more the plan removed; keeps the fastest result within the accuracy budget and stops at
-the first target past it. No checkpoint: a rerun plans again (the latency table is cached in the job's folder)."""
+"""Latency-aware pruning, filter's mode with `filter.latency` set: tries its speed-up targets (and the job's
+`speed_target.speedup`) in increasing order, each planned from the baseline by core.methods.speed (residual blocks,
+then channels, against the latency table measured on the target runtime with `speed_target.threads`) and recovered
+with distillation from the baseline (filter's training settings), for longer the more the plan removed; keeps the
+fastest result within the accuracy budget and stops at the first target past it. No checkpoint: a rerun plans again
+(the latency table is cached in the job's folder)."""
 
 from typing import Unpack
 
@@ -25,7 +26,7 @@ def compress_latency(model, data, config: CompressConfig, **hooks: Unpack[Method
     run = MethodRun(model, data, config, config.filter, name="filter", **hooks)
     baseline, _ = run.measure_baseline()
     best, best_plan, best_accuracy = run.base, None, baseline
-    targets = sorted(settings.speedups)
+    targets = _targets(settings, config)
     with run.time_limited("prune"):
         for index, speedup in enumerate(targets, start=1):
             pruned, plan, accuracy = _attempt(run, speedup, progress(BASELINE_DONE, 1.0, index, len(targets)), index)
@@ -44,7 +45,7 @@ def _attempt(run: MethodRun, speedup: float, fraction: float, index: int) -> tup
         speedup,
         score=run.evaluate if settings.depth else None,
         floor=run.baseline - settings.block_drop,
-        runtime=Runtime(threads=settings.threads),
+        runtime=Runtime(threads=run.config.speed_target.threads),
         cache_dir=run.checkpoint_dir,
         min_keep=settings.min_keep,
     )
@@ -67,6 +68,13 @@ def _attempt(run: MethodRun, speedup: float, fraction: float, index: int) -> tup
         predicted_speedup=plan.predicted_speedup,
     )
     return pruned, plan, accuracy
+
+
+def _targets(settings: LatencyPruning, config: CompressConfig) -> list[float]:
+    """The speed-ups to try, in increasing order: the option's, and the job's goal (`speed_target.speedup`) among
+    them, so a goal past every option is still tried."""
+    goal = config.speed_target.speedup
+    return sorted({*settings.speedups, *([goal] if goal is not None else [])})
 
 
 def _latency(config: CompressConfig) -> LatencyPruning:

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from squeezer.core.artifacts.sqz import load_sqz, write_sqz
-from squeezer.core.config import AccuracyTarget, CompressConfig, FilterConfig, LatencyPruning
+from squeezer.core.config import AccuracyTarget, CompressConfig, FilterConfig, LatencyPruning, SpeedTarget
 from squeezer.core.intake.models import LoadedModel, save_model_dir
 from squeezer.core.intake.registry import build_architecture
 from squeezer.core.measure import count_macs
 from squeezer.core.methods.depth import BLOCKS_ARG, with_architecture
+from squeezer.core.methods.latency_pruning import _targets
 from squeezer.core.methods.latency_table import allowed_counts
 from squeezer.core.methods.speed import plan_for_speed
 from squeezer.core.pipeline import ModelSource, compress_files
@@ -92,3 +93,11 @@ def test_filter_latency_mode_through_the_pipeline_returns_a_faster_model_that_re
     assert any(layer["reason"].startswith("removed with its residual block") for layer in report["layers"])
     reloaded = load_sqz(tmp_path / "out" / "model.sqz").module.eval()
     assert count_macs(reloaded, (1, 8, 8)) < count_macs(module, (1, 8, 8))
+
+
+def test_the_jobs_speed_goal_is_among_the_targets_tried():
+    settings = LatencyPruning(speedups=[2.0, 1.5])
+    plain = CompressConfig(method="filter", filter=FilterConfig(latency=settings))
+    with_goal = plain.model_copy(update={"speed_target": SpeedTarget(speedup=4.0)})
+    assert _targets(settings, plain) == [1.5, 2.0]
+    assert _targets(settings, with_goal) == [1.5, 2.0, 4.0]
