@@ -667,7 +667,7 @@ def demo(
 # The service extra (`pip install 'squeezer[service]'`): the top-level modules its packages install.
 SERVICE_MODULES = frozenset(
     {
-        "fastapi", "starlette", "uvicorn", "uvloop", "httptools", "multipart", "python_multipart", "jinja2",
+        "fastapi", "starlette", "uvicorn", "uvloop", "httptools", "multipart", "python_multipart",
         "sqlalchemy", "alembic", "psycopg", "psycopg_pool", "celery", "kombu", "redis", "standardwebhooks",
         "boto3", "botocore", "prometheus_client",
     }
