@@ -141,6 +141,34 @@ def headline() -> list[str]:
     return table(header, rows)
 
 
+SPEED_LABELS = {
+    "lenet5": "LeNet-5 / digits",
+    "resnet20": "ResNet-20 / Fashion-MNIST",
+    "resnet56": "ResNet-56 / Fashion-MNIST (1 epoch)",
+    "mobilenet_v2": "MobileNetV2 / Fashion-MNIST 32×32",
+    "unet-small": "U-Net / shapes 128×128",
+}
+
+
+def speed_headline() -> list[str]:
+    """bench/speed.py's rows: ours (filter.latency) against Torch-Pruning's group-norm pruner at the same MACs and
+    recovery, onnxruntime on one CPU thread at batch 1, each speed-up from an A/B interleaved comparison."""
+    networks = json.loads((RESULTS / "speed.json").read_text(encoding="utf-8"))["networks"]
+    rows = []
+    for name, label in SPEED_LABELS.items():
+        run = networks[name]
+        timed = run["onnxruntime"]["batch1_threads1"]
+        rows.append(
+            [label]
+            + [
+                f"{run[side]['macs_removed'] * 100:.0f} %, {cell(run[side]['drop'])}, {timed[side]['speedup']:.2f}×"
+                for side in ("ours", "torch_pruning")
+            ]
+        )
+    header = ["speed (MACs removed, points lost, onnxruntime speed-up)", "Squeezer `filter.latency`", "Torch-Pruning"]
+    return table(header, rows)
+
+
 def benchmarks_md() -> str:
     lines = [
         "# Benchmarks",
@@ -153,6 +181,7 @@ def benchmarks_md() -> str:
         "## Headline",
         "",
         *headline(),
+        *speed_headline(),
     ]
     for path in sorted(RESULTS.glob("*.json")):
         lines += section(path)
@@ -164,7 +193,7 @@ def readme_with_headline(readme: str) -> str:
     _, end, after = rest.partition(HEADLINE_END)
     if not start or not end:
         raise SystemExit(f"README.md lacks the {HEADLINE_START} … {HEADLINE_END} block")
-    return before + start + "\n" + "\n".join(headline()) + "\n" + end + after
+    return before + start + "\n" + "\n".join([*headline(), *speed_headline()]) + "\n" + end + after
 
 
 def main() -> int:
