@@ -158,6 +158,7 @@ def _bounded_gaps(gaps: np.ndarray, stored: np.ndarray, limit: int) -> tuple[np.
     return np.where(last, gaps[owner] - extra[owner] * limit, limit), np.where(last, stored[owner], 0)
 
 
+# 61 lines: the three layouts share the gap encoding and the rebuilding nodes; one place keeps them in step.
 def _sparse(name: str, values: np.ndarray, storage: tuple, layout: str) -> Rewrite | None:
     """Only the nonzeros stored, with the gaps between their positions; CumSum, ConstantOfShape and ScatterElements
     rebuild the dense tensor, all folded into a constant by onnxruntime at session start. `layout`: "wide", gaps as

@@ -423,6 +423,7 @@ class _Tracer:
         self.result.producers[name] = outputs
         return outputs
 
+    # radon D: one case per kind of tensor function fx can record; split, the cases would read apart from the switch.
     def visit_function(self, node: fx.Node) -> torch.Tensor | None:
         target, method = node.target, node.op == "call_method"
         tensor_args = [a for a in _args(node) if isinstance(a, fx.Node)]

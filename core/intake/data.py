@@ -515,6 +515,7 @@ def _split_dir(root: Path, split: str) -> Path | None:
     return None
 
 
+# radon D: the two layouts (classes, images/masks) at two depths, each check a distinct message for the uploader.
 def _load_image_folder(root: Path, name: str, keep=None) -> Dataset:
     """train/<class>/* and val/<class>/*, or train/{images,masks}/* and val/{images,masks}/* (segmentation), at the
     top or inside one enclosing folder. Classification folders are read from their headers only (decoded lazily,

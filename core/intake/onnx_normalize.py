@@ -351,6 +351,7 @@ def _nhwc_input(model) -> str:
     return "NHWC input with a leading Transpose made NCHW (the compressed model takes NCHW inputs)"
 
 
+# radon D: a pattern match, one early exit per node of the pattern that may differ.
 def _shape_flatten(model) -> str:
     """Reshape(t, Concat(Unsqueeze(Gather(Shape(t), 0)), [-1])): flatten keeping the batch axis."""
     from onnx import numpy_helper
@@ -380,6 +381,7 @@ def _shape_flatten(model) -> str:
     return f"{rewritten} Shape→Gather→Concat→Reshape flattens made Flatten" if rewritten else ""
 
 
+# radon D: a pattern match, one early exit per node of the pattern that may differ.
 def _reshape_flatten(model) -> str:
     """Reshape(t, [-1, C·H·W]) or Reshape(t, [0, -1]) of a 4-D t (torch's dynamo exporter for x.view(n, -1)) is a
     Flatten: written so, the flatten follows when channels are removed instead of pinning the old width."""
@@ -571,6 +573,7 @@ def _hardswish(model) -> str:
     return f"{replaced} hard-swish subgraphs made HardSwish" if replaced else ""
 
 
+# radon D: a pattern match, one early exit per node of the pattern that may differ (two spellings of it).
 def _hardswish_match(model, mul, producers):
     """(x, nodes to remove, output name) when `mul` starts a hard-swish subgraph."""
     from onnx import helper
