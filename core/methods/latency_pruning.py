@@ -104,20 +104,5 @@ def layer_states(base: nn.Module, pruned: nn.Module, plan: SpeedPlan | None) -> 
             else "kept whole"
         )
         weight = (remaining[name] if block is None else layer).weight.detach()
-        states.append(
-            ChannelLayerState.of(
-                name,
-                layer,
-                weight,
-                representation="float",
-                sigma=None,
-                bits=32.0,
-                significance_rank=-1,
-                accepted=kept < width(layer),
-                channels_before=width(layer),
-                channels_kept=kept,
-                channels_removed=width(layer) - kept,
-                reason=reason,
-            )
-        )
+        states.append(ChannelLayerState.kept_float(name, layer, weight, width(layer), kept, reason))
     return states

@@ -43,6 +43,17 @@ class ChannelLayerState(LayerState):
     channels_removed: int
     reason: str
 
+    @classmethod
+    def kept_float(
+        cls, name: str, layer: "nn.Module", weight: "torch.Tensor", before: int, kept: int, reason: str
+    ) -> Self:
+        """The row of a float layer that kept `kept` of its `before` output channels, for `reason`."""
+        return cls.of(
+            name, layer, weight, representation="float", sigma=None, bits=32.0, significance_rank=-1,
+            accepted=kept < before, channels_before=before, channels_kept=kept, channels_removed=before - kept,
+            reason=reason,
+        )  # fmt: skip
+
 
 @dataclass
 class Trial:

@@ -73,22 +73,7 @@ class StructuredRun(MethodRun):
             else:
                 kept, reason = before, "left alone: not reached by the traced graph"
             weight = producer(shrunk, name).weight.detach()
-            states.append(
-                ChannelLayerState.of(
-                    name,
-                    layer,
-                    weight,
-                    representation="float",
-                    sigma=None,
-                    bits=32.0,
-                    significance_rank=-1,
-                    accepted=kept < before,
-                    channels_before=before,
-                    channels_kept=kept,
-                    channels_removed=before - kept,
-                    reason=reason,
-                )
-            )
+            states.append(ChannelLayerState.kept_float(name, layer, weight, before, kept, reason))
         return states
 
 
