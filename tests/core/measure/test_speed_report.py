@@ -10,21 +10,8 @@ from squeezer.core.config import SpeedTarget
 from squeezer.core.events import Guard
 from squeezer.core.measure.compare import SpeedComparison
 from squeezer.core.measure.speed_report import REPORT_BATCHES, comparison_budget, goal_met, measure_speed
-
-SHAPE = (3, 32, 32)
-
-
-def _network(channels: int) -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, channels, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(channels, channels, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(channels, 10),
-    ).eval()
+from tests.core.measure.networks import SHAPE
+from tests.core.measure.networks import conv_network as _network
 
 
 def _onnx(module: nn.Module, path):
