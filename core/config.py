@@ -367,6 +367,14 @@ class GroupConfig(LevelSearch):
     sparse_epochs: int = bounded(4, "Epochs of group-sparse training per λ.", ge=1, le=MAX_EPOCHS)
 
 
+class Int8Layers(StrEnum):
+    """Which layers the int8 method quantizes."""
+
+    ALL = "all"  # every convolution and fully connected layer: the smallest file
+    FASTER = "faster"  # only those int8 runs measurably faster on the speed target; the others stay float
+    AUTO = "auto"  # faster under a latency objective, else all
+
+
 @register_method(
     MethodName.INT8,
     "squeezer.core.methods.int8:compress_int8",
@@ -383,6 +391,12 @@ class Int8Config(_Strict):
         "minmax", description="How onnxruntime turns the observed activations into ranges."
     )
     per_channel: bool = Field(True, description="One weight scale per output channel (else one per tensor).")
+    layers: Int8Layers = Field(
+        Int8Layers.AUTO,
+        description="Which layers become int8: all; only those measured faster in int8 on the speed target's "
+        "runtime (each layer timed float against int8, A/B; small layers int8 slows down stay float); or auto, "
+        "which is faster under a latency objective (a speed goal, or auto.objective latency) and all otherwise.",
+    )
 
 
 def _structural(name: Any) -> Any:
@@ -467,6 +481,18 @@ class CompressConfig(_Strict):
     time_limit_s: float | None = bounded(
         None, "Stop training after this many seconds and keep the best result so far.", gt=0, le=MAX_TIME_LIMIT_S
     )
+
+    @property
+    def objective(self) -> str:
+        """What auto chooses its result by: latency whenever the speed target sets a goal, else `auto.objective`."""
+        return "latency" if self.speed_target.has_goal else self.auto.objective
+
+    @property
+    def int8_layers(self) -> Int8Layers:
+        """The int8 layer choice with auto resolved by the objective."""
+        if self.int8.layers != Int8Layers.AUTO:
+            return self.int8.layers
+        return Int8Layers.FASTER if self.objective == "latency" else Int8Layers.ALL
 
     @model_validator(mode="after")
     def _metric_fits_task(self) -> "CompressConfig":

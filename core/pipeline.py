@@ -50,7 +50,6 @@ from squeezer.core.measure import (
 from squeezer.core.measure.compare import check_runtime
 from squeezer.core.measure.runtime import onnx_binary_threshold, onnx_predictions
 from squeezer.core.measure.speed_report import File, SpeedFindings, comparison_budget, measure_speed
-from squeezer.core.methods.auto import objective_of
 from squeezer.core.methods.depth import with_architecture
 from squeezer.core.methods.lwct import prunable_layers
 from squeezer.core.methods.registry import MethodName, method
@@ -385,7 +384,7 @@ def _report(
     """The report's figures and how they were obtained, validated as the served document."""
     target, baseline, compressed = config.target, inputs.baseline, outputs.compressed
     method_only = (
-        {"objective": objective_of(config), "candidates": result.candidates} if config.method == MethodName.AUTO else {}
+        {"objective": config.objective, "candidates": result.candidates} if config.method == MethodName.AUTO else {}
     )
     extras = {
         "task": config.task,

@@ -6,8 +6,9 @@ activations uint8, their ranges calibrated on samples of the job's own training 
 onnxruntime, since that is where it runs: no torch model computes exactly what the int8 kernels compute.
 """
 
+import dataclasses
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +16,23 @@ import onnx
 import torch
 
 from squeezer.core.artifacts.onnx_export import export_onnx
-from squeezer.core.config import Int8Config
-from squeezer.core.events import StopCheck, stop_point
+from squeezer.core.config import Int8Config, SpeedTarget
+from squeezer.core.events import Guard, StopCheck, stop_point
+from squeezer.core.measure.compare import compare_onnx
 from squeezer.core.measure.runtime import onnx_score
+from squeezer.core.quantize_layers import LayerSpeed, exclusion_choices, layer_speeds, name_nodes
 
 
 @dataclass(frozen=True)
 class Int8Model:
     onnx: bytes  # the QDQ model, ready to write as model.onnx
     accuracy: float  # `metric` of that model in onnxruntime on the validation split
+    # With a per-layer choice: every quantizable layer's float/int8 comparison, the layers left float, and each
+    # whole-model choice tried with its measured speed-up over the float model (the fastest was kept).
+    layer_speeds: list[LayerSpeed] = field(default_factory=list)
+    float_layers: list[str] = field(default_factory=list)
+    choices: dict[str, float] = field(default_factory=dict)
+    chosen: str = "all"
 
 
 class _Batches:
@@ -47,34 +56,95 @@ def calibration_samples(x_train: torch.Tensor, count: int, seed: int) -> torch.T
 
 
 def quantize_int8(
-    model, data, settings: Int8Config, metric: str, seed: int = 0, should_stop: StopCheck | None = None
+    model,
+    data,
+    settings: Int8Config,
+    metric: str,
+    seed: int = 0,
+    should_stop: StopCheck | None = None,
+    *,
+    faster_on: SpeedTarget | None = None,
 ) -> Int8Model:
     """`model` (a LoadedModel) as int8 QDQ ONNX calibrated on `data.x_train` (already normalized), and its score;
-    `should_stop` is checked before every calibration and evaluation batch."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    `should_stop` is checked before every calibration and evaluation batch. With `faster_on`, the layers to quantize
+    are chosen for speed on that target (`choose_layers`)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    method = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }[settings.calibration]
+    samples = calibration_samples(data.x_train, settings.calibration_samples, seed)
     with tempfile.TemporaryDirectory(prefix="squeezer-int8-") as tmp:
-        float_path, prepared, quantized = Path(tmp) / "float.onnx", Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        float_path, prepared = Path(tmp) / "float.onnx", Path(tmp) / "prepared.onnx"
         export_onnx(model, float_path, compact=False)  # the quantizer reads float32 weights
         quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-        name = onnx.load(str(prepared)).graph.input[0].name
-        samples = calibration_samples(data.x_train, settings.calibration_samples, seed)
+        graph = onnx.load(str(prepared))
+        name_nodes(graph)
+        onnx.save(graph, str(prepared))
+        quantize = _Quantizer(prepared, samples, settings, should_stop)
+        if faster_on is None:
+            chosen = Int8Model(onnx=quantize([]), accuracy=0.0)
+        else:
+            chosen = choose_layers(graph, quantize, model.input_shape, faster_on, should_stop)
+    accuracy = onnx_score(chosen.onnx, data.x_val, data.y_val, metric, should_stop)
+    return dataclasses.replace(chosen, accuracy=accuracy)
+
+
+class _Quantizer:
+    """The prepared float graph quantized with some of its nodes left float (QDQ, int8 weights, uint8 activations
+    calibrated on `samples`)."""
+
+    def __init__(self, prepared: Path, samples: torch.Tensor, settings: Int8Config, should_stop: StopCheck | None):
+        self.prepared, self.samples, self.settings, self.should_stop = prepared, samples, settings, should_stop
+        self.input_name = onnx.load(str(prepared), load_external_data=False).graph.input[0].name
+
+    def __call__(self, float_nodes: list[str]) -> bytes:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        method = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }[self.settings.calibration]
+        quantized = self.prepared.with_name(f"int8-{len(float_nodes)}.onnx")
         quantize_static(
-            str(prepared),
+            str(self.prepared),
             str(quantized),
-            _Batches(name, samples, 64, should_stop),
+            _Batches(self.input_name, self.samples, 64, self.should_stop),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            per_channel=settings.per_channel,
+            per_channel=self.settings.per_channel,
             calibrate_method=method,
             calibration_providers=["CPUExecutionProvider"],
+            nodes_to_exclude=float_nodes,
         )
-        content = quantized.read_bytes()
-    return Int8Model(onnx=content, accuracy=onnx_score(content, data.x_val, data.y_val, metric, should_stop))
+        return quantized.read_bytes()
+
+
+def choose_layers(graph, quantize: _Quantizer, input_shape, target: SpeedTarget, should_stop) -> Int8Model:
+    """Which layers to quantize for speed on `target`. Each layer is timed float against int8 on its own
+    (core.quantize_layers); that alone misleads, since every float layer between int8 ones adds conversions
+    around it, so the whole models of each distinct choice (`exclusion_choices`) are compared A/B with the float
+    model and the fastest is kept. When none is faster than the float model, every layer stays float."""
+    guard = Guard.of(should_stop, None) if should_stop is not None else None
+    sample = quantize.samples[:1].numpy()
+    speeds = layer_speeds(graph, sample, quantize.settings, target, guard)
+    every = [layer.node for layer in speeds]
+    float_bytes = graph.SerializeToString()
+    tried: dict[str, tuple[list[str], bytes, float]] = {}
+    for label, float_nodes in exclusion_choices(graph, speeds).items():
+        content = quantize(float_nodes)
+        comparison = compare_onnx(
+            float_bytes,
+            content,
+            input_shape,
+            batch=target.batch,
+            runtime=target.runtime,
+            threads=target.threads,
+            guard=guard,
+        )
+        tried[label] = (float_nodes, content, comparison.speedup)
+    label = max(tried, key=lambda name: tried[name][2])  # ties: the earliest, which quantizes the most layers
+    float_nodes, content, speedup = tried[label]
+    if speedup <= 1.0:  # the float model itself: no conversions left around float layers
+        label, float_nodes, content = "float", every, float_bytes
+    choices = {name: value[2] for name, value in tried.items()}
+    return Int8Model(content, 0.0, speeds, float_nodes, choices, label)

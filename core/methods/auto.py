@@ -158,16 +158,11 @@ def _stage_config(run: MethodRun, stage: _Stage, source, baseline: float, *, sta
     return run.config.model_copy(update={"method": stage.method.name, "target": target, "time_limit_s": time_limit_s})
 
 
-def objective_of(config: CompressConfig) -> str:
-    """The objective auto chooses by: latency whenever the speed target sets a goal, else `auto.objective`."""
-    return "latency" if config.speed_target.has_goal else config.auto.objective
-
-
 def _chosen(run: MethodRun, chain: _Chain, baseline: float) -> MethodResult:
     """The candidate best by the objective among those within the budget (else the most accurate; under latency the
     original model), with every candidate and the baseline listed for the report."""
     within = [o for o in chain.outcomes if run.within(o.result.accuracy)]
-    objective, target = objective_of(run.config), run.config.speed_target
+    objective, target = run.config.objective, run.config.speed_target
     rank = {
         "size": lambda o: o.packed_bytes,
         "balanced": lambda o: (o.packed_bytes / run.original_bytes) / o.speed.speedup,

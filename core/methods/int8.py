@@ -8,42 +8,67 @@ file's. The module stays float (model.sqz holds the weights it was quantized fro
 
 from typing import Unpack
 
-from squeezer.core.config import CompressConfig
+from squeezer.core.config import CompressConfig, Int8Layers
 from squeezer.core.events import EventStage
 from squeezer.core.methods.harness import BASELINE_DONE, MethodHooks, MethodRun
 from squeezer.core.methods.lwct import prunable_layers
 from squeezer.core.methods.registry import MethodName
 from squeezer.core.methods.results import ChannelLayerState, MethodResult
-from squeezer.core.quantize import quantize_int8
+from squeezer.core.quantize import Int8Model, quantize_int8
+from squeezer.core.quantize_layers import LayerSpeed, module_name
+
+_INT8_REASON = "int8 weights (one scale per output channel) and int8 activations; no channels removed"
 
 
-def int8_rows(module, accepted: bool) -> list[ChannelLayerState]:
-    """One row per convolution and linear layer: int8 when the quantized file was kept, float otherwise."""
+def int8_rows(module, reasons: dict[str, str | None]) -> list[ChannelLayerState]:
+    """One row per convolution and linear layer: int8 where `reasons` has None for it, else float for that
+    reason."""
     rows = []
     for rank, (name, layer) in enumerate(prunable_layers(module).items()):
         weight = layer.weight.detach()
-        reason = (
-            "int8 weights (one scale per output channel) and int8 activations; no channels removed"
-            if accepted
-            else "kept float: the int8 model fell outside the budget"
-        )
+        reason = reasons.get(name, "kept float")
         rows.append(
             ChannelLayerState.of(
                 name,
                 layer,
                 weight,
-                representation="int8" if accepted else "float",
+                representation="int8" if reason is None else "float",
                 sigma=None,
-                bits=8.0 if accepted else 32.0,
+                bits=8.0 if reason is None else 32.0,
                 significance_rank=rank,
-                accepted=accepted,
+                accepted=reason is None,
                 channels_before=weight.shape[0],
                 channels_kept=weight.shape[0],
                 channels_removed=0,
-                reason=reason,
+                reason=reason or _INT8_REASON,
             )
         )
     return rows
+
+
+def layer_reasons(module, quantized: Int8Model | None, within_budget: bool) -> dict[str, str | None]:
+    """Per layer name, None where the quantized file runs it in int8, else why it stayed float."""
+    names = list(prunable_layers(module))
+    if quantized is None or not within_budget:
+        why = "kept float: the int8 model fell outside the budget" if quantized else "kept float: no time left"
+        return dict.fromkeys(names, why)
+    if not quantized.layer_speeds:
+        return dict.fromkeys(names, None)
+    speeds = quantized.layer_speeds
+    mapped = [module_name(layer.node) for layer in speeds]
+    if not set(mapped) <= set(names) and len(speeds) == len(names):  # not exported by torch: the graph's order
+        mapped = names
+    return {name: _float_reason(quantized, layer) for name, layer in zip(mapped, speeds, strict=True)}
+
+
+def _float_reason(quantized: Int8Model, layer: LayerSpeed) -> str | None:
+    if layer.node not in quantized.float_layers:
+        return None
+    if quantized.chosen == "float":
+        best = max(quantized.choices.values(), default=1.0)
+        return f"kept float: no choice of int8 layers ran the whole model faster (best {best:.2f}×)"
+    comparison = layer.comparison
+    return f"kept float: int8 ran it {comparison.speedup:.2f}× as fast ({comparison.verdict}) on its own"
 
 
 def compress_int8(model, data, config: CompressConfig, **hooks: Unpack[MethodHooks]) -> MethodResult:
@@ -51,12 +76,16 @@ def compress_int8(model, data, config: CompressConfig, **hooks: Unpack[MethodHoo
     run = MethodRun(model, data, config, None, name=MethodName.INT8, **hooks)
     run.measure_baseline()
     quantized = None
+    faster_on = config.speed_target if config.int8_layers == Int8Layers.FASTER else None
     with run.time_limited(EventStage.INT8):
-        run.emit(EventStage.INT8, BASELINE_DONE, f"calibrating on {config.int8.calibration_samples} training samples")
-        quantized = quantize_int8(model, data, config.int8, config.metric, seed=config.seed, should_stop=run.guard)
+        run.emit(EventStage.INT8, BASELINE_DONE, _plan_message(config, faster_on is not None))
+        quantized = quantize_int8(
+            model, data, config.int8, config.metric, seed=config.seed, should_stop=run.guard, faster_on=faster_on
+        )
     if quantized is None:  # the time limit ran out first: the float model is the result
-        return run.result(run.base, int8_rows(run.base, False), run.baseline)
-    accepted = run.within(quantized.accuracy)
+        return run.result(run.base, int8_rows(run.base, layer_reasons(run.base, None, False)), run.baseline)
+    within_budget = run.within(quantized.accuracy)
+    accepted = within_budget and quantized.chosen != "float"
     run.record(
         "int8",
         quantized.onnx,
@@ -65,9 +94,26 @@ def compress_int8(model, data, config: CompressConfig, **hooks: Unpack[MethodHoo
         accepted=accepted,
         fraction=1.0,
         sparsity=None,
-        summary=f"int8 QDQ, {len(quantized.onnx):,} bytes",
+        summary=f"int8 QDQ, {len(quantized.onnx):,} bytes{_choice_summary(quantized)}",
     )
-    result = run.result(run.base, int8_rows(run.base, accepted), quantized.accuracy if accepted else run.baseline)
+    rows = int8_rows(run.base, layer_reasons(run.base, quantized, within_budget))
+    result = run.result(run.base, rows, quantized.accuracy if accepted else run.baseline)
     if accepted:
         result.onnx = quantized.onnx
     return result
+
+
+def _plan_message(config: CompressConfig, per_layer: bool) -> str:
+    message = f"calibrating on {config.int8.calibration_samples} training samples"
+    if per_layer:
+        target = config.speed_target
+        return f"timing each layer float against int8 on {target.runtime} ({target.threads} thread(s)), then {message}"
+    return message
+
+
+def _choice_summary(quantized: Int8Model) -> str:
+    if not quantized.layer_speeds:
+        return ""
+    layers = len(quantized.layer_speeds)
+    tried = ", ".join(f"{name} {speedup:.2f}×" for name, speedup in quantized.choices.items())
+    return f"; {layers - len(quantized.float_layers)} of {layers} layers int8 ({quantized.chosen}; tried {tried})"

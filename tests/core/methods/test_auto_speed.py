@@ -4,7 +4,7 @@ from torch import nn
 
 from squeezer.core.config import CompressConfig, SpeedTarget
 from squeezer.core.measure.compare import SpeedComparison
-from squeezer.core.methods.auto import _fastest, _Outcome, _untouched_rows, objective_of
+from squeezer.core.methods.auto import _fastest, _Outcome, _untouched_rows
 
 
 def _outcome(stage: str, verdict: str, ratio: float, low: float, high: float, packed: int, ms=1.0) -> _Outcome:
@@ -32,8 +32,8 @@ def test_speed_ups_that_cannot_be_told_apart_go_to_the_smallest_and_the_goal_com
 
 
 def test_a_speed_goal_makes_latency_auto_s_objective():
-    assert objective_of(CompressConfig(method="auto")) == "size"
-    assert objective_of(CompressConfig(method="auto", speed_target=SpeedTarget(speedup=2.0))) == "latency"
+    assert CompressConfig(method="auto").objective == "size"
+    assert CompressConfig(method="auto", speed_target=SpeedTarget(speedup=2.0)).objective == "latency"
 
 
 def test_the_original_model_s_rows_are_float_and_whole():
