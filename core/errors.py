@@ -89,9 +89,11 @@ def unforeseen_as(error_class: type[InputError], subject: str) -> Iterator[None]
     and so does running out of memory, which says nothing about the input."""
     try:
         yield
-    except (SqueezerError, MemoryError):
+    except SqueezerError:
         raise
     except Exception as error:
+        if is_out_of_memory(error):  # torch's allocator says so in a RuntimeError, not a MemoryError
+            raise
         raise error_class(f"{subject} could not be read: {short_description(error)}") from error
 
 
