@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Column, Table
 
-from squeezer.cli.output import EXIT_BAD_INPUT, console, err_console
+from squeezer.cli.output import EXIT_BAD_INPUT, console, err_console, print_rows
 from squeezer.cli.service_commands import embedded_settings, needs_service_extra
 
 keys_app = typer.Typer(help="Create, list and revoke API keys (`Authorization: Bearer <key>`).", no_args_is_help=True)
@@ -73,21 +72,22 @@ def list_(
 
     with _session(data_dir) as session:
         rows = list_keys(session, tenant)
-    table = Table(
-        Column("id", no_wrap=True, min_width=36), "tenant", "name", "prefix", "created", "last used", "revoked"
+    print_rows(
+        ["id", "tenant", "name", "prefix", "created", "last used", "revoked"],
+        [
+            [
+                row.id,
+                row.tenant,
+                row.name,
+                row.prefix + "…",
+                *(
+                    moment.isoformat(timespec="seconds") if moment else ""
+                    for moment in (row.created_at, row.last_used_at, row.revoked_at)
+                ),
+            ]
+            for row in rows
+        ],
     )
-    for row in rows:
-        table.add_row(
-            row.id,
-            row.tenant,
-            row.name,
-            row.prefix + "…",
-            *(
-                moment.isoformat(timespec="seconds") if moment else ""
-                for moment in (row.created_at, row.last_used_at, row.revoked_at)
-            ),
-        )
-    console.print(table)
 
 
 def revoke(

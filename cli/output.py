@@ -16,7 +16,7 @@ from typing import Any, Literal, TextIO
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from squeezer.core.artifacts.report import with_macs_alias
 from squeezer.core.errors import short_description
@@ -203,6 +203,19 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[leaf] = value
     return options
+
+
+def print_rows(columns: list[str], rows: list[list[str]]) -> None:
+    """A listing: a table on a terminal; elsewhere (a pipe, a file, CI) a header line and one tab-separated line
+    per row, nothing cut to a width, so that scripts can grep and cut it."""
+    if not console.is_terminal:
+        for line in (columns, *rows):
+            print("\t".join(cell.replace("\t", " ").replace("\n", " ") for cell in line))
+        return
+    table = Table(*(Column(name, no_wrap=True, overflow="fold") for name in columns))
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 def print_report(report: dict, out_dir: Path | None) -> None:

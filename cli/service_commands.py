@@ -25,7 +25,6 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Column, Table
 
 from squeezer.cli.output import (
     EXIT_BAD_INPUT,
@@ -42,6 +41,7 @@ from squeezer.cli.output import (
     parse_options,
     print_one_line,
     print_report,
+    print_rows,
     report_internal_error,
 )
 from squeezer.core.config import DropType
@@ -556,22 +556,19 @@ def jobs_list(
         with _client(server, api_key) as client:
             params: dict[str, str | int] = {"limit": limit, **({"status": status} if status else {})}
             page = _answer(client.get("/v1/jobs", params=params))
-        table = Table(
-            Column("id", no_wrap=True, min_width=36),
-            "status",
-            "stage",
-            "fraction",
-            Column("created", overflow="ellipsis"),
+        print_rows(
+            ["id", "status", "stage", "fraction", "created"],
+            [
+                [
+                    job["id"],
+                    job["status"],
+                    job["progress"].get("stage", ""),
+                    f"{job['progress'].get('fraction', 0):.0%}",
+                    job["created_at"],
+                ]
+                for job in page["data"]
+            ],
         )
-        for job in page["data"]:
-            table.add_row(
-                job["id"],
-                job["status"],
-                job["progress"].get("stage", ""),
-                f"{job['progress'].get('fraction', 0):.0%}",
-                job["created_at"],
-            )
-        console.print(table)
 
     run_client(context, server, action)
 

@@ -30,10 +30,11 @@ def test_keys_create_prints_a_working_key_last_and_revoke_stops_it(tmp_path):
         assert client.get("/v1/jobs", headers=headers).status_code == 200
         assert client.get("/v1/jobs").status_code == 401
 
-        listed = runner.invoke(
-            app, ["keys", "list", "--tenant", "acme", "--data-dir", str(data_dir)], env={"COLUMNS": "200"}
-        )
+        listed = runner.invoke(app, ["keys", "list", "--tenant", "acme", "--data-dir", str(data_dir)])
         assert listed.exit_code == 0 and "laptop" in listed.stdout and key[:12] in listed.stdout
+        header, row = listed.stdout.splitlines()  # not a terminal: tab-separated, nothing cut to a width
+        assert header.split("\t") == ["id", "tenant", "name", "prefix", "created", "last used", "revoked"]
+        assert row.split("\t")[1:4] == ["acme", "laptop", key[:12] + "…"]
         assert key not in listed.stdout
         key_id = next(word for word in listed.stdout.split() if word.startswith("key_"))
 
