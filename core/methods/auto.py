@@ -15,8 +15,12 @@ speed-up within the noise is 1.0); the one returned is the candidate within the 
 (smallest product of the size ratio and the inverse speed-up). Under latency, candidates that reach the goal come
 first, candidates whose speed-ups cannot be told apart from the best's count as equally fast (the smallest of them is
 returned), and a candidate slower than the baseline never is: when every one within the budget is, the original
-model is returned. Otherwise, when none is within the budget, the most accurate. The time limit is
-shared by the stages still to run; once it has run out, the stages not yet started are skipped.
+model is returned. Otherwise, when none is within the budget, the most accurate. Under a latency objective the
+plan is built for speed: lwct is left out (it buys size; its model.onnx runs at its input's speed), filter prunes
+blocks and channels against the latency table (`filter.latency`, unless the job set it) and int8 keeps float the
+layers it would slow down (core.quantize.choose_layers). The time limit is shared by the stages still to run (int8,
+which trains nothing, takes a tenth of a training stage's share); once it has run out, the stages not yet started
+are skipped.
 """
 
 import dataclasses
@@ -27,7 +31,7 @@ from typing import Unpack, cast
 
 from squeezer.core.artifacts.onnx_export import export_onnx
 from squeezer.core.artifacts.sqz import pack_sqz
-from squeezer.core.config import AccuracyTarget, CompressConfig, DropType, SpeedTarget
+from squeezer.core.config import AccuracyTarget, CompressConfig, DropType, LatencyPruning, SpeedTarget
 from squeezer.core.errors import UnsupportedLayerError
 from squeezer.core.events import Event, EventCallback, Guard
 from squeezer.core.graph import with_channels
@@ -42,6 +46,10 @@ from squeezer.core.methods.results import ChannelLayerState, LayerState, MethodR
 
 # The methods auto runs, from its registration: the structural ones the job names, then lwct, then int8.
 STAGES: dict[MethodName, Method] = {name: method(name) for name in method(MethodName.AUTO).combines}
+
+
+# int8's share of the time relative to a training stage's: it calibrates, scores and times, seconds to a minute.
+INT8_TIME_WEIGHT = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,13 +100,15 @@ def compress_auto(model, data, config: CompressConfig, **hooks: Unpack[MethodHoo
 
 
 def _plan(config: CompressConfig, allowed: float) -> list[_Stage]:
-    """The structural stages the job names on their share of the budget, lwct on the whole, then the optional ones."""
+    """The structural stages the job names on their share of the budget, lwct on the whole (unless the objective is
+    latency), then the optional ones."""
     plan = [
         _Stage(name, STAGES[name], allowed * config.auto.structural_share, False) for name in config.auto.structural
     ]
-    plan.append(_Stage(MethodName.LWCT, STAGES[MethodName.LWCT], allowed, False))
-    if config.auto.compare_lwct_alone:
-        plan.append(_Stage("lwct-alone", STAGES[MethodName.LWCT], allowed, True))
+    if config.objective != "latency":  # lwct buys size: its model.onnx runs at the speed of the model it started from
+        plan.append(_Stage(MethodName.LWCT, STAGES[MethodName.LWCT], allowed, False))
+        if config.auto.compare_lwct_alone:
+            plan.append(_Stage("lwct-alone", STAGES[MethodName.LWCT], allowed, True))
     if config.auto.int8:
         plan.append(_Stage(MethodName.INT8, STAGES[MethodName.INT8], allowed, False))
     return plan
@@ -112,7 +122,7 @@ def _run_stage(run: MethodRun, chain: _Chain, plan: list[_Stage], index: int, ba
         result = stage.method.run(
             source,
             run.data,
-            _stage_config(run, stage, source, baseline, stages_left=len(plan) - index),
+            _stage_config(run, stage, source, baseline, remaining=plan[index:]),
             should_stop=run.guard,  # the stage's own time limit ends at auto's deadline at the latest
             on_event=_stage_events(run.on_event, stage.label, index, len(plan)),
             checkpoint_dir=run.checkpoint_dir / stage.label if run.checkpoint_dir else None,
@@ -144,9 +154,10 @@ def _run_stage(run: MethodRun, chain: _Chain, plan: list[_Stage], index: int, ba
     chain.outcomes.append(_Outcome(stage.label, result, rows, packed, speed))
 
 
-def _stage_config(run: MethodRun, stage: _Stage, source, baseline: float, *, stages_left: int) -> CompressConfig:
+def _stage_config(run: MethodRun, stage: _Stage, source, baseline: float, *, remaining: list[_Stage]) -> CompressConfig:
     """The job's config for one stage: its method, its budget against the original baseline (from the score of the
-    model it starts from) and an even share of the time left."""
+    model it starts from) and its share of the time left: the training stages share it evenly, int8 (which only
+    calibrates and times) takes a small part."""
     start = run.evaluate(source.module, essential=True)
     seconds_left = run.guard.seconds_left()  # time a stage leaves goes to the later ones
     target = AccuracyTarget(
@@ -154,8 +165,22 @@ def _stage_config(run: MethodRun, stage: _Stage, source, baseline: float, *, sta
         drop_type=DropType.ABSOLUTE,
         metric=run.config.target.metric,
     )
-    time_limit_s = None if seconds_left is None else max(1e-3, seconds_left / stages_left)
-    return run.config.model_copy(update={"method": stage.method.name, "target": target, "time_limit_s": time_limit_s})
+    share = _time_weight(stage) / sum(_time_weight(later) for later in remaining)
+    time_limit_s = None if seconds_left is None else max(1e-3, seconds_left * share)
+    update = {"method": stage.method.name, "target": target, "time_limit_s": time_limit_s}
+    return run.config.model_copy(update=update | _for_speed(run.config, stage))
+
+
+def _time_weight(stage: _Stage) -> float:
+    return INT8_TIME_WEIGHT if stage.method.name == MethodName.INT8 else 1.0
+
+
+def _for_speed(config: CompressConfig, stage: _Stage) -> dict:
+    """Under a latency objective, filter prunes for speed (blocks and channels against the latency table) unless
+    the job set its latency options itself."""
+    if stage.method.name != MethodName.FILTER or config.objective != "latency" or config.filter.latency is not None:
+        return {}
+    return {"filter": config.filter.model_copy(update={"latency": LatencyPruning()})}
 
 
 def _chosen(run: MethodRun, chain: _Chain, baseline: float) -> MethodResult:

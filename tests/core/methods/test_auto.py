@@ -4,7 +4,15 @@ import time
 
 import pytest
 
-from squeezer.core.config import AccuracyTarget, AutoConfig, CompressConfig, FilterConfig, GroupConfig, LwctConfig
+from squeezer.core.config import (
+    AccuracyTarget,
+    AutoConfig,
+    CompressConfig,
+    FilterConfig,
+    GroupConfig,
+    Int8Config,
+    LwctConfig,
+)
 from squeezer.core.errors import Cancelled
 from squeezer.core.intake.models import save_model_dir
 from squeezer.core.measure import count_macs, top1_accuracy
@@ -127,6 +135,7 @@ def test_objective_picks_the_within_budget_candidate_it_names(digits_model, tmp_
         filter=QUICK_FILTER,
         lwct=QUICK_LWCT,
         auto=AutoConfig(objective="latency", compare_lwct_alone=False),
+        int8=Int8Config(layers="all"),  # an int8 candidate even where int8 is slower: it must not be chosen then
     )
     report = compress_files(ModelSource(tmp_path / "model"), "sample:digits", tmp_path / "out", config)
     assert report["objective"] == "latency" and report["target_met"]

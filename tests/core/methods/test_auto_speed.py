@@ -1,10 +1,10 @@
-"""auto under a latency objective: the choice among measured candidates (core.methods.auto._fastest)."""
+"""auto under a latency objective: the plan it runs and the choice among measured candidates (core.methods.auto)."""
 
 from torch import nn
 
-from squeezer.core.config import CompressConfig, SpeedTarget
+from squeezer.core.config import CompressConfig, Int8Layers, LatencyPruning, SpeedTarget
 from squeezer.core.measure.compare import SpeedComparison
-from squeezer.core.methods.auto import _fastest, _Outcome, _untouched_rows
+from squeezer.core.methods.auto import _fastest, _for_speed, _Outcome, _plan, _untouched_rows
 
 
 def _outcome(stage: str, verdict: str, ratio: float, low: float, high: float, packed: int, ms=1.0) -> _Outcome:
@@ -42,3 +42,18 @@ def test_the_original_model_s_rows_are_float_and_whole():
         ("0", "float", 0.0, False),
         ("2", "float", 0.0, False),
     ]
+
+
+def test_under_a_latency_objective_the_plan_is_built_for_speed():
+    for_size = CompressConfig(method="auto")
+    assert [stage.label for stage in _plan(for_size, 1.0)] == ["filter", "lwct", "lwct-alone", "int8"]
+    assert _for_speed(for_size, _plan(for_size, 1.0)[0]) == {}
+    for_speed = CompressConfig(method="auto", speed_target=SpeedTarget(speedup=2.0))
+    plan = _plan(for_speed, 1.0)
+    assert [stage.label for stage in plan] == ["filter", "int8"]  # lwct buys size, not speed
+    assert _for_speed(for_speed, plan[0])["filter"].latency == LatencyPruning()
+    assert _for_speed(for_speed, plan[1]) == {}
+    assert for_speed.int8_layers == Int8Layers.FASTER and for_size.int8_layers == Int8Layers.ALL
+    own = LatencyPruning(speedups=[4.0])
+    chosen = CompressConfig(method="auto", auto={"objective": "latency"}, filter={"latency": own})
+    assert _for_speed(chosen, _plan(chosen, 1.0)[0]) == {}  # the job's own latency options stand
