@@ -3,7 +3,8 @@
 float/int8 timing, the fastest kept; core.quantize.choose_layers), both compared A/B with the float model
 in onnxruntime (one thread, batch 1 and 32, core.measure.compare: a speed-up within the noise is 1.0), with their
 accuracy in onnxruntime where the network is trained. Networks: the bundled digits LeNet-5 and a wider digits CNN
-(trained here, 15 and 3 epochs), ResNet-20 and MobileNetV2 at 32×32 (random weights: speed only). Writes
+(trained here, 15 and 3 epochs), ResNet-20, the small U-Net (transposed convolutions, concatenated skips) and
+MobileNetV2 at 32×32 (random weights: speed only). Writes
 bench/results/int8_layers.json.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/int8_layers.py
@@ -46,15 +47,17 @@ def _wide_digits() -> nn.Module:
 def _networks():
     digits = load_dataset("sample:digits")
     lenet = build_architecture("lenet5", {"input_size": 8, "in_channels": 1, "num_classes": 10})
-    yield "lenet5-digits", lenet, (1, 8, 8), digits, 15
-    yield "wide-cnn-digits", _wide_digits(), (1, 8, 8), digits, 3
+    yield "lenet5-digits", lenet, (1, 8, 8), digits, 15, "top1"
+    yield "wide-cnn-digits", _wide_digits(), (1, 8, 8), digits, 3, "top1"
     random = SimpleNamespace(x_train=torch.randn(64, 3, 32, 32), x_val=torch.randn(8, 3, 32, 32), y_val=torch.zeros(8))
-    yield "resnet20-32x32", build_architecture("resnet20", {"num_classes": 10}), (3, 32, 32), random, 0
+    yield "resnet20-32x32", build_architecture("resnet20", {"num_classes": 10}), (3, 32, 32), random, 0, "top1"
+    masks = SimpleNamespace(x_train=random.x_train, x_val=random.x_val, y_val=torch.zeros(8, 32, 32, dtype=torch.long))
+    yield "unet-small-32x32", build_architecture("unet-small", {}), (3, 32, 32), masks, 0, "pixel_accuracy"
     mobilenet = torchvision.models.mobilenet_v2(num_classes=10)
-    yield "mobilenet_v2-32x32", mobilenet, (3, 32, 32), random, 0
+    yield "mobilenet_v2-32x32", mobilenet, (3, 32, 32), random, 0, "top1"
 
 
-def _row(name: str, module: nn.Module, shape: tuple, data, epochs: int, float_path) -> dict:
+def _row(name: str, module: nn.Module, shape: tuple, data, epochs: int, metric: str, float_path) -> dict:
     torch.manual_seed(0)
     if epochs:
         fit(module, data.x_train, data.y_train, epochs=epochs, lr=0.05 if epochs > 5 else 0.02, seed=0)
@@ -65,7 +68,7 @@ def _row(name: str, module: nn.Module, shape: tuple, data, epochs: int, float_pa
     }
     for choice, target in (("all", None), ("faster", SpeedTarget())):
         started = time.perf_counter()
-        quantized = quantize_int8(model, data, Int8Config(), "top1", faster_on=target)
+        quantized = quantize_int8(model, data, Int8Config(), metric, faster_on=target)
         row[f"{choice}_seconds"] = time.perf_counter() - started
         if target:
             row["layers_int8_faster_alone"] = sum(s.int8_faster for s in quantized.layer_speeds)
@@ -85,8 +88,8 @@ def main() -> None:
     torch.set_num_threads(1)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, module, shape, data, epochs in _networks():
-            rows[name] = _row(name, module, shape, data, epochs, Path(tmp) / f"{name}.onnx")
+        for name, module, shape, data, epochs, metric in _networks():
+            rows[name] = _row(name, module, shape, data, epochs, metric, Path(tmp) / f"{name}.onnx")
     write_result(
         "int8_layers",
         {

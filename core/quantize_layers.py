@@ -6,7 +6,9 @@ flattered), A/B interleaved on the target runtime (core.measure.compare). Only l
 noise are quantized; the others stay float. Layers of the same geometry are measured once.
 """
 
+import contextlib
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from squeezer.core.config import Int8Config, SpeedTarget
-from squeezer.core.events import Guard
+from squeezer.core.errors import SqueezerError, is_out_of_memory
+from squeezer.core.events import Guard, TimeLimitReached
 from squeezer.core.measure.compare import SpeedComparison, compare_onnx
 
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -119,17 +122,40 @@ def layer_speeds(
     """Every quantizable layer of `model` timed float against int8 on `target`; `sample` (one input, batch axis
     first) gives the layers' input shapes."""
     nodes = quantizable_nodes(model)
-    shapes = _input_shapes(model, nodes, sample)
+    shapes: dict[str, tuple] = {}
+    with _unless_unrunnable():
+        shapes = _input_shapes(model, nodes, sample)
+    if not nodes or len(shapes) < len({node.input[0] for node in nodes}):
+        return []  # no layer can be timed alone: the whole-model comparison decides alone
     weights = {tensor.name: tensor for tensor in model.graph.initializer}
-    measured: dict[bytes, SpeedComparison] = {}
+    measured: dict[bytes, SpeedComparison | None] = {}
     speeds = []
     for node in nodes:
-        layer = _one_layer_graph(node, weights, shapes[node.input[0]], model.opset_import)
+        shape = shapes[node.input[0]]
+        layer = _one_layer_graph(node, weights, shape, model.opset_import)
         key = _geometry_key(layer)
         if key not in measured:
-            measured[key] = _compare(layer, shapes[node.input[0]], settings, target, guard)
-        speeds.append(LayerSpeed(node.name, node.op_type, measured[key]))
+            measured[key] = None
+            with _unless_unrunnable():
+                measured[key] = _compare(layer, shape, settings, target, guard)
+        comparison = measured[key]
+        if comparison is not None:
+            speeds.append(LayerSpeed(node.name, node.op_type, comparison))
     return speeds
+
+
+@contextlib.contextmanager
+def _unless_unrunnable() -> Iterator[None]:
+    """Lets a failure pass that only says a graph cannot be run or quantized in pieces (an op onnxruntime's
+    quantizer does not take alone, a shape only the whole graph fixes): that layer is then timed only within the
+    whole model. Stops, time limits and running out of memory still end the work."""
+    try:
+        yield
+    except (SqueezerError, TimeLimitReached):
+        raise
+    except Exception as error:
+        if is_out_of_memory(error):
+            raise
 
 
 def _input_shapes(model: onnx.ModelProto, nodes: list[onnx.NodeProto], sample: np.ndarray) -> dict[str, tuple]:

@@ -15,7 +15,7 @@ from squeezer.core.methods.lwct import prunable_layers
 from squeezer.core.methods.registry import MethodName
 from squeezer.core.methods.results import ChannelLayerState, MethodResult
 from squeezer.core.quantize import Int8Model, quantize_int8
-from squeezer.core.quantize_layers import LayerSpeed, module_name
+from squeezer.core.quantize_layers import module_name
 
 _INT8_REASON = "int8 weights (one scale per output channel) and int8 activations; no channels removed"
 
@@ -52,23 +52,22 @@ def layer_reasons(module, quantized: Int8Model | None, within_budget: bool) -> d
     if quantized is None or not within_budget:
         why = "kept float: the int8 model fell outside the budget" if quantized else "kept float: no time left"
         return dict.fromkeys(names, why)
-    if not quantized.layer_speeds:
-        return dict.fromkeys(names, None)
+    if quantized.chosen == "float":
+        best = max(quantized.choices.values(), default=1.0)
+        why = f"kept float: no choice of int8 layers ran the whole model faster (best {best:.2f}×)"
+        return dict.fromkeys(names, why)
+    reasons: dict[str, str | None] = dict.fromkeys(names)  # a layer no timing names is as the chosen file has it
     speeds = quantized.layer_speeds
     mapped = [module_name(layer.node) for layer in speeds]
     if not set(mapped) <= set(names) and len(speeds) == len(names):  # not exported by torch: the graph's order
         mapped = names
-    return {name: _float_reason(quantized, layer) for name, layer in zip(mapped, speeds, strict=True)}
-
-
-def _float_reason(quantized: Int8Model, layer: LayerSpeed) -> str | None:
-    if layer.node not in quantized.float_layers:
-        return None
-    if quantized.chosen == "float":
-        best = max(quantized.choices.values(), default=1.0)
-        return f"kept float: no choice of int8 layers ran the whole model faster (best {best:.2f}×)"
-    comparison = layer.comparison
-    return f"kept float: int8 ran it {comparison.speedup:.2f}× as fast ({comparison.verdict}) on its own"
+    for name, layer in zip(mapped, speeds, strict=True):
+        if name in reasons and layer.node in quantized.float_layers:
+            reasons[name] = (
+                f"kept float: int8 ran it {layer.comparison.speedup:.2f}× as fast ({layer.comparison.verdict}) on "
+                "its own"
+            )
+    return reasons
 
 
 def compress_int8(model, data, config: CompressConfig, **hooks: Unpack[MethodHooks]) -> MethodResult:
