@@ -163,13 +163,15 @@ def onnx_bytes(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     return buffer.getvalue()
 
 
-def speedups(files: dict[str, bytes], input_shape, batch: int, threads: int, seconds: float) -> dict:
+def speedups(
+    files: dict[str, bytes], input_shape, batch: int, threads: int, seconds: float, runtime: str = "onnxruntime-cpu"
+) -> dict:
     """Each pruned file against the baseline, A/B interleaved in this process (core.measure.compare.compare_onnx):
     the median per-round ratio, its 95 % interval and the verdict ("no difference" unless the interval clears
     5 %)."""
     return {
         name: compare_onnx(
-            files["baseline"], data, input_shape, batch=batch, threads=threads, budget_s=seconds
+            files["baseline"], data, input_shape, batch=batch, threads=threads, budget_s=seconds, runtime=runtime
         ).as_dict()
         for name, data in files.items()
         if name != "baseline"
@@ -223,7 +225,7 @@ def run_network(name: str, args) -> dict:
     for threads in sorted({1, os.cpu_count() or 1}):
         for batch in (1, 32):
             key = f"batch{batch}_threads{threads}"
-            speed[key] = speedups(files, work.input_shape, batch, threads, args.seconds)
+            speed[key] = speedups(files, work.input_shape, batch, threads, args.seconds, args.runtime)
             shown = {name: (c["speedup"], c["verdict"]) for name, c in speed[key].items()}
             print(f"    {key}: {shown}", flush=True)
     return {
@@ -246,6 +248,12 @@ def main() -> None:
     parser.add_argument("--unet-size", type=int, default=128, help="the U-Net's input side (a multiple of 4)")
     parser.add_argument("--seconds", type=float, default=3.0, help="timing budget per comparison")
     parser.add_argument("--results", help="results file name under bench/results (default speed, or speed_quick)")
+    parser.add_argument(
+        "--runtime",
+        default="onnxruntime-cpu",
+        choices=["onnxruntime-cpu", "onnxruntime-cuda"],
+        help="where the pruned files are timed (the plan's latency table is measured on the CPU either way)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     name = args.results or ("speed_quick" if args.quick else "speed")
@@ -258,6 +266,7 @@ def main() -> None:
             "load_average_after": [round(v, 2) for v in os.getloadavg()],
             "speedup_target": args.speedup,
             "block_drop": args.block_drop,
+            "runtime": args.runtime,
             "seconds": round(time.monotonic() - started, 1),
         }
         path = write_result(name, {"networks": _earlier(name) | {network: result}})

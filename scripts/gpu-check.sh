@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the CUDA paths on a machine with a GPU and prints what they measured: the engine on --device cuda (mixed
 # precision is on whenever training runs on CUDA) against the same job on the CPU, then the embedded service and a
-# real Celery worker with SQUEEZER_WORKER_DEVICE=cuda. Exits 1 where no CUDA device is visible.
+# real Celery worker with SQUEEZER_WORKER_DEVICE=cuda, then the speed benchmark's ResNet-56 row timed on onnxruntime-cuda
+# (where onnxruntime-gpu is installed). Exits 1 where no CUDA device is visible.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -46,3 +47,10 @@ summary "serve" "$(echo "$end - $start" | bc)" "$work/served/report.json"
 
 echo "Celery worker process on cuda (real PostgreSQL and Redis):"
 SQUEEZER_TEST_WORKER_DEVICE=cuda "$PY" -m pytest -q tests/api/test_celery_end_to_end.py
+
+echo "speed benchmark, ResNet-56 row, timed on onnxruntime-cuda (bench/results/speed_gpu.json):"
+if "$PY" -c 'import sys, onnxruntime as ort; sys.exit(0 if "CUDAExecutionProvider" in ort.get_available_providers() else 1)'; then
+  OMP_NUM_THREADS=1 "$PY" bench/speed.py --only resnet56 --runtime onnxruntime-cuda --results speed_gpu
+else
+  echo "skipped: onnxruntime has no CUDAExecutionProvider here (pip install onnxruntime-gpu for the CUDA target)"
+fi
