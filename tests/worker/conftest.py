@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from squeezer.core.jail import usable_cores
 from squeezer.store.artifacts import store_file
 from squeezer.store.jobs import create_job
 from squeezer.store.models import Job, JobEvent, JobResult
@@ -151,6 +152,9 @@ def start_service(postgres_url: str, redis_url: str, tmp_path: Path) -> Service:
         "SQUEEZER_HEARTBEAT_INTERVAL_S": "0.5",
         "SQUEEZER_HEARTBEAT_TIMEOUT_S": "3",
         "SQUEEZER_WORKER_DEVICE": "cpu",
+        # One compute thread per job (core.jail.threads_per_job): the tests' own processes share the machine with the
+        # job, and a tiny job's engine with a thread per core spun against them several times slower.
+        "SQUEEZER_JOBS_PER_MACHINE": str(usable_cores()),
         "OMP_NUM_THREADS": "1",
     }
     return Service(env, tmp_path)

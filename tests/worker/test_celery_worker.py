@@ -72,8 +72,9 @@ def test_cancel_of_a_queued_and_of_a_running_job(service, sample_model_zip):
 def test_a_job_whose_worker_is_killed_is_requeued_and_finishes_once(service, sample_model_zip):
     """Two workers; the one running the job dies with SIGKILL after its first checkpoint. The survivor's reaper sees
     the heartbeat stop, requeues the job and sends it again; the survivor resumes from the checkpoint."""
-    # Stages of 100 steps: the walk after the first checkpoint still takes seconds, time enough to kill its worker.
-    job_id = service.create(tiny_spec(service.upload(sample_model_zip), **{**LONG_OPTIONS, "min_steps_per_stage": 100}))
+    # One pruning level before the first checkpoint, then a walk of five single-layer stages of 100 steps each: the
+    # walk still takes seconds after that checkpoint, time enough to kill its worker.
+    job_id = service.create(tiny_spec(service.upload(sample_model_zip), min_steps_per_stage=100, walk="layer"))
     workers = {str(service.start_worker().pid): None, str(service.start_worker().pid): None}
     service.dispatcher.enqueue(job_id)
     running = service.wait(job_id, lambda job: job.status == "running" and job.checkpoint_artifact_id is not None)
