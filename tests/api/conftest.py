@@ -27,6 +27,18 @@ TINY_OPTIONS = {
         "min_steps_per_stage": 30,
     }
 }
+# Tests of the service around a job (its statuses, events, results, webhooks, logs), not of what training achieves:
+# the tiny job's steps (pruning, ternary steps accepted and rejected, the grid), each trained for two SGD steps, and no
+# learning-rate range test: its method takes seconds where the tiny job's takes 20 s and more.
+FLOW_OPTIONS = {
+    "lwct": {
+        **TINY_OPTIONS["lwct"],
+        "prune_epochs": 0,
+        "epochs_per_step": 0,
+        "min_steps_per_stage": 2,
+        "lr_search": False,
+    }
+}
 # Tests that act on a job while it runs need one that lasts: the full sparsity grid, stages of 300 steps.
 LONG_OPTIONS = {
     "sparsity": None,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from squeezer.api.app import create_app
-from tests.api.conftest import TINY_OPTIONS
+from tests.api.conftest import FLOW_OPTIONS
 from tests.helpers import final_job
 
 PACKAGE = "squeezer_generated_client"
@@ -77,7 +77,7 @@ def test_generated_client_uploads_submits_polls_and_downloads(live_server, sampl
             "model": {"artifact_id": artifact.id},
             "dataset": {"sample": "digits"},
             "accuracy_target": {"max_drop": 5.0, "drop_type": "absolute"},
-            "options": TINY_OPTIONS,
+            "options": FLOW_OPTIONS,
         }
     )
     created = create_job.sync(client=client, body=body, idempotency_key="generated-client")

@@ -16,7 +16,7 @@ import pytest
 from squeezer.store.db import make_engine, make_session_factory
 from squeezer.store.keys import create_key
 from squeezer.store.logging_setup import redact
-from tests.api.conftest import tiny_job
+from tests.api.conftest import FLOW_OPTIONS, tiny_job
 from tests.helpers import final_job, wait_until
 from tests.servers import free_port
 
@@ -72,7 +72,9 @@ def run_service(log_format: str, postgres_url: str, redis_url: str, model_zip: P
             webhook_secret = hook.json()["secret"]
             with model_zip.open("rb") as file:
                 model = client.post("/v1/artifacts", data={"kind": "model"}, files={"file": ("m.zip", file)}).json()
-            submitted = client.post("/v1/jobs", json=tiny_job(model["id"]), headers={"X-Request-ID": request_id})
+            submitted = client.post(
+                "/v1/jobs", json=tiny_job(model["id"], options=FLOW_OPTIONS), headers={"X-Request-ID": request_id}
+            )
             assert submitted.status_code == 202, submitted.text
             assert submitted.headers["x-request-id"] == request_id
             job_id = submitted.json()["id"]

@@ -19,7 +19,7 @@ from squeezer.api.app import create_app
 from squeezer.store.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint, utcnow
 from squeezer.store.settings import Settings
 from squeezer.worker.webhooks import TIMEOUT_S, retry_at
-from tests.api.conftest import tiny_job, upload
+from tests.api.conftest import FLOW_OPTIONS, tiny_job, upload
 from tests.api.test_auth import insert_job
 from tests.helpers import final_job, wait_until
 from tests.worker.conftest import REPO
@@ -152,7 +152,7 @@ def test_each_transition_arrives_once_per_endpoint_signed_with_the_job_as_get_re
     deleted = add_endpoint(client, receiver, "/deleted", STATUS_EVENTS)
     assert client.delete(f"/v1/webhooks/{deleted}").status_code == 204
 
-    job = client.post("/v1/jobs", json=tiny_job(upload(client, sample_model_zip)["id"])).json()
+    job = client.post("/v1/jobs", json=tiny_job(upload(client, sample_model_zip)["id"], options=FLOW_OPTIONS)).json()
     final_job(client, job["id"])
     final = client.get(f"/v1/jobs/{job['id']}").json()
     assert final["status"] == "succeeded", final

@@ -13,7 +13,7 @@ from squeezer.store.jobs import claim_job, finish_job
 from squeezer.store.models import DEFAULT_TENANT, Artifact, BlobChunk, Job, JobEvent
 from squeezer.store.statuses import JobStatus
 from squeezer.worker.dispatch import CeleryDispatcher
-from tests.api.conftest import assert_problem, tiny_job, upload
+from tests.api.conftest import FLOW_OPTIONS, assert_problem, tiny_job, upload
 from tests.api.jobs.bounds import CASES
 from tests.helpers import final_job
 from tests.hostile.corpus import upsampler_onnx
@@ -108,7 +108,7 @@ def test_list_pages_newest_first_with_status_filter(queued_client, model_id):
 @pytest.mark.slow
 def test_job_flow_through_the_in_process_worker(client, sample_model_zip, tmp_path):
     model_id = upload(client, sample_model_zip)["id"]
-    job = final_job(client, client.post("/v1/jobs", json=tiny_job(model_id)).json()["id"])
+    job = final_job(client, client.post("/v1/jobs", json=tiny_job(model_id, options=FLOW_OPTIONS)).json()["id"])
     assert job["status"] == "succeeded", job
     events = client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 2}).json()
     assert len(events["data"]) == 2 and events["has_more"]
