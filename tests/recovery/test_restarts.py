@@ -30,6 +30,11 @@ from tests.servers import free_port
 from tests.worker.conftest import REPO, start_service, tiny_spec
 
 RESULT_NAMES = {"model.sqz", "model.onnx", "model.zip", "report.json", "report.html"}
+# A job that only waits in the queue proves it runs once without training: no range test, no epochs.
+UNTRAINED = {"prune_epochs": 0, "epochs_per_step": 0, "min_steps_per_stage": 0, "lr_search": False}
+# A job that outlasts a PostgreSQL restart several times over even on a loaded machine (its wait for the worker's
+# missed heartbeat proves it ran through it), yet not the whole sparsity grid: one level, stages of 100 steps.
+OUTLASTS_A_RESTART = {**LONG_OPTIONS, "sparsity": 0.5, "min_steps_per_stage": 100}
 
 
 @pytest.mark.slow
@@ -39,7 +44,8 @@ def test_jobs_queued_when_redis_restarts_are_not_lost(own_redis, postgres_url, t
     service = start_service(postgres_url, own_redis.url, tmp_path)
     try:
         model_id = service.upload(sample_model_zip)
-        running_id, *queued_ids = (service.create(tiny_spec(model_id)) for _ in range(3))
+        running_id = service.create(tiny_spec(model_id))
+        queued_ids = [service.create(tiny_spec(model_id, **UNTRAINED)) for _ in range(2)]
         for job_id in (running_id, *queued_ids):
             service.dispatcher.enqueue(job_id)
         service.start_worker()
@@ -63,7 +69,7 @@ def test_postgres_restart_answers_503_meanwhile_and_everything_recovers_by_itsel
     settings = Settings(database_url=url, broker_url=redis_url, storage_backend="database", data_dir=tmp_path / "api")
     try:
         with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-            job_id = service.create(tiny_spec(service.upload(sample_model_zip), **LONG_OPTIONS))
+            job_id = service.create(tiny_spec(service.upload(sample_model_zip), **OUTLASTS_A_RESTART))
             service.dispatcher.enqueue(job_id)
             service.start_worker()
             service.wait(
