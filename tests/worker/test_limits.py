@@ -17,7 +17,7 @@ from squeezer.worker.runner import run_job
 from tests.api.conftest import LONG_OPTIONS
 from tests.worker.conftest import tiny_spec
 
-SERVER_LIMIT_S = 4.0
+SERVER_LIMIT_S = 2.0
 
 
 @pytest.fixture
@@ -31,7 +31,9 @@ def ctx(tmp_path, sqlite_url):
         max_job_time_limit_s=SERVER_LIMIT_S,
     )
     engine = make_engine(settings.resolved_database_url)
-    yield WorkerContext.from_settings(settings, make_session_factory(engine))
+    ctx = WorkerContext.from_settings(settings, make_session_factory(engine))
+    yield ctx
+    ctx.close()  # the engine started in the background for a next job
     engine.dispose()
 
 
