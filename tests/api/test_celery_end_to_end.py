@@ -13,6 +13,7 @@ import pytest
 from squeezer.api.app import create_app
 from squeezer.cli.output import EXIT_TARGET_MET, EXIT_TARGET_MISSED
 from squeezer.cli.service_commands import submit_and_wait
+from squeezer.core.jail import usable_cores
 from tests.api.conftest import TINY_OPTIONS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,6 +32,8 @@ def test_celery_worker_takes_a_job_from_queued_to_succeeded(
         "SQUEEZER_DATA_DIR": str(tmp_path / "worker"),
         # scripts/gpu-check.sh runs this test with the worker on CUDA.
         "SQUEEZER_WORKER_DEVICE": os.environ.get("SQUEEZER_TEST_WORKER_DEVICE", "cpu"),
+        # One compute thread for the job: the API and this test share the machine with it (tests.worker.conftest).
+        "SQUEEZER_JOBS_PER_MACHINE": str(usable_cores()),
         "OMP_NUM_THREADS": "1",
     }
     log = (tmp_path / "worker.log").open("wb")
