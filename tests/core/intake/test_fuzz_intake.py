@@ -4,19 +4,20 @@ names, doc strings, metadata), then feeds each through intake, `evaluate` and a 
 either works or is refused with a stable code; none crashes. The generated files are all ones Squeezer takes, but for
 a second output (refused: one output, the logits), so the test also holds every other case to working.
 
-CI runs FUZZ_EXAMPLES cases, derandomised (the same cases every run, about a minute); SQUEEZER_FUZZ_EXAMPLES=N runs N
-cases, and SQUEEZER_FUZZ_SEED=S draws them at random from seed S (a larger or a new search)."""
+CI runs the COVERING cases, which between them give every choice each of its values, then FUZZ_EXAMPLES drawn cases,
+derandomised (the same cases every run); SQUEEZER_FUZZ_EXAMPLES=N draws N cases, and SQUEEZER_FUZZ_SEED=S draws them
+at random from seed S (a larger or a new search)."""
 
+import dataclasses
 import os
 import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, example, given, seed, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
@@ -24,7 +25,7 @@ from squeezer.core.config import AccuracyTarget, CompressConfig, LwctConfig
 from squeezer.core.errors import InputError
 from squeezer.core.pipeline import ModelSource, check_inputs, compress_files, evaluate_file
 
-FUZZ_EXAMPLES = int(os.environ.get("SQUEEZER_FUZZ_EXAMPLES", "40"))
+FUZZ_EXAMPLES = int(os.environ.get("SQUEEZER_FUZZ_EXAMPLES", "10"))
 FUZZ_SEED = os.environ.get("SQUEEZER_FUZZ_SEED")
 STABLE_CODE = re.compile(r"^[a-z][a-z_]*[a-z]$")
 HEIGHT, WIDTH = 6, 10
@@ -33,7 +34,7 @@ ONE_STAGE = LwctConfig(sparsity_grid=[0.5], prune_epochs=0, epochs_per_step=0, m
 FREE = ("named", "question mark", "absent", "zero", "minus one", "minus two")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Exported:
     """One generated model file's choices."""
 
@@ -58,21 +59,46 @@ class Exported:
 _text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
 
 
+# Every value of each choice: drawn cases sample from these, and the COVERING cases take each at least once.
+CHOICES: dict[str, tuple] = {
+    "task": ("classification", "segmentation"),
+    "channels": (1, 3),
+    "classes": (2, 3, 4),
+    "opset": (9, 11, 13, 15, 17, 18, 21),
+    "batch": (*FREE, "fixed"),
+    "spatial": (*FREE, "fixed"),
+    "output_dims": (*FREE, "fixed", "no shape"),
+    "input_shape_absent": (False, True),
+    "initializers_as_inputs": (False, True),
+    "value_info": (False, True),
+    "cast_chains": (False, True),
+    "hard_swish": (False, True),
+}
+
+
+def _covering_case(index: int) -> Exported:
+    """The `index`-th covering case: each choice's value at `index` plus the choice's place (wrapping round), one
+    output (so that every value reaches compress; COVERING's last case adds the refused second one), and names, doc
+    and metadata as exporters write them (empty, non-ASCII)."""
+    picked = {name: values[(index + place) % len(values)] for place, (name, values) in enumerate(CHOICES.items())}
+    return Exported(
+        **picked,
+        features_output=False,
+        names=tuple("" if n % 2 else f"wé{n}" for n in range(8)),
+        doc="" if index % 2 else "exported ✓",
+        metadata=((f"key{index}", "välue"),) if index % 3 else (),
+    )
+
+
+COVERING = [_covering_case(index) for index in range(max(len(values) for values in CHOICES.values()))] + [
+    dataclasses.replace(_covering_case(0), features_output=True)
+]
+
+
 @st.composite
 def exported_models(draw) -> Exported:
     return Exported(
-        task=draw(st.sampled_from(["classification", "segmentation"])),
-        channels=draw(st.sampled_from([1, 3])),
-        classes=draw(st.integers(2, 4)),
-        opset=draw(st.sampled_from([9, 11, 13, 15, 17, 18, 21])),
-        batch=draw(st.sampled_from((*FREE, "fixed"))),
-        spatial=draw(st.sampled_from((*FREE, "fixed"))),
-        output_dims=draw(st.sampled_from((*FREE, "fixed", "no shape"))),
-        input_shape_absent=draw(st.booleans()),
-        initializers_as_inputs=draw(st.booleans()),
-        value_info=draw(st.booleans()),
-        cast_chains=draw(st.booleans()),
-        hard_swish=draw(st.booleans()),
+        **{name: draw(st.sampled_from(values)) for name, values in CHOICES.items()},
         features_output=draw(st.sampled_from([False, False, False, True])),
         names=tuple(draw(st.lists(_text, min_size=8, max_size=8))),
         doc=draw(_text),
@@ -196,6 +222,8 @@ def _fuzz_settings(test):
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )(test)
+    for case in COVERING:
+        configured = example(e=case)(configured)
     return seed(int(FUZZ_SEED))(configured) if FUZZ_SEED is not None else configured
 
 
