@@ -32,9 +32,9 @@ from tests.worker.conftest import REPO, start_service, tiny_spec
 RESULT_NAMES = {"model.sqz", "model.onnx", "model.zip", "report.json", "report.html"}
 # A job that only waits in the queue proves it runs once without training: no range test, no epochs.
 UNTRAINED = {"prune_epochs": 0, "epochs_per_step": 0, "min_steps_per_stage": 0, "lr_search": False}
-# A job that outlasts a PostgreSQL restart several times over even on a loaded machine (its wait for the worker's
-# missed heartbeat proves it ran through it), yet not the whole sparsity grid: one level, stages of 100 steps.
-OUTLASTS_A_RESTART = {**LONG_OPTIONS, "sparsity": 0.5, "min_steps_per_stage": 100}
+# A job whose training outlasts a PostgreSQL restart and the API's recovery (5-10 s) several times over: one sparsity
+# level instead of the whole grid, four stages of 1500 steps (about 25 s of training on an idle machine).
+OUTLASTS_A_RESTART = {**LONG_OPTIONS, "sparsity": 0.5, "min_steps_per_stage": 1500}
 
 
 @pytest.mark.slow
