@@ -10,6 +10,7 @@ bench/results/int8_layers.json.
     OMP_NUM_THREADS=1 .venv/bin/python bench/int8_layers.py
 """
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from types import SimpleNamespace
 
 import torch
 import torchvision
-from _common import machine, write_result
+from _common import REPO, machine, write_result
 from torch import nn
 
 from squeezer.core.artifacts.onnx_export import export_onnx
@@ -30,25 +31,15 @@ from squeezer.core.measure.runtime import onnx_score
 from squeezer.core.quantize import quantize_int8
 from squeezer.core.train import fit
 
-
-def _wide_digits() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 64, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(64 * 64, 10),
-    )
+sys.path.insert(0, str(REPO))  # the method tests' hand-built networks
+from tests.core.methods.networks import wide_digits_cnn  # noqa: E402
 
 
 def _networks():
     digits = load_dataset("sample:digits")
     lenet = build_architecture("lenet5", {"input_size": 8, "in_channels": 1, "num_classes": 10})
     yield "lenet5-digits", lenet, (1, 8, 8), digits, 15, "top1"
-    yield "wide-cnn-digits", _wide_digits(), (1, 8, 8), digits, 3, "top1"
+    yield "wide-cnn-digits", wide_digits_cnn(), (1, 8, 8), digits, 3, "top1"
     random = SimpleNamespace(x_train=torch.randn(64, 3, 32, 32), x_val=torch.randn(8, 3, 32, 32), y_val=torch.zeros(8))
     yield "resnet20-32x32", build_architecture("resnet20", {"num_classes": 10}), (3, 32, 32), random, 0, "top1"
     masks = SimpleNamespace(x_train=random.x_train, x_val=random.x_val, y_val=torch.zeros(8, 32, 32, dtype=torch.long))

@@ -257,19 +257,23 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     name = args.results or ("speed_quick" if args.quick else "speed")
-    for network in args.only or NETWORKS:
+    settings = {"speedup_target": args.speedup, "block_drop": args.block_drop, "runtime": args.runtime}
+    run_and_write(name, args.only or NETWORKS, lambda network: run_network(network, args), settings)
+
+
+def run_and_write(results: str, networks, run, settings: dict) -> None:
+    """Runs each network and writes its row to bench/results/`results`.json as it finishes, with how it was run."""
+    for network in networks:
         started = time.monotonic()
-        result = run_network(network, args)
+        result = run(network)
         result["run"] = {
             "command": " ".join(sys.argv),
             "machine": machine(),
             "load_average_after": [round(v, 2) for v in os.getloadavg()],
-            "speedup_target": args.speedup,
-            "block_drop": args.block_drop,
-            "runtime": args.runtime,
+            **settings,
             "seconds": round(time.monotonic() - started, 1),
         }
-        path = write_result(name, {"networks": _earlier(name) | {network: result}})
+        path = write_result(results, {"networks": _earlier(results) | {network: result}})
         print(f"wrote {network} to {path}", flush=True)
 
 

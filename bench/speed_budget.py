@@ -13,7 +13,6 @@ more than run-to-run noise. Writes bench/results/speed_budget.json (a network's 
 import argparse
 import copy
 import dataclasses
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,8 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, write_result  # noqa: E402
-from speed import NETWORKS, _earlier, onnx_bytes, torch_pruning_to_macs, train, workload  # noqa: E402
+from speed import NETWORKS, onnx_bytes, run_and_write, torch_pruning_to_macs, train, workload  # noqa: E402
 
 from squeezer.core.measure import count_macs, metric_function  # noqa: E402
 from squeezer.core.measure.compare import compare_onnx  # noqa: E402
@@ -103,17 +101,7 @@ def main() -> None:
     parser.add_argument("--block-drop", type=float, default=5.0, help="points a block's removal may cost unrecovered")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    for network in args.only or ["resnet20"]:
-        started = time.monotonic()
-        result = run_network(network, args)
-        result["run"] = {
-            "command": " ".join(sys.argv),
-            "machine": machine(),
-            "load_average_after": [round(v, 2) for v in os.getloadavg()],
-            "seconds": round(time.monotonic() - started, 1),
-        }
-        path = write_result(RESULTS, {"networks": _earlier(RESULTS) | {network: result}})
-        print(f"wrote {network} to {path}", flush=True)
+    run_and_write(RESULTS, args.only or ["resnet20"], lambda network: run_network(network, args), {})
 
 
 if __name__ == "__main__":

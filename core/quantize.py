@@ -18,7 +18,7 @@ import torch
 from squeezer.core.artifacts.onnx_export import export_onnx
 from squeezer.core.config import Int8Config, SpeedTarget
 from squeezer.core.events import Guard, StopCheck, stop_point
-from squeezer.core.measure.compare import compare_onnx
+from squeezer.core.measure.compare import compare_on_target
 from squeezer.core.measure.runtime import onnx_score
 from squeezer.core.quantize_layers import LayerSpeed, exclusion_choices, layer_speeds, name_nodes
 
@@ -132,15 +132,7 @@ def choose_layers(graph, quantize: _Quantizer, input_shape, target: SpeedTarget,
     tried: dict[str, tuple[list[str], bytes, float]] = {}
     for label, float_nodes in exclusion_choices(graph, speeds).items():
         content = quantize(float_nodes)
-        comparison = compare_onnx(
-            float_bytes,
-            content,
-            input_shape,
-            batch=target.batch,
-            runtime=target.runtime,
-            threads=target.threads,
-            guard=guard,
-        )
+        comparison = compare_on_target(float_bytes, content, input_shape, target, guard=guard)
         tried[label] = (float_nodes, content, comparison.speedup)
     label = max(tried, key=lambda name: tried[name][2])  # ties: the earliest, which quantizes the most layers
     float_nodes, content, speedup = tried[label]

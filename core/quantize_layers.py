@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 from squeezer.core.config import Int8Config, SpeedTarget
 from squeezer.core.errors import SqueezerError, is_out_of_memory
 from squeezer.core.events import Guard, TimeLimitReached
-from squeezer.core.measure.compare import SpeedComparison, compare_onnx
+from squeezer.core.measure.compare import SpeedComparison, compare_on_target
 
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _CALIBRATION_SAMPLES = 4  # ranges do not change a kernel's speed: a few random inputs calibrate the one-layer graphs
@@ -211,16 +211,7 @@ def _compare(
 ) -> SpeedComparison:
     float_bytes = layer.SerializeToString()
     int8_bytes = _quantized(layer, shape, settings)
-    return compare_onnx(
-        float_bytes,
-        int8_bytes,
-        shape,
-        batch=target.batch,
-        runtime=target.runtime,
-        threads=target.threads,
-        budget_s=_LAYER_BUDGET_S,
-        guard=guard,
-    )
+    return compare_on_target(float_bytes, int8_bytes, shape, target, budget_s=_LAYER_BUDGET_S, guard=guard)
 
 
 class _RandomBatches:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from torch import nn
 
 from squeezer.core.errors import InputError
 from squeezer.core.events import Guard
+
+if TYPE_CHECKING:
+    from squeezer.core.config import SpeedTarget
 
 CONFIDENCE = 0.95
 # The interval is looked at after MIN_ROUNDS rounds and each doubling of them (at most LOOKS times), each look at
@@ -249,6 +252,28 @@ def compare_onnx(
         guard=guard,
         identical=identical,
         clock=clock_for(threads, runtime),
+    )
+
+
+def compare_on_target(
+    baseline: Path | bytes,
+    candidate: Path | bytes,
+    input_shape: tuple[int, ...],
+    target: "SpeedTarget",
+    *,
+    budget_s: float = BUDGET_S,
+    guard: Guard | None = None,
+) -> SpeedComparison:
+    """`compare_onnx` on a job's speed target: its runtime, thread count and batch."""
+    return compare_onnx(
+        baseline,
+        candidate,
+        input_shape,
+        batch=target.batch,
+        runtime=target.runtime,
+        threads=target.threads,
+        budget_s=budget_s,
+        guard=guard,
     )
 
 

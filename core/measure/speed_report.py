@@ -15,7 +15,13 @@ from torch import nn
 
 from squeezer.core.config import SpeedTarget
 from squeezer.core.events import Guard
-from squeezer.core.measure.compare import BUDGET_S, SpeedComparison, compare_modules, compare_onnx
+from squeezer.core.measure.compare import (
+    BUDGET_S,
+    SpeedComparison,
+    compare_modules,
+    compare_on_target,
+    compare_onnx,
+)
 
 REPORT_BATCHES = {"latency_ms": 1, "latency_ms_batch32": 32}  # the report's latency keys and their batches
 REPORT_RUNTIME, REPORT_THREADS = "onnxruntime-cpu", 1
@@ -124,16 +130,7 @@ def _on_target(
     if (target.runtime, target.threads) == (REPORT_RUNTIME, REPORT_THREADS) and target.batch in measured:
         return measured[target.batch]
     assert isinstance(model_onnx, Path)  # model.onnx is a file
-    return compare_onnx(
-        baseline_onnx,
-        model_onnx,
-        input_shape,
-        batch=target.batch,
-        runtime=target.runtime,
-        threads=target.threads,
-        guard=guard,
-        budget_s=budget_s,
-    )
+    return compare_on_target(baseline_onnx, model_onnx, input_shape, target, guard=guard, budget_s=budget_s)
 
 
 def _latencies(by_batch: dict[int, SpeedComparison], side: str) -> dict[str, float]:

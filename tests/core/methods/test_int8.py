@@ -18,6 +18,7 @@ from squeezer.core.pipeline import ModelSource, compress_files, evaluate_file
 from squeezer.core.quantize import Int8Model, quantize_int8
 from squeezer.core.quantize_layers import LayerSpeed, exclusion_choices
 from squeezer.core.train import fit
+from tests.core.methods.networks import wide_digits_cnn
 
 pytestmark = pytest.mark.slow  # trains models: in the full suite, not the fast tier
 
@@ -46,19 +47,9 @@ def test_int8_report_matches_model_onnx_in_onnxruntime(digits_model, tmp_path):
 
 
 def _wide_digits_onnx(digits, path: Path) -> Path:
-    """A digits CNN with one narrow layer (1 input channel, which int8 runs slower on a CPU) and wide ones, exported
-    by torch.onnx as a user would."""
+    """The wide digits CNN trained briefly and exported by torch.onnx, as a user would."""
     torch.manual_seed(0)
-    module = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 64, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(64 * 64, 10),
-    )
+    module = wide_digits_cnn()
     fit(module, digits.x_train, digits.y_train, epochs=3, lr=0.02, seed=0)
     torch.onnx.export(module.eval(), (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False)
     return path
