@@ -20,7 +20,7 @@ from squeezer.core.config import Int8Config, SpeedTarget
 from squeezer.core.events import Guard, StopCheck, stop_point
 from squeezer.core.measure.compare import compare_on_target
 from squeezer.core.measure.runtime import onnx_score
-from squeezer.core.quantize_layers import LayerSpeed, exclusion_choices, layer_speeds, name_nodes
+from squeezer.core.quantize_layers import LayerSpeed, exclusion_choices, layer_speeds, name_nodes, qdq_quantize
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def quantize_int8(
         graph = onnx.load(str(prepared))
         name_nodes(graph)
         onnx.save(graph, str(prepared))
-        quantize = _Quantizer(prepared, samples, settings, should_stop)
+        quantize = _Quantizer(prepared, graph.graph.input[0].name, samples, settings, should_stop)
         if faster_on is None:
             chosen = Int8Model(onnx=quantize([]), accuracy=0.0)
         else:
@@ -88,34 +88,23 @@ def quantize_int8(
 
 
 class _Quantizer:
-    """The prepared float graph quantized with some of its nodes left float (QDQ, int8 weights, uint8 activations
-    calibrated on `samples`)."""
+    """The prepared float graph quantized with some of its nodes left float, calibrated on `samples`."""
 
-    def __init__(self, prepared: Path, samples: torch.Tensor, settings: Int8Config, should_stop: StopCheck | None):
-        self.prepared, self.samples, self.settings, self.should_stop = prepared, samples, settings, should_stop
-        self.input_name = onnx.load(str(prepared), load_external_data=False).graph.input[0].name
+    def __init__(
+        self,
+        prepared: Path,
+        input_name: str,
+        samples: torch.Tensor,
+        settings: Int8Config,
+        should_stop: StopCheck | None,
+    ):
+        self.prepared, self.input_name, self.samples = prepared, input_name, samples
+        self.settings, self.should_stop = settings, should_stop
 
     def __call__(self, float_nodes: list[str]) -> bytes:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-        method = {
-            "minmax": CalibrationMethod.MinMax,
-            "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile,
-        }[self.settings.calibration]
         quantized = self.prepared.with_name(f"int8-{len(float_nodes)}.onnx")
-        quantize_static(
-            str(self.prepared),
-            str(quantized),
-            _Batches(self.input_name, self.samples, 64, self.should_stop),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=self.settings.per_channel,
-            calibrate_method=method,
-            calibration_providers=["CPUExecutionProvider"],
-            nodes_to_exclude=float_nodes,
-        )
+        batches = _Batches(self.input_name, self.samples, 64, self.should_stop)
+        qdq_quantize(self.prepared, quantized, batches, self.settings, float_nodes)
         return quantized.read_bytes()
 
 

@@ -8,7 +8,7 @@ noise are quantized; the others stay float. Layers of the same geometry are meas
 
 import contextlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,15 +37,6 @@ class LayerSpeed:
     @property
     def int8_faster(self) -> bool:
         return self.comparison.verdict == "faster"
-
-    def as_dict(self) -> dict:
-        return {
-            "node": self.node,
-            "op": self.op,
-            "int8": self.int8_faster,
-            "speedup": self.comparison.speedup,
-            "verdict": self.comparison.verdict,
-        }
 
 
 def module_name(node_name: str) -> str:
@@ -87,8 +78,14 @@ def exclusion_choices(model: onnx.ModelProto, speeds: list[LayerSpeed]) -> dict[
     slower = [layer.node for layer in speeds if not layer.int8_faster]
     inputs = {item.name for item in model.graph.input}
     outputs = {item.name for item in model.graph.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
     ends = {
-        node.name for node in model.graph.node if inputs & set(node.input) or _feeds_only_outputs(model, node, outputs)
+        node.name
+        for node in model.graph.node
+        if inputs & set(node.input) or _feeds_only_outputs(node, consumers, outputs)
     }
     choices = {"all": [], "ends": [name for name in slower if name in ends], "faster": slower}
     unique: dict[str, list[str]] = {}
@@ -98,12 +95,8 @@ def exclusion_choices(model: onnx.ModelProto, speeds: list[LayerSpeed]) -> dict[
     return unique
 
 
-def _feeds_only_outputs(model: onnx.ModelProto, node: onnx.NodeProto, outputs: set[str]) -> bool:
+def _feeds_only_outputs(node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]], outputs: set[str]) -> bool:
     """Whether a graph output is reached from `node` through no other convolution or matrix product."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for other in model.graph.node:
-        for name in other.input:
-            consumers.setdefault(name, []).append(other)
     frontier = list(node.output)
     while frontier:
         tensor = frontier.pop()
@@ -224,20 +217,33 @@ class _RandomBatches:
 
 
 def _quantized(layer: onnx.ModelProto, shape: tuple, settings: Int8Config) -> bytes:
-    """The one-layer graph quantized as the whole model is (QDQ, int8 weights, uint8 activations)."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
+    """The one-layer graph quantized as the whole model is."""
     with tempfile.TemporaryDirectory(prefix="squeezer-int8-layer-") as tmp:
         source, quantized = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         onnx.save(layer, str(source))
-        quantize_static(
-            str(source),
-            str(quantized),
-            _RandomBatches(shape),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=settings.per_channel,
-            calibration_providers=["CPUExecutionProvider"],
-        )
+        qdq_quantize(source, quantized, _RandomBatches(shape), settings)
         return quantized.read_bytes()
+
+
+def qdq_quantize(source: Path, target: Path, batches, settings: Int8Config, float_nodes: Sequence[str] = ()) -> None:
+    """`source` quantized into `target` in QDQ form, int8 weights and uint8 activations calibrated on `batches`
+    (onnxruntime's CalibrationDataReader protocol), the nodes named in `float_nodes` left float."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    quantize_static(
+        str(source),
+        str(target),
+        batches,
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=settings.per_channel,
+        calibrate_method=methods[settings.calibration],
+        calibration_providers=["CPUExecutionProvider"],
+        nodes_to_exclude=list(float_nodes),
+    )

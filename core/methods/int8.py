@@ -26,7 +26,7 @@ def int8_rows(module, reasons: dict[str, str | None]) -> list[ChannelLayerState]
     rows = []
     for rank, (name, layer) in enumerate(prunable_layers(module).items()):
         weight = layer.weight.detach()
-        reason = reasons.get(name, "kept float")
+        reason = reasons[name]
         rows.append(
             ChannelLayerState.of(
                 name,

@@ -24,14 +24,12 @@ from squeezer.store.settings import Settings
 from squeezer.worker.celery_app import QUEUE_NAME
 from squeezer.worker.context import WorkerContext
 from squeezer.worker.reaper import recover_once
-from tests.api.conftest import LONG_OPTIONS, assert_problem
+from tests.api.conftest import FLOW_OPTIONS, LONG_OPTIONS, assert_problem
 from tests.helpers import wait_until
 from tests.servers import free_port
 from tests.worker.conftest import REPO, start_service, tiny_spec
 
 RESULT_NAMES = {"model.sqz", "model.onnx", "model.zip", "report.json", "report.html"}
-# A job that only waits in the queue proves it runs once without training: no range test, no epochs.
-UNTRAINED = {"prune_epochs": 0, "epochs_per_step": 0, "min_steps_per_stage": 0, "lr_search": False}
 # A job whose training outlasts the PostgreSQL outage (about 10 s on an idle machine: stop, the API's 503s, start) by
 # as much as the whole sparsity grid did, with a fixed amount of work: one level, four stages of 1000 steps.
 OUTLASTS_A_RESTART = {**LONG_OPTIONS, "sparsity": 0.5, "min_steps_per_stage": 1000}
@@ -45,7 +43,7 @@ def test_jobs_queued_when_redis_restarts_are_not_lost(own_redis, postgres_url, t
     try:
         model_id = service.upload(sample_model_zip)
         running_id = service.create(tiny_spec(model_id))
-        queued_ids = [service.create(tiny_spec(model_id, **UNTRAINED)) for _ in range(2)]
+        queued_ids = [service.create(tiny_spec(model_id, **FLOW_OPTIONS["lwct"])) for _ in range(2)]  # no training
         for job_id in (running_id, *queued_ids):
             service.dispatcher.enqueue(job_id)
         service.start_worker()
