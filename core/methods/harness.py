@@ -278,12 +278,14 @@ class MethodRun:
         )
         return self.lr
 
-    def evaluate(self, module: nn.Module, *, essential: bool = False) -> float:
-        """The budget's metric of `module` on the validation split; the module ends on CPU. `essential`: a score the
-        result needs (the baseline's, the starting point's), which runs into the time limit's grace."""
+    def evaluate(self, module: nn.Module, *, essential: bool = False, samples: int | None = None) -> float:
+        """The budget's metric of `module` on the validation split (its first `samples`, for a quick estimate); the
+        module ends on CPU. `essential`: a score the result needs (the baseline's, the starting point's), which runs
+        into the time limit's grace."""
         guard = self.guard.essential() if essential else self.guard
         guard.check()
-        accuracy = self.score(module, self.data.x_val, self.data.y_val, device=self.device, should_stop=guard)
+        x, y = self.data.x_val[:samples], self.data.y_val[:samples]
+        accuracy = self.score(module, x, y, device=self.device, should_stop=guard)
         module.cpu()
         return accuracy
 

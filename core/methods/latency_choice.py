@@ -1,7 +1,9 @@
 """Which channels to remove for a latency target (issue 28, item 2): per channel group (a convolution, or every
 layer of a residual stage that shares channels), the kept count steps down through the counts the runtime runs
-fastest, and each step is chosen greedily by importance lost per millisecond saved, as the latency table
-predicts it, until the predicted time meets the target. Layers lose different shares, unlike one global level.
+fastest, and each step is chosen greedily by what it costs per millisecond saved, as the latency table predicts
+it, until the predicted time meets the target. A step's cost is the points its group's measured sensitivity
+(core.methods.sensitivity) says it loses, or without one, the importance of the channels it removes. Layers lose
+different shares, unlike one global level.
 
 Given the same graph, table and scores the choice is the same: the data decide it, ties go to the group named
 first in sorted order.
@@ -15,6 +17,11 @@ from torch import nn
 from squeezer.core.graph import ChannelGraph
 from squeezer.core.graph.dependency import TRANSPOSED, producer
 from squeezer.core.methods.latency_table import LatencyTable, allowed_counts
+from squeezer.core.methods.sensitivity import Sensitivity
+
+# Points a step costs per unit of the importance it removes, beside its measured points: among steps a curve rates
+# as free, the least important channels still go first.
+IMPORTANCE_POINTS = 1e-3
 
 
 @dataclass(frozen=True)
@@ -59,12 +66,17 @@ class _Estimate:
 
 
 def choose_channels(
-    graph: ChannelGraph, table: LatencyTable, scores: dict[int, float], target_ms: float, min_keep: float = 0.25
+    graph: ChannelGraph,
+    table: LatencyTable,
+    scores: dict[int, float],
+    target_ms: float,
+    min_keep: float = 0.25,
+    sensitivity: dict[str, Sensitivity] | None = None,
 ) -> Choice:
     """Removes channel classes until the predicted convolution time is at most `target_ms` or no step saves time.
-    `scores` gives each removable class's importance (comparable across groups); a group always keeps at least the
-    smallest allowed count that holds `min_keep` of its channels (a layer cut to one channel loses what no
-    recovery brings back: six points on LeNet-5)."""
+    `scores` gives each removable class's importance (comparable across groups), `sensitivity` each group's points
+    lost by kept count; a group always keeps at least the smallest allowed count that holds `min_keep` of its
+    channels (a layer cut to one channel loses what no recovery brings back: six points on LeNet-5)."""
     estimate = _Estimate(graph, table)
     groups = dict(sorted(graph.channel_groups().items()))
     order = {key: sorted(roots, key=lambda r: (scores[r], r)) for key, roots in groups.items()}
@@ -73,7 +85,7 @@ def choose_channels(
     removed: set[int] = set()
     before = current = estimate.total(removed)
     while current > target_ms:
-        step = _best_step(estimate, order, kept, touching, removed, scores, min_keep)
+        step = _best_step(estimate, order, kept, touching, removed, _Cost(scores, sensitivity), min_keep)
         if step is None:
             break
         key, count, saved = step
@@ -83,8 +95,23 @@ def choose_channels(
     return Choice(frozenset(removed), before, estimate.total(removed), kept)
 
 
-def _best_step(estimate, order, kept, touching, removed, scores, min_keep) -> tuple[str, int, float] | None:
-    """The (group, new kept count, ms saved) with the least importance lost per millisecond saved."""
+@dataclass(frozen=True)
+class _Cost:
+    """What thinning a group from one kept count to another costs."""
+
+    scores: dict[int, float]
+    sensitivity: dict[str, Sensitivity] | None
+
+    def __call__(self, key: str, dropped: list[int], kept: int, count: int) -> float:
+        importance = sum(self.scores[root] for root in dropped)
+        if self.sensitivity is None:
+            return importance
+        curve = self.sensitivity[key]
+        return curve.drop(count) - curve.drop(kept) + IMPORTANCE_POINTS * importance
+
+
+def _best_step(estimate, order, kept, touching, removed, cost, min_keep) -> tuple[str, int, float] | None:
+    """The (group, new kept count, ms saved) that costs least per millisecond saved."""
     best: tuple[float, str, int, float] | None = None
     for key, roots in order.items():
         now = sum(estimate.layer(name, removed) for name in touching[key])
@@ -98,7 +125,7 @@ def _best_step(estimate, order, kept, touching, removed, scores, min_keep) -> tu
             saved = now - sum(estimate.layer(name, trial) for name in touching[key])
             if saved <= 1e-9:
                 continue
-            ratio = sum(scores[r] for r in dropped) / saved
+            ratio = cost(key, dropped, kept[key], count) / saved
             if best is None or ratio < best[0]:
                 best = (ratio, key, count, saved)
     return None if best is None else best[1:]

@@ -1,7 +1,7 @@
 """Latency-aware structural pruning (issue 28, item 2): a plan that makes a model a given factor faster on the
 target runtime, as its measured latency table predicts: first whole residual blocks whose removal costs least
-score per millisecond (core.methods.depth), then channels per group by importance per millisecond saved, at counts
-the runtime runs fastest (core.methods.latency_choice).
+score per millisecond (core.methods.depth), then channels per group by measured points lost per millisecond saved
+(core.methods.sensitivity), at counts the runtime runs fastest (core.methods.latency_choice).
 """
 
 import copy
@@ -15,6 +15,7 @@ from squeezer.core.graph import ChannelGraph, shrink, trace
 from squeezer.core.methods.depth import Block, choose_blocks, remove_blocks, residual_blocks
 from squeezer.core.methods.latency_choice import choose_channels, group_norm_scores
 from squeezer.core.methods.latency_table import LatencyTable, Runtime, latency_table
+from squeezer.core.methods.sensitivity import measure_sensitivity
 
 
 @dataclass(frozen=True)
@@ -62,16 +63,20 @@ def plan_for_speed(
     runtime: Runtime = Runtime(),
     cache_dir: Path | None = None,
     min_keep: float = 0.25,
+    depth: bool = True,
+    sensitivity: bool = True,
 ) -> tuple[nn.Module, ChannelGraph, SpeedPlan]:
     """A copy of `module` pruned until its convolutions are predicted `speedup` times faster on `runtime`, with the
     graph it was shrunk on. With `score`, residual blocks whose removal keeps the score at least `floor` (measured
-    before any recovery) go first; channels make up the rest, each group keeping at least `min_keep` of its own."""
+    before any recovery) go first (unless not `depth`), and channels are chosen by each group's measured
+    sensitivity (unless not `sensitivity`: by importance alone); they make up the rest, each group keeping at least
+    `min_keep` of its own."""
     graph = trace(module, input_shape)
     table = latency_table(module, input_shape, runtime, graph=graph, cache_dir=cache_dir)
     before = convolution_ms(table)
     target = before / speedup
     pruned, chosen, seconds = copy.deepcopy(module).eval(), [], table.seconds
-    if score is not None:
+    if score is not None and depth:
         blocks = residual_blocks(module, input_shape)
         chosen = choose_blocks(module, blocks, score, floor, block_ms(table, blocks), enough_ms=before - target)
         if chosen:
@@ -80,7 +85,11 @@ def plan_for_speed(
             table = latency_table(pruned, input_shape, runtime, graph=graph, cache_dir=cache_dir)
             seconds += table.seconds
     after_blocks = convolution_ms(table)
-    choice = choose_channels(graph, table, group_norm_scores(pruned, graph), target, min_keep)
+    scores = group_norm_scores(pruned, graph)
+    curves = None
+    if score is not None and sensitivity:
+        curves = measure_sensitivity(pruned, graph, scores, score, min_keep)
+    choice = choose_channels(graph, table, scores, target, min_keep, curves)
     shrink(pruned, graph, set(choice.removed))
     plan = SpeedPlan(chosen, len(choice.removed), (before, after_blocks, choice.after_ms), seconds)
     return pruned.eval(), graph, plan

@@ -1,7 +1,7 @@
 """The latency table and the channel choice made from it (issue 28, item 2): the table is measured in onnxruntime on
 the grid of counts the runtime runs fastest and read back from its cache unchanged; given a fixed table, the greedy
 choice is deterministic, meets its target when it can, keeps every group at an allowed count, and the model it
-describes shrinks to a valid network."""
+describes shrinks to a valid network; a group's measured sensitivity steers the choice."""
 
 import copy
 import json
@@ -23,6 +23,7 @@ from squeezer.core.methods.latency_table import (
     convolution_geometries,
     latency_table,
 )
+from squeezer.core.methods.sensitivity import Sensitivity, measure_sensitivity, measured_counts
 
 SHAPE = (3, 16, 16)
 
@@ -127,3 +128,50 @@ def test_choice_follows_importance_and_stops_at_the_floor():
     kept_half = choose_channels(graph, table, scores, target_ms=0.0, min_keep=0.5)
     for key, count in kept_half.kept.items():
         assert count == min(c for c in allowed_counts(len(groups[key])) if c >= 0.5 * len(groups[key]))
+
+
+def test_measured_sensitivity_steers_the_choice_away_from_a_group_it_rates_costly():
+    """Given the table and the curves, the choice is deterministic; a group whose thinning a curve rates costly keeps
+    its channels while the target is met on the others, and the curves are read monotonically."""
+    module = build_architecture("resnet20", {}).eval()
+    shape = (3, 32, 32)
+    graph = trace(module, shape)
+    table = _fixed_table(module, shape)
+    scores = group_norm_scores(module, graph)
+    groups = graph.channel_groups()
+    target = 0.7 * choose_channels(graph, table, scores, float("inf")).before_ms
+    plain = choose_channels(graph, table, scores, target)
+    thinned = sorted(key for key, count in plain.kept.items() if count < len(groups[key]))
+    costly = thinned[0]
+    counts_of = {key: [*measured_counts(len(roots), 0.25)[::-1], len(roots)] for key, roots in groups.items()}
+    curves = {key: Sensitivity(counts, [0.0] * len(counts)) for key, counts in counts_of.items()}
+    counts = counts_of[costly]
+    curves[costly] = Sensitivity(counts, [50.0 * (len(counts) - 1 - i) for i in range(len(counts))])
+    steered = choose_channels(graph, table, scores, target, sensitivity=curves)
+    assert steered == choose_channels(graph, table, scores, target, sensitivity=dict(reversed(curves.items())))
+    assert steered.kept[costly] == len(groups[costly]) and steered.after_ms <= target
+    assert curves[costly].drop(counts[0]) == 50.0 * (len(counts) - 1) and curves[costly].drop(counts[-1]) == 0.0
+    between = (counts[0] + counts[1]) / 2
+    assert curves[costly].drop(counts[1]) < curves[costly].drop(between) < curves[costly].drop(counts[0])
+
+
+def test_sensitivity_is_measured_per_group_and_never_falls_as_a_group_thins():
+    module = build_architecture("resnet20", {"in_channels": 1, "input_size": 8}).eval()
+    shape = (1, 8, 8)
+    graph = trace(module, shape)
+    x = torch.randn(64, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = module(x).argmax(1)
+
+    def agreement(candidate: nn.Module) -> float:
+        with torch.no_grad():
+            return 100.0 * float((candidate(x).argmax(1) == expected).float().mean())
+
+    curves = measure_sensitivity(module, graph, group_norm_scores(module, graph), agreement, min_keep=0.25)
+    assert set(curves) == set(graph.channel_groups())
+    for key, curve in curves.items():
+        full = len(graph.channel_groups()[key])
+        assert curve.counts == sorted(curve.counts) and curve.counts[-1] == full and curve.drops[-1] == 0.0
+        assert all(count in allowed_counts(full) and count >= 0.25 * full for count in curve.counts)
+        assert curve.drops == sorted(curve.drops, reverse=True)
+    assert any(curve.drops[0] > 0 for curve in curves.values())
