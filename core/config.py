@@ -308,6 +308,11 @@ class LatencyPruning(_Strict):
         "budget is kept.",
     )
     depth: bool = Field(True, description="Remove whole identity-shortcut residual blocks first.")
+    gradual: bool = Field(
+        True,
+        description="Plan each target from the last result within the budget (recovered), so each step removes "
+        "only what separates the two targets; off: plan every target from the baseline in one step.",
+    )
     block_drop: float = bounded(
         5.0, "Points a residual block's removal may cost before recovery (measured per block).", ge=0, le=100
     )

@@ -535,12 +535,17 @@ def inspect_sqz(data: bytes) -> dict:
 
 
 def load_sqz(path: Path):
+    """Rebuild a runnable LoadedModel from a .sqz file (read_sqz)."""
+    return read_sqz(Path(path).read_bytes())
+
+
+def read_sqz(data: bytes):
     """Rebuild a runnable LoadedModel whose weights are bit-identical to the packed ones. The header is an upload
     like any other: it goes through the model-directory loader (architecture names looked up in the registry's
     tables, graph.onnx renamed, state keys matched against the built module's), never straight into code."""
     from squeezer.core.intake.models import SOURCE_FORMATS, load_model
 
-    header, state, graph = _unpack(Path(path).read_bytes())
+    header, state, graph = _unpack(data)
     arch, source_format = header.get("architecture"), header.get("source_format")
     if not isinstance(arch, dict) or source_format not in SOURCE_FORMATS:
         raise ModelFormatError("corrupt .sqz file: its header's architecture or source format is invalid")

@@ -1,23 +1,43 @@
 """Latency-aware pruning, filter's mode with `filter.latency` set: tries its speed-up targets (and the job's
-`speed_target.speedup`) in increasing order, each planned from the baseline by core.methods.speed (residual blocks,
-then channels, against the latency table measured on the target runtime with `speed_target.threads`) and recovered
-with distillation from the baseline (filter's training settings), for longer the more the plan removed; keeps the
-fastest result within the accuracy budget and stops at the first target past it. No checkpoint: a rerun plans again
-(the latency table is cached in the job's folder)."""
+`speed_target.speedup`) in increasing order. Each is planned by core.methods.speed (residual blocks, then channels,
+against the latency table measured on the target runtime with `speed_target.threads`) and recovered with distillation
+from the baseline (filter's training settings), for longer the more the plan removed. Gradually (the default), each
+target is planned from the last result within the budget, so every step removes a little from a recovered model;
+otherwise each is planned from the baseline. Keeps the fastest result within the accuracy budget and stops at the
+first target past it. A checkpoint after each target holds the best model so far, packed as a .sqz, so a restarted
+job goes on from the next target (the latency tables are cached in the job's folder too)."""
 
+from dataclasses import dataclass
 from typing import Unpack
 
+import torch
 from torch import nn
 
-from squeezer.core.artifacts.sqz import pack_sqz
+from squeezer.core.artifacts.sqz import pack_sqz, read_sqz
 from squeezer.core.config import CompressConfig, LatencyPruning
 from squeezer.core.graph.dependency import PRODUCERS
 from squeezer.core.graph.surgery import width
-from squeezer.core.methods.depth import with_architecture
+from squeezer.core.methods.depth import Block, with_architecture
 from squeezer.core.methods.harness import BASELINE_DONE, FINETUNE_SEED_OFFSET, MethodHooks, MethodRun, progress
 from squeezer.core.methods.latency_table import Runtime
 from squeezer.core.methods.results import ChannelLayerState, MethodResult
-from squeezer.core.methods.speed import SpeedPlan, plan_for_speed
+from squeezer.core.methods.speed import plan_for_speed
+
+_BEST_SQZ = "best.sqz"  # the checkpoint's tensor holding the best model so far, packed
+
+# Validation samples that score a block's removal or a group's thinning: an estimate before recovery, not the budget.
+SENSITIVITY_SAMPLES = 1_000
+
+
+@dataclass(frozen=True)
+class _Reached:
+    """A pruned model within the budget: its predicted speed-up over the baseline and the blocks removed so far."""
+
+    module: nn.Module
+    speedup: float
+    blocks: list[Block]
+    channels: int  # channel groups' channels removed (core.methods.speed.SpeedPlan.removed_channels), all steps
+    accuracy: float
 
 
 def compress_latency(model, data, config: CompressConfig, **hooks: Unpack[MethodHooks]) -> MethodResult:
@@ -25,49 +45,92 @@ def compress_latency(model, data, config: CompressConfig, **hooks: Unpack[Method
     settings = _latency(config)
     run = MethodRun(model, data, config, config.filter, name="filter", **hooks)
     baseline, _ = run.measure_baseline()
-    best, best_plan, best_accuracy = run.base, None, baseline
-    targets = _targets(settings, config)
+    original = _Reached(run.base, 1.0, [], 0, baseline)
+    best, tried, ended = _resumed(run, original)
+    targets = list(enumerate(_targets(settings, config), start=1))
     with run.time_limited("prune"):
-        for index, speedup in enumerate(targets, start=1):
-            pruned, plan, accuracy = _attempt(run, speedup, progress(BASELINE_DONE, 1.0, index, len(targets)), index)
-            if not run.within(accuracy):
+        for index, speedup in [] if ended else targets[tried:]:
+            start = best if settings.gradual else original
+            if speedup <= start.speedup:
+                continue  # an earlier step's plan already reached it
+            fraction = progress(BASELINE_DONE, 1.0, index, len(targets))
+            reached = _attempt(run, start, speedup, fraction, index)
+            accepted = run.within(reached.accuracy)
+            best = reached if accepted else best
+            _save(run, best, index, not accepted, fraction)
+            if not accepted:
                 break
-            best, best_plan, best_accuracy = pruned, plan, accuracy
-    return run.result(best, layer_states(run.base, best, best_plan), best_accuracy)
+    return run.result(best.module, layer_states(run.base, best.module, best.blocks), best.accuracy)
 
 
-def _attempt(run: MethodRun, speedup: float, fraction: float, index: int) -> tuple[nn.Module, SpeedPlan, float]:
-    """One target: planned from the baseline, recovered (longer the more parameters went), scored and recorded."""
+def _save(run: MethodRun, best: _Reached, tried: int, ended: bool, fraction: float) -> None:
+    """A checkpoint after each target tried: the best model so far as a .sqz (unless it is the baseline), how many
+    targets were tried and whether one left the budget."""
+    tensors = {}
+    if best.module is not run.base:
+        packed = pack_sqz(with_architecture(run.model, best.module), [])
+        tensors[_BEST_SQZ] = torch.frombuffer(bytearray(packed), dtype=torch.uint8)
+    blocks = [[block.name, block.without_branch] for block in best.blocks]
+    meta = {"tried": tried, "ended": ended, "speedup": best.speedup, "blocks": blocks, "channels": best.channels}
+    run.save(tensors, meta | {"accuracy": best.accuracy}, fraction)
+
+
+def _resumed(run: MethodRun, original: _Reached) -> tuple[_Reached, int, bool]:
+    """The best result, the targets tried and whether one left the budget, from the last checkpoint (a rerun of a
+    stopped job); the baseline and nothing tried without one."""
+    saved = run.resume()
+    if saved is None:
+        return original, 0, False
+    tensors, meta = saved
+    best = original
+    if _BEST_SQZ in tensors:
+        module = read_sqz(tensors[_BEST_SQZ].numpy().tobytes()).module.eval()
+        blocks = [Block(str(name), str(kind)) for name, kind in meta["blocks"]]
+        best = _Reached(module, float(meta["speedup"]), blocks, int(meta["channels"]), float(meta["accuracy"]))
+    return best, int(meta["tried"]), bool(meta["ended"])
+
+
+def _attempt(run: MethodRun, start: _Reached, speedup: float, fraction: float, index: int) -> _Reached:
+    """One target: planned from `start` for the rest of the way, recovered (longer the more of `start`'s parameters
+    went), scored and recorded."""
     settings = _latency(run.config)
+
+    def estimate(module: nn.Module) -> float:
+        return run.evaluate(module, samples=SENSITIVITY_SAMPLES)
+
     pruned, _, plan = plan_for_speed(
-        run.base,
+        start.module,
         tuple(run.model.input_shape),
-        speedup,
-        score=run.evaluate if settings.depth else None,
-        floor=run.baseline - settings.block_drop,
+        speedup / start.speedup,
+        score=estimate,
+        floor=estimate(run.base) - settings.block_drop,
         runtime=Runtime(threads=run.config.speed_target.threads),
         cache_dir=run.checkpoint_dir,
         min_keep=settings.min_keep,
+        depth=settings.depth,
     )
-    run.emit("prune", fraction, f"planned {plan.predicted_speedup:.2f}× for the target {speedup}×", target=speedup)
-    removed = 1 - _parameters(pruned) / _parameters(run.base)
+    predicted = start.speedup * plan.predicted_speedup
+    run.emit("prune", fraction, f"planned {predicted:.2f}× for the target {speedup}×", target=speedup)
+    removed = 1 - _parameters(pruned) / _parameters(start.module)
     seed = run.config.seed + FINETUNE_SEED_OFFSET + index
     epochs = run.config.filter.epochs_per_step
     run.train(pruned, epochs, seed, "prune", fraction, scale=1.0 + settings.recovery_scale * removed)
-    accuracy = run.evaluate(pruned)
+    blocks, channels = [*start.blocks, *plan.blocks], start.channels + plan.removed_channels
+    reached = _Reached(pruned, predicted, blocks, channels, run.evaluate(pruned))
     run.record(
         "prune",
         pack_sqz(with_architecture(run.model, pruned), []),
-        layers=[block.name for block in plan.blocks],
-        accuracy=accuracy,
-        accepted=run.within(accuracy),
+        layers=[block.name for block in blocks],
+        accuracy=reached.accuracy,
+        accepted=run.within(reached.accuracy),
         fraction=fraction,
-        sparsity=removed,
-        summary=f"{len(plan.blocks)} blocks and {plan.removed_channels} channels removed for {speedup}×",
+        sparsity=1 - _parameters(pruned) / _parameters(run.base),
+        summary=f"{len(blocks)} blocks and {channels} channels removed for {speedup}×",
         target=speedup,
-        predicted_speedup=plan.predicted_speedup,
+        predicted_speedup=predicted,
+        planned_from=start.speedup,
     )
-    return pruned, plan, accuracy
+    return reached
 
 
 def _targets(settings: LatencyPruning, config: CompressConfig) -> list[float]:
@@ -86,9 +149,8 @@ def _parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def layer_states(base: nn.Module, pruned: nn.Module, plan: SpeedPlan | None) -> list[ChannelLayerState]:
+def layer_states(base: nn.Module, pruned: nn.Module, blocks: list[Block]) -> list[ChannelLayerState]:
     """One row per convolution and linear layer of the original model: its channels before and after, and why."""
-    blocks = plan.blocks if plan is not None else []
     remaining = dict(pruned.named_modules())
     states = []
     for name, layer in base.named_modules():

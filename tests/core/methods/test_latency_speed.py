@@ -72,8 +72,8 @@ def test_blocks_go_first_within_their_floor_and_the_result_saves_and_reloads(tmp
 
 def test_filter_latency_mode_through_the_pipeline_returns_a_faster_model_that_reloads(tmp_path, digits):
     """A residual network trained on digits, compressed by filter with `latency` set: blocks and channels go, the
-    .sqz reloads to the model the report measured (ONNX agreement checked by the pipeline), and a target past the
-    budget is never the result."""
+    .sqz reloads to the model the report measured (ONNX agreement checked by the pipeline), a target past the
+    budget is never the result, and the second target is planned from the first one's result (gradual)."""
     torch.manual_seed(0)
     arch = {"name": "resnet20", "args": {"in_channels": 1, "input_size": 8}}
     module = build_architecture(arch["name"], arch["args"])
@@ -86,9 +86,15 @@ def test_filter_latency_mode_through_the_pipeline_returns_a_faster_model_that_re
         target=AccuracyTarget(max_drop=3.0),
         filter=FilterConfig(**training, latency=LatencyPruning(speedups=[2.0, 8.0], block_drop=20.0)),
     )
-    report = compress_files(ModelSource(tmp_path / "model"), "sample:digits", tmp_path / "out", config)
+    events = []
+    report = compress_files(
+        ModelSource(tmp_path / "model"), "sample:digits", tmp_path / "out", config, on_event=events.append
+    )
     trials = report["trials"]
     assert [t["accepted"] for t in trials][:1] == [True] and len(trials) <= 2
+    steps = [event.data for event in events if event.stage == "step"]
+    assert len(steps) == 2 and steps[0]["planned_from"] == 1.0
+    assert steps[1]["planned_from"] == steps[0]["predicted_speedup"] > 1.0
     assert report["target_met"] and report["macs_reduction"] > 1.5
     assert any(layer["reason"].startswith("removed with its residual block") for layer in report["layers"])
     reloaded = load_sqz(tmp_path / "out" / "model.sqz").module.eval()
