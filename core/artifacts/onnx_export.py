@@ -17,6 +17,7 @@ on CPU); the graph is converted to it only when an int4 initializer is written. 
 1.32 (opset 25) but is left out: few deployed runtimes read it yet.
 """
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,26 @@ OPSET = 17
 INT4_OPSET = 21  # the first opset with int4 tensors
 MIN_ELEMENTS = 64  # below this a rewrite's extra node and scale cost more than they save
 _CODE_TYPES = ((7, TensorProto.INT4), (127, TensorProto.INT8))  # (largest |code|, element type), smallest first
+
+
+def module_onnx(module: torch.nn.Module, input_shape: tuple[int, ...]) -> bytes:
+    """`module` as ONNX bytes with a free batch axis, for timing against another module (its mode is kept)."""
+    buffer = io.BytesIO()
+    training = module.training
+    try:
+        torch.onnx.export(
+            module.eval(),
+            (torch.zeros(1, *input_shape),),
+            buffer,  # type: ignore[arg-type]  # torch writes to any binary file object; its stub names paths only
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    finally:
+        module.train(training)
+    return buffer.getvalue()
 
 
 def export_onnx(model, path: Path, *, compact: bool = True, should_stop: StopCheck | None = None) -> Path:

@@ -31,7 +31,8 @@ SENSITIVITY_SAMPLES = 1_000
 
 @dataclass(frozen=True)
 class _Reached:
-    """A pruned model within the budget: its predicted speed-up over the baseline and the blocks removed so far."""
+    """A pruned model within the budget: its speed-up over the baseline (each step's as measured on the target
+    runtime when the plan was made) and the blocks removed so far."""
 
     module: nn.Module
     speedup: float
@@ -108,15 +109,18 @@ def _attempt(run: MethodRun, start: _Reached, speedup: float, fraction: float, i
         cache_dir=run.checkpoint_dir,
         min_keep=settings.min_keep,
         depth=settings.depth,
+        calibrate=True,
     )
-    predicted = start.speedup * plan.predicted_speedup
-    run.emit("prune", fraction, f"planned {predicted:.2f}× for the target {speedup}×", target=speedup)
+    step = plan.measured_speedup or plan.predicted_speedup
+    reaches = start.speedup * step
+    message = f"planned {reaches:.2f}× for the target {speedup}× (measured {step:.2f}× over its start)"
+    run.emit("prune", fraction, message, target=speedup)
     removed = 1 - _parameters(pruned) / _parameters(start.module)
     seed = run.config.seed + FINETUNE_SEED_OFFSET + index
     epochs = run.config.filter.epochs_per_step
     run.train(pruned, epochs, seed, "prune", fraction, scale=1.0 + settings.recovery_scale * removed)
     blocks, channels = [*start.blocks, *plan.blocks], start.channels + plan.removed_channels
-    reached = _Reached(pruned, predicted, blocks, channels, run.evaluate(pruned))
+    reached = _Reached(pruned, reaches, blocks, channels, run.evaluate(pruned))
     run.record(
         "prune",
         pack_sqz(with_architecture(run.model, pruned), []),
@@ -127,7 +131,9 @@ def _attempt(run: MethodRun, start: _Reached, speedup: float, fraction: float, i
         sparsity=1 - _parameters(pruned) / _parameters(run.base),
         summary=f"{len(blocks)} blocks and {channels} channels removed for {speedup}×",
         target=speedup,
-        predicted_speedup=predicted,
+        reached_speedup=reaches,
+        predicted_step=plan.predicted_speedup,
+        measured_step=plan.measured_speedup,
         planned_from=start.speedup,
     )
     return reached

@@ -11,11 +11,16 @@ from pathlib import Path
 
 from torch import nn
 
+from squeezer.core.artifacts.onnx_export import module_onnx
 from squeezer.core.graph import ChannelGraph, shrink, trace
+from squeezer.core.measure.compare import compare_onnx
 from squeezer.core.methods.depth import Block, choose_blocks, remove_blocks, residual_blocks
-from squeezer.core.methods.latency_choice import choose_channels, group_norm_scores
+from squeezer.core.methods.latency_choice import Choice, choose_channels, group_norm_scores
 from squeezer.core.methods.latency_table import LatencyTable, Runtime, latency_table
 from squeezer.core.methods.sensitivity import measure_sensitivity
+
+# How far (as a factor either way) a plan's measured speed-up may miss its target before it is made once more.
+CALIBRATION_TOLERANCE = 1.1
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,7 @@ class SpeedPlan:
     removed_channels: int
     predicted_ms: tuple[float, float, float]
     table_seconds: float  # measuring the tables took this long
+    measured_speedup: float | None = None  # the pruned model timed A/B against the input model, when calibrated
 
     @property
     def predicted_speedup(self) -> float:
@@ -65,12 +71,14 @@ def plan_for_speed(
     min_keep: float = 0.25,
     depth: bool = True,
     sensitivity: bool = True,
+    calibrate: bool = False,
 ) -> tuple[nn.Module, ChannelGraph, SpeedPlan]:
     """A copy of `module` pruned until its convolutions are predicted `speedup` times faster on `runtime`, with the
     graph it was shrunk on. With `score`, residual blocks whose removal keeps the score at least `floor` (measured
     before any recovery) go first (unless not `depth`), and channels are chosen by each group's measured
     sensitivity (unless not `sensitivity`: by importance alone); they make up the rest, each group keeping at least
-    `min_keep` of its own."""
+    `min_keep` of its own. `calibrate`: the pruned model is timed against `module` on `runtime`, and a plan whose
+    speed-up misses `speedup` by more than CALIBRATION_TOLERANCE is made once more, aimed by the measured ratio."""
     graph = trace(module, input_shape)
     table = latency_table(module, input_shape, runtime, graph=graph, cache_dir=cache_dir)
     before = convolution_ms(table)
@@ -89,7 +97,49 @@ def plan_for_speed(
     curves = None
     if score is not None and sensitivity:
         curves = measure_sensitivity(pruned, graph, scores, score, min_keep)
-    choice = choose_channels(graph, table, scores, target, min_keep, curves)
+
+    def choose(target_ms: float) -> Choice:
+        return choose_channels(graph, table, scores, target_ms, min_keep, curves)
+
+    choice, measured = choose(target), None
+    if calibrate:
+        choice, measured = _calibrated(choose, choice, _Timer(module, pruned, graph, input_shape, runtime), speedup)
     shrink(pruned, graph, set(choice.removed))
-    plan = SpeedPlan(chosen, len(choice.removed), (before, after_blocks, choice.after_ms), seconds)
+    plan = SpeedPlan(chosen, len(choice.removed), (before, after_blocks, choice.after_ms), seconds, measured)
     return pruned.eval(), graph, plan
+
+
+def _calibrated(
+    choose: Callable[[float], Choice], choice: Choice, timer: "_Timer", speedup: float
+) -> tuple[Choice, float]:
+    """`choice` and its measured speed-up, or, when that misses `speedup` by more than CALIBRATION_TOLERANCE, the
+    choice aimed by the measured/predicted ratio and its own."""
+    measured = timer.speedup(choice)
+    if max(measured / speedup, speedup / measured) <= CALIBRATION_TOLERANCE:
+        return choice, measured
+    choice = choose(choice.after_ms * measured / speedup)  # the predicted time that would run `speedup`
+    return choice, timer.speedup(choice)
+
+
+@dataclass(frozen=True)
+class _Timer:
+    """What timing a channel choice against the input model needs."""
+
+    module: nn.Module
+    pruned: nn.Module  # the input model with its blocks removed, before any channel
+    graph: ChannelGraph
+    input_shape: tuple[int, ...]
+    runtime: Runtime
+
+    def speedup(self, choice: Choice) -> float:
+        """The input model's time over `choice`'s, A/B on the runtime (the median ratio, even within the noise)."""
+        candidate = shrink(copy.deepcopy(self.pruned), self.graph, set(choice.removed))
+        comparison = compare_onnx(
+            module_onnx(self.module, self.input_shape),
+            module_onnx(candidate, self.input_shape),
+            self.input_shape,
+            batch=self.runtime.batch,
+            runtime=self.runtime.name,
+            threads=self.runtime.threads,
+        )
+        return comparison.ratio

@@ -8,10 +8,12 @@ import torch
 
 from squeezer.core.artifacts.sqz import load_sqz, write_sqz
 from squeezer.core.config import AccuracyTarget, CompressConfig, FilterConfig, LatencyPruning, SpeedTarget
+from squeezer.core.errors import Cancelled
 from squeezer.core.intake.models import LoadedModel, save_model_dir
 from squeezer.core.intake.registry import build_architecture
 from squeezer.core.measure import count_macs
 from squeezer.core.methods.depth import BLOCKS_ARG, with_architecture
+from squeezer.core.methods.filter import compress_filter
 from squeezer.core.methods.latency_pruning import _targets
 from squeezer.core.methods.latency_table import allowed_counts
 from squeezer.core.methods.speed import plan_for_speed
@@ -94,7 +96,8 @@ def test_filter_latency_mode_through_the_pipeline_returns_a_faster_model_that_re
     assert [t["accepted"] for t in trials][:1] == [True] and len(trials) <= 2
     steps = [event.data for event in events if event.stage == "step"]
     assert len(steps) == 2 and steps[0]["planned_from"] == 1.0
-    assert steps[1]["planned_from"] == steps[0]["predicted_speedup"] > 1.0
+    assert steps[1]["planned_from"] == steps[0]["reached_speedup"] > 1.0
+    assert all(step["measured_step"] > 1.0 for step in steps)  # each plan timed against its start
     assert report["target_met"] and report["macs_reduction"] > 1.5
     assert any(layer["reason"].startswith("removed with its residual block") for layer in report["layers"])
     reloaded = load_sqz(tmp_path / "out" / "model.sqz").module.eval()
@@ -107,3 +110,33 @@ def test_the_jobs_speed_goal_is_among_the_targets_tried():
     with_goal = plain.model_copy(update={"speed_target": SpeedTarget(speedup=4.0)})
     assert _targets(settings, plain) == [1.5, 2.0]
     assert _targets(settings, with_goal) == [1.5, 2.0, 4.0]
+
+
+def test_a_stopped_latency_run_goes_on_from_its_checkpoint(digits_model, digits, tmp_path):
+    """The checkpoint after each target holds the best model so far: a rerun does not try the first target again,
+    restores its trial, and plans the next target from the checkpointed model (its speed-up as the start)."""
+    config = CompressConfig(
+        method="filter",
+        device="cpu",
+        target=AccuracyTarget(max_drop=5.0),  # wide: the first target must be accepted for a rerun to go on from it
+        filter=FilterConfig(
+            epochs_per_step=1, min_steps_per_stage=30, latency=LatencyPruning(speedups=[1.2, 1.5, 2.0, 4.0])
+        ),
+    )
+    first = []
+    with pytest.raises(Cancelled):  # stopped once the first target's trial is recorded
+        compress_filter(
+            digits_model,
+            digits,
+            config,
+            checkpoint_dir=tmp_path,
+            should_stop=lambda: bool(first),
+            on_event=lambda event: first.append(event.data) if event.stage == "step" else None,
+        )
+    events = []
+    resumed = compress_filter(digits_model, digits, config, checkpoint_dir=tmp_path, on_event=events.append)
+    assert any(e.stage == "checkpoint" and "resumed" in e.message for e in events)
+    steps = [e.data for e in events if e.stage == "step"]
+    assert [t.accuracy for t in resumed.trials[:1]] == [first[0]["accuracy"]] and first[0]["accepted"]
+    assert len(steps) == len(resumed.trials) - 1 >= 1  # the first target is not tried again
+    assert steps[0]["target"] > 1.2 and steps[0]["planned_from"] == first[0]["reached_speedup"]

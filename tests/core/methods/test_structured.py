@@ -3,7 +3,7 @@ and checkpoints a stopped run resumes from."""
 
 import pytest
 
-from squeezer.core.config import AccuracyTarget, CompressConfig, FilterConfig, GroupConfig, LatencyPruning
+from squeezer.core.config import AccuracyTarget, CompressConfig, FilterConfig, GroupConfig
 from squeezer.core.errors import Cancelled
 from squeezer.core.methods.filter import compress_filter
 from squeezer.core.methods.group import compress_group
@@ -47,12 +47,10 @@ def test_geometric_midpoint_suits_penalty_weights():
     assert geometric_midpoint(0.0, 0.4) == pytest.approx(0.2)
 
 
-@pytest.mark.parametrize("method", ["filter", "group", "latency"])
+@pytest.mark.parametrize("method", ["filter", "group"])
 def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(
     method, digits_model, digits, tmp_path
 ):
-    """filter's latency mode too: its checkpoint holds the best model so far, packed (the latency tables are held in
-    memory across the three runs, so all three plan alike)."""
     own_options = {
         "filter": FilterConfig(
             init=["l1"],
@@ -65,18 +63,11 @@ def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_
         "group": GroupConfig(
             penalties=[0.1, 0.3, 1.0], sparse_epochs=1, epochs_per_step=1, min_steps_per_stage=30, refinements=1
         ),
-        "latency": FilterConfig(
-            epochs_per_step=1, min_steps_per_stage=30, latency=LatencyPruning(speedups=[1.2, 1.5, 2.0, 4.0])
-        ),
     }
-    options = {"filter" if method == "latency" else method: own_options[method]}
     config = CompressConfig(
-        method="filter" if method == "latency" else method,
-        device="cpu",
-        target=AccuracyTarget(max_drop=1.0),
-        **options,
+        method=method, device="cpu", target=AccuracyTarget(max_drop=1.0), **{method: own_options[method]}
     )
-    compress = {"filter": compress_filter, "group": compress_group, "latency": compress_filter}[method]
+    compress = {"filter": compress_filter, "group": compress_group}[method]
     uninterrupted = compress(digits_model, digits, config)
 
     stop = []
