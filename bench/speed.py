@@ -21,7 +21,6 @@ is cached. Each network's row is written as it finishes, replacing that network'
 
 import argparse
 import copy
-import io
 import json
 import os
 import sys
@@ -38,6 +37,7 @@ from torchvision import models
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write_result  # noqa: E402
 
+from squeezer.core.artifacts.onnx_export import module_onnx  # noqa: E402
 from squeezer.core.intake.data import load_dataset, synthetic_shapes  # noqa: E402
 from squeezer.core.intake.registry import build_architecture  # noqa: E402
 from squeezer.core.measure import count_macs, metric_function  # noqa: E402
@@ -148,21 +148,6 @@ def torch_pruning_to_macs(base: nn.Module, work: Workload, macs: int, steps: int
     return best
 
 
-def onnx_bytes(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
-    buffer = io.BytesIO()
-    torch.onnx.export(
-        copy.deepcopy(module).eval(),
-        torch.zeros(1, *input_shape),
-        buffer,
-        dynamo=False,
-        opset_version=17,
-        input_names=["x"],
-        output_names=["y"],
-        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
-    )
-    return buffer.getvalue()
-
-
 def speedups(
     files: dict[str, bytes], input_shape, batch: int, threads: int, seconds: float, runtime: str = "onnxruntime-cpu"
 ) -> dict:
@@ -199,7 +184,7 @@ def run_network(name: str, args) -> dict:
     plan_seconds = time.monotonic() - started
     theirs, ratio = torch_pruning_to_macs(base, work, count_macs(ours, work.input_shape))
     rows = {"baseline": {"accuracy": round(baseline, 2), "macs": macs, "train_s": round(base_seconds, 1)}}
-    files = {"baseline": onnx_bytes(base, work.input_shape)}
+    files = {"baseline": module_onnx(base, work.input_shape)}
     for label, module in (("ours", ours), ("torch_pruning", theirs)):
         print(f"[{time.strftime('%H:%M:%S')}] {name}: recovering {label} ({work.recovery_epochs} epochs)", flush=True)
         seconds = train(module, work, work.recovery_epochs, seed=1, teacher=base)
@@ -212,7 +197,7 @@ def run_network(name: str, args) -> dict:
             "macs_removed": round(1 - pruned_macs / macs, 4),
             "recovery_s": round(seconds, 1),
         }
-        files[label] = onnx_bytes(module, work.input_shape)
+        files[label] = module_onnx(module, work.input_shape)
     rows["ours"] |= {
         "blocks_removed": [b.name for b in plan.blocks],
         "channels_removed": plan.removed_channels,

@@ -11,17 +11,18 @@ more than run-to-run noise. Writes bench/results/speed_budget.json (a network's 
 """
 
 import argparse
-import copy
 import dataclasses
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import NETWORKS, onnx_bytes, run_and_write, torch_pruning_to_macs, train, workload  # noqa: E402
+from speed import NETWORKS, run_and_write, torch_pruning_to_macs, train, workload  # noqa: E402
 
+from squeezer.core.artifacts.onnx_export import module_onnx  # noqa: E402
 from squeezer.core.measure import count_macs, metric_function  # noqa: E402
 from squeezer.core.measure.compare import compare_onnx  # noqa: E402
 from squeezer.core.methods.latency_table import Runtime  # noqa: E402
@@ -30,30 +31,58 @@ from squeezer.core.methods.speed import plan_for_speed  # noqa: E402
 RESULTS = "speed_budget"
 
 
-def _candidates(base, work, target: float, block_drop: float, score) -> dict:
-    """Both methods' pruned copies of `base` for one target (theirs matched to our MACs)."""
-    ours, _, plan = plan_for_speed(
-        base,
+@dataclass
+class Lane:
+    """One method's walk through the targets: where the next target starts (the last result within the budget when
+    gradual, else the baseline), with its speed-up over the baseline as the plans measured it (ours)."""
+
+    gradual: bool
+    start: torch.nn.Module
+    sensitivity: bool = True  # ours: channels by measured sensitivity, else by importance alone
+    reached: float = 1.0
+    within: bool = True
+    rows: list[dict] = field(default_factory=list)
+
+
+def _ours(lane: Lane, work, target: float, block_drop: float, score, baseline: float):
+    """Ours planned from the lane's start for the rest of the way to `target` (calibrated, as a job plans), and the
+    speed-up over the baseline it reaches as measured while planning."""
+    pruned, _, plan = plan_for_speed(
+        lane.start,
         work.input_shape,
-        target,
+        target / lane.reached,
         score=lambda m: score(m, work.x_val[:500], work.y_val[:500]),
-        floor=score(base, work.x_val[:500], work.y_val[:500]) - block_drop,
+        floor=baseline - block_drop,
         runtime=Runtime(threads=1),
+        sensitivity=lane.sensitivity,
+        calibrate=True,
     )
-    theirs, _ = torch_pruning_to_macs(base, work, count_macs(ours, work.input_shape))
-    return {"ours": ours, "torch_pruning": theirs}
+    return pruned, lane.reached * (plan.measured_speedup or plan.predicted_speedup)
 
 
 def _recovered(module, base, work, score, baseline_file: bytes) -> dict:
     train(module, work, work.recovery_epochs, seed=1, teacher=base)
     accuracy = score(module.eval(), work.x_val, work.y_val)
-    comparison = compare_onnx(baseline_file, onnx_bytes(module, work.input_shape), work.input_shape, batch=1)
+    comparison = compare_onnx(baseline_file, module_onnx(module, work.input_shape), work.input_shape, batch=1)
     return {
         "accuracy": round(accuracy, 2),
         "macs_removed": round(1 - count_macs(module, work.input_shape) / count_macs(base, work.input_shape), 4),
         "speedup": round(comparison.speedup, 3),
         "verdict": comparison.verdict,
     }
+
+
+def _step(label: str, lane: Lane, module, reached: float, target: float, context) -> None:
+    """Recovers and measures `module`, one lane's candidate for `target`; within the budget, a gradual lane goes on
+    from it."""
+    base, work, score, baseline, baseline_file, budget = context
+    row = {"target": target} | _recovered(module, base, work, score, baseline_file)
+    row["drop"] = round(baseline - row["accuracy"], 2)
+    lane.within = row["drop"] <= budget
+    lane.rows.append(row)
+    if lane.within and lane.gradual:
+        lane.start, lane.reached = module, reached
+    print(f"[{time.strftime('%H:%M:%S')}] {label} {row}", flush=True)
 
 
 def run_network(name: str, args) -> dict:
@@ -64,30 +93,36 @@ def run_network(name: str, args) -> dict:
     train(work.module, work, work.epochs, seed=0)
     base = work.module.eval()
     baseline = score(base, work.x_val, work.y_val)
-    baseline_file = onnx_bytes(base, work.input_shape)
-    tried: dict[str, list[dict]] = {"ours": [], "torch_pruning": []}
-    within = {"ours": True, "torch_pruning": True}
+    context = (base, work, score, baseline, module_onnx(base, work.input_shape), args.budget)
+    lanes = {
+        f"{side}{suffix}": Lane(gradual, base)
+        for gradual, suffix in ((True, ""), (False, "_one_step"))
+        if gradual or args.one_step
+        for side in ("ours", "torch_pruning")
+    }
+    if args.importance_only:
+        lanes["ours_importance_only"] = Lane(True, base, sensitivity=False)
     for target in sorted(args.targets):
-        if not any(within.values()):
-            break
-        for label, module in _candidates(base, work, target, args.block_drop, score).items():
-            if not within[label]:
+        for label, ours in [(label, lane) for label, lane in lanes.items() if label.startswith("ours")]:
+            theirs = lanes.get(label.replace("ours", "torch_pruning"))
+            if not (ours.within or (theirs and theirs.within)):
                 continue
-            row = {"target": target} | _recovered(copy.deepcopy(module), base, work, score, baseline_file)
-            row["drop"] = round(baseline - row["accuracy"], 2)
-            within[label] = row["drop"] <= args.budget
-            tried[label].append(row)
-            print(f"[{time.strftime('%H:%M:%S')}] {name} {label} {row}", flush=True)
+            pruned, reached = _ours(ours, work, target, args.block_drop, score, baseline)
+            if theirs and theirs.within:  # Torch-Pruning's uniform ratio, from its own start, matched to our MACs
+                matched, _ = torch_pruning_to_macs(theirs.start, work, count_macs(pruned, work.input_shape))
+                _step(f"{name} {label.replace('ours', 'torch_pruning')}", theirs, matched, 1.0, target, context)
+            if ours.within:
+                _step(f"{name} {label}", ours, pruned, reached, target, context)
     best = {
-        label: max((r for r in rows if r["drop"] <= args.budget), key=lambda r: r["speedup"], default=None)
-        for label, rows in tried.items()
+        label: max((r for r in lane.rows if r["drop"] <= args.budget), key=lambda r: r["speedup"], default=None)
+        for label, lane in lanes.items()
     }
     return {
         "baseline": {"accuracy": round(baseline, 2), "epochs": work.epochs},
         "budget_points": args.budget,
         "recovery_epochs": work.recovery_epochs,
         "fastest_within_budget": best,
-        "tried": tried,
+        "tried": {label: lane.rows for label, lane in lanes.items()},
     }
 
 
@@ -98,6 +133,14 @@ def main() -> None:
     parser.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0, 3.0, 4.0], help="speed-ups tried")
     parser.add_argument("--epochs", type=int, default=8, help="baseline training epochs")
     parser.add_argument("--recovery-epochs", type=int, default=3, help="recovery epochs after each pruning")
+    parser.add_argument(
+        "--one-step", action="store_true", help="also plan every target from the baseline in one step (both methods)"
+    )
+    parser.add_argument(
+        "--importance-only",
+        action="store_true",
+        help="also run ours choosing channels by importance alone, without the measured sensitivity",
+    )
     parser.add_argument("--block-drop", type=float, default=5.0, help="points a block's removal may cost unrecovered")
     args = parser.parse_args()
     torch.set_num_threads(1)
