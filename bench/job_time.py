@@ -40,6 +40,7 @@ _CLI = "import sys; from squeezer.cli.main import app; sys.argv[0] = 'squeezer';
 def _models(folder: Path) -> None:
     """The digits sample model directory, and a small residual CNN trained on digits exported to ONNX."""
     subprocess.run([sys.executable, "-c", _CLI, "sample", "digits", "--out", str(folder / "digits")], check=True)
+    from squeezer.core.artifacts.onnx_export import module_onnx
     from squeezer.core.intake.data import load_dataset
     from squeezer.core.intake.registry import build_architecture
     from squeezer.core.train import fit
@@ -48,16 +49,7 @@ def _models(folder: Path) -> None:
     data = load_dataset("sample:digits")
     module = build_architecture("resnet20", {"in_channels": 1, "input_size": 8, "num_classes": 10})
     fit(module, data.x_train, data.y_train, epochs=4, lr=0.05, seed=0)
-    torch.onnx.export(
-        module.eval(),
-        torch.zeros(1, 1, 8, 8),
-        folder / "resnet.onnx",
-        dynamo=False,
-        opset_version=17,
-        input_names=["x"],
-        output_names=["y"],
-        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
-    )
+    (folder / "resnet.onnx").write_bytes(module_onnx(module, (1, 8, 8)))
 
 
 def run_job(tree: Path, model: Path, options: list[str], out: Path) -> dict:

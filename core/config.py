@@ -300,7 +300,7 @@ class LatencyPruning(_Strict):
     channels removed against a latency table measured in onnxruntime on CPU, for each speed-up target in turn."""
 
     speedups: list[Annotated[float, Field(**SPEEDUP_ITEM)]] = bounded(
-        default_factory=lambda: [1.5, 2.0, 3.0],
+        default_factory=lambda: [1.5, 2.0, 3.0, 4.0, 6.0],
         min_length=1,
         max_length=MAX_GRID_LEVELS,
         each=SPEEDUP_ITEM,

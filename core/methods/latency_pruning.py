@@ -7,6 +7,7 @@ otherwise each is planned from the baseline. Keeps the fastest result within the
 first target past it. A checkpoint after each target holds the best model so far, packed as a .sqz, so a restarted
 job goes on from the next target (the latency tables are cached in the job's folder too)."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Unpack
 
@@ -17,6 +18,7 @@ from squeezer.core.artifacts.sqz import pack_sqz, read_sqz
 from squeezer.core.config import CompressConfig, LatencyPruning
 from squeezer.core.graph.dependency import PRODUCERS
 from squeezer.core.graph.surgery import width
+from squeezer.core.measure import count_macs
 from squeezer.core.methods.depth import Block, with_architecture
 from squeezer.core.methods.harness import BASELINE_DONE, FINETUNE_SEED_OFFSET, MethodHooks, MethodRun, progress
 from squeezer.core.methods.latency_table import Runtime
@@ -25,8 +27,10 @@ from squeezer.core.methods.speed import plan_for_speed
 
 _BEST_SQZ = "best.sqz"  # the checkpoint's tensor holding the best model so far, packed
 
-# Validation samples that score a block's removal or a group's thinning: an estimate before recovery, not the budget.
-SENSITIVITY_SAMPLES = 1_000
+# Validation samples that score a block's removal or a group's thinning (an estimate before recovery, not the
+# budget): as many as SCORE_MACS allows one score, within these bounds, so a large network's scores stay short.
+SENSITIVITY_SAMPLES = (64, 1_000)
+SCORE_MACS = 5e10
 
 
 @dataclass(frozen=True)
@@ -95,10 +99,7 @@ def _attempt(run: MethodRun, start: _Reached, speedup: float, fraction: float, i
     """One target: planned from `start` for the rest of the way, recovered (longer the more of `start`'s parameters
     went), scored and recorded."""
     settings = _latency(run.config)
-
-    def estimate(module: nn.Module) -> float:
-        return run.evaluate(module, samples=SENSITIVITY_SAMPLES)
-
+    estimate = _estimator(run, start.module)
     pruned, _, plan = plan_for_speed(
         start.module,
         tuple(run.model.input_shape),
@@ -137,6 +138,15 @@ def _attempt(run: MethodRun, start: _Reached, speedup: float, fraction: float, i
         planned_from=start.speedup,
     )
     return reached
+
+
+def _estimator(run: MethodRun, module: nn.Module) -> Callable[[nn.Module], float]:
+    """The quick score of a block's removal or a group's thinning: the validation samples SCORE_MACS pays for at
+    `module`'s cost per sample, within SENSITIVITY_SAMPLES."""
+    fewest, most = SENSITIVITY_SAMPLES
+    macs = max(count_macs(module, tuple(run.model.input_shape)), 1)
+    samples = max(fewest, min(most, int(SCORE_MACS / macs)))
+    return lambda candidate: run.evaluate(candidate, samples=samples)
 
 
 def _targets(settings: LatencyPruning, config: CompressConfig) -> list[float]:
