@@ -169,6 +169,32 @@ def speed_headline() -> list[str]:
     return table(header, rows)
 
 
+BUDGET_LABELS = {
+    "resnet20": "ResNet-20 / Fashion-MNIST",
+    "resnet56": "ResNet-56 / Fashion-MNIST",
+}
+
+
+def budget_headline() -> list[str]:
+    """bench/speed_budget.py's rows: the fastest result each method kept within a 1-point budget, trying 1.5× to 6×
+    in turn (gradually, each step from its last result within the budget)."""
+    networks = json.loads((RESULTS / "speed_budget.json").read_text(encoding="utf-8"))["networks"]
+    rows = []
+    for name, label in BUDGET_LABELS.items():
+        if name in networks:
+            best = networks[name]["fastest_within_budget"]
+            sides = [_kept(best.get(side)) for side in ("ours", "torch_pruning")]
+            rows.append([label, cell(networks[name]["baseline"]["accuracy"]), *sides])
+    header = ["speed within 1 point (speed-up, points lost, MACs removed)", "baseline %", "Squeezer", "Torch-Pruning"]
+    return table(header, rows)
+
+
+def _kept(row: dict | None) -> str:
+    if row is None:
+        return "none within the budget"
+    return f"{row['speedup']:.2f}×, {cell(row['drop'])}, {row['macs_removed'] * 100:.0f} %"
+
+
 def benchmarks_md() -> str:
     lines = [
         "# Benchmarks",
@@ -182,6 +208,7 @@ def benchmarks_md() -> str:
         "",
         *headline(),
         *speed_headline(),
+        *budget_headline(),
     ]
     for path in sorted(RESULTS.glob("*.json")):
         lines += section(path)
@@ -193,7 +220,7 @@ def readme_with_headline(readme: str) -> str:
     _, end, after = rest.partition(HEADLINE_END)
     if not start or not end:
         raise SystemExit(f"README.md lacks the {HEADLINE_START} … {HEADLINE_END} block")
-    return before + start + "\n" + "\n".join([*headline(), *speed_headline()]) + "\n" + end + after
+    return before + start + "\n" + "\n".join([*headline(), *speed_headline(), *budget_headline()]) + "\n" + end + after
 
 
 def main() -> int:
