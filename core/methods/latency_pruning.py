@@ -4,8 +4,9 @@ against the latency table measured on the target runtime with `speed_target.thre
 from the baseline (filter's training settings), for longer the more the plan removed. Gradually (the default), each
 target is planned from the last result within the budget, so every step removes a little from a recovered model;
 otherwise each is planned from the baseline. Keeps the fastest result within the accuracy budget and stops at the
-first target past it. A checkpoint after each target holds the best model so far, packed as a .sqz, so a restarted
-job goes on from the next target (the latency tables are cached in the job's folder too)."""
+first target past it, after up to `refinements` targets between the two. A checkpoint after each target holds the
+best model so far, packed as a .sqz, so a restarted job goes on from the next target (the latency tables are cached
+in the job's folder too)."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from squeezer.core.methods.latency_table import Runtime
 from squeezer.core.methods.results import ChannelLayerState, MethodResult
 from squeezer.core.methods.speed import plan_for_speed
 
+# A refinement target less than this factor above the speed-up kept is not worth a recovery.
+MIN_REFINEMENT = 1.1
 _BEST_SQZ = "best.sqz"  # the checkpoint's tensor holding the best model so far, packed
 
 # Validation samples that score a block's removal or a group's thinning (an estimate before recovery, not the
@@ -64,8 +67,29 @@ def compress_latency(model, data, config: CompressConfig, **hooks: Unpack[Method
             best = reached if accepted else best
             _save(run, best, index, not accepted, fraction)
             if not accepted:
+                best = _refined(run, original, best, speedup, len(targets), fraction)
                 break
     return run.result(best.module, layer_states(run.base, best.module, best.blocks), best.accuracy)
+
+
+def _refined(
+    run: MethodRun, original: _Reached, best: _Reached, missed: float, seeds: int, fraction: float
+) -> _Reached:
+    """After a target past the budget: up to `filter.refinements` targets between the speed-up kept and the missed
+    one (geometric midpoints, each planned like a target), so one step too far does not end the walk where it
+    stood. Not resumed: a rerun keeps the best result checkpointed."""
+    gradual = _latency(run.config).gradual
+    for step in range(1, run.config.filter.refinements + 1):
+        midpoint = (best.speedup * missed) ** 0.5
+        if midpoint < best.speedup * MIN_REFINEMENT:
+            break
+        reached = _attempt(run, best if gradual else original, midpoint, fraction, seeds + step)
+        if run.within(reached.accuracy):
+            best = reached
+        else:
+            missed = midpoint
+        _save(run, best, seeds, True, fraction)
+    return best
 
 
 def _save(run: MethodRun, best: _Reached, tried: int, ended: bool, fraction: float) -> None:
