@@ -172,11 +172,13 @@ def speed_headline() -> list[str]:
 BUDGET_LABELS = {
     "resnet20": "ResNet-20 / Fashion-MNIST",
     "resnet56": "ResNet-56 / Fashion-MNIST",
+    "mobilenet_v2": "MobileNetV2 / Fashion-MNIST 32×32",
+    "unet-small": "U-Net / shapes 128×128 (pixel accuracy)",
 }
 
 
 def budget_headline() -> list[str]:
-    """bench/speed_budget.py's rows: the fastest result each method kept within a 1-point budget, trying 1.5× to 6×
+    """bench/speed_budget.py's rows: the fastest result each method kept within a 1-point budget, trying its targets
     in turn (gradually, each step from its last result within the budget)."""
     networks = json.loads((RESULTS / "speed_budget.json").read_text(encoding="utf-8"))["networks"]
     rows = []
