@@ -46,6 +46,7 @@ class _Reached:
     blocks: list[Block]
     channels: int  # channel groups' channels removed (core.methods.speed.SpeedPlan.removed_channels), all steps
     accuracy: float
+    packed: bytes = b""  # the model as a .sqz (the trial's and the checkpoint's); empty for the baseline
 
 
 def compress_latency(model, data, config: CompressConfig, **hooks: Unpack[MethodHooks]) -> MethodResult:
@@ -96,9 +97,8 @@ def _save(run: MethodRun, best: _Reached, tried: int, ended: bool, fraction: flo
     """A checkpoint after each target tried: the best model so far as a .sqz (unless it is the baseline), how many
     targets were tried and whether one left the budget."""
     tensors = {}
-    if best.module is not run.base:
-        packed = pack_sqz(with_architecture(run.model, best.module), [])
-        tensors[_BEST_SQZ] = torch.frombuffer(bytearray(packed), dtype=torch.uint8)
+    if best.packed:
+        tensors[_BEST_SQZ] = torch.frombuffer(bytearray(best.packed), dtype=torch.uint8)
     blocks = [[block.name, block.without_branch] for block in best.blocks]
     meta = {"tried": tried, "ended": ended, "speedup": best.speedup, "blocks": blocks, "channels": best.channels}
     run.save(tensors, meta | {"accuracy": best.accuracy}, fraction)
@@ -113,9 +113,10 @@ def _resumed(run: MethodRun, original: _Reached) -> tuple[_Reached, int, bool]:
     tensors, meta = saved
     best = original
     if _BEST_SQZ in tensors:
-        module = read_sqz(tensors[_BEST_SQZ].numpy().tobytes()).module.eval()
+        packed = tensors[_BEST_SQZ].numpy().tobytes()
         blocks = [Block(str(name), str(kind)) for name, kind in meta["blocks"]]
-        best = _Reached(module, float(meta["speedup"]), blocks, int(meta["channels"]), float(meta["accuracy"]))
+        speedup, channels, accuracy = float(meta["speedup"]), int(meta["channels"]), float(meta["accuracy"])
+        best = _Reached(read_sqz(packed).module.eval(), speedup, blocks, channels, accuracy, packed)
     return best, int(meta["tried"]), bool(meta["ended"])
 
 
@@ -145,10 +146,11 @@ def _attempt(run: MethodRun, start: _Reached, speedup: float, fraction: float, i
     epochs = run.config.filter.epochs_per_step
     run.train(pruned, epochs, seed, "prune", fraction, scale=1.0 + settings.recovery_scale * removed)
     blocks, channels = [*start.blocks, *plan.blocks], start.channels + plan.removed_channels
-    reached = _Reached(pruned, reaches, blocks, channels, run.evaluate(pruned))
+    packed = pack_sqz(with_architecture(run.model, pruned), [])
+    reached = _Reached(pruned, reaches, blocks, channels, run.evaluate(pruned), packed)
     run.record(
         "prune",
-        pack_sqz(with_architecture(run.model, pruned), []),
+        packed,
         layers=[block.name for block in blocks],
         accuracy=reached.accuracy,
         accepted=run.within(reached.accuracy),

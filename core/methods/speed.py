@@ -121,21 +121,21 @@ def _calibrated(
     return choice, timer.speedup(choice)
 
 
-@dataclass(frozen=True)
 class _Timer:
-    """What timing a channel choice against the input model needs."""
+    """What timing a channel choice against the input model needs; the input model is exported once."""
 
-    module: nn.Module
-    pruned: nn.Module  # the input model with its blocks removed, before any channel
-    graph: ChannelGraph
-    input_shape: tuple[int, ...]
-    runtime: Runtime
+    def __init__(
+        self, module: nn.Module, pruned: nn.Module, graph: ChannelGraph, input_shape: tuple[int, ...], runtime: Runtime
+    ):
+        self.baseline = module_onnx(module, input_shape)
+        self.pruned = pruned  # the input model with its blocks removed, before any channel
+        self.graph, self.input_shape, self.runtime = graph, input_shape, runtime
 
     def speedup(self, choice: Choice) -> float:
         """The input model's time over `choice`'s, A/B on the runtime (the median ratio, even within the noise)."""
         candidate = shrink(copy.deepcopy(self.pruned), self.graph, set(choice.removed))
         comparison = compare_onnx(
-            module_onnx(self.module, self.input_shape),
+            self.baseline,
             module_onnx(candidate, self.input_shape),
             self.input_shape,
             batch=self.runtime.batch,
