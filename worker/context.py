@@ -21,9 +21,8 @@ from squeezer.store.db import make_engine, make_session_factory
 from squeezer.store.settings import Settings
 
 # What a job's engine interpreter imports before its job arrives: the engine and what a job imports on its way (the
-# ONNX runtime it measures with, the ONNX converter, torch's exporter, the bundled samples' loader), about 2 s of a
-# tiny job otherwise.
-ENGINE_MODULES = ("squeezer.core.pipeline", "onnxruntime", "onnx2torch", "torch.onnx", "sklearn.datasets")
+# ONNX runtime it measures with, the ONNX converter, torch's exporter), about 2 s of a tiny job otherwise.
+ENGINE_MODULES = ("squeezer.core.pipeline", "onnxruntime", "onnx2torch", "torch.onnx")
 
 
 def new_worker_id() -> str:

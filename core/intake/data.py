@@ -37,6 +37,9 @@ from squeezer.core.intake.archives import is_archive, safe_extract
 from squeezer.core.intake.models import check_pending_parity
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+# UCI's optical handwritten digits (8×8, pixel values 0-16, 1,797 images; CC BY 4.0), as scikit-learn ships them:
+# bundled so the default sample costs no scikit-learn import (sample_data/README.md).
+DIGITS_FILE = Path(__file__).parent / "sample_data" / "digits.npz"
 # sample:shapes: enough images for a small U-Net to learn the two shapes in a few CPU epochs, and a validation split
 # large enough that one image moves pixel accuracy by little.
 SHAPES_TRAIN, SHAPES_VAL = 1000, 200
@@ -281,14 +284,13 @@ def _remove_tree(path: Path, owner: int) -> None:
 
 def _load_sample(name: str) -> Dataset:
     if name == "digits":
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        x = digits.images.astype(np.float32)[:, None] / 16.0
+        with np.load(DIGITS_FILE, allow_pickle=False) as digits:
+            x = digits["images"].astype(np.float32)[:, None] / 16.0
+            labels = digits["labels"].astype(np.int64)
         order = np.random.default_rng(0).permutation(len(x))
         split = int(0.8 * len(x))
         train, val = order[:split], order[split:]
-        return _build("sample:digits", x[train], digits.target[train], x[val], digits.target[val])
+        return _build("sample:digits", x[train], labels[train], x[val], labels[val])
     if name == "fashion-mnist":
         files = [
             "train-images-idx3-ubyte.gz",

@@ -1,3 +1,5 @@
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -29,6 +31,25 @@ def test_digits_sample_is_scaled_to_unit_range():
     data = load_dataset("sample:digits")
     assert data.input_shape == (1, 8, 8) and data.num_classes == 10
     assert 0 <= float(data.x_train[:].min()) and float(data.x_train[:].max()) <= 1
+
+
+def test_the_bundled_digits_are_scikit_learns_and_load_without_it(tmp_path):
+    from sklearn.datasets import load_digits
+
+    data = load_dataset("sample:digits")
+    reference = load_digits()
+    order = np.random.default_rng(0).permutation(len(reference.images))  # the split every figure was measured on
+    train, val = order[:1437], order[1437:]
+    assert np.array_equal(data.x_train[:].numpy()[:, 0] * 16, reference.images[train])
+    assert np.array_equal(data.x_val[:].numpy()[:, 0] * 16, reference.images[val])
+    assert np.array_equal(data.y_train.numpy(), reference.target[train])
+    assert np.array_equal(data.y_val.numpy(), reference.target[val])
+    probe = (
+        "import sys; from squeezer.core.intake.data import load_dataset; load_dataset('sample:digits'); "
+        "print('sklearn' in sys.modules)"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, check=True, capture_output=True, text=True)
+    assert loaded.stdout.strip() == "False"
 
 
 def test_npz_nhwc_uint8_becomes_scaled_nchw(tmp_path):
