@@ -1,11 +1,13 @@
 """Speed at an accuracy budget, ours against Torch-Pruning, as a user meets it: bench/speed.py prunes to one fixed
 target; here each method tries targets in increasing order, each planned from the trained baseline and recovered
 with the same epochs, rate and distillation, and keeps the fastest result within the budget (what filter.latency
-does in a job). Ours: core.methods.speed.plan_for_speed (blocks, then channels against the latency table); theirs:
-Torch-Pruning's group-norm pruner at the uniform ratio matching our MACs at the same target. The speed-up of each
-result is measured in onnxruntime (one thread, batch 1) against the baseline, A/B interleaved
-(core.measure.compare). Baselines train longer than bench/speed.py's (--epochs), so that a point of accuracy is
-more than run-to-run noise. Writes bench/results/speed_budget.json (a network's row replaces its earlier one).
+does in a job). A method's first target past the budget is followed by up to --refinements targets between it and
+what it kept (geometric midpoints, as filter.refinements in a job): ours in speed-up, Torch-Pruning in MACs.
+Ours: core.methods.speed.plan_for_speed (blocks, then channels against the latency table); theirs: Torch-Pruning's
+group-norm pruner at the uniform ratio matching our MACs at the same target. The speed-up of each result is
+measured in onnxruntime (one thread, batch 1) against the baseline, A/B interleaved (core.measure.compare).
+Baselines train longer than bench/speed.py's (--epochs), so that a point of accuracy is more than run-to-run noise.
+Writes bench/results/speed_budget.json (a network's row replaces its earlier one).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/speed_budget.py --only resnet20 --epochs 8 --recovery-epochs 3
 """
@@ -25,6 +27,7 @@ from speed import NETWORKS, run_and_write, torch_pruning_to_macs, train, workloa
 from squeezer.core.artifacts.onnx_export import module_onnx  # noqa: E402
 from squeezer.core.measure import count_macs, metric_function  # noqa: E402
 from squeezer.core.measure.compare import compare_onnx  # noqa: E402
+from squeezer.core.methods.latency_pruning import MIN_REFINEMENT  # noqa: E402
 from squeezer.core.methods.latency_table import Runtime  # noqa: E402
 from squeezer.core.methods.speed import plan_for_speed  # noqa: E402
 
@@ -34,14 +37,20 @@ RESULTS = "speed_budget"
 @dataclass
 class Lane:
     """One method's walk through the targets: where the next target starts (the last result within the budget when
-    gradual, else the baseline), with its speed-up over the baseline as the plans measured it (ours)."""
+    gradual, else the baseline), with its speed-up over the baseline as the plans measured it (ours); what it kept
+    within the budget and the first target it missed, in speed-up (ours) or MACs (Torch-Pruning)."""
 
     gradual: bool
     start: torch.nn.Module
+    kept: float
     sensitivity: bool = True  # ours: channels by measured sensitivity, else by importance alone
     reached: float = 1.0
-    within: bool = True
+    missed: float | None = None
     rows: list[dict] = field(default_factory=list)
+
+    @property
+    def within(self) -> bool:
+        return self.missed is None
 
 
 def _ours(lane: Lane, work, target: float, block_drop: float, score, baseline: float):
@@ -72,17 +81,51 @@ def _recovered(module, base, work, score, baseline_file: bytes) -> dict:
     }
 
 
-def _step(label: str, lane: Lane, module, reached: float, target: float, context) -> None:
+def _step(label: str, lane: Lane, module, reached: float, target: dict, context) -> bool:
     """Recovers and measures `module`, one lane's candidate for `target`; within the budget, a gradual lane goes on
-    from it."""
+    from it. Whether it kept within the budget."""
     base, work, score, baseline, baseline_file, budget = context
-    row = {"target": target} | _recovered(module, base, work, score, baseline_file)
+    row = target | _recovered(module, base, work, score, baseline_file)
     row["drop"] = round(baseline - row["accuracy"], 2)
-    lane.within = row["drop"] <= budget
     lane.rows.append(row)
-    if lane.within and lane.gradual:
+    within = row["drop"] <= budget
+    if within and lane.gradual:
         lane.start, lane.reached = module, reached
     print(f"[{time.strftime('%H:%M:%S')}] {label} {row}", flush=True)
+    return within
+
+
+def _ours_step(label: str, lane: Lane, pruned, reached: float, target: float, context, refinement=False) -> None:
+    if _step(label, lane, pruned, reached, {"target": round(target, 3), "refinement": refinement}, context):
+        lane.kept = reached
+    else:
+        lane.missed = target
+
+
+def _theirs_step(label: str, lane: Lane, macs: float, work, context, target: float | None = None) -> None:
+    """Torch-Pruning from the lane's start at the MACs given: ours at the same target, or a refinement's (no
+    target)."""
+    matched, _ = torch_pruning_to_macs(lane.start, work, int(macs))
+    row = {"target": target, "refinement": target is None, "target_macs": int(macs)}
+    if _step(label, lane, matched, 1.0, row, context):
+        lane.kept = count_macs(matched, work.input_shape)
+    else:
+        lane.missed = macs
+
+
+def _refine(label: str, lane: Lane, work, args, context) -> None:
+    """Up to --refinements targets between what the lane kept and what it missed, as filter.refinements does."""
+    ours, score, baseline = label.startswith("ours"), context[2], context[3]
+    for _ in range(args.refinements):
+        assert lane.missed is not None
+        midpoint = (lane.kept * lane.missed) ** 0.5
+        if (midpoint / lane.kept if ours else lane.kept / midpoint) < MIN_REFINEMENT:
+            return
+        if ours:
+            pruned, reached = _ours(lane, work, midpoint, args.block_drop, score, baseline)
+            _ours_step(f"{work.name} {label}", lane, pruned, reached, midpoint, context, refinement=True)
+        else:
+            _theirs_step(f"{work.name} {label}", lane, midpoint, work, context)
 
 
 def run_network(name: str, args) -> dict:
@@ -94,14 +137,15 @@ def run_network(name: str, args) -> dict:
     base = work.module.eval()
     baseline = score(base, work.x_val, work.y_val)
     context = (base, work, score, baseline, module_onnx(base, work.input_shape), args.budget)
+    base_macs = count_macs(base, work.input_shape)
     lanes = {
-        f"{side}{suffix}": Lane(gradual, base)
+        f"{side}{suffix}": Lane(gradual, base, 1.0 if side == "ours" else base_macs)
         for gradual, suffix in ((True, ""), (False, "_one_step"))
         if gradual or args.one_step
         for side in ("ours", "torch_pruning")
     }
     if args.importance_only:
-        lanes["ours_importance_only"] = Lane(True, base, sensitivity=False)
+        lanes["ours_importance_only"] = Lane(True, base, 1.0, sensitivity=False)
     for target in sorted(args.targets):
         for label, ours in [(label, lane) for label, lane in lanes.items() if label.startswith("ours")]:
             theirs = lanes.get(label.replace("ours", "torch_pruning"))
@@ -109,10 +153,13 @@ def run_network(name: str, args) -> dict:
                 continue
             pruned, reached = _ours(ours, work, target, args.block_drop, score, baseline)
             if theirs and theirs.within:  # Torch-Pruning's uniform ratio, from its own start, matched to our MACs
-                matched, _ = torch_pruning_to_macs(theirs.start, work, count_macs(pruned, work.input_shape))
-                _step(f"{name} {label.replace('ours', 'torch_pruning')}", theirs, matched, 1.0, target, context)
+                macs = count_macs(pruned, work.input_shape)
+                _theirs_step(f"{name} {label.replace('ours', 'torch_pruning')}", theirs, macs, work, context, target)
             if ours.within:
-                _step(f"{name} {label}", ours, pruned, reached, target, context)
+                _ours_step(f"{name} {label}", ours, pruned, reached, target, context)
+    for label, lane in lanes.items():
+        if not lane.within:
+            _refine(label, lane, work, args, context)
     best = {
         label: max((r for r in lane.rows if r["drop"] <= args.budget), key=lambda r: r["speedup"], default=None)
         for label, lane in lanes.items()
@@ -140,6 +187,9 @@ def main() -> None:
         "--importance-only",
         action="store_true",
         help="also run ours choosing channels by importance alone, without the measured sensitivity",
+    )
+    parser.add_argument(
+        "--refinements", type=int, default=2, help="targets between a miss and what was kept (filter.refinements)"
     )
     parser.add_argument("--block-drop", type=float, default=5.0, help="points a block's removal may cost unrecovered")
     args = parser.parse_args()
