@@ -44,6 +44,7 @@ class Lane:
     start: torch.nn.Module
     kept: float
     sensitivity: bool = True  # ours: channels by measured sensitivity, else by importance alone
+    depth: bool = True  # ours: residual blocks first where their removal costs little, else channels alone
     reached: float = 1.0
     missed: float | None = None
     rows: list[dict] = field(default_factory=list)
@@ -64,6 +65,7 @@ def _ours(lane: Lane, work, target: float, block_drop: float, score, baseline: f
         floor=baseline - block_drop,
         runtime=Runtime(threads=1),
         sensitivity=lane.sensitivity,
+        depth=lane.depth,
         calibrate=True,
     )
     return pruned, lane.reached * (plan.measured_speedup or plan.predicted_speedup)
@@ -146,6 +148,8 @@ def run_network(name: str, args) -> dict:
     }
     if args.importance_only:
         lanes["ours_importance_only"] = Lane(True, base, 1.0, sensitivity=False)
+    if args.channels_only:
+        lanes["ours_channels_only"] = Lane(True, base, 1.0, depth=False)
     for target in sorted(args.targets):
         for label, ours in [(label, lane) for label, lane in lanes.items() if label.startswith("ours")]:
             theirs = lanes.get(label.replace("ours", "torch_pruning"))
@@ -187,6 +191,9 @@ def main() -> None:
         "--importance-only",
         action="store_true",
         help="also run ours choosing channels by importance alone, without the measured sensitivity",
+    )
+    parser.add_argument(
+        "--channels-only", action="store_true", help="also run ours removing channels only, no residual block"
     )
     parser.add_argument(
         "--refinements", type=int, default=2, help="targets between a miss and what was kept (filter.refinements)"
