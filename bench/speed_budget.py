@@ -192,6 +192,7 @@ def main() -> None:
         action="store_true",
         help="also run ours choosing channels by importance alone, without the measured sensitivity",
     )
+    parser.add_argument("--results", default=RESULTS, help="results file name in bench/results (no .json)")
     parser.add_argument(
         "--channels-only", action="store_true", help="also run ours removing channels only, no residual block"
     )
@@ -201,7 +202,7 @@ def main() -> None:
     parser.add_argument("--block-drop", type=float, default=5.0, help="points a block's removal may cost unrecovered")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    run_and_write(RESULTS, args.only or ["resnet20"], lambda network: run_network(network, args), {})
+    run_and_write(args.results, args.only or ["resnet20"], lambda network: run_network(network, args), {})
 
 
 if __name__ == "__main__":
