@@ -27,7 +27,7 @@ from speed import NETWORKS, run_and_write, torch_pruning_to_macs, train, workloa
 from squeezer.core.artifacts.onnx_export import module_onnx  # noqa: E402
 from squeezer.core.measure import count_macs, metric_function  # noqa: E402
 from squeezer.core.measure.compare import compare_onnx  # noqa: E402
-from squeezer.core.methods.latency_pruning import MIN_REFINEMENT  # noqa: E402
+from squeezer.core.methods.latency_pruning import refinement_target  # noqa: E402
 from squeezer.core.methods.latency_table import Runtime  # noqa: E402
 from squeezer.core.methods.speed import plan_for_speed  # noqa: E402
 
@@ -38,11 +38,11 @@ RESULTS = "speed_budget"
 class Lane:
     """One method's walk through the targets: where the next target starts (the last result within the budget when
     gradual, else the baseline), with its speed-up over the baseline as the plans measured it (ours); what it kept
-    within the budget and the first target it missed, in speed-up (ours) or MACs (Torch-Pruning)."""
+    within the budget and the first target it missed, as a speed-up (ours) or a MACs reduction (Torch-Pruning)."""
 
     gradual: bool
     start: torch.nn.Module
-    kept: float
+    kept: float = 1.0
     sensitivity: bool = True  # ours: channels by measured sensitivity, else by importance alone
     depth: bool = True  # ours: residual blocks first where their removal costs little, else channels alone
     reached: float = 1.0
@@ -104,26 +104,28 @@ def _ours_step(label: str, lane: Lane, pruned, reached: float, target: float, co
         lane.missed = target
 
 
-def _theirs_step(label: str, lane: Lane, macs: float, work, context, target: float | None = None) -> None:
-    """Torch-Pruning from the lane's start at the MACs given: ours at the same target, or a refinement's (no
-    target)."""
-    matched, _ = torch_pruning_to_macs(lane.start, work, int(macs))
-    row = {"target": target, "refinement": target is None, "target_macs": int(macs)}
+def _theirs_step(label: str, lane: Lane, reduction: float, work, context, target: float | None = None) -> None:
+    """Torch-Pruning from the lane's start at the baseline's MACs over `reduction`: ours at the same target, or a
+    refinement's (no target)."""
+    base_macs = count_macs(context[0], work.input_shape)
+    macs = round(base_macs / reduction)
+    matched, _ = torch_pruning_to_macs(lane.start, work, macs)
+    row = {"target": target, "refinement": target is None, "target_macs": macs}
     if _step(label, lane, matched, 1.0, row, context):
-        lane.kept = count_macs(matched, work.input_shape)
+        lane.kept = base_macs / count_macs(matched, work.input_shape)
     else:
-        lane.missed = macs
+        lane.missed = reduction
 
 
 def _refine(label: str, lane: Lane, work, args, context) -> None:
     """Up to --refinements targets between what the lane kept and what it missed, as filter.refinements does."""
-    ours, score, baseline = label.startswith("ours"), context[2], context[3]
+    score, baseline = context[2], context[3]
     for _ in range(args.refinements):
         assert lane.missed is not None
-        midpoint = (lane.kept * lane.missed) ** 0.5
-        if (midpoint / lane.kept if ours else lane.kept / midpoint) < MIN_REFINEMENT:
+        midpoint = refinement_target(lane.kept, lane.missed)
+        if midpoint is None:
             return
-        if ours:
+        if label.startswith("ours"):
             pruned, reached = _ours(lane, work, midpoint, args.block_drop, score, baseline)
             _ours_step(f"{work.name} {label}", lane, pruned, reached, midpoint, context, refinement=True)
         else:
@@ -139,17 +141,16 @@ def run_network(name: str, args) -> dict:
     base = work.module.eval()
     baseline = score(base, work.x_val, work.y_val)
     context = (base, work, score, baseline, module_onnx(base, work.input_shape), args.budget)
-    base_macs = count_macs(base, work.input_shape)
     lanes = {
-        f"{side}{suffix}": Lane(gradual, base, 1.0 if side == "ours" else base_macs)
+        f"{side}{suffix}": Lane(gradual, base)
         for gradual, suffix in ((True, ""), (False, "_one_step"))
         if gradual or args.one_step
         for side in ("ours", "torch_pruning")
     }
     if args.importance_only:
-        lanes["ours_importance_only"] = Lane(True, base, 1.0, sensitivity=False)
+        lanes["ours_importance_only"] = Lane(True, base, sensitivity=False)
     if args.channels_only:
-        lanes["ours_channels_only"] = Lane(True, base, 1.0, depth=False)
+        lanes["ours_channels_only"] = Lane(True, base, depth=False)
     for target in sorted(args.targets):
         for label, ours in [(label, lane) for label, lane in lanes.items() if label.startswith("ours")]:
             theirs = lanes.get(label.replace("ours", "torch_pruning"))
@@ -157,8 +158,9 @@ def run_network(name: str, args) -> dict:
                 continue
             pruned, reached = _ours(ours, work, target, args.block_drop, score, baseline)
             if theirs and theirs.within:  # Torch-Pruning's uniform ratio, from its own start, matched to our MACs
-                macs = count_macs(pruned, work.input_shape)
-                _theirs_step(f"{name} {label.replace('ours', 'torch_pruning')}", theirs, macs, work, context, target)
+                reduction = count_macs(base, work.input_shape) / count_macs(pruned, work.input_shape)
+                theirs_label = f"{name} {label.replace('ours', 'torch_pruning')}"
+                _theirs_step(theirs_label, theirs, reduction, work, context, target)
             if ours.within:
                 _ours_step(f"{name} {label}", ours, pruned, reached, target, context)
     for label, lane in lanes.items():

@@ -81,8 +81,8 @@ def _refined(
     stood. Not resumed: a rerun keeps the best result checkpointed."""
     gradual = _latency(run.config).gradual
     for step in range(1, run.config.filter.refinements + 1):
-        midpoint = (best.speedup * missed) ** 0.5
-        if midpoint < best.speedup * MIN_REFINEMENT:
+        midpoint = refinement_target(best.speedup, missed)
+        if midpoint is None:
             break
         reached = _attempt(run, best if gradual else original, midpoint, fraction, seeds + step)
         if run.within(reached.accuracy):
@@ -91,6 +91,13 @@ def _refined(
             missed = midpoint
         _save(run, best, seeds, True, fraction)
     return best
+
+
+def refinement_target(kept: float, missed: float) -> float | None:
+    """The geometric midpoint between the speed-up kept and the one missed, or None where it lies less than
+    MIN_REFINEMENT above the speed-up kept."""
+    midpoint = (kept * missed) ** 0.5
+    return midpoint if midpoint >= kept * MIN_REFINEMENT else None
 
 
 def _save(run: MethodRun, best: _Reached, tried: int, ended: bool, fraction: float) -> None:
