@@ -78,7 +78,7 @@ def _fashion(train: int, val: int, pad_rgb: bool):
     return x_train, data.y_train[:train], x_val, data.y_val[:val]
 
 
-def workload(name: str, quick: bool, unet_size: int) -> Workload:
+def workload(name: str, quick: bool, unet_size: int, val_samples: int = 2000) -> Workload:
     torch.manual_seed(0)
     scale = 0.1 if quick else 1.0
     if name == "lenet5":
@@ -87,12 +87,12 @@ def workload(name: str, quick: bool, unet_size: int) -> Workload:
         x = _first(data.x_train, len(data.y_train))
         return Workload(name, module, (1, 8, 8), x, data.y_train, data.x_val, data.y_val, "top1", 40, 10, 0.05)
     if name in ("resnet20", "resnet56"):
-        x, y, xv, yv = _fashion(int(5000 * scale), 2000 if not quick else 500, pad_rgb=False)
+        x, y, xv, yv = _fashion(int(5000 * scale), val_samples if not quick else 500, pad_rgb=False)
         module = build_architecture(name, {"in_channels": 1, "input_size": 28})
         epochs = 1 if quick or name == "resnet56" else 2
         return Workload(name, module, (1, 28, 28), x, y, xv, yv, "top1", epochs, epochs, 0.05)
     if name == "mobilenet_v2":
-        x, y, xv, yv = _fashion(int(5000 * scale), 2000 if not quick else 500, pad_rgb=True)
+        x, y, xv, yv = _fashion(int(5000 * scale), val_samples if not quick else 500, pad_rgb=True)
         module = models.mobilenet_v2(weights=None, num_classes=10)
         epochs = 1 if quick else 2
         return Workload(name, module, (3, 32, 32), x, y, xv, yv, "top1", epochs, epochs, 0.05)

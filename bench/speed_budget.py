@@ -133,7 +133,7 @@ def _refine(label: str, lane: Lane, work, args, context) -> None:
 
 
 def run_network(name: str, args) -> dict:
-    work = workload(name, False, 128)
+    work = workload(name, False, args.unet_size, args.val_samples)
     work = dataclasses.replace(work, epochs=args.epochs, recovery_epochs=args.recovery_epochs)
     score = metric_function(work.metric)
     print(f"[{time.strftime('%H:%M:%S')}] {name}: training the baseline ({work.epochs} epochs)", flush=True)
@@ -202,6 +202,10 @@ def main() -> None:
         "--refinements", type=int, default=2, help="targets between a miss and what was kept (filter.refinements)"
     )
     parser.add_argument("--block-drop", type=float, default=5.0, help="points a block's removal may cost unrecovered")
+    parser.add_argument("--unet-size", type=int, default=128, help="the U-Net's input side (a multiple of 4)")
+    parser.add_argument(
+        "--val-samples", type=int, default=2000, help="Fashion-MNIST test images judging the budget (≤ 10,000)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     run_and_write(args.results, args.only or ["resnet20"], lambda network: run_network(network, args), {})

@@ -305,7 +305,8 @@ class LatencyPruning(_Strict):
         max_length=MAX_GRID_LEVELS,
         each=SPEEDUP_ITEM,
         description="Speed-ups over the baseline tried in increasing order, each plan timed on the target runtime "
-        "and made once more when it misses by over 10 %; the fastest result within the budget is kept.",
+        "and made again (up to three plans) while it misses by over 10 %; the fastest result within the budget is "
+        "kept.",
     )
     depth: bool = Field(True, description="Remove whole identity-shortcut residual blocks first.")
     gradual: bool = Field(

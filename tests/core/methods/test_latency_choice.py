@@ -24,6 +24,7 @@ from squeezer.core.methods.latency_table import (
     latency_table,
 )
 from squeezer.core.methods.sensitivity import Sensitivity, measure_sensitivity, measured_counts
+from squeezer.core.methods.speed import CALIBRATION_PLANS, CALIBRATION_TOLERANCE, _calibrated
 
 SHAPE = (3, 16, 16)
 
@@ -128,6 +129,50 @@ def test_choice_follows_importance_and_stops_at_the_floor():
     kept_half = choose_channels(graph, table, scores, target_ms=0.0, min_keep=0.5)
     for key, count in kept_half.kept.items():
         assert count == min(c for c in allowed_counts(len(groups[key])) if c >= 0.5 * len(groups[key]))
+
+
+def _calibration_setup():
+    module = build_architecture("resnet20", {}).eval()
+    shape = (3, 32, 32)
+    graph = trace(module, shape)
+    table, scores = _fixed_table(module, shape), group_norm_scores(module, graph)
+    before = choose_channels(graph, table, scores, float("inf")).before_ms
+
+    def choose(target_ms: float):
+        return choose_channels(graph, table, scores, target_ms)
+
+    return choose, before
+
+
+def test_calibration_re_aims_a_plan_that_misses_until_one_lands_within_the_tolerance():
+    """A runtime whose speed-up grows faster than the table predicts: the first plan overshoots by over 10 %, a
+    re-aimed one lands within it and is kept."""
+    choose, before = _calibration_setup()
+    measured = []
+
+    def runtime(choice) -> float:
+        measured.append((choice.before_ms / choice.after_ms) ** 1.5)
+        return measured[-1]
+
+    first = choose(before / 2.0)
+    choice, speedup = _calibrated(choose, first, runtime, 2.0)
+    assert measured[0] / 2.0 > CALIBRATION_TOLERANCE and 1 < len(measured) <= CALIBRATION_PLANS
+    assert max(speedup / 2.0, 2.0 / speedup) <= CALIBRATION_TOLERANCE
+    assert speedup == measured[-1] and choice.after_ms > first.after_ms
+
+
+def test_calibration_keeps_the_plan_closest_to_its_target_when_none_lands():
+    choose, before = _calibration_setup()
+    readings = iter([3.0, 1.2, 2.5])  # a noisy runtime: every plan misses, the last by the least
+    plans = []
+
+    def runtime(choice) -> float:
+        plans.append(choice)
+        return next(readings)
+
+    choice, speedup = _calibrated(choose, choose(before / 2.0), runtime, 2.0)
+    assert len(plans) == CALIBRATION_PLANS
+    assert speedup == 2.5 and choice == plans[2]
 
 
 def test_measured_sensitivity_steers_the_choice_away_from_a_group_it_rates_costly():
