@@ -25,13 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import NETWORKS, run_and_write, torch_pruning_to_macs, train, workload  # noqa: E402
 
 from squeezer.core.artifacts.onnx_export import module_onnx  # noqa: E402
+from squeezer.core.config import LatencyPruning  # noqa: E402
 from squeezer.core.measure import count_macs, metric_function  # noqa: E402
 from squeezer.core.measure.compare import compare_onnx  # noqa: E402
-from squeezer.core.methods.latency_pruning import refinement_target  # noqa: E402
+from squeezer.core.methods.latency_pruning import producer_widths, refinement_target  # noqa: E402
 from squeezer.core.methods.latency_table import Runtime  # noqa: E402
 from squeezer.core.methods.speed import plan_for_speed  # noqa: E402
 
 RESULTS = "speed_budget"
+LATENCY_DEFAULTS = LatencyPruning()  # a job's filter.latency defaults
 
 
 @dataclass
@@ -64,6 +66,9 @@ def _ours(lane: Lane, work, target: float, block_drop: float, score, baseline: f
         score=lambda m: score(m, work.x_val[:500], work.y_val[:500]),
         floor=baseline - block_drop,
         runtime=Runtime(threads=1),
+        min_keep=LATENCY_DEFAULTS.min_keep,
+        widths=producer_widths(work.module),
+        step_keep=LATENCY_DEFAULTS.step_keep,
         sensitivity=lane.sensitivity,
         depth=lane.depth,
         calibrate=True,

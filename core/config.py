@@ -317,7 +317,15 @@ class LatencyPruning(_Strict):
     block_drop: float = bounded(
         5.0, "Points a residual block's removal may cost before recovery (measured per block).", ge=0, le=100
     )
-    min_keep: float = bounded(0.25, "Share of each channel group always kept.", gt=0, le=1)
+    min_keep: float = bounded(
+        0.25, "Share of each channel group's channels in the input model always kept, over all steps.", gt=0, le=1
+    )
+    step_keep: float = bounded(
+        0.5,
+        "Share of each channel group's channels one step always keeps: a step thins many groups a little.",
+        ge=0,
+        le=1,
+    )
     recovery_scale: float = bounded(
         2.0, "Recovery trains 1 + this × the share of parameters removed times epochs_per_step.", ge=0, le=100
     )

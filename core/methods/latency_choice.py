@@ -9,6 +9,7 @@ Given the same graph, table and scores the choice is the same: the data decide i
 first in sorted order.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 from squeezer.core.graph import ChannelGraph
 from squeezer.core.graph.dependency import TRANSPOSED, producer
 from squeezer.core.methods.latency_table import LatencyTable, allowed_counts
-from squeezer.core.methods.sensitivity import Sensitivity
+from squeezer.core.methods.sensitivity import Sensitivity, least_kept
 
 # Points a step costs per unit of the importance it removes, beside its measured points: among steps a curve rates
 # as free, the least important channels still go first.
@@ -72,20 +73,28 @@ def choose_channels(
     target_ms: float,
     min_keep: float = 0.25,
     sensitivity: dict[str, Sensitivity] | None = None,
+    widths: Mapping[str, int] | None = None,
+    step_keep: float = 0.0,
 ) -> Choice:
     """Removes channel classes until the predicted convolution time is at most `target_ms` or no step saves time.
     `scores` gives each removable class's importance (comparable across groups), `sensitivity` each group's points
     lost by kept count; a group always keeps at least the smallest allowed count that holds `min_keep` of its
-    channels (a layer cut to one channel loses what no recovery brings back: six points on LeNet-5)."""
+    channels (a layer cut to one channel loses what no recovery brings back: six points on LeNet-5), counted in
+    `widths` (a group's width in the model a walk of plans started from, by its key) where given, so that steps
+    planned one after another do not compound their floors; and at least `step_keep` of its channels now, so one
+    step thins many groups a little rather than a few to their floor."""
     estimate = _Estimate(graph, table)
     groups = dict(sorted(graph.channel_groups().items()))
     order = {key: sorted(roots, key=lambda r: (scores[r], r)) for key, roots in groups.items()}
     kept = {key: len(roots) for key, roots in groups.items()}
+    floors = {
+        key: least_kept(len(roots), min_keep, (widths or {}).get(key), step_keep) for key, roots in groups.items()
+    }
     touching = {key: estimate.touching(roots) for key, roots in groups.items()}
     removed: set[int] = set()
     before = current = estimate.total(removed)
     while current > target_ms:
-        step = _best_step(estimate, order, kept, touching, removed, _Cost(scores, sensitivity), min_keep)
+        step = _best_step(estimate, order, kept, touching, removed, _Cost(scores, sensitivity), floors)
         if step is None:
             break
         key, count, saved = step
@@ -110,13 +119,13 @@ class _Cost:
         return curve.drop(count) - curve.drop(kept) + IMPORTANCE_POINTS * importance
 
 
-def _best_step(estimate, order, kept, touching, removed, cost, min_keep) -> tuple[str, int, float] | None:
+def _best_step(estimate, order, kept, touching, removed, cost, floors) -> tuple[str, int, float] | None:
     """The (group, new kept count, ms saved) that costs least per millisecond saved."""
     best: tuple[float, str, int, float] | None = None
     for key, roots in order.items():
         now = sum(estimate.layer(name, removed) for name in touching[key])
         for count in allowed_counts(len(roots)):
-            if count < min_keep * len(roots):
+            if count < floors[key]:
                 continue
             if count >= kept[key]:
                 break

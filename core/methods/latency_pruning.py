@@ -141,6 +141,8 @@ def _attempt(run: MethodRun, start: _Reached, speedup: float, fraction: float, i
         runtime=Runtime(threads=run.config.speed_target.threads),
         cache_dir=run.checkpoint_dir,
         min_keep=settings.min_keep,
+        widths=producer_widths(run.base),
+        step_keep=settings.step_keep,
         depth=settings.depth,
         calibrate=True,
     )
@@ -192,6 +194,11 @@ def _targets(settings: LatencyPruning, config: CompressConfig) -> list[float]:
 def _latency(config: CompressConfig) -> LatencyPruning:
     assert config.filter.latency is not None, "filter runs latency-aware only with filter.latency set"
     return config.filter.latency
+
+
+def producer_widths(module: nn.Module) -> dict[str, int]:
+    """Each convolution's and linear layer's output channels: what a walk of plans counts `min_keep` in."""
+    return {name: width(layer) for name, layer in module.named_modules() if isinstance(layer, PRODUCERS)}
 
 
 def _parameters(module: nn.Module) -> int:

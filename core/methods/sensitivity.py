@@ -9,7 +9,7 @@ interpolation between its measured counts.
 
 import copy
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from torch import nn
@@ -42,11 +42,19 @@ class Sensitivity:
         return self.drops[index - 1] + share * (self.drops[index] - self.drops[index - 1])
 
 
-def measured_counts(full: int, min_keep: float) -> list[int]:
+def least_kept(full: int, min_keep: float, reference: int | None = None, step_keep: float = 0.0) -> float:
+    """The fewest channels a group of `full` may keep: `min_keep` of it (of `reference` channels where given: its
+    width where a walk of plans started, so steps do not compound the floor) and `step_keep` of it (one step thins
+    it by at most the rest)."""
+    return max(min_keep * (reference or full), step_keep * full)
+
+
+def measured_counts(full: int, min_keep: float, reference: int | None = None, step_keep: float = 0.0) -> list[int]:
     """The kept counts measured for a group of `full` channels: the allowed count at or above each share, no fewer
-    than `min_keep` of the group, descending."""
+    than `least_kept`, descending."""
     allowed = allowed_counts(full)
-    floor = next(count for count in allowed if count >= min_keep * full or count == full)
+    least = least_kept(full, min_keep, reference, step_keep)
+    floor = next(count for count in allowed if count >= least or count == full)
     counts = {next(c for c in allowed if c >= max(share * full, floor)) for share in KEPT_SHARES}
     return sorted(counts - {full}, reverse=True)
 
@@ -57,14 +65,17 @@ def measure_sensitivity(
     scores: dict[int, float],
     score: Callable[[nn.Module], float],
     min_keep: float,
+    widths: Mapping[str, int] | None = None,
+    step_keep: float = 0.0,
 ) -> dict[str, Sensitivity]:
     """Each channel group's curve of points lost against channels kept, the least important channels (by `scores`)
-    removed first; `score` rates a module (higher is better)."""
+    removed first, down to `least_kept` (`widths`: each group's width where a walk started, by key); `score` rates
+    a module (higher is better)."""
     reference = score(module)
     curves = {}
     for key, roots in sorted(graph.channel_groups().items()):
         order = sorted(roots, key=lambda root: (scores[root], root))
-        counts = measured_counts(len(roots), min_keep)
+        counts = measured_counts(len(roots), min_keep, (widths or {}).get(key), step_keep)
         drops: list[float] = []
         for count in counts:
             thinned = copy.deepcopy(module)

@@ -5,7 +5,7 @@ score per millisecond (core.methods.depth), then channels per group by measured 
 """
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +71,8 @@ def plan_for_speed(
     runtime: Runtime = Runtime(),
     cache_dir: Path | None = None,
     min_keep: float = 0.25,
+    widths: Mapping[str, int] | None = None,
+    step_keep: float = 0.0,
     depth: bool = True,
     sensitivity: bool = True,
     calibrate: bool = False,
@@ -79,9 +81,10 @@ def plan_for_speed(
     graph it was shrunk on. With `score`, residual blocks whose removal keeps the score at least `floor` (measured
     before any recovery) go first (unless not `depth`), and channels are chosen by each group's measured
     sensitivity (unless not `sensitivity`: by importance alone); they make up the rest, each group keeping at least
-    `min_keep` of its own. `calibrate`: the pruned model is timed against `module` on `runtime`, and a plan whose
-    speed-up misses `speedup` by more than CALIBRATION_TOLERANCE is made again, aimed by the measured ratio, and
-    the closest of CALIBRATION_PLANS is kept."""
+    `min_keep` of its own (of its width in `widths`, by group key, where given) and `step_keep` of
+    its channels now. `calibrate`: the pruned model is
+    timed against `module` on `runtime`, and a plan whose speed-up misses `speedup` by more than
+    CALIBRATION_TOLERANCE is made again, aimed by the measured ratio, and the closest of CALIBRATION_PLANS is kept."""
     graph = trace(module, input_shape)
     table = latency_table(module, input_shape, runtime, graph=graph, cache_dir=cache_dir)
     before = convolution_ms(table)
@@ -99,10 +102,10 @@ def plan_for_speed(
     scores = group_norm_scores(pruned, graph)
     curves = None
     if score is not None and sensitivity:
-        curves = measure_sensitivity(pruned, graph, scores, score, min_keep)
+        curves = measure_sensitivity(pruned, graph, scores, score, min_keep, widths, step_keep)
 
     def choose(target_ms: float) -> Choice:
-        return choose_channels(graph, table, scores, target_ms, min_keep, curves)
+        return choose_channels(graph, table, scores, target_ms, min_keep, curves, widths, step_keep)
 
     choice, measured = choose(target), None
     if calibrate:

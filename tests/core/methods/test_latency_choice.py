@@ -131,6 +131,37 @@ def test_choice_follows_importance_and_stops_at_the_floor():
         assert count == min(c for c in allowed_counts(len(groups[key])) if c >= 0.5 * len(groups[key]))
 
 
+def test_a_walk_of_plans_counts_the_floor_in_the_widths_it_started_from():
+    """A second plan from a model already thinned to its floor removes nothing more when the floor is counted in
+    the first model's widths; counted in its own, it would halve every group again."""
+    module = build_architecture("resnet20", {}).eval()
+    shape = (3, 32, 32)
+    graph = trace(module, shape)
+    widths = {key: len(roots) for key, roots in graph.channel_groups().items()}
+    first = choose_channels(graph, _fixed_table(module, shape), group_norm_scores(module, graph), 0.0, min_keep=0.5)
+    thinned = shrink(copy.deepcopy(module), graph, set(first.removed)).eval()
+    graph = trace(thinned, shape)
+    table, scores = _fixed_table(thinned, shape), group_norm_scores(thinned, graph)
+    assert set(graph.channel_groups()) == set(widths)
+    assert not choose_channels(graph, table, scores, 0.0, min_keep=0.5, widths=widths).removed
+    again = choose_channels(graph, table, scores, 0.0, min_keep=0.5)
+    assert any(count < first.kept[key] for key, count in again.kept.items())
+
+
+def test_one_step_thins_each_group_by_at_most_its_step_share():
+    """With `step_keep`, a step that cannot meet its target stops where every group keeps that share of its
+    channels, and its sensitivity is measured no further."""
+    module = build_architecture("resnet20", {}).eval()
+    shape = (3, 32, 32)
+    graph = trace(module, shape)
+    groups = graph.channel_groups()
+    step = choose_channels(graph, _fixed_table(module, shape), group_norm_scores(module, graph), 0.0, step_keep=0.5)
+    assert all(2 * count >= len(groups[key]) for key, count in step.kept.items())
+    assert any(count < len(groups[key]) for key, count in step.kept.items())
+    assert measured_counts(64, 0.25, step_keep=0.5) == [48, 32]
+    assert measured_counts(48, 0.25) == [32, 16] and measured_counts(48, 0.25, reference=128) == [32]
+
+
 def _calibration_setup():
     module = build_architecture("resnet20", {}).eval()
     shape = (3, 32, 32)
@@ -201,6 +232,7 @@ def test_measured_sensitivity_steers_the_choice_away_from_a_group_it_rates_costl
 
 
 def test_sensitivity_is_measured_per_group_and_never_falls_as_a_group_thins():
+    torch.manual_seed(0)  # the weights, so the outcome does not hang on the tests run before
     module = build_architecture("resnet20", {"in_channels": 1, "input_size": 8}).eval()
     shape = (1, 8, 8)
     graph = trace(module, shape)

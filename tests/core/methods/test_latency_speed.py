@@ -153,7 +153,7 @@ def test_a_target_past_the_budget_is_followed_by_one_between_it_and_the_speedup_
             epochs_per_step=1,
             min_steps_per_stage=30,
             refinements=1,
-            latency=LatencyPruning(speedups=[1.3, 30.0], min_keep=0.05, depth=False),
+            latency=LatencyPruning(speedups=[1.3, 30.0], min_keep=0.05, step_keep=0.0, depth=False),
         ),
     )
     events = []
