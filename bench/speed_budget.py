@@ -16,13 +16,14 @@ import argparse
 import dataclasses
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import NETWORKS, run_and_write, torch_pruning_to_macs, train, workload  # noqa: E402
+from speed import NETWORKS, Workload, run_and_write, torch_pruning_to_macs, train, workload  # noqa: E402
 
 from squeezer.core.artifacts.onnx_export import module_onnx  # noqa: E402
 from squeezer.core.config import LatencyPruning  # noqa: E402
@@ -76,10 +77,24 @@ def _ours(lane: Lane, work, target: float, block_drop: float, score, baseline: f
     return pruned, lane.reached * (plan.measured_speedup or plan.predicted_speedup)
 
 
-def _recovered(module, base, work, score, baseline_file: bytes) -> dict:
-    train(module, work, work.recovery_epochs, seed=1, teacher=base)
+@dataclass(frozen=True)
+class Context:
+    """What every step of one network's run shares: the trained baseline, its score and exported file."""
+
+    base: torch.nn.Module
+    work: Workload
+    score: Callable[..., float]  # (module, x, y) -> the metric
+    baseline: float
+    baseline_file: bytes
+    budget: float
+    seed: int  # the baseline trains with it, each recovery with it + 1
+
+
+def _recovered(module, context: Context) -> dict:
+    base, work, score = context.base, context.work, context.score
+    train(module, work, work.recovery_epochs, seed=context.seed + 1, teacher=base)
     accuracy = score(module.eval(), work.x_val, work.y_val)
-    comparison = compare_onnx(baseline_file, module_onnx(module, work.input_shape), work.input_shape, batch=1)
+    comparison = compare_onnx(context.baseline_file, module_onnx(module, work.input_shape), work.input_shape, batch=1)
     return {
         "accuracy": round(accuracy, 2),
         "macs_removed": round(1 - count_macs(module, work.input_shape) / count_macs(base, work.input_shape), 4),
@@ -88,14 +103,13 @@ def _recovered(module, base, work, score, baseline_file: bytes) -> dict:
     }
 
 
-def _step(label: str, lane: Lane, module, reached: float, target: dict, context) -> bool:
+def _step(label: str, lane: Lane, module, reached: float, target: dict, context: Context) -> bool:
     """Recovers and measures `module`, one lane's candidate for `target`; within the budget, a gradual lane goes on
     from it. Whether it kept within the budget."""
-    base, work, score, baseline, baseline_file, budget = context
-    row = target | _recovered(module, base, work, score, baseline_file)
-    row["drop"] = round(baseline - row["accuracy"], 2)
+    row = target | _recovered(module, context)
+    row["drop"] = round(context.baseline - row["accuracy"], 2)
     lane.rows.append(row)
-    within = row["drop"] <= budget
+    within = row["drop"] <= context.budget
     if within and lane.gradual:
         lane.start, lane.reached = module, reached
     print(f"[{time.strftime('%H:%M:%S')}] {label} {row}", flush=True)
@@ -112,7 +126,7 @@ def _ours_step(label: str, lane: Lane, pruned, reached: float, target: float, co
 def _theirs_step(label: str, lane: Lane, reduction: float, work, context, target: float | None = None) -> None:
     """Torch-Pruning from the lane's start at the baseline's MACs over `reduction`: ours at the same target, or a
     refinement's (no target)."""
-    base_macs = count_macs(context[0], work.input_shape)
+    base_macs = count_macs(context.base, work.input_shape)
     macs = round(base_macs / reduction)
     matched, _ = torch_pruning_to_macs(lane.start, work, macs)
     row = {"target": target, "refinement": target is None, "target_macs": macs}
@@ -124,7 +138,7 @@ def _theirs_step(label: str, lane: Lane, reduction: float, work, context, target
 
 def _refine(label: str, lane: Lane, work, args, context) -> None:
     """Up to --refinements targets between what the lane kept and what it missed, as filter.refinements does."""
-    score, baseline = context[2], context[3]
+    score, baseline = context.score, context.baseline
     for _ in range(args.refinements):
         assert lane.missed is not None
         midpoint = refinement_target(lane.kept, lane.missed)
@@ -142,10 +156,10 @@ def run_network(name: str, args) -> dict:
     work = dataclasses.replace(work, epochs=args.epochs, recovery_epochs=args.recovery_epochs)
     score = metric_function(work.metric)
     print(f"[{time.strftime('%H:%M:%S')}] {name}: training the baseline ({work.epochs} epochs)", flush=True)
-    train(work.module, work, work.epochs, seed=0)
+    train(work.module, work, work.epochs, seed=args.seed)
     base = work.module.eval()
     baseline = score(base, work.x_val, work.y_val)
-    context = (base, work, score, baseline, module_onnx(base, work.input_shape), args.budget)
+    context = Context(base, work, score, baseline, module_onnx(base, work.input_shape), args.budget, args.seed)
     lanes = {
         f"{side}{suffix}": Lane(gradual, base)
         for gradual, suffix in ((True, ""), (False, "_one_step"))
@@ -207,6 +221,7 @@ def main() -> None:
         "--refinements", type=int, default=2, help="targets between a miss and what was kept (filter.refinements)"
     )
     parser.add_argument("--block-drop", type=float, default=5.0, help="points a block's removal may cost unrecovered")
+    parser.add_argument("--seed", type=int, default=0, help="the baseline's training seed (each recovery's: + 1)")
     parser.add_argument("--unet-size", type=int, default=128, help="the U-Net's input side (a multiple of 4)")
     parser.add_argument(
         "--val-samples", type=int, default=2000, help="Fashion-MNIST test images judging the budget (≤ 10,000)"
