@@ -7,6 +7,8 @@ Ours: core.methods.speed.plan_for_speed (blocks, then channels against the laten
 group-norm pruner at the uniform ratio matching our MACs at the same target. The speed-up of each result is
 measured in onnxruntime (one thread, batch 1) against the baseline, A/B interleaved (core.measure.compare).
 Baselines train longer than bench/speed.py's (--epochs), so that a point of accuracy is more than run-to-run noise.
+Each recovery peaks at a job's default learning rate (--recovery-lr, filter.lr's 0.01); rows without `recovery_lr`
+recovered at the baseline's own 0.05, which costs a well-trained baseline about a point by itself.
 Writes bench/results/speed_budget.json (a network's row replaces its earlier one).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/speed_budget.py --only resnet20 --epochs 8 --recovery-epochs 3
@@ -26,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import NETWORKS, Workload, run_and_write, torch_pruning_to_macs, train, workload  # noqa: E402
 
 from squeezer.core.artifacts.onnx_export import module_onnx  # noqa: E402
-from squeezer.core.config import LatencyPruning  # noqa: E402
+from squeezer.core.config import LatencyPruning, StructuredTraining  # noqa: E402
 from squeezer.core.measure import count_macs, metric_function  # noqa: E402
 from squeezer.core.measure.compare import compare_onnx  # noqa: E402
 from squeezer.core.methods.latency_pruning import producer_widths, refinement_target  # noqa: E402
@@ -88,11 +90,13 @@ class Context:
     baseline_file: bytes
     budget: float
     seed: int  # the baseline trains with it, each recovery with it + 1
+    recovery_lr: float
 
 
 def _recovered(module, context: Context) -> dict:
     base, work, score = context.base, context.work, context.score
-    train(module, work, work.recovery_epochs, seed=context.seed + 1, teacher=base)
+    recovery = dataclasses.replace(work, lr=context.recovery_lr)
+    train(module, recovery, work.recovery_epochs, seed=context.seed + 1, teacher=base)
     accuracy = score(module.eval(), work.x_val, work.y_val)
     comparison = compare_onnx(context.baseline_file, module_onnx(module, work.input_shape), work.input_shape, batch=1)
     return {
@@ -159,7 +163,8 @@ def run_network(name: str, args) -> dict:
     train(work.module, work, work.epochs, seed=args.seed)
     base = work.module.eval()
     baseline = score(base, work.x_val, work.y_val)
-    context = Context(base, work, score, baseline, module_onnx(base, work.input_shape), args.budget, args.seed)
+    baseline_file = module_onnx(base, work.input_shape)
+    context = Context(base, work, score, baseline, baseline_file, args.budget, args.seed, args.recovery_lr)
     lanes = {
         f"{side}{suffix}": Lane(gradual, base)
         for gradual, suffix in ((True, ""), (False, "_one_step"))
@@ -193,6 +198,7 @@ def run_network(name: str, args) -> dict:
         "baseline": {"accuracy": round(baseline, 2), "epochs": work.epochs},
         "budget_points": args.budget,
         "recovery_epochs": work.recovery_epochs,
+        "recovery_lr": args.recovery_lr,
         "fastest_within_budget": best,
         "tried": {label: lane.rows for label, lane in lanes.items()},
     }
@@ -221,6 +227,12 @@ def main() -> None:
         "--refinements", type=int, default=2, help="targets between a miss and what was kept (filter.refinements)"
     )
     parser.add_argument("--block-drop", type=float, default=5.0, help="points a block's removal may cost unrecovered")
+    parser.add_argument(
+        "--recovery-lr",
+        type=float,
+        default=StructuredTraining().lr,
+        help="each recovery's peak learning rate (cosine to zero); default a job's (filter.lr)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="the baseline's training seed (each recovery's: + 1)")
     parser.add_argument("--unet-size", type=int, default=128, help="the U-Net's input side (a multiple of 4)")
     parser.add_argument(
