@@ -8,7 +8,7 @@ group-norm pruner at the uniform ratio matching our MACs at the same target. The
 measured in onnxruntime (one thread, batch 1) against the baseline, A/B interleaved (core.measure.compare).
 Baselines train longer than bench/speed.py's (--epochs), so that a point of accuracy is more than run-to-run noise.
 Each recovery peaks at a job's default learning rate (--recovery-lr, filter.lr's 0.01); rows without `recovery_lr`
-recovered at the baseline's own 0.05, which costs a well-trained baseline about a point by itself.
+recovered at the baseline's own 0.05.
 Writes bench/results/speed_budget.json (a network's row replaces its earlier one).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/speed_budget.py --only resnet20 --epochs 8 --recovery-epochs 3
