@@ -169,20 +169,24 @@ def speed_headline() -> list[str]:
     return table(header, rows)
 
 
-BUDGET_LABELS = {
-    "resnet20": "ResNet-20 / Fashion-MNIST",
-    "resnet56": "ResNet-56 / Fashion-MNIST",
-    "mobilenet_v2": "MobileNetV2 / Fashion-MNIST 32×32",
-    "unet-small": "U-Net / shapes 128×128 (pixel accuracy)",
-}
+# (result file, network, label): bench/speed_budget.py's rows in the headline, each from the file its run wrote.
+BUDGET_SOURCES = (
+    ("speed_budget", "resnet20", "ResNet-20 / Fashion-MNIST"),
+    ("speed_budget", "resnet56", "ResNet-56 / Fashion-MNIST"),
+    ("speed_budget_resnet56_seed1_lr", "resnet56", "ResNet-56 / Fashion-MNIST, seed 1"),
+    ("speed_budget", "mobilenet_v2", "MobileNetV2 / Fashion-MNIST 32×32"),
+    ("speed_budget", "unet-small", "U-Net / shapes 128×128 (pixel accuracy)"),
+    ("speed_budget_unet256", "unet-small", "U-Net / shapes 256×256 (pixel accuracy)"),
+)
 
 
 def budget_headline() -> list[str]:
     """bench/speed_budget.py's rows: the fastest result each method kept within a 1-point budget, trying its targets
     in turn (gradually, each step from its last result within the budget)."""
-    networks = json.loads((RESULTS / "speed_budget.json").read_text(encoding="utf-8"))["networks"]
     rows = []
-    for name, label in BUDGET_LABELS.items():
+    for results, name, label in BUDGET_SOURCES:
+        path = RESULTS / f"{results}.json"
+        networks = json.loads(path.read_text(encoding="utf-8"))["networks"] if path.is_file() else {}
         if name in networks:
             best = networks[name]["fastest_within_budget"]
             sides = [_kept(best.get(side)) for side in ("ours", "torch_pruning")]
