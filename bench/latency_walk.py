@@ -18,12 +18,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write_result  # noqa: E402
 from speed import NETWORKS, train, workload  # noqa: E402
+from speed_budget import plan_like_a_job  # noqa: E402
 
 from squeezer.core.config import LatencyPruning  # noqa: E402
 from squeezer.core.measure import metric_function  # noqa: E402
 from squeezer.core.methods.latency_pruning import producer_widths  # noqa: E402
-from squeezer.core.methods.latency_table import Runtime  # noqa: E402
-from squeezer.core.methods.speed import plan_for_speed  # noqa: E402
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 
@@ -43,21 +42,13 @@ def walk(args) -> dict:
     train(work.module, work, args.epochs, seed=0)
     base = work.module.eval()
     baseline = score(base, work.x_val, work.y_val)
-    widths, defaults = producer_widths(base), LatencyPruning()
+    widths, defaults = producer_widths(base), LatencyPruning()  # the job's floors count in `widths`
     job_floors = args.floors == "job"
     start, reached, steps = base, 1.0, []
     for target in args.targets:
-        pruned, _, plan = plan_for_speed(
-            start,
-            work.input_shape,
-            target / reached,
-            score=lambda m: score(m, work.x_val[:500], work.y_val[:500]),
-            floor=baseline - defaults.block_drop,
-            runtime=Runtime(threads=1),
-            min_keep=defaults.min_keep,
-            widths=widths if job_floors else None,
-            step_keep=defaults.step_keep if job_floors else 0.0,
-            calibrate=True,
+        floors = {} if job_floors else {"widths": None, "step_keep": 0.0}
+        pruned, _, plan = plan_like_a_job(
+            start, work, target / reached, score, baseline - defaults.block_drop, **floors
         )
         reached *= plan.measured_speedup or plan.predicted_speedup
         train(pruned, work, args.recovery_epochs, seed=1, teacher=base)

@@ -183,10 +183,16 @@ BUDGET_SOURCES = (
 def budget_headline() -> list[str]:
     """bench/speed_budget.py's rows: the fastest result each method kept within a 1-point budget, trying its targets
     in turn (gradually, each step from its last result within the budget)."""
+    files = {results for results, _, _ in BUDGET_SOURCES}
+    paths = {results: RESULTS / f"{results}.json" for results in files}
+    loaded = {
+        results: json.loads(path.read_text(encoding="utf-8"))["networks"]
+        for results, path in paths.items()
+        if path.is_file()
+    }
     rows = []
     for results, name, label in BUDGET_SOURCES:
-        path = RESULTS / f"{results}.json"
-        networks = json.loads(path.read_text(encoding="utf-8"))["networks"] if path.is_file() else {}
+        networks = loaded.get(results, {})
         if name in networks:
             best = networks[name]["fastest_within_budget"]
             sides = [_kept(best.get(side)) for side in ("ours", "torch_pruning")]

@@ -59,23 +59,29 @@ class Lane:
         return self.missed is None
 
 
+def plan_like_a_job(start, work, step: float, score, floor: float, **options):
+    """plan_for_speed as a job's filter.latency calls it (its floors, calibrated, one thread), `step` times faster
+    than `start`, blocks scored on 500 validation samples; `options` override (widths, step_keep, sensitivity…)."""
+    settings = {"min_keep": LATENCY_DEFAULTS.min_keep, "widths": producer_widths(work.module)}
+    settings |= {"step_keep": LATENCY_DEFAULTS.step_keep} | options
+    return plan_for_speed(
+        start,
+        work.input_shape,
+        step,
+        score=lambda m: score(m, work.x_val[:500], work.y_val[:500]),
+        floor=floor,
+        runtime=Runtime(threads=1),
+        calibrate=True,
+        **settings,
+    )
+
+
 def _ours(lane: Lane, work, target: float, block_drop: float, score, baseline: float):
     """Ours planned from the lane's start for the rest of the way to `target` (calibrated, as a job plans), and the
     speed-up over the baseline it reaches as measured while planning."""
-    pruned, _, plan = plan_for_speed(
-        lane.start,
-        work.input_shape,
-        target / lane.reached,
-        score=lambda m: score(m, work.x_val[:500], work.y_val[:500]),
-        floor=baseline - block_drop,
-        runtime=Runtime(threads=1),
-        min_keep=LATENCY_DEFAULTS.min_keep,
-        widths=producer_widths(work.module),
-        step_keep=LATENCY_DEFAULTS.step_keep,
-        sensitivity=lane.sensitivity,
-        depth=lane.depth,
-        calibrate=True,
-    )
+    step = target / lane.reached
+    options = {"sensitivity": lane.sensitivity, "depth": lane.depth}
+    pruned, _, plan = plan_like_a_job(lane.start, work, step, score, baseline - block_drop, **options)
     return pruned, lane.reached * (plan.measured_speedup or plan.predicted_speedup)
 
 

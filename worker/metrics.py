@@ -86,6 +86,7 @@ class JobTimer:
         for stage, seconds in self._stages:
             STAGE_DURATION.labels(self.method, stage, outcome).observe(seconds)
         self._stages.clear()
+        WORKER_BUSY.set(0)  # the engine is done; the row's final write follows
         JOB_DURATION.labels(self.method, outcome).observe(now - self._started)  # last: a scraper waiting on it sees all
 
     def stop(self) -> None:
