@@ -12,7 +12,7 @@ import torch
 
 from squeezer.store.migrate import upgrade_database
 from tests.helpers import live_server
-from tests.servers import PostgresServer, RedisServer, S3Server
+from tests.servers import PostgresServer, RedisServer, S3Server, launch
 
 # The test models are too small for intra-op threads: on two cores shared with worker processes they only spin
 # (measured: a quick LeNet compression takes 3.5 s on one thread, 80 s on two under load). Worker processes the
@@ -25,7 +25,7 @@ torch.set_num_threads(1)
 def postgres_server(tmp_path_factory):
     if os.environ.get("SQUEEZER_TEST_POSTGRES_URL"):
         pytest.skip("external PostgreSQL given; server-control tests need their own")
-    server = PostgresServer(Path(tempfile.mkdtemp(prefix="squeezer-pg-"))).start()
+    server = launch(PostgresServer, Path(tempfile.mkdtemp(prefix="squeezer-pg-")))
     yield server
     server.stop()
 
@@ -82,7 +82,7 @@ def serve_live() -> Iterator[Callable[[Any], str]]:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
-    server = RedisServer(Path(tmp_path_factory.mktemp("redis"))).start()
+    server = launch(RedisServer, Path(tmp_path_factory.mktemp("redis")))
     yield server
     server.stop()
 
@@ -100,7 +100,7 @@ def redis_url(redis_server) -> str:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    server = S3Server(Path(tmp_path_factory.mktemp("s3"))).start()
+    server = launch(S3Server, Path(tmp_path_factory.mktemp("s3")))
     yield server
     server.stop()
 

@@ -19,6 +19,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class ServerDidNotStart(RuntimeError):
+    pass
+
+
+def launch(server_class, root: Path, tries: int = 3):
+    """Started on fresh ports a few times: each port is free when chosen, but another process of a busy test run may
+    bind it before the server does, and then the server exits. A restart (`start()` again) keeps its port."""
+    for attempt in range(tries):
+        try:
+            return server_class(root).start()
+        except ServerDidNotStart:
+            if attempt == tries - 1:
+                raise
+
+
+def _log_tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+
+
 def _pg_bin(name: str) -> str:
     found = shutil.which(name)
     if found:
@@ -64,13 +83,14 @@ class PostgresServer:
                 capture_output=True,
             )
         opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-        subprocess.run(
+        started = subprocess.run(
             _as_postgres(
                 [_pg_bin("pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"), "-w", "start"]
             ),
-            check=True,
             capture_output=True,
         )
+        if started.returncode != 0:
+            raise ServerDidNotStart(f"PostgreSQL did not start on port {self.port}: {_log_tail(self.root / 'log')}")
         return self
 
     def stop(self, mode: str = "fast", remove: bool = True) -> None:
@@ -111,31 +131,26 @@ class RedisServer:
         if not binary:
             raise RuntimeError("redis-server not found: install Debian's redis-server (scripts/setup.sh does)")
         self.root.mkdir(parents=True, exist_ok=True)
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.root)]
+        log = (self.root / "log").open("ab")
         self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.root),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            [*args, "--save", "", "--appendonly", "no"], stdout=log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if self._answers():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise ServerDidNotStart(f"redis-server did not start on port {self.port}: {_log_tail(self.root / 'log')}")
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(7) == b"+PONG\r\n"
+        except OSError:
+            return False
 
     def stop(self) -> None:
         if self.proc:
@@ -207,23 +222,22 @@ class S3Server:
         ]
 
     def start(self) -> "S3Server":
-        (self.root / "data").mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.root / "data", ignore_errors=True)  # a throwaway server: nothing of a failed try is kept
+        (self.root / "data").mkdir(parents=True)
         log = (self.root / "log").open("wb")
         # Its other unix sockets go to the temporary folder: this one, removed with the server.
         env = {**os.environ, "TMPDIR": str(self.root)}
         self.proc = subprocess.Popen(self._args(), stdout=log, stderr=subprocess.STDOUT, cwd=self.root, env=env)
         client = self.client()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 client.list_buckets()
                 return self
             except Exception:  # not listening yet, or its filer not yet up
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"weed mini did not start; its log: {self.root / 'log'}")
+        raise ServerDidNotStart(f"weed mini did not start on port {self.port}: {_log_tail(self.root / 'log')}")
 
     def client(self):
         """One client for the server's life: building a boto3 client takes a good part of a second."""

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import PostgresServer, RedisServer
+from tests.servers import PostgresServer, RedisServer, launch
 from tests.worker.conftest import sample_model_zip, service  # noqa: F401
 
 
 @pytest.fixture
 def own_redis(tmp_path):
-    server = RedisServer(tmp_path / "redis").start()
+    server = launch(RedisServer, tmp_path / "redis")
     yield server
     server.stop()
 
@@ -21,6 +21,6 @@ def own_redis(tmp_path):
 def own_postgres():
     if os.environ.get("SQUEEZER_TEST_POSTGRES_URL"):
         pytest.skip("external PostgreSQL given; restarting it is not ours to do")
-    server = PostgresServer(Path(tempfile.mkdtemp(prefix="squeezer-pg-"))).start()  # reachable by the postgres user
+    server = launch(PostgresServer, Path(tempfile.mkdtemp(prefix="squeezer-pg-")))  # reachable by the postgres user
     yield server
     server.stop()
