@@ -133,9 +133,7 @@ class RedisServer:
         self.root.mkdir(parents=True, exist_ok=True)
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.root)]
         log = (self.root / "log").open("ab")
-        self.proc = subprocess.Popen(
-            [*args, "--save", "", "--appendonly", "no"], stdout=log, stderr=subprocess.STDOUT
-        )
+        self.proc = subprocess.Popen([*args, "--save", "", "--appendonly", "no"], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and self.proc.poll() is None:
             if self._answers():
