@@ -298,15 +298,17 @@ class Workspace:
 
 
 def _result_or_raise(outcome: Outcome, limits: SandboxLimits) -> dict:
-    if outcome.result is not None:
-        return outcome.result
-    if outcome.error and outcome.error.get("kind") == "input":
-        raise InputError(outcome.error["message"], code=outcome.error["code"])
+    """A call past its limits is a timeout even where it wrote its result in time but was seen to exit only after
+    the deadline: the verdict does not depend on when the parent looked."""
     if outcome.timed_out or outcome.exit_status == -signal.SIGXCPU:
         raise SandboxTimeout(
             f"the input check took longer than its limit ({limits.wall_s:g} s wall, {limits.cpu_s} s CPU; "
             f"raise {limits.setting}_TIMEOUT_S / {limits.setting}_CPU_S)"
         )
+    if outcome.result is not None:
+        return outcome.result
+    if outcome.error and outcome.error.get("kind") == "input":
+        raise InputError(outcome.error["message"], code=outcome.error["code"])
     if (outcome.error or {}).get("code") == SandboxOutOfMemory.code:
         raise SandboxOutOfMemory(
             f"the input check ran out of memory (limit {limits.memory_bytes / 2**30:.1f} GiB of address space; "
