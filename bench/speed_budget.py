@@ -31,7 +31,12 @@ from squeezer.core.artifacts.onnx_export import module_onnx  # noqa: E402
 from squeezer.core.config import LatencyPruning, StructuredTraining  # noqa: E402
 from squeezer.core.measure import count_macs, metric_function  # noqa: E402
 from squeezer.core.measure.compare import compare_onnx  # noqa: E402
-from squeezer.core.methods.latency_pruning import producer_widths, refinement_target  # noqa: E402
+from squeezer.core.methods.latency_pruning import (  # noqa: E402
+    producer_widths,
+    refinement_target,
+    step_factor,
+    steps_to,
+)
 from squeezer.core.methods.latency_table import Runtime  # noqa: E402
 from squeezer.core.methods.speed import plan_for_speed  # noqa: E402
 
@@ -161,6 +166,17 @@ def _refine(label: str, lane: Lane, work, args, context) -> None:
             _theirs_step(f"{work.name} {label}", lane, midpoint, work, context)
 
 
+def _both_steps(label: str, ours: Lane, theirs: Lane | None, aim: float, work, args, context: Context) -> None:
+    """One step of ours towards `aim` and, while within the budget, Torch-Pruning's uniform ratio from its own start
+    matched to our MACs there; each recovered and measured."""
+    pruned, reached = _ours(ours, work, aim, args.block_drop, context.score, context.baseline)
+    if theirs and theirs.within:
+        reduction = count_macs(context.base, work.input_shape) / count_macs(pruned, work.input_shape)
+        _theirs_step(label.replace("ours", "torch_pruning"), theirs, reduction, work, context, aim)
+    if ours.within:
+        _ours_step(label, ours, pruned, reached, aim, context)
+
+
 def run_network(name: str, args) -> dict:
     work = workload(name, False, args.unet_size, args.val_samples)
     work = dataclasses.replace(work, epochs=args.epochs, recovery_epochs=args.recovery_epochs)
@@ -184,15 +200,12 @@ def run_network(name: str, args) -> dict:
     for target in sorted(args.targets):
         for label, ours in [(label, lane) for label, lane in lanes.items() if label.startswith("ours")]:
             theirs = lanes.get(label.replace("ours", "torch_pruning"))
-            if not (ours.within or (theirs and theirs.within)):
-                continue
-            pruned, reached = _ours(ours, work, target, args.block_drop, score, baseline)
-            if theirs and theirs.within:  # Torch-Pruning's uniform ratio, from its own start, matched to our MACs
-                reduction = count_macs(base, work.input_shape) / count_macs(pruned, work.input_shape)
-                theirs_label = f"{name} {label.replace('ours', 'torch_pruning')}"
-                _theirs_step(theirs_label, theirs, reduction, work, context, target)
-            if ours.within:
-                _ours_step(f"{name} {label}", ours, pruned, reached, target, context)
+            walk = LATENCY_DEFAULTS.model_copy(update={"gradual": ours.gradual, "max_step": args.max_step})
+            for left in range(steps_to(walk, ours.reached, target), 0, -1):
+                if ours.reached >= target or not (ours.within or (theirs and theirs.within)):
+                    break
+                aim = ours.reached * step_factor(walk, ours.reached, target, left)
+                _both_steps(f"{name} {label}", ours, theirs, aim, work, args, context)
     for label, lane in lanes.items():
         if not lane.within:
             _refine(label, lane, work, args, context)
@@ -205,6 +218,7 @@ def run_network(name: str, args) -> dict:
         "budget_points": args.budget,
         "recovery_epochs": work.recovery_epochs,
         "recovery_lr": args.recovery_lr,
+        "max_step": args.max_step,
         "fastest_within_budget": best,
         "tried": {label: lane.rows for label, lane in lanes.items()},
     }
@@ -231,6 +245,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--refinements", type=int, default=2, help="targets between a miss and what was kept (filter.refinements)"
+    )
+    parser.add_argument(
+        "--max-step",
+        type=float,
+        default=LATENCY_DEFAULTS.max_step,
+        help="most one gradual step aims over where it stands (filter.latency.max_step); a large value turns it off",
     )
     parser.add_argument("--block-drop", type=float, default=5.0, help="points a block's removal may cost unrecovered")
     parser.add_argument(

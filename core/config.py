@@ -314,6 +314,13 @@ class LatencyPruning(_Strict):
         description="Plan each target from the last result within the budget (recovered), so each step removes "
         "only what separates the two targets; off: plan every target from the baseline in one step.",
     )
+    max_step: float = bounded(
+        1.5,
+        "Most one gradual step aims to speed up over where it starts: a target further away is reached through "
+        "steps this size, so a step that lands short of its target does not make the next one larger.",
+        ge=1.2,
+        le=100,
+    )
     block_drop: float = bounded(
         5.0, "Points a residual block's removal may cost before recovery (measured per block).", ge=0, le=100
     )

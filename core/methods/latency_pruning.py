@@ -2,13 +2,16 @@
 `speed_target.speedup`) in increasing order. Each is planned by core.methods.speed (residual blocks, then channels,
 against the latency table measured on the target runtime with `speed_target.threads`) and recovered with distillation
 from the baseline (filter's training settings), for longer the more the plan removed. Gradually (the default), each
-target is planned from the last result within the budget, so every step removes a little from a recovered model;
-otherwise each is planned from the baseline. Keeps the fastest result within the accuracy budget and stops at the
+target is planned from the last result within the budget, so every step removes a little from a recovered model,
+and a target more than `max_step` away is reached through steps of that size; otherwise each is planned from the
+baseline. Keeps the fastest result within the accuracy budget and stops at the
 first target past it, after up to `refinements` targets between the two. A checkpoint after each target holds the
 best model so far, packed as a .sqz, so a restarted job goes on from the next target (the latency tables are cached
 in the job's folder too)."""
 
-from collections.abc import Callable
+import itertools
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Unpack
 
@@ -51,45 +54,75 @@ class _Reached:
 
 def compress_latency(model, data, config: CompressConfig, **hooks: Unpack[MethodHooks]) -> MethodResult:
     """Compress `model` for speed within `config.target`, by `config.filter.latency`; see the module docstring."""
-    settings = _latency(config)
     run = MethodRun(model, data, config, config.filter, name="filter", **hooks)
     baseline, _ = run.measure_baseline()
     original = _Reached(run.base, 1.0, [], 0, baseline)
     best, tried, ended = _resumed(run, original)
-    targets = list(enumerate(_targets(settings, config), start=1))
     with run.time_limited("prune"):
-        for index, speedup in [] if ended else targets[tried:]:
-            start = best if settings.gradual else original
-            if speedup <= start.speedup:
-                continue  # an earlier step's plan already reached it
-            fraction = progress(BASELINE_DONE, 1.0, index, len(targets))
-            reached = _attempt(run, start, speedup, fraction, index)
-            accepted = run.within(reached.accuracy)
-            best = reached if accepted else best
-            _save(run, best, index, not accepted, fraction)
-            if not accepted:
-                best = _refined(run, original, best, speedup, len(targets), fraction)
-                break
+        if not ended:
+            best = _walk(run, original, best, tried)
     return run.result(best.module, layer_states(run.base, best.module, best.blocks), best.accuracy)
 
 
+def _walk(run: MethodRun, original: _Reached, best: _Reached, tried: int) -> _Reached:
+    """The targets after the first `tried`, from `best`: the best result within the budget when one step leaves it
+    (and its refinements are done) or the last target is tried."""
+    settings = _latency(run.config)
+    targets = _targets(settings, run.config)
+    attempts = itertools.count(1)  # each attempt recovers with its own seed
+    for index, speedup in enumerate(targets[tried:], start=tried + 1):
+        fraction = progress(BASELINE_DONE, 1.0, index, len(targets))
+        for left in range(steps_to(settings, best.speedup, speedup), 0, -1):
+            start = best if settings.gradual else original
+            if start.speedup >= speedup:
+                break  # an earlier step's plan already reached it
+            aim = start.speedup * step_factor(settings, start.speedup, speedup, left)
+            reached = _attempt(run, start, aim, fraction, next(attempts))
+            accepted = run.within(reached.accuracy) and reached.speedup > start.speedup
+            best = reached if accepted else best
+            _save(run, best, index if left == 1 else index - 1, not accepted, fraction)
+            if not accepted:
+                return _refined(run, original, best, aim, index, fraction, attempts)
+    return best
+
+
+def steps_to(settings: LatencyPruning, start: float, speedup: float) -> int:
+    """Steps from `start` to `speedup`: one when not gradual, else as few as keep each within `max_step`."""
+    if not settings.gradual or start >= speedup:
+        return 1
+    return max(1, math.ceil(math.log(speedup / start) / math.log(settings.max_step) - 1e-9))
+
+
+def step_factor(settings: LatencyPruning, start: float, speedup: float, left: int) -> float:
+    """What one of the `left` steps from `start` to `speedup` aims for: the rest of the way in equal factors, and
+    never over `max_step` when gradual, even where earlier steps landed short (the target is then left short)."""
+    factor = (speedup / start) ** (1 / left)
+    return min(factor, settings.max_step) if settings.gradual else factor
+
+
 def _refined(
-    run: MethodRun, original: _Reached, best: _Reached, missed: float, seeds: int, fraction: float
+    run: MethodRun,
+    original: _Reached,
+    best: _Reached,
+    missed: float,
+    tried: int,
+    fraction: float,
+    attempts: Iterator[int],
 ) -> _Reached:
     """After a target past the budget: up to `filter.refinements` targets between the speed-up kept and the missed
     one (geometric midpoints, each planned like a target), so one step too far does not end the walk where it
     stood. Not resumed: a rerun keeps the best result checkpointed."""
     gradual = _latency(run.config).gradual
-    for step in range(1, run.config.filter.refinements + 1):
+    for _ in range(run.config.filter.refinements):
         midpoint = refinement_target(best.speedup, missed)
         if midpoint is None:
             break
-        reached = _attempt(run, best if gradual else original, midpoint, fraction, seeds + step)
+        reached = _attempt(run, best if gradual else original, midpoint, fraction, next(attempts))
         if run.within(reached.accuracy):
             best = reached
         else:
             missed = midpoint
-        _save(run, best, seeds, True, fraction)
+        _save(run, best, tried, True, fraction)
     return best
 
 

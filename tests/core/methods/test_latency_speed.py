@@ -86,7 +86,7 @@ def test_filter_latency_mode_through_the_pipeline_returns_a_faster_model_that_re
         device="cpu",
         method="filter",
         target=AccuracyTarget(max_drop=3.0),
-        filter=FilterConfig(**training, latency=LatencyPruning(speedups=[2.0, 8.0], block_drop=20.0)),
+        filter=FilterConfig(**training, latency=LatencyPruning(speedups=[2.0, 8.0], max_step=4.0, block_drop=20.0)),
     )
     events = []
     report = compress_files(
@@ -153,7 +153,7 @@ def test_a_target_past_the_budget_is_followed_by_one_between_it_and_the_speedup_
             epochs_per_step=1,
             min_steps_per_stage=30,
             refinements=1,
-            latency=LatencyPruning(speedups=[1.3, 30.0], min_keep=0.05, step_keep=0.0, depth=False),
+            latency=LatencyPruning(speedups=[1.3, 30.0], min_keep=0.05, step_keep=0.0, max_step=100, depth=False),
         ),
     )
     events = []
@@ -164,3 +164,25 @@ def test_a_target_past_the_budget_is_followed_by_one_between_it_and_the_speedup_
     assert len(steps) == missed + 2  # one refinement (refinements=1)
     assert kept < steps[-1]["target"] < steps[missed]["target"] and steps[-1]["planned_from"] == kept
     assert result.target_met
+
+
+def test_a_gradual_step_never_aims_further_than_max_step(digits_model, digits):
+    """A target further than `max_step` is approached in equal factors, each step planned from where the last one
+    landed, and no step aims further than `max_step` over its start, even after steps that landed short."""
+    config = CompressConfig(
+        method="filter",
+        device="cpu",
+        target=AccuracyTarget(max_drop=10.0),  # wide: every step must be accepted for the walk to go on
+        filter=FilterConfig(
+            epochs_per_step=1, min_steps_per_stage=30, latency=LatencyPruning(speedups=[2.0], max_step=1.3, depth=False)
+        ),
+    )
+    events = []
+    compress_filter(digits_model, digits, config, on_event=events.append)
+    steps = [event.data for event in events if event.stage == "step"]
+    assert len(steps) == 3 and all(step["accepted"] for step in steps)  # 1.3**2 < 2 <= 1.3**3
+    assert steps[0]["target"] == pytest.approx(2.0 ** (1 / 3))
+    for left, step in zip((2, 1), steps[1:], strict=True):
+        start = step["planned_from"]
+        assert step["target"] == pytest.approx(start * min(1.3, (2.0 / start) ** (1 / left)))
+    assert [step["planned_from"] for step in steps[1:]] == [step["reached_speedup"] for step in steps[:-1]]
