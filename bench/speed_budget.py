@@ -200,7 +200,9 @@ def run_network(name: str, args) -> dict:
     for target in sorted(args.targets):
         for label, ours in [(label, lane) for label, lane in lanes.items() if label.startswith("ours")]:
             theirs = lanes.get(label.replace("ours", "torch_pruning"))
-            walk = LATENCY_DEFAULTS.model_copy(update={"gradual": ours.gradual, "max_step": args.max_step})
+            # Once ours has left the budget, Torch-Pruning's lane goes on at the targets themselves.
+            gradual = ours.gradual and ours.within
+            walk = LATENCY_DEFAULTS.model_copy(update={"gradual": gradual, "max_step": args.max_step})
             for left in range(steps_to(walk, ours.reached, target), 0, -1):
                 if ours.reached >= target or not (ours.within or (theirs and theirs.within)):
                     break
