@@ -72,15 +72,24 @@ def test_blocks_go_first_within_their_floor_and_the_result_saves_and_reloads(tmp
         assert torch.equal(reloaded(x), pruned(x))
 
 
-def test_filter_latency_mode_through_the_pipeline_returns_a_faster_model_that_reloads(tmp_path, digits):
+DIGITS_RESNET = {"name": "resnet20", "args": {"in_channels": 1, "input_size": 8}}
+
+
+@pytest.fixture(scope="module")
+def digits_resnet(digits) -> LoadedModel:
+    """ResNet-20 trained briefly on digits: unlike LeNet-5 on 8×8 inputs, its plans run measurably faster."""
+    torch.manual_seed(0)
+    module = build_architecture(DIGITS_RESNET["name"], DIGITS_RESNET["args"])
+    fit(module, digits.x_train, digits.y_train, epochs=4, lr=0.05, seed=0)
+    return LoadedModel.built(module.eval(), DIGITS_RESNET, (1, 8, 8), 10)
+
+
+def test_filter_latency_mode_through_the_pipeline_returns_a_faster_model_that_reloads(tmp_path, digits_resnet):
     """A residual network trained on digits, compressed by filter with `latency` set: blocks and channels go, the
     .sqz reloads to the model the report measured (ONNX agreement checked by the pipeline), a target past the
     budget is never the result, and the second target is planned from the first one's result (gradual)."""
-    torch.manual_seed(0)
-    arch = {"name": "resnet20", "args": {"in_channels": 1, "input_size": 8}}
-    module = build_architecture(arch["name"], arch["args"])
-    fit(module, digits.x_train, digits.y_train, epochs=4, lr=0.05, seed=0)
-    save_model_dir(LoadedModel.built(module.eval(), arch, (1, 8, 8), 10), tmp_path / "model")
+    module = digits_resnet.module
+    save_model_dir(digits_resnet, tmp_path / "model")
     training = {"epochs_per_step": 1, "min_steps_per_stage": 30, "lr_search": False}
     config = CompressConfig(
         device="cpu",
@@ -166,23 +175,27 @@ def test_a_target_past_the_budget_is_followed_by_one_between_it_and_the_speedup_
     assert result.target_met
 
 
-def test_a_gradual_step_never_aims_further_than_max_step(digits_model, digits):
+def test_a_gradual_step_never_aims_further_than_max_step(digits_resnet, digits):
     """A target further than `max_step` is approached in equal factors, each step planned from where the last one
     landed, and no step aims further than `max_step` over its start, even after steps that landed short."""
     config = CompressConfig(
         method="filter",
         device="cpu",
-        target=AccuracyTarget(max_drop=10.0),  # wide: every step must be accepted for the walk to go on
+        target=AccuracyTarget(max_drop=10.0),  # wide: the budget must not end the walk
         filter=FilterConfig(
-            epochs_per_step=1, min_steps_per_stage=30, latency=LatencyPruning(speedups=[2.0], max_step=1.3, depth=False)
+            epochs_per_step=1,
+            min_steps_per_stage=30,
+            lr_search=False,
+            refinements=0,  # a step that gains no speed ends the walk: every step listed is one of the walk's
+            latency=LatencyPruning(speedups=[3.0], max_step=1.5, depth=False),
         ),
     )
     events = []
-    compress_filter(digits_model, digits, config, on_event=events.append)
+    compress_filter(digits_resnet, digits, config, on_event=events.append)
     steps = [event.data for event in events if event.stage == "step"]
-    assert len(steps) == 3 and all(step["accepted"] for step in steps)  # 1.3**2 < 2 <= 1.3**3
-    assert steps[0]["target"] == pytest.approx(2.0 ** (1 / 3))
-    for left, step in zip((2, 1), steps[1:], strict=True):
+    assert 2 <= len(steps) <= 3  # 1.5**2 < 3 <= 1.5**3; the first 1.44× plan runs faster on this network
+    assert steps[0]["target"] == pytest.approx(3.0 ** (1 / 3)) and steps[0]["planned_from"] == 1.0
+    for left, step in zip((2, 1), steps[1:], strict=False):
         start = step["planned_from"]
-        assert step["target"] == pytest.approx(start * min(1.3, (2.0 / start) ** (1 / left)))
+        assert step["target"] == pytest.approx(start * min(1.5, (3.0 / start) ** (1 / left)))
     assert [step["planned_from"] for step in steps[1:]] == [step["reached_speedup"] for step in steps[:-1]]
