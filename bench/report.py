@@ -183,8 +183,7 @@ BUDGET_SOURCES = (
 def budget_headline() -> list[str]:
     """bench/speed_budget.py's rows: the fastest result each method kept within a 1-point budget, trying its targets
     in turn (gradually, each step from its last result within the budget)."""
-    files = {results for results, _, _ in BUDGET_SOURCES}
-    paths = {results: RESULTS / f"{results}.json" for results in files}
+    paths = {results: RESULTS / f"{results}.json" for results, _, _ in BUDGET_SOURCES}
     loaded = {
         results: json.loads(path.read_text(encoding="utf-8"))["networks"]
         for results, path in paths.items()

@@ -31,12 +31,7 @@ from squeezer.core.artifacts.onnx_export import module_onnx  # noqa: E402
 from squeezer.core.config import LatencyPruning, StructuredTraining  # noqa: E402
 from squeezer.core.measure import count_macs, metric_function  # noqa: E402
 from squeezer.core.measure.compare import compare_onnx  # noqa: E402
-from squeezer.core.methods.latency_pruning import (  # noqa: E402
-    producer_widths,
-    refinement_target,
-    step_factor,
-    steps_to,
-)
+from squeezer.core.methods.latency_pruning import producer_widths, refinement_target, step_aims  # noqa: E402
 from squeezer.core.methods.latency_table import Runtime  # noqa: E402
 from squeezer.core.methods.speed import plan_for_speed  # noqa: E402
 
@@ -203,10 +198,9 @@ def run_network(name: str, args) -> dict:
             # Once ours has left the budget, Torch-Pruning's lane goes on at the targets themselves.
             gradual = ours.gradual and ours.within
             walk = LATENCY_DEFAULTS.model_copy(update={"gradual": gradual, "max_step": args.max_step})
-            for left in range(steps_to(walk, ours.reached, target), 0, -1):
-                if ours.reached >= target or not (ours.within or (theirs and theirs.within)):
+            for aim, _ in step_aims(walk, lambda lane=ours: lane.reached, target):
+                if not (ours.within or (theirs and theirs.within)):
                     break
-                aim = ours.reached * step_factor(walk, ours.reached, target, left)
                 _both_steps(f"{name} {label}", ours, theirs, aim, work, args, context)
     for label, lane in lanes.items():
         if not lane.within:

@@ -70,34 +70,36 @@ def _walk(run: MethodRun, original: _Reached, best: _Reached, tried: int) -> _Re
     settings = _latency(run.config)
     targets = _targets(settings, run.config)
     attempts = itertools.count(1)  # each attempt recovers with its own seed
+
+    def start() -> _Reached:
+        return best if settings.gradual else original
+
     for index, speedup in enumerate(targets[tried:], start=tried + 1):
         fraction = progress(BASELINE_DONE, 1.0, index, len(targets))
-        for left in range(steps_to(settings, best.speedup, speedup), 0, -1):
-            start = best if settings.gradual else original
-            if start.speedup >= speedup:
-                break  # an earlier step's plan already reached it
-            aim = start.speedup * step_factor(settings, start.speedup, speedup, left)
-            reached = _attempt(run, start, aim, fraction, next(attempts))
-            accepted = run.within(reached.accuracy) and reached.speedup > start.speedup
+        for aim, last in step_aims(settings, lambda: start().speedup, speedup):
+            planned_from = start()
+            reached = _attempt(run, planned_from, aim, fraction, next(attempts))
+            accepted = run.within(reached.accuracy) and reached.speedup > planned_from.speedup
             best = reached if accepted else best
-            _save(run, best, index if left == 1 else index - 1, not accepted, fraction)
+            _save(run, best, index if last else index - 1, not accepted, fraction)
             if not accepted:
                 return _refined(run, original, best, aim, index, fraction, attempts)
     return best
 
 
-def steps_to(settings: LatencyPruning, start: float, speedup: float) -> int:
-    """Steps from `start` to `speedup`: one when not gradual, else as few as keep each within `max_step`."""
-    if not settings.gradual or start >= speedup:
-        return 1
-    return max(1, math.ceil(math.log(speedup / start) / math.log(settings.max_step) - 1e-9))
-
-
-def step_factor(settings: LatencyPruning, start: float, speedup: float, left: int) -> float:
-    """What one of the `left` steps from `start` to `speedup` aims for: the rest of the way in equal factors, and
-    never over `max_step` when gradual, even where earlier steps landed short (the target is then left short)."""
-    factor = (speedup / start) ** (1 / left)
-    return min(factor, settings.max_step) if settings.gradual else factor
+def step_aims(settings: LatencyPruning, position: Callable[[], float], speedup: float) -> Iterator[tuple[float, bool]]:
+    """Each step's aim from where the walk stands (`position()`, read again before each step) to `speedup`, with
+    whether it is the target's last step: one step when not gradual, else as few as keep each within `max_step`,
+    the rest of the way in equal factors and never over `max_step`, even where earlier steps landed short (the
+    target is then left short). None once an earlier plan reached `speedup`."""
+    ratio = speedup / position()
+    steps = 1 if not settings.gradual or ratio <= 1 else math.ceil(math.log(ratio) / math.log(settings.max_step) - 1e-9)
+    for left in range(max(steps, 1), 0, -1):
+        start = position()
+        if start >= speedup:
+            return
+        factor = (speedup / start) ** (1 / left)
+        yield start * (min(factor, settings.max_step) if settings.gradual else factor), left == 1
 
 
 def _refined(
