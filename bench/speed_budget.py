@@ -1,10 +1,11 @@
 """Speed at an accuracy budget, ours against Torch-Pruning, as a user meets it: bench/speed.py prunes to one fixed
-target; here each method tries targets in increasing order, each planned from the trained baseline and recovered
-with the same epochs, rate and distillation, and keeps the fastest result within the budget (what filter.latency
-does in a job). A method's first target past the budget is followed by up to --refinements targets between it and
-what it kept (geometric midpoints, as filter.refinements in a job): ours in speed-up, Torch-Pruning in MACs.
+target; here each method walks through targets in increasing order, each step recovered with the same epochs, rate
+and distillation, and keeps the fastest result within the budget (what filter.latency does in a job). Both methods
+walk by the job's rule (core.methods.walk: gradual steps of at most --max-step, a miss halving the step, the walk
+ending after --refinements + 1 misses): ours in speed-up as its plans measured it, Torch-Pruning in MACs reduction,
+its own knob.
 Ours: core.methods.speed.plan_for_speed (blocks, then channels against the latency table); theirs: Torch-Pruning's
-group-norm pruner at the uniform ratio matching our MACs at the same target. The speed-up of each result is
+group-norm pruner at the uniform ratio reaching each aimed MACs reduction. The speed-up of each result is
 measured in onnxruntime (one thread, batch 1) against the baseline, A/B interleaved (core.measure.compare).
 Baselines train longer than bench/speed.py's (--epochs), so that a point of accuracy is more than run-to-run noise.
 Each recovery peaks at a job's default learning rate (--recovery-lr, filter.lr's 0.01); rows without `recovery_lr`
@@ -31,9 +32,10 @@ from squeezer.core.artifacts.onnx_export import module_onnx  # noqa: E402
 from squeezer.core.config import LatencyPruning, StructuredTraining  # noqa: E402
 from squeezer.core.measure import count_macs, metric_function  # noqa: E402
 from squeezer.core.measure.compare import compare_onnx  # noqa: E402
-from squeezer.core.methods.latency_pruning import producer_widths, refinement_target, step_aims  # noqa: E402
+from squeezer.core.methods.latency_pruning import producer_widths  # noqa: E402
 from squeezer.core.methods.latency_table import Runtime  # noqa: E402
 from squeezer.core.methods.speed import plan_for_speed  # noqa: E402
+from squeezer.core.methods.walk import Walk  # noqa: E402
 
 RESULTS = "speed_budget"
 LATENCY_DEFAULTS = LatencyPruning()  # a job's filter.latency defaults
@@ -41,22 +43,16 @@ LATENCY_DEFAULTS = LatencyPruning()  # a job's filter.latency defaults
 
 @dataclass
 class Lane:
-    """One method's walk through the targets: where the next target starts (the last result within the budget when
-    gradual, else the baseline), with its speed-up over the baseline as the plans measured it (ours); what it kept
-    within the budget and the first target it missed, as a speed-up (ours) or a MACs reduction (Torch-Pruning)."""
+    """One method's walk: where its next step starts (the last result kept when gradual, else the baseline), the
+    walk in the method's own unit (ours: speed-up as the plans measured it; Torch-Pruning: MACs reduction) and the
+    rows of the steps it took."""
 
-    gradual: bool
+    theirs: bool
     start: torch.nn.Module
-    kept: float = 1.0
+    walk: Walk
     sensitivity: bool = True  # ours: channels by measured sensitivity, else by importance alone
     depth: bool = True  # ours: residual blocks first where their removal costs little, else channels alone
-    reached: float = 1.0
-    missed: float | None = None
     rows: list[dict] = field(default_factory=list)
-
-    @property
-    def within(self) -> bool:
-        return self.missed is None
 
 
 def plan_like_a_job(start, work, step: float, score, floor: float, **options):
@@ -76,15 +72,6 @@ def plan_like_a_job(start, work, step: float, score, floor: float, **options):
     )
 
 
-def _ours(lane: Lane, work, target: float, block_drop: float, score, baseline: float):
-    """Ours planned from the lane's start for the rest of the way to `target` (calibrated, as a job plans), and the
-    speed-up over the baseline it reaches as measured while planning."""
-    step = target / lane.reached
-    options = {"sensitivity": lane.sensitivity, "depth": lane.depth}
-    pruned, _, plan = plan_like_a_job(lane.start, work, step, score, baseline - block_drop, **options)
-    return pruned, lane.reached * (plan.measured_speedup or plan.predicted_speedup)
-
-
 @dataclass(frozen=True)
 class Context:
     """What every step of one network's run shares: the trained baseline, its score and exported file."""
@@ -97,6 +84,23 @@ class Context:
     budget: float
     seed: int  # the baseline trains with it, each recovery with it + 1
     recovery_lr: float
+
+
+def _ours(lane: Lane, aim: float, block_drop: float, context: Context):
+    """Ours planned from the lane's start for the rest of the way to `aim` (calibrated, as a job plans), and the
+    speed-up over the baseline it reaches as measured while planning."""
+    kept = lane.walk.kept if lane.walk.gradual else 1.0
+    options = {"sensitivity": lane.sensitivity, "depth": lane.depth}
+    floor = context.baseline - block_drop
+    pruned, _, plan = plan_like_a_job(lane.start, context.work, aim / kept, context.score, floor, **options)
+    return pruned, kept * (plan.measured_speedup or plan.predicted_speedup)
+
+
+def _theirs(lane: Lane, aim: float, context: Context):
+    """Torch-Pruning from the lane's start to the baseline's MACs over `aim`, and the MACs reduction it reaches."""
+    base_macs = count_macs(context.base, context.work.input_shape)
+    matched, _ = torch_pruning_to_macs(lane.start, context.work, round(base_macs / aim))
+    return matched, base_macs / count_macs(matched, context.work.input_shape)
 
 
 def _recovered(module, context: Context) -> dict:
@@ -113,63 +117,25 @@ def _recovered(module, context: Context) -> dict:
     }
 
 
-def _step(label: str, lane: Lane, module, reached: float, target: dict, context: Context) -> bool:
-    """Recovers and measures `module`, one lane's candidate for `target`; within the budget, a gradual lane goes on
-    from it. Whether it kept within the budget."""
-    row = target | _recovered(module, context)
-    row["drop"] = round(context.baseline - row["accuracy"], 2)
-    lane.rows.append(row)
-    within = row["drop"] <= context.budget
-    if within and lane.gradual:
-        lane.start, lane.reached = module, reached
-    print(f"[{time.strftime('%H:%M:%S')}] {label} {row}", flush=True)
-    return within
-
-
-def _ours_step(label: str, lane: Lane, pruned, reached: float, target: float, context, refinement=False) -> None:
-    if _step(label, lane, pruned, reached, {"target": round(target, 3), "refinement": refinement}, context):
-        lane.kept = reached
-    else:
-        lane.missed = target
-
-
-def _theirs_step(label: str, lane: Lane, reduction: float, work, context, target: float | None = None) -> None:
-    """Torch-Pruning from the lane's start at the baseline's MACs over `reduction`: ours at the same target, or a
-    refinement's (no target)."""
-    base_macs = count_macs(context.base, work.input_shape)
-    macs = round(base_macs / reduction)
-    matched, _ = torch_pruning_to_macs(lane.start, work, macs)
-    row = {"target": target, "refinement": target is None, "target_macs": macs}
-    if _step(label, lane, matched, 1.0, row, context):
-        lane.kept = base_macs / count_macs(matched, work.input_shape)
-    else:
-        lane.missed = reduction
-
-
-def _refine(label: str, lane: Lane, work, args, context) -> None:
-    """Up to --refinements targets between what the lane kept and what it missed, as filter.refinements does."""
-    score, baseline = context.score, context.baseline
-    for _ in range(args.refinements):
-        assert lane.missed is not None
-        midpoint = refinement_target(lane.kept, lane.missed)
-        if midpoint is None:
-            return
-        if label.startswith("ours"):
-            pruned, reached = _ours(lane, work, midpoint, args.block_drop, score, baseline)
-            _ours_step(f"{work.name} {label}", lane, pruned, reached, midpoint, context, refinement=True)
+def _walk(label: str, lane: Lane, args, context: Context) -> None:
+    """Every step the lane's walk aims: planned, recovered, measured, and reported back to the walk; a gradual lane
+    goes on from each result it keeps."""
+    for aim in lane.walk.aims():
+        if lane.theirs:
+            module, reached = _theirs(lane, aim, context)
         else:
-            _theirs_step(f"{work.name} {label}", lane, midpoint, work, context)
+            module, reached = _ours(lane, aim, args.block_drop, context)
+        row = {"aim": round(aim, 3), "reached": round(reached, 3)} | _recovered(module, context)
+        row["drop"] = round(context.baseline - row["accuracy"], 2)
+        row["kept"] = lane.walk.took(reached, within=row["drop"] <= context.budget)
+        lane.rows.append(row)
+        if row["kept"] and lane.walk.gradual:
+            lane.start = module
+        print(f"[{time.strftime('%H:%M:%S')}] {context.work.name} {label} {row}", flush=True)
 
 
-def _both_steps(label: str, ours: Lane, theirs: Lane | None, aim: float, work, args, context: Context) -> None:
-    """One step of ours towards `aim` and, while within the budget, Torch-Pruning's uniform ratio from its own start
-    matched to our MACs there; each recovered and measured."""
-    pruned, reached = _ours(ours, work, aim, args.block_drop, context.score, context.baseline)
-    if theirs and theirs.within:
-        reduction = count_macs(context.base, work.input_shape) / count_macs(pruned, work.input_shape)
-        _theirs_step(label.replace("ours", "torch_pruning"), theirs, reduction, work, context, aim)
-    if ours.within:
-        _ours_step(label, ours, pruned, reached, aim, context)
+def _walk_rule(args, gradual: bool) -> Walk:
+    return Walk(sorted(args.targets), args.max_step, args.refinements, gradual)
 
 
 def run_network(name: str, args) -> dict:
@@ -183,28 +149,17 @@ def run_network(name: str, args) -> dict:
     baseline_file = module_onnx(base, work.input_shape)
     context = Context(base, work, score, baseline, baseline_file, args.budget, args.seed, args.recovery_lr)
     lanes = {
-        f"{side}{suffix}": Lane(gradual, base)
+        f"{side}{suffix}": Lane(side == "torch_pruning", base, _walk_rule(args, gradual))
         for gradual, suffix in ((True, ""), (False, "_one_step"))
         if gradual or args.one_step
         for side in ("ours", "torch_pruning")
     }
     if args.importance_only:
-        lanes["ours_importance_only"] = Lane(True, base, sensitivity=False)
+        lanes["ours_importance_only"] = Lane(False, base, _walk_rule(args, True), sensitivity=False)
     if args.channels_only:
-        lanes["ours_channels_only"] = Lane(True, base, depth=False)
-    for target in sorted(args.targets):
-        for label, ours in [(label, lane) for label, lane in lanes.items() if label.startswith("ours")]:
-            theirs = lanes.get(label.replace("ours", "torch_pruning"))
-            # Once ours has left the budget, Torch-Pruning's lane goes on at the targets themselves.
-            gradual = ours.gradual and ours.within
-            walk = LATENCY_DEFAULTS.model_copy(update={"gradual": gradual, "max_step": args.max_step})
-            for aim, _ in step_aims(walk, lambda lane=ours: lane.reached, target):
-                if not (ours.within or (theirs and theirs.within)):
-                    break
-                _both_steps(f"{name} {label}", ours, theirs, aim, work, args, context)
+        lanes["ours_channels_only"] = Lane(False, base, _walk_rule(args, True), depth=False)
     for label, lane in lanes.items():
-        if not lane.within:
-            _refine(label, lane, work, args, context)
+        _walk(label, lane, args, context)
     best = {
         label: max((r for r in lane.rows if r["drop"] <= args.budget), key=lambda r: r["speedup"], default=None)
         for label, lane in lanes.items()
@@ -240,7 +195,7 @@ def main() -> None:
         "--channels-only", action="store_true", help="also run ours removing channels only, no residual block"
     )
     parser.add_argument(
-        "--refinements", type=int, default=2, help="targets between a miss and what was kept (filter.refinements)"
+        "--refinements", type=int, default=2, help="misses a walk goes on after, halving its step (filter.refinements)"
     )
     parser.add_argument(
         "--max-step",

@@ -287,7 +287,8 @@ class LevelSearch(StructuredTraining):
         ge=0,
         le=MAX_REFINEMENTS,
         description="Bisection steps between the last level within the budget and the first one past it, so the search "
-        "ends close to the budget's edge rather than a whole grid step below it.",
+        "ends close to the budget's edge rather than a whole grid step below it. With filter.latency: the steps past "
+        "the budget the walk goes on after, each halving its step (in log).",
     )
 
 

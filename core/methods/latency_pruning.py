@@ -2,16 +2,13 @@
 `speed_target.speedup`) in increasing order. Each is planned by core.methods.speed (residual blocks, then channels,
 against the latency table measured on the target runtime with `speed_target.threads`) and recovered with distillation
 from the baseline (filter's training settings), for longer the more the plan removed. Gradually (the default), each
-target is planned from the last result within the budget, so every step removes a little from a recovered model,
-and a target more than `max_step` away is reached through steps of that size; otherwise each is planned from the
-baseline. Keeps the fastest result within the accuracy budget and stops at the
-first target past it, after up to `refinements` targets between the two. A checkpoint after each target holds the
-best model so far, packed as a .sqz, so a restarted job goes on from the next target (the latency tables are cached
-in the job's folder too)."""
+step is planned from the last result within the budget, so every step removes a little from a recovered model; a
+step past the budget halves the step (core.methods.walk). Keeps the fastest result within the accuracy budget. A
+checkpoint after each step holds the best model so far, packed as a .sqz, and where the walk stands, so a restarted
+job goes on from there (the latency tables are cached in the job's folder too)."""
 
 import itertools
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Unpack
 
@@ -28,9 +25,8 @@ from squeezer.core.methods.harness import BASELINE_DONE, FINETUNE_SEED_OFFSET, M
 from squeezer.core.methods.latency_table import Runtime
 from squeezer.core.methods.results import ChannelLayerState, MethodResult
 from squeezer.core.methods.speed import plan_for_speed
+from squeezer.core.methods.walk import Walk
 
-# A refinement target less than this factor above the speed-up kept is not worth a recovery.
-MIN_REFINEMENT = 1.1
 _BEST_SQZ = "best.sqz"  # the checkpoint's tensor holding the best model so far, packed
 
 # Validation samples that score a block's removal or a group's thinning (an estimate before recovery, not the
@@ -57,109 +53,57 @@ def compress_latency(model, data, config: CompressConfig, **hooks: Unpack[Method
     run = MethodRun(model, data, config, config.filter, name="filter", **hooks)
     baseline, _ = run.measure_baseline()
     original = _Reached(run.base, 1.0, [], 0, baseline)
-    best, tried, ended = _resumed(run, original)
+    walk = new_walk(config)
+    best = _resumed(run, original, walk)
     with run.time_limited("prune"):
-        if not ended:
-            best = _walk(run, original, best, tried)
+        best = _walk(run, original, best, walk)
     return run.result(best.module, layer_states(run.base, best.module, best.blocks), best.accuracy)
 
 
-def _walk(run: MethodRun, original: _Reached, best: _Reached, tried: int) -> _Reached:
-    """The targets after the first `tried`, from `best`: the best result within the budget when one step leaves it
-    (and its refinements are done) or the last target is tried."""
-    settings = _latency(run.config)
-    targets = _targets(settings, run.config)
+def new_walk(config: CompressConfig) -> Walk:
+    """The walk a job's `filter.latency` (and `filter.refinements`, the misses it goes on after) asks for."""
+    settings = _latency(config)
+    return Walk(_targets(settings, config), settings.max_step, config.filter.refinements, settings.gradual)
+
+
+def _walk(run: MethodRun, original: _Reached, best: _Reached, walk: Walk) -> _Reached:
+    """Each step `walk` aims, from `best` (the baseline when not gradual): the best result within the budget once
+    the walk ends (core.methods.walk)."""
     attempts = itertools.count(1)  # each attempt recovers with its own seed
-
-    def start() -> _Reached:
-        return best if settings.gradual else original
-
-    for index, speedup in enumerate(targets[tried:], start=tried + 1):
-        fraction = progress(BASELINE_DONE, 1.0, index, len(targets))
-        for aim, last in step_aims(settings, lambda: start().speedup, speedup):
-            planned_from = start()
-            reached = _attempt(run, planned_from, aim, fraction, next(attempts))
-            accepted = run.within(reached.accuracy) and reached.speedup > planned_from.speedup
-            best = reached if accepted else best
-            _save(run, best, index if last else index - 1, not accepted, fraction)
-            if not accepted:
-                return _refined(run, original, best, aim, index, fraction, attempts)
-    return best
-
-
-def step_aims(settings: LatencyPruning, position: Callable[[], float], speedup: float) -> Iterator[tuple[float, bool]]:
-    """Each step's aim from where the walk stands (`position()`, read again before each step) to `speedup`, with
-    whether it is the target's last step: one step when not gradual, else as few as keep each within `max_step`,
-    the rest of the way in equal factors and never over `max_step`, even where earlier steps landed short (the
-    target is then left short). None once an earlier plan reached `speedup`."""
-    ratio = speedup / position()
-    steps = 1 if not settings.gradual or ratio <= 1 else math.ceil(math.log(ratio) / math.log(settings.max_step) - 1e-9)
-    for left in range(max(steps, 1), 0, -1):
-        start = position()
-        if start >= speedup:
-            return
-        factor = (speedup / start) ** (1 / left)
-        yield start * (min(factor, settings.max_step) if settings.gradual else factor), left == 1
-
-
-def _refined(
-    run: MethodRun,
-    original: _Reached,
-    best: _Reached,
-    missed: float,
-    tried: int,
-    fraction: float,
-    attempts: Iterator[int],
-) -> _Reached:
-    """After a target past the budget: up to `filter.refinements` targets between the speed-up kept and the missed
-    one (geometric midpoints, each planned like a target), so one step too far does not end the walk where it
-    stood. Not resumed: a rerun keeps the best result checkpointed."""
-    gradual = _latency(run.config).gradual
-    for _ in range(run.config.filter.refinements):
-        midpoint = refinement_target(best.speedup, missed)
-        if midpoint is None:
-            break
-        reached = _attempt(run, best if gradual else original, midpoint, fraction, next(attempts))
-        if run.within(reached.accuracy):
+    for aim in walk.aims():
+        fraction = progress(BASELINE_DONE, 1.0, walk.tried + 1, len(walk.targets))
+        reached = _attempt(run, best if walk.gradual else original, aim, fraction, next(attempts))
+        if walk.took(reached.speedup, within=run.within(reached.accuracy)):
             best = reached
-        else:
-            missed = midpoint
-        _save(run, best, tried, True, fraction)
+        _save(run, best, walk, fraction)
     return best
 
 
-def refinement_target(kept: float, missed: float) -> float | None:
-    """The geometric midpoint between the speed-up kept and the one missed, or None where it lies less than
-    MIN_REFINEMENT above the speed-up kept."""
-    midpoint = (kept * missed) ** 0.5
-    return midpoint if midpoint >= kept * MIN_REFINEMENT else None
-
-
-def _save(run: MethodRun, best: _Reached, tried: int, ended: bool, fraction: float) -> None:
-    """A checkpoint after each target tried: the best model so far as a .sqz (unless it is the baseline), how many
-    targets were tried and whether one left the budget."""
+def _save(run: MethodRun, best: _Reached, walk: Walk, fraction: float) -> None:
+    """A checkpoint after each step: the best model so far as a .sqz (unless it is the baseline) and where the walk
+    stands."""
     tensors = {}
     if best.packed:
         tensors[_BEST_SQZ] = torch.frombuffer(bytearray(best.packed), dtype=torch.uint8)
     blocks = [[block.name, block.without_branch] for block in best.blocks]
-    meta = {"tried": tried, "ended": ended, "speedup": best.speedup, "blocks": blocks, "channels": best.channels}
+    meta = {"walk": walk.progress(), "speedup": best.speedup, "blocks": blocks, "channels": best.channels}
     run.save(tensors, meta | {"accuracy": best.accuracy}, fraction)
 
 
-def _resumed(run: MethodRun, original: _Reached) -> tuple[_Reached, int, bool]:
-    """The best result, the targets tried and whether one left the budget, from the last checkpoint (a rerun of a
-    stopped job); the baseline and nothing tried without one."""
+def _resumed(run: MethodRun, original: _Reached, walk: Walk) -> _Reached:
+    """The best result from the last checkpoint (a rerun of a stopped job), `walk` set to go on from where it
+    stood; the baseline, and the walk at its start, without one."""
     saved = run.resume()
     if saved is None:
-        return original, 0, False
+        return original
     tensors, meta = saved
-    best = original
-    if _BEST_SQZ in tensors:
-        packed = tensors[_BEST_SQZ].numpy().tobytes()
-        blocks = [Block(str(name), str(kind)) for name, kind in meta["blocks"]]
-        speedup, channels, accuracy = float(meta["speedup"]), int(meta["channels"]), float(meta["accuracy"])
-        best = _Reached(read_sqz(packed).module.eval(), speedup, blocks, channels, accuracy, packed)
-    return best, int(meta["tried"]), bool(meta["ended"])
+    walk.resume(meta.get("walk") or {"tried": meta["tried"], "ended": meta["ended"], "kept": meta["speedup"]})
+    if _BEST_SQZ not in tensors:
+        return original
+    packed = tensors[_BEST_SQZ].numpy().tobytes()
+    blocks = [Block(str(name), str(kind)) for name, kind in meta["blocks"]]
+    speedup, channels, accuracy = float(meta["speedup"]), int(meta["channels"]), float(meta["accuracy"])
+    return _Reached(read_sqz(packed).module.eval(), speedup, blocks, channels, accuracy, packed)
 
 
 def _attempt(run: MethodRun, start: _Reached, speedup: float, fraction: float, index: int) -> _Reached:
