@@ -3,7 +3,7 @@ target; here each method walks through targets in increasing order, each step re
 and distillation, and keeps the fastest result within the budget (what filter.latency does in a job). Both methods
 walk by the job's rule (core.methods.walk: gradual steps of at most --max-step, a miss halving the step, the walk
 ending after --refinements + 1 misses): ours in speed-up as its plans measured it, Torch-Pruning in MACs reduction,
-its own knob.
+its own knob, with targets on to 4 times the last (a MACs reduction buys less speed-up).
 Ours: core.methods.speed.plan_for_speed (blocks, then channels against the latency table); theirs: Torch-Pruning's
 group-norm pruner at the uniform ratio reaching each aimed MACs reduction. The speed-up of each result is
 measured in onnxruntime (one thread, batch 1) against the baseline, A/B interleaved (core.measure.compare).
@@ -39,6 +39,7 @@ from squeezer.core.methods.walk import Walk  # noqa: E402
 
 RESULTS = "speed_budget"
 LATENCY_DEFAULTS = LatencyPruning()  # a job's filter.latency defaults
+THEIRS_BEYOND = (2.0, 4.0)  # Torch-Pruning's MACs targets past the last speed-up target, as factors of it
 
 
 @dataclass
@@ -134,8 +135,12 @@ def _walk(label: str, lane: Lane, args, context: Context) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {context.work.name} {label} {row}", flush=True)
 
 
-def _walk_rule(args, gradual: bool) -> Walk:
-    return Walk(sorted(args.targets), args.max_step, args.refinements, gradual)
+def _walk_rule(args, gradual: bool, theirs: bool = False) -> Walk:
+    """The job's walk over --targets; Torch-Pruning's (in MACs reductions, which outrun speed-ups) goes on to
+    THEIRS_BEYOND times the last, so that its walk ends at the budget rather than at our last target."""
+    targets = sorted(args.targets)
+    targets += [targets[-1] * factor for factor in THEIRS_BEYOND] if theirs else []
+    return Walk(targets, args.max_step, args.refinements, gradual)
 
 
 def run_network(name: str, args) -> dict:
@@ -149,7 +154,7 @@ def run_network(name: str, args) -> dict:
     baseline_file = module_onnx(base, work.input_shape)
     context = Context(base, work, score, baseline, baseline_file, args.budget, args.seed, args.recovery_lr)
     lanes = {
-        f"{side}{suffix}": Lane(side == "torch_pruning", base, _walk_rule(args, gradual))
+        f"{side}{suffix}": Lane(side == "torch_pruning", base, _walk_rule(args, gradual, side == "torch_pruning"))
         for gradual, suffix in ((True, ""), (False, "_one_step"))
         if gradual or args.one_step
         for side in ("ours", "torch_pruning")
