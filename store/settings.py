@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = 10.0
     # A running job whose heartbeat is older than this is considered orphaned by the reaper.
     heartbeat_timeout_s: float = 120.0
+    # A queued job not sent to a worker for this long is sent again (the broker lost its message, e.g. Redis restarted
+    # without persistence). Unset: 5 heartbeat timeouts, at least 10 s (worker.reaper.stale_queued_s).
+    queued_resend_s: float | None = Field(None, gt=0, le=86_400)
     max_attempts: int = 3
     worker_device: Literal["auto", "cpu", "cuda"] = "auto"
     # Jobs that run at once on this worker's machine (one per `squeezer worker` process there): each job's engine

@@ -9,14 +9,16 @@ from collections.abc import Callable
 
 from squeezer.store.artifacts import sweep_orphaned_results, sweep_stale_uploads
 from squeezer.store.jobs import reap
+from squeezer.store.settings import Settings
 from squeezer.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
 
 # An upload still "uploading" after this long lost its API process (a 4 GiB upload takes minutes, not an hour).
 STALE_UPLOAD_S = 3600.0
-# A queued job is sent again after this many heartbeat timeouts (at least STALE_QUEUED_MIN_S): duplicates are harmless
-# (the claim is atomic) but each one costs a message, so the wait is long compared with the heartbeat timeout.
+# Unless configured (queued_resend_s), a queued job is sent again after this many heartbeat timeouts (at least
+# STALE_QUEUED_MIN_S): duplicates are harmless (the claim is atomic) but each one costs a message, so the wait is long
+# compared with the heartbeat timeout.
 STALE_QUEUED_TIMEOUTS = 5
 STALE_QUEUED_MIN_S = 10.0
 # The reaper looks this many times per heartbeat timeout, so a dead worker's job waits at most a quarter timeout more
@@ -26,9 +28,11 @@ REAP_INTERVAL_MIN_S = 0.5
 REAP_INTERVAL_MAX_S = 30.0
 
 
-def stale_queued_s(heartbeat_timeout_s: float) -> float:
+def stale_queued_s(settings: Settings) -> float:
     """A queued job not sent for this long is sent again."""
-    return max(STALE_QUEUED_TIMEOUTS * heartbeat_timeout_s, STALE_QUEUED_MIN_S)
+    if settings.queued_resend_s is not None:
+        return settings.queued_resend_s
+    return max(STALE_QUEUED_TIMEOUTS * settings.heartbeat_timeout_s, STALE_QUEUED_MIN_S)
 
 
 def reap_interval_s(heartbeat_timeout_s: float) -> float:
@@ -48,7 +52,7 @@ def recover_once(
         job_ids = reap(
             session,
             heartbeat_timeout_s=timeout,
-            stale_queued_s=stale_queued_s(timeout) if queued_after_s is None else queued_after_s,
+            stale_queued_s=stale_queued_s(ctx.settings) if queued_after_s is None else queued_after_s,
         )
     removed = sweep_stale_uploads(ctx.session_factory, ctx.blobs, older_than_s=uploads_after_s)
     removed += sweep_orphaned_results(ctx.session_factory, ctx.blobs, older_than_s=uploads_after_s)
