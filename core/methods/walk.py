@@ -4,11 +4,11 @@ both methods (ours in speed-up, Torch-Pruning in its own unit, a MACs reduction)
 Gradually (each step planned from the last result within the budget), a target more than `step` away is reached in
 equal factors none over `step`; a step that lands short leaves its target short rather than making the next step
 larger. A step past the budget does not end the walk: the step cap shrinks to the square root of the step that
-missed (half of it in log, as the miss measured it), and the walk goes on from what was kept towards the targets at
-that smaller step. It ends after `retries` + 1 misses, when a halved step would be under MIN_STEP, when a plan gains
-nothing over what was kept, or after the last target. Planned from the baseline every time (not gradual), a step
-has no cap, and an aim at or past a speed-up already missed becomes the midpoint between the two instead, since the
-same plan from the same start would miss again."""
+missed (half of it in log; the larger of its aim and what its plan measured), and the walk goes on from what was
+kept towards the targets at that smaller step. It ends after `retries` + 1 misses, when a halved step would be under
+MIN_STEP, when a plan gains nothing over what was kept, or after the last target. Planned from the baseline every
+time (not gradual), a step has no cap, and an aim at or past a speed-up already missed becomes the midpoint between
+the two instead, since the same plan from the same start would miss again."""
 
 import math
 from collections.abc import Iterator
@@ -35,6 +35,7 @@ class Walk:
     ceiling: float = math.inf
     misses: int = 0
     ended: bool = False
+    aimed: float = field(default=1.0, compare=False)  # the last aim handed out
 
     def __post_init__(self) -> None:
         self.step = self.max_step if self.gradual else math.inf
@@ -42,6 +43,7 @@ class Walk:
     def aims(self) -> Iterator[float]:
         """Each step's aim, read after the caller has reported the step before it with `took`."""
         while (aim := self._next_aim()) is not None:
+            self.aimed = aim
             yield aim
 
     def took(self, reached: float, *, within: bool) -> bool:
@@ -52,7 +54,8 @@ class Walk:
             self.ceiling = self.ceiling if not self.gradual else math.inf
             self.tried += self.left == 0 and self.ceiling > self.targets[self.tried]  # else bisect below it
             return True
-        halved = math.sqrt(reached / self.kept) if reached > self.kept else 0.0
+        # Aimed further than it reached, a miss may still be the recovery's noise: halve the step it aimed at.
+        halved = math.sqrt(max(reached, self.aimed) / self.kept) if reached > self.kept else 0.0
         self.misses += 1
         self.ended = self.misses > self.retries or halved < MIN_STEP
         if not self.ended:

@@ -40,11 +40,21 @@ def test_a_miss_halves_the_step_and_the_walk_goes_on_towards_the_targets():
     assert walk.kept == pytest.approx(2.0) and walk.misses == 1
 
 
+def test_a_miss_that_landed_short_of_its_aim_halves_the_step_it_aimed_at():
+    """A plan that ran short of its aim and still missed: the recovery's noise may have decided it, so the halved
+    step is the aimed one's, not the smaller one measured."""
+    aims = _answered(Walk([2.0], max_step=1.5, retries=0), [(1.2, False)])
+    assert aims == pytest.approx([2**0.5])
+    walk = Walk([2.0], max_step=1.5, retries=1)
+    aims = _answered(walk, [(1.2, False), (None, False)])
+    assert aims == pytest.approx([2**0.5, 2**0.25])  # √(√2) caps it: 2 in four steps, not √1.2 in five
+
+
 def test_the_walk_ends_after_retries_plus_one_misses():
     walk = Walk([1.5, 2.0, 4.0], max_step=1.5, retries=1)
     aims = _answered(walk, [(None, True), (1.9, False), (None, False)])
     assert aims[:2] == pytest.approx([1.5, 2.0])
-    assert aims[2] == pytest.approx(1.5 * (2.0 / 1.5) ** (1 / 3))  # 2.0 in three steps, each under √(1.9/1.5)
+    assert aims[2] == pytest.approx(1.5 * (2.0 / 1.5) ** 0.5)  # the 2.0 it aimed at, in two halved steps
     assert walk.ended and walk.kept == 1.5
 
 
