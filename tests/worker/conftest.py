@@ -152,7 +152,7 @@ def start_service(postgres_url: str, redis_url: str, tmp_path: Path) -> Service:
         "SQUEEZER_HEARTBEAT_INTERVAL_S": "0.5",
         # Long enough that a loaded machine's late heartbeat is not taken for a dead worker (3 s requeued a live job).
         "SQUEEZER_HEARTBEAT_TIMEOUT_S": "10",
-        # A lost message is sent again this soon, not five heartbeat timeouts later: the tests that lose one wait for it.
+        # A lost message is sent again this soon, not five heartbeat timeouts later: tests that lose one wait for it.
         "SQUEEZER_QUEUED_RESEND_S": "10",
         "SQUEEZER_WORKER_DEVICE": "cpu",
         # One compute thread per job (core.jail.threads_per_job): the tests' own processes share the machine with the
