@@ -72,7 +72,8 @@ class Normalised:
 
 
 def normalize_onnx(model) -> Normalised:
-    """Every pass below, in order, on a copy; the original is returned untouched when the result disagrees with it."""
+    """Every pass below, in order, on a copy; the original is returned untouched when the result disagrees with it
+    or a pass fails on it."""
     import onnx
 
     original = model
@@ -98,7 +99,12 @@ def normalize_onnx(model) -> Normalised:
         _optimize,
         _infer_shapes,
     ):
-        note = step(result.model)
+        try:
+            note = step(result.model)
+        except MemoryError:
+            raise
+        except Exception:  # a pass tripped on a graph it was not written for: the upload goes on as it came
+            return Normalised(original, [f"normalisation skipped: {step.__name__.strip('_')} failed on this graph"])
         if note:
             result.changes.append(note)
             if step is _nhwc_input:
@@ -488,7 +494,10 @@ def _conv_mul_add(model) -> str:
         constants = {t.name: t for t in model.graph.initializer}
         consumers = _consumers(model)
         for conv in model.graph.node:
-            if conv.op_type != "Conv" or conv.input[1] not in constants or _is_output(model, conv.output[0]):
+            computed_bias = len(conv.input) > 2 and conv.input[2] and conv.input[2] not in constants
+            if conv.op_type != "Conv" or conv.input[1] not in constants or computed_bias:
+                continue
+            if _is_output(model, conv.output[0]):
                 continue
             users = consumers.get(conv.output[0], [])
             if len(users) != 1 or users[0].op_type not in ("Mul", "Add"):

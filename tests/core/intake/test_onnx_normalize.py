@@ -159,6 +159,31 @@ def test_torch_exports_at_several_opsets_compress(dynamo, opset, tmp_path):
     assert report["compressed"]["flops"] < report["baseline"]["flops"]
 
 
+def test_a_convolution_whose_bias_is_computed_keeps_its_mul_unfolded():
+    """Conv → per-channel Mul folds only constant weights: a bias computed in the graph (here from the input) leaves
+    the pattern as it came, rather than failing the upload."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 4, 4])
+    constants = [
+        helper.make_tensor("w", TensorProto.FLOAT, [2, 1, 1, 1], [1.0, 2.0]),
+        helper.make_tensor("scale", TensorProto.FLOAT, [1, 2, 1, 1], [3.0, 4.0]),
+        helper.make_tensor("axes", TensorProto.INT64, [3], [0, 2, 3]),
+        helper.make_tensor("pair", TensorProto.INT64, [1], [2]),
+    ]
+    nodes = [
+        helper.make_node("ReduceMean", ["x", "axes"], ["mean"], keepdims=0),  # shape (1,)
+        helper.make_node("Expand", ["mean", "pair"], ["bias"]),  # shape (2,), computed from the input
+        helper.make_node("Conv", ["x", "w", "bias"], ["conv"]),
+        helper.make_node("Mul", ["conv", "scale"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "computed_bias", [x], [y], constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model, full_check=True)
+    result = normalize_onnx(model)
+    assert [node.op_type for node in result.model.graph.node][-2:] == ["Conv", "Mul"]
+    assert not any("folded into them" in change or "skipped" in change for change in result.changes)
+
+
 def test_an_unconvertible_operator_is_refused_naming_the_node(tmp_path):
     graph = helper.make_graph(
         [
