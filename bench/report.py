@@ -172,7 +172,7 @@ def speed_headline() -> list[str]:
 # (result file, network, label): bench/speed_budget.py's rows in the headline, each from the file its run wrote.
 BUDGET_SOURCES = (
     ("speed_budget_resnet20_walk", "resnet20", "ResNet-20 / Fashion-MNIST"),
-    ("speed_budget_resnet56_seed0_maxstep", "resnet56", "ResNet-56 / Fashion-MNIST"),
+    ("speed_budget_resnet56_seed0_walk", "resnet56", "ResNet-56 / Fashion-MNIST"),
     ("speed_budget_resnet56_seed1_walk", "resnet56", "ResNet-56 / Fashion-MNIST, seed 1"),
     ("speed_budget_mobilenet_walk", "mobilenet_v2", "MobileNetV2 / Fashion-MNIST 32×32"),
     ("speed_budget_unet128_walk", "unet-small", "U-Net / shapes 128×128 (pixel accuracy)"),
