@@ -9,9 +9,9 @@ and measuring speed; the rest is the method. Workloads:
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/job_time.py [--previous 95d5e10] [--rounds 1] [--only digits-lwct]
 
-Writes bench/results/job_time.json: per workload and build, the wall seconds of each run, the report's duration and
-timings, the fixed cost's share, and the median wall time's ratio (previous / this build: above 1, this one is
-faster).
+Writes bench/results/job_time.json (or --results NAME.json, so a partial run leaves the whole one): per workload and
+build, the wall seconds of each run, the report's duration and timings, the fixed cost's share, and the median wall
+time's ratio (previous / this build: above 1, this one is faster).
 """
 
 import argparse
@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--previous", default="95d5e10", help="the build to compare with: a git revision")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each workload per build")
     parser.add_argument("--only", action="append", choices=WORKLOADS, help="a workload to run (repeatable)")
+    parser.add_argument("--results", default="job_time", help="results file name in bench/results (no .json)")
     args = parser.parse_args()
     builds = [args.previous, WORKTREE]
     names = args.only or list(WORKLOADS)
@@ -115,7 +116,7 @@ def main() -> None:
             results[name] = summary(runs, args.previous, WORKTREE)
             print(f"{name}: previous/this build wall time {results[name]['speedup']}×", flush=True)
     write_result(
-        "job_time",
+        args.results,
         {
             "benchmark": "issue 28: wall time of default jobs (squeezer compress, one thread), this build against "
             "a previous one in the same run, and each job's fixed cost (load, write and verify, measure speed)",
