@@ -95,7 +95,8 @@ class Walk:
         """Goes on from a checkpoint's `progress()`, bounded first (a checkpoint is read back from disk)."""
         kept, step, ceiling = (_at_least_one(saved.get(key)) for key in ("kept", "step", "ceiling"))
         counts = [int(saved.get(key, 0)) for key in ("tried", "left", "misses")]
-        if math.isinf(kept) or not all(0 <= count <= len(self.targets) + _MAX_STEPS for count in counts):
+        bounded = all(0 <= count <= len(self.targets) + _MAX_STEPS for count in counts)
+        if math.isinf(kept) or step < MIN_STEP or not bounded:
             raise ValueError("checkpointed walk out of bounds")
         self.kept, self.step, self.ceiling = kept, min(step, self.step), ceiling
         self.tried, self.left, self.misses = min(counts[0], len(self.targets)), counts[1], counts[2]

@@ -86,7 +86,8 @@ def test_a_walk_goes_on_from_its_checkpointed_progress():
 
 
 @pytest.mark.parametrize(
-    "saved", [{"kept": float("nan")}, {"kept": 0.5}, {"step": -1.0}, {"tried": 10**9}, {"misses": -1}]
+    "saved",
+    [{"kept": float("nan")}, {"kept": 0.5}, {"step": -1.0}, {"step": 1.0}, {"tried": 10**9}, {"misses": -1}],
 )
 def test_a_checkpointed_progress_out_of_bounds_is_refused(saved):
     with pytest.raises(ValueError, match="checkpointed walk"):
