@@ -86,7 +86,7 @@ def _save(run: MethodRun, best: _Reached, walk: Walk, fraction: float) -> None:
     if best.packed:
         tensors[_BEST_SQZ] = torch.frombuffer(bytearray(best.packed), dtype=torch.uint8)
     blocks = [[block.name, block.without_branch] for block in best.blocks]
-    meta = {"walk": walk.progress(), "speedup": best.speedup, "blocks": blocks, "channels": best.channels}
+    meta = {"walk": walk.progress(), "blocks": blocks, "channels": best.channels}  # best's speed-up: the walk's kept
     run.save(tensors, meta | {"accuracy": best.accuracy}, fraction)
 
 
@@ -102,8 +102,8 @@ def _resumed(run: MethodRun, original: _Reached, walk: Walk) -> _Reached:
         return original
     packed = tensors[_BEST_SQZ].numpy().tobytes()
     blocks = [Block(str(name), str(kind)) for name, kind in meta["blocks"]]
-    speedup, channels, accuracy = float(meta["speedup"]), int(meta["channels"]), float(meta["accuracy"])
-    return _Reached(read_sqz(packed).module.eval(), speedup, blocks, channels, accuracy, packed)
+    channels, accuracy = int(meta["channels"]), float(meta["accuracy"])
+    return _Reached(read_sqz(packed).module.eval(), walk.kept, blocks, channels, accuracy, packed)
 
 
 def _attempt(run: MethodRun, start: _Reached, speedup: float, fraction: float, index: int) -> _Reached:

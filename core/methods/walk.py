@@ -51,7 +51,8 @@ class Walk:
         it is kept (within, and faster than what was kept)."""
         if within and reached > self.kept:
             self.kept, self.left = reached, self.left - 1
-            self.ceiling = self.ceiling if not self.gradual else math.inf
+            if self.gradual:  # a new start: what was missed from the old one says nothing about it
+                self.ceiling = math.inf
             self.tried += self.left == 0 and self.ceiling > self.targets[self.tried]  # else bisect below it
             return True
         # Aimed further than it reached, a miss may still be the recovery's noise: halve the step it aimed at.
