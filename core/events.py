@@ -134,6 +134,12 @@ class Guard:
         child.hard_deadline = min(child.deadline + self.grace_s, self.hard_deadline)
         return child
 
+    def extend_grace(self, seconds: float) -> None:
+        """Gives the wrap-up after the deadline at least `seconds` (a job whose results take longer to write)."""
+        if seconds > self.grace_s:
+            self.hard_deadline += seconds - self.grace_s
+            self.grace_s = seconds
+
     def essential(self) -> "Guard":
         """A guard for work a result cannot do without: it honours stop requests and the grace, never the deadline
         itself."""

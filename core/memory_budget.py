@@ -2,8 +2,8 @@
 model that blows up its input (an upsampling layer) is refused before it is queued rather than killed mid-run.
 
 One forward pass of one sample, with a hook on every leaf module, measures each layer's input and output. From them:
-- evaluation (core.measure.predict, batches of EVALUATION_BATCH without autograd) holds about one layer's input and
-  output at a time: batch × the largest input + output of any layer;
+- evaluation (core.measure.predict, batches of at most EVALUATION_BATCH without autograd) holds about one layer's
+  input and output at a time: batch × the largest input + output of any layer;
 - training (core.train.fit, the method's batch_size) keeps every layer's output for the backward pass and builds its
   gradient: batch × 2 × the sum of the outputs;
 - the model itself: weights, their gradients, the optimiser's momentum and the baseline kept for distillation and
@@ -12,7 +12,6 @@ One forward pass of one sample, with a hook on every leaf module, measures each 
 Deterministic: shapes only, whatever the sample's values."""
 
 import dataclasses
-import inspect
 import math
 
 import torch
@@ -21,7 +20,7 @@ from torch import nn
 from squeezer.core import limits
 from squeezer.core.config import CompressConfig, StructuredTraining
 from squeezer.core.errors import InputError
-from squeezer.core.measure import predict
+from squeezer.core.measure import MAX_BATCH
 from squeezer.core.methods.registry import MethodName, method
 
 FLOAT_BYTES = 4
@@ -31,7 +30,7 @@ ENGINE_BYTES = 4 << 30
 MODEL_COPIES = 4
 # Activations and their gradients during the backward pass.
 TRAINING_COPIES = 2
-EVALUATION_BATCH: int = inspect.signature(predict).parameters["batch_size"].default
+EVALUATION_BATCH = MAX_BATCH  # what a GPU evaluates at; a CPU batch is smaller (core.measure.evaluation_batch)
 
 
 class JobTooLarge(InputError):

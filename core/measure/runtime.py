@@ -1,11 +1,12 @@
 """Predictions and scores of an exported file in onnxruntime on CPU: what a user deploying model.onnx gets."""
 
+import math
 from pathlib import Path
 
 import numpy as np
 
 from squeezer.core.events import StopCheck, stop_point
-from squeezer.core.measure import score_predictions
+from squeezer.core.measure import evaluation_batch, score_predictions
 
 
 def onnx_session(model: Path | bytes):
@@ -20,14 +21,17 @@ def onnx_session(model: Path | bytes):
 
 
 def onnx_predictions(
-    session, x: np.ndarray, batch: int = 512, threshold: float = 0.0, should_stop: StopCheck | None = None
+    session, x: np.ndarray, batch: int | None = None, threshold: float = 0.0, should_stop: StopCheck | None = None
 ) -> np.ndarray:
-    """Class predictions of an onnxruntime session for every sample, batched like `predict` (a fixed batch axis in
-    the file sets the batch), each batch after a `should_stop` check: argmax over dim 1, or output > `threshold` for
-    one output channel."""
+    """Class predictions of an onnxruntime session for every sample, batched like `predict` (by default
+    `evaluation_batch` of a sample's size; a fixed batch axis in the file sets the batch), each batch after a
+    `should_stop` check: argmax over dim 1, or output > `threshold` for one output channel."""
     model_input = session.get_inputs()[0]
     declared = model_input.shape[0] if model_input.shape else None  # no shape, a name, None or 0 and below: free
-    batch = declared if isinstance(declared, int) and declared > 0 else batch
+    if isinstance(declared, int) and declared > 0:
+        batch = declared
+    elif batch is None:
+        batch = evaluation_batch(math.prod(x.shape[1:]))
     outputs = []
     for start in range(0, len(x), batch):
         stop_point(should_stop)

@@ -4,10 +4,15 @@ from torch import nn
 
 from squeezer.core.errors import InputError
 from squeezer.core.measure import (
+    CPU_BATCH_ELEMENTS,
+    MAX_BATCH,
     count_macs,
     count_nonzero,
     count_params,
+    evaluation_batch,
     float32_bytes,
+    largest_activation,
+    predict,
     resolve_device,
     top1_accuracy,
 )
@@ -51,6 +56,23 @@ def test_top1_accuracy_in_percent():
         model.weight.copy_(torch.eye(2))
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
     assert top1_accuracy(model, x, torch.tensor([0, 1, 1, 1]), batch_size=3) == pytest.approx(75.0)
+
+
+def test_a_cpu_batch_keeps_the_largest_activation_within_the_caches_and_a_gpu_takes_the_largest_batch():
+    wide = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    assert largest_activation(wide, torch.rand(1, 3, 224, 224)) == 16 * 224 * 224
+    assert evaluation_batch(16 * 224 * 224) == CPU_BATCH_ELEMENTS // (16 * 224 * 224) == 1
+    assert evaluation_batch(6 * 28 * 28) == CPU_BATCH_ELEMENTS // (6 * 28 * 28)
+    assert evaluation_batch(10) == MAX_BATCH and evaluation_batch(10**9) == 1
+    assert evaluation_batch(16 * 224 * 224, "cuda") == MAX_BATCH
+
+
+def test_predictions_do_not_depend_on_the_batch():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 32, 3), nn.BatchNorm2d(32), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 62 * 62, 4))
+    x = torch.rand(70, 1, 64, 64)
+    assert evaluation_batch(largest_activation(model.eval(), x[:1])) < len(x)  # the default splits these 70
+    assert torch.equal(predict(model, x), predict(model, x, batch_size=len(x)))
 
 
 def test_device_checks():

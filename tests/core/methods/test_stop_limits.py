@@ -12,11 +12,11 @@ import torch
 
 from squeezer.core.config import AccuracyTarget, CompressConfig, LwctConfig
 from squeezer.core.errors import Cancelled
-from squeezer.core.events import Guard, TimeLimitExceeded, TimeLimitReached
+from squeezer.core.events import GRACE_S, Guard, TimeLimitExceeded, TimeLimitReached
 from squeezer.core.intake.data import Dataset
 from squeezer.core.methods.harness import EPOCH_EVENT_INTERVAL_S
 from squeezer.core.methods.lwct import compress_lwct
-from squeezer.core.pipeline import ModelSource, compress_files
+from squeezer.core.pipeline import FINISH_EVALUATIONS, MAX_GRACE_S, ModelSource, _method_guard, compress_files
 from squeezer.core.samples import ensure_sample_model
 
 # A check before every batch: a batch of the tiny models here takes milliseconds (one of 16,384 samples a few
@@ -253,3 +253,20 @@ def test_a_guard_within_another_stops_at_the_earlier_deadline_and_essential_work
     time.sleep(0.2)  # past the grace
     with pytest.raises(TimeLimitExceeded):
         essential()
+
+
+@pytest.mark.parametrize("evaluation_s", [1.0, 10.0, 40.0])
+def test_a_method_stops_as_long_before_the_limit_as_its_results_take_to_write_and_the_grace_covers_as_much(
+    evaluation_s,
+):
+    """Writing a large network's results reads its validation split a few times over: a job whose evaluation takes
+    10 s must not have them cut off by a grace of 20 s (a 224×224 MobileNet job ended with nothing written)."""
+    job = Guard(time_limit_s=100.0)
+    method = _method_guard(job, evaluation_s)
+    finish_s = FINISH_EVALUATIONS * evaluation_s
+    assert job.deadline - method.deadline == pytest.approx(min(finish_s, 50.0), abs=0.1)  # at most half the time
+    assert job.grace_s == max(GRACE_S, min(finish_s, MAX_GRACE_S))
+    assert job.hard_deadline == pytest.approx(job.deadline + job.grace_s)
+    assert method.hard_deadline <= job.hard_deadline
+    unlimited = Guard()
+    assert _method_guard(unlimited, evaluation_s) is unlimited
