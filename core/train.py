@@ -12,6 +12,7 @@ lower rate, a bounded number of times.
 import contextlib
 import copy
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -456,6 +457,13 @@ class RangeTest:
     lr: float
     start_loss: float
     losses: dict[float, float]  # candidate rate → loss on the probe samples after its probe steps (inf: diverged)
+    skipped: str | None = None  # why no candidate was tried (the configured rate is kept)
+
+
+# A training step costs about this many forward passes (forward, backward, update): what the range test's estimate of
+# its own cost assumes. Under MIN_RANGE_STEPS steps a candidate's loss says nothing, so the test is skipped instead.
+TRAIN_FORWARDS = 3.0
+MIN_RANGE_STEPS = 5
 
 
 def choose_lr(
@@ -474,17 +482,27 @@ def choose_lr(
     device: torch.device | str = "cpu",
     seed: int = 0,
     should_stop: StopCheck | None = None,
+    budget_s: float | None = None,
 ) -> RangeTest:
     """A short, bounded range test on the job's own data: each candidate rate (`lr` × `candidates`) trains a copy of
     the module for `steps` SGD steps, and the loss it then reaches on a fixed probe subset is compared. The largest
     rate whose loss is within `tolerance` (relative, plus 0.01) of the best is chosen: the fastest rate that does not
     hurt. Costs len(candidates) × steps steps of at most `batch_size` samples (the whole training set when it is
-    smaller) plus as many probe evaluations, each batch after a `should_stop` check; `module` itself is not changed."""
+    smaller) plus as many probe evaluations, each batch after a `should_stop` check; `module` itself is not changed.
+    Within `budget_s` (estimated from the probe's first evaluation), fewer steps are taken, or none (`skipped`)."""
     device = torch.device(device)
     batch_size = max(1, min(batch_size, len(x)))
     probe = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:probe_samples]
     x_probe, y_probe = x[probe], y[probe]
+    started = time.monotonic()
     start_loss = _mean_loss(copy.deepcopy(module), x_probe, y_probe, device, batch_size, should_stop)
+    if budget_s is not None:
+        probe_s = time.monotonic() - started
+        step_s = TRAIN_FORWARDS * batch_size * probe_s / max(len(x_probe), 1)
+        steps = min(steps, math.floor((budget_s / len(candidates) - probe_s) / max(step_s, 1e-9)))
+        if steps < MIN_RANGE_STEPS:
+            needed = len(candidates) * (MIN_RANGE_STEPS * step_s + probe_s)
+            return RangeTest(lr, start_loss, {}, f"its shortest run would take {needed:.0f} s of {budget_s:.0f} s")
     losses: dict[float, float] = {}
     for factor in candidates:
         rate = lr * factor

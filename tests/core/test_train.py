@@ -5,6 +5,7 @@ rate of 0.01 wreck it."""
 import copy
 import io
 import math
+import time
 
 import pytest
 import torch
@@ -15,7 +16,16 @@ from squeezer.core.intake.data import load_dataset
 from squeezer.core.intake.models import load_model
 from squeezer.core.measure import metric_function
 from squeezer.core.pipeline import ModelSource, compress_files
-from squeezer.core.train import Diverged, DivergenceRule, augmented, choose_lr, fit, fit_guarded, stage_epochs
+from squeezer.core.train import (
+    LR_CANDIDATE_FACTORS,
+    Diverged,
+    DivergenceRule,
+    augmented,
+    choose_lr,
+    fit,
+    fit_guarded,
+    stage_epochs,
+)
 from tests.core.wild import export_eval, rescaled, residual_cnn, train_on_digits
 
 pytestmark = pytest.mark.slow  # trains models: in the full suite, not the fast tier
@@ -200,3 +210,15 @@ def test_the_range_test_stops_on_request(digits):
     with pytest.raises(Cancelled):
         choose_lr(residual_cnn(), digits.x_train, digits.y_train, lr=0.01, should_stop=stop_on_the_fifth_batch)
     assert len(calls) == 5  # the probe's evaluation and the first rate's steps, each batch after a check
+
+
+def test_the_range_test_fits_its_budget_with_fewer_steps_or_is_skipped(digits):
+    """Under a time limit the test takes a share of the time left: fewer steps where they fit, none where even the
+    shortest useful run would not (the configured rate is kept, and the report says why)."""
+    x, y = digits.x_train, digits.y_train
+    started = time.monotonic()
+    skipped = choose_lr(residual_cnn(), x, y, lr=0.01, budget_s=1e-6)
+    assert time.monotonic() - started < 1.0  # the probe's first evaluation, nothing trained
+    assert (skipped.lr, skipped.losses) == (0.01, {}) and "would take" in (skipped.skipped or "")
+    full = choose_lr(residual_cnn(), x, y, lr=0.01, steps=8, budget_s=600.0)
+    assert full.skipped is None and len(full.losses) == len(LR_CANDIDATE_FACTORS)
