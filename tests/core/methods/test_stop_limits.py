@@ -121,7 +121,7 @@ def test_a_cancel_during_the_range_test_stops_it(digits_model, digits):
 
 
 @pytest.mark.slow
-def test_the_time_limit_cuts_the_range_test_and_the_start_is_kept(sample_dir, digits, tmp_path):
+def test_the_time_limit_cuts_or_skips_the_range_test_and_the_start_is_kept(sample_dir, digits, tmp_path):
     data = tiled(digits, train=12)
     path = tmp_path / "digits-x12.npz"
     np.savez(
@@ -134,7 +134,8 @@ def test_the_time_limit_cuts_the_range_test_and_the_start_is_kept(sample_dir, di
     config = CompressConfig(device="cpu", lwct=LONG_RANGE_TEST, time_limit_s=5)
     report = compress_files(ModelSource(sample_dir), path, tmp_path / "out", config)
     assert report["stopped_early"] == "time_limit"
-    assert report["fine_tuning"]["range_test"] is None and report["fine_tuning"]["stages"] == 0
+    range_test = report["fine_tuning"]["range_test"]  # cut (None), or skipped: its shortest run would not fit
+    assert (range_test is None or "would take" in range_test["skipped"]) and report["fine_tuning"]["stages"] == 0
     assert report["trials"] == []  # no level was trained: the result is the baseline, stored as lwct stores it
     assert report["duration_s"] < 5 + 20
     assert all((tmp_path / "out" / name).exists() for name in RESULT_FILES)
