@@ -130,8 +130,12 @@ class MethodRun:
         try:
             yield
         except TimeLimitReached:
-            self.stopped_early = "time_limit"
-            self.emit(stage, 1.0, "time limit reached; keeping the best state so far", severity="warning")
+            self.time_limit_reached(stage)
+
+    def time_limit_reached(self, stage: str) -> None:
+        """Records `stopped_early` and warns under `stage`: the best state kept so far is the result."""
+        self.stopped_early = "time_limit"
+        self.emit(stage, 1.0, "time limit reached; keeping the best state so far", severity="warning")
 
     # -- training and scoring --------------------------------------------------------------------------------
     def measure_baseline(self, *, announce: bool = True, **data) -> tuple[float, float]:

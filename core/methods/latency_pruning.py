@@ -7,6 +7,7 @@ step past the budget halves the step (core.methods.walk). Keeps the fastest resu
 checkpoint after each step holds the best model so far, packed as a .sqz, and where the walk stands, so a restarted
 job goes on from there (the latency tables are cached in the job's folder too)."""
 
+import contextlib
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from torch import nn
 
 from squeezer.core.artifacts.sqz import pack_sqz, read_sqz
 from squeezer.core.config import CompressConfig, LatencyPruning
+from squeezer.core.events import TimeLimitReached
 from squeezer.core.graph.dependency import PRODUCERS
 from squeezer.core.graph.surgery import width
 from squeezer.core.measure import count_macs
@@ -76,6 +78,9 @@ def _walk(run: MethodRun, original: _Reached, best: _Reached, walk: Walk) -> _Re
         if walk.took(reached.speedup, within=run.within(reached.accuracy)):
             best = reached
         _save(run, best, walk, fraction)
+        if run.guard.reached:  # the time limit cut this step's recovery: the walk ends with what it kept
+            run.time_limit_reached("prune")
+            break
     return best
 
 
@@ -132,10 +137,12 @@ def _attempt(run: MethodRun, start: _Reached, speedup: float, fraction: float, i
     removed = 1 - _parameters(pruned) / _parameters(start.module)
     seed = run.config.seed + FINETUNE_SEED_OFFSET + index
     epochs = run.config.filter.epochs_per_step
-    run.train(pruned, epochs, seed, "prune", fraction, scale=1.0 + settings.recovery_scale * removed)
+    with contextlib.suppress(TimeLimitReached):  # a recovery the limit cuts is scored as it stands (run.guard.reached)
+        run.train(pruned, epochs, seed, "prune", fraction, scale=1.0 + settings.recovery_scale * removed)
     blocks, channels = [*start.blocks, *plan.blocks], start.channels + plan.removed_channels
     packed = pack_sqz(with_architecture(run.model, pruned), [])
-    reached = _Reached(pruned, reaches, blocks, channels, run.evaluate(pruned), packed)
+    accuracy = run.evaluate(pruned, essential=run.guard.reached)
+    reached = _Reached(pruned, reaches, blocks, channels, accuracy, packed)
     run.record(
         "prune",
         packed,

@@ -202,3 +202,23 @@ def test_a_gradual_step_never_aims_further_than_max_step(digits_resnet, digits):
         start = step["planned_from"]
         assert step["target"] == pytest.approx(start * min(1.5, (3.0 / start) ** (1 / left)))
     assert [step["planned_from"] for step in steps[1:]] == [step["reached_speedup"] for step in steps[:-1]]
+
+
+def test_a_recovery_the_time_limit_cuts_is_scored_as_it_stands_and_kept_within_the_budget(digits_resnet, digits):
+    """On a large network one recovery can outlast a job's time: the limit cuts it, the pruned model is scored as it
+    stands and kept if within the budget (a 224×224 MobileNet job had ended with the baseline, its one step lost)."""
+    config = CompressConfig(
+        method="filter",
+        device="cpu",
+        time_limit_s=15.0,
+        target=AccuracyTarget(max_drop=100.0),  # whatever the cut recovery scores, it is within
+        filter=FilterConfig(
+            epochs_per_step=1_000, lr_search=False, latency=LatencyPruning(speedups=[1.5], depth=False)
+        ),
+    )
+    events = []
+    result = compress_filter(digits_resnet, digits, config, on_event=events.append)
+    steps = [event.data for event in events if event.stage == "step"]
+    assert result.stopped_early == "time_limit" and len(steps) == 1 and steps[0]["accepted"]
+    assert count_macs(result.module, (1, 8, 8)) < count_macs(digits_resnet.module, (1, 8, 8))
+    assert any(event.level == "warning" and "time limit" in event.message for event in events)
