@@ -196,8 +196,20 @@ def budget_headline() -> list[str]:
             best = networks[name]["fastest_within_budget"]
             sides = [_kept(best.get(side)) for side in ("ours", "torch_pruning")]
             rows.append([label, cell(networks[name]["baseline"]["accuracy"]), *sides])
+    rows += _pretrained_rows()
     header = ["speed within 1 point (speed-up, points lost, MACs removed)", "baseline %", "Squeezer", "Torch-Pruning"]
     return table(header, rows)
+
+
+def _pretrained_rows() -> list[list[str]]:
+    """bench/pretrained224.py's default run: a job as a user runs it, so Torch-Pruning has no side."""
+    path = RESULTS / "pretrained224.json"
+    if not path.is_file():
+        return []
+    run = json.loads(path.read_text(encoding="utf-8"))["runs"]["auto"]
+    label = "MobileNetV3-Small 224×224, pretrained, as ONNX: `auto --speedup 2 --time-limit 1200`"
+    ours = f"{run['speedup']:.2f}×, {cell(run['drop'])}, {(1 - 1 / run['macs_reduction']) * 100:.0f} %"
+    return [[label, cell(run["baseline_accuracy"]), ours, "not run (a job)"]]
 
 
 def _kept(row: dict | None) -> str:
