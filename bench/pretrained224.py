@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from _common import REPO, machine, write_result
+from job_time import _CLI, FIXED
 from torchvision import models
 
 from squeezer.core.intake.data import load_dataset
@@ -36,8 +37,6 @@ from squeezer.core.train import fit
 
 RESULTS = "pretrained224"
 SIZE = 224
-FIXED = ("load", "write_and_verify", "measure_speed")
-_CLI = "import sys; from squeezer.cli.main import app; sys.argv[0] = 'squeezer'; app()"
 
 
 def _scaled(samples, count: int) -> np.ndarray:
