@@ -198,8 +198,9 @@ class _FilterSearch(LevelSearch):
         run.emit(
             "prune", fraction, f"removing {len(removed)} of {len(self.order)} channels (level {level:.3f})", level=level
         )
-        run.train(working, self.settings.epochs_per_step, self.seed + FINETUNE_SEED_OFFSET + index, "prune", fraction)
-        accuracy = run.evaluate(working)
+        seed = self.seed + FINETUNE_SEED_OFFSET + index
+        run.train_until_cut(working, self.settings.epochs_per_step, seed, "prune", fraction)
+        accuracy = run.evaluate(working, essential=True)
         for handle in handles:
             handle.remove()
         within = run.within(accuracy)

@@ -125,7 +125,7 @@ class _PenaltySearch(LevelSearch):
         working = copy.deepcopy(run.base)
         lasso = GroupLasso(working, run.graph)
         run.emit("sparse", fraction, f"group-sparse training with λ={penalty:.3g}", penalty=penalty)
-        run.train(
+        run.train_until_cut(
             working,
             settings.sparse_epochs,
             self.seed + index,
@@ -136,8 +136,9 @@ class _PenaltySearch(LevelSearch):
         shrunk, removed = remove_zeroed(working, run.graph, lasso.zeroed(), self.sample)
         message = f"λ={penalty:.3g}: {len(removed)} neurons removed; fine-tuning"
         run.emit("finetune", fraction, message, removed=len(removed))
-        run.train(shrunk, settings.epochs_per_step, self.seed + FINETUNE_SEED_OFFSET + index, "finetune", fraction)
-        accuracy = run.evaluate(shrunk)
+        seed = self.seed + FINETUNE_SEED_OFFSET + index
+        run.train_until_cut(shrunk, settings.epochs_per_step, seed, "finetune", fraction)  # none once cut
+        accuracy = run.evaluate(shrunk, essential=True)
         within = run.within(accuracy)
         level = len(removed) / len(run.graph.removable())
         run.record_shrunk(f"group λ={penalty:.3g}", shrunk, len(removed), accuracy, within, fraction, level)

@@ -14,6 +14,8 @@ A method builds one `MethodRun` (or a subclass that adds its own state) and uses
 - `with run.time_limited(stage):` around the stages: when the configured time limit runs out, the run stops there
   and `result()` returns the best state the method kept, with `stopped_early="time_limit"`; the evaluations a result
   needs outside it (`evaluate(module, essential=True)`) run on into the guard's grace;
+- `train_until_cut(...)`: a recovery whose stage the time limit cuts ends with the weights it reached; the method
+  scores and records it as any other (`run.cut` says it was cut), then `end_if_cut()` ends its search there;
 - `result(module, layers, accuracy)`: the `MethodResult`.
 
 Progress fractions are the method's own share of the bar, from 0 to 1 (the pipeline maps them onto the job's).
@@ -137,6 +139,18 @@ class MethodRun:
         self.stopped_early = "time_limit"
         self.emit(stage, 1.0, "time limit reached; keeping the best state so far", severity="warning")
 
+    @property
+    def cut(self) -> bool:
+        """Whether the time limit has cut the run: what is left is scoring what it reached and writing it."""
+        return self.guard.reached
+
+    def end_if_cut(self) -> None:
+        """Ends a search (through `time_limited`) once the time limit has cut it or its deadline has passed, after its
+        last stage was scored and recorded."""
+        if self.cut:
+            raise TimeLimitReached
+        self.guard.check()
+
     # -- training and scoring --------------------------------------------------------------------------------
     def measure_baseline(self, *, announce: bool = True, **data) -> tuple[float, float]:
         """The baseline's score and the budget in absolute points, both announced as events unless `announce` is
@@ -191,6 +205,28 @@ class MethodRun:
 
         self.fit_stage(module, epochs, seed, after_step, on_epoch, stage=stage, fraction=fraction)
         module.cpu()
+
+    def train_until_cut(
+        self,
+        module: nn.Module,
+        epochs: int,
+        seed: int,
+        stage: str,
+        fraction: float,
+        after_step: AfterStep | None = None,
+        scale: float = 1.0,
+    ) -> None:
+        """`train`, for a recovery worth scoring however far it got: a stage the time limit cuts ends with the
+        weights it reached instead of raising, and once the run is cut no stage trains at all (the module ends on
+        CPU either way). A cut recovery of minutes may already hold the budget; thrown away, it left the baseline.
+        A stage the limit stops before it starts raises as `train` does: there is nothing to score."""
+        if self.cut:
+            return
+        self.guard.check()
+        try:
+            self.train(module, epochs, seed, stage, fraction, after_step, scale)
+        except TimeLimitReached:
+            module.cpu()
 
     def fit_stage(
         self,

@@ -7,7 +7,6 @@ step past the budget halves the step (core.methods.walk). Keeps the fastest resu
 checkpoint after each step holds the best model so far, packed as a .sqz, and where the walk stands, so a restarted
 job goes on from there (the latency tables are cached in the job's folder too)."""
 
-import contextlib
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from torch import nn
 
 from squeezer.core.artifacts.sqz import pack_sqz, read_sqz
 from squeezer.core.config import CompressConfig, LatencyPruning
-from squeezer.core.events import TimeLimitReached
 from squeezer.core.graph.dependency import PRODUCERS
 from squeezer.core.graph.surgery import width
 from squeezer.core.measure import count_macs
@@ -56,9 +54,7 @@ def compress_latency(model, data, config: CompressConfig, **hooks: Unpack[Method
     baseline, _ = run.measure_baseline()
     original = _Reached(run.base, 1.0, [], 0, baseline)
     walk = new_walk(config)
-    best = _resumed(run, original, walk)
-    with run.time_limited("prune"):
-        best = _walk(run, original, best, walk)
+    best = _walk(run, original, _resumed(run, original, walk), walk)
     return run.result(best.module, layer_states(run.base, best.module, best.blocks), best.accuracy)
 
 
@@ -70,17 +66,16 @@ def new_walk(config: CompressConfig) -> Walk:
 
 def _walk(run: MethodRun, original: _Reached, best: _Reached, walk: Walk) -> _Reached:
     """Each step `walk` aims, from `best` (the baseline when not gradual): the best result within the budget once
-    the walk ends (core.methods.walk)."""
+    the walk ends (core.methods.walk), or once the time limit ends it, in a step's planning or after its recovery."""
     attempts = itertools.count(1)  # each attempt recovers with its own seed
-    for aim in walk.aims():
-        fraction = progress(BASELINE_DONE, 1.0, walk.tried + 1, len(walk.targets))
-        reached = _attempt(run, best if walk.gradual else original, aim, fraction, next(attempts))
-        if walk.took(reached.speedup, within=run.within(reached.accuracy)):
-            best = reached
-        _save(run, best, walk, fraction)
-        if run.guard.reached:  # the time limit cut this step's recovery: the walk ends with what it kept
-            run.time_limit_reached("prune")
-            break
+    with run.time_limited("prune"):
+        for aim in walk.aims():
+            fraction = progress(BASELINE_DONE, 1.0, walk.tried + 1, len(walk.targets))
+            reached = _attempt(run, best if walk.gradual else original, aim, fraction, next(attempts))
+            if walk.took(reached.speedup, within=run.within(reached.accuracy)):
+                best = reached
+            _save(run, best, walk, fraction)
+            run.end_if_cut()
     return best
 
 
@@ -137,11 +132,10 @@ def _attempt(run: MethodRun, start: _Reached, speedup: float, fraction: float, i
     removed = 1 - _parameters(pruned) / _parameters(start.module)
     seed = run.config.seed + FINETUNE_SEED_OFFSET + index
     epochs = run.config.filter.epochs_per_step
-    with contextlib.suppress(TimeLimitReached):  # a recovery the limit cuts is scored as it stands (run.guard.reached)
-        run.train(pruned, epochs, seed, "prune", fraction, scale=1.0 + settings.recovery_scale * removed)
+    run.train_until_cut(pruned, epochs, seed, "prune", fraction, scale=1.0 + settings.recovery_scale * removed)
     blocks, channels = [*start.blocks, *plan.blocks], start.channels + plan.removed_channels
     packed = pack_sqz(with_architecture(run.model, pruned), [])
-    accuracy = run.evaluate(pruned, essential=run.guard.reached)
+    accuracy = run.evaluate(pruned, essential=True)  # a recovery that ran is scored, even past the deadline
     reached = _Reached(pruned, reaches, blocks, channels, accuracy, packed)
     run.record(
         "prune",

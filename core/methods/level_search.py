@@ -79,7 +79,8 @@ class LevelSearch(ABC):
     @abstractmethod
     def try_level(self, level: float, index: int, fraction: float) -> bool:
         """Trains and measures `level` (the `index`-th attempt), records its trial, keeps it as the best state when
-        it stays within the budget, and says whether it did."""
+        it stays within the budget, and says whether it did. Its recovery runs until the time limit cuts it
+        (`run.train_until_cut`) and is scored as it stands; the search then ends."""
 
     @abstractmethod
     def best_tensors(self) -> dict[str, torch.Tensor]:
@@ -107,6 +108,7 @@ class LevelSearch(ABC):
         within = self.try_level(level, index, fraction)
         self.outcomes.append(within)
         self.save(fraction)
+        self.run.end_if_cut()
         return within
 
     def save(self, fraction: float) -> None:

@@ -431,9 +431,9 @@ class LwctRun(MethodRun):
         pace = before - share * max(self.budget - (self.baseline - before), 0.0)  # a fixed sparsity may overspend
         for done in range(1, rounds + 1):
             round_seed = seed + _ROUND_SEED_STRIDE * (done - 1)
-            self.train(module, lw.epochs_per_step, round_seed, "train", fraction, scale=scale)
+            self.train_until_cut(module, lw.epochs_per_step, round_seed, "train", fraction, scale=scale)
             plain = self.plain(module)
-            accuracy = self.evaluate(plain)
+            accuracy = self.evaluate(plain, essential=True)  # a stage that trained is scored, even past the deadline
             if rounds > 1:
                 self.emit(
                     "train",
@@ -443,7 +443,7 @@ class LwctRun(MethodRun):
                     accuracy=accuracy,
                     pace=pace,
                 )
-            if accuracy >= pace or lw.epochs_per_step == 0:
+            if accuracy >= pace or lw.epochs_per_step == 0 or self.cut or self.guard.overtime():
                 break
         return plain, accuracy
 
@@ -516,15 +516,16 @@ class LwctRun(MethodRun):
             masks = global_magnitude_masks({n: shadow[f"{n}.weight"] for n in self.best.masks}, sparsity)
             module = build_working_module(self.base, shadow, masks, {})
             self.emit("prune", fraction, f"pruning to sparsity {sparsity:.2f}", sparsity=sparsity)
-            self.train(module, self.lw.prune_epochs, self.config.seed + i, "prune", fraction)
+            self.train_until_cut(module, self.lw.prune_epochs, self.config.seed + i, "prune", fraction)
             plain = self.plain(module)
-            accuracy = self.evaluate(plain)
+            accuracy = self.evaluate(plain, essential=True)
             within = self.within(accuracy, budget)
             self.record_plain("prune", plain, {}, masks, [], accuracy, within, fraction, sparsity)
             if within or self.lw.sparsity is not None:
                 self.accept(LwctState(shadow_state(module), masks, {}, accuracy))
-            if not within:
+            if not within or self.cut:
                 break
+        self.end_if_cut()  # a cut pruning stage, scored and kept if within, ends the run before the ranking
 
     def rank(self) -> None:
         """The layers from most to least significant (lw.ranking), on the pruned state."""
@@ -540,6 +541,7 @@ class LwctRun(MethodRun):
         a group at a time (lw.walk), keeping each stage within the budget; its progress runs up to `end`."""
         candidates = list(reversed(self.ranking[self.lw.preserve :]))
         while at.position < len(candidates):
+            self.end_if_cut()  # after the last stage's checkpoint
             names = candidates[at.position : at.position + at.group]
             # the layers settled so far: a group halved after a failure starts where it did, so progress never goes back
             fraction = progress(_WALK_START, end, at.position, len(candidates))

@@ -3,6 +3,8 @@ in onnxruntime, until the convolutions are predicted the target factor faster; t
 that rebuilds its shape (blocks removed and widths) and computes the same outputs; filter's latency mode runs it
 through the whole pipeline."""
 
+import time
+
 import pytest
 import torch
 
@@ -224,3 +226,33 @@ def test_a_recovery_the_time_limit_cuts_is_scored_as_it_stands_and_kept_within_t
     assert result.stopped_early == "time_limit" and len(steps) == 1 and steps[0]["accepted"]
     assert count_macs(result.module, (1, 8, 8)) < count_macs(digits_resnet.module, (1, 8, 8))
     assert any(event.level == "warning" and "time limit" in event.message for event in events)
+
+
+# Step 1 of the walk below (its plan, ten recovery steps and its scoring) took 2.4 s beside a one-thread benchmark.
+WALK_LIMIT_S = 10.0
+
+
+@pytest.mark.slow
+def test_a_time_limit_that_ends_the_walk_after_a_step_keeps_that_step(digits_resnet, digits):
+    """The deadline passes once the first step is recorded, as when the next step's planning outlasts it on a large
+    network: the walk ends with the step it kept (a limit reached in a later step's planning used to lose it)."""
+    left_after_step = []
+
+    def on_event(event) -> None:
+        if event.stage == "step" and not left_after_step:  # wait here until the time is up
+            left_after_step.append(deadline - time.monotonic())
+            time.sleep(max(left_after_step[0], 0.0) + 0.1)
+
+    settings = LatencyPruning(speedups=[1.5, 3.0], depth=False)
+    config = CompressConfig(
+        method="filter",
+        device="cpu",
+        time_limit_s=WALK_LIMIT_S,
+        target=AccuracyTarget(max_drop=100.0),
+        filter=FilterConfig(epochs_per_step=1, min_steps_per_stage=10, lr_search=False, latency=settings),
+    )
+    deadline = time.monotonic() + WALK_LIMIT_S
+    result = compress_filter(digits_resnet, digits, config, on_event=on_event)
+    assert left_after_step[0] > 0  # the first step finished within the limit
+    assert result.stopped_early == "time_limit" and [trial.accepted for trial in result.trials] == [True]
+    assert count_macs(result.module, (1, 8, 8)) < count_macs(digits_resnet.module, (1, 8, 8))

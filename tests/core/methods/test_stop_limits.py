@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from squeezer.core.config import AccuracyTarget, CompressConfig, LwctConfig
+from squeezer.core.config import AccuracyTarget, CompressConfig, FilterConfig, GroupConfig, LwctConfig
 from squeezer.core.errors import Cancelled
 from squeezer.core.events import GRACE_S, Guard, TimeLimitExceeded, TimeLimitReached
 from squeezer.core.intake.data import Dataset
 from squeezer.core.methods.harness import EPOCH_EVENT_INTERVAL_S
 from squeezer.core.methods.lwct import compress_lwct
+from squeezer.core.methods.registry import method as registered_method
 from squeezer.core.pipeline import FINISH_EVALUATIONS, MAX_GRACE_S, ModelSource, _method_guard, compress_files
 from squeezer.core.samples import ensure_sample_model
 
@@ -136,7 +137,11 @@ def test_the_time_limit_cuts_or_skips_the_range_test_and_the_start_is_kept(sampl
     assert report["stopped_early"] == "time_limit"
     range_test = report["fine_tuning"]["range_test"]  # cut (None), or skipped: its shortest run would not fit
     assert (range_test is None or "would take" in range_test["skipped"]) and report["fine_tuning"]["stages"] == 0
-    assert report["trials"] == []  # no level was trained: the result is the baseline, stored as lwct stores it
+    # no stage finished: the pruning stage the limit cut is scored as it stands, and the result if within the budget
+    assert [trial["stage"] for trial in report["trials"]] == ["prune"]
+    assert report["compressed"]["accuracy"] == (
+        report["trials"][0]["accuracy"] if report["trials"][0]["accepted"] else report["baseline"]["accuracy"]
+    )
     assert report["duration_s"] < 5 + 20
     assert all((tmp_path / "out" / name).exists() for name in RESULT_FILES)
 
@@ -160,6 +165,32 @@ def test_a_time_limit_ends_every_method_within_its_grace_with_its_best_result(sa
         assert report["compressed"]["accuracy"] == report["baseline"]["accuracy"]
     if method == "int8":
         assert report["deployable"] == "model.sqz" and not report["trials"]
+
+
+# A recovery of this many epochs outlasts any limit here; what runs before it (importance learning, group-sparse
+# training, stretched to 300 steps of the digits) takes about a second.
+UNFINISHED = 1_000
+CUT_RECOVERIES = {
+    "lwct": {"lwct": LwctConfig(sparsity=0.5, prune_epochs=UNFINISHED, lr_search=False)},
+    "filter": {"filter": FilterConfig(importance_epochs=1, levels=[0.3], epochs_per_step=UNFINISHED, lr_search=False)},
+    "group": {"group": GroupConfig(penalties=[1.0], sparse_epochs=1, epochs_per_step=UNFINISHED, lr_search=False)},
+}
+
+
+@pytest.mark.parametrize("method", CUT_RECOVERIES)
+def test_every_search_scores_the_recovery_the_time_limit_cuts_and_keeps_it_within_the_budget(
+    digits_model, digits, method
+):
+    """A recovery the limit cuts may already hold the budget (minutes of it on a 224×224 network): it is scored as it
+    stands, recorded, and kept when within; the search ends there. Dropped, it left the baseline as the result."""
+    target = AccuracyTarget(max_drop=100.0)  # whatever the cut recovery scores, it is within
+    config = CompressConfig(method=method, device="cpu", time_limit_s=4.0, target=target, **CUT_RECOVERIES[method])
+    started = time.monotonic()
+    result = registered_method(method).run(digits_model, digits, config)
+    assert time.monotonic() - started < 4.0 + STOP_WITHIN_S
+    assert result.stopped_early == "time_limit"
+    assert [trial.accepted for trial in result.trials] == [True] and result.accuracy == result.trials[0].accuracy
+    assert result.trials[0].compression_ratio > 1.0
 
 
 def test_results_that_cannot_be_written_within_the_grace_end_the_job(sample_dir, tmp_path):
