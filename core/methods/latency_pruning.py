@@ -75,7 +75,7 @@ def _walk(run: MethodRun, original: _Reached, best: _Reached, walk: Walk) -> _Re
             if walk.took(reached.speedup, within=run.within(reached.accuracy)):
                 best = reached
             _save(run, best, walk, fraction)
-            run.end_if_cut()
+            run.end_if_time_up()
     return best
 
 

@@ -108,7 +108,7 @@ class LevelSearch(ABC):
         within = self.try_level(level, index, fraction)
         self.outcomes.append(within)
         self.save(fraction)
-        self.run.end_if_cut()
+        self.run.end_if_time_up()
         return within
 
     def save(self, fraction: float) -> None:

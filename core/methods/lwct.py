@@ -443,7 +443,7 @@ class LwctRun(MethodRun):
                     accuracy=accuracy,
                     pace=pace,
                 )
-            if accuracy >= pace or lw.epochs_per_step == 0 or self.cut or self.guard.overtime():
+            if accuracy >= pace or lw.epochs_per_step == 0 or self.time_up:
                 break
         return plain, accuracy
 
@@ -523,9 +523,9 @@ class LwctRun(MethodRun):
             self.record_plain("prune", plain, {}, masks, [], accuracy, within, fraction, sparsity)
             if within or self.lw.sparsity is not None:
                 self.accept(LwctState(shadow_state(module), masks, {}, accuracy))
-            if not within or self.cut:
+            if not within or self.time_up:
                 break
-        self.end_if_cut()  # a cut pruning stage, scored and kept if within, ends the run before the ranking
+        self.end_if_time_up()  # a pruning stage the limit ended, scored and kept if within, ends the run here
 
     def rank(self) -> None:
         """The layers from most to least significant (lw.ranking), on the pruned state."""
@@ -541,7 +541,7 @@ class LwctRun(MethodRun):
         a group at a time (lw.walk), keeping each stage within the budget; its progress runs up to `end`."""
         candidates = list(reversed(self.ranking[self.lw.preserve :]))
         while at.position < len(candidates):
-            self.end_if_cut()  # after the last stage's checkpoint
+            self.end_if_time_up()  # after the last stage's checkpoint
             names = candidates[at.position : at.position + at.group]
             # the layers settled so far: a group halved after a failure starts where it did, so progress never goes back
             fraction = progress(_WALK_START, end, at.position, len(candidates))
