@@ -199,7 +199,7 @@ class _FilterSearch(LevelSearch):
             "prune", fraction, f"removing {len(removed)} of {len(self.order)} channels (level {level:.3f})", level=level
         )
         seed = self.seed + FINETUNE_SEED_OFFSET + index
-        run.train_until_cut(working, self.settings.epochs_per_step, seed, "prune", fraction)
+        run.train(working, self.settings.epochs_per_step, seed, "prune", fraction, until_cut=True)
         accuracy = run.evaluate(working, essential=True)
         for handle in handles:
             handle.remove()

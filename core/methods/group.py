@@ -125,19 +125,20 @@ class _PenaltySearch(LevelSearch):
         working = copy.deepcopy(run.base)
         lasso = GroupLasso(working, run.graph)
         run.emit("sparse", fraction, f"group-sparse training with λ={penalty:.3g}", penalty=penalty)
-        run.train_until_cut(
+        run.train(
             working,
             settings.sparse_epochs,
             self.seed + index,
             "sparse",
             fraction,
             after_step=lambda optimizer: lasso.proximal_step(optimizer, current_lr(optimizer) * penalty),
+            until_cut=True,
         )
         shrunk, removed = remove_zeroed(working, run.graph, lasso.zeroed(), self.sample)
         message = f"λ={penalty:.3g}: {len(removed)} neurons removed; fine-tuning"
         run.emit("finetune", fraction, message, removed=len(removed))
         seed = self.seed + FINETUNE_SEED_OFFSET + index
-        run.train_until_cut(shrunk, settings.epochs_per_step, seed, "finetune", fraction)  # none once cut
+        run.train(shrunk, settings.epochs_per_step, seed, "finetune", fraction, until_cut=True)  # none once cut
         accuracy = run.evaluate(shrunk, essential=True)
         within = run.within(accuracy)
         level = len(removed) / len(run.graph.removable())

@@ -14,8 +14,9 @@ A method builds one `MethodRun` (or a subclass that adds its own state) and uses
 - `with run.time_limited(stage):` around the stages: when the configured time limit runs out, the run stops there
   and `result()` returns the best state the method kept, with `stopped_early="time_limit"`; the evaluations a result
   needs outside it (`evaluate(module, essential=True)`) run on into the guard's grace;
-- `train_until_cut(...)`: a recovery whose stage the time limit cuts (or ends: `fit_stage`) ends with the weights it
-  reached; the method scores it (`essential=True`) and records it as any other, then `end_if_time_up()` ends its search;
+- `train(..., until_cut=True)`: a recovery whose stage the time limit cuts (or ends: `fit_stage`) ends with the
+  weights it reached; the method scores it (`essential=True`) and records it as any other, then `end_if_time_up()`
+  ends its search;
 - `result(module, layers, accuracy)`: the `MethodResult`.
 
 Progress fractions are the method's own share of the bar, from 0 to 1 (the pipeline maps them onto the job's).
@@ -189,17 +190,32 @@ class MethodRun:
         fraction: float,
         after_step: AfterStep | None = None,
         scale: float = 1.0,
+        *,
+        until_cut: bool = False,
     ) -> None:
         """One training stage of `epochs` (stretched to at least `core.train.min_steps` SGD steps, so small data sets
         recover; none when `epochs` is 0), then `scale` times that, rounded up (a stage that changes more trains
-        longer), with distillation from the baseline; the module ends on CPU."""
+        longer), with distillation from the baseline; the module ends on CPU. `until_cut`: a stage worth scoring
+        however far it got (a recovery of minutes may already hold the budget): one the time limit cuts ends with the
+        weights it reached instead of raising, and once the time is up none trains."""
         assert self.settings is not None, "a run that trains has training settings"
-        self.guard.check()  # also when the stage has no epochs: a search's loop stops here
-        params = sum(p.numel() for p in self.base.parameters())
-        epochs = math.ceil(stage_epochs(self.settings, epochs, len(self.data.y_train), params) * scale)
-        if epochs <= 0:
+        if until_cut and self.time_up:
             return
+        try:
+            self.guard.check()  # also when the stage has no epochs: a search's loop stops here
+            params = sum(p.numel() for p in self.base.parameters())
+            epochs = math.ceil(stage_epochs(self.settings, epochs, len(self.data.y_train), params) * scale)
+            if epochs > 0:
+                on_epoch = self._epoch_events(stage, fraction, epochs)
+                self.fit_stage(module, epochs, seed, after_step, on_epoch, stage=stage, fraction=fraction)
+        except TimeLimitReached:
+            if not until_cut:
+                raise
+        finally:
+            module.cpu()
 
+    def _epoch_events(self, stage: str, fraction: float, epochs: int) -> Callable[[int, float], None]:
+        """A stage's epoch callback: an event at most every EPOCH_EVENT_INTERVAL_S, and for its last epoch."""
         reported = -math.inf
 
         def on_epoch(epoch: int, loss: float) -> None:
@@ -210,28 +226,7 @@ class MethodRun:
             reported = now
             self.emit(stage, fraction, f"epoch {epoch + 1}/{epochs}", epoch=epoch + 1, loss=loss)
 
-        self.fit_stage(module, epochs, seed, after_step, on_epoch, stage=stage, fraction=fraction)
-        module.cpu()
-
-    def train_until_cut(
-        self,
-        module: nn.Module,
-        epochs: int,
-        seed: int,
-        stage: str,
-        fraction: float,
-        after_step: AfterStep | None = None,
-        scale: float = 1.0,
-    ) -> None:
-        """`train`, for a recovery worth scoring however far it got: a stage the time limit cuts ends with the
-        weights it reached instead of raising, and past the deadline no stage trains at all (the module ends on CPU
-        either way). A cut recovery of minutes may already hold the budget; thrown away, it left the baseline."""
-        if self.time_up:
-            return
-        try:
-            self.train(module, epochs, seed, stage, fraction, after_step, scale)
-        except TimeLimitReached:
-            module.cpu()
+        return on_epoch
 
     def fit_stage(
         self,

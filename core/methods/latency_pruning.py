@@ -132,7 +132,7 @@ def _attempt(run: MethodRun, start: _Reached, speedup: float, fraction: float, i
     removed = 1 - _parameters(pruned) / _parameters(start.module)
     seed = run.config.seed + FINETUNE_SEED_OFFSET + index
     epochs = run.config.filter.epochs_per_step
-    run.train_until_cut(pruned, epochs, seed, "prune", fraction, scale=1.0 + settings.recovery_scale * removed)
+    run.train(pruned, epochs, seed, "prune", fraction, scale=1.0 + settings.recovery_scale * removed, until_cut=True)
     blocks, channels = [*start.blocks, *plan.blocks], start.channels + plan.removed_channels
     packed = pack_sqz(with_architecture(run.model, pruned), [])
     accuracy = run.evaluate(pruned, essential=True)  # a recovery that ran is scored, even past the deadline

@@ -80,7 +80,7 @@ class LevelSearch(ABC):
     def try_level(self, level: float, index: int, fraction: float) -> bool:
         """Trains and measures `level` (the `index`-th attempt), records its trial, keeps it as the best state when
         it stays within the budget, and says whether it did. Its recovery runs until the time limit cuts it
-        (`run.train_until_cut`) and is scored as it stands; the search then ends."""
+        (`run.train(..., until_cut=True)`) and is scored as it stands; the search then ends."""
 
     @abstractmethod
     def best_tensors(self) -> dict[str, torch.Tensor]:

@@ -431,7 +431,7 @@ class LwctRun(MethodRun):
         pace = before - share * max(self.budget - (self.baseline - before), 0.0)  # a fixed sparsity may overspend
         for done in range(1, rounds + 1):
             round_seed = seed + _ROUND_SEED_STRIDE * (done - 1)
-            self.train_until_cut(module, lw.epochs_per_step, round_seed, "train", fraction, scale=scale)
+            self.train(module, lw.epochs_per_step, round_seed, "train", fraction, scale=scale, until_cut=True)
             plain = self.plain(module)
             accuracy = self.evaluate(plain, essential=True)  # a stage that trained is scored, even past the deadline
             if rounds > 1:
@@ -516,7 +516,7 @@ class LwctRun(MethodRun):
             masks = global_magnitude_masks({n: shadow[f"{n}.weight"] for n in self.best.masks}, sparsity)
             module = build_working_module(self.base, shadow, masks, {})
             self.emit("prune", fraction, f"pruning to sparsity {sparsity:.2f}", sparsity=sparsity)
-            self.train_until_cut(module, self.lw.prune_epochs, self.config.seed + i, "prune", fraction)
+            self.train(module, self.lw.prune_epochs, self.config.seed + i, "prune", fraction, until_cut=True)
             plain = self.plain(module)
             accuracy = self.evaluate(plain, essential=True)
             within = self.within(accuracy, budget)
