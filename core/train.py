@@ -32,9 +32,7 @@ class TrainOptions:
     short recovery stages end closer to a minimum), at most `max_samples` samples an epoch (a fresh random subset
     each epoch), augmentation (`augmented`), and with a teacher `distill_weight` of knowledge distillation (a
     compressed model recovers faster when it learns the baseline's full output, not just labels). `seed` fixes the
-    shuffles and the augmentation. With a `deadline` (a time.monotonic() reading), the run ends there at the latest,
-    and the cosine schedule follows whichever is further along, its steps or its time: a stage the clock ends still
-    ends at a low rate, where one cut at the deadline ends mid-schedule."""
+    shuffles and the augmentation."""
 
     lr: float
     momentum: float = 0.9
@@ -46,7 +44,6 @@ class TrainOptions:
     distill_weight: float = 0.0
     device: torch.device | str = "cpu"
     seed: int = 0
-    deadline: float | None = None
 
 
 class Trainer:
@@ -121,7 +118,8 @@ class Trainer:
         per_epoch = len(x) if self.options.max_samples is None else min(len(x), self.options.max_samples)
         batch_size = max(1, min(self.options.batch_size, per_epoch))
         if self.options.lr_schedule == "cosine":
-            self.scheduler = self._cosine(max(epochs * -(-per_epoch // batch_size), 1))
+            total_steps = max(epochs * -(-per_epoch // batch_size), 1)
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, total_steps)
         # a lazy source (an image folder's Samples) is decoded on access: DataLoader workers read ahead
         lazy = cast("Samples", x) if getattr(x, "lazy", False) else None
         reader = lazy.reader() if lazy is not None else None
@@ -135,8 +133,6 @@ class Trainer:
                     stack.enter_context(logits_only(model, per_sample=y.dim() == 1))
             self.module.train()
             for epoch in range(epochs):
-                if self.out_of_time():
-                    break
                 order = torch.randperm(len(x), generator=self.generator)[:per_epoch]
                 # each batch in file order: sequential reads of a memory map
                 batches = [order[start : start + batch_size].sort().values for start in range(0, per_epoch, batch_size)]
@@ -145,31 +141,11 @@ class Trainer:
                     on_epoch(epoch, last_loss)
         return last_loss
 
-    def _cosine(self, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-        """The rate annealed to zero over `total_steps`, or by the deadline when that comes first."""
-        deadline = self.options.deadline
-        if deadline is None:
-            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, total_steps)
-        started = time.monotonic()
-        span = max(deadline - started, 1e-9)
-
-        def factor(step: int) -> float:
-            done = max(step / total_steps, (time.monotonic() - started) / span)
-            return 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
-
-        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
-
-    def out_of_time(self) -> bool:
-        """Whether the run's deadline has passed: it ends, without an exception, before its next step."""
-        return self.options.deadline is not None and time.monotonic() >= self.options.deadline
-
     def _epoch(self, x, y: torch.Tensor, batches: list[torch.Tensor], lazy: "Samples | None", reader) -> float:
         if reader is not None:
             reader.start(batches)
         total, seen = 0.0, 0
         for idx in batches:
-            if self.out_of_time():
-                break
             stop_point(self.should_stop)
             if lazy is not None and reader is not None:
                 xb = lazy.converted(reader.next(), self.device)

@@ -14,9 +14,8 @@ A method builds one `MethodRun` (or a subclass that adds its own state) and uses
 - `with run.time_limited(stage):` around the stages: when the configured time limit runs out, the run stops there
   and `result()` returns the best state the method kept, with `stopped_early="time_limit"`; the evaluations a result
   needs outside it (`evaluate(module, essential=True)`) run on into the guard's grace;
-- `train(..., until_cut=True)`: a recovery whose stage the time limit cuts (or ends: `fit_stage`) ends with the
-  weights it reached; the method scores it (`essential=True`) and records it as any other, then `end_if_time_up()`
-  ends its search;
+- `train(..., until_cut=True)`: a recovery whose stage the time limit cuts ends with the weights it reached; the
+  method scores it (`essential=True`) and records it as any other, then `end_if_time_up()` ends its search;
 - `result(module, layers, accuracy)`: the `MethodResult`.
 
 Progress fractions are the method's own share of the bar, from 0 to 1 (the pipeline maps them onto the job's).
@@ -117,14 +116,7 @@ class MethodRun:
         self.stopped_early: str | None = None
         self.lr: float | None = None  # the job's learning rate, chosen before its first stage (`learning_rate`)
         # For the report: the rate used, the range test behind it, every rolled-back try and the stages none saved.
-        self.fine_tuning: dict = {
-            "lr": None,
-            "range_test": None,
-            "retries": [],
-            "stages": 0,
-            "unrecovered_stages": [],
-            "time_fitted_stages": [],
-        }
+        self.fine_tuning: dict = {"lr": None, "range_test": None, "retries": [], "stages": 0, "unrecovered_stages": []}
 
     # -- time limit and events -------------------------------------------------------------------------------
     def emit(self, stage: str, fraction: float, message: str = "", *, severity: EventLevel = "info", **data) -> None:
@@ -241,11 +233,9 @@ class MethodRun:
     ) -> None:
         """The one training call of every method: at the job's own rate, rolled back and retried at a lower one when
         it diverges (core.train.fit_guarded); a later stage starts at the rate the last retry settled on. A stage
-        that no retry saves keeps its starting weights and is reported at warning level. Under a time limit a stage
-        ends by the deadline, its schedule annealed to it (core.train.TrainOptions.deadline)."""
+        that no retry saves keeps its starting weights and is reported at warning level."""
         assert self.settings is not None
         lr = self.learning_rate(fraction)
-        deadline = self.guard.deadline if math.isfinite(self.guard.deadline) else None
         outcome = fit_guarded(
             module,
             self.data.x_train,
@@ -258,13 +248,9 @@ class MethodRun:
             on_epoch=on_epoch,
             teacher=self.base if self.settings.distill else None,
             distill_weight=self.settings.distill,
-            deadline=deadline,
             **{**fit_options(self.settings), "lr": lr},
         )
         self.fine_tuning["stages"] += 1
-        if deadline is not None and time.monotonic() >= deadline:
-            self.fine_tuning["time_fitted_stages"].append(stage)
-            self.emit(stage, fraction, "the time limit ended this stage, its learning rate annealed to fit it")
         if outcome.retries:
             self.fine_tuning["retries"].append(
                 {"stage": stage, "tries": outcome.retries, "lr": outcome.lr, "recovered": outcome.recovered}

@@ -20,11 +20,8 @@ from squeezer.core.train import (
     LR_CANDIDATE_FACTORS,
     Diverged,
     DivergenceRule,
-    Trainer,
-    TrainOptions,
     augmented,
     choose_lr,
-    current_lr,
     fit,
     fit_guarded,
     stage_epochs,
@@ -225,17 +222,3 @@ def test_the_range_test_fits_its_budget_with_fewer_steps_or_is_skipped(digits):
     assert (skipped.lr, skipped.losses) == (0.01, {}) and "would take" in (skipped.skipped or "")
     full = choose_lr(residual_cnn(), x, y, lr=0.01, steps=8, budget_s=600.0)
     assert full.skipped is None and len(full.losses) == len(LR_CANDIDATE_FACTORS)
-
-
-def test_a_run_with_a_deadline_ends_by_it_with_its_rate_annealed(digits):
-    """A stage longer than the time left ends at the deadline without an exception, and its cosine schedule follows
-    the clock there, so it ends at a low rate (cut by the time limit instead, it stopped mid-schedule)."""
-    x, y = digits.x_train, digits.y_train
-    deadline = time.monotonic() + 1.5
-    trainer = Trainer(residual_cnn(), TrainOptions(lr=0.1, lr_schedule="cosine", batch_size=32, deadline=deadline))
-    trainer.fit(x, y, epochs=1_000, on_epoch=None)  # minutes of steps
-    assert 0 <= time.monotonic() - deadline < 2.0  # a step of milliseconds past it, on a loaded machine
-    assert current_lr(trainer.optimizer) < 0.1 * 0.25  # the rate of the last third of the schedule, or lower
-    untimed = Trainer(residual_cnn(), TrainOptions(lr=0.1, lr_schedule="cosine", batch_size=32))
-    untimed.fit(x[:64], y[:64], epochs=2, on_epoch=None)  # 4 steps, annealed by steps alone: to zero exactly
-    assert current_lr(untimed.optimizer) == pytest.approx(0.0, abs=1e-12)
