@@ -176,7 +176,7 @@ BUDGET_SOURCES = (
     ("speed_budget_resnet56_seed1_walk", "resnet56", "ResNet-56 / Fashion-MNIST, seed 1"),
     ("speed_budget_mobilenet_walk", "mobilenet_v2", "MobileNetV2 / Fashion-MNIST 32×32"),
     ("speed_budget_unet128_walk", "unet-small", "U-Net / shapes 128×128 (pixel accuracy)"),
-    ("speed_budget_unet256", "unet-small", "U-Net / shapes 256×256 (pixel accuracy)"),
+    ("speed_budget_unet256_walk", "unet-small", "U-Net / shapes 256×256 (pixel accuracy)"),
 )
 
 
