@@ -168,8 +168,9 @@ def test_a_time_limit_ends_every_method_within_its_grace_with_its_best_result(sa
 
 
 # A recovery of this many epochs outlasts any limit here; what runs before it (importance learning, group-sparse
-# training, stretched to 300 steps of the digits) takes about a second.
+# training, stretched to 300 steps of the digits) takes about a second alone, and several beside other tests.
 UNFINISHED = 1_000
+CUT_LIMIT_S = 10.0
 CUT_RECOVERIES = {
     "lwct": {"lwct": LwctConfig(sparsity=0.5, prune_epochs=UNFINISHED, lr_search=False)},
     "filter": {"filter": FilterConfig(importance_epochs=1, levels=[0.3], epochs_per_step=UNFINISHED, lr_search=False)},
@@ -177,6 +178,7 @@ CUT_RECOVERIES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", CUT_RECOVERIES)
 def test_every_search_scores_the_recovery_the_time_limit_cuts_and_keeps_it_within_the_budget(
     digits_model, digits, method
@@ -184,10 +186,11 @@ def test_every_search_scores_the_recovery_the_time_limit_cuts_and_keeps_it_withi
     """A recovery the limit cuts may already hold the budget (minutes of it on a 224×224 network): it is scored as it
     stands, recorded, and kept when within; the search ends there. Dropped, it left the baseline as the result."""
     target = AccuracyTarget(max_drop=100.0)  # whatever the cut recovery scores, it is within
-    config = CompressConfig(method=method, device="cpu", time_limit_s=4.0, target=target, **CUT_RECOVERIES[method])
+    limit = CUT_LIMIT_S
+    config = CompressConfig(method=method, device="cpu", time_limit_s=limit, target=target, **CUT_RECOVERIES[method])
     started = time.monotonic()
     result = registered_method(method).run(digits_model, digits, config)
-    assert time.monotonic() - started < 4.0 + STOP_WITHIN_S
+    assert time.monotonic() - started < limit + STOP_WITHIN_S
     assert result.stopped_early == "time_limit"
     assert [trial.accepted for trial in result.trials] == [True] and result.accuracy == result.trials[0].accuracy
     assert result.trials[0].compression_ratio > 1.0
