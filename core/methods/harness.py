@@ -132,12 +132,8 @@ class MethodRun:
         try:
             yield
         except TimeLimitReached:
-            self.time_limit_reached(stage)
-
-    def time_limit_reached(self, stage: str) -> None:
-        """Records `stopped_early` and warns under `stage`: the best state kept so far is the result."""
-        self.stopped_early = "time_limit"
-        self.emit(stage, 1.0, "time limit reached; keeping the best state so far", severity="warning")
+            self.stopped_early = "time_limit"
+            self.emit(stage, 1.0, "time limit reached; keeping the best state so far", severity="warning")
 
     @property
     def time_up(self) -> bool:

@@ -525,7 +525,7 @@ class LwctRun(MethodRun):
                 self.accept(LwctState(shadow_state(module), masks, {}, accuracy))
             if not within or self.time_up:
                 break
-        self.end_if_time_up()  # a pruning stage the limit ended, scored and kept if within, ends the run here
+        self.end_if_time_up()  # a pruning stage the limit cut, scored and kept if within, ends the run here
 
     def rank(self) -> None:
         """The layers from most to least significant (lw.ranking), on the pruned state."""
