@@ -393,6 +393,26 @@ class SparePool:
                 spare.close()
 
 
+_shared_pools: dict[tuple[Jail, tuple[str, ...]], SparePool] = {}
+_shared_pools_lock = threading.Lock()
+
+
+def shared_spare_pool(
+    jail: Jail, argv: Sequence[str], limits: JailLimits, *, env: dict[str, str] | None = None
+) -> SparePool:
+    """This process's one SparePool of `argv` in `jail` (closed at exit): workers built again in one process (tests,
+    a restarted embedded service) take the spare the last one kept ready instead of each starting and discarding its
+    own. A call with other limits or variables replaces the pool."""
+    key = (jail, tuple(argv))
+    with _shared_pools_lock:
+        pool = _shared_pools.get(key)
+        if pool is None or (pool.limits, pool.env) != (limits, env):
+            if pool is not None:
+                pool.close()
+            pool = _shared_pools[key] = SparePool(jail, argv, limits, env=env)
+        return pool
+
+
 def job_identity() -> tuple[int, int]:
     """(uid, gid) jailed processes run as when the caller is root: the `squeezer-job` user, else nobody."""
     try:

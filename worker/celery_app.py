@@ -128,7 +128,6 @@ def _stop_reaper(**_) -> None:
     if _reaper is not None:
         _reaper.stop()
         _reaper = None
-    worker_context().close()
 
 
 @setup_logging.connect

@@ -13,6 +13,7 @@ from squeezer.core.jail import (
     SparePool,
     configured_jail,
     python_command,
+    shared_spare_pool,
     thread_environment,
     threads_per_job,
 )
@@ -20,9 +21,10 @@ from squeezer.store.blobs import BlobStore, make_blob_store
 from squeezer.store.db import make_engine, make_session_factory
 from squeezer.store.settings import Settings
 
-# What a job's engine interpreter imports before its job arrives: the engine and what a job imports on its way (the
-# ONNX runtime it measures with, the ONNX converter, torch's exporter), about 2 s of a tiny job otherwise.
-ENGINE_MODULES = ("squeezer.core.pipeline", "onnxruntime", "onnx2torch", "torch.onnx")
+# What a job's engine interpreter imports before its job arrives: the engine and what every job imports on its way
+# (the ONNX runtime it measures with, torch's exporter), about 2 s of a tiny job otherwise. Not the ONNX converter
+# (onnx2torch, with torchvision and torch._dynamo): 1.6 s of CPU and 160 MiB that only a job on an ONNX upload uses.
+ENGINE_MODULES = ("squeezer.core.pipeline", "onnxruntime", "torch.onnx")
 
 
 def new_worker_id() -> str:
@@ -40,7 +42,8 @@ class WorkerContext:
     device: str
     # Where jobs' engines run (core.jail); checked when the context is built, so a worker refuses to start without it.
     jail: Jail
-    # The next job's jailed engine, started and importing the engine ahead of the job (core.jail_entry).
+    # The next job's jailed engine, started and importing the engine ahead of the job (core.jail_entry); the pool is
+    # the process's, so it outlives the context and ends with the process.
     engines: SparePool
 
     @classmethod
@@ -56,14 +59,10 @@ class WorkerContext:
             worker_id=new_worker_id(),
             device=settings.worker_device,
             jail=jail,
-            engines=SparePool(
+            engines=shared_spare_pool(
                 jail,
                 python_command("squeezer.core.jail_entry", *ENGINE_MODULES),
                 JailLimits(memory_bytes=settings.job_memory_bytes),
                 env=thread_environment(threads_per_job(settings.jobs_per_machine)),
             ),
         )
-
-    def close(self) -> None:
-        """Ends the engine kept ready for the next job (a later job starts another)."""
-        self.engines.close()

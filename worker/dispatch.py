@@ -125,8 +125,6 @@ class InProcessDispatcher:
         self._thread = None
         if self.webhooks is not None:
             self.webhooks.stop()
-        if self.context is not None:
-            self.context.close()
 
     def is_ready(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

@@ -136,7 +136,6 @@ class Service:
                 process.wait()
         if self._dispatcher is not None:
             self._dispatcher.stop()
-        self.ctx.close()
         self.ctx.session_factory.kw["bind"].dispose()
 
 

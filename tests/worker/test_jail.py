@@ -153,3 +153,11 @@ def test_a_worker_without_a_jail_refuses_to_start_unless_allowed(tmp_path):
         WorkerContext.from_settings(settings)
     allowed = WorkerContext.from_settings(settings.model_copy(update={"allow_unjailed_engine": True}))
     assert allowed.jail.mode is JailMode.NONE
+
+
+def test_workers_built_again_in_one_process_share_the_engine_kept_ready(tmp_path):
+    settings = Settings(data_dir=tmp_path, storage_backend="local", jail="none", allow_unjailed_engine=True)
+    first, again = (WorkerContext.from_settings(settings).engines for _ in range(2))
+    assert again is first
+    other_limits = settings.model_copy(update={"job_memory_bytes": settings.job_memory_bytes // 2})
+    assert WorkerContext.from_settings(other_limits).engines is not first

@@ -33,7 +33,6 @@ def ctx(tmp_path, sqlite_url):
     engine = make_engine(settings.resolved_database_url)
     ctx = WorkerContext.from_settings(settings, make_session_factory(engine))
     yield ctx
-    ctx.close()  # the engine started in the background for a next job
     engine.dispose()
 
 

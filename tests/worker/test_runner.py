@@ -29,7 +29,6 @@ def ctx(tmp_path, sqlite_url):
     engine = make_engine(settings.resolved_database_url)
     context = WorkerContext.from_settings(settings, make_session_factory(engine))
     yield context
-    context.close()
     engine.dispose()
 
 
